@@ -1,0 +1,202 @@
+//! The site tree (`storage`), S3 `remotes` and `mounts`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+use crate::units::Duration;
+
+/// `storage:` — where the site tree lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// A local directory (resolved against the config folder).
+    Local {
+        /// The directory.
+        root: PathBuf,
+    },
+    /// A prefix of a bucket.
+    S3 {
+        /// Name of an entry of `remotes`.
+        remote: String,
+        /// Key prefix inside the bucket: empty, or ending with `/` once loaded.
+        prefix: String,
+    },
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig::Local {
+            root: PathBuf::from("./data/files"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Not `#[serde(try_from)]`: its conversion runs after the section is read, so its
+        // error would be blamed on the parent. Converting inside the visitor keeps it here.
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StorageConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<StorageConfig, A::Error> {
+                let raw =
+                    RawStorage::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                raw.try_into().map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_struct("StorageConfig", &["type", "root", "remote", "prefix"], V)
+    }
+}
+
+/// What `storage:` is written as. A flat struct rather than serde's internally tagged enum:
+/// the latter buffers the section and loses the line of the key at fault.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(rename = "type", default)]
+    kind: StorageKind,
+    #[serde(default)]
+    root: Option<PathBuf>,
+    #[serde(default)]
+    remote: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StorageKind {
+    #[default]
+    Local,
+    S3,
+}
+
+impl TryFrom<RawStorage> for StorageConfig {
+    type Error = String;
+
+    fn try_from(raw: RawStorage) -> Result<Self, String> {
+        match raw.kind {
+            StorageKind::Local => {
+                if raw.remote.is_some() || raw.prefix.is_some() {
+                    return Err("`remote` and `prefix` are only for `type: s3`".into());
+                }
+                Ok(StorageConfig::Local {
+                    root: raw.root.unwrap_or_else(|| PathBuf::from("./data/files")),
+                })
+            }
+            StorageKind::S3 => {
+                if raw.root.is_some() {
+                    return Err("`root` is only for `type: local`".into());
+                }
+                Ok(StorageConfig::S3 {
+                    remote: raw
+                        .remote
+                        .ok_or("`type: s3` needs `remote`, a name from `remotes`")?,
+                    prefix: raw.prefix.unwrap_or_default(),
+                })
+            }
+        }
+    }
+}
+
+/// An entry of `remotes:` — an S3-compatible bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Internal name, unique among remotes.
+    pub name: String,
+    /// Kind of service; only `s3` exists.
+    #[serde(rename = "type", default)]
+    pub kind: RemoteKind,
+    /// `http://` or `https://` URL of the service.
+    pub endpoint: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Signing region; blank means the gateway's default (`us-east-1`).
+    #[serde(default)]
+    pub region: String,
+    /// Access key id; with `secret_access_key` blank too, requests are anonymous.
+    #[serde(default)]
+    pub access_key_id: String,
+    /// Secret access key.
+    #[serde(default)]
+    pub secret_access_key: Secret,
+    /// Path-style addressing (MinIO, Ceph, Garage); false = virtual-hosted style.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Private CA bundle (PEM) trusted for this endpoint (resolved against the config folder).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Local address that outbound connections bind to.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    /// Cap on concurrent requests to this remote; 0 = no cap.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Network timeouts.
+    #[serde(default)]
+    pub timeouts: RemoteTimeouts,
+    /// Keep client-set modification times in `mtime` metadata.
+    #[serde(default = "yes")]
+    pub preserve_mtime: bool,
+}
+
+impl RemoteConfig {
+    /// True when no credentials are given: requests go unsigned.
+    pub fn is_anonymous(&self) -> bool {
+        self.access_key_id.is_empty() && self.secret_access_key.is_empty()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Kind of remote service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteKind {
+    /// S3-compatible object storage.
+    #[default]
+    S3,
+}
+
+/// `remotes[].timeouts:`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteTimeouts {
+    /// Time to establish a connection (TCP and TLS).
+    pub connect: Duration,
+    /// Longest wait for the next byte of a response, not a total.
+    pub request: Duration,
+}
+
+impl Default for RemoteTimeouts {
+    fn default() -> Self {
+        RemoteTimeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An entry of `mounts:` — a folder of the site tree that shows a bucket prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// Absolute folder of the site tree (normalised once loaded: `/a/b`, or `/`).
+    pub path: String,
+    /// Name of an entry of `remotes`.
+    pub remote: String,
+    /// Key prefix inside the bucket: empty, or ending with `/` once loaded.
+    #[serde(default)]
+    pub prefix: String,
+}

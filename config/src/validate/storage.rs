@@ -1,0 +1,220 @@
+//! Remotes, the site tree, mounts and syncs: the checks that tie them together.
+
+use super::names::{bucket_problem, endpoint_problem, name_problem};
+use super::{Hints, Validator};
+use crate::paths::{
+    is_within, normalize_prefix, normalize_site_path, prefix_problem, prefixes_overlap,
+};
+use crate::schema::{Config, Conflict, Direction, StorageConfig};
+
+pub(super) fn check(c: &Config, hints: &Hints, v: &mut Validator<'_>) {
+    remotes(c, v);
+    let known = |name: &str| c.remote(name).is_some() || hints.broken_remotes.contains(name);
+    let unknown = |name: &str| {
+        let names: Vec<&str> = c.remotes.iter().map(|r| r.name.as_str()).collect();
+        if names.is_empty() {
+            format!("unknown remote `{name}`: `remotes` is empty")
+        } else {
+            format!(
+                "unknown remote `{name}`; defined remotes: {}",
+                names.join(", ")
+            )
+        }
+    };
+
+    // The site tree, when in a bucket, is one more window onto that bucket's keys.
+    let mut windows: Vec<Window> = Vec::new();
+    if let StorageConfig::S3 { remote, prefix } = &c.storage {
+        if !known(remote) {
+            v.error("storage.remote", unknown(remote));
+        }
+        let p = normalize_prefix(prefix);
+        match prefix_problem(&p) {
+            Some(why) => v.error("storage.prefix", why),
+            None => windows.push(Window {
+                path: "storage.prefix".into(),
+                remote,
+                prefix: p,
+            }),
+        }
+    }
+
+    let mut mount_points: Vec<(String, String)> = Vec::new();
+    for (i, m) in c.mounts.iter().enumerate() {
+        let at = format!("mounts[{i}]");
+        match normalize_site_path(&m.path) {
+            Err(why) => v.error(format!("{at}.path"), why),
+            Ok(path) => {
+                if let Some((other, _)) = mount_points.iter().find(|(_, p)| *p == path) {
+                    let msg = format!(
+                        "two mounts on one path: {} is mounted there too",
+                        v.at(other)
+                    );
+                    v.error(format!("{at}.path"), msg);
+                } else {
+                    mount_points.push((format!("{at}.path"), path));
+                }
+            }
+        }
+        if !known(&m.remote) {
+            v.error(format!("{at}.remote"), unknown(&m.remote));
+        }
+        let prefix = normalize_prefix(&m.prefix);
+        if let Some(why) = prefix_problem(&prefix) {
+            v.error(format!("{at}.prefix"), why);
+            continue;
+        }
+        let blame = if v.written(&format!("{at}.prefix")) {
+            format!("{at}.prefix")
+        } else {
+            format!("{at}.remote")
+        };
+        if let Some(w) = windows
+            .iter()
+            .find(|w| w.remote == m.remote && prefixes_overlap(&w.prefix, &prefix))
+        {
+            let msg = format!(
+                "bucket prefix `{prefix}` of remote `{}` overlaps prefix `{}` used by {}",
+                m.remote,
+                w.prefix,
+                v.at(&w.path)
+            );
+            v.error(blame.clone(), msg);
+        }
+        windows.push(Window {
+            path: blame,
+            remote: &m.remote,
+            prefix,
+        });
+    }
+
+    syncs(c, &mount_points, &known, &unknown, v);
+}
+
+struct Window<'a> {
+    /// Where the window is declared, to name it in messages.
+    path: String,
+    remote: &'a str,
+    prefix: String,
+}
+
+fn remotes(c: &Config, v: &mut Validator<'_>) {
+    for (i, r) in c.remotes.iter().enumerate() {
+        let at = format!("remotes[{i}]");
+        if let Some(why) = name_problem(&r.name) {
+            v.error(format!("{at}.name"), format!("remote name {why}"));
+        } else if let Some(first) = c.remotes[..i].iter().position(|o| o.name == r.name) {
+            let msg = format!(
+                "duplicate remote name `{}`: already used by {}",
+                r.name,
+                v.at(&format!("remotes[{first}]"))
+            );
+            v.error(format!("{at}.name"), msg);
+        }
+        if let Some(why) = endpoint_problem(&r.endpoint) {
+            v.error(format!("{at}.endpoint"), why);
+        }
+        if let Some(why) = bucket_problem(&r.bucket) {
+            v.error(format!("{at}.bucket"), why);
+        }
+        match (r.access_key_id.is_empty(), r.secret_access_key.is_empty()) {
+            (false, true) => v.error(
+                format!("{at}.secret_access_key"),
+                "is blank while access_key_id is set: give both, or neither for anonymous access",
+            ),
+            (true, false) => v.error(
+                format!("{at}.access_key_id"),
+                "is blank while secret_access_key is set: give both, or neither for anonymous access",
+            ),
+            _ => {}
+        }
+        for (key, d) in [
+            ("connect", r.timeouts.connect),
+            ("request", r.timeouts.request),
+        ] {
+            if d.get().is_zero() {
+                v.error(format!("{at}.timeouts.{key}"), "must be longer than 0");
+            }
+        }
+        if r.region
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            v.error(format!("{at}.region"), "must not contain spaces");
+        }
+    }
+}
+
+fn syncs(
+    c: &Config,
+    mount_points: &[(String, String)],
+    known: &dyn Fn(&str) -> bool,
+    unknown: &dyn Fn(&str) -> String,
+    v: &mut Validator<'_>,
+) {
+    for (i, s) in c.syncs.iter().enumerate() {
+        let at = format!("syncs[{i}]");
+        if let Some(why) = name_problem(&s.name) {
+            v.error(format!("{at}.name"), format!("sync name {why}"));
+        } else if let Some(first) = c.syncs[..i].iter().position(|o| o.name == s.name) {
+            let msg = format!(
+                "duplicate sync name `{}`: already used by {}",
+                s.name,
+                v.at(&format!("syncs[{first}]"))
+            );
+            v.error(format!("{at}.name"), msg);
+        }
+        match normalize_site_path(&s.path) {
+            Err(why) => v.error(format!("{at}.path"), why),
+            Ok(path) => {
+                // A sync writes through the site tree; inside a mount it would copy a bucket
+                // onto itself or onto another bucket behind the operator's back.
+                if let Some((mount_at, mount)) = mount_points
+                    .iter()
+                    .filter(|(_, m)| is_within(&path, m))
+                    .max_by_key(|(_, m)| m.len())
+                {
+                    let msg = format!(
+                        "sync folder `{path}` is inside the mount `{mount}` of {}: a sync must copy a folder of the site tree",
+                        v.at(mount_at)
+                    );
+                    v.error(format!("{at}.path"), msg);
+                }
+            }
+        }
+        if !known(&s.remote) {
+            v.error(format!("{at}.remote"), unknown(&s.remote));
+        }
+        if let Some(why) = prefix_problem(&normalize_prefix(&s.prefix)) {
+            v.error(format!("{at}.prefix"), why);
+        }
+        // `conflict: newer` on a one-way job is harmless (it is the default, and the
+        // interface's own example writes it); asking for keep-both there shows a
+        // misunderstanding of what the job does.
+        if s.direction != Direction::TwoWay && s.conflict != Conflict::Newer {
+            v.error(
+                format!("{at}.conflict"),
+                "only applies to `direction: two-way`: a push or pull job overwrites the other side",
+            );
+        }
+        if s.interval.is_some_and(|d| d.get().is_zero()) {
+            v.error(
+                format!("{at}.interval"),
+                "must be longer than 0; omit it to run the job only on demand",
+            );
+        }
+        if s.include.is_empty() {
+            v.error(
+                format!("{at}.include"),
+                "is empty: nothing would be copied; omit it to include everything",
+            );
+        }
+        for (key, globs) in [("include", &s.include), ("exclude", &s.exclude)] {
+            for (k, g) in globs.iter().enumerate() {
+                if g.trim().is_empty() {
+                    v.error(format!("{at}.{key}[{k}]"), "is an empty pattern");
+                }
+            }
+        }
+    }
+}
