@@ -1,0 +1,143 @@
+//! The backend boundary: what a place that holds objects (a local folder, an S3 bucket) must do.
+//!
+//! Keys are relative, `/`-separated, without a leading slash; `""` is the backend's root. A
+//! folder is named without its trailing slash. The virtual file tree ([`crate::vfs`]) turns user
+//! paths into (backend, key) pairs; backends never see a user path.
+
+use crate::error::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::time::SystemTime;
+
+/// File or folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A file: one object.
+    File,
+    /// A folder: a `name/` marker, an implied prefix, or a local directory.
+    Dir,
+}
+
+/// What a listing or a stat tells about one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name within its folder (for [`Backend::walk`], its path below the walked key).
+    pub name: String,
+    /// File or folder.
+    pub kind: EntryKind,
+    /// Size in bytes; 0 for folders.
+    pub size: u64,
+    /// The time shown to clients: client-set `mtime` metadata, else Last-Modified.
+    /// `None` for a folder with no marker; the tree fills in a sensible time.
+    pub mtime: Option<SystemTime>,
+    /// An opaque version tag (S3 ETag, or a local size+mtime+inode stamp) used to detect
+    /// changes between an open and a later commit.
+    pub etag: Option<String>,
+}
+
+impl Entry {
+    /// True for folders.
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    /// A folder entry with no known time.
+    pub fn dir(name: impl Into<String>) -> Self {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: None,
+            etag: None,
+        }
+    }
+}
+
+/// A stream of bytes read from a backend.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// A listing, one page of entries at a time, so memory stays flat for any folder size.
+pub type ListStream = BoxStream<'static, Result<Vec<Entry>>>;
+
+/// How a new object is to be written.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Append to this existing object (as seen at open, with its ETag): the new object is the
+    /// old bytes followed by what is written, and it must fail with `Conflict` if the object
+    /// changed meanwhile.
+    pub append_to: Option<Entry>,
+    /// Total size announced up front (scp, FTP ALLO), to pick a part size at once.
+    pub size_hint: Option<u64>,
+    /// Modification time to record with the object (`mtime` metadata).
+    pub mtime: Option<SystemTime>,
+    /// Keep what arrived when the upload is interrupted (`keep_partial_uploads`).
+    pub keep_partial: bool,
+}
+
+/// An upload in progress. Nothing is visible under the key until [`Upload::finish`] succeeds;
+/// dropping it or calling [`Upload::abort`] leaves nothing behind.
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends bytes. May return before they are durable (write-behind): an error of a part
+    /// sent in the background surfaces on a later `write` or on `finish`.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Bytes accepted so far (not counting appended-to bytes).
+    fn written(&self) -> u64;
+    /// Completes the upload; returns only once the object is durable, and then describes it.
+    async fn finish(self: Box<Self>) -> Result<Entry>;
+    /// Gives the upload up: nothing becomes visible and any multipart upload is aborted (unless
+    /// the upload was created with `keep_partial`, in which case what arrived is committed).
+    async fn abort(self: Box<Self>);
+}
+
+/// A place that holds files: the local site folder, or an S3 bucket (with a base prefix).
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs and errors (`local:/srv/files`, `s3:acme-minio`). Never a secret.
+    fn describe(&self) -> String;
+
+    /// Describes a file or a folder. `""` is the root, always a folder.
+    /// Where a file `a` and keys under `a/` both exist, the folder wins.
+    async fn stat(&self, key: &str) -> Result<Entry>;
+
+    /// The direct children of folder `key`, one page at a time. A folder that does not exist
+    /// lists as empty on object storage (prefixes are implicit); callers stat first when they
+    /// need to tell the two apart.
+    fn list(&self, key: &str) -> ListStream;
+
+    /// Every file and folder below `key`, recursively, with names relative to `key`, one page
+    /// at a time (for folder renames and sync).
+    fn walk(&self, key: &str) -> ListStream;
+
+    /// Reads `key` from `offset` to `end` (exclusive; `None` = end of file).
+    async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream>;
+
+    /// Starts writing `key`. The object appears whole at `finish`, never before.
+    async fn create(&self, key: &str, opts: CreateOptions) -> Result<Box<dyn Upload>>;
+
+    /// Creates folder `key` (a zero-byte `key/` marker on object storage). Existing is fine.
+    async fn mkdir(&self, key: &str) -> Result<()>;
+
+    /// Removes file `key`.
+    async fn remove_file(&self, key: &str) -> Result<()>;
+
+    /// Removes folder `key`; fails with `DirectoryNotEmpty` when it holds anything.
+    async fn remove_dir(&self, key: &str) -> Result<()>;
+
+    /// Copies file `from` to `to` within this backend, server-side where possible. Replaces `to`.
+    async fn copy_file(&self, from: &str, to: &str) -> Result<()>;
+
+    /// Moves file `from` to `to` within this backend (copy then delete on object storage).
+    async fn rename_file(&self, from: &str, to: &str) -> Result<()> {
+        self.copy_file(from, to).await?;
+        self.remove_file(from).await
+    }
+
+    /// Moves folder `from` with everything below it to `to` within this backend. Deletes
+    /// nothing before its copy exists; if it fails halfway, the error says what moved.
+    async fn rename_dir(&self, from: &str, to: &str) -> Result<()>;
+
+    /// Records a client-set modification time on file `key`.
+    async fn set_mtime(&self, key: &str, mtime: SystemTime) -> Result<()>;
+}

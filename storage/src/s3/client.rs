@@ -1,0 +1,389 @@
+//! A small S3 HTTP client: addressing, signing, the connection cap, retries and the region
+//! fallback, for every request the backend sends.
+
+use super::error::{classify, parse_failure, transport, wants_other_region};
+use super::sign::{self, Credentials, SignInput};
+use super::{RetryPolicy, S3Options};
+use crate::error::{Error, ErrorKind, Result};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::{Method, StatusCode};
+use std::io::SeekFrom;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A request body. Every kind can be replayed, which is what makes retries safe.
+#[derive(Clone, Default)]
+pub(crate) enum Body {
+    /// No body.
+    #[default]
+    Empty,
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// `len` bytes of a spooled part on disk, sent as a stream of known length.
+    File(Arc<std::fs::File>, u64),
+}
+
+/// One S3 request, before addressing and signing.
+#[derive(Clone)]
+pub(crate) struct Request {
+    pub method: Method,
+    /// The object key; `None` for bucket-level requests.
+    pub key: Option<String>,
+    pub query: Vec<(String, String)>,
+    /// Lower-case header names; all of them are signed.
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Request {
+    pub(crate) fn new(method: Method, key: Option<&str>) -> Self {
+        Request {
+            method,
+            key: key.map(str::to_string),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    pub(crate) fn query(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.query.push((k.to_string(), v.into()));
+        self
+    }
+
+    pub(crate) fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.to_ascii_lowercase(), v.into()));
+        self
+    }
+
+    pub(crate) fn body(mut self, b: Body) -> Self {
+        self.body = b;
+        self
+    }
+}
+
+/// A successful answer. It holds its connection permit until its body is consumed or dropped.
+pub(crate) struct Response {
+    resp: reqwest::Response,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Response {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.resp.status()
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.resp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// All `x-amz-meta-*` headers, names without the prefix.
+    pub(crate) fn user_metadata(&self) -> Vec<(String, String)> {
+        self.resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.as_str().strip_prefix("x-amz-meta-")?;
+                Some((name.to_string(), v.to_str().ok()?.to_string()))
+            })
+            .collect()
+    }
+
+    pub(crate) fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.parse().ok()
+    }
+
+    /// Reads the whole body (small XML answers only).
+    pub(crate) async fn bytes(self) -> Result<Bytes> {
+        let Response { resp, permit } = self;
+        let b = resp.bytes().await.map_err(transport);
+        drop(permit);
+        b
+    }
+
+    /// The body as a stream; the permit goes with it.
+    pub(crate) fn stream(self) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let Response { resp, permit } = self;
+        resp.bytes_stream().map(move |r| {
+            let _held = &permit;
+            r.map_err(transport)
+        })
+    }
+}
+
+/// Where requests go and how they are signed.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    scheme: String,
+    /// `host[:port]` of the endpoint, as the Host header carries it.
+    host: String,
+    bucket: String,
+    path_style: bool,
+    creds: Option<Credentials>,
+    region: RwLock<String>,
+    limit: Option<Arc<Semaphore>>,
+    retry: RetryPolicy,
+    name: String,
+}
+
+/// Builds the per-remote HTTP client: source address, private CA, timeouts, no proxy and no
+/// redirects (a redirected S3 request would need signing again, and names a region we handle).
+fn http_client(opts: &S3Options) -> Result<reqwest::Client> {
+    let cfg = |m: &str| Error::new(ErrorKind::ConfigInvalid, m.to_string());
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(opts.connect_timeout)
+        // The longest wait for the next byte, not a total: a 50 GiB download may take hours.
+        .read_timeout(opts.request_timeout)
+        .pool_idle_timeout(Duration::from_secs(50))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(ip) = opts.source_address {
+        b = b.local_address(ip);
+    }
+    if let Some(ca) = &opts.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| cfg(&format!("cannot read ca_file {}", ca.display())).with_source(e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| cfg("ca_file holds no valid PEM certificate").with_source(e))?;
+        if certs.is_empty() {
+            return Err(cfg("ca_file holds no PEM certificate"));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| cfg("cannot build the HTTP client").with_source(e))
+}
+
+impl Client {
+    pub(crate) fn new(opts: &S3Options) -> Result<Self> {
+        let url = reqwest::Url::parse(&opts.endpoint).map_err(|e| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("remote {}: endpoint is not a URL", opts.name),
+            )
+            .with_source(e)
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("remote {}: endpoint must be an http(s) URL", opts.name),
+            ));
+        }
+        let mut host = url.host_str().unwrap_or_default().to_string();
+        if let Some(p) = url.port() {
+            host = format!("{host}:{p}");
+        }
+        let anonymous = opts.access_key_id.is_empty() && opts.secret_access_key.is_empty();
+        let region = match opts.region.as_deref().map(str::trim) {
+            Some(r) if !r.is_empty() => r.to_string(),
+            _ => "us-east-1".to_string(),
+        };
+        Ok(Client {
+            http: http_client(opts)?,
+            scheme: url.scheme().to_string(),
+            host,
+            bucket: opts.bucket.clone(),
+            path_style: opts.path_style,
+            creds: (!anonymous).then(|| Credentials {
+                access_key_id: opts.access_key_id.clone(),
+                secret_access_key: opts.secret_access_key.clone(),
+            }),
+            region: RwLock::new(region),
+            limit: (opts.max_connections > 0)
+                .then(|| Arc::new(Semaphore::new(opts.max_connections))),
+            retry: opts.retries.clone(),
+            name: opts.name.clone(),
+        })
+    }
+
+    /// The region requests are signed with now.
+    pub(crate) fn region(&self) -> String {
+        self.region.read().expect("region lock").clone()
+    }
+
+    /// The `x-amz-copy-source` value for `key` of our bucket.
+    pub(crate) fn copy_source(&self, key: &str) -> String {
+        format!("/{}/{}", self.bucket, sign::uri_encode(key, true))
+    }
+
+    fn address(&self, key: Option<&str>) -> (String, String) {
+        let enc = key.map(|k| sign::uri_encode(k, true));
+        if self.path_style {
+            let path = match enc {
+                Some(k) => format!("/{}/{}", self.bucket, k),
+                None => format!("/{}", self.bucket),
+            };
+            (self.host.clone(), path)
+        } else {
+            (
+                format!("{}.{}", self.bucket, self.host),
+                format!("/{}", enc.unwrap_or_default()),
+            )
+        }
+    }
+
+    async fn build(&self, req: &Request, region: &str) -> Result<reqwest::Request> {
+        let (host, path) = self.address(req.key.as_deref());
+        let query = sign::canonical_query(&req.query);
+        let url = if query.is_empty() {
+            format!("{}://{host}{path}", self.scheme)
+        } else {
+            format!("{}://{host}{path}?{query}", self.scheme)
+        };
+        let (amz_date, date) = super::time::amz_date(SystemTime::now());
+        let payload_hash = match req.body {
+            Body::Empty => sign::EMPTY_SHA256,
+            _ => sign::UNSIGNED_PAYLOAD,
+        };
+        let mut headers = req.headers.clone();
+        headers.push(("x-amz-date".into(), amz_date.clone()));
+        headers.push(("x-amz-content-sha256".into(), payload_hash.into()));
+        let mut rb = self.http.request(req.method.clone(), &url);
+        for (k, v) in &headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        if let Some(creds) = &self.creds {
+            let mut signed = headers.clone();
+            signed.push(("host".into(), host.clone()));
+            let auth = sign::authorization(
+                creds,
+                &SignInput {
+                    method: req.method.as_str(),
+                    canonical_uri: &path,
+                    canonical_query: &query,
+                    headers: &signed,
+                    payload_hash,
+                    amz_date: &amz_date,
+                    date: &date,
+                    region,
+                },
+            );
+            rb = rb.header("authorization", auth);
+        }
+        rb = match &req.body {
+            Body::Empty => {
+                if req.method == Method::PUT || req.method == Method::POST {
+                    rb.header("content-length", "0")
+                } else {
+                    rb
+                }
+            }
+            Body::Bytes(b) => rb.body(b.clone()),
+            Body::File(f, len) => {
+                let mut file = tokio::fs::File::from_std(f.try_clone()?);
+                file.seek(SeekFrom::Start(0)).await?;
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 * 1024);
+                rb.header("content-length", len.to_string())
+                    .body(reqwest::Body::wrap_stream(stream))
+            }
+        };
+        rb.build()
+            .map_err(|e| Error::new(ErrorKind::Backend, "cannot build a request").with_source(e))
+    }
+
+    fn backoff(&self, attempt: u32, retry_after: Option<u64>) -> Duration {
+        let base = self.retry.base_delay.as_secs_f64() * 2f64.powi(attempt as i32 - 1);
+        let capped = base.min(self.retry.max_delay.as_secs_f64());
+        // Full jitter in the upper half, so that many clients do not retry in lockstep.
+        let jittered = capped * (0.5 + rand::random::<f64>() * 0.5);
+        let mut d = Duration::from_secs_f64(jittered);
+        if let Some(s) = retry_after {
+            d = d.max(Duration::from_secs(s).min(self.retry.max_delay));
+        }
+        d
+    }
+
+    /// Sends `req`, retrying what is worth retrying; anything but a 2xx is an error,
+    /// classified once. `ok_statuses` lists extra statuses to hand back as answers.
+    pub(crate) async fn send(&self, req: &Request) -> Result<Response> {
+        let max = self.retry.max_attempts.max(1);
+        let mut attempt = 0u32;
+        let mut region_switched = false;
+        loop {
+            attempt += 1;
+            let region = self.region();
+            let permit = match &self.limit {
+                Some(s) => Some(s.clone().acquire_owned().await.map_err(|_| {
+                    Error::new(ErrorKind::Backend, "the remote's client was closed")
+                })?),
+                None => None,
+            };
+            let built = self.build(req, &region).await?;
+            let outcome = self.http.execute(built).await;
+            let err = match outcome {
+                Ok(resp) if resp.status().is_success() => {
+                    return Ok(Response { resp, permit });
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let bucket_region = resp
+                        .headers()
+                        .get("x-amz-bucket-region")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let body = resp.bytes().await.unwrap_or_default();
+                    drop(permit);
+                    let mut failure = parse_failure(status, &body, bucket_region.as_deref());
+                    failure.retry_after = retry_after;
+                    if !region_switched {
+                        if let Some(r) = wants_other_region(&failure, &region) {
+                            tracing::warn!(
+                                remote = %self.name,
+                                from = %region,
+                                to = %r,
+                                "the S3 server expects another region; retrying with it. \
+                                 Set `region: {r}` on this remote to avoid the extra request"
+                            );
+                            *self.region.write().expect("region lock") = r;
+                            region_switched = true;
+                            attempt -= 1;
+                            continue;
+                        }
+                    }
+                    (classify(failure), retry_after)
+                }
+                Err(e) => {
+                    drop(permit);
+                    (transport(e), None)
+                }
+            };
+            let (err, retry_after) = err;
+            if !err.is_retryable() || attempt >= max {
+                return Err(err);
+            }
+            let wait = self.backoff(attempt, retry_after);
+            tracing::debug!(remote = %self.name, attempt, ?wait, error = ?err, "retrying an S3 request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends `req` and reads its XML answer, turning an `<Error>` inside a 200 into an error
+    /// (S3 does that for copies and multipart completions that fail late).
+    pub(crate) async fn send_xml(&self, req: &Request) -> Result<Bytes> {
+        let max = self.retry.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let body = self.send(req).await?.bytes().await?;
+            if super::xml::root_name(&body).as_deref() != Some("Error") {
+                return Ok(body);
+            }
+            let err = classify(parse_failure(200, &body, None));
+            if !err.is_retryable() || attempt >= max {
+                return Err(err);
+            }
+            tokio::time::sleep(self.backoff(attempt, None)).await;
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Folders over a flat key space: stat, list (one level) and walk (recursive).
+//!
+//! Both listings stream one page per ListObjectsV2 answer and hold at most that page plus a
+//! few files whose fate is still open (see [`Shadow`]).
+
+use super::client::{Request, Response};
+use super::time::{parse_http_date, parse_iso8601, parse_mtime};
+use super::xml::{self, ListBucketResult, ObjectDoc};
+use super::Inner;
+use crate::backend::{Entry, EntryKind, ListStream};
+use crate::error::{Error, ErrorKind, Result};
+use crate::path::key_is_servable;
+use futures::StreamExt;
+use reqwest::Method;
+use std::sync::Arc;
+
+/// HEADs in flight per listing page when `preserve_mtime` needs each file's metadata.
+const HEAD_CONCURRENCY: usize = 16;
+
+/// One ListObjectsV2 answer.
+pub(crate) struct Page {
+    pub objects: Vec<ObjectDoc>,
+    pub prefixes: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// Sends one ListObjectsV2 request.
+pub(crate) async fn list_page(
+    inner: &Inner,
+    prefix: &str,
+    delimiter: bool,
+    token: Option<&str>,
+    max_keys: usize,
+) -> Result<Page> {
+    let mut req = Request::new(Method::GET, None)
+        .query("list-type", "2")
+        .query("max-keys", max_keys.to_string());
+    if !prefix.is_empty() {
+        req = req.query("prefix", prefix);
+    }
+    // Never send an empty `delimiter=`: some servers take it as a real delimiter.
+    if delimiter {
+        req = req.query("delimiter", "/");
+    }
+    if let Some(t) = token {
+        req = req.query("continuation-token", t);
+    }
+    let body = inner.client.send_xml(&req).await?;
+    let r: ListBucketResult = xml::parse(&body, "list")?;
+    let next = match (r.is_truncated, r.next_continuation_token) {
+        (false, _) => None,
+        (true, Some(t)) if !t.is_empty() && Some(t.as_str()) != token => Some(t),
+        (true, _) => {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                "the remote sent a truncated listing without a usable continuation token",
+            ))
+        }
+    };
+    Ok(Page {
+        objects: r.contents,
+        prefixes: r.common_prefixes.into_iter().map(|p| p.prefix).collect(),
+        next,
+    })
+}
+
+fn leaf(key: &str) -> String {
+    key.rsplit('/').next().unwrap_or(key).to_string()
+}
+
+/// Describes a file from a HEAD answer.
+pub(crate) fn entry_from_head(inner: &Inner, name: String, r: &Response) -> Entry {
+    let mut mtime = r.header("last-modified").and_then(parse_http_date);
+    if inner.opts.preserve_mtime {
+        if let Some(t) = r.header("x-amz-meta-mtime").and_then(parse_mtime) {
+            mtime = Some(t);
+        }
+    }
+    Entry {
+        name,
+        kind: EntryKind::File,
+        size: r.content_length().unwrap_or(0),
+        mtime,
+        etag: r.header("etag").map(str::to_string),
+    }
+}
+
+/// HEADs file `key`.
+pub(crate) async fn head(inner: &Inner, key: &str) -> Result<(Entry, Response)> {
+    let r = inner
+        .client
+        .send(&Request::new(Method::HEAD, Some(key)))
+        .await?;
+    Ok((entry_from_head(inner, leaf(key), &r), r))
+}
+
+/// HEADs file `key`, describing it.
+pub(crate) async fn head_entry(inner: &Inner, key: &str) -> Result<Entry> {
+    head(inner, key).await.map(|(e, _)| e)
+}
+
+/// A folder wins over a file of the same name; `""` is the root.
+pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
+    if key.is_empty() {
+        return Ok(Entry::dir(""));
+    }
+    let dir_prefix = format!("{key}/");
+    // Both questions at once: one round trip instead of two for every stat.
+    let (dir, file) = tokio::join!(
+        list_page(inner, &dir_prefix, false, None, 1),
+        head_entry(inner, key)
+    );
+    match dir {
+        Ok(page) if !page.objects.is_empty() => {
+            if file.is_ok() {
+                tracing::warn!(remote = %inner.opts.name, key, "a file and a folder share this name; showing the folder");
+            }
+            let first = &page.objects[0];
+            let mtime = if first.key == dir_prefix {
+                parse_iso8601(&first.last_modified)
+            } else {
+                None
+            };
+            Ok(Entry {
+                name: leaf(key),
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime,
+                etag: None,
+            })
+        }
+        Ok(_) => match file {
+            Ok(e) => Ok(e),
+            // Under a prefix-restricted policy HEAD answers 403 for a missing key; the listing
+            // (which worked) already told us nothing is there.
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                Err(Error::of(ErrorKind::NotFound))
+            }
+            Err(e) => Err(e),
+        },
+        Err(list_err) => match file {
+            Ok(e) => Ok(e),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(list_err),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Files held back until we know no folder of the same name follows.
+///
+/// A file `a` is hidden by a folder `a/`; in key order `a` comes first, possibly followed by
+/// names like `a-1` or `a.txt` (bytes below `/`) before `a/`, even on later pages. A held file
+/// is settled as soon as a key sorts after `a/`. Held files form a stack whose top has the
+/// lowest threshold (each later one extends the previous with a byte below `/`), so settling
+/// only ever looks at the top.
+#[derive(Default)]
+struct Shadow {
+    held: Vec<Entry>,
+}
+
+impl Shadow {
+    /// Settles held files against the position `pos` (a relative key, folders with `/`).
+    fn settle(&mut self, pos: &str, out: &mut Vec<Entry>, remote: &str) {
+        while let Some(top) = self.held.last() {
+            let dir = format!("{}/", top.name);
+            if pos.starts_with(&dir) {
+                tracing::warn!(remote, name = %top.name, "a file and a folder share this name; hiding the file");
+                self.held.pop();
+            } else if pos > dir.as_str() {
+                out.push(self.held.pop().expect("checked"));
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn hold(&mut self, e: Entry) {
+        self.held.push(e);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Entry>) {
+        while let Some(e) = self.held.pop() {
+            out.push(e);
+        }
+    }
+}
+
+/// True (after logging) when a listed key must not be served.
+fn skip_key(remote: &str, key: &str) -> bool {
+    if key.contains('\u{FFFD}') {
+        tracing::warn!(remote, key, "skipping a key that is not valid UTF-8");
+        return true;
+    }
+    if !key_is_servable(key) {
+        tracing::warn!(remote, key = ?key, "skipping a key that cannot be a path");
+        return true;
+    }
+    false
+}
+
+fn file_entry(name: String, o: &ObjectDoc) -> Entry {
+    Entry {
+        name,
+        kind: EntryKind::File,
+        size: o.size,
+        mtime: parse_iso8601(&o.last_modified),
+        etag: o.etag.clone(),
+    }
+}
+
+/// With `preserve_mtime`, reads each file's `mtime` metadata (listings do not carry it).
+async fn with_mtimes(inner: &Inner, prefix: &str, page: Vec<Entry>) -> Vec<Entry> {
+    if !inner.opts.preserve_mtime || !page.iter().any(|e| !e.is_dir()) {
+        return page;
+    }
+    futures::stream::iter(page)
+        .map(|mut e| async move {
+            if !e.is_dir() {
+                match head_entry(inner, &format!("{prefix}{}", e.name)).await {
+                    Ok(h) => e.mtime = h.mtime.or(e.mtime),
+                    Err(err) => {
+                        tracing::debug!(name = %e.name, error = ?err, "HEAD for mtime failed; showing Last-Modified")
+                    }
+                }
+            }
+            e
+        })
+        .buffered(HEAD_CONCURRENCY)
+        .collect()
+        .await
+}
+
+struct ListState {
+    inner: Arc<Inner>,
+    prefix: String,
+    recursive: bool,
+    token: Option<String>,
+    started: bool,
+    finished: bool,
+    shadow: Shadow,
+    /// For walks: the folders (relative, no slash) leading to the last key, already shown.
+    open_dirs: Vec<String>,
+}
+
+fn dir_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}/")
+    }
+}
+
+/// The direct children of folder `key`, one page per answer.
+pub(crate) fn list(inner: Arc<Inner>, key: &str) -> ListStream {
+    pages(inner, dir_prefix(key), false)
+}
+
+/// Everything below `key`, with names relative to it; folders from markers and implied by
+/// deeper keys, each shown once.
+pub(crate) fn walk(inner: Arc<Inner>, key: &str) -> ListStream {
+    pages(inner, dir_prefix(key), true)
+}
+
+fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
+    let st = ListState {
+        inner,
+        prefix,
+        recursive,
+        token: None,
+        started: false,
+        finished: false,
+        shadow: Shadow::default(),
+        open_dirs: Vec::new(),
+    };
+    Box::pin(futures::stream::unfold(st, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        if st.started && st.token.is_none() {
+            st.finished = true;
+            let mut out = Vec::new();
+            st.shadow.drain(&mut out);
+            out.reverse();
+            if out.is_empty() {
+                return None;
+            }
+            let out = with_mtimes(&st.inner, &st.prefix, out).await;
+            return Some((Ok(out), st));
+        }
+        st.started = true;
+        let page = match list_page(
+            &st.inner,
+            &st.prefix,
+            !st.recursive,
+            st.token.as_deref(),
+            st.inner.opts.list_page_size,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                st.finished = true;
+                let e = e.with_context("list", format!("/{}", st.prefix));
+                return Some((Err(e), st));
+            }
+        };
+        st.token = page.next.clone();
+        let out = if st.recursive {
+            walk_page(&mut st, page)
+        } else {
+            list_page_entries(&mut st, page)
+        };
+        let out = with_mtimes(&st.inner, &st.prefix, out).await;
+        Some((Ok(out), st))
+    }))
+}
+
+fn list_page_entries(st: &mut ListState, page: Page) -> Vec<Entry> {
+    let remote = st.inner.opts.name.clone();
+    // Objects and prefixes come in two lists; merged in key order they settle held files.
+    let mut items: Vec<(String, Option<ObjectDoc>)> = page
+        .objects
+        .into_iter()
+        .map(|o| (o.key.clone(), Some(o)))
+        .chain(page.prefixes.into_iter().map(|p| (p, None)))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (key, obj) in items {
+        let Some(rel) = key.strip_prefix(st.prefix.as_str()) else {
+            continue;
+        };
+        // The folder's own marker, or (impossible with a delimiter) another marker.
+        if rel.is_empty() || (obj.is_some() && rel.ends_with('/')) {
+            continue;
+        }
+        if skip_key(&remote, &key) {
+            continue;
+        }
+        st.shadow.settle(rel, &mut out, &remote);
+        match obj {
+            Some(o) => st.shadow.hold(file_entry(rel.to_string(), &o)),
+            None => {
+                let name = rel.trim_end_matches('/');
+                if name.is_empty() || name.contains('/') {
+                    continue;
+                }
+                out.push(Entry::dir(name));
+            }
+        }
+    }
+    out
+}
+
+fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
+    let remote = st.inner.opts.name.clone();
+    page.objects.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = Vec::new();
+    for o in page.objects {
+        let Some(rel) = o.key.strip_prefix(st.prefix.as_str()) else {
+            continue;
+        };
+        if rel.is_empty() || skip_key(&remote, &o.key) {
+            continue;
+        }
+        st.shadow.settle(rel, &mut out, &remote);
+        let is_marker = rel.ends_with('/');
+        let path = rel.trim_end_matches('/');
+        // Keys sharing a prefix are contiguous in key order, so a folder left behind never
+        // comes back: keeping the chain of open folders is enough to show each one once.
+        while let Some(top) = st.open_dirs.last() {
+            let inside =
+                path.starts_with(top.as_str()) && path.as_bytes().get(top.len()) == Some(&b'/');
+            if inside || (is_marker && path == top) {
+                break;
+            }
+            st.open_dirs.pop();
+        }
+        let mut dirs: Vec<&str> = path.match_indices('/').map(|(i, _)| &path[..i]).collect();
+        if is_marker {
+            dirs.push(path);
+        }
+        for d in dirs {
+            if st.open_dirs.iter().any(|x| x == d) {
+                continue;
+            }
+            let mut e = Entry::dir(d);
+            if is_marker && d == path {
+                e.mtime = parse_iso8601(&o.last_modified);
+            }
+            st.open_dirs.push(d.to_string());
+            out.push(e);
+        }
+        if !is_marker {
+            st.shadow.hold(file_entry(rel.to_string(), &o));
+        }
+    }
+    out
+}

@@ -1,0 +1,412 @@
+//! Folders, removals, server-side copies and renames, times, and multipart clean-up.
+
+use super::client::{Body, Request, Response};
+use super::list::{head, list_page};
+use super::time::{format_mtime, parse_iso8601};
+use super::xml::{self, DeleteResult, EtagResult, InitiateResult, ListUploadsResult};
+use super::{Inner, S3Backend, MAX_PART_SIZE};
+use crate::error::{Error, ErrorKind, Result};
+use base64::Engine;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use reqwest::Method;
+use std::time::{Duration, SystemTime};
+
+/// Copies in flight during a folder rename.
+const RENAME_CONCURRENCY: usize = 8;
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartUpload {
+    /// The key being uploaded.
+    pub key: String,
+    /// The upload's id.
+    pub upload_id: String,
+    /// When it was started, if the server said.
+    pub initiated: Option<SystemTime>,
+}
+
+/// What a copy needs to know about its source.
+struct Source {
+    size: u64,
+    etag: Option<String>,
+    content_type: Option<String>,
+    meta: Vec<(String, String)>,
+}
+
+impl Source {
+    fn of(r: &Response, size: u64, etag: Option<String>) -> Self {
+        Source {
+            size,
+            etag,
+            content_type: r.header("content-type").map(str::to_string),
+            meta: r.user_metadata(),
+        }
+    }
+}
+
+async fn source(inner: &Inner, key: &str) -> Result<Source> {
+    let (e, r) = head(inner, key).await?;
+    Ok(Source::of(&r, e.size, e.etag))
+}
+
+pub(crate) async fn mkdir(inner: &Inner, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    match head(inner, key).await {
+        Ok(_) => return Err(Error::of(ErrorKind::AlreadyExists)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {}
+        Err(e) => return Err(e),
+    }
+    let req = Request::new(Method::PUT, Some(&format!("{key}/"))).body(Body::Empty);
+    inner.client.send(&req).await?;
+    Ok(())
+}
+
+pub(crate) async fn remove_file(inner: &Inner, key: &str) -> Result<()> {
+    // S3 DELETE succeeds on a missing key: ask first, so that clients get "no such file".
+    head(inner, key).await?;
+    delete(inner, key).await
+}
+
+async fn delete(inner: &Inner, key: &str) -> Result<()> {
+    inner
+        .client
+        .send(&Request::new(Method::DELETE, Some(key)))
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn remove_dir(inner: &Inner, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::of(ErrorKind::PermissionDenied));
+    }
+    let marker = format!("{key}/");
+    let page = list_page(inner, &marker, false, None, 2).await?;
+    if page.objects.is_empty() {
+        return Err(Error::of(ErrorKind::NotFound));
+    }
+    if page.objects.iter().any(|o| o.key != marker) {
+        return Err(Error::of(ErrorKind::DirectoryNotEmpty));
+    }
+    delete(inner, &marker).await
+}
+
+fn meta_headers(req: Request, src: &Source, mtime: Option<&str>) -> Request {
+    let mut req = req;
+    if let Some(ct) = &src.content_type {
+        req = req.header("content-type", ct.clone());
+    }
+    for (k, v) in &src.meta {
+        if mtime.is_some() && k == "mtime" {
+            continue;
+        }
+        req = req.header(&format!("x-amz-meta-{k}"), v.clone());
+    }
+    if let Some(m) = mtime {
+        req = req.header("x-amz-meta-mtime", m.to_string());
+    }
+    req
+}
+
+/// Copies `from` to `to` server-side. `new_mtime` replaces the `mtime` metadata (keeping the
+/// content type and other metadata); without it metadata is copied as is.
+async fn copy_object(
+    inner: &Inner,
+    from: &str,
+    to: &str,
+    src: &Source,
+    new_mtime: Option<&str>,
+) -> Result<()> {
+    let source = inner.client.copy_source(from);
+    if src.size <= MAX_PART_SIZE {
+        let mut req = Request::new(Method::PUT, Some(to)).header("x-amz-copy-source", source);
+        if let Some(t) = &src.etag {
+            req = req.header("x-amz-copy-source-if-match", t.clone());
+        }
+        if new_mtime.is_some() {
+            req = meta_headers(
+                req.header("x-amz-metadata-directive", "REPLACE"),
+                src,
+                new_mtime,
+            );
+        }
+        let body = inner.client.send_xml(&req).await?;
+        let _: EtagResult = xml::parse(&body, "copy")?;
+        return Ok(());
+    }
+    // Above 5 GiB CopyObject is refused: a multipart upload of copied ranges instead, which
+    // must carry the metadata itself.
+    let create = meta_headers(
+        Request::new(Method::POST, Some(to)).query("uploads", ""),
+        src,
+        new_mtime,
+    );
+    let body = inner.client.send_xml(&create).await?;
+    let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
+    let result = copy_parts(inner, to, &id, &source, src).await;
+    let result = match result {
+        Ok(parts) => {
+            let req = Request::new(Method::POST, Some(to))
+                .query("uploadId", id.clone())
+                .header("content-type", "application/xml")
+                .body(Body::Bytes(Bytes::from(xml::complete_body(&parts))));
+            inner.client.send_xml(&req).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let abort = Request::new(Method::DELETE, Some(to)).query("uploadId", id);
+        let _ = inner.client.send(&abort).await;
+    }
+    result
+}
+
+async fn copy_parts(
+    inner: &Inner,
+    to: &str,
+    id: &str,
+    source: &str,
+    src: &Source,
+) -> Result<Vec<(u32, String)>> {
+    let n = src.size.div_ceil(MAX_PART_SIZE);
+    let chunk = src.size.div_ceil(n);
+    let ranges: Vec<(u32, u64, u64)> = (0..n)
+        .map(|i| {
+            let start = i * chunk;
+            (i as u32 + 1, start, ((i + 1) * chunk).min(src.size))
+        })
+        .collect();
+    futures::stream::iter(ranges)
+        .map(|(part, start, end)| async move {
+            let mut req = Request::new(Method::PUT, Some(to))
+                .query("partNumber", part.to_string())
+                .query("uploadId", id.to_string())
+                .header("x-amz-copy-source", source.to_string())
+                .header(
+                    "x-amz-copy-source-range",
+                    format!("bytes={start}-{}", end - 1),
+                );
+            if let Some(t) = &src.etag {
+                req = req.header("x-amz-copy-source-if-match", t.clone());
+            }
+            let body = inner.client.send_xml(&req).await?;
+            let etag = xml::parse::<EtagResult>(&body, "upload part copy")?
+                .etag
+                .ok_or_else(|| Error::new(ErrorKind::Backend, "the remote sent no ETag"))?;
+            Ok::<_, Error>((part, etag))
+        })
+        .buffered(inner.opts.concurrency)
+        .try_collect()
+        .await
+}
+
+pub(crate) async fn copy_file(inner: &Inner, from: &str, to: &str) -> Result<()> {
+    let src = source(inner, from).await?;
+    copy_object(inner, from, to, &src, None).await
+}
+
+pub(crate) async fn set_mtime(inner: &Inner, key: &str, mtime: SystemTime) -> Result<()> {
+    if !inner.opts.preserve_mtime {
+        // Without preserve_mtime times are the objects' Last-Modified: accepted and ignored.
+        return Ok(());
+    }
+    let src = source(inner, key).await?;
+    copy_object(inner, key, key, &src, Some(&format_mtime(mtime))).await
+}
+
+/// Every object key (and size) below `prefix`, markers and unservable keys included: a rename
+/// moves the whole prefix.
+async fn all_keys(inner: &Inner, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = list_page(
+            inner,
+            prefix,
+            false,
+            token.as_deref(),
+            inner.opts.list_page_size,
+        )
+        .await?;
+        out.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+        match page.next {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
+pub(crate) async fn rename_dir(inner: &Inner, from: &str, to: &str) -> Result<()> {
+    if from.is_empty() || to.is_empty() {
+        return Err(Error::of(ErrorKind::PermissionDenied));
+    }
+    let (src_prefix, dst_prefix) = (format!("{from}/"), format!("{to}/"));
+    if dst_prefix.starts_with(&src_prefix) || src_prefix.starts_with(&dst_prefix) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "a folder cannot be moved into itself",
+        ));
+    }
+    if !list_page(inner, &dst_prefix, false, None, 1)
+        .await?
+        .objects
+        .is_empty()
+    {
+        return Err(Error::of(ErrorKind::AlreadyExists));
+    }
+    // The key list is kept (not listed again) so that only what was copied gets deleted, even
+    // if someone adds files meanwhile.
+    let keys = all_keys(inner, &src_prefix).await?;
+    if keys.is_empty() {
+        return Err(Error::of(ErrorKind::NotFound));
+    }
+    let total = keys.len();
+    let src_len = src_prefix.len();
+    let results: Vec<Result<()>> = futures::stream::iter(keys.clone())
+        .map(|(key, size)| {
+            let to_key = format!("{dst_prefix}{}", &key[src_len..]);
+            async move {
+                let src = if size > MAX_PART_SIZE {
+                    source(inner, &key).await?
+                } else {
+                    Source {
+                        size,
+                        etag: None,
+                        content_type: None,
+                        meta: Vec::new(),
+                    }
+                };
+                copy_object(inner, &key, &to_key, &src, None).await
+            }
+        })
+        .buffer_unordered(RENAME_CONCURRENCY)
+        .collect()
+        .await;
+    let copied = results.iter().filter(|r| r.is_ok()).count();
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(Error::new(
+            e.kind(),
+            format!(
+                "rename failed after copying {copied} of {total} objects; the source is intact"
+            ),
+        )
+        .set_retryable(e.is_retryable())
+        .with_source(e));
+    }
+    let sources: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+    let failed = delete_many(inner, &sources).await?;
+    if failed > 0 {
+        return Err(Error::new(
+            ErrorKind::Backend,
+            format!(
+                "the folder was copied ({total} objects) but {failed} sources could not be deleted"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes `keys` with DeleteObjects (single deletes when the server lacks it); returns how
+/// many could not be deleted.
+async fn delete_many(inner: &Inner, keys: &[String]) -> Result<usize> {
+    let mut failed = 0;
+    for batch in keys.chunks(DELETE_BATCH) {
+        let body = xml::delete_body(batch);
+        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body.as_bytes()));
+        let req = Request::new(Method::POST, None)
+            .query("delete", "")
+            .header("content-md5", md5)
+            .header("content-type", "application/xml")
+            .body(Body::Bytes(Bytes::from(body)));
+        match inner.client.send(&req).await {
+            Ok(r) => {
+                let body = r.bytes().await?;
+                let res: DeleteResult = xml::parse(&body, "delete objects")?;
+                for e in &res.error {
+                    tracing::warn!(remote = %inner.opts.name, key = %e.key, code = %e.code, "could not delete an object");
+                }
+                failed += res.error.len();
+            }
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                let results: Vec<Result<()>> = futures::stream::iter(batch.to_vec())
+                    .map(|k| async move { delete(inner, &k).await })
+                    .buffer_unordered(RENAME_CONCURRENCY)
+                    .collect()
+                    .await;
+                failed += results.iter().filter(|r| r.is_err()).count();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(failed)
+}
+
+impl S3Backend {
+    /// Checks that the bucket exists and can be listed with these credentials.
+    pub async fn probe_bucket(&self) -> Result<()> {
+        list_page(&self.inner, "", false, None, 1)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.with_context("probe", format!("s3:{}", self.inner.opts.name)))
+    }
+
+    /// Multipart uploads pending under `prefix` (all pages).
+    pub async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let mut req = Request::new(Method::GET, None).query("uploads", "");
+            if !prefix.is_empty() {
+                req = req.query("prefix", prefix);
+            }
+            if let Some(k) = &key_marker {
+                req = req.query("key-marker", k.clone());
+            }
+            if let Some(u) = &id_marker {
+                req = req.query("upload-id-marker", u.clone());
+            }
+            let body = self.inner.client.send_xml(&req).await?;
+            let r: ListUploadsResult = xml::parse(&body, "list multipart uploads")?;
+            out.extend(r.upload.into_iter().map(|u| MultipartUpload {
+                initiated: parse_iso8601(&u.initiated),
+                key: u.key,
+                upload_id: u.upload_id,
+            }));
+            let next = (r.next_key_marker.clone(), r.next_upload_id_marker.clone());
+            if !r.is_truncated || (next.0 == key_marker && next.1 == id_marker) || next.0.is_none()
+            {
+                return Ok(out);
+            }
+            (key_marker, id_marker) = next;
+        }
+    }
+
+    /// Aborts the multipart uploads under `prefix` started more than `older_than` ago (uploads
+    /// abandoned by a crash); returns how many were aborted.
+    pub async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<usize> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut n = 0;
+        for u in self.list_multipart_uploads(prefix).await? {
+            if u.initiated.is_some_and(|t| t > cutoff) {
+                continue;
+            }
+            let req = Request::new(Method::DELETE, Some(&u.key)).query("uploadId", u.upload_id);
+            match self.inner.client.send(&req).await {
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n > 0 {
+            tracing::info!(remote = %self.inner.opts.name, prefix, aborted = n, "aborted stale multipart uploads");
+        }
+        Ok(n)
+    }
+}

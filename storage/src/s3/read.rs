@@ -1,0 +1,90 @@
+//! Ranged, streaming reads.
+
+use super::client::Request;
+use super::Inner;
+use crate::backend::ByteStream;
+use crate::error::{Error, ErrorKind, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::Method;
+
+fn short() -> Error {
+    Error::new(
+        ErrorKind::Backend,
+        "the download ended before the end of the requested range",
+    )
+    .set_retryable(true)
+}
+
+/// Streams bytes `offset..end` of `key` (to the end of the object when `end` is `None`).
+/// A body that ends before what the answer announced is an error, never a silent end of file.
+pub(crate) async fn read(
+    inner: &Inner,
+    key: &str,
+    offset: u64,
+    end: Option<u64>,
+) -> Result<ByteStream> {
+    if let Some(end) = end {
+        if offset >= end {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+    }
+    let range = match end {
+        Some(end) => Some(format!("bytes={offset}-{}", end - 1)),
+        // A whole object: no range, since `bytes=0-` is refused for an empty one.
+        None if offset == 0 => None,
+        None => Some(format!("bytes={offset}-")),
+    };
+    let mut req = Request::new(Method::GET, Some(key));
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    let resp = match inner.client.send(&req).await {
+        Ok(r) => r,
+        // Reading from the end of an object whose size we were not told.
+        Err(e) if e.kind() == ErrorKind::InvalidInput && end.is_none() => {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        Err(e) => return Err(e),
+    };
+    let status = resp.status().as_u16();
+    if status == 200 && offset > 0 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "the remote ignored the byte range of a read",
+        ));
+    }
+    let announced = resp.content_length();
+    if let (Some(end), Some(len)) = (end, announced) {
+        if len < end - offset {
+            // The object is shorter than the caller knows it to be: it changed since.
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "the file is shorter than expected: it changed during the read",
+            ));
+        }
+    }
+    let expected = announced.or(end.map(|e| e - offset));
+    let body = resp.stream();
+    // Count what arrives and fail at the end if the body was cut short.
+    let counted = futures::stream::unfold(
+        (Box::pin(body), 0u64, false),
+        move |(mut body, mut got, done)| async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(b)) => {
+                    got += b.len() as u64;
+                    Some((Ok::<Bytes, Error>(b), (body, got, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (body, got, true))),
+                None => match expected {
+                    Some(n) if got < n => Some((Err(short()), (body, got, true))),
+                    _ => None,
+                },
+            }
+        },
+    );
+    Ok(Box::pin(counted))
+}

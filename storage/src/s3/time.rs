@@ -1,0 +1,170 @@
+//! Time formats of the S3 world: SigV4 dates, ISO 8601 listing times, HTTP dates, and the
+//! rclone-compatible `mtime` metadata.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), so that no
+/// calendar crate is needed for the two formats we produce and parse.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = if z >= 0 { z } else { z - 146096 } / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `(YYYYMMDD'T'HHMMSS'Z', YYYYMMDD)` as SigV4 wants them.
+pub(crate) fn amz_date(t: SystemTime) -> (String, String) {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let rem = secs.rem_euclid(86400);
+    let date = format!("{y:04}{m:02}{d:02}");
+    let stamp = format!(
+        "{date}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    );
+    (stamp, date)
+}
+
+/// Parses the ISO 8601 times of XML answers (`2024-01-02T03:04:05.678Z`).
+pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut nanos = 0u32;
+    let rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits: String = frac.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let mut padded = digits.chars().take(9).collect::<String>();
+        while padded.len() < 9 {
+            padded.push('0');
+        }
+        nanos = padded.parse().ok()?;
+    }
+    let days = days_from_civil(y as i64, mo, d);
+    let secs = days * 86400 + (h * 3600 + mi * 60 + se) as i64;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Parses an HTTP date header (`Last-Modified`).
+pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(s.trim()).ok()
+}
+
+/// Formats `mtime` metadata as rclone does: decimal seconds since the epoch with nanoseconds
+/// (`1700000000.123456789`), or whole seconds when there is no fraction.
+pub fn format_mtime(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    }
+}
+
+/// Parses `mtime` metadata: whole or fractional decimal seconds since the epoch (rclone's form
+/// and plain integers). Anything else (negative, garbage) is ignored by the caller.
+pub fn parse_mtime(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (s, ""),
+    };
+    if int.is_empty() || !int.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let secs: u64 = int.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nanos: u32 = digits.parse().ok()?;
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amz_dates() {
+        let t = UNIX_EPOCH + Duration::from_secs(1369353600);
+        assert_eq!(
+            amz_date(t),
+            ("20130524T000000Z".to_string(), "20130524".to_string())
+        );
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661); // 2000-02-29 01:01:01
+        assert_eq!(amz_date(t).0, "20000229T010101Z");
+    }
+
+    #[test]
+    fn iso_times() {
+        let t = parse_iso8601("2013-05-24T00:00:00.000Z").unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1369353600));
+        let t = parse_iso8601("2000-02-29T01:01:01.5Z").unwrap();
+        assert_eq!(
+            t,
+            UNIX_EPOCH + Duration::new(951_782_400 + 3661, 500_000_000)
+        );
+        assert!(parse_iso8601("yesterday").is_none());
+    }
+
+    #[test]
+    fn mtime_round_trip() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(format_mtime(t), "1700000000.123456789");
+        assert_eq!(parse_mtime("1700000000.123456789"), Some(t));
+        assert_eq!(
+            parse_mtime("1700000000"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(
+            parse_mtime("1700000000.5"),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
+        );
+        assert_eq!(
+            format_mtime(UNIX_EPOCH + Duration::from_secs(5)),
+            "5".to_string()
+        );
+        assert!(parse_mtime("-5").is_none());
+        assert!(parse_mtime("abc").is_none());
+        assert!(parse_mtime("1.2.3").is_none());
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            parse_http_date("Fri, 24 May 2013 00:00:00 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(1369353600))
+        );
+    }
+}

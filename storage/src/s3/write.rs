@@ -1,0 +1,535 @@
+//! Uploads: one PutObject for small files, a write-behind multipart upload for the rest, and
+//! appends composed server-side.
+//!
+//! Memory: each part buffer holds a permit of the shared [`MemoryBudget`] for its whole size
+//! from its first byte until it has been sent. Taking the whole part at once (never growing a
+//! held permit) means no writer ever waits while holding a half-filled part, so uploads cannot
+//! deadlock each other on the budget. Parts larger than the whole budget go to a temp file.
+//!
+//! [`MemoryBudget`]: crate::budget::MemoryBudget
+
+use super::client::{Body, Request};
+use super::list::head_entry;
+use super::time::format_mtime;
+use super::xml::{self, EtagResult, InitiateResult};
+use super::{Inner, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::backend::{CreateOptions, Entry, Upload};
+use crate::budget::MemoryPermit;
+use crate::error::{Error, ErrorKind, Result};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use reqwest::Method;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
+
+/// The part being filled.
+enum Buf {
+    Empty,
+    Mem {
+        data: BytesMut,
+        permit: MemoryPermit,
+    },
+    Disk {
+        file: tokio::fs::File,
+        len: u64,
+    },
+}
+
+impl Buf {
+    fn len(&self) -> u64 {
+        match self {
+            Buf::Empty => 0,
+            Buf::Mem { data, .. } => data.len() as u64,
+            Buf::Disk { len, .. } => *len,
+        }
+    }
+}
+
+type PartResult = Result<(u32, String)>;
+
+/// Everything of an upload in progress; moved out on drop so that the clean-up can run in a
+/// spawned task.
+struct State {
+    inner: Arc<Inner>,
+    key: String,
+    opts: CreateOptions,
+    first_part_size: u64,
+    buf: Buf,
+    /// Size of the part being filled (fixed when its first byte arrives).
+    target: u64,
+    next_part: u32,
+    upload_id: Option<String>,
+    tasks: JoinSet<PartResult>,
+    parts: Vec<(u32, String)>,
+    written: u64,
+    failed: Option<Error>,
+    /// The ETag of the appended-to object, which must still be current at commit.
+    if_match: Option<String>,
+}
+
+/// An upload to S3; see the module documentation.
+pub(crate) struct S3Upload {
+    st: Option<State>,
+}
+
+fn same_etag(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_string()
+    };
+    norm(a) == norm(b)
+}
+
+fn copy_err(e: &Error) -> Error {
+    Error::new(e.kind(), e.message().to_string()).set_retryable(e.is_retryable())
+}
+
+/// Starts an upload of `key`; for an append, checks the object and starts copying it.
+pub(crate) async fn create(
+    inner: Arc<Inner>,
+    key: &str,
+    opts: CreateOptions,
+) -> Result<Box<dyn Upload>> {
+    let mut first = inner.opts.part_size;
+    if let Some(hint) = opts.size_hint {
+        // Parts double every 1,000 anyway; this only spares very large announced files from
+        // thousands of small parts.
+        let need = hint
+            .div_ceil(u64::from(MAX_PARTS))
+            .next_multiple_of(1024 * 1024);
+        first = first.max(need).clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+    }
+    let append = opts.append_to.clone();
+    let mut st = State {
+        inner,
+        key: key.to_string(),
+        opts,
+        first_part_size: first,
+        buf: Buf::Empty,
+        target: 0,
+        next_part: 1,
+        upload_id: None,
+        tasks: JoinSet::new(),
+        parts: Vec::new(),
+        written: 0,
+        failed: None,
+        if_match: None,
+    };
+    if let Some(existing) = append {
+        if let Err(e) = st.start_append(&existing).await {
+            st.abort_multipart().await;
+            return Err(e);
+        }
+    }
+    Ok(Box::new(S3Upload { st: Some(st) }))
+}
+
+impl State {
+    fn part_size_for(&self, n: u32) -> u64 {
+        let tier = (n.saturating_sub(1) / 1000).min(20);
+        (self.first_part_size << tier).min(MAX_PART_SIZE)
+    }
+
+    fn mtime_header(&self) -> Option<String> {
+        if self.inner.opts.preserve_mtime {
+            self.opts.mtime.map(format_mtime)
+        } else {
+            None
+        }
+    }
+
+    /// The appended-to object must still be the one seen at open.
+    async fn check_unchanged(&self) -> Result<()> {
+        let Some(expected) = &self.if_match else {
+            return Ok(());
+        };
+        let now = match head_entry(&self.inner, &self.key).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the file was removed during the append",
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        match now.etag {
+            Some(t) if same_etag(&t, expected) => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Conflict,
+                "the file changed during the append; nothing was changed",
+            )),
+        }
+    }
+
+    async fn start_append(&mut self, existing: &Entry) -> Result<()> {
+        let etag = existing.etag.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Conflict,
+                "the file to append to has no version tag",
+            )
+        })?;
+        self.if_match = Some(etag.clone());
+        self.check_unchanged().await?;
+        let size = existing.size;
+        if size >= MIN_PART_SIZE {
+            // Server-side: the old bytes become the first parts, copied in ranges of at most
+            // 5 GiB. The ranges are of equal size, so each is at least 5 MiB (S3's minimum for
+            // every part but the last); the new bytes follow as further parts, the last of which
+            // may be small. So no tail of the old object needs to pass through this process.
+            self.ensure_multipart().await?;
+            let n = size.div_ceil(MAX_PART_SIZE);
+            let chunk = size.div_ceil(n);
+            let mut start = 0;
+            while start < size {
+                let end = (start + chunk).min(size);
+                self.wait_for_slot().await?;
+                let part = self.next_part;
+                self.next_part += 1;
+                let inner = self.inner.clone();
+                let req = Request::new(Method::PUT, Some(&self.key))
+                    .query("partNumber", part.to_string())
+                    .query("uploadId", self.upload_id.clone().unwrap_or_default())
+                    .header("x-amz-copy-source", inner.client.copy_source(&self.key))
+                    .header(
+                        "x-amz-copy-source-range",
+                        format!("bytes={start}-{}", end - 1),
+                    )
+                    .header("x-amz-copy-source-if-match", etag.clone());
+                self.tasks.spawn(async move {
+                    let body = inner.client.send_xml(&req).await?;
+                    let r: EtagResult = xml::parse(&body, "upload part copy")?;
+                    let etag = r.etag.ok_or_else(|| {
+                        Error::new(ErrorKind::Backend, "the remote sent no ETag for a part")
+                    })?;
+                    Ok((part, etag))
+                });
+                start = end;
+            }
+        } else if size > 0 {
+            // Small: read the old bytes (only if still the same object) and send them again.
+            let req = Request::new(Method::GET, Some(&self.key)).header("if-match", etag);
+            let old = self.inner.client.send(&req).await?.bytes().await?;
+            if old.len() as u64 != size {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the file changed during the append; nothing was changed",
+                ));
+            }
+            self.push(old).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_multipart(&mut self) -> Result<()> {
+        if self.upload_id.is_some() {
+            return Ok(());
+        }
+        let mut req = Request::new(Method::POST, Some(&self.key)).query("uploads", "");
+        if let Some(m) = self.mtime_header() {
+            req = req.header("x-amz-meta-mtime", m);
+        }
+        let body = self.inner.client.send_xml(&req).await?;
+        let r: InitiateResult = xml::parse(&body, "create multipart upload")?;
+        if r.upload_id.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                "the remote sent no upload id",
+            ));
+        }
+        self.upload_id = Some(r.upload_id);
+        Ok(())
+    }
+
+    fn record(&mut self, r: std::result::Result<PartResult, tokio::task::JoinError>) {
+        match r {
+            Ok(Ok(p)) => self.parts.push(p),
+            Ok(Err(e)) => {
+                if self.failed.is_none() {
+                    self.failed = Some(e);
+                }
+            }
+            Err(e) => {
+                if self.failed.is_none() {
+                    self.failed = Some(
+                        Error::new(ErrorKind::Backend, "a part upload task failed").with_source(e),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Collects finished parts without waiting; fails with the first background error.
+    fn check(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.try_join_next() {
+            self.record(r);
+        }
+        match &self.failed {
+            Some(e) => Err(copy_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Back-pressure: waits until fewer than `concurrency` parts are in flight.
+    async fn wait_for_slot(&mut self) -> Result<()> {
+        self.check()?;
+        while self.tasks.len() >= self.inner.opts.concurrency {
+            if let Some(r) = self.tasks.join_next().await {
+                self.record(r);
+            }
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    async fn wait_all(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            self.record(r);
+        }
+        self.check()
+    }
+
+    /// Opens the next part's buffer: memory when the budget can ever hold it, else disk.
+    async fn open_part(&mut self) -> Result<()> {
+        let target = self.part_size_for(self.next_part);
+        self.target = target;
+        // A first part of a file announced as small only needs what was announced.
+        let want = match self.opts.size_hint {
+            Some(h) if self.next_part == 1 && self.written == 0 => target.min(h.max(1)),
+            _ => target,
+        };
+        if self.inner.budget.can_hold(want) {
+            let permit = self.inner.budget.acquire(want).await?;
+            self.buf = Buf::Mem {
+                data: BytesMut::with_capacity(want.min(target) as usize),
+                permit,
+            };
+        } else {
+            let dir = self.inner.opts.spool_dir.clone();
+            let f = tokio::task::spawn_blocking(move || match dir {
+                Some(d) => tempfile::tempfile_in(d),
+                None => tempfile::tempfile(),
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Backend, "spooling failed").with_source(e))??;
+            self.buf = Buf::Disk {
+                file: tokio::fs::File::from_std(f),
+                len: 0,
+            };
+        }
+        Ok(())
+    }
+
+    async fn append_buf(&mut self, chunk: Bytes) -> Result<()> {
+        match &mut self.buf {
+            Buf::Empty => unreachable!("opened before"),
+            Buf::Mem { data, permit } => {
+                let need = (data.len() + chunk.len()) as u64;
+                if need > permit.bytes() {
+                    // Only when more arrived than the size announced up front.
+                    let more = self
+                        .inner
+                        .budget
+                        .acquire(self.target - permit.bytes())
+                        .await?;
+                    permit.merge(more);
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Buf::Disk { file, len } => {
+                file.write_all(&chunk).await?;
+                *len += chunk.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_body(&mut self) -> Result<(Body, Option<MemoryPermit>)> {
+        Ok(match std::mem::replace(&mut self.buf, Buf::Empty) {
+            Buf::Empty => (Body::Empty, None),
+            Buf::Mem { data, permit } => (Body::Bytes(data.freeze()), Some(permit)),
+            Buf::Disk { mut file, len } => {
+                file.flush().await?;
+                let std = file.into_std().await;
+                (Body::File(Arc::new(std), len), None)
+            }
+        })
+    }
+
+    /// Sends the filled buffer as the next part, in the background.
+    async fn dispatch(&mut self) -> Result<()> {
+        if self.next_part > MAX_PARTS {
+            return Err(Error::new(
+                ErrorKind::LimitReached,
+                "the file needs more than 10,000 parts",
+            ));
+        }
+        self.ensure_multipart().await?;
+        self.wait_for_slot().await?;
+        let (body, permit) = self.take_body().await?;
+        let part = self.next_part;
+        self.next_part += 1;
+        let inner = self.inner.clone();
+        let req = Request::new(Method::PUT, Some(&self.key))
+            .query("partNumber", part.to_string())
+            .query("uploadId", self.upload_id.clone().unwrap_or_default())
+            .body(body);
+        self.tasks.spawn(async move {
+            let resp = inner.client.send(&req).await?;
+            drop(permit);
+            let etag = resp.header("etag").map(str::to_string).ok_or_else(|| {
+                Error::new(ErrorKind::Backend, "the remote sent no ETag for a part")
+            })?;
+            Ok((part, etag))
+        });
+        Ok(())
+    }
+
+    /// Adds bytes to the object. A full part is sent only when the next byte arrives, so a
+    /// file of exactly one part becomes a single PutObject.
+    async fn push(&mut self, mut data: Bytes) -> Result<()> {
+        while !data.is_empty() {
+            if !matches!(self.buf, Buf::Empty) && self.buf.len() >= self.target {
+                self.dispatch().await?;
+            }
+            if matches!(self.buf, Buf::Empty) {
+                self.open_part().await?;
+            }
+            let space = (self.target - self.buf.len()) as usize;
+            let chunk = data.split_to(space.min(data.len()));
+            self.append_buf(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<Entry> {
+        self.check()?;
+        if self.upload_id.is_none() {
+            let (body, _permit) = self.take_body().await?;
+            let mut req = Request::new(Method::PUT, Some(&self.key)).body(body);
+            if let Some(m) = self.mtime_header() {
+                req = req.header("x-amz-meta-mtime", m);
+            }
+            if let Some(t) = &self.if_match {
+                self.check_unchanged().await?;
+                // Servers with conditional writes close the last race window; others ignore it.
+                req = req.header("if-match", t.clone());
+            }
+            self.inner.client.send(&req).await?;
+        } else {
+            if self.buf.len() > 0 {
+                self.dispatch().await?;
+            }
+            self.wait_all().await?;
+            self.parts.sort_by_key(|p| p.0);
+            self.check_unchanged().await?;
+            let body = xml::complete_body(&self.parts);
+            let mut req = Request::new(Method::POST, Some(&self.key))
+                .query("uploadId", self.upload_id.clone().unwrap_or_default())
+                .header("content-type", "application/xml")
+                .body(Body::Bytes(Bytes::from(body)));
+            if let Some(t) = &self.if_match {
+                req = req.header("if-match", t.clone());
+            }
+            self.inner.client.send_xml(&req).await?;
+            self.upload_id = None;
+        }
+        head_entry(&self.inner, &self.key).await
+    }
+
+    async fn abort_multipart(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            let req = Request::new(Method::DELETE, Some(&self.key)).query("uploadId", id);
+            if let Err(e) = self.inner.client.send(&req).await {
+                tracing::warn!(remote = %self.inner.opts.name, key = %self.key, error = ?e,
+                    "could not abort a multipart upload; it will be cleaned up as stale");
+            }
+        }
+        self.buf = Buf::Empty;
+    }
+
+    async fn finish(mut self) -> Result<Entry> {
+        match self.commit().await {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                self.abort_multipart().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn give_up(mut self) {
+        if self.opts.keep_partial && self.failed.is_none() {
+            let key = self.key.clone();
+            let remote = self.inner.opts.name.clone();
+            if let Err(e) = self.finish().await {
+                tracing::warn!(%remote, %key, error = ?e, "could not keep the partial upload");
+            }
+            return;
+        }
+        self.abort_multipart().await;
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let st = self
+            .st
+            .as_mut()
+            .ok_or_else(|| Error::of(ErrorKind::InvalidInput))?;
+        st.check()?;
+        let len = data.len() as u64;
+        if let Err(e) = st.push(data).await {
+            if st.failed.is_none() {
+                st.failed = Some(copy_err(&e));
+            }
+            return Err(e);
+        }
+        st.written += len;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.st.as_ref().map(|s| s.written).unwrap_or(0)
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Entry> {
+        let st = self
+            .st
+            .take()
+            .ok_or_else(|| Error::of(ErrorKind::InvalidInput))?;
+        st.finish().await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(st) = self.st.take() {
+            st.give_up().await;
+        }
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        // Dropped without finish or abort (a client vanished): clean up in the background so
+        // that no multipart upload is left behind.
+        if let Some(st) = self.st.take() {
+            if st.upload_id.is_none() && !st.opts.keep_partial {
+                return;
+            }
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(st.give_up());
+                }
+                Err(_) => {
+                    tracing::warn!(key = %st.key, "an upload was dropped outside the runtime; its multipart upload is left for the stale clean-up")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,682 @@
+//! Carrying out one decision: copies, deletions, folder creation and removal, comparisons and
+//! conflict resolution. Each returns an [`Outcome`]: the records to keep, the pairs newly
+//! verified, the counts, and never a half-recorded state.
+
+use super::model::{md5_like, Item, Record};
+use super::names::conflict_name;
+use super::plan::{Action, Side, Winner};
+use super::{ConflictPolicy, Event, EventKind, Phase, Progress, ProgressFn};
+use crate::backend::{Backend, CreateOptions, Entry};
+use crate::error::{Error, ErrorKind, Result};
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Two mtimes this close are the same time (copies keep the mtime; some stores round it).
+const MTIME_SLACK_NS: i64 = 1_000_000;
+
+/// Progress shared by the tasks of a run.
+#[derive(Default)]
+pub(crate) struct Live {
+    pub cb: Option<ProgressFn>,
+    pub phase: AtomicU8,
+    pub listed_site: AtomicU64,
+    pub listed_remote: AtomicU64,
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+impl Live {
+    pub(crate) fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn emit(&self, event: Option<Event>) {
+        let Some(cb) = &self.cb else { return };
+        let phase = match self.phase.load(Ordering::Relaxed) {
+            x if x == Phase::Listing as u8 => Phase::Listing,
+            x if x == Phase::Transferring as u8 => Phase::Transferring,
+            _ => Phase::Done,
+        };
+        cb(Progress {
+            phase,
+            listed_site: self.listed_site.load(Ordering::Relaxed),
+            listed_remote: self.listed_remote.load(Ordering::Relaxed),
+            files_total: self.files_total.load(Ordering::Relaxed),
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            event,
+        });
+    }
+
+    fn add_bytes(&self, n: u64) {
+        self.bytes_done.fetch_add(n, Ordering::Relaxed);
+        self.emit(None);
+    }
+}
+
+/// What the tasks of one run share.
+pub(crate) struct Ctx {
+    pub site: Arc<dyn Backend>,
+    pub site_prefix: String,
+    pub remote: Arc<dyn Backend>,
+    pub remote_prefix: String,
+    /// Both sides are one backend object: copy server-side.
+    pub same: bool,
+    pub conflict: ConflictPolicy,
+    pub dry_run: bool,
+    pub cancel: CancellationToken,
+    pub live: Live,
+}
+
+impl Ctx {
+    fn backend(&self, s: Side) -> &Arc<dyn Backend> {
+        match s {
+            Side::Site => &self.site,
+            Side::Remote => &self.remote,
+        }
+    }
+
+    /// The backend key of relative path `rel` on side `s` (folders without their slash).
+    pub(crate) fn key(&self, s: Side, rel: &str) -> String {
+        let prefix = match s {
+            Side::Site => &self.site_prefix,
+            Side::Remote => &self.remote_prefix,
+        };
+        let rel = rel.trim_end_matches('/');
+        if prefix.is_empty() {
+            rel.to_string()
+        } else if rel.is_empty() {
+            prefix.clone()
+        } else {
+            format!("{prefix}/{rel}")
+        }
+    }
+}
+
+/// Counters of one or more paths.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub to_remote: u64,
+    pub to_site: u64,
+    pub del_remote: u64,
+    pub del_site: u64,
+    pub conflicts: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    pub bytes: u64,
+}
+
+impl Counts {
+    pub(crate) fn add(&mut self, o: &Counts) {
+        self.to_remote += o.to_remote;
+        self.to_site += o.to_site;
+        self.del_remote += o.del_remote;
+        self.del_site += o.del_site;
+        self.conflicts += o.conflicts;
+        self.skipped += o.skipped;
+        self.errors += o.errors;
+        self.bytes += o.bytes;
+    }
+
+    fn copied(&mut self, to: Side, bytes: u64) {
+        match to {
+            Side::Remote => self.to_remote += 1,
+            Side::Site => self.to_site += 1,
+        }
+        self.bytes += bytes;
+    }
+}
+
+/// The result of one action.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Records carried over unchanged (already in the baseline): new state only.
+    pub keep: Vec<Record>,
+    /// Pairs verified by this action: new state and journal.
+    pub put: Vec<Record>,
+    /// Paths now absent from both sides: journal.
+    pub del: Vec<String>,
+    pub counts: Counts,
+    /// Events to report.
+    pub events: Vec<Event>,
+}
+
+impl Outcome {
+    fn event(&mut self, kind: EventKind, path: &str, bytes: u64, message: Option<String>) {
+        self.events.push(Event {
+            kind,
+            path: path.to_string(),
+            bytes,
+            message,
+        });
+    }
+
+    fn skipped(old: Option<Record>, path: &str, why: &str) -> Outcome {
+        let mut o = Outcome {
+            keep: old.into_iter().collect(),
+            ..Default::default()
+        };
+        o.counts.skipped = 1;
+        o.event(EventKind::Skipped, path, 0, Some(why.to_string()));
+        o
+    }
+
+    fn copied(&mut self, to: Side, path: &str, bytes: u64) {
+        self.counts.copied(to, bytes);
+        let kind = match to {
+            Side::Remote => EventKind::CopiedToRemote,
+            Side::Site => EventKind::CopiedToSite,
+        };
+        self.event(kind, path, bytes, None);
+    }
+}
+
+/// The record of a pair whose `side` half is `a` and other half `b`.
+fn pair(side: Side, a: &Item, b: &Item) -> Record {
+    match side {
+        Side::Site => Record::pair(a, b),
+        Side::Remote => {
+            let mut r = Record::pair(b, a);
+            r.path = a.path.clone();
+            r
+        }
+    }
+}
+
+fn action_path(a: &Action) -> &str {
+    match a {
+        Action::Copy { item, .. } | Action::Delete { item, .. } | Action::Mkdir { item, .. } => {
+            &item.path
+        }
+        Action::Reconcile { site, .. } => &site.path,
+    }
+}
+
+fn action_old(a: &Action) -> Option<Record> {
+    match a {
+        Action::Copy { old, .. } | Action::Mkdir { old, .. } | Action::Reconcile { old, .. } => {
+            old.clone()
+        }
+        Action::Delete { old, .. } => Some(old.clone()),
+    }
+}
+
+/// Carries out `a`. A failure keeps the old record, so the next run sees the same situation.
+pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
+    let path = action_path(&a).to_string();
+    let old = action_old(&a);
+    let r = match a {
+        Action::Copy {
+            from,
+            item,
+            target,
+            old,
+        } => copy(&ctx, from, item, target, old).await,
+        Action::Delete { side, item, old } => delete(&ctx, side, item, old).await,
+        Action::Mkdir { from, item, old } => mkdir(&ctx, from, item, old).await,
+        Action::Reconcile {
+            site,
+            remote,
+            old,
+            winner,
+        } => reconcile(&ctx, site, remote, old, winner).await,
+    };
+    r.unwrap_or_else(|e| failed(old, &path, &e))
+}
+
+fn failed(old: Option<Record>, path: &str, e: &Error) -> Outcome {
+    tracing::warn!(path = %path, error = ?e, "sync: path failed");
+    let mut o = Outcome {
+        keep: old.into_iter().collect(),
+        ..Default::default()
+    };
+    o.counts.errors = 1;
+    o.event(EventKind::Error, path, 0, Some(e.to_string()));
+    o
+}
+
+fn cancelled() -> Error {
+    Error::new(ErrorKind::Backend, "sync run cancelled")
+}
+
+/// True when `key` on `side` still is what was listed (`None`: nothing). A target that vanished
+/// since counts as unchanged: overwriting or deleting it then loses nothing.
+async fn unchanged(ctx: &Ctx, side: Side, key: &str, listed: Option<&Item>) -> Result<bool> {
+    match ctx.backend(side).stat(key).await {
+        Ok(e) => Ok(match listed {
+            None => false,
+            Some(l) => {
+                let now = Item::from_written(&l.path, &e);
+                e.is_dir() == l.is_dir() && l.same_version(&now)
+            }
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+fn close(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
+    let ns = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)
+    };
+    match (a, b) {
+        (Some(a), Some(b)) => (ns(a) - ns(b)).abs() <= MTIME_SLACK_NS,
+        _ => false,
+    }
+}
+
+/// A server-side copy within one backend, keeping the source's mtime.
+async fn server_copy(b: &Arc<dyn Backend>, from: &str, to: &str, item: &Item) -> Result<Entry> {
+    match b.copy_file(from, to).await {
+        Ok(()) => {}
+        // A local folder needs the target's parent first (object storage never does).
+        Err(e) if e.kind() == ErrorKind::NotFound && to.contains('/') => {
+            b.mkdir(to.rsplit_once('/').map(|(p, _)| p).unwrap_or(""))
+                .await?;
+            b.copy_file(from, to).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    let mut e = b.stat(to).await?;
+    if let Some(t) = item.mtime() {
+        if !close(e.mtime, Some(t)) {
+            b.set_mtime(to, t).await?;
+            e = b.stat(to).await?;
+        }
+    }
+    Ok(e)
+}
+
+/// Copies `item` from side `from` (key `src_key`) to `dst_key` on side `to`; returns what was
+/// written. Like [`crate::transfer::stream_copy`], but the mtime travels with the upload (one
+/// write, not a write and a metadata copy) and bytes are reported as they go.
+async fn transfer(
+    ctx: &Ctx,
+    from: Side,
+    src_key: &str,
+    item: &Item,
+    to: Side,
+    dst_key: &str,
+) -> Result<Entry> {
+    let src = ctx.backend(from);
+    let dst = ctx.backend(to);
+    if ctx.same {
+        let e = server_copy(dst, src_key, dst_key, item).await?;
+        ctx.live.add_bytes(item.size);
+        return Ok(e);
+    }
+    let mut stream = if item.size > 0 {
+        Some(src.read(src_key, 0, Some(item.size)).await?)
+    } else {
+        None
+    };
+    let mut up = dst
+        .create(
+            dst_key,
+            CreateOptions {
+                size_hint: Some(item.size),
+                mtime: item.mtime(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut n = 0u64;
+    if let Some(stream) = stream.as_mut() {
+        loop {
+            let next = tokio::select! {
+                c = stream.next() => c,
+                _ = ctx.cancel.cancelled() => {
+                    up.abort().await;
+                    return Err(cancelled());
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(b)) => {
+                    let len = b.len() as u64;
+                    if let Err(e) = up.write(b).await {
+                        up.abort().await;
+                        return Err(e);
+                    }
+                    n += len;
+                    ctx.live.add_bytes(len);
+                }
+                Some(Err(e)) => {
+                    up.abort().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if n != item.size {
+        up.abort().await;
+        return Err(Error::new(
+            ErrorKind::Backend,
+            "the source changed size during the copy",
+        )
+        .set_retryable(true)
+        .with_context("sync", format!("/{src_key}")));
+    }
+    let mut e = up.finish().await?;
+    if e.etag.is_none() {
+        // The record needs the same stamp the next listing will show.
+        e = dst.stat(dst_key).await?;
+    }
+    Ok(e)
+}
+
+async fn copy(
+    ctx: &Ctx,
+    from: Side,
+    item: Item,
+    target: Option<Item>,
+    old: Option<Record>,
+) -> Result<Outcome> {
+    let to = from.other();
+    let dst_key = ctx.key(to, &item.path);
+    // Never overwrite what changed at the target after it was listed: next run decides again.
+    if !unchanged(ctx, to, &dst_key, target.as_ref()).await? {
+        return Ok(Outcome::skipped(
+            old,
+            &item.path,
+            "changed at the destination during the run",
+        ));
+    }
+    let mut o = Outcome::default();
+    if ctx.dry_run {
+        o.keep.extend(old);
+        o.copied(to, &item.path, item.size);
+        return Ok(o);
+    }
+    let src_key = ctx.key(from, &item.path);
+    let written = transfer(ctx, from, &src_key, &item, to, &dst_key).await?;
+    let w = Item::from_written(&item.path, &written);
+    if w.size != item.size {
+        return Err(
+            Error::new(ErrorKind::Backend, "the copy has the wrong size")
+                .with_context("sync", format!("/{dst_key}")),
+        );
+    }
+    // The source's half is what was listed: if it changed while being read, the next run sees
+    // it changed and copies again.
+    o.put.push(pair(from, &item, &w));
+    o.copied(to, &item.path, item.size);
+    Ok(o)
+}
+
+async fn delete(ctx: &Ctx, side: Side, item: Item, old: Record) -> Result<Outcome> {
+    let key = ctx.key(side, &item.path);
+    if !unchanged(ctx, side, &key, Some(&item)).await? {
+        // Changed after listing: the next run sees "changed here, deleted there" and keeps it.
+        return Ok(Outcome::skipped(
+            Some(old),
+            &item.path,
+            "changed during the run",
+        ));
+    }
+    let mut o = Outcome::default();
+    if !ctx.dry_run {
+        match ctx.backend(side).remove_file(&key).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        o.del.push(item.path.clone());
+    } else {
+        o.keep.push(old);
+    }
+    deleted(&mut o, side, &item.path);
+    Ok(o)
+}
+
+fn deleted(o: &mut Outcome, side: Side, path: &str) {
+    let kind = match side {
+        Side::Site => {
+            o.counts.del_site += 1;
+            EventKind::DeletedSite
+        }
+        Side::Remote => {
+            o.counts.del_remote += 1;
+            EventKind::DeletedRemote
+        }
+    };
+    o.event(kind, path, 0, None);
+}
+
+async fn mkdir(ctx: &Ctx, from: Side, item: Item, old: Option<Record>) -> Result<Outcome> {
+    let to = from.other();
+    let mut o = Outcome::default();
+    if ctx.dry_run {
+        o.keep.extend(old);
+    } else {
+        ctx.backend(to).mkdir(&ctx.key(to, &item.path)).await?;
+        o.put.push(Record::pair(&item, &item));
+    }
+    o.copied(to, &item.path, 0);
+    Ok(o)
+}
+
+/// Removes folder `item` from `side` (the other side removed it). A folder that still holds
+/// something (files the other side never had) stays.
+pub(crate) async fn remove_dir(ctx: &Ctx, side: Side, item: Item, old: Record) -> Outcome {
+    let mut o = Outcome::default();
+    if ctx.dry_run {
+        o.keep.push(old);
+        deleted(&mut o, side, &item.path);
+        return o;
+    }
+    match ctx
+        .backend(side)
+        .remove_dir(&ctx.key(side, &item.path))
+        .await
+    {
+        Ok(()) => {
+            o.del.push(item.path.clone());
+            deleted(&mut o, side, &item.path);
+            o
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            o.del.push(item.path.clone());
+            o
+        }
+        Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => {
+            o.keep.push(old);
+            o
+        }
+        Err(e) => failed(Some(old), &item.path, &e),
+    }
+}
+
+/// True when the two sides hold the same bytes: sizes, then MD5 ETags where both sides have
+/// one, then equal mtimes (copies keep them), else reading both.
+async fn same_content(ctx: &Ctx, s: &Item, m: &Item) -> Result<bool> {
+    if s.size != m.size {
+        return Ok(false);
+    }
+    if s.is_dir() || s.size == 0 {
+        return Ok(true);
+    }
+    if let (Some(a), Some(b)) = (&s.etag, &m.etag) {
+        if md5_like(a) && md5_like(b) {
+            return Ok(a.eq_ignore_ascii_case(b));
+        }
+    }
+    if let (Some(a), Some(b)) = (s.mtime_ns, m.mtime_ns) {
+        if (a - b).abs() <= MTIME_SLACK_NS {
+            return Ok(true);
+        }
+    }
+    let a = ctx
+        .site
+        .read(&ctx.key(Side::Site, &s.path), 0, Some(s.size))
+        .await?;
+    let b = ctx
+        .remote
+        .read(&ctx.key(Side::Remote, &m.path), 0, Some(m.size))
+        .await?;
+    streams_equal(a, b).await
+}
+
+/// Compares two byte streams whatever their chunk boundaries.
+pub(crate) async fn streams_equal(
+    mut a: crate::backend::ByteStream,
+    mut b: crate::backend::ByteStream,
+) -> Result<bool> {
+    let (mut ab, mut bb) = (Bytes::new(), Bytes::new());
+    let (mut a_end, mut b_end) = (false, false);
+    loop {
+        while ab.is_empty() && !a_end {
+            match a.next().await {
+                Some(c) => ab = c?,
+                None => a_end = true,
+            }
+        }
+        while bb.is_empty() && !b_end {
+            match b.next().await {
+                Some(c) => bb = c?,
+                None => b_end = true,
+            }
+        }
+        if ab.is_empty() || bb.is_empty() {
+            return Ok(ab.is_empty() && bb.is_empty());
+        }
+        let n = ab.len().min(bb.len());
+        if ab[..n] != bb[..n] {
+            return Ok(false);
+        }
+        ab.advance(n);
+        bb.advance(n);
+    }
+}
+
+async fn reconcile(
+    ctx: &Ctx,
+    s: Item,
+    m: Item,
+    old: Option<Record>,
+    winner: Winner,
+) -> Result<Outcome> {
+    if same_content(ctx, &s, &m).await? {
+        // Already equal (a copy made by a run that could not record it): record, copy nothing.
+        return Ok(Outcome {
+            put: vec![Record::pair(&s, &m)],
+            ..Default::default()
+        });
+    }
+    let newer_is_remote = m.mtime_ns.unwrap_or(i64::MIN) > s.mtime_ns.unwrap_or(i64::MIN);
+    match winner {
+        Winner::Source(Side::Site) => copy(ctx, Side::Site, s, Some(m), old).await,
+        Winner::Source(Side::Remote) => copy(ctx, Side::Remote, m, Some(s), old).await,
+        Winner::Policy => {
+            let mut o = match ctx.conflict {
+                ConflictPolicy::Newer => {
+                    let path = s.path.clone();
+                    let mut o = if newer_is_remote {
+                        copy(ctx, Side::Remote, m, Some(s), old).await?
+                    } else {
+                        copy(ctx, Side::Site, s, Some(m), old).await?
+                    };
+                    let won = if newer_is_remote { "remote" } else { "site" };
+                    o.event(
+                        EventKind::Conflict,
+                        &path,
+                        0,
+                        Some(format!("changed on both sides; the newer ({won}) wins")),
+                    );
+                    o
+                }
+                ConflictPolicy::KeepBoth => {
+                    if newer_is_remote {
+                        keep_both(ctx, Side::Remote, m, s, old).await?
+                    } else {
+                        keep_both(ctx, Side::Site, s, m, old).await?
+                    }
+                }
+            };
+            if o.counts.skipped == 0 {
+                o.counts.conflicts += 1;
+            }
+            Ok(o)
+        }
+    }
+}
+
+/// The winner (`win_item`, on side `win`) keeps the name on both sides; the loser is kept on
+/// both sides under its conflict name.
+async fn keep_both(
+    ctx: &Ctx,
+    win: Side,
+    win_item: Item,
+    lose_item: Item,
+    old: Option<Record>,
+) -> Result<Outcome> {
+    let lose = win.other();
+    let path = win_item.path.clone();
+    let cpath = conflict_name(&path, lose_item.mtime().unwrap_or(UNIX_EPOCH));
+    let lose_key = ctx.key(lose, &path);
+    if !unchanged(ctx, lose, &lose_key, Some(&lose_item)).await? {
+        return Ok(Outcome::skipped(
+            old,
+            &path,
+            "changed at the destination during the run",
+        ));
+    }
+    let mut o = Outcome::default();
+    let msg = Some(format!(
+        "changed on both sides; the older is kept as {cpath}"
+    ));
+    if ctx.dry_run {
+        o.keep.extend(old);
+        o.event(EventKind::Conflict, &path, 0, msg);
+        o.copied(lose, &path, win_item.size);
+        o.copied(win, &cpath, lose_item.size);
+        return Ok(o);
+    }
+    // 1. The losing version is kept beside itself on its own side (server-side)...
+    let ckey_lose = ctx.key(lose, &cpath);
+    let lc = server_copy(ctx.backend(lose), &lose_key, &ckey_lose, &lose_item).await?;
+    let lc = Item::from_written(&cpath, &lc);
+    // 2. ...the winner replaces it...
+    let src_key = ctx.key(win, &path);
+    let lnew = transfer(ctx, win, &src_key, &win_item, lose, &lose_key).await?;
+    let lnew = Item::from_written(&path, &lnew);
+    o.put.push(pair(win, &win_item, &lnew));
+    o.copied(lose, &path, win_item.size);
+    // 3. ...and the losing version reaches the winner's side under the conflict name.
+    let ckey_win = ctx.key(win, &cpath);
+    let wc = transfer(ctx, lose, &ckey_lose, &lc, win, &ckey_win).await?;
+    let wc = Item::from_written(&cpath, &wc);
+    o.put.push(pair(lose, &lc, &wc));
+    o.copied(win, &cpath, lc.size);
+    o.event(EventKind::Conflict, &path, 0, msg);
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(chunks: &[&'static [u8]]) -> crate::backend::ByteStream {
+        let v: Vec<Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        Box::pin(futures::stream::iter(v))
+    }
+
+    #[tokio::test]
+    async fn compares_streams_across_chunk_boundaries() {
+        let eq = |a, b| async move { streams_equal(stream(a), stream(b)).await.unwrap() };
+        assert!(eq(&[b"abc", b"def"], &[b"a", b"bcde", b"", b"f"]).await);
+        assert!(!eq(&[b"abc", b"def"], &[b"abc", b"deg"]).await);
+        assert!(!eq(&[b"abc"], &[b"abcd"]).await);
+        assert!(!eq(&[b"abcd"], &[b"abc"]).await);
+        assert!(eq(&[], &[b""]).await);
+    }
+}

@@ -1,0 +1,164 @@
+//! Names the engine makes: conflict copies, UTC timestamps, and file names for job state.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Civil UTC date and time of `t`: (year, month, day, hour, minute, second).
+pub(crate) fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64) - 1,
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `2024-05-01T10:15:00Z`, for history lines.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// The name that keeps the losing version of a conflict beside the winner:
+/// `dir/report (conflict 2024-05-01 101500 UTC).tar.gz`.
+///
+/// The mark goes before the first dot after the first character of the file name, so every
+/// extension (`.tar.gz`) survives and a dot file (`.bashrc`) keeps its whole name. `when` is the
+/// losing version's modification time, not the time of the run: a run that is interrupted and
+/// repeated then picks the same name again instead of making a second copy.
+pub fn conflict_name(path: &str, when: SystemTime) -> String {
+    let (dir, name) = match path.rfind('/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => ("", path),
+    };
+    let split = name
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '.')
+        .map(|(i, _)| i)
+        .unwrap_or(name.len());
+    let (y, mo, d, h, mi, s) = utc_parts(when);
+    format!(
+        "{dir}{} (conflict {y:04}-{mo:02}-{d:02} {h:02}{mi:02}{s:02} UTC){}",
+        &name[..split],
+        &name[split..]
+    )
+}
+
+/// True for names made by [`conflict_name`].
+pub fn is_conflict_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.contains(" (conflict ") && name.contains(" UTC)")
+}
+
+/// A job name made safe as a file name: anything but `[A-Za-z0-9_-]` and inner dots becomes
+/// `%XX`, so two names never share a file and none can climb out of the state folder.
+pub(crate) fn file_stem(job: &str) -> String {
+    let mut out = String::with_capacity(job.len());
+    for (i, b) in job.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+/// The inverse of [`file_stem`] (for `status`, which starts from file names).
+pub(crate) fn job_from_stem(stem: &str) -> String {
+    let bytes = stem.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                if v != 0 {
+                    out.push(v);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn conflict_names() {
+        // 2024-05-01 10:15:00 UTC
+        let when = t(1_714_558_500);
+        assert_eq!(
+            conflict_name("report.tar.gz", when),
+            "report (conflict 2024-05-01 101500 UTC).tar.gz"
+        );
+        assert_eq!(
+            conflict_name("a/b/.bashrc", when),
+            "a/b/.bashrc (conflict 2024-05-01 101500 UTC)"
+        );
+        assert_eq!(
+            conflict_name(".config.yaml", when),
+            ".config (conflict 2024-05-01 101500 UTC).yaml"
+        );
+        assert_eq!(
+            conflict_name("x", when),
+            "x (conflict 2024-05-01 101500 UTC)"
+        );
+        assert!(is_conflict_name("d/x (conflict 2024-05-01 101500 UTC)"));
+        assert!(!is_conflict_name("d/x"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(t(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(t(4_102_444_799)), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn stems() {
+        for name in ["acme-inbound", "a/b", "..", ".x", "a b%", "é"] {
+            let s = file_stem(name);
+            assert!(!s.contains('/') && !s.starts_with('.'), "{s}");
+            assert_eq!(job_from_stem(&s), name);
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The decision for one path, from the two sides' entries and the recorded pair. Pure: no I/O,
+//! so every case is tested directly.
+
+use super::model::{Item, Record};
+use super::Direction;
+
+/// One of the two sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Site,
+    Remote,
+}
+
+impl Side {
+    pub(crate) fn other(self) -> Side {
+        match self {
+            Side::Site => Side::Remote,
+            Side::Remote => Side::Site,
+        }
+    }
+}
+
+/// Who wins when the two sides hold different content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Winner {
+    /// One-way jobs: the source.
+    Source(Side),
+    /// Two-way jobs: the conflict policy.
+    Policy,
+}
+
+/// Work for one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Copy `item` from side `from` to the other side, where `target` was listed (or nothing).
+    Copy {
+        from: Side,
+        item: Item,
+        target: Option<Item>,
+        old: Option<Record>,
+    },
+    /// Delete `item` from side `side` (the other side deleted it since the last run).
+    Delete { side: Side, item: Item, old: Record },
+    /// Create the empty folder `item` (listed on `from`) on the other side.
+    Mkdir {
+        from: Side,
+        item: Item,
+        old: Option<Record>,
+    },
+    /// Both sides hold the path and at least one changed (or nothing was recorded): compare
+    /// the contents; equal is recorded as is, different goes to `winner`.
+    Reconcile {
+        site: Item,
+        remote: Item,
+        old: Option<Record>,
+        winner: Winner,
+    },
+}
+
+/// The outcome of comparing one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing to do; the record to keep (none: forget the path).
+    Keep(Option<Record>),
+    /// Left alone on purpose (a suspicious empty listing); the old record stays.
+    Skip(Option<Record>),
+    /// Work to do.
+    Act(Action),
+    /// Remove the folder `item` from `side` once the files are done (deepest first).
+    RemoveDir { side: Side, item: Item, old: Record },
+}
+
+/// What the whole job contributes to each decision.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    pub direction: Direction,
+    pub delete: bool,
+    /// The site listed nothing while the baseline has entries: treat its absences as unknown.
+    pub site_suspect: bool,
+    /// Same for the remote.
+    pub remote_suspect: bool,
+}
+
+/// One side's entry for the path, with whether a folder is empty on that side.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Seen {
+    pub item: Option<Item>,
+    /// For a folder: nothing is listed below it on this side.
+    pub leaf: bool,
+}
+
+fn source_of(d: Direction) -> Option<Side> {
+    match d {
+        Direction::Push => Some(Side::Site),
+        Direction::Pull => Some(Side::Remote),
+        Direction::TwoWay => None,
+    }
+}
+
+/// Decides what to do with one path.
+pub(crate) fn decide(site: Seen, remote: Seen, old: Option<Record>, rules: &Rules) -> Decision {
+    let s_same = match (&old, &site.item) {
+        (Some(r), Some(i)) => r.site.matches(i),
+        _ => false,
+    };
+    let r_same = match (&old, &remote.item) {
+        (Some(r), Some(i)) => r.remote.matches(i),
+        _ => false,
+    };
+    let suspect = |side: Side| match side {
+        Side::Site => rules.site_suspect,
+        Side::Remote => rules.remote_suspect,
+    };
+    match (site.item, remote.item) {
+        (None, None) => Decision::Keep(None),
+
+        (Some(s), Some(m)) => {
+            if s.is_dir() && m.is_dir() {
+                return Decision::Keep(Some(Record::pair(&s, &m)));
+            }
+            if old.is_some() && s_same && r_same {
+                return Decision::Keep(old);
+            }
+            let source = source_of(rules.direction);
+            if old.is_some() && !s_same && r_same && source != Some(Side::Remote) {
+                return Decision::Act(Action::Copy {
+                    from: Side::Site,
+                    item: s,
+                    target: Some(m),
+                    old,
+                });
+            }
+            if old.is_some() && s_same && !r_same && source != Some(Side::Site) {
+                return Decision::Act(Action::Copy {
+                    from: Side::Remote,
+                    item: m,
+                    target: Some(s),
+                    old,
+                });
+            }
+            // Both changed, nothing recorded, or (one-way) the target changed: the contents
+            // decide. A pair copied by a run that was killed before recording it lands here and
+            // is found equal, not declared a conflict.
+            Decision::Act(Action::Reconcile {
+                site: s,
+                remote: m,
+                old,
+                winner: match source {
+                    Some(side) => Winner::Source(side),
+                    None => Winner::Policy,
+                },
+            })
+        }
+
+        (Some(s), None) => one_sided(Side::Site, s, site.leaf, s_same, old, rules, suspect),
+        (None, Some(m)) => one_sided(Side::Remote, m, remote.leaf, r_same, old, rules, suspect),
+    }
+}
+
+/// The path is on side `here` only.
+fn one_sided(
+    here: Side,
+    item: Item,
+    leaf: bool,
+    unchanged: bool,
+    old: Option<Record>,
+    rules: &Rules,
+    suspect: impl Fn(Side) -> bool,
+) -> Decision {
+    let there = here.other();
+    let source = source_of(rules.direction);
+    let copy = |item: Item, old: Option<Record>| {
+        if item.is_dir() {
+            if leaf {
+                Decision::Act(Action::Mkdir {
+                    from: here,
+                    item,
+                    old,
+                })
+            } else {
+                // Its files recreate it there, so it is recorded as a pair now: its removal can
+                // then spread later. Should the copies fail, the record only ever leads to
+                // removing an *empty* folder, which loses nothing.
+                Decision::Keep(Some(Record::pair(&item, &item)))
+            }
+        } else {
+            Decision::Act(Action::Copy {
+                from: here,
+                item,
+                target: None,
+                old,
+            })
+        }
+    };
+    let Some(rec) = old else {
+        // New here. A one-way job copies only from its source; a target-only file is not ours.
+        return if source == Some(there) {
+            Decision::Keep(None)
+        } else {
+            copy(item, None)
+        };
+    };
+    // It was on both sides at the last run, so `there` deleted it.
+    if source == Some(here) {
+        // One-way from here: the target lost a file the source still has; restore it.
+        return copy(item, Some(rec));
+    }
+    if suspect(there) {
+        return Decision::Skip(Some(rec));
+    }
+    if source == Some(there) {
+        // One-way from there: the source deleted it.
+        return if rules.delete && unchanged {
+            delete(here, item, rec)
+        } else {
+            // Kept (no delete, or changed here since): no longer a synced pair.
+            Decision::Keep(None)
+        };
+    }
+    // Two-way.
+    if !unchanged {
+        // Changed here, deleted there: the change wins, so nothing is lost.
+        return copy(item, Some(rec));
+    }
+    if rules.delete {
+        delete(here, item, rec)
+    } else {
+        // Without delete a two-way job keeps the union of both sides.
+        copy(item, Some(rec))
+    }
+}
+
+fn delete(side: Side, item: Item, old: Record) -> Decision {
+    if item.is_dir() {
+        Decision::RemoveDir { side, item, old }
+    } else {
+        Decision::Act(Action::Delete { side, item, old })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn it(p: &str, tag: &str) -> Item {
+        Item {
+            path: p.into(),
+            size: tag.len() as u64,
+            mtime_ns: Some(1),
+            etag: Some(tag.into()),
+        }
+    }
+    fn seen(i: Option<Item>) -> Seen {
+        Seen {
+            item: i,
+            leaf: true,
+        }
+    }
+    fn rules(direction: Direction, delete: bool) -> Rules {
+        Rules {
+            direction,
+            delete,
+            site_suspect: false,
+            remote_suspect: false,
+        }
+    }
+    fn kind(d: &Decision) -> String {
+        match d {
+            Decision::Keep(r) => format!("keep:{}", r.is_some()),
+            Decision::Skip(_) => "skip".into(),
+            Decision::RemoveDir { side, .. } => format!("rmdir:{side:?}"),
+            Decision::Act(Action::Copy { from, .. }) => format!("copy:{from:?}"),
+            Decision::Act(Action::Delete { side, .. }) => format!("delete:{side:?}"),
+            Decision::Act(Action::Mkdir { from, .. }) => format!("mkdir:{from:?}"),
+            Decision::Act(Action::Reconcile { winner, .. }) => format!("reconcile:{winner:?}"),
+        }
+    }
+
+    /// (site, remote, recorded site, recorded remote) → decision, for each direction.
+    #[test]
+    fn table() {
+        use Direction::*;
+        let a = "a";
+        // (site tag, remote tag, recorded (site, remote) tags, direction, delete, decision)
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<(&'a str, &'a str)>,
+            Direction,
+            bool,
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (
+                Some("x"),
+                Some("y"),
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "keep:true",
+            ),
+            (
+                Some("x2"),
+                Some("y"),
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "copy:Site",
+            ),
+            (
+                Some("x"),
+                Some("y2"),
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "copy:Remote",
+            ),
+            (
+                Some("x2"),
+                Some("y2"),
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "reconcile:Policy",
+            ),
+            (Some("x"), Some("y"), None, TwoWay, true, "reconcile:Policy"),
+            (Some("x"), None, None, TwoWay, true, "copy:Site"),
+            (None, Some("y"), None, TwoWay, true, "copy:Remote"),
+            (
+                Some("x"),
+                None,
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "delete:Site",
+            ),
+            (
+                Some("x"),
+                None,
+                Some(("x", "y")),
+                TwoWay,
+                false,
+                "copy:Site",
+            ),
+            (
+                Some("x2"),
+                None,
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "copy:Site",
+            ),
+            (
+                None,
+                Some("y"),
+                Some(("x", "y")),
+                TwoWay,
+                true,
+                "delete:Remote",
+            ),
+            (None, None, Some(("x", "y")), TwoWay, true, "keep:false"),
+            // push
+            (
+                Some("x2"),
+                Some("y"),
+                Some(("x", "y")),
+                Push,
+                false,
+                "copy:Site",
+            ),
+            (
+                Some("x"),
+                Some("y2"),
+                Some(("x", "y")),
+                Push,
+                false,
+                "reconcile:Source(Site)",
+            ),
+            (None, Some("y"), None, Push, true, "keep:false"),
+            (
+                None,
+                Some("y"),
+                Some(("x", "y")),
+                Push,
+                true,
+                "delete:Remote",
+            ),
+            (None, Some("y2"), Some(("x", "y")), Push, true, "keep:false"),
+            (None, Some("y"), Some(("x", "y")), Push, false, "keep:false"),
+            (Some("x"), None, Some(("x", "y")), Push, true, "copy:Site"),
+            // pull
+            (
+                Some("x"),
+                Some("y2"),
+                Some(("x", "y")),
+                Pull,
+                false,
+                "copy:Remote",
+            ),
+            (
+                Some("x2"),
+                Some("y"),
+                Some(("x", "y")),
+                Pull,
+                false,
+                "reconcile:Source(Remote)",
+            ),
+            (Some("x"), None, None, Pull, true, "keep:false"),
+            (Some("x"), None, Some(("x", "y")), Pull, true, "delete:Site"),
+            (None, Some("y"), Some(("x", "y")), Pull, true, "copy:Remote"),
+        ];
+        for (i, (s, m, r, dir, del, want)) in cases.iter().enumerate() {
+            let old = r.map(|(x, y)| Record::pair(&it(a, x), &it(a, y)));
+            let d = decide(
+                seen(s.map(|t| it(a, t))),
+                seen(m.map(|t| it(a, t))),
+                old,
+                &rules(*dir, *del),
+            );
+            assert_eq!(kind(&d), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn suspect_listing_never_deletes() {
+        let old = Some(Record::pair(&it("a", "x"), &it("a", "y")));
+        let mut r = rules(Direction::TwoWay, true);
+        r.site_suspect = true;
+        let d = decide(seen(None), seen(Some(it("a", "y"))), old.clone(), &r);
+        assert_eq!(kind(&d), "skip");
+        let mut r = rules(Direction::Push, true);
+        r.site_suspect = true;
+        let d = decide(seen(None), seen(Some(it("a", "y"))), old, &r);
+        assert_eq!(kind(&d), "skip");
+    }
+
+    #[test]
+    fn folders() {
+        let d = |p: &str| Item {
+            path: p.into(),
+            size: 0,
+            mtime_ns: None,
+            etag: None,
+        };
+        let r = rules(Direction::TwoWay, true);
+        let leaf = Seen {
+            item: Some(d("e/")),
+            leaf: true,
+        };
+        let full = Seen {
+            item: Some(d("e/")),
+            leaf: false,
+        };
+        assert_eq!(
+            kind(&decide(leaf.clone(), seen(None), None, &r)),
+            "mkdir:Site"
+        );
+        assert_eq!(kind(&decide(full, seen(None), None, &r)), "keep:true");
+        let old = Some(Record::pair(&d("e/"), &d("e/")));
+        assert_eq!(
+            kind(&decide(leaf.clone(), seen(None), old.clone(), &r)),
+            "rmdir:Site"
+        );
+        assert_eq!(kind(&decide(leaf.clone(), leaf, None, &r)), "keep:true");
+        let _ = old;
+    }
+}

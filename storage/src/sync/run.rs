@@ -1,0 +1,609 @@
+//! One run of a job: lock, list, compare, act, record.
+
+use super::exec::{self, Counts, Ctx, Live, Outcome};
+use super::filter::Filter;
+use super::history::{self, RunRecord};
+use super::lock::{HeldLease, JobLock};
+use super::model::{Item, Keyed, Record};
+use super::names::file_stem;
+use super::plan::{self, Action, Decision, Rules, Seen, Side};
+use super::spool::{Merge, Sorted, Spool, DEFAULT_CAP};
+use super::state::{self, Baseline, BaselineIter, JEntry, Journal};
+use super::{EventKind, Phase, RunOptions, Summary, SyncJob};
+use crate::backend::Backend;
+use crate::error::{Error, ErrorKind, Result};
+use futures::StreamExt;
+use std::io;
+use std::iter::Peekable;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_CONCURRENCY: usize = 8;
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+const MAX_MESSAGES: usize = 20;
+
+fn io_err(what: &str, e: io::Error) -> Error {
+    Error::from(e).with_context("sync", what.to_string())
+}
+
+/// The files of one job under `state_dir`.
+struct Files {
+    state: PathBuf,
+    journal: PathBuf,
+    tmp: PathBuf,
+    lock: PathBuf,
+}
+
+impl Files {
+    fn new(state_dir: &Path, job: &str) -> io::Result<Files> {
+        let stem = file_stem(job);
+        let dir = state_dir.join("sync");
+        let tmp = dir.join("tmp").join(&stem);
+        std::fs::create_dir_all(&tmp)?;
+        Ok(Files {
+            state: dir.join(format!("{stem}.state")),
+            journal: dir.join(format!("{stem}.journal")),
+            tmp,
+            lock: super::lock_path(state_dir, job),
+        })
+    }
+
+    /// Spool files of a killed run are left behind; under the lock nobody else uses them.
+    fn clear_tmp(&self) {
+        if let Ok(rd) = std::fs::read_dir(&self.tmp) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// This installation's identity as a lease holder, kept in the state folder: a restart after a
+/// crash is the same holder, and may take back its own lease at once.
+fn instance_id(state_dir: &Path) -> io::Result<String> {
+    let p = state_dir.join("sync").join("instance-id");
+    match std::fs::read_to_string(&p) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let id = format!("{host}-{:016x}", rand::random::<u64>());
+    let tmp = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(Path::new(".")))?;
+    std::fs::write(tmp.path(), &id)?;
+    // First writer wins; a racing second one reads the winner's id.
+    match tmp.persist_noclobber(&p) {
+        Ok(_) => Ok(id),
+        Err(_) => Ok(std::fs::read_to_string(&p)?.trim().to_string()),
+    }
+}
+
+fn fingerprint(job: &SyncJob) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        job.site.0.describe(),
+        norm_prefix(&job.site.1),
+        job.remote.0.describe(),
+        norm_prefix(&job.remote.1)
+    )
+}
+
+fn norm_prefix(p: &str) -> String {
+    p.trim_matches('/').to_string()
+}
+
+pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -> Result<Summary> {
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let files = Files::new(state_dir, &job.name).map_err(|e| io_err("state folder", e))?;
+    let Some(_lock) = JobLock::try_acquire(&files.lock)? else {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("sync job {} is already running", job.name),
+        ));
+    };
+    let result = run_locked(job, state_dir, &files, &opts).await;
+    files.clear_tmp();
+    let result = result.map(|mut s| {
+        s.elapsed = t0.elapsed();
+        s
+    });
+    if !opts.dry_run {
+        let rec = RunRecord::of(
+            &job.name,
+            started,
+            SystemTime::now(),
+            &result
+                .as_ref()
+                .map(|s| s.clone())
+                .map_err(|e| e.to_string()),
+        );
+        if let Err(e) = history::append(state_dir, &rec) {
+            tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
+        }
+    }
+    result
+}
+
+async fn run_locked(
+    job: &SyncJob,
+    state_dir: &Path,
+    files: &Files,
+    opts: &RunOptions,
+) -> Result<Summary> {
+    files.clear_tmp();
+    let filter = Filter::new(&job.include, &job.exclude)?;
+    let cancel = opts
+        .cancel
+        .as_ref()
+        .map(|c| c.child_token())
+        .unwrap_or_default();
+    // A dry run writes nothing, not even a lease.
+    let lease = match (&job.lease, opts.dry_run) {
+        (Some(store), false) => {
+            let holder = instance_id(state_dir).map_err(|e| io_err("instance id", e))?;
+            Some(
+                HeldLease::acquire(
+                    store.clone(),
+                    &job.name,
+                    &holder,
+                    opts.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+                    cancel.clone(),
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    let r = run_leased(job, files, opts, &filter, cancel).await;
+    if let Some(l) = lease {
+        let lost = l.is_lost();
+        l.release().await;
+        if lost {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("sync job {}: lost the lease to another instance", job.name),
+            ));
+        }
+    }
+    r
+}
+
+async fn list_side(
+    b: &Arc<dyn Backend>,
+    prefix: &str,
+    filter: &Filter,
+    tmp: &Path,
+    ctx: &Ctx,
+    side: Side,
+) -> Result<Sorted<Item>> {
+    let mut spool = Spool::new(tmp, DEFAULT_CAP);
+    let mut pages = b.walk(prefix);
+    loop {
+        let page = tokio::select! {
+            p = pages.next() => p,
+            _ = ctx.cancel.cancelled() => return Err(Error::new(ErrorKind::Backend, "sync run cancelled")),
+        };
+        let Some(page) = page else { break };
+        let page = page.map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("cannot list {} /{prefix}: {e}", b.describe()),
+            )
+            .set_retryable(e.is_retryable())
+        })?;
+        for e in page {
+            if let Some(it) = Item::from_entry(e) {
+                if filter.covers(&it.path) {
+                    spool.push(it).map_err(|e| io_err("spool", e))?;
+                }
+            }
+        }
+        let n = spool.len();
+        match side {
+            Side::Site => ctx.live.listed_site.store(n, Ordering::Relaxed),
+            Side::Remote => ctx.live.listed_remote.store(n, Ordering::Relaxed),
+        }
+        ctx.live.emit(None);
+    }
+    spool.finish().map_err(|e| io_err("spool", e))
+}
+
+type Items = Peekable<Merge<Item>>;
+
+/// Walks the two listings and the baseline together, one path at a time.
+struct Triple {
+    site: Items,
+    remote: Items,
+    base: Peekable<BaselineIter>,
+}
+
+fn head<T: Keyed>(
+    it: &mut Peekable<impl Iterator<Item = io::Result<T>>>,
+) -> io::Result<Option<String>> {
+    match it.peek() {
+        None => Ok(None),
+        Some(Ok(t)) => Ok(Some(t.key().to_string())),
+        Some(Err(_)) => match it.next() {
+            Some(Err(e)) => Err(e),
+            _ => unreachable!("peeked an error"),
+        },
+    }
+}
+
+/// Takes the head if it has `key` (and drops duplicates a listing might hold).
+fn take<T: Keyed>(
+    it: &mut Peekable<impl Iterator<Item = io::Result<T>>>,
+    key: &str,
+) -> io::Result<Option<T>> {
+    let mut out = None;
+    while head(it)?.as_deref() == Some(key) {
+        out = Some(it.next().expect("peeked")?);
+    }
+    Ok(out)
+}
+
+impl Triple {
+    fn next(&mut self) -> io::Result<Option<(Seen, Seen, Option<Record>)>> {
+        let keys = [
+            head(&mut self.site)?,
+            head(&mut self.remote)?,
+            head(&mut self.base)?,
+        ];
+        let Some(key) = keys.iter().flatten().min().cloned() else {
+            return Ok(None);
+        };
+        let s = take(&mut self.site, &key)?;
+        let s_leaf = !head(&mut self.site)?.is_some_and(|n| n.starts_with(&key));
+        let m = take(&mut self.remote, &key)?;
+        let m_leaf = !head(&mut self.remote)?.is_some_and(|n| n.starts_with(&key));
+        let r = take(&mut self.base, &key)?;
+        Ok(Some((
+            Seen {
+                item: s,
+                leaf: s_leaf,
+            },
+            Seen {
+                item: m,
+                leaf: m_leaf,
+            },
+            r,
+        )))
+    }
+}
+
+struct Inputs {
+    site: Sorted<Item>,
+    remote: Sorted<Item>,
+    base: Baseline,
+}
+
+impl Inputs {
+    fn triple(&self) -> io::Result<Triple> {
+        Ok(Triple {
+            site: self.site.iter()?.peekable(),
+            remote: self.remote.iter()?.peekable(),
+            base: self.base.iter()?.peekable(),
+        })
+    }
+}
+
+async fn run_leased(
+    job: &SyncJob,
+    files: &Files,
+    opts: &RunOptions,
+    filter: &Filter,
+    cancel: CancellationToken,
+) -> Result<Summary> {
+    let site_prefix = norm_prefix(&job.site.1);
+    let remote_prefix = norm_prefix(&job.remote.1);
+    let same = std::ptr::eq(
+        Arc::as_ptr(&job.site.0) as *const (),
+        Arc::as_ptr(&job.remote.0) as *const (),
+    );
+    if same
+        && (site_prefix.is_empty()
+            || remote_prefix.is_empty()
+            || site_prefix.starts_with(&format!("{remote_prefix}/"))
+            || remote_prefix.starts_with(&format!("{site_prefix}/"))
+            || site_prefix == remote_prefix)
+    {
+        return Err(Error::new(
+            ErrorKind::ConfigInvalid,
+            format!("sync job {}: the two folders overlap", job.name),
+        ));
+    }
+    let ctx = Arc::new(Ctx {
+        site: job.site.0.clone(),
+        site_prefix,
+        remote: job.remote.0.clone(),
+        remote_prefix,
+        same,
+        conflict: job.conflict,
+        dry_run: opts.dry_run,
+        cancel: cancel.clone(),
+        live: Live {
+            cb: opts.progress.clone(),
+            ..Default::default()
+        },
+    });
+    let fp = fingerprint(job);
+    let base = Baseline::open(&files.state, &files.journal, &fp, &files.tmp)
+        .map_err(|e| io_err("state", e))?;
+
+    // 1. Both listings, in full, before anything changes.
+    ctx.live.set_phase(Phase::Listing);
+    ctx.live.emit(None);
+    let (site, remote) = tokio::join!(
+        list_side(
+            &ctx.site,
+            &ctx.site_prefix,
+            filter,
+            &files.tmp,
+            &ctx,
+            Side::Site
+        ),
+        list_side(
+            &ctx.remote,
+            &ctx.remote_prefix,
+            filter,
+            &files.tmp,
+            &ctx,
+            Side::Remote
+        ),
+    );
+    let inputs = Inputs {
+        site: site?,
+        remote: remote?,
+        base,
+    };
+
+    // 2. A side that lists nothing while the baseline remembers files is suspicious (an
+    //    unmounted disk, a wrong prefix, a bucket emptied by mistake): it causes no deletions.
+    let mut base_n = 0u64;
+    for r in inputs.base.iter().map_err(|e| io_err("state", e))? {
+        if filter.covers(&r.map_err(|e| io_err("state", e))?.path) {
+            base_n += 1;
+        }
+    }
+    let mut messages = Vec::new();
+    let rules = Rules {
+        direction: job.direction,
+        delete: job.delete,
+        site_suspect: inputs.site.len() == 0 && base_n > 0,
+        remote_suspect: inputs.remote.len() == 0 && base_n > 0,
+    };
+    for (suspect, side) in [
+        (rules.site_suspect, "site folder"),
+        (rules.remote_suspect, "remote prefix"),
+    ] {
+        if suspect {
+            let m = format!(
+                "the {side} listed empty although {base_n} paths were synced before: no deletions are spread from it this run"
+            );
+            tracing::warn!(job = %job.name, "{m}");
+            messages.push(m);
+        }
+    }
+
+    // 3. Totals for the progress bar: a dry pass over the decisions.
+    let (mut files_total, mut bytes_total) = (0u64, 0u64);
+    let mut t = inputs.triple().map_err(|e| io_err("merge", e))?;
+    while let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? {
+        match plan::decide(s, m, r, &rules) {
+            Decision::Act(a) => {
+                files_total += 1;
+                bytes_total += match &a {
+                    Action::Copy { item, .. } => item.size,
+                    Action::Reconcile { site, remote, .. } => site.size.max(remote.size),
+                    _ => 0,
+                };
+            }
+            Decision::RemoveDir { .. } => files_total += 1,
+            _ => {}
+        }
+    }
+    drop(t);
+    ctx.live.files_total.store(files_total, Ordering::Relaxed);
+    ctx.live.bytes_total.store(bytes_total, Ordering::Relaxed);
+    ctx.live.set_phase(Phase::Transferring);
+    ctx.live.emit(None);
+
+    // 4. The work.
+    let mut journal = if opts.dry_run {
+        None
+    } else {
+        Some(
+            Journal::open(
+                &files.journal,
+                &fp,
+                inputs.base.next_gen - 1,
+                inputs.base.journal_valid,
+            )
+            .map_err(|e| io_err("journal", e))?,
+        )
+    };
+    let mut acc = Acc {
+        new_state: Spool::new(&files.tmp, DEFAULT_CAP),
+        journal: journal.as_mut(),
+        counts: Counts::default(),
+        messages,
+        ctx: ctx.clone(),
+    };
+    let concurrency = if opts.concurrency == 0 {
+        DEFAULT_CONCURRENCY
+    } else {
+        opts.concurrency
+    };
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut rmdirs = Vec::new();
+    let mut t = inputs.triple().map_err(|e| io_err("merge", e))?;
+    let cancelled = loop {
+        if cancel.is_cancelled() {
+            break true;
+        }
+        let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? else {
+            break false;
+        };
+        match plan::decide(s, m, r, &rules) {
+            Decision::Keep(r) => acc.keep(r)?,
+            Decision::Skip(r) => {
+                acc.counts.skipped += 1;
+                acc.keep(r)?;
+            }
+            Decision::RemoveDir { side, item, old } => rmdirs.push((side, item, old)),
+            Decision::Act(a) => {
+                while tasks.len() >= concurrency {
+                    if !acc.join_one(&mut tasks, &cancel).await? {
+                        break;
+                    }
+                }
+                tasks.spawn(exec::run_action(ctx.clone(), a));
+            }
+        }
+    };
+    drop(t);
+    if !cancelled {
+        while !tasks.is_empty() {
+            if !acc.join_one(&mut tasks, &cancel).await? {
+                break;
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        // Dropping the tasks aborts their uploads; what they verified is in the journal.
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        if let Some(j) = acc.journal.as_mut() {
+            let _ = j.sync();
+        }
+        return Err(Error::new(ErrorKind::Backend, "sync run cancelled"));
+    }
+    // Folders last, deepest first, once the files in them are gone.
+    rmdirs.sort_by(|a, b| b.1.path.cmp(&a.1.path));
+    for (side, item, old) in rmdirs {
+        let o = exec::remove_dir(&ctx, side, item, old).await;
+        acc.absorb(o)?;
+    }
+
+    // 5. The new state, atomically; then the journal is no longer needed.
+    let Acc {
+        new_state,
+        counts,
+        messages,
+        ..
+    } = acc;
+    if !opts.dry_run {
+        if let Some(j) = journal.as_mut() {
+            j.sync().map_err(|e| io_err("journal", e))?;
+        }
+        drop(journal);
+        let sorted = new_state.finish().map_err(|e| io_err("state", e))?;
+        let iter = sorted.iter().map_err(|e| io_err("state", e))?;
+        state::write_state(&files.state, &fp, inputs.base.next_gen, iter)
+            .map_err(|e| io_err("state", e))?;
+        state::remove_durably(&files.journal).map_err(|e| io_err("journal", e))?;
+    }
+    ctx.live.set_phase(Phase::Done);
+    ctx.live.emit(None);
+    Ok(Summary {
+        copied_to_remote: counts.to_remote,
+        copied_to_site: counts.to_site,
+        deleted_remote: counts.del_remote,
+        deleted_site: counts.del_site,
+        conflicts: counts.conflicts,
+        skipped: counts.skipped,
+        errors: counts.errors,
+        bytes: counts.bytes,
+        elapsed: Duration::ZERO,
+        messages,
+        dry_run: opts.dry_run,
+    })
+}
+
+/// Gathers the outcomes of a run.
+struct Acc<'a> {
+    new_state: Spool<Record>,
+    journal: Option<&'a mut Journal>,
+    counts: Counts,
+    messages: Vec<String>,
+    ctx: Arc<Ctx>,
+}
+
+impl Acc<'_> {
+    fn keep(&mut self, r: Option<Record>) -> Result<()> {
+        if let Some(r) = r {
+            self.new_state.push(r).map_err(|e| io_err("state", e))?;
+        }
+        Ok(())
+    }
+
+    fn absorb(&mut self, o: Outcome) -> Result<()> {
+        for r in o.keep {
+            self.keep(Some(r))?;
+        }
+        for r in o.put {
+            if let Some(j) = self.journal.as_mut() {
+                j.append(&JEntry::Put(r.clone()))
+                    .map_err(|e| io_err("journal", e))?;
+            }
+            self.keep(Some(r))?;
+        }
+        for p in o.del {
+            if let Some(j) = self.journal.as_mut() {
+                j.append(&JEntry::Del(p))
+                    .map_err(|e| io_err("journal", e))?;
+            }
+        }
+        self.counts.add(&o.counts);
+        self.ctx.live.files_done.fetch_add(1, Ordering::Relaxed);
+        if o.events.is_empty() {
+            self.ctx.live.emit(None);
+        }
+        for ev in o.events {
+            if matches!(ev.kind, EventKind::Error | EventKind::Skipped)
+                && self.messages.len() < MAX_MESSAGES
+            {
+                self.messages.push(format!(
+                    "{}: {}",
+                    ev.path,
+                    ev.message.as_deref().unwrap_or("")
+                ));
+            }
+            self.ctx.live.emit(Some(ev));
+        }
+        Ok(())
+    }
+
+    /// Waits for one task; `false` when the run was cancelled meanwhile.
+    async fn join_one(
+        &mut self,
+        tasks: &mut JoinSet<Outcome>,
+        cancel: &CancellationToken,
+    ) -> Result<bool> {
+        let joined = tokio::select! {
+            j = tasks.join_next() => j,
+            _ = cancel.cancelled() => return Ok(false),
+        };
+        match joined {
+            Some(Ok(o)) => self.absorb(o)?,
+            Some(Err(e)) => {
+                // A panicked task's path is simply not recorded: the next run looks again.
+                tracing::error!(error = ?e, "sync task failed");
+                self.counts.errors += 1;
+                if self.messages.len() < MAX_MESSAGES {
+                    self.messages.push(format!("internal error: {e}"));
+                }
+            }
+            None => {}
+        }
+        Ok(true)
+    }
+}

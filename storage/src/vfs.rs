@@ -1,0 +1,518 @@
+//! The virtual file tree: one user's view of the site tree and its mounts.
+//!
+//! A client path is normalised once ([`VPath::resolve`]), re-rooted under the user's home,
+//! checked against her folder permissions, and only then resolved to a (backend, key) pair:
+//! the longest mount point that contains it wins, else the site tree. No I/O happens before
+//! the permission check.
+
+use crate::backend::{Backend, Entry, EntryKind, ListStream};
+use crate::error::{Error, ErrorKind, Result};
+use crate::path::VPath;
+use crate::perms::{Perm, Permissions};
+use crate::transfer::{FileReader, FileWriter, OpenMode};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A backend with the key prefix that a part of the tree maps to.
+#[derive(Clone)]
+pub struct Area {
+    /// Where the bytes are.
+    pub backend: Arc<dyn Backend>,
+    /// Key prefix: `""` or ending in `/`.
+    pub prefix: String,
+}
+
+/// A folder of the tree that shows a remote's bucket prefix.
+#[derive(Clone)]
+pub struct Mount {
+    /// The mount point in the site tree.
+    pub path: VPath,
+    /// The remote and prefix it shows.
+    pub area: Area,
+}
+
+/// The whole site tree: its own storage plus the mounts. Shared by every session.
+pub struct Tree {
+    site: Area,
+    /// Longest mount point first, so the first match is the longest.
+    mounts: Vec<Mount>,
+    started: SystemTime,
+}
+
+/// Where a tree path lives.
+#[derive(Clone)]
+pub struct Location {
+    /// The backend holding it.
+    pub backend: Arc<dyn Backend>,
+    /// Its key in that backend (a folder without trailing slash; `""` for a bucket root).
+    pub key: String,
+    /// True when the path is the root of the site tree or a mount point (never renamed or
+    /// removed).
+    pub is_area_root: bool,
+    /// Index of the mount (`None` for the site tree), to tell backends apart.
+    pub mount: Option<usize>,
+}
+
+impl Tree {
+    /// A tree over `site` with `mounts`.
+    pub fn new(site: Area, mut mounts: Vec<Mount>) -> Self {
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.path.segments().count()));
+        Tree {
+            site,
+            mounts,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// The site area.
+    pub fn site(&self) -> &Area {
+        &self.site
+    }
+
+    /// The mounts, longest mount point first.
+    pub fn mounts(&self) -> &[Mount] {
+        &self.mounts
+    }
+
+    /// Resolves a site-tree path to its backend and key.
+    pub fn locate(&self, path: &VPath) -> Location {
+        for (i, m) in self.mounts.iter().enumerate() {
+            if let Some(rel) = path.strip_prefix(&m.path) {
+                return Location {
+                    backend: m.area.backend.clone(),
+                    key: key_of(&m.area.prefix, rel),
+                    is_area_root: rel.is_empty(),
+                    mount: Some(i),
+                };
+            }
+        }
+        let rel = path.strip_prefix(&VPath::root()).unwrap_or("");
+        Location {
+            backend: self.site.backend.clone(),
+            key: key_of(&self.site.prefix, rel),
+            is_area_root: rel.is_empty(),
+            mount: None,
+        }
+    }
+
+    /// True when some mount point lies strictly below `path` (so `path` is a folder that
+    /// must exist in every listing, and cannot be removed or renamed).
+    fn holds_mount(&self, path: &VPath) -> bool {
+        self.mounts
+            .iter()
+            .any(|m| m.path != *path && m.path.starts_with(path))
+    }
+
+    /// Names of the folders that lead from `dir` towards mount points below it.
+    fn virtual_children(&self, dir: &VPath) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .mounts
+            .iter()
+            .filter(|m| m.path != *dir)
+            .filter_map(|m| m.path.strip_prefix(dir))
+            .filter_map(|rel| rel.split('/').next().map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn key_of(prefix: &str, rel: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + rel.len());
+    k.push_str(prefix);
+    k.push_str(rel);
+    while k.ends_with('/') {
+        k.pop();
+    }
+    k
+}
+
+/// One user's view: her home is `/`, her permissions apply, and nothing outside is reachable.
+#[derive(Clone)]
+pub struct UserFs {
+    tree: Arc<Tree>,
+    home: VPath,
+    perms: Arc<Permissions>,
+    username: String,
+}
+
+impl UserFs {
+    /// The view of `username`, rooted at `home` (a site-tree path).
+    pub fn new(tree: Arc<Tree>, username: &str, home: VPath, perms: Permissions) -> Self {
+        UserFs {
+            tree,
+            home,
+            perms: Arc::new(perms),
+            username: username.to_string(),
+        }
+    }
+
+    /// The user this view belongs to.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The user's home in the site tree.
+    pub fn home(&self) -> &VPath {
+        &self.home
+    }
+
+    /// Normalises client input against the current folder (both user-view paths).
+    pub fn resolve(&self, cwd: &VPath, input: &str) -> Result<VPath> {
+        VPath::resolve(cwd, input)
+    }
+
+    /// Creates the home folder (and the folders above it) when missing, so that it never
+    /// vanishes when its last file goes (a marker on object storage).
+    pub async fn ensure_home(&self) -> Result<()> {
+        let mut cur = VPath::root();
+        for seg in self.home.segments() {
+            cur = cur.join(seg)?;
+            let loc = self.tree.locate(&cur);
+            if loc.is_area_root || self.tree.holds_mount(&cur) {
+                continue;
+            }
+            match loc.backend.stat(&loc.key).await {
+                Ok(e) if e.is_dir() => {}
+                Ok(_) => {
+                    return Err(
+                        Error::of(ErrorKind::NotADirectory).with_context("home", cur.to_string())
+                    )
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => loc.backend.mkdir(&loc.key).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn site_path(&self, p: &VPath) -> VPath {
+        p.rebase(&self.home)
+    }
+
+    fn check(&self, op: &'static str, dir: &VPath, perm: Perm, shown: &VPath) -> Result<()> {
+        if self.perms.at(dir).has(perm) {
+            Ok(())
+        } else {
+            Err(Error::of(ErrorKind::PermissionDenied).with_context(op, shown.to_string()))
+        }
+    }
+
+    /// Stat without a permission check, in site-tree terms.
+    async fn stat_site(&self, site: &VPath) -> Result<Entry> {
+        let loc = self.tree.locate(site);
+        let name = site.name().unwrap_or("/").to_string();
+        if loc.is_area_root || self.tree.holds_mount(site) {
+            // Mount points and the folders above them always exist; a mount point's own
+            // marker (when its remote has one) gives the time.
+            let mtime = match loc.backend.stat(&loc.key).await {
+                Ok(e) if e.is_dir() => e.mtime,
+                _ => None,
+            };
+            return Ok(Entry {
+                name,
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime: Some(mtime.unwrap_or(self.tree.started)),
+                etag: None,
+            });
+        }
+        let mut e = loc.backend.stat(&loc.key).await?;
+        e.name = name;
+        if e.mtime.is_none() {
+            e.mtime = Some(self.tree.started);
+        }
+        Ok(e)
+    }
+
+    /// Describes a file or folder. Needs `list` in the folder that holds it (in the folder
+    /// itself for the home).
+    pub async fn stat(&self, p: &VPath) -> Result<Entry> {
+        self.check("stat", &p.parent(), Perm::List, p)?;
+        self.stat_site(&self.site_path(p))
+            .await
+            .map_err(|e| e.with_context("stat", p.to_string()))
+    }
+
+    /// Lists a folder, one page at a time. Folders leading to mount points are shown even when
+    /// the site tree has no such folder; folders without a time get the tree's start time.
+    pub async fn list(&self, p: &VPath) -> Result<ListStream> {
+        self.check("list", p, Perm::List, p)?;
+        let site = self.site_path(p);
+        let e = self
+            .stat_site(&site)
+            .await
+            .map_err(|e| e.with_context("list", p.to_string()))?;
+        if !e.is_dir() {
+            return Err(Error::of(ErrorKind::NotADirectory).with_context("list", p.to_string()));
+        }
+        let loc = self.tree.locate(&site);
+        let virt = self.tree.virtual_children(&site);
+        let started = self.tree.started;
+        // Children that are mount points come from the mount, not from this backend.
+        let virt_for_filter = virt.clone();
+        let inner = loc.backend.list(&loc.key).map(move |page| {
+            page.map(|entries| {
+                entries
+                    .into_iter()
+                    .filter(|e| !virt_for_filter.contains(&e.name))
+                    .map(|mut e| {
+                        if e.mtime.is_none() {
+                            e.mtime = Some(started);
+                        }
+                        e
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
+        let first: Vec<Entry> = virt
+            .into_iter()
+            .map(|n| {
+                let mut d = Entry::dir(n);
+                d.mtime = Some(started);
+                d
+            })
+            .collect();
+        let head = futures::stream::iter(if first.is_empty() {
+            None
+        } else {
+            Some(Ok(first))
+        });
+        Ok(Box::pin(head.chain(inner)))
+    }
+
+    /// Opens a file for reading. Needs `download` in its folder.
+    pub async fn open_read(&self, p: &VPath) -> Result<FileReader> {
+        self.check("open", &p.parent(), Perm::Download, p)?;
+        let site = self.site_path(p);
+        let e = self
+            .stat_site(&site)
+            .await
+            .map_err(|e| e.with_context("open", p.to_string()))?;
+        if e.is_dir() {
+            return Err(Error::of(ErrorKind::IsADirectory).with_context("open", p.to_string()));
+        }
+        let loc = self.tree.locate(&site);
+        Ok(FileReader::new(loc.backend, loc.key, e, p.clone()))
+    }
+
+    /// Opens a file for writing. Needs `upload` for a new file or an append, `overwrite` to
+    /// replace an existing one; the parent folder must exist.
+    pub async fn open_write(&self, p: &VPath, mode: OpenMode) -> Result<FileWriter> {
+        let op = "open";
+        if p.is_root() {
+            return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
+        }
+        let perms = self.perms.at(&p.parent());
+        if !perms.has(Perm::Upload) && !perms.has(Perm::Overwrite) {
+            return Err(Error::of(ErrorKind::PermissionDenied).with_context(op, p.to_string()));
+        }
+        let site = self.site_path(p);
+        let loc = self.tree.locate(&site);
+        if loc.is_area_root || self.tree.holds_mount(&site) {
+            return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
+        }
+        let parent = site.parent();
+        let (target, parent_e) = tokio::join!(self.stat_site(&site), self.stat_site(&parent));
+        match parent_e {
+            Ok(d) if d.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()))
+            }
+            Err(e) => return Err(e.with_context(op, p.to_string())),
+        }
+        let existing = match target {
+            Ok(e) if e.is_dir() => {
+                return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()))
+            }
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e.with_context(op, p.to_string())),
+        };
+        if existing.is_some() && mode.exclusive {
+            return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
+        }
+        if existing.is_none() && !mode.create {
+            return Err(Error::of(ErrorKind::NotFound).with_context(op, p.to_string()));
+        }
+        match (&existing, mode.truncate, mode.append) {
+            (None, _, _) => self.check(op, &p.parent(), Perm::Upload, p)?,
+            (Some(_), _, true) => self.check(op, &p.parent(), Perm::Upload, p)?,
+            (Some(_), true, false) => self.check(op, &p.parent(), Perm::Overwrite, p)?,
+            // Replace or append is decided by the first write's offset; each is checked then.
+            (Some(_), false, false) => {}
+        }
+        Ok(FileWriter::new(
+            loc.backend,
+            loc.key,
+            existing,
+            mode,
+            perms,
+            p.clone(),
+        ))
+    }
+
+    /// Creates a folder. Needs `mkdir` in the folder that will hold it.
+    pub async fn mkdir(&self, p: &VPath) -> Result<()> {
+        let op = "mkdir";
+        self.check(op, &p.parent(), Perm::Mkdir, p)?;
+        let site = self.site_path(p);
+        let loc = self.tree.locate(&site);
+        if loc.is_area_root || self.tree.holds_mount(&site) || p.is_root() {
+            return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
+        }
+        let parent_path = site.parent();
+        let (target, parent) = tokio::join!(self.stat_site(&site), self.stat_site(&parent_path));
+        match parent {
+            Ok(d) if d.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()))
+            }
+            Err(e) => return Err(e.with_context(op, p.to_string())),
+        }
+        match target {
+            Ok(_) => Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => loc
+                .backend
+                .mkdir(&loc.key)
+                .await
+                .map_err(|e| e.with_context(op, p.to_string())),
+            Err(e) => Err(e.with_context(op, p.to_string())),
+        }
+    }
+
+    fn refuse_fixed(&self, op: &'static str, p: &VPath) -> Result<Location> {
+        let site = self.site_path(p);
+        let loc = self.tree.locate(&site);
+        if p.is_root() || loc.is_area_root || self.tree.holds_mount(&site) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "the home folder and mount points cannot be removed or renamed",
+            )
+            .with_context(op, p.to_string()));
+        }
+        Ok(loc)
+    }
+
+    /// Removes an empty folder. Needs `delete` in the folder that holds it.
+    pub async fn rmdir(&self, p: &VPath) -> Result<()> {
+        let op = "rmdir";
+        self.check(op, &p.parent(), Perm::Delete, p)?;
+        let loc = self.refuse_fixed(op, p)?;
+        let e = self
+            .stat_site(&self.site_path(p))
+            .await
+            .map_err(|e| e.with_context(op, p.to_string()))?;
+        if !e.is_dir() {
+            return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()));
+        }
+        loc.backend
+            .remove_dir(&loc.key)
+            .await
+            .map_err(|e| e.with_context(op, p.to_string()))
+    }
+
+    /// Removes a file. Needs `delete` in its folder.
+    pub async fn remove(&self, p: &VPath) -> Result<()> {
+        let op = "remove";
+        self.check(op, &p.parent(), Perm::Delete, p)?;
+        let loc = self.refuse_fixed(op, p)?;
+        let e = self
+            .stat_site(&self.site_path(p))
+            .await
+            .map_err(|e| e.with_context(op, p.to_string()))?;
+        if e.is_dir() {
+            return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
+        }
+        loc.backend
+            .remove_file(&loc.key)
+            .await
+            .map_err(|e| e.with_context(op, p.to_string()))
+    }
+
+    /// Renames a file or folder. Needs `rename` at the source's folder, `upload` at the
+    /// target's, and `overwrite` there when the target exists (only with `replace`).
+    pub async fn rename(&self, from: &VPath, to: &VPath, replace: bool) -> Result<()> {
+        let op = "rename";
+        self.check(op, &from.parent(), Perm::Rename, from)?;
+        self.check(op, &to.parent(), Perm::Upload, to)?;
+        let src = self.refuse_fixed(op, from)?;
+        let dst = self.refuse_fixed(op, to)?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(from) {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "cannot move a folder into itself")
+                    .with_context(op, from.to_string()),
+            );
+        }
+        let (s_site, d_site) = (self.site_path(from), self.site_path(to));
+        let d_parent = d_site.parent();
+        let (se, de, dp) = tokio::join!(
+            self.stat_site(&s_site),
+            self.stat_site(&d_site),
+            self.stat_site(&d_parent)
+        );
+        let se = se.map_err(|e| e.with_context(op, from.to_string()))?;
+        match dp {
+            Ok(d) if d.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::of(ErrorKind::NotADirectory).with_context(op, to.to_string()))
+            }
+            Err(e) => return Err(e.with_context(op, to.to_string())),
+        }
+        match de {
+            Ok(d) => {
+                if !replace || d.is_dir() || se.is_dir() {
+                    return Err(
+                        Error::of(ErrorKind::AlreadyExists).with_context(op, to.to_string())
+                    );
+                }
+                self.check(op, &to.parent(), Perm::Overwrite, to)?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.with_context(op, to.to_string())),
+        }
+        let same_backend = src.mount == dst.mount;
+        let r = if se.is_dir() {
+            if !same_backend {
+                Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "folders cannot be moved between the site tree and a mount, or between mounts",
+                ))
+            } else {
+                src.backend.rename_dir(&src.key, &dst.key).await
+            }
+        } else if same_backend {
+            src.backend.rename_file(&src.key, &dst.key).await
+        } else {
+            crate::transfer::stream_copy(&src.backend, &src.key, &dst.backend, &dst.key, se.size)
+                .await?;
+            src.backend.remove_file(&src.key).await
+        };
+        r.map_err(|e| e.with_context(op, from.to_string()))
+    }
+
+    /// Records a client-set modification time. Needs `overwrite` in the file's folder.
+    /// Folders accept and ignore it (object storage has no folder times).
+    pub async fn set_mtime(&self, p: &VPath, mtime: SystemTime) -> Result<()> {
+        let op = "setstat";
+        self.check(op, &p.parent(), Perm::Overwrite, p)?;
+        let site = self.site_path(p);
+        let e = self
+            .stat_site(&site)
+            .await
+            .map_err(|e| e.with_context(op, p.to_string()))?;
+        if e.is_dir() {
+            return Ok(());
+        }
+        let loc = self.tree.locate(&site);
+        loc.backend
+            .set_mtime(&loc.key, mtime)
+            .await
+            .map_err(|e| e.with_context(op, p.to_string()))
+    }
+}

@@ -1,0 +1,536 @@
+//! Real S3 servers on loopback for the S3 backend's tests: in-process s3s-fs, a moto_server
+//! subprocess, and any endpoint named by `BUCKETGATE_TEST_S3_*` variables.
+//!
+//! Each server declares what it cannot do faithfully (capabilities); tests skip only those
+//! assertions for it, and say so on stdout.
+#![allow(dead_code)]
+
+use bucketgate_storage::budget::MemoryBudget;
+use bucketgate_storage::s3::{RetryPolicy, S3Backend, S3Options};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ACCESS: &str = "bgtestaccess";
+pub const SECRET: &str = "bgtestsecret/with+chars";
+pub const MIB: usize = 1024 * 1024;
+
+/// What a test server does faithfully.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// `dir/` markers are kept as objects (s3s-fs turns them into hidden directories).
+    pub markers: bool,
+    /// Multipart uploads with UploadPartCopy compose correctly (s3s-fs drops the copy).
+    pub part_copy: bool,
+    /// ListMultipartUploads is implemented.
+    pub list_uploads: bool,
+    /// Large objects are fine (moto holds everything in memory several times over).
+    pub big: bool,
+    /// Signatures are verified (moto accepts anything).
+    pub checks_signatures: bool,
+    /// Keys are stored verbatim: a file `a` and keys under `a/` can coexist, `a//b` is a key
+    /// (s3s-fs maps keys to file paths).
+    pub raw_keys: bool,
+}
+
+pub struct Server {
+    pub name: &'static str,
+    pub endpoint: String,
+    pub bucket: String,
+    pub access: String,
+    pub secret: String,
+    pub region: Option<String>,
+    pub caps: Caps,
+    /// Every test works under its own random prefix, so servers and buckets can be shared.
+    pub prefix: String,
+    _guard: Guard,
+}
+
+enum Guard {
+    S3s(tokio::task::JoinHandle<()>, tempfile::TempDir),
+    Moto(Arc<Moto>),
+    None,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Guard::S3s(task, _) = self {
+            task.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Says (visibly) that an assertion is skipped for this server, and returns true.
+    pub fn skip(&self, cap_missing: bool, what: &str) -> bool {
+        if cap_missing {
+            println!("SKIP [{}] {what}: not faithful on this server", self.name);
+        }
+        cap_missing
+    }
+
+    pub fn options(&self) -> S3Options {
+        let mut o = S3Options::new(self.name, &self.endpoint, &self.bucket)
+            .with_keys(&self.access, &self.secret);
+        o.region = self.region.clone();
+        o.part_size = 5 * MIB as u64;
+        o.retries = RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        };
+        o.connect_timeout = Duration::from_secs(5);
+        o.request_timeout = Duration::from_secs(30);
+        o
+    }
+
+    pub fn backend(&self) -> S3Backend {
+        self.backend_with(|_| {})
+    }
+
+    pub fn backend_with(&self, f: impl FnOnce(&mut S3Options)) -> S3Backend {
+        let mut o = self.options();
+        f(&mut o);
+        S3Backend::new(o, MemoryBudget::shared(256 * MIB as u64)).expect("backend")
+    }
+
+    /// A key under this test's prefix.
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    /// The test prefix as a folder key (no trailing slash).
+    pub fn dir(&self) -> String {
+        self.prefix.trim_end_matches('/').to_string()
+    }
+}
+
+fn random_prefix() -> String {
+    format!("t{:016x}/", rand::random::<u64>())
+}
+
+/// Every server available here: s3s-fs always, moto when installed, the env endpoint if set.
+pub async fn servers() -> Vec<Server> {
+    let mut v = vec![s3s_server(None).await];
+    match moto_server().await {
+        Some(m) => v.push(m),
+        None => {
+            if std::env::var_os("CI").is_some() {
+                panic!("moto_server is not installed (pip install 'moto[server]')");
+            }
+            println!("SKIP [moto] moto_server is not installed");
+        }
+    }
+    if let Some(e) = env_server() {
+        v.push(e);
+    }
+    v
+}
+
+pub async fn moto_only() -> Option<Server> {
+    let m = moto_server().await;
+    if m.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("moto_server is not installed (pip install 'moto[server]')");
+        }
+        println!("SKIP [moto] moto_server is not installed");
+    }
+    m
+}
+
+fn env_server() -> Option<Server> {
+    let var = |n: &str| std::env::var(format!("BUCKETGATE_TEST_S3_{n}")).ok();
+    let endpoint = var("ENDPOINT")?;
+    Some(Server {
+        name: "env",
+        endpoint,
+        bucket: var("BUCKET").expect("BUCKETGATE_TEST_S3_BUCKET"),
+        access: var("ACCESS_KEY").unwrap_or_default(),
+        secret: var("SECRET_KEY").unwrap_or_default(),
+        region: var("REGION"),
+        caps: Caps {
+            markers: true,
+            part_copy: true,
+            list_uploads: true,
+            big: false,
+            checks_signatures: true,
+            raw_keys: true,
+        },
+        prefix: random_prefix(),
+        _guard: Guard::None,
+    })
+}
+
+// ---------------------------------------------------------------- s3s-fs, in process
+
+/// Wraps s3s so that it answers like a server with a fixed region (Garage, AWS): a request
+/// signed for another region gets AuthorizationHeaderMalformed naming the expected one.
+#[derive(Clone)]
+struct RegionGate {
+    svc: s3s::service::S3Service,
+    region: Option<String>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for RegionGate {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(want) = &self.region {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let scope_ok = auth.contains(&format!("/{want}/s3/aws4_request"));
+            if !scope_ok {
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error>\
+                     <Code>AuthorizationHeaderMalformed</Code>\
+                     <Message>unexpected scope</Message><Region>{want}</Region></Error>"
+                );
+                let resp = http::Response::builder()
+                    .status(400)
+                    .header("content-type", "application/xml")
+                    .body(s3s::Body::from(body))
+                    .expect("response");
+                return Box::pin(async move { Ok(resp) });
+            }
+        }
+        hyper::service::Service::call(&self.svc, req)
+    }
+}
+
+/// s3s-fs on 127.0.0.1:0, optionally insisting on `region`.
+pub async fn s3s_server(region: Option<&str>) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = "bucket";
+    std::fs::create_dir(dir.path().join(bucket)).expect("bucket dir");
+    let fs = s3s_fs::FileSystem::new(dir.path()).expect("s3s-fs");
+    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS, SECRET));
+    let gate = RegionGate {
+        svc: b.build(),
+        region: region.map(str::to_string),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let http =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), gate.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    let srv = Server {
+        name: "s3s-fs",
+        endpoint: format!("http://{addr}"),
+        bucket: bucket.to_string(),
+        access: ACCESS.to_string(),
+        secret: SECRET.to_string(),
+        region: region.map(str::to_string),
+        caps: Caps {
+            markers: false,
+            part_copy: false,
+            list_uploads: false,
+            big: true,
+            checks_signatures: true,
+            raw_keys: false,
+        },
+        prefix: random_prefix(),
+        _guard: Guard::S3s(task, dir),
+    };
+    srv.backend().probe_bucket().await.expect("s3s-fs answers");
+    srv
+}
+
+// ---------------------------------------------------------------- moto, a subprocess
+
+/// One moto_server shared by the tests that run at the same time; killed when the last one
+/// lets go of it.
+pub struct Moto {
+    child: Mutex<std::process::Child>,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+static MOTO: Mutex<Weak<Moto>> = Mutex::new(Weak::new());
+static MOTO_START: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+async fn start_moto() -> Option<Arc<Moto>> {
+    let _one_at_a_time = MOTO_START.lock().await;
+    if let Some(m) = MOTO.lock().unwrap().upgrade() {
+        return Some(m);
+    }
+    let port = free_port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let m = Arc::new(Moto {
+        child: Mutex::new(child),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    });
+    // Readiness: poll until it answers HTTP (bounded), never a fixed sleep.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/moto-api/", m.addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if let Ok(Some(status)) = m.child.lock().unwrap().try_wait() {
+            println!("moto_server exited early: {status}");
+            return None;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "moto_server did not answer within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // moto checks no signature: plain requests create the bucket.
+    let r = http
+        .put(format!("http://{}/bucket", m.addr))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(r.status().is_success(), "create bucket: {}", r.status());
+    *MOTO.lock().unwrap() = Arc::downgrade(&m);
+    Some(m)
+}
+
+pub async fn moto_server() -> Option<Server> {
+    which("moto_server")?;
+    let m = start_moto().await?;
+    Some(Server {
+        name: "moto",
+        endpoint: format!("http://{}", m.addr),
+        bucket: "bucket".into(),
+        access: ACCESS.into(),
+        secret: SECRET.into(),
+        region: None,
+        caps: Caps {
+            markers: true,
+            part_copy: true,
+            list_uploads: true,
+            big: false,
+            checks_signatures: false,
+            raw_keys: true,
+        },
+        prefix: random_prefix(),
+        _guard: Guard::Moto(m),
+    })
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
+}
+
+// ---------------------------------------------------------------- a counting TCP proxy
+
+/// A TCP proxy in front of a server that counts open connections (and their peak) and can cut
+/// every answer after `cut_after` bytes, to test short bodies.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    pub peak: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr, cut_after: Option<usize>) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, p) = (open.clone(), peak.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (o, p) = (o.clone(), p.clone());
+                tokio::spawn(async move {
+                    let now = o.fetch_add(1, SeqCst) + 1;
+                    p.fetch_max(now, SeqCst);
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        pipe(client, server, cut_after).await;
+                    }
+                    o.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            peak,
+            task,
+        }
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, cut_after: Option<usize>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        let _ = sw.shutdown().await;
+    };
+    let down = async {
+        let mut sent = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let n = match cut_after {
+                Some(limit) if sent + n >= limit => {
+                    let _ = cw.write_all(&buf[..limit - sent]).await;
+                    break;
+                }
+                _ => n,
+            };
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+        let _ = cw.shutdown().await;
+    };
+    // When either direction ends (or the answer is cut), the connection goes.
+    tokio::select! {
+        _ = up => {},
+        _ = down => {},
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+use bucketgate_storage::backend::{Backend, CreateOptions, Entry};
+use futures::StreamExt;
+
+/// Uploads `bytes` in writes of `chunk` bytes.
+pub async fn put(b: &S3Backend, key: &str, bytes: &[u8], chunk: usize) -> Entry {
+    put_with(b, key, bytes, chunk, CreateOptions::default())
+        .await
+        .expect("upload")
+}
+
+pub async fn put_with(
+    b: &S3Backend,
+    key: &str,
+    bytes: &[u8],
+    chunk: usize,
+    opts: CreateOptions,
+) -> bucketgate_storage::Result<Entry> {
+    let mut up = b.create(key, opts).await?;
+    for c in bytes.chunks(chunk.max(1)) {
+        up.write(bytes::Bytes::copy_from_slice(c)).await?;
+    }
+    up.finish().await
+}
+
+/// Reads a whole object.
+pub async fn get(b: &S3Backend, key: &str) -> Vec<u8> {
+    let mut s = b.read(key, 0, None).await.expect("read");
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.expect("chunk"));
+    }
+    out
+}
+
+/// Lists a folder, all pages, sorted by name.
+pub async fn list_all(b: &S3Backend, key: &str) -> Vec<Entry> {
+    collect(b.list(key)).await
+}
+
+/// Walks a folder, all pages, sorted by name.
+pub async fn walk_all(b: &S3Backend, key: &str) -> Vec<Entry> {
+    collect(b.walk(key)).await
+}
+
+async fn collect(mut s: bucketgate_storage::backend::ListStream) -> Vec<Entry> {
+    let mut out = Vec::new();
+    while let Some(p) = s.next().await {
+        out.extend(p.expect("page"));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// `name/` for folders, `name` for files: a compact view of a listing.
+pub fn names(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| {
+            if e.is_dir() {
+                format!("{}/", e.name)
+            } else {
+                e.name.clone()
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,179 @@
+//! Uploads that do not finish, appends, and the multipart clean-up.
+
+mod s3_support;
+
+use bucketgate_storage::backend::{Backend, CreateOptions};
+use bucketgate_storage::s3::S3Backend;
+use bucketgate_storage::ErrorKind;
+use bytes::Bytes;
+use s3_support::*;
+use std::time::Duration;
+
+async fn pending_uploads(b: &S3Backend, prefix: &str) -> usize {
+    b.list_multipart_uploads(prefix).await.unwrap().len()
+}
+
+/// The backend cleans up a dropped upload in the background: wait for it, bounded.
+async fn wait_no_pending(b: &S3Backend, prefix: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = pending_uploads(b, prefix).await;
+        if n == 0 || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn interrupted_uploads_leave_nothing() {
+    for srv in servers().await {
+        let b = srv.backend();
+        let chunk = Bytes::from(data(MIB, 1));
+        // Aborted after two parts went out.
+        let key = srv.key("aborted");
+        let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+        for _ in 0..11 {
+            up.write(chunk.clone()).await.unwrap();
+        }
+        assert_eq!(up.written(), 11 * MIB as u64);
+        up.abort().await;
+        assert_eq!(b.stat(&key).await.unwrap_err().kind(), ErrorKind::NotFound);
+
+        // Dropped (a client vanished) without finish or abort.
+        let key2 = srv.key("dropped");
+        let mut up = b.create(&key2, CreateOptions::default()).await.unwrap();
+        for _ in 0..11 {
+            up.write(chunk.clone()).await.unwrap();
+        }
+        drop(up);
+        assert_eq!(b.stat(&key2).await.unwrap_err().kind(), ErrorKind::NotFound);
+        if !srv.skip(!srv.caps.list_uploads, "pending multipart uploads") {
+            assert_eq!(wait_no_pending(&b, &srv.prefix).await, 0, "[{}]", srv.name);
+        }
+
+        // keep_partial: what arrived is committed instead.
+        let key3 = srv.key("partial");
+        let opts = CreateOptions {
+            keep_partial: true,
+            ..Default::default()
+        };
+        let mut up = b.create(&key3, opts).await.unwrap();
+        for _ in 0..6 {
+            up.write(chunk.clone()).await.unwrap();
+        }
+        up.abort().await;
+        assert_eq!(get(&b, &key3).await.len(), 6 * MIB, "[{}]", srv.name);
+    }
+}
+
+#[tokio::test]
+async fn stale_uploads_are_aborted() {
+    let Some(srv) = moto_only().await else { return };
+    let b = srv.backend();
+    let key = srv.key("stale");
+    let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+    up.write(Bytes::from(data(6 * MIB, 2))).await.unwrap();
+    assert_eq!(pending_uploads(&b, &srv.prefix).await, 1);
+    // moto reports every upload as initiated in 2010, so "fresh" cannot be told apart there.
+    if !srv.skip(srv.name == "moto", "upload initiation times") {
+        assert_eq!(
+            b.abort_stale_uploads(&srv.prefix, Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "a fresh upload is not stale"
+        );
+    }
+    assert_eq!(
+        b.abort_stale_uploads(&srv.prefix, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(pending_uploads(&b, &srv.prefix).await, 0);
+    assert!(up.finish().await.is_err(), "its upload id is gone");
+    assert_eq!(b.stat(&key).await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+async fn append(b: &S3Backend, key: &str, more: &[u8]) -> bucketgate_storage::Result<u64> {
+    let existing = b.stat(key).await?;
+    let opts = CreateOptions {
+        append_to: Some(existing),
+        ..Default::default()
+    };
+    put_with(b, key, more, 100_000, opts).await.map(|e| e.size)
+}
+
+#[tokio::test]
+async fn appends_compose_old_and_new_bytes() {
+    for srv in servers().await {
+        let b = srv.backend();
+        // Small: the old bytes are read and sent again.
+        let small = srv.key("small");
+        let mut want = data(1000, 3);
+        put(&b, &small, &want, 1000).await;
+        let more = data(500, 4);
+        assert_eq!(append(&b, &small, &more).await.unwrap(), 1500);
+        want.extend_from_slice(&more);
+        assert_eq!(get(&b, &small).await, want, "[{}] small append", srv.name);
+
+        if srv.skip(!srv.caps.part_copy, "server-side appends (UploadPartCopy)") {
+            continue;
+        }
+        // Large: the old bytes are copied server-side; new bytes small, then large.
+        let big = srv.key("big");
+        let mut want = data(6 * MIB, 5);
+        put(&b, &big, &want, MIB).await;
+        let more = data(10, 6);
+        append(&b, &big, &more).await.unwrap();
+        want.extend_from_slice(&more);
+        assert_eq!(get(&b, &big).await, want, "[{}] +10 B", srv.name);
+        let more = data(6 * MIB + 3, 7);
+        append(&b, &big, &more).await.unwrap();
+        want.extend_from_slice(&more);
+        assert_eq!(get(&b, &big).await, want, "[{}] +6 MiB", srv.name);
+        assert_eq!(pending_uploads(&b, &srv.prefix).await, 0);
+    }
+}
+
+#[tokio::test]
+async fn an_append_that_loses_the_race_changes_nothing() {
+    for srv in servers().await {
+        let b = srv.backend();
+        for size in [1000usize, 6 * MIB] {
+            if size >= 5 * MIB && srv.skip(!srv.caps.part_copy, "server-side append race") {
+                continue;
+            }
+            let key = srv.key(&format!("race-{size}"));
+            put(&b, &key, &data(size, 8), MIB).await;
+            let seen = b.stat(&key).await.unwrap();
+            let opts = CreateOptions {
+                append_to: Some(seen.clone()),
+                ..Default::default()
+            };
+
+            // Overwritten between open and finish.
+            let mut up = b.create(&key, opts.clone()).await.unwrap();
+            up.write(Bytes::from_static(b"more")).await.unwrap();
+            let other = data(size + 1, 9);
+            put(&b, &key, &other, MIB).await;
+            let e = up.finish().await.unwrap_err();
+            assert_eq!(
+                e.kind(),
+                ErrorKind::Conflict,
+                "[{}] {size}: {e:?}",
+                srv.name
+            );
+            assert_eq!(get(&b, &key).await, other, "[{}] unchanged", srv.name);
+
+            // Overwritten before the append even started.
+            let e = b.create(&key, opts).await.err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::Conflict, "[{}] {size}", srv.name);
+            assert_eq!(get(&b, &key).await, other);
+        }
+        if !srv.skip(!srv.caps.list_uploads, "pending multipart uploads") {
+            assert_eq!(wait_no_pending(&b, &srv.prefix).await, 0, "[{}]", srv.name);
+        }
+    }
+}
