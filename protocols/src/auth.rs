@@ -1,0 +1,451 @@
+//! Login logic shared by every frontend: accounts, password and key checks, per-user protocol
+//! and address rules, and the brute-force ban list.
+//!
+//! A frontend asks [`LoginService`] and gets either a [`Session`] (the user's file tree) or a
+//! [`LoginError`]. Every failure is logged here, once, on one stable line that fail2ban can
+//! match (`login failed: protocol=sftp ip=203.0.113.9 user="bob" reason=wrong_password`); a
+//! password never reaches a log line.
+
+use bucketgate_storage::{Permissions, Tree, UserFs, VPath};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The protocols a user may be allowed to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// SFTP and SCP over SSH.
+    Sftp,
+    /// FTP and FTPS.
+    Ftp,
+}
+
+impl Protocol {
+    /// Lower-case name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Sftp => "sftp",
+            Protocol::Ftp => "ftp",
+        }
+    }
+}
+
+/// One configured user.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Login name.
+    pub username: String,
+    /// argon2 PHC string, when password login is allowed.
+    pub password_hash: Option<String>,
+    /// OpenSSH `authorized_keys` lines.
+    pub public_keys: Vec<String>,
+    /// Home folder in the site tree.
+    pub home: VPath,
+    /// Folder rules, relative to the home.
+    pub permissions: Permissions,
+    /// Protocols the user may use.
+    pub protocols: Vec<Protocol>,
+    /// Addresses the user may connect from; empty means anywhere.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// The accounts and the tree they live in: replaced whole on reload, so sessions that already
+/// started keep the directory they logged in with.
+pub struct Directory {
+    users: HashMap<String, Arc<Account>>,
+    tree: Arc<Tree>,
+}
+
+impl Directory {
+    /// A directory of `accounts` over `tree`.
+    pub fn new(accounts: Vec<Account>, tree: Arc<Tree>) -> Self {
+        let users = accounts
+            .into_iter()
+            .map(|a| (a.username.clone(), Arc::new(a)))
+            .collect();
+        Directory { users, tree }
+    }
+
+    /// The shared tree.
+    pub fn tree(&self) -> &Arc<Tree> {
+        &self.tree
+    }
+
+    /// Looks a user up.
+    pub fn get(&self, username: &str) -> Option<&Arc<Account>> {
+        self.users.get(username)
+    }
+}
+
+/// The brute-force defence's settings (`limits.ban`).
+#[derive(Debug, Clone)]
+pub struct BanPolicy {
+    /// Score at which an address is banned.
+    pub threshold: u32,
+    /// Failures older than this no longer count.
+    pub window: Duration,
+    /// How long a ban lasts.
+    pub duration: Duration,
+    /// Networks never banned.
+    pub safelist: Vec<IpNet>,
+    /// Delay added to every failed attempt, to slow guessing down.
+    pub failure_delay: Duration,
+}
+
+impl Default for BanPolicy {
+    fn default() -> Self {
+        BanPolicy {
+            threshold: 15,
+            window: Duration::from_secs(30 * 60),
+            duration: Duration::from_secs(30 * 60),
+            safelist: Vec::new(),
+            failure_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a login was refused. The client is only ever told "denied".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginError {
+    /// The address is banned.
+    Banned,
+    /// The user name is malformed (`/`, `..`, control characters, too long).
+    InvalidUsername,
+    /// No such user.
+    UnknownUser,
+    /// Wrong password.
+    WrongPassword,
+    /// The key is not one of the user's.
+    WrongKey,
+    /// The user may not use this protocol.
+    ProtocolDenied,
+    /// The user may not connect from this address.
+    AddressDenied,
+    /// The user has no password (key-only) and tried one.
+    MethodDenied,
+    /// The home folder could not be prepared (storage failure).
+    HomeUnavailable,
+}
+
+impl LoginError {
+    /// The `reason=` word of the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LoginError::Banned => "banned",
+            LoginError::InvalidUsername => "invalid_username",
+            LoginError::UnknownUser => "unknown_user",
+            LoginError::WrongPassword => "wrong_password",
+            LoginError::WrongKey => "wrong_key",
+            LoginError::ProtocolDenied => "protocol_denied",
+            LoginError::AddressDenied => "address_denied",
+            LoginError::MethodDenied => "method_denied",
+            LoginError::HomeUnavailable => "home_unavailable",
+        }
+    }
+
+    /// How much the failure counts towards a ban.
+    fn score(self) -> u32 {
+        match self {
+            LoginError::UnknownUser | LoginError::InvalidUsername => 2,
+            LoginError::WrongPassword | LoginError::MethodDenied => 1,
+            // A refused key is how public-key clients probe which key works: not an attack.
+            _ => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// A logged-in user.
+#[derive(Clone)]
+pub struct Session {
+    /// The account as it was at login.
+    pub account: Arc<Account>,
+    /// Her file tree.
+    pub fs: UserFs,
+}
+
+#[derive(Default)]
+struct Score {
+    failures: Vec<(Instant, u32)>,
+    banned_until: Option<Instant>,
+}
+
+/// Checks logins for every frontend.
+pub struct LoginService {
+    directory: RwLock<Arc<Directory>>,
+    policy: BanPolicy,
+    scores: Mutex<HashMap<IpAddr, Score>>,
+    hash_slots: Semaphore,
+}
+
+/// Users names are refused before anything touches storage when they could be read as paths.
+pub fn username_is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && !name.contains("..")
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(|c| c.is_control())
+}
+
+/// Makes an argon2id PHC hash of `password` (for `bucketgate hash-password` and the demo user).
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters cannot fail")
+        .to_string()
+}
+
+/// Checks `password` against a PHC hash in constant time (argon2's own comparison).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    match PasswordHash::new(hash) {
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash of a random password, verified against when the user is unknown so that the answer
+/// takes as long as for a known user.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy password that matches nothing"))
+}
+
+impl LoginService {
+    /// A service over `directory`, with `hash_concurrency` password checks at a time (argon2
+    /// is deliberately expensive; unbounded, a flood of logins would eat every core).
+    pub fn new(directory: Directory, policy: BanPolicy, hash_concurrency: usize) -> Self {
+        LoginService {
+            directory: RwLock::new(Arc::new(directory)),
+            policy,
+            scores: Mutex::new(HashMap::new()),
+            hash_slots: Semaphore::new(hash_concurrency.max(1)),
+        }
+    }
+
+    /// Swaps in a new directory (config reload). Sessions in progress keep theirs.
+    pub fn replace_directory(&self, directory: Directory) {
+        *self.directory.write().expect("lock") = Arc::new(directory);
+    }
+
+    /// The current directory.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.read().expect("lock").clone()
+    }
+
+    fn safelisted(&self, ip: IpAddr) -> bool {
+        self.policy.safelist.iter().any(|n| n.contains(&ip))
+    }
+
+    /// True while `ip` is banned. Frontends ask before doing any work for a new connection.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        if self.safelisted(ip) {
+            return false;
+        }
+        let mut scores = self.scores.lock().expect("lock");
+        let Some(s) = scores.get_mut(&ip) else {
+            return false;
+        };
+        match s.banned_until {
+            Some(t) if t > Instant::now() => true,
+            Some(_) => {
+                scores.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records a failure, logs it, bans the address past the threshold, and waits the failure
+    /// delay.
+    async fn fail(&self, proto: Protocol, ip: IpAddr, user: &str, why: LoginError) -> LoginError {
+        let shown_user: String = user.chars().take(64).collect();
+        tracing::warn!(
+            target: "bucketgate::auth",
+            "login failed: protocol={} ip={} user={:?} reason={}",
+            proto.name(),
+            ip,
+            shown_user,
+            why.reason()
+        );
+        let score = why.score();
+        if score > 0 && !self.safelisted(ip) {
+            let now = Instant::now();
+            let mut scores = self.scores.lock().expect("lock");
+            let s = scores.entry(ip).or_default();
+            s.failures
+                .retain(|(t, _)| now.duration_since(*t) < self.policy.window);
+            s.failures.push((now, score));
+            let total: u32 = s.failures.iter().map(|(_, n)| n).sum();
+            if total >= self.policy.threshold && s.banned_until.is_none() {
+                s.banned_until = Some(now + self.policy.duration);
+                tracing::warn!(
+                    target: "bucketgate::auth",
+                    "ban: ip={} banned for {}s after login failures scoring {}",
+                    ip,
+                    self.policy.duration.as_secs(),
+                    total
+                );
+            }
+            // Bound the table: forget addresses whose failures all expired.
+            if scores.len() > 100_000 {
+                scores.retain(|_, s| {
+                    s.banned_until.is_some_and(|t| t > now)
+                        || s.failures
+                            .iter()
+                            .any(|(t, _)| now.duration_since(*t) < self.policy.window)
+                });
+            }
+        }
+        if score > 0 {
+            tokio::time::sleep(self.policy.failure_delay).await;
+        }
+        why
+    }
+
+    /// The checks that come before any credential: ban, name, account, protocol, address.
+    async fn precheck(
+        &self,
+        proto: Protocol,
+        ip: IpAddr,
+        username: &str,
+    ) -> Result<(Arc<Account>, Arc<Directory>), LoginError> {
+        if self.is_banned(ip) {
+            return Err(self.fail(proto, ip, username, LoginError::Banned).await);
+        }
+        if !username_is_valid(username) {
+            return Err(self
+                .fail(proto, ip, username, LoginError::InvalidUsername)
+                .await);
+        }
+        let dir = self.directory();
+        let Some(acc) = dir.get(username).cloned() else {
+            return Err(LoginError::UnknownUser);
+        };
+        if !acc.protocols.contains(&proto) {
+            return Err(self
+                .fail(proto, ip, username, LoginError::ProtocolDenied)
+                .await);
+        }
+        if !acc.allowed_ips.is_empty() && !acc.allowed_ips.iter().any(|n| n.contains(&ip)) {
+            return Err(self
+                .fail(proto, ip, username, LoginError::AddressDenied)
+                .await);
+        }
+        Ok((acc, dir))
+    }
+
+    async fn open_session(
+        &self,
+        proto: Protocol,
+        ip: IpAddr,
+        acc: Arc<Account>,
+        dir: &Directory,
+    ) -> Result<Session, LoginError> {
+        let fs = UserFs::new(
+            dir.tree().clone(),
+            &acc.username,
+            acc.home.clone(),
+            acc.permissions.clone(),
+        );
+        if let Err(e) = fs.ensure_home().await {
+            tracing::error!(user = %acc.username, error = ?e, "cannot prepare the home folder");
+            return Err(LoginError::HomeUnavailable);
+        }
+        tracing::info!(
+            target: "bucketgate::auth",
+            "login ok: protocol={} ip={} user={:?}",
+            proto.name(),
+            ip,
+            acc.username
+        );
+        Ok(Session { account: acc, fs })
+    }
+
+    /// Password login.
+    pub async fn login_password(
+        &self,
+        proto: Protocol,
+        ip: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Session, LoginError> {
+        let pre = self.precheck(proto, ip, username).await;
+        let (hash, known) = match &pre {
+            Ok((acc, _)) => match &acc.password_hash {
+                Some(h) => (h.clone(), true),
+                None => (decoy_hash().to_string(), false),
+            },
+            Err(LoginError::UnknownUser) => (decoy_hash().to_string(), false),
+            Err(e) => return Err(*e),
+        };
+        let ok = {
+            let _slot = self.hash_slots.acquire().await.expect("never closed");
+            let password = password.to_string();
+            tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                .await
+                .unwrap_or(false)
+        };
+        match pre {
+            Err(e) => Err(self.fail(proto, ip, username, e).await),
+            Ok(_) if !known => Err(self
+                .fail(proto, ip, username, LoginError::MethodDenied)
+                .await),
+            Ok(_) if !ok => Err(self
+                .fail(proto, ip, username, LoginError::WrongPassword)
+                .await),
+            Ok((acc, dir)) => self.open_session(proto, ip, acc, &dir).await,
+        }
+    }
+
+    /// Public-key login: `matches` tells whether an `authorized_keys` line is the client's key
+    /// (the SSH layer has already verified the signature).
+    pub async fn login_key(
+        &self,
+        proto: Protocol,
+        ip: IpAddr,
+        username: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<Session, LoginError> {
+        let (acc, dir) = match self.precheck(proto, ip, username).await {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail(proto, ip, username, e).await),
+        };
+        if !acc.public_keys.iter().any(|k| matches(k)) {
+            return Err(self.fail(proto, ip, username, LoginError::WrongKey).await);
+        }
+        self.open_session(proto, ip, acc, &dir).await
+    }
+
+    /// Whether `username` could log in with a key at all, without recording anything (SSH
+    /// clients offer keys before signing with them).
+    pub fn key_candidate(&self, proto: Protocol, ip: IpAddr, username: &str) -> Vec<String> {
+        if self.is_banned(ip) || !username_is_valid(username) {
+            return Vec::new();
+        }
+        let dir = self.directory();
+        match dir.get(username) {
+            Some(acc)
+                if acc.protocols.contains(&proto)
+                    && (acc.allowed_ips.is_empty()
+                        || acc.allowed_ips.iter().any(|n| n.contains(&ip))) =>
+            {
+                acc.public_keys.clone()
+            }
+            _ => Vec::new(),
+        }
+    }
+}

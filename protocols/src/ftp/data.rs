@@ -1,0 +1,168 @@
+//! Data connections. libunftp opens its data sockets on loopback (see [`LoopbackBinder`]); the
+//! relay opens the public side and splices the two:
+//!
+//! - passive: a port from `passive_ports` on the control connection's local address, which
+//!   takes only a connection from the control connection's peer address (libunftp would take
+//!   the first comer, letting anyone who guesses the port steal or plant a file);
+//! - active: the relay checks the client's PORT/EPRT target, connects to it *first*, and only
+//!   then lets libunftp connect to a loopback port standing in for it.
+//!
+//! With PROT P the relay is the TLS endpoint of the data connection too (libunftp only sees
+//! plain bytes): that way every transfer ends with a TLS close_notify, which libunftp does not
+//! send after an upload and which clients such as Python's ftplib insist on.
+
+use async_trait::async_trait;
+use libunftp::options::Binder;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+/// How long a data port waits for its connection (libunftp waits as long on its side).
+pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long connecting to a client's PORT address may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes libunftp bind its passive sockets on loopback, any free port: only the relay connects
+/// there.
+#[derive(Debug)]
+pub(crate) struct LoopbackBinder;
+
+#[async_trait]
+impl Binder for LoopbackBinder {
+    async fn bind(&mut self, _local: IpAddr, _ports: RangeInclusive<u16>) -> io::Result<TcpSocket> {
+        let s = TcpSocket::new_v4()?;
+        s.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        Ok(s)
+    }
+}
+
+/// Binds a passive listener on `ip` with a port from `range`, starting at a random one so that
+/// ports are hard to guess and sessions spread over the range.
+pub(crate) fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Result<TcpListener> {
+    let (lo, hi) = (*range.start() as u32, *range.end() as u32);
+    if hi < lo {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty passive port range",
+        ));
+    }
+    let n = hi - lo + 1;
+    let first = rand::random_range(0..n);
+    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "every passive port is in use");
+    for i in 0..n.min(200) {
+        let port = (lo + (first + i) % n) as u16;
+        let s = if ip.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        match s.bind(SocketAddr::new(ip, port)) {
+            Ok(()) => return s.listen(8),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Waits for the client's passive connection, from `peer_ip` only, then splices it to
+/// libunftp's loopback port (through TLS when `tls` is given).
+pub(crate) async fn passive(
+    listener: TcpListener,
+    peer_ip: IpAddr,
+    upstream: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
+    let deadline = Instant::now() + ACCEPT_TIMEOUT;
+    let client = loop {
+        match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Err(_) => {
+                tracing::debug!("ftp: the client did not open its data connection in time");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "ftp: data accept failed");
+                return;
+            }
+            Ok(Ok((s, from))) if from.ip().to_canonical() == peer_ip => break s,
+            Ok(Ok((_, from))) => {
+                tracing::warn!(
+                    expected = %peer_ip,
+                    from = %from,
+                    "ftp: data connection from another address than the session's refused"
+                );
+            }
+        }
+    };
+    drop(listener);
+    match TcpStream::connect(upstream).await {
+        Ok(up) => secure_splice(client, up, tls).await,
+        Err(e) => tracing::debug!(error = %e, "ftp: libunftp's data port is gone"),
+    }
+}
+
+/// Connects to the client's PORT/EPRT address from the control connection's local address.
+pub(crate) async fn connect_active(local_ip: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let s = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if local_ip.is_ipv4() == target.is_ipv4() {
+        s.bind(SocketAddr::new(local_ip, 0))?;
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// Takes libunftp's connection on the loopback stand-in for the client's PORT address and
+/// splices it to the connection already made to the client.
+pub(crate) async fn active(stand_in: TcpListener, client: TcpStream, tls: Option<TlsAcceptor>) {
+    match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
+        Ok(Ok((up, from))) if from.ip().is_loopback() => secure_splice(client, up, tls).await,
+        _ => tracing::debug!("ftp: libunftp did not connect for the active transfer"),
+    }
+}
+
+/// With PROT P, the TLS handshake (the relay is the TLS server, in active mode too, as RFC 4217
+/// wants), then the splice.
+async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAcceptor>) {
+    let _ = client.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return splice(client, upstream).await;
+    };
+    match tokio::time::timeout(ACCEPT_TIMEOUT, acceptor.accept(client)).await {
+        Ok(Ok(client)) => splice(client, upstream).await,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "ftp: TLS handshake on the data connection failed");
+            let _ = upstream.set_zero_linger();
+        }
+        Err(_) => {
+            tracing::info!("ftp: TLS handshake on the data connection timed out");
+            let _ = upstream.set_zero_linger();
+        }
+    }
+}
+
+/// Copies both ways until both sides are done.
+///
+/// The loopback side is closed with a reset (linger 0) unless both directions ended cleanly:
+/// a client that resets its data connection mid-upload, or a session torn down, must look like
+/// an error to libunftp (which then aborts the upload), never like the end of the file.
+///
+/// A TLS client that closes without close_notify is an error here too (rustls reports it), so a
+/// truncated FTPS upload is never committed.
+async fn splice<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, mut upstream: TcpStream) {
+    let _ = upstream.set_zero_linger();
+    let _ = upstream.set_nodelay(true);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "ftp: data connection ended with an error");
+    }
+}

@@ -1,0 +1,106 @@
+//! Directory entries as libunftp wants them, and the `ls -l` lines of LIST.
+
+use bucketgate_storage::{Entry, EntryKind};
+use chrono::{DateTime, Datelike, Utc};
+use std::time::{Duration, SystemTime};
+use unftp_core::storage::{Error, Metadata};
+
+/// What LIST, MLSD, SIZE and MDTM know about an entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    kind: EntryKind,
+    size: u64,
+    mtime: SystemTime,
+}
+
+impl From<&Entry> for Meta {
+    fn from(e: &Entry) -> Self {
+        Meta {
+            kind: e.kind,
+            size: if e.is_dir() { 0 } else { e.size },
+            // The tree fills in a time for every entry; the epoch only guards a backend bug.
+            mtime: e.mtime.unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
+impl Metadata for Meta {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    fn is_file(&self) -> bool {
+        self.kind == EntryKind::File
+    }
+
+    fn is_symlink(&self) -> bool {
+        false
+    }
+
+    fn modified(&self) -> Result<SystemTime, Error> {
+        Ok(self.mtime)
+    }
+
+    // Objects have no owner: MLSD leaves unix.uid/gid out when they are 0.
+    fn gid(&self) -> u32 {
+        0
+    }
+
+    fn uid(&self) -> u32 {
+        0
+    }
+}
+
+/// One LIST line in the format of `ls -l`, which every client parses:
+/// `drwxr-xr-x 1 ftp ftp 0 Mar 05 14:02 name`; the year replaces the time for dates more than
+/// six months away, as `ls` does.
+pub(crate) fn ls_line(name: &str, meta: &Meta, now: SystemTime) -> String {
+    let (kind, mode) = if meta.is_dir() {
+        ('d', "rwxr-xr-x")
+    } else {
+        ('-', "rw-r--r--")
+    };
+    let t: DateTime<Utc> = meta.mtime.into();
+    let half_year = Duration::from_secs(182 * 24 * 3600);
+    let recent = meta.mtime + half_year > now && meta.mtime < now + half_year;
+    let when = if recent {
+        t.format("%b %d %H:%M").to_string()
+    } else {
+        format!("{} {:>5}", t.format("%b %d"), t.year())
+    };
+    format!(
+        "{kind}{mode} 1 ftp ftp {size:>12} {when} {name}\r\n",
+        size = meta.size
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_line_shapes() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let m = Meta {
+            kind: EntryKind::File,
+            size: 42,
+            mtime: now - Duration::from_secs(3600),
+        };
+        let l = ls_line("a b.txt", &m, now);
+        assert!(
+            l.starts_with("-rw-r--r-- 1 ftp ftp           42 Nov 14 "),
+            "{l}"
+        );
+        assert!(l.ends_with(" a b.txt\r\n"));
+        let old = Meta {
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        assert!(ls_line("d", &old, now).contains("Jan 01  1970 d"));
+    }
+}

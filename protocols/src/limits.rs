@@ -1,0 +1,83 @@
+//! Session caps shared by every frontend: in total and per client address, taken atomically.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Counts sessions; a [`SessionSlot`] gives its place back when dropped.
+pub struct SessionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitError {
+    /// `limits.max_sessions` reached.
+    Total,
+    /// `limits.max_sessions_per_ip` reached for this address.
+    PerAddress,
+}
+
+/// One admitted session.
+pub struct SessionSlot {
+    limiter: Arc<SessionLimiter>,
+    ip: IpAddr,
+}
+
+impl SessionLimiter {
+    /// A limiter with the two caps (0 means no cap).
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(SessionLimiter {
+            max_total: if max_total == 0 {
+                usize::MAX
+            } else {
+                max_total
+            },
+            max_per_ip: if max_per_ip == 0 {
+                usize::MAX
+            } else {
+                max_per_ip
+            },
+            state: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Admits a session from `ip`, or says which cap it hit. Check and count happen under one
+    /// lock, so a burst of connections admits exactly the caps.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<SessionSlot, LimitError> {
+        let mut st = self.state.lock().expect("lock");
+        if st.0 >= self.max_total {
+            return Err(LimitError::Total);
+        }
+        let n = st.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(LimitError::PerAddress);
+        }
+        *n += 1;
+        st.0 += 1;
+        Ok(SessionSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Sessions open now.
+    pub fn active(&self) -> usize {
+        self.state.lock().expect("lock").0
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut st = self.limiter.state.lock().expect("lock");
+        st.0 -= 1;
+        if let Some(n) = st.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                st.1.remove(&self.ip);
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! File attributes and `ls -l` style long names for SFTP replies.
+
+use bucketgate_storage::Entry;
+use russh_sftp::protocol::{File, FileAttributes};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Mode bits shown for folders: objects have no owner or mode, so every entry looks like what
+/// the user can generally do; the real checks are the folder rules.
+const DIR_MODE: u32 = 0o040_755;
+/// Mode bits shown for files.
+const FILE_MODE: u32 = 0o100_644;
+
+/// Seconds since the epoch, clamped to what SFTP v3's 32-bit times can carry.
+pub(crate) fn unix_secs(t: SystemTime) -> u32 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs().min(u64::from(u32::MAX)) as u32,
+        Err(_) => 0,
+    }
+}
+
+/// The time a client sent, as a `SystemTime`.
+pub(crate) fn from_unix(secs: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::from(secs))
+}
+
+/// The attributes of an entry.
+pub(crate) fn attrs_of(e: &Entry) -> FileAttributes {
+    let mtime = e.mtime.map(unix_secs).unwrap_or(0);
+    FileAttributes {
+        size: Some(e.size),
+        permissions: Some(if e.is_dir() { DIR_MODE } else { FILE_MODE }),
+        atime: Some(mtime),
+        mtime: Some(mtime),
+        ..Default::default()
+    }
+}
+
+/// A READDIR entry: name, `ls -l` line, attributes.
+pub(crate) fn file_of(e: &Entry, owner: &str, now: SystemTime) -> File {
+    File {
+        filename: e.name.clone(),
+        longname: longname(e, owner, now),
+        attrs: attrs_of(e),
+    }
+}
+
+/// The `ls -l` line OpenSSH's `ls -l` prints verbatim: mode, links, owner, group, size, date,
+/// name. Dates within six months show the time, older ones the year, as `ls` does.
+pub(crate) fn longname(e: &Entry, owner: &str, now: SystemTime) -> String {
+    let mode = if e.is_dir() {
+        "drwxr-xr-x"
+    } else {
+        "-rw-r--r--"
+    };
+    let t = e.mtime.unwrap_or(UNIX_EPOCH);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, mo, d, hh, mm) = civil(secs);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let half_year = Duration::from_secs(182 * 24 * 3600);
+    let recent = match now.duration_since(t) {
+        Ok(age) => age < half_year,
+        Err(ahead) => ahead.duration() < half_year,
+    };
+    let when = if recent {
+        format!("{:02}:{:02}", hh, mm)
+    } else {
+        format!(" {y}")
+    };
+    let owner: String = owner.chars().take(32).collect();
+    format!(
+        "{mode}    1 {owner:<8} {owner:<8} {:>8} {} {:>2} {:>5} {}",
+        e.size,
+        MONTHS[(mo - 1) as usize],
+        d,
+        when,
+        e.name
+    )
+}
+
+/// Year, month (1-12), day, hour, minute of a Unix time in UTC (Howard Hinnant's
+/// days-from-civil inverse), so no date crate is needed for one `ls` column.
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0));
+        // 2024-02-29 12:34 UTC
+        assert_eq!(civil(1_709_210_040), (2024, 2, 29, 12, 34));
+    }
+
+    #[test]
+    fn long_name_shape() {
+        let e = Entry {
+            name: "a.txt".into(),
+            kind: bucketgate_storage::EntryKind::File,
+            size: 42,
+            mtime: Some(UNIX_EPOCH + Duration::from_secs(1_709_210_040)),
+            etag: None,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_709_210_040 + 60);
+        let l = longname(&e, "alice", now);
+        assert!(l.starts_with("-rw-r--r--"), "{l}");
+        assert!(l.ends_with("Feb 29 12:34 a.txt"), "{l}");
+    }
+}

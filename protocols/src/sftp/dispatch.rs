@@ -1,0 +1,141 @@
+//! The SFTP packet loop: reads a request, awaits the [`Handler`], writes the reply.
+//!
+//! russh-sftp's own `server::run` does the same, but it keeps reading after a packet longer
+//! than the limit (the stream is then out of sync and every later "packet" is garbage), and it
+//! retries forever on an I/O error other than EOF. This loop skips an over-long packet whole and
+//! answers it with a FAILURE, and stops on any I/O error.
+
+use bytes::Bytes;
+use russh_sftp::protocol::{Packet, Status, StatusCode};
+use russh_sftp::server::{Handler, StatusReply};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs.
+pub(crate) async fn run<S, H>(mut stream: S, mut handler: H, max_packet_len: u32)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler + Send,
+{
+    loop {
+        let reply = match read_request(&mut stream, max_packet_len).await {
+            Ok(Request::Packet(p)) => {
+                tracing::trace!(request = ?p, "sftp request");
+                let reply = process(p, &mut handler).await;
+                if let Packet::Status(s) = &reply {
+                    tracing::trace!(code = ?s.status_code, message = %s.error_message, "sftp reply");
+                }
+                reply
+            }
+            Ok(Request::Refused(id, why)) => Packet::status(id, StatusCode::Failure, why, "en-US"),
+            Ok(Request::Malformed(id)) => Packet::error(id, StatusCode::BadMessage),
+            Err(_) => break,
+        };
+        let bytes = match Bytes::try_from(reply) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode an SFTP reply");
+                break;
+            }
+        };
+        if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
+            break;
+        }
+    }
+    tracing::debug!("sftp stream ended");
+}
+
+enum Request {
+    Packet(Packet),
+    /// A packet skipped unread (too long), with its request id.
+    Refused(u32, &'static str),
+    /// A packet that does not decode, with its request id when it had one.
+    Malformed(u32),
+}
+
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_len: u32,
+) -> std::io::Result<Request> {
+    let len = stream.read_u32().await?;
+    if len < 5 {
+        // Too short to hold a type and a request id: nothing to answer, and the rest of the
+        // stream cannot be trusted.
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    if len > max_len {
+        let _kind = stream.read_u8().await?;
+        let id = stream.read_u32().await?;
+        let rest = u64::from(len - 5);
+        let skipped =
+            tokio::io::copy(&mut (&mut *stream).take(rest), &mut tokio::io::sink()).await?;
+        if skipped != rest {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        return Ok(Request::Refused(id, "packet too long"));
+    }
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf).await?;
+    let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let mut bytes = Bytes::from(buf);
+    Ok(match Packet::try_from(&mut bytes) {
+        Ok(p) => Request::Packet(p),
+        Err(_) => Request::Malformed(id),
+    })
+}
+
+/// Calls the handler method of one request and makes its reply packet.
+async fn process<H: Handler + Send>(packet: Packet, h: &mut H) -> Packet {
+    let id = packet.get_request_id();
+    let r: Result<Packet, H::Error> = match packet {
+        Packet::Init(p) => h.init(p.version, p.extensions).await.map(Into::into),
+        Packet::Open(p) => h
+            .open(p.id, p.filename, p.pflags, p.attrs)
+            .await
+            .map(Into::into),
+        Packet::Close(p) => h.close(p.id, p.handle).await.map(Into::into),
+        Packet::Read(p) => h
+            .read(p.id, p.handle, p.offset, p.len)
+            .await
+            .map(Into::into),
+        Packet::Write(p) => h
+            .write(p.id, p.handle, p.offset, p.data)
+            .await
+            .map(Into::into),
+        Packet::Lstat(p) => h.lstat(p.id, p.path).await.map(Into::into),
+        Packet::Fstat(p) => h.fstat(p.id, p.handle).await.map(Into::into),
+        Packet::SetStat(p) => h.setstat(p.id, p.path, p.attrs).await.map(Into::into),
+        Packet::FSetStat(p) => h.fsetstat(p.id, p.handle, p.attrs).await.map(Into::into),
+        Packet::OpenDir(p) => h.opendir(p.id, p.path).await.map(Into::into),
+        Packet::ReadDir(p) => h.readdir(p.id, p.handle).await.map(Into::into),
+        Packet::Remove(p) => h.remove(p.id, p.filename).await.map(Into::into),
+        Packet::MkDir(p) => h.mkdir(p.id, p.path, p.attrs).await.map(Into::into),
+        Packet::RmDir(p) => h.rmdir(p.id, p.path).await.map(Into::into),
+        Packet::RealPath(p) => h.realpath(p.id, p.path).await.map(Into::into),
+        Packet::Stat(p) => h.stat(p.id, p.path).await.map(Into::into),
+        Packet::Rename(p) => h.rename(p.id, p.oldpath, p.newpath).await.map(Into::into),
+        Packet::ReadLink(p) => h.readlink(p.id, p.path).await.map(Into::into),
+        Packet::Symlink(p) => h
+            .symlink(p.id, p.linkpath, p.targetpath)
+            .await
+            .map(Into::into),
+        Packet::Extended(p) => h.extended(p.id, p.request, p.data).await,
+        // Replies sent by a client are not requests.
+        _ => return Packet::error(id, StatusCode::BadMessage),
+    };
+    match r {
+        Ok(p) => p,
+        Err(e) => {
+            let StatusReply {
+                status_code,
+                error_message,
+                language_tag,
+            } = e.into();
+            Packet::Status(Status {
+                id,
+                status_code,
+                error_message: error_message.unwrap_or_else(|| status_code.to_string()),
+                language_tag: language_tag.unwrap_or_else(|| "en-US".to_string()),
+            })
+        }
+    }
+}

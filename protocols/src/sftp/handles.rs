@@ -1,0 +1,96 @@
+//! The open handles of one SFTP session.
+
+use bucketgate_storage::{Entry, FileReader, FileWriter, VPath};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Counts transfers in progress on a connection, so a graceful shutdown can close idle
+/// connections at once and wait for busy ones.
+#[derive(Default)]
+pub(crate) struct Busy(AtomicUsize);
+
+impl Busy {
+    /// Marks one transfer as started until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> BusyGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        BusyGuard(self.clone())
+    }
+
+    /// True when no transfer is in progress.
+    pub(crate) fn idle(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// One transfer in progress.
+pub(crate) struct BusyGuard(Arc<Busy>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A folder being listed: the listing is consumed page by page as READDIR asks, so a folder
+/// of a million objects never sits in memory whole.
+pub(crate) struct DirListing {
+    pub(crate) stream: bucketgate_storage::backend::ListStream,
+    pub(crate) pending: VecDeque<Entry>,
+    pub(crate) done: bool,
+}
+
+/// What a handle refers to.
+pub(crate) enum Handle {
+    /// A file open for reading.
+    Read {
+        path: VPath,
+        reader: FileReader,
+        _busy: BusyGuard,
+    },
+    /// A file open for writing (an upload in progress, committed at CLOSE).
+    Write {
+        path: VPath,
+        writer: FileWriter,
+        _busy: BusyGuard,
+    },
+    /// A folder open for listing.
+    Dir { path: VPath, listing: DirListing },
+}
+
+/// The handle table. Handle strings are short counters: clients treat them as opaque.
+#[derive(Default)]
+pub(crate) struct Handles {
+    next: u64,
+    map: HashMap<String, Handle>,
+}
+
+impl Handles {
+    /// Number of open handles.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Stores `h` and returns its handle string.
+    pub(crate) fn insert(&mut self, h: Handle) -> String {
+        self.next += 1;
+        let id = format!("{:x}", self.next);
+        self.map.insert(id.clone(), h);
+        id
+    }
+
+    /// The handle named `id`.
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Handle> {
+        self.map.get_mut(id)
+    }
+
+    /// Removes and returns the handle named `id`.
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Handle> {
+        self.map.remove(id)
+    }
+
+    /// Every open handle, for the session's end.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Handle> + '_ {
+        self.map.drain().map(|(_, h)| h)
+    }
+}

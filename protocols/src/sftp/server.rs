@@ -1,0 +1,242 @@
+//! The listener: admission, per-connection supervision and graceful shutdown.
+
+use super::ssh::{ConnState, Shared, SshHandler};
+use super::SftpOptions;
+use crate::auth::LoginService;
+use crate::limits::SessionLimiter;
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey};
+use russh::server::Config;
+use russh::{kex, mac, Disconnect, Preferred, SshId};
+use russh::{MethodKind, MethodSet};
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a connection gets to end after we asked it to disconnect.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How often a connection checks, during a graceful shutdown, whether it became idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Minimum time a rejected authentication takes (russh pads to it), so that a wrong key and
+/// an unknown user look alike from outside. Password failures also wait the ban policy's
+/// failure delay in [`LoginService`].
+const AUTH_REJECTION_TIME: Duration = Duration::from_millis(200);
+/// The channel window a client may fill before waiting for us: room for OpenSSH's 64 writes
+/// of 32 KiB (or of the larger sizes limits@openssh.com allows) in flight.
+const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+
+/// Everything a connection task needs.
+pub(crate) struct Ctx {
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    limiter: Arc<SessionLimiter>,
+    /// Graceful: close connections once no transfer runs on them.
+    shutdown: CancellationToken,
+    /// Hard: the grace period is over, close everything now.
+    hard: CancellationToken,
+}
+
+/// The russh configuration: algorithms, limits, timeouts.
+fn ssh_config(opts: &SftpOptions, keys: Vec<PrivateKey>) -> Config {
+    let mut key_algs = vec![
+        Algorithm::Ed25519,
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP384,
+        },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP521,
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256),
+        },
+    ];
+    let mut kexes: Vec<kex::Name> = Preferred::DEFAULT.kex.to_vec();
+    let mut macs: Vec<mac::Name> = Preferred::DEFAULT.mac.to_vec();
+    if opts.legacy_algorithms {
+        // For old JSch / MINA clients that know nothing newer than SHA-1.
+        key_algs.push(Algorithm::Rsa { hash: None });
+        // Before the extension markers, which are not real key exchanges.
+        let at = kexes
+            .iter()
+            .position(|k| {
+                k.as_ref().starts_with("ext-info") || k.as_ref().starts_with("kex-strict")
+            })
+            .unwrap_or(kexes.len());
+        kexes.insert(at, kex::DH_G14_SHA1);
+        macs.push(mac::HMAC_SHA1);
+    }
+    let preferred = Preferred {
+        kex: Cow::Owned(kexes),
+        key: Cow::Owned(key_algs),
+        mac: Cow::Owned(macs),
+        ..Preferred::DEFAULT
+    };
+    Config {
+        server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Bucketgate")),
+        methods: MethodSet::from(
+            &[
+                MethodKind::PublicKey,
+                MethodKind::Password,
+                MethodKind::KeyboardInteractive,
+            ][..],
+        ),
+        auth_rejection_time: AUTH_REJECTION_TIME,
+        // OpenSSH opens with a "none" attempt to learn the methods: no reason to make it wait.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys,
+        window_size: WINDOW_SIZE,
+        // The largest SSH packet russh accepts to send; a 32 KiB SFTP write plus header spans two.
+        maximum_packet_size: 32768,
+        preferred,
+        max_auth_attempts: 6,
+        inactivity_timeout: Some(opts.idle_timeout),
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// Serves SFTP and SCP on `listener` until `shutdown` is cancelled.
+///
+/// Then it stops accepting, closes connections as soon as no transfer runs on them, gives
+/// the others `opts.shutdown_grace` to finish, and closes what is left (unfinished uploads are
+/// aborted: nothing half-written becomes visible).
+pub async fn serve(
+    listener: TcpListener,
+    opts: SftpOptions,
+    keys: Vec<PrivateKey>,
+    login: Arc<LoginService>,
+    limiter: Arc<SessionLimiter>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        anyhow::bail!("the SSH server needs at least one host key");
+    }
+    let tracker = TaskTracker::new();
+    let grace = opts.shutdown_grace;
+    let ctx = Arc::new(Ctx {
+        config: Arc::new(ssh_config(&opts, keys)),
+        shared: Arc::new(Shared {
+            opts,
+            login,
+            tracker: tracker.clone(),
+        }),
+        limiter,
+        shutdown: shutdown.clone(),
+        hard: CancellationToken::new(),
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "SFTP/SCP listening");
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracker.spawn(handle_connection(stream, peer, ctx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "SFTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    tracing::info!("SFTP: no new connections; waiting for transfers to finish");
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("SFTP: shutdown grace over, closing the remaining connections");
+        ctx.hard.cancel();
+        let _ = tokio::time::timeout(DISCONNECT_WAIT * 2, tracker.wait()).await;
+    }
+    Ok(())
+}
+
+/// Runs one connection from `peer` (the client's address, taken from the socket today and
+/// from a PROXY header later) until it ends.
+pub(crate) async fn handle_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ip = peer.ip();
+    // Both refusals happen before any key exchange work: a banned address or a flood costs a
+    // closed socket, nothing more.
+    if ctx.shared.login.is_banned(ip) {
+        tracing::info!(%peer, "SFTP connection refused: address banned");
+        return;
+    }
+    let _slot = match ctx.limiter.try_acquire(ip) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(%peer, reason = ?e, "SFTP connection refused: session limit");
+            return;
+        }
+    };
+    let state = Arc::new(ConnState::default());
+    let handler = SshHandler::new(ctx.shared.clone(), peer, state.clone());
+    // One deadline for the version exchange, the key exchange and the login together.
+    let login_deadline = tokio::time::Instant::now() + ctx.shared.opts.login_grace;
+    let session = match tokio::time::timeout_at(
+        login_deadline,
+        russh::server::run_stream(ctx.config.clone(), stream, handler),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "SSH handshake timed out");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let grace = tokio::time::sleep_until(login_deadline);
+    tokio::pin!(grace);
+    let mut idle_poll = tokio::time::interval(IDLE_POLL);
+    // Set once the graceful shutdown began: from then on, the connection ends when idle.
+    let mut draining = false;
+    let reason = loop {
+        tokio::select! {
+            r = &mut session => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+                }
+                return;
+            }
+            _ = &mut grace, if !state.authenticated() => break "login grace time exceeded",
+            _ = ctx.hard.cancelled() => break "server shutting down",
+            _ = ctx.shutdown.cancelled(), if !draining => {
+                draining = true;
+                if state.busy.idle() {
+                    break "server shutting down";
+                }
+            }
+            _ = idle_poll.tick(), if draining => {
+                if state.busy.idle() {
+                    break "server shutting down";
+                }
+            }
+        }
+    };
+    tracing::debug!(%peer, reason, "closing SSH connection");
+    let _ = handle
+        .disconnect(Disconnect::ByApplication, reason.to_string(), String::new())
+        .await;
+    let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut session).await;
+}

@@ -1,0 +1,619 @@
+//! The SFTP v3 request handler of one `sftp` subsystem channel.
+//!
+//! Every request is answered from [`UserFs`]. The packet loop ([`super::dispatch`]) awaits one
+//! request at a time, so the work per request is kept small: writes are acknowledged once the
+//! [`FileWriter`] has them buffered in order (write-behind; the upload itself runs beside),
+//! reads come from the [`FileReader`]'s read-ahead, and neither does an extra stat.
+
+use super::attrs::{attrs_of, file_of, from_unix};
+use super::errors::{log_error, SftpError};
+use super::handles::{Busy, DirListing, Handle, Handles};
+use bucketgate_storage::{Entry, EntryKind, FileWriter, OpenMode, UserFs, VPath};
+use bytes::Bytes;
+use futures::StreamExt;
+use russh_sftp::extensions::{LimitsExtension, Statvfs};
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle as HandleReply, Name, OpenFlags,
+    Packet, Status, StatusCode, Version,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Names per READDIR reply: enough to keep round trips few, small enough for one packet.
+const READDIR_BATCH: usize = 100;
+
+/// Per-session limits, from [`super::SftpOptions`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    /// Open handles at once.
+    pub(crate) max_handles: usize,
+    /// Largest packet accepted from the client.
+    pub(crate) max_packet_len: u32,
+    /// Keep interrupted uploads.
+    pub(crate) keep_partial: bool,
+}
+
+impl SessionLimits {
+    /// The largest READ or WRITE payload: a packet minus room for its header.
+    fn max_io_len(&self) -> u32 {
+        self.max_packet_len.saturating_sub(1024).max(32 * 1024)
+    }
+}
+
+/// One SFTP session: a user's file tree and the handles opened on it.
+pub(crate) struct SftpSession {
+    fs: UserFs,
+    handles: Handles,
+    limits: SessionLimits,
+    busy: Arc<Busy>,
+}
+
+type Res<T> = Result<T, SftpError>;
+
+fn ok(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".to_string(),
+        language_tag: "en-US".to_string(),
+    }
+}
+
+impl SftpSession {
+    /// A session over `fs`.
+    pub(crate) fn new(fs: UserFs, limits: SessionLimits, busy: Arc<Busy>) -> Self {
+        SftpSession {
+            fs,
+            handles: Handles::default(),
+            limits,
+            busy,
+        }
+    }
+
+    /// Logs a storage error and turns it into the status answer.
+    fn fail(&self, e: bucketgate_storage::Error) -> SftpError {
+        log_error(self.fs.username(), &e);
+        e.into()
+    }
+
+    /// Normalises a client path (absolute, or relative to the home, which is "/").
+    fn path(&self, input: &str) -> Res<VPath> {
+        self.fs
+            .resolve(&VPath::root(), input)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn room_for_handle(&self) -> Res<()> {
+        if self.handles.len() >= self.limits.max_handles {
+            return Err(SftpError::new(StatusCode::Failure, "too many open handles"));
+        }
+        Ok(())
+    }
+
+    fn bad_handle() -> SftpError {
+        SftpError::new(StatusCode::Failure, "invalid handle")
+    }
+
+    async fn stat_path(&mut self, input: &str) -> Res<FileAttributes> {
+        let p = self.path(input)?;
+        let e = self.fs.stat(&p).await.map_err(|e| self.fail(e))?;
+        Ok(attrs_of(&e))
+    }
+
+    /// Applies SETSTAT attributes to a path. Only the modification time means anything over
+    /// objects; permissions and owners are accepted and ignored so that `put -p` and
+    /// WinSCP's "preserve" settings do not fail a transfer.
+    async fn apply_attrs(&mut self, p: &VPath, attrs: &FileAttributes) -> Res<()> {
+        if let Some(size) = attrs.size {
+            // Truncating or extending an object in place is not possible; saying the size it
+            // already has is harmless (some clients send the full attribute set).
+            let e = self.fs.stat(p).await.map_err(|e| self.fail(e))?;
+            if e.is_dir() || e.size != size {
+                return Err(SftpError::new(
+                    StatusCode::OpUnsupported,
+                    "changing a file's size is not supported",
+                ));
+            }
+        }
+        match attrs.mtime {
+            Some(t) => self
+                .fs
+                .set_mtime(p, from_unix(t))
+                .await
+                .map_err(|e| self.fail(e)),
+            // Still answer NO_SUCH_FILE for a path that does not exist.
+            None if attrs.size.is_none() => {
+                self.fs.stat(p).await.map_err(|e| self.fail(e))?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn version() -> Version {
+        let mut v = Version::new();
+        let ext: HashMap<String, String> = [
+            ("posix-rename@openssh.com", "1"),
+            ("statvfs@openssh.com", "2"),
+            ("fsync@openssh.com", "1"),
+            ("limits@openssh.com", "1"),
+            ("expand-path@openssh.com", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        v.extensions = ext;
+        v
+    }
+
+    async fn extension(&mut self, id: u32, request: &str, data: &[u8]) -> Res<Packet> {
+        let mut r = data;
+        match request {
+            "posix-rename@openssh.com" => {
+                let from = take_string(&mut r)?;
+                let to = take_string(&mut r)?;
+                let (from, to) = (self.path(&from)?, self.path(&to)?);
+                self.fs
+                    .rename(&from, &to, true)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(ok(id).into())
+            }
+            "statvfs@openssh.com" | "fstatvfs@openssh.com" => {
+                // Object storage has no capacity to report: answer big, plausible numbers so
+                // that clients which check free space before an upload go ahead.
+                let st = Statvfs {
+                    block_size: 4096,
+                    fragment_size: 4096,
+                    blocks: 1 << 40,
+                    blocks_free: 1 << 39,
+                    blocks_avail: 1 << 39,
+                    inodes: 1 << 32,
+                    inodes_free: 1 << 31,
+                    inodes_avail: 1 << 31,
+                    fs_id: 0,
+                    flags: 0,
+                    name_max: bucketgate_storage::path::MAX_SEGMENT as u64,
+                };
+                ext_reply(id, russh_sftp::ser::to_bytes(&st))
+            }
+            "fsync@openssh.com" => {
+                let h = take_string(&mut r)?;
+                match self.handles.get_mut(&h) {
+                    // Nothing can be made durable before CLOSE: an object only exists once its
+                    // upload completes, and CLOSE answers only after that. Saying OK here is
+                    // what the client needs to go on; CLOSE still reports any failure.
+                    Some(_) => Ok(ok(id).into()),
+                    None => Err(Self::bad_handle()),
+                }
+            }
+            "limits@openssh.com" => {
+                let io = u64::from(self.limits.max_io_len());
+                let l = LimitsExtension {
+                    max_packet_len: u64::from(self.limits.max_packet_len),
+                    max_read_len: io,
+                    max_write_len: io,
+                    max_open_handles: self.limits.max_handles as u64,
+                };
+                ext_reply(id, russh_sftp::ser::to_bytes(&l))
+            }
+            "expand-path@openssh.com" => {
+                let p = take_string(&mut r)?;
+                // The home is "/": "~" and "~/x" are paths from there.
+                let p = p.strip_prefix('~').unwrap_or(&p).to_string();
+                let p = self.path(&p)?;
+                Ok(Name {
+                    id,
+                    files: vec![File::dummy(p.to_string())],
+                }
+                .into())
+            }
+            // Hard links have no meaning over objects.
+            "hardlink@openssh.com" => Err(SftpError::new(
+                StatusCode::OpUnsupported,
+                "hard links are not supported",
+            )),
+            _ => Err(SftpError::code(StatusCode::OpUnsupported)),
+        }
+    }
+}
+
+/// An extension's reply: its body as russh-sftp serialised it.
+fn ext_reply<E: std::fmt::Display>(id: u32, body: Result<Bytes, E>) -> Res<Packet> {
+    match body {
+        Ok(b) => Ok(ExtendedReply {
+            id,
+            data: b.to_vec(),
+        }
+        .into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode an SFTP extension reply");
+            Err(SftpError::code(StatusCode::Failure))
+        }
+    }
+}
+
+/// Reads one SSH `string` from an extension's request data.
+fn take_string(r: &mut &[u8]) -> Res<String> {
+    let bad = || SftpError::code(StatusCode::BadMessage);
+    if r.len() < 4 {
+        return Err(bad());
+    }
+    let n = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
+    if r.len() < 4 + n {
+        return Err(bad());
+    }
+    let s = std::str::from_utf8(&r[4..4 + n])
+        .map_err(|_| bad())?
+        .to_string();
+    *r = &r[4 + n..];
+    Ok(s)
+}
+
+impl Drop for SftpSession {
+    fn drop(&mut self) {
+        // A session that ends with uploads still open (client gone, connection dropped) gives
+        // them up: nothing half-written may become visible.
+        let writers: Vec<FileWriter> = self
+            .handles
+            .drain()
+            .filter_map(|h| match h {
+                Handle::Write { writer, .. } => Some(writer),
+                _ => None,
+            })
+            .collect();
+        if writers.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for w in writers {
+                    w.abort().await;
+                }
+            });
+        }
+    }
+}
+
+impl russh_sftp::server::Handler for SftpSession {
+    type Error = SftpError;
+
+    fn unimplemented(&self) -> Self::Error {
+        SftpError::code(StatusCode::OpUnsupported)
+    }
+
+    async fn init(
+        &mut self,
+        version: u32,
+        _extensions: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
+        tracing::debug!(user = self.fs.username(), version, "sftp session start");
+        Ok(Self::version())
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        _attrs: FileAttributes,
+    ) -> Result<HandleReply, Self::Error> {
+        self.room_for_handle()?;
+        let p = self.path(&filename)?;
+        let write = pflags.contains(OpenFlags::WRITE);
+        let read = pflags.contains(OpenFlags::READ);
+        let h = if read && write {
+            // An object cannot be read and rewritten in place.
+            return Err(SftpError::new(
+                StatusCode::OpUnsupported,
+                "opening a file for both reading and writing is not supported",
+            ));
+        } else if write {
+            let mode = OpenMode {
+                create: pflags.contains(OpenFlags::CREATE),
+                truncate: pflags.contains(OpenFlags::TRUNCATE),
+                exclusive: pflags.contains(OpenFlags::EXCLUDE),
+                append: pflags.contains(OpenFlags::APPEND),
+                size_hint: None,
+                keep_partial: self.limits.keep_partial,
+            };
+            let writer = self
+                .fs
+                .open_write(&p, mode)
+                .await
+                .map_err(|e| self.fail(e))?;
+            Handle::Write {
+                path: p,
+                writer,
+                _busy: self.busy.enter(),
+            }
+        } else {
+            let reader = self.fs.open_read(&p).await.map_err(|e| self.fail(e))?;
+            Handle::Read {
+                path: p,
+                reader,
+                _busy: self.busy.enter(),
+            }
+        };
+        Ok(HandleReply {
+            id,
+            handle: self.handles.insert(h),
+        })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.handles.remove(&handle) {
+            None => Err(Self::bad_handle()),
+            // OK only once the object is complete in the bucket: a client that sees OK may
+            // delete its local copy.
+            Some(Handle::Write { writer, .. }) => match writer.close().await {
+                Ok(_) => Ok(ok(id)),
+                Err(e) => Err(self.fail(e)),
+            },
+            Some(_) => Ok(ok(id)),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
+        let max = self.limits.max_io_len();
+        let user = self.fs.username().to_string();
+        match self.handles.get_mut(&handle) {
+            Some(Handle::Read { reader, .. }) => {
+                let data = reader
+                    .read_at(offset, len.min(max) as usize)
+                    .await
+                    .map_err(|e| {
+                        log_error(&user, &e);
+                        SftpError::from(e)
+                    })?;
+                if data.is_empty() {
+                    return Err(SftpError::code(StatusCode::Eof));
+                }
+                Ok(Data {
+                    id,
+                    data: data.to_vec(),
+                })
+            }
+            Some(_) => Err(SftpError::new(
+                StatusCode::Failure,
+                "handle is not open for reading",
+            )),
+            None => Err(Self::bad_handle()),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
+        let user = self.fs.username().to_string();
+        match self.handles.get_mut(&handle) {
+            Some(Handle::Write { writer, .. }) => {
+                writer
+                    .write_at(offset, Bytes::from(data))
+                    .await
+                    .map_err(|e| {
+                        log_error(&user, &e);
+                        SftpError::from(e)
+                    })?;
+                Ok(ok(id))
+            }
+            Some(_) => Err(SftpError::new(
+                StatusCode::Failure,
+                "handle is not open for writing",
+            )),
+            None => Err(Self::bad_handle()),
+        }
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        // No symlinks exist here, so lstat is stat.
+        Ok(Attrs {
+            id,
+            attrs: self.stat_path(&path).await?,
+        })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        Ok(Attrs {
+            id,
+            attrs: self.stat_path(&path).await?,
+        })
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        let entry = match self.handles.get_mut(&handle) {
+            Some(Handle::Read { reader, .. }) => reader.entry().clone(),
+            Some(Handle::Write { path, writer, .. }) => Entry {
+                name: path.name().unwrap_or("/").to_string(),
+                kind: EntryKind::File,
+                size: writer.size(),
+                mtime: Some(SystemTime::now()),
+                etag: None,
+            },
+            Some(Handle::Dir { path, .. }) => {
+                let p = path.clone();
+                self.fs.stat(&p).await.map_err(|e| self.fail(e))?
+            }
+            None => return Err(Self::bad_handle()),
+        };
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&entry),
+        })
+    }
+
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = self.path(&path)?;
+        self.apply_attrs(&p, &attrs).await?;
+        Ok(ok(id))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = match self.handles.get_mut(&handle) {
+            Some(Handle::Write { writer, .. }) => {
+                // Recorded with the object when it is committed at CLOSE. A size on an open
+                // upload is what the client is writing anyway: ignored.
+                if let Some(t) = attrs.mtime {
+                    writer.set_mtime(from_unix(t));
+                }
+                return Ok(ok(id));
+            }
+            Some(Handle::Read { path, .. }) | Some(Handle::Dir { path, .. }) => path.clone(),
+            None => return Err(Self::bad_handle()),
+        };
+        self.apply_attrs(&p, &attrs).await?;
+        Ok(ok(id))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<HandleReply, Self::Error> {
+        self.room_for_handle()?;
+        let p = self.path(&path)?;
+        let stream = self.fs.list(&p).await.map_err(|e| self.fail(e))?;
+        let h = Handle::Dir {
+            path: p,
+            listing: DirListing {
+                stream,
+                pending: VecDeque::new(),
+                done: false,
+            },
+        };
+        Ok(HandleReply {
+            id,
+            handle: self.handles.insert(h),
+        })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        let owner = self.fs.username().to_string();
+        let listing = match self.handles.get_mut(&handle) {
+            Some(Handle::Dir { listing, .. }) => listing,
+            Some(_) => {
+                return Err(SftpError::new(
+                    StatusCode::Failure,
+                    "handle is not a folder",
+                ));
+            }
+            None => return Err(Self::bad_handle()),
+        };
+        // Pull pages until a batch is full or the listing ends; a page never stays in memory
+        // beyond the batches it fills.
+        while listing.pending.len() < READDIR_BATCH && !listing.done {
+            match listing.stream.next().await {
+                Some(Ok(page)) => listing.pending.extend(page),
+                Some(Err(e)) => {
+                    log_error(&owner, &e);
+                    return Err(e.into());
+                }
+                None => listing.done = true,
+            }
+        }
+        if listing.pending.is_empty() {
+            return Err(SftpError::code(StatusCode::Eof));
+        }
+        let now = SystemTime::now();
+        let n = listing.pending.len().min(READDIR_BATCH);
+        let files = listing
+            .pending
+            .drain(..n)
+            .map(|e| file_of(&e, &owner, now))
+            .collect();
+        Ok(Name { id, files })
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        let p = self.path(&filename)?;
+        self.fs.remove(&p).await.map_err(|e| self.fail(e))?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let p = self.path(&path)?;
+        self.fs.mkdir(&p).await.map_err(|e| self.fail(e))?;
+        Ok(ok(id))
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let p = self.path(&path)?;
+        self.fs.rmdir(&p).await.map_err(|e| self.fail(e))?;
+        Ok(ok(id))
+    }
+
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        // Purely lexical, as OpenSSH's server does for a path that does not exist yet: the
+        // home is "/" and ".." never leaves it.
+        let p = self.path(&path)?;
+        Ok(Name {
+            id,
+            files: vec![File::dummy(p.to_string())],
+        })
+    }
+
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        let (from, to) = (self.path(&oldpath)?, self.path(&newpath)?);
+        // SFTP v3 rename never replaces: posix-rename@openssh.com is the replacing one.
+        self.fs
+            .rename(&from, &to, false)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(ok(id))
+    }
+
+    async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, Self::Error> {
+        Err(SftpError::new(
+            StatusCode::OpUnsupported,
+            "symbolic links are not supported",
+        ))
+    }
+
+    async fn symlink(
+        &mut self,
+        _id: u32,
+        _linkpath: String,
+        _targetpath: String,
+    ) -> Result<Status, Self::Error> {
+        Err(SftpError::new(
+            StatusCode::OpUnsupported,
+            "symbolic links are not supported",
+        ))
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        data: Vec<u8>,
+    ) -> Result<Packet, Self::Error> {
+        self.extension(id, &request, &data).await
+    }
+}

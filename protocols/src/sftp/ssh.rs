@@ -1,0 +1,330 @@
+//! The SSH side of one connection: authentication, channels and what runs on them.
+
+use super::handles::Busy;
+use super::session::{SessionLimits, SftpSession};
+use super::{dispatch, scp, SftpOptions};
+use crate::auth::{LoginService, Protocol, Session as UserSession};
+use russh::keys::{Algorithm, PublicKey};
+use russh::server::{Auth, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
+
+/// What the server shares with every connection.
+pub(crate) struct Shared {
+    pub(crate) opts: SftpOptions,
+    pub(crate) login: Arc<LoginService>,
+    /// Every connection and channel task, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+}
+
+/// What a connection's task watches while its SSH session runs.
+#[derive(Default)]
+pub(crate) struct ConnState {
+    authenticated: AtomicBool,
+    pub(crate) busy: Arc<Busy>,
+}
+
+impl ConnState {
+    /// True once a login succeeded.
+    pub(crate) fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::SeqCst)
+    }
+}
+
+/// The russh handler of one connection.
+pub(crate) struct SshHandler {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    user: Option<UserSession>,
+    /// Session channels opened but not yet given a subsystem or command.
+    pending: HashMap<ChannelId, Channel<Msg>>,
+    /// Session channels open now (pending or running).
+    open: usize,
+}
+
+impl SshHandler {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, state: Arc<ConnState>) -> Self {
+        SshHandler {
+            shared,
+            peer,
+            state,
+            user: None,
+            pending: HashMap::new(),
+            open: 0,
+        }
+    }
+
+    async fn password_login(&mut self, user: &str, password: &str) -> Auth {
+        let r = self
+            .shared
+            .login
+            .login_password(Protocol::Sftp, self.peer.ip(), user, password)
+            .await;
+        match r {
+            Ok(s) => {
+                self.user = Some(s);
+                Auth::Accept
+            }
+            Err(_) => Auth::reject(),
+        }
+    }
+
+    /// SHA-1 RSA signatures are only taken when the operator asked for legacy algorithms.
+    fn algorithm_allowed(&self, alg: &Algorithm) -> bool {
+        self.shared.opts.legacy_algorithms || !matches!(alg, Algorithm::Rsa { hash: None })
+    }
+
+    fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_handles: self.shared.opts.max_handles_per_session.max(1),
+            max_packet_len: self.shared.opts.max_packet_len,
+            keep_partial: self.shared.opts.keep_partial_uploads,
+        }
+    }
+}
+
+/// True when the `authorized_keys` line names `key`. Options before the key type
+/// (`from="..." ssh-ed25519 AAAA...`) are skipped; the comment is ignored.
+pub(crate) fn key_matches(line: &str, key: &PublicKey) -> bool {
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    tokens.windows(2).any(|w| {
+        let (kind, data) = (w[0], w[1]);
+        let looks_like_type =
+            kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+        looks_like_type
+            && PublicKey::from_openssh(&format!("{kind} {data}"))
+                .is_ok_and(|k| k.key_data() == key.key_data())
+    })
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = anyhow::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.password_login(user, password).await)
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Answer the probe without recording anything: clients offer every key they hold.
+        if !self.algorithm_allowed(offer.algorithm) {
+            return Ok(Auth::reject());
+        }
+        let lines = self
+            .shared
+            .login
+            .key_candidate(Protocol::Sftp, self.peer.ip(), user);
+        if lines.iter().any(|l| key_matches(l, offer.public_key)) {
+            Ok(Auth::Accept)
+        } else {
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.algorithm_allowed(key.algorithm) {
+            return Ok(Auth::reject());
+        }
+        let pk = key.public_key.clone();
+        let r = self
+            .shared
+            .login
+            .login_key(Protocol::Sftp, self.peer.ip(), user, |l| {
+                key_matches(l, &pk)
+            })
+            .await;
+        match r {
+            Ok(s) => {
+                self.user = Some(s);
+                Ok(Auth::Accept)
+            }
+            Err(_) => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        // One prompt, for the password: what WinSCP and PAM-style clients expect.
+        let Some(mut response) = response else {
+            return Ok(Auth::Partial {
+                name: Cow::Borrowed(""),
+                instructions: Cow::Borrowed(""),
+                prompts: Cow::Owned(vec![(Cow::Borrowed("Password: "), false)]),
+            });
+        };
+        let answer = response.next().unwrap_or_default();
+        let Ok(password) = std::str::from_utf8(&answer) else {
+            return Ok(Auth::reject());
+        };
+        let password = password.to_string();
+        Ok(self.password_login(user, &password).await)
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.state.authenticated.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.user.is_none() {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        if self.open >= self.shared.opts.max_channels_per_connection.max(1) {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.open += 1;
+        self.pending.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    // Forwarding (direct-tcpip, forwarded-tcpip, streamlocal, X11) is refused by russh's
+    // defaults: an unanswered open handle is dropped, which rejects the channel.
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.pending.remove(&channel);
+        self.open = self.open.saturating_sub(1);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(user), true) = (&self.user, name == "sftp") else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let Some(ch) = self.pending.remove(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        let sftp = SftpSession::new(user.fs.clone(), self.limits(), self.state.busy.clone());
+        let max = self.shared.opts.max_packet_len;
+        let handle = session.handle();
+        self.shared.tracker.spawn(async move {
+            dispatch::run(ch.into_stream(), sftp, max).await;
+            // `ssh` exits with the channel's exit status, and scp (SFTP mode) treats a
+            // missing one as a failure of the whole copy.
+            let _ = handle.exit_status_request(channel, 0).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let cmd = scp::parse_command(data);
+        let (Some(user), Some(cmd)) = (&self.user, cmd) else {
+            tracing::debug!(peer = %self.peer, "exec of something other than scp refused");
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let Some(ch) = self.pending.remove(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        let fs = user.fs.clone();
+        let busy = self.state.busy.clone();
+        let keep_partial = self.shared.opts.keep_partial_uploads;
+        let handle = session.handle();
+        self.shared.tracker.spawn(async move {
+            let _guard = busy.enter();
+            let status = scp::run(ch.into_stream(), fs, cmd, keep_partial).await;
+            let _ = handle.exit_status_request(channel, status).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // No shell: this server only moves files.
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Clients send LANG and friends; nothing here reads them, and refusing would only
+        // make noise in the client's output.
+        session.channel_success(channel)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! Every FTP command clients use, through the in-process suppaftp client, checked against the
+//! files on disk.
+
+mod ftp_harness;
+
+use ftp_harness::{Harness, Setup};
+use std::io::Cursor;
+use suppaftp::list::File as ListFile;
+use suppaftp::types::FileType;
+use suppaftp::Status;
+use tokio::io::AsyncReadExt;
+
+async fn get(c: &mut suppaftp::tokio::AsyncFtpStream, path: &str) -> Vec<u8> {
+    let mut s = c.retr_as_stream(path).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    s.finish().await.unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn upload_download_list_and_folders() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+
+    // STOR, and a 0-byte STOR.
+    let n = c
+        .put_file("hello.txt", &mut Cursor::new(b"hello world".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    assert_eq!(h.read("hello.txt"), b"hello world");
+    c.put_file("empty.bin", &mut Cursor::new(Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("empty.bin"), b"");
+
+    // RETR, SIZE, MDTM.
+    assert_eq!(get(&mut c, "hello.txt").await, b"hello world");
+    assert_eq!(c.size("hello.txt").await.unwrap(), 11);
+    let mdtm = c.mdtm("hello.txt").await.unwrap();
+    let disk: chrono::DateTime<chrono::Utc> = std::fs::metadata(h.file("hello.txt"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .into();
+    assert_eq!(mdtm.and_utc().timestamp(), disk.timestamp());
+
+    // MKD, CWD, PWD, CDUP, RMD.
+    c.mkdir("docs").await.unwrap();
+    assert!(h.file("docs").is_dir());
+    c.cwd("docs").await.unwrap();
+    assert_eq!(c.pwd().await.unwrap(), "/docs");
+    c.put_file("inner.txt", &mut Cursor::new(b"x".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("docs/inner.txt"), b"x");
+    c.cdup().await.unwrap();
+    assert_eq!(c.pwd().await.unwrap(), "/");
+    c.cwd("/docs/../docs/./").await.unwrap();
+    assert_eq!(c.pwd().await.unwrap(), "/docs");
+    c.cwd("/").await.unwrap();
+
+    // LIST in `ls -l` format that a parser understands.
+    let lines = c.list(None).await.unwrap();
+    let files: Vec<ListFile> = lines
+        .iter()
+        .map(|l| {
+            l.parse::<ListFile>()
+                .unwrap_or_else(|e| panic!("{l:?}: {e:?}"))
+        })
+        .collect();
+    let hello = files.iter().find(|f| f.name() == "hello.txt").unwrap();
+    assert!(hello.is_file());
+    assert_eq!(hello.size(), 11);
+    let docs = files.iter().find(|f| f.name() == "docs").unwrap();
+    assert!(docs.is_directory());
+    assert!(files.iter().any(|f| f.name() == "ro" && f.is_directory()));
+
+    // NLST.
+    let mut names = c.nlst(None).await.unwrap();
+    names.sort();
+    assert_eq!(names, ["docs", "empty.bin", "hello.txt", "ro"]);
+    assert_eq!(c.nlst(Some("docs")).await.unwrap(), ["inner.txt"]);
+
+    // MLSD / MLST.
+    let mlsd = c.mlsd(None).await.unwrap();
+    let hello = mlsd.iter().find(|l| l.ends_with(" hello.txt")).unwrap();
+    assert!(
+        hello.contains("type=file;") && hello.contains("size=11;"),
+        "{hello}"
+    );
+    let docs = mlsd.iter().find(|l| l.ends_with(" docs")).unwrap();
+    assert!(docs.contains("type=dir;"), "{docs}");
+    let mlst = c.mlst(Some("hello.txt")).await.unwrap();
+    assert!(mlst.contains("size=11"), "{mlst}");
+
+    // RMD only on an empty folder.
+    assert!(c.rmdir("docs").await.is_err());
+    c.rm("docs/inner.txt").await.unwrap();
+    assert!(!h.file("docs/inner.txt").exists());
+    c.rmdir("docs").await.unwrap();
+    assert!(!h.file("docs").exists());
+
+    // DELE.
+    c.rm("empty.bin").await.unwrap();
+    assert!(!h.file("empty.bin").exists());
+    c.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn rename_files_and_folders() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    h.write("a.txt", b"aaa");
+    h.write("dir/inner.txt", b"in");
+
+    c.rename("a.txt", "b.txt").await.unwrap();
+    assert!(!h.file("a.txt").exists());
+    assert_eq!(h.read("b.txt"), b"aaa");
+
+    c.rename("dir", "moved").await.unwrap();
+    assert!(!h.file("dir").exists());
+    assert_eq!(h.read("moved/inner.txt"), b"in");
+
+    // Into a subfolder, with a path.
+    c.rename("b.txt", "moved/c.txt").await.unwrap();
+    assert_eq!(h.read("moved/c.txt"), b"aaa");
+
+    // RNTO onto an existing file replaces it.
+    h.write("d.txt", b"new");
+    c.rename("d.txt", "moved/c.txt").await.unwrap();
+    assert_eq!(h.read("moved/c.txt"), b"new");
+}
+
+#[tokio::test]
+async fn restart_and_append() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    h.write("r.bin", b"0123456789");
+
+    // REST + RETR.
+    c.resume_transfer(4).await.unwrap();
+    assert_eq!(get(&mut c, "r.bin").await, b"456789");
+    // The offset applies to one transfer only.
+    assert_eq!(get(&mut c, "r.bin").await, b"0123456789");
+
+    // REST 0 + STOR replaces.
+    c.custom_command("REST 0", &[Status::RequestFilePending])
+        .await
+        .unwrap();
+    c.put_file("r.bin", &mut Cursor::new(b"abc".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("r.bin"), b"abc");
+
+    // REST <current size> + STOR appends.
+    c.resume_transfer(3).await.unwrap();
+    c.put_file("r.bin", &mut Cursor::new(b"def".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("r.bin"), b"abcdef");
+
+    // Any other offset is refused with 554, and the file is untouched.
+    c.resume_transfer(2).await.unwrap();
+    let err = c
+        .put_file("r.bin", &mut Cursor::new(b"zz".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(ftp_harness::reply_text(&err).starts_with("554 "), "{err:?}");
+    assert_eq!(h.read("r.bin"), b"abcdef");
+    assert!(h.staging_empty());
+    // The session still works.
+    c.noop().await.unwrap();
+
+    // APPE appends, and creates a missing file.
+    c.append_file("r.bin", &mut Cursor::new(b"ghi".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("r.bin"), b"abcdefghi");
+    c.append_file("new.log", &mut Cursor::new(b"line1\n".to_vec()))
+        .await
+        .unwrap();
+    c.append_file("new.log", &mut Cursor::new(b"line2\n".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("new.log"), b"line1\nline2\n");
+}
+
+#[tokio::test]
+async fn mfmt_sets_the_modification_time() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    h.write("sub/t.txt", b"t");
+    let feat = c.feat().await.unwrap();
+    assert!(feat.contains_key("MFMT"), "{feat:?}");
+    assert!(feat.contains_key("REST"), "{feat:?}");
+    c.cwd("sub").await.unwrap();
+    let r = c
+        .custom_command("MFMT 20200102030405 t.txt", &[Status::File])
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.contains("Modify=20200102030405"), "{body}");
+    let disk = std::fs::metadata(h.file("sub/t.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        disk.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        1_577_934_245
+    );
+    let mdtm = c.mdtm("t.txt").await.unwrap();
+    assert_eq!(mdtm.and_utc().timestamp(), 1_577_934_245);
+    // A bad time and a missing file are errors.
+    assert!(c
+        .custom_command("MFMT 2020 t.txt", &[Status::File])
+        .await
+        .is_err());
+    assert!(c
+        .custom_command("MFMT 20200102030405 nope.txt", &[Status::File])
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn session_commands() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    // TYPE A transfers bytes unchanged; TYPE I too.
+    c.transfer_type(FileType::Ascii(suppaftp::types::FormatControl::Default))
+        .await
+        .unwrap();
+    h.write("crlf.txt", b"a\r\nb\n");
+    let mut s = c.retr_as_stream("crlf.txt").await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    s.finish().await.unwrap();
+    assert_eq!(buf, b"a\r\nb\n");
+    c.transfer_type(FileType::Binary).await.unwrap();
+
+    let r = c.custom_command("SYST", &[Status::Name]).await.unwrap();
+    assert!(String::from_utf8_lossy(&r.body).contains("UNIX"));
+    c.custom_command("OPTS UTF8 ON", &[Status::CommandOk])
+        .await
+        .unwrap();
+    c.noop().await.unwrap();
+    let feat = c.feat().await.unwrap();
+    for f in ["SIZE", "MDTM", "MLST", "EPSV", "UTF8"] {
+        assert!(feat.contains_key(f), "{f} missing from {feat:?}");
+    }
+    // Extended passive mode works as well as PASV.
+    c.set_mode(suppaftp::Mode::ExtendedPassive);
+    assert_eq!(get(&mut c, "crlf.txt").await, b"a\r\nb\n");
+    c.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn utf8_names() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    c.put_file("héllo wörld ✓.txt", &mut Cursor::new(b"u".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("héllo wörld ✓.txt"), b"u");
+    let names = c.nlst(None).await.unwrap();
+    assert!(names.iter().any(|n| n == "héllo wörld ✓.txt"), "{names:?}");
+}
+
+#[tokio::test]
+async fn listings_are_bounded() {
+    let h = Harness::start(Setup {
+        max_list_entries: 5,
+        ..Setup::default()
+    })
+    .await;
+    for i in 0..8 {
+        h.write(&format!("many/f{i}"), b"x");
+    }
+    let mut c = h.client().await;
+    assert_eq!(c.nlst(Some("many")).await.unwrap().len(), 5);
+}

@@ -1,0 +1,359 @@
+//! Refusals: missing files, folder permissions, paths that try to leave the home, bad logins,
+//! bans and caps, over-long or non-UTF-8 lines, the login grace, foreign data connections, and
+//! shutdown.
+
+mod ftp_harness;
+
+use ftp_harness::{reply_text, Harness, Raw, Setup, PASSWORD, USER};
+use std::io::Cursor;
+use std::time::Duration;
+use suppaftp::tokio::AsyncFtpStream;
+
+/// The error of a download that must fail. libunftp answers `150` before it opens the file, so
+/// the `550` may come only at the end of the transfer.
+async fn retr_err(c: &mut AsyncFtpStream, path: &str) -> suppaftp::FtpError {
+    match c.retr_as_stream(path).await {
+        Err(e) => e,
+        Ok(mut s) => {
+            let mut buf = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf).await;
+            assert!(buf.is_empty());
+            s.finish().await.unwrap_err()
+        }
+    }
+}
+
+#[tokio::test]
+async fn missing_files_are_550() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    for err in [
+        retr_err(&mut c, "nope.txt").await,
+        c.size("nope.txt").await.unwrap_err(),
+        c.mdtm("nope.txt").await.unwrap_err(),
+        c.rm("nope.txt").await.unwrap_err(),
+        c.rmdir("nope").await.unwrap_err(),
+        c.cwd("nope").await.unwrap_err(),
+        c.rename("nope", "other").await.unwrap_err(),
+        c.list(Some("nope")).await.unwrap_err(),
+    ] {
+        assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    }
+    // Still usable afterwards.
+    c.noop().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_only_folder_refuses_changes_and_leaves_nothing() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+
+    let err = c
+        .put_file("ro/new.txt", &mut Cursor::new(b"nope".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    assert!(!h.file("ro/new.txt").exists());
+    assert!(h.staging_empty());
+
+    let err = c.rm("ro/locked.txt").await.unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    let err = c.rename("ro/locked.txt", "stolen.txt").await.unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    let err = c.mkdir("ro/sub").await.unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    let err = c
+        .append_file("ro/locked.txt", &mut Cursor::new(b"more".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    let err = c
+        .custom_command(
+            "MFMT 20200102030405 ro/locked.txt",
+            &[suppaftp::Status::File],
+        )
+        .await
+        .unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    assert_eq!(h.read("ro/locked.txt"), b"read only");
+    assert!(!h.file("stolen.txt").exists());
+    assert!(!h.file("ro/sub").exists());
+
+    // Reading and listing are allowed there.
+    let mut s = c.retr_as_stream("ro/locked.txt").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
+        .await
+        .unwrap();
+    s.finish().await.unwrap();
+    assert_eq!(buf, b"read only");
+    assert_eq!(c.nlst(Some("ro")).await.unwrap(), ["locked.txt"]);
+}
+
+#[tokio::test]
+async fn paths_cannot_leave_the_home() {
+    let h = Harness::start(Setup::default()).await;
+    std::fs::write(h.root.join("secret.txt"), b"outside").unwrap();
+    let mut c = h.client().await;
+
+    // `..` stops at the user's root, as in a chroot.
+    c.put_file("../../x.txt", &mut Cursor::new(b"x".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("x.txt"), b"x");
+    assert!(!h.root.join("x.txt").exists());
+    assert!(!h.dir.path().join("x.txt").exists());
+
+    let err = retr_err(&mut c, "../../secret.txt").await;
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    c.cwd("../../..").await.unwrap();
+    assert_eq!(c.pwd().await.unwrap(), "/");
+    let names = c.nlst(Some("../..")).await.unwrap();
+    assert!(
+        !names.iter().any(|n| n == "secret.txt" || n == "users"),
+        "{names:?}"
+    );
+    assert!(c.rm("../../secret.txt").await.is_err());
+    assert_eq!(
+        std::fs::read(h.root.join("secret.txt")).unwrap(),
+        b"outside"
+    );
+}
+
+#[tokio::test]
+async fn bad_logins_get_530() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = AsyncFtpStream::connect(h.addr).await.unwrap();
+    let err = c.login(USER, "wrong").await.unwrap_err();
+    assert!(reply_text(&err).starts_with("530"), "{err:?}");
+    let err = c.login("mallory", PASSWORD).await.unwrap_err();
+    assert!(reply_text(&err).starts_with("530"), "{err:?}");
+    // Nothing works before a login.
+    assert!(c.list(None).await.is_err());
+    // The right password still works on the same connection.
+    c.login(USER, PASSWORD).await.unwrap();
+    c.noop().await.unwrap();
+}
+
+#[tokio::test]
+async fn banned_addresses_are_refused_at_connect() {
+    let h = Harness::start(Setup {
+        ban_threshold: 3,
+        ..Setup::default()
+    })
+    .await;
+    let mut c = AsyncFtpStream::connect(h.addr).await.unwrap();
+    for _ in 0..3 {
+        assert!(c.login(USER, "wrong").await.is_err());
+    }
+    let (_raw, greeting) = Raw::connect(h.addr).await;
+    assert!(greeting.starts_with("421"), "{greeting}");
+}
+
+#[tokio::test]
+async fn sessions_per_address_are_capped() {
+    let h = Harness::start(Setup {
+        max_sessions_per_ip: 1,
+        ..Setup::default()
+    })
+    .await;
+    let mut first = h.client().await;
+    let (_raw, greeting) = Raw::connect(h.addr).await;
+    assert!(greeting.starts_with("421"), "{greeting}");
+    first.quit().await.unwrap();
+    drop(first);
+    // The slot comes back once the first session is gone. The server notices the QUIT
+    // asynchronously, so poll on the connection's own answers (bounded).
+    let mut tries = 0;
+    loop {
+        let (_raw, greeting) = Raw::connect(h.addr).await;
+        if greeting.starts_with("220") {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 200, "the session slot never came back");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn long_and_non_utf8_lines() {
+    let h = Harness::start(Setup {
+        max_line_len: 256,
+        ..Setup::default()
+    })
+    .await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    raw.send(b"STOR \xff\xfe.txt\r\n").await;
+    let r = raw.reply().await;
+    assert!(r.starts_with("553"), "{r}");
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
+    let long = format!("NOOP {}", "x".repeat(300));
+    let r = raw.cmd(&long).await;
+    assert!(r.starts_with("500"), "{r}");
+    // And the connection is closed.
+    assert_eq!(raw.reply().await, "");
+
+    // A line without an end is cut off too.
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.send("y".repeat(1000).as_bytes()).await;
+    let r = raw.reply().await;
+    assert!(r.starts_with("500"), "{r}");
+}
+
+#[tokio::test]
+async fn login_grace_closes_idle_connections() {
+    let h = Harness::start(Setup {
+        login_grace: Duration::from_millis(300),
+        ..Setup::default()
+    })
+    .await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    let r = raw.reply().await;
+    assert!(r.starts_with("421"), "{r}");
+    assert_eq!(raw.reply().await, "");
+}
+
+#[tokio::test]
+async fn active_mode_is_off_by_default() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    let r = raw.cmd("PORT 127,0,0,1,200,1").await;
+    assert!(r.starts_with("502"), "{r}");
+    let r = raw.cmd("EPRT |1|127.0.0.1|51201|").await;
+    assert!(r.starts_with("502"), "{r}");
+}
+
+#[tokio::test]
+async fn active_mode_only_to_the_client_itself() {
+    let h = Harness::start(Setup {
+        active_mode: true,
+        ..Setup::default()
+    })
+    .await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    // Another host, or a privileged port: refused before any connection is tried.
+    let r = raw.cmd("PORT 10,1,2,3,200,1").await;
+    assert!(r.starts_with("500"), "{r}");
+    let r = raw.cmd("PORT 127,0,0,1,0,22").await;
+    assert!(r.starts_with("500"), "{r}");
+    let r = raw.cmd("EPRT |1|10.1.2.3|51201|").await;
+    assert!(r.starts_with("500"), "{r}");
+
+    // To the client's own address it works, with PORT and with EPRT.
+    h.write("act.txt", b"active bytes");
+    for use_eprt in [false, true] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cmd = if use_eprt {
+            format!("EPRT |1|127.0.0.1|{port}|")
+        } else {
+            format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff)
+        };
+        let r = raw.cmd(&cmd).await;
+        assert!(r.starts_with("200"), "{r}");
+        let r = raw.cmd("RETR act.txt").await;
+        assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+        let (mut data, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(buf, b"active bytes");
+        let r = raw.reply().await;
+        assert!(r.starts_with("226"), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn data_connections_only_from_the_control_address() {
+    let h = Harness::start(Setup::default()).await;
+    // The session comes from 127.0.0.2 (still loopback); an intruder on 127.0.0.1 races it
+    // to the passive port.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (mut raw, _) = Raw::over(sock.connect(h.addr).await.unwrap()).await;
+    raw.login().await;
+    h.write("secret.bin", b"for the session only");
+    let r = raw.cmd("EPSV").await;
+    assert!(r.starts_with("229"), "{r}");
+    let port: u16 = r
+        .split("(|||")
+        .nth(1)
+        .unwrap()
+        .split('|')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let data_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut intruder = tokio::net::TcpStream::connect(data_addr).await.unwrap();
+    let own = tokio::net::TcpSocket::new_v4().unwrap();
+    own.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut own = own.connect(data_addr).await.unwrap();
+    let r = raw.cmd("RETR secret.bin").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut own, &mut buf)
+        .await
+        .unwrap();
+    assert_eq!(buf, b"for the session only");
+    assert!(raw.reply().await.starts_with("226"));
+    // The intruder got nothing but a closed connection.
+    let mut stolen = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut intruder, &mut stolen).await;
+    assert!(stolen.is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_says_goodbye_to_idle_sessions() {
+    let mut h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    h.shutdown.cancel();
+    let r = raw.reply().await;
+    assert!(r.starts_with("421"), "{r}");
+    h.stop().await;
+    assert!(tokio::net::TcpStream::connect(h.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn interrupted_upload_leaves_nothing() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("keep.bin", b"old content");
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    for name in ["new.bin", "keep.bin"] {
+        let r = raw.cmd("EPSV").await;
+        assert!(r.starts_with("229"), "{r}");
+        let port: u16 = r
+            .split("(|||")
+            .nth(1)
+            .unwrap()
+            .split('|')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut data = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let r = raw.cmd(&format!("STOR {name}")).await;
+        assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+        tokio::io::AsyncWriteExt::write_all(&mut data, &vec![1u8; 64 * 1024])
+            .await
+            .unwrap();
+        // A reset, not a clean end of file: the client went away mid-upload.
+        data.set_zero_linger().unwrap();
+        drop(data);
+        let r = raw.reply().await;
+        assert!(r.starts_with('4') || r.starts_with('5'), "{r}");
+    }
+    assert!(!h.file("new.bin").exists());
+    assert_eq!(h.read("keep.bin"), b"old content");
+    assert!(h.staging_empty());
+}

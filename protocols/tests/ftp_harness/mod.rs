@@ -1,0 +1,366 @@
+//! Shared by the `ftp_*` test files: a real FTP server on 127.0.0.1:0 over a local tree in a
+//! temporary folder, and helpers to reach it.
+#![allow(dead_code)]
+
+use bucketgate_protocols::auth::{Account, BanPolicy, Directory, LoginService, Protocol};
+use bucketgate_protocols::ftp::{serve, FtpOptions, FtpTls, TlsMode};
+use bucketgate_protocols::limits::SessionLimiter;
+use bucketgate_storage::local::LocalBackend;
+use bucketgate_storage::{Area, PermSet, Permissions, Tree, VPath};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use suppaftp::tokio::{AsyncFtpStream, AsyncRustlsConnector, AsyncRustlsFtpStream};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "correct horse";
+
+/// How to start the server.
+#[derive(Clone)]
+pub struct Setup {
+    pub tls: Option<TlsMode>,
+    pub active_mode: bool,
+    pub max_line_len: usize,
+    pub login_grace: Duration,
+    pub max_list_entries: usize,
+    pub max_sessions_per_ip: usize,
+    pub ban_threshold: u32,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            tls: None,
+            active_mode: false,
+            max_line_len: 1024,
+            login_grace: Duration::from_secs(20),
+            max_list_entries: 10_000,
+            max_sessions_per_ip: 0,
+            ban_threshold: 1000,
+        }
+    }
+}
+
+/// A running server, its files and its certificate.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    /// The local backend's root: the site tree on disk.
+    pub root: PathBuf,
+    pub addr: SocketAddr,
+    pub implicit_addr: Option<SocketAddr>,
+    /// PEM of the self-signed certificate (when TLS is on).
+    pub cert_pem: Option<PathBuf>,
+    pub cert_der: Option<Vec<u8>>,
+    pub shutdown: CancellationToken,
+    pub server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Harness {
+    pub async fn start(setup: Setup) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("site");
+        let home = root.join("users").join(USER);
+        std::fs::create_dir_all(home.join("ro")).unwrap();
+        std::fs::write(home.join("ro/locked.txt"), b"read only").unwrap();
+        let backend = LocalBackend::new(&root).unwrap();
+        let tree = Tree::new(
+            Area {
+                backend: Arc::new(backend),
+                prefix: String::new(),
+            },
+            vec![],
+        );
+        let read_only = PermSet::parse(["list", "download"]).unwrap();
+        let account = Account {
+            username: USER.into(),
+            password_hash: Some(bucketgate_protocols::auth::hash_password(PASSWORD)),
+            public_keys: vec![],
+            home: VPath::parse(&format!("/users/{USER}")).unwrap(),
+            permissions: Permissions::new([
+                (VPath::root(), PermSet::ALL),
+                (VPath::parse("/ro").unwrap(), read_only),
+            ]),
+            protocols: vec![Protocol::Ftp],
+            allowed_ips: vec![],
+        };
+        let policy = BanPolicy {
+            threshold: setup.ban_threshold,
+            failure_delay: Duration::from_millis(10),
+            ..BanPolicy::default()
+        };
+        let login = Arc::new(LoginService::new(
+            Directory::new(vec![account], Arc::new(tree)),
+            policy,
+            2,
+        ));
+        let limiter = SessionLimiter::new(0, setup.max_sessions_per_ip);
+
+        let (mut cert_pem, mut cert_der, mut tls) = (None, None, None);
+        if let Some(mode) = setup.tls {
+            let ck = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+            ])
+            .unwrap();
+            let cert = dir.path().join("cert.pem");
+            let key = dir.path().join("key.pem");
+            std::fs::write(&cert, ck.cert.pem()).unwrap();
+            std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+            cert_der = Some(ck.cert.der().to_vec());
+            cert_pem = Some(cert.clone());
+            tls = Some(FtpTls { mode, cert, key });
+        }
+        let opts = FtpOptions {
+            passive_ports: 0..=0,
+            public_address: None,
+            active_mode: setup.active_mode,
+            tls,
+            idle_timeout: Duration::from_secs(60),
+            login_grace: setup.login_grace,
+            max_line_len: setup.max_line_len,
+            shutdown_grace: Duration::from_secs(5),
+            max_list_entries: setup.max_list_entries,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let implicit = if setup.tls == Some(TlsMode::Implicit) {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let implicit_addr = implicit.as_ref().map(|l| l.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            implicit,
+            opts,
+            login,
+            limiter,
+            shutdown.clone(),
+        ));
+        Harness {
+            dir,
+            root,
+            addr,
+            implicit_addr,
+            cert_pem,
+            cert_der,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// The user's home on disk.
+    pub fn home(&self) -> PathBuf {
+        self.root.join("users").join(USER)
+    }
+
+    /// A file of the user's home on disk.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.home().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.file(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    pub fn write(&self, rel: &str, data: &[u8]) {
+        let p = self.file(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    /// True when no upload is left half-way in the backend's staging folder.
+    pub fn staging_empty(&self) -> bool {
+        let staging = self.root.join(bucketgate_storage::local::STAGING);
+        std::fs::read_dir(staging)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    }
+
+    /// A plain session, logged in, in binary mode.
+    pub async fn client(&self) -> AsyncFtpStream {
+        let mut c = AsyncFtpStream::connect(self.addr).await.unwrap();
+        c.login(USER, PASSWORD).await.unwrap();
+        c.transfer_type(suppaftp::types::FileType::Binary)
+            .await
+            .unwrap();
+        c
+    }
+
+    /// A rustls connector that trusts exactly the test certificate.
+    pub fn tls_connector(&self) -> AsyncRustlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(
+                self.cert_der.clone().expect("TLS is on"),
+            ))
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
+    /// An explicit-FTPS session (AUTH TLS, PBSZ 0, PROT P), logged in.
+    pub async fn tls_client(&self) -> AsyncRustlsFtpStream {
+        let c = AsyncRustlsFtpStream::connect(self.addr).await.unwrap();
+        let mut c = c
+            .into_secure(self.tls_connector(), "localhost")
+            .await
+            .unwrap();
+        c.login(USER, PASSWORD).await.unwrap();
+        c.transfer_type(suppaftp::types::FileType::Binary)
+            .await
+            .unwrap();
+        c
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            s.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Runs an external program, failing loudly (never skipping) when it is not installed.
+pub fn tool(name: &str) -> std::process::Command {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is not installed: this test needs it (apt-get install -y {name})"
+    );
+    std::process::Command::new(name)
+}
+
+/// Runs a command to completion off the async runtime; panics with its output on failure.
+pub async fn run_ok(mut cmd: std::process::Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs a command that must fail; returns its stderr.
+pub async fn run_fails(mut cmd: std::process::Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success(), "{shown} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The server's reply behind a client error, as text (or the error itself).
+pub fn reply_text(err: &suppaftp::FtpError) -> String {
+    match err {
+        suppaftp::FtpError::UnexpectedResponse(r) => String::from_utf8_lossy(&r.body).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A bare control connection, for what clients will not send.
+pub struct Raw {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    /// Connects and reads the greeting.
+    pub async fn connect(addr: SocketAddr) -> (Raw, String) {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Raw::over(s).await
+    }
+
+    /// Uses an already connected socket and reads the greeting.
+    pub async fn over(s: tokio::net::TcpStream) -> (Raw, String) {
+        let (r, w) = s.into_split();
+        let mut raw = Raw {
+            r: tokio::io::BufReader::new(r),
+            w,
+        };
+        let greeting = raw.reply().await;
+        (raw, greeting)
+    }
+
+    /// Sends raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.w.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a command line and reads the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Reads one whole reply (all lines of a multi-line one); empty at end of stream. Waits
+    /// at most 10 s so that a broken server fails the test instead of hanging it.
+    pub async fn reply(&mut self) -> String {
+        use tokio::io::AsyncBufReadExt;
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
+                .await
+                .expect("no reply within 10 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            let b = line.as_bytes();
+            if all.len() == line.len() && b.len() >= 4 && b[3] == b'-' {
+                continue;
+            }
+            if b.len() >= 4 && b[..3] == all.as_bytes()[..3] && b[3] == b' ' {
+                return all;
+            }
+            if all.len() == line.len() {
+                return all;
+            }
+        }
+    }
+
+    /// Logs in.
+    pub async fn login(&mut self) {
+        assert!(self.cmd(&format!("USER {USER}")).await.starts_with("331"));
+        let r = self.cmd(&format!("PASS {PASSWORD}")).await;
+        assert!(r.starts_with("230"), "{r}");
+    }
+}

@@ -1,0 +1,130 @@
+//! FTPS: explicit (AUTH TLS), required (no plain login, PROT P before data), implicit.
+
+mod ftp_harness;
+
+use bucketgate_protocols::ftp::TlsMode;
+use ftp_harness::{reply_text, run_ok, tool, Harness, Raw, Setup, PASSWORD, USER};
+use std::io::Cursor;
+use suppaftp::tokio::AsyncRustlsFtpStream;
+use tokio::io::AsyncReadExt;
+
+#[tokio::test]
+async fn explicit_ftps_login_and_transfers() {
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Explicit),
+        ..Setup::default()
+    })
+    .await;
+    let mut c = h.tls_client().await;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    c.put_file("secure.bin", &mut Cursor::new(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("secure.bin"), data);
+    let mut s = c.retr_as_stream("secure.bin").await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    s.finish().await.unwrap();
+    assert_eq!(back, data);
+    let names = c.nlst(None).await.unwrap();
+    assert!(names.iter().any(|n| n == "secure.bin"));
+    let feat = c.feat().await.unwrap();
+    assert!(feat.contains_key("AUTH"), "{feat:?}");
+
+    // Plain sessions stay possible in explicit mode.
+    let mut plain = h.client().await;
+    plain.noop().await.unwrap();
+    c.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn required_mode_refuses_plain_login_and_plain_data() {
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Required),
+        ..Setup::default()
+    })
+    .await;
+    let mut plain = suppaftp::tokio::AsyncFtpStream::connect(h.addr)
+        .await
+        .unwrap();
+    let err = plain.login(USER, PASSWORD).await.unwrap_err();
+    assert!(reply_text(&err).starts_with("530"), "{err:?}");
+
+    // TLS on the control channel, but data in clear: refused.
+    let c = AsyncRustlsFtpStream::connect(h.addr).await.unwrap();
+    let mut c = c.into_secure(h.tls_connector(), "localhost").await.unwrap();
+    c.login(USER, PASSWORD).await.unwrap();
+    c.custom_command("PROT C", &[suppaftp::Status::CommandOk])
+        .await
+        .unwrap();
+    let err = c.nlst(None).await.unwrap_err();
+    assert!(reply_text(&err).starts_with("534"), "{err:?}");
+    c.custom_command("PROT P", &[suppaftp::Status::CommandOk])
+        .await
+        .unwrap();
+    c.put_file("ok.txt", &mut Cursor::new(b"sealed".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h.read("ok.txt"), b"sealed");
+
+    // CCC cannot drop TLS again.
+    let err = c
+        .custom_command("CCC", &[suppaftp::Status::CommandOk])
+        .await
+        .unwrap_err();
+    assert!(reply_text(&err).starts_with("534"), "{err:?}");
+}
+
+#[tokio::test]
+async fn auth_tls_without_tls_configured() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    let r = raw.cmd("AUTH TLS").await;
+    assert!(r.starts_with("502"), "{r}");
+}
+
+#[tokio::test]
+async fn implicit_ftps_with_curl() {
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Implicit),
+        ..Setup::default()
+    })
+    .await;
+    let addr = h.implicit_addr.unwrap();
+    let src = h.dir.path().join("up.txt");
+    std::fs::write(&src, b"implicit upload").unwrap();
+    let url = format!("ftps://127.0.0.1:{}/implicit.txt", addr.port());
+    let mut up = tool("curl");
+    up.args(["-sS", "--fail", "-k", "--user"])
+        .arg(format!("{USER}:{PASSWORD}"))
+        .arg("-T")
+        .arg(&src)
+        .arg(&url);
+    run_ok(up).await;
+    assert_eq!(h.read("implicit.txt"), b"implicit upload");
+    let mut down = tool("curl");
+    down.args(["-sS", "--fail", "-k", "--user"])
+        .arg(format!("{USER}:{PASSWORD}"))
+        .arg(&url);
+    assert_eq!(run_ok(down).await, "implicit upload");
+
+    // The CA file works as well as -k (the name in the certificate is checked).
+    let mut verified = tool("curl");
+    verified
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(h.cert_pem.as_ref().unwrap())
+        .arg("--user")
+        .arg(format!("{USER}:{PASSWORD}"))
+        .arg(format!("ftps://localhost:{}/", addr.port()))
+        .arg("--list-only");
+    assert!(run_ok(verified).await.contains("implicit.txt"));
+
+    // The main listener still offers explicit FTPS.
+    let mut c = h.tls_client().await;
+    assert!(c
+        .nlst(None)
+        .await
+        .unwrap()
+        .iter()
+        .any(|n| n == "implicit.txt"));
+}

@@ -1,0 +1,456 @@
+//! SFTP operations through an in-process russh + russh-sftp client, checked on disk.
+
+mod sftp_common;
+
+use russh_sftp::client::error::Error as SftpErr;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
+use sftp_common::{Harness, Sftp};
+use std::time::Duration;
+
+fn code<T: std::fmt::Debug>(r: Result<T, SftpErr>) -> StatusCode {
+    match r {
+        Err(SftpErr::Status(s)) => s.status_code,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+fn ssh_string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn status_of(p: Packet) -> StatusCode {
+    match p {
+        Packet::Status(s) => s.status_code,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+const NEW: OpenFlags = OpenFlags::WRITE
+    .union(OpenFlags::CREATE)
+    .union(OpenFlags::TRUNCATE);
+
+async fn put(s: &Sftp, path: &str, data: &[u8]) {
+    let h = s
+        .open(path, NEW, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    if !data.is_empty() {
+        s.write(&h, 0, data.to_vec()).await.unwrap();
+    }
+    s.close(h).await.unwrap();
+}
+
+async fn names(s: &Sftp, dir: &str) -> Vec<(String, String)> {
+    let h = s.opendir(dir).await.unwrap().handle;
+    let mut out = Vec::new();
+    loop {
+        match s.readdir(&h).await {
+            Ok(n) => out.extend(n.files.into_iter().map(|f| (f.filename, f.longname))),
+            Err(e) => {
+                assert_eq!(code::<()>(Err(e)), StatusCode::Eof);
+                break;
+            }
+        }
+    }
+    s.close(h).await.unwrap();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_read_stat_list_realpath() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+
+    put(&s, "/hello.txt", b"hello world").await;
+    // CLOSE answered OK: the file is complete on disk.
+    assert_eq!(std::fs::read(h.alice("hello.txt")).unwrap(), b"hello world");
+
+    let st = s.stat("hello.txt").await.unwrap().attrs;
+    assert_eq!(st.size, Some(11));
+    assert!(!st.is_dir());
+    assert!(s.lstat("/").await.unwrap().attrs.is_dir());
+
+    let r = s
+        .open("/hello.txt", OpenFlags::READ, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    assert_eq!(s.fstat(&r).await.unwrap().attrs.size, Some(11));
+    assert_eq!(s.read(&r, 0, 5).await.unwrap().data, b"hello");
+    assert_eq!(s.read(&r, 6, 100).await.unwrap().data, b"world");
+    assert_eq!(code(s.read(&r, 11, 100).await), StatusCode::Eof);
+    s.close(&r).await.unwrap();
+
+    let listing = names(&s, "/").await;
+    let (n, l): (Vec<_>, Vec<_>) = listing.into_iter().unzip();
+    assert_eq!(n, vec!["archive", "hello.txt"]);
+    assert!(
+        l[0].starts_with('d') && l[0].ends_with(" archive"),
+        "{}",
+        l[0]
+    );
+    assert!(l[1].starts_with("-rw") && l[1].contains(" 11 "), "{}", l[1]);
+
+    let rp = |p: &'static str| {
+        let s = &s;
+        async move { s.realpath(p).await.unwrap().files[0].filename.clone() }
+    };
+    assert_eq!(rp(".").await, "/");
+    assert_eq!(rp("../..").await, "/");
+    assert_eq!(rp("a/./b/../c").await, "/a/c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mkdir_rename_remove_rmdir() {
+    let h = Harness::start().await;
+    let s = h
+        .sftp_password("alice", sftp_common::ALICE_PW)
+        .await
+        .unwrap();
+
+    s.mkdir("/d", FileAttributes::default()).await.unwrap();
+    assert!(h.alice("d").is_dir());
+    assert_eq!(
+        code(s.mkdir("/d", FileAttributes::default()).await),
+        StatusCode::Failure
+    );
+
+    put(&s, "/a.txt", b"A").await;
+    put(&s, "/b.txt", b"B").await;
+    s.rename("/a.txt", "/d/a.txt").await.unwrap();
+    assert!(!h.alice("a.txt").exists());
+    assert_eq!(std::fs::read(h.alice("d/a.txt")).unwrap(), b"A");
+
+    // A plain rename never replaces; posix-rename does.
+    assert_eq!(
+        code(s.rename("/b.txt", "/d/a.txt").await),
+        StatusCode::Failure
+    );
+    assert_eq!(std::fs::read(h.alice("d/a.txt")).unwrap(), b"A");
+    let mut data = ssh_string("/b.txt");
+    data.extend(ssh_string("/d/a.txt"));
+    let p = s.extended("posix-rename@openssh.com", data).await.unwrap();
+    assert_eq!(status_of(p), StatusCode::Ok);
+    assert_eq!(std::fs::read(h.alice("d/a.txt")).unwrap(), b"B");
+    assert!(!h.alice("b.txt").exists());
+
+    assert_eq!(code(s.rmdir("/d").await), StatusCode::Failure);
+    assert_eq!(code(s.remove("/d").await), StatusCode::Failure);
+    s.remove("/d/a.txt").await.unwrap();
+    assert_eq!(code(s.remove("/d/a.txt").await), StatusCode::NoSuchFile);
+    s.rmdir("/d").await.unwrap();
+    assert!(!h.alice("d").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_extensions_and_unsupported() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    put(&s, "/f.txt", b"12345").await;
+
+    // setstat: the time is kept, permissions are accepted and ignored.
+    let attrs = FileAttributes {
+        mtime: Some(1_500_000_000),
+        atime: Some(1_500_000_000),
+        ..Default::default()
+    };
+    s.setstat("/f.txt", attrs).await.unwrap();
+    assert_eq!(
+        s.stat("/f.txt").await.unwrap().attrs.mtime,
+        Some(1_500_000_000)
+    );
+    let perms = FileAttributes {
+        permissions: Some(0o600),
+        ..Default::default()
+    };
+    s.setstat("/f.txt", perms.clone()).await.unwrap();
+    assert_eq!(
+        code(s.setstat("/missing", perms).await),
+        StatusCode::NoSuchFile
+    );
+
+    // fsetstat on an open upload: the time is recorded at commit.
+    let w = s
+        .open("/g.txt", NEW, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    s.write(&w, 0, b"xyz".to_vec()).await.unwrap();
+    let t = FileAttributes {
+        mtime: Some(1_400_000_000),
+        atime: Some(1_400_000_000),
+        ..Default::default()
+    };
+    s.fsetstat(&w, t).await.unwrap();
+    assert_eq!(s.fstat(&w).await.unwrap().attrs.size, Some(3));
+    s.fsync(&w).await.unwrap();
+    s.close(&w).await.unwrap();
+    assert_eq!(
+        s.stat("/g.txt").await.unwrap().attrs.mtime,
+        Some(1_400_000_000)
+    );
+
+    // One handle for both reading and writing cannot exist over objects.
+    let rw = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE;
+    assert_eq!(
+        code(s.open("/f.txt", rw, FileAttributes::default()).await),
+        StatusCode::OpUnsupported
+    );
+    assert_eq!(code(s.readlink("/f.txt").await), StatusCode::OpUnsupported);
+    assert_eq!(
+        code(s.symlink("/l", "/f.txt").await),
+        StatusCode::OpUnsupported
+    );
+    assert_eq!(
+        code(s.hardlink("/f.txt", "/h").await),
+        StatusCode::OpUnsupported
+    );
+    assert!(!h.alice("h").exists() && !h.alice("l").exists());
+
+    let st = s.statvfs("/").await.unwrap();
+    assert!(st.blocks_avail * st.fragment_size > 1 << 40);
+    let lim = s.limits().await.unwrap();
+    assert_eq!(lim.max_packet_len, 256 * 1024);
+    assert!(lim.max_write_len >= 32 * 1024 && lim.max_write_len < lim.max_packet_len);
+    assert_eq!(lim.max_open_handles, 256);
+
+    // EXCL on an existing file fails; APPEND goes to the end.
+    let excl = NEW | OpenFlags::EXCLUDE;
+    assert_eq!(
+        code(s.open("/f.txt", excl, FileAttributes::default()).await),
+        StatusCode::Failure
+    );
+    let app = OpenFlags::WRITE | OpenFlags::APPEND;
+    let a = s
+        .open("/f.txt", app, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    s.write(&a, 0, b"678".to_vec()).await.unwrap();
+    s.close(&a).await.unwrap();
+    assert_eq!(std::fs::read(h.alice("f.txt")).unwrap(), b"12345678");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_folder_refuses_changes_and_leaves_nothing() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    put(&s, "/mine.txt", b"m").await;
+
+    let r = s
+        .open(
+            "/archive/old.txt",
+            OpenFlags::READ,
+            FileAttributes::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.read(&r.handle, 0, 100).await.unwrap().data, b"archived");
+    s.close(r.handle).await.unwrap();
+
+    assert_eq!(
+        code(
+            s.open("/archive/new.txt", NEW, FileAttributes::default())
+                .await
+        ),
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            s.open("/archive/old.txt", NEW, FileAttributes::default())
+                .await
+        ),
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(
+        code(s.remove("/archive/old.txt").await),
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(
+        code(s.rename("/archive/old.txt", "/x.txt").await),
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(
+        code(s.rename("/mine.txt", "/archive/mine.txt").await),
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(
+        code(s.mkdir("/archive/sub", FileAttributes::default()).await),
+        StatusCode::PermissionDenied
+    );
+    let t = FileAttributes {
+        mtime: Some(1),
+        atime: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(s.setstat("/archive/old.txt", t).await),
+        StatusCode::PermissionDenied
+    );
+
+    let mut left: Vec<_> = std::fs::read_dir(h.alice("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["old.txt"]);
+    assert_eq!(
+        std::fs::read(h.alice("archive/old.txt")).unwrap(),
+        b"archived"
+    );
+    assert!(h.alice("mine.txt").exists() && !h.alice("x.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_escapes_stay_in_the_home() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    for p in [
+        "../../etc/passwd",
+        "..\\..\\etc\\passwd",
+        "/../../../etc/passwd",
+        "/users/alice2/secret.txt",
+        "../alice2/secret.txt",
+        "..\\alice2\\secret.txt",
+    ] {
+        assert_eq!(code(s.stat(p).await), StatusCode::NoSuchFile, "{p}");
+        assert_eq!(
+            code(s.open(p, OpenFlags::READ, FileAttributes::default()).await),
+            StatusCode::NoSuchFile,
+            "{p}"
+        );
+        // Writing there fails too: the folders do not exist inside her home.
+        assert_eq!(
+            code(s.open(p, NEW, FileAttributes::default()).await),
+            StatusCode::NoSuchFile,
+            "{p}"
+        );
+        assert_eq!(code(s.remove(p).await), StatusCode::NoSuchFile, "{p}");
+    }
+    assert_eq!(s.realpath("../../..").await.unwrap().files[0].filename, "/");
+    assert!(code(s.opendir("../alice2").await) == StatusCode::NoSuchFile);
+    assert_eq!(
+        std::fs::read(h.root.join("etc/passwd")).unwrap(),
+        b"root:x:0:0"
+    );
+    assert_eq!(
+        std::fs::read(h.root.join("users/alice2/secret.txt")).unwrap(),
+        b"alice2 only"
+    );
+    // And the home holds only what it held.
+    let names: Vec<_> = names(&s, "/").await.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["archive"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_far_beyond_the_end_fails_cleanly() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let w = s
+        .open("/far.bin", NEW, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    s.write(&w, 0, vec![1u8; 1000]).await.unwrap();
+    assert_eq!(
+        code(s.write(&w, 100 << 20, vec![2u8; 10]).await),
+        StatusCode::Failure
+    );
+    // The upload is dead: later writes and the close say so, and nothing appears.
+    assert_eq!(
+        code(s.write(&w, 1000, vec![3u8; 10]).await),
+        StatusCode::Failure
+    );
+    assert_eq!(code(s.close(&w).await), StatusCode::Failure);
+    assert!(!h.alice("far.bin").exists());
+    // The session itself goes on.
+    put(&s, "/after.txt", b"ok").await;
+    assert_eq!(std::fs::read(h.alice("after.txt")).unwrap(), b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_upload_and_download_are_byte_exact() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let data: Vec<u8> = (0..(5 << 20) + 12345)
+        .map(|_| rand::random::<u8>())
+        .collect();
+    const CH: usize = 32 * 1024;
+
+    let w = s
+        .open("/big.bin", NEW, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    // 64 requests in flight, as OpenSSH does.
+    for group in data.chunks(CH * 64).enumerate() {
+        let (g, bytes) = group;
+        let reqs = bytes.chunks(CH).enumerate().map(|(i, c)| {
+            let off = (g * CH * 64 + i * CH) as u64;
+            s.write(&w, off, c.to_vec())
+        });
+        for r in futures::future::join_all(reqs).await {
+            r.unwrap();
+        }
+    }
+    s.close(&w).await.unwrap();
+    assert_eq!(std::fs::read(h.alice("big.bin")).unwrap(), data);
+
+    let r = s
+        .open("/big.bin", OpenFlags::READ, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    let mut back = Vec::with_capacity(data.len());
+    let mut off = 0u64;
+    while (off as usize) < data.len() {
+        let reqs = (0..64).map(|i| s.read(&r, off + (i * CH) as u64, CH as u32));
+        for res in futures::future::join_all(reqs).await {
+            match res {
+                Ok(d) => back.extend_from_slice(&d.data),
+                Err(e) => assert_eq!(code::<()>(Err(e)), StatusCode::Eof),
+            }
+        }
+        off += (64 * CH) as u64;
+    }
+    s.close(&r).await.unwrap();
+    assert!(back == data, "download differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_limit_per_session() {
+    let h = Harness::start_with(|o| o.max_handles_per_session = 2).await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let a = s.opendir("/").await.unwrap().handle;
+    let b = s.opendir("/archive").await.unwrap().handle;
+    assert_eq!(code(s.opendir("/").await), StatusCode::Failure);
+    s.close(a).await.unwrap();
+    s.opendir("/").await.unwrap();
+    s.close(b).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_leaves_no_partial_upload() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let w = s
+        .open("/partial.bin", NEW, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    s.write(&w, 0, vec![7u8; 100_000]).await.unwrap();
+    s.ssh
+        .disconnect(russh::Disconnect::ByApplication, "bye", "")
+        .await
+        .unwrap();
+    drop(s);
+    // A new session sees nothing, and neither does the disk.
+    let s2 = h.sftp_alice_key().await.unwrap();
+    assert_eq!(code(s2.stat("/partial.bin").await), StatusCode::NoSuchFile);
+    assert!(!h.alice("partial.bin").exists());
+    let _ = Duration::ZERO;
+}

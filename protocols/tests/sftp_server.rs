@@ -1,0 +1,194 @@
+//! Connection-level behaviour: admission, algorithms, graceful shutdown, packet limits.
+
+mod sftp_common;
+
+use bucketgate_protocols::auth::Protocol;
+use russh::keys::PrivateKeyWithHashAlg;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use sftp_common::{Client, Harness, ALICE_PW};
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Reads the server's first bytes; a refused connection closes without an SSH banner.
+async fn banner(h: &Harness) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("server neither answered nor closed")
+        .unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banned_address_is_refused_before_key_exchange() {
+    let h = Harness::start().await;
+    assert!(banner(&h).await.starts_with(b"SSH-2.0-"));
+    // Unknown users score 2 each; the default threshold is 15.
+    for _ in 0..8 {
+        let _ = h
+            .login
+            .login_password(Protocol::Sftp, LOCAL, "nobody", "x")
+            .await;
+    }
+    assert!(h.login.is_banned(LOCAL));
+    assert!(banner(&h).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_cap_refuses_then_frees_the_slot() {
+    let h = Harness::start_limited(1).await;
+    let s = h.sftp_password("alice", ALICE_PW).await.unwrap();
+    assert_eq!(h.limiter.active(), 1);
+    assert!(banner(&h).await.is_empty(), "second session admitted");
+    s.ssh
+        .disconnect(russh::Disconnect::ByApplication, "", "")
+        .await
+        .unwrap();
+    drop(s);
+    // The slot comes back when the connection ends.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.limiter.active() != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("slot not released");
+    h.sftp_password("alice", ALICE_PW).await.unwrap();
+}
+
+async fn connect_with(h: &Harness, preferred: russh::Preferred) -> Result<(), russh::Error> {
+    let config = Arc::new(russh::client::Config {
+        preferred,
+        ..Default::default()
+    });
+    let mut c = russh::client::connect(config, h.addr, Client).await?;
+    let key = PrivateKeyWithHashAlg::new(Arc::new(h.alice_key.clone()), None);
+    assert!(c.authenticate_publickey("alice", key).await?.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha1_key_exchange_only_with_legacy_algorithms() {
+    let old = russh::Preferred {
+        kex: Cow::Owned(vec![russh::kex::DH_G14_SHA1]),
+        ..Default::default()
+    };
+    let h = Harness::start().await;
+    assert!(connect_with(&h, old.clone()).await.is_err());
+    let h = Harness::start_with(|o| o.legacy_algorithms = true).await;
+    connect_with(&h, old).await.unwrap();
+    connect_with(&h, russh::Preferred::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_transfer_finish_and_closes_idle_sessions() {
+    let mut h = Harness::start_with(|o| o.shutdown_grace = Duration::from_secs(20)).await;
+    let idle = h.sftp_alice_key().await.unwrap();
+    let busy = h.sftp_alice_key().await.unwrap();
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let w = busy
+        .open("/late.txt", flags, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    busy.write(&w, 0, b"first ".to_vec()).await.unwrap();
+
+    h.begin_stop();
+    // New connections are no longer accepted.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(h.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("still accepting");
+    // The idle session is closed...
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !idle.ssh.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("idle session not closed");
+    // ...while the upload in progress goes on and commits.
+    busy.write(&w, 6, b"second".to_vec()).await.unwrap();
+    busy.close(&w).await.unwrap();
+    h.stopped().await;
+    assert_eq!(std::fs::read(h.alice("late.txt")).unwrap(), b"first second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_over_aborts_unfinished_uploads() {
+    let mut h = Harness::start_with(|o| o.shutdown_grace = Duration::from_millis(300)).await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let w = s
+        .open("/never.txt", flags, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    s.write(&w, 0, b"partial".to_vec()).await.unwrap();
+    h.stop().await;
+    assert!(s.ssh.is_closed() || s.close(&w).await.is_err());
+    assert!(!h.alice("never.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
+    let h = Harness::start_with(|o| o.max_packet_len = 64 * 1024).await;
+    let mut c = h.connect().await;
+    assert!(c
+        .authenticate_password("alice", ALICE_PW)
+        .await
+        .unwrap()
+        .success());
+    let ch = c.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let mut st = ch.into_stream();
+
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        v.push(kind);
+        v.extend_from_slice(body);
+        v
+    }
+    fn string(s: &[u8]) -> Vec<u8> {
+        let mut v = (s.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(s);
+        v
+    }
+    async fn reply(st: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+        let len = st.read_u32().await.unwrap() as usize;
+        let mut b = vec![0u8; len];
+        st.read_exact(&mut b).await.unwrap();
+        (b[0], b[1..].to_vec())
+    }
+    st.write_all(&packet(1, &3u32.to_be_bytes())).await.unwrap(); // INIT
+    assert_eq!(reply(&mut st).await.0, 2); // VERSION
+
+    // A WRITE of 100 KiB to a bogus handle: longer than the limit, skipped whole.
+    let mut body = 7u32.to_be_bytes().to_vec();
+    body.extend(string(b"nohandle"));
+    body.extend(0u64.to_be_bytes());
+    body.extend(string(&vec![0u8; 100 * 1024]));
+    st.write_all(&packet(6, &body)).await.unwrap();
+    let (kind, b) = reply(&mut st).await;
+    assert_eq!(kind, 101); // STATUS
+    assert_eq!(&b[..4], &7u32.to_be_bytes());
+    assert_eq!(&b[4..8], &(StatusCode::Failure as u32).to_be_bytes());
+
+    // The next request is read correctly.
+    let mut body = 8u32.to_be_bytes().to_vec();
+    body.extend(string(b"/archive"));
+    st.write_all(&packet(17, &body)).await.unwrap(); // STAT
+    let (kind, b) = reply(&mut st).await;
+    assert_eq!(kind, 105); // ATTRS
+    assert_eq!(&b[..4], &8u32.to_be_bytes());
+}
