@@ -1,0 +1,115 @@
+//! `bucketgate`: the command line.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
+
+mod admin;
+mod check;
+mod demo;
+mod logging;
+mod remote_test;
+mod serve;
+mod wiring;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// SFTP, SCP and FTP/FTPS gateway to S3-compatible object storage.
+#[derive(Parser)]
+#[command(name = "bucketgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The YAML config file [default: ./bucketgate.yaml; env: BUCKETGATE_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr (overrides `log.format`)
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the servers until SIGTERM/SIGINT (graceful drain); SIGHUP reloads the config
+    Serve(ConfigArg),
+    /// Validate the config: exit 0, or print every error with its YAML path and line, exit 2
+    Check(ConfigArg),
+    /// Read a password from stdin (or a tty prompt) and print its argon2id PHC hash
+    HashPassword,
+    /// Remotes (S3-compatible servers)
+    Remote {
+        #[command(subcommand)]
+        command: RemoteCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RemoteCommand {
+    /// Probe a remote: connect, list, put, get, copy, delete a probe object, small multipart
+    Test {
+        /// The remote's name in `remotes`
+        name: String,
+        /// Skip every step that writes
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+}
+
+/// A failure that carries its exit code.
+#[derive(Debug)]
+pub struct Exit {
+    /// 1 runtime failure, 2 bad usage or config.
+    pub code: u8,
+    /// What to print on stderr.
+    pub message: String,
+}
+
+impl Exit {
+    /// Bad usage or config (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Exit {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Runtime failure (exit 1).
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Exit {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::HashPassword => demo::hash_password_command(),
+        Command::Check(c) => check::run(&c),
+        Command::Serve(c) => serve::run(&c),
+        Command::Remote {
+            command:
+                RemoteCommand::Test {
+                    name,
+                    read_only,
+                    cfg,
+                },
+        } => remote_test::run(&cfg, &name, read_only),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("{}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}

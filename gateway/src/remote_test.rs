@@ -1,0 +1,289 @@
+//! `bucketgate remote test NAME`: probes a remote step by step and names what fails.
+
+use crate::wiring::{self, Source};
+use crate::{ConfigArg, Exit};
+use bucketgate_storage::backend::CreateOptions;
+use bucketgate_storage::budget::MemoryBudget;
+use bucketgate_storage::s3::S3Backend;
+use bucketgate_storage::{Backend, ErrorKind};
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn step<T>(
+        &mut self,
+        name: &str,
+        permission: &str,
+        started: Instant,
+        r: Result<T, bucketgate_storage::Error>,
+    ) -> Option<T> {
+        let ms = started.elapsed().as_millis();
+        match r {
+            Ok(v) => {
+                println!("ok    {name} ({ms} ms)");
+                Some(v)
+            }
+            Err(e) => {
+                self.failed = true;
+                let hint = match e.kind() {
+                    ErrorKind::PermissionDenied => {
+                        format!(" — access denied: the key lacks {permission}")
+                    }
+                    ErrorKind::ConfigInvalid => " — check endpoint, bucket, region and keys".into(),
+                    _ => String::new(),
+                };
+                println!("FAIL  {name} ({ms} ms): {e}{hint}");
+                None
+            }
+        }
+    }
+}
+
+/// Runs the probe; exit 0 when every step passed, 1 otherwise.
+pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
+    let path = match wiring::source(arg)? {
+        Source::File(p) => p,
+        Source::Embedded => {
+            return Err(Exit::usage(
+                "no config file: the embedded default has no remotes",
+            ))
+        }
+    };
+    let loaded = wiring::load(&path)?;
+    let cfg = loaded.config;
+    let Some(remote) = cfg.remote(name).cloned() else {
+        let names: Vec<&str> = cfg.remotes.iter().map(|r| r.name.as_str()).collect();
+        return Err(Exit::usage(format!(
+            "no remote named {name:?} (remotes: {})",
+            names.join(", ")
+        )));
+    };
+    // Probe inside the first mounted prefix of this remote: keys are often restricted to it.
+    let prefix = cfg
+        .mounts
+        .iter()
+        .find(|m| m.remote == remote.name)
+        .map(|m| m.prefix.clone())
+        .unwrap_or_default();
+    let prefix = bucketgate_storage::path::normalize_prefix(&prefix).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    let ok = rt.block_on(async move {
+        let mut rep = Report { failed: false };
+        println!(
+            "remote {} — endpoint {} bucket {}{}",
+            remote.name,
+            remote.endpoint,
+            remote.bucket,
+            if read_only { " (read-only)" } else { "" }
+        );
+        // Resolve and connect first: most first-time failures are DNS, firewall or TLS.
+        let t = Instant::now();
+        let hostport = endpoint_host_port(&remote.endpoint);
+        let addrs = match hostport {
+            Some(hp) => tokio::net::lookup_host(hp.clone())
+                .await
+                .map(|a| a.collect::<Vec<_>>())
+                .map_err(|e| {
+                    bucketgate_storage::Error::new(
+                        ErrorKind::ConfigInvalid,
+                        format!("cannot resolve {hp}: {e}"),
+                    )
+                }),
+            None => Err(bucketgate_storage::Error::new(
+                ErrorKind::ConfigInvalid,
+                "endpoint is not an http(s) URL",
+            )),
+        };
+        let Some(addrs) = rep.step("resolve endpoint", "", t, addrs) else {
+            return false;
+        };
+        let t = Instant::now();
+        let conn = match addrs.first() {
+            Some(a) => tokio::time::timeout(
+                remote.timeouts.connect.get(),
+                tokio::net::TcpStream::connect(a),
+            )
+            .await
+            .map_err(|_| {
+                bucketgate_storage::Error::new(
+                    ErrorKind::Backend,
+                    format!("connect to {a} timed out"),
+                )
+            })
+            .and_then(|r| {
+                r.map(|_| ()).map_err(|e| {
+                    bucketgate_storage::Error::new(
+                        ErrorKind::Backend,
+                        format!("connect to {a}: {e}"),
+                    )
+                })
+            }),
+            None => Err(bucketgate_storage::Error::new(
+                ErrorKind::ConfigInvalid,
+                "no address",
+            )),
+        };
+        if rep.step("TCP connect", "", t, conn).is_none() {
+            return false;
+        }
+        let backend = match S3Backend::new(
+            wiring::s3_options(&cfg, &remote),
+            MemoryBudget::shared(64 * 1024 * 1024),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("FAIL  client setup: {e}");
+                return false;
+            }
+        };
+        let t = Instant::now();
+        if rep
+            .step(
+                "credentials and bucket (TLS, signature, region)",
+                "s3:ListBucket",
+                t,
+                backend.probe_bucket().await,
+            )
+            .is_none()
+        {
+            return false;
+        }
+        let t = Instant::now();
+        let listed = match backend.list(prefix.trim_end_matches('/')).next().await {
+            Some(Ok(p)) => Ok(p.len()),
+            Some(Err(e)) => Err(e),
+            None => Ok(0),
+        };
+        rep.step(
+            &format!("list {}", show(&prefix)),
+            "s3:ListBucket",
+            t,
+            listed,
+        );
+        if read_only {
+            println!("skipped the write steps (--read-only)");
+            return !rep.failed;
+        }
+        let stamp = format!("{:x}", rand::random::<u64>());
+        let key = format!("{prefix}.bucketgate-probe-{stamp}");
+        let copy = format!("{key}-copy");
+        let big = format!("{key}-multipart");
+        let body = bytes::Bytes::from(format!("bucketgate probe {stamp}\n"));
+        let t = Instant::now();
+        let put = async {
+            let mut up = backend.create(&key, CreateOptions::default()).await?;
+            up.write(body.clone()).await?;
+            up.finish().await
+        }
+        .await;
+        let wrote = rep
+            .step(&format!("put {key}"), "s3:PutObject", t, put)
+            .is_some();
+        if wrote {
+            let t = Instant::now();
+            let got = async {
+                let mut s = backend.read(&key, 0, None).await?;
+                let mut v = Vec::new();
+                while let Some(c) = s.next().await {
+                    v.extend_from_slice(&c?);
+                }
+                if v != body {
+                    return Err(bucketgate_storage::Error::new(
+                        ErrorKind::Backend,
+                        "read back different bytes",
+                    ));
+                }
+                Ok(())
+            }
+            .await;
+            rep.step("read back", "s3:GetObject", t, got);
+            let t = Instant::now();
+            let copied = backend.copy_file(&key, &copy).await;
+            let copied_ok = rep
+                .step(
+                    "server-side copy",
+                    "s3:GetObject on the source and s3:PutObject",
+                    t,
+                    copied,
+                )
+                .is_some();
+            let t = Instant::now();
+            let mut del = backend.remove_file(&key).await;
+            if copied_ok && del.is_ok() {
+                del = backend.remove_file(&copy).await;
+            }
+            rep.step("delete", "s3:DeleteObject", t, del);
+        }
+        let t = Instant::now();
+        let mp = async {
+            let mut up = backend
+                .create(
+                    &big,
+                    CreateOptions {
+                        size_hint: Some(6 * 1024 * 1024),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let chunk = bytes::Bytes::from(vec![0x5au8; 1024 * 1024]);
+            for _ in 0..6 {
+                up.write(chunk.clone()).await?;
+            }
+            up.finish().await?;
+            backend.remove_file(&big).await
+        }
+        .await;
+        rep.step(
+            "multipart upload (6 MiB) and delete",
+            "s3:PutObject, s3:AbortMultipartUpload and s3:ListMultipartUploadParts",
+            t,
+            mp,
+        );
+        !rep.failed
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if ok {
+        println!("all steps passed");
+        Ok(())
+    } else {
+        Err(Exit::runtime("remote test failed"))
+    }
+}
+
+fn show(prefix: &str) -> String {
+    if prefix.is_empty() {
+        "the bucket root".into()
+    } else {
+        format!("prefix {prefix}")
+    }
+}
+
+fn endpoint_host_port(endpoint: &str) -> Option<String> {
+    let (scheme, rest) = endpoint.split_once("://")?;
+    let hostport = rest.split('/').next()?;
+    if hostport.is_empty() {
+        return None;
+    }
+    // Bracketed IPv6 keeps its colons; a port is present when a colon follows the host.
+    let has_port = match hostport.rfind(']') {
+        Some(i) => hostport[i..].contains(':'),
+        None => hostport.contains(':'),
+    };
+    if has_port {
+        Some(hostport.to_string())
+    } else {
+        let port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        Some(format!("{hostport}:{port}"))
+    }
+}

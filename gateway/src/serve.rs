@@ -1,0 +1,371 @@
+//! `bucketgate serve`: wires storage, logins and the listeners, then waits for signals.
+//!
+//! One `CancellationToken` is handed to every server; SIGTERM/SIGINT cancel it and the servers
+//! drain (transfers in progress get `limits.shutdown_grace`). SIGHUP re-reads the config: new
+//! sessions see the new users, keys, permissions, mounts and remotes, sessions in progress keep
+//! what they logged in with, and an invalid config is refused with its errors logged.
+
+use crate::admin::{self, Health};
+use crate::wiring::{self, Source};
+use crate::{demo, logging, ConfigArg, Exit};
+use bucketgate_config::{Config, LogFormat};
+use bucketgate_protocols::auth::{BanPolicy, LoginService};
+use bucketgate_protocols::limits::SessionLimiter;
+use bucketgate_protocols::{ftp, sftp};
+use bucketgate_storage::budget::MemoryBudget;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Runs the servers until SIGTERM or SIGINT.
+pub fn run(arg: &ConfigArg) -> Result<(), Exit> {
+    let (cfg, path) = match wiring::source(arg)? {
+        Source::File(p) => (wiring::load(&p)?.config, Some(p)),
+        Source::Embedded => {
+            let cwd = std::env::current_dir().map_err(|e| Exit::runtime(e.to_string()))?;
+            (bucketgate_config::embedded_default(&cwd), None)
+        }
+    };
+    let json = match arg.log_format.as_deref() {
+        Some("json") => true,
+        Some("text") => false,
+        Some(other) => return Err(Exit::usage(format!("unknown log format {other:?}"))),
+        None => cfg.log.format == LogFormat::Json,
+    };
+    logging::init(json, &cfg.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    let result = rt.block_on(serve(cfg, path));
+    // Background tasks (detached session tasks) must not hold the process open.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn ban_policy(cfg: &Config) -> BanPolicy {
+    let b = &cfg.limits.ban;
+    BanPolicy {
+        threshold: b.threshold,
+        window: b.window.get(),
+        duration: b.duration.get(),
+        safelist: b
+            .safelist
+            .iter()
+            .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
+            .collect(),
+        ..BanPolicy::default()
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Exit::runtime(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+fn storage_errors(path: &Option<PathBuf>, errs: Vec<(String, String)>) -> Exit {
+    let lines: Vec<String> = match path.as_ref().and_then(|p| bucketgate_config::load(p).ok()) {
+        Some(l) => errs
+            .iter()
+            .map(|(p, m)| l.error_at(p, m.clone()).to_string())
+            .collect(),
+        None => errs.iter().map(|(p, m)| format!("{p}: {m}")).collect(),
+    };
+    Exit::usage(lines.join("\n"))
+}
+
+async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| Exit::runtime(format!("cannot create {}: {e}", cfg.state_dir.display())))?;
+    let demo_hash = match path {
+        None => Some(demo::demo_password_hash(&cfg.state_dir)?),
+        Some(_) => None,
+    };
+    let budget = MemoryBudget::shared(cfg.transfers.memory_limit.bytes());
+    let storage =
+        wiring::build_storage(&cfg, budget.clone()).map_err(|e| storage_errors(&path, e))?;
+    let mount_errors = wiring::check_mount_points(&cfg, &storage).await;
+    if !mount_errors.is_empty() {
+        return Err(storage_errors(&path, mount_errors));
+    }
+    let login = Arc::new(LoginService::new(
+        wiring::directory(&cfg, storage.tree.clone(), demo_hash.clone()),
+        ban_policy(&cfg),
+        4,
+    ));
+    let limiter = SessionLimiter::new(
+        cfg.limits.max_sessions as usize,
+        cfg.limits.max_sessions_per_ip as usize,
+    );
+    let shutdown = CancellationToken::new();
+    let mut servers: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    let health = Health::new(storage.tree.clone(), storage.remotes.clone());
+
+    if let Some(s) = &cfg.sftp {
+        let listener = bind("sftp", s.listen).await?;
+        let host_keys = if s.host_keys.is_empty() {
+            vec![cfg.state_dir.join("ssh_host_ed25519_key")]
+        } else {
+            s.host_keys.clone()
+        };
+        let keys = sftp::load_or_create_host_keys(&host_keys)
+            .map_err(|e| Exit::usage(format!("sftp.host_keys: {e:#}")))?;
+        let opts = sftp::SftpOptions {
+            host_keys,
+            legacy_algorithms: s.legacy_algorithms,
+            login_grace: cfg.limits.login_grace.get(),
+            idle_timeout: cfg.limits.idle_timeout.get(),
+            max_channels_per_connection: 10,
+            max_handles_per_session: 256,
+            max_packet_len: 256 * 1024,
+            shutdown_grace: cfg.limits.shutdown_grace.get(),
+            keep_partial_uploads: cfg.transfers.keep_partial_uploads,
+        };
+        tracing::info!(
+            "listening: protocol=sftp addr={}",
+            listener
+                .local_addr()
+                .map_err(|e| Exit::runtime(e.to_string()))?
+        );
+        health.add_listener("sftp");
+        servers.push((
+            "sftp",
+            tokio::spawn(sftp::serve(
+                listener,
+                opts,
+                keys,
+                login.clone(),
+                limiter.clone(),
+                shutdown.clone(),
+            )),
+        ));
+    }
+    if let Some(f) = &cfg.ftp {
+        let listener = bind("ftp", f.listen).await?;
+        let implicit = match f.tls.as_ref().and_then(|t| t.listen_implicit) {
+            Some(a) => Some(bind("ftps (implicit)", a).await?),
+            None => None,
+        };
+        let public_address = match &f.public_address {
+            Some(a) => Some(a.parse().map_err(|_| {
+                Exit::usage(format!(
+                    "ftp.public_address: {a:?} is not an IP address (host names are not supported yet)"
+                ))
+            })?),
+            None => None,
+        };
+        let opts = ftp::FtpOptions {
+            passive_ports: f.passive_ports.range(),
+            public_address,
+            active_mode: f.active_mode,
+            tls: f.tls.as_ref().map(|t| ftp::FtpTls {
+                mode: match t.mode {
+                    bucketgate_config::TlsMode::Explicit => ftp::TlsMode::Explicit,
+                    bucketgate_config::TlsMode::Required => ftp::TlsMode::Required,
+                    bucketgate_config::TlsMode::Implicit => ftp::TlsMode::Implicit,
+                },
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }),
+            idle_timeout: cfg.limits.idle_timeout.get(),
+            login_grace: cfg.limits.login_grace.get(),
+            max_line_len: 4096,
+            shutdown_grace: cfg.limits.shutdown_grace.get(),
+            ..ftp::FtpOptions::default()
+        };
+        tracing::info!(
+            "listening: protocol=ftp addr={}",
+            listener
+                .local_addr()
+                .map_err(|e| Exit::runtime(e.to_string()))?
+        );
+        if let Some(l) = &implicit {
+            tracing::info!(
+                "listening: protocol=ftps-implicit addr={}",
+                l.local_addr().map_err(|e| Exit::runtime(e.to_string()))?
+            );
+        }
+        health.add_listener("ftp");
+        servers.push((
+            "ftp",
+            tokio::spawn(ftp::serve(
+                listener,
+                implicit,
+                opts,
+                login.clone(),
+                limiter.clone(),
+                shutdown.clone(),
+            )),
+        ));
+    }
+    if let Some(a) = &cfg.admin {
+        let listener = bind("admin", a.listen).await?;
+        tracing::info!(
+            "listening: protocol=admin addr={}",
+            listener
+                .local_addr()
+                .map_err(|e| Exit::runtime(e.to_string()))?
+        );
+        let h = health.clone();
+        let sd = shutdown.clone();
+        servers.push((
+            "admin",
+            tokio::spawn(async move { admin::serve(listener, h, sd).await }),
+        ));
+    }
+    if servers.is_empty() {
+        return Err(Exit::usage(
+            "nothing to serve: the config enables none of sftp, ftp, admin",
+        ));
+    }
+    tokio::spawn(health.clone().watch_remotes(shutdown.clone()));
+    tokio::spawn(cleanup_stale_uploads(
+        cfg.clone(),
+        storage.remotes.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Exit::runtime(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Exit::runtime(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Exit::runtime(e.to_string()))?;
+    let mut current = cfg.clone();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+            _ = hup.recv() => {
+                if let Some(p) = &path {
+                    if let Some(next) = reload(p, &current, &login, &health, budget.clone(), demo_hash.clone()).await {
+                        current = next;
+                    }
+                } else {
+                    tracing::info!("SIGHUP ignored: the embedded default has no file to re-read");
+                }
+            }
+        }
+    }
+    shutdown.cancel();
+    let grace = cfg.limits.shutdown_grace.get() + Duration::from_secs(5);
+    let mut failed = false;
+    for (name, h) in servers {
+        match tokio::time::timeout(grace, h).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::error!(server = name, error = ?e, "server failed");
+                failed = true;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(server = name, error = %e, "server task panicked");
+                failed = true;
+            }
+            Err(_) => tracing::warn!(server = name, "did not drain within the grace period"),
+        }
+    }
+    tracing::info!("stopped");
+    if failed {
+        Err(Exit::runtime(""))
+    } else {
+        Ok(())
+    }
+}
+
+/// Re-reads the config; on success swaps users and the tree for new sessions.
+async fn reload(
+    path: &std::path::Path,
+    current: &Config,
+    login: &LoginService,
+    health: &Health,
+    budget: Arc<MemoryBudget>,
+    demo_hash: Option<String>,
+) -> Option<Config> {
+    let loaded = match bucketgate_config::load(path) {
+        Ok(l) => l,
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!("reload refused: {e}");
+            }
+            tracing::error!("reload refused: keeping the running config");
+            return None;
+        }
+    };
+    let cfg = loaded.config.clone();
+    let storage = match wiring::build_storage(&cfg, budget) {
+        Ok(s) => s,
+        Err(errs) => {
+            for (p, m) in errs {
+                tracing::error!("reload refused: {}", loaded.error_at(&p, m));
+            }
+            return None;
+        }
+    };
+    let mount_errors = wiring::check_mount_points(&cfg, &storage).await;
+    if !mount_errors.is_empty() {
+        for (p, m) in mount_errors {
+            tracing::error!("reload refused: {}", loaded.error_at(&p, m));
+        }
+        return None;
+    }
+    if cfg.sftp != current.sftp
+        || cfg.ftp != current.ftp
+        || cfg.admin != current.admin
+        || cfg.limits != current.limits
+        || cfg.transfers != current.transfers
+    {
+        tracing::warn!(
+            "reload: listener, limit and transfer settings take effect at the next restart"
+        );
+    }
+    login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
+    health.replace(storage.tree.clone(), storage.remotes.clone());
+    tracing::info!(
+        "reload: config applied ({} users, {} remotes, {} mounts) for new sessions",
+        cfg.users.len(),
+        cfg.remotes.len(),
+        cfg.mounts.len()
+    );
+    Some(cfg)
+}
+
+/// Aborts multipart uploads under our prefixes that were abandoned (a crash mid-upload) once
+/// they are older than `transfers.stale_multipart_after`; runs at start and then hourly.
+async fn cleanup_stale_uploads(
+    cfg: Config,
+    remotes: std::collections::HashMap<String, Arc<bucketgate_storage::s3::S3Backend>>,
+    shutdown: CancellationToken,
+) {
+    let age = cfg.transfers.stale_multipart_after.get();
+    let mut prefixes: Vec<(String, String)> = cfg
+        .mounts
+        .iter()
+        .map(|m| (m.remote.clone(), m.prefix.clone()))
+        .collect();
+    if let bucketgate_config::StorageConfig::S3 { remote, prefix } = &cfg.storage {
+        prefixes.push((remote.clone(), prefix.clone()));
+    }
+    loop {
+        for (remote, prefix) in &prefixes {
+            let Some(b) = remotes.get(remote) else {
+                continue;
+            };
+            let prefix = bucketgate_storage::path::normalize_prefix(prefix).unwrap_or_default();
+            match b.abort_stale_uploads(&prefix, age).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(remote = %remote, prefix = %prefix, aborted = n, "aborted stale multipart uploads")
+                }
+                Err(e) => {
+                    tracing::warn!(remote = %remote, error = %e, "stale multipart cleanup failed")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

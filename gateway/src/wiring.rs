@@ -1,0 +1,287 @@
+//! Turns a validated config into running parts: backends, the tree, the user directory.
+
+use crate::{ConfigArg, Exit};
+use bucketgate_config::{Config, Permission, Protocol, StorageConfig};
+use bucketgate_protocols::auth::{self, Account, Directory};
+use bucketgate_storage::budget::MemoryBudget;
+use bucketgate_storage::local::LocalBackend;
+use bucketgate_storage::path::normalize_prefix;
+use bucketgate_storage::s3::{RetryPolicy, S3Backend, S3Options};
+use bucketgate_storage::{Area, Backend, Mount, PermSet, Permissions, Tree, VPath};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the config came from.
+pub enum Source {
+    /// A YAML file.
+    File(PathBuf),
+    /// No file named and no `./bucketgate.yaml`: the embedded demo default.
+    Embedded,
+}
+
+/// Picks the config file: `--config`, else `BUCKETGATE_CONFIG`, else `./bucketgate.yaml` when
+/// it exists, else the embedded default. A named file that does not exist is an error.
+pub fn source(arg: &ConfigArg) -> Result<Source, Exit> {
+    let named = arg.config.clone().or_else(|| {
+        std::env::var_os("BUCKETGATE_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(p) = named {
+        if !p.is_file() {
+            return Err(Exit::usage(format!(
+                "config file {} does not exist",
+                p.display()
+            )));
+        }
+        return Ok(Source::File(p));
+    }
+    let default = PathBuf::from("bucketgate.yaml");
+    if default.is_file() {
+        Ok(Source::File(default))
+    } else {
+        Ok(Source::Embedded)
+    }
+}
+
+/// Loads and validates the config file; every error is printed with its path and line.
+pub fn load(path: &Path) -> Result<bucketgate_config::Loaded, Exit> {
+    bucketgate_config::load(path).map_err(|errs| {
+        Exit::usage(format!(
+            "{}: {} error(s)\n{}",
+            path.display(),
+            errs.0.len(),
+            errs
+        ))
+    })
+}
+
+/// The S3 client options of a remote.
+pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Options {
+    let mut o = S3Options::new(&r.name, &r.endpoint, &r.bucket)
+        .with_keys(&r.access_key_id, r.secret_access_key.expose());
+    o.region = if r.region.trim().is_empty() {
+        None
+    } else {
+        Some(r.region.trim().to_string())
+    };
+    o.path_style = r.path_style;
+    o.ca_file = r.ca_file.clone();
+    o.source_address = r.source_address;
+    o.max_connections = r.max_connections as usize;
+    o.connect_timeout = r.timeouts.connect.get();
+    o.request_timeout = r.timeouts.request.get();
+    o.preserve_mtime = r.preserve_mtime;
+    o.part_size = cfg.transfers.part_size.bytes();
+    o.concurrency = cfg.transfers.concurrency.max(1) as usize;
+    o.retries = RetryPolicy::default();
+    // Parts too large for the memory budget are spooled next to the rest of our state.
+    o.spool_dir = Some(cfg.state_dir.join("spool"));
+    o
+}
+
+/// The running storage: one backend per remote, the site area and the tree.
+pub struct Storage {
+    /// The tree every session shares.
+    pub tree: Arc<Tree>,
+    /// S3 backends by remote name.
+    pub remotes: HashMap<String, Arc<S3Backend>>,
+}
+
+/// Builds backends and the tree. Errors are (YAML path, message) pairs.
+pub fn build_storage(
+    cfg: &Config,
+    budget: Arc<MemoryBudget>,
+) -> Result<Storage, Vec<(String, String)>> {
+    let mut errors = Vec::new();
+    let mut remotes = HashMap::new();
+    for (i, r) in cfg.remotes.iter().enumerate() {
+        match S3Backend::new(s3_options(cfg, r), budget.clone()) {
+            Ok(b) => {
+                remotes.insert(r.name.clone(), Arc::new(b));
+            }
+            Err(e) => errors.push((format!("remotes[{i}]"), e.to_string())),
+        }
+    }
+    let site: Option<Area> = match &cfg.storage {
+        StorageConfig::Local { root } => match LocalBackend::new(root.clone()) {
+            Ok(b) => Some(Area {
+                backend: Arc::new(b),
+                prefix: String::new(),
+            }),
+            Err(e) => {
+                errors.push(("storage.root".into(), format!("{e:?}")));
+                None
+            }
+        },
+        StorageConfig::S3 { remote, prefix } => {
+            match (remotes.get(remote), normalize_prefix(prefix)) {
+                (Some(b), Ok(p)) => Some(Area {
+                    backend: b.clone() as Arc<dyn Backend>,
+                    prefix: p,
+                }),
+                (None, _) => {
+                    errors.push((
+                        "storage.remote".into(),
+                        format!("unknown remote {remote:?}"),
+                    ));
+                    None
+                }
+                (_, Err(e)) => {
+                    errors.push(("storage.prefix".into(), e.to_string()));
+                    None
+                }
+            }
+        }
+    };
+    let mut mounts = Vec::new();
+    for (i, m) in cfg.mounts.iter().enumerate() {
+        let path = VPath::parse(&m.path);
+        let prefix = normalize_prefix(&m.prefix);
+        match (path, remotes.get(&m.remote), prefix) {
+            (Ok(path), Some(b), Ok(prefix)) => mounts.push(Mount {
+                path,
+                area: Area {
+                    backend: b.clone() as Arc<dyn Backend>,
+                    prefix,
+                },
+            }),
+            (Err(e), _, _) => errors.push((format!("mounts[{i}].path"), e.to_string())),
+            (_, None, _) => errors.push((
+                format!("mounts[{i}].remote"),
+                format!("unknown remote {:?}", m.remote),
+            )),
+            (_, _, Err(e)) => errors.push((format!("mounts[{i}].prefix"), e.to_string())),
+        }
+    }
+    match site {
+        Some(site) if errors.is_empty() => Ok(Storage {
+            tree: Arc::new(Tree::new(site, mounts)),
+            remotes,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Checks that every mount point is empty or absent in the tree beneath it (the site tree, or
+/// an enclosing mount). Lists at most one page per mount point.
+pub async fn check_mount_points(cfg: &Config, storage: &Storage) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    for (i, m) in cfg.mounts.iter().enumerate() {
+        let Ok(path) = VPath::parse(&m.path) else {
+            continue;
+        };
+        let others: Vec<Mount> = storage
+            .tree
+            .mounts()
+            .iter()
+            .filter(|o| o.path != path)
+            .cloned()
+            .collect();
+        let under = Tree::new(storage.tree.site().clone(), others);
+        let loc = under.locate(&path);
+        let mut pages = loc.backend.list(&loc.key);
+        match pages.next().await {
+            Some(Ok(page)) => {
+                let names: Vec<String> = page
+                    .iter()
+                    .filter(|e| {
+                        // Folders that lead to other (nested) mount points do not count.
+                        !storage.tree.mounts().iter().any(|o| {
+                            o.path != path
+                                && path
+                                    .join(&e.name)
+                                    .map(|p| o.path.starts_with(&p))
+                                    .unwrap_or(false)
+                        })
+                    })
+                    .take(3)
+                    .map(|e| e.name.clone())
+                    .collect();
+                if !names.is_empty() {
+                    errors.push((
+                        format!("mounts[{i}].path"),
+                        format!(
+                            "mount point {} is not empty (it holds {}{}); a mount point must be empty or absent",
+                            m.path,
+                            names.join(", "),
+                            if page.len() > names.len() { ", ..." } else { "" }
+                        ),
+                    ));
+                }
+            }
+            Some(Err(e)) => errors.push((
+                format!("mounts[{i}].path"),
+                format!("cannot list the mount point {}: {e}", m.path),
+            )),
+            None => {}
+        }
+    }
+    errors
+}
+
+fn perm_set(list: &[Permission]) -> PermSet {
+    let names: Vec<&str> = list
+        .iter()
+        .map(|p| match p {
+            Permission::List => "list",
+            Permission::Download => "download",
+            Permission::Upload => "upload",
+            Permission::Overwrite => "overwrite",
+            Permission::Delete => "delete",
+            Permission::Rename => "rename",
+            Permission::Mkdir => "mkdir",
+            Permission::All => "*",
+        })
+        .collect();
+    PermSet::parse(names).unwrap_or(PermSet::NONE)
+}
+
+/// The accounts of the config (plus the demo user of the embedded default).
+pub fn accounts(cfg: &Config, demo_hash: Option<String>) -> Vec<Account> {
+    let mut out: Vec<Account> = cfg
+        .users
+        .iter()
+        .map(|u| Account {
+            username: u.username.clone(),
+            password_hash: u.password_hash.as_ref().map(|h| h.expose().to_string()),
+            public_keys: u.public_keys.clone(),
+            home: VPath::parse(&u.home).unwrap_or_else(|_| VPath::root()),
+            permissions: Permissions::new(u.permissions.iter().filter_map(|(folder, perms)| {
+                VPath::parse(folder).ok().map(|p| (p, perm_set(perms)))
+            })),
+            protocols: u
+                .protocols
+                .iter()
+                .map(|p| match p {
+                    Protocol::Sftp => auth::Protocol::Sftp,
+                    Protocol::Ftp => auth::Protocol::Ftp,
+                })
+                .collect(),
+            allowed_ips: u
+                .allowed_ips
+                .iter()
+                .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
+                .collect(),
+        })
+        .collect();
+    if let Some(hash) = demo_hash {
+        out.push(Account {
+            username: crate::demo::DEMO_USER.to_string(),
+            password_hash: Some(hash),
+            public_keys: Vec::new(),
+            home: VPath::root(),
+            permissions: Permissions::all(),
+            protocols: vec![auth::Protocol::Sftp, auth::Protocol::Ftp],
+            allowed_ips: Vec::new(),
+        });
+    }
+    out
+}
+
+/// The directory of users over `tree`.
+pub fn directory(cfg: &Config, tree: Arc<Tree>, demo_hash: Option<String>) -> Directory {
+    Directory::new(accounts(cfg, demo_hash), tree)
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the programs the test suite drives as real clients and servers. Idempotent: what is
+# already there is not installed again, so a second run costs seconds.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  SUDO="sudo"
+fi
+
+# Debian packages: OpenSSH clients (sftp, scp, ssh-keygen), lftp, curl with sftp support,
+# rclone, openssl for test certificates.
+need=()
+for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lftp:lftp \
+            curl:curl rclone:rclone openssl:openssl; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+
+# moto: an S3 server that follows AWS semantics closely (markers are objects, multipart, copy).
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "installing moto[server]"
+  python3 -m pip install --quiet 'moto[server]'
+  hash -r
+fi
+
+for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3; do
+  command -v "$cmd" >/dev/null 2>&1 || { echo "missing after install: $cmd" >&2; exit 1; }
+done

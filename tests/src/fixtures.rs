@@ -1,0 +1,64 @@
+//! Backends to run the same behaviour suite against, each with its declared capabilities.
+
+use bucketgate_storage::local::LocalBackend;
+use bucketgate_storage::{Area, Backend, Mount, Permissions, Tree, UserFs, VPath};
+use std::sync::Arc;
+
+/// What a backend under test can be trusted to do faithfully. A test server's departure from
+/// S3 is declared here and the matching assertions are skipped for it, visibly.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Empty folders (markers) survive and list as folders.
+    pub empty_folders: bool,
+    /// Appends to an existing object are kept.
+    pub append: bool,
+    /// Large streams (hundreds of MiB) are affordable (moto keeps everything in memory).
+    pub big_files: bool,
+}
+
+/// A backend for one test, with whatever keeps it alive.
+pub struct Fixture {
+    pub name: &'static str,
+    pub backend: Arc<dyn Backend>,
+    pub caps: Caps,
+    pub _guard: Box<dyn std::any::Any + Send>,
+}
+
+impl Fixture {
+    pub fn local() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = LocalBackend::new(dir.path()).expect("local backend");
+        Fixture {
+            name: "local",
+            backend: Arc::new(backend),
+            caps: Caps {
+                empty_folders: true,
+                append: true,
+                big_files: true,
+            },
+            _guard: Box::new(dir),
+        }
+    }
+
+    /// Says (on stderr) that a capability-dependent assertion is left out for this backend.
+    pub fn lacks(&self, what: &str) {
+        eprintln!(
+            "NOTE: {}: assertion on {what} left out (declared capability)",
+            self.name
+        );
+    }
+}
+
+/// A tree over `site` with optional mounts, and a user view rooted at `home`.
+pub fn user_view(site: Area, mounts: Vec<Mount>, home: &str, perms: Permissions) -> UserFs {
+    let tree = Arc::new(Tree::new(site, mounts));
+    UserFs::new(tree, "alice", VPath::parse(home).unwrap(), perms)
+}
+
+/// An area at the root of a backend.
+pub fn area(b: &Arc<dyn Backend>, prefix: &str) -> Area {
+    Area {
+        backend: b.clone(),
+        prefix: prefix.to_string(),
+    }
+}

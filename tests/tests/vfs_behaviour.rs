@@ -1,0 +1,631 @@
+//! The storage behaviour suite: one set of cases for the virtual file tree, run against every
+//! backend (local disk, and S3 servers on loopback). Each case asserts on what a user would
+//! see: the bytes, the listing, the error kind, and what the backend actually holds.
+
+use bucketgate_storage::{Backend, ErrorKind, OpenMode, PermSet, Permissions, UserFs, VPath};
+use bucketgate_tests::fixtures::{area, user_view, Fixture};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+fn p(s: &str) -> VPath {
+    VPath::parse(s).unwrap()
+}
+
+fn write_mode() -> OpenMode {
+    OpenMode {
+        create: true,
+        truncate: true,
+        ..Default::default()
+    }
+}
+
+async fn put(fs: &UserFs, path: &str, data: &[u8]) -> bucketgate_storage::Result<()> {
+    let mut w = fs.open_write(&p(path), write_mode()).await?;
+    let mut off = 0u64;
+    for chunk in data.chunks(32 * 1024) {
+        w.write_at(off, Bytes::copy_from_slice(chunk)).await?;
+        off += chunk.len() as u64;
+    }
+    w.close().await.map(|_| ())
+}
+
+async fn get(fs: &UserFs, path: &str) -> bucketgate_storage::Result<Vec<u8>> {
+    let mut r = fs.open_read(&p(path)).await?;
+    let mut out = Vec::new();
+    loop {
+        let b = r.read_at(out.len() as u64, 64 * 1024).await?;
+        if b.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&b);
+    }
+}
+
+async fn names(fs: &UserFs, path: &str) -> Vec<(String, bool)> {
+    let mut pages = fs.list(&p(path)).await.expect("list");
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        for e in page.expect("page") {
+            out.push((e.name.clone(), e.is_dir()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every key the backend holds below `prefix` (files and folder markers), as the bucket sees it.
+async fn backend_keys(b: &Arc<dyn Backend>, key: &str) -> Vec<String> {
+    let mut pages = b.walk(key);
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        for e in page.expect("walk page") {
+            out.push(if e.is_dir() {
+                format!("{}/", e.name)
+            } else {
+                e.name.clone()
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn alice(f: &Fixture) -> UserFs {
+    user_view(
+        area(&f.backend, ""),
+        vec![],
+        "/users/alice",
+        Permissions::all(),
+    )
+}
+
+fn admin(f: &Fixture) -> UserFs {
+    user_view(area(&f.backend, ""), vec![], "/", Permissions::all())
+}
+
+async fn case_round_trip_and_overwrite(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    let a = pattern(100_000, 1);
+    put(&fs, "/a.bin", &a).await.unwrap();
+    assert_eq!(get(&fs, "/a.bin").await.unwrap(), a);
+    // An overwrite keeps the old content visible until the new one is complete.
+    let b = pattern(50_000, 2);
+    let mut w = fs.open_write(&p("/a.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from(b.clone())).await.unwrap();
+    assert_eq!(
+        get(&fs, "/a.bin").await.unwrap(),
+        a,
+        "old content until close"
+    );
+    w.close().await.unwrap();
+    assert_eq!(get(&fs, "/a.bin").await.unwrap(), b);
+    // An aborted overwrite changes nothing.
+    let mut w = fs.open_write(&p("/a.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"partial")).await.unwrap();
+    w.abort().await;
+    assert_eq!(get(&fs, "/a.bin").await.unwrap(), b);
+    // A new file that is aborted leaves nothing behind.
+    let mut w = fs.open_write(&p("/gone.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from(pattern(10_000, 3)))
+        .await
+        .unwrap();
+    w.abort().await;
+    assert_eq!(
+        fs.stat(&p("/gone.bin")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let keys = backend_keys(&f.backend, "users/alice").await;
+    assert_eq!(keys, vec!["a.bin".to_string()], "{}", f.name);
+}
+
+async fn case_sizes(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    for (i, n) in [0usize, 1, 5 * 1024 * 1024, 5 * 1024 * 1024 + 1]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(n, i as u8);
+        let name = format!("/s{i}.bin");
+        put(&fs, &name, &data).await.unwrap();
+        let st = fs.stat(&p(&name)).await.unwrap();
+        assert_eq!(st.size, n as u64, "{}: size of {n}", f.name);
+        assert_eq!(
+            get(&fs, &name).await.unwrap(),
+            data,
+            "{}: bytes of {n}",
+            f.name
+        );
+    }
+}
+
+async fn case_random_reads(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    let data = pattern(3 * 1024 * 1024 + 17, 9);
+    put(&fs, "/r.bin", &data).await.unwrap();
+    let mut r = fs.open_read(&p("/r.bin")).await.unwrap();
+    for &(off, len) in &[
+        (0u64, 10usize),
+        (2_000_000, 4096),
+        (100, 50),
+        (3 * 1024 * 1024, 100),
+        (10, 10),
+    ] {
+        let got = r.read_at(off, len).await.unwrap();
+        let end = ((off as usize) + len).min(data.len());
+        assert_eq!(
+            &got[..],
+            &data[off as usize..end],
+            "{}: read at {off}",
+            f.name
+        );
+    }
+    assert!(r.read_at(data.len() as u64, 10).await.unwrap().is_empty());
+}
+
+async fn case_write_rules(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    // Out-of-order writes inside the window are put in order.
+    let mut w = fs.open_write(&p("/ooo.bin"), write_mode()).await.unwrap();
+    w.write_at(5, Bytes::from_static(b"world")).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"hello")).await.unwrap();
+    w.close().await.unwrap();
+    assert_eq!(get(&fs, "/ooo.bin").await.unwrap(), b"helloworld");
+    // A write far beyond the end fails, and nothing is left.
+    let mut w = fs.open_write(&p("/far.bin"), write_mode()).await.unwrap();
+    let e = w
+        .write_at(1 << 40, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(w.close().await.is_err());
+    assert_eq!(
+        fs.stat(&p("/far.bin")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // A write behind what was sent fails the upload.
+    let mut w = fs.open_write(&p("/back.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"abcdef")).await.unwrap();
+    assert!(w.write_at(2, Bytes::from_static(b"zz")).await.is_err());
+    assert!(w.close().await.is_err());
+    assert!(fs.stat(&p("/back.bin")).await.is_err());
+    // Exclusive create refuses an existing file.
+    put(&fs, "/x.txt", b"x").await.unwrap();
+    let e = fs
+        .open_write(
+            &p("/x.txt"),
+            OpenMode {
+                create: true,
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    // A missing parent folder is refused.
+    let e = fs
+        .open_write(&p("/nodir/x"), write_mode())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+}
+
+async fn case_append(f: &Fixture) {
+    if !f.caps.append {
+        f.lacks("append");
+        return;
+    }
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    for (i, base) in [1000usize, 6 * 1024 * 1024].into_iter().enumerate() {
+        let name = format!("/ap{i}.bin");
+        let first = pattern(base, 4);
+        put(&fs, &name, &first).await.unwrap();
+        let more = pattern(70_000, 5);
+        // Resume style: no APPEND flag, the first write lands at the current size.
+        let mut w = fs
+            .open_write(
+                &p(&name),
+                OpenMode {
+                    create: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        w.write_at(base as u64, Bytes::from(more.clone()))
+            .await
+            .unwrap();
+        w.close().await.unwrap();
+        let mut want = first.clone();
+        want.extend_from_slice(&more);
+        assert_eq!(
+            get(&fs, &name).await.unwrap(),
+            want,
+            "{}: append to {base}",
+            f.name
+        );
+    }
+    // An append that loses the race to another writer changes nothing.
+    put(&fs, "/race.bin", b"original").await.unwrap();
+    let mut w = fs
+        .open_write(
+            &p("/race.bin"),
+            OpenMode {
+                append: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write_at(0, Bytes::from_static(b"-appended"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new local mtime
+    put(&fs, "/race.bin", b"replaced by another writer")
+        .await
+        .unwrap();
+    let e = w.close().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{}", f.name);
+    assert_eq!(
+        get(&fs, "/race.bin").await.unwrap(),
+        b"replaced by another writer"
+    );
+}
+
+async fn case_folders(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    fs.mkdir(&p("/d")).await.unwrap();
+    assert_eq!(
+        fs.mkdir(&p("/d")).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        fs.mkdir(&p("/no/such")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    put(&fs, "/d/f.txt", b"1").await.unwrap();
+    assert_eq!(
+        fs.rmdir(&p("/d")).await.unwrap_err().kind(),
+        ErrorKind::DirectoryNotEmpty
+    );
+    if f.caps.empty_folders {
+        fs.mkdir(&p("/empty")).await.unwrap();
+        assert_eq!(
+            names(&fs, "/").await,
+            vec![("d".into(), true), ("empty".into(), true)],
+            "{}",
+            f.name
+        );
+        // Removing the last file keeps a folder that has a marker.
+        fs.remove(&p("/d/f.txt")).await.unwrap();
+        assert_eq!(names(&fs, "/d").await, vec![]);
+        assert!(fs.stat(&p("/d")).await.unwrap().is_dir());
+        fs.rmdir(&p("/d")).await.unwrap();
+        fs.rmdir(&p("/empty")).await.unwrap();
+        assert_eq!(names(&fs, "/").await, vec![]);
+        // The home survives its last entry.
+        assert!(fs.stat(&p("/")).await.unwrap().is_dir());
+    } else {
+        f.lacks("empty folder markers");
+    }
+    assert_eq!(
+        fs.remove(&p("/")).await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+}
+
+async fn case_times(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    put(&fs, "/t.txt", b"t").await.unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    fs.set_mtime(&p("/t.txt"), t).await.unwrap();
+    assert_eq!(
+        fs.stat(&p("/t.txt")).await.unwrap().mtime,
+        Some(t),
+        "{}",
+        f.name
+    );
+    assert_eq!(get(&fs, "/t.txt").await.unwrap(), b"t", "content kept");
+    // Folders never show 1970.
+    fs.mkdir(&p("/dd")).await.unwrap();
+    let st = fs.stat(&p("/dd")).await.unwrap();
+    assert!(st.mtime.unwrap() > SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000));
+}
+
+async fn case_rename(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    put(&fs, "/a.txt", b"A").await.unwrap();
+    put(&fs, "/b.txt", b"B").await.unwrap();
+    assert_eq!(
+        fs.rename(&p("/a.txt"), &p("/b.txt"), false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    fs.rename(&p("/a.txt"), &p("/b.txt"), true).await.unwrap();
+    assert_eq!(get(&fs, "/b.txt").await.unwrap(), b"A");
+    assert!(fs.stat(&p("/a.txt")).await.is_err());
+    // A folder of many files moves whole.
+    fs.mkdir(&p("/many")).await.unwrap();
+    let n = if f.caps.big_files { 1000 } else { 200 };
+    for i in 0..n {
+        put(&fs, &format!("/many/f{i:04}"), format!("{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    fs.mkdir(&p("/many/sub")).await.unwrap();
+    put(&fs, "/many/sub/deep.txt", b"deep").await.unwrap();
+    fs.rename(&p("/many"), &p("/moved"), false).await.unwrap();
+    assert!(fs.stat(&p("/many")).await.is_err());
+    assert_eq!(names(&fs, "/moved").await.len(), n + 1);
+    assert_eq!(get(&fs, "/moved/f0007").await.unwrap(), b"7");
+    assert_eq!(get(&fs, "/moved/sub/deep.txt").await.unwrap(), b"deep");
+    assert_eq!(
+        fs.rename(&p("/moved"), &p("/moved/sub/x"), false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+async fn case_listing_pages(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    fs.mkdir(&p("/big")).await.unwrap();
+    let n = 2100;
+    let mut tasks = futures::stream::iter(0..n)
+        .map(|i| {
+            let fs = fs.clone();
+            async move { put(&fs, &format!("/big/{i:05}"), b"x").await }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = tasks.next().await {
+        r.unwrap();
+    }
+    let mut pages = fs.list(&p("/big")).await.unwrap();
+    let (mut count, mut npages, mut largest) = (0, 0, 0);
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap();
+        npages += 1;
+        largest = largest.max(page.len());
+        count += page.len();
+    }
+    assert_eq!(count, n, "{}", f.name);
+    assert!(npages >= 3, "{}: listing came in {npages} pages", f.name);
+    assert!(largest <= 1000, "{}: a page held {largest} entries", f.name);
+}
+
+/// The escape matrix: hostile paths through every operation never reach a sibling home or
+/// anything outside the user's own.
+async fn case_escape_matrix(f: &Fixture) {
+    let root = admin(f);
+    root.mkdir(&p("/users")).await.unwrap();
+    root.mkdir(&p("/users/alice")).await.unwrap();
+    root.mkdir(&p("/users/alice2")).await.unwrap();
+    put(&root, "/users/alice2/secret", b"alice2's")
+        .await
+        .unwrap();
+    put(&root, "/top-secret", b"root's").await.unwrap();
+    let before = backend_keys(&f.backend, "").await;
+    let fs = alice(f);
+    let hostile = [
+        "../alice2/secret",
+        "..\\alice2\\secret",
+        "/../../users/alice2/secret",
+        "//..//..//top-secret",
+        "./../alice2/secret",
+        "a/../../alice2/secret",
+        "../../../../../../top-secret",
+        "..",
+        "/..",
+        "%2e%2e/alice2/secret",
+        "..%2f..%2ftop-secret",
+    ];
+    let cwd = VPath::root();
+    for h in hostile {
+        let Ok(path) = fs.resolve(&cwd, h) else {
+            continue;
+        };
+        assert!(
+            path.segments().all(|s| s != ".." && s != "."),
+            "{h:?} resolved to {path}"
+        );
+        let _ = fs.stat(&path).await;
+        if let Ok(mut r) = fs.open_read(&path).await {
+            let got = r.read_at(0, 100).await.unwrap_or_default();
+            assert_ne!(&got[..], b"alice2's", "{h:?} read a sibling's file");
+            assert_ne!(&got[..], b"root's", "{h:?} read outside the home");
+        }
+        let _ = fs.remove(&path).await;
+        let _ = fs.rmdir(&path).await;
+        let _ = fs.set_mtime(&path, SystemTime::now()).await;
+        let _ = fs.rename(&path, &p("/stolen"), true).await;
+        let _ = fs.rename(&p("/stolen"), &path, true).await;
+        if let Ok(mut pages) = fs.list(&path).await {
+            while let Some(page) = pages.next().await {
+                for e in page.unwrap_or_default() {
+                    assert_ne!(e.name, "secret", "{h:?} listed a sibling's folder");
+                    assert_ne!(e.name, "top-secret", "{h:?} listed outside the home");
+                }
+            }
+        }
+    }
+    // Control characters and NUL never reach storage.
+    for bad in ["a\0b", "a\nb", "x\u{1b}y"] {
+        assert_eq!(
+            fs.resolve(&cwd, bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+    let mut after = backend_keys(&f.backend, "").await;
+    // Anything alice created lives in her own home.
+    after.retain(|k| !k.starts_with("users/alice/"));
+    let mut want = before.clone();
+    want.retain(|k| !k.starts_with("users/alice/"));
+    assert_eq!(after, want, "{}: keys outside alice's home changed", f.name);
+    assert_eq!(
+        get(&root, "/users/alice2/secret").await.unwrap(),
+        b"alice2's"
+    );
+    assert_eq!(get(&root, "/top-secret").await.unwrap(), b"root's");
+}
+
+async fn case_permissions(f: &Fixture) {
+    let root = admin(f);
+    root.mkdir(&p("/users")).await.unwrap();
+    root.mkdir(&p("/users/alice")).await.unwrap();
+    root.mkdir(&p("/users/alice/archive")).await.unwrap();
+    put(&root, "/users/alice/archive/old.txt", b"old")
+        .await
+        .unwrap();
+    let perms = Permissions::new([
+        (p("/"), PermSet::ALL),
+        (p("/archive"), PermSet::parse(["list", "download"]).unwrap()),
+    ]);
+    let fs = user_view(area(&f.backend, ""), vec![], "/users/alice", perms);
+    let before = backend_keys(&f.backend, "users/alice").await;
+    let denied = |r: bucketgate_storage::Result<()>| {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::PermissionDenied)
+    };
+    denied(put(&fs, "/archive/new.txt", b"n").await);
+    denied(put(&fs, "/archive/old.txt", b"n").await);
+    denied(fs.remove(&p("/archive/old.txt")).await);
+    denied(fs.rename(&p("/archive/old.txt"), &p("/x.txt"), false).await);
+    denied(fs.mkdir(&p("/archive/sub")).await);
+    denied(
+        fs.set_mtime(&p("/archive/old.txt"), SystemTime::now())
+            .await,
+    );
+    assert_eq!(get(&fs, "/archive/old.txt").await.unwrap(), b"old");
+    assert_eq!(
+        names(&fs, "/archive").await,
+        vec![("old.txt".into(), false)]
+    );
+    assert_eq!(backend_keys(&f.backend, "users/alice").await, before);
+    // `/archive` never covers `/archive2`.
+    fs.mkdir(&p("/archive2")).await.unwrap();
+    put(&fs, "/archive2/ok.txt", b"ok").await.unwrap();
+}
+
+async fn case_mounts(f: &Fixture, other: &Fixture) {
+    // A tree whose site is `f` with `other` mounted at /partners/acme (prefix in/).
+    let mounts = vec![bucketgate_storage::Mount {
+        path: p("/partners/acme"),
+        area: area(&other.backend, "in/"),
+    }];
+    let fs = user_view(area(&f.backend, ""), mounts, "/", Permissions::all());
+    // The folders leading to the mount exist even though the site has none.
+    assert_eq!(names(&fs, "/").await, vec![("partners".into(), true)]);
+    assert_eq!(names(&fs, "/partners").await, vec![("acme".into(), true)]);
+    put(&fs, "/partners/acme/hello.txt", b"hi").await.unwrap();
+    assert_eq!(
+        backend_keys(&other.backend, "in").await,
+        vec!["hello.txt".to_string()]
+    );
+    // `/partners/acmex` is not the mount.
+    assert!(fs.stat(&p("/partners/acmex")).await.is_err());
+    // Mount points cannot be removed or renamed.
+    assert_eq!(
+        fs.rmdir(&p("/partners/acme")).await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        fs.rename(&p("/partners/acme"), &p("/x"), false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::PermissionDenied
+    );
+    // A file moves across backends by streaming; folders do not.
+    fs.rename(&p("/partners/acme/hello.txt"), &p("/hello.txt"), false)
+        .await
+        .unwrap();
+    assert_eq!(get(&fs, "/hello.txt").await.unwrap(), b"hi");
+    assert!(backend_keys(&other.backend, "in").await.is_empty());
+    fs.mkdir(&p("/dir")).await.unwrap();
+    assert_eq!(
+        fs.rename(&p("/dir"), &p("/partners/acme/dir"), false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Unsupported
+    );
+}
+
+macro_rules! suite {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn round_trip_and_overwrite() {
+                case_round_trip_and_overwrite(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sizes() {
+                case_sizes(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn random_reads() {
+                case_random_reads(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn write_rules() {
+                case_write_rules(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn append() {
+                case_append(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn folders() {
+                case_folders(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn times() {
+                case_times(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rename() {
+                case_rename(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn listing_pages() {
+                case_listing_pages(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn escape_matrix() {
+                case_escape_matrix(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn permissions() {
+                case_permissions(&$make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mounts() {
+                case_mounts(&$make, &Fixture::local()).await
+            }
+        }
+    };
+}
+
+suite!(local, Fixture::local());
