@@ -20,17 +20,20 @@ pub struct Caps {
 pub struct Fixture {
     pub name: &'static str,
     pub backend: Arc<dyn Backend>,
+    /// Key prefix this test owns in the backend (`""` or ending in `/`): S3 servers are shared.
+    pub prefix: String,
     pub caps: Caps,
     pub _guard: Box<dyn std::any::Any + Send>,
 }
 
 impl Fixture {
-    pub fn local() -> Fixture {
+    pub async fn local() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let backend = LocalBackend::new(dir.path()).expect("local backend");
         Fixture {
             name: "local",
             backend: Arc::new(backend),
+            prefix: String::new(),
             caps: Caps {
                 empty_folders: true,
                 append: true,

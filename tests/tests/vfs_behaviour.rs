@@ -2,8 +2,11 @@
 //! backend (local disk, and S3 servers on loopback). Each case asserts on what a user would
 //! see: the bytes, the listing, the error kind, and what the backend actually holds.
 
-use bucketgate_storage::{Backend, ErrorKind, OpenMode, PermSet, Permissions, UserFs, VPath};
-use bucketgate_tests::fixtures::{area, user_view, Fixture};
+#[path = "../../storage/tests/s3_support/mod.rs"]
+mod s3_support;
+
+use bucketgate_storage::{ErrorKind, OpenMode, PermSet, Permissions, UserFs, VPath};
+use bucketgate_tests::fixtures::{area, user_view, Caps, Fixture};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -55,9 +58,11 @@ async fn names(fs: &UserFs, path: &str) -> Vec<(String, bool)> {
     out
 }
 
-/// Every key the backend holds below `prefix` (files and folder markers), as the bucket sees it.
-async fn backend_keys(b: &Arc<dyn Backend>, key: &str) -> Vec<String> {
-    let mut pages = b.walk(key);
+/// Every key the backend holds below `key` of the test's area (files and folder markers), as
+/// the bucket sees it.
+async fn backend_keys(f: &Fixture, key: &str) -> Vec<String> {
+    let full = format!("{}{key}", f.prefix);
+    let mut pages = f.backend.walk(full.trim_end_matches('/'));
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
         for e in page.expect("walk page") {
@@ -78,17 +83,36 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Alice's home: `/users/alice`, or the area root where the server cannot keep the folder
+/// markers a home needs (the byte-moving cases do not depend on where the home is).
+fn home_of(f: &Fixture) -> &'static str {
+    if f.caps.empty_folders {
+        "/users/alice"
+    } else {
+        "/"
+    }
+}
+
 fn alice(f: &Fixture) -> UserFs {
     user_view(
-        area(&f.backend, ""),
+        area(&f.backend, &f.prefix),
         vec![],
-        "/users/alice",
+        home_of(f),
         Permissions::all(),
     )
 }
 
+/// Leaves a folder-dependent case out for a server without folder markers, visibly.
+fn needs_folders(f: &Fixture) -> bool {
+    if !f.caps.empty_folders {
+        f.lacks("folders (markers)");
+        return false;
+    }
+    true
+}
+
 fn admin(f: &Fixture) -> UserFs {
-    user_view(area(&f.backend, ""), vec![], "/", Permissions::all())
+    user_view(area(&f.backend, &f.prefix), vec![], "/", Permissions::all())
 }
 
 async fn case_round_trip_and_overwrite(f: &Fixture) {
@@ -123,7 +147,7 @@ async fn case_round_trip_and_overwrite(f: &Fixture) {
         fs.stat(&p("/gone.bin")).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    let keys = backend_keys(&f.backend, "users/alice").await;
+    let keys = backend_keys(f, home_of(f).trim_start_matches('/')).await;
     assert_eq!(keys, vec!["a.bin".to_string()], "{}", f.name);
 }
 
@@ -288,6 +312,9 @@ async fn case_append(f: &Fixture) {
 }
 
 async fn case_folders(f: &Fixture) {
+    if !needs_folders(f) {
+        return;
+    }
     let fs = alice(f);
     fs.ensure_home().await.unwrap();
     fs.mkdir(&p("/d")).await.unwrap();
@@ -344,12 +371,18 @@ async fn case_times(f: &Fixture) {
     );
     assert_eq!(get(&fs, "/t.txt").await.unwrap(), b"t", "content kept");
     // Folders never show 1970.
+    if !needs_folders(f) {
+        return;
+    }
     fs.mkdir(&p("/dd")).await.unwrap();
     let st = fs.stat(&p("/dd")).await.unwrap();
     assert!(st.mtime.unwrap() > SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000));
 }
 
 async fn case_rename(f: &Fixture) {
+    if !needs_folders(f) {
+        return;
+    }
     let fs = alice(f);
     fs.ensure_home().await.unwrap();
     put(&fs, "/a.txt", b"A").await.unwrap();
@@ -389,6 +422,9 @@ async fn case_rename(f: &Fixture) {
 }
 
 async fn case_listing_pages(f: &Fixture) {
+    if !needs_folders(f) {
+        return;
+    }
     let fs = alice(f);
     fs.ensure_home().await.unwrap();
     fs.mkdir(&p("/big")).await.unwrap();
@@ -418,6 +454,9 @@ async fn case_listing_pages(f: &Fixture) {
 /// The escape matrix: hostile paths through every operation never reach a sibling home or
 /// anything outside the user's own.
 async fn case_escape_matrix(f: &Fixture) {
+    if !needs_folders(f) {
+        return;
+    }
     let root = admin(f);
     root.mkdir(&p("/users")).await.unwrap();
     root.mkdir(&p("/users/alice")).await.unwrap();
@@ -426,7 +465,7 @@ async fn case_escape_matrix(f: &Fixture) {
         .await
         .unwrap();
     put(&root, "/top-secret", b"root's").await.unwrap();
-    let before = backend_keys(&f.backend, "").await;
+    let before = backend_keys(f, "").await;
     let fs = alice(f);
     let hostile = [
         "../alice2/secret",
@@ -477,7 +516,7 @@ async fn case_escape_matrix(f: &Fixture) {
             ErrorKind::InvalidInput
         );
     }
-    let mut after = backend_keys(&f.backend, "").await;
+    let mut after = backend_keys(f, "").await;
     // Anything alice created lives in her own home.
     after.retain(|k| !k.starts_with("users/alice/"));
     let mut want = before.clone();
@@ -491,6 +530,9 @@ async fn case_escape_matrix(f: &Fixture) {
 }
 
 async fn case_permissions(f: &Fixture) {
+    if !needs_folders(f) {
+        return;
+    }
     let root = admin(f);
     root.mkdir(&p("/users")).await.unwrap();
     root.mkdir(&p("/users/alice")).await.unwrap();
@@ -502,8 +544,8 @@ async fn case_permissions(f: &Fixture) {
         (p("/"), PermSet::ALL),
         (p("/archive"), PermSet::parse(["list", "download"]).unwrap()),
     ]);
-    let fs = user_view(area(&f.backend, ""), vec![], "/users/alice", perms);
-    let before = backend_keys(&f.backend, "users/alice").await;
+    let fs = user_view(area(&f.backend, &f.prefix), vec![], "/users/alice", perms);
+    let before = backend_keys(f, "users/alice").await;
     let denied = |r: bucketgate_storage::Result<()>| {
         assert_eq!(r.unwrap_err().kind(), ErrorKind::PermissionDenied)
     };
@@ -521,27 +563,29 @@ async fn case_permissions(f: &Fixture) {
         names(&fs, "/archive").await,
         vec![("old.txt".into(), false)]
     );
-    assert_eq!(backend_keys(&f.backend, "users/alice").await, before);
+    assert_eq!(backend_keys(f, "users/alice").await, before);
     // `/archive` never covers `/archive2`.
     fs.mkdir(&p("/archive2")).await.unwrap();
     put(&fs, "/archive2/ok.txt", b"ok").await.unwrap();
 }
 
-async fn case_mounts(f: &Fixture, other: &Fixture) {
-    // A tree whose site is `f` with `other` mounted at /partners/acme (prefix in/).
+async fn case_mounts(f: &Fixture, site: &Fixture) {
+    // A local site tree with `f` mounted at /partners/acme (prefix in/ of the test's area).
     let mounts = vec![bucketgate_storage::Mount {
         path: p("/partners/acme"),
-        area: area(&other.backend, "in/"),
+        area: area(&f.backend, &format!("{}in/", f.prefix)),
     }];
-    let fs = user_view(area(&f.backend, ""), mounts, "/", Permissions::all());
+    let fs = user_view(
+        area(&site.backend, &site.prefix),
+        mounts,
+        "/",
+        Permissions::all(),
+    );
     // The folders leading to the mount exist even though the site has none.
     assert_eq!(names(&fs, "/").await, vec![("partners".into(), true)]);
     assert_eq!(names(&fs, "/partners").await, vec![("acme".into(), true)]);
     put(&fs, "/partners/acme/hello.txt", b"hi").await.unwrap();
-    assert_eq!(
-        backend_keys(&other.backend, "in").await,
-        vec!["hello.txt".to_string()]
-    );
+    assert_eq!(backend_keys(f, "in").await, vec!["hello.txt".to_string()]);
     // `/partners/acmex` is not the mount.
     assert!(fs.stat(&p("/partners/acmex")).await.is_err());
     // Mount points cannot be removed or renamed.
@@ -561,7 +605,7 @@ async fn case_mounts(f: &Fixture, other: &Fixture) {
         .await
         .unwrap();
     assert_eq!(get(&fs, "/hello.txt").await.unwrap(), b"hi");
-    assert!(backend_keys(&other.backend, "in").await.is_empty());
+    assert!(backend_keys(f, "in").await.is_empty());
     fs.mkdir(&p("/dir")).await.unwrap();
     assert_eq!(
         fs.rename(&p("/dir"), &p("/partners/acme/dir"), false)
@@ -578,54 +622,93 @@ macro_rules! suite {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn round_trip_and_overwrite() {
-                case_round_trip_and_overwrite(&$make).await
+                case_round_trip_and_overwrite(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sizes() {
-                case_sizes(&$make).await
+                case_sizes(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn random_reads() {
-                case_random_reads(&$make).await
+                case_random_reads(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn write_rules() {
-                case_write_rules(&$make).await
+                case_write_rules(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn append() {
-                case_append(&$make).await
+                case_append(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn folders() {
-                case_folders(&$make).await
+                case_folders(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn times() {
-                case_times(&$make).await
+                case_times(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rename() {
-                case_rename(&$make).await
+                case_rename(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn listing_pages() {
-                case_listing_pages(&$make).await
+                case_listing_pages(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn escape_matrix() {
-                case_escape_matrix(&$make).await
+                case_escape_matrix(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn permissions() {
-                case_permissions(&$make).await
+                case_permissions(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn mounts() {
-                case_mounts(&$make, &Fixture::local()).await
+                case_mounts(&$make.await, &Fixture::local().await).await
             }
         }
     };
 }
 
+/// A fixture over one of the S3 servers of the storage crate's harness, inside a fresh prefix.
+fn from_server(srv: s3_support::Server) -> Fixture {
+    let backend = Arc::new(srv.backend_with(|o| {
+        o.list_page_size = 1000;
+        o.preserve_mtime = true;
+    }));
+    Fixture {
+        name: srv.name,
+        backend,
+        prefix: srv.prefix.clone(),
+        caps: Caps {
+            empty_folders: srv.caps.markers,
+            append: srv.caps.part_copy,
+            big_files: srv.caps.big,
+        },
+        _guard: Box::new(srv),
+    }
+}
+
+async fn s3s_fs() -> Fixture {
+    from_server(s3_support::s3s_server(None).await)
+}
+
+async fn moto() -> Fixture {
+    from_server(s3_support::moto_only().await.expect("moto"))
+}
+
+/// `BUCKETGATE_TEST_S3_ENDPOINT` (and _BUCKET, _ACCESS_KEY, _SECRET_KEY, _REGION) name any
+/// other S3 server; unset, the suite runs on local disk again so the module always runs.
+async fn env_or_local() -> Fixture {
+    match s3_support::env_server() {
+        Some(srv) => from_server(srv),
+        None => Fixture::local().await,
+    }
+}
+
 suite!(local, Fixture::local());
+suite!(s3s, s3s_fs());
+suite!(moto_s3, moto());
+suite!(env_endpoint, env_or_local());

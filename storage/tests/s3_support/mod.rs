@@ -116,12 +116,7 @@ pub async fn servers() -> Vec<Server> {
     let mut v = vec![s3s_server(None).await];
     match moto_server().await {
         Some(m) => v.push(m),
-        None => {
-            if std::env::var_os("CI").is_some() {
-                panic!("moto_server is not installed (pip install 'moto[server]')");
-            }
-            println!("SKIP [moto] moto_server is not installed");
-        }
+        None => panic!("moto_server is not installed: run scripts/install-test-tools.sh"),
     }
     if let Some(e) = env_server() {
         v.push(e);
@@ -131,16 +126,14 @@ pub async fn servers() -> Vec<Server> {
 
 pub async fn moto_only() -> Option<Server> {
     let m = moto_server().await;
-    if m.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("moto_server is not installed (pip install 'moto[server]')");
-        }
-        println!("SKIP [moto] moto_server is not installed");
-    }
+    assert!(
+        m.is_some(),
+        "moto_server is not installed: run scripts/install-test-tools.sh"
+    );
     m
 }
 
-fn env_server() -> Option<Server> {
+pub fn env_server() -> Option<Server> {
     let var = |n: &str| std::env::var(format!("BUCKETGATE_TEST_S3_{n}")).ok();
     let endpoint = var("ENDPOINT")?;
     Some(Server {
