@@ -8,6 +8,8 @@ mod demo;
 mod logging;
 mod remote_test;
 mod serve;
+mod sync_cli;
+mod sync_cmd;
 mod wiring;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +46,32 @@ enum Command {
     Remote {
         #[command(subcommand)]
         command: RemoteCommand,
+    },
+    /// Sync jobs (copies between a site folder and a remote)
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Run one sync job now, with a progress bar on a terminal and a summary at the end
+    Run {
+        /// The job's name in `syncs`
+        name: String,
+        /// Show what would be copied and deleted, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// The last runs of every sync job (or of the named ones)
+    Status {
+        /// Job names (default: every job of the config)
+        names: Vec<String>,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
 }
 
@@ -102,6 +130,12 @@ fn main() -> ExitCode {
                     cfg,
                 },
         } => remote_test::run(&cfg, &name, read_only),
+        Command::Sync {
+            command: SyncCommand::Run { name, dry_run, cfg },
+        } => sync_cli::run(&cfg, &name, dry_run),
+        Command::Sync {
+            command: SyncCommand::Status { names, cfg },
+        } => sync_cli::status(&cfg, &names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -218,9 +218,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             tokio::spawn(async move { admin::serve(listener, h, sd).await }),
         ));
     }
-    if servers.is_empty() {
+    let mut syncs = shutdown.child_token();
+    let scheduled = start_syncs(&cfg, &storage, &syncs)?;
+    if servers.is_empty() && scheduled == 0 {
         return Err(Exit::usage(
-            "nothing to serve: the config enables none of sftp, ftp, admin",
+            "nothing to serve: the config enables none of sftp, ftp, admin, and no sync has an interval",
         ));
     }
     tokio::spawn(health.clone().watch_remotes(shutdown.clone()));
@@ -240,7 +242,14 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
             _ = hup.recv() => {
                 if let Some(p) = &path {
-                    if let Some(next) = reload(p, &current, &login, &health, budget.clone(), demo_hash.clone()).await {
+                    if let Some((next, storage)) = reload(p, &current, &login, &health, budget.clone(), demo_hash.clone()).await {
+                        // Scheduled syncs follow the new config; a run in progress is cut and
+                        // resumes safely at its next start (runs are crash-safe).
+                        syncs.cancel();
+                        syncs = shutdown.child_token();
+                        if let Err(e) = start_syncs(&next, &storage, &syncs) {
+                            tracing::error!("reload: sync jobs not started: {}", e.message);
+                        }
                         current = next;
                     }
                 } else {
@@ -282,7 +291,7 @@ async fn reload(
     health: &Health,
     budget: Arc<MemoryBudget>,
     demo_hash: Option<String>,
-) -> Option<Config> {
+) -> Option<(Config, wiring::Storage)> {
     let loaded = match bucketgate_config::load(path) {
         Ok(l) => l,
         Err(errs) => {
@@ -328,7 +337,37 @@ async fn reload(
         cfg.remotes.len(),
         cfg.mounts.len()
     );
-    Some(cfg)
+    Some((cfg, storage))
+}
+
+/// Starts the scheduler for the sync jobs that have an interval; returns how many.
+fn start_syncs(
+    cfg: &Config,
+    storage: &wiring::Storage,
+    token: &CancellationToken,
+) -> Result<usize, Exit> {
+    let jobs = wiring::sync_jobs(cfg, storage).map_err(|errs| {
+        Exit::usage(
+            errs.iter()
+                .map(|(p, m)| format!("{p}: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let scheduled: Vec<_> = jobs
+        .into_iter()
+        .filter_map(|(j, every)| every.map(|e| (j, e)))
+        .collect();
+    let n = scheduled.len();
+    if n > 0 {
+        tracing::info!("sync: {n} job(s) scheduled");
+        tokio::spawn(bucketgate_storage::sync::run_scheduled(
+            scheduled,
+            cfg.state_dir.clone(),
+            token.clone(),
+        ));
+    }
+    Ok(n)
 }
 
 /// Aborts multipart uploads under our prefixes that were abandoned (a crash mid-upload) once

@@ -285,3 +285,74 @@ pub fn accounts(cfg: &Config, demo_hash: Option<String>) -> Vec<Account> {
 pub fn directory(cfg: &Config, tree: Arc<Tree>, demo_hash: Option<String>) -> Directory {
     Directory::new(accounts(cfg, demo_hash), tree)
 }
+
+/// The sync jobs of the config over the running storage, each with its interval (if any).
+pub fn sync_jobs(
+    cfg: &Config,
+    storage: &Storage,
+) -> Result<
+    Vec<(
+        bucketgate_storage::sync::SyncJob,
+        Option<std::time::Duration>,
+    )>,
+    Vec<(String, String)>,
+> {
+    use bucketgate_config::{Conflict, Direction};
+    use bucketgate_storage::sync::{ConflictPolicy, Direction as D, SyncJob};
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    for (i, s) in cfg.syncs.iter().enumerate() {
+        let Some(remote) = storage.remotes.get(&s.remote) else {
+            errors.push((
+                format!("syncs[{i}].remote"),
+                format!("unknown remote {:?}", s.remote),
+            ));
+            continue;
+        };
+        let path = match VPath::parse(&s.path) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push((format!("syncs[{i}].path"), e.to_string()));
+                continue;
+            }
+        };
+        let prefix = match normalize_prefix(&s.prefix) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push((format!("syncs[{i}].prefix"), e.to_string()));
+                continue;
+            }
+        };
+        let site = storage.tree.locate(&path);
+        jobs.push((
+            SyncJob {
+                name: s.name.clone(),
+                site: (site.backend, site.key),
+                remote: (remote.clone() as Arc<dyn Backend>, prefix.clone()),
+                direction: match s.direction {
+                    Direction::Push => D::Push,
+                    Direction::Pull => D::Pull,
+                    Direction::TwoWay => D::TwoWay,
+                },
+                delete: s.delete,
+                conflict: match s.conflict {
+                    Conflict::Newer => ConflictPolicy::Newer,
+                    Conflict::KeepBoth => ConflictPolicy::KeepBoth,
+                },
+                include: s.include.clone(),
+                exclude: s.exclude.clone(),
+                // Instances sharing the remote agree on who runs the job through this object.
+                lease: Some(Arc::new(bucketgate_storage::s3::S3LeaseStore::new(
+                    (**remote).clone(),
+                    &prefix,
+                ))),
+            },
+            s.interval.map(|d| d.get()),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(jobs)
+    } else {
+        Err(errors)
+    }
+}

@@ -13,6 +13,7 @@
 
 mod client;
 mod error;
+mod lease;
 mod list;
 mod objects;
 mod read;
@@ -32,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use lease::S3LeaseStore;
 pub use objects::MultipartUpload;
 
 /// S3 allows at most this many parts in one multipart upload.
