@@ -28,6 +28,9 @@ pub fn run(arg: &ConfigArg) -> Result<(), Exit> {
         // Listing the tree is what proves each mount point is empty.
         Ok(storage) => rt.block_on(wiring::check_mount_points(cfg, &storage)),
     };
+    for w in &loaded.warnings {
+        println!("warning: {w}");
+    }
     for (i, r) in cfg.remotes.iter().enumerate() {
         if r.is_anonymous() {
             println!(

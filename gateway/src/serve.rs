@@ -62,6 +62,24 @@ fn ban_policy(cfg: &Config) -> BanPolicy {
     }
 }
 
+/// The address announced in PASV replies: an IP, or a host name resolved once at start (PASV
+/// can only carry an IPv4 address).
+async fn resolve_public_address(a: &str) -> Result<std::net::IpAddr, Exit> {
+    if let Ok(ip) = a.parse() {
+        return Ok(ip);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((a, 0))
+        .await
+        .map_err(|e| Exit::usage(format!("ftp.public_address: cannot resolve {a:?}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|s| s.is_ipv4())
+        .or(addrs.first())
+        .map(|s| s.ip())
+        .ok_or_else(|| Exit::usage(format!("ftp.public_address: {a:?} has no address")))
+}
+
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
     TcpListener::bind(addr)
         .await
@@ -147,16 +165,19 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     }
     if let Some(f) = &cfg.ftp {
         let listener = bind("ftp", f.listen).await?;
-        let implicit = match f.tls.as_ref().and_then(|t| t.listen_implicit) {
+        // The implicit listener only exists in implicit mode (`check` warns when it is set
+        // with another mode).
+        let implicit_addr = f
+            .tls
+            .as_ref()
+            .filter(|t| t.mode == bucketgate_config::TlsMode::Implicit)
+            .and_then(|t| t.listen_implicit);
+        let implicit = match implicit_addr {
             Some(a) => Some(bind("ftps (implicit)", a).await?),
             None => None,
         };
         let public_address = match &f.public_address {
-            Some(a) => Some(a.parse().map_err(|_| {
-                Exit::usage(format!(
-                    "ftp.public_address: {a:?} is not an IP address (host names are not supported yet)"
-                ))
-            })?),
+            Some(a) => Some(resolve_public_address(a).await?),
             None => None,
         };
         let opts = ftp::FtpOptions {
