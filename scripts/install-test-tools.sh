@@ -30,6 +30,16 @@ if ! command -v moto_server >/dev/null 2>&1; then
   hash -r
 fi
 
-for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3; do
+# Garage: a real S3 server with its own region, for scripts/garage.sh. Built from source once
+# (about 11 minutes on 2 cores) and kept in ~/.cargo/bin across runs.
+if ! command -v garage >/dev/null 2>&1; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  command -v garage >/dev/null 2>&1 || {
+    echo "installing garage (cargo install garage --locked)"
+    cargo install garage --locked
+  }
+fi
+
+for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "missing after install: $cmd" >&2; exit 1; }
 done

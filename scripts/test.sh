@@ -7,3 +7,16 @@ bash scripts/install-test-tools.sh
 # Some machines point S3 clients at a CA bundle, which breaks plain http:// test endpoints.
 unset AWS_CA_BUNDLE
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+
+# Then against a real Garage (its own region, real signatures): the S3 backend's tests and the
+# behaviour suite through BUCKETGATE_TEST_S3_*. Garage is stopped however the run ends.
+export PATH="$HOME/.cargo/bin:$PATH"
+garage_dir=$(mktemp -d)
+trap 'bash scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"' EXIT
+eval "$(bash scripts/garage.sh start "$garage_dir")"
+# The S3 test files that run against every available server, the env endpoint included.
+s3_tests=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$//')
+for t in $s3_tests; do
+  cargo test -p bucketgate-storage --locked --test "$t" -- --test-threads="${TEST_THREADS:-4}"
+done
+cargo test -p bucketgate-tests --locked --test vfs_behaviour env_endpoint -- --test-threads="${TEST_THREADS:-4}"

@@ -161,6 +161,9 @@ impl Health {
                 ));
             }
         }
+        // Everything the other crates recorded: sessions, logins, bytes, file operations, S3
+        // requests, multipart uploads, sync runs.
+        out.push_str(&bucketgate_storage::metrics::render());
         out
     }
 }

@@ -144,12 +144,22 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
             }
         };
         let t = Instant::now();
+        // A key restricted to the mount's prefix may not list the bucket root: probe inside
+        // the prefix then.
+        let probe = if prefix.is_empty() {
+            backend.probe_bucket().await
+        } else {
+            match backend.list(prefix.trim_end_matches('/')).next().await {
+                Some(Err(e)) if e.kind() != ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        };
         if rep
             .step(
                 "credentials and bucket (TLS, signature, region)",
                 "s3:ListBucket",
                 t,
-                backend.probe_bucket().await,
+                probe,
             )
             .is_none()
         {

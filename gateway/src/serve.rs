@@ -143,6 +143,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             max_packet_len: 256 * 1024,
             shutdown_grace: cfg.limits.shutdown_grace.get(),
             keep_partial_uploads: cfg.transfers.keep_partial_uploads,
+            proxy_protocol: s.proxy_protocol,
         };
         tracing::info!(
             "listening: protocol=sftp addr={}",
@@ -197,6 +198,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             login_grace: cfg.limits.login_grace.get(),
             max_line_len: 4096,
             shutdown_grace: cfg.limits.shutdown_grace.get(),
+            proxy_protocol: f.proxy_protocol,
             ..ftp::FtpOptions::default()
         };
         tracing::info!(

@@ -286,17 +286,17 @@ pub fn directory(cfg: &Config, tree: Arc<Tree>, demo_hash: Option<String>) -> Di
     Directory::new(accounts(cfg, demo_hash), tree)
 }
 
+/// A sync job with its interval, when it has one.
+pub type ScheduledJob = (
+    bucketgate_storage::sync::SyncJob,
+    Option<std::time::Duration>,
+);
+
 /// The sync jobs of the config over the running storage, each with its interval (if any).
 pub fn sync_jobs(
     cfg: &Config,
     storage: &Storage,
-) -> Result<
-    Vec<(
-        bucketgate_storage::sync::SyncJob,
-        Option<std::time::Duration>,
-    )>,
-    Vec<(String, String)>,
-> {
+) -> Result<Vec<ScheduledJob>, Vec<(String, String)>> {
     use bucketgate_config::{Conflict, Direction};
     use bucketgate_storage::sync::{ConflictPolicy, Direction as D, SyncJob};
     let mut jobs = Vec::new();

@@ -6,7 +6,7 @@
 //! match (`login failed: protocol=sftp ip=203.0.113.9 user="bob" reason=wrong_password`); a
 //! password never reaches a log line.
 
-use bucketgate_storage::{Permissions, Tree, UserFs, VPath};
+use bucketgate_storage::{Permissions, SessionInfo, Tree, UserFs, VPath};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -272,6 +272,7 @@ impl LoginService {
     /// Records a failure, logs it, bans the address past the threshold, and waits the failure
     /// delay.
     async fn fail(&self, proto: Protocol, ip: IpAddr, user: &str, why: LoginError) -> LoginError {
+        bucketgate_storage::metrics::login(proto.name(), why.reason());
         let shown_user: String = user.chars().take(64).collect();
         tracing::warn!(
             target: "bucketgate::auth",
@@ -360,11 +361,17 @@ impl LoginService {
             &acc.username,
             acc.home.clone(),
             acc.permissions.clone(),
-        );
+        )
+        .with_session(SessionInfo {
+            protocol: proto.name(),
+            client: ip,
+        });
         if let Err(e) = fs.ensure_home().await {
             tracing::error!(user = %acc.username, error = ?e, "cannot prepare the home folder");
+            bucketgate_storage::metrics::login(proto.name(), LoginError::HomeUnavailable.reason());
             return Err(LoginError::HomeUnavailable);
         }
+        bucketgate_storage::metrics::login(proto.name(), "ok");
         tracing::info!(
             target: "bucketgate::auth",
             "login ok: protocol={} ip={} user={:?}",
@@ -422,7 +429,13 @@ impl LoginService {
     ) -> Result<Session, LoginError> {
         let (acc, dir) = match self.precheck(proto, ip, username).await {
             Ok(v) => v,
-            Err(e) => return Err(self.fail(proto, ip, username, e).await),
+            // precheck has recorded every other refusal already; only this one is left to us.
+            Err(LoginError::UnknownUser) => {
+                return Err(self
+                    .fail(proto, ip, username, LoginError::UnknownUser)
+                    .await)
+            }
+            Err(e) => return Err(e),
         };
         if !acc.public_keys.iter().any(|k| matches(k)) {
             return Err(self.fail(proto, ip, username, LoginError::WrongKey).await);

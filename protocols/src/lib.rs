@@ -7,4 +7,5 @@
 pub mod auth;
 pub mod ftp;
 pub mod limits;
+pub mod proxy;
 pub mod sftp;

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod budget;
 pub mod error;
 pub mod local;
+pub mod metrics;
 pub mod path;
 pub mod perms;
 pub mod s3;
@@ -18,6 +19,7 @@ pub mod vfs;
 
 pub use backend::{Backend, Entry, EntryKind};
 pub use error::{Error, ErrorKind, Result};
+pub use metrics::SessionInfo;
 pub use path::VPath;
 pub use perms::{Perm, PermSet, Permissions};
 pub use transfer::{FileReader, FileWriter, OpenMode};

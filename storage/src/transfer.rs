@@ -3,6 +3,7 @@
 
 use crate::backend::{Backend, CreateOptions, Entry, Upload};
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::Transfer;
 use crate::path::VPath;
 use crate::perms::{Perm, PermSet};
 use bytes::{Bytes, BytesMut};
@@ -46,6 +47,8 @@ pub struct FileReader {
     buf: Bytes,
     rx: Option<mpsc::Receiver<Result<Bytes>>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Bytes handed to the client and the audit line written on drop.
+    audit: Option<Transfer>,
 }
 
 impl FileReader {
@@ -59,7 +62,13 @@ impl FileReader {
             buf: Bytes::new(),
             rx: None,
             task: None,
+            audit: None,
         }
+    }
+
+    pub(crate) fn with_audit(mut self, t: Transfer) -> Self {
+        self.audit = Some(t);
+        self
     }
 
     /// The file as it was at open.
@@ -117,6 +126,17 @@ impl FileReader {
 
     /// Reads up to `len` bytes at `offset`; an empty result means end of file.
     pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes> {
+        let r = self.read_at_inner(offset, len).await;
+        if let Some(a) = &mut self.audit {
+            match &r {
+                Ok(b) => a.add(b.len() as u64),
+                Err(e) => a.failed(e.kind()),
+            }
+        }
+        r
+    }
+
+    async fn read_at_inner(&mut self, offset: u64, len: usize) -> Result<Bytes> {
         let size = self.entry.size;
         if offset >= size || len == 0 {
             return Ok(Bytes::new());
@@ -187,6 +207,8 @@ pub struct FileWriter {
     pending_bytes: u64,
     failed: Option<Error>,
     mtime: Option<SystemTime>,
+    /// Bytes stored and the audit line written at close, abort or drop.
+    audit: Option<Transfer>,
 }
 
 impl FileWriter {
@@ -211,7 +233,13 @@ impl FileWriter {
             pending_bytes: 0,
             failed: None,
             mtime: None,
+            audit: None,
         }
+    }
+
+    pub(crate) fn with_audit(mut self, t: Transfer) -> Self {
+        self.audit = Some(t);
+        self
     }
 
     /// The file as it was at open, when it existed.
@@ -334,12 +362,24 @@ impl FileWriter {
             return Err(self.fail(e));
         }
         self.next += len;
+        if let Some(a) = &mut self.audit {
+            a.add(len);
+        }
         Ok(())
     }
 
     /// Commits the file; returns only once it is durable. On failure nothing is visible and
     /// the old content (if any) is untouched.
     pub async fn close(mut self) -> Result<Entry> {
+        let audit = self.audit.take();
+        let r = self.close_inner().await;
+        if let Some(mut a) = audit {
+            a.finish(&crate::metrics::result_of(&r));
+        }
+        r
+    }
+
+    async fn close_inner(mut self) -> Result<Entry> {
         let shown = self.shown.to_string();
         if let Some(e) = self.failed.take() {
             if let Some(up) = self.upload.take() {
@@ -397,6 +437,9 @@ impl FileWriter {
     pub async fn abort(mut self) {
         if let Some(up) = self.upload.take() {
             up.abort().await;
+        }
+        if let Some(mut a) = self.audit.take() {
+            a.finish("aborted");
         }
     }
 }

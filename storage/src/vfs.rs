@@ -7,12 +7,13 @@
 
 use crate::backend::{Backend, Entry, EntryKind, ListStream};
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{self, OpContext, SessionInfo, Transfer};
 use crate::path::VPath;
 use crate::perms::{Perm, Permissions};
 use crate::transfer::{FileReader, FileWriter, OpenMode};
 use futures::StreamExt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// A backend with the key prefix that a part of the tree maps to.
 #[derive(Clone)]
@@ -136,6 +137,7 @@ pub struct UserFs {
     home: VPath,
     perms: Arc<Permissions>,
     username: String,
+    session: Option<SessionInfo>,
 }
 
 impl UserFs {
@@ -146,7 +148,176 @@ impl UserFs {
             home,
             perms: Arc::new(perms),
             username: username.to_string(),
+            session: None,
         }
+    }
+
+    /// The same view, tagged with the session that uses it (protocol and client address), for
+    /// the audit log and the metrics.
+    pub fn with_session(mut self, info: SessionInfo) -> Self {
+        self.session = Some(info);
+        self
+    }
+
+    /// The session this view belongs to, when a frontend set it.
+    pub fn session(&self) -> Option<SessionInfo> {
+        self.session
+    }
+
+    fn op_ctx(&self) -> OpContext {
+        OpContext {
+            user: self.username.clone(),
+            session: self.session,
+        }
+    }
+
+    /// Runs one operation and records it (counter and audit line).
+    async fn audited<T>(
+        &self,
+        op: &'static str,
+        path: String,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let t0 = Instant::now();
+        let r = fut.await;
+        metrics::file_op(
+            &self.op_ctx(),
+            op,
+            &path,
+            0,
+            t0.elapsed(),
+            &metrics::result_of(&r),
+        );
+        r
+    }
+
+    /// Describes a file or folder. Needs `list` in the folder that holds it (in the folder
+    /// itself for the home).
+    pub async fn stat(&self, p: &VPath) -> Result<Entry> {
+        self.audited("stat", p.to_string(), self.stat_inner(p))
+            .await
+    }
+
+    /// Lists a folder, one page at a time (recorded when the listing starts).
+    pub async fn list(&self, p: &VPath) -> Result<ListStream> {
+        self.audited("list", p.to_string(), self.list_inner(p))
+            .await
+    }
+
+    /// Opens a file for reading. Needs `download` in its folder. The audit line is written
+    /// when the reader is dropped, with the bytes read.
+    pub async fn open_read(&self, p: &VPath) -> Result<FileReader> {
+        let t0 = Instant::now();
+        match self.open_read_inner(p).await {
+            Ok(r) => Ok(r.with_audit(Transfer::new(self.op_ctx(), "open_read", p.to_string(), t0))),
+            Err(e) => {
+                let r = Err(e);
+                metrics::file_op(
+                    &self.op_ctx(),
+                    "open_read",
+                    &p.to_string(),
+                    0,
+                    t0.elapsed(),
+                    &metrics::result_of(&r),
+                );
+                r
+            }
+        }
+    }
+
+    /// Opens a file for writing (see `open_write_inner` for the rules). The audit line is
+    /// written at close or abort, with the bytes received.
+    pub async fn open_write(&self, p: &VPath, mode: OpenMode) -> Result<FileWriter> {
+        let t0 = Instant::now();
+        match self.open_write_inner(p, mode).await {
+            Ok(w) => Ok(w.with_audit(Transfer::new(
+                self.op_ctx(),
+                "open_write",
+                p.to_string(),
+                t0,
+            ))),
+            Err(e) => {
+                let r = Err(e);
+                metrics::file_op(
+                    &self.op_ctx(),
+                    "open_write",
+                    &p.to_string(),
+                    0,
+                    t0.elapsed(),
+                    &metrics::result_of(&r),
+                );
+                r
+            }
+        }
+    }
+
+    /// Checks that a download of `p` would be allowed and find a file, without starting it (a
+    /// frontend answering early). Only a refusal is recorded: the download that follows is the
+    /// operation.
+    pub async fn check_read(&self, p: &VPath) -> Result<()> {
+        self.probe("open_read", p, self.open_read_inner(p)).await
+    }
+
+    /// Checks that a listing of `p` would be allowed and find a folder; only a refusal is
+    /// recorded (see [`UserFs::check_read`]).
+    pub async fn check_list(&self, p: &VPath) -> Result<()> {
+        self.probe("list", p, self.list_inner(p)).await
+    }
+
+    async fn probe<T>(
+        &self,
+        op: &'static str,
+        p: &VPath,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let r = fut.await.map(drop);
+        if r.is_err() {
+            metrics::file_op(
+                &self.op_ctx(),
+                op,
+                &p.to_string(),
+                0,
+                t0.elapsed(),
+                &metrics::result_of(&r),
+            );
+        }
+        r
+    }
+
+    /// Creates a folder. Needs `mkdir` in the folder that will hold it.
+    pub async fn mkdir(&self, p: &VPath) -> Result<()> {
+        self.audited("mkdir", p.to_string(), self.mkdir_inner(p))
+            .await
+    }
+
+    /// Removes an empty folder. Needs `delete` in the folder that holds it.
+    pub async fn rmdir(&self, p: &VPath) -> Result<()> {
+        self.audited("rmdir", p.to_string(), self.rmdir_inner(p))
+            .await
+    }
+
+    /// Removes a file. Needs `delete` in its folder.
+    pub async fn remove(&self, p: &VPath) -> Result<()> {
+        self.audited("remove", p.to_string(), self.remove_inner(p))
+            .await
+    }
+
+    /// Renames a file or folder. Needs `rename` at the source's folder, `upload` at the
+    /// target's, and `overwrite` there when the target exists (only with `replace`).
+    pub async fn rename(&self, from: &VPath, to: &VPath, replace: bool) -> Result<()> {
+        self.audited(
+            "rename",
+            format!("{from} -> {to}"),
+            self.rename_inner(from, to, replace),
+        )
+        .await
+    }
+
+    /// Records a client-set modification time. Needs `overwrite` in the file's folder.
+    pub async fn set_mtime(&self, p: &VPath, mtime: SystemTime) -> Result<()> {
+        self.audited("setstat", p.to_string(), self.set_mtime_inner(p, mtime))
+            .await
     }
 
     /// The user this view belongs to.
@@ -229,7 +400,7 @@ impl UserFs {
 
     /// Describes a file or folder. Needs `list` in the folder that holds it (in the folder
     /// itself for the home).
-    pub async fn stat(&self, p: &VPath) -> Result<Entry> {
+    async fn stat_inner(&self, p: &VPath) -> Result<Entry> {
         self.check("stat", &p.parent(), Perm::List, p)?;
         self.stat_site(&self.site_path(p))
             .await
@@ -238,7 +409,7 @@ impl UserFs {
 
     /// Lists a folder, one page at a time. Folders leading to mount points are shown even when
     /// the site tree has no such folder; folders without a time get the tree's start time.
-    pub async fn list(&self, p: &VPath) -> Result<ListStream> {
+    async fn list_inner(&self, p: &VPath) -> Result<ListStream> {
         self.check("list", p, Perm::List, p)?;
         let site = self.site_path(p);
         let e = self
@@ -284,7 +455,7 @@ impl UserFs {
     }
 
     /// Opens a file for reading. Needs `download` in its folder.
-    pub async fn open_read(&self, p: &VPath) -> Result<FileReader> {
+    async fn open_read_inner(&self, p: &VPath) -> Result<FileReader> {
         self.check("open", &p.parent(), Perm::Download, p)?;
         let site = self.site_path(p);
         let e = self
@@ -300,7 +471,7 @@ impl UserFs {
 
     /// Opens a file for writing. Needs `upload` for a new file or an append, `overwrite` to
     /// replace an existing one; the parent folder must exist.
-    pub async fn open_write(&self, p: &VPath, mode: OpenMode) -> Result<FileWriter> {
+    async fn open_write_inner(&self, p: &VPath, mode: OpenMode) -> Result<FileWriter> {
         let op = "open";
         if p.is_root() {
             return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
@@ -355,7 +526,7 @@ impl UserFs {
     }
 
     /// Creates a folder. Needs `mkdir` in the folder that will hold it.
-    pub async fn mkdir(&self, p: &VPath) -> Result<()> {
+    async fn mkdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "mkdir";
         self.check(op, &p.parent(), Perm::Mkdir, p)?;
         let site = self.site_path(p);
@@ -397,7 +568,7 @@ impl UserFs {
     }
 
     /// Removes an empty folder. Needs `delete` in the folder that holds it.
-    pub async fn rmdir(&self, p: &VPath) -> Result<()> {
+    async fn rmdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "rmdir";
         self.check(op, &p.parent(), Perm::Delete, p)?;
         let loc = self.refuse_fixed(op, p)?;
@@ -415,7 +586,7 @@ impl UserFs {
     }
 
     /// Removes a file. Needs `delete` in its folder.
-    pub async fn remove(&self, p: &VPath) -> Result<()> {
+    async fn remove_inner(&self, p: &VPath) -> Result<()> {
         let op = "remove";
         self.check(op, &p.parent(), Perm::Delete, p)?;
         let loc = self.refuse_fixed(op, p)?;
@@ -434,7 +605,7 @@ impl UserFs {
 
     /// Renames a file or folder. Needs `rename` at the source's folder, `upload` at the
     /// target's, and `overwrite` there when the target exists (only with `replace`).
-    pub async fn rename(&self, from: &VPath, to: &VPath, replace: bool) -> Result<()> {
+    async fn rename_inner(&self, from: &VPath, to: &VPath, replace: bool) -> Result<()> {
         let op = "rename";
         self.check(op, &from.parent(), Perm::Rename, from)?;
         self.check(op, &to.parent(), Perm::Upload, to)?;
@@ -498,7 +669,7 @@ impl UserFs {
 
     /// Records a client-set modification time. Needs `overwrite` in the file's folder.
     /// Folders accept and ignore it (object storage has no folder times).
-    pub async fn set_mtime(&self, p: &VPath, mtime: SystemTime) -> Result<()> {
+    async fn set_mtime_inner(&self, p: &VPath, mtime: SystemTime) -> Result<()> {
         let op = "setstat";
         self.check(op, &p.parent(), Perm::Overwrite, p)?;
         let site = self.site_path(p);

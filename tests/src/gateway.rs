@@ -91,7 +91,8 @@ impl Gateway {
                     let mut it = rest.split_whitespace();
                     let proto = it.next().unwrap_or("").to_string();
                     if let Some(addr) = it.next().and_then(|a| a.strip_prefix("addr=")) {
-                        if let Ok(a) = addr.trim_matches('"').parse() {
+                        // Text logs end the address with a space, JSON logs with a quote.
+                        if let Ok(a) = addr.split('"').next().unwrap_or("").parse() {
                             let _ = tx.send((proto, a));
                         }
                     }

@@ -71,16 +71,23 @@ pub(crate) fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Resul
 }
 
 /// Waits for the client's passive connection, from `peer_ip` only, then splices it to
-/// libunftp's loopback port (through TLS when `tls` is given).
+/// libunftp's loopback port (through TLS when `tls` is given). A later PASV/EPSV/PORT of the
+/// session cancels `superseded`: the port is given back at once instead of being held until
+/// the accept timeout (a PASV flood would otherwise take the whole range from everyone).
 pub(crate) async fn passive(
     listener: TcpListener,
     peer_ip: IpAddr,
     upstream: SocketAddr,
     tls: Option<TlsAcceptor>,
+    superseded: tokio_util::sync::CancellationToken,
 ) {
     let deadline = Instant::now() + ACCEPT_TIMEOUT;
     let client = loop {
-        match tokio::time::timeout_at(deadline, listener.accept()).await {
+        let accepted = tokio::select! {
+            _ = superseded.cancelled() => return,
+            r = tokio::time::timeout_at(deadline, listener.accept()) => r,
+        };
+        match accepted {
             Err(_) => {
                 tracing::debug!("ftp: the client did not open its data connection in time");
                 return;

@@ -78,6 +78,27 @@ pub(crate) fn ls_line(name: &str, meta: &Meta, now: SystemTime) -> String {
     )
 }
 
+/// The LIST line of an entry named `name` (a file of `size` bytes, or a folder), for the fuzz
+/// targets in fuzz/: hostile names go through the same formatter as real listings.
+pub fn list_line(
+    name: &str,
+    is_dir: bool,
+    size: u64,
+    mtime: SystemTime,
+    now: SystemTime,
+) -> String {
+    let meta = Meta {
+        kind: if is_dir {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        },
+        size: if is_dir { 0 } else { size },
+        mtime,
+    };
+    ls_line(name, &meta, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@
 
 mod auth;
 mod data;
-mod listing;
+pub mod listing;
 mod log;
 mod mfmt;
 mod relay;
@@ -84,6 +84,8 @@ pub struct FtpOptions {
     pub shutdown_grace: Duration,
     /// Most entries one listing returns; the rest is left out with a warning in the log.
     pub max_list_entries: usize,
+    /// Expect a PROXY v1/v2 header at the start of every connection (behind a load balancer).
+    pub proxy_protocol: bool,
 }
 
 impl Default for FtpOptions {
@@ -98,6 +100,7 @@ impl Default for FtpOptions {
             max_line_len: 4096,
             shutdown_grace: Duration::from_secs(30),
             max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
+            proxy_protocol: false,
         }
     }
 }

@@ -108,6 +108,9 @@ pub(crate) struct Relay {
     multiline: Option<u16>,
     transfer_active: bool,
     data_tasks: JoinSet<()>,
+    /// Cancels the passive listener still waiting for its client, when a new data command
+    /// replaces it.
+    pending_passive: Option<tokio_util::sync::CancellationToken>,
     deadline: Instant,
     /// Left by the authenticator at login.
     login_slot: SessionSlot,
@@ -141,6 +144,7 @@ impl Relay {
             multiline: None,
             transfer_active: false,
             data_tasks: JoinSet::new(),
+            pending_passive: None,
             deadline,
             login_slot,
             session: None,
@@ -352,9 +356,9 @@ impl Relay {
             Err(e) => return Some(map_error(e).kind().to_string()),
         };
         let checked = if verb == "RETR" {
-            session.fs.open_read(&path).await.map(drop)
+            session.fs.check_read(&path).await
         } else {
-            session.fs.list(&path).await.map(drop)
+            session.fs.check_list(&path).await
         };
         // libunftp's storage error kinds print as their reply line ("550 Permission denied").
         checked.err().map(|e| map_error(e).kind().to_string())
@@ -464,6 +468,11 @@ impl Relay {
 
     fn reap(&mut self) {
         while self.data_tasks.try_join_next().is_some() {}
+        // Only the latest PASV/EPSV/PORT/EPRT counts: an earlier passive port not connected
+        // to yet is released now.
+        if let Some(t) = self.pending_passive.take() {
+            t.cancel();
+        }
     }
 
     /// Handles one line from libunftp; false ends the session.
@@ -564,6 +573,7 @@ impl Relay {
         if !extended && shown_v4.is_none() {
             return "425 No IPv4 address to announce: use EPSV".into();
         }
+        self.reap();
         let listener = match data::bind_passive(local_ip, &self.shared.opts.passive_ports) {
             Ok(l) => l,
             Err(e) => {
@@ -576,13 +586,15 @@ impl Relay {
             Err(_) => return "425 Cannot open a passive data port".into(),
         };
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
-        self.reap();
         let tls = self.data_tls();
+        let superseded = tokio_util::sync::CancellationToken::new();
+        self.pending_passive = Some(superseded.clone());
         self.data_tasks.spawn(data::passive(
             listener,
             self.peer.ip().to_canonical(),
             upstream,
             tls,
+            superseded,
         ));
         match shown_v4 {
             Some(a) if !extended => {

@@ -137,7 +137,20 @@ async fn refuse(mut stream: TcpStream, implicit: bool, line: &str) {
     }
 }
 
-async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, implicit: bool) {
+async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, implicit: bool) {
+    // Behind a load balancer the PROXY header names the client: it is the peer for bans,
+    // limits, allow-lists, active-mode checks and logs.
+    let peer = if shared.opts.proxy_protocol {
+        match crate::proxy::read_header(&mut stream, peer, shared.opts.login_grace).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::info!(client = %peer, error = %e, "ftp: connection refused: no valid PROXY header");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     let ip = peer.ip().to_canonical();
     if shared.login.is_banned(ip) {
         tracing::debug!(client = %peer, "ftp: connection from a banned address refused");
@@ -160,6 +173,7 @@ async fn session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, impli
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    let _counted = bucketgate_storage::metrics::SessionGuard::new("ftp");
     let _ = stream.set_nodelay(true);
     let client: BoxIo = if implicit {
         let config = shared.tls.clone().expect("implicit mode has a TLS config");

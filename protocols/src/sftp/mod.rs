@@ -46,6 +46,8 @@ pub struct SftpOptions {
     pub shutdown_grace: Duration,
     /// Keep what arrived of an interrupted upload (`transfers.keep_partial_uploads`).
     pub keep_partial_uploads: bool,
+    /// Expect a PROXY v1/v2 header at the start of every connection (behind a load balancer).
+    pub proxy_protocol: bool,
 }
 
 impl Default for SftpOptions {
@@ -60,6 +62,7 @@ impl Default for SftpOptions {
             max_packet_len: 256 * 1024,
             shutdown_grace: Duration::from_secs(30),
             keep_partial_uploads: false,
+            proxy_protocol: false,
         }
     }
 }

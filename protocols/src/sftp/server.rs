@@ -143,7 +143,7 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(handle_connection(stream, peer, ctx.clone()));
+                    tracker.spawn(accept_proxied(stream, peer, ctx.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -164,8 +164,25 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs one connection from `peer` (the client's address, taken from the socket today and
-/// from a PROXY header later) until it ends.
+/// With `proxy_protocol`, reads the PROXY header first: the client it names is the peer for
+/// everything that follows (bans, limits, allow-lists, logs).
+async fn accept_proxied(mut stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
+    let peer = if ctx.shared.opts.proxy_protocol {
+        match crate::proxy::read_header(&mut stream, peer, ctx.shared.opts.login_grace).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "SFTP connection refused: no valid PROXY header");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    handle_connection(stream, peer, ctx).await
+}
+
+/// Runs one connection from `peer` (the client's address: the socket's, or the one a PROXY
+/// header named) until it ends.
 pub(crate) async fn handle_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -184,6 +201,7 @@ where
             return;
         }
     };
+    let _counted = bucketgate_storage::metrics::SessionGuard::new("sftp");
     let state = Arc::new(ConnState::default());
     let handler = SshHandler::new(ctx.shared.clone(), peer, state.clone());
     // One deadline for the version exchange, the key exchange and the login together.

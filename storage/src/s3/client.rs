@@ -140,6 +140,24 @@ fn http_client(opts: &S3Options) -> Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(50))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
+    // Names under `localhost` are loopback (RFC 6761), but many resolvers only know
+    // `localhost` itself: virtual-host requests to a local server (`bucket.localhost`) would
+    // fail to resolve. Point the bucket's name where `localhost` points.
+    if !opts.path_style {
+        if let Ok(url) = reqwest::Url::parse(&opts.endpoint) {
+            if url.host_str() == Some("localhost") {
+                let port = url.port_or_known_default().unwrap_or(80);
+                let name = format!("{}.localhost", opts.bucket);
+                b = b.resolve_to_addrs(
+                    &name,
+                    &[
+                        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                    ],
+                );
+            }
+        }
+    }
     if let Some(ip) = opts.source_address {
         b = b.local_address(ip);
     }
@@ -315,7 +333,20 @@ impl Client {
                 None => None,
             };
             let built = self.build(req, &region).await?;
+            let op = crate::metrics::s3_operation(
+                req.method.as_str(),
+                &req.query,
+                req.headers.iter().any(|(k, _)| k == "x-amz-copy-source"),
+            );
+            let t0 = std::time::Instant::now();
             let outcome = self.http.execute(built).await;
+            let status = outcome.as_ref().map(|r| r.status().as_str().to_string());
+            crate::metrics::s3_request(
+                &self.name,
+                op,
+                status.as_deref().unwrap_or("error"),
+                t0.elapsed(),
+            );
             let err = match outcome {
                 Ok(resp) if resp.status().is_success() => {
                     return Ok(Response { resp, permit });
@@ -337,7 +368,18 @@ impl Client {
                     let mut failure = parse_failure(status, &body, bucket_region.as_deref());
                     failure.retry_after = retry_after;
                     if !region_switched {
-                        if let Some(r) = wants_other_region(&failure, &region) {
+                        let mut other = wants_other_region(&failure, &region);
+                        if other.is_none()
+                            && status == 400
+                            && failure.code.is_empty()
+                            && req.method == Method::HEAD
+                        {
+                            // An answer to HEAD has no body, so a server that refuses our
+                            // region cannot name its own there (Garage answers a bare 400):
+                            // ask with a request whose refusal carries a body.
+                            other = self.region_from_bucket_request(&region).await;
+                        }
+                        if let Some(r) = other {
                             tracing::warn!(
                                 remote = %self.name,
                                 from = %region,
@@ -364,8 +406,37 @@ impl Client {
             }
             let wait = self.backoff(attempt, retry_after);
             tracing::debug!(remote = %self.name, attempt, ?wait, error = ?err, "retrying an S3 request");
+            crate::metrics::s3_retry(&self.name, op);
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The region the server names when it refuses a small bucket-level GET signed for
+    /// `region` (ListObjectsV2 of at most one key), if it refuses it for that reason.
+    async fn region_from_bucket_request(&self, region: &str) -> Option<String> {
+        let req = Request::new(Method::GET, None)
+            .query("list-type", "2")
+            .query("max-keys", "1");
+        let _permit = match &self.limit {
+            Some(s) => Some(s.clone().acquire_owned().await.ok()?),
+            None => None,
+        };
+        let resp = self
+            .http
+            .execute(self.build(&req, region).await.ok()?)
+            .await
+            .ok()?;
+        if resp.status().is_success() {
+            return None;
+        }
+        let status = resp.status().as_u16();
+        let header = resp
+            .headers()
+            .get("x-amz-bucket-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().await.ok()?;
+        wants_other_region(&parse_failure(status, &body, header.as_deref()), region)
     }
 
     /// Sends `req` and reads its XML answer, turning an `<Error>` inside a 200 into an error

@@ -157,6 +157,17 @@ fn code_or_status(f: &S3Failure) -> String {
 /// Classifies a transport failure: connection refused, TLS, timeouts, a body cut short.
 /// All are worth retrying; the message never carries the URL's query or a header.
 pub(crate) fn transport(e: reqwest::Error) -> Error {
+    if let Some(detail) = tls_certificate_problem(&e) {
+        // Not transient: retrying an untrusted certificate only delays the real message.
+        return Error::new(
+            ErrorKind::ConfigInvalid,
+            format!(
+                "TLS handshake with the remote failed: its certificate is not trusted \
+                 ({detail}); for a private CA set `ca_file` on the remote"
+            ),
+        )
+        .with_source(e.without_url());
+    }
     let what = if e.is_timeout() {
         "the remote did not answer in time"
     } else if e.is_connect() {
@@ -169,6 +180,20 @@ pub(crate) fn transport(e: reqwest::Error) -> Error {
     Error::new(ErrorKind::Backend, what)
         .set_retryable(true)
         .with_source(e.without_url())
+}
+
+/// The certificate complaint of a failed TLS handshake, found in the error's causes (reqwest
+/// only says "error sending request"; rustls names the reason, e.g. UnknownIssuer).
+fn tls_certificate_problem(e: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text.contains("invalid peer certificate") || text.contains("certificate verify") {
+            return Some(text);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 #[cfg(test)]

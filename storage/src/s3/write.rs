@@ -241,6 +241,7 @@ impl State {
             ));
         }
         self.upload_id = Some(r.upload_id);
+        crate::metrics::multipart(&self.inner.opts.name, 1, false);
         Ok(())
     }
 
@@ -436,6 +437,7 @@ impl State {
             }
             self.inner.client.send_xml(&req).await?;
             self.upload_id = None;
+            crate::metrics::multipart(&self.inner.opts.name, -1, false);
         }
         head_entry(&self.inner, &self.key).await
     }
@@ -444,6 +446,7 @@ impl State {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
+            crate::metrics::multipart(&self.inner.opts.name, -1, true);
             let req = Request::new(Method::DELETE, Some(&self.key)).query("uploadId", id);
             if let Err(e) = self.inner.client.send(&req).await {
                 tracing::warn!(remote = %self.inner.opts.name, key = %self.key, error = ?e,
@@ -453,8 +456,24 @@ impl State {
         self.buf = Buf::Empty;
     }
 
+    /// A "not found" while a multipart upload is open means the upload itself is gone: it was
+    /// aborted by someone else, or the key was overwritten meanwhile (Garage drops the uploads
+    /// of a key when a newer object lands there). For the writer that is a lost race.
+    fn upload_lost(&self, e: Error) -> Error {
+        if e.kind() == ErrorKind::NotFound && self.upload_id.is_some() {
+            Error::new(
+                ErrorKind::Conflict,
+                "the upload was cancelled on the remote: the file was overwritten or the \
+                 upload aborted meanwhile",
+            )
+            .with_source(e)
+        } else {
+            e
+        }
+    }
+
     async fn finish(mut self) -> Result<Entry> {
-        match self.commit().await {
+        match self.commit().await.map_err(|e| self.upload_lost(e)) {
             Ok(e) => Ok(e),
             Err(e) => {
                 self.abort_multipart().await;
@@ -486,6 +505,7 @@ impl Upload for S3Upload {
         st.check()?;
         let len = data.len() as u64;
         if let Err(e) = st.push(data).await {
+            let e = st.upload_lost(e);
             if st.failed.is_none() {
                 st.failed = Some(copy_err(&e));
             }

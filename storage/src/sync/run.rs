@@ -115,6 +115,14 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
         s.elapsed = t0.elapsed();
         s
     });
+    crate::metrics::sync_run(
+        &job.name,
+        match &result {
+            _ if opts.dry_run => "dry_run",
+            Ok(s) if s.errors == 0 => "ok",
+            _ => "failed",
+        },
+    );
     if !opts.dry_run {
         let rec = RunRecord::of(
             &job.name,

@@ -199,14 +199,105 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for RegionGat
     }
 }
 
+/// Refuses the named S3 operations with AccessDenied, like a key whose policy lacks the
+/// permission (`PutObject` stands for s3:PutObject, which also covers multipart and copies).
+pub struct Deny {
+    pub ops: &'static [&'static str],
+    /// Also refuse listings outside a prefix (a policy with an `s3:prefix` condition).
+    pub root_listing: bool,
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Deny {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        }
+        if self.ops.contains(&cx.s3_op().name()) {
+            return Err(s3s::s3_error!(AccessDenied, "Access Denied"));
+        }
+        if self.root_listing && cx.s3_op().name().starts_with("ListObjects") {
+            let prefixed = cx
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .any(|kv| kv.strip_prefix("prefix=").is_some_and(|v| !v.is_empty()));
+            if !prefixed {
+                return Err(s3s::s3_error!(AccessDenied, "Access Denied"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// s3s-fs on 127.0.0.1:0, optionally insisting on `region`.
 pub async fn s3s_server(region: Option<&str>) -> Server {
+    s3s_server_with(region, None, false).await
+}
+
+/// s3s-fs on 127.0.0.1:0 whose key is refused the operations `deny` names.
+pub async fn s3s_server_denying(deny: &'static [&'static str]) -> Server {
+    s3s_server_with(
+        None,
+        Some(Deny {
+            ops: deny,
+            root_listing: false,
+        }),
+        false,
+    )
+    .await
+}
+
+/// s3s-fs whose key may list only under a prefix (not the bucket root). Its probe at start
+/// lists under `ok/`.
+pub async fn s3s_server_prefix_only() -> Server {
+    s3s_server_with(
+        None,
+        Some(Deny {
+            ops: &[],
+            root_listing: true,
+        }),
+        false,
+    )
+    .await
+}
+
+/// `localhost` and `BUCKET.localhost` on any port (proxies in front change the port).
+struct Localhost;
+
+impl s3s::host::S3Host for Localhost {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<s3s::host::VirtualHost<'a>> {
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if name == "localhost" {
+            return Ok(s3s::host::VirtualHost::new(name));
+        }
+        match name.strip_suffix(".localhost") {
+            Some(bucket) => Ok(s3s::host::VirtualHost::new("localhost").with_bucket(bucket)),
+            None => Err(s3s::s3_error!(InvalidRequest, "Invalid host header")),
+        }
+    }
+}
+
+/// s3s-fs that also answers virtual-host requests (`Host: bucket.localhost:PORT`); its endpoint
+/// is `http://localhost:PORT`.
+pub async fn s3s_server_virtual_host() -> Server {
+    s3s_server_with(None, None, true).await
+}
+
+async fn s3s_server_with(region: Option<&str>, deny: Option<Deny>, vhost: bool) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let bucket = "bucket";
     std::fs::create_dir(dir.path().join(bucket)).expect("bucket dir");
     let fs = s3s_fs::FileSystem::new(dir.path()).expect("s3s-fs");
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS, SECRET));
+    if let Some(d) = deny {
+        b.set_access(d);
+    }
+    if vhost {
+        b.set_host(Localhost);
+    }
     let gate = RegionGate {
         svc: b.build(),
         region: region.map(str::to_string),
@@ -230,7 +321,11 @@ pub async fn s3s_server(region: Option<&str>) -> Server {
     });
     let srv = Server {
         name: "s3s-fs",
-        endpoint: format!("http://{addr}"),
+        endpoint: if vhost {
+            format!("http://localhost:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        },
         bucket: bucket.to_string(),
         access: ACCESS.to_string(),
         secret: SECRET.to_string(),
@@ -246,7 +341,11 @@ pub async fn s3s_server(region: Option<&str>) -> Server {
         prefix: random_prefix(),
         _guard: Guard::S3s(task, dir),
     };
-    srv.backend().probe_bucket().await.expect("s3s-fs answers");
+    // Through a listing any key may do (see s3s_server_prefix_only).
+    let mut first = srv.backend().list("ok");
+    if let Some(Err(e)) = futures::StreamExt::next(&mut first).await {
+        panic!("s3s-fs answers: {e}");
+    }
     srv
 }
 

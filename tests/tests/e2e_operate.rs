@@ -1,0 +1,488 @@
+//! Operating the gateway, through the real binary and real clients: exact counts on /metrics,
+//! the audit log and the absence of secrets, the PROXY protocol, and two instances sharing one
+//! config, one S3 site tree and one host key.
+
+use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch, sftp_batch_password};
+use bucketgate_tests::gateway::{passive_range, require, run, Gateway};
+use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "alice-Operate-Pw-7c1d";
+const WRONG: &str = "wrong-Guess-Pw-55aa";
+
+fn hash(dir: &Path, pw: &str) -> String {
+    let (code, out, _) = run(dir, &["hash-password"], Some(&format!("{pw}\n")));
+    assert_eq!(code, 0);
+    out.trim().to_string()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of one exposed series (0 when absent).
+fn value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+/// Scrapes until `series` reaches `want` (a download's audit line is written when the server
+/// drops the handle, which can trail the client's exit), then returns the scrape.
+fn scrape_until(admin: SocketAddr, series: &str, want: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = http_get(admin, "/metrics");
+        if value(&m, series) >= want || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_count_exactly_what_clients_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = keygen(d, "alice_key");
+    let cfg = format!(
+        r#"sftp: {{ listen: "127.0.0.1:0" }}
+ftp: {{ listen: "127.0.0.1:0", passive_ports: "{passive}" }}
+admin: {{ listen: "127.0.0.1:0" }}
+storage: {{ type: local, root: ./files }}
+users:
+  - username: alice
+    password_hash: "{hash}"
+    public_keys: ["{public}"]
+    home: /
+    permissions: {{ "/": ["*"] }}
+"#,
+        passive = passive_range(),
+        hash = hash(d, PASSWORD),
+    );
+    let gw = Gateway::start(d, &cfg, &["sftp", "ftp", "admin"]);
+    let (sftp, ftp, admin) = (gw.addr("sftp"), gw.addr("ftp"), gw.addr("admin"));
+    std::fs::write(d.join("a.bin"), vec![1u8; 1000]).unwrap();
+    std::fs::write(d.join("b.bin"), vec![2u8; 2000]).unwrap();
+    std::fs::write(d.join("c.bin"), vec![3u8; 3000]).unwrap();
+
+    // SFTP: one session, two uploads (1000 + 2000 bytes), one download (1000).
+    let out = sftp_batch(
+        sftp,
+        "alice",
+        &key,
+        "put a.bin\nput b.bin\nget a.bin a.back\n",
+        d,
+    );
+    assert_ok("sftp", &out);
+    // FTP: one upload (3000), one download (2000), one wrong password.
+    let url = |p: &str| format!("ftp://alice:{PASSWORD}@{ftp}/{p}");
+    assert_ok(
+        "ftp upload",
+        &curl(&["-T", d.join("c.bin").to_str().unwrap(), &url("c.bin")]),
+    );
+    let down = curl(&[&url("b.bin")]);
+    assert_ok("ftp download", &down);
+    assert_eq!(down.stdout.len(), 2000);
+    let bad = curl(&[&format!("ftp://alice:{WRONG}@{ftp}/b.bin")]);
+    assert!(!bad.status.success());
+
+    let m = scrape_until(
+        admin,
+        r#"bucketgate_file_operations_total{protocol="ftp",op="open_read",result="ok"}"#,
+        1,
+    );
+    let m = if value(
+        &m,
+        r#"bucketgate_file_operations_total{protocol="sftp",op="open_read",result="ok"}"#,
+    ) < 1
+    {
+        scrape_until(
+            admin,
+            r#"bucketgate_file_operations_total{protocol="sftp",op="open_read",result="ok"}"#,
+            1,
+        )
+    } else {
+        m
+    };
+    let expect = [
+        (r#"bucketgate_logins_total{protocol="sftp",result="ok"}"#, 1),
+        (r#"bucketgate_logins_total{protocol="ftp",result="ok"}"#, 2),
+        (
+            r#"bucketgate_logins_total{protocol="ftp",result="wrong_password"}"#,
+            1,
+        ),
+        (r#"bucketgate_sessions_total{protocol="sftp"}"#, 1),
+        (r#"bucketgate_sessions_total{protocol="ftp"}"#, 3),
+        (r#"bucketgate_bytes_received_total{protocol="sftp"}"#, 3000),
+        (r#"bucketgate_bytes_received_total{protocol="ftp"}"#, 3000),
+        (r#"bucketgate_bytes_sent_total{protocol="sftp"}"#, 1000),
+        (r#"bucketgate_bytes_sent_total{protocol="ftp"}"#, 2000),
+        (
+            r#"bucketgate_file_operations_total{protocol="sftp",op="open_write",result="ok"}"#,
+            2,
+        ),
+        (
+            r#"bucketgate_file_operations_total{protocol="sftp",op="open_read",result="ok"}"#,
+            1,
+        ),
+        (
+            r#"bucketgate_file_operations_total{protocol="ftp",op="open_write",result="ok"}"#,
+            1,
+        ),
+        (
+            r#"bucketgate_file_operations_total{protocol="ftp",op="open_read",result="ok"}"#,
+            1,
+        ),
+    ];
+    for (series, want) in expect {
+        assert_eq!(value(&m, series), want, "{series}\n{m}");
+    }
+    assert!(m.contains("# TYPE bucketgate_sessions_active gauge"), "{m}");
+    assert!(m.contains("bucketgate_up 1"));
+}
+
+/// Every secret the run used must be absent from `text`.
+fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(!text.contains(s.as_str()), "{what} contains a secret");
+    }
+}
+
+fn secrets_run(json: bool) {
+    let moto = Moto::start();
+    moto.create_bucket("exchange");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (host_key, _) = keygen(d, "host_key");
+    let cfg = format!(
+        r#"sftp: {{ listen: "127.0.0.1:0", host_keys: ["./host_key"] }}
+ftp: {{ listen: "127.0.0.1:0", passive_ports: "{passive}" }}
+admin: {{ listen: "127.0.0.1:0" }}
+log: {{ format: {fmt} }}
+storage: {{ type: local, root: ./files }}
+remotes:
+  - name: acme
+    endpoint: {endpoint}
+    bucket: exchange
+    access_key_id: {ACCESS_KEY}
+    secret_access_key: {SECRET_KEY}
+mounts:
+  - {{ path: /acme, remote: acme, prefix: in/ }}
+users:
+  - username: alice
+    password_hash: "{hash}"
+    home: /
+    permissions: {{ "/": ["*"], "/acme/ro": [list] }}
+"#,
+        passive = passive_range(),
+        fmt = if json { "json" } else { "text" },
+        endpoint = moto.endpoint,
+        hash = hash(d, PASSWORD),
+    );
+    let gw = Gateway::start(d, &cfg, &["sftp", "ftp", "admin"]);
+    let (sftp, ftp) = (gw.addr("sftp"), gw.addr("ftp"));
+    std::fs::write(d.join("f.txt"), b"secret-free payload").unwrap();
+    let mut visible = String::new();
+    let mut keep = |o: &std::process::Output| {
+        visible.push_str(&String::from_utf8_lossy(&o.stdout));
+        visible.push_str(&String::from_utf8_lossy(&o.stderr));
+    };
+    let out = sftp_batch_password(
+        sftp,
+        "alice",
+        PASSWORD,
+        "put f.txt /acme/f.txt\nget /acme/f.txt back.txt\nget /acme/missing.txt\nput f.txt /acme/ro/x.txt\n",
+        d,
+    );
+    keep(&out);
+    assert_eq!(
+        moto.get("exchange", "in/f.txt").unwrap(),
+        b"secret-free payload"
+    );
+    keep(&sftp_batch_password(sftp, "alice", WRONG, "ls\n", d));
+    keep(&curl(&[&format!("ftp://alice:{WRONG}@{ftp}/")]));
+    keep(&curl(&[
+        "-T",
+        d.join("f.txt").to_str().unwrap(),
+        &format!("ftp://alice:{PASSWORD}@{ftp}/acme/g.txt"),
+    ]));
+    keep(&curl(&[&format!(
+        "ftp://alice:{PASSWORD}@{ftp}/acme/nope.txt"
+    )]));
+    keep(&curl(&[&format!("ftp://nobody:{PASSWORD}@{ftp}/")]));
+    assert_eq!(
+        moto.get("exchange", "in/g.txt").unwrap(),
+        b"secret-free payload"
+    );
+
+    // The private key's base64 body lines: none of them may leak.
+    let key_text = std::fs::read_to_string(&host_key).unwrap();
+    let mut secrets: Vec<String> = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .map(str::to_string)
+        .collect();
+    assert!(!secrets.is_empty());
+    secrets.extend([PASSWORD, WRONG, SECRET_KEY].map(str::to_string));
+    let log = gw.log_text();
+    assert_no_secret("the log", &log, &secrets);
+    assert_no_secret("client output", &visible, &secrets);
+    let metrics = http_get(gw.addr("admin"), "/metrics");
+    assert_no_secret("the metrics", &metrics, &secrets);
+
+    // Audit lines: one per operation, with every field.
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("bucketgate::audit"))
+        .collect();
+    let upload = audit
+        .iter()
+        .find(|l| l.contains("open_write") && l.contains("/acme/f.txt"))
+        .unwrap_or_else(|| panic!("no audit line for the SFTP upload:\n{log}"));
+    let fields: &[&str] = if json {
+        &[
+            r#""user":"alice""#,
+            r#""protocol":"sftp""#,
+            r#""client":"127.0.0.1""#,
+            r#""operation":"open_write""#,
+            r#""bytes":19"#,
+            r#""duration_ms":"#,
+            r#""result":"ok""#,
+            r#""level":"INFO""#,
+        ]
+    } else {
+        &[
+            "user=alice",
+            "protocol=\"sftp\"",
+            "client=127.0.0.1",
+            "operation=\"open_write\"",
+            "bytes=19",
+            "duration_ms=",
+            "result=\"ok\"",
+            "INFO",
+        ]
+    };
+    for f in fields {
+        assert!(upload.contains(f), "audit line lacks {f}: {upload}");
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("open_write") && l.contains("/acme/g.txt") && l.contains("ftp")),
+        "no FTP audit line:\n{log}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("/acme/ro/x.txt") && l.contains("permission_denied")),
+        "no audit line for the refused upload:\n{log}"
+    );
+}
+
+#[test]
+fn no_secret_in_text_logs_and_audit_lines_are_complete() {
+    secrets_run(false);
+}
+
+#[test]
+fn no_secret_in_json_logs_and_audit_lines_are_complete() {
+    secrets_run(true);
+}
+
+/// A TCP forwarder that starts every connection with a PROXY v1 header naming `client`, as a
+/// load balancer does.
+fn proxy_front(target: SocketAddr, client: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            let Ok(mut up) = TcpStream::connect(target) else {
+                return;
+            };
+            let _ = write!(
+                up,
+                "PROXY TCP4 {client} 127.0.0.1 40000 {}\r\n",
+                target.port()
+            );
+            let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            let mut c = c;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut up2);
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Sends FTP USER/PASS over `s` (after the greeting) and returns the reply to PASS.
+fn ftp_login(s: TcpStream, user: &str, pw: &str) -> String {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220"), "greeting: {line}");
+    write!(w, "USER {user}\r\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    write!(w, "PASS {pw}\r\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn proxy_protocol_names_the_real_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = format!(
+        r#"sftp: {{ listen: "127.0.0.1:0", proxy_protocol: true }}
+ftp: {{ listen: "127.0.0.1:0", passive_ports: "{passive}", proxy_protocol: true }}
+storage: {{ type: local, root: ./files }}
+users:
+  - username: bob
+    password_hash: "{hash}"
+    home: /
+    permissions: {{ "/": ["*"] }}
+    allowed_ips: ["203.0.113.9/32"]
+"#,
+        passive = passive_range(),
+        hash = hash(d, PASSWORD),
+    );
+    let gw = Gateway::start(d, &cfg, &["sftp", "ftp"]);
+    let (sftp, ftp) = (gw.addr("sftp"), gw.addr("ftp"));
+
+    // Through a front that names 203.0.113.9, bob (allowed only from there) logs in, on FTP...
+    let good = proxy_front(ftp, "203.0.113.9");
+    let reply = ftp_login(TcpStream::connect(good).unwrap(), "bob", PASSWORD);
+    assert!(reply.starts_with("230"), "{reply}");
+    // ... and on SFTP.
+    let good_ssh = proxy_front(sftp, "203.0.113.9");
+    let out = sftp_batch_password(good_ssh, "bob", PASSWORD, "pwd\n", d);
+    assert_ok("sftp through the PROXY front", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Remote working directory: /"));
+
+    // A front naming another address: refused, and the log names that address.
+    let other = proxy_front(ftp, "198.51.100.7");
+    let reply = ftp_login(TcpStream::connect(other).unwrap(), "bob", PASSWORD);
+    assert!(reply.starts_with("530"), "{reply}");
+    assert!(gw.wait_log(
+        "login failed: protocol=ftp ip=198.51.100.7 user=\"bob\" reason=address_denied",
+        Duration::from_secs(10)
+    ));
+    let reply = ftp_login(TcpStream::connect(good).unwrap(), "bob", WRONG);
+    assert!(reply.starts_with("530"), "{reply}");
+    assert!(gw.wait_log(
+        "login failed: protocol=ftp ip=203.0.113.9 user=\"bob\" reason=wrong_password",
+        Duration::from_secs(10)
+    ));
+    assert!(gw.wait_log(
+        "login ok: protocol=sftp ip=203.0.113.9",
+        Duration::from_secs(10)
+    ));
+
+    // Without a header (a client straight to the port) nothing is served: no greeting, closed.
+    let mut direct = TcpStream::connect(ftp).unwrap();
+    direct.write_all(b"USER bob\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = direct.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+    let out = sftp_batch_password(sftp, "bob", PASSWORD, "pwd\n", d);
+    assert!(!out.status.success());
+    assert!(gw.wait_log("no valid PROXY header", Duration::from_secs(10)));
+}
+
+fn keyscan(addr: SocketAddr) -> Vec<String> {
+    require("ssh-keyscan");
+    let out = std::process::Command::new("ssh-keyscan")
+        .args(["-t", "ed25519", "-p", &addr.port().to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' ').map(|(_, k)| k.to_string()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn two_instances_share_one_config_one_site_tree_and_one_host_key() {
+    let moto = Moto::start();
+    moto.create_bucket("site");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = keygen(d, "alice_key");
+    keygen(d, "shared_host_key");
+    let cfg = format!(
+        r#"sftp:
+  listen: "${{SFTP_LISTEN}}"
+  host_keys: ["./shared_host_key"]
+state_dir: "${{STATE_DIR}}"
+storage: {{ type: s3, remote: primary, prefix: site/ }}
+remotes:
+  - name: primary
+    endpoint: {endpoint}
+    bucket: site
+    access_key_id: {ACCESS_KEY}
+    secret_access_key: {SECRET_KEY}
+users:
+  - username: alice
+    public_keys: ["{public}"]
+    home: /users/alice
+    permissions: {{ "/": ["*"] }}
+"#,
+        endpoint = moto.endpoint,
+    );
+    let cfg_path = d.join("bucketgate.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let start = |state: &str| {
+        Gateway::spawn(
+            d,
+            &["serve", "--config", cfg_path.to_str().unwrap()],
+            &["sftp"],
+            &[("SFTP_LISTEN", "127.0.0.1:0"), ("STATE_DIR", state)],
+        )
+    };
+    let a = start("./state-a");
+    let b = start("./state-b");
+    let (sa, sb) = (a.addr("sftp"), b.addr("sftp"));
+    assert_ne!(sa, sb);
+
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(d.join("shared.bin"), &payload).unwrap();
+    assert_ok(
+        "upload through A",
+        &sftp_batch(sa, "alice", &key, "put shared.bin\n", d),
+    );
+    let out = sftp_batch(sb, "alice", &key, "ls -l\nget shared.bin from-b.bin\n", d);
+    assert_ok("list and download through B", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("shared.bin"));
+    assert_eq!(std::fs::read(d.join("from-b.bin")).unwrap(), payload);
+    assert_eq!(
+        moto.get("site", "site/users/alice/shared.bin").unwrap(),
+        payload
+    );
+
+    let (ka, kb) = (keyscan(sa), keyscan(sb));
+    assert!(!ka.is_empty(), "ssh-keyscan saw no key on A");
+    assert_eq!(ka, kb, "the two instances show different host keys");
+    let public_host = std::fs::read_to_string(d.join("shared_host_key.pub")).unwrap();
+    assert!(public_host.contains(ka[0].split(' ').nth(1).unwrap()));
+}

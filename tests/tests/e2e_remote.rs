@@ -1,0 +1,234 @@
+//! Remotes as operators meet them, through the real binary: `bucketgate remote test` against a
+//! key that lacks a permission, a healthy remote and a production bucket (`--read-only`), and
+//! a mount whose remote is unreachable while the rest of the site keeps working.
+
+#[path = "../../storage/tests/s3_support/mod.rs"]
+mod s3_support;
+
+use bucketgate_tests::clients::{keygen, sftp_batch};
+use bucketgate_tests::gateway::{run, Gateway};
+use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
+use std::path::Path;
+
+fn remote_config(endpoint: &str, bucket: &str, access: &str, secret: &str) -> String {
+    format!(
+        r#"storage: {{ type: local, root: ./files }}
+remotes:
+  - name: partner
+    endpoint: {endpoint}
+    bucket: {bucket}
+    access_key_id: "{access}"
+    secret_access_key: "{secret}"
+    timeouts: {{ connect: 5s, request: 20s }}
+"#
+    )
+}
+
+/// Runs `bucketgate remote test partner ARGS` on `config` in `dir`; (exit code, stdout).
+fn remote_test(dir: &Path, config: &str, extra: &[&str]) -> (i32, String) {
+    std::fs::write(dir.join("bucketgate.yaml"), config).unwrap();
+    let mut args = vec!["remote", "test", "partner", "--config", "bucketgate.yaml"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(dir, &args, None);
+    println!("exit {code}\n--- stdout\n{out}--- stderr\n{err}");
+    (code, out)
+}
+
+fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_put_permission_fails_the_put_step_and_names_it() {
+    // What an IAM policy without s3:PutObject refuses: uploads in one request or in parts,
+    // and server-side copies onto a new key.
+    let srv = s3_support::s3s_server_denying(&[
+        "PutObject",
+        "CopyObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_config(&srv.endpoint, &srv.bucket, &srv.access, &srv.secret);
+    let path = dir.path().to_path_buf();
+    let (code, out) = tokio::task::spawn_blocking(move || remote_test(&path, &cfg, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "a failed step must fail the command");
+    // The steps before the write pass: the key reads the bucket fine.
+    assert!(line(&out, "ok    TCP connect").contains("TCP connect"));
+    line(&out, "ok    credentials and bucket");
+    line(&out, "ok    list");
+    let put = line(&out, "FAIL  put ");
+    assert!(
+        put.contains("s3:PutObject"),
+        "the failed put must name the missing permission: {put}"
+    );
+    assert!(put.contains("access denied"), "{put}");
+    let mp = line(&out, "FAIL  multipart upload");
+    assert!(mp.contains("s3:PutObject"), "{mp}");
+    assert!(!out.contains("all steps passed"));
+    // Nothing was left in the bucket.
+    let left = s3_support::walk_all(&srv.backend(), "").await;
+    assert!(left.is_empty(), "probe left {:?}", s3_support::names(&left));
+}
+
+#[test]
+fn every_step_passes_against_a_working_remote_and_cleans_up() {
+    let moto = Moto::start();
+    moto.create_bucket("probe-ok");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_config(&moto.endpoint, "probe-ok", ACCESS_KEY, SECRET_KEY);
+    let (code, out) = remote_test(dir.path(), &cfg, &[]);
+    assert_eq!(code, 0);
+    for step in [
+        "ok    resolve endpoint",
+        "ok    TCP connect",
+        "ok    credentials and bucket",
+        "ok    list",
+        "ok    put ",
+        "ok    read back",
+        "ok    server-side copy",
+        "ok    delete",
+        "ok    multipart upload",
+    ] {
+        line(&out, step);
+    }
+    assert!(!out.contains("FAIL"));
+    assert!(out.contains("all steps passed"));
+    assert_eq!(
+        moto.keys("probe-ok"),
+        Vec::<String>::new(),
+        "probe objects left"
+    );
+    assert_eq!(moto.pending_uploads("probe-ok"), 0, "multipart upload left");
+    assert!(!out.contains(SECRET_KEY), "secret printed");
+}
+
+#[test]
+fn read_only_probe_writes_nothing() {
+    let moto = Moto::start();
+    moto.create_bucket("probe-ro");
+    moto.put("probe-ro", "existing/report.csv", b"a,b\n");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_config(&moto.endpoint, "probe-ro", ACCESS_KEY, SECRET_KEY);
+    let (code, out) = remote_test(dir.path(), &cfg, &["--read-only"]);
+    assert_eq!(code, 0);
+    line(&out, "ok    list");
+    assert!(out.contains("skipped the write steps"));
+    assert!(!out.contains("put "), "a write step ran:\n{out}");
+    assert_eq!(
+        moto.keys("probe-ro"),
+        vec!["existing/report.csv".to_string()]
+    );
+    assert_eq!(moto.pending_uploads("probe-ro"), 0);
+}
+
+#[test]
+fn an_unreachable_remote_fails_the_probe_at_the_connect_step() {
+    // A port nobody listens on: bound then released.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_config(&format!("http://127.0.0.1:{port}"), "bucket", "a", "b");
+    let (code, out) = remote_test(dir.path(), &cfg, &[]);
+    assert_eq!(code, 1);
+    line(&out, "ok    resolve endpoint");
+    line(&out, "FAIL  TCP connect");
+}
+
+/// A listener that accepts connections and never answers: a remote behind a firewall that
+/// drops traffic, or a hung server. Connections are held open until the test ends.
+fn blackhole() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    (addr, t)
+}
+
+#[test]
+fn a_mount_on_a_hung_remote_answers_with_an_error_and_the_rest_keeps_working() {
+    let (dead, _t) = blackhole();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "alice_key");
+    std::fs::create_dir_all(dir.path().join("files/local")).unwrap();
+    std::fs::write(dir.path().join("files/local/hello.txt"), b"still here\n").unwrap();
+    let cfg = format!(
+        r#"sftp:
+  listen: "127.0.0.1:0"
+storage: {{ type: local, root: ./files }}
+remotes:
+  - name: hung
+    endpoint: http://{dead}
+    bucket: gone
+    access_key_id: a
+    secret_access_key: b
+    timeouts: {{ connect: 1s, request: 2s }}
+mounts:
+  - {{ path: /dead, remote: hung }}
+users:
+  - username: alice
+    public_keys: ["{public}"]
+    home: /
+    permissions:
+      "/": ["*"]
+"#
+    );
+    let gw = Gateway::start(dir.path(), &cfg, &["sftp"]);
+    let sftp = gw.addr("sftp");
+    // `-` lets the batch go on after a failed command: one session sees both folders.
+    let out = sftp_batch(
+        sftp,
+        "alice",
+        &key,
+        "-ls /dead\nls /local\nget /local/hello.txt got.txt\n",
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("--- stdout\n{stdout}--- stderr\n{stderr}");
+    assert!(out.status.success(), "the session must go on");
+    // OpenSSH prints the server's refusal of the listing (after connect/request timeouts and
+    // retries, not a hang: the session goes on to the next command).
+    assert!(
+        stderr.contains("Couldn't read directory"),
+        "listing the dead mount must report an error: {stderr}"
+    );
+    assert!(!stdout.contains("dead:"), "no listing of the dead mount");
+    assert!(stdout.contains("hello.txt"), "the local folder must list");
+    assert_eq!(
+        std::fs::read(dir.path().join("got.txt")).unwrap(),
+        b"still here\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limited_to_the_mounted_prefix_passes_every_step() {
+    // The policy of docs/providers.md without the empty prefix: listings only under a prefix.
+    let srv = s3_support::s3s_server_prefix_only().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}mounts:\n  - {{ path: /in, remote: partner, prefix: inbound/ }}\n",
+        remote_config(&srv.endpoint, &srv.bucket, &srv.access, &srv.secret)
+    );
+    let path = dir.path().to_path_buf();
+    let (code, out) = tokio::task::spawn_blocking(move || remote_test(&path, &cfg, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    line(&out, "ok    credentials and bucket");
+    line(&out, "ok    list prefix inbound/");
+    line(&out, "ok    put inbound/.bucketgate-probe-");
+    assert!(out.contains("all steps passed"));
+}
