@@ -54,6 +54,12 @@ impl LocalBackend {
     }
 }
 
+/// Names placed on disk by others may hold CR/LF or other control characters, which no client
+/// path can name and which would forge lines in FTP listings: they are never served.
+fn servable_name(name: &str) -> bool {
+    !name.chars().any(char::is_control)
+}
+
 fn etag_of(md: &std::fs::Metadata) -> String {
     let nanos = md
         .modified()
@@ -137,6 +143,10 @@ fn async_stream_pages(
                     if st.hide_staging && name == STAGING {
                         continue;
                     }
+                    if !servable_name(&name) {
+                        tracing::warn!(dir = %st.dir.display(), name = ?name, "skipping a file name with a control character");
+                        continue;
+                    }
                     // Follow symlinks placed by the operator; skip dangling ones.
                     let md = match tokio::fs::metadata(de.path()).await {
                         Ok(md) => md,
@@ -205,6 +215,10 @@ fn walk_pages(
                         continue;
                     };
                     if st.top_is_root && prefix.is_empty() && name == STAGING {
+                        continue;
+                    }
+                    if !servable_name(&name) {
+                        tracing::warn!(dir = %dir.display(), name = ?name, "skipping a file name with a control character");
                         continue;
                     }
                     let Ok(md) = tokio::fs::metadata(de.path()).await else {

@@ -65,3 +65,12 @@ pub fn area(b: &Arc<dyn Backend>, prefix: &str) -> Area {
         prefix: prefix.to_string(),
     }
 }
+
+/// The folder on disk of a local fixture.
+pub fn local_root(f: &Fixture) -> std::path::PathBuf {
+    f._guard
+        .downcast_ref::<tempfile::TempDir>()
+        .expect("a local fixture")
+        .path()
+        .to_path_buf()
+}

@@ -712,3 +712,19 @@ suite!(local, Fixture::local());
 suite!(s3s, s3s_fs());
 suite!(moto_s3, moto());
 suite!(env_endpoint, env_or_local());
+
+/// A file put on the local disk by another program with a newline in its name would forge FTP
+/// listing lines: the tree never lists it.
+#[tokio::test]
+async fn local_names_with_control_characters_are_not_listed() {
+    let f = Fixture::local().await;
+    let fs = admin(&f);
+    put(&fs, "/ok.txt", b"ok").await.unwrap();
+    let disk = bucketgate_tests::fixtures::local_root(&f);
+    std::fs::write(
+        disk.join("evil\r\n-rw-r--r-- 1 x x 1 Jan 1 00:00 fake"),
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(names(&fs, "/").await, vec![("ok.txt".to_string(), false)]);
+}

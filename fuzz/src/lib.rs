@@ -1,0 +1,160 @@
+//! The properties each fuzz target checks, as plain functions: libFuzzer drives them from
+//! fuzz_targets/, and `cargo test` (tests/corpus.rs) runs them over the seed corpora on the
+//! stable toolchain. Each panics when a property breaks; returning normally is a pass.
+
+use bucketgate_storage::{PermSet, Permissions, VPath};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Splits fuzz input at the first NUL-free `\n` into up to `n` UTF-8 strings (lossy).
+fn fields(data: &[u8], n: usize) -> Vec<String> {
+    data.splitn(n, |b| *b == b'\n')
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
+}
+
+/// `VPath::resolve` and `Permissions::at`: whatever a client sends, the result is a clean
+/// absolute path (no `.`/`..`/empty segment, no backslash or control character), resolving it
+/// again changes nothing, it never climbs above the root, and a folder rule covers only whole
+/// path components (`/archive` never covers `/archive2`).
+pub fn vpath(data: &[u8]) {
+    let f = fields(data, 3);
+    let cwd = VPath::resolve(&VPath::root(), f.first().map(String::as_str).unwrap_or(""))
+        .unwrap_or_else(|_| VPath::root());
+    let input = f.get(1).map(String::as_str).unwrap_or("");
+    let Ok(p) = VPath::resolve(&cwd, input) else {
+        return;
+    };
+    let s = p.as_str();
+    assert!(s.starts_with('/'), "not absolute: {s:?}");
+    assert!(
+        !s.contains('\\') && !s.chars().any(char::is_control),
+        "{s:?}"
+    );
+    if s != "/" {
+        assert!(!s.ends_with('/'), "trailing slash: {s:?}");
+        for seg in s[1..].split('/') {
+            assert!(
+                !seg.is_empty() && seg != "." && seg != "..",
+                "bad segment in {s:?} from {input:?}"
+            );
+        }
+    }
+    let again = VPath::resolve(&VPath::root(), s).expect("a resolved path resolves");
+    assert_eq!(again.as_str(), s, "resolve is not idempotent");
+    assert!(p.starts_with(&VPath::root()));
+    // Permissions: a rule at the (resolved) third field, another at the root.
+    let rule_at = VPath::resolve(&VPath::root(), f.get(2).map(String::as_str).unwrap_or("/"))
+        .unwrap_or_else(|_| VPath::root());
+    let only_list = PermSet::parse(["list"]).unwrap();
+    let perms = Permissions::new([(VPath::root(), PermSet::ALL), (rule_at.clone(), only_list)]);
+    if rule_at.is_root() {
+        // Two rules on one folder: which wins is not a property.
+        return;
+    }
+    let got = perms.at(&p);
+    let inside =
+        p.as_str() == rule_at.as_str() || p.as_str().starts_with(&format!("{}/", rule_at.as_str()));
+    let want = if inside { only_list } else { PermSet::ALL };
+    assert!(
+        got == want,
+        "permissions at {s:?} with a rule at {:?}: whole components only",
+        rule_at.as_str()
+    );
+}
+
+/// `bucketgate_config::load_str`: any text gives a config or errors, never a panic; every
+/// error names a YAML path, and a secret value never shows up in an error message.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if text.len() > 64 * 1024 {
+        return;
+    }
+    if let Err(errs) = bucketgate_config::load_str(text, Path::new("/nonexistent-base")) {
+        let shown = errs.to_string();
+        assert!(!shown.is_empty());
+        // The seed's secret, when it only ever stands as a secret value, is never echoed.
+        if text.matches("fuzz-secret-9c1f").count() == 1
+            && text.contains("secret_access_key: fuzz-secret-9c1f\n")
+        {
+            assert!(
+                !shown.contains("fuzz-secret-9c1f"),
+                "a secret leaked into an error: {shown}"
+            );
+        }
+    }
+}
+
+/// The scp parsers: any exec command and any record line give a value or a refusal, never a
+/// panic; a parsed file or folder record's name is one plain segment.
+pub fn scp(data: &[u8]) {
+    use bucketgate_protocols::sftp::scp::{parse_command, parse_record, Record};
+    // Shell quoting is honoured (`sc""p` is scp), so the property is: no panic, and UTF-8.
+    if parse_command(data).is_some() {
+        assert!(std::str::from_utf8(data).is_ok());
+    }
+    if let Ok(rec) = parse_record(data) {
+        let name = match &rec {
+            Record::File { name, .. } | Record::Dir { name, .. } => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(n) = name {
+            assert!(
+                !n.is_empty()
+                    && n != "."
+                    && n != ".."
+                    && !n.contains('/')
+                    && !n.chars().any(char::is_control)
+                    && n.len() <= 255,
+                "scp accepted the name {n:?}"
+            );
+        }
+    }
+}
+
+/// The FTP LIST formatter over hostile names and any time or size: one line, CRLF-terminated,
+/// the name last, the `ls -l` shape kept (clients split on spaces).
+pub fn ftp_listing(data: &[u8]) {
+    if data.len() < 17 {
+        return;
+    }
+    let size = u64::from_le_bytes(data[..8].try_into().unwrap());
+    let secs = u64::from_le_bytes(data[8..16].try_into().unwrap()) % (1 << 40);
+    let is_dir = data[16] & 1 == 1;
+    let name = String::from_utf8_lossy(&data[17..]);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let line = bucketgate_protocols::ftp::listing::list_line(&name, is_dir, size, mtime, now);
+    assert!(line.ends_with("\r\n"));
+    assert!(line.ends_with(&format!(" {name}\r\n")), "{line:?}");
+    let head = &line[..line.len() - name.len() - 2];
+    assert!(!head.contains(['\r', '\n']), "{line:?}");
+    assert!(head.starts_with(if is_dir { 'd' } else { '-' }));
+    let fields: Vec<&str> = head.split_whitespace().collect();
+    assert_eq!(fields.len(), 8, "{head:?}");
+    let shown: u64 = fields[4].parse().unwrap();
+    assert_eq!(shown, if is_dir { 0 } else { size });
+}
+
+/// The PROXY v1/v2 header parser: a complete header is never longer than the input or the
+/// v2 limit, parses the same on its own bytes, and every shorter prefix of it asks for more
+/// (never "done", never an error); "need more" never asks past the limit.
+pub fn proxy(data: &[u8]) {
+    use bucketgate_protocols::proxy::{parse, Parsed, V2_MAX};
+    match parse(data) {
+        Ok(Parsed::Done(h, len)) => {
+            assert!(len > 0 && len <= data.len() && len <= V2_MAX, "len {len}");
+            assert_eq!(parse(&data[..len]), Ok(Parsed::Done(h, len)));
+            for i in 0..len {
+                match parse(&data[..i]) {
+                    Ok(Parsed::Incomplete(m)) => assert!(m > 0 && i + m <= len, "{i}+{m} > {len}"),
+                    other => panic!("prefix of {i}/{len} bytes gave {other:?}"),
+                }
+            }
+        }
+        Ok(Parsed::Incomplete(m)) => assert!(m > 0 && data.len() + m <= V2_MAX, "{m}"),
+        Err(_) => {}
+    }
+}

@@ -1,0 +1,246 @@
+//! Soak: 50 concurrent in-process clients, half SFTP (russh + russh-sftp) and half FTP
+//! (suppaftp), upload, download, list and rename through a mount onto a real S3 server (moto
+//! on loopback; s3s-fs answers HEAD of a key that is also a folder on its disk with HTTP 500)
+//! for a bounded time (`BUCKETGATE_SOAK_SECS`, default 60). Every byte that ends
+//! in the bucket is checked against what was sent, any error fails the test, and the gateway's
+//! peak RSS (VmHWM) is reported.
+
+mod support;
+
+use bucketgate_tests::moto::{ACCESS_KEY, SECRET_KEY};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::AsyncReadExt;
+
+const CLIENTS: usize = 50;
+/// CRC-32 (IEEE, as Python's zlib.crc32): the bucket is read back as key, size and CRC, in
+/// one boto3 call, instead of one subprocess per object.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Deterministic content for client `c`, round `k`: 1 byte to ~200 KiB.
+fn body(c: usize, k: usize) -> Vec<u8> {
+    let mut x = (c as u64 * 1_000_003 + k as u64) ^ 0x9e37_79b9_7f4a_7c15;
+    let len = (x % 200_000) as usize + 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// What one client left in the bucket: key (under the mount prefix) -> bytes.
+type Expected = BTreeMap<String, Vec<u8>>;
+
+async fn sftp_client(c: usize, addr: SocketAddr, until: Instant) -> Result<Expected, String> {
+    let (_h, s) = sftp_session(LO, addr, "soak", PASSWORD).await?;
+    let dir = format!("/m/c{c}");
+    s.create_dir(&dir)
+        .await
+        .map_err(|e| format!("mkdir: {e}"))?;
+    let mut done = Expected::new();
+    let mut k = 0;
+    while Instant::now() < until {
+        let b = body(c, k);
+        let f = format!("{dir}/f{k}.bin");
+        sftp_put(&s, &f, &b)
+            .await
+            .map_err(|e| format!("put {f}: {e}"))?;
+        let mut h = s.open(&f).await.map_err(|e| format!("open {f}: {e}"))?;
+        let mut got = Vec::new();
+        h.read_to_end(&mut got)
+            .await
+            .map_err(|e| format!("get {f}: {e}"))?;
+        drop(h);
+        if got != b {
+            return Err(format!("{f}: downloaded bytes differ"));
+        }
+        let names: Vec<String> = s
+            .read_dir(&dir)
+            .await
+            .map_err(|e| format!("ls {dir}: {e}"))?
+            .map(|e| e.file_name())
+            .collect();
+        if !names.contains(&format!("f{k}.bin")) {
+            return Err(format!("ls {dir} misses f{k}.bin: {names:?}"));
+        }
+        let g = format!("{dir}/g{k}.bin");
+        s.rename(&f, &g)
+            .await
+            .map_err(|e| format!("rename {f}: {e}"))?;
+        done.insert(format!("c{c}/g{k}.bin"), b);
+        k += 1;
+    }
+    Ok(done)
+}
+
+async fn ftp_client(c: usize, addr: SocketAddr, until: Instant) -> Result<Expected, String> {
+    use suppaftp::tokio::AsyncFtpStream;
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: suppaftp::FtpError| format!("{what}: {err}")
+    };
+    let mut f = AsyncFtpStream::connect(addr).await.map_err(e("connect"))?;
+    f.login("soak", PASSWORD).await.map_err(e("login"))?;
+    f.transfer_type(suppaftp::types::FileType::Binary)
+        .await
+        .map_err(e("TYPE I"))?;
+    let dir = format!("/m/c{c}");
+    f.mkdir(&dir).await.map_err(e("MKD"))?;
+    let mut done = Expected::new();
+    let mut k = 0;
+    while Instant::now() < until {
+        let b = body(c, k);
+        let name = format!("{dir}/f{k}.bin");
+        f.put_file(&name, &mut b.as_slice())
+            .await
+            .map_err(e("STOR"))?;
+        let mut st = f.retr_as_stream(&name).await.map_err(e("RETR"))?;
+        let mut got = Vec::new();
+        st.read_to_end(&mut got)
+            .await
+            .map_err(|x| format!("RETR data: {x}"))?;
+        st.finish().await.map_err(e("RETR end"))?;
+        if got != b {
+            return Err(format!("{name}: downloaded bytes differ"));
+        }
+        let names = f.nlst(Some(&dir)).await.map_err(e("NLST"))?;
+        if !names.iter().any(|n| n.ends_with(&format!("f{k}.bin"))) {
+            return Err(format!("NLST {dir} misses f{k}.bin: {names:?}"));
+        }
+        let g = format!("{dir}/g{k}.bin");
+        f.rename(&name, &g).await.map_err(e("RNFR/RNTO"))?;
+        done.insert(format!("c{c}/g{k}.bin"), b);
+        k += 1;
+    }
+    let _ = f.quit().await;
+    Ok(done)
+}
+
+const LO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_mixed_clients_every_byte_lands_in_the_bucket() {
+    let secs: u64 = std::env::var("BUCKETGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let moto = bucketgate_tests::moto::Moto::start();
+    moto.create_bucket("soak");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"sftp:
+  listen: "127.0.0.1:0"
+ftp:
+  listen: "127.0.0.1:0"
+  passive_ports: "{passive}"
+storage: {{ type: local, root: ./files }}
+# 50 argon2 logins at once in a debug build on a shared machine take a while.
+limits: {{ max_sessions_per_ip: 100, login_grace: 10m }}
+remotes:
+  - name: s3
+    endpoint: {endpoint}
+    bucket: soak
+    access_key_id: {ACCESS_KEY}
+    secret_access_key: {SECRET_KEY}
+mounts:
+  - {{ path: /m, remote: s3, prefix: data/ }}
+users:
+  - username: soak
+    password_hash: "{HASH}"
+    home: /
+    permissions: {{ "/": ["*"] }}
+"#,
+        endpoint = moto.endpoint,
+        // 25 FTP clients, each with at most one passive port pending at a time.
+        passive = {
+            let r = bucketgate_tests::gateway::passive_range();
+            let lo: u16 = r.split('-').next().unwrap().parse().unwrap();
+            format!("{}-{}", lo - 10_000, lo - 10_000 + 99)
+        },
+    );
+    let gw = bucketgate_tests::gateway::Gateway::start(dir.path(), &cfg, &["sftp", "ftp"]);
+    let pid = gw.pid();
+    let rss0 = proc_kib(pid, "VmRSS");
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (sftp, ftp) = (gw.addr("sftp"), gw.addr("ftp"));
+            tokio::spawn(async move {
+                if c % 2 == 0 {
+                    sftp_client(c, sftp, until).await
+                } else {
+                    ftp_client(c, ftp, until).await
+                }
+            })
+        })
+        .collect();
+    let mut expected = Expected::new();
+    let mut errors = Vec::new();
+    for (c, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(m) => expected.extend(m),
+            Err(e) => errors.push(format!("client {c}: {e}")),
+        }
+    }
+    let hwm = proc_kib(pid, "VmHWM");
+    let rss1 = proc_kib(pid, "VmRSS");
+    eprintln!(
+        "soak: {CLIENTS} clients, {secs}s, {} files verified; gateway RSS {rss0} KiB at start, \
+         {rss1} KiB at end, peak (VmHWM) {hwm} KiB",
+        expected.len()
+    );
+    assert!(errors.is_empty(), "client errors:\n{}", errors.join("\n"));
+    assert!(
+        expected.len() >= CLIENTS,
+        "every client finished at least one round"
+    );
+    // The bucket holds exactly the renamed files with exactly the bytes sent (plus the
+    // folder markers of the mkdir'ed `cN/`).
+    let listing = moto
+        .py("import zlib\np = s3.get_paginator('list_objects_v2')\n\
+             for page in p.paginate(Bucket='soak'):\n  for o in page.get('Contents', []):\n    \
+             b = s3.get_object(Bucket='soak', Key=o['Key'])['Body'].read()\n    \
+             print(o['Key'], len(b), zlib.crc32(b))")
+        .unwrap();
+    let mut stored = BTreeMap::new();
+    for l in listing.lines() {
+        let mut it = l.rsplitn(3, ' ');
+        let (crc, len, key) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        if let Some(k) = key.strip_prefix("data/").filter(|k| !k.ends_with('/')) {
+            stored.insert(
+                k.to_string(),
+                (len.parse::<usize>().unwrap(), crc.parse::<u32>().unwrap()),
+            );
+        }
+    }
+    let want: BTreeMap<String, (usize, u32)> = expected
+        .iter()
+        .map(|(k, b)| (k.clone(), (b.len(), crc32(b))))
+        .collect();
+    assert_eq!(
+        stored, want,
+        "the bucket differs from what the clients left"
+    );
+    assert!(
+        hwm < 1024 * 1024,
+        "peak RSS {hwm} KiB: over 1 GiB for {CLIENTS} clients"
+    );
+}
