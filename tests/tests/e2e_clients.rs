@@ -174,3 +174,32 @@ fn reload_adds_a_user_while_a_transfer_runs() {
     assert_ok("the upload that spanned the reload", &up);
     assert_eq!(moto.get("exchange", "big.bin").unwrap(), big);
 }
+
+/// A large download with OpenSSH's pipelining (64 requests of 255 KiB in flight) completes:
+/// replies that wait for the client's SSH window must not stop the server reading the
+/// client's window adjustments (this hung before requests were read ahead of the handler).
+#[test]
+fn a_large_sftp_download_does_not_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "k");
+    let (_, hash, _) = run(dir.path(), &["hash-password"], Some("pw\n"));
+    let cfg = format!(
+        "sftp:\n  listen: \"127.0.0.1:0\"\nstorage: {{ type: local, root: ./files }}\nusers:\n  - username: alice\n    password_hash: \"{}\"\n    public_keys: [\"{public}\"]\n    home: /\n",
+        hash.trim()
+    );
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    let data: Vec<u8> = (0..384 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(dir.path().join("files/big.bin"), &data).unwrap();
+    let gw = Gateway::start(dir.path(), &cfg, &["sftp"]);
+    let out = sftp_batch(
+        gw.addr("sftp"),
+        "alice",
+        &key,
+        "get big.bin got.bin\n",
+        dir.path(),
+    );
+    assert_ok("sftp get of 384 MiB", &out);
+    assert!(std::fs::read(dir.path().join("got.bin")).unwrap() == data);
+}

@@ -10,15 +10,46 @@ use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Requests read ahead of the handler, bounded in bytes: enough for any client's pipelining
+/// (OpenSSH keeps 64 × 255 KiB in flight), small enough to bound a flooding client.
+const READ_AHEAD_BYTES: u32 = 32 * 1024 * 1024;
+
 /// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs.
-pub(crate) async fn run<S, H>(mut stream: S, mut handler: H, max_packet_len: u32)
+///
+/// Reading runs in its own task, ahead of the handler. Were requests read only between
+/// replies, a reply waiting for the client's SSH window would stop the reading; russh's
+/// per-channel queue then fills, its session loop stops reading the socket, and the client's
+/// window adjustment that would unblock the reply is never read: a 1 GiB download hung so.
+pub(crate) async fn run<S, H>(stream: S, mut handler: H, max_packet_len: u32)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler + Send,
 {
-    loop {
-        let reply = match read_request(&mut stream, max_packet_len).await {
-            Ok(Request::Packet(p)) => {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES as usize));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_request(&mut rd, max_packet_len).await;
+            let (request, size) = match r {
+                Ok(v) => v,
+                Err(_) => break,
+            };
+            let Ok(permit) = budget
+                .clone()
+                .acquire_many_owned(size.min(READ_AHEAD_BYTES))
+                .await
+            else {
+                break;
+            };
+            if tx.send((request, permit)).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some((request, permit)) = rx.recv().await {
+        let reply = match request {
+            Request::Packet(p) => {
                 tracing::trace!(request = ?p, "sftp request");
                 let reply = process(p, &mut handler).await;
                 if let Packet::Status(s) = &reply {
@@ -26,10 +57,10 @@ where
                 }
                 reply
             }
-            Ok(Request::Refused(id, why)) => Packet::status(id, StatusCode::Failure, why, "en-US"),
-            Ok(Request::Malformed(id)) => Packet::error(id, StatusCode::BadMessage),
-            Err(_) => break,
+            Request::Refused(id, why) => Packet::status(id, StatusCode::Failure, why, "en-US"),
+            Request::Malformed(id) => Packet::error(id, StatusCode::BadMessage),
         };
+        drop(permit);
         let bytes = match Bytes::try_from(reply) {
             Ok(b) => b,
             Err(e) => {
@@ -37,10 +68,11 @@ where
                 break;
             }
         };
-        if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
+        if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
             break;
         }
     }
+    reader.abort();
     tracing::debug!("sftp stream ended");
 }
 
@@ -52,10 +84,11 @@ enum Request {
     Malformed(u32),
 }
 
+/// Reads one request; returns it with its length in bytes.
 async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_len: u32,
-) -> std::io::Result<Request> {
+) -> std::io::Result<(Request, u32)> {
     let len = stream.read_u32().await?;
     if len < 5 {
         // Too short to hold a type and a request id: nothing to answer, and the rest of the
@@ -71,16 +104,17 @@ async fn read_request<S: AsyncRead + Unpin>(
         if skipped != rest {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        return Ok(Request::Refused(id, "packet too long"));
+        return Ok((Request::Refused(id, "packet too long"), 0));
     }
     let mut buf = vec![0u8; len as usize];
     stream.read_exact(&mut buf).await?;
     let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     let mut bytes = Bytes::from(buf);
-    Ok(match Packet::try_from(&mut bytes) {
+    let request = match Packet::try_from(&mut bytes) {
         Ok(p) => Request::Packet(p),
         Err(_) => Request::Malformed(id),
-    })
+    };
+    Ok((request, len))
 }
 
 /// Calls the handler method of one request and makes its reply packet.
