@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p bucketgate
-ls -l target/release/bucketgate
+ls -l "${CARGO_TARGET_DIR:-target}/release/bucketgate"
