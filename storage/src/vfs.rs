@@ -120,6 +120,15 @@ impl Tree {
     }
 }
 
+/// The folder that will hold a new entry must exist and be a folder.
+fn require_folder(parent: Result<Entry>, op: &'static str, shown: &VPath) -> Result<()> {
+    match parent {
+        Ok(d) if d.is_dir() => Ok(()),
+        Ok(_) => Err(Error::of(ErrorKind::NotADirectory).with_context(op, shown.to_string())),
+        Err(e) => Err(e.with_context(op, shown.to_string())),
+    }
+}
+
 fn key_of(prefix: &str, rel: &str) -> String {
     let mut k = String::with_capacity(prefix.len() + rel.len());
     k.push_str(prefix);
@@ -487,13 +496,7 @@ impl UserFs {
         }
         let parent = site.parent();
         let (target, parent_e) = tokio::join!(self.stat_site(&site), self.stat_site(&parent));
-        match parent_e {
-            Ok(d) if d.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()))
-            }
-            Err(e) => return Err(e.with_context(op, p.to_string())),
-        }
+        require_folder(parent_e, op, p)?;
         let existing = match target {
             Ok(e) if e.is_dir() => {
                 return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()))
@@ -536,13 +539,7 @@ impl UserFs {
         }
         let parent_path = site.parent();
         let (target, parent) = tokio::join!(self.stat_site(&site), self.stat_site(&parent_path));
-        match parent {
-            Ok(d) if d.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()))
-            }
-            Err(e) => return Err(e.with_context(op, p.to_string())),
-        }
+        require_folder(parent, op, p)?;
         match target {
             Ok(_) => Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string())),
             Err(e) if e.kind() == ErrorKind::NotFound => loc
@@ -628,13 +625,7 @@ impl UserFs {
             self.stat_site(&d_parent)
         );
         let se = se.map_err(|e| e.with_context(op, from.to_string()))?;
-        match dp {
-            Ok(d) if d.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::of(ErrorKind::NotADirectory).with_context(op, to.to_string()))
-            }
-            Err(e) => return Err(e.with_context(op, to.to_string())),
-        }
+        require_folder(dp, op, to)?;
         match de {
             Ok(d) => {
                 if !replace || d.is_dir() || se.is_dir() {
