@@ -9,12 +9,18 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: OpenSSH clients (sftp, scp, ssh-keygen), lftp, curl with sftp support,
-# rclone, openssl for test certificates.
+# rclone, openssl for test certificates, a JDK (javac) for the Java client programs.
 need=()
 for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lftp:lftp \
-            curl:curl rclone:rclone openssl:openssl; do
+            curl:curl rclone:rclone openssl:openssl javac:default-jdk-headless \
+            java:default-jdk-headless; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+# The Java libraries legacy applications embed: JSch (SFTP) and Apache Commons Net (FTP/FTPS).
+for pair in /usr/share/java/jsch.jar:libjsch-java /usr/share/java/commons-net.jar:libcommons-net-java; do
+  file=${pair%%:*}; pkg=${pair#*:}
+  [ -e "$file" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"
@@ -30,6 +36,12 @@ if ! command -v moto_server >/dev/null 2>&1; then
   hash -r
 fi
 
+# paramiko: the SFTP library of Python automation, for the same python3 that runs moto.
+if ! python3 -c 'import paramiko' >/dev/null 2>&1; then
+  echo "installing paramiko"
+  python3 -m pip install --quiet paramiko
+fi
+
 # Garage: a real S3 server with its own region, for scripts/garage.sh. Built from source once
 # (about 11 minutes on 2 cores) and kept in ~/.cargo/bin across runs.
 if ! command -v garage >/dev/null 2>&1; then
@@ -40,6 +52,10 @@ if ! command -v garage >/dev/null 2>&1; then
   }
 fi
 
-for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage; do
+for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage javac java; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "missing after install: $cmd" >&2; exit 1; }
 done
+for file in /usr/share/java/jsch.jar /usr/share/java/commons-net.jar; do
+  [ -e "$file" ] || { echo "missing after install: $file" >&2; exit 1; }
+done
+python3 -c 'import paramiko' || { echo "missing after install: paramiko" >&2; exit 1; }

@@ -1,4 +1,5 @@
-//! The programs people use, driven as subprocesses: OpenSSH `sftp`/`scp`, `curl`, `lftp`.
+//! The programs people use, driven as subprocesses: OpenSSH `sftp`/`scp`, `curl`, `lftp`,
+//! paramiko, and the Java libraries legacy applications embed (JSch, Apache Commons Net).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,4 +119,174 @@ pub fn assert_ok(what: &str, out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A Java client program from `tests/java/NAME.java`, compiled by javac into a temporary folder
+/// against Debian's jars (the library versions legacy applications embed).
+pub struct JavaProgram {
+    classes: tempfile::TempDir,
+    classpath: String,
+    main: String,
+}
+
+/// Compiles `tests/java/{name}.java` against `jars`; a missing JDK or jar fails loudly.
+pub fn java_program(name: &str, jars: &[&str]) -> JavaProgram {
+    crate::gateway::require("javac");
+    crate::gateway::require("java");
+    for jar in jars {
+        assert!(
+            Path::new(jar).exists(),
+            "{jar} is missing: run scripts/install-test-tools.sh (CI does)"
+        );
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("java")
+        .join(format!("{name}.java"));
+    let classes = tempfile::tempdir().unwrap();
+    let out = Command::new("javac")
+        .args([
+            "-nowarn",
+            "-encoding",
+            "UTF-8",
+            "-cp",
+            &jars.join(":"),
+            "-d",
+        ])
+        .arg(classes.path())
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_ok(&format!("javac {}", source.display()), &out);
+    let classpath = format!("{}:{}", jars.join(":"), classes.path().display());
+    JavaProgram {
+        classes,
+        classpath,
+        main: name.to_string(),
+    }
+}
+
+impl JavaProgram {
+    /// Runs the program with `args`, feeding `stdin` (its commands), in `cwd`.
+    pub fn run(&self, args: &[&str], stdin: &str, cwd: &Path) -> Output {
+        assert!(self.classes.path().exists());
+        let mut child = Command::new("java")
+            // Listings' dates are parsed in the JVM's zone: make it the same everywhere.
+            .arg("-Duser.timezone=UTC")
+            .args(["-cp", &self.classpath, &self.main])
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut si = child.stdin.take().unwrap();
+            si.write_all(stdin.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+/// A paramiko SFTP session driven by commands on stdin, one a line (paths without spaces):
+/// `put L R`, `get R L`, `ls D` (listdir_attr: `entry NAME SIZE dir|file MTIME`), `stat P`
+/// (`stat SIZE dir|file MTIME`), `mkdir P`, `rename A B`, `remove P`, `rmdir P`,
+/// `utime P MTIME`. A command written `!cmd ...` must be refused: it prints
+/// `refused CMD EXCEPTION ERRNO`. Prints `ok CMD` after each command; an unexpected result
+/// prints `error: ...` and exits 2, a refused login exits 3.
+const PARAMIKO: &str = r#"
+import os, stat, sys, paramiko
+host, port, user, auth = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+kind, _, secret = auth.partition(':')
+client = paramiko.SSHClient()
+# A test server with a fresh host key: nothing to compare it with.
+client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+try:
+    if kind == 'password':
+        client.connect(host, port, user, password=secret, look_for_keys=False, allow_agent=False, timeout=30)
+    else:
+        key = paramiko.Ed25519Key.from_private_key_file(secret)
+        client.connect(host, port, user, pkey=key, look_for_keys=False, allow_agent=False, timeout=30)
+except paramiko.AuthenticationException as e:
+    print('error: login: AuthenticationException: %s' % e)
+    sys.exit(3)
+print('connected key=%s' % client.get_transport().get_remote_server_key().get_name())
+sftp = client.open_sftp()
+def kind_of(a):
+    return 'dir' if stat.S_ISDIR(a.st_mode) else 'file'
+for line in sys.stdin:
+    w = line.split()
+    if not w:
+        continue
+    expect_refusal = w[0].startswith('!')
+    cmd = w[0].lstrip('!')
+    try:
+        if cmd == 'put':
+            sftp.put(w[1], w[2])
+        elif cmd == 'get':
+            sftp.get(w[1], w[2])
+        elif cmd == 'ls':
+            for a in sorted(sftp.listdir_attr(w[1]), key=lambda a: a.filename):
+                print('entry %s %d %s %d' % (a.filename, a.st_size, kind_of(a), a.st_mtime))
+        elif cmd == 'stat':
+            a = sftp.stat(w[1])
+            print('stat %d %s %d' % (a.st_size, kind_of(a), a.st_mtime))
+        elif cmd == 'mkdir':
+            sftp.mkdir(w[1])
+        elif cmd == 'rename':
+            sftp.rename(w[1], w[2])
+        elif cmd == 'remove':
+            sftp.remove(w[1])
+        elif cmd == 'rmdir':
+            sftp.rmdir(w[1])
+        elif cmd == 'utime':
+            sftp.utime(w[1], (int(w[2]), int(w[2])))
+        else:
+            raise ValueError('unknown command ' + cmd)
+    except (IOError, OSError) as e:
+        if expect_refusal:
+            print('refused %s %s %s' % (cmd, type(e).__name__, e.errno))
+            continue
+        print('error: %s: %s: %s' % (line.strip(), type(e).__name__, e))
+        sys.exit(2)
+    if expect_refusal:
+        print('error: %s: unexpectedly allowed' % line.strip())
+        sys.exit(2)
+    print('ok ' + cmd)
+sftp.close()
+client.close()
+"#;
+
+/// Runs the paramiko driver above against `addr` as `user`; `auth` is `password:SECRET` or
+/// `key:PATH` (an OpenSSH ed25519 private key file).
+pub fn paramiko(addr: SocketAddr, user: &str, auth: &str, commands: &str, cwd: &Path) -> Output {
+    crate::gateway::require("python3");
+    let probe = Command::new("python3")
+        .args(["-c", "import paramiko"])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "paramiko is not installed: run scripts/install-test-tools.sh (CI does)\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", PARAMIKO])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(user)
+        .arg(auth)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut si = child.stdin.take().unwrap();
+        si.write_all(commands.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
 }
