@@ -6,12 +6,15 @@ use super::{dispatch, scp, SftpOptions};
 use crate::auth::{LoginService, Protocol, Session as UserSession};
 use russh::keys::{Algorithm, PublicKey};
 use russh::server::{Auth, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, Pty};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use tokio_util::task::TaskTracker;
 
 /// What the server shares with every connection.
@@ -234,14 +237,12 @@ impl russh::server::Handler for SshHandler {
         session.channel_success(channel)?;
         let sftp = SftpSession::new(user.fs.clone(), self.limits(), self.state.busy.clone());
         let max = self.shared.opts.max_packet_len;
-        let handle = session.handle();
         self.shared.tracker.spawn(async move {
-            dispatch::run(ch.into_stream(), sftp, max).await;
+            let (stream, wr) = channel_io(ch);
+            dispatch::run(stream, sftp, max).await;
             // `ssh` exits with the channel's exit status, and scp (SFTP mode) treats a
             // missing one as a failure of the whole copy.
-            let _ = handle.exit_status_request(channel, 0).await;
-            let _ = handle.eof(channel).await;
-            let _ = handle.close(channel).await;
+            finish(&wr, 0).await;
         });
         Ok(())
     }
@@ -266,13 +267,11 @@ impl russh::server::Handler for SshHandler {
         let fs = user.fs.clone();
         let busy = self.state.busy.clone();
         let keep_partial = self.shared.opts.keep_partial_uploads;
-        let handle = session.handle();
         self.shared.tracker.spawn(async move {
             let _guard = busy.enter();
-            let status = scp::run(ch.into_stream(), fs, cmd, keep_partial).await;
-            let _ = handle.exit_status_request(channel, status).await;
-            let _ = handle.eof(channel).await;
-            let _ = handle.close(channel).await;
+            let (stream, wr) = channel_io(ch);
+            let status = scp::run(stream, fs, cmd, keep_partial).await;
+            finish(&wr, status).await;
         });
         Ok(())
     }
@@ -327,4 +326,87 @@ impl russh::server::Handler for SshHandler {
         session.channel_success(channel)?;
         Ok(())
     }
+}
+
+/// The channel as one byte stream for a subsystem or command, and the half that ends it.
+///
+/// Not russh's `Channel::into_stream`: dropping that stream sends CLOSE from a task of its
+/// own, which can overtake the exit status sent afterwards; OpenSSH then reports "exit status
+/// -1" and `scp` exits 1 although every file arrived. Here the caller keeps the write half and
+/// sends exit status, EOF and CLOSE in that order on the channel's one queue, behind the data.
+fn channel_io(
+    ch: Channel<Msg>,
+) -> (
+    impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Arc<ChannelWriteHalf<Msg>>,
+) {
+    let (rd, wr) = ch.split();
+    let incoming = futures::stream::unfold(rd, |mut rd| async move {
+        loop {
+            match rd.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    return Some((Ok::<_, std::io::Error>(data), rd))
+                }
+                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return None,
+                // Window adjustments, requests and stderr data are not part of the stream.
+                Some(_) => continue,
+            }
+        }
+    });
+    let reader = tokio_util::io::StreamReader::new(Box::pin(incoming));
+    let wr = Arc::new(wr);
+    let writer = ChannelWriter {
+        half: wr.clone(),
+        sending: None,
+    };
+    (tokio::io::join(reader, writer), wr)
+}
+
+/// Writes to a channel through its shared write half; one buffer may be on its way (sent as
+/// the client's window allows) while the caller prepares the next. A failure to send shows on
+/// the next write or flush.
+struct ChannelWriter {
+    half: Arc<ChannelWriteHalf<Msg>>,
+    sending: Option<Pin<Box<dyn Future<Output = Result<(), russh::Error>> + Send>>>,
+}
+
+impl ChannelWriter {
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(f) = self.sending.as_mut() {
+            let r = ready!(f.as_mut().poll(cx));
+            self.sending = None;
+            r.map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for ChannelWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_sent(cx))?;
+        let half = this.half.clone();
+        let data = bytes::Bytes::copy_from_slice(buf);
+        this.sending = Some(Box::pin(async move { half.data_bytes(data).await }));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_sent(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_sent(cx)
+    }
+}
+
+/// Ends a channel the way OpenSSH's server does: exit status, EOF, CLOSE.
+async fn finish(wr: &ChannelWriteHalf<Msg>, status: u32) {
+    let _ = wr.exit_status(status).await;
+    let _ = wr.eof().await;
+    let _ = wr.close().await;
 }
