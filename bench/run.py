@@ -345,7 +345,8 @@ Subsystem sftp internal-sftp
             self.peer_fast = free_port()
             spawn([RCLONE, "serve", "sftp", "s3:" + BUCKET + "/gw", "--addr", f"127.0.0.1:{self.peer_fast}",
                    "--authorized-keys", f"{self.w}/authorized_keys", "--dir-cache-time", "1ms",
-                   "--use-server-modtime"], env=self.renv, stderr=subprocess.DEVNULL)
+                   "--use-server-modtime"], env=self.renv,
+                  stderr=open(f"{self.w}/rclone-serve-servermodtime.log", "wb"))
             wait_port(self.peer_fast)
         return self.sftp(self.peer_fast, FTP_USER, ["ls -l list10k"])
 

@@ -200,6 +200,23 @@ impl UserFs {
         r
     }
 
+    /// Describes the folder that will hold a new entry. Mount points and the folders above
+    /// them always exist, so a file created at a mount's root (the common upload) costs no
+    /// request for its parent.
+    async fn stat_parent(&self, site: &VPath) -> Result<Entry> {
+        let loc = self.tree.locate(site);
+        if loc.is_area_root || self.tree.holds_mount(site) {
+            return Ok(Entry {
+                name: site.name().unwrap_or("/").to_string(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime: Some(self.tree.started),
+                etag: None,
+            });
+        }
+        self.stat_site(site).await
+    }
+
     /// Describes a file or folder. Needs `list` in the folder that holds it (in the folder
     /// itself for the home).
     pub async fn stat(&self, p: &VPath) -> Result<Entry> {
@@ -421,19 +438,38 @@ impl UserFs {
     async fn list_inner(&self, p: &VPath) -> Result<ListStream> {
         self.check("list", p, Perm::List, p)?;
         let site = self.site_path(p);
-        let e = self
-            .stat_site(&site)
-            .await
-            .map_err(|e| e.with_context("list", p.to_string()))?;
-        if !e.is_dir() {
-            return Err(Error::of(ErrorKind::NotADirectory).with_context("list", p.to_string()));
-        }
         let loc = self.tree.locate(&site);
+        let mut pages = loc.backend.list(&loc.key);
+        // A folder that lists something exists: only an empty or failing first page needs the
+        // stat that tells an empty folder from a missing one or a file. That saves a request
+        // per listing, and on servers whose every listing walks the folder, a whole walk.
+        let fixed = loc.is_area_root || self.tree.holds_mount(&site);
+        let first_page = if fixed { None } else { pages.next().await };
+        let first_page = match first_page {
+            Some(Ok(page)) if !page.is_empty() => Some(page),
+            None if fixed => None,
+            other => {
+                let e = self
+                    .stat_site(&site)
+                    .await
+                    .map_err(|e| e.with_context("list", p.to_string()))?;
+                if !e.is_dir() {
+                    return Err(
+                        Error::of(ErrorKind::NotADirectory).with_context("list", p.to_string())
+                    );
+                }
+                match other {
+                    Some(Err(e)) => return Err(e.with_context("list", p.to_string())),
+                    _ => None,
+                }
+            }
+        };
+        let pages = futures::stream::iter(first_page.map(Ok)).chain(pages);
         let virt = self.tree.virtual_children(&site);
         let started = self.tree.started;
         // Children that are mount points come from the mount, not from this backend.
         let virt_for_filter = virt.clone();
-        let inner = loc.backend.list(&loc.key).map(move |page| {
+        let inner = pages.map(move |page| {
             page.map(|entries| {
                 entries
                     .into_iter()
@@ -495,7 +531,7 @@ impl UserFs {
             return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
         }
         let parent = site.parent();
-        let (target, parent_e) = tokio::join!(self.stat_site(&site), self.stat_site(&parent));
+        let (target, parent_e) = tokio::join!(self.stat_site(&site), self.stat_parent(&parent));
         require_folder(parent_e, op, p)?;
         let existing = match target {
             Ok(e) if e.is_dir() => {
@@ -538,7 +574,7 @@ impl UserFs {
             return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
         }
         let parent_path = site.parent();
-        let (target, parent) = tokio::join!(self.stat_site(&site), self.stat_site(&parent_path));
+        let (target, parent) = tokio::join!(self.stat_site(&site), self.stat_parent(&parent_path));
         require_folder(parent, op, p)?;
         match target {
             Ok(_) => Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string())),
@@ -622,7 +658,7 @@ impl UserFs {
         let (se, de, dp) = tokio::join!(
             self.stat_site(&s_site),
             self.stat_site(&d_site),
-            self.stat_site(&d_parent)
+            self.stat_parent(&d_parent)
         );
         let se = se.map_err(|e| e.with_context(op, from.to_string()))?;
         require_folder(dp, op, to)?;

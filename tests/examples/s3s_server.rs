@@ -3,6 +3,11 @@
 //!
 //! Usage: `s3s_server ROOT ACCESS SECRET` — serves every folder of ROOT as a bucket on
 //! 127.0.0.1 at a free port, and prints `listening: http://127.0.0.1:PORT` once ready.
+//!
+//! One quirk of s3s-fs is corrected on the way out: a HEAD of a key that is a folder on its
+//! disk (every "folder" prefix, e.g. `HEAD /bench/gw/list10k`) answers 500 instead of the 404 a
+//! real S3 server gives, and every client (the gateway, rclone) then runs its whole retry
+//! ladder for each such probe, which measured the test server's quirk instead of the clients.
 
 use std::io::Write;
 use tokio::net::TcpListener;
@@ -21,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         secret.as_str(),
     ));
     let svc = b.build();
+    let root = std::path::PathBuf::from(root);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening: http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
@@ -30,8 +36,26 @@ async fn main() -> anyhow::Result<()> {
         let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
+        let (svc, root) = (svc.clone(), root.clone());
+        let fixed = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (svc, root) = (svc.clone(), root.clone());
+            async move {
+                let head = req.method() == http::Method::HEAD;
+                let on_disk = root.join(req.uri().path().trim_start_matches('/'));
+                let resp = hyper::service::Service::call(&svc, req).await?;
+                if head
+                    && resp.status() == http::StatusCode::INTERNAL_SERVER_ERROR
+                    && on_disk.is_dir()
+                {
+                    let mut nf = http::Response::new(s3s::Body::empty());
+                    *nf.status_mut() = http::StatusCode::NOT_FOUND;
+                    return Ok(nf);
+                }
+                Ok::<_, s3s::HttpError>(resp)
+            }
+        });
         let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(sock), svc.clone())
+            .serve_connection(hyper_util::rt::TokioIo::new(sock), fixed)
             .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
