@@ -20,3 +20,4 @@ for t in $s3_tests; do
   cargo test -p bucketgate-storage --locked --test "$t" -- --test-threads="${TEST_THREADS:-4}"
 done
 cargo test -p bucketgate-tests --locked --test vfs_behaviour env_endpoint -- --test-threads="${TEST_THREADS:-4}"
+cargo test -p bucketgate-tests --locked --test e2e_s3_servers clients_on_env_endpoint -- --test-threads="${TEST_THREADS:-4}"

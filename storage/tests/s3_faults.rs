@@ -196,6 +196,49 @@ async fn throttling_and_server_errors_are_retried_and_the_result_is_exact() {
         .is_empty());
 }
 
+/// A server that answers 503 SlowDown with `Retry-After: 2` gets no retry before those two
+/// seconds, even though the client's own backoff would retry after a few milliseconds. The
+/// gap is measured at the proxy between the refused request and its retry: a lower bound the
+/// server imposed, not a performance threshold.
+#[tokio::test]
+async fn retry_after_is_waited_for_before_the_retry() {
+    let srv = s3s_server(None).await;
+    let proxy = HttpProxy::start(
+        target(&srv),
+        first(
+            1,
+            is_plain_put,
+            Action::Fail {
+                status: 503,
+                code: "SlowDown",
+                retry_after: Some(2),
+            },
+        ),
+    )
+    .await;
+    let endpoint = format!("http://{}", proxy.addr);
+    let b = srv.backend_with(|o| {
+        o.endpoint = endpoint;
+        // The client's own wait is milliseconds; only Retry-After can make it two seconds
+        // (the cap on any wait stays above that).
+        o.retries = RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_secs(10),
+        };
+    });
+    let bytes = data(10_000, 9);
+    put(&b, &srv.key("throttled.bin"), &bytes, 10_000).await;
+    let puts: Vec<Seen> = proxy.seen().into_iter().filter(is_plain_put).collect();
+    assert_eq!(puts.len(), 2, "one refusal, then the upload");
+    let gap = puts[1].at.duration_since(puts[0].at);
+    assert!(
+        gap >= Duration::from_secs(2),
+        "retried {gap:?} after a Retry-After of 2 s"
+    );
+    assert_eq!(get(&srv.backend(), &srv.key("throttled.bin")).await, bytes);
+}
+
 #[tokio::test]
 async fn a_connection_dropped_during_an_upload_is_retried_byte_exact() {
     let srv = moto_only().await.unwrap();

@@ -104,6 +104,13 @@ pub struct S3Options {
     /// Where parts too large for the memory budget are spooled (`state_dir`); `None` = the
     /// system's temporary folder.
     pub spool_dir: Option<PathBuf>,
+    /// The largest range one server-side copy request moves: bigger objects are copied (on
+    /// rename, time change and append) as a multipart upload of ranges of at most this size.
+    /// S3's limit is 5 GiB ([`MAX_PART_SIZE`], the default). Not a config key: it exists for
+    /// tests (which cannot afford 5 GiB objects) and for servers with a lower copy limit.
+    /// Kept between 10 MiB and 5 GiB, so that ranges split evenly are each at least 5 MiB
+    /// (S3's minimum for every part but the last).
+    pub max_copy_range: u64,
 }
 
 impl S3Options {
@@ -132,6 +139,7 @@ impl S3Options {
             retries: RetryPolicy::default(),
             list_page_size: 1000,
             spool_dir: None,
+            max_copy_range: MAX_PART_SIZE,
         }
     }
 
@@ -171,6 +179,7 @@ impl fmt::Debug for S3Options {
             .field("retries", &self.retries)
             .field("list_page_size", &self.list_page_size)
             .field("spool_dir", &self.spool_dir)
+            .field("max_copy_range", &self.max_copy_range)
             .finish()
     }
 }
@@ -195,6 +204,7 @@ impl S3Backend {
         opts.part_size = opts.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
         opts.concurrency = opts.concurrency.max(1);
         opts.list_page_size = opts.list_page_size.clamp(1, 1000);
+        opts.max_copy_range = opts.max_copy_range.clamp(2 * MIN_PART_SIZE, MAX_PART_SIZE);
         let client = Client::new(&opts)?;
         Ok(S3Backend {
             inner: Arc::new(Inner {

@@ -4,7 +4,7 @@ use super::client::{Body, Request, Response};
 use super::list::{head, list_page};
 use super::time::{format_mtime, parse_iso8601};
 use super::xml::{self, DeleteResult, EtagResult, InitiateResult, ListUploadsResult};
-use super::{Inner, S3Backend, MAX_PART_SIZE};
+use super::{Inner, S3Backend};
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine;
 use bytes::Bytes;
@@ -123,7 +123,7 @@ async fn copy_object(
     new_mtime: Option<&str>,
 ) -> Result<()> {
     let source = inner.client.copy_source(from);
-    if src.size <= MAX_PART_SIZE {
+    if src.size <= inner.opts.max_copy_range {
         let mut req = Request::new(Method::PUT, Some(to)).header("x-amz-copy-source", source);
         if let Some(t) = &src.etag {
             req = req.header("x-amz-copy-source-if-match", t.clone());
@@ -139,8 +139,8 @@ async fn copy_object(
         let _: EtagResult = xml::parse(&body, "copy")?;
         return Ok(());
     }
-    // Above 5 GiB CopyObject is refused: a multipart upload of copied ranges instead, which
-    // must carry the metadata itself.
+    // Above 5 GiB CopyObject is refused (`max_copy_range`): a multipart upload of copied ranges
+    // instead, which must carry the metadata itself.
     let create = meta_headers(
         Request::new(Method::POST, Some(to)).query("uploads", ""),
         src,
@@ -173,7 +173,8 @@ async fn copy_parts(
     source: &str,
     src: &Source,
 ) -> Result<Vec<(u32, String)>> {
-    let n = src.size.div_ceil(MAX_PART_SIZE);
+    // Equal ranges: with `max_copy_range` at least 10 MiB each is at least 5 MiB.
+    let n = src.size.div_ceil(inner.opts.max_copy_range);
     let chunk = src.size.div_ceil(n);
     let ranges: Vec<(u32, u64, u64)> = (0..n)
         .map(|i| {
@@ -271,7 +272,7 @@ pub(crate) async fn rename_dir(inner: &Inner, from: &str, to: &str) -> Result<()
         .map(|(key, size)| {
             let to_key = format!("{dst_prefix}{}", &key[src_len..]);
             async move {
-                let src = if size > MAX_PART_SIZE {
+                let src = if size > inner.opts.max_copy_range {
                     source(inner, &key).await?
                 } else {
                     Source {

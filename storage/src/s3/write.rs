@@ -177,11 +177,12 @@ impl State {
         let size = existing.size;
         if size >= MIN_PART_SIZE {
             // Server-side: the old bytes become the first parts, copied in ranges of at most
-            // 5 GiB. The ranges are of equal size, so each is at least 5 MiB (S3's minimum for
-            // every part but the last); the new bytes follow as further parts, the last of which
-            // may be small. So no tail of the old object needs to pass through this process.
+            // 5 GiB (`max_copy_range`, at least 10 MiB). The ranges are of equal size, so each is
+            // at least 5 MiB (S3's minimum for every part but the last); the new bytes follow
+            // as further parts, the last of which may be small. So no tail of the old object
+            // needs to pass through this process.
             self.ensure_multipart().await?;
-            let n = size.div_ceil(MAX_PART_SIZE);
+            let n = size.div_ceil(self.inner.opts.max_copy_range);
             let chunk = size.div_ceil(n);
             let mut start = 0;
             while start < size {

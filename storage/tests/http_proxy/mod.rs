@@ -24,6 +24,8 @@ pub struct Seen {
     pub host: String,
     /// Path and query as sent.
     pub target: String,
+    /// When the proxy received it (to measure the waits a client keeps between requests).
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -136,6 +138,7 @@ impl HttpProxy {
                             (seen.clone(), hold.clone(), rule.clone(), count.clone());
                         async move {
                             let s = Seen {
+                                at: std::time::Instant::now(),
                                 n: count.fetch_add(1, SeqCst),
                                 peer,
                                 method: req.method().to_string(),
