@@ -29,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BG = os.path.join(ROOT, "target/release/bucketgate")
 S3S = os.path.join(ROOT, "target/release/examples/s3s_server")
 RCLONE = os.environ.get("RCLONE", "/opt/rclone175/bin/rclone")
+# Issue 6 compares sync with Debian's rclone (`apt-get install rclone`).
+SYNC_RCLONE = os.environ.get("SYNC_RCLONE", "/usr/bin/rclone")
 ACCESS, SECRET, BUCKET = "benchaccess", "benchsecret", "bench"
 FTP_USER, FTP_PASS = "alice", "alice-Bench-Pass-1"
 GIB = int(os.environ.get("BENCH_BIG_MIB", "1024")) << 20  # smaller only to try the script
@@ -337,8 +339,11 @@ Subsystem sftp internal-sftp
         self.rec("ls -l 10k gateway mtime=on", self.sftp(self.gw_sftp, FTP_USER, ["cd /s3m"] + ls))
         self.rec("ls -l 10k peer (mtime via HEAD)", self.sftp(self.peer_sftp, FTP_USER, ls))
         self.rec("ls -l 10k gateway mtime=off", self.sftp(self.gw_sftp, FTP_USER, ["cd /s3"] + ls))
-        self.rec("ls -l 10k peer --use-server-modtime", self.rclone_list_peer_server_modtime())
         self.rec("rclone lsf 10k direct", self.rclone("lsf", f"s3:{BUCKET}/gw/list10k"))
+        try:
+            self.rec("ls -l 10k peer --use-server-modtime", self.rclone_list_peer_server_modtime())
+        except SystemExit as e:  # an informational figure: its failure must not end the run
+            log(f"  peer --use-server-modtime not measured: {e}")
 
     def rclone_list_peer_server_modtime(self):
         if not hasattr(self, "peer_fast"):
@@ -369,7 +374,7 @@ Subsystem sftp internal-sftp
                 sh([RCLONE, "purge", f"s3:{BUCKET}/{p}"], env=self.renv)
             shutil.rmtree(f"{self.w}/gw/data/sync", ignore_errors=True)
         run = lambda job: timed([BG, "sync", "run", job, "--config", self.gwcfg])
-        rs = lambda job: self.rclone("sync", f"{site}/{job}", f"s3:{BUCKET}/rsync/{job}")
+        rs = lambda job: timed([SYNC_RCLONE, "sync", f"{site}/{job}", f"s3:{BUCKET}/rsync/{job}"], env=self.renv)
         for job in ("small", "big"):
             self.rec(f"sync first {job} bucketgate", run(job))
             self.rec(f"sync first {job} rclone", rs(job))
@@ -414,8 +419,8 @@ Subsystem sftp internal-sftp
         check("ls -l 10k mtime=off vs rclone lsf direct", "ls -l 10k gateway mtime=off", "rclone lsf 10k direct", 1)
         check("ls -l 10k mtime=off vs peer server-modtime (info)", "ls -l 10k gateway mtime=off", "ls -l 10k peer --use-server-modtime", 0)
         for job in ("small", "big"):
-            check(f"sync first {job} vs rclone sync (info)", f"sync first {job} bucketgate", f"sync first {job} rclone", 0)
-            check(f"sync rerun {job} vs rclone sync (info)", f"sync rerun {job} bucketgate", f"sync rerun {job} rclone", 0)
+            check(f"sync first {job} vs rclone sync", f"sync first {job} bucketgate", f"sync first {job} rclone", 1)
+            check(f"sync rerun {job} vs rclone sync", f"sync rerun {job} bucketgate", f"sync rerun {job} rclone", 1)
         for k in ("hwm_big", "hwm_ftp"):
             if hasattr(self, k):
                 v = getattr(self, k)
