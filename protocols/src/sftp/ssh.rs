@@ -9,7 +9,6 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Response, Session, VerifiedPublic
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, Pty};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -367,7 +366,7 @@ fn channel_io(
 /// the next write or flush.
 struct ChannelWriter {
     half: Arc<ChannelWriteHalf<Msg>>,
-    sending: Option<Pin<Box<dyn Future<Output = Result<(), russh::Error>> + Send>>>,
+    sending: Option<futures::future::BoxFuture<'static, Result<(), russh::Error>>>,
 }
 
 impl ChannelWriter {
