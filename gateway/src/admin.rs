@@ -21,6 +21,8 @@ struct RemoteState {
 struct Inner {
     tree: Arc<Tree>,
     remotes: HashMap<String, Arc<S3Backend>>,
+    /// The prefix each remote is probed under (see [`probe_prefixes`]).
+    prefixes: HashMap<String, String>,
     states: BTreeMap<String, RemoteState>,
     listeners: Vec<&'static str>,
 }
@@ -30,8 +32,13 @@ struct Inner {
 pub struct Health(Arc<Mutex<Inner>>);
 
 impl Health {
-    /// Health over the running tree and remotes.
-    pub fn new(tree: Arc<Tree>, remotes: HashMap<String, Arc<S3Backend>>) -> Self {
+    /// Health over the running tree and remotes; each remote is probed under its prefix in
+    /// `prefixes` (the bucket root when it has none).
+    pub fn new(
+        tree: Arc<Tree>,
+        remotes: HashMap<String, Arc<S3Backend>>,
+        prefixes: HashMap<String, String>,
+    ) -> Self {
         let states = remotes
             .keys()
             .map(|k| {
@@ -47,6 +54,7 @@ impl Health {
         Health(Arc::new(Mutex::new(Inner {
             tree,
             remotes,
+            prefixes,
             states,
             listeners: Vec::new(),
         })))
@@ -57,8 +65,13 @@ impl Health {
         self.0.lock().expect("lock").listeners.push(name);
     }
 
-    /// After a reload: the new tree and remotes.
-    pub fn replace(&self, tree: Arc<Tree>, remotes: HashMap<String, Arc<S3Backend>>) {
+    /// After a reload: the new tree, remotes and probe prefixes.
+    pub fn replace(
+        &self,
+        tree: Arc<Tree>,
+        remotes: HashMap<String, Arc<S3Backend>>,
+        prefixes: HashMap<String, String>,
+    ) {
         let mut g = self.0.lock().expect("lock");
         g.states.retain(|k, _| remotes.contains_key(k));
         for k in remotes.keys() {
@@ -69,21 +82,27 @@ impl Health {
         }
         g.tree = tree;
         g.remotes = remotes;
+        g.prefixes = prefixes;
     }
 
-    /// Probes every remote every 30 s. A partner's outage shows in the body and the metrics,
-    /// never as an unready instance.
+    /// Probes every remote every 30 s with a one-key listing under the prefix the gateway uses
+    /// there, so that a key allowed to list only under that prefix reads as up. A partner's
+    /// outage shows in the body and the metrics, never as an unready instance.
     pub async fn watch_remotes(self, shutdown: CancellationToken) {
         loop {
-            let remotes: Vec<(String, Arc<S3Backend>)> = {
+            let remotes: Vec<(String, Arc<S3Backend>, String)> = {
                 let g = self.0.lock().expect("lock");
                 g.remotes
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| {
+                        let prefix = g.prefixes.get(k).cloned().unwrap_or_default();
+                        (k.clone(), v.clone(), prefix)
+                    })
                     .collect()
             };
-            for (name, b) in remotes {
-                let r = tokio::time::timeout(Duration::from_secs(10), b.probe_bucket()).await;
+            for (name, b, prefix) in remotes {
+                let r =
+                    tokio::time::timeout(Duration::from_secs(10), b.probe_prefix(&prefix)).await;
                 let state = match r {
                     Ok(Ok(())) => RemoteState {
                         ok: Some(true),
@@ -166,6 +185,26 @@ impl Health {
         out.push_str(&bucketgate_storage::metrics::render());
         out
     }
+}
+
+/// The prefix each remote is probed under: the first place the config uses it, in the order
+/// site tree, mounts, syncs. One probe per remote: a key that may list one of its prefixes
+/// almost always may list the others (a remote whose mounts have different permissions shows
+/// the first one's state); a remote nothing uses is probed at the bucket root.
+pub fn probe_prefixes(cfg: &bucketgate_config::Config) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let bucketgate_config::StorageConfig::S3 { remote, prefix } = &cfg.storage {
+        out.insert(remote.clone(), prefix.clone());
+    }
+    let uses = cfg
+        .mounts
+        .iter()
+        .map(|m| (&m.remote, &m.prefix))
+        .chain(cfg.syncs.iter().map(|s| (&s.remote, &s.prefix)));
+    for (remote, prefix) in uses {
+        out.entry(remote.clone()).or_insert_with(|| prefix.clone());
+    }
+    out
 }
 
 /// Serves the admin endpoint until `shutdown`.

@@ -1,9 +1,13 @@
 //! `bucketgate serve`: wires storage, logins and the listeners, then waits for signals.
 //!
 //! One `CancellationToken` is handed to every server; SIGTERM/SIGINT cancel it and the servers
-//! drain (transfers in progress get `limits.shutdown_grace`). SIGHUP re-reads the config: new
-//! sessions see the new users, keys, permissions, mounts and remotes, sessions in progress keep
-//! what they logged in with, and an invalid config is refused with its errors logged.
+//! drain (transfers in progress get `limits.shutdown_grace`). Scheduled syncs drain alongside:
+//! no new run starts, a run in progress gets the same grace period to finish, and only then is
+//! it cut (it resumes at the next start); the process exits once they have ended. SIGHUP
+//! re-reads the config: new sessions see the new users, keys, permissions, mounts and remotes,
+//! sessions in progress keep what they logged in with, and an invalid config is refused with
+//! its errors logged. The old sync schedule stops starting runs, lets a run in progress finish,
+//! and only then does the new schedule start.
 
 use crate::admin::{self, Health};
 use crate::wiring::{self, Source};
@@ -122,7 +126,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     );
     let shutdown = CancellationToken::new();
     let mut servers: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
-    let health = Health::new(storage.tree.clone(), storage.remotes.clone());
+    let health = Health::new(
+        storage.tree.clone(),
+        storage.remotes.clone(),
+        admin::probe_prefixes(&cfg),
+    );
 
     if let Some(s) = &cfg.sftp {
         let listener = bind("sftp", s.listen).await?;
@@ -241,8 +249,15 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             tokio::spawn(async move { admin::serve(listener, h, sd).await }),
         ));
     }
-    let mut syncs = shutdown.child_token();
-    let scheduled = start_syncs(&cfg, &storage, &syncs)?;
+    // `cut` stops sync runs in progress: only when the shutdown grace period is over.
+    let cut = CancellationToken::new();
+    let mut syncs = schedule(
+        scheduled_jobs(&cfg, &storage)?,
+        cfg.state_dir.clone(),
+        None,
+        &cut,
+    );
+    let scheduled = syncs.jobs;
     if servers.is_empty() && scheduled == 0 {
         return Err(Exit::usage(
             "nothing to serve: the config enables none of sftp, ftp, admin, and no sync has an interval",
@@ -266,12 +281,14 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             _ = hup.recv() => {
                 if let Some(p) = &path {
                     if let Some((next, storage)) = reload(p, &current, &login, &health, budget.clone(), demo_hash.clone()).await {
-                        // Scheduled syncs follow the new config; a run in progress is cut and
-                        // resumes safely at its next start (runs are crash-safe).
-                        syncs.cancel();
-                        syncs = shutdown.child_token();
-                        if let Err(e) = start_syncs(&next, &storage, &syncs) {
-                            tracing::error!("reload: sync jobs not started: {}", e.message);
+                        // Scheduled syncs follow the new config: the old schedule starts no
+                        // new run, a run in progress finishes, then the new schedule starts.
+                        match scheduled_jobs(&next, &storage) {
+                            Ok(jobs) => {
+                                syncs = schedule(jobs, next.state_dir.clone(), Some(syncs), &cut);
+                            }
+                            // Keep the old schedule rather than none at all.
+                            Err(e) => tracing::error!("reload: sync jobs not changed: {}", e.message),
                         }
                         current = next;
                     }
@@ -282,22 +299,27 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         }
     }
     shutdown.cancel();
-    let grace = cfg.limits.shutdown_grace.get() + Duration::from_secs(5);
-    let mut failed = false;
-    for (name, h) in servers {
-        match tokio::time::timeout(grace, h).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                tracing::error!(server = name, error = ?e, "server failed");
-                failed = true;
+    syncs.stop.cancel();
+    let grace = cfg.limits.shutdown_grace.get();
+    let servers_drained = async {
+        let mut failed = false;
+        for (name, h) in servers {
+            match tokio::time::timeout(grace + Duration::from_secs(5), h).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(server = name, error = ?e, "server failed");
+                    failed = true;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(server = name, error = %e, "server task panicked");
+                    failed = true;
+                }
+                Err(_) => tracing::warn!(server = name, "did not drain within the grace period"),
             }
-            Ok(Err(e)) => {
-                tracing::error!(server = name, error = %e, "server task panicked");
-                failed = true;
-            }
-            Err(_) => tracing::warn!(server = name, "did not drain within the grace period"),
         }
-    }
+        failed
+    };
+    let (failed, ()) = tokio::join!(servers_drained, drain_syncs(syncs, &cut, grace));
     tracing::info!("stopped");
     if failed {
         Err(Exit::runtime(""))
@@ -353,7 +375,11 @@ async fn reload(
         );
     }
     login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
-    health.replace(storage.tree.clone(), storage.remotes.clone());
+    health.replace(
+        storage.tree.clone(),
+        storage.remotes.clone(),
+        admin::probe_prefixes(&cfg),
+    );
     tracing::info!(
         "reload: config applied ({} users, {} remotes, {} mounts) for new sessions",
         cfg.users.len(),
@@ -363,12 +389,51 @@ async fn reload(
     Some((cfg, storage))
 }
 
-/// Starts the scheduler for the sync jobs that have an interval; returns how many.
-fn start_syncs(
+/// The running sync schedule.
+struct Syncs {
+    /// Cancelled: no new run starts (a run in progress goes on until `cut`).
+    stop: CancellationToken,
+    /// Ends when no run of this schedule, nor of the ones it replaced, is in progress.
+    done: tokio::task::JoinHandle<()>,
+    /// Jobs with an interval.
+    jobs: usize,
+    /// This schedule or one it replaced has jobs (so a run may be in progress).
+    active: bool,
+}
+
+/// On shutdown: waits up to `grace` for sync runs in progress (the schedule was already told
+/// to start no more), then cuts them, and says which it was.
+async fn drain_syncs(syncs: Syncs, cut: &CancellationToken, grace: Duration) {
+    let mut done = syncs.done;
+    if !syncs.active {
+        let _ = done.await;
+        return;
+    }
+    tracing::info!(
+        "sync: no new run starts; a run in progress has up to {}s to finish",
+        grace.as_secs()
+    );
+    if tokio::time::timeout(grace, &mut done).await.is_ok() {
+        tracing::info!("sync: runs in progress finished within the grace period");
+        return;
+    }
+    tracing::warn!(
+        "sync: runs still in progress after the grace period are cut; they resume at the next start"
+    );
+    cut.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .is_err()
+    {
+        tracing::warn!("sync: runs did not stop after the cut");
+    }
+}
+
+/// The sync jobs of `cfg` that have an interval.
+fn scheduled_jobs(
     cfg: &Config,
     storage: &wiring::Storage,
-    token: &CancellationToken,
-) -> Result<usize, Exit> {
+) -> Result<Vec<(bucketgate_storage::sync::SyncJob, Duration)>, Exit> {
     let jobs = wiring::sync_jobs(cfg, storage).map_err(|errs| {
         Exit::usage(
             errs.iter()
@@ -377,20 +442,48 @@ fn start_syncs(
                 .join("\n"),
         )
     })?;
-    let scheduled: Vec<_> = jobs
+    Ok(jobs
         .into_iter()
         .filter_map(|(j, every)| every.map(|e| (j, e)))
-        .collect();
-    let n = scheduled.len();
+        .collect())
+}
+
+/// Starts the scheduler for `jobs`. With `previous` (a reload), the previous schedule starts
+/// no new run, and the new one begins once the previous one's run in progress (if any) ended.
+fn schedule(
+    jobs: Vec<(bucketgate_storage::sync::SyncJob, Duration)>,
+    state_dir: PathBuf,
+    previous: Option<Syncs>,
+    cut: &CancellationToken,
+) -> Syncs {
+    let n = jobs.len();
     if n > 0 {
         tracing::info!("sync: {n} job(s) scheduled");
-        tokio::spawn(bucketgate_storage::sync::run_scheduled(
-            scheduled,
-            cfg.state_dir.clone(),
-            token.clone(),
-        ));
     }
-    Ok(n)
+    let active = n > 0 || previous.as_ref().is_some_and(|p| p.active);
+    let before = previous.map(|p| {
+        p.stop.cancel();
+        if p.active {
+            tracing::info!("sync: the previous schedule stops; a run in progress finishes before the new schedule starts");
+        }
+        p.done
+    });
+    let stop = CancellationToken::new();
+    let (stop2, cut2) = (stop.clone(), cut.clone());
+    let done = tokio::spawn(async move {
+        if let Some(h) = before {
+            let _ = h.await;
+        }
+        if n > 0 {
+            bucketgate_storage::sync::run_scheduled_until(jobs, state_dir, stop2, cut2).await;
+        }
+    });
+    Syncs {
+        stop,
+        done,
+        jobs: n,
+        active,
+    }
 }
 
 /// Aborts multipart uploads under our prefixes that were abandoned (a crash mid-upload) once

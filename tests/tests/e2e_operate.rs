@@ -10,6 +10,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "../../storage/tests/s3_support/mod.rs"]
+mod s3_support;
+
 const PASSWORD: &str = "alice-Operate-Pw-7c1d";
 const WRONG: &str = "wrong-Guess-Pw-55aa";
 
@@ -485,4 +488,59 @@ users:
     assert_eq!(ka, kb, "the two instances show different host keys");
     let public_host = std::fs::read_to_string(d.join("shared_host_key.pub")).unwrap();
     assert!(public_host.contains(ka[0].split(' ').nth(1).unwrap()));
+}
+
+/// /readyz probes each remote where the gateway uses it: a key that may list only under the
+/// mount's prefix (an `s3:prefix` policy) is up, not failing for want of a bucket-wide listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_probes_a_remote_under_its_mounted_prefix() {
+    // s3s-fs refusing every listing without a prefix, as such a policy does.
+    let srv = s3_support::s3s_server_prefix_only().await;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = |name: &str| {
+        format!(
+            "  - {{ name: {name}, endpoint: \"{}\", bucket: {}, access_key_id: \"{}\", secret_access_key: \"{}\" }}\n",
+            srv.endpoint, srv.bucket, srv.access, srv.secret
+        )
+    };
+    // `idle` is the same key on the same bucket with nothing mounted: it is probed at the
+    // bucket root, which this server refuses, so the test also shows the refusal is real.
+    let cfg = format!(
+        "storage: {{ type: local, root: ./files }}\nsftp:\n  listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\nremotes:\n{}{}mounts:\n  - {{ path: /in, remote: partner, prefix: inbound/ }}\n",
+        remote("partner"),
+        remote("idle"),
+    );
+    let path = dir.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || Gateway::start(&path, &cfg, &["sftp", "admin"]))
+        .await
+        .unwrap();
+    let admin = gw.addr("admin");
+    let body = tokio::task::spawn_blocking(move || {
+        // The first probe round runs at start; until it has answered, a remote is "unknown".
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = http_get(admin, "/readyz");
+            if !r.contains("\"unknown\"") {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the remotes were never probed: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    // serde_json writes object keys sorted and compact.
+    assert!(body.contains("\"ready\":true"), "{body}");
+    assert!(
+        body.contains("\"partner\":{\"error\":null,\"state\":\"up\"}"),
+        "{body}"
+    );
+    let idle = &body[body.find("\"idle\":{").expect("idle remote reported")..];
+    let state = idle.split("\"state\":\"").nth(1).unwrap_or("");
+    assert!(state.starts_with("down"), "{body}");
+    drop(gw);
 }

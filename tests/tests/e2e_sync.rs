@@ -105,3 +105,261 @@ fn serve_runs_interval_jobs() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A TCP relay to `target` that holds every chunk of the server's answers for `delay`: a remote
+/// far away, so that a sync run lasts long enough to be caught in the middle.
+fn slow_relay(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Detached: the relay lives as long as the test process.
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let pump = |mut from: TcpStream, mut to: TcpStream, delay: Option<Duration>| {
+                move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if let Some(d) = delay {
+                                    std::thread::sleep(d);
+                                }
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                }
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(pump(client, server, None));
+            std::thread::spawn(pump(s2, c2, Some(delay)));
+        }
+    });
+    addr
+}
+
+const FILES: usize = 200;
+
+/// A push job of `FILES` files to moto behind a slow relay, served by a real gateway.
+struct SlowSync {
+    moto: Moto,
+    dir: tempfile::TempDir,
+    gw: Gateway,
+}
+
+fn slow_sync_config(relay: std::net::SocketAddr, interval: &str, grace: &str) -> String {
+    format!(
+        r#"storage: {{ type: local, root: ./files }}
+limits: {{ shutdown_grace: {grace} }}
+remotes:
+  - name: partner
+    endpoint: http://{relay}
+    bucket: feed
+    access_key_id: {ACCESS_KEY}
+    secret_access_key: {SECRET_KEY}
+syncs:
+  - name: outbound
+    path: /out
+    remote: partner
+    prefix: incoming/
+    direction: push
+    interval: {interval}
+"#
+    )
+}
+
+impl SlowSync {
+    /// Starts it and returns once the first run is in progress (the job's lock is held, as
+    /// `sync status` says, and some files have reached the bucket), with the relay's address
+    /// and the number of files uploaded by then.
+    fn start(grace: &str) -> (SlowSync, std::net::SocketAddr, usize) {
+        let moto = Moto::start();
+        moto.create_bucket("feed");
+        let relay = slow_relay(moto.addr, Duration::from_millis(150));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("files/out")).unwrap();
+        for i in 0..FILES {
+            std::fs::write(
+                dir.path().join(format!("files/out/f{i:03}.txt")),
+                format!("file {i}"),
+            )
+            .unwrap();
+        }
+        // One run only (the interval is long).
+        let gw = Gateway::start(dir.path(), &slow_sync_config(relay, "1h", grace), &[]);
+        let s = SlowSync { moto, dir, gw };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let in_progress = loop {
+            assert!(Instant::now() < deadline, "the run never got going");
+            if s.status().contains("(running now)") {
+                let n = s.files().len();
+                if n > 0 {
+                    break n;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        (s, relay, in_progress)
+    }
+
+    /// The synced files in the bucket, read by boto3 (the job's lease object under
+    /// `incoming/.bucketgate-sync/` is not one of them).
+    fn files(&self) -> Vec<String> {
+        self.moto
+            .keys("feed")
+            .into_iter()
+            .filter(|k| k.starts_with("incoming/f"))
+            .collect()
+    }
+
+    /// `bucketgate sync status`, from the persisted history.
+    fn status(&self) -> String {
+        let cfg = self.dir.path().join("bucketgate.yaml");
+        let (code, out, err) = run(
+            self.dir.path(),
+            &["sync", "status", "--config", cfg.to_str().unwrap()],
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    }
+
+    /// The recorded runs, oldest first: (result, files copied up).
+    fn runs(&self) -> Vec<(String, String)> {
+        let out = self.status();
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() >= 4 && (w[1] == "ok" || w[1] == "failed"))
+                    .then(|| (w[1].to_string(), w[3].to_string()))
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+}
+
+#[test]
+fn sigterm_lets_a_running_sync_finish() {
+    // A grace period far longer than the run.
+    let (mut s, _, at_signal) = SlowSync::start("600s");
+    s.gw.signal("TERM");
+    assert!(
+        at_signal < FILES,
+        "the run had already finished when SIGTERM was sent: the test proves nothing"
+    );
+    let code = s.gw.wait(Duration::from_secs(600));
+    assert_eq!(code, Some(0), "{}", s.gw.log_text());
+    // Every file is in the bucket, read back by boto3.
+    assert_eq!(s.files().len(), FILES, "{:?}", s.files());
+    assert_eq!(
+        s.moto.get("feed", "incoming/f123.txt").unwrap(),
+        b"file 123"
+    );
+    // The persisted history records that run as completed, every file copied.
+    let out = s.status();
+    assert!(
+        out.contains("outbound: last run") && out.contains(" OK"),
+        "{out}"
+    );
+    assert_eq!(
+        s.runs(),
+        [("ok".to_string(), FILES.to_string())],
+        "one completed run: {out}"
+    );
+    assert!(
+        s.gw.log_text()
+            .contains("runs in progress finished within the grace period"),
+        "{}",
+        s.gw.log_text()
+    );
+}
+
+#[test]
+fn sighup_lets_a_running_sync_finish_before_the_new_schedule() {
+    let (mut s, relay, at_signal) = SlowSync::start("600s");
+    std::fs::write(
+        s.dir.path().join("bucketgate.yaml"),
+        slow_sync_config(relay, "2h", "600s"),
+    )
+    .unwrap();
+    s.gw.signal("HUP");
+    assert!(
+        at_signal < FILES,
+        "the run had already finished when SIGHUP was sent: the test proves nothing"
+    );
+    // The run in progress is recorded complete, with every file (not cut by the reload)...
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let wait_runs = |n: usize| {
+        while s.runs().len() < n {
+            assert!(Instant::now() < deadline, "no run #{n}: {}", s.status());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s.runs()
+    };
+    let runs = wait_runs(1);
+    assert_eq!(runs[0], ("ok".to_string(), FILES.to_string()), "{runs:?}");
+    // ...and then the new schedule runs (nothing left to copy).
+    let runs = wait_runs(2);
+    assert_eq!(runs[1], ("ok".to_string(), "0".to_string()), "{runs:?}");
+    assert_eq!(s.files().len(), FILES);
+    assert!(s.gw.log_text().contains("reload: config applied"));
+    s.gw.signal("TERM");
+    assert_eq!(s.gw.wait(Duration::from_secs(600)), Some(0));
+}
+
+#[test]
+fn a_run_longer_than_the_grace_period_is_cut_and_resumes_at_the_next_start() {
+    // The run lasts several seconds behind the slow relay; the grace period is one.
+    let (mut s, relay, at_signal) = SlowSync::start("1s");
+    s.gw.signal("TERM");
+    assert!(
+        at_signal < FILES,
+        "the run had already finished: the test proves nothing"
+    );
+    assert_eq!(
+        s.gw.wait(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        s.gw.log_text()
+    );
+    let log = s.gw.log_text();
+    assert!(
+        log.contains("runs still in progress after the grace period are cut"),
+        "{log}"
+    );
+    assert!(log.contains("sync run cut by shutdown"), "{log}");
+    let runs = s.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].0, "failed", "{runs:?}");
+    let left = s.files().len();
+    assert!(left < FILES, "the cut run finished anyway");
+    // The next start picks up where the cut run stopped: every file, no copy twice.
+    let cfg = slow_sync_config(relay, "1h", "600s");
+    s.gw = Gateway::start(s.dir.path(), &cfg, &[]);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while s.runs().len() < 2 {
+        assert!(Instant::now() < deadline, "no run after the restart");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let runs = s.runs();
+    assert_eq!(runs[1].0, "ok", "{runs:?}");
+    assert_eq!(s.files().len(), FILES);
+    let up: usize = runs[1].1.parse().unwrap();
+    assert!(
+        up <= FILES - left,
+        "copied {up}, {left} were already there: {runs:?}"
+    );
+    s.gw.signal("TERM");
+    assert_eq!(s.gw.wait(Duration::from_secs(600)), Some(0));
+}

@@ -397,3 +397,15 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
     }
     out
 }
+
+impl super::S3Backend {
+    /// Checks that keys under `prefix` (`""` = the whole bucket) can be listed with these
+    /// credentials: one ListObjectsV2 with that prefix and `max-keys=1`. A key whose policy
+    /// only allows listing under a prefix passes here and fails [`super::S3Backend::probe_bucket`].
+    pub async fn probe_prefix(&self, prefix: &str) -> Result<()> {
+        list_page(&self.inner, prefix, false, None, 1)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.with_context("probe", format!("s3:{}/{prefix}", self.inner.opts.name)))
+    }
+}

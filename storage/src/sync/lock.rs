@@ -341,6 +341,44 @@ impl HeldLease {
     }
 }
 
+/// A lease on a job, as a run holds it: taken on a [`LeaseStore`] (refused while another
+/// holder's lease is live; a lapsed one, or this holder's own, is taken over), renewed in the
+/// background every third of `ttl`, and marked lost when a renewal finds it taken over (or
+/// cannot renew it before it lapses).
+pub struct Lease {
+    held: HeldLease,
+    lost: CancellationToken,
+}
+
+impl Lease {
+    /// Takes the lease on `job` for `holder`; a `Conflict` error while another holder has it.
+    pub async fn acquire(
+        store: Arc<dyn LeaseStore>,
+        job: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        let lost = CancellationToken::new();
+        let held = HeldLease::acquire(store, job, holder, ttl, lost.clone()).await?;
+        Ok(Lease { held, lost })
+    }
+
+    /// True once a renewal found the lease gone to another holder.
+    pub fn is_lost(&self) -> bool {
+        self.held.is_lost()
+    }
+
+    /// Resolves when the lease is lost.
+    pub async fn lost(&self) {
+        self.lost.cancelled().await
+    }
+
+    /// Stops renewing and deletes the lease (if it is still ours).
+    pub async fn release(self) {
+        self.held.release().await
+    }
+}
+
 /// Who renews a lease, and for how long.
 struct Renewal {
     job: String,

@@ -51,7 +51,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use history::{history, job_status, status, JobStatus, RunRecord};
-pub use lock::{FileLeaseStore, LeaseStore};
+pub use lock::{FileLeaseStore, Lease, LeaseStore};
 pub use names::{conflict_name, is_conflict_name};
 
 /// Which way files flow.
@@ -255,36 +255,56 @@ pub async fn run_scheduled(
     state_dir: PathBuf,
     shutdown: CancellationToken,
 ) {
+    run_scheduled_until(jobs, state_dir, shutdown.clone(), shutdown).await
+}
+
+/// Like [`run_scheduled`], with a drain: once `stop` is cancelled no new run starts and a run
+/// in progress goes on to its end; `cut` (cancelled when the caller's grace period is over)
+/// stops such a run at once. Returns when every job's loop has ended, so a caller awaiting it
+/// knows no run is in progress. A cut run resumes safely at its next start (runs are
+/// crash-safe); each run that straddles `stop` is logged as finished or cut.
+pub async fn run_scheduled_until(
+    jobs: Vec<(SyncJob, Duration)>,
+    state_dir: PathBuf,
+    stop: CancellationToken,
+    cut: CancellationToken,
+) {
     let mut set = tokio::task::JoinSet::new();
     for (job, every) in jobs {
         let state_dir = state_dir.clone();
-        let shutdown = shutdown.clone();
+        let (stop, cut) = (stop.clone(), cut.clone());
         set.spawn(async move {
             // A zero interval would spin; a tenth of a second is the shortest period.
             let every = every.max(Duration::from_millis(100));
-            loop {
+            // A schedule that replaces another (a reload) may be stopped before its first run.
+            while !stop.is_cancelled() && !cut.is_cancelled() {
                 let started = tokio::time::Instant::now();
                 let opts = RunOptions {
-                    cancel: Some(shutdown.child_token()),
+                    cancel: Some(cut.child_token()),
                     ..Default::default()
                 };
-                match run_job(&job, &state_dir, opts).await {
+                tracing::info!(job = %job.name, "sync run started");
+                let result = run_job(&job, &state_dir, opts).await;
+                let draining = stop.is_cancelled();
+                match result {
                     Ok(s) if s.ok() => tracing::info!(
                         job = %job.name, up = s.copied_to_remote, down = s.copied_to_site,
                         deleted = s.deleted_remote + s.deleted_site, conflicts = s.conflicts,
-                        bytes = s.bytes, "sync run done"
+                        bytes = s.bytes, draining, "sync run done"
                     ),
                     Ok(s) => tracing::warn!(
                         job = %job.name, errors = s.errors, first = ?s.messages.first(),
-                        "sync run finished with errors"
+                        draining, "sync run finished with errors"
                     ),
-                    Err(e) if shutdown.is_cancelled() => {
-                        tracing::info!(job = %job.name, error = %e, "sync run stopped by shutdown")
-                    }
+                    Err(e) if cut.is_cancelled() => tracing::warn!(
+                        job = %job.name, error = %e,
+                        "sync run cut by shutdown; it resumes at the next start"
+                    ),
                     Err(e) => tracing::warn!(job = %job.name, error = %e, "sync run failed"),
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
+                    _ = cut.cancelled() => break,
                     _ = tokio::time::sleep_until(started + every) => {}
                 }
             }
