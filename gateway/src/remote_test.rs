@@ -256,6 +256,19 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
             t,
             mp,
         );
+        // Not a pass/fail step: whether two instances' sync leases can exclude each other
+        // through the server alone (docs/providers.md, "Conditional writes").
+        let t = Instant::now();
+        let store = bucketgate_storage::s3::S3LeaseStore::new(backend.clone(), &prefix);
+        let cond = store.enforces_conditional_writes().await;
+        let ms = t.elapsed().as_millis();
+        match cond {
+            Ok(true) => println!("info  conditional writes enforced: sync leases are exclusive ({ms} ms)"),
+            Ok(false) => println!(
+                "info  conditional writes ignored by this server: sync leases fall back to read-back checks, see docs/providers.md ({ms} ms)"
+            ),
+            Err(e) => println!("info  conditional writes not checked ({ms} ms): {e}"),
+        }
         !rep.failed
     });
     rt.shutdown_timeout(Duration::from_secs(1));
