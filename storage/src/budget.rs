@@ -80,6 +80,12 @@ impl MemoryBudget {
         self.sem.available_permits() as u64 * UNIT
     }
 
+    /// Bytes held by buffers right now (the total less what is available), for metrics and
+    /// for tests that check what a transfer holds.
+    pub fn in_use(&self) -> u64 {
+        self.total() - self.available()
+    }
+
     /// True when a buffer of `bytes` can ever be granted (it is not bigger than the budget).
     pub fn can_hold(&self, bytes: u64) -> bool {
         units_of(bytes) <= self.units
@@ -149,6 +155,7 @@ mod tests {
         assert_eq!(b.total(), 10 * 1024);
         let p = b.acquire(6 * 1024).await.unwrap();
         assert_eq!(b.available(), 4 * 1024);
+        assert_eq!(b.in_use(), 6 * 1024);
         assert!(b.try_acquire(5 * 1024).is_none());
         drop(p);
         assert_eq!(b.available(), 10 * 1024);

@@ -17,8 +17,15 @@ use tokio::sync::mpsc;
 pub const REORDER_WINDOW: u64 = 8 * 1024 * 1024;
 /// How far forward a read may jump and still reuse the running stream (skipping bytes).
 const SKIP_LIMIT: u64 = 1024 * 1024;
-/// Chunks buffered ahead of the client by the read-ahead task.
-const READ_AHEAD_CHUNKS: usize = 64;
+/// Bytes the read-ahead task may hold ahead of the client, per open file. Counted in bytes,
+/// not chunks: the HTTP stack's chunks range from a few KiB to hundreds, so a count of chunks
+/// bounds nothing, and an idle or slow reader must hold a bounded amount.
+pub const READ_AHEAD_BYTES: usize = 1024 * 1024;
+/// Chunks in the read-ahead channel (a bound on the queue; the byte bound is what matters).
+const READ_AHEAD_CHUNKS: usize = 256;
+
+/// A chunk read ahead, with its share of the file's read-ahead bytes, returned when consumed.
+type Ahead = Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>)>;
 
 /// How a file is opened for writing (the SFTP pflags, or the FTP command's meaning).
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,7 +52,9 @@ pub struct FileReader {
     shown: VPath,
     pos: u64,
     buf: Bytes,
-    rx: Option<mpsc::Receiver<Result<Bytes>>>,
+    /// The read-ahead bytes `buf` accounts for; released once it is consumed.
+    buf_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    rx: Option<mpsc::Receiver<Ahead>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Bytes handed to the client and the audit line written on drop.
     audit: Option<Transfer>,
@@ -60,6 +69,7 @@ impl FileReader {
             shown,
             pos: 0,
             buf: Bytes::new(),
+            buf_permit: None,
             rx: None,
             task: None,
             audit: None,
@@ -87,22 +97,35 @@ impl FileReader {
         }
         self.rx = None;
         self.buf = Bytes::new();
+        self.buf_permit = None;
     }
 
     async fn start(&mut self, offset: u64) -> Result<()> {
         self.stop();
         let size = self.entry.size;
         let mut stream = self.backend.read(&self.key, offset, Some(size)).await?;
-        let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
-        // Read-ahead: the backend stream runs ahead of the client's requests, bounded by the
-        // channel, so a client that pipelines reads is not served one round trip at a time.
+        let (tx, rx) = mpsc::channel::<Ahead>(READ_AHEAD_CHUNKS);
+        let room = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES));
+        // Read-ahead: the backend stream runs ahead of the client's requests, bounded to
+        // READ_AHEAD_BYTES, so a client that pipelines reads is not served one round trip at
+        // a time. While the room is full the stream is not polled, and TCP back-pressure holds
+        // the rest on the remote.
         let task = tokio::spawn(async move {
             let mut got = offset;
             while let Some(item) = stream.next().await {
+                let item = match item {
+                    Ok(b) => {
+                        got += b.len() as u64;
+                        // A chunk larger than the whole room takes all of it.
+                        let n = b.len().clamp(1, READ_AHEAD_BYTES) as u32;
+                        match room.clone().acquire_many_owned(n).await {
+                            Ok(p) => Ok((b, Some(p))),
+                            Err(_) => return,
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
                 let failed = item.is_err();
-                if let Ok(b) = &item {
-                    got += b.len() as u64;
-                }
                 if tx.send(item).await.is_err() || failed {
                     return;
                 }
@@ -151,9 +174,14 @@ impl FileReader {
         let mut out = BytesMut::new();
         while self.pos < offset + want as u64 {
             if self.buf.is_empty() {
+                // The consumed chunk's room goes back to the read-ahead before waiting on it.
+                self.buf_permit = None;
                 let rx = self.rx.as_mut().expect("started above");
                 match rx.recv().await {
-                    Some(Ok(b)) => self.buf = b,
+                    Some(Ok((b, p))) => {
+                        self.buf = b;
+                        self.buf_permit = p;
+                    }
                     Some(Err(e)) => {
                         self.stop();
                         return Err(e.with_context("read", self.shown.to_string()));

@@ -1,10 +1,16 @@
 //! Uploads: one PutObject for small files, a write-behind multipart upload for the rest, and
 //! appends composed server-side.
 //!
-//! Memory: each part buffer holds a permit of the shared [`MemoryBudget`] for its whole size
-//! from its first byte until it has been sent. Taking the whole part at once (never growing a
-//! held permit) means no writer ever waits while holding a half-filled part, so uploads cannot
-//! deadlock each other on the budget. Parts larger than the whole budget go to a temp file.
+//! Memory: a part buffer holds a permit of the shared [`MemoryBudget`] for what it has
+//! allocated, until it has been sent. The first part of an upload starts small
+//! ([`FIRST_BUFFER`], or the announced size) and doubles as it fills, so a thousand small
+//! uploads hold about their sizes, not a thousand part sizes; once a part has filled, the
+//! upload is known to be large and each further part takes its whole size at its first byte.
+//! A writer waits for the budget only when it opens a part, holding nothing of that part;
+//! growing never waits: when the budget cannot grant the growth right now, the half-filled
+//! part moves to a temp file and its permit is returned. So no writer ever waits while holding
+//! a half-filled part, and uploads cannot deadlock each other on the budget. Parts larger than
+//! the whole budget go to a temp file too.
 //!
 //! [`MemoryBudget`]: crate::budget::MemoryBudget
 
@@ -23,11 +29,16 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
+/// The first buffer of an upload whose size was not announced; it doubles up to the part size.
+pub(crate) const FIRST_BUFFER: u64 = 64 * 1024;
+
 /// The part being filled.
 enum Buf {
     Empty,
     Mem {
         data: BytesMut,
+        /// Bytes allocated for `data` (what the permit covers, before its rounding).
+        cap: u64,
         permit: MemoryPermit,
     },
     Disk {
@@ -58,6 +69,8 @@ struct State {
     buf: Buf,
     /// Size of the part being filled (fixed when its first byte arrives).
     target: u64,
+    /// A part has filled up: the upload is large, so further parts are allocated whole.
+    large: bool,
     next_part: u32,
     upload_id: Option<String>,
     tasks: JoinSet<PartResult>,
@@ -110,6 +123,7 @@ pub(crate) async fn create(
         first_part_size: first,
         buf: Buf::Empty,
         target: 0,
+        large: false,
         next_part: 1,
         upload_id: None,
         tasks: JoinSet::new(),
@@ -295,52 +309,86 @@ impl State {
     }
 
     /// Opens the next part's buffer: memory when the budget can ever hold it, else disk.
+    /// This is the only place where a writer waits for the budget.
     async fn open_part(&mut self) -> Result<()> {
         let target = self.part_size_for(self.next_part);
         self.target = target;
-        // A first part of a file announced as small only needs what was announced.
         let want = match self.opts.size_hint {
+            _ if self.large => target,
+            // A first part of a file announced as small only needs what was announced.
             Some(h) if self.next_part == 1 && self.written == 0 => target.min(h.max(1)),
-            _ => target,
+            _ => target.min(FIRST_BUFFER),
         };
         if self.inner.budget.can_hold(want) {
             let permit = self.inner.budget.acquire(want).await?;
             self.buf = Buf::Mem {
-                data: BytesMut::with_capacity(want.min(target) as usize),
+                data: BytesMut::with_capacity(want as usize),
+                cap: want,
                 permit,
             };
         } else {
-            let dir = self.inner.opts.spool_dir.clone();
-            let f = tokio::task::spawn_blocking(move || match dir {
-                Some(d) => tempfile::tempfile_in(d),
-                None => tempfile::tempfile(),
-            })
-            .await
-            .map_err(|e| Error::new(ErrorKind::Backend, "spooling failed").with_source(e))??;
             self.buf = Buf::Disk {
-                file: tokio::fs::File::from_std(f),
+                file: self.spool_file().await?,
                 len: 0,
             };
         }
         Ok(())
     }
 
+    async fn spool_file(&self) -> Result<tokio::fs::File> {
+        let dir = self.inner.opts.spool_dir.clone();
+        let f = tokio::task::spawn_blocking(move || match dir {
+            Some(d) => tempfile::tempfile_in(d),
+            None => tempfile::tempfile(),
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Backend, "spooling failed").with_source(e))??;
+        Ok(tokio::fs::File::from_std(f))
+    }
+
+    /// Makes room for `need` bytes in the memory buffer: doubles it (up to the part size) when
+    /// the budget has the growth free right now; otherwise moves the part to disk, releasing
+    /// its permit, since waiting here while holding the part could deadlock.
+    async fn grow(&mut self, need: u64) -> Result<()> {
+        let Buf::Mem { data, cap, permit } = &mut self.buf else {
+            return Ok(());
+        };
+        if need <= *cap {
+            return Ok(());
+        }
+        let new_cap = need.max(*cap * 2).min(self.target.max(need));
+        if let Some(more) = self
+            .inner
+            .budget
+            .try_acquire(new_cap.saturating_sub(permit.bytes()))
+        {
+            permit.merge(more);
+            // One copy per doubling: at most log2(part size / first buffer) per part, and only
+            // for the first part of an upload.
+            let mut grown = BytesMut::with_capacity(new_cap as usize);
+            grown.extend_from_slice(data);
+            *data = grown;
+            *cap = new_cap;
+            return Ok(());
+        }
+        let mut file = self.spool_file().await?;
+        let Buf::Mem { data, .. } = std::mem::replace(&mut self.buf, Buf::Empty) else {
+            unreachable!("matched above");
+        };
+        file.write_all(&data).await?;
+        self.buf = Buf::Disk {
+            file,
+            len: data.len() as u64,
+        };
+        Ok(())
+    }
+
     async fn append_buf(&mut self, chunk: Bytes) -> Result<()> {
+        let need = self.buf.len() + chunk.len() as u64;
+        self.grow(need).await?;
         match &mut self.buf {
             Buf::Empty => unreachable!("opened before"),
-            Buf::Mem { data, permit } => {
-                let need = (data.len() + chunk.len()) as u64;
-                if need > permit.bytes() {
-                    // Only when more arrived than the size announced up front.
-                    let more = self
-                        .inner
-                        .budget
-                        .acquire(self.target - permit.bytes())
-                        .await?;
-                    permit.merge(more);
-                }
-                data.extend_from_slice(&chunk);
-            }
+            Buf::Mem { data, .. } => data.extend_from_slice(&chunk),
             Buf::Disk { file, len } => {
                 file.write_all(&chunk).await?;
                 *len += chunk.len() as u64;
@@ -352,7 +400,7 @@ impl State {
     async fn take_body(&mut self) -> Result<(Body, Option<MemoryPermit>)> {
         Ok(match std::mem::replace(&mut self.buf, Buf::Empty) {
             Buf::Empty => (Body::Empty, None),
-            Buf::Mem { data, permit } => (Body::Bytes(data.freeze()), Some(permit)),
+            Buf::Mem { data, permit, .. } => (Body::Bytes(data.freeze()), Some(permit)),
             Buf::Disk { mut file, len } => {
                 file.flush().await?;
                 let std = file.into_std().await;
@@ -395,6 +443,7 @@ impl State {
     async fn push(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
             if !matches!(self.buf, Buf::Empty) && self.buf.len() >= self.target {
+                self.large = true;
                 self.dispatch().await?;
             }
             if matches!(self.buf, Buf::Empty) {

@@ -1,0 +1,189 @@
+//! What uploads hold of the shared memory budget: small uploads hold about their size (not a
+//! whole part each), large ones still send whole parts, and a budget too tight to grow a part
+//! spools it to disk instead of deadlocking.
+
+mod s3_support;
+
+use bucketgate_storage::backend::{Backend, CreateOptions, Upload};
+use bucketgate_storage::budget::MemoryBudget;
+use bucketgate_storage::s3::S3Backend;
+use bytes::Bytes;
+use s3_support::*;
+use std::sync::Arc;
+
+const KIB: u64 = 1024;
+
+fn backend(srv: &Server, budget: &Arc<MemoryBudget>) -> S3Backend {
+    S3Backend::new(srv.options(), budget.clone()).expect("backend")
+}
+
+/// The number of parts of a multipart ETag (`"<md5>-N"`), or `None` for a single PUT.
+fn parts_of(etag: &str) -> Option<u32> {
+    etag.trim_matches('"').rsplit_once('-')?.1.parse().ok()
+}
+
+#[tokio::test]
+async fn concurrent_small_uploads_hold_about_their_size() {
+    const N: usize = 40;
+    for srv in servers().await {
+        let budget = MemoryBudget::shared(512 * MIB as u64);
+        let b = backend(&srv, &budget);
+        let part = srv.options().part_size;
+
+        // Size not announced (FTP STOR, SFTP): each holds the first buffer, not a part.
+        let mut ups: Vec<Box<dyn Upload>> = Vec::new();
+        let mut sent = Vec::new();
+        for i in 0..N {
+            let key = srv.key(&format!("small/{i}"));
+            let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+            let bytes = data(4096, i as u64);
+            up.write(Bytes::from(bytes.clone())).await.unwrap();
+            ups.push(up);
+            sent.push((key, bytes));
+        }
+        let held = budget.in_use();
+        println!(
+            "[{}] {N} open 4 KiB uploads hold {} KiB",
+            srv.name,
+            held / KIB
+        );
+        assert!(
+            held >= N as u64 * 4 * KIB,
+            "[{}] the buffers are counted: {held}",
+            srv.name
+        );
+        assert!(
+            held <= N as u64 * 64 * KIB,
+            "[{}] {N} uploads of 4 KiB hold {held} bytes (a part is {part})",
+            srv.name
+        );
+        let done = futures::future::join_all(ups.into_iter().map(|u| u.finish())).await;
+        for r in done {
+            r.unwrap();
+        }
+        assert_eq!(budget.in_use(), 0, "[{}] all released", srv.name);
+        for (key, bytes) in &sent {
+            assert_eq!(&get(&b, key).await, bytes, "[{}] {key}", srv.name);
+        }
+
+        // Size announced: each holds exactly what was announced.
+        let mut ups = Vec::new();
+        for i in 0..N {
+            let opts = CreateOptions {
+                size_hint: Some(4096),
+                ..Default::default()
+            };
+            let mut up = b
+                .create(&srv.key(&format!("hinted/{i}")), opts)
+                .await
+                .unwrap();
+            up.write(Bytes::from(data(4096, i as u64))).await.unwrap();
+            ups.push(up);
+        }
+        assert_eq!(budget.in_use(), N as u64 * 4 * KIB, "[{}]", srv.name);
+        for u in ups {
+            u.abort().await;
+        }
+        assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
+    }
+}
+
+#[tokio::test]
+async fn a_part_grows_as_it_fills() {
+    for srv in servers().await {
+        let budget = MemoryBudget::shared(512 * MIB as u64);
+        let b = backend(&srv, &budget);
+        let key = srv.key("grown");
+        let bytes = data(300 * KIB as usize, 7);
+        let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+        let mut held = Vec::new();
+        for c in bytes.chunks(32 * KIB as usize) {
+            up.write(Bytes::copy_from_slice(c)).await.unwrap();
+            held.push(budget.in_use() / KIB);
+        }
+        println!("[{}] KiB held after each 32 KiB write: {held:?}", srv.name);
+        // 64 KiB doubling: 64, 64, 128, 128, 256 ... up to 512 for 300 KiB.
+        assert_eq!(held[0], 64, "[{}]", srv.name);
+        assert_eq!(*held.last().unwrap(), 512, "[{}]", srv.name);
+        assert!(held.windows(2).all(|w| w[0] <= w[1]), "[{}]", srv.name);
+        let e = up.finish().await.unwrap();
+        assert_eq!(e.size, bytes.len() as u64);
+        assert_eq!(
+            parts_of(e.etag.as_deref().unwrap_or("")),
+            None,
+            "single PUT"
+        );
+        assert_eq!(get(&b, &key).await, bytes, "[{}]", srv.name);
+        assert_eq!(budget.in_use(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_large_upload_sends_whole_parts_from_memory() {
+    for srv in servers().await {
+        let budget = MemoryBudget::shared(512 * MIB as u64);
+        let b = backend(&srv, &budget);
+        let part = srv.options().part_size;
+        let concurrency = srv.options().concurrency as u64;
+        let key = srv.key("large");
+        let bytes = data(3 * part as usize + MIB, 11);
+        let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+        let mut peak = 0;
+        for c in bytes.chunks(32 * KIB as usize) {
+            up.write(Bytes::copy_from_slice(c)).await.unwrap();
+            peak = peak.max(budget.in_use());
+        }
+        println!("[{}] peak held: {} KiB", srv.name, peak / KIB);
+        // Whole parts were buffered in memory (not spooled), at most `concurrency` in flight
+        // plus the one filling.
+        assert!(peak >= part, "[{}] peak {peak}", srv.name);
+        assert!(
+            peak <= (concurrency + 1) * part,
+            "[{}] peak {peak}",
+            srv.name
+        );
+        let e = up.finish().await.unwrap();
+        assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
+        assert_eq!(e.size, bytes.len() as u64);
+        assert_eq!(get(&b, &key).await, bytes, "[{}] bytes", srv.name);
+        let etag = e.etag.clone().unwrap_or_default();
+        if !srv.skip(parts_of(&etag).is_none(), "multipart ETag part count") {
+            // 3 parts of `part_size` and the last MiB.
+            assert_eq!(parts_of(&etag), Some(4), "[{}] etag {etag}", srv.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_budget_too_tight_to_grow_spools_instead_of_deadlocking() {
+    const N: usize = 8;
+    for srv in servers().await {
+        // Room for each upload's first buffer and nothing more: every part must move to disk
+        // to grow. One task writes to all uploads in turn, so a writer that waited for the
+        // budget while holding its part would hang this test.
+        let budget = MemoryBudget::shared(N as u64 * 64 * KIB);
+        let b = backend(&srv, &budget);
+        let mut ups = Vec::new();
+        let mut sent = Vec::new();
+        for i in 0..N {
+            let key = srv.key(&format!("tight/{i}"));
+            ups.push(b.create(&key, CreateOptions::default()).await.unwrap());
+            sent.push((key, data(MIB, 100 + i as u64)));
+        }
+        for off in (0..MIB).step_by(32 * KIB as usize) {
+            for (up, (_, bytes)) in ups.iter_mut().zip(&sent) {
+                up.write(Bytes::copy_from_slice(&bytes[off..off + 32 * KIB as usize]))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Everything moved to disk, so the budget is free again.
+        assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
+        for up in ups {
+            up.finish().await.unwrap();
+        }
+        for (key, bytes) in &sent {
+            assert_eq!(&get(&b, key).await, bytes, "[{}] {key}", srv.name);
+        }
+    }
+}
