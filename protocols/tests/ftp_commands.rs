@@ -282,3 +282,41 @@ async fn listings_are_bounded() {
     let mut c = h.client().await;
     assert_eq!(c.nlst(Some("many")).await.unwrap().len(), 5);
 }
+
+/// Files of several transfer chunks (uploads are handed on in full 256 KiB buffers, downloads
+/// written chunk by chunk): every byte arrives in order, and REST works at an offset that is
+/// not on a chunk boundary.
+#[tokio::test]
+async fn large_files_cross_chunk_boundaries() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    c.transfer_type(FileType::Binary).await.unwrap();
+    // Not a multiple of any buffer size, and no repeating pattern a shifted chunk could match.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..5 * 1024 * 1024 + 12_345)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+
+    let n = c
+        .put_file("big.bin", &mut Cursor::new(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert!(h.read("big.bin") == data, "stored bytes differ");
+
+    assert!(
+        get(&mut c, "big.bin").await == data,
+        "downloaded bytes differ"
+    );
+    let offset = 256 * 1024 + 7;
+    c.resume_transfer(offset).await.unwrap();
+    assert!(
+        get(&mut c, "big.bin").await == data[offset..],
+        "bytes from the REST offset differ"
+    );
+}

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use unftp_core::storage::{
     Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend, FEATURE_RESTART,
@@ -162,6 +162,32 @@ impl StorageBackend<FtpUser> for FtpStorage {
         Ok(Box::new(ReadStream::start(reader, start_pos)))
     }
 
+    async fn get_into<'a, P, W: ?Sized>(
+        &self,
+        user: &FtpUser,
+        path: P,
+        start_pos: u64,
+        output: &'a mut W,
+    ) -> Result<u64>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Sync + Send,
+        P: AsRef<Path> + Send + Debug,
+    {
+        // libunftp's default goes through `tokio::io::copy`, whose 8 KiB buffer turns every
+        // chunk into 8 KiB writes (and a copy out of our stream): each chunk is written whole
+        // here instead, straight from the read-ahead.
+        let p = vpath(user, path.as_ref())?;
+        let reader = user.session.fs.open_read(&p).await.map_err(map_error)?;
+        let mut stream = ReadStream::start(reader, start_pos);
+        let mut sent = 0u64;
+        while let Some(chunk) = stream.rx.recv().await {
+            let chunk = chunk.map_err(Error::from)?;
+            output.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+        }
+        Ok(sent)
+    }
+
     async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
         &self,
         user: &FtpUser,
@@ -193,18 +219,32 @@ impl StorageBackend<FtpUser> for FtpStorage {
         };
         let mut writer = fs.open_write(&p, mode).await.map_err(map_error)?;
         let mut offset = start_pos;
-        let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
-            buf.reserve(CHUNK);
-            match input.read_buf(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    let data = buf.split().freeze();
-                    if let Err(e) = writer.write_at(offset, data).await {
-                        writer.abort().await;
-                        return Err(map_error(e));
+            // A chunk is handed on only once its buffer is full (or at the end): a buffer sent
+            // after each short socket read would keep its whole allocation alive for a few KiB,
+            // and the next read would allocate another.
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let read = loop {
+                match input.read_buf(&mut buf).await {
+                    Ok(0) => break Ok(true),
+                    Ok(_) if buf.len() == buf.capacity() => break Ok(false),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            match read {
+                Ok(end) => {
+                    let n = buf.len() as u64;
+                    if n > 0 {
+                        if let Err(e) = writer.write_at(offset, buf.freeze()).await {
+                            writer.abort().await;
+                            return Err(map_error(e));
+                        }
+                        offset += n;
                     }
-                    offset += n as u64;
+                    if end {
+                        break;
+                    }
                 }
                 Err(e) => {
                     // A reset or a TLS stream cut without close_notify: the upload is
@@ -261,9 +301,9 @@ impl StorageBackend<FtpUser> for FtpStorage {
     }
 }
 
-/// A file read from `start_pos` on, as the `AsyncRead` libunftp copies to the data connection.
-/// A task pulls chunks from the [`FileReader`] so the next chunk is on its way while the
-/// client takes the previous one.
+/// A file read from `start_pos` on: `get_into` writes its chunks to the data connection, and
+/// it is the `AsyncRead` of `get`. A task pulls chunks from the [`FileReader`] so the next chunk
+/// is on its way while the client takes the previous one.
 struct ReadStream {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     buf: Bytes,
