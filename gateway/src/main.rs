@@ -123,11 +123,19 @@ impl Exit {
 /// their pages stay with the process: 50 logins left the gateway at ~470 MiB RSS (the soak test).
 /// A fixed 1 MiB threshold sends such blocks (and upload parts) to mmap, returned on free, while
 /// the many smaller buffers of the data path (SFTP packets of at most 256 KiB) stay on the heap.
+/// glibc also gives each thread that contends for the heap an arena of its own, up to 8 per
+/// core, and each keeps its freed pages: one per core is enough for tokio's workers (one per
+/// core) and held ~20 MiB less after a 1 GiB FTP download.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
     }
 }
 

@@ -209,6 +209,10 @@ impl FileReader {
             if out.is_empty() && take == want {
                 return Ok(chunk);
             }
+            if out.capacity() == 0 {
+                // Spans chunks: one allocation of the answer's size, not a growing buffer.
+                out.reserve(want);
+            }
             out.extend_from_slice(&chunk);
         }
         Ok(out.freeze())
