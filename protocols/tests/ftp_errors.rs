@@ -44,6 +44,17 @@ async fn missing_files_are_550() {
 }
 
 #[tokio::test]
+async fn mkd_of_an_existing_folder_is_550() {
+    let h = Harness::start(Setup::default()).await;
+    let mut c = h.client().await;
+    c.mkdir("docs").await.unwrap();
+    // RFC 959 lists no 553 for MKD; clients that mirror treat 550 as "already there".
+    let err = c.mkdir("docs").await.unwrap_err();
+    assert!(reply_text(&err).starts_with("550"), "{err:?}");
+    assert!(h.file("docs").is_dir());
+}
+
+#[tokio::test]
 async fn read_only_folder_refuses_changes_and_leaves_nothing() {
     let h = Harness::start(Setup::default()).await;
     let mut c = h.client().await;

@@ -267,7 +267,15 @@ impl StorageBackend<FtpUser> for FtpStorage {
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
-        user.session.fs.mkdir(&p).await.map_err(map_error)
+        user.session.fs.mkdir(&p).await.map_err(|e| {
+            if e.kind() == Kind::AlreadyExists {
+                // RFC 959 gives MKD no 553; servers answer 550 for a folder that exists.
+                tracing::debug!(error = ?e, "ftp: request refused");
+                Error::new(ErrorKind::PermanentDirectoryNotAvailable, e)
+            } else {
+                map_error(e)
+            }
+        })
     }
 
     async fn rename<P: AsRef<Path> + Send + Debug>(
