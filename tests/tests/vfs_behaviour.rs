@@ -6,7 +6,7 @@
 mod s3_support;
 
 use bucketgate_storage::{ErrorKind, OpenMode, PermSet, Permissions, UserFs, VPath};
-use bucketgate_tests::fixtures::{Caps, Fixture, area, user_view};
+use bucketgate_tests::fixtures::{area, user_view, Caps, Fixture};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! other tests running beside it in one process (S3 servers, uploads) would disturb.
 
 use bucketgate_storage::{Permissions, VPath};
-use bucketgate_tests::fixtures::{Fixture, area, user_view};
+use bucketgate_tests::fixtures::{area, user_view, Fixture};
 use futures::StreamExt;
 
 fn rss_kib() -> u64 {
