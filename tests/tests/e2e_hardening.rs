@@ -343,15 +343,43 @@ async fn slowloris(addr: SocketAddr, payload: &[u8]) -> Option<usize> {
     None
 }
 
+/// login_grace bounds the time to log in, not the session: a logged-in SFTP client keeps
+/// working past it (it was cut at exactly login_grace after connecting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logged_in_sftp_session_outlives_login_grace() {
+    let site = Site::start("  login_grace: 2s\n  ban: { threshold: 1000 }", "");
+    let (h, s) = sftp_session(LO, site.sftp(), "alice", PASSWORD)
+        .await
+        .unwrap();
+    // Time must pass beyond the grace period; a listing every half second shows the session
+    // is still served all along.
+    for i in 0..10 {
+        assert!(
+            s.read_dir("/").await.is_ok(),
+            "listing {i} failed: session cut"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!h.is_closed(), "a logged-in session was cut by login_grace");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slowloris_is_closed_by_login_grace_on_both_protocols() {
     let site = Site::start("  login_grace: 3s", "");
     let (ftp, ssh) = tokio::join!(
         slowloris(site.ftp(), b"USER alice\r\n"),
-        slowloris(site.sftp(), b"SSH-2.0-slow\r\n")
+        // A version line that never ends (shorter than the 255 bytes SSH allows, so only the
+        // grace timer can end it): a complete line would be followed by bytes that are no
+        // valid packet, which the SSH layer refuses on its own, proving nothing about grace.
+        slowloris(
+            site.sftp(),
+            b"SSH-2.0-slowloris-sends-one-byte-a-second-and-never-ends-its-version-line"
+        )
     );
-    assert!(ftp.is_some(), "FTP kept a slow client past login_grace");
-    assert!(ssh.is_some(), "SSH kept a slow client past login_grace");
+    assert!(
+        ftp.is_some() && ssh.is_some(),
+        "a slow client outlived login_grace: FTP closed after {ftp:?} bytes, SSH after {ssh:?}"
+    );
     site.well_behaved_transfers("slow");
 }
 
@@ -377,7 +405,9 @@ async fn ssh_garbage(addr: SocketAddr, what: &str, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_ssh_bytes_are_closed_cleanly() {
-    let site = Site::start("  login_grace: 20s", "");
+    // login_grace far above `STEP`: every close below is the SSH layer's own limit at work,
+    // not the grace timer.
+    let site = Site::start("  login_grace: 5m", "");
     let rss0 = site.rss_kib();
     let addr = site.sftp();
     let mut huge = b"SSH-2.0-x\r\n".to_vec();
@@ -553,15 +583,22 @@ async fn hostile_sftp_packets_after_login_get_answers_or_a_clean_close() {
     let rep = read_packet(&mut r).await.unwrap();
     assert_eq!(rep.0, FXP_HANDLE, "{rep:?}");
     let wh = rep.2.clone();
+    // A WRITE longer than the gateway's 256 KiB packet limit on that real handle: refused
+    // whole (skipped unread, so not written), and the stream stays in step for the next one.
+    let mut b = wh.clone();
+    b.extend_from_slice(&0u64.to_be_bytes());
+    b.extend_from_slice(&sftp_string(&vec![b'x'; 300 * 1024]));
+    w.write_all(&packet(6, 399, &b)).await.unwrap();
+    let rep = read_packet(&mut r).await.unwrap();
+    assert_eq!(rep.1, 399, "{rep:?}");
+    assert_ne!(status_of(&rep), 0, "a 300 KiB packet was accepted");
     let mut b = wh.clone();
     b.extend_from_slice(&(1u64 << 60).to_be_bytes());
     b.extend_from_slice(&sftp_string(b"far away"));
     w.write_all(&packet(6, 401, &b)).await.unwrap();
-    assert_ne!(
-        status_of(&read_packet(&mut r).await.unwrap()),
-        0,
-        "write at 2^60"
-    );
+    let rep = read_packet(&mut r).await.unwrap();
+    assert_eq!(rep.1, 401, "out of step after the long packet: {rep:?}");
+    assert_ne!(status_of(&rep), 0, "write at 2^60");
     w.write_all(&packet(4, 402, &wh)).await.unwrap();
     let _ = read_packet(&mut r).await;
 
@@ -860,4 +897,105 @@ async fn path_escapes_stay_inside_the_home_on_both_protocols() {
         "something was created next to the site tree"
     );
     site.well_behaved_transfers("paths");
+}
+
+/// True when the SSH connection behind `h` is closed by the server within `STEP`.
+async fn ssh_closed(h: &russh::client::Handle<TrustAll>) -> bool {
+    let deadline = std::time::Instant::now() + STEP;
+    while std::time::Instant::now() < deadline {
+        if h.is_closed() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_sessions_are_closed_but_never_during_an_ftp_transfer() {
+    let site = Site::start(
+        "  idle_timeout: 3s\n  login_grace: 5m\n  ban: { threshold: 1000 }",
+        "",
+    );
+
+    // A logged-in SSH connection that says nothing is closed by idle_timeout.
+    let h = ssh_login(LO, site.sftp(), "alice", PASSWORD).await.unwrap();
+    assert!(ssh_closed(&h).await, "SSH kept an idle session");
+
+    // A logged-in FTP control connection that says nothing is closed too.
+    let (mut f, _) = Ftp::connect(LO, site.ftp()).await;
+    assert!(f.login("alice", PASSWORD).await.unwrap().starts_with("230"));
+    assert!(closes(&mut f.r).await, "FTP kept an idle session");
+
+    // An upload trickling in for three times idle_timeout while the control connection is
+    // silent: the transfer completes and the file holds every byte.
+    let (mut f, _) = Ftp::connect(LO, site.ftp()).await;
+    assert!(f.login("alice", PASSWORD).await.unwrap().starts_with("230"));
+    let r = f.cmd("PASV").await.unwrap();
+    let inner = r.split_once('(').unwrap().1.split_once(')').unwrap().0;
+    let n: Vec<u16> = inner
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    let mut data = tokio::net::TcpStream::connect((LO, n[4] << 8 | n[5]))
+        .await
+        .expect("data port");
+    let r = f.cmd("STOR slow.bin").await.unwrap();
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    let mut sent = Vec::new();
+    for i in 0..9u8 {
+        let chunk = [b'a' + i; 100];
+        data.write_all(&chunk).await.expect("the transfer was cut");
+        sent.extend_from_slice(&chunk);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(data);
+    let end = f.reply().await;
+    assert!(
+        end.as_deref().is_some_and(|r| r.starts_with("226")),
+        "slow upload ended with {end:?}"
+    );
+    assert_eq!(
+        std::fs::read(site.dir.path().join("files/users/alice/slow.bin")).unwrap(),
+        sent
+    );
+    // Once the transfer is over, the idle session is closed again.
+    assert!(
+        closes(&mut f.r).await,
+        "FTP kept an idle session after a transfer"
+    );
+    site.well_behaved_transfers("idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn channels_per_ssh_connection_are_capped() {
+    let site = Site::start("  ban: { threshold: 1000 }", "");
+    let h = ssh_login(LO, site.sftp(), "alice", PASSWORD).await.unwrap();
+    // The gateway allows 10 session channels per connection: the 11th is refused.
+    let mut open = Vec::new();
+    for i in 0..10 {
+        open.push(
+            h.channel_open_session()
+                .await
+                .unwrap_or_else(|e| panic!("channel {i} refused: {e}")),
+        );
+    }
+    assert!(
+        h.channel_open_session().await.is_err(),
+        "an 11th channel was opened"
+    );
+    // The connection itself is still usable: a closed channel gives its place back.
+    open.pop().unwrap().close().await.unwrap();
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        if h.channel_open_session().await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed channel kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    site.well_behaved_transfers("channels");
 }

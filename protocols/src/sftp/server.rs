@@ -237,7 +237,14 @@ where
                 }
                 return;
             }
-            _ = &mut grace, if !state.authenticated() => break "login grace time exceeded",
+            // The condition is evaluated when the select starts, and a login does not restart
+            // it: check again when the timer fires, or a session that logged in meanwhile is cut
+            // `login_grace` after it connected. Once logged in the branch stays disabled.
+            _ = &mut grace, if !state.authenticated() => {
+                if !state.authenticated() {
+                    break "login grace time exceeded";
+                }
+            }
             _ = ctx.hard.cancelled() => break "server shutting down",
             _ = ctx.shutdown.cancelled(), if !draining => {
                 draining = true;
