@@ -1,0 +1,321 @@
+//! 10,000 small files between a local site folder and a real S3 remote: the in-process s3s-fs
+//! server always, and the endpoint named by `BUCKETGATE_TEST_S3_*` when set (Garage in CI).
+//! moto is left out on purpose: it handles a few hundred PUTs a second at best and holds every
+//! object in memory, so 10,000 objects would make this one test take minutes; the smaller
+//! `sync_s3` suite covers moto.
+//!
+//! The remote is reached through a proxy that counts the HTTP requests by method, so the
+//! no-change rerun is shown to send no PUT (nor anything else that writes) at all.
+
+#[path = "sync_common.rs"]
+mod common;
+#[path = "s3_support/mod.rs"]
+mod s3_support;
+
+use bucketgate_storage::backend::Backend;
+use bucketgate_storage::local::LocalBackend;
+use bucketgate_storage::sync::{run_job, ConflictPolicy, Direction, RunOptions, SyncJob};
+use common::{counts, read, rm, tree, write};
+use s3_support::{env_server, get, put, s3s_server, walk_all, Server};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const N: usize = 10_000;
+
+/// HTTP requests seen by a [`Counter`], by method.
+type Tally = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// A TCP proxy in front of an S3 server that counts the requests passing through it by method
+/// (HTTP/1.1 request lines). The bodies sent here are short texts that never start a line with
+/// a method name, so a body is never mistaken for a request.
+struct Counter {
+    addr: SocketAddr,
+    tally: Tally,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Counter {
+    async fn start(target: SocketAddr) -> Counter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tally = Tally::default();
+        let t = tally.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let t = t.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        relay(client, server, t).await;
+                    }
+                });
+            }
+        });
+        Counter { addr, tally, task }
+    }
+
+    /// The counts so far, and resets them.
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.tally.lock().unwrap())
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, tally: Tally) {
+    // Without this, Nagle's algorithm holds a request's body until the server's delayed ACK of
+    // its headers (~40 ms a request): the relay would make the client look 10 times slower.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sniff = Sniff {
+            line_start: true,
+            word: Vec::new(),
+        };
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            sniff.feed(&buf[..n], &tally);
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+/// Finds request lines in a client's byte stream, across reads.
+struct Sniff {
+    line_start: bool,
+    word: Vec<u8>,
+}
+
+impl Sniff {
+    fn feed(&mut self, bytes: &[u8], tally: &Tally) {
+        const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "DELETE", "COPY"];
+        for &b in bytes {
+            if !self.line_start {
+                self.line_start = b == b'\n';
+                continue;
+            }
+            if b == b' ' {
+                if let Some(m) = METHODS.iter().find(|m| m.as_bytes() == self.word) {
+                    *tally.lock().unwrap().entry(m.to_string()).or_default() += 1;
+                }
+                self.word.clear();
+                self.line_start = false;
+            } else if b == b'\n' || self.word.len() >= 8 {
+                self.word.clear();
+                self.line_start = b == b'\n';
+            } else {
+                self.word.push(b);
+            }
+        }
+    }
+}
+
+fn count(t: &BTreeMap<String, u64>, method: &str) -> u64 {
+    t.get(method).copied().unwrap_or(0)
+}
+
+/// Requests that change something on the server.
+fn writes(t: &BTreeMap<String, u64>) -> u64 {
+    count(t, "PUT") + count(t, "POST") + count(t, "DELETE")
+}
+
+/// Every file below `root`: relative path → size.
+fn local_sizes(root: &Path) -> BTreeMap<String, u64> {
+    tree(root)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with('/'))
+        .map(|(k, v)| (k, v.len() as u64))
+        .collect()
+}
+
+/// Every object below `dir` as the server lists it: relative path → size.
+async fn bucket_sizes(srv: &Server, dir: &str) -> BTreeMap<String, u64> {
+    walk_all(&srv.backend(), &srv.key(dir))
+        .await
+        .into_iter()
+        .filter(|e| !e.is_dir())
+        .map(|e| (e.name, e.size))
+        .collect()
+}
+
+fn content(i: usize) -> Vec<u8> {
+    // Sizes vary (10 to ~150 bytes) so that a swapped or truncated object shows in the sizes.
+    format!("file {i}\n").repeat(1 + i % 13).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_files_with_an_s3_remote() {
+    let mut servers = vec![s3s_server(None).await];
+    servers.extend(env_server());
+    for srv in servers {
+        one_server(&srv).await;
+    }
+}
+
+async fn one_server(srv: &Server) {
+    let name = srv.name;
+    let t0 = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("site/inbox");
+    for i in 0..N {
+        write(&s, &format!("d{:02}/f{i:05}.txt", i % 100), &content(i));
+    }
+    println!("[{name}] wrote {N} files in {:?}", t0.elapsed());
+    let want_total: u64 = (0..N).map(|i| content(i).len() as u64).sum();
+
+    // The engine's S3 traffic goes through the counter; the checks below read directly.
+    let url = reqwest::Url::parse(&srv.endpoint).expect("endpoint");
+    assert_eq!(
+        url.scheme(),
+        "http",
+        "[{name}] the counter reads plain HTTP"
+    );
+    let target = tokio::net::lookup_host((
+        url.host_str().expect("host"),
+        url.port_or_known_default().expect("port"),
+    ))
+    .await
+    .expect("resolve the endpoint")
+    .next()
+    .expect("an address");
+    let counter = Counter::start(target).await;
+    let remote: Arc<dyn Backend> =
+        Arc::new(srv.backend_with(|o| o.endpoint = format!("http://{}", counter.addr)));
+    let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+    let job = SyncJob {
+        name: format!("scale-{name}"),
+        site: (site, "inbox".into()),
+        remote: (remote.clone(), srv.key("scale/")),
+        direction: Direction::TwoWay,
+        delete: true,
+        conflict: ConflictPolicy::KeepBoth,
+        include: vec![],
+        exclude: vec![],
+        lease: None,
+    };
+    let state = dir.path().join("state");
+    let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+
+    // 1. The first run copies everything up.
+    let t = std::time::Instant::now();
+    let sum = run().await;
+    let first = t.elapsed();
+    let traffic = counter.take();
+    println!("[{name}] first run {first:?}");
+    assert_eq!(
+        (sum.copied_to_remote, sum.copied_to_site, sum.errors),
+        (N as u64, 0, 0),
+        "[{name}] {sum:?}"
+    );
+    assert_eq!(sum.bytes, want_total, "[{name}] {sum:?}");
+    // One PUT per small file at least (more only if the client retried).
+    assert!(count(&traffic, "PUT") >= N as u64, "[{name}] {traffic:?}");
+    // Every object, with its size, as the server lists it; the totals as the issue states them.
+    let listed = bucket_sizes(srv, "scale").await;
+    assert_eq!(listed.len(), N, "[{name}] objects in the bucket");
+    assert_eq!(
+        listed.values().sum::<u64>(),
+        want_total,
+        "[{name}] bytes in the bucket"
+    );
+    assert_eq!(listed, local_sizes(&s), "[{name}] names and sizes");
+    // The bytes of a sample, read back through an S3 client.
+    let s3 = srv.backend();
+    for i in (0..N).step_by(499).chain([N - 1]) {
+        let rel = format!("d{:02}/f{i:05}.txt", i % 100);
+        assert_eq!(
+            get(&s3, &srv.key(&format!("scale/{rel}"))).await,
+            content(i),
+            "[{name}] {rel}"
+        );
+    }
+
+    println!("[{name}] checked the bucket at {:?}", t0.elapsed());
+    // 2. Nothing changed: nothing is copied, and nothing is written to the server.
+    let t = std::time::Instant::now();
+    let sum = run().await;
+    let second = t.elapsed();
+    let traffic = counter.take();
+    println!("[{name}] no-change rerun {second:?}");
+    assert_eq!(counts(&sum), (0, 0, 0, 0, 0, 0, 0), "[{name}] {sum:?}");
+    assert_eq!(writes(&traffic), 0, "[{name}] {traffic:?}");
+    assert_eq!(count(&traffic, "HEAD"), 0, "[{name}] {traffic:?}");
+    // The listing went through the counter (so the zeros above are not a blind counter):
+    // 10,000 keys at 1,000 a page.
+    assert!(count(&traffic, "GET") >= 10, "[{name}] {traffic:?}");
+
+    // 3. A few changes on each side, found among the 10,000, each way.
+    write(&s, "d07/f00007.txt", b"changed at the site");
+    write(&s, "new/site.txt", b"new at the site");
+    rm(&s, "d09/f00009.txt");
+    put(
+        &s3,
+        &srv.key("scale/d05/f00005.txt"),
+        b"changed remotely",
+        64,
+    )
+    .await;
+    put(&s3, &srv.key("scale/new/remote.txt"), b"new remotely", 64).await;
+    remote
+        .remove_file(&srv.key("scale/d08/f00008.txt"))
+        .await
+        .unwrap();
+    let sum = run().await;
+    let traffic = counter.take();
+    // (to remote, to site, deleted remote, deleted site, conflicts, skipped, errors)
+    assert_eq!(counts(&sum), (2, 2, 1, 1, 0, 0, 0), "[{name}] {sum:?}");
+    assert_eq!(count(&traffic, "PUT"), 2, "[{name}] {traffic:?}");
+    assert!(count(&traffic, "DELETE") >= 1, "[{name}] {traffic:?}");
+    assert_eq!(
+        get(&s3, &srv.key("scale/d07/f00007.txt")).await,
+        b"changed at the site"
+    );
+    assert_eq!(
+        get(&s3, &srv.key("scale/new/site.txt")).await,
+        b"new at the site"
+    );
+    assert_eq!(read(&s, "d05/f00005.txt").unwrap(), b"changed remotely");
+    assert_eq!(read(&s, "new/remote.txt").unwrap(), b"new remotely");
+    assert!(
+        read(&s, "d08/f00008.txt").is_none(),
+        "[{name}] delete spread to the site"
+    );
+    let listed = bucket_sizes(srv, "scale").await;
+    assert!(
+        !listed.contains_key("d09/f00009.txt"),
+        "[{name}] delete spread to the bucket"
+    );
+    assert_eq!(listed.len(), N, "[{name}] -2 deleted, +2 new");
+    assert_eq!(listed, local_sizes(&s), "[{name}] both sides agree");
+
+    // 4. And settled again.
+    let sum = run().await;
+    let traffic = counter.take();
+    assert_eq!(counts(&sum), (0, 0, 0, 0, 0, 0, 0), "[{name}] {sum:?}");
+    assert_eq!(writes(&traffic), 0, "[{name}] {traffic:?}");
+    println!("[{name}] done at {:?}", t0.elapsed());
+}
