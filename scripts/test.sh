@@ -19,5 +19,8 @@ s3_tests=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 
 for t in $s3_tests; do
   cargo test -p bucketgate-storage --locked --test "$t" -- --test-threads="${TEST_THREADS:-4}"
 done
+# Sync with an S3 remote (sync_s3 runs on every server; the 10,000-file run on s3s-fs
+# already ran above, here once more with Garage beside it).
+cargo test -p bucketgate-storage --locked --test sync_s3 --test sync_s3_scale -- --test-threads="${TEST_THREADS:-4}"
 cargo test -p bucketgate-tests --locked --test vfs_behaviour env_endpoint -- --test-threads="${TEST_THREADS:-4}"
 cargo test -p bucketgate-tests --locked --test e2e_s3_servers clients_on_env_endpoint -- --test-threads="${TEST_THREADS:-4}"
