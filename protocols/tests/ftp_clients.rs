@@ -1,14 +1,25 @@
 //! The programs people use, driven as subprocesses against the real server: curl, Python's
-//! ftplib, lftp and rclone. A missing program fails the test (see `ftp_harness::tool`).
+//! ftplib, lftp and rclone. The site tree is a bucket of an in-process S3 server, and every
+//! check of what was stored reads the objects back through a separate S3 client. A missing
+//! program fails the test (see `ftp_harness::tool`).
 
 mod ftp_harness;
 
 use bucketgate_protocols::ftp::TlsMode;
-use ftp_harness::{path_str, run_fails, run_ok, tool, Harness, Setup, PASSWORD, USER};
+use ftp_harness::{path_str, run_fails, run_ok, tool, Harness, S3Server, Setup, PASSWORD, USER};
 use std::process::Command;
 
 fn userpass() -> String {
     format!("{USER}:{PASSWORD}")
+}
+
+/// A server whose site tree is a bucket of moto_server: every client here makes a folder
+/// and then enters it or stores into it, which needs folder markers (s3s-fs hides them).
+fn s3(setup: Setup) -> Setup {
+    Setup {
+        s3: Some(S3Server::Moto),
+        ..setup
+    }
 }
 
 fn curl() -> Command {
@@ -19,7 +30,7 @@ fn curl() -> Command {
 
 #[tokio::test]
 async fn curl_upload_download_resume_append() {
-    let h = Harness::start(Setup::default()).await;
+    let h = Harness::start(s3(Setup::default())).await;
     let base = format!("ftp://127.0.0.1:{}", h.addr.port());
     let local = h.dir.path().join("local.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
@@ -32,7 +43,7 @@ async fn curl_upload_download_resume_append() {
         .arg(&local)
         .arg(format!("{base}/in/data.bin"));
     run_ok(c).await;
-    assert_eq!(h.read("in/data.bin"), data);
+    assert_eq!(h.s3_read("in/data.bin").await, data);
 
     // Download.
     let out = h.dir.path().join("out.bin");
@@ -51,25 +62,25 @@ async fn curl_upload_download_resume_append() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
 
     // Resumed upload: curl asks SIZE and appends the rest.
-    h.write("part.bin", &data[..100_000]);
+    h.s3_write("part.bin", &data[..100_000]).await;
     let mut c = curl();
     c.args(["-C", "-", "-T"])
         .arg(&local)
         .arg(format!("{base}/part.bin"));
     run_ok(c).await;
-    assert_eq!(h.read("part.bin"), data);
+    assert_eq!(h.s3_read("part.bin").await, data);
 
     // --append (APPE).
     let tail = h.dir.path().join("tail.txt");
     std::fs::write(&tail, b" and more").unwrap();
-    h.write("log.txt", b"first");
+    h.s3_write("log.txt", b"first").await;
     let mut c = curl();
     c.arg("--append")
         .arg("-T")
         .arg(&tail)
         .arg(format!("{base}/log.txt"));
     run_ok(c).await;
-    assert_eq!(h.read("log.txt"), b"first and more");
+    assert_eq!(h.s3_read("log.txt").await, b"first and more");
 
     // Listing, and a missing file is an error.
     let mut c = curl();
@@ -92,8 +103,10 @@ async fn curl_upload_download_resume_append() {
 
 #[tokio::test]
 async fn curl_explicit_ftps() {
+    // No folders involved, so the in-process s3s-fs will do.
     let h = Harness::start(Setup {
         tls: Some(TlsMode::Required),
+        s3: Some(S3Server::S3sFs),
         ..Setup::default()
     })
     .await;
@@ -105,7 +118,7 @@ async fn curl_explicit_ftps() {
         .arg(&local)
         .arg(format!("{base}/s.txt"));
     run_ok(c).await;
-    assert_eq!(h.read("s.txt"), b"over tls");
+    assert_eq!(h.s3_read("s.txt").await, b"over tls");
     let mut c = curl();
     c.args(["--ssl-reqd", "-k"]).arg(format!("{base}/s.txt"));
     assert_eq!(run_ok(c).await, "over tls");
@@ -171,31 +184,31 @@ async fn ftplib(h: &Harness, tls: bool, active: bool) {
         py.env("FTP_CA", ca);
     }
     assert_eq!(run_ok(py).await.trim(), "/");
-    assert_eq!(h.read("py/b.txt"), b"from python!");
+    assert_eq!(h.s3_read("py/b.txt").await, b"from python!");
 }
 
 #[tokio::test]
 async fn python_ftplib_passive() {
-    let h = Harness::start(Setup::default()).await;
+    let h = Harness::start(s3(Setup::default())).await;
     ftplib(&h, false, false).await;
 }
 
 #[tokio::test]
 async fn python_ftplib_tls() {
-    let h = Harness::start(Setup {
+    let h = Harness::start(s3(Setup {
         tls: Some(TlsMode::Explicit),
         ..Setup::default()
-    })
+    }))
     .await;
     ftplib(&h, true, false).await;
 }
 
 #[tokio::test]
 async fn python_ftplib_active() {
-    let h = Harness::start(Setup {
+    let h = Harness::start(s3(Setup {
         active_mode: true,
         ..Setup::default()
-    })
+    }))
     .await;
     ftplib(&h, false, true).await;
 }
@@ -231,10 +244,10 @@ async fn lftp_session(h: &Harness, tls_settings: &str) {
     let out = run_ok(lftp(h, &script)).await;
     assert!(out.contains("renamed.txt"), "{out}");
     assert_eq!(std::fs::read(work.join("back.txt")).unwrap(), b"single");
-    assert_eq!(h.read("renamed.txt"), b"single");
-    assert!(!h.file("single.txt").exists());
-    assert!(!h.file("tree/one.txt").exists());
-    assert_eq!(h.read("tree/sub/two.txt"), b"two");
+    assert_eq!(h.s3_read("renamed.txt").await, b"single");
+    assert!(!h.s3_exists("single.txt").await);
+    assert!(!h.s3_exists("tree/one.txt").await);
+    assert_eq!(h.s3_read("tree/sub/two.txt").await, b"two");
     assert_eq!(
         std::fs::read(work.join("mirrored/sub/two.txt")).unwrap(),
         b"two"
@@ -243,16 +256,16 @@ async fn lftp_session(h: &Harness, tls_settings: &str) {
 
 #[tokio::test]
 async fn lftp_plain() {
-    let h = Harness::start(Setup::default()).await;
+    let h = Harness::start(s3(Setup::default())).await;
     lftp_session(&h, "set ftp:ssl-allow no;").await;
 }
 
 #[tokio::test]
 async fn lftp_explicit_ftps() {
-    let h = Harness::start(Setup {
+    let h = Harness::start(s3(Setup {
         tls: Some(TlsMode::Required),
         ..Setup::default()
-    })
+    }))
     .await;
     let ca = path_str(h.cert_pem.as_ref().unwrap()).to_string();
     lftp_session(
@@ -267,7 +280,7 @@ async fn lftp_explicit_ftps() {
 
 #[tokio::test]
 async fn rclone_copy_and_ls() {
-    let h = Harness::start(Setup::default()).await;
+    let h = Harness::start(s3(Setup::default())).await;
     let mut obscure = tool("rclone");
     obscure.args(["obscure", PASSWORD]);
     let pass = run_ok(obscure).await.trim().to_string();
@@ -293,8 +306,8 @@ async fn rclone_copy_and_ls() {
         c
     };
     run_ok(rclone(&["copy", path_str(&src), ":ftp:backup"])).await;
-    assert_eq!(h.read("backup/r1.txt"), b"rclone one");
-    assert_eq!(h.read("backup/deep/r2.txt"), vec![7u8; 100_000]);
+    assert_eq!(h.s3_read("backup/r1.txt").await, b"rclone one");
+    assert_eq!(h.s3_read("backup/deep/r2.txt").await, vec![7u8; 100_000]);
     let ls = run_ok(rclone(&["ls", ":ftp:backup"])).await;
     assert!(ls.contains("10 r1.txt"), "{ls}");
     assert!(ls.contains("100000 deep/r2.txt"), "{ls}");

@@ -1,11 +1,20 @@
 //! Shared by the `ftp_*` test files: a real FTP server on 127.0.0.1:0 over a local tree in a
-//! temporary folder, and helpers to reach it.
+//! temporary folder (or, with `Setup::s3`, over a bucket of s3s-fs or moto_server), and
+//! helpers to reach it.
 #![allow(dead_code)]
+
+// The storage crate's S3 test servers; this file is `ftp_harness/mod.rs`, so the path is taken
+// from its folder.
+#[path = "../../../storage/tests/s3_support/mod.rs"]
+pub mod s3_support;
 
 use bucketgate_protocols::auth::{Account, BanPolicy, Directory, LoginService, Protocol};
 use bucketgate_protocols::ftp::{serve, FtpOptions, FtpTls, TlsMode};
 use bucketgate_protocols::limits::SessionLimiter;
+use bucketgate_storage::backend::{Backend, Entry};
+use bucketgate_storage::error::ErrorKind;
 use bucketgate_storage::local::LocalBackend;
+use bucketgate_storage::s3::S3Backend;
 use bucketgate_storage::{Area, PermSet, Permissions, Tree, VPath};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +38,21 @@ pub struct Setup {
     pub max_list_entries: usize,
     pub max_sessions_per_ip: usize,
     pub ban_threshold: u32,
+    /// The site tree lives in a bucket of this S3 server instead of a local folder; read it
+    /// back with the `s3_*` helpers.
+    pub s3: Option<S3Server>,
+}
+
+/// Which S3 server holds the bucket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum S3Server {
+    /// s3s-fs, in process. It maps keys to files, so a folder marker (`dir/`, what MKD makes)
+    /// becomes a hidden directory: an empty folder made over FTP cannot be entered or listed.
+    S3sFs,
+    /// moto_server, a subprocess shared by the tests (scripts/install-test-tools.sh installs
+    /// it; missing, the test fails). It keeps folder markers as objects like AWS and Garage,
+    /// so clients that MKD and then CWD or STOR into the new folder work.
+    Moto,
 }
 
 impl Default for Setup {
@@ -41,6 +65,7 @@ impl Default for Setup {
             max_list_entries: 10_000,
             max_sessions_per_ip: 0,
             ban_threshold: 1000,
+            s3: None,
         }
     }
 }
@@ -57,6 +82,22 @@ pub struct Harness {
     pub cert_der: Option<Vec<u8>>,
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// In S3 mode: the S3 server and a client of its own, apart from the gateway's.
+    pub bucket: Option<Bucket>,
+}
+
+/// The bucket behind an S3-mode harness, read and written through a second S3 client so that
+/// assertions see what any S3 user of the bucket sees, not what the gateway remembers.
+pub struct Bucket {
+    pub server: s3_support::Server,
+    pub client: S3Backend,
+}
+
+impl Bucket {
+    /// The object key of a path of the user's home.
+    pub fn key(&self, rel: &str) -> String {
+        self.server.key(&format!("users/{USER}/{rel}"))
+    }
 }
 
 impl Harness {
@@ -66,14 +107,36 @@ impl Harness {
         let home = root.join("users").join(USER);
         std::fs::create_dir_all(home.join("ro")).unwrap();
         std::fs::write(home.join("ro/locked.txt"), b"read only").unwrap();
-        let backend = LocalBackend::new(&root).unwrap();
-        let tree = Tree::new(
-            Area {
-                backend: Arc::new(backend),
+        let (area, bucket) = if let Some(kind) = setup.s3 {
+            let server = match kind {
+                S3Server::S3sFs => s3_support::s3s_server(None).await,
+                S3Server::Moto => s3_support::moto_only().await.expect("moto_server"),
+            };
+            let bucket = Bucket {
+                client: server.backend(),
+                server,
+            };
+            // The gateway gets its own client (and memory budget) over the test's prefix.
+            let area = Area {
+                backend: Arc::new(bucket.server.backend()),
+                prefix: bucket.server.prefix.clone(),
+            };
+            s3_support::put(
+                &bucket.client,
+                &bucket.key("ro/locked.txt"),
+                b"read only",
+                1 << 20,
+            )
+            .await;
+            (area, Some(bucket))
+        } else {
+            let area = Area {
+                backend: Arc::new(LocalBackend::new(&root).unwrap()),
                 prefix: String::new(),
-            },
-            vec![],
-        );
+            };
+            (area, None)
+        };
+        let tree = Tree::new(area, vec![]);
         let read_only = PermSet::parse(["list", "download"]).unwrap();
         let account = Account {
             username: USER.into(),
@@ -152,12 +215,46 @@ impl Harness {
             cert_der,
             shutdown,
             server: Some(server),
+            bucket,
         }
     }
 
-    /// The user's home on disk.
+    /// The user's home on disk (local mode only: in S3 mode nothing is there).
     pub fn home(&self) -> PathBuf {
+        assert!(
+            self.bucket.is_none(),
+            "the site tree is in a bucket: use the s3_* helpers"
+        );
         self.root.join("users").join(USER)
+    }
+
+    fn bucket(&self) -> &Bucket {
+        self.bucket
+            .as_ref()
+            .expect("not an S3-mode harness (Setup::s3)")
+    }
+
+    /// The object behind a file of the user's home, read through the test's own S3 client.
+    pub async fn s3_read(&self, rel: &str) -> Vec<u8> {
+        let b = self.bucket();
+        s3_support::get(&b.client, &b.key(rel)).await
+    }
+
+    /// Whether a file of the user's home is an object in the bucket (HEAD or listing through
+    /// the test's own S3 client).
+    pub async fn s3_exists(&self, rel: &str) -> bool {
+        let b = self.bucket();
+        match b.client.stat(&b.key(rel)).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => panic!("{rel}: {e}"),
+        }
+    }
+
+    /// Puts an object at a path of the user's home, bypassing the gateway.
+    pub async fn s3_write(&self, rel: &str, data: &[u8]) -> Entry {
+        let b = self.bucket();
+        s3_support::put(&b.client, &b.key(rel), data, 1 << 20).await
     }
 
     /// A file of the user's home on disk.
