@@ -101,6 +101,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Where a file `a` and keys under `a/` both exist, the folder wins.
     async fn stat(&self, key: &str) -> Result<Entry>;
 
+    /// Describes `key` where only a file of that name matters (the sync engine's check that a
+    /// target is still what it listed): object storage answers with one HEAD instead of a HEAD
+    /// and a listing, which on some servers walks the whole folder. A folder of the same name
+    /// may go unseen. By default the same as [`Backend::stat`].
+    async fn stat_file(&self, key: &str) -> Result<Entry> {
+        self.stat(key).await
+    }
+
     /// The direct children of folder `key`, one page at a time. A folder that does not exist
     /// lists as empty on object storage (prefixes are implicit); callers stat first when they
     /// need to tell the two apart.

@@ -24,7 +24,7 @@ mod xml;
 
 use crate::backend::{Backend, ByteStream, CreateOptions, Entry, ListStream, Upload};
 use crate::budget::MemoryBudget;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use async_trait::async_trait;
 use client::Client;
 use std::fmt;
@@ -236,6 +236,18 @@ impl Backend for S3Backend {
         list::stat(&self.inner, key)
             .await
             .map_err(|e| e.with_context("stat", format!("/{key}")))
+    }
+
+    async fn stat_file(&self, key: &str) -> Result<Entry> {
+        if key.is_empty() {
+            return self.stat(key).await;
+        }
+        match list::head_entry(&self.inner, key).await {
+            // Under a prefix-restricted policy HEAD answers 403 for a missing key: the listing
+            // of the full stat tells.
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => self.stat(key).await,
+            r => r.map_err(|e| e.with_context("stat", format!("/{key}"))),
+        }
     }
 
     fn list(&self, key: &str) -> ListStream {

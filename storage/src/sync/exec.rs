@@ -249,7 +249,14 @@ fn cancelled() -> Error {
 /// True when `key` on `side` still is what was listed (`None`: nothing). A target that vanished
 /// since counts as unchanged: overwriting or deleting it then loses nothing.
 async fn unchanged(ctx: &Ctx, side: Side, key: &str, listed: Option<&Item>) -> Result<bool> {
-    match ctx.backend(side).stat(key).await {
+    let b = ctx.backend(side);
+    // A file (or nothing) was listed: one HEAD tells whether a file changed or appeared.
+    let now = if listed.is_some_and(|l| l.is_dir()) {
+        b.stat(key).await
+    } else {
+        b.stat_file(key).await
+    };
+    match now {
         Ok(e) => Ok(match listed {
             None => false,
             Some(l) => {
