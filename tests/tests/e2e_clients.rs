@@ -203,3 +203,56 @@ fn a_large_sftp_download_does_not_stall() {
     assert_ok("sftp get of 384 MiB", &out);
     assert!(std::fs::read(dir.path().join("got.bin")).unwrap() == data);
 }
+
+/// lftp's own SFTP client (over OpenSSH's `ssh -s sftp`): put, get, ls, mv, rm and a mirror
+/// onto the mount, each checked in the bucket.
+#[test]
+fn lftp_as_an_sftp_client() {
+    require("lftp");
+    let moto = Moto::start();
+    moto.create_bucket("exchange");
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "k");
+    let gw = start(&moto, dir.path(), &public, "");
+    let sftp = gw.addr("sftp");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("big.bin"), &data).unwrap();
+    std::fs::create_dir_all(dir.path().join("tree/sub")).unwrap();
+    std::fs::write(dir.path().join("tree/sub/t.txt"), b"mirrored").unwrap();
+    let ssh = format!(
+        "ssh -a -x -i {} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        key.display()
+    );
+    let script = format!(
+        "set sftp:connect-program \"{ssh}\"; set net:max-retries 1; \
+         open -u alice, sftp://127.0.0.1:{port}; \
+         mkdir acme/l; put big.bin -o acme/l/big.bin; get acme/l/big.bin -o got.bin; \
+         mv acme/l/big.bin acme/l/moved.bin; put big.bin -o acme/l/gone.bin; rm acme/l/gone.bin; \
+         mirror -R tree acme/l/tree; cls -1 acme/l; bye",
+        port = sftp.port()
+    );
+    let out = Command::new("lftp")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_ok("lftp sftp session", &out);
+    assert_eq!(moto.get("exchange", "l/moved.bin").unwrap(), data);
+    assert_eq!(std::fs::read(dir.path().join("got.bin")).unwrap(), data);
+    assert_eq!(
+        moto.get("exchange", "l/tree/sub/t.txt").unwrap(),
+        b"mirrored"
+    );
+    let keys = moto.keys("exchange");
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("big.bin") || k.contains("gone.bin")),
+        "{keys:?}"
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("moved.bin") && listing.contains("tree"),
+        "{listing}"
+    );
+}
