@@ -622,7 +622,12 @@ async fn hostile_sftp_packets_after_login_get_answers_or_a_clean_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_ftp_commands_are_refused_and_ports_do_not_leak() {
-    let site = Site::start("  ban: { threshold: 1000 }", "  active_mode: true");
+    // A long login grace, so that only the line limit can close the 10 MB line's session
+    // (with the default 30 s, the grace timer closed it when the limit was removed).
+    let site = Site::start(
+        "  ban: { threshold: 1000 }\n  login_grace: 5m",
+        "  active_mode: true",
+    );
     let ftp = site.ftp();
     let rss0 = site.rss_kib();
 
