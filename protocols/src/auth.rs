@@ -10,6 +10,7 @@ use bucketgate_storage::{Permissions, SessionInfo, Tree, UserFs, VPath};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -184,6 +185,9 @@ pub struct LoginService {
     policy: BanPolicy,
     scores: Mutex<HashMap<IpAddr, Score>>,
     hash_slots: Semaphore,
+    /// Password hashes being checked now, and the most ever checked at once.
+    hashing: AtomicUsize,
+    hashing_peak: AtomicUsize,
 }
 
 /// Users names are refused before anything touches storage when they could be read as paths.
@@ -233,6 +237,8 @@ impl LoginService {
             policy,
             scores: Mutex::new(HashMap::new()),
             hash_slots: Semaphore::new(hash_concurrency.max(1)),
+            hashing: AtomicUsize::new(0),
+            hashing_peak: AtomicUsize::new(0),
         }
     }
 
@@ -382,6 +388,13 @@ impl LoginService {
         Ok(Session { account: acc, fs })
     }
 
+    /// The most password hashes ever checked at once: at most the hash concurrency given to
+    /// [`LoginService::new`], however many clients log in together (each argon2 check holds
+    /// 19 MiB and a core).
+    pub fn peak_concurrent_hash_checks(&self) -> usize {
+        self.hashing_peak.load(Ordering::SeqCst)
+    }
+
     /// Password login.
     pub async fn login_password(
         &self,
@@ -401,6 +414,7 @@ impl LoginService {
         };
         let ok = {
             let _slot = self.hash_slots.acquire().await.expect("never closed");
+            let _hashing = Hashing::enter(&self.hashing, &self.hashing_peak);
             let password = password.to_string();
             tokio::task::spawn_blocking(move || verify_password(&hash, &password))
                 .await
@@ -460,5 +474,23 @@ impl LoginService {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+/// Counts a password hash check in progress for as long as it lives (also when its task is
+/// cancelled mid-check).
+struct Hashing<'a>(&'a AtomicUsize);
+
+impl<'a> Hashing<'a> {
+    fn enter(now: &'a AtomicUsize, peak: &AtomicUsize) -> Self {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(n, Ordering::SeqCst);
+        Hashing(now)
+    }
+}
+
+impl Drop for Hashing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

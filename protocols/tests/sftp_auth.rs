@@ -146,3 +146,18 @@ async fn host_key_is_created_once_with_mode_0600() {
     let missing = dir.path().join("ssh_host_rsa_key");
     assert!(bucketgate_protocols::sftp::load_or_create_host_keys(&[p, missing]).is_err());
 }
+
+/// Twelve clients log in with a password at once; the harness allows two hash checks at a time
+/// (`LoginService::new(.., 2)`), so no more than two argon2 checks (19 MiB and a core each) ever
+/// run together, and every login still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_hash_checks_are_capped() {
+    let h = Harness::start().await;
+    let logins = (0..12).map(|_| h.sftp_password("alice", ALICE_PW));
+    for r in futures::future::join_all(logins).await {
+        r.unwrap();
+    }
+    let peak = h.login.peak_concurrent_hash_checks();
+    assert!(peak >= 1, "no hash check was counted");
+    assert!(peak <= 2, "{peak} hash checks ran at once, the cap is 2");
+}
