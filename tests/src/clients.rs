@@ -36,23 +36,16 @@ fn ssh_opts() -> Vec<String> {
 /// Runs `sftp -b -` with key authentication and the given batch commands.
 pub fn sftp_batch(addr: SocketAddr, user: &str, key: &Path, batch: &str, cwd: &Path) -> Output {
     crate::gateway::require("sftp");
-    let mut cmd = Command::new("sftp");
-    cmd.args(ssh_opts())
-        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
-        .arg(key)
-        .args(["-P", &addr.port().to_string(), "-b", "-"])
-        .arg(format!("{user}@{}", addr.ip()))
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(batch.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    output_with_input(
+        Command::new("sftp")
+            .args(ssh_opts())
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+            .arg(key)
+            .args(["-P", &addr.port().to_string(), "-b", "-"])
+            .arg(format!("{user}@{}", addr.ip()))
+            .current_dir(cwd),
+        batch,
+    )
 }
 
 /// Runs `sftp` with password authentication through SSH_ASKPASS, reading commands from stdin
@@ -69,35 +62,27 @@ pub fn sftp_batch_password(
     std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut child = Command::new("setsid")
-        .arg("-w")
-        .arg("sftp")
-        .args(ssh_opts())
-        .args([
-            "-o",
-            "PreferredAuthentications=password,keyboard-interactive",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "NumberOfPasswordPrompts=1",
-        ])
-        .args(["-P", &addr.port().to_string()])
-        .arg(format!("{user}@{}", addr.ip()))
-        .env("SSH_ASKPASS", &askpass)
-        .env("SSH_ASKPASS_REQUIRE", "force")
-        .env("DISPLAY", ":0")
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(batch.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    output_with_input(
+        Command::new("setsid")
+            .arg("-w")
+            .arg("sftp")
+            .args(ssh_opts())
+            .args([
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ])
+            .args(["-P", &addr.port().to_string()])
+            .arg(format!("{user}@{}", addr.ip()))
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .current_dir(cwd),
+        batch,
+    )
 }
 
 /// Runs curl with the given arguments (`-sS` added) and returns its output.
@@ -169,23 +154,15 @@ impl JavaProgram {
     /// Runs the program with `args`, feeding `stdin` (its commands), in `cwd`.
     pub fn run(&self, args: &[&str], stdin: &str, cwd: &Path) -> Output {
         assert!(self.classes.path().exists());
-        let mut child = Command::new("java")
-            // Listings' dates are parsed in the JVM's zone: make it the same everywhere.
-            .arg("-Duser.timezone=UTC")
-            .args(["-cp", &self.classpath, &self.main])
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut si = child.stdin.take().unwrap();
-            si.write_all(stdin.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        output_with_input(
+            Command::new("java")
+                // Listings' dates are parsed in the JVM's zone: make it the same everywhere.
+                .arg("-Duser.timezone=UTC")
+                .args(["-cp", &self.classpath, &self.main])
+                .args(args)
+                .current_dir(cwd),
+            stdin,
+        )
     }
 }
 
@@ -271,22 +248,32 @@ pub fn paramiko(addr: SocketAddr, user: &str, auth: &str, commands: &str, cwd: &
         "paramiko is not installed: run scripts/install-test-tools.sh (CI does)\n{}",
         String::from_utf8_lossy(&probe.stderr)
     );
-    let mut child = Command::new("python3")
-        .args(["-c", PARAMIKO])
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(user)
-        .arg(auth)
-        .current_dir(cwd)
+    output_with_input(
+        Command::new("python3")
+            .args(["-c", PARAMIKO])
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .arg(user)
+            .arg(auth)
+            .current_dir(cwd),
+        commands,
+    )
+}
+
+/// Runs `cmd` with `input` on its stdin (then closed) and returns what it printed and its exit.
+fn output_with_input(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        use std::io::Write;
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(commands.as_bytes()).unwrap();
-    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
