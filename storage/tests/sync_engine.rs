@@ -513,6 +513,41 @@ async fn a_lease_held_by_another_instance_stops_the_run_until_it_expires() {
 }
 
 #[tokio::test]
+async fn a_run_with_nothing_to_do_takes_no_lease() {
+    let env = Env::new();
+    write(&env.s(), "a.txt", b"A");
+    let store = Arc::new(FileLeaseStore::new(env.dir.path().join("leases")).unwrap());
+    let mut job = env.job(Push, false, Newer);
+    job.lease = Some(store.clone());
+    env.run(&job).await;
+    assert!(store.read("acme-inbound").await.unwrap().is_none());
+
+    // Another instance holds the lease: a run that finds both sides in step neither fails nor
+    // touches the other's lease; one with work to do is refused.
+    let other = bytes::Bytes::from(format!(
+        r#"{{"job":"acme-inbound","holder":"other-host","expires_ms":{},"nonce":1}}"#,
+        now_secs() * 1000 + 3_600_000
+    ));
+    store
+        .create_if_absent("acme-inbound", other.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let s = run_job(&job, &env.state, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((s.copied_to_remote, s.errors), (0, 0));
+    let (held, _) = store.read("acme-inbound").await.unwrap().unwrap();
+    assert_eq!(held, other, "the other instance's lease is untouched");
+    write(&env.s(), "b.txt", b"B");
+    let e = run_job(&job, &env.state, RunOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(!env.r().join("b.txt").exists());
+}
+
+#[tokio::test]
 async fn history_and_status() {
     let env = Env::new();
     write(&env.s(), "a.txt", b"12345");

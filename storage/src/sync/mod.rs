@@ -2,15 +2,16 @@
 //!
 //! # How a run works
 //!
-//! 1. It takes the job's `flock` (`state_dir/locks/<job>.lock`), and, when the job has a
-//!    [`LeaseStore`], a lease on the remote renewed in the background.
+//! 1. It takes the job's `flock` (`state_dir/locks/<job>.lock`).
 //! 2. It walks both sides into external sorts ([`spool`]), so both listings come back as sorted
 //!    streams whatever order the backends list in, with bounded memory (see
 //!    [`spool::DEFAULT_CAP`]). A listing that fails stops the run before anything changes.
 //! 3. It walks the two listings and the baseline (the state, plus the journal of an
 //!    interrupted run) together, path by path, and decides ([`plan::decide`]) what each path
 //!    needs. Each side is compared only with its own half of the recorded pair.
-//! 4. Copies, deletions and conflict resolutions run with bounded concurrency; each verified
+//! 4. When there is anything to do and the job has a [`LeaseStore`], it takes a lease on the
+//!    remote, renewed in the background (a run with nothing to do sends no request beyond its
+//!    listings). Copies, deletions and conflict resolutions run with bounded concurrency; each verified
 //!    pair is appended to the journal as it completes. Folders are removed last, deepest first.
 //! 5. The new state (kept and new pairs) is written atomically and the journal dropped.
 //!
@@ -240,9 +241,9 @@ impl Summary {
     }
 }
 
-/// Runs `job` once now. Fails without touching anything when the job is already running (here
-/// or, with a lease, on another instance), or when either side cannot be listed; path errors
-/// are counted in the summary and retried at the next run.
+/// Runs `job` once now. Fails without touching anything when the job is already running here,
+/// when it has work to do while another instance holds its lease, or when either side cannot
+/// be listed; path errors are counted in the summary and retried at the next run.
 pub async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -> Result<Summary> {
     run::run_job(job, state_dir, opts).await
 }

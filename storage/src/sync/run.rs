@@ -153,24 +153,8 @@ async fn run_locked(
         .as_ref()
         .map(|c| c.child_token())
         .unwrap_or_default();
-    // A dry run writes nothing, not even a lease.
-    let lease = match (&job.lease, opts.dry_run) {
-        (Some(store), false) => {
-            let holder = instance_id(state_dir).map_err(|e| io_err("instance id", e))?;
-            Some(
-                HeldLease::acquire(
-                    store.clone(),
-                    &job.name,
-                    &holder,
-                    opts.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
-                    cancel.clone(),
-                )
-                .await?,
-            )
-        }
-        _ => None,
-    };
-    let r = run_leased(job, files, opts, &filter, cancel).await;
+    let mut lease = None;
+    let r = run_planned(job, state_dir, files, opts, &filter, cancel, &mut lease).await;
     if let Some(l) = lease {
         let lost = l.is_lost();
         l.release().await;
@@ -182,6 +166,35 @@ async fn run_locked(
         }
     }
     r
+}
+
+/// Takes the job's lease on the remote, when it has one. Only a run with work to do takes it
+/// (after listing and planning): a dry run writes nothing, and a run that finds both sides in
+/// step changes nothing, so it needs no round trips to the remote beyond its listing. Every
+/// action re-checks its target just before it acts, so a plan made a moment before the lease
+/// is as safe as one made under it.
+async fn take_lease(
+    job: &SyncJob,
+    state_dir: &Path,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+    slot: &mut Option<HeldLease>,
+) -> Result<()> {
+    let Some(store) = &job.lease else {
+        return Ok(());
+    };
+    let holder = instance_id(state_dir).map_err(|e| io_err("instance id", e))?;
+    *slot = Some(
+        HeldLease::acquire(
+            store.clone(),
+            &job.name,
+            &holder,
+            opts.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+            cancel.clone(),
+        )
+        .await?,
+    );
+    Ok(())
 }
 
 async fn list_side(
@@ -303,12 +316,14 @@ impl Inputs {
     }
 }
 
-async fn run_leased(
+async fn run_planned(
     job: &SyncJob,
+    state_dir: &Path,
     files: &Files,
     opts: &RunOptions,
     filter: &Filter,
     cancel: CancellationToken,
+    lease: &mut Option<HeldLease>,
 ) -> Result<Summary> {
     let site_prefix = norm_prefix(&job.site.1);
     let remote_prefix = norm_prefix(&job.remote.1);
@@ -421,11 +436,15 @@ async fn run_leased(
     drop(t);
     ctx.live.files_total.store(files_total, Ordering::Relaxed);
     ctx.live.bytes_total.store(bytes_total, Ordering::Relaxed);
+    if files_total > 0 && !opts.dry_run {
+        take_lease(job, state_dir, opts, &cancel, lease).await?;
+    }
     ctx.live.set_phase(Phase::Transferring);
     ctx.live.emit(None);
 
-    // 4. The work.
-    let mut journal = if opts.dry_run {
+    // 4. The work. The journal only records actions: a run without any needs none (nor
+    //    its fsyncs), an earlier run's journal is already laid over the baseline.
+    let mut journal = if opts.dry_run || files_total == 0 {
         None
     } else {
         Some(

@@ -311,6 +311,9 @@ async fn s3s_server_with(region: Option<&str>, deny: Option<Deny>, vhost: bool) 
             let Ok((sock, _)) = listener.accept().await else {
                 continue;
             };
+            // Real S3 servers turn Nagle off; with it, every small GET waits ~40 ms for a
+            // delayed ACK between the response's head and its body.
+            let _ = sock.set_nodelay(true);
             let conn = http
                 .serve_connection(hyper_util::rt::TokioIo::new(sock), gate.clone())
                 .into_owned();
