@@ -44,6 +44,7 @@ fn default_values() {
     assert_eq!(c.transfers.part_size.bytes(), 8 * 1024 * 1024);
     assert_eq!(c.transfers.concurrency, 4);
     assert_eq!(c.transfers.memory_limit.bytes(), 512 * 1024 * 1024);
+    assert_eq!(c.transfers.single_put_max.bytes(), 200 * 1024 * 1024);
     assert_eq!(
         c.transfers.stale_multipart_after.get(),
         Duration::from_secs(86400)

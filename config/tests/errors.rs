@@ -96,6 +96,13 @@ fn bad_size() {
     );
     let text = format!("{}transfers:\n  memory_limit: -1\n", base());
     one(&text, "transfers.memory_limit", "memory_limit", "negative");
+    let text = format!("{}transfers:\n  single_put_max: 6GiB\n", base());
+    one(
+        &text,
+        "transfers.single_put_max",
+        "single_put_max",
+        "at most 5GiB",
+    );
 }
 
 #[test]

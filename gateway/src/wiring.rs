@@ -76,6 +76,7 @@ pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Option
     o.preserve_mtime = r.preserve_mtime;
     o.part_size = cfg.transfers.part_size.bytes();
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
+    o.single_put_max = cfg.transfers.single_put_max.bytes();
     o.retries = RetryPolicy::default();
     // Parts too large for the memory budget are spooled next to the rest of our state.
     o.spool_dir = Some(cfg.state_dir.join("spool"));

@@ -73,6 +73,10 @@ pub struct CreateOptions {
     pub mtime: Option<SystemTime>,
     /// Keep what arrived when the upload is interrupted (`keep_partial_uploads`).
     pub keep_partial: bool,
+    /// The caller can send the same bytes again if the upload fails (a sync reading from a
+    /// backend, not a client's stream): the backend may then use a request it cannot retry
+    /// itself, such as one streamed PutObject of the announced `size_hint`.
+    pub resendable: bool,
 }
 
 /// An upload in progress. Nothing is visible under the key until [`Upload::finish`] succeeds;

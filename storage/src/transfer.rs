@@ -320,6 +320,8 @@ impl FileWriter {
             size_hint: self.mode.size_hint,
             mtime: None,
             keep_partial: self.mode.keep_partial,
+            // A client's bytes cannot be asked for again.
+            resendable: false,
         };
         self.upload = Some(self.backend.create(&self.key, opts).await?);
         self.next = if append {

@@ -3,6 +3,8 @@
 
 #[path = "sync_common.rs"]
 mod common;
+#[path = "http_proxy/mod.rs"]
+mod http_proxy;
 #[path = "s3_support/mod.rs"]
 mod s3_support;
 
@@ -12,7 +14,7 @@ use bucketgate_storage::sync::{
     is_conflict_name, run_job, ConflictPolicy, Direction, RunOptions, SyncJob,
 };
 use common::{counts, read, rm, tree, write, write_at};
-use s3_support::{data, get, put, servers, walk_all, Server};
+use s3_support::{data, get, put, s3s_server, servers, walk_all, Server, MIB};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -211,4 +213,94 @@ async fn s3_to_s3_on_one_backend_copies_server_side() {
         let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
         assert_eq!(sum.deleted_remote, 1, "[{}] {sum:?}", srv.name);
     }
+}
+
+/// Files above `part_size` go up as one streamed PutObject each (the site can send them again);
+/// one refused by the server (503) is sent again within the run. A run with nothing to do then
+/// sends listings only: no lease round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run_only_lists() {
+    use http_proxy::{Action, HttpProxy, Seen};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let srv = s3s_server(None).await;
+    let port: u16 = srv.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let refused = Arc::new(AtomicBool::new(false));
+    let r2 = refused.clone();
+    let rule: http_proxy::Rule = Arc::new(move |s: &Seen| {
+        if s.method == "PUT" && s.target.contains("big1.bin") && !r2.swap(true, SeqCst) {
+            Action::Fail {
+                status: 503,
+                code: "SlowDown",
+                retry_after: None,
+            }
+        } else {
+            Action::Forward
+        }
+    });
+    let proxy = HttpProxy::start(([127, 0, 0, 1], port).into(), rule).await;
+    let endpoint = format!("http://{}", proxy.addr);
+    let s3 = srv.backend_with(|o| {
+        o.endpoint = endpoint;
+        o.single_put_max = 64 * MIB as u64;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+    let s = dir.path().join("site/out");
+    let big: Vec<Vec<u8>> = (0..3).map(|i| data(12 * MIB + i, 40 + i as u64)).collect();
+    for (i, b) in big.iter().enumerate() {
+        write(&s, &format!("big{i}.bin"), b);
+    }
+    write(&s, "small.txt", b"small");
+    let prefix = format!("{}out/", srv.prefix);
+    let job = SyncJob {
+        name: "big".into(),
+        site: (site, "out".into()),
+        remote: (Arc::new(s3.clone()), prefix.clone()),
+        direction: Direction::Push,
+        delete: false,
+        conflict: ConflictPolicy::Newer,
+        include: vec![],
+        exclude: vec![],
+        lease: Some(Arc::new(bucketgate_storage::s3::S3LeaseStore::new(
+            s3.clone(),
+            &prefix,
+        ))),
+    };
+    let state = dir.path().join("state");
+    let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+    assert_eq!(counts(&sum), (4, 0, 0, 0, 0, 0, 0), "{sum:?}");
+    assert!(refused.load(SeqCst), "the proxy refused one upload");
+    let direct = srv.backend();
+    for (i, b) in big.iter().enumerate() {
+        assert_eq!(&get(&direct, &srv.key(&format!("out/big{i}.bin"))).await, b);
+    }
+    let seen = proxy.seen();
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.has_query("partNumber") || s.has_query("uploads")),
+        "no multipart upload: {:?}",
+        seen.iter().map(|s| &s.target).collect::<Vec<_>>()
+    );
+    let big_puts = seen
+        .iter()
+        .filter(|s| s.method == "PUT" && s.target.contains("/big") && s.target.contains(".bin"))
+        .count();
+    assert_eq!(big_puts, 4, "three files, one of them twice");
+
+    let n0 = proxy.seen().len();
+    let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+    assert_eq!(counts(&sum), (0, 0, 0, 0, 0, 0, 0), "{sum:?}");
+    let quiet: Vec<(String, String)> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.n >= n0)
+        .map(|s| (s.method, s.target))
+        .collect();
+    assert!(
+        quiet
+            .iter()
+            .all(|(m, t)| m == "GET" && t.contains("list-type=2")),
+        "a run with nothing to do only lists: {quiet:?}"
+    );
 }

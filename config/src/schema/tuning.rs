@@ -76,6 +76,9 @@ pub struct TransfersConfig {
     pub stale_multipart_after: Duration,
     /// Keep what arrived of an interrupted upload, so that a client can resume it.
     pub keep_partial_uploads: bool,
+    /// Copies whose source can be read again (syncs) and whose size is known send files up to
+    /// this size as one streamed PutObject instead of a multipart upload; 0 turns it off.
+    pub single_put_max: ByteSize,
 }
 
 impl Default for TransfersConfig {
@@ -86,6 +89,7 @@ impl Default for TransfersConfig {
             memory_limit: ByteSize::new(512 * ByteSize::MIB),
             stale_multipart_after: Duration::from_secs(24 * 3600),
             keep_partial_uploads: false,
+            single_put_max: ByteSize::new(200 * ByteSize::MIB),
         }
     }
 }

@@ -183,6 +183,12 @@ fn tuning(c: &Config, v: &mut Validator<'_>) {
             "must be at most 5GiB (the S3 maximum part size)",
         );
     }
+    if t.single_put_max.bytes() > 5 * ByteSize::GIB {
+        v.error(
+            "transfers.single_put_max",
+            "must be at most 5GiB (the S3 maximum for one PutObject)",
+        );
+    }
     if t.concurrency == 0 {
         v.error("transfers.concurrency", "must be at least 1");
     }

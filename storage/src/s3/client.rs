@@ -14,7 +14,12 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A request body. Every kind can be replayed, which is what makes retries safe.
+/// The chunks of a [`Body::Stream`]; an `Err` aborts the request (the server then sees a body
+/// shorter than announced and stores nothing).
+pub(crate) type BodyChunks = tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// A request body. Every kind but [`Body::Stream`] can be replayed, which is what makes
+/// retries safe; a streamed body is sent once.
 #[derive(Clone, Default)]
 pub(crate) enum Body {
     /// No body.
@@ -24,6 +29,8 @@ pub(crate) enum Body {
     Bytes(Bytes),
     /// `len` bytes of a spooled part on disk, sent as a stream of known length.
     File(Arc<std::fs::File>, u64),
+    /// Exactly `len` bytes arriving on a channel while the request is sent.
+    Stream(Arc<std::sync::Mutex<Option<BodyChunks>>>, u64),
 }
 
 /// One S3 request, before addressing and signing.
@@ -160,6 +167,13 @@ fn http_client(opts: &S3Options) -> Result<reqwest::Client> {
     }
     if let Some(ip) = opts.source_address {
         b = b.local_address(ip);
+    }
+    // A plain-http endpoint never shakes hands (redirects are off): loading the system's
+    // trust store for it costs ~10 ms of CPU for every remote at every start, e.g. each
+    // `sync run`.
+    let plain_http = reqwest::Url::parse(&opts.endpoint).is_ok_and(|u| u.scheme() == "http");
+    if plain_http && opts.ca_file.is_none() {
+        b = b.tls_certs_only(Vec::new());
     }
     if let Some(ca) = &opts.ca_file {
         let pem = std::fs::read(ca)
@@ -300,6 +314,16 @@ impl Client {
                 rb.header("content-length", len.to_string())
                     .body(reqwest::Body::wrap_stream(stream))
             }
+            Body::Stream(chunks, len) => {
+                let rx = chunks.lock().expect("body lock").take().ok_or_else(|| {
+                    Error::new(ErrorKind::Backend, "a streamed body cannot be sent twice")
+                })?;
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|c| (c, rx))
+                });
+                rb.header("content-length", len.to_string())
+                    .body(reqwest::Body::wrap_stream(stream))
+            }
         };
         rb.build()
             .map_err(|e| Error::new(ErrorKind::Backend, "cannot build a request").with_source(e))
@@ -320,7 +344,11 @@ impl Client {
     /// Sends `req`, retrying what is worth retrying; anything but a 2xx is an error,
     /// classified once. `ok_statuses` lists extra statuses to hand back as answers.
     pub(crate) async fn send(&self, req: &Request) -> Result<Response> {
-        let max = self.retry.max_attempts.max(1);
+        let max = match req.body {
+            // Its bytes are gone once sent: the caller sends them again if it can.
+            Body::Stream(..) => 1,
+            _ => self.retry.max_attempts.max(1),
+        };
         let mut attempt = 0u32;
         let mut region_switched = false;
         loop {
@@ -387,7 +415,18 @@ impl Client {
                                 "the S3 server expects another region; retrying with it. \
                                  Set `region: {r}` on this remote to avoid the extra request"
                             );
-                            *self.region.write().expect("region lock") = r;
+                            *self.region.write().expect("region lock") = r.clone();
+                            if matches!(req.body, Body::Stream(..)) {
+                                // Its bytes went with the refused request.
+                                return Err(Error::new(
+                                    ErrorKind::Backend,
+                                    format!(
+                                        "the S3 server expects region {r}; the upload has to \
+                                         be sent again"
+                                    ),
+                                )
+                                .set_retryable(true));
+                            }
                             region_switched = true;
                             attempt -= 1;
                             continue;

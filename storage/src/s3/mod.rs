@@ -97,6 +97,13 @@ pub struct S3Options {
     pub part_size: u64,
     /// Parts in flight per upload.
     pub concurrency: usize,
+    /// An upload announced with a size above `part_size` and up to this, whose caller can send
+    /// the bytes again ([`CreateOptions::resendable`]), is one streamed PutObject: one request
+    /// instead of a multipart upload's two plus one per part, and no incomplete upload left by
+    /// a crash. The request cannot be retried mid-stream (the caller sends again). 0 = never.
+    ///
+    /// [`CreateOptions::resendable`]: crate::backend::CreateOptions::resendable
+    pub single_put_max: u64,
     /// Retries of failed requests.
     pub retries: RetryPolicy,
     /// Keys per ListObjectsV2 page (S3's maximum and default is 1000; tests set it small).
@@ -136,6 +143,7 @@ impl S3Options {
             preserve_mtime: false,
             part_size: 8 * 1024 * 1024,
             concurrency: 4,
+            single_put_max: 200 * 1024 * 1024,
             retries: RetryPolicy::default(),
             list_page_size: 1000,
             spool_dir: None,
@@ -176,6 +184,7 @@ impl fmt::Debug for S3Options {
             .field("preserve_mtime", &self.preserve_mtime)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
+            .field("single_put_max", &self.single_put_max)
             .field("retries", &self.retries)
             .field("list_page_size", &self.list_page_size)
             .field("spool_dir", &self.spool_dir)
@@ -203,6 +212,7 @@ impl S3Backend {
     pub fn new(mut opts: S3Options, budget: Arc<MemoryBudget>) -> Result<S3Backend> {
         opts.part_size = opts.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
         opts.concurrency = opts.concurrency.max(1);
+        opts.single_put_max = opts.single_put_max.min(MAX_PART_SIZE);
         opts.list_page_size = opts.list_page_size.clamp(1, 1000);
         opts.max_copy_range = opts.max_copy_range.clamp(2 * MIN_PART_SIZE, MAX_PART_SIZE);
         let client = Client::new(&opts)?;

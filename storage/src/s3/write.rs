@@ -1,5 +1,6 @@
 //! Uploads: one PutObject for small files, a write-behind multipart upload for the rest, and
-//! appends composed server-side.
+//! appends composed server-side. A copy whose caller can send it again and whose size is known
+//! streams files up to `single_put_max` as one PutObject ([`StreamedPut`]).
 //!
 //! Memory: a part buffer holds a permit of the shared [`MemoryBudget`] for what it has
 //! allocated, until it has been sent. The first part of an upload starts small
@@ -106,6 +107,16 @@ pub(crate) async fn create(
     key: &str,
     opts: CreateOptions,
 ) -> Result<Box<dyn Upload>> {
+    if let Some(len) = opts.size_hint {
+        if opts.resendable
+            && opts.append_to.is_none()
+            && !opts.keep_partial
+            && len > inner.opts.part_size
+            && len <= inner.opts.single_put_max
+        {
+            return Ok(Box::new(StreamedPut::start(inner, key, &opts, len)));
+        }
+    }
     let mut first = inner.opts.part_size;
     if let Some(hint) = opts.size_hint {
         // Parts double every 1,000 anyway; this only spares very large announced files from
@@ -601,5 +612,151 @@ impl Drop for S3Upload {
                 }
             }
         }
+    }
+}
+
+/// One PutObject of a size known up front, whose body is sent as it is written: no buffer, one
+/// request. The last chunk is held back until [`Upload::finish`], so the server never receives
+/// the whole body of an upload that is aborted or dropped, and stores nothing. A failure cannot
+/// be retried here (the bytes are gone): only callers that can send again use it
+/// ([`CreateOptions::resendable`]).
+pub(crate) struct StreamedPut {
+    inner: Arc<Inner>,
+    key: String,
+    len: u64,
+    /// Accepted so far, `held` included.
+    written: u64,
+    held: Option<Bytes>,
+    tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl StreamedPut {
+    fn start(inner: Arc<Inner>, key: &str, opts: &CreateOptions, len: u64) -> StreamedPut {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body = Body::Stream(Arc::new(std::sync::Mutex::new(Some(rx))), len);
+        let mut req = Request::new(Method::PUT, Some(key)).body(body);
+        if inner.opts.preserve_mtime {
+            if let Some(m) = opts.mtime {
+                req = req.header("x-amz-meta-mtime", format_mtime(m));
+            }
+        }
+        let i = inner.clone();
+        let task = tokio::spawn(async move {
+            let resp = i.client.send(&req).await?;
+            // Read the (empty) answer, so that the connection goes back to the pool.
+            resp.bytes().await?;
+            Ok(())
+        });
+        StreamedPut {
+            inner,
+            key: key.to_string(),
+            len,
+            written: 0,
+            held: None,
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Why the request ended before its body did.
+    async fn failure(&mut self) -> Error {
+        self.tx = None;
+        match self.task.take() {
+            Some(t) => match t.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => Error::new(
+                    ErrorKind::Backend,
+                    "the remote answered before the whole file was sent",
+                ),
+                Err(e) => Error::new(ErrorKind::Backend, "an upload task failed").with_source(e),
+            },
+            None => Error::new(ErrorKind::Backend, "the upload already failed"),
+        }
+    }
+
+    async fn send(&mut self, chunk: Bytes) -> Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Ok(chunk)).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.failure().await)
+        }
+    }
+
+    /// Drops the request mid-body: the server sees a short body and keeps nothing.
+    fn cut(&mut self) {
+        self.held = None;
+        self.tx = None;
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Upload for StreamedPut {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = data.len() as u64;
+        if self.written + n > self.len {
+            self.cut();
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("more bytes than the {} announced", self.len),
+            ));
+        }
+        if let Some(prev) = self.held.replace(data) {
+            if let Err(e) = self.send(prev).await {
+                self.cut();
+                return Err(e);
+            }
+        }
+        self.written += n;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Entry> {
+        if self.written != self.len {
+            self.cut();
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes arrived of the {} announced",
+                    self.written, self.len
+                ),
+            ));
+        }
+        if let Some(last) = self.held.take() {
+            self.send(last).await?;
+        }
+        self.tx = None;
+        let done = match self.task.take() {
+            Some(t) => t.await.map_err(|e| {
+                Error::new(ErrorKind::Backend, "an upload task failed").with_source(e)
+            })?,
+            None => Err(Error::new(ErrorKind::Backend, "the upload already failed")),
+        };
+        done?;
+        head_entry(&self.inner, &self.key).await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.cut();
+    }
+}
+
+impl Drop for StreamedPut {
+    fn drop(&mut self) {
+        self.cut();
     }
 }

@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Two mtimes this close are the same time (copies keep the mtime; some stores round it).
@@ -332,6 +332,8 @@ async fn transfer(
             CreateOptions {
                 size_hint: Some(item.size),
                 mtime: item.mtime(),
+                // A failed copy is sent again from the source (see `copy`).
+                resendable: true,
                 ..Default::default()
             },
         )
@@ -366,11 +368,11 @@ async fn transfer(
     }
     if n != item.size {
         up.abort().await;
+        // Not worth trying again at once: the next run sees the new size.
         return Err(Error::new(
-            ErrorKind::Backend,
+            ErrorKind::Conflict,
             "the source changed size during the copy",
         )
-        .set_retryable(true)
         .with_context("sync", format!("/{src_key}")));
     }
     let mut e = up.finish().await?;
@@ -380,6 +382,10 @@ async fn transfer(
     }
     Ok(e)
 }
+
+/// Tries of one copy within a run (each failure a retryable one); the next run tries again.
+const COPY_ATTEMPTS: u32 = 3;
+const COPY_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 async fn copy(
     ctx: &Ctx,
@@ -405,7 +411,23 @@ async fn copy(
         return Ok(o);
     }
     let src_key = ctx.key(from, &item.path);
-    let written = transfer(ctx, from, &src_key, &item, to, &dst_key).await?;
+    let mut attempt = 1;
+    let written = loop {
+        match transfer(ctx, from, &src_key, &item, to, &dst_key).await {
+            Ok(w) => break w,
+            // The S3 client retries each request it can replay; a streamed upload it cannot,
+            // so a copy that failed for a passing reason is sent again from the source here.
+            Err(e) if e.is_retryable() && attempt < COPY_ATTEMPTS => {
+                tracing::debug!(path = %item.path, attempt, error = ?e, "sync: copying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(COPY_RETRY_DELAY * attempt) => {}
+                    _ = ctx.cancel.cancelled() => return Err(cancelled()),
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let w = Item::from_written(&item.path, &written);
     if w.size != item.size {
         return Err(
