@@ -100,6 +100,11 @@ def sh(args, env=None, input=None):
     return r.stdout
 
 
+def digits(secs):
+    """Decimals to print: sub-second figures (no-change sync reruns) need milliseconds."""
+    return 3 if secs < 1 else 2
+
+
 def timed(args, env=None):
     t = time.perf_counter()
     try:
@@ -261,7 +266,7 @@ Subsystem sftp internal-sftp
         if secs is None:
             return
         self.results.setdefault(name, []).append(secs)
-        log(f"  {name:38s} {secs:8.2f} s   load {' '.join(load())}")
+        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}")
 
     def hwm(self):
         for line in open(f"/proc/{self.gw.pid}/status"):
@@ -394,7 +399,8 @@ Subsystem sftp internal-sftp
             extra = ""
             if k.startswith(("sftp put 1GiB", "sftp get 1GiB", "s3 put 1GiB", "s3 get 1GiB", "ftp put 1GiB", "ftp get 1GiB")):
                 extra = f"  {GIB / MIB / statistics.median(v):7.1f} MiB/s"
-            log(f"{k:38s} {statistics.median(v):8.2f}  (runs: {', '.join(f'{x:.2f}' for x in v)}){extra}")
+            m = statistics.median(v)
+            log(f"{k:38s} {m:8.{digits(m)}f}  (runs: {', '.join(f'{x:.{digits(x)}f}' for x in v)}){extra}")
         log("\n==== targets ====")
 
         def check(label, gw, other, need, note=""):
