@@ -4,13 +4,62 @@
 //! Usage: `s3s_server ROOT ACCESS SECRET` — serves every folder of ROOT as a bucket on
 //! 127.0.0.1 at a free port, and prints `listening: http://127.0.0.1:PORT` once ready.
 //!
-//! One quirk of s3s-fs is corrected on the way out: a HEAD of a key that is a folder on its
+//! Two quirks of s3s-fs are corrected on the way out. Object bodies go out in 256 KiB pieces
+//! instead of 4 KiB ones (see `Rechunk`). And a HEAD of a key that is a folder on its
 //! disk (every "folder" prefix, e.g. `HEAD /bench/gw/list10k`) answers 500 instead of the 404 a
 //! real S3 server gives, and every client (the gateway, rclone) then runs its whole retry
 //! ladder for each such probe, which measured the test server's quirk instead of the clients.
 
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
 use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
+
+/// s3s-fs reads objects 4 KiB at a time and hands each piece to hyper, which with TCP_NODELAY
+/// sends it as its own segment: a quarter of a million segments per GiB, which no production
+/// server sends (MinIO and Go's net/http write 32 KiB and more at once). Object bodies are
+/// passed on in pieces of 256 KiB instead.
+struct Rechunk {
+    inner: s3s::Body,
+    acc: BytesMut,
+    err: Option<s3s::StdError>,
+    done: bool,
+}
+
+const RECHUNK: usize = 256 * 1024;
+
+impl Stream for Rechunk {
+    type Item = Result<Bytes, s3s::StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(e) = this.err.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        while !this.done && this.acc.len() < RECHUNK {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(b))) => this.acc.extend_from_slice(&b),
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    if this.acc.is_empty() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    this.err = Some(e);
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if this.acc.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(this.acc.split().freeze())))
+    }
+}
+
+impl s3s::stream::ByteStream for Rechunk {}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -44,8 +93,20 @@ async fn main() -> anyhow::Result<()> {
             let (svc, root) = (svc.clone(), root.clone());
             async move {
                 let head = req.method() == http::Method::HEAD;
+                let get = req.method() == http::Method::GET;
                 let on_disk = root.join(req.uri().path().trim_start_matches('/'));
                 let resp = hyper::service::Service::call(&svc, req).await?;
+                if get && on_disk.is_file() && resp.status().is_success() {
+                    let (parts, body) = resp.into_parts();
+                    let body = Rechunk {
+                        inner: body,
+                        acc: BytesMut::new(),
+                        err: None,
+                        done: false,
+                    };
+                    let stream: s3s::stream::DynByteStream = Box::pin(body);
+                    return Ok(http::Response::from_parts(parts, s3s::Body::from(stream)));
+                }
                 if head
                     && resp.status() == http::StatusCode::INTERNAL_SERVER_ERROR
                     && on_disk.is_dir()
