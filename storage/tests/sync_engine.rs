@@ -513,6 +513,38 @@ async fn a_lease_held_by_another_instance_stops_the_run_until_it_expires() {
 }
 
 #[tokio::test]
+async fn a_quiet_run_leaves_the_state_file_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    write(&env.s(), "a.txt", b"A");
+    write(&env.s(), "d/b.txt", b"B");
+    let job = env.job(TwoWay, true, Newer);
+    env.run(&job).await;
+    let state = env.state.join("sync/acme-inbound.state");
+    let ino = std::fs::metadata(&state).unwrap().ino();
+    let s = env.run(&job).await;
+    assert_eq!(counts(&s), (0, 0, 0, 0, 0, 0, 0));
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().ino(),
+        ino,
+        "nothing changed: the state was not rewritten"
+    );
+    // A change is recorded (the state is replaced), and the next quiet run keeps that one.
+    write(&env.r(), "c.txt", b"C");
+    let s = env.run(&job).await;
+    assert_eq!(s.copied_to_site, 1);
+    let ino2 = std::fs::metadata(&state).unwrap().ino();
+    assert_ne!(ino2, ino);
+    env.run(&job).await;
+    assert_eq!(std::fs::metadata(&state).unwrap().ino(), ino2);
+    // And the records it kept are the right ones: a deletion still spreads.
+    rm(&env.s(), "a.txt");
+    let s = env.run(&job).await;
+    assert_eq!(s.deleted_remote, 1);
+    assert!(!env.r().join("a.txt").exists());
+}
+
+#[tokio::test]
 async fn a_run_with_nothing_to_do_takes_no_lease() {
     let env = Env::new();
     write(&env.s(), "a.txt", b"A");

@@ -136,6 +136,26 @@ impl Baseline {
         })
     }
 
+    /// True when the state file on disk, alone (no journal laid over it), holds exactly
+    /// `records`: then it need not be written again.
+    pub(crate) fn state_holds(
+        &self,
+        records: impl Iterator<Item = io::Result<Record>>,
+    ) -> io::Result<bool> {
+        if !self.use_state || self.journal.is_some() {
+            return Ok(false);
+        }
+        let mut on_disk = self.iter()?;
+        for r in records {
+            let r = r?;
+            match on_disk.next().transpose()? {
+                Some(d) if d == r => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(on_disk.next().transpose()?.is_none())
+    }
+
     /// A sorted pass over the baseline's records.
     pub(crate) fn iter(&self) -> io::Result<BaselineIter> {
         let state = if self.use_state {
