@@ -304,3 +304,67 @@ async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run
         "a run with nothing to do only lists: {quiet:?}"
     );
 }
+
+/// A copy that failed for a passing reason is tried again, but not over a file that appeared at
+/// the destination meanwhile: the download of a pull is refused (503, beyond the client's own
+/// retries), and meanwhile a user writes the same path on the site. The user's file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
+    use http_proxy::{Action, HttpProxy, Seen};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let srv = s3s_server(None).await;
+    let port: u16 = srv.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("site/in");
+    std::fs::create_dir_all(&s).unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let (c2, s2) = (cut.clone(), s.clone());
+    let gets = std::sync::atomic::AtomicUsize::new(0);
+    // The client's own retries (two tries in these tests) are refused too, so the copy fails.
+    let rule: http_proxy::Rule = Arc::new(move |r: &Seen| {
+        if r.method == "GET" && r.target.contains("r.bin") && gets.fetch_add(1, SeqCst) < 2 {
+            if !c2.swap(true, SeqCst) {
+                std::fs::write(s2.join("r.bin"), b"written by a user meanwhile").unwrap();
+            }
+            Action::Fail {
+                status: 503,
+                code: "SlowDown",
+                retry_after: None,
+            }
+        } else {
+            Action::Forward
+        }
+    });
+    let proxy = HttpProxy::start(([127, 0, 0, 1], port).into(), rule).await;
+    let endpoint = format!("http://{}", proxy.addr);
+    let s3 = srv.backend_with(|o| o.endpoint = endpoint);
+    let remote_bytes = data(MIB, 50);
+    put(
+        &srv.backend(),
+        &srv.key("in/r.bin"),
+        &remote_bytes,
+        64 * 1024,
+    )
+    .await;
+    let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+    let job = SyncJob {
+        name: "pull".into(),
+        site: (site, "in".into()),
+        remote: (Arc::new(s3), format!("{}in/", srv.prefix)),
+        direction: Direction::Pull,
+        delete: false,
+        conflict: ConflictPolicy::Newer,
+        include: vec![],
+        exclude: vec![],
+        lease: None,
+    };
+    let state = dir.path().join("state");
+    let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+    assert!(cut.load(SeqCst), "the proxy refused the download");
+    assert_eq!(
+        (sum.copied_to_site, sum.skipped, sum.errors),
+        (0, 1, 0),
+        "{sum:?}"
+    );
+    assert_eq!(read(&s, "r.bin").unwrap(), b"written by a user meanwhile");
+}

@@ -423,6 +423,14 @@ async fn copy(
                     _ = tokio::time::sleep(COPY_RETRY_DELAY * attempt) => {}
                     _ = ctx.cancel.cancelled() => return Err(cancelled()),
                 }
+                // The failed try wrote nothing; somebody else may have, meanwhile.
+                if !unchanged(ctx, to, &dst_key, target.as_ref()).await? {
+                    return Ok(Outcome::skipped(
+                        old,
+                        &item.path,
+                        "changed at the destination during the run",
+                    ));
+                }
                 attempt += 1;
             }
             Err(e) => return Err(e),
