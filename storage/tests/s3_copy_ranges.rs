@@ -12,21 +12,10 @@ use bucketgate_storage::s3::S3Backend;
 use bucketgate_storage::ErrorKind;
 use http_proxy::{forward_all, HttpProxy, Seen};
 use s3_support::*;
-use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The smallest copy range the backend accepts (ranges split evenly are then each ≥ 5 MiB).
 const RANGE: u64 = 10 * MIB as u64;
-
-fn target(srv: &Server) -> SocketAddr {
-    let port: u16 = srv
-        .endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// A backend through `proxy` that keeps client times and copies at most `RANGE` per request.
 fn via(srv: &Server, proxy: &HttpProxy) -> S3Backend {
@@ -61,7 +50,7 @@ async fn copies_above_the_copy_limit_go_in_ranges_and_keep_bytes_and_times() {
         ) {
             continue;
         }
-        let proxy = HttpProxy::start(target(&srv), forward_all()).await;
+        let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
         let b = via(&srv, &proxy);
         let direct = srv.backend_with(|o| o.preserve_mtime = true);
         let t = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -157,7 +146,7 @@ async fn copies_above_the_copy_limit_go_in_ranges_and_keep_bytes_and_times() {
 #[tokio::test]
 async fn a_copy_limit_below_10_mib_is_raised() {
     let srv = moto_only().await.unwrap();
-    let proxy = HttpProxy::start(target(&srv), forward_all()).await;
+    let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
     let endpoint = format!("http://{}", proxy.addr);
     let b = srv.backend_with(|o| {
         o.endpoint = endpoint;

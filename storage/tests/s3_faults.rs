@@ -14,20 +14,9 @@ use bucketgate_storage::{Area, ErrorKind, Permissions, Tree, UserFs, VPath};
 use futures::StreamExt;
 use http_proxy::{Action, HttpProxy, Seen};
 use s3_support::*;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn target(srv: &Server) -> SocketAddr {
-    let port: u16 = srv
-        .endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// `action` for the first `times` requests that `pick` selects; the others are forwarded.
 fn first(
@@ -139,7 +128,7 @@ async fn throttling_and_server_errors_are_retried_and_the_result_is_exact() {
     let srv = moto_only().await.unwrap();
     // Two 503 SlowDown with Retry-After, then a 500, then the real server.
     let proxy = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new({
             let n = AtomicUsize::new(0);
             move |s: &Seen| {
@@ -165,7 +154,7 @@ async fn throttling_and_server_errors_are_retried_and_the_result_is_exact() {
 
     // In a multipart upload: each part's first attempt is refused.
     let proxy = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new({
             let tried: std::sync::Mutex<std::collections::HashSet<String>> = Default::default();
             move |s: &Seen| {
@@ -204,7 +193,7 @@ async fn throttling_and_server_errors_are_retried_and_the_result_is_exact() {
 async fn retry_after_is_waited_for_before_the_retry() {
     let srv = s3s_server(None).await;
     let proxy = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         first(
             1,
             is_plain_put,
@@ -242,7 +231,7 @@ async fn retry_after_is_waited_for_before_the_retry() {
 #[tokio::test]
 async fn a_connection_dropped_during_an_upload_is_retried_byte_exact() {
     let srv = moto_only().await.unwrap();
-    let proxy = HttpProxy::start(target(&srv), first(2, is_part, Action::Drop)).await;
+    let proxy = HttpProxy::start(srv.addr(), first(2, is_part, Action::Drop)).await;
     let b = via(&srv, &proxy);
     let big = data(11 * MIB, 3);
     put(&b, &srv.key("dropped.bin"), &big, MIB).await;
@@ -263,7 +252,7 @@ async fn an_upload_that_keeps_failing_fails_visibly_and_leaves_nothing() {
         println!("server {}", srv.name);
         // Multipart: the second part is refused every time.
         let proxy = HttpProxy::start(
-            target(&srv),
+            srv.addr(),
             Arc::new(|s: &Seen| {
                 if is_part(s) && s.target.contains("partNumber=2") {
                     internal()
@@ -290,7 +279,7 @@ async fn an_upload_that_keeps_failing_fails_visibly_and_leaves_nothing() {
 
         // One request: refused every time.
         let proxy = HttpProxy::start(
-            target(&srv),
+            srv.addr(),
             Arc::new(|s: &Seen| {
                 if is_plain_put(s) {
                     slow_down()
@@ -349,7 +338,7 @@ async fn a_download_cut_short_is_never_a_success() {
 
     // The connection breaks after 100 kB, every time.
     let reset = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(move |s: &Seen| {
             if is_get(s) {
                 Action::ResetAfter(100_000)
@@ -373,7 +362,7 @@ async fn a_download_cut_short_is_never_a_success() {
     // A well-formed answer that is shorter than the file (a Content-Length that lies): the
     // reader knows the size from the listing and refuses it.
     let lying = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(move |s: &Seen| {
             if is_get(s) {
                 Action::Truncate(100_000)
@@ -391,7 +380,7 @@ async fn a_download_cut_short_is_never_a_success() {
 
     // A stall mid-body beyond the request timeout.
     let stall = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(move |s: &Seen| {
             if is_get(s) {
                 Action::Trickle {
@@ -415,7 +404,7 @@ async fn a_download_cut_short_is_never_a_success() {
 
     // One break, then a healthy server: the reader either resumes exactly or fails, never
     // ends short.
-    let once = HttpProxy::start(target(&srv), first(1, is_get, Action::ResetAfter(100_000))).await;
+    let once = HttpProxy::start(srv.addr(), first(1, is_get, Action::ResetAfter(100_000))).await;
     let b = via(&srv, &once);
     match fs_get(&user_fs(&b, &srv), "/dl.bin").await {
         Ok(got) => assert!(got == bytes, "a success must be the whole file"),
@@ -446,7 +435,7 @@ async fn stale_uploads_are_aborted_under_a_prefix_by_age() {
     // time back (the uploads were started just now), as S3 and Garage report it.
     let now = time_iso8601(std::time::SystemTime::now());
     let proxy = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(move |s: &Seen| {
             if s.method == "GET" && s.has_query("uploads") {
                 Action::Replace("2010-11-10T20:48:33.000Z", now.clone())

@@ -18,16 +18,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
-fn target(srv: &Server) -> SocketAddr {
-    let port: u16 = srv
-        .endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// Reads a whole object, returning the error if any chunk fails.
 async fn try_get(b: &impl Backend, key: &str) -> bucketgate_storage::Result<Vec<u8>> {
     let mut s = b.read(key, 0, None).await?;
@@ -105,7 +95,7 @@ async fn tls_front(
 async fn tls_endpoint_signed_by_a_private_ca_needs_ca_file() {
     let srv = s3s_server(None).await;
     let (ca_pem, config) = private_ca();
-    let (addr, accepted, task) = tls_front(target(&srv), config).await;
+    let (addr, accepted, task) = tls_front(srv.addr(), config).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
@@ -147,7 +137,7 @@ async fn tls_endpoint_signed_by_a_private_ca_needs_ca_file() {
 #[tokio::test]
 async fn source_address_is_the_local_address_of_every_connection() {
     let srv = s3s_server(None).await;
-    let proxy = HttpProxy::start(target(&srv), forward_all()).await;
+    let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
     let endpoint = format!("http://{}", proxy.addr);
     let b = srv.backend_with(|o| {
         o.endpoint = endpoint.clone();
@@ -192,7 +182,7 @@ async fn max_connections_caps_requests_in_flight_exactly() {
         )
         .await;
     }
-    let proxy = HttpProxy::start(target(&srv), forward_all()).await;
+    let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
     // The proxy holds requests until CAP of them are in flight, then lets them go: a client
     // that allows CAP requests reaches exactly CAP, one that allows more shows it.
     proxy.hold_in_groups(CAP, 4 * CAP);
@@ -224,7 +214,7 @@ async fn a_slow_but_steady_download_outlasts_the_request_timeout() {
     // Each chunk comes 100 ms after the last (a tenth of the timeout); the whole body takes
     // three times the timeout.
     let proxy = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(|s: &http_proxy::Seen| {
             if s.method == "GET" {
                 Action::Trickle {
@@ -256,7 +246,7 @@ async fn a_stall_longer_than_the_request_timeout_fails_as_retryable() {
     let bytes = data(10_000, 4);
     put(&srv.backend(), &srv.key("stall.bin"), &bytes, 8192).await;
     let proxy = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(|s: &http_proxy::Seen| {
             if s.method == "GET" {
                 Action::Stall
@@ -283,7 +273,7 @@ async fn a_stall_longer_than_the_request_timeout_fails_as_retryable() {
 
     // A stall in the middle of the body (headers came, then nothing) fails the same way.
     let mid = HttpProxy::start(
-        target(&srv),
+        srv.addr(),
         Arc::new(|s: &http_proxy::Seen| {
             if s.method == "GET" {
                 Action::Trickle {
@@ -313,7 +303,7 @@ async fn a_stall_longer_than_the_request_timeout_fails_as_retryable() {
 #[tokio::test]
 async fn path_style_and_virtual_host_style_address_the_bucket_as_configured() {
     let srv = s3s_server_virtual_host().await;
-    let proxy = HttpProxy::start(target(&srv), forward_all()).await;
+    let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
     let port = proxy.addr.port();
     let endpoint = format!("http://localhost:{port}");
     let bytes = data(2000, 5);

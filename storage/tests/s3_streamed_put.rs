@@ -12,21 +12,10 @@ use bucketgate_storage::ErrorKind;
 use bytes::Bytes;
 use http_proxy::{forward_all, Action, HttpProxy, Seen};
 use s3_support::*;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 const LEN: usize = 12 * MIB;
-
-fn target(srv: &Server) -> SocketAddr {
-    let port: u16 = srv
-        .endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn via(srv: &Server, proxy: &HttpProxy, single_put_max: u64) -> S3Backend {
     let endpoint = format!("http://{}", proxy.addr);
@@ -70,7 +59,7 @@ async fn absent(b: &S3Backend, key: &str) -> bool {
 async fn a_resendable_upload_of_known_size_is_one_put() {
     for srv in servers().await {
         println!("server {}", srv.name);
-        let proxy = HttpProxy::start(target(&srv), forward_all()).await;
+        let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
         let b = via(&srv, &proxy, 64 * MIB as u64);
         let bytes = data(LEN, 31);
         // As in a sync, the backend has listed before it uploads (and so knows the server's
@@ -200,7 +189,7 @@ async fn a_refused_streamed_put_fails_retryably_and_leaves_nothing() {
                 Action::Forward
             }
         });
-        let proxy = HttpProxy::start(target(&srv), rule).await;
+        let proxy = HttpProxy::start(srv.addr(), rule).await;
         let b = via(&srv, &proxy, 64 * MIB as u64);
         let key = srv.key(name);
         let r = put_with(&b, &key, &data(LEN, 34), MIB, resendable(LEN)).await;

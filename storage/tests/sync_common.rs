@@ -172,3 +172,27 @@ pub fn counts(s: &Summary) -> (u64, u64, u64, u64, u64, u64, u64) {
         s.errors,
     )
 }
+
+/// Runs `cmd` with its output discarded, killing it (SIGKILL) after `delay` if it is still
+/// running: (killed, time taken). An uninterrupted run must succeed.
+pub fn run_or_kill(cmd: &mut std::process::Command, delay: Duration) -> (bool, Duration) {
+    use std::process::Stdio;
+    let t0 = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "an uninterrupted child run failed");
+            return (false, t0.elapsed());
+        }
+        if t0.elapsed() >= delay {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return (true, t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -16,9 +16,9 @@ use common::*;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHILD_ENV: &str = "BUCKETGATE_SYNC_CRASH_CHILD";
 
@@ -80,26 +80,12 @@ fn content(rng: &mut impl Rng, max: usize) -> Vec<u8> {
 
 /// Runs the child once, killing it after `delay` if it is still running. True when killed.
 fn run_child(dir: &Path, delay: Duration) -> (bool, Duration) {
-    let t0 = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "an uninterrupted child run failed");
-            return (false, t0.elapsed());
-        }
-        if t0.elapsed() >= delay {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-            return (true, t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    run_or_kill(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir),
+        delay,
+    )
 }
 
 fn complete_run(rt: &tokio::runtime::Runtime, dir: &Path) {

@@ -19,14 +19,14 @@ use bucketgate_storage::s3::{S3Backend, S3LeaseStore, S3Options};
 use bucketgate_storage::sync::{
     is_conflict_name, run_job, ConflictPolicy, Direction, RunOptions, SyncJob,
 };
-use common::{rm, tree, write};
+use common::{rm, run_or_kill, tree, write};
 use rand::Rng;
 use s3_support::{get, put, s3s_server, walk_all, ACCESS, MIB, SECRET};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHILD_ENV: &str = "BUCKETGATE_SYNC_CRASH_S3_CHILD";
 const ENDPOINT_ENV: &str = "BUCKETGATE_SYNC_CRASH_S3_ENDPOINT";
@@ -128,33 +128,19 @@ impl World {
 
     /// Runs the child once, killing it after `delay` if it is still running. True when killed.
     fn run_child(&self, delay: Duration) -> (bool, Duration) {
-        let t0 = Instant::now();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_s3_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &self.dir)
-            .env(ENDPOINT_ENV, &self.endpoint)
-            .env(PREFIX_ENV, &self.prefix)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                assert!(st.success(), "an uninterrupted child run failed");
-                return (false, t0.elapsed());
-            }
-            if t0.elapsed() >= delay {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                return (true, t0.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        run_or_kill(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "crash_s3_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, &self.dir)
+                .env(ENDPOINT_ENV, &self.endpoint)
+                .env(PREFIX_ENV, &self.prefix),
+            delay,
+        )
     }
 
     fn complete_run(&self) {

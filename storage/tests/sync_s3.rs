@@ -223,7 +223,6 @@ async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run
     use http_proxy::{Action, HttpProxy, Seen};
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let srv = s3s_server(None).await;
-    let port: u16 = srv.endpoint.rsplit(':').next().unwrap().parse().unwrap();
     let refused = Arc::new(AtomicBool::new(false));
     let r2 = refused.clone();
     let rule: http_proxy::Rule = Arc::new(move |s: &Seen| {
@@ -237,7 +236,7 @@ async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run
             Action::Forward
         }
     });
-    let proxy = HttpProxy::start(([127, 0, 0, 1], port).into(), rule).await;
+    let proxy = HttpProxy::start(srv.addr(), rule).await;
     let endpoint = format!("http://{}", proxy.addr);
     let s3 = srv.backend_with(|o| {
         o.endpoint = endpoint;
@@ -313,7 +312,6 @@ async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
     use http_proxy::{Action, HttpProxy, Seen};
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let srv = s3s_server(None).await;
-    let port: u16 = srv.endpoint.rsplit(':').next().unwrap().parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("site/in");
     std::fs::create_dir_all(&s).unwrap();
@@ -335,7 +333,7 @@ async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
             Action::Forward
         }
     });
-    let proxy = HttpProxy::start(([127, 0, 0, 1], port).into(), rule).await;
+    let proxy = HttpProxy::start(srv.addr(), rule).await;
     let endpoint = format!("http://{}", proxy.addr);
     let s3 = srv.backend_with(|o| o.endpoint = endpoint);
     let remote_bytes = data(MIB, 50);

@@ -96,6 +96,17 @@ impl Server {
         S3Backend::new(o, MemoryBudget::shared(256 * MIB as u64)).expect("backend")
     }
 
+    /// The server's loopback address (to put a proxy in front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let port: u16 = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("port");
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     /// A key under this test's prefix.
     pub fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
