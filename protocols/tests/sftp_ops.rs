@@ -194,12 +194,6 @@ async fn attributes_extensions_and_unsupported() {
         Some(1_400_000_000)
     );
 
-    // One handle for both reading and writing cannot exist over objects.
-    let rw = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE;
-    assert_eq!(
-        code(s.open("/f.txt", rw, FileAttributes::default()).await),
-        StatusCode::OpUnsupported
-    );
     assert_eq!(code(s.readlink("/f.txt").await), StatusCode::OpUnsupported);
     assert_eq!(
         code(s.symlink("/l", "/f.txt").await),
@@ -453,4 +447,112 @@ async fn a_dropped_session_leaves_no_partial_upload() {
     assert_eq!(code(s2.stat("/partial.bin").await), StatusCode::NoSuchFile);
     assert!(!h.alice("partial.bin").exists());
     let _ = Duration::ZERO;
+}
+
+/// Issue 13 item 2: the session writing a file sees it (with the size written so far) between
+/// OPEN and CLOSE, as FUSE mounts expect; another session sees nothing until CLOSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_being_written_is_seen_by_its_own_session() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let other = h.sftp_alice_key().await.unwrap();
+    let fh = s
+        .open("/fuse.bin", NEW, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    assert_eq!(s.lstat("/fuse.bin").await.unwrap().attrs.size, Some(0));
+    s.write(&fh, 0, vec![7u8; 1000]).await.unwrap();
+    let st = s.lstat("/fuse.bin").await.unwrap().attrs;
+    assert_eq!(st.size, Some(1000));
+    assert!(!st.is_dir());
+    assert_eq!(s.stat("/fuse.bin").await.unwrap().attrs.size, Some(1000));
+    assert_eq!(code(other.lstat("/fuse.bin").await), StatusCode::NoSuchFile);
+    s.close(fh).await.unwrap();
+    assert_eq!(
+        other.stat("/fuse.bin").await.unwrap().attrs.size,
+        Some(1000)
+    );
+    assert_eq!(std::fs::read(h.alice("fuse.bin")).unwrap(), vec![7u8; 1000]);
+}
+
+/// Issue 13 item 3: OPEN with READ|WRITE (Go's `os.Create`, Python's `w+`, `r+`) works. Reads
+/// answer from the file as it was at open; what the handle wrote cannot be read back before
+/// CLOSE and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_write_opens_work() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let rw_new = NEW.union(OpenFlags::READ);
+    let fh = s
+        .open("/w+.txt", rw_new, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    // A new, empty file: a read is the end of the file.
+    assert_eq!(code(s.read(&fh, 0, 100).await), StatusCode::Eof);
+    s.write(&fh, 0, b"hello ".to_vec()).await.unwrap();
+    s.write(&fh, 6, b"world".to_vec()).await.unwrap();
+    assert_eq!(code(s.read(&fh, 0, 100).await), StatusCode::OpUnsupported);
+    s.close(fh).await.unwrap();
+    assert_eq!(std::fs::read(h.alice("w+.txt")).unwrap(), b"hello world");
+
+    // r+ of an existing file: read the header, patch it, the rest stays.
+    put(&s, "/r+.txt", b"HEADER and the rest of the file").await;
+    let fh = s
+        .open(
+            "/r+.txt",
+            OpenFlags::READ.union(OpenFlags::WRITE),
+            FileAttributes::default(),
+        )
+        .await
+        .unwrap()
+        .handle;
+    assert_eq!(s.read(&fh, 0, 6).await.unwrap().data, b"HEADER");
+    s.write(&fh, 0, b"header".to_vec()).await.unwrap();
+    assert_eq!(s.read(&fh, 7, 3).await.unwrap().data, b"and");
+    assert_eq!(s.fstat(&fh).await.unwrap().attrs.size, Some(31));
+    s.close(fh).await.unwrap();
+    assert_eq!(
+        std::fs::read(h.alice("r+.txt")).unwrap(),
+        b"header and the rest of the file"
+    );
+
+    // ftruncate to 0 right after an open without TRUNC, then writes: the old bytes are gone.
+    put(&s, "/ft.txt", b"a long old content").await;
+    let fh = s
+        .open("/ft.txt", OpenFlags::WRITE, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    let zero = FileAttributes {
+        size: Some(0),
+        ..Default::default()
+    };
+    s.fsetstat(&fh, zero.clone()).await.unwrap();
+    s.write(&fh, 0, b"short".to_vec()).await.unwrap();
+    s.close(fh).await.unwrap();
+    assert_eq!(std::fs::read(h.alice("ft.txt")).unwrap(), b"short");
+    // truncate -s 0 by path.
+    s.setstat("/ft.txt", zero).await.unwrap();
+    assert_eq!(std::fs::read(h.alice("ft.txt")).unwrap(), b"");
+}
+
+/// Issue 13 item 16: renaming a missing file onto itself is NO_SUCH_FILE (OpenSSH's
+/// sftp-server), with both rename flavours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_missing_file_onto_itself_fails() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    assert_eq!(
+        code(s.rename("/ghost", "/ghost").await),
+        StatusCode::NoSuchFile
+    );
+    let mut data = ssh_string("/ghost");
+    data.extend(ssh_string("/ghost"));
+    let p = s.extended("posix-rename@openssh.com", data).await.unwrap();
+    assert_eq!(status_of(p), StatusCode::NoSuchFile);
+    put(&s, "/here", b"x").await;
+    s.rename("/here", "/here").await.unwrap();
+    assert_eq!(std::fs::read(h.alice("here")).unwrap(), b"x");
 }

@@ -67,6 +67,16 @@ pub struct CreateOptions {
     /// old bytes followed by what is written, and it must fail with `Conflict` if the object
     /// changed meanwhile.
     pub append_to: Option<Entry>,
+    /// With `append_to`: keep only the first this many bytes of the old object (an in-place
+    /// write that replaces what follows). `None` keeps all of it.
+    pub keep_head: Option<u64>,
+    /// Commit only if nothing exists under the key at that moment (S3 `If-None-Match: *`, a
+    /// no-replace rename on disk); otherwise `finish` fails with `AlreadyExists` and nothing
+    /// changes. Servers that ignore the condition still get a check just before the commit.
+    pub if_absent: bool,
+    /// Commit only if the object under the key still has this version tag (S3 `If-Match`, an
+    /// identity check on disk); otherwise `finish` fails with `Conflict` and nothing changes.
+    pub if_match: Option<String>,
     /// Total size announced up front (scp, FTP ALLO), to pick a part size at once.
     pub size_hint: Option<u64>,
     /// Modification time to record with the object (`mtime` metadata).

@@ -16,6 +16,7 @@ pub mod s3;
 pub mod sync;
 pub mod transfer;
 pub mod vfs;
+pub mod writing;
 
 pub use backend::{Backend, Entry, EntryKind};
 pub use error::{Error, ErrorKind, Result};

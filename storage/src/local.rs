@@ -309,7 +309,9 @@ impl Backend for LocalBackend {
                     Error::of(ErrorKind::Conflict).with_context("append", format!("/{key}"))
                 );
             }
-            tokio::io::copy(&mut src, &mut file).await?;
+            // An in-place write keeps only the head of the old file; what follows comes anew.
+            let keep = opts.keep_head.unwrap_or(u64::MAX);
+            tokio::io::copy(&mut (&mut src).take(keep), &mut file).await?;
         }
         Ok(Box::new(LocalUpload {
             key: key.to_string(),
@@ -451,11 +453,23 @@ impl LocalUpload {
             std_file.set_modified(t)?;
         }
         drop(std_file);
-        if let Some(old) = &self.opts.append_to {
-            // The appended-to file must not have changed while we wrote.
-            let md = tokio::fs::metadata(&self.target).await?;
-            if Some(etag_of(&md)) != old.etag {
-                return Err(Error::of(ErrorKind::Conflict));
+        let expected = match (&self.opts.append_to, &self.opts.if_match) {
+            (_, Some(t)) => Some(t.clone()),
+            (Some(old), None) => old.etag.clone(),
+            (None, None) => None,
+        };
+        if let Some(expected) = expected {
+            // The file written over must not have changed while we wrote.
+            match tokio::fs::metadata(&self.target).await {
+                Ok(md) if etag_of(&md) == expected => {}
+                Ok(_) => return Err(Error::of(ErrorKind::Conflict)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "the file was removed while it was being written",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         let tmp = self
@@ -468,8 +482,25 @@ impl LocalUpload {
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        tokio::task::spawn_blocking(move || tmp.persist(&target).map_err(|e| Error::from(e.error)))
-            .await
+        let if_absent = self.opts.if_absent;
+        tokio::task::spawn_blocking(move || {
+            if if_absent {
+                // A no-replace rename: the name must still be free at this very moment.
+                tmp.persist_noclobber(&target).map_err(|e| {
+                    if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                        Error::new(
+                            ErrorKind::AlreadyExists,
+                            "a file of this name was created meanwhile; the upload was not committed",
+                        )
+                    } else {
+                        Error::from(e.error)
+                    }
+                })
+            } else {
+                tmp.persist(&target).map_err(|e| Error::from(e.error))
+            }
+        })
+        .await
             .map_err(|e| Error::new(ErrorKind::Backend, "commit failed").with_source(e))??;
         let md = tokio::fs::metadata(&self.target).await?;
         let name = self.key.rsplit('/').next().unwrap_or("").to_string();

@@ -6,6 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Transfer;
 use crate::path::VPath;
 use crate::perms::{Perm, PermSet};
+use crate::writing::WriteClaim;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
-/// How far ahead of the next expected offset a write may arrive and be held for reordering.
+/// Bytes of writes that may wait ahead of the next offset to be sent, per open file (a bound on
+/// memory: a later write over the same bytes replaces them, it does not add to them).
 pub const REORDER_WINDOW: u64 = 8 * 1024 * 1024;
 /// How far forward a read may jump and still reuse the running stream (skipping bytes).
 const SKIP_LIMIT: u64 = 1024 * 1024;
@@ -226,6 +228,23 @@ impl Drop for FileReader {
 }
 
 /// A file opened for writing: offset writes become one in-order upload, committed at close.
+///
+/// The file is seen as its *base* (the object as it was at open, unless the open truncates it)
+/// with this handle's writes laid over it, as on a local disk: the result at CLOSE is the base
+/// with every written range replaced, the last write to a byte winning, and a gap beyond the
+/// base's end read as zeros. An object cannot be patched, so the bytes are sent in file order:
+///
+/// - the untouched head of the base (before the first write) is copied server-side when large
+///   (the append path of [`CreateOptions::append_to`] with `keep_head`);
+/// - writes at the next offset go straight to the upload; writes ahead of it wait in a reorder
+///   window of at most [`REORDER_WINDOW`] bytes (a later write over the same bytes replaces
+///   them there); a gap that the window cannot hold is filled from the base;
+/// - at CLOSE, gaps and the untouched tail of the base are read from the base and sent;
+/// - a commit over a base is conditional on the base's version tag, so if the file changed
+///   meanwhile nothing is changed and CLOSE fails.
+///
+/// A write over bytes already sent (behind the next offset) cannot be honoured and fails the
+/// upload: the file stays as it was.
 pub struct FileWriter {
     backend: Arc<dyn Backend>,
     key: String,
@@ -234,11 +253,20 @@ pub struct FileWriter {
     perms: PermSet,
     shown: VPath,
     upload: Option<Box<dyn Upload>>,
+    /// Bytes of the file handed to the upload so far (from offset 0).
     next: u64,
+    /// Writes ahead of `next`, by offset, never overlapping each other.
     pending: BTreeMap<u64, Bytes>,
     pending_bytes: u64,
+    /// The lowest and highest offsets this handle wrote (for reads on a read-write handle).
+    written: Option<(u64, u64)>,
     failed: Option<Error>,
     mtime: Option<SystemTime>,
+    /// Commit only if the name is still free (exclusive create, or a user without the right to
+    /// overwrite).
+    if_absent: bool,
+    /// This upload's hold on its name; tells whether the name was removed meanwhile.
+    claim: Option<WriteClaim>,
     /// Bytes stored and the audit line written at close, abort or drop.
     audit: Option<Transfer>,
 }
@@ -252,6 +280,7 @@ impl FileWriter {
         perms: PermSet,
         shown: VPath,
     ) -> Self {
+        let if_absent = existing.is_none() && (mode.exclusive || !perms.has(Perm::Overwrite));
         FileWriter {
             backend,
             key,
@@ -263,8 +292,11 @@ impl FileWriter {
             next: 0,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            written: None,
             failed: None,
             mtime: None,
+            if_absent,
+            claim: None,
             audit: None,
         }
     }
@@ -274,17 +306,47 @@ impl FileWriter {
         self
     }
 
+    pub(crate) fn with_claim(mut self, c: WriteClaim) -> Self {
+        self.claim = Some(c);
+        self
+    }
+
     /// The file as it was at open, when it existed.
     pub fn existing(&self) -> Option<&Entry> {
         self.existing.as_ref()
     }
 
+    /// The content the writes are laid over: the file as it was at open, unless truncated.
+    fn base(&self) -> Option<&Entry> {
+        if self.mode.truncate {
+            None
+        } else {
+            self.existing.as_ref()
+        }
+    }
+
+    fn base_size(&self) -> u64 {
+        self.base().map(|e| e.size).unwrap_or(0)
+    }
+
     /// The size the file will have if closed now.
     pub fn size(&self) -> u64 {
-        match &self.upload {
-            Some(_) => self.next,
-            None if self.mode.truncate => 0,
-            None => self.existing.as_ref().map(|e| e.size).unwrap_or(0),
+        let ahead = self
+            .pending
+            .last_key_value()
+            .map(|(o, d)| o + d.len() as u64)
+            .unwrap_or(0);
+        self.base_size().max(self.next).max(ahead)
+    }
+
+    /// Describes the file as it will be if closed now (for the writing session's own stat).
+    pub fn entry(&self) -> Entry {
+        Entry {
+            name: self.shown.name().unwrap_or("/").to_string(),
+            kind: crate::backend::EntryKind::File,
+            size: self.size(),
+            mtime: Some(self.mtime.unwrap_or_else(SystemTime::now)),
+            etag: None,
         }
     }
 
@@ -294,46 +356,67 @@ impl FileWriter {
         self.mtime = Some(t);
     }
 
+    /// Cuts the file to `size` bytes, which only works for 0 before anything was written (an
+    /// `ftruncate` right after open): the open then behaves as one with TRUNC. Returns false
+    /// when it cannot be done.
+    pub fn truncate_unwritten(&mut self, size: u64) -> bool {
+        if size != 0 || self.upload.is_some() || !self.pending.is_empty() {
+            return false;
+        }
+        self.mode.truncate = true;
+        true
+    }
+
     fn fail(&mut self, e: Error) -> Error {
         let e = e.with_context("write", self.shown.to_string());
         self.failed = Some(Error::new(e.kind(), e.message().to_string()));
         e
     }
 
+    fn refuse(&mut self, msg: &'static str) -> Error {
+        self.fail(Error::new(ErrorKind::InvalidInput, msg))
+    }
+
     async fn begin(&mut self, first_offset: u64) -> Result<()> {
-        let existing_size = self.existing.as_ref().map(|e| e.size);
-        let append = match existing_size {
-            Some(_) if self.mode.append => true,
-            Some(sz) if !self.mode.truncate && first_offset >= sz && sz > 0 => true,
-            _ => false,
-        };
-        let needed = if append || self.existing.is_none() {
-            Perm::Upload
+        let base = self.base().cloned();
+        let base_size = self.base_size();
+        // How much of the base comes first, untouched: all of it for an append, else what
+        // lies before the first write.
+        let head = if self.mode.append {
+            base_size
         } else {
-            Perm::Overwrite
+            first_offset.min(base_size)
+        };
+        // Adding bytes after a file's content needs `upload`; changing any byte of it, or
+        // replacing it, needs `overwrite`.
+        let needed = match &self.existing {
+            None => Perm::Upload,
+            Some(_) if base.is_some() && head == base_size && base_size > 0 => Perm::Upload,
+            Some(_) => Perm::Overwrite,
         };
         if !self.perms.has(needed) {
             return Err(Error::of(ErrorKind::PermissionDenied));
         }
         let opts = CreateOptions {
-            append_to: if append { self.existing.clone() } else { None },
+            // Over a base, the commit is guarded by its version tag even when none of its bytes
+            // are kept in front (an in-place write at offset 0).
+            append_to: base,
+            keep_head: Some(head),
             size_hint: self.mode.size_hint,
             mtime: None,
             keep_partial: self.mode.keep_partial,
             // A client's bytes cannot be asked for again.
             resendable: false,
+            if_absent: self.if_absent,
+            if_match: None,
         };
         self.upload = Some(self.backend.create(&self.key, opts).await?);
-        self.next = if append {
-            existing_size.unwrap_or(0)
-        } else {
-            0
-        };
+        self.next = head;
         Ok(())
     }
 
-    /// Writes `data` at `offset`. Writes must arrive at the current end of the file or within
-    /// the reorder window ahead of it; anything else fails and aborts the upload.
+    /// Writes `data` at `offset`. Writes must not reach behind the bytes already sent; anything
+    /// else is laid over the file as on a disk (see the type's documentation).
     pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(Error::new(e.kind(), e.message().to_string())
@@ -348,58 +431,209 @@ impl FileWriter {
             }
         }
         // With APPEND every write goes to the end, whatever its offset (as O_APPEND does).
-        let offset = if self.mode.append && self.pending.is_empty() {
-            self.next
+        let offset = if self.mode.append {
+            self.size()
         } else {
             offset
         };
+        let len = data.len() as u64;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "offset out of range"))?;
         if offset < self.next {
-            let e = Error::new(
-                ErrorKind::InvalidInput,
-                "write behind the end of the data already sent: object storage cannot rewrite it",
+            return Err(
+                self.refuse("write behind the data already sent: object storage cannot rewrite it")
             );
-            return Err(self.fail(e));
         }
-        if offset > self.next {
-            let end = offset + data.len() as u64;
-            if end - self.next > REORDER_WINDOW || self.pending.contains_key(&offset) {
-                let e = Error::new(
-                    ErrorKind::InvalidInput,
-                    "write too far beyond the end of the file: object storage needs writes in order",
-                );
-                return Err(self.fail(e));
-            }
-            self.pending_bytes += data.len() as u64;
-            self.pending.insert(offset, data);
-            return Ok(());
+        // A hole beyond the base's end would be sent as zeros: only a small one is accepted.
+        let zeros_from = self.next.max(self.base_size());
+        if offset > zeros_from && offset - zeros_from > REORDER_WINDOW {
+            return Err(self.refuse(
+                "write too far beyond the end of the file: object storage needs writes in order",
+            ));
         }
-        self.push(data).await?;
-        while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() != self.next {
-                if *entry.key() < self.next {
-                    let e = Error::new(ErrorKind::InvalidInput, "overlapping writes");
-                    return Err(self.fail(e));
-                }
+        self.written = Some(match self.written {
+            None => (offset, end),
+            Some((lo, hi)) => (lo.min(offset), hi.max(end)),
+        });
+        if offset == self.next {
+            // A write at the next offset is newer than anything waiting over the same bytes.
+            self.drop_pending_below(end);
+            self.push(data, true).await?;
+        } else {
+            self.insert_pending(offset, data);
+        }
+        self.drain().await?;
+        // A window that grew too large is emptied in order, its gaps read from the base.
+        while self.pending_bytes > REORDER_WINDOW
+            || self
+                .pending
+                .last_key_value()
+                .is_some_and(|(o, d)| o + d.len() as u64 - self.next > 2 * REORDER_WINDOW)
+        {
+            let Some(first) = self.pending.keys().next().copied() else {
                 break;
-            }
-            let d = entry.remove();
-            self.pending_bytes -= d.len() as u64;
-            self.push(d).await?;
+            };
+            self.fill_to(first).await?;
+            self.drain().await?;
         }
         Ok(())
     }
 
-    async fn push(&mut self, data: Bytes) -> Result<()> {
+    /// Keeps a write that arrived ahead of `next`; it replaces what waits over the same bytes.
+    fn insert_pending(&mut self, offset: u64, data: Bytes) {
+        let end = offset + data.len() as u64;
+        // Entries that overlap [offset, end): the one starting before it, and those inside.
+        let mut hits: Vec<u64> = self.pending.range(offset..end).map(|(o, _)| *o).collect();
+        if let Some((o, d)) = self.pending.range(..offset).next_back() {
+            if o + d.len() as u64 > offset {
+                hits.push(*o);
+            }
+        }
+        for o in hits {
+            let d = self.pending.remove(&o).expect("listed");
+            self.pending_bytes -= d.len() as u64;
+            let d_end = o + d.len() as u64;
+            if o < offset {
+                let keep = d.slice(..(offset - o) as usize);
+                self.pending_bytes += keep.len() as u64;
+                self.pending.insert(o, keep);
+            }
+            if d_end > end {
+                let keep = d.slice((end - o) as usize..);
+                self.pending_bytes += keep.len() as u64;
+                self.pending.insert(end, keep);
+            }
+        }
+        self.pending_bytes += data.len() as u64;
+        self.pending.insert(offset, data);
+    }
+
+    /// Forgets waiting bytes below `end` (a newer write at `next` covers them).
+    fn drop_pending_below(&mut self, end: u64) {
+        while let Some((&o, d)) = self.pending.first_key_value() {
+            if o >= end {
+                break;
+            }
+            let d_end = o + d.len() as u64;
+            let d = self.pending.remove(&o).expect("first");
+            self.pending_bytes -= d.len() as u64;
+            if d_end > end {
+                let keep = d.slice((end - o) as usize..);
+                self.pending_bytes += keep.len() as u64;
+                self.pending.insert(end, keep);
+            }
+        }
+    }
+
+    /// Sends the waiting writes that now continue the file.
+    async fn drain(&mut self) -> Result<()> {
+        while let Some((&o, _)) = self.pending.first_key_value() {
+            if o > self.next {
+                break;
+            }
+            let d = self.pending.remove(&o).expect("first");
+            self.pending_bytes -= d.len() as u64;
+            let skip = (self.next - o) as usize;
+            if skip < d.len() {
+                self.push(d.slice(skip..), true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the file from `next` up to `to` from the base: its old bytes where it has them,
+    /// zeros beyond its end (a hole, as a disk reads it).
+    async fn fill_to(&mut self, to: u64) -> Result<()> {
+        let base_size = self.base_size();
+        if self.next < to && self.next < base_size {
+            let end = to.min(base_size);
+            let r = self.backend.read(&self.key, self.next, Some(end)).await;
+            let mut stream = match r {
+                Ok(s) => s,
+                Err(e) => return Err(self.fail(e)),
+            };
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => {
+                        let room = (end - self.next) as usize;
+                        let b = if b.len() > room { b.slice(..room) } else { b };
+                        if !b.is_empty() {
+                            self.push(b, false).await?;
+                        }
+                    }
+                    Err(e) => return Err(self.fail(e)),
+                }
+            }
+            if self.next != end {
+                // The base is shorter than at open: it changed, and the commit would be refused.
+                return Err(self.fail(Error::new(
+                    ErrorKind::Conflict,
+                    "the file changed while it was being written; nothing was changed",
+                )));
+            }
+        }
+        while self.next < to {
+            let n = (to - self.next).min(1024 * 1024) as usize;
+            self.push(Bytes::from(vec![0u8; n]), false).await?;
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, data: Bytes, from_client: bool) -> Result<()> {
         let len = data.len() as u64;
         let up = self.upload.as_mut().expect("begun");
         if let Err(e) = up.write(data).await {
             return Err(self.fail(e));
         }
         self.next += len;
-        if let Some(a) = &mut self.audit {
-            a.add(len);
+        if from_client {
+            if let Some(a) = &mut self.audit {
+                a.add(len);
+            }
         }
         Ok(())
+    }
+
+    /// Answers a read on a handle opened for reading and writing. What this handle wrote is not
+    /// readable before CLOSE (it may be in the bucket's upload already); the rest of the file
+    /// reads as it was at open, and past the end as end of file.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes> {
+        let size = self.size();
+        if offset >= size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(size);
+        let base_size = self.base_size();
+        let untouched = match self.written {
+            None => true,
+            Some((lo, hi)) => end <= lo || offset >= hi,
+        };
+        if !untouched || end > base_size {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "reading back what this handle wrote is not possible before the file is closed",
+            )
+            .with_context("read", self.shown.to_string()));
+        }
+        let mut stream = self
+            .backend
+            .read(&self.key, offset, Some(end))
+            .await
+            .map_err(|e| e.with_context("read", self.shown.to_string()))?;
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(
+                &chunk.map_err(|e| e.with_context("read", self.shown.to_string()))?,
+            );
+        }
+        if out.len() as u64 != end - offset {
+            return Err(
+                Error::new(ErrorKind::Conflict, "the file changed since it was opened")
+                    .with_context("read", self.shown.to_string()),
+            );
+        }
+        Ok(out.freeze())
     }
 
     /// Commits the file; returns only once it is durable. On failure nothing is visible and
@@ -413,6 +647,16 @@ impl FileWriter {
         r
     }
 
+    /// The name was removed or replaced by someone else while this upload ran.
+    fn discarded(&self) -> Option<Error> {
+        self.claim.as_ref().filter(|c| c.is_gone()).map(|_| {
+            Error::new(
+                ErrorKind::Conflict,
+                "the file was removed or replaced while it was being written; this upload was discarded",
+            )
+        })
+    }
+
     async fn close_inner(mut self) -> Result<Entry> {
         let shown = self.shown.to_string();
         if let Some(e) = self.failed.take() {
@@ -421,16 +665,10 @@ impl FileWriter {
             }
             return Err(e.with_context("close", shown));
         }
-        if !self.pending.is_empty() {
-            if let Some(up) = self.upload.take() {
-                up.abort().await;
-            }
-            return Err(
-                Error::new(ErrorKind::InvalidInput, "the writes left a gap in the file")
-                    .with_context("close", shown),
-            );
-        }
         if self.upload.is_none() {
+            if let Some(e) = self.discarded() {
+                return Err(e.with_context("close", shown));
+            }
             if self.existing.is_some() && !self.mode.truncate {
                 // Opened for writing but nothing written: the file stays as it was.
                 if let (Some(t), Some(_)) = (self.mtime, &self.existing) {
@@ -444,6 +682,7 @@ impl FileWriter {
             let opts = CreateOptions {
                 mtime: self.mtime,
                 size_hint: Some(0),
+                if_absent: self.if_absent,
                 ..Default::default()
             };
             let up = self.backend.create(&self.key, opts).await?;
@@ -451,6 +690,29 @@ impl FileWriter {
                 .finish()
                 .await
                 .map_err(|e| e.with_context("close", shown));
+        }
+        // The rest of the file in order: waiting writes with the base's bytes between them,
+        // then the base's untouched tail.
+        let r = async {
+            while let Some(first) = self.pending.keys().next().copied() {
+                self.fill_to(first).await?;
+                self.drain().await?;
+            }
+            let end = self.base_size();
+            self.fill_to(end).await
+        }
+        .await;
+        if let Err(e) = r {
+            if let Some(up) = self.upload.take() {
+                up.abort().await;
+            }
+            return Err(e.with_context("close", shown));
+        }
+        if let Some(e) = self.discarded() {
+            if let Some(up) = self.upload.take() {
+                up.abort().await;
+            }
+            return Err(e.with_context("close", shown));
         }
         let up = self.upload.take().expect("checked");
         let mut entry = up

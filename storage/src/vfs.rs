@@ -11,6 +11,7 @@ use crate::metrics::{self, OpContext, SessionInfo, Transfer};
 use crate::path::VPath;
 use crate::perms::{Perm, Permissions};
 use crate::transfer::{FileReader, FileWriter, OpenMode};
+use crate::writing::Writing;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -39,6 +40,8 @@ pub struct Tree {
     /// Longest mount point first, so the first match is the longest.
     mounts: Vec<Mount>,
     started: SystemTime,
+    /// The names being written right now, by every session.
+    writing: Arc<Writing>,
 }
 
 /// Where a tree path lives.
@@ -63,7 +66,15 @@ impl Tree {
             site,
             mounts,
             started: SystemTime::now(),
+            writing: Arc::default(),
         }
+    }
+
+    /// Shares `old`'s record of the names being written (a reload builds a new tree while the
+    /// sessions of the old one still write).
+    pub fn carry_writes_from(mut self, old: &Tree) -> Self {
+        self.writing = old.writing.clone();
+        self
     }
 
     /// The site area.
@@ -541,8 +552,17 @@ impl UserFs {
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e.with_context(op, p.to_string())),
         };
-        if existing.is_some() && mode.exclusive {
+        let writing = self.tree.writing.is_writing(loc.mount, &loc.key);
+        if (existing.is_some() || writing) && mode.exclusive {
             return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
+        }
+        if existing.is_none() && writing && !perms.has(Perm::Overwrite) {
+            // Another session is creating this name: to a user who may not replace files, it
+            // exists already.
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, "the file is being written")
+                    .with_context(op, p.to_string()),
+            );
         }
         if existing.is_none() && !mode.create {
             return Err(Error::of(ErrorKind::NotFound).with_context(op, p.to_string()));
@@ -554,14 +574,11 @@ impl UserFs {
             // Replace or append is decided by the first write's offset; each is checked then.
             (Some(_), false, false) => {}
         }
-        Ok(FileWriter::new(
-            loc.backend,
-            loc.key,
-            existing,
-            mode,
-            perms,
-            p.clone(),
-        ))
+        let claim = self.tree.writing.claim(loc.mount, &loc.key);
+        Ok(
+            FileWriter::new(loc.backend, loc.key, existing, mode, perms, p.clone())
+                .with_claim(claim),
+        )
     }
 
     /// Creates a folder. Needs `mkdir` in the folder that will hold it.
@@ -571,6 +588,10 @@ impl UserFs {
         let site = self.site_path(p);
         let loc = self.tree.locate(&site);
         if loc.is_area_root || self.tree.holds_mount(&site) || p.is_root() {
+            return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
+        }
+        if self.tree.writing.is_writing(loc.mount, &loc.key) {
+            // A file being written exists, as on a disk, though the bucket has no object yet.
             return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
         }
         let parent_path = site.parent();
@@ -612,6 +633,9 @@ impl UserFs {
         if !e.is_dir() {
             return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()));
         }
+        if self.tree.writing.any_below(loc.mount, &loc.key) {
+            return Err(Error::of(ErrorKind::DirectoryNotEmpty).with_context(op, p.to_string()));
+        }
         loc.backend
             .remove_dir(&loc.key)
             .await
@@ -623,12 +647,20 @@ impl UserFs {
         let op = "remove";
         self.check(op, &p.parent(), Perm::Delete, p)?;
         let loc = self.refuse_fixed(op, p)?;
-        let e = self
-            .stat_site(&self.site_path(p))
-            .await
-            .map_err(|e| e.with_context(op, p.to_string()))?;
+        let writing = self.tree.writing.is_writing(loc.mount, &loc.key);
+        let e = match self.stat_site(&self.site_path(p)).await {
+            // A new file being written is removed as on a disk: its upload will not commit.
+            Err(e) if e.kind() == ErrorKind::NotFound && writing => {
+                self.tree.writing.discard(loc.mount, &loc.key);
+                return Ok(());
+            }
+            r => r.map_err(|e| e.with_context(op, p.to_string()))?,
+        };
         if e.is_dir() {
             return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
+        }
+        if writing {
+            self.tree.writing.discard(loc.mount, &loc.key);
         }
         loc.backend
             .remove_file(&loc.key)
@@ -644,7 +676,20 @@ impl UserFs {
         self.check(op, &to.parent(), Perm::Upload, to)?;
         let src = self.refuse_fixed(op, from)?;
         let dst = self.refuse_fixed(op, to)?;
+        if self.tree.writing.is_writing(src.mount, &src.key)
+            || self.tree.writing.any_below(src.mount, &src.key)
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "the file is being written; rename it once its upload is complete",
+            )
+            .with_context(op, from.to_string()));
+        }
         if from == to {
+            // Renaming a name onto itself changes nothing, but the name must exist.
+            self.stat_site(&self.site_path(from))
+                .await
+                .map_err(|e| e.with_context(op, from.to_string()))?;
             return Ok(());
         }
         if to.starts_with(from) {
@@ -662,6 +707,18 @@ impl UserFs {
         );
         let se = se.map_err(|e| e.with_context(op, from.to_string()))?;
         require_folder(dp, op, to)?;
+        let dst_writing = self.tree.writing.is_writing(dst.mount, &dst.key);
+        // A file being written at the target exists, as on a disk.
+        let de = match de {
+            Err(e) if e.kind() == ErrorKind::NotFound && dst_writing => Ok(Entry {
+                name: to.name().unwrap_or("/").to_string(),
+                kind: EntryKind::File,
+                size: 0,
+                mtime: None,
+                etag: None,
+            }),
+            other => other,
+        };
         match de {
             Ok(d) => {
                 if !replace || d.is_dir() || se.is_dir() {
@@ -673,6 +730,10 @@ impl UserFs {
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e.with_context(op, to.to_string())),
+        }
+        if dst_writing {
+            // Replaced: the uploads in progress on the target must not bring their version back.
+            self.tree.writing.discard(dst.mount, &dst.key);
         }
         let same_backend = src.mount == dst.mount;
         let r = if se.is_dir() {

@@ -311,6 +311,231 @@ async fn case_append(f: &Fixture) {
     );
 }
 
+fn mode(create: bool, truncate: bool, append: bool, exclusive: bool) -> OpenMode {
+    OpenMode {
+        create,
+        truncate,
+        append,
+        exclusive,
+        ..Default::default()
+    }
+}
+
+/// Writes at offsets, in the order sent.
+type Writes<'a> = Vec<(u64, &'a [u8])>;
+
+/// What a local disk gives for `writes` laid over `base` (no truncation), for comparison.
+fn overlay(base: &[u8], writes: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    for (off, data) in writes {
+        let end = *off as usize + data.len();
+        if out.len() < end {
+            out.resize(end, 0);
+        }
+        out[*off as usize..end].copy_from_slice(data);
+    }
+    out
+}
+
+/// Issue 13 items 1 and 16: a write into an existing file without TRUNC changes only the bytes
+/// written (as `dd conv=notrunc`, FUSE mounts and `r+` do), never cuts the file; APPEND with
+/// TRUNC starts from nothing; overlapping writes end with the last one.
+async fn case_in_place_writes(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    let big = f.caps.append;
+    let size = if big { 6 * 1024 * 1024 + 333 } else { 300_000 };
+    let base = pattern(size, 7);
+    let patch = pattern(4096, 99);
+    let cases: Vec<(&str, Writes)> = vec![
+        ("at zero", vec![(0, &patch)]),
+        ("in the middle", vec![(size as u64 / 2, &patch)]),
+        ("near the end", vec![(size as u64 - 100, &patch)]),
+        (
+            "head and tail",
+            vec![(0, &patch[..100]), (size as u64 - 50, &patch[..50])],
+        ),
+        (
+            "overlapping, later wins",
+            vec![
+                (10_000, &patch[..100]),
+                (10_200, &patch),
+                (10_300, &patch[..10]),
+            ],
+        ),
+        ("past the end, a hole", vec![(size as u64 + 10, &patch)]),
+    ];
+    for (i, (what, writes)) in cases.iter().enumerate() {
+        let name = format!("/inplace{i}.bin");
+        put(&fs, &name, &base).await.unwrap();
+        let mut w = fs
+            .open_write(&p(&name), mode(true, false, false, false))
+            .await
+            .unwrap();
+        for (off, data) in writes {
+            w.write_at(*off, Bytes::copy_from_slice(data))
+                .await
+                .unwrap();
+        }
+        let want = overlay(&base, writes);
+        assert_eq!(w.size(), want.len() as u64, "{}: {what}: size", f.name);
+        w.close().await.unwrap();
+        let got = get(&fs, &name).await.unwrap();
+        assert_eq!(got.len(), want.len(), "{}: {what}: length", f.name);
+        assert!(got == want, "{}: {what}: bytes differ", f.name);
+    }
+    // WRITE|APPEND|CREAT|TRUNC of an existing file: truncated, then appended to.
+    put(&fs, "/at.bin", &pattern(74, 1)).await.unwrap();
+    let mut w = fs
+        .open_write(&p("/at.bin"), mode(true, true, true, false))
+        .await
+        .unwrap();
+    w.write_at(0, Bytes::from(pattern(95, 2))).await.unwrap();
+    w.close().await.unwrap();
+    assert_eq!(get(&fs, "/at.bin").await.unwrap(), pattern(95, 2));
+    // An in-place write over a file replaced meanwhile changes nothing, and says so.
+    put(&fs, "/moved.bin", &base).await.unwrap();
+    let mut w = fs
+        .open_write(&p("/moved.bin"), mode(false, false, false, false))
+        .await
+        .unwrap();
+    w.write_at(0, Bytes::copy_from_slice(&patch)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new local mtime
+    put(&fs, "/moved.bin", b"replaced").await.unwrap();
+    assert!(w.close().await.is_err(), "{}: stale in-place write", f.name);
+    assert_eq!(get(&fs, "/moved.bin").await.unwrap(), b"replaced");
+}
+
+/// Issue 13 items 8 and 15: a name being written exists for every session (mkdir, exclusive
+/// create, rmdir of its folder, rename over it), an exclusive or no-overwrite create commits
+/// only if the name is still free, and a CLOSE never brings back a name removed meanwhile.
+async fn case_names_being_written(f: &Fixture) {
+    if !needs_folders(f) {
+        return;
+    }
+    let tree = Arc::new(bucketgate_storage::Tree::new(
+        area(&f.backend, &f.prefix),
+        vec![],
+    ));
+    let view = |perms: Permissions| UserFs::new(tree.clone(), "alice", p("/"), perms);
+    let a = view(Permissions::all());
+    let b = view(Permissions::all());
+    let upload_only = PermSet::parse(["list", "download", "upload"]).unwrap();
+    let u1 = view(Permissions::new([(p("/"), upload_only)]));
+    let u2 = view(Permissions::new([(p("/"), upload_only)]));
+    a.mkdir(&p("/d")).await.unwrap();
+
+    let mut w = a.open_write(&p("/d/new.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"first")).await.unwrap();
+    // Taken for everyone while it is written.
+    for fs in [&a, &b] {
+        assert_eq!(
+            fs.mkdir(&p("/d/new.bin")).await.unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
+        let e = fs
+            .open_write(&p("/d/new.bin"), mode(true, false, false, true))
+            .await
+            .err()
+            .expect("exclusive create of a name being written");
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(
+            fs.rmdir(&p("/d")).await.unwrap_err().kind(),
+            ErrorKind::DirectoryNotEmpty
+        );
+    }
+    put(&b, "/other.txt", b"other").await.unwrap();
+    assert_eq!(
+        b.rename(&p("/other.txt"), &p("/d/new.bin"), false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        b.rename(&p("/d/new.bin"), &p("/moved.bin"), true)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Conflict
+    );
+    w.close().await.unwrap();
+    assert_eq!(get(&b, "/d/new.bin").await.unwrap(), b"first");
+
+    // A remove during the upload: CLOSE fails and the name stays removed.
+    let mut w = a.open_write(&p("/d/gone.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"doomed")).await.unwrap();
+    b.remove(&p("/d/gone.bin")).await.unwrap();
+    assert_eq!(w.close().await.unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(
+        b.stat(&p("/d/gone.bin")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // The same for an overwrite of an existing file removed meanwhile.
+    put(&a, "/d/old.bin", b"old").await.unwrap();
+    let mut w = a.open_write(&p("/d/old.bin"), write_mode()).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"new")).await.unwrap();
+    b.remove(&p("/d/old.bin")).await.unwrap();
+    assert!(w.close().await.is_err());
+    assert!(b.stat(&p("/d/old.bin")).await.is_err());
+    // A replacing rename onto a name being written wins; the upload does not come back.
+    let mut w = a
+        .open_write(&p("/d/target.bin"), write_mode())
+        .await
+        .unwrap();
+    w.write_at(0, Bytes::from_static(b"upload")).await.unwrap();
+    put(&b, "/src.txt", b"renamed").await.unwrap();
+    b.rename(&p("/src.txt"), &p("/d/target.bin"), true)
+        .await
+        .unwrap();
+    assert_eq!(w.close().await.unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(get(&b, "/d/target.bin").await.unwrap(), b"renamed");
+
+    // Two upload-only users creating one name at once: the first to commit keeps it.
+    let mut w1 = u1
+        .open_write(&p("/d/race.bin"), write_mode())
+        .await
+        .unwrap();
+    w1.write_at(0, Bytes::from_static(b"one")).await.unwrap();
+    let e = u2
+        .open_write(&p("/d/race.bin"), write_mode())
+        .await
+        .err()
+        .expect("a second upload-only create of a name being written");
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    w1.close().await.unwrap();
+    assert_eq!(get(&a, "/d/race.bin").await.unwrap(), b"one");
+    // The same race between separate trees (another gateway instance) is settled at commit.
+    let other = user_view(
+        area(&f.backend, &f.prefix),
+        vec![],
+        "/",
+        Permissions::new([(p("/"), upload_only)]),
+    );
+    let mut w1 = u1
+        .open_write(&p("/d/race2.bin"), write_mode())
+        .await
+        .unwrap();
+    let mut w2 = other
+        .open_write(&p("/d/race2.bin"), write_mode())
+        .await
+        .unwrap();
+    w1.write_at(0, Bytes::from_static(b"one")).await.unwrap();
+    w2.write_at(0, Bytes::from_static(b"two")).await.unwrap();
+    w1.close().await.unwrap();
+    let e = w2.close().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{}", f.name);
+    assert_eq!(get(&a, "/d/race2.bin").await.unwrap(), b"one");
+    // Renaming a missing name onto itself is "no such file", as on a disk.
+    assert_eq!(
+        a.rename(&p("/d/nothere"), &p("/d/nothere"), true)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
 async fn case_folders(f: &Fixture) {
     if !needs_folders(f) {
         return;
@@ -639,6 +864,14 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn append() {
                 case_append(&$make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_place_writes() {
+                case_in_place_writes(&$make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn names_being_written() {
+                case_names_being_written(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn folders() {

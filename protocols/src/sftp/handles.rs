@@ -41,6 +41,8 @@ pub(crate) struct DirListing {
 }
 
 /// What a handle refers to.
+// A session holds a few handles at most (`max_handles`): boxing the writer would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Handle {
     /// A file open for reading.
     Read {
@@ -52,6 +54,8 @@ pub(crate) enum Handle {
     Write {
         path: VPath,
         writer: FileWriter,
+        /// Opened with READ too: reads are answered from the file as it was at open.
+        readable: bool,
         _busy: BusyGuard,
     },
     /// A folder open for listing.
@@ -87,6 +91,24 @@ impl Handles {
     /// Removes and returns the handle named `id`.
     pub(crate) fn remove(&mut self, id: &str) -> Option<Handle> {
         self.map.remove(id)
+    }
+
+    /// The newest upload in progress on `path` in this session, if any: the session that
+    /// writes a file sees it (with the size written so far) before it is committed.
+    pub(crate) fn writer_of(&self, path: &VPath) -> Option<&FileWriter> {
+        let mut best: Option<(u64, &FileWriter)> = None;
+        for (id, h) in &self.map {
+            if let Handle::Write {
+                path: p, writer, ..
+            } = h
+            {
+                let n = u64::from_str_radix(id, 16).unwrap_or(0);
+                if p == path && best.is_none_or(|(b, _)| n > b) {
+                    best = Some((n, writer));
+                }
+            }
+        }
+        best.map(|(_, w)| w)
     }
 
     /// Every open handle, for the session's end.

@@ -8,7 +8,7 @@
 use super::attrs::{attrs_of, file_of, from_unix};
 use super::errors::{log_error, SftpError};
 use super::handles::{Busy, DirListing, Handle, Handles};
-use bucketgate_storage::{Entry, EntryKind, FileWriter, OpenMode, UserFs, VPath};
+use bucketgate_storage::{FileWriter, OpenMode, UserFs, VPath};
 use bytes::Bytes;
 use futures::StreamExt;
 use russh_sftp::extensions::{LimitsExtension, Statvfs};
@@ -97,6 +97,12 @@ impl SftpSession {
 
     async fn stat_path(&mut self, input: &str) -> Res<FileAttributes> {
         let p = self.path(input)?;
+        if let Some(w) = self.handles.writer_of(&p) {
+            // This session is writing it: it exists for this session, with what was written so
+            // far (FUSE clients stat a file between create and close). Other sessions see the
+            // bucket until the upload completes.
+            return Ok(attrs_of(&w.entry()));
+        }
         let e = self.fs.stat(&p).await.map_err(|e| self.fail(e))?;
         Ok(attrs_of(&e))
     }
@@ -109,7 +115,19 @@ impl SftpSession {
             // Truncating or extending an object in place is not possible; saying the size it
             // already has is harmless (some clients send the full attribute set).
             let e = self.fs.stat(p).await.map_err(|e| self.fail(e))?;
-            if e.is_dir() || e.size != size {
+            if !e.is_dir() && size == 0 && e.size != 0 {
+                // `truncate -s 0`: the file is replaced by an empty one (needs `overwrite`).
+                let mode = OpenMode {
+                    truncate: true,
+                    ..Default::default()
+                };
+                let w = self
+                    .fs
+                    .open_write(p, mode)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                w.close().await.map_err(|e| self.fail(e))?;
+            } else if e.is_dir() || e.size != size {
                 return Err(SftpError::new(
                     StatusCode::OpUnsupported,
                     "changing a file's size is not supported",
@@ -303,13 +321,7 @@ impl russh_sftp::server::Handler for SftpSession {
         let p = self.path(&filename)?;
         let write = pflags.contains(OpenFlags::WRITE);
         let read = pflags.contains(OpenFlags::READ);
-        let h = if read && write {
-            // An object cannot be read and rewritten in place.
-            return Err(SftpError::new(
-                StatusCode::OpUnsupported,
-                "opening a file for both reading and writing is not supported",
-            ));
-        } else if write {
+        let h = if write {
             let mode = OpenMode {
                 create: pflags.contains(OpenFlags::CREATE),
                 truncate: pflags.contains(OpenFlags::TRUNCATE),
@@ -326,6 +338,7 @@ impl russh_sftp::server::Handler for SftpSession {
             Handle::Write {
                 path: p,
                 writer,
+                readable: read,
                 _busy: self.busy.enter(),
             }
         } else {
@@ -367,6 +380,26 @@ impl russh_sftp::server::Handler for SftpSession {
         match self.handles.get_mut(&handle) {
             Some(Handle::Read { reader, .. }) => {
                 let data = reader
+                    .read_at(offset, len.min(max) as usize)
+                    .await
+                    .map_err(|e| {
+                        log_error(&user, &e);
+                        SftpError::from(e)
+                    })?;
+                if data.is_empty() {
+                    return Err(SftpError::code(StatusCode::Eof));
+                }
+                Ok(Data {
+                    id,
+                    data: data.to_vec(),
+                })
+            }
+            Some(Handle::Write {
+                writer,
+                readable: true,
+                ..
+            }) => {
+                let data = writer
                     .read_at(offset, len.min(max) as usize)
                     .await
                     .map_err(|e| {
@@ -434,13 +467,7 @@ impl russh_sftp::server::Handler for SftpSession {
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
         let entry = match self.handles.get_mut(&handle) {
             Some(Handle::Read { reader, .. }) => reader.entry().clone(),
-            Some(Handle::Write { path, writer, .. }) => Entry {
-                name: path.name().unwrap_or("/").to_string(),
-                kind: EntryKind::File,
-                size: writer.size(),
-                mtime: Some(SystemTime::now()),
-                etag: None,
-            },
+            Some(Handle::Write { writer, .. }) => writer.entry(),
             Some(Handle::Dir { path, .. }) => {
                 let p = path.clone();
                 self.fs.stat(&p).await.map_err(|e| self.fail(e))?
@@ -472,8 +499,18 @@ impl russh_sftp::server::Handler for SftpSession {
     ) -> Result<Status, Self::Error> {
         let p = match self.handles.get_mut(&handle) {
             Some(Handle::Write { writer, .. }) => {
-                // Recorded with the object when it is committed at CLOSE. A size on an open
-                // upload is what the client is writing anyway: ignored.
+                // A size on an open upload: its current size is fine; cutting it to 0 before
+                // anything is written is a truncate (ftruncate after open); anything else
+                // cannot be done over an object.
+                if let Some(size) = attrs.size {
+                    if size != writer.size() && !writer.truncate_unwritten(size) {
+                        return Err(SftpError::new(
+                            StatusCode::OpUnsupported,
+                            "changing the size of a file being written is not supported",
+                        ));
+                    }
+                }
+                // Recorded with the object when it is committed at CLOSE.
                 if let Some(t) = attrs.mtime {
                     writer.set_mtime(from_unix(t));
                 }

@@ -97,6 +97,14 @@ fn same_etag(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
+/// A create-only upload whose name was taken meanwhile.
+fn taken() -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        "a file of this name was created meanwhile; the upload was not committed",
+    )
+}
+
 fn copy_err(e: &Error) -> Error {
     Error::new(e.kind(), e.message().to_string()).set_retryable(e.is_retryable())
 }
@@ -127,6 +135,7 @@ pub(crate) async fn create(
         first = first.max(need).clamp(MIN_PART_SIZE, MAX_PART_SIZE);
     }
     let append = opts.append_to.clone();
+    let if_match = opts.if_match.clone();
     let mut st = State {
         inner,
         key: key.to_string(),
@@ -141,7 +150,7 @@ pub(crate) async fn create(
         parts: Vec::new(),
         written: 0,
         failed: None,
-        if_match: None,
+        if_match,
     };
     if let Some(existing) = append {
         if let Err(e) = st.start_append(&existing).await {
@@ -166,8 +175,16 @@ impl State {
         }
     }
 
-    /// The appended-to object must still be the one seen at open.
+    /// The appended-to object must still be the one seen at open; a create-only upload's key
+    /// must still be free.
     async fn check_unchanged(&self) -> Result<()> {
+        if self.opts.if_absent {
+            match head_entry(&self.inner, &self.key).await {
+                Ok(_) => return Err(taken()),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         let Some(expected) = &self.if_match else {
             return Ok(());
         };
@@ -199,7 +216,8 @@ impl State {
         })?;
         self.if_match = Some(etag.clone());
         self.check_unchanged().await?;
-        let size = existing.size;
+        // An in-place write keeps only the head of the old object; what follows comes anew.
+        let size = existing.size.min(self.opts.keep_head.unwrap_or(u64::MAX));
         if size >= MIN_PART_SIZE {
             // Server-side: the old bytes become the first parts, copied in ranges of at most
             // 5 GiB (`max_copy_range`, at least 10 MiB). The ranges are of equal size, so each is
@@ -237,7 +255,10 @@ impl State {
             }
         } else if size > 0 {
             // Small: read the old bytes (only if still the same object) and send them again.
-            let req = Request::new(Method::GET, Some(&self.key)).header("if-match", etag);
+            let mut req = Request::new(Method::GET, Some(&self.key)).header("if-match", etag);
+            if size < existing.size {
+                req = req.header("range", format!("bytes=0-{}", size - 1));
+            }
             let old = self.inner.client.send(&req).await?.bytes().await?;
             if old.len() as u64 != size {
                 return Err(Error::new(
@@ -475,12 +496,16 @@ impl State {
             if let Some(m) = self.mtime_header() {
                 req = req.header("x-amz-meta-mtime", m);
             }
-            if let Some(t) = &self.if_match {
+            if self.if_match.is_some() || self.opts.if_absent {
                 self.check_unchanged().await?;
-                // Servers with conditional writes close the last race window; others ignore it.
-                req = req.header("if-match", t.clone());
             }
-            self.inner.client.send(&req).await?;
+            // Servers with conditional writes close the last race window; others ignore it.
+            req = self.conditions(req);
+            self.inner
+                .client
+                .send(&req)
+                .await
+                .map_err(|e| self.lost_race(e))?;
         } else {
             if self.buf.len() > 0 {
                 self.dispatch().await?;
@@ -493,14 +518,36 @@ impl State {
                 .query("uploadId", self.upload_id.clone().unwrap_or_default())
                 .header("content-type", "application/xml")
                 .body(Body::Bytes(Bytes::from(body)));
-            if let Some(t) = &self.if_match {
-                req = req.header("if-match", t.clone());
-            }
-            self.inner.client.send_xml(&req).await?;
+            req = self.conditions(req);
+            self.inner
+                .client
+                .send_xml(&req)
+                .await
+                .map_err(|e| self.lost_race(e))?;
             self.upload_id = None;
             crate::metrics::multipart(&self.inner.opts.name, -1, false);
         }
         head_entry(&self.inner, &self.key).await
+    }
+
+    /// The commit's conditions as headers.
+    fn conditions(&self, mut req: Request) -> Request {
+        if let Some(t) = &self.if_match {
+            req = req.header("if-match", t.clone());
+        }
+        if self.opts.if_absent {
+            req = req.header("if-none-match", "*");
+        }
+        req
+    }
+
+    /// A refused condition of a create-only upload means the name was taken meanwhile.
+    fn lost_race(&self, e: Error) -> Error {
+        if self.opts.if_absent && e.kind() == ErrorKind::Conflict {
+            taken().with_source(e)
+        } else {
+            e
+        }
     }
 
     async fn abort_multipart(&mut self) {
@@ -640,6 +687,12 @@ impl StreamedPut {
             if let Some(m) = opts.mtime {
                 req = req.header("x-amz-meta-mtime", format_mtime(m));
             }
+        }
+        if let Some(t) = &opts.if_match {
+            req = req.header("if-match", t.clone());
+        }
+        if opts.if_absent {
+            req = req.header("if-none-match", "*");
         }
         let i = inner.clone();
         let task = tokio::spawn(async move {

@@ -1,0 +1,102 @@
+//! The names being written right now, across every session of the process.
+//!
+//! An upload becomes an object only at CLOSE, so until then the bucket knows nothing of it. On a
+//! local disk, though, a file being written exists from its open: `mkdir` of its name fails, the
+//! folder holding it is not empty, an exclusive create of it fails. This registry gives the tree
+//! that knowledge, so those operations answer as a disk would, and it lets a remove or a
+//! replacing rename of the name tell the writers that their upload must not resurrect it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A name in one area of the tree: the area (`None` = the site tree, else a mount's index) and
+/// the key within it.
+type Name = (Option<usize>, String);
+
+/// The uploads on one name: each with its id and its "name gone" flag.
+type Uploads = Vec<(u64, Arc<AtomicBool>)>;
+
+/// Every name with an upload in progress, and the uploads on it.
+#[derive(Default)]
+pub struct Writing {
+    next: AtomicU64,
+    map: Mutex<HashMap<Name, Uploads>>,
+}
+
+impl Writing {
+    /// Registers an upload of `key` in `area` until the returned claim is dropped.
+    pub(crate) fn claim(self: &Arc<Self>, area: Option<usize>, key: &str) -> WriteClaim {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let gone = Arc::new(AtomicBool::new(false));
+        let name = (area, key.to_string());
+        self.lock()
+            .entry(name.clone())
+            .or_default()
+            .push((id, gone.clone()));
+        WriteClaim {
+            reg: self.clone(),
+            name,
+            id,
+            gone,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Name, Uploads>> {
+        // A panic elsewhere cannot leave the map half-changed: every change is one call.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when an upload of exactly `key` is in progress.
+    pub(crate) fn is_writing(&self, area: Option<usize>, key: &str) -> bool {
+        self.lock().contains_key(&(area, key.to_string()))
+    }
+
+    /// True when an upload of a key below folder `key` is in progress.
+    pub(crate) fn any_below(&self, area: Option<usize>, key: &str) -> bool {
+        let prefix = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}/")
+        };
+        self.lock()
+            .keys()
+            .any(|(a, k)| *a == area && k.starts_with(&prefix))
+    }
+
+    /// The name was removed or replaced: every upload in progress on it must not commit.
+    pub(crate) fn discard(&self, area: Option<usize>, key: &str) {
+        if let Some(v) = self.lock().get(&(area, key.to_string())) {
+            for (_, gone) in v {
+                gone.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// One upload's hold on its name; released on drop.
+pub struct WriteClaim {
+    reg: Arc<Writing>,
+    name: Name,
+    id: u64,
+    gone: Arc<AtomicBool>,
+}
+
+impl WriteClaim {
+    /// True once the name was removed or replaced by someone else during the upload.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for WriteClaim {
+    fn drop(&mut self) {
+        let mut map = self.reg.lock();
+        if let Some(v) = map.get_mut(&self.name) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                map.remove(&self.name);
+            }
+        }
+    }
+}
