@@ -219,6 +219,23 @@ for line in sys.stdin:
             sftp.rmdir(w[1])
         elif cmd == 'utime':
             sftp.utime(w[1], (int(w[2]), int(w[2])))
+        elif cmd == 'patch':
+            # In place: open without truncation ('r+'), write at an offset, close.
+            with sftp.open(w[1], 'r+') as f:
+                f.seek(int(w[2]))
+                f.write(w[3].encode())
+        elif cmd == 'wplus':
+            # Python's 'w+' (READ|WRITE|CREAT|TRUNC), sequential writes, close.
+            with sftp.open(w[1], 'w+') as f:
+                for part in w[2:]:
+                    f.write(part.encode())
+        elif cmd == 'statopen':
+            # A file's attributes between its creation and its close (FUSE mounts do this).
+            with sftp.open(w[1], 'w') as f:
+                f.write(w[2].encode())
+                f.flush()
+                a = sftp.lstat(w[1])
+                print('statopen %d %s' % (a.st_size, kind_of(a)))
         else:
             raise ValueError('unknown command ' + cmd)
     except (IOError, OSError) as e:

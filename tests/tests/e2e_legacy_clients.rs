@@ -188,6 +188,54 @@ fn paramiko_sftp_on_an_s3_mount() {
     );
 }
 
+/// Issue 13 items 1-3 with a real client: paramiko's `r+` writes into an existing object in
+/// place (the rest of the object stays, it is never cut to what was written), `w+` creates a
+/// file, and a file being written is seen by its own session before CLOSE.
+#[test]
+fn paramiko_in_place_writes_and_read_write_opens_on_an_s3_mount() {
+    let moto = Moto::start();
+    moto.create_bucket("exchange");
+    // 6 MiB + 5 bytes: the untouched tail is larger than one part.
+    let base = pattern(6 * 1024 * 1024 + 5, 3);
+    moto.put("exchange", "doc.bin", &base);
+    moto.put("exchange", "small.txt", b"0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, public) = keygen(d, "k");
+    let gw = start(
+        &moto,
+        d,
+        "sftp:\n  listen: \"127.0.0.1:0\"",
+        &format!("\"{public}\""),
+    );
+    let out = paramiko(
+        gw.addr("sftp"),
+        "alice",
+        &format!("password:{PASSWORD}"),
+        "patch /acme/doc.bin 0 HEADER\n\
+         patch /acme/doc.bin 5000000 MIDDLE\n\
+         patch /acme/small.txt 8 ABCD\n\
+         wplus /acme/new.txt hello- world\n\
+         statopen /acme/open.txt twelve-bytes\n",
+        d,
+    );
+    assert_ok("paramiko in-place writes", &out);
+    has_line("lstat before close", &out, "statopen 12 file");
+    let mut want = base.clone();
+    want[..6].copy_from_slice(b"HEADER");
+    want[5_000_000..5_000_006].copy_from_slice(b"MIDDLE");
+    let got = moto.get("exchange", "doc.bin").unwrap();
+    assert_eq!(got.len(), want.len(), "an in-place write kept the size");
+    assert!(got == want, "an in-place write changed only its bytes");
+    assert_eq!(
+        moto.get("exchange", "small.txt").unwrap(),
+        b"01234567ABCD",
+        "a write past the end extends the file"
+    );
+    assert_eq!(moto.get("exchange", "new.txt").unwrap(), b"hello-world");
+    assert_eq!(moto.get("exchange", "open.txt").unwrap(), b"twelve-bytes");
+}
+
 /// An SSH host key made with ssh-keygen (`rsa`, `ecdsa`), in OpenSSH format.
 fn host_key(dir: &Path, kind: &str) -> String {
     require("ssh-keygen");

@@ -496,7 +496,12 @@ impl State {
             if let Some(m) = self.mtime_header() {
                 req = req.header("x-amz-meta-mtime", m);
             }
-            if self.if_match.is_some() || self.opts.if_absent {
+            // A sync copy (resendable) checked its target a moment before it started; a client's
+            // upload may have run for hours since its open, so it checks again now.
+            if self.opts.append_to.is_some()
+                || (!self.opts.resendable && self.if_match.is_some())
+                || (!self.opts.resendable && self.opts.if_absent)
+            {
                 self.check_unchanged().await?;
             }
             // Servers with conditional writes close the last race window; others ignore it.
@@ -674,6 +679,10 @@ pub(crate) struct StreamedPut {
     /// Accepted so far, `held` included.
     written: u64,
     held: Option<Bytes>,
+    /// The commit's conditions, checked again just before the last chunk goes (for servers
+    /// that ignore them on the request).
+    if_absent: bool,
+    if_match: Option<String>,
     tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
     task: Option<tokio::task::JoinHandle<Result<()>>>,
 }
@@ -707,6 +716,8 @@ impl StreamedPut {
             len,
             written: 0,
             held: None,
+            if_absent: opts.if_absent,
+            if_match: opts.if_match.clone(),
             tx: Some(tx),
             task: Some(task),
         }
@@ -789,8 +800,49 @@ impl Upload for StreamedPut {
                 ),
             ));
         }
+        if self.if_absent || self.if_match.is_some() {
+            // Until the last chunk is sent the server stores nothing: a destination that
+            // changed meanwhile keeps its version.
+            let now = head_entry(&self.inner, &self.key).await;
+            let lost = match (&now, &self.if_match) {
+                (Ok(_), None) => Some(taken()),
+                (Err(e), _) if e.kind() == ErrorKind::NotFound => {
+                    self.if_match.as_ref().map(|_| {
+                        Error::new(
+                            ErrorKind::Conflict,
+                            "the file was removed during the upload",
+                        )
+                    })
+                }
+                (Err(_), _) => None,
+                (Ok(e), Some(t)) => match &e.etag {
+                    Some(now) if same_etag(now, t) => None,
+                    _ => Some(Error::new(
+                        ErrorKind::Conflict,
+                        "the file changed during the upload; it was not replaced",
+                    )),
+                },
+            };
+            if let Some(e) = lost {
+                self.cut();
+                return Err(e);
+            }
+            match now {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    self.cut();
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
         if let Some(last) = self.held.take() {
-            self.send(last).await?;
+            if let Err(e) = self.send(last).await {
+                return Err(if self.if_absent && e.kind() == ErrorKind::Conflict {
+                    taken().with_source(e)
+                } else {
+                    e
+                });
+            }
         }
         self.tx = None;
         let done = match self.task.take() {
@@ -799,7 +851,13 @@ impl Upload for StreamedPut {
             })?,
             None => Err(Error::new(ErrorKind::Backend, "the upload already failed")),
         };
-        done?;
+        if let Err(e) = done {
+            return Err(if self.if_absent && e.kind() == ErrorKind::Conflict {
+                taken().with_source(e)
+            } else {
+                e
+            });
+        }
         head_entry(&self.inner, &self.key).await
     }
 

@@ -228,7 +228,24 @@ pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
             winner,
         } => reconcile(&ctx, site, remote, old, winner).await,
     };
-    r.unwrap_or_else(|e| failed(old, &path, &e))
+    match r {
+        Ok(o) => o,
+        // A copy that lost a race at its commit (the destination changed or appeared while it
+        // ran) or read a source that changed under it left everything as it was: the next run
+        // sees both versions and decides by the job's policy.
+        Err(e) if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::AlreadyExists) => {
+            tracing::info!(path = %path, error = %e, "sync: changed during the copy; left for the next run");
+            Outcome::skipped(
+                old,
+                &path,
+                &format!(
+                    "changed during the copy, left for the next run: {}",
+                    e.message()
+                ),
+            )
+        }
+        Err(e) => failed(old, &path, &e),
+    }
 }
 
 fn failed(old: Option<Record>, path: &str, e: &Error) -> Outcome {
@@ -306,6 +323,10 @@ async fn server_copy(b: &Arc<dyn Backend>, from: &str, to: &str, item: &Item) ->
 /// Copies `item` from side `from` (key `src_key`) to `dst_key` on side `to`; returns what was
 /// written. Like [`crate::transfer::stream_copy`], but the mtime travels with the upload (one
 /// write, not a write and a metadata copy) and bytes are reported as they go.
+///
+/// The copy commits only if the destination is still `target` (what the run listed there;
+/// `None`: nothing): a file saved or uploaded there while the copy ran is never replaced, and
+/// the copy fails with `Conflict` or `AlreadyExists` instead.
 async fn transfer(
     ctx: &Ctx,
     from: Side,
@@ -313,6 +334,7 @@ async fn transfer(
     item: &Item,
     to: Side,
     dst_key: &str,
+    target: Option<&Item>,
 ) -> Result<Entry> {
     let src = ctx.backend(from);
     let dst = ctx.backend(to);
@@ -334,6 +356,8 @@ async fn transfer(
                 mtime: item.mtime(),
                 // A failed copy is sent again from the source (see `copy`).
                 resendable: true,
+                if_absent: target.is_none(),
+                if_match: target.filter(|t| !t.is_dir()).and_then(|t| t.etag.clone()),
                 ..Default::default()
             },
         )
@@ -413,7 +437,7 @@ async fn copy(
     let src_key = ctx.key(from, &item.path);
     let mut attempt = 1;
     let written = loop {
-        match transfer(ctx, from, &src_key, &item, to, &dst_key).await {
+        match transfer(ctx, from, &src_key, &item, to, &dst_key, target.as_ref()).await {
             Ok(w) => break w,
             // The S3 client retries each request it can replay; a streamed upload it cannot,
             // so a copy that failed for a passing reason is sent again from the source here.
@@ -684,13 +708,22 @@ async fn keep_both(
     let lc = Item::from_written(&cpath, &lc);
     // 2. ...the winner replaces it...
     let src_key = ctx.key(win, &path);
-    let lnew = transfer(ctx, win, &src_key, &win_item, lose, &lose_key).await?;
+    let lnew = transfer(
+        ctx,
+        win,
+        &src_key,
+        &win_item,
+        lose,
+        &lose_key,
+        Some(&lose_item),
+    )
+    .await?;
     let lnew = Item::from_written(&path, &lnew);
     o.put.push(pair(win, &win_item, &lnew));
     o.copied(lose, &path, win_item.size);
     // 3. ...and the losing version reaches the winner's side under the conflict name.
     let ckey_win = ctx.key(win, &cpath);
-    let wc = transfer(ctx, lose, &ckey_lose, &lc, win, &ckey_win).await?;
+    let wc = transfer(ctx, lose, &ckey_lose, &lc, win, &ckey_win, None).await?;
     let wc = Item::from_written(&cpath, &wc);
     o.put.push(pair(lose, &lc, &wc));
     o.copied(win, &cpath, lc.size);
