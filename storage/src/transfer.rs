@@ -22,6 +22,10 @@ const SKIP_LIMIT: u64 = 1024 * 1024;
 /// not chunks: the HTTP stack's chunks range from a few KiB to hundreds, so a count of chunks
 /// bounds nothing, and an idle or slow reader must hold a bounded amount.
 pub const READ_AHEAD_BYTES: usize = 1024 * 1024;
+/// Bytes a download stream must have delivered since it started for a break to be resumed
+/// rather than fail the read: a remote that breaks every connection early fails fast, instead of
+/// being asked again for every few bytes.
+const RESUME_AFTER: u64 = 1024 * 1024;
 /// Chunks in the read-ahead channel (a bound on the queue; the byte bound is what matters).
 const READ_AHEAD_CHUNKS: usize = 256;
 
@@ -71,8 +75,8 @@ pub struct FileReader {
     buf_permit: Option<Held>,
     rx: Option<mpsc::Receiver<Ahead>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    /// Bytes received since the running stream started (a stream that broke after some may be
-    /// resumed once; one that breaks before any may not).
+    /// Bytes received since the running stream started (a stream that broke after
+    /// [`RESUME_AFTER`] of them is resumed; one that broke sooner fails the read).
     received: u64,
     /// The failure that ended this handle: every later read fails with it, at once.
     dead: Option<(ErrorKind, String)>,
@@ -233,10 +237,11 @@ impl FileReader {
                         self.buf = b;
                         self.buf_permit = p;
                     }
-                    Some(Err(e)) if e.is_retryable() && self.received > 0 => {
-                        // A stream that broke after some bytes (a connection reset): resume it
-                        // once where it stopped, pinned to the same version. The new request
-                        // has the backend's retries; if it fails too, the handle is dead.
+                    Some(Err(e)) if e.is_retryable() && self.received >= RESUME_AFTER => {
+                        // A stream that broke after a good run (a connection reset on a long
+                        // download): resume it where it stopped, pinned to the same version.
+                        // The new request has the backend's retries; if it fails too, or
+                        // breaks again before its own good run, the handle is dead.
                         tracing::debug!(error = ?e, "resuming a broken download");
                         let at = self.pos;
                         if let Err(e) = self.start(at).await {
