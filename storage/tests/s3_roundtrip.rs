@@ -219,7 +219,9 @@ async fn a_read_pinned_to_a_version_never_returns_another() {
         // Replaced by another version of the same size: only the ETag tells them apart.
         let same_size = data(3 * MIB, 2);
         put(&b, &key, &same_size, MIB).await;
-        let err = at(MIB).await.expect_err("another version of the same size");
+        let Err(err) = at(MIB).await else {
+            panic!("[{}] bytes of another version of the same size", srv.name)
+        };
         assert_eq!(err.kind(), ErrorKind::Conflict, "[{}] {err}", srv.name);
         assert!(
             err.to_string().contains("changed since it was opened"),
