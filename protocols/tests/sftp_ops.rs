@@ -1,5 +1,7 @@
 //! SFTP operations through an in-process russh + russh-sftp client, checked on disk.
 
+#[path = "../../storage/tests/s3_support/mod.rs"]
+mod s3_support;
 mod sftp_common;
 
 use russh_sftp::client::error::Error as SftpErr;
@@ -555,4 +557,208 @@ async fn renaming_a_missing_file_onto_itself_fails() {
     put(&s, "/here", b"x").await;
     s.rename("/here", "/here").await.unwrap();
     assert_eq!(std::fs::read(h.alice("here")).unwrap(), b"x");
+}
+
+// ---------------------------------------------------------------- reads from a bucket
+
+/// A TCP relay in front of an S3 server that can play dead: once killed, it cuts every
+/// connection it relays and closes each new one at once, counting them. A cut connection
+/// carries no further request, so each one counted is one attempt of a request.
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// (killed, relayed connections).
+    state: std::sync::Arc<std::sync::Mutex<(bool, Vec<tokio::task::JoinHandle<()>>)>>,
+    after_kill: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state: std::sync::Arc<std::sync::Mutex<(bool, Vec<tokio::task::JoinHandle<()>>)>> =
+            Default::default();
+        let after_kill = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, ak) = (state.clone(), after_kill.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut s = st.lock().unwrap();
+                if s.0 {
+                    ak.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(sock);
+                    continue;
+                }
+                s.1.push(tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+                    }
+                }));
+            }
+        });
+        Relay {
+            addr,
+            state,
+            after_kill,
+            task,
+        }
+    }
+
+    /// The server dies: every connection is cut, every new one closed.
+    fn kill(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.0 = true;
+        for t in s.1.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Connections attempted since the kill.
+    fn attempts_after_kill(&self) -> usize {
+        self.after_kill.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.kill();
+    }
+}
+
+/// A server whose alice sees `backend` (under `prefix`) at `/bucket`.
+async fn bucket_harness(backend: bucketgate_storage::s3::S3Backend, prefix: &str) -> Harness {
+    let mount = bucketgate_storage::Mount {
+        path: bucketgate_storage::VPath::parse("/users/alice/bucket").unwrap(),
+        area: bucketgate_storage::Area {
+            backend: std::sync::Arc::new(backend),
+            prefix: prefix.to_string(),
+        },
+    };
+    Harness::start_with_mounts(vec![mount]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_handle_never_returns_bytes_of_a_newer_version() {
+    let srv = s3_support::s3s_server(None).await;
+    let direct = srv.backend();
+    let old = s3_support::data(3 << 20, 1);
+    s3_support::put(&direct, &srv.key("f.bin"), &old, 1 << 20).await;
+    let h = bucket_harness(srv.backend(), &srv.prefix).await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let r = s
+        .open("/bucket/f.bin", OpenFlags::READ, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    const CH: usize = 32 * 1024;
+    assert_eq!(s.read(&r, 0, CH as u32).await.unwrap().data, old[..CH]);
+
+    // Another client replaces the object with other bytes of another size.
+    let new = s3_support::data(5 << 20, 2);
+    s3_support::put(&direct, &srv.key("f.bin"), &new, 1 << 20).await;
+
+    // Reads further on, past the read-ahead (a new request to the bucket), and back: each one
+    // returns the old bytes or an error, never the new ones.
+    let mut errors = 0;
+    for off in [CH, 2 << 20, (3 << 20) - CH, 100, 1 << 20] {
+        match s.read(&r, off as u64, CH as u32).await {
+            Ok(d) => {
+                let end = (off + d.data.len()).min(old.len());
+                assert!(
+                    d.data == old[off..end],
+                    "bytes at {off} of a version never opened"
+                );
+            }
+            Err(e) => {
+                assert_eq!(code::<()>(Err(e)), StatusCode::Failure);
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 0, "reads past the read-ahead cannot all be served");
+    s.close(&r).await.unwrap();
+
+    // Opened again, the file is the new version.
+    let r = s
+        .open("/bucket/f.bin", OpenFlags::READ, FileAttributes::default())
+        .await
+        .unwrap()
+        .handle;
+    let off = 4 << 20;
+    assert_eq!(
+        s.read(&r, off as u64, CH as u32).await.unwrap().data,
+        new[off..off + CH]
+    );
+}
+
+/// 64 reads of 32 KiB in flight from `off` on, as OpenSSH keeps them.
+async fn window(s: &Sftp, h: &str, off: usize) -> Vec<Result<russh_sftp::protocol::Data, SftpErr>> {
+    let reqs = (0..64).map(|i| s.read(h, (off + i * 32 * 1024) as u64, 32 * 1024));
+    futures::future::join_all(reqs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_remote_fails_the_outstanding_reads_at_once() {
+    let srv = s3_support::s3s_server(None).await;
+    let size = 16 << 20;
+    let bytes = s3_support::data(size, 3);
+    s3_support::put(&srv.backend(), &srv.key("big.bin"), &bytes, 4 << 20).await;
+    let relay = Relay::start(srv.addr()).await;
+    let attempts = 4;
+    let b = srv.backend_with(|o| {
+        o.endpoint = format!("http://{}", relay.addr);
+        o.retries = bucketgate_storage::s3::RetryPolicy {
+            max_attempts: attempts,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        };
+    });
+    let h = bucket_harness(b, &srv.prefix).await;
+    let s = h.sftp_alice_key().await.unwrap();
+    let r = s
+        .open(
+            "/bucket/big.bin",
+            OpenFlags::READ,
+            FileAttributes::default(),
+        )
+        .await
+        .unwrap()
+        .handle;
+    const CH: usize = 32 * 1024;
+    // A first window of 64 reads in flight, as OpenSSH keeps.
+    for (i, res) in window(&s, &r, 0).await.into_iter().enumerate() {
+        assert!(res.unwrap().data == bytes[i * CH..(i + 1) * CH]);
+    }
+
+    // The S3 server dies mid-download; the client goes on with windows of 64 reads.
+    relay.kill();
+    let mut off = 64 * CH;
+    let mut failed = false;
+    while off < size && !failed {
+        for (i, res) in window(&s, &r, off).await.into_iter().enumerate() {
+            match res {
+                Ok(d) => {
+                    assert!(!failed, "a read after a failure succeeded");
+                    let at = off + i * CH;
+                    assert!(d.data == bytes[at..at + CH], "bytes at {at}");
+                }
+                Err(e) => {
+                    assert_eq!(code::<()>(Err(e)), StatusCode::Failure);
+                    failed = true;
+                }
+            }
+        }
+        off += 64 * CH;
+    }
+    assert!(failed, "the download cannot succeed with the server dead");
+    // Once the handle knows the remote is dead, more reads fail without asking it again: one
+    // resumed request (with its retries) in all, not one per outstanding read.
+    for res in window(&s, &r, off.min(size - 64 * CH)).await {
+        assert_eq!(code::<()>(res.map(|_| ())), StatusCode::Failure);
+    }
+    let n = relay.attempts_after_kill();
+    assert!(
+        n <= 2 * attempts as usize,
+        "{n} connections to the dead remote after it died"
+    );
 }

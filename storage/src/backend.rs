@@ -4,10 +4,12 @@
 //! folder is named without its trailing slash. The virtual file tree ([`crate::vfs`]) turns user
 //! paths into (backend, key) pairs; backends never see a user path.
 
+use crate::budget::MemoryBudget;
 use crate::error::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// File or folder.
@@ -134,6 +136,28 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads `key` from `offset` to `end` (exclusive; `None` = end of file).
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream>;
+
+    /// Reads like [`Backend::read`], but only the version of `key` that `etag` names (an
+    /// [`Entry::etag`] this backend gave): when the file is another version now, it fails with
+    /// `Conflict` instead of streaming bytes of a version the caller never saw. `None` reads
+    /// whatever is there. By default the same as [`Backend::read`] (for a backend that cannot
+    /// tell versions apart).
+    async fn read_version(
+        &self,
+        key: &str,
+        offset: u64,
+        end: Option<u64>,
+        etag: Option<&str>,
+    ) -> Result<ByteStream> {
+        let _ = etag;
+        self.read(key, offset, end).await
+    }
+
+    /// The process-wide budget (`transfers.memory_limit`) this backend's transfer buffers draw
+    /// on, if it has one: the read-ahead of files opened on it counts against the same budget.
+    fn memory_budget(&self) -> Option<Arc<MemoryBudget>> {
+        None
+    }
 
     /// Starts writing `key`. The object appears whole at `finish`, never before.
     async fn create(&self, key: &str, opts: CreateOptions) -> Result<Box<dyn Upload>>;

@@ -5,6 +5,7 @@
 //! visible and an overwritten file keeps its old content until the new one is whole.
 
 use crate::backend::{Backend, ByteStream, CreateOptions, Entry, EntryKind, ListStream, Upload};
+use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +24,7 @@ const PAGE: usize = 1000;
 pub struct LocalBackend {
     root: PathBuf,
     staging: PathBuf,
+    budget: Option<std::sync::Arc<MemoryBudget>>,
 }
 
 impl LocalBackend {
@@ -34,7 +36,18 @@ impl LocalBackend {
         let staging = root.join(STAGING);
         std::fs::create_dir_all(&staging)
             .map_err(|e| Error::from(e).with_context("open", staging.display().to_string()))?;
-        Ok(LocalBackend { root, staging })
+        Ok(LocalBackend {
+            root,
+            staging,
+            budget: None,
+        })
+    }
+
+    /// Counts the read-ahead of files opened on this folder against `budget`
+    /// (`transfers.memory_limit`), as the S3 backends do.
+    pub fn with_memory_budget(mut self, budget: std::sync::Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The folder on disk.
@@ -274,6 +287,24 @@ impl Backend for LocalBackend {
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {
+        self.read_version(key, offset, end, None).await
+    }
+
+    fn memory_budget(&self) -> Option<std::sync::Arc<MemoryBudget>> {
+        self.budget.clone()
+    }
+
+    /// The version is the file's identity (size, time, inode: [`Entry::etag`]), checked on the
+    /// file as opened. Uploads replace a file by renaming a whole new one over it, so a reader
+    /// of the old version gets `Conflict` rather than the new bytes. A file rewritten in place
+    /// by another program while a stream runs is read as it is on disk (as OpenSSH would).
+    async fn read_version(
+        &self,
+        key: &str,
+        offset: u64,
+        end: Option<u64>,
+        etag: Option<&str>,
+    ) -> Result<ByteStream> {
         let p = self.path(key).map_err(ctx("read", key))?;
         let mut f = tokio::fs::File::open(&p)
             .await
@@ -281,6 +312,12 @@ impl Backend for LocalBackend {
         let md = f.metadata().await?;
         if md.is_dir() {
             return Err(Error::of(ErrorKind::IsADirectory).with_context("read", format!("/{key}")));
+        }
+        if etag.is_some_and(|t| t != etag_of(&md)) {
+            return Err(
+                Error::new(ErrorKind::Conflict, "the file changed since it was opened")
+                    .with_context("read", format!("/{key}")),
+            );
         }
         f.seek(std::io::SeekFrom::Start(offset)).await?;
         let limit = end.map(|e| e.saturating_sub(offset)).unwrap_or(u64::MAX);

@@ -2,6 +2,7 @@
 //! turns offset writes into one in-order upload.
 
 use crate::backend::{Backend, CreateOptions, Entry, Upload};
+use crate::budget::{MemoryBudget, MemoryPermit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Transfer;
 use crate::path::VPath;
@@ -23,11 +24,23 @@ const SKIP_LIMIT: u64 = 1024 * 1024;
 /// not chunks: the HTTP stack's chunks range from a few KiB to hundreds, so a count of chunks
 /// bounds nothing, and an idle or slow reader must hold a bounded amount.
 pub const READ_AHEAD_BYTES: usize = 1024 * 1024;
+/// Bytes a download stream must have delivered since it started for a break to be resumed
+/// rather than fail the read: a remote that breaks every connection early fails fast, instead of
+/// being asked again for every few bytes.
+const RESUME_AFTER: u64 = 1024 * 1024;
 /// Chunks in the read-ahead channel (a bound on the queue; the byte bound is what matters).
 const READ_AHEAD_CHUNKS: usize = 256;
 
-/// A chunk read ahead, with its share of the file's read-ahead bytes, returned when consumed.
-type Ahead = Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>)>;
+/// What a chunk read ahead holds until it is consumed: its share of the file's read-ahead
+/// bytes, and of the process-wide memory budget (`None` for the one chunk a reader may always
+/// hold when the budget is short, so that every reader makes progress).
+struct Held {
+    _room: tokio::sync::OwnedSemaphorePermit,
+    _memory: Option<MemoryPermit>,
+}
+
+/// A chunk read ahead, with what it holds, returned when consumed.
+type Ahead = Result<(Bytes, Option<Held>)>;
 
 /// How a file is opened for writing (the SFTP pflags, or the FTP command's meaning).
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +60,12 @@ pub struct OpenMode {
 }
 
 /// A file opened for reading.
+///
+/// Every read returns bytes of the version seen at open, or fails: each stream it starts is
+/// pinned to that version (`Backend::read_version` with the ETag of the open). Once the remote
+/// has failed it beyond the backend's own retries, the handle is dead and every later read fails
+/// at once with the same error: a client with many reads in flight gets its answer now, not
+/// after each of them has retried on its own.
 pub struct FileReader {
     backend: Arc<dyn Backend>,
     key: String,
@@ -54,16 +73,24 @@ pub struct FileReader {
     shown: VPath,
     pos: u64,
     buf: Bytes,
-    /// The read-ahead bytes `buf` accounts for; released once it is consumed.
-    buf_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What `buf` holds of the read-ahead; released once it is consumed.
+    buf_permit: Option<Held>,
     rx: Option<mpsc::Receiver<Ahead>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Bytes received since the running stream started (a stream that broke after
+    /// [`RESUME_AFTER`] of them is resumed; one that broke sooner fails the read).
+    received: u64,
+    /// The failure that ended this handle: every later read fails with it, at once.
+    dead: Option<(ErrorKind, String)>,
+    /// The process-wide budget the read-ahead counts against, when the backend has one.
+    budget: Option<Arc<MemoryBudget>>,
     /// Bytes handed to the client and the audit line written on drop.
     audit: Option<Transfer>,
 }
 
 impl FileReader {
     pub(crate) fn new(backend: Arc<dyn Backend>, key: String, entry: Entry, shown: VPath) -> Self {
+        let budget = backend.memory_budget();
         FileReader {
             backend,
             key,
@@ -74,6 +101,9 @@ impl FileReader {
             buf_permit: None,
             rx: None,
             task: None,
+            received: 0,
+            dead: None,
+            budget,
             audit: None,
         }
     }
@@ -102,12 +132,33 @@ impl FileReader {
         self.buf_permit = None;
     }
 
+    /// `e` as the client sees it: the user's path (a backend's error names its own key), the
+    /// kind and the message; the original stays in the source chain for the log.
+    fn shown_error(&self, e: Error) -> Error {
+        Error::new(e.kind(), e.message().to_string())
+            .set_retryable(e.is_retryable())
+            .with_context("read", self.shown.to_string())
+            .with_source(e)
+    }
+
+    /// Ends the handle: `e` and every later read fail with the same error.
+    fn die(&mut self, e: Error) -> Error {
+        self.stop();
+        let e = self.shown_error(e);
+        self.dead = Some((e.kind(), e.message().to_string()));
+        e
+    }
+
     async fn start(&mut self, offset: u64) -> Result<()> {
         self.stop();
         let size = self.entry.size;
-        let mut stream = self.backend.read(&self.key, offset, Some(size)).await?;
+        let mut stream = self
+            .backend
+            .read_version(&self.key, offset, Some(size), self.entry.etag.as_deref())
+            .await?;
         let (tx, rx) = mpsc::channel::<Ahead>(READ_AHEAD_CHUNKS);
         let room = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES));
+        let budget = self.budget.clone();
         // Read-ahead: the backend stream runs ahead of the client's requests, bounded to
         // READ_AHEAD_BYTES, so a client that pipelines reads is not served one round trip at
         // a time. While the room is full the stream is not polled, and TCP back-pressure holds
@@ -118,11 +169,9 @@ impl FileReader {
                 let item = match item {
                     Ok(b) => {
                         got += b.len() as u64;
-                        // A chunk larger than the whole room takes all of it.
-                        let n = b.len().clamp(1, READ_AHEAD_BYTES) as u32;
-                        match room.clone().acquire_many_owned(n).await {
-                            Ok(p) => Ok((b, Some(p))),
-                            Err(_) => return,
+                        match hold(&room, budget.as_deref(), b.len()).await {
+                            Some(h) => Ok((b, Some(h))),
+                            None => return,
                         }
                     }
                     Err(e) => Err(e),
@@ -146,6 +195,7 @@ impl FileReader {
         self.rx = Some(rx);
         self.task = Some(task);
         self.pos = offset;
+        self.received = 0;
         Ok(())
     }
 
@@ -162,6 +212,9 @@ impl FileReader {
     }
 
     async fn read_at_inner(&mut self, offset: u64, len: usize) -> Result<Bytes> {
+        if let Some((kind, msg)) = &self.dead {
+            return Err(Error::new(*kind, msg.clone()).with_context("read", self.shown.to_string()));
+        }
         let size = self.entry.size;
         if offset >= size || len == 0 {
             return Ok(Bytes::new());
@@ -169,9 +222,10 @@ impl FileReader {
         let want = (len as u64).min(size - offset) as usize;
         let reuse = self.rx.is_some() && offset >= self.pos && offset - self.pos <= SKIP_LIMIT;
         if !reuse {
-            self.start(offset)
-                .await
-                .map_err(|e| e.with_context("read", self.shown.to_string()))?;
+            // The backend has already retried what was worth retrying.
+            if let Err(e) = self.start(offset).await {
+                return Err(self.die(e));
+            }
         }
         let mut out = BytesMut::new();
         while self.pos < offset + want as u64 {
@@ -181,20 +235,27 @@ impl FileReader {
                 let rx = self.rx.as_mut().expect("started above");
                 match rx.recv().await {
                     Some(Ok((b, p))) => {
+                        self.received += b.len() as u64;
                         self.buf = b;
                         self.buf_permit = p;
                     }
-                    Some(Err(e)) => {
-                        self.stop();
-                        return Err(e.with_context("read", self.shown.to_string()));
+                    Some(Err(e)) if e.is_retryable() && self.received >= RESUME_AFTER => {
+                        // A stream that broke after a good run (a connection reset on a long
+                        // download): resume it where it stopped, pinned to the same version.
+                        // The new request has the backend's retries; if it fails too, or
+                        // breaks again before its own good run, the handle is dead.
+                        tracing::debug!(error = ?e, "resuming a broken download");
+                        let at = self.pos;
+                        if let Err(e) = self.start(at).await {
+                            return Err(self.die(e));
+                        }
                     }
+                    Some(Err(e)) => return Err(self.die(e)),
                     None => {
-                        self.stop();
-                        return Err(Error::new(
+                        return Err(self.die(Error::new(
                             ErrorKind::Backend,
                             "the download ended before the end of the file",
-                        )
-                        .with_context("read", self.shown.to_string()));
+                        )));
                     }
                 }
                 continue;
@@ -219,6 +280,46 @@ impl FileReader {
         }
         Ok(out.freeze())
     }
+}
+
+/// Waits until a chunk of `len` bytes may be read ahead: room in the file's read-ahead, and
+/// its size in the process-wide `budget`. When the budget is short, the read-ahead shrinks: the
+/// chunk waits for the budget, or for the reader to have consumed everything else read ahead,
+/// and then goes without a share of the budget (one chunk per reader is always allowed, so a
+/// reader never waits on others forever). `None` when the reader is gone.
+async fn hold(
+    room: &Arc<tokio::sync::Semaphore>,
+    budget: Option<&MemoryBudget>,
+    len: usize,
+) -> Option<Held> {
+    // A chunk larger than the whole room takes all of it.
+    let n = len.clamp(1, READ_AHEAD_BYTES) as u32;
+    let held = room.clone().acquire_many_owned(n).await.ok()?;
+    let Some(budget) = budget else {
+        return Some(Held {
+            _room: held,
+            _memory: None,
+        });
+    };
+    if let Some(p) = budget.try_acquire(len as u64) {
+        return Some(Held {
+            _room: held,
+            _memory: Some(p),
+        });
+    }
+    // The rest of the room is free once nothing else of this file is read ahead or unconsumed.
+    let rest = READ_AHEAD_BYTES as u32 - n;
+    let memory = tokio::select! {
+        p = budget.acquire(len as u64), if budget.can_hold(len as u64) => p.ok(),
+        r = room.clone().acquire_many_owned(rest) => {
+            drop(r.ok()?);
+            None
+        }
+    };
+    Some(Held {
+        _room: held,
+        _memory: memory,
+    })
 }
 
 impl Drop for FileReader {

@@ -412,6 +412,59 @@ async fn a_download_cut_short_is_never_a_success() {
     }
 }
 
+#[tokio::test]
+async fn a_download_broken_after_a_good_run_resumes_on_the_same_version() {
+    let srv = s3s_server(None).await;
+    let bytes = data(3 * MIB, 8);
+    put(&srv.backend(), &srv.key("r.bin"), &bytes, MIB).await;
+    let is_get = |s: &Seen| s.method == "GET" && !s.target.contains("list-type");
+    let gets = |p: &HttpProxy| p.seen.lock().unwrap().iter().filter(|s| is_get(s)).count();
+
+    // The first download breaks after 2 MiB; the reader resumes where it stopped.
+    let once = HttpProxy::start(srv.addr(), first(1, is_get, Action::ResetAfter(2 * MIB))).await;
+    let b = via(&srv, &once);
+    let fs = user_fs(&b, &srv);
+    assert!(
+        fs_get(&fs, "/r.bin").await.unwrap() == bytes,
+        "resumed byte-exact"
+    );
+    assert_eq!(gets(&once), 2, "one resumed request");
+
+    // The same break, with the file replaced before the reader reaches it: the resumed request
+    // is of the version opened, so it fails rather than go on with the new bytes.
+    let once = HttpProxy::start(srv.addr(), first(1, is_get, Action::ResetAfter(2 * MIB))).await;
+    let b = via(&srv, &once);
+    let fs = user_fs(&b, &srv);
+    let mut r = fs
+        .open_read(&VPath::parse("/r.bin").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.read_at(0, 64 * 1024).await.unwrap(), bytes[..64 * 1024]);
+    let other = data(3 * MIB, 9);
+    put(&srv.backend(), &srv.key("r.bin"), &other, MIB).await;
+    let mut off = 64 * 1024;
+    let err = loop {
+        match r.read_at(off as u64, 64 * 1024).await {
+            Ok(b) => {
+                assert!(!b.is_empty(), "the file cannot end early");
+                assert!(
+                    b == bytes[off..off + b.len()],
+                    "bytes at {off} of another version"
+                );
+                off += b.len();
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    // (A reset loses what was in flight, so the break may show before 2 MiB.)
+    assert!((MIB..=2 * MIB).contains(&off), "served up to {off}");
+    assert_eq!(
+        err.to_string(),
+        "read /r.bin: the file changed since it was opened"
+    );
+}
+
 // ---------------------------------------------------------------- stale uploads
 
 #[tokio::test]

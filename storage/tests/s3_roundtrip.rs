@@ -169,3 +169,198 @@ async fn parts_larger_than_the_budget_are_spooled() {
         assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
     }
 }
+
+/// The user's view of `b` rooted at the test prefix, as the protocols see files.
+fn user_fs(b: &S3Backend, srv: &Server) -> bucketgate_storage::UserFs {
+    let site = bucketgate_storage::Area {
+        backend: std::sync::Arc::new(b.clone()),
+        prefix: srv.prefix.clone(),
+    };
+    let tree = std::sync::Arc::new(bucketgate_storage::Tree::new(site, Vec::new()));
+    bucketgate_storage::UserFs::new(
+        tree,
+        "alice",
+        bucketgate_storage::VPath::parse("/").unwrap(),
+        bucketgate_storage::Permissions::all(),
+    )
+}
+
+fn vp(s: &str) -> bucketgate_storage::VPath {
+    bucketgate_storage::VPath::parse(s).unwrap()
+}
+
+async fn read_all(
+    mut s: bucketgate_storage::backend::ByteStream,
+) -> bucketgate_storage::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_read_pinned_to_a_version_never_returns_another() {
+    for srv in servers().await {
+        let b = srv.backend();
+        let key = srv.key("v.bin");
+        let old = data(3 * MIB, 1);
+        put(&b, &key, &old, MIB).await;
+        let seen = b.stat(&key).await.unwrap();
+        let etag = seen.etag.clone().expect("an etag");
+        let at = |o: usize| read_all_at(&b, &key, o, seen.size, etag.clone());
+        assert_eq!(
+            at(MIB).await.unwrap(),
+            old[MIB..],
+            "[{}] same version",
+            srv.name
+        );
+
+        // Replaced by another version of the same size: only the ETag tells them apart.
+        let same_size = data(3 * MIB, 2);
+        put(&b, &key, &same_size, MIB).await;
+        let Err(err) = at(MIB).await else {
+            panic!("[{}] bytes of another version of the same size", srv.name)
+        };
+        assert_eq!(err.kind(), ErrorKind::Conflict, "[{}] {err}", srv.name);
+        assert!(
+            err.to_string().contains("changed since it was opened"),
+            "{err}"
+        );
+
+        // A FileReader opened before a replacement by a bigger file: old bytes or an error at
+        // every offset (also past the read-ahead, where a new request starts), never new ones.
+        let fs = user_fs(&b, &srv);
+        let mut r = fs.open_read(&vp("/v.bin")).await.unwrap();
+        assert_eq!(
+            r.read_at(0, 64 * 1024).await.unwrap(),
+            same_size[..64 * 1024]
+        );
+        let bigger = data(4 * MIB, 3);
+        put(&b, &key, &bigger, MIB).await;
+        for off in [64 * 1024, 2 * MIB + 5, 100, 3 * MIB - 10] {
+            match r.read_at(off as u64, 64 * 1024).await {
+                Ok(got) => {
+                    let end = (off + got.len()).min(same_size.len());
+                    assert!(
+                        got == same_size[off..end],
+                        "[{}] bytes at {off} of another version",
+                        srv.name
+                    )
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Conflict, "[{}] {e}", srv.name);
+                    // The user's path, not the bucket's key.
+                    assert!(e.to_string().starts_with("read /v.bin:"), "{e}");
+                }
+            }
+        }
+        drop(r);
+        // Opened again, the handle reads the new version.
+        let mut r = fs.open_read(&vp("/v.bin")).await.unwrap();
+        assert_eq!(
+            r.read_at(3 * MIB as u64, MIB).await.unwrap(),
+            bigger[3 * MIB..]
+        );
+    }
+}
+
+async fn read_all_at(
+    b: &S3Backend,
+    key: &str,
+    offset: usize,
+    size: u64,
+    etag: String,
+) -> bucketgate_storage::Result<Vec<u8>> {
+    let s = b
+        .read_version(key, offset as u64, Some(size), Some(&etag))
+        .await?;
+    read_all(s).await
+}
+
+#[tokio::test]
+async fn read_ahead_counts_in_the_memory_budget_and_shrinks_when_short() {
+    let srv = s3s_server(None).await;
+    let budget = MemoryBudget::shared(8 * MIB as u64);
+    let b = S3Backend::new(srv.options(), budget.clone()).unwrap();
+    let files: Vec<Vec<u8>> = (0..12).map(|i| data(2 * MIB + i * 777, i as u64)).collect();
+    for (i, f) in files.iter().enumerate() {
+        put(&b, &srv.key(&format!("f{i}")), f, MIB).await;
+    }
+    let fs = user_fs(&b, &srv);
+
+    // An open file's read-ahead is held in the budget while the client is idle.
+    let mut r = fs.open_read(&vp("/f0")).await.unwrap();
+    assert_eq!(r.read_at(0, 1).await.unwrap(), files[0][..1]);
+    let mut waited = 0;
+    while budget.in_use() < 512 * 1024 {
+        assert!(
+            waited < 2000,
+            "the read-ahead is not counted: {} B in use",
+            budget.in_use()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        waited += 1;
+    }
+    assert!(
+        budget.in_use() <= 1024 * 1024 + 256 * 1024,
+        "{} B",
+        budget.in_use()
+    );
+    drop(r);
+    let mut waited = 0;
+    while budget.in_use() > 0 {
+        assert!(
+            waited < 2000,
+            "the read-ahead kept {} B after close",
+            budget.in_use()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        waited += 1;
+    }
+
+    // Nothing left in the budget (uploads hold all of it): the read-ahead shrinks to one chunk
+    // per reader, and every reader still completes with the right bytes.
+    let hog = budget.acquire(budget.total()).await.unwrap();
+    let reads = files.iter().enumerate().map(|(i, f)| {
+        let fs = fs.clone();
+        async move {
+            let mut r = fs.open_read(&vp(&format!("/f{i}"))).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let n = 10_000 + i * 3001;
+                let got = r.read_at(out.len() as u64, n).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&got);
+            }
+            assert!(out == *f, "file {i} differs");
+        }
+    });
+    futures::future::join_all(reads).await;
+    drop(hog);
+    assert_eq!(budget.in_use(), 0);
+
+    // A tiny budget shared by many readers at once: all complete, byte-exact.
+    let tiny = MemoryBudget::shared(64 * 1024);
+    let b = S3Backend::new(srv.options(), tiny.clone()).unwrap();
+    let fs = user_fs(&b, &srv);
+    let reads = files.iter().enumerate().map(|(i, f)| {
+        let fs = fs.clone();
+        async move {
+            let mut r = fs.open_read(&vp(&format!("/f{i}"))).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let got = r.read_at(out.len() as u64, 32 * 1024).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&got);
+            }
+            assert!(out == *f, "file {i} differs");
+        }
+    });
+    futures::future::join_all(reads).await;
+    assert_eq!(tiny.in_use(), 0);
+}

@@ -197,6 +197,53 @@ async fn case_random_reads(f: &Fixture) {
     assert!(r.read_at(data.len() as u64, 10).await.unwrap().is_empty());
 }
 
+/// A handle opened before the file was replaced reads the version it opened, or fails: never
+/// bytes of the new version (a new request starts past the read-ahead and on a seek back).
+async fn case_replaced_while_open(f: &Fixture) {
+    let fs = alice(f);
+    fs.ensure_home().await.unwrap();
+    let old = pattern(3 * 1024 * 1024 + 17, 1);
+    put(&fs, "/v.bin", &old).await.unwrap();
+    let mut r = fs.open_read(&p("/v.bin")).await.unwrap();
+    assert_eq!(&r.read_at(0, 10).await.unwrap()[..], &old[..10]);
+    // Same size: only the version tells the two apart.
+    let new = pattern(old.len(), 2);
+    put(&fs, "/v.bin", &new).await.unwrap();
+    let mut errors = 0;
+    for &(off, len) in &[
+        (10u64, 4096usize),
+        (2_000_000, 4096),
+        (100, 50),
+        (3 * 1024 * 1024, 100),
+    ] {
+        match r.read_at(off, len).await {
+            Ok(got) => {
+                let end = ((off as usize) + len).min(old.len());
+                assert!(
+                    got == old[off as usize..end],
+                    "{}: new bytes at {off}",
+                    f.name
+                );
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Conflict, "{}: {e}", f.name);
+                assert_eq!(
+                    e.to_string(),
+                    "read /v.bin: the file changed since it was opened"
+                );
+                errors += 1;
+            }
+        }
+    }
+    assert!(
+        errors > 0,
+        "{}: a new request cannot serve the old version",
+        f.name
+    );
+    drop(r);
+    assert_eq!(get(&fs, "/v.bin").await.unwrap(), new, "{}", f.name);
+}
+
 async fn case_write_rules(f: &Fixture) {
     let fs = alice(f);
     fs.ensure_home().await.unwrap();
@@ -856,6 +903,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn random_reads() {
                 case_random_reads(&$make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn replaced_while_open() {
+                case_replaced_while_open(&$make.await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn write_rules() {

@@ -7,7 +7,7 @@ use bucketgate_protocols::auth::{
 use bucketgate_protocols::limits::SessionLimiter;
 use bucketgate_protocols::sftp::{load_or_create_host_keys, serve, SftpOptions};
 use bucketgate_storage::local::LocalBackend;
-use bucketgate_storage::{Area, PermSet, Permissions, Tree, VPath};
+use bucketgate_storage::{Area, Mount, PermSet, Permissions, Tree, VPath};
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
@@ -88,6 +88,11 @@ impl Harness {
         Harness::start_full(|_| {}, None, per_ip).await
     }
 
+    /// Starts a server whose site tree also shows `mounts` (remotes' buckets).
+    pub async fn start_with_mounts(mounts: Vec<Mount>) -> Harness {
+        Harness::start_tree(|_| {}, None, 0, mounts).await
+    }
+
     /// Starts a server whose alice also accepts the key in `key_file` (made by `ssh-keygen`),
     /// which then becomes [`Harness::alice_key_file`].
     pub async fn start_with_key_file(key_file: PathBuf) -> Harness {
@@ -98,6 +103,15 @@ impl Harness {
         tweak: impl FnOnce(&mut SftpOptions),
         key_file: Option<PathBuf>,
         per_ip: usize,
+    ) -> Harness {
+        Harness::start_tree(tweak, key_file, per_ip, vec![]).await
+    }
+
+    async fn start_tree(
+        tweak: impl FnOnce(&mut SftpOptions),
+        key_file: Option<PathBuf>,
+        per_ip: usize,
+        mounts: Vec<Mount>,
     ) -> Harness {
         // Server logs on the test's output when RUST_LOG asks for them.
         if std::env::var_os("RUST_LOG").is_some() {
@@ -136,7 +150,7 @@ impl Harness {
                 backend,
                 prefix: String::new(),
             },
-            vec![],
+            mounts,
         ));
         let users = vec![
             account("alice", ALICE_PW, alice_keys, vec![Protocol::Sftp]),

@@ -269,9 +269,25 @@ impl Backend for S3Backend {
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {
-        read::read(&self.inner, key, offset, end)
+        read::read(&self.inner, key, offset, end, None)
             .await
             .map_err(|e| e.with_context("read", format!("/{key}")))
+    }
+
+    async fn read_version(
+        &self,
+        key: &str,
+        offset: u64,
+        end: Option<u64>,
+        etag: Option<&str>,
+    ) -> Result<ByteStream> {
+        read::read(&self.inner, key, offset, end, etag)
+            .await
+            .map_err(|e| e.with_context("read", format!("/{key}")))
+    }
+
+    fn memory_budget(&self) -> Option<Arc<MemoryBudget>> {
+        Some(self.inner.budget.clone())
     }
 
     async fn create(&self, key: &str, opts: CreateOptions) -> Result<Box<dyn Upload>> {

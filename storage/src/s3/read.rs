@@ -16,13 +16,31 @@ fn short() -> Error {
     .set_retryable(true)
 }
 
+/// The error of a read pinned to a version that is no longer there.
+fn changed() -> Error {
+    Error::new(ErrorKind::Conflict, "the file changed since it was opened")
+}
+
+/// An ETag without its quotes or weak marker: servers differ in quoting (Ceph RGW compares
+/// unquoted), and a listing's ETag and a GET's must compare equal for the same version.
+fn bare(etag: &str) -> &str {
+    let t = etag.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t);
+    t.trim_matches('"')
+}
+
 /// Streams bytes `offset..end` of `key` (to the end of the object when `end` is `None`).
 /// A body that ends before what the answer announced is an error, never a silent end of file.
+///
+/// With `etag`, only that version is read: the GET carries `If-Match` (the ETag as S3 gave it),
+/// a 412 becomes `Conflict`, and an answer whose own ETag differs is refused too (for servers
+/// that ignore the condition on GET).
 pub(crate) async fn read(
     inner: &Inner,
     key: &str,
     offset: u64,
     end: Option<u64>,
+    etag: Option<&str>,
 ) -> Result<ByteStream> {
     if let Some(end) = end {
         if offset >= end {
@@ -39,8 +57,14 @@ pub(crate) async fn read(
     if let Some(r) = range {
         req = req.header("range", r);
     }
+    if let Some(t) = etag {
+        req = req.header("if-match", t);
+    }
     let resp = match inner.client.send(&req).await {
         Ok(r) => r,
+        Err(e) if etag.is_some() && e.kind() == ErrorKind::Conflict => {
+            return Err(changed().with_source(e));
+        }
         // Reading from the end of an object whose size we were not told.
         Err(e) if e.kind() == ErrorKind::InvalidInput && end.is_none() => {
             return Ok(Box::pin(futures::stream::empty()));
@@ -53,6 +77,11 @@ pub(crate) async fn read(
             ErrorKind::Unsupported,
             "the remote ignored the byte range of a read",
         ));
+    }
+    if let (Some(want), Some(got)) = (etag, resp.header("etag")) {
+        if bare(want) != bare(got) {
+            return Err(changed());
+        }
     }
     let announced = resp.content_length();
     if let (Some(end), Some(len)) = (end, announced) {
