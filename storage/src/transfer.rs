@@ -649,7 +649,11 @@ impl FileWriter {
         let base_size = self.base_size();
         if self.next < to && self.next < base_size {
             let end = to.min(base_size);
-            let r = self.backend.read(&self.key, self.next, Some(end)).await;
+            let etag = self.base().and_then(|b| b.etag.clone());
+            let r = self
+                .backend
+                .read_version(&self.key, self.next, Some(end), etag.as_deref())
+                .await;
             let mut stream = match r {
                 Ok(s) => s,
                 Err(e) => return Err(self.fail(e)),
@@ -717,9 +721,10 @@ impl FileWriter {
             )
             .with_context("read", self.shown.to_string()));
         }
+        let etag = self.base().and_then(|b| b.etag.clone());
         let mut stream = self
             .backend
-            .read(&self.key, offset, Some(end))
+            .read_version(&self.key, offset, Some(end), etag.as_deref())
             .await
             .map_err(|e| e.with_context("read", self.shown.to_string()))?;
         let mut out = BytesMut::with_capacity((end - offset) as usize);

@@ -344,7 +344,11 @@ async fn transfer(
         return Ok(e);
     }
     let mut stream = if item.size > 0 {
-        Some(src.read(src_key, 0, Some(item.size)).await?)
+        // Only the version listed: an object replaced since is not copied as a mix of both.
+        Some(
+            src.read_version(src_key, 0, Some(item.size), item.etag.as_deref())
+                .await?,
+        )
     } else {
         None
     };
@@ -398,6 +402,26 @@ async fn transfer(
             "the source changed size during the copy",
         )
         .with_context("sync", format!("/{src_key}")));
+    }
+    if item.size > 0 {
+        // A site file rewritten in place while it was read would be stored as a mix of its
+        // versions, and an object replaced meanwhile is not caught by servers that ignore
+        // `If-Match` on a GET (s3s-fs): the source's identity (size, mtime, inode on disk; the
+        // ETag on S3) must still be what was listed after the last byte was read, before the
+        // copy commits. A stat on disk; one HEAD per copied object on S3.
+        let now = src.stat_file(src_key).await;
+        let same = match &now {
+            Ok(e) => !e.is_dir() && item.same_version(&Item::from_written(&item.path, e)),
+            Err(_) => false,
+        };
+        if !same {
+            up.abort().await;
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "the source changed while it was copied; it is copied again by the next run",
+            )
+            .with_context("sync", format!("/{src_key}")));
+        }
     }
     let mut e = up.finish().await?;
     if e.etag.is_none() {
