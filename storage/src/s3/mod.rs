@@ -15,6 +15,7 @@ mod client;
 mod error;
 mod lease;
 mod list;
+mod live;
 mod objects;
 mod read;
 mod sign;
