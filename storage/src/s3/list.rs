@@ -206,20 +206,31 @@ fn file_entry(name: String, o: &ObjectDoc) -> Entry {
 
 /// The time of the folder `dir_prefix` (ending in `/`) from a listing of that prefix: its
 /// marker's Last-Modified when it has one (the marker sorts before every key below it, so it is
-/// the first object), else none (a folder implied by deeper keys). [`stat`] and listings both
-/// use this, so a folder shows one time everywhere.
+/// the first object), else none (a folder implied by deeper keys). In whole seconds, as a HEAD
+/// of the marker gives it: listings read folder times that way (see [`with_times`]), so a
+/// folder shows one time everywhere.
 fn marker_time(page: &Page, dir_prefix: &str) -> Option<std::time::SystemTime> {
     page.objects
         .first()
         .filter(|o| o.key == dir_prefix)
         .and_then(|o| parse_iso8601(&o.last_modified))
+        .map(whole_seconds)
+}
+
+fn whole_seconds(t: std::time::SystemTime) -> std::time::SystemTime {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => std::time::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs()),
+        Err(_) => t,
+    }
 }
 
 /// Completes the times of one listing page. Files: with `preserve_mtime`, a HEAD each reads the
 /// `mtime` metadata (listings do not carry it). Folders (`folders`, one-level listings): a
-/// common prefix carries no time, and the marker `name/` is folded into it, so a ListObjectsV2
-/// of `name/` with `max-keys=1` each (the request [`stat`] makes) finds the marker's time. Both
-/// run at most [`HEAD_CONCURRENCY`] at a time; a failure leaves the time unknown.
+/// common prefix carries no time, and the marker `name/` is folded into it, so a HEAD of each
+/// folder's marker reads its Last-Modified (none when there is no marker: an implied folder).
+/// A HEAD is the cheapest request there is (billed as a GET, not as a LIST, and no scan on
+/// the server): a folder of N subfolders costs N of them. Both kinds run at most
+/// [`HEAD_CONCURRENCY`] at a time; a failure leaves the time unknown.
 async fn with_times(inner: &Inner, prefix: &str, page: Vec<Entry>, folders: bool) -> Vec<Entry> {
     let files = inner.opts.preserve_mtime && page.iter().any(|e| !e.is_dir());
     let dirs = folders && page.iter().any(|e| e.is_dir());
@@ -230,11 +241,12 @@ async fn with_times(inner: &Inner, prefix: &str, page: Vec<Entry>, folders: bool
         .map(|mut e| async move {
             if e.is_dir() {
                 if folders {
-                    let dp = format!("{prefix}{}/", e.name);
-                    match list_page(inner, &dp, false, None, 1).await {
-                        Ok(p) => e.mtime = marker_time(&p, &dp),
+                    let marker = format!("{prefix}{}/", e.name);
+                    match inner.client.send(&Request::new(Method::HEAD, Some(&marker))).await {
+                        Ok(r) => e.mtime = r.header("last-modified").and_then(parse_http_date),
+                        // No marker (an implied folder), or a server that cannot HEAD one.
                         Err(err) => {
-                            tracing::debug!(name = %e.name, error = ?err, "listing a folder's marker failed; its time is unknown")
+                            tracing::debug!(name = %e.name, error = ?err, "no marker time for a folder")
                         }
                     }
                 }
