@@ -264,9 +264,12 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         ));
     }
     tokio::spawn(health.clone().watch_remotes(shutdown.clone()));
+    // The clean-up follows reloads: new mounts, syncs and remotes are covered at once.
+    let (cleanup_targets, cleanup_rx) =
+        tokio::sync::watch::channel((upload_prefixes(&cfg), storage.remotes.clone()));
     tokio::spawn(cleanup_stale_uploads(
-        cfg.clone(),
-        storage.remotes.clone(),
+        cfg.transfers.stale_multipart_after.get(),
+        cleanup_rx,
         shutdown.clone(),
     ));
 
@@ -290,6 +293,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
                             // Keep the old schedule rather than none at all.
                             Err(e) => tracing::error!("reload: sync jobs not changed: {}", e.message),
                         }
+                        let _ = cleanup_targets.send((upload_prefixes(&next), storage.remotes.clone()));
                         current = next;
                     }
                 } else {
@@ -486,40 +490,69 @@ fn schedule(
     }
 }
 
-/// Aborts multipart uploads under our prefixes that were abandoned (a crash mid-upload) once
-/// they are older than `transfers.stale_multipart_after`; runs at start and then hourly.
-async fn cleanup_stale_uploads(
-    cfg: Config,
-    remotes: std::collections::HashMap<String, Arc<bucketgate_storage::s3::S3Backend>>,
-    shutdown: CancellationToken,
-) {
-    let age = cfg.transfers.stale_multipart_after.get();
-    let mut prefixes: Vec<(String, String)> = cfg
+/// Every (remote, bucket prefix) the gateway writes under: the S3 site tree, the mounts and the
+/// syncs' remote sides.
+fn upload_prefixes(cfg: &Config) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = cfg
         .mounts
         .iter()
         .map(|m| (m.remote.clone(), m.prefix.clone()))
+        .chain(
+            cfg.syncs
+                .iter()
+                .map(|s| (s.remote.clone(), s.prefix.clone())),
+        )
         .collect();
     if let bucketgate_config::StorageConfig::S3 { remote, prefix } = &cfg.storage {
-        prefixes.push((remote.clone(), prefix.clone()));
+        out.push((remote.clone(), prefix.clone()));
     }
+    for (_, prefix) in &mut out {
+        *prefix = bucketgate_storage::path::normalize_prefix(prefix).unwrap_or_default();
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+type Remotes = std::collections::HashMap<String, Arc<bucketgate_storage::s3::S3Backend>>;
+
+/// Aborts multipart uploads under our prefixes that were abandoned (a crash mid-upload) and
+/// have received nothing for `transfers.stale_multipart_after`; runs at start, after each
+/// reload (over the new prefixes and remotes), and then hourly. Uploads this process holds are
+/// never aborted, nor those another instance is still writing (see
+/// `S3Backend::abort_stale_uploads`).
+async fn cleanup_stale_uploads(
+    age: Duration,
+    mut targets: tokio::sync::watch::Receiver<(Vec<(String, String)>, Remotes)>,
+    shutdown: CancellationToken,
+) {
     loop {
+        let (prefixes, remotes) = targets.borrow_and_update().clone();
         for (remote, prefix) in &prefixes {
             let Some(b) = remotes.get(remote) else {
                 continue;
             };
-            let prefix = bucketgate_storage::path::normalize_prefix(prefix).unwrap_or_default();
-            match b.abort_stale_uploads(&prefix, age).await {
+            match b.abort_stale_uploads(prefix, age).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(remote = %remote, prefix = %prefix, aborted = n, "aborted stale multipart uploads")
                 }
                 Err(e) => {
-                    tracing::warn!(remote = %remote, error = %e, "stale multipart cleanup failed")
+                    tracing::warn!(remote = %remote, error = ?e, "stale multipart cleanup failed")
                 }
             }
         }
+        tracing::debug!(
+            prefixes = prefixes.len(),
+            "stale multipart clean-up pass done"
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            changed = targets.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }

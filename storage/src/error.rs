@@ -3,6 +3,11 @@
 //! Backends classify their failures once, into an [`ErrorKind`]; each frontend then maps the kind
 //! to its protocol's status code in a single `match`. The message is short and safe to show a
 //! client; the source chain (logged on the server) may hold more detail, never a secret.
+//!
+//! Paths: what a client sees (the `Display` form) names only the path as that user sees it,
+//! set by the virtual file tree with [`Error::with_context`]. A backend records the key or file
+//! it acted on with [`Error::with_key`]: that is for the operator's log (the `Debug` form) and
+//! never reaches a client, since it would show the site layout and other tenants' prefixes.
 
 use std::fmt;
 
@@ -69,6 +74,9 @@ pub struct Error {
     retryable: bool,
     op: &'static str,
     path: String,
+    /// The backend's own operation and key (logged, never shown to a client). Boxed: errors
+    /// travel in every `Result`, and most never carry one.
+    key: Option<Box<(&'static str, String)>>,
     message: String,
     source: Option<Source>,
 }
@@ -84,6 +92,7 @@ impl Error {
             retryable: false,
             op: "",
             path: String::new(),
+            key: None,
             message: message.into(),
             source: None,
         }
@@ -94,13 +103,30 @@ impl Error {
         Error::new(kind, kind.describe())
     }
 
-    /// Records the operation and the path it acted on.
+    /// Records the operation and the path it acted on, as the client sees it (the user's view:
+    /// never a site-tree path above her home, a mount's bucket prefix or a file on disk). The
+    /// first context set is kept: the innermost caller knows the exact path.
     pub fn with_context(mut self, op: &'static str, path: impl Into<String>) -> Self {
         if self.op.is_empty() {
             self.op = op;
             self.path = path.into();
         }
         self
+    }
+
+    /// Records the backend's operation and key (or file), for the server log only: a key holds
+    /// the mount's prefix and the site layout, which clients must not learn. The first one set
+    /// is kept.
+    pub fn with_key(mut self, op: &'static str, key: impl Into<String>) -> Self {
+        if self.key.is_none() {
+            self.key = Some(Box::new((op, key.into())));
+        }
+        self
+    }
+
+    /// The backend's operation and key, when one recorded it (for logs).
+    pub fn key(&self) -> Option<(&'static str, &str)> {
+        self.key.as_deref().map(|(op, k)| (*op, k.as_str()))
     }
 
     /// Attaches the underlying cause (logged on the server, never sent to a client).
@@ -144,6 +170,9 @@ impl Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")?;
+        if let Some((op, key)) = self.key.as_deref() {
+            write!(f, " [{op} {key:?}]")?;
+        }
         let mut src = self.source.as_deref().map(|s| s as &dyn std::error::Error);
         while let Some(s) = src {
             write!(f, ": {s}")?;

@@ -68,9 +68,10 @@ impl LocalBackend {
 }
 
 /// Names placed on disk by others may hold CR/LF or other control characters, which no client
-/// path can name and which would forge lines in FTP listings: they are never served.
+/// path can name and which would forge lines in FTP listings, or a backslash, which a client
+/// path reads as a separator (`a\..\b` would name `b`): they are never served.
 fn servable_name(name: &str) -> bool {
-    !name.chars().any(char::is_control)
+    crate::path::name_is_servable(name)
 }
 
 fn etag_of(md: &std::fs::Metadata) -> String {
@@ -99,7 +100,7 @@ fn entry_of(name: String, md: &std::fs::Metadata) -> Entry {
 }
 
 fn ctx<'a>(op: &'static str, key: &'a str) -> impl FnOnce(Error) -> Error + 'a {
-    move |e| e.with_context(op, format!("/{key}"))
+    move |e| e.with_key(op, format!("/{key}"))
 }
 
 /// Reads one folder's entries in pages; names that are not UTF-8 are skipped and logged.
@@ -157,7 +158,7 @@ fn async_stream_pages(
                         continue;
                     }
                     if !servable_name(&name) {
-                        tracing::warn!(dir = %st.dir.display(), name = ?name, "skipping a file name with a control character");
+                        tracing::warn!(dir = %st.dir.display(), name = ?name, "skipping a file name that cannot be a path");
                         continue;
                     }
                     // Follow symlinks placed by the operator; skip dangling ones.
@@ -231,7 +232,7 @@ fn walk_pages(
                         continue;
                     }
                     if !servable_name(&name) {
-                        tracing::warn!(dir = %dir.display(), name = ?name, "skipping a file name with a control character");
+                        tracing::warn!(dir = %dir.display(), name = ?name, "skipping a file name that cannot be a path");
                         continue;
                     }
                     let Ok(md) = tokio::fs::metadata(de.path()).await else {
@@ -266,7 +267,7 @@ impl Backend for LocalBackend {
         let p = self.path(key).map_err(ctx("stat", key))?;
         let md = tokio::fs::metadata(&p)
             .await
-            .map_err(|e| Error::from(e).with_context("stat", format!("/{key}")))?;
+            .map_err(|e| Error::from(e).with_key("stat", format!("/{key}")))?;
         let name = key.rsplit('/').next().unwrap_or("").to_string();
         Ok(entry_of(name, &md))
     }
@@ -308,10 +309,10 @@ impl Backend for LocalBackend {
         let p = self.path(key).map_err(ctx("read", key))?;
         let mut f = tokio::fs::File::open(&p)
             .await
-            .map_err(|e| Error::from(e).with_context("read", format!("/{key}")))?;
+            .map_err(|e| Error::from(e).with_key("read", format!("/{key}")))?;
         let md = f.metadata().await?;
         if md.is_dir() {
-            return Err(Error::of(ErrorKind::IsADirectory).with_context("read", format!("/{key}")));
+            return Err(Error::of(ErrorKind::IsADirectory).with_key("read", format!("/{key}")));
         }
         if etag.is_some_and(|t| t != etag_of(&md)) {
             return Err(
@@ -339,12 +340,10 @@ impl Backend for LocalBackend {
             // Appending keeps the old file readable until the new whole one replaces it.
             let mut src = tokio::fs::File::open(&target)
                 .await
-                .map_err(|e| Error::from(e).with_context("append", format!("/{key}")))?;
+                .map_err(|e| Error::from(e).with_key("append", format!("/{key}")))?;
             let md = src.metadata().await?;
             if Some(etag_of(&md)) != old.etag {
-                return Err(
-                    Error::of(ErrorKind::Conflict).with_context("append", format!("/{key}"))
-                );
+                return Err(Error::of(ErrorKind::Conflict).with_key("append", format!("/{key}")));
             }
             // An in-place write keeps only the head of the old file; what follows comes anew.
             let keep = opts.keep_head.unwrap_or(u64::MAX);
@@ -371,11 +370,10 @@ impl Backend for LocalBackend {
                 if tokio::fs::metadata(&p).await?.is_dir() {
                     Ok(())
                 } else {
-                    Err(Error::of(ErrorKind::AlreadyExists)
-                        .with_context("mkdir", format!("/{key}")))
+                    Err(Error::of(ErrorKind::AlreadyExists).with_key("mkdir", format!("/{key}")))
                 }
             }
-            Err(e) => Err(Error::from(e).with_context("mkdir", format!("/{key}"))),
+            Err(e) => Err(Error::from(e).with_key("mkdir", format!("/{key}"))),
         }
     }
 
@@ -383,33 +381,29 @@ impl Backend for LocalBackend {
         let p = self.path(key).map_err(ctx("remove", key))?;
         let md = tokio::fs::metadata(&p)
             .await
-            .map_err(|e| Error::from(e).with_context("remove", format!("/{key}")))?;
+            .map_err(|e| Error::from(e).with_key("remove", format!("/{key}")))?;
         if md.is_dir() {
-            return Err(
-                Error::of(ErrorKind::IsADirectory).with_context("remove", format!("/{key}"))
-            );
+            return Err(Error::of(ErrorKind::IsADirectory).with_key("remove", format!("/{key}")));
         }
         tokio::fs::remove_file(&p)
             .await
-            .map_err(|e| Error::from(e).with_context("remove", format!("/{key}")))
+            .map_err(|e| Error::from(e).with_key("remove", format!("/{key}")))
     }
 
     async fn remove_dir(&self, key: &str) -> Result<()> {
         let p = self.path(key).map_err(ctx("rmdir", key))?;
         if key.is_empty() {
-            return Err(Error::of(ErrorKind::PermissionDenied).with_context("rmdir", "/"));
+            return Err(Error::of(ErrorKind::PermissionDenied).with_key("rmdir", "/"));
         }
         let md = tokio::fs::metadata(&p)
             .await
-            .map_err(|e| Error::from(e).with_context("rmdir", format!("/{key}")))?;
+            .map_err(|e| Error::from(e).with_key("rmdir", format!("/{key}")))?;
         if !md.is_dir() {
-            return Err(
-                Error::of(ErrorKind::NotADirectory).with_context("rmdir", format!("/{key}"))
-            );
+            return Err(Error::of(ErrorKind::NotADirectory).with_key("rmdir", format!("/{key}")));
         }
         tokio::fs::remove_dir(&p)
             .await
-            .map_err(|e| Error::from(e).with_context("rmdir", format!("/{key}")))
+            .map_err(|e| Error::from(e).with_key("rmdir", format!("/{key}")))
     }
 
     async fn copy_file(&self, from: &str, to: &str) -> Result<()> {
@@ -425,7 +419,7 @@ impl Backend for LocalBackend {
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Backend, "copy failed").with_source(e))?
-        .map_err(|e| e.with_context("copy", format!("/{from}")))
+        .map_err(|e| e.with_key("copy", format!("/{from}")))
     }
 
     async fn rename_file(&self, from: &str, to: &str) -> Result<()> {
@@ -436,24 +430,22 @@ impl Backend for LocalBackend {
             .map(|m| m.is_dir())
             .unwrap_or(false)
         {
-            return Err(Error::of(ErrorKind::IsADirectory).with_context("rename", format!("/{to}")));
+            return Err(Error::of(ErrorKind::IsADirectory).with_key("rename", format!("/{to}")));
         }
         tokio::fs::rename(&src, &dst)
             .await
-            .map_err(|e| Error::from(e).with_context("rename", format!("/{from}")))
+            .map_err(|e| Error::from(e).with_key("rename", format!("/{from}")))
     }
 
     async fn rename_dir(&self, from: &str, to: &str) -> Result<()> {
         let src = self.path(from).map_err(ctx("rename", from))?;
         let dst = self.path(to).map_err(ctx("rename", to))?;
         if tokio::fs::metadata(&dst).await.is_ok() {
-            return Err(
-                Error::of(ErrorKind::AlreadyExists).with_context("rename", format!("/{to}"))
-            );
+            return Err(Error::of(ErrorKind::AlreadyExists).with_key("rename", format!("/{to}")));
         }
         tokio::fs::rename(&src, &dst)
             .await
-            .map_err(|e| Error::from(e).with_context("rename", format!("/{from}")))
+            .map_err(|e| Error::from(e).with_key("rename", format!("/{from}")))
     }
 
     async fn set_mtime(&self, key: &str, mtime: SystemTime) -> Result<()> {
@@ -464,7 +456,7 @@ impl Backend for LocalBackend {
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Backend, "setstat failed").with_source(e))?
-        .map_err(|e| Error::from(e).with_context("setstat", format!("/{key}")))
+        .map_err(|e| Error::from(e).with_key("setstat", format!("/{key}")))
     }
 }
 
@@ -554,7 +546,7 @@ impl Upload for LocalUpload {
             .ok_or_else(|| Error::of(ErrorKind::InvalidInput))?;
         f.write_all(&data)
             .await
-            .map_err(|e| Error::from(e).with_context("write", format!("/{}", self.key)))?;
+            .map_err(|e| Error::from(e).with_key("write", format!("/{}", self.key)))?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -567,7 +559,7 @@ impl Upload for LocalUpload {
         let key = self.key.clone();
         self.commit()
             .await
-            .map_err(|e| e.with_context("close", format!("/{key}")))
+            .map_err(|e| e.with_key("close", format!("/{key}")))
     }
 
     async fn abort(mut self: Box<Self>) {

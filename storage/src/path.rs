@@ -192,15 +192,26 @@ pub fn normalize_prefix(prefix: &str) -> Result<String> {
     Ok(out)
 }
 
-/// True when an object key can be served as a path: no empty, `.` or `..` segment, no control
-/// character. Keys written by others that fail this are skipped (and logged) by listings.
+/// True when `name`, listed as one entry of a folder, is exactly what a client sending it back
+/// would reach: [`VPath::resolve`] keeps it as one segment, unchanged. That rules out the empty
+/// name, `.` and `..`, both separators (`/` and `\`, which Windows clients send), control
+/// characters (refused in paths) and names longer than [`MAX_SEGMENT`]. A name that fails this
+/// is never listed: served, it would act on another key (`a\..\b` resolves to `/b`).
+pub fn name_is_servable(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= MAX_SEGMENT
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(|c| c.is_control())
+}
+
+/// True when an object key can be served as a path: every segment passes
+/// [`name_is_servable`], so the key is reached by exactly one path. Keys written by others that
+/// fail this are skipped (and logged) by listings.
 pub fn key_is_servable(key: &str) -> bool {
     let key = key.strip_suffix('/').unwrap_or(key);
-    !key.is_empty()
-        && !key.chars().any(|c| c.is_control())
-        && key
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != ".." && s.len() <= MAX_SEGMENT)
+    !key.is_empty() && key.split('/').all(name_is_servable)
 }
 
 #[cfg(test)]
@@ -265,5 +276,28 @@ mod tests {
         assert!(!key_is_servable("a//b"));
         assert!(!key_is_servable("a/../b"));
         assert!(!key_is_servable("./b"));
+        assert!(!key_is_servable("a\\..\\..\\b"));
+        assert!(!key_is_servable("back\\slash"));
+        assert!(!key_is_servable("dir\\/x"));
+        assert!(!key_is_servable(&"x".repeat(256)));
+        assert!(key_is_servable(" spaced . name "));
+        assert!(key_is_servable("..."));
+    }
+
+    /// Every name that passes resolves to itself, as one segment.
+    #[test]
+    fn servable_names_round_trip() {
+        let dir = VPath::parse("/d").unwrap();
+        for name in [
+            "a", " a", "a ", "...", ".a", "a.", "%2e%2e", "~", "*?[x]", "ü", "a b", "-",
+        ] {
+            assert!(name_is_servable(name), "{name:?}");
+            let p = VPath::resolve(&dir, name).unwrap();
+            assert_eq!(p.name(), Some(name));
+            assert_eq!(p.parent(), dir);
+        }
+        for name in ["", ".", "..", "a/b", "a\\b", "\\", "a\u{7f}", "a\u{85}b"] {
+            assert!(!name_is_servable(name), "{name:?}");
+        }
     }
 }

@@ -170,7 +170,8 @@ impl JavaProgram {
 /// `put L R`, `get R L`, `ls D` (listdir_attr: `entry NAME SIZE dir|file MTIME`), `stat P`
 /// (`stat SIZE dir|file MTIME`), `mkdir P`, `rename A B`, `remove P`, `rmdir P`,
 /// `utime P MTIME`. A command written `!cmd ...` must be refused: it prints
-/// `refused CMD EXCEPTION ERRNO`. Prints `ok CMD` after each command; an unexpected result
+/// `refused CMD EXCEPTION ERRNO`, then `refusal-message CMD MESSAGE` (the server's text).
+/// Prints `ok CMD` after each command; an unexpected result
 /// prints `error: ...` and exits 2, a refused login exits 3.
 const PARAMIKO: &str = r#"
 import os, stat, sys, paramiko
@@ -241,6 +242,7 @@ for line in sys.stdin:
     except (IOError, OSError) as e:
         if expect_refusal:
             print('refused %s %s %s' % (cmd, type(e).__name__, e.errno))
+            print('refusal-message %s %s' % (cmd, e.strerror if e.strerror else e))
             continue
         print('error: %s: %s: %s' % (line.strip(), type(e).__name__, e))
         sys.exit(2)

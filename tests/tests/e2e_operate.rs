@@ -2,7 +2,9 @@
 //! the audit log and the absence of secrets, the PROXY protocol, and two instances sharing one
 //! config, one S3 site tree and one host key.
 
-use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch, sftp_batch_password};
+use bucketgate_tests::clients::{
+    assert_ok, curl, keygen, paramiko, sftp_batch, sftp_batch_password,
+};
 use bucketgate_tests::gateway::{passive_range, require, run, Gateway};
 use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -542,5 +544,248 @@ async fn readyz_probes_a_remote_under_its_mounted_prefix() {
     let idle = &body[body.find("\"idle\":{").expect("idle remote reported")..];
     let state = idle.split("\"state\":\"").nth(1).unwrap_or("");
     assert!(state.starts_with("down"), "{body}");
+    drop(gw);
+}
+
+/// Reads one FTP reply (all lines of a multi-line one) and returns it.
+fn ftp_reply(r: &mut BufReader<TcpStream>) -> String {
+    let mut first = String::new();
+    r.read_line(&mut first).unwrap();
+    let mut all = first.clone();
+    if first.as_bytes().get(3) == Some(&b'-') {
+        let end = format!("{} ", &first[..3]);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            all.push_str(&line);
+            if line.starts_with(&end) {
+                break;
+            }
+        }
+    }
+    all
+}
+
+/// Every refusal a client sees names paths as that user sees them: never the site tree above
+/// her home (`/users/alice`), nor a mount's bucket prefix (another tenant's layout).
+#[test]
+fn refusals_name_only_the_users_own_paths() {
+    let moto = Moto::start();
+    moto.create_bucket("tenants");
+    moto.put("tenants", "secret-tenant-prefix/here.txt", b"here");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = format!(
+        r#"sftp:
+  listen: "127.0.0.1:0"
+ftp:
+  listen: "127.0.0.1:0"
+  passive_ports: "{passive}"
+storage: {{ type: local, root: ./files }}
+remotes:
+  - {{ name: acme, endpoint: "{endpoint}", bucket: tenants, access_key_id: {ACCESS_KEY}, secret_access_key: {SECRET_KEY} }}
+mounts:
+  - {{ path: /users/alice/s3, remote: acme, prefix: secret-tenant-prefix/ }}
+users:
+  - username: alice
+    password_hash: "{hash}"
+    home: /users/alice
+    permissions: {{ "/": ["*"] }}
+"#,
+        passive = passive_range(),
+        endpoint = moto.endpoint,
+        hash = hash(d, PASSWORD),
+    );
+    let gw = Gateway::start(d, &cfg, &["sftp", "ftp"]);
+    let leaks = ["users", "alice/", "secret-tenant-prefix", "files"];
+
+    let cmds = [
+        "!stat /nothere",
+        "!stat /s3/nothere",
+        "!remove /nothere",
+        "!remove /s3/nothere",
+        "!rmdir /s3/nothere",
+        "!rmdir /s3",
+        "!rename /s3/nothere /s3/x",
+        "!rename /nothere /x",
+        "!rename /s3/here.txt /s3/no/where.txt",
+        "!mkdir /s3/no/deeper",
+        "!mkdir /no/deeper",
+        "!get /s3/nothere got.bin",
+        "!get /nothere got.bin",
+        "!ls /s3/nothere",
+        "!ls /nothere",
+    ];
+    let out = paramiko(
+        gw.addr("sftp"),
+        "alice",
+        &format!("password:{PASSWORD}"),
+        &(cmds.join("\n") + "\n"),
+        d,
+    );
+    assert_ok("paramiko", &out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let messages: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("refusal-message "))
+        .collect();
+    assert_eq!(messages.len(), cmds.len(), "{text}");
+    for m in &messages {
+        for leak in leaks {
+            assert!(!m.contains(leak), "SFTP status names {leak:?}: {m}");
+        }
+    }
+    assert!(
+        messages.contains(&"refusal-message stat stat /s3/nothere: no such file or folder"),
+        "{text}"
+    );
+    assert!(
+        messages.contains(&"refusal-message stat stat /nothere: no such file or folder"),
+        "{text}"
+    );
+
+    let s = TcpStream::connect(gw.addr("ftp")).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    assert!(ftp_reply(&mut r).starts_with("220"));
+    write!(w, "USER alice\r\n").unwrap();
+    ftp_reply(&mut r);
+    write!(w, "PASS {PASSWORD}\r\n").unwrap();
+    assert!(ftp_reply(&mut r).starts_with("230"));
+    for c in [
+        "SIZE /s3/nothere",
+        "SIZE /nothere",
+        "MDTM /s3/nothere",
+        "DELE /s3/nothere",
+        "DELE /nothere",
+        "RMD /s3/nothere",
+        "RMD /s3",
+        "CWD /s3/nothere",
+        "CWD /nothere",
+        "MKD /s3/no/deeper",
+        "MKD /no/deeper",
+        "MLST /s3/nothere",
+        "STAT /s3/nothere",
+        "MFMT 20200101000000 /s3/nothere",
+    ] {
+        write!(w, "{c}\r\n").unwrap();
+        let reply = ftp_reply(&mut r);
+        if !c.starts_with("STAT") {
+            assert!(
+                reply.starts_with('4') || reply.starts_with('5'),
+                "{c}: {reply}"
+            );
+        }
+        for leak in leaks {
+            assert!(
+                !reply.contains(leak),
+                "FTP reply to {c} names {leak:?}: {reply}"
+            );
+        }
+    }
+    write!(w, "RNFR /s3/here.txt\r\n").unwrap();
+    assert!(ftp_reply(&mut r).starts_with("350"));
+    write!(w, "RNTO /s3/no/where.txt\r\n").unwrap();
+    let reply = ftp_reply(&mut r);
+    for leak in leaks {
+        assert!(
+            !reply.contains(leak),
+            "FTP reply to RNTO names {leak:?}: {reply}"
+        );
+    }
+    drop(gw);
+}
+
+/// Multipart uploads pending in `bucket`, by key.
+fn pending_keys(moto: &Moto, bucket: &str) -> Vec<String> {
+    let out = moto
+        .py(&format!(
+            "for u in s3.list_multipart_uploads(Bucket='{bucket}').get('Uploads', []): print(u['Key'])"
+        ))
+        .unwrap();
+    let mut v: Vec<String> = out.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Waits until the gateway has logged `needle` at least `n` times.
+fn wait_log_count(gw: &Gateway, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = gw
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} logged {seen} times, not {n}:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The stale-upload clean-up covers the syncs' prefixes as well as the mounts', picks up new
+/// prefixes at a reload, and never aborts an upload another instance is still writing (moto
+/// reports every upload as started in 2010, so the start time alone would condemn them all).
+#[test]
+fn stale_upload_cleanup_covers_syncs_and_reloads_and_spares_live_uploads() {
+    let moto = Moto::start();
+    moto.create_bucket("shared");
+    moto.py(
+        "for k in ['sy/abandoned.bin', 'mnt/abandoned.bin', 'new/abandoned.bin', 'elsewhere/x.bin']:\n  \
+         s3.create_multipart_upload(Bucket='shared', Key=k)\n\
+         u = s3.create_multipart_upload(Bucket='shared', Key='mnt/live.bin')\n\
+         s3.upload_part(Bucket='shared', Key='mnt/live.bin', UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("files/outbox")).unwrap();
+    let cfg = |extra: &str| {
+        format!(
+            r#"sftp:
+  listen: "127.0.0.1:0"
+storage: {{ type: local, root: ./files }}
+remotes:
+  - {{ name: acme, endpoint: "{endpoint}", bucket: shared, access_key_id: {ACCESS_KEY}, secret_access_key: {SECRET_KEY} }}
+mounts:
+  - {{ path: /m, remote: acme, prefix: mnt/ }}
+{extra}syncs:
+  - {{ name: out, path: /outbox, remote: acme, prefix: sy/, direction: push }}
+"#,
+            endpoint = moto.endpoint,
+        )
+    };
+    let path = d.join("bucketgate.yaml");
+    std::fs::write(&path, cfg("")).unwrap();
+    let gw = Gateway::spawn(
+        d,
+        &["serve", "--config", path.to_str().unwrap()],
+        &["sftp"],
+        &[("RUST_LOG", "info,bucketgate::serve=debug")],
+    );
+    let pass = "stale multipart clean-up pass done";
+    wait_log_count(&gw, pass, 1);
+    assert_eq!(
+        pending_keys(&moto, "shared"),
+        vec!["elsewhere/x.bin", "mnt/live.bin", "new/abandoned.bin"]
+    );
+    std::fs::write(&path, cfg("  - { path: /n, remote: acme, prefix: new/ }\n")).unwrap();
+    gw.signal("HUP");
+    wait_log_count(&gw, "reload: config applied", 1);
+    wait_log_count(&gw, pass, 2);
+    assert_eq!(
+        pending_keys(&moto, "shared"),
+        vec!["elsewhere/x.bin", "mnt/live.bin"]
+    );
     drop(gw);
 }

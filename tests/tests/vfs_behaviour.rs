@@ -649,6 +649,32 @@ async fn case_times(f: &Fixture) {
     fs.mkdir(&p("/dd")).await.unwrap();
     let st = fs.stat(&p("/dd")).await.unwrap();
     assert!(st.mtime.unwrap() > SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000));
+    // Listings show the time stat shows: a folder with a marker its marker's, one implied by
+    // deeper keys the same as stat gives it.
+    if f.name == "local" {
+        fs.mkdir(&p("/implied")).await.unwrap();
+        put(&fs, "/implied/f", b"f").await.unwrap();
+    } else {
+        // A folder that only deeper keys imply (no marker), as other programs leave them.
+        let key = format!("{}users/alice/implied/f", f.prefix);
+        let mut up = f.backend.create(&key, Default::default()).await.unwrap();
+        up.write(Bytes::from_static(b"f")).await.unwrap();
+        up.finish().await.unwrap();
+    }
+    let mut pages = fs.list(&p("/")).await.unwrap();
+    let mut seen = 0;
+    while let Some(page) = pages.next().await {
+        for e in page.unwrap() {
+            let st = fs.stat(&p(&format!("/{}", e.name))).await.unwrap();
+            assert_eq!(
+                e.mtime, st.mtime,
+                "{}: {} is listed with another time than stat gives",
+                f.name, e.name
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3, "{}", f.name);
 }
 
 async fn case_rename(f: &Fixture) {
@@ -997,8 +1023,132 @@ suite!(s3s, s3s_fs());
 suite!(moto_s3, moto());
 suite!(env_endpoint, env_or_local());
 
+/// Keys written into the bucket by other programs: every name a listing shows leads back to
+/// exactly its own key (the path a client sends back resolves to itself, and stat, read and
+/// remove act on that key and nothing else); keys that no path names exactly (a backslash, a
+/// control character, a name too long) are not listed at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listed_name_acts_on_exactly_its_own_key() {
+    let srv = s3_support::moto_only().await.expect("moto");
+    let b: Arc<dyn bucketgate_storage::Backend> = Arc::new(srv.backend());
+    let long_ok = "l".repeat(255);
+    let long_bad = "L".repeat(256);
+    // No `.` or `..` segment here: URL parsing would fold those before the bucket saw them.
+    let keys: Vec<&str> = vec![
+        "b",
+        "back/slash",
+        "a\\..\\..\\b",
+        "back\\slash",
+        "..\\b",
+        "c\\",
+        "\\d",
+        "dir\\x/inner",
+        "sp ace",
+        " lead",
+        "trail ",
+        "...",
+        ".hidden",
+        "%2e%2e",
+        "%2fb",
+        "u-\u{fc}nicode",
+        "tab\tname",
+        "del\u{7f}name",
+        "star*?[x]",
+        "~",
+        "-dash",
+        "q\"uote'",
+        "semi;colon",
+        "#hash",
+        "+plus",
+        "&amp<lt>",
+        &long_ok,
+        &long_bad,
+        "deep/er/key",
+        "deep/er/..\\key",
+    ];
+    for k in &keys {
+        s3_support::put(&srv.backend(), &srv.key(k), k.as_bytes(), 1024).await;
+    }
+    let unservable = |k: &str| {
+        k.contains('\\') || k.chars().any(char::is_control) || k.split('/').any(|s| s.len() > 255)
+    };
+    let fs = user_view(area(&b, &srv.prefix), vec![], "/", Permissions::all());
+    // Walk the tree as a client does: list, then send each listed name back as a path.
+    let mut files = Vec::new();
+    let mut dirs = vec![VPath::root()];
+    while let Some(d) = dirs.pop() {
+        let mut pages = fs.list(&d).await.unwrap();
+        while let Some(page) = pages.next().await {
+            for e in page.unwrap() {
+                let sent = if d.is_root() {
+                    format!("/{}", e.name)
+                } else {
+                    format!("{d}/{}", e.name)
+                };
+                let path = fs.resolve(&VPath::root(), &sent).unwrap();
+                assert_eq!(path.as_str(), sent, "a listed name does not name itself");
+                if e.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push((path, e.size));
+                }
+            }
+        }
+    }
+    let mut listed: Vec<String> = files
+        .iter()
+        .map(|(p, _)| p.as_str()[1..].to_string())
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = keys
+        .iter()
+        .filter(|k| !unservable(k))
+        .map(|k| k.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(listed, want, "listed files");
+    for (path, size) in &files {
+        let key = &path.as_str()[1..];
+        assert_eq!(*size, key.len() as u64, "{key:?}");
+        assert_eq!(
+            fs.stat(path).await.unwrap().size,
+            key.len() as u64,
+            "{key:?}"
+        );
+        assert_eq!(
+            get(&fs, path.as_str()).await.unwrap(),
+            key.as_bytes(),
+            "{key:?}"
+        );
+    }
+    // Removing each listed file removes its own key, and no other.
+    let mut gone: Vec<&str> = Vec::new();
+    for (path, _) in &files {
+        let key = &path.as_str()[1..];
+        fs.remove(path).await.unwrap();
+        gone.push(key);
+        for k in &keys {
+            let r = b.stat_file(&srv.key(k)).await;
+            if gone.contains(k) {
+                assert_eq!(
+                    r.unwrap_err().kind(),
+                    ErrorKind::NotFound,
+                    "{k:?} is still there"
+                );
+            } else {
+                assert_eq!(
+                    r.unwrap().size,
+                    k.len() as u64,
+                    "removing {key:?} changed {k:?}"
+                );
+            }
+        }
+    }
+}
+
 /// A file put on the local disk by another program with a newline in its name would forge FTP
-/// listing lines: the tree never lists it.
+/// listing lines, and one with a backslash would name another file (`a\..\ok.txt` resolves to
+/// `/ok.txt`): the tree lists neither.
 #[tokio::test]
 async fn local_names_with_control_characters_are_not_listed() {
     let f = Fixture::local().await;
@@ -1010,5 +1160,6 @@ async fn local_names_with_control_characters_are_not_listed() {
         b"x",
     )
     .unwrap();
+    std::fs::write(disk.join("a\\..\\ok.txt"), b"not ok").unwrap();
     assert_eq!(names(&fs, "/").await, vec![("ok.txt".to_string(), false)]);
 }

@@ -115,17 +115,11 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
             if file.is_ok() {
                 tracing::warn!(remote = %inner.opts.name, key, "a file and a folder share this name; showing the folder");
             }
-            let first = &page.objects[0];
-            let mtime = if first.key == dir_prefix {
-                parse_iso8601(&first.last_modified)
-            } else {
-                None
-            };
             Ok(Entry {
                 name: leaf(key),
                 kind: EntryKind::Dir,
                 size: 0,
-                mtime,
+                mtime: marker_time(&page, &dir_prefix),
                 etag: None,
             })
         }
@@ -185,13 +179,15 @@ impl Shadow {
     }
 }
 
-/// True (after logging) when a listed key must not be served.
-fn skip_key(remote: &str, key: &str) -> bool {
+/// True (after logging) when a listed key must not be served: `rel` is its part below the
+/// listed folder, which every name shown is made of. Each name must come back to exactly this
+/// key when a client sends it (see [`key_is_servable`]).
+fn skip_key(remote: &str, key: &str, rel: &str) -> bool {
     if key.contains('\u{FFFD}') {
         tracing::warn!(remote, key, "skipping a key that is not valid UTF-8");
         return true;
     }
-    if !key_is_servable(key) {
+    if !key_is_servable(rel) {
         tracing::warn!(remote, key = ?key, "skipping a key that cannot be a path");
         return true;
     }
@@ -208,14 +204,53 @@ fn file_entry(name: String, o: &ObjectDoc) -> Entry {
     }
 }
 
-/// With `preserve_mtime`, reads each file's `mtime` metadata (listings do not carry it).
-async fn with_mtimes(inner: &Inner, prefix: &str, page: Vec<Entry>) -> Vec<Entry> {
-    if !inner.opts.preserve_mtime || !page.iter().any(|e| !e.is_dir()) {
+/// The time of the folder `dir_prefix` (ending in `/`) from a listing of that prefix: its
+/// marker's Last-Modified when it has one (the marker sorts before every key below it, so it is
+/// the first object), else none (a folder implied by deeper keys). In whole seconds, as a HEAD
+/// of the marker gives it: listings read folder times that way (see [`with_times`]), so a
+/// folder shows one time everywhere.
+fn marker_time(page: &Page, dir_prefix: &str) -> Option<std::time::SystemTime> {
+    page.objects
+        .first()
+        .filter(|o| o.key == dir_prefix)
+        .and_then(|o| parse_iso8601(&o.last_modified))
+        .map(whole_seconds)
+}
+
+fn whole_seconds(t: std::time::SystemTime) -> std::time::SystemTime {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => std::time::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs()),
+        Err(_) => t,
+    }
+}
+
+/// Completes the times of one listing page. Files: with `preserve_mtime`, a HEAD each reads the
+/// `mtime` metadata (listings do not carry it). Folders (`folders`, one-level listings): a
+/// common prefix carries no time, and the marker `name/` is folded into it, so a HEAD of each
+/// folder's marker reads its Last-Modified (none when there is no marker: an implied folder).
+/// A HEAD is the cheapest request there is (billed as a GET, not as a LIST, and no scan on
+/// the server): a folder of N subfolders costs N of them. Both kinds run at most
+/// [`HEAD_CONCURRENCY`] at a time; a failure leaves the time unknown.
+async fn with_times(inner: &Inner, prefix: &str, page: Vec<Entry>, folders: bool) -> Vec<Entry> {
+    let files = inner.opts.preserve_mtime && page.iter().any(|e| !e.is_dir());
+    let dirs = folders && page.iter().any(|e| e.is_dir());
+    if !files && !dirs {
         return page;
     }
     futures::stream::iter(page)
         .map(|mut e| async move {
-            if !e.is_dir() {
+            if e.is_dir() {
+                if folders {
+                    let marker = format!("{prefix}{}/", e.name);
+                    match inner.client.send(&Request::new(Method::HEAD, Some(&marker))).await {
+                        Ok(r) => e.mtime = r.header("last-modified").and_then(parse_http_date),
+                        // No marker (an implied folder), or a server that cannot HEAD one.
+                        Err(err) => {
+                            tracing::debug!(name = %e.name, error = ?err, "no marker time for a folder")
+                        }
+                    }
+                }
+            } else if inner.opts.preserve_mtime {
                 match head_entry(inner, &format!("{prefix}{}", e.name)).await {
                     Ok(h) => e.mtime = h.mtime.or(e.mtime),
                     Err(err) => {
@@ -284,7 +319,7 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
             if out.is_empty() {
                 return None;
             }
-            let out = with_mtimes(&st.inner, &st.prefix, out).await;
+            let out = with_times(&st.inner, &st.prefix, out, !st.recursive).await;
             return Some((Ok(out), st));
         }
         st.started = true;
@@ -300,7 +335,7 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
             Ok(p) => p,
             Err(e) => {
                 st.finished = true;
-                let e = e.with_context("list", format!("/{}", st.prefix));
+                let e = e.with_key("list", st.prefix.clone());
                 return Some((Err(e), st));
             }
         };
@@ -310,7 +345,7 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
         } else {
             list_page_entries(&mut st, page)
         };
-        let out = with_mtimes(&st.inner, &st.prefix, out).await;
+        let out = with_times(&st.inner, &st.prefix, out, !st.recursive).await;
         Some((Ok(out), st))
     }))
 }
@@ -334,7 +369,7 @@ fn list_page_entries(st: &mut ListState, page: Page) -> Vec<Entry> {
         if rel.is_empty() || (obj.is_some() && rel.ends_with('/')) {
             continue;
         }
-        if skip_key(&remote, &key) {
+        if skip_key(&remote, &key, rel) {
             continue;
         }
         st.shadow.settle(rel, &mut out, &remote);
@@ -360,7 +395,7 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
         let Some(rel) = o.key.strip_prefix(st.prefix.as_str()) else {
             continue;
         };
-        if rel.is_empty() || skip_key(&remote, &o.key) {
+        if rel.is_empty() || skip_key(&remote, &o.key, rel) {
             continue;
         }
         st.shadow.settle(rel, &mut out, &remote);

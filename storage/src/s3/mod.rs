@@ -15,6 +15,7 @@ mod client;
 mod error;
 mod lease;
 mod list;
+mod live;
 mod objects;
 mod read;
 mod sign;
@@ -245,7 +246,7 @@ impl Backend for S3Backend {
     async fn stat(&self, key: &str) -> Result<Entry> {
         list::stat(&self.inner, key)
             .await
-            .map_err(|e| e.with_context("stat", format!("/{key}")))
+            .map_err(|e| e.with_key("stat", format!("/{key}")))
     }
 
     async fn stat_file(&self, key: &str) -> Result<Entry> {
@@ -256,7 +257,7 @@ impl Backend for S3Backend {
             // Under a prefix-restricted policy HEAD answers 403 for a missing key: the listing
             // of the full stat tells.
             Err(e) if e.kind() == ErrorKind::PermissionDenied => self.stat(key).await,
-            r => r.map_err(|e| e.with_context("stat", format!("/{key}"))),
+            r => r.map_err(|e| e.with_key("stat", format!("/{key}"))),
         }
     }
 
@@ -271,7 +272,7 @@ impl Backend for S3Backend {
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {
         read::read(&self.inner, key, offset, end, None)
             .await
-            .map_err(|e| e.with_context("read", format!("/{key}")))
+            .map_err(|e| e.with_key("read", format!("/{key}")))
     }
 
     async fn read_version(
@@ -293,42 +294,42 @@ impl Backend for S3Backend {
     async fn create(&self, key: &str, opts: CreateOptions) -> Result<Box<dyn Upload>> {
         write::create(self.inner.clone(), key, opts)
             .await
-            .map_err(|e| e.with_context("create", format!("/{key}")))
+            .map_err(|e| e.with_key("create", format!("/{key}")))
     }
 
     async fn mkdir(&self, key: &str) -> Result<()> {
         objects::mkdir(&self.inner, key)
             .await
-            .map_err(|e| e.with_context("mkdir", format!("/{key}")))
+            .map_err(|e| e.with_key("mkdir", format!("/{key}")))
     }
 
     async fn remove_file(&self, key: &str) -> Result<()> {
         objects::remove_file(&self.inner, key)
             .await
-            .map_err(|e| e.with_context("remove", format!("/{key}")))
+            .map_err(|e| e.with_key("remove", format!("/{key}")))
     }
 
     async fn remove_dir(&self, key: &str) -> Result<()> {
         objects::remove_dir(&self.inner, key)
             .await
-            .map_err(|e| e.with_context("rmdir", format!("/{key}")))
+            .map_err(|e| e.with_key("rmdir", format!("/{key}")))
     }
 
     async fn copy_file(&self, from: &str, to: &str) -> Result<()> {
         objects::copy_file(&self.inner, from, to)
             .await
-            .map_err(|e| e.with_context("copy", format!("/{from}")))
+            .map_err(|e| e.with_key("copy", format!("/{from}")))
     }
 
     async fn rename_dir(&self, from: &str, to: &str) -> Result<()> {
         objects::rename_dir(&self.inner, from, to)
             .await
-            .map_err(|e| e.with_context("rename", format!("/{from}")))
+            .map_err(|e| e.with_key("rename", format!("/{from}")))
     }
 
     async fn set_mtime(&self, key: &str, mtime: SystemTime) -> Result<()> {
         objects::set_mtime(&self.inner, key, mtime)
             .await
-            .map_err(|e| e.with_context("setstat", format!("/{key}")))
+            .map_err(|e| e.with_key("setstat", format!("/{key}")))
     }
 }

@@ -3,7 +3,9 @@
 use super::client::{Body, Request, Response};
 use super::list::{head, list_page};
 use super::time::{format_mtime, parse_iso8601};
-use super::xml::{self, DeleteResult, EtagResult, InitiateResult, ListUploadsResult};
+use super::xml::{
+    self, DeleteResult, EtagResult, InitiateResult, ListPartsResult, ListUploadsResult,
+};
 use super::{Inner, S3Backend};
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine;
@@ -148,6 +150,8 @@ async fn copy_object(
     );
     let body = inner.client.send_xml(&create).await?;
     let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
+    // Held until the copy completes or is aborted: the stale clean-up must leave it alone.
+    let _live = super::live::register(&id);
     let result = copy_parts(inner, to, &id, &source, src).await;
     let result = match result {
         Ok(parts) => {
@@ -387,15 +391,38 @@ impl S3Backend {
         }
     }
 
-    /// Aborts the multipart uploads under `prefix` started more than `older_than` ago (uploads
-    /// abandoned by a crash); returns how many were aborted.
+    /// Aborts the multipart uploads under `prefix` that were abandoned (a crash, a killed
+    /// process) more than `older_than` ago; returns how many were aborted.
+    ///
+    /// An upload is left alone when this process holds it (whatever the server says about its
+    /// start), when its start time is missing, unparseable or in the future (moto reports 2010
+    /// for every upload; a clock may be off), and when any of its parts arrived less than
+    /// `older_than` ago or at a time that cannot be read: another instance sharing the bucket
+    /// may be writing it. So only an upload that has received nothing for `older_than` is
+    /// aborted, which is why that age must be longer than the longest pause between two parts
+    /// (a client's idle timeout bounds it).
     pub async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<usize> {
-        let cutoff = SystemTime::now()
+        let now = SystemTime::now();
+        let cutoff = now
             .checked_sub(older_than)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut n = 0;
         for u in self.list_multipart_uploads(prefix).await? {
-            if u.initiated.is_some_and(|t| t > cutoff) {
+            if super::live::is_live(&u.upload_id) || !older_than_cutoff(u.initiated, cutoff) {
+                continue;
+            }
+            match self.part_times(&u).await {
+                Ok(times) if times.iter().all(|t| older_than_cutoff(*t, cutoff)) => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(remote = %self.inner.opts.name, key = %u.key, error = ?e,
+                        "cannot list an upload's parts; leaving it for the next clean-up");
+                    continue;
+                }
+            }
+            // Registered while its parts were being listed: it is live after all.
+            if super::live::is_live(&u.upload_id) {
                 continue;
             }
             let req = Request::new(Method::DELETE, Some(&u.key)).query("uploadId", u.upload_id);
@@ -409,5 +436,53 @@ impl S3Backend {
             tracing::info!(remote = %self.inner.opts.name, prefix, aborted = n, "aborted stale multipart uploads");
         }
         Ok(n)
+    }
+
+    /// When each part of `u` arrived (`None` where the server's time cannot be read).
+    async fn part_times(&self, u: &MultipartUpload) -> Result<Vec<Option<SystemTime>>> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut req =
+                Request::new(Method::GET, Some(&u.key)).query("uploadId", u.upload_id.clone());
+            if let Some(m) = &marker {
+                req = req.query("part-number-marker", m.clone());
+            }
+            let body = self.inner.client.send_xml(&req).await?;
+            let r: ListPartsResult = xml::parse(&body, "list parts")?;
+            out.extend(r.part.iter().map(|p| parse_iso8601(&p.last_modified)));
+            match r.next_part_number_marker {
+                Some(m) if r.is_truncated && !m.is_empty() && marker.as_ref() != Some(&m) => {
+                    marker = Some(m)
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+/// True when `t` is known and no later than `cutoff`. A missing or unparseable time, or one
+/// in the future, is never old: aborting a live upload loses a transfer, keeping an abandoned
+/// one only costs storage until a later pass.
+fn older_than_cutoff(t: Option<SystemTime>, cutoff: SystemTime) -> bool {
+    t.is_some_and(|t| t <= cutoff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_old_times_are_stale() {
+        let now = SystemTime::now();
+        let cutoff = now - Duration::from_secs(3600);
+        assert!(older_than_cutoff(Some(cutoff), cutoff));
+        assert!(older_than_cutoff(Some(SystemTime::UNIX_EPOCH), cutoff));
+        assert!(!older_than_cutoff(None, cutoff));
+        assert!(!older_than_cutoff(Some(now), cutoff));
+        assert!(!older_than_cutoff(
+            Some(now + Duration::from_secs(86400)),
+            cutoff
+        ));
     }
 }

@@ -74,6 +74,8 @@ struct State {
     large: bool,
     next_part: u32,
     upload_id: Option<String>,
+    /// Marks the upload id as held by this process, so the stale clean-up leaves it alone.
+    live: Option<super::live::LiveUpload>,
     tasks: JoinSet<PartResult>,
     parts: Vec<(u32, String)>,
     written: u64,
@@ -146,6 +148,7 @@ pub(crate) async fn create(
         large: false,
         next_part: 1,
         upload_id: None,
+        live: None,
         tasks: JoinSet::new(),
         parts: Vec::new(),
         written: 0,
@@ -287,6 +290,7 @@ impl State {
                 "the remote sent no upload id",
             ));
         }
+        self.live = Some(super::live::register(&r.upload_id));
         self.upload_id = Some(r.upload_id);
         crate::metrics::multipart(&self.inner.opts.name, 1, false);
         Ok(())

@@ -107,6 +107,22 @@ pub(crate) struct UploadDoc {
     pub initiated: String,
 }
 
+/// ListParts' answer: the parts an upload holds so far, and when each arrived.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct ListPartsResult {
+    pub is_truncated: bool,
+    pub next_part_number_marker: Option<String>,
+    pub part: Vec<PartDoc>,
+}
+
+/// One part of a pending multipart upload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct PartDoc {
+    pub last_modified: String,
+}
+
 /// DeleteObjects' answer: only failures are listed in quiet mode.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
