@@ -73,6 +73,7 @@ async fn local_site_and_s3_remote() {
             conflict: ConflictPolicy::KeepBoth,
             include: vec![],
             exclude: vec![],
+            max_delete: Default::default(),
             lease: None,
         };
         let state = dir.path().join("state");
@@ -183,6 +184,7 @@ async fn s3_to_s3_on_one_backend_copies_server_side() {
             conflict: ConflictPolicy::Newer,
             include: vec![],
             exclude: vec!["**/f1?".into()],
+            max_delete: Default::default(),
             lease: None,
         };
         let state = dir.path().join("state");
@@ -260,6 +262,7 @@ async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run
         conflict: ConflictPolicy::Newer,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: Some(Arc::new(bucketgate_storage::s3::S3LeaseStore::new(
             s3.clone(),
             &prefix,
@@ -354,6 +357,7 @@ async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
         conflict: ConflictPolicy::Newer,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: None,
     };
     let state = dir.path().join("state");
@@ -365,4 +369,62 @@ async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
         "{sum:?}"
     );
     assert_eq!(read(&s, "r.bin").unwrap(), b"written by a user meanwhile");
+}
+
+/// A folder emptied at the site (its last file deleted, the folder kept) stays on both sides:
+/// the bucket gets a folder marker in place of the deleted key, so the next run finds the
+/// folder there and does not remove it from the site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_emptied_at_the_site_survives() {
+    // Servers that keep `dir/` markers as objects, as S3 does (s3s-fs makes them directories).
+    for srv in servers().await.into_iter().filter(|s| s.caps.markers) {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        let remote: Arc<dyn Backend> = Arc::new(srv.backend());
+        let s = dir.path().join("site/inbox");
+        write(&s, "d/x.txt", b"the only file of d");
+        write(&s, "keep.txt", b"keep");
+        write(&s, "more.txt", b"more");
+        for direction in [Direction::TwoWay, Direction::Push] {
+            let job = SyncJob {
+                name: format!("empty-{}-{direction:?}", srv.name),
+                site: (site.clone(), "inbox".into()),
+                remote: (remote.clone(), srv.key(&format!("{direction:?}/"))),
+                direction,
+                delete: true,
+                conflict: ConflictPolicy::KeepBoth,
+                include: vec![],
+                exclude: vec![],
+                max_delete: Default::default(),
+                lease: None,
+            };
+            write(&s, "d/x.txt", b"the only file of d");
+            let state = dir.path().join("state");
+            let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+            run().await;
+            rm(&s, "d/x.txt");
+            let sum = run().await;
+            assert_eq!(sum.deleted_remote, 1, "[{}] {sum:?}", srv.name);
+            let folders: Vec<String> =
+                walk_all(&srv.backend(), &srv.key(&format!("{direction:?}")))
+                    .await
+                    .into_iter()
+                    .filter(|e| e.is_dir())
+                    .map(|e| e.name)
+                    .collect();
+            assert_eq!(folders, ["d"], "[{}] the bucket keeps the folder", srv.name);
+            let sum = run().await;
+            assert_eq!(
+                counts(&sum),
+                (0, 0, 0, 0, 0, 0, 0),
+                "[{}] {sum:?}",
+                srv.name
+            );
+            assert!(
+                s.join("d").is_dir(),
+                "[{}] the site keeps its folder",
+                srv.name
+            );
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! verified, the counts, and never a half-recorded state.
 
 use super::model::{md5_like, Item, Record};
-use super::names::conflict_name;
+use super::names;
 use super::plan::{Action, Side, Winner};
 use super::{ConflictPolicy, Event, EventKind, Phase, Progress, ProgressFn};
 use crate::backend::{Backend, CreateOptions, Entry};
@@ -70,6 +70,8 @@ pub(crate) struct Ctx {
     /// Both sides are one backend object: copy server-side.
     pub same: bool,
     pub conflict: ConflictPolicy,
+    /// Conflicts: what a modification time in the future counts as (ns since the epoch).
+    pub future_mtime_as: i64,
     pub dry_run: bool,
     pub cancel: CancellationToken,
     pub live: Live,
@@ -146,6 +148,8 @@ pub(crate) struct Outcome {
     pub counts: Counts,
     /// Events to report.
     pub events: Vec<Event>,
+    /// The bytes the progress total counted for this action before it ran.
+    pub planned: u64,
 }
 
 impl Outcome {
@@ -208,10 +212,20 @@ fn action_old(a: &Action) -> Option<Record> {
     }
 }
 
+/// The bytes an action is expected to copy, for the progress total (before it runs).
+pub(crate) fn planned_bytes(a: &Action) -> u64 {
+    match a {
+        Action::Copy { item, .. } => item.size,
+        Action::Reconcile { site, remote, .. } => site.size.max(remote.size),
+        _ => 0,
+    }
+}
+
 /// Carries out `a`. A failure keeps the old record, so the next run sees the same situation.
 pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
     let path = action_path(&a).to_string();
     let old = action_old(&a);
+    let planned = planned_bytes(&a);
     let r = match a {
         Action::Copy {
             from,
@@ -219,7 +233,12 @@ pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
             target,
             old,
         } => copy(&ctx, from, item, target, old).await,
-        Action::Delete { side, item, old } => delete(&ctx, side, item, old).await,
+        Action::Delete {
+            side,
+            item,
+            old,
+            keep_parent,
+        } => delete(&ctx, side, item, old, keep_parent).await,
         Action::Mkdir { from, item, old } => mkdir(&ctx, from, item, old).await,
         Action::Reconcile {
             site,
@@ -228,7 +247,9 @@ pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
             winner,
         } => reconcile(&ctx, site, remote, old, winner).await,
     };
-    r.unwrap_or_else(|e| failed(old, &path, &e))
+    let mut o = r.unwrap_or_else(|e| failed(old, &path, &e));
+    o.planned = planned;
+    o
 }
 
 fn failed(old: Option<Record>, path: &str, e: &Error) -> Outcome {
@@ -269,14 +290,18 @@ async fn unchanged(ctx: &Ctx, side: Side, key: &str, listed: Option<&Item>) -> R
     }
 }
 
+/// Signed nanoseconds since the epoch: times before 1970 stay themselves, not 0.
+fn signed_ns(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
 fn close(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
-    let ns = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0)
-    };
+    let ns = signed_ns;
     match (a, b) {
-        (Some(a), Some(b)) => (ns(a) - ns(b)).abs() <= MTIME_SLACK_NS,
+        (Some(a), Some(b)) => (ns(a) - ns(b)).abs() <= MTIME_SLACK_NS as i128,
         _ => false,
     }
 }
@@ -450,7 +475,13 @@ async fn copy(
     Ok(o)
 }
 
-async fn delete(ctx: &Ctx, side: Side, item: Item, old: Record) -> Result<Outcome> {
+async fn delete(
+    ctx: &Ctx,
+    side: Side,
+    item: Item,
+    old: Record,
+    keep_parent: bool,
+) -> Result<Outcome> {
     let key = ctx.key(side, &item.path);
     if !unchanged(ctx, side, &key, Some(&item)).await? {
         // Changed after listing: the next run sees "changed here, deleted there" and keeps it.
@@ -466,6 +497,23 @@ async fn delete(ctx: &Ctx, side: Side, item: Item, old: Record) -> Result<Outcom
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
+        }
+        if keep_parent {
+            // The folder stays, as it does on the other side: on object storage the last
+            // file's key was all that made it exist.
+            // A folder that still holds something needs no marker.
+            if let Some((parent, _)) = key.rsplit_once('/') {
+                let b = ctx.backend(side);
+                match b.stat(parent).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => match b.mkdir(parent).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
         }
         o.del.push(item.path.clone());
     } else {
@@ -609,7 +657,15 @@ async fn reconcile(
             ..Default::default()
         });
     }
-    let newer_is_remote = m.mtime_ns.unwrap_or(i64::MIN) > s.mtime_ns.unwrap_or(i64::MIN);
+    // A time in the future (a wrong clock, a file dated 2100) cannot be true: it only says
+    // that the version changed since the last run, so it counts as that time and loses to any
+    // version dated truly since. It cannot win every conflict to come.
+    let now = signed_ns(SystemTime::now()).min(i64::MAX as i128) as i64;
+    let when = |i: &Item| {
+        i.mtime_ns
+            .map_or(i64::MIN, |t| if t > now { ctx.future_mtime_as } else { t })
+    };
+    let newer_is_remote = when(&m) > when(&s);
     match winner {
         Winner::Source(Side::Site) => copy(ctx, Side::Site, s, Some(m), old).await,
         Winner::Source(Side::Remote) => copy(ctx, Side::Remote, m, Some(s), old).await,
@@ -647,8 +703,63 @@ async fn reconcile(
     }
 }
 
+/// Conflict names tried for one losing version before the path is left for the next run.
+const CONFLICT_NAME_TRIES: u32 = 100;
+
+/// A conflict name for the losing version (`item`, at `key` on side `lose`) that holds nothing
+/// on either side, or holds this very version (a repeated attempt of an interrupted run):
+/// never the name of another version, which keeping this one would overwrite.
+async fn free_conflict_name(ctx: &Ctx, lose: Side, item: &Item, key: &str) -> Result<String> {
+    let when = item.mtime().unwrap_or(UNIX_EPOCH);
+    for n in 1..=CONFLICT_NAME_TRIES {
+        let cpath = names::conflict_name_n(&item.path, when, n);
+        let mut usable = true;
+        for side in [lose, lose.other()] {
+            if !absent_or_holds(ctx, side, &ctx.key(side, &cpath), lose, key, item).await? {
+                usable = false;
+                break;
+            }
+        }
+        if usable {
+            return Ok(cpath);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::AlreadyExists,
+        format!(
+            "no free name to keep the older version beside /{}",
+            item.path
+        ),
+    ))
+}
+
+/// True when `key` on `side` is absent, or a file with the bytes of `item` (at `src` on `from`).
+async fn absent_or_holds(
+    ctx: &Ctx,
+    side: Side,
+    key: &str,
+    from: Side,
+    src: &str,
+    item: &Item,
+) -> Result<bool> {
+    let e = match ctx.backend(side).stat(key).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if e.is_dir() || e.size != item.size {
+        return Ok(false);
+    }
+    if item.size == 0 {
+        return Ok(true);
+    }
+    let a = ctx.backend(side).read(key, 0, Some(e.size)).await?;
+    let b = ctx.backend(from).read(src, 0, Some(item.size)).await?;
+    streams_equal(a, b).await
+}
+
 /// The winner (`win_item`, on side `win`) keeps the name on both sides; the loser is kept on
-/// both sides under its conflict name.
+/// both sides under a conflict name that no other version holds.
 async fn keep_both(
     ctx: &Ctx,
     win: Side,
@@ -658,7 +769,6 @@ async fn keep_both(
 ) -> Result<Outcome> {
     let lose = win.other();
     let path = win_item.path.clone();
-    let cpath = conflict_name(&path, lose_item.mtime().unwrap_or(UNIX_EPOCH));
     let lose_key = ctx.key(lose, &path);
     if !unchanged(ctx, lose, &lose_key, Some(&lose_item)).await? {
         return Ok(Outcome::skipped(
@@ -667,6 +777,7 @@ async fn keep_both(
             "changed at the destination during the run",
         ));
     }
+    let cpath = free_conflict_name(ctx, lose, &lose_item, &lose_key).await?;
     let mut o = Outcome::default();
     let msg = Some(format!(
         "changed on both sides; the older is kept as {cpath}"
