@@ -428,3 +428,83 @@ async fn a_folder_emptied_at_the_site_survives() {
         }
     }
 }
+
+/// `report` edited at the site while the bucket replaced it with a folder `report/`: neither
+/// may hide or delete the other. The file is kept under a conflict name on both sides, the
+/// folder comes to the site, and nothing is lost at the next runs. A one-way job leaves both
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_and_a_folder_of_one_name_are_both_kept() {
+    // Servers that store keys verbatim, as S3 does (s3s-fs maps them to file paths).
+    for srv in servers().await.into_iter().filter(|s| s.caps.raw_keys) {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        let remote: Arc<dyn Backend> = Arc::new(srv.backend());
+        let s3 = srv.backend();
+        let s = dir.path().join("site/inbox");
+        let t = 1_714_558_500; // 2024-05-01 10:15:00 UTC
+        let kept = "report (conflict 2024-05-01 101500 UTC)";
+        write(&s, "report", b"v1");
+        write(&s, "other.txt", b"other");
+        let job = SyncJob {
+            name: format!("clash-{}", srv.name),
+            site: (site.clone(), "inbox".into()),
+            remote: (remote.clone(), srv.key("two/")),
+            direction: Direction::TwoWay,
+            delete: true,
+            conflict: ConflictPolicy::KeepBoth,
+            include: vec![],
+            exclude: vec![],
+            max_delete: Default::default(),
+            lease: None,
+        };
+        let state = dir.path().join("state");
+        let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+        run().await;
+        // On the bucket the file becomes a folder; at the site it is edited.
+        remote.remove_file(&srv.key("two/report")).await.unwrap();
+        put(&s3, &srv.key("two/report/part1.txt"), b"part 1", 64).await;
+        write_at(&s, "report", b"v2, edited at the site", t);
+        let sum = run().await;
+        assert_eq!(
+            (sum.conflicts, sum.errors),
+            (1, 0),
+            "[{}] {sum:?}",
+            srv.name
+        );
+        let want: BTreeMap<String, Vec<u8>> = [
+            (kept, &b"v2, edited at the site"[..]),
+            ("other.txt", b"other"),
+            ("report/part1.txt", b"part 1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(local_files(&s), want, "[{}]", srv.name);
+        assert_eq!(s3_files(&remote, &srv, "two").await, want, "[{}]", srv.name);
+        for _ in 0..2 {
+            let sum = run().await;
+            assert_eq!(
+                counts(&sum),
+                (0, 0, 0, 0, 0, 0, 0),
+                "[{}] {sum:?}",
+                srv.name
+            );
+            assert_eq!(local_files(&s), want, "[{}]", srv.name);
+        }
+
+        // A push job: the site's file is not written behind the bucket's folder.
+        let mut push = job.clone();
+        push.name = format!("clash-push-{}", srv.name);
+        push.direction = Direction::Push;
+        push.remote = (remote.clone(), srv.key("push/"));
+        put(&s3, &srv.key("push/summary/part1.txt"), b"theirs", 64).await;
+        write(&s, "summary", b"a file at the site");
+        let sum = run_job(&push, &state, RunOptions::default()).await.unwrap();
+        assert_eq!((sum.skipped, sum.errors), (1, 0), "[{}] {sum:?}", srv.name);
+        let bucket = s3_files(&remote, &srv, "push").await;
+        assert!(!bucket.contains_key("summary"), "[{}] {bucket:?}", srv.name);
+        assert_eq!(bucket["summary/part1.txt"], b"theirs");
+        assert_eq!(read(&s, "summary").unwrap(), b"a file at the site");
+    }
+}

@@ -162,7 +162,7 @@ impl Outcome {
         });
     }
 
-    fn skipped(old: Option<Record>, path: &str, why: &str) -> Outcome {
+    pub(crate) fn skipped(old: Option<Record>, path: &str, why: &str) -> Outcome {
         let mut o = Outcome {
             keep: old.into_iter().collect(),
             ..Default::default()
@@ -701,6 +701,58 @@ async fn reconcile(
             Ok(o)
         }
     }
+}
+
+/// A file (`item`, on side `here`) whose name the other side now uses for a folder: neither
+/// can replace the other, so the file moves aside on its own side to a conflict name and is
+/// copied under that name to the other side. Both stay visible; nothing is deleted but the
+/// file's old name, once its copies exist. Reported as a conflict whatever the policy.
+pub(crate) async fn clash(ctx: &Ctx, here: Side, item: Item, old: Option<Record>) -> Outcome {
+    let path = item.path.clone();
+    let planned = item.size;
+    let r = clash_inner(ctx, here, item, old.clone()).await;
+    let mut o = r.unwrap_or_else(|e| failed(old, &path, &e));
+    o.planned = planned;
+    o
+}
+
+async fn clash_inner(ctx: &Ctx, here: Side, item: Item, old: Option<Record>) -> Result<Outcome> {
+    let there = here.other();
+    let path = item.path.clone();
+    let key = ctx.key(here, &path);
+    if !unchanged(ctx, here, &key, Some(&item)).await? {
+        return Ok(Outcome::skipped(old, &path, "changed during the run"));
+    }
+    let cpath = free_conflict_name(ctx, here, &item, &key).await?;
+    let msg = Some(format!(
+        "a file here, a folder of that name on the other side: the file is kept as {cpath} on both sides"
+    ));
+    let mut o = Outcome::default();
+    o.counts.conflicts = 1;
+    if ctx.dry_run {
+        o.keep.extend(old);
+        o.event(EventKind::Conflict, &path, 0, msg);
+        o.copied(there, &cpath, item.size);
+        return Ok(o);
+    }
+    let ckey = ctx.key(here, &cpath);
+    let moved = server_copy(ctx.backend(here), &key, &ckey, &item).await?;
+    let moved = Item::from_written(&cpath, &moved);
+    let copied = transfer(ctx, here, &ckey, &moved, there, &ctx.key(there, &cpath)).await?;
+    let copied = Item::from_written(&cpath, &copied);
+    // Both copies exist: only now does the old name go, so the folder can take it.
+    match ctx.backend(here).remove_file(&key).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    o.put.push(pair(here, &moved, &copied));
+    if old.is_some() {
+        o.del.push(path.clone());
+    }
+    o.copied(there, &cpath, moved.size);
+    o.event(EventKind::Conflict, &path, 0, msg);
+    Ok(o)
 }
 
 /// Conflict names tried for one losing version before the path is left for the next run.

@@ -322,6 +322,91 @@ struct Triple {
     remote_dirs: Vec<String>,
 }
 
+/// Files of one side whose name is a folder on the other (`report` and `report/part1.txt`).
+///
+/// A folder `P/` sorts after its name `P` and after names like `P.txt` or `P (1)`, so each
+/// side's files stay "pending" only until the walk passes the keys that start with `P/`
+/// (a handful at a time: only names that extend `P` with a character below `/`).
+#[derive(Default)]
+struct Clashes {
+    pending: [std::collections::BTreeSet<String>; 2],
+    /// Clashing file paths, with the side that holds the file.
+    found: std::collections::BTreeMap<String, Side>,
+    /// Those whose file was moved out of the way this run.
+    resolved: std::collections::BTreeSet<String>,
+}
+
+impl Clashes {
+    fn observe(&mut self, s: &Seen, m: &Seen) {
+        let Some(key) = s.item.as_ref().or(m.item.as_ref()).map(|i| i.path.clone()) else {
+            return;
+        };
+        for (i, side, there) in [(0, Side::Site, m), (1, Side::Remote, s)] {
+            let pending = &mut self.pending[i];
+            if pending.is_empty() && !is_file(&key, if i == 0 { s } else { m }) {
+                continue;
+            }
+            let found = &mut self.found;
+            pending.retain(|p| {
+                if there.item.is_some()
+                    && key.len() > p.len()
+                    && key.starts_with(p.as_str())
+                    && key.as_bytes()[p.len()] == b'/'
+                {
+                    found.insert(p.clone(), side);
+                }
+                // Every key that starts with `p/` sorts below `p0`.
+                key.as_str() < format!("{p}0").as_str()
+            });
+            if is_file(&key, if i == 0 { s } else { m }) {
+                pending.insert(key.clone());
+            }
+        }
+    }
+
+    /// The side holding a clashing file that `key` lies below, while that file is in the way.
+    fn blocking(&self, key: &str) -> Option<Side> {
+        key.match_indices('/')
+            .map(|(i, _)| &key[..i])
+            .find_map(|p| self.found.get(p).filter(|_| !self.resolved.contains(p)))
+            .copied()
+    }
+}
+
+fn is_file(key: &str, seen: &Seen) -> bool {
+    seen.item
+        .as_ref()
+        .is_some_and(|i| !i.is_dir() && i.path == key)
+}
+
+/// True when carrying out `d` writes to or deletes from `side`.
+fn writes_to(d: &Decision, side: Side) -> bool {
+    match d {
+        Decision::Keep(_) | Decision::Skip(_) => false,
+        Decision::RemoveDir { side: s, .. } => *s == side,
+        Decision::Act(Action::Copy { from, .. } | Action::Mkdir { from, .. }) => {
+            from.other() == side
+        }
+        Decision::Act(Action::Delete { side: s, .. }) => *s == side,
+        Decision::Act(Action::Reconcile { .. }) => true,
+    }
+}
+
+/// The path and old record of a decision that does something.
+fn decision_parts(d: Decision) -> (String, Option<Record>) {
+    match d {
+        Decision::Keep(r) | Decision::Skip(r) => {
+            (r.as_ref().map(|r| r.path.clone()).unwrap_or_default(), r)
+        }
+        Decision::RemoveDir { item, old, .. } => (item.path, Some(old)),
+        Decision::Act(Action::Copy { item, old, .. } | Action::Mkdir { item, old, .. }) => {
+            (item.path, old)
+        }
+        Decision::Act(Action::Delete { item, old, .. }) => (item.path, Some(old)),
+        Decision::Act(Action::Reconcile { site, old, .. }) => (site.path, old),
+    }
+}
+
 /// Keeps `stack` to the folders that hold `key`, then adds `item` when it is a folder.
 fn track_dirs(stack: &mut Vec<String>, key: &str, item: Option<&Item>) {
     while stack.last().is_some_and(|d| !key.starts_with(d.as_str())) {
@@ -511,8 +596,10 @@ async fn run_planned(
     //    The same pass counts the files each side would lose, against `max_delete`.
     let (mut files_total, mut bytes_total) = (0u64, 0u64);
     let (mut del_site, mut del_remote) = (0u64, 0u64);
+    let mut clashes = Clashes::default();
     let mut t = inputs.triple().map_err(|e| io_err("merge", e))?;
     while let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? {
+        clashes.observe(&s, &m);
         match plan::decide(s, m, r, &rules) {
             Decision::Act(a) => {
                 files_total += 1;
@@ -590,7 +677,56 @@ async fn run_planned(
         let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? else {
             break false;
         };
+        // A file on one side where the other has a folder of that name (rare: the map is
+        // usually empty, and then this costs nothing).
+        let mut blocked = None;
+        if !clashes.found.is_empty() {
+            let key = s
+                .item
+                .as_ref()
+                .or(m.item.as_ref())
+                .map(|i| i.path.clone())
+                .or_else(|| r.as_ref().map(|r| r.path.clone()))
+                .unwrap_or_default();
+            if let Some(&file_side) = clashes.found.get(&key) {
+                let (here, there) = match file_side {
+                    Side::Site => (s.item, m.item),
+                    Side::Remote => (m.item, s.item),
+                };
+                let o = match here {
+                    Some(item) if job.direction == Direction::TwoWay && there.is_none() => {
+                        let o = exec::clash(&ctx, file_side, item, r).await;
+                        if o.counts.errors == 0 && o.counts.skipped == 0 {
+                            clashes.resolved.insert(key);
+                        }
+                        o
+                    }
+                    _ => exec::Outcome::skipped(
+                        r,
+                        &key,
+                        "a file on one side, a folder of that name on the other: left alone \
+                         (a one-way job replaces neither; rename one of them)",
+                    ),
+                };
+                acc.absorb(o)?;
+                continue;
+            }
+            blocked = clashes.blocking(&key);
+        }
         let mut decision = plan::decide(s, m, r, &rules);
+        if let Some(file_side) = blocked {
+            // Inside a folder whose name is still a file on `file_side`: nothing is written
+            // there until the file is out of the way.
+            if writes_to(&decision, file_side) {
+                let (path, old) = decision_parts(decision);
+                acc.absorb(exec::Outcome::skipped(
+                    old,
+                    &path,
+                    "its folder's name is a file on the other side",
+                ))?;
+                continue;
+            }
+        }
         if let Decision::Act(Action::Delete {
             side,
             item,
