@@ -14,7 +14,7 @@ use bucketgate_storage::sync::{
     is_conflict_name, run_job, ConflictPolicy, Direction, RunOptions, SyncJob,
 };
 use common::{counts, read, rm, tree, write, write_at};
-use s3_support::{data, get, put, s3s_server, servers, walk_all, Server, MIB};
+use s3_support::{data, get, put, put_with, s3s_server, servers, walk_all, Server, MIB};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -506,5 +506,78 @@ async fn a_file_and_a_folder_of_one_name_are_both_kept() {
         assert!(!bucket.contains_key("summary"), "[{}] {bucket:?}", srv.name);
         assert_eq!(bucket["summary/part1.txt"], b"theirs");
         assert_eq!(read(&s, "summary").unwrap(), b"a file at the site");
+    }
+}
+
+/// An object replaced on the bucket by other bytes of the same size and the same `mtime`
+/// metadata is a change: a push restores the site's version (the MD5 ETag tells the two
+/// apart), with a state and without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_restores_an_object_replaced_with_same_size_and_time() {
+    use bucketgate_storage::backend::CreateOptions;
+    use std::time::{Duration, UNIX_EPOCH};
+    // Servers that list ETags, as S3 does (s3s-fs lists none: nothing tells the two apart).
+    for srv in servers().await.into_iter().filter(|s| s.name != "s3s-fs") {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        // Listings show the `mtime` metadata, as the gateway's remotes do.
+        let s3 = srv.backend_with(|o| o.preserve_mtime = true);
+        let remote: Arc<dyn Backend> = Arc::new(s3.clone());
+        let s = dir.path().join("site/out");
+        let t = 1_700_000_000;
+        write_at(&s, "a.txt", b"the site's own bytes", t);
+        let job = SyncJob {
+            name: format!("md5-{}", srv.name),
+            site: (site.clone(), "out".into()),
+            remote: (remote.clone(), srv.key("md5/")),
+            direction: Direction::Push,
+            delete: false,
+            conflict: ConflictPolicy::Newer,
+            include: vec![],
+            exclude: vec![],
+            max_delete: Default::default(),
+            lease: None,
+        };
+        let state = dir.path().join("state");
+        let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+        run().await;
+        let forge = || async {
+            let opts = CreateOptions {
+                mtime: Some(UNIX_EPOCH + Duration::from_secs(t)),
+                ..Default::default()
+            };
+            put_with(
+                &s3,
+                &srv.key("md5/a.txt"),
+                b"someone else's bytes",
+                64,
+                opts,
+            )
+            .await
+            .unwrap();
+        };
+        for lose_state in [false, true] {
+            forge().await;
+            if lose_state {
+                std::fs::remove_file(state.join(format!("sync/md5-{}.state", srv.name))).unwrap();
+            }
+            let sum = run().await;
+            assert_eq!(
+                (sum.copied_to_remote, sum.errors),
+                (1, 0),
+                "[{}] lost state: {lose_state}: {sum:?}",
+                srv.name
+            );
+            assert_eq!(
+                get(&s3, &srv.key("md5/a.txt")).await,
+                b"the site's own bytes"
+            );
+            assert_eq!(
+                counts(&run().await),
+                (0, 0, 0, 0, 0, 0, 0),
+                "[{}]",
+                srv.name
+            );
+        }
     }
 }

@@ -581,19 +581,64 @@ pub(crate) async fn remove_dir(ctx: &Ctx, side: Side, item: Item, old: Record) -
     }
 }
 
-/// True when the two sides hold the same bytes: sizes, then MD5 ETags where both sides have
-/// one, then equal mtimes (copies keep them), else reading both.
-async fn same_content(ctx: &Ctx, s: &Item, m: &Item) -> Result<bool> {
+/// The MD5 of `item`'s content on `side`, when it is known without reading: its ETag is one,
+/// or the side is unchanged since `old` recorded it beside an MD5 ETag of the other side (a
+/// pair is only recorded when both sides hold the same bytes).
+fn known_md5(side: Side, item: &Item, old: Option<&Record>) -> Option<String> {
+    if let Some(e) = item.etag.as_ref().filter(|e| md5_like(e)) {
+        return Some(e.to_ascii_lowercase());
+    }
+    let old = old?;
+    let (mine, theirs) = match side {
+        Side::Site => (&old.site, &old.remote),
+        Side::Remote => (&old.remote, &old.site),
+    };
+    if !mine.matches(item) {
+        return None;
+    }
+    theirs
+        .etag
+        .as_ref()
+        .filter(|e| md5_like(e))
+        .map(|e| e.to_ascii_lowercase())
+}
+
+/// The MD5 of what `key` on `side` holds, read in full.
+async fn read_md5(ctx: &Ctx, side: Side, key: &str, size: u64) -> Result<String> {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    let mut st = ctx.backend(side).read(key, 0, Some(size)).await?;
+    while let Some(c) = st.next().await {
+        h.update(&c?);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// True when the two sides hold the same bytes: sizes; then MD5s where one side's is known
+/// (an MD5 ETag, or one carried by the record), the other side's read and hashed when not
+/// known; then, where no MD5 exists (local to local, multipart ETags), equal mtimes (copies
+/// keep them); else reading both.
+async fn same_content(ctx: &Ctx, s: &Item, m: &Item, old: Option<&Record>) -> Result<bool> {
     if s.size != m.size {
         return Ok(false);
     }
     if s.is_dir() || s.size == 0 {
         return Ok(true);
     }
-    if let (Some(a), Some(b)) = (&s.etag, &m.etag) {
-        if md5_like(a) && md5_like(b) {
-            return Ok(a.eq_ignore_ascii_case(b));
+    match (
+        known_md5(Side::Site, s, old),
+        known_md5(Side::Remote, m, old),
+    ) {
+        (Some(a), Some(b)) => return Ok(a == b),
+        (Some(a), None) => {
+            let b = read_md5(ctx, Side::Remote, &ctx.key(Side::Remote, &m.path), m.size).await?;
+            return Ok(a == b);
         }
+        (None, Some(b)) => {
+            let a = read_md5(ctx, Side::Site, &ctx.key(Side::Site, &s.path), s.size).await?;
+            return Ok(a == b);
+        }
+        (None, None) => {}
     }
     if let (Some(a), Some(b)) = (s.mtime_ns, m.mtime_ns) {
         if (a - b).abs() <= MTIME_SLACK_NS {
@@ -650,7 +695,7 @@ async fn reconcile(
     old: Option<Record>,
     winner: Winner,
 ) -> Result<Outcome> {
-    if same_content(ctx, &s, &m).await? {
+    if same_content(ctx, &s, &m, old.as_ref()).await? {
         // Already equal (a copy made by a run that could not record it): record, copy nothing.
         return Ok(Outcome {
             put: vec![Record::pair(&s, &m)],

@@ -21,7 +21,9 @@
 //! state is only replaced whole, and it (with the journal) only records pairs verified on both
 //! sides. A copy that completed but was not recorded is found on the next run as "present on
 //! both sides, changed since the record (or unrecorded)", which compares the two contents
-//! (sizes, then MD5 ETags where both sides have them, then equal mtimes, else the bytes) and
+//! (sizes, then MD5s where one side's is known: an MD5 ETag, or the one a record carries for a
+//! side unchanged since, the other side hashed when its MD5 is unknown; without any MD5,
+//! equal mtimes; else the bytes) and
 //! records the pair instead of declaring a conflict. A deletion that completed but was not
 //! recorded leaves the path absent on both sides: the record is simply dropped. Conflict copies
 //! are named after the losing version's mtime, so a repeated attempt reuses the same name.
