@@ -338,28 +338,33 @@ struct Clashes {
 
 impl Clashes {
     fn observe(&mut self, s: &Seen, m: &Seen) {
-        let Some(key) = s.item.as_ref().or(m.item.as_ref()).map(|i| i.path.clone()) else {
+        let Some(key) = s.item.as_ref().or(m.item.as_ref()).map(|i| i.path.as_str()) else {
             return;
         };
-        for (i, side, there) in [(0, Side::Site, m), (1, Side::Remote, s)] {
+        for (i, side, here, there) in [(0, Side::Site, s, m), (1, Side::Remote, m, s)] {
             let pending = &mut self.pending[i];
-            if pending.is_empty() && !is_file(&key, if i == 0 { s } else { m }) {
+            if pending.is_empty() && !is_file(key, here) {
                 continue;
             }
             let found = &mut self.found;
             pending.retain(|p| {
+                let (kb, pb) = (key.as_bytes(), p.as_bytes());
                 if there.item.is_some()
-                    && key.len() > p.len()
-                    && key.starts_with(p.as_str())
-                    && key.as_bytes()[p.len()] == b'/'
+                    && kb.len() > pb.len()
+                    && kb.starts_with(pb)
+                    && kb[pb.len()] == b'/'
                 {
                     found.insert(p.clone(), side);
                 }
-                // Every key that starts with `p/` sorts below `p0`.
-                key.as_str() < format!("{p}0").as_str()
+                // Still pending while `key` sorts below `p0` (every key under `p/` does).
+                if kb.starts_with(pb) {
+                    kb.len() == pb.len() || kb[pb.len()] < b'0'
+                } else {
+                    kb < pb
+                }
             });
-            if is_file(&key, if i == 0 { s } else { m }) {
-                pending.insert(key.clone());
+            if is_file(key, here) {
+                pending.insert(key.to_string());
             }
         }
     }
