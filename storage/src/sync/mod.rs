@@ -70,8 +70,9 @@ pub enum Direction {
 
 /// What a two-way job does with a path changed on both sides since the last run.
 ///
-/// "Newer" compares modification times, each clamped to the time of the decision: a file
-/// dated in the future counts as modified now, so a wrong clock cannot win every conflict.
+/// "Newer" compares modification times, but a time in the future is not believed: it counts as
+/// the time the job's state was last written (the version is known to be newer than that, no
+/// more), so a wrong clock cannot win every conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConflictPolicy {
     /// The version with the later mtime wins (the site's on a tie); the other is overwritten.
