@@ -28,7 +28,7 @@ pub use net::IpNet;
 pub use paths::{is_within, normalize_prefix, normalize_site_path};
 pub use schema::{
     AdminConfig, BanConfig, Config, Conflict, Direction, FtpConfig, FtpTlsConfig, LimitsConfig,
-    LogConfig, LogFormat, MountConfig, Permission, Protocol, RemoteConfig, RemoteKind,
+    LogConfig, LogFormat, MaxDelete, MountConfig, Permission, Protocol, RemoteConfig, RemoteKind,
     RemoteTimeouts, SftpConfig, StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,
 };
 pub use secret::Secret;

@@ -146,7 +146,9 @@ syncs:
     let s = &c.syncs[0];
     assert_eq!(s.prefix, "mirror/");
     assert_eq!(s.direction, Direction::TwoWay);
-    assert_eq!(s.conflict, Conflict::Newer);
+    // Two-way conflicts keep both versions unless `conflict: newer` is written.
+    assert_eq!(s.conflict, Conflict::KeepBoth);
+    assert_eq!(s.max_delete, bucketgate_config::MaxDelete::Percent(50));
     assert!(!s.delete && s.interval.is_none());
     assert_eq!(s.include, ["**"]);
     assert!(s.exclude.is_empty());

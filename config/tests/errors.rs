@@ -525,7 +525,11 @@ fn syncs() {
         "direction",
         "`push`, `pull`, `two-way`",
     );
-    let text = format!("{}{sync}{}", base(), sync.replace("syncs:\n", ""));
+    let text = format!(
+        "{}{sync}{}",
+        base(),
+        sync.replace("syncs:\n", "").replace("acme", "other")
+    );
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{}", show(&errs));
     assert_eq!(errs[0].path, "syncs[1].name");
@@ -536,6 +540,38 @@ fn syncs() {
     assert!(errs[0]
         .message
         .contains("duplicate sync name `s`: already used by syncs[0] (line"));
+
+    // Two jobs on overlapping parts of one bucket, as for mounts.
+    let two = "  - name: t\n    path: /y\n    remote: acme\n    prefix: a/b\n    direction: pull\n";
+    let text = format!("{}{sync}    prefix: a/\n{two}", base());
+    one(
+        &text,
+        "syncs[1].prefix",
+        "prefix: a/b",
+        "bucket prefix `a/b/` of remote `acme` overlaps prefix `a/` used by syncs[0]",
+    );
+    let text = format!(
+        "{}{sync}    prefix: a/\n{}",
+        base(),
+        two.replace("a/b", "ab")
+    );
+    load_text(&text).unwrap_or_else(|e| panic!("{e}"));
+
+    // max_delete: a count or a percentage.
+    for ok in ["10", "0", "\"25%\"", "100%"] {
+        let text = format!("{}{sync}    delete: true\n    max_delete: {ok}\n", base());
+        load_text(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in ["101%", "-1", "half", "5.5"] {
+        let text = format!("{}{sync}    max_delete: {bad}\n", base());
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{bad}: {}", show(&errs));
+        assert!(
+            errs[0].path.contains("max_delete"),
+            "{bad}: {}",
+            show(&errs)
+        );
+    }
 }
 
 #[test]

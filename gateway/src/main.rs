@@ -63,6 +63,9 @@ enum SyncCommand {
         /// Show what would be copied and deleted, change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Go ahead even when the run deletes more files than the job's `max_delete`
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         cfg: ConfigArg,
     },
@@ -155,8 +158,14 @@ fn main() -> ExitCode {
                 },
         } => remote_test::run(&cfg, &name, read_only),
         Command::Sync {
-            command: SyncCommand::Run { name, dry_run, cfg },
-        } => sync_cli::run(&cfg, &name, dry_run),
+            command:
+                SyncCommand::Run {
+                    name,
+                    dry_run,
+                    force,
+                    cfg,
+                },
+        } => sync_cli::run(&cfg, &name, dry_run, force),
         Command::Sync {
             command: SyncCommand::Status { names, cfg },
         } => sync_cli::status(&cfg, &names),

@@ -17,7 +17,7 @@ fn config(arg: &ConfigArg) -> Result<Config, Exit> {
 }
 
 /// Runs one job now; exit 0 when every path was handled, 1 otherwise.
-pub fn run(arg: &ConfigArg, name: &str, dry_run: bool) -> Result<(), Exit> {
+pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<(), Exit> {
     let cfg = config(arg)?;
     if cfg.sync(name).is_none() {
         let names: Vec<&str> = cfg.syncs.iter().map(|s| s.name.as_str()).collect();
@@ -53,7 +53,7 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool) -> Result<(), Exit> {
             .into_iter()
             .find(|(j, _)| j.name == name)
             .expect("checked above");
-        match sync_cmd::sync_run(job, &cfg.state_dir, dry_run).await {
+        match sync_cmd::sync_run(job, &cfg.state_dir, dry_run, force).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Exit::runtime("")),
             Err(e) => Err(Exit::runtime(e)),
@@ -63,9 +63,26 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool) -> Result<(), Exit> {
     result
 }
 
-/// Prints the last runs of the jobs.
+/// Prints the last runs of the jobs; a name that is no job of the config exits 2.
 pub fn status(arg: &ConfigArg, names: &[String]) -> Result<(), Exit> {
     let cfg = config(arg)?;
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| cfg.sync(n).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let jobs: Vec<&str> = cfg.syncs.iter().map(|s| s.name.as_str()).collect();
+        return Err(Exit::usage(format!(
+            "no sync job named {} (jobs: {})",
+            unknown
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            jobs.join(", ")
+        )));
+    }
     let names: Vec<String> = if names.is_empty() {
         cfg.syncs.iter().map(|s| s.name.clone()).collect()
     } else {

@@ -15,12 +15,18 @@ use std::time::{Duration, Instant};
 /// (stdout), then a summary. `Ok(true)` when every path was handled, `Ok(false)` when some
 /// failed (they are retried at the next run), `Err` when the run could not happen at all
 /// (already running, a side that cannot be listed, a state that cannot be written).
-pub async fn sync_run(job: SyncJob, state_dir: &Path, dry_run: bool) -> Result<bool, String> {
+pub async fn sync_run(
+    job: SyncJob,
+    state_dir: &Path,
+    dry_run: bool,
+    force: bool,
+) -> Result<bool, String> {
     let tty = std::io::stderr().is_terminal();
     let reporter = Reporter::new(tty, dry_run);
     let r2 = reporter.clone();
     let opts = RunOptions {
         dry_run,
+        force,
         progress: Some(Arc::new(move |p: Progress| r2.update(&p))),
         ..Default::default()
     };
@@ -382,12 +388,13 @@ mod tests {
             conflict: ConflictPolicy::Newer,
             include: vec![],
             exclude: vec![],
+            max_delete: Default::default(),
             lease: None,
         };
         let state = d.path().join("state");
-        assert!(sync_run(job.clone(), &state, true).await.unwrap());
+        assert!(sync_run(job.clone(), &state, true, false).await.unwrap());
         assert!(!d.path().join("r/out/a.txt").exists());
-        assert!(sync_run(job, &state, false).await.unwrap());
+        assert!(sync_run(job, &state, false, false).await.unwrap());
         assert!(d.path().join("r/out/a.txt").exists());
         sync_status(&state, &[]);
         sync_status(&state, &["cli".into(), "never".into()]);

@@ -342,6 +342,14 @@ pub fn sync_jobs(
                 },
                 include: s.include.clone(),
                 exclude: s.exclude.clone(),
+                max_delete: match s.max_delete {
+                    bucketgate_config::MaxDelete::Count(n) => {
+                        bucketgate_storage::sync::MaxDelete::Count(n)
+                    }
+                    bucketgate_config::MaxDelete::Percent(p) => {
+                        bucketgate_storage::sync::MaxDelete::Percent(p)
+                    }
+                },
                 // Instances sharing the remote agree on who runs the job through this object.
                 lease: Some(Arc::new(bucketgate_storage::s3::S3LeaseStore::new(
                     (**remote).clone(),

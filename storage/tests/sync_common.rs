@@ -60,6 +60,7 @@ impl Env {
             conflict,
             include: vec![],
             exclude: vec![],
+            max_delete: Default::default(),
             lease: None,
         }
     }

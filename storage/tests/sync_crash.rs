@@ -34,6 +34,7 @@ fn job(dir: &Path) -> SyncJob {
         conflict: ConflictPolicy::KeepBoth,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         // A killed run leaves its lease behind; the rerun (same instance) must take it back.
         lease: Some(Arc::new(FileLeaseStore::new(dir.join("leases")).unwrap())),
     }

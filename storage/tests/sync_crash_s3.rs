@@ -50,6 +50,7 @@ fn job(dir: &Path, s3: S3Backend, prefix: &str) -> SyncJob {
         conflict: ConflictPolicy::KeepBoth,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         // A killed run leaves its lease in the bucket; the rerun (same instance) takes it back.
         lease: Some(Arc::new(S3LeaseStore::new(s3, prefix))),
     }

@@ -8,7 +8,7 @@ use bucketgate_storage::backend::Backend;
 use bucketgate_storage::local::LocalBackend;
 use bucketgate_storage::sync::{
     conflict_name, is_conflict_name, run_job, run_scheduled, status, ConflictPolicy, Direction,
-    EventKind, FileLeaseStore, LeaseStore, RunOptions,
+    EventKind, FileLeaseStore, LeaseStore, MaxDelete, RunOptions,
 };
 use bucketgate_storage::ErrorKind;
 use common::*;
@@ -300,6 +300,63 @@ async fn filters_limit_copies_and_deletions() {
 }
 
 #[tokio::test]
+async fn a_glob_with_a_trailing_slash_leaves_out_the_folder_and_all_inside() {
+    let env = Env::new();
+    let (s, r) = (env.s(), env.r());
+    write(&s, "secrets/id_rsa", b"private key");
+    write(&s, "secrets/deep/token", b"token");
+    write(&s, "app/secrets", b"a file called secrets, elsewhere");
+    write(&s, "readme.txt", b"hello");
+    let mut job = env.job(Push, true, Newer);
+    job.exclude = vec!["secrets/".into()];
+    let sum = env.run(&job).await;
+    assert_eq!(sum.errors, 0);
+    assert_eq!(names(&r), ["app/", "app/secrets", "readme.txt"]);
+}
+
+#[tokio::test]
+async fn a_refused_run_is_in_the_history_and_the_bar_total_is_the_summary() {
+    let env = Env::new();
+    write(&env.s(), "r.txt", b"base");
+    write(&env.s(), "same.txt", b"same");
+    let job = env.job(TwoWay, true, KeepBoth);
+    env.run(&job).await;
+    // Another run holds the job.
+    let lock_path = env.state.join("locks/acme-inbound.lock");
+    let held = std::fs::File::open(&lock_path).unwrap();
+    held.lock().unwrap();
+    assert!(run_job(&job, &env.state, RunOptions::default())
+        .await
+        .is_err());
+    drop(held);
+    let last = status(&env.state)[0].last().unwrap().clone();
+    assert_eq!(last.result, "refused", "{last:?}");
+    assert!(last.error.unwrap().contains("already running"));
+
+    // A conflict copies both versions, a path changed the same way on both sides none.
+    write_at(&env.s(), "r.txt", b"site version, older", 1_700_000_000);
+    write_at(&env.r(), "r.txt", b"remote version", 1_700_000_100);
+    write(&env.s(), "same.txt", b"same, changed");
+    write(&env.r(), "same.txt", b"same, changed");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let opts = RunOptions {
+        progress: Some(Arc::new(move |p| s2.lock().unwrap().push(p))),
+        ..Default::default()
+    };
+    let sum = run_job(&job, &env.state, opts).await.unwrap();
+    assert_eq!(sum.conflicts, 1, "{sum:?}");
+    assert_eq!(sum.bytes, 14 + 19);
+    let seen = seen.lock().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.bytes_done, last.bytes_total),
+        (sum.bytes, sum.bytes),
+        "the bar ends where the summary does"
+    );
+}
+
+#[tokio::test]
 async fn an_empty_site_listing_never_deletes_the_remote() {
     for direction in [TwoWay, Push] {
         let env = Env::new();
@@ -310,21 +367,177 @@ async fn an_empty_site_listing_never_deletes_the_remote() {
         env.run(&job).await;
         let before = tree(&r);
 
-        // The site folder vanished (an unmounted disk, a wrong path): nothing is deleted.
+        // The site folder vanished (a wrong path, a disk not mounted): the run fails.
         std::fs::remove_dir_all(&s).unwrap();
+        let e = run_job(&job, &env.state, RunOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(
+            e.to_string()
+                .contains("site folder /users/alice/inbound does not exist"),
+            "{e}"
+        );
+        assert_eq!(tree(&r), before);
+        assert_eq!(status(&env.state)[0].last().unwrap().result, "failed");
+
+        // A freshly made file system mounted there: only an empty `lost+found/`. Folders hold
+        // nothing: the side counts as empty, and nothing is deleted.
+        mkdir(&s, "lost+found");
         let sum = env.run(&job).await;
-        assert_eq!(sum.deleted_remote, 0);
+        assert_eq!(sum.deleted_remote, 0, "{sum:?}");
         assert!(sum.skipped >= 2, "{sum:?}");
         assert!(sum.messages.iter().any(|m| m.contains("listed empty")));
-        assert_eq!(tree(&r), before);
+        let mut want = before.clone();
+        want.insert("lost+found/".into(), Vec::new());
+        assert_eq!(tree(&r), want);
 
         // Back again: everything is as it was, nothing to do.
         write(&s, "a.txt", b"A");
         write(&s, "d/b.txt", b"B");
         let sum = env.run(&job).await;
         assert_eq!(sum.deleted_remote + sum.deleted_site + sum.conflicts, 0);
-        assert_eq!(tree(&r), before);
+        assert_eq!(tree(&r), want);
     }
+}
+
+#[tokio::test]
+async fn a_pull_job_creates_its_site_folder_on_its_first_run_only() {
+    let env = Env::new();
+    write(&env.r(), "a.txt", b"A");
+    let job = env.job(Pull, true, Newer);
+    assert_eq!(env.run(&job).await.copied_to_site, 1);
+    std::fs::remove_dir_all(env.s()).unwrap();
+    let e = run_job(&job, &env.state, RunOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(!env.s().exists());
+}
+
+#[tokio::test]
+async fn deletions_past_max_delete_refuse_the_run_until_forced() {
+    for direction in [Push, TwoWay] {
+        let env = Env::new();
+        let (s, r) = (env.s(), env.r());
+        for i in 0..10 {
+            write(&s, &format!("f{i}.txt"), format!("file {i}").as_bytes());
+        }
+        let job = env.job(direction, true, KeepBoth);
+        env.run(&job).await;
+        // One file left at the site: spreading that would delete nine of ten on the remote.
+        for i in 1..10 {
+            rm(&s, &format!("f{i}.txt"));
+        }
+        write(&s, "new.txt", b"new");
+        let before = tree(&r);
+        let e = run_job(&job, &env.state, RunOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitReached, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("9 of the 10 files in the remote prefix") && msg.contains("--force"),
+            "{msg}"
+        );
+        assert_eq!(tree(&r), before, "[{direction:?}] nothing changed");
+        let last = status(&env.state)[0].last().unwrap().clone();
+        assert_eq!(last.result, "failed");
+        assert!(last.error.unwrap().contains("max_delete"));
+        // A dry run says the same.
+        let dry = RunOptions {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert!(run_job(&job, &env.state, dry).await.is_err());
+        // Forced: the deletions are what the user wants.
+        let forced = RunOptions {
+            force: true,
+            ..Default::default()
+        };
+        let sum = run_job(&job, &env.state, forced).await.unwrap();
+        assert_eq!((sum.deleted_remote, sum.copied_to_remote), (9, 1));
+        assert_eq!(names(&r), ["f0.txt", "new.txt"]);
+    }
+
+    // A count: at most two files per side.
+    let env = Env::new();
+    for i in 0..10 {
+        write(&env.s(), &format!("f{i}.txt"), b"x");
+    }
+    let mut job = env.job(Push, true, Newer);
+    job.max_delete = MaxDelete::Count(2);
+    env.run(&job).await;
+    for i in 0..3 {
+        rm(&env.s(), &format!("f{i}.txt"));
+    }
+    let e = run_job(&job, &env.state, RunOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LimitReached);
+    assert_eq!(names(&env.r()).len(), 10);
+    // Two of them removed by hand: one left to delete, within the limit.
+    rm(&env.r(), "f0.txt");
+    rm(&env.r(), "f1.txt");
+    assert_eq!(env.run(&job).await.deleted_remote, 1);
+}
+
+#[tokio::test]
+async fn keep_both_never_overwrites_an_earlier_conflict_copy() {
+    let env = Env::new();
+    let (s, r) = (env.s(), env.r());
+    write(&s, "r.txt", b"base");
+    let job = env.job(TwoWay, true, KeepBoth);
+    env.run(&job).await;
+    let t = 1_714_558_500;
+    let first = "r (conflict 2024-05-01 101500 UTC).txt";
+    let second = "r (conflict 2024-05-01 101500 UTC #2).txt";
+
+    // Two conflicts in a row whose losing versions carry the same mtime.
+    write_at(&s, "r.txt", b"site one", t);
+    write_at(&r, "r.txt", b"remote one, newer", t + 60);
+    assert_eq!(env.run(&job).await.conflicts, 1);
+    write_at(&s, "r.txt", b"site two", t);
+    write_at(&r, "r.txt", b"remote two, newer", t + 120);
+    let sum = env.run(&job).await;
+    assert_eq!((sum.conflicts, sum.errors), (1, 0), "{sum:?}");
+    for side in [&s, &r] {
+        assert_eq!(read(side, "r.txt").unwrap(), b"remote two, newer");
+        assert_eq!(read(side, first).unwrap(), b"site one");
+        assert_eq!(read(side, second).unwrap(), b"site two");
+    }
+    // A user's own file that happens to hold the next name is not touched either.
+    write_at(&s, "r.txt", b"site three", t);
+    write_at(&r, "r.txt", b"remote three, newer", t + 180);
+    write(&s, "r (conflict 2024-05-01 101500 UTC #3).txt", b"mine");
+    let sum = env.run(&job).await;
+    assert_eq!((sum.conflicts, sum.errors), (1, 0), "{sum:?}");
+    assert_eq!(
+        read(&s, "r (conflict 2024-05-01 101500 UTC #3).txt").unwrap(),
+        b"mine"
+    );
+    assert_eq!(
+        read(&r, "r (conflict 2024-05-01 101500 UTC #4).txt").unwrap(),
+        b"site three"
+    );
+    assert_eq!(tree(&s), tree(&r));
+    assert_eq!(counts(&env.run(&job).await), (0, 0, 0, 0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_file_dated_in_the_future_does_not_win_every_conflict() {
+    let env = Env::new();
+    let (s, r) = (env.s(), env.r());
+    write(&s, "r.txt", b"base");
+    let job = env.job(TwoWay, true, Newer);
+    env.run(&job).await;
+    // 2100-01-01: a remote with a broken clock. The site's edit is the later one in truth.
+    write_at(&r, "r.txt", b"remote, dated 2100", 4_102_444_800);
+    write(&s, "r.txt", b"site, edited now");
+    let sum = env.run(&job).await;
+    assert_eq!(sum.conflicts, 1, "{sum:?}");
+    assert_eq!(read(&r, "r.txt").unwrap(), b"site, edited now");
+    assert_eq!(read(&s, "r.txt").unwrap(), b"site, edited now");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use bucketgate_storage::sync::{
     is_conflict_name, run_job, ConflictPolicy, Direction, RunOptions, SyncJob,
 };
 use common::{counts, read, rm, tree, write, write_at};
-use s3_support::{data, get, put, s3s_server, servers, walk_all, Server, MIB};
+use s3_support::{data, get, put, put_with, s3s_server, servers, walk_all, Server, MIB};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -73,6 +73,7 @@ async fn local_site_and_s3_remote() {
             conflict: ConflictPolicy::KeepBoth,
             include: vec![],
             exclude: vec![],
+            max_delete: Default::default(),
             lease: None,
         };
         let state = dir.path().join("state");
@@ -183,6 +184,7 @@ async fn s3_to_s3_on_one_backend_copies_server_side() {
             conflict: ConflictPolicy::Newer,
             include: vec![],
             exclude: vec!["**/f1?".into()],
+            max_delete: Default::default(),
             lease: None,
         };
         let state = dir.path().join("state");
@@ -260,6 +262,7 @@ async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run
         conflict: ConflictPolicy::Newer,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: Some(Arc::new(bucketgate_storage::s3::S3LeaseStore::new(
             s3.clone(),
             &prefix,
@@ -354,6 +357,7 @@ async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
         conflict: ConflictPolicy::Newer,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: None,
     };
     let state = dir.path().join("state");
@@ -554,4 +558,215 @@ async fn a_source_changed_during_its_copy_is_never_stored_torn() {
     assert_eq!(sum.errors, 0, "{sum:?}");
     assert!(get(&remote_big, &srv.key("t/big.bin")).await == new_big);
     assert!(read(&s, "obj.bin").unwrap() == new_obj);
+}
+
+/// A folder emptied at the site (its last file deleted, the folder kept) stays on both sides:
+/// the bucket gets a folder marker in place of the deleted key, so the next run finds the
+/// folder there and does not remove it from the site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_emptied_at_the_site_survives() {
+    // Servers that keep `dir/` markers as objects, as S3 does (s3s-fs makes them directories).
+    for srv in servers().await.into_iter().filter(|s| s.caps.markers) {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        let remote: Arc<dyn Backend> = Arc::new(srv.backend());
+        let s = dir.path().join("site/inbox");
+        write(&s, "d/x.txt", b"the only file of d");
+        write(&s, "keep.txt", b"keep");
+        write(&s, "more.txt", b"more");
+        for direction in [Direction::TwoWay, Direction::Push] {
+            let job = SyncJob {
+                name: format!("empty-{}-{direction:?}", srv.name),
+                site: (site.clone(), "inbox".into()),
+                remote: (remote.clone(), srv.key(&format!("{direction:?}/"))),
+                direction,
+                delete: true,
+                conflict: ConflictPolicy::KeepBoth,
+                include: vec![],
+                exclude: vec![],
+                max_delete: Default::default(),
+                lease: None,
+            };
+            write(&s, "d/x.txt", b"the only file of d");
+            let state = dir.path().join("state");
+            let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+            run().await;
+            rm(&s, "d/x.txt");
+            let sum = run().await;
+            assert_eq!(sum.deleted_remote, 1, "[{}] {sum:?}", srv.name);
+            let folders: Vec<String> =
+                walk_all(&srv.backend(), &srv.key(&format!("{direction:?}")))
+                    .await
+                    .into_iter()
+                    .filter(|e| e.is_dir())
+                    .map(|e| e.name)
+                    .collect();
+            assert_eq!(folders, ["d"], "[{}] the bucket keeps the folder", srv.name);
+            let sum = run().await;
+            assert_eq!(
+                counts(&sum),
+                (0, 0, 0, 0, 0, 0, 0),
+                "[{}] {sum:?}",
+                srv.name
+            );
+            assert!(
+                s.join("d").is_dir(),
+                "[{}] the site keeps its folder",
+                srv.name
+            );
+        }
+    }
+}
+
+/// `report` edited at the site while the bucket replaced it with a folder `report/`: neither
+/// may hide or delete the other. The file is kept under a conflict name on both sides, the
+/// folder comes to the site, and nothing is lost at the next runs. A one-way job leaves both
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_and_a_folder_of_one_name_are_both_kept() {
+    // Servers that store keys verbatim, as S3 does (s3s-fs maps them to file paths).
+    for srv in servers().await.into_iter().filter(|s| s.caps.raw_keys) {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        let remote: Arc<dyn Backend> = Arc::new(srv.backend());
+        let s3 = srv.backend();
+        let s = dir.path().join("site/inbox");
+        let t = 1_714_558_500; // 2024-05-01 10:15:00 UTC
+        let kept = "report (conflict 2024-05-01 101500 UTC)";
+        write(&s, "report", b"v1");
+        write(&s, "other.txt", b"other");
+        let job = SyncJob {
+            name: format!("clash-{}", srv.name),
+            site: (site.clone(), "inbox".into()),
+            remote: (remote.clone(), srv.key("two/")),
+            direction: Direction::TwoWay,
+            delete: true,
+            conflict: ConflictPolicy::KeepBoth,
+            include: vec![],
+            exclude: vec![],
+            max_delete: Default::default(),
+            lease: None,
+        };
+        let state = dir.path().join("state");
+        let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+        run().await;
+        // On the bucket the file becomes a folder; at the site it is edited.
+        remote.remove_file(&srv.key("two/report")).await.unwrap();
+        put(&s3, &srv.key("two/report/part1.txt"), b"part 1", 64).await;
+        write_at(&s, "report", b"v2, edited at the site", t);
+        let sum = run().await;
+        assert_eq!(
+            (sum.conflicts, sum.errors),
+            (1, 0),
+            "[{}] {sum:?}",
+            srv.name
+        );
+        let want: BTreeMap<String, Vec<u8>> = [
+            (kept, &b"v2, edited at the site"[..]),
+            ("other.txt", b"other"),
+            ("report/part1.txt", b"part 1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(local_files(&s), want, "[{}]", srv.name);
+        assert_eq!(s3_files(&remote, &srv, "two").await, want, "[{}]", srv.name);
+        for _ in 0..2 {
+            let sum = run().await;
+            assert_eq!(
+                counts(&sum),
+                (0, 0, 0, 0, 0, 0, 0),
+                "[{}] {sum:?}",
+                srv.name
+            );
+            assert_eq!(local_files(&s), want, "[{}]", srv.name);
+        }
+
+        // A push job: the site's file is not written behind the bucket's folder.
+        let mut push = job.clone();
+        push.name = format!("clash-push-{}", srv.name);
+        push.direction = Direction::Push;
+        push.remote = (remote.clone(), srv.key("push/"));
+        put(&s3, &srv.key("push/summary/part1.txt"), b"theirs", 64).await;
+        write(&s, "summary", b"a file at the site");
+        let sum = run_job(&push, &state, RunOptions::default()).await.unwrap();
+        assert_eq!((sum.skipped, sum.errors), (1, 0), "[{}] {sum:?}", srv.name);
+        let bucket = s3_files(&remote, &srv, "push").await;
+        assert!(!bucket.contains_key("summary"), "[{}] {bucket:?}", srv.name);
+        assert_eq!(bucket["summary/part1.txt"], b"theirs");
+        assert_eq!(read(&s, "summary").unwrap(), b"a file at the site");
+    }
+}
+
+/// An object replaced on the bucket by other bytes of the same size and the same `mtime`
+/// metadata is a change: a push restores the site's version (the MD5 ETag tells the two
+/// apart), with a state and without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_restores_an_object_replaced_with_same_size_and_time() {
+    use bucketgate_storage::backend::CreateOptions;
+    use std::time::{Duration, UNIX_EPOCH};
+    // Servers that list ETags, as S3 does (s3s-fs lists none: nothing tells the two apart).
+    for srv in servers().await.into_iter().filter(|s| s.name != "s3s-fs") {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        // Listings show the `mtime` metadata, as the gateway's remotes do.
+        let s3 = srv.backend_with(|o| o.preserve_mtime = true);
+        let remote: Arc<dyn Backend> = Arc::new(s3.clone());
+        let s = dir.path().join("site/out");
+        let t = 1_700_000_000;
+        write_at(&s, "a.txt", b"the site's own bytes", t);
+        let job = SyncJob {
+            name: format!("md5-{}", srv.name),
+            site: (site.clone(), "out".into()),
+            remote: (remote.clone(), srv.key("md5/")),
+            direction: Direction::Push,
+            delete: false,
+            conflict: ConflictPolicy::Newer,
+            include: vec![],
+            exclude: vec![],
+            max_delete: Default::default(),
+            lease: None,
+        };
+        let state = dir.path().join("state");
+        let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+        run().await;
+        let forge = || async {
+            let opts = CreateOptions {
+                mtime: Some(UNIX_EPOCH + Duration::from_secs(t)),
+                ..Default::default()
+            };
+            put_with(
+                &s3,
+                &srv.key("md5/a.txt"),
+                b"someone else's bytes",
+                64,
+                opts,
+            )
+            .await
+            .unwrap();
+        };
+        for lose_state in [false, true] {
+            forge().await;
+            if lose_state {
+                std::fs::remove_file(state.join(format!("sync/md5-{}.state", srv.name))).unwrap();
+            }
+            let sum = run().await;
+            assert_eq!(
+                (sum.copied_to_remote, sum.errors),
+                (1, 0),
+                "[{}] lost state: {lose_state}: {sum:?}",
+                srv.name
+            );
+            assert_eq!(
+                get(&s3, &srv.key("md5/a.txt")).await,
+                b"the site's own bytes"
+            );
+            assert_eq!(
+                counts(&run().await),
+                (0, 0, 0, 0, 0, 0, 0),
+                "[{}]",
+                srv.name
+            );
+        }
+    }
 }

@@ -215,6 +215,7 @@ async fn one_server(srv: &Server) {
         conflict: ConflictPolicy::KeepBoth,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: None,
     };
     let state = dir.path().join("state");

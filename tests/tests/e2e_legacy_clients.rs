@@ -197,10 +197,10 @@ fn paramiko_in_place_writes_and_read_write_opens_on_an_s3_mount() {
     moto.create_bucket("exchange");
     // 6 MiB + 5 bytes: the untouched tail is larger than one part.
     let base = pattern(6 * 1024 * 1024 + 5, 3);
-    moto.put("exchange", "doc.bin", &base);
     moto.put("exchange", "small.txt", b"0123456789");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    std::fs::write(d.join("base.bin"), &base).unwrap();
     let (_, public) = keygen(d, "k");
     let gw = start(
         &moto,
@@ -212,7 +212,8 @@ fn paramiko_in_place_writes_and_read_write_opens_on_an_s3_mount() {
         gw.addr("sftp"),
         "alice",
         &format!("password:{PASSWORD}"),
-        "patch /acme/doc.bin 0 HEADER\n\
+        "put base.bin /acme/doc.bin\n\
+         patch /acme/doc.bin 0 HEADER\n\
          patch /acme/doc.bin 5000000 MIDDLE\n\
          patch /acme/small.txt 8 ABCD\n\
          wplus /acme/new.txt hello- world\n\

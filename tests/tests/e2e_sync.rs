@@ -363,3 +363,87 @@ fn a_run_longer_than_the_grace_period_is_cut_and_resumes_at_the_next_start() {
     s.gw.signal("TERM");
     assert_eq!(s.gw.wait(Duration::from_secs(600)), Some(0));
 }
+
+#[test]
+fn mass_deletions_are_refused_until_forced_and_unknown_jobs_exit_2() {
+    let moto = Moto::start();
+    moto.create_bucket("feed");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("files/out");
+    std::fs::create_dir_all(&out).unwrap();
+    for i in 0..4 {
+        std::fs::write(out.join(format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+    let cfg = config(&moto, "    delete: true");
+    std::fs::write(dir.path().join("bucketgate.yaml"), cfg).unwrap();
+    let (code, o, e) = run(dir.path(), &["sync", "run", "outbound"], None);
+    assert_eq!(code, 0, "{o}{e}");
+    let synced = |moto: &Moto| {
+        moto.keys("feed")
+            .into_iter()
+            .filter(|k| k.starts_with("incoming/f"))
+            .count()
+    };
+    assert_eq!(synced(&moto), 4);
+
+    // Three of four files gone at the site: more than the default half of the bucket side.
+    for i in 1..4 {
+        std::fs::remove_file(out.join(format!("f{i}.txt"))).unwrap();
+    }
+    let (code, o, e) = run(dir.path(), &["sync", "run", "outbound"], None);
+    assert_eq!(code, 1, "{o}{e}");
+    assert!(
+        e.contains("refused to delete 3 of the 4 files") && e.contains("--force"),
+        "{o}{e}"
+    );
+    assert_eq!(synced(&moto), 4, "nothing was deleted");
+    let (code, status, _) = run(dir.path(), &["sync", "status", "outbound"], None);
+    assert_eq!(code, 0);
+    assert!(
+        status.contains("FAILED") && status.contains("max_delete"),
+        "{status}"
+    );
+
+    let (code, o, e) = run(dir.path(), &["sync", "run", "outbound", "--force"], None);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(synced(&moto), 1);
+    assert_eq!(moto.get("feed", "incoming/f0.txt").unwrap(), b"file 0");
+
+    let (code, o, e) = run(dir.path(), &["sync", "status", "NOSUCH"], None);
+    assert_eq!(code, 2, "{o}{e}");
+    assert!(e.contains("no sync job named \"NOSUCH\""), "{e}");
+    // A site folder that is gone fails the run; the bucket keeps what it has.
+    std::fs::remove_dir_all(&out).unwrap();
+    let (code, o, e) = run(dir.path(), &["sync", "run", "outbound"], None);
+    assert_eq!(code, 1, "{o}{e}");
+    assert!(e.contains("site folder /out does not exist"), "{e}");
+    assert_eq!(synced(&moto), 1);
+}
+
+#[test]
+fn refused_and_killed_runs_show_in_status() {
+    let (mut s, _, _) = SlowSync::start("600s");
+    // The scheduled run holds the job: a run from the command line is refused, and recorded.
+    let (code, o, e) = run(s.dir.path(), &["sync", "run", "outbound"], None);
+    assert_eq!(code, 1, "{o}{e}");
+    assert!(e.contains("already running"), "{e}");
+    // The gateway dies in the middle of its run.
+    s.gw.signal("KILL");
+    s.gw.wait(Duration::from_secs(60));
+    // The next run (straight to the server this time) finds the killed one and records it.
+    let direct = slow_sync_config(s.moto.addr, "1h", "600s");
+    std::fs::write(s.dir.path().join("bucketgate.yaml"), direct).unwrap();
+    let (code, o, e) = run(s.dir.path(), &["sync", "run", "outbound"], None);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(s.files().len(), FILES);
+    let out = s.status();
+    let results: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 2 && ["ok", "failed", "refused", "killed"].contains(&w[1])).then(|| w[1])
+        })
+        .collect();
+    // Newest first.
+    assert_eq!(results, ["ok", "killed", "refused"], "{out}");
+}

@@ -13,7 +13,7 @@ pub(crate) use servers::default_passive_ports;
 pub use servers::{AdminConfig, FtpConfig, FtpTlsConfig, SftpConfig, TlsMode};
 pub use storage::{MountConfig, RemoteConfig, RemoteKind, RemoteTimeouts, StorageConfig};
 pub use tuning::{BanConfig, LimitsConfig, LogConfig, LogFormat, TransfersConfig};
-pub use users::{Conflict, Direction, Permission, Protocol, SyncConfig, UserConfig};
+pub use users::{Conflict, Direction, MaxDelete, Permission, Protocol, SyncConfig, UserConfig};
 
 /// The whole configuration file. Every section is optional; an empty file is valid.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

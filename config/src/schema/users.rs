@@ -126,11 +126,61 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Conflict {
-    /// The newer modification time wins.
-    #[default]
+    /// The newer modification time wins; the other version is overwritten.
     Newer,
-    /// Both are kept; the loser is renamed.
+    /// Both are kept; the older is renamed. The default: nothing is lost unless asked for.
+    #[default]
     KeepBoth,
+}
+
+/// The most files one sync run may delete on either side: a count (`100`) or a percentage of
+/// the files that side holds (`"50%"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaxDelete {
+    /// At most this many files.
+    Count(u64),
+    /// At most this percentage (0 to 100) of the files listed on that side.
+    Percent(u8),
+}
+
+impl Default for MaxDelete {
+    fn default() -> Self {
+        MaxDelete::Percent(50)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxDelete {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxDelete;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of files (`100`) or a percentage (`50%`)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MaxDelete, E> {
+                Ok(MaxDelete::Count(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MaxDelete, E> {
+                u64::try_from(v)
+                    .map(MaxDelete::Count)
+                    .map_err(|_| E::custom("must not be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MaxDelete, E> {
+                let v = v.trim();
+                let bad = || {
+                    E::custom(format!("expected a number of files (`100`) or a percentage from 0% to 100% (`50%`), found `{v}`"))
+                };
+                match v.strip_suffix('%') {
+                    Some(p) => match p.trim().parse::<u8>() {
+                        Ok(p) if p <= 100 => Ok(MaxDelete::Percent(p)),
+                        _ => Err(bad()),
+                    },
+                    None => v.parse::<u64>().map(MaxDelete::Count).map_err(|_| bad()),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// An entry of `syncs:` — a copy job between a site folder and a bucket prefix.
@@ -154,9 +204,13 @@ pub struct SyncConfig {
     /// Deletions spread to the other side.
     #[serde(default)]
     pub delete: bool,
-    /// Two-way only: who wins when both sides changed.
+    /// Two-way only: who wins when both sides changed (default: keep both).
     #[serde(default)]
     pub conflict: Conflict,
+    /// The most files a run may delete on one side; a run that would delete more changes
+    /// nothing and fails (`sync run --force` accepts it once).
+    #[serde(default)]
+    pub max_delete: MaxDelete,
     /// Globs of relative paths to copy.
     #[serde(default = "include_all")]
     pub include: Vec<String>,

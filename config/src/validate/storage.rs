@@ -154,6 +154,25 @@ fn syncs(
 ) {
     for (i, s) in c.syncs.iter().enumerate() {
         let at = format!("syncs[{i}]");
+        // Two jobs copying into (or from) overlapping parts of one bucket would undo each
+        // other's work and delete each other's files, as two mounts would.
+        let prefix = normalize_prefix(&s.prefix);
+        if prefix_problem(&prefix).is_none() {
+            if let Some(first) = c.syncs[..i].iter().position(|o| {
+                let p = normalize_prefix(&o.prefix);
+                o.remote == s.remote
+                    && prefix_problem(&p).is_none()
+                    && prefixes_overlap(&p, &prefix)
+            }) {
+                let msg = format!(
+                    "bucket prefix `{prefix}` of remote `{}` overlaps prefix `{}` used by {}",
+                    s.remote,
+                    normalize_prefix(&c.syncs[first].prefix),
+                    v.at(&format!("syncs[{first}]"))
+                );
+                v.error(format!("{at}.prefix"), msg);
+            }
+        }
         if let Some(why) = name_problem(&s.name) {
             v.error(format!("{at}.name"), format!("sync name {why}"));
         } else if let Some(first) = c.syncs[..i].iter().position(|o| o.name == s.name) {
@@ -188,10 +207,13 @@ fn syncs(
         if let Some(why) = prefix_problem(&normalize_prefix(&s.prefix)) {
             v.error(format!("{at}.prefix"), why);
         }
-        // `conflict: newer` on a one-way job is harmless (it is the default, and the
-        // interface's own example writes it); asking for keep-both there shows a
-        // misunderstanding of what the job does.
-        if s.direction != Direction::TwoWay && s.conflict != Conflict::Newer {
+        // `conflict: newer` on a one-way job is harmless (the interface's own example writes
+        // it); asking for keep-both there shows a misunderstanding of what the job does. The
+        // default (keep-both) applies to two-way jobs only, so it is no error when not written.
+        if s.direction != Direction::TwoWay
+            && s.conflict == Conflict::KeepBoth
+            && v.written(&format!("{at}.conflict"))
+        {
             v.error(
                 format!("{at}.conflict"),
                 "only applies to `direction: two-way`: a push or pull job overwrites the other side",

@@ -3,7 +3,7 @@
 //! verified, the counts, and never a half-recorded state.
 
 use super::model::{md5_like, Item, Record};
-use super::names::conflict_name;
+use super::names;
 use super::plan::{Action, Side, Winner};
 use super::{ConflictPolicy, Event, EventKind, Phase, Progress, ProgressFn};
 use crate::backend::{Backend, CreateOptions, Entry};
@@ -70,6 +70,8 @@ pub(crate) struct Ctx {
     /// Both sides are one backend object: copy server-side.
     pub same: bool,
     pub conflict: ConflictPolicy,
+    /// Conflicts: what a modification time in the future counts as (ns since the epoch).
+    pub future_mtime_as: i64,
     pub dry_run: bool,
     pub cancel: CancellationToken,
     pub live: Live,
@@ -146,6 +148,8 @@ pub(crate) struct Outcome {
     pub counts: Counts,
     /// Events to report.
     pub events: Vec<Event>,
+    /// The bytes the progress total counted for this action before it ran.
+    pub planned: u64,
 }
 
 impl Outcome {
@@ -158,7 +162,7 @@ impl Outcome {
         });
     }
 
-    fn skipped(old: Option<Record>, path: &str, why: &str) -> Outcome {
+    pub(crate) fn skipped(old: Option<Record>, path: &str, why: &str) -> Outcome {
         let mut o = Outcome {
             keep: old.into_iter().collect(),
             ..Default::default()
@@ -208,10 +212,20 @@ fn action_old(a: &Action) -> Option<Record> {
     }
 }
 
+/// The bytes an action is expected to copy, for the progress total (before it runs).
+pub(crate) fn planned_bytes(a: &Action) -> u64 {
+    match a {
+        Action::Copy { item, .. } => item.size,
+        Action::Reconcile { site, remote, .. } => site.size.max(remote.size),
+        _ => 0,
+    }
+}
+
 /// Carries out `a`. A failure keeps the old record, so the next run sees the same situation.
 pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
     let path = action_path(&a).to_string();
     let old = action_old(&a);
+    let planned = planned_bytes(&a);
     let r = match a {
         Action::Copy {
             from,
@@ -219,7 +233,12 @@ pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
             target,
             old,
         } => copy(&ctx, from, item, target, old).await,
-        Action::Delete { side, item, old } => delete(&ctx, side, item, old).await,
+        Action::Delete {
+            side,
+            item,
+            old,
+            keep_parent,
+        } => delete(&ctx, side, item, old, keep_parent).await,
         Action::Mkdir { from, item, old } => mkdir(&ctx, from, item, old).await,
         Action::Reconcile {
             site,
@@ -228,7 +247,7 @@ pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
             winner,
         } => reconcile(&ctx, site, remote, old, winner).await,
     };
-    match r {
+    let mut o = match r {
         Ok(o) => o,
         // A copy that lost a race at its commit (the destination changed or appeared while it
         // ran) or read a source that changed under it left everything as it was: the next run
@@ -245,7 +264,9 @@ pub(crate) async fn run_action(ctx: Arc<Ctx>, a: Action) -> Outcome {
             )
         }
         Err(e) => failed(old, &path, &e),
-    }
+    };
+    o.planned = planned;
+    o
 }
 
 fn failed(old: Option<Record>, path: &str, e: &Error) -> Outcome {
@@ -286,14 +307,18 @@ async fn unchanged(ctx: &Ctx, side: Side, key: &str, listed: Option<&Item>) -> R
     }
 }
 
+/// Signed nanoseconds since the epoch: times before 1970 stay themselves, not 0.
+fn signed_ns(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
 fn close(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
-    let ns = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0)
-    };
+    let ns = signed_ns;
     match (a, b) {
-        (Some(a), Some(b)) => (ns(a) - ns(b)).abs() <= MTIME_SLACK_NS,
+        (Some(a), Some(b)) => (ns(a) - ns(b)).abs() <= MTIME_SLACK_NS as i128,
         _ => false,
     }
 }
@@ -498,7 +523,13 @@ async fn copy(
     Ok(o)
 }
 
-async fn delete(ctx: &Ctx, side: Side, item: Item, old: Record) -> Result<Outcome> {
+async fn delete(
+    ctx: &Ctx,
+    side: Side,
+    item: Item,
+    old: Record,
+    keep_parent: bool,
+) -> Result<Outcome> {
     let key = ctx.key(side, &item.path);
     if !unchanged(ctx, side, &key, Some(&item)).await? {
         // Changed after listing: the next run sees "changed here, deleted there" and keeps it.
@@ -514,6 +545,23 @@ async fn delete(ctx: &Ctx, side: Side, item: Item, old: Record) -> Result<Outcom
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
+        }
+        if keep_parent {
+            // The folder stays, as it does on the other side: on object storage the last
+            // file's key was all that made it exist.
+            // A folder that still holds something needs no marker.
+            if let Some((parent, _)) = key.rsplit_once('/') {
+                let b = ctx.backend(side);
+                match b.stat(parent).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => match b.mkdir(parent).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
         }
         o.del.push(item.path.clone());
     } else {
@@ -581,19 +629,64 @@ pub(crate) async fn remove_dir(ctx: &Ctx, side: Side, item: Item, old: Record) -
     }
 }
 
-/// True when the two sides hold the same bytes: sizes, then MD5 ETags where both sides have
-/// one, then equal mtimes (copies keep them), else reading both.
-async fn same_content(ctx: &Ctx, s: &Item, m: &Item) -> Result<bool> {
+/// The MD5 of `item`'s content on `side`, when it is known without reading: its ETag is one,
+/// or the side is unchanged since `old` recorded it beside an MD5 ETag of the other side (a
+/// pair is only recorded when both sides hold the same bytes).
+fn known_md5(side: Side, item: &Item, old: Option<&Record>) -> Option<String> {
+    if let Some(e) = item.etag.as_ref().filter(|e| md5_like(e)) {
+        return Some(e.to_ascii_lowercase());
+    }
+    let old = old?;
+    let (mine, theirs) = match side {
+        Side::Site => (&old.site, &old.remote),
+        Side::Remote => (&old.remote, &old.site),
+    };
+    if !mine.matches(item) {
+        return None;
+    }
+    theirs
+        .etag
+        .as_ref()
+        .filter(|e| md5_like(e))
+        .map(|e| e.to_ascii_lowercase())
+}
+
+/// The MD5 of what `key` on `side` holds, read in full.
+async fn read_md5(ctx: &Ctx, side: Side, key: &str, size: u64) -> Result<String> {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    let mut st = ctx.backend(side).read(key, 0, Some(size)).await?;
+    while let Some(c) = st.next().await {
+        h.update(&c?);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// True when the two sides hold the same bytes: sizes; then MD5s where one side's is known
+/// (an MD5 ETag, or one carried by the record), the other side's read and hashed when not
+/// known; then, where no MD5 exists (local to local, multipart ETags), equal mtimes (copies
+/// keep them); else reading both.
+async fn same_content(ctx: &Ctx, s: &Item, m: &Item, old: Option<&Record>) -> Result<bool> {
     if s.size != m.size {
         return Ok(false);
     }
     if s.is_dir() || s.size == 0 {
         return Ok(true);
     }
-    if let (Some(a), Some(b)) = (&s.etag, &m.etag) {
-        if md5_like(a) && md5_like(b) {
-            return Ok(a.eq_ignore_ascii_case(b));
+    match (
+        known_md5(Side::Site, s, old),
+        known_md5(Side::Remote, m, old),
+    ) {
+        (Some(a), Some(b)) => return Ok(a == b),
+        (Some(a), None) => {
+            let b = read_md5(ctx, Side::Remote, &ctx.key(Side::Remote, &m.path), m.size).await?;
+            return Ok(a == b);
         }
+        (None, Some(b)) => {
+            let a = read_md5(ctx, Side::Site, &ctx.key(Side::Site, &s.path), s.size).await?;
+            return Ok(a == b);
+        }
+        (None, None) => {}
     }
     if let (Some(a), Some(b)) = (s.mtime_ns, m.mtime_ns) {
         if (a - b).abs() <= MTIME_SLACK_NS {
@@ -650,14 +743,22 @@ async fn reconcile(
     old: Option<Record>,
     winner: Winner,
 ) -> Result<Outcome> {
-    if same_content(ctx, &s, &m).await? {
+    if same_content(ctx, &s, &m, old.as_ref()).await? {
         // Already equal (a copy made by a run that could not record it): record, copy nothing.
         return Ok(Outcome {
             put: vec![Record::pair(&s, &m)],
             ..Default::default()
         });
     }
-    let newer_is_remote = m.mtime_ns.unwrap_or(i64::MIN) > s.mtime_ns.unwrap_or(i64::MIN);
+    // A time in the future (a wrong clock, a file dated 2100) cannot be true: it only says
+    // that the version changed since the last run, so it counts as that time and loses to any
+    // version dated truly since. It cannot win every conflict to come.
+    let now = signed_ns(SystemTime::now()).min(i64::MAX as i128) as i64;
+    let when = |i: &Item| {
+        i.mtime_ns
+            .map_or(i64::MIN, |t| if t > now { ctx.future_mtime_as } else { t })
+    };
+    let newer_is_remote = when(&m) > when(&s);
     match winner {
         Winner::Source(Side::Site) => copy(ctx, Side::Site, s, Some(m), old).await,
         Winner::Source(Side::Remote) => copy(ctx, Side::Remote, m, Some(s), old).await,
@@ -695,8 +796,125 @@ async fn reconcile(
     }
 }
 
+/// A file (`item`, on side `here`) whose name the other side now uses for a folder: neither
+/// can replace the other, so the file moves aside on its own side to a conflict name and is
+/// copied under that name to the other side. Both stay visible; nothing is deleted but the
+/// file's old name, once its copies exist. Reported as a conflict whatever the policy.
+pub(crate) async fn clash(ctx: &Ctx, here: Side, item: Item, old: Option<Record>) -> Outcome {
+    let path = item.path.clone();
+    let planned = item.size;
+    let r = clash_inner(ctx, here, item, old.clone()).await;
+    let mut o = r.unwrap_or_else(|e| failed(old, &path, &e));
+    o.planned = planned;
+    o
+}
+
+async fn clash_inner(ctx: &Ctx, here: Side, item: Item, old: Option<Record>) -> Result<Outcome> {
+    let there = here.other();
+    let path = item.path.clone();
+    let key = ctx.key(here, &path);
+    if !unchanged(ctx, here, &key, Some(&item)).await? {
+        return Ok(Outcome::skipped(old, &path, "changed during the run"));
+    }
+    let cpath = free_conflict_name(ctx, here, &item, &key).await?;
+    let msg = Some(format!(
+        "a file here, a folder of that name on the other side: the file is kept as {cpath} on both sides"
+    ));
+    let mut o = Outcome::default();
+    o.counts.conflicts = 1;
+    if ctx.dry_run {
+        o.keep.extend(old);
+        o.event(EventKind::Conflict, &path, 0, msg);
+        o.copied(there, &cpath, item.size);
+        return Ok(o);
+    }
+    let ckey = ctx.key(here, &cpath);
+    let moved = server_copy(ctx.backend(here), &key, &ckey, &item).await?;
+    let moved = Item::from_written(&cpath, &moved);
+    // A conflict name never replaces anything on the other side either.
+    let copied = transfer(
+        ctx,
+        here,
+        &ckey,
+        &moved,
+        there,
+        &ctx.key(there, &cpath),
+        None,
+    )
+    .await?;
+    let copied = Item::from_written(&cpath, &copied);
+    // Both copies exist: only now does the old name go, so the folder can take it.
+    match ctx.backend(here).remove_file(&key).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    o.put.push(pair(here, &moved, &copied));
+    if old.is_some() {
+        o.del.push(path.clone());
+    }
+    o.copied(there, &cpath, moved.size);
+    o.event(EventKind::Conflict, &path, 0, msg);
+    Ok(o)
+}
+
+/// Conflict names tried for one losing version before the path is left for the next run.
+const CONFLICT_NAME_TRIES: u32 = 100;
+
+/// A conflict name for the losing version (`item`, at `key` on side `lose`) that holds nothing
+/// on either side, or holds this very version (a repeated attempt of an interrupted run):
+/// never the name of another version, which keeping this one would overwrite.
+async fn free_conflict_name(ctx: &Ctx, lose: Side, item: &Item, key: &str) -> Result<String> {
+    let when = item.mtime().unwrap_or(UNIX_EPOCH);
+    for n in 1..=CONFLICT_NAME_TRIES {
+        let cpath = names::conflict_name_n(&item.path, when, n);
+        let mut usable = true;
+        for side in [lose, lose.other()] {
+            if !absent_or_holds(ctx, side, &ctx.key(side, &cpath), lose, key, item).await? {
+                usable = false;
+                break;
+            }
+        }
+        if usable {
+            return Ok(cpath);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::AlreadyExists,
+        format!(
+            "no free name to keep the older version beside /{}",
+            item.path
+        ),
+    ))
+}
+
+/// True when `key` on `side` is absent, or a file with the bytes of `item` (at `src` on `from`).
+async fn absent_or_holds(
+    ctx: &Ctx,
+    side: Side,
+    key: &str,
+    from: Side,
+    src: &str,
+    item: &Item,
+) -> Result<bool> {
+    let e = match ctx.backend(side).stat(key).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if e.is_dir() || e.size != item.size {
+        return Ok(false);
+    }
+    if item.size == 0 {
+        return Ok(true);
+    }
+    let a = ctx.backend(side).read(key, 0, Some(e.size)).await?;
+    let b = ctx.backend(from).read(src, 0, Some(item.size)).await?;
+    streams_equal(a, b).await
+}
+
 /// The winner (`win_item`, on side `win`) keeps the name on both sides; the loser is kept on
-/// both sides under its conflict name.
+/// both sides under a conflict name that no other version holds.
 async fn keep_both(
     ctx: &Ctx,
     win: Side,
@@ -706,7 +924,6 @@ async fn keep_both(
 ) -> Result<Outcome> {
     let lose = win.other();
     let path = win_item.path.clone();
-    let cpath = conflict_name(&path, lose_item.mtime().unwrap_or(UNIX_EPOCH));
     let lose_key = ctx.key(lose, &path);
     if !unchanged(ctx, lose, &lose_key, Some(&lose_item)).await? {
         return Ok(Outcome::skipped(
@@ -715,6 +932,7 @@ async fn keep_both(
             "changed at the destination during the run",
         ));
     }
+    let cpath = free_conflict_name(ctx, lose, &lose_item, &lose_key).await?;
     let mut o = Outcome::default();
     let msg = Some(format!(
         "changed on both sides; the older is kept as {cpath}"

@@ -19,7 +19,9 @@ pub struct RunRecord {
     pub start: String,
     /// When it ended.
     pub end: String,
-    /// `ok` when every path was handled; `failed` when the run stopped early or a path failed.
+    /// `ok` when every path was handled; `failed` when the run stopped early or a path failed;
+    /// `refused` when another run of the job was in progress; `killed` when the process ended
+    /// during the run (recorded by the next run of the job).
     pub result: String,
     /// Files and folders copied from the site to the remote.
     pub copied_up: u64,
@@ -50,6 +52,25 @@ impl RunRecord {
     /// True for a run that finished without error.
     pub fn ok(&self) -> bool {
         self.result == "ok"
+    }
+
+    /// A run refused because another run of the job was in progress.
+    pub(crate) fn refused(job: &str, at: std::time::SystemTime, why: &str) -> RunRecord {
+        let mut r = RunRecord::of(job, at, at, &Err(why.to_string()));
+        r.result = "refused".into();
+        r
+    }
+
+    /// A run that started at `start` and never ended (found by the next run at `found`).
+    pub(crate) fn killed(job: &str, start: &str, found: std::time::SystemTime) -> RunRecord {
+        let mut r = RunRecord::of(job, found, found, &Err(String::new()));
+        r.result = "killed".into();
+        r.start = start.to_string();
+        r.error = Some(
+            "the run was killed before it ended (found at the next start, which resumed its work)"
+                .into(),
+        );
+        r
     }
 
     pub(crate) fn of(
@@ -142,6 +163,24 @@ pub(crate) fn append(state_dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
         tmp.persist(&path).map_err(|e| e.error)?;
     }
     Ok(())
+}
+
+/// Appends one line without holding the job lock (a refused run): never trims, so it cannot
+/// race the lock holder's rewrite of the file.
+pub(crate) fn append_unlocked(state_dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
+    let path = history_path(state_dir, &rec.job);
+    let mut line = serde_json::to_vec(rec)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?
+        .write_all(&line)
+}
+
+/// The start time as a history line writes it.
+pub(crate) fn stamp(t: std::time::SystemTime) -> String {
+    super::names::rfc3339(t)
 }
 
 fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {

@@ -21,7 +21,9 @@
 //! state is only replaced whole, and it (with the journal) only records pairs verified on both
 //! sides. A copy that completed but was not recorded is found on the next run as "present on
 //! both sides, changed since the record (or unrecorded)", which compares the two contents
-//! (sizes, then MD5 ETags where both sides have them, then equal mtimes, else the bytes) and
+//! (sizes, then MD5s where one side's is known: an MD5 ETag, or the one a record carries for a
+//! side unchanged since, the other side hashed when its MD5 is unknown; without any MD5,
+//! equal mtimes; else the bytes) and
 //! records the pair instead of declaring a conflict. A deletion that completed but was not
 //! recorded leaves the path absent on both sides: the record is simply dropped. Conflict copies
 //! are named after the losing version's mtime, so a repeated attempt reuses the same name.
@@ -67,13 +69,53 @@ pub enum Direction {
 }
 
 /// What a two-way job does with a path changed on both sides since the last run.
+///
+/// "Newer" compares modification times, but a time in the future is not believed: it counts as
+/// the time the job's state was last written (the version is known to be newer than that, no
+/// more), so a wrong clock cannot win every conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConflictPolicy {
     /// The version with the later mtime wins (the site's on a tie); the other is overwritten.
     Newer,
     /// The newer version keeps the name; the older is kept on both sides as
-    /// `name (conflict YYYY-MM-DD HHMMSS UTC).ext`, dated by its own mtime.
+    /// `name (conflict YYYY-MM-DD HHMMSS UTC).ext`, dated by its own mtime (with ` #2`, ` #3`…
+    /// after `UTC` when that name is taken by something else). Never overwrites anything.
     KeepBoth,
+}
+
+/// How many files one run may delete on either side before it refuses to run at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxDelete {
+    /// At most this many files per side.
+    Count(u64),
+    /// At most this percentage of the files listed on that side (0-100).
+    Percent(u8),
+}
+
+impl Default for MaxDelete {
+    /// Half of a side, as rclone bisync.
+    fn default() -> Self {
+        MaxDelete::Percent(50)
+    }
+}
+
+impl MaxDelete {
+    /// True when deleting `deletes` of the `listed` files of a side goes past the limit.
+    pub fn exceeded(self, deletes: u64, listed: u64) -> bool {
+        match self {
+            MaxDelete::Count(n) => deletes > n,
+            MaxDelete::Percent(p) => deletes > 0 && deletes * 100 > u64::from(p) * listed,
+        }
+    }
+}
+
+impl std::fmt::Display for MaxDelete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxDelete::Count(n) => write!(f, "{n} files"),
+            MaxDelete::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 /// One sync job, as the gateway builds it from the config.
@@ -95,6 +137,8 @@ pub struct SyncJob {
     pub include: Vec<String>,
     /// Globs of relative paths to leave out.
     pub exclude: Vec<String>,
+    /// The most files a run may delete on one side ([`RunOptions::force`] lifts it).
+    pub max_delete: MaxDelete,
     /// Where instances sharing the remote take a lease on the job; `None`: local lock only.
     pub lease: Option<Arc<dyn LeaseStore>>,
 }
@@ -110,6 +154,7 @@ impl std::fmt::Debug for SyncJob {
             .field("conflict", &self.conflict)
             .field("include", &self.include)
             .field("exclude", &self.exclude)
+            .field("max_delete", &self.max_delete)
             .field("lease", &self.lease.as_ref().map(|l| l.describe()))
             .finish()
     }
@@ -131,6 +176,8 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// Lease lifetime (renewed every third of it); `None` = 60 s.
     pub lease_ttl: Option<Duration>,
+    /// Go ahead even when the run deletes more than the job's `max_delete`.
+    pub force: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -139,6 +186,7 @@ impl std::fmt::Debug for RunOptions {
             .field("dry_run", &self.dry_run)
             .field("progress", &self.progress.is_some())
             .field("concurrency", &self.concurrency)
+            .field("force", &self.force)
             .finish()
     }
 }

@@ -6,7 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(crate) fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
     let secs = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64) - 1,
+        // Before 1970: round down to the whole second (a second and a half before the epoch
+        // is in 23:59:58), not one second below every whole one.
+        Err(e) => {
+            let d = e.duration();
+            -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0)
+        }
     };
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -49,6 +54,13 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 /// losing version's modification time, not the time of the run: a run that is interrupted and
 /// repeated then picks the same name again instead of making a second copy.
 pub fn conflict_name(path: &str, when: SystemTime) -> String {
+    conflict_name_n(path, when, 1)
+}
+
+/// The `n`th candidate conflict name: the first is [`conflict_name`], later ones carry ` #n`
+/// after `UTC` (`report (conflict 2024-05-01 101500 UTC #2).tar.gz`), for when that name is
+/// already taken by another version.
+pub(crate) fn conflict_name_n(path: &str, when: SystemTime, n: u32) -> String {
     let (dir, name) = match path.rfind('/') {
         Some(i) => (&path[..=i], &path[i + 1..]),
         None => ("", path),
@@ -60,8 +72,13 @@ pub fn conflict_name(path: &str, when: SystemTime) -> String {
         .map(|(i, _)| i)
         .unwrap_or(name.len());
     let (y, mo, d, h, mi, s) = utc_parts(when);
+    let nth = if n > 1 {
+        format!(" #{n}")
+    } else {
+        String::new()
+    };
     format!(
-        "{dir}{} (conflict {y:04}-{mo:02}-{d:02} {h:02}{mi:02}{s:02} UTC){}",
+        "{dir}{} (conflict {y:04}-{mo:02}-{d:02} {h:02}{mi:02}{s:02} UTC{nth}){}",
         &name[..split],
         &name[split..]
     )
@@ -70,7 +87,7 @@ pub fn conflict_name(path: &str, when: SystemTime) -> String {
 /// True for names made by [`conflict_name`].
 pub fn is_conflict_name(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    name.contains(" (conflict ") && name.contains(" UTC)")
+    name.contains(" (conflict ") && (name.contains(" UTC)") || name.contains(" UTC #"))
 }
 
 /// A job name made safe as a file name: anything but `[A-Za-z0-9_-]` and inner dots becomes
@@ -144,6 +161,14 @@ mod tests {
         );
         assert!(is_conflict_name("d/x (conflict 2024-05-01 101500 UTC)"));
         assert!(!is_conflict_name("d/x"));
+        let second = conflict_name_n("a/r.txt", when, 2);
+        assert_eq!(second, "a/r (conflict 2024-05-01 101500 UTC #2).txt");
+        assert!(is_conflict_name(&second));
+        // Before 1970 the date is kept, not folded to the epoch.
+        assert_eq!(
+            conflict_name("x", UNIX_EPOCH - Duration::from_secs(86_400)),
+            "x (conflict 1969-12-31 000000 UTC)"
+        );
     }
 
     #[test]

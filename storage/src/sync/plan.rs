@@ -40,7 +40,14 @@ pub(crate) enum Action {
         old: Option<Record>,
     },
     /// Delete `item` from side `side` (the other side deleted it since the last run).
-    Delete { side: Side, item: Item, old: Record },
+    /// `keep_parent`: the other side still has the file's folder, so it stays here too (on
+    /// object storage, where a folder without keys vanishes, a marker keeps it).
+    Delete {
+        side: Side,
+        item: Item,
+        old: Record,
+        keep_parent: bool,
+    },
     /// Create the empty folder `item` (listed on `from`) on the other side.
     Mkdir {
         from: Side,
@@ -234,7 +241,12 @@ fn delete(side: Side, item: Item, old: Record) -> Decision {
     if item.is_dir() {
         Decision::RemoveDir { side, item, old }
     } else {
-        Decision::Act(Action::Delete { side, item, old })
+        Decision::Act(Action::Delete {
+            side,
+            item,
+            old,
+            keep_parent: false,
+        })
     }
 }
 

@@ -1,6 +1,6 @@
 //! One run of a job: lock, list, compare, act, record.
 
-use super::exec::{self, Counts, Ctx, Live, Outcome};
+use super::exec::{self, planned_bytes, Counts, Ctx, Live, Outcome};
 use super::filter::Filter;
 use super::history::{self, RunRecord};
 use super::lock::{HeldLease, JobLock};
@@ -9,7 +9,7 @@ use super::names::file_stem;
 use super::plan::{self, Action, Decision, Rules, Seen, Side};
 use super::spool::{Merge, Sorted, Spool, DEFAULT_CAP};
 use super::state::{self, Baseline, BaselineIter, JEntry, Journal};
-use super::{EventKind, Phase, RunOptions, Summary, SyncJob};
+use super::{Direction, EventKind, Phase, RunOptions, Summary, SyncJob};
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
 use futures::StreamExt;
@@ -34,6 +34,8 @@ fn io_err(what: &str, e: io::Error) -> Error {
 struct Files {
     state: PathBuf,
     journal: PathBuf,
+    /// Present while a run is in progress: one found at the start is a run that was killed.
+    running: PathBuf,
     tmp: PathBuf,
     lock: PathBuf,
 }
@@ -47,6 +49,7 @@ impl Files {
         Ok(Files {
             state: dir.join(format!("{stem}.state")),
             journal: dir.join(format!("{stem}.journal")),
+            running: dir.join(format!("{stem}.running")),
             tmp,
             lock: super::lock_path(state_dir, job),
         })
@@ -104,11 +107,21 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
     let t0 = Instant::now();
     let files = Files::new(state_dir, &job.name).map_err(|e| io_err("state folder", e))?;
     let Some(_lock) = JobLock::try_acquire(&files.lock)? else {
-        return Err(Error::new(
+        let e = Error::new(
             ErrorKind::Conflict,
             format!("sync job {} is already running", job.name),
-        ));
+        );
+        if !opts.dry_run {
+            let rec = RunRecord::refused(&job.name, started, &e.to_string());
+            if let Err(e) = history::append_unlocked(state_dir, &rec) {
+                tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
+            }
+        }
+        return Err(e);
     };
+    if !opts.dry_run {
+        note_start(job, state_dir, &files, started);
+    }
     let result = run_locked(job, state_dir, &files, &opts).await;
     files.clear_tmp();
     let result = result.map(|mut s| {
@@ -136,8 +149,23 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
         if let Err(e) = history::append(state_dir, &rec) {
             tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
         }
+        let _ = std::fs::remove_file(&files.running);
     }
     result
+}
+
+/// Records a run that started and never ended (its marker is still there: the process was
+/// killed), then marks this one as started. Called under the job lock.
+fn note_start(job: &SyncJob, state_dir: &Path, files: &Files, started: SystemTime) {
+    if let Ok(start) = std::fs::read_to_string(&files.running) {
+        let rec = RunRecord::killed(&job.name, start.trim(), SystemTime::now());
+        if let Err(e) = history::append(state_dir, &rec) {
+            tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
+        }
+    }
+    if let Err(e) = std::fs::write(&files.running, history::stamp(started)) {
+        tracing::warn!(job = %job.name, error = ?e, "could not mark the sync run as started");
+    }
 }
 
 async fn run_locked(
@@ -197,6 +225,49 @@ async fn take_lease(
     Ok(())
 }
 
+/// When the job's state was last written (a run that recorded something), else now: a version
+/// changed since the state was written is newer than this, whatever its mtime claims.
+fn last_recorded(state: &Path) -> i64 {
+    let t = std::fs::metadata(state)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| SystemTime::now());
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+/// A site folder that is missing (a disk not mounted, a folder renamed) fails the run before
+/// anything changes; only a pull job that never ran yet may create it.
+async fn check_site_folder(job: &SyncJob, ctx: &Ctx, base: &Baseline) -> Result<()> {
+    let shown = format!("/{}", ctx.site_prefix);
+    match ctx.site.stat(&ctx.site_prefix).await {
+        Ok(e) if e.is_dir() => Ok(()),
+        Ok(_) => Err(Error::new(
+            ErrorKind::NotADirectory,
+            format!("sync job {}: the site folder {shown} is a file", job.name),
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let first_run = base
+                .iter()
+                .map_err(|e| io_err("state", e))?
+                .next()
+                .is_none();
+            if job.direction == Direction::Pull && first_run {
+                Ok(())
+            } else {
+                Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "sync job {}: the site folder {shown} does not exist; nothing was changed",
+                        job.name
+                    ),
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn list_side(
     b: &Arc<dyn Backend>,
     prefix: &str,
@@ -204,8 +275,9 @@ async fn list_side(
     tmp: &Path,
     ctx: &Ctx,
     side: Side,
-) -> Result<Sorted<Item>> {
+) -> Result<(Sorted<Item>, u64)> {
     let mut spool = Spool::new(tmp, DEFAULT_CAP);
+    let mut files = 0u64;
     let mut pages = b.walk(prefix);
     loop {
         let page = tokio::select! {
@@ -223,6 +295,7 @@ async fn list_side(
         for e in page {
             if let Some(it) = Item::from_entry(e) {
                 if filter.covers(&it.path) {
+                    files += u64::from(!it.is_dir());
                     spool.push(it).map_err(|e| io_err("spool", e))?;
                 }
             }
@@ -234,7 +307,7 @@ async fn list_side(
         }
         ctx.live.emit(None);
     }
-    spool.finish().map_err(|e| io_err("spool", e))
+    Ok((spool.finish().map_err(|e| io_err("spool", e))?, files))
 }
 
 type Items = Peekable<Merge<Item>>;
@@ -244,6 +317,109 @@ struct Triple {
     site: Items,
     remote: Items,
     base: Peekable<BaselineIter>,
+    /// The folders each side lists above the current path (its ancestors), outermost first.
+    site_dirs: Vec<String>,
+    remote_dirs: Vec<String>,
+}
+
+/// Files of one side whose name is a folder on the other (`report` and `report/part1.txt`).
+///
+/// A folder `P/` sorts after its name `P` and after names like `P.txt` or `P (1)`, so each
+/// side's files stay "pending" only until the walk passes the keys that start with `P/`
+/// (a handful at a time: only names that extend `P` with a character below `/`).
+#[derive(Default)]
+struct Clashes {
+    pending: [std::collections::BTreeSet<String>; 2],
+    /// Clashing file paths, with the side that holds the file.
+    found: std::collections::BTreeMap<String, Side>,
+    /// Those whose file was moved out of the way this run.
+    resolved: std::collections::BTreeSet<String>,
+}
+
+impl Clashes {
+    fn observe(&mut self, s: &Seen, m: &Seen) {
+        let Some(key) = s.item.as_ref().or(m.item.as_ref()).map(|i| i.path.as_str()) else {
+            return;
+        };
+        for (i, side, here, there) in [(0, Side::Site, s, m), (1, Side::Remote, m, s)] {
+            let pending = &mut self.pending[i];
+            if pending.is_empty() && !is_file(key, here) {
+                continue;
+            }
+            let found = &mut self.found;
+            pending.retain(|p| {
+                let (kb, pb) = (key.as_bytes(), p.as_bytes());
+                if there.item.is_some()
+                    && kb.len() > pb.len()
+                    && kb.starts_with(pb)
+                    && kb[pb.len()] == b'/'
+                {
+                    found.insert(p.clone(), side);
+                }
+                // Still pending while `key` sorts below `p0` (every key under `p/` does).
+                if kb.starts_with(pb) {
+                    kb.len() == pb.len() || kb[pb.len()] < b'0'
+                } else {
+                    kb < pb
+                }
+            });
+            if is_file(key, here) {
+                pending.insert(key.to_string());
+            }
+        }
+    }
+
+    /// The side holding a clashing file that `key` lies below, while that file is in the way.
+    fn blocking(&self, key: &str) -> Option<Side> {
+        key.match_indices('/')
+            .map(|(i, _)| &key[..i])
+            .find_map(|p| self.found.get(p).filter(|_| !self.resolved.contains(p)))
+            .copied()
+    }
+}
+
+fn is_file(key: &str, seen: &Seen) -> bool {
+    seen.item
+        .as_ref()
+        .is_some_and(|i| !i.is_dir() && i.path == key)
+}
+
+/// True when carrying out `d` writes to or deletes from `side`.
+fn writes_to(d: &Decision, side: Side) -> bool {
+    match d {
+        Decision::Keep(_) | Decision::Skip(_) => false,
+        Decision::RemoveDir { side: s, .. } => *s == side,
+        Decision::Act(Action::Copy { from, .. } | Action::Mkdir { from, .. }) => {
+            from.other() == side
+        }
+        Decision::Act(Action::Delete { side: s, .. }) => *s == side,
+        Decision::Act(Action::Reconcile { .. }) => true,
+    }
+}
+
+/// The path and old record of a decision that does something.
+fn decision_parts(d: Decision) -> (String, Option<Record>) {
+    match d {
+        Decision::Keep(r) | Decision::Skip(r) => {
+            (r.as_ref().map(|r| r.path.clone()).unwrap_or_default(), r)
+        }
+        Decision::RemoveDir { item, old, .. } => (item.path, Some(old)),
+        Decision::Act(Action::Copy { item, old, .. } | Action::Mkdir { item, old, .. }) => {
+            (item.path, old)
+        }
+        Decision::Act(Action::Delete { item, old, .. }) => (item.path, Some(old)),
+        Decision::Act(Action::Reconcile { site, old, .. }) => (site.path, old),
+    }
+}
+
+/// Keeps `stack` to the folders that hold `key`, then adds `item` when it is a folder.
+fn track_dirs(stack: &mut Vec<String>, key: &str, item: Option<&Item>) {
+    while stack.last().is_some_and(|d| !key.starts_with(d.as_str())) {
+        stack.pop();
+    }
+    if let Some(i) = item.filter(|i| i.is_dir()) {
+        stack.push(i.path.clone());
+    }
 }
 
 fn head<T: Keyed>(
@@ -286,6 +462,8 @@ impl Triple {
         let m = take(&mut self.remote, &key)?;
         let m_leaf = !head(&mut self.remote)?.is_some_and(|n| n.starts_with(&key));
         let r = take(&mut self.base, &key)?;
+        track_dirs(&mut self.site_dirs, &key, s.as_ref());
+        track_dirs(&mut self.remote_dirs, &key, m.as_ref());
         Ok(Some((
             Seen {
                 item: s,
@@ -312,6 +490,8 @@ impl Inputs {
             site: self.site.iter()?.peekable(),
             remote: self.remote.iter()?.peekable(),
             base: self.base.iter()?.peekable(),
+            site_dirs: Vec::new(),
+            remote_dirs: Vec::new(),
         })
     }
 }
@@ -350,6 +530,7 @@ async fn run_planned(
         remote_prefix,
         same,
         conflict: job.conflict,
+        future_mtime_as: last_recorded(&files.state),
         dry_run: opts.dry_run,
         cancel: cancel.clone(),
         live: Live {
@@ -360,6 +541,7 @@ async fn run_planned(
     let fp = fingerprint(job);
     let base = Baseline::open(&files.state, &files.journal, &fp, &files.tmp)
         .map_err(|e| io_err("state", e))?;
+    check_site_folder(job, &ctx, &base).await?;
 
     // 1. Both listings, in full, before anything changes.
     ctx.live.set_phase(Phase::Listing);
@@ -382,17 +564,16 @@ async fn run_planned(
             Side::Remote
         ),
     );
-    let inputs = Inputs {
-        site: site?,
-        remote: remote?,
-        base,
-    };
+    let ((site, site_files), (remote, remote_files)) = (site?, remote?);
+    let inputs = Inputs { site, remote, base };
 
-    // 2. A side that lists nothing while the baseline remembers files is suspicious (an
-    //    unmounted disk, a wrong prefix, a bucket emptied by mistake): it causes no deletions.
+    // 2. A side that lists no file while the baseline remembers files is suspicious (an
+    //    unmounted disk that shows only an empty `lost+found/`, a wrong prefix, a bucket emptied
+    //    by mistake): it causes no deletions. Folders do not count: they hold nothing.
     let mut base_n = 0u64;
     for r in inputs.base.iter().map_err(|e| io_err("state", e))? {
-        if filter.covers(&r.map_err(|e| io_err("state", e))?.path) {
+        let r = r.map_err(|e| io_err("state", e))?;
+        if !r.path.ends_with('/') && filter.covers(&r.path) {
             base_n += 1;
         }
     }
@@ -400,8 +581,8 @@ async fn run_planned(
     let rules = Rules {
         direction: job.direction,
         delete: job.delete,
-        site_suspect: inputs.site.len() == 0 && base_n > 0,
-        remote_suspect: inputs.remote.len() == 0 && base_n > 0,
+        site_suspect: site_files == 0 && base_n > 0,
+        remote_suspect: remote_files == 0 && base_n > 0,
     };
     for (suspect, side) in [
         (rules.site_suspect, "site folder"),
@@ -417,23 +598,45 @@ async fn run_planned(
     }
 
     // 3. Totals for the progress bar: a dry pass over the decisions.
+    //    The same pass counts the files each side would lose, against `max_delete`.
     let (mut files_total, mut bytes_total) = (0u64, 0u64);
+    let (mut del_site, mut del_remote) = (0u64, 0u64);
+    let mut clashes = Clashes::default();
     let mut t = inputs.triple().map_err(|e| io_err("merge", e))?;
     while let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? {
+        clashes.observe(&s, &m);
         match plan::decide(s, m, r, &rules) {
             Decision::Act(a) => {
                 files_total += 1;
-                bytes_total += match &a {
-                    Action::Copy { item, .. } => item.size,
-                    Action::Reconcile { site, remote, .. } => site.size.max(remote.size),
-                    _ => 0,
-                };
+                bytes_total += planned_bytes(&a);
+                if let Action::Delete { side, .. } = &a {
+                    match side {
+                        Side::Site => del_site += 1,
+                        Side::Remote => del_remote += 1,
+                    }
+                }
             }
             Decision::RemoveDir { .. } => files_total += 1,
             _ => {}
         }
     }
     drop(t);
+    if !opts.force {
+        for (side, deletes, listed) in [
+            ("site folder", del_site, site_files),
+            ("remote prefix", del_remote, remote_files),
+        ] {
+            if job.max_delete.exceeded(deletes, listed) {
+                return Err(Error::new(
+                    ErrorKind::LimitReached,
+                    format!(
+                        "sync job {}: refused to delete {deletes} of the {listed} files in the {side} (more than max_delete, {}); nothing was changed. If these deletions are wanted, run `bucketgate sync run {} --force`",
+                        job.name, job.max_delete, job.name
+                    ),
+                ));
+            }
+        }
+    }
     ctx.live.files_total.store(files_total, Ordering::Relaxed);
     ctx.live.bytes_total.store(bytes_total, Ordering::Relaxed);
     if files_total > 0 && !opts.dry_run {
@@ -479,7 +682,73 @@ async fn run_planned(
         let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? else {
             break false;
         };
-        match plan::decide(s, m, r, &rules) {
+        // A file on one side where the other has a folder of that name (rare: the map is
+        // usually empty, and then this costs nothing).
+        let mut blocked = None;
+        if !clashes.found.is_empty() {
+            let key = s
+                .item
+                .as_ref()
+                .or(m.item.as_ref())
+                .map(|i| i.path.clone())
+                .or_else(|| r.as_ref().map(|r| r.path.clone()))
+                .unwrap_or_default();
+            if let Some(&file_side) = clashes.found.get(&key) {
+                let (here, there) = match file_side {
+                    Side::Site => (s.item, m.item),
+                    Side::Remote => (m.item, s.item),
+                };
+                let o = match here {
+                    Some(item) if job.direction == Direction::TwoWay && there.is_none() => {
+                        let o = exec::clash(&ctx, file_side, item, r).await;
+                        if o.counts.errors == 0 && o.counts.skipped == 0 {
+                            clashes.resolved.insert(key);
+                        }
+                        o
+                    }
+                    _ => exec::Outcome::skipped(
+                        r,
+                        &key,
+                        "a file on one side, a folder of that name on the other: left alone \
+                         (a one-way job replaces neither; rename one of them)",
+                    ),
+                };
+                acc.absorb(o)?;
+                continue;
+            }
+            blocked = clashes.blocking(&key);
+        }
+        let mut decision = plan::decide(s, m, r, &rules);
+        if let Some(file_side) = blocked {
+            // Inside a folder whose name is still a file on `file_side`: nothing is written
+            // there until the file is out of the way.
+            if writes_to(&decision, file_side) {
+                let (path, old) = decision_parts(decision);
+                acc.absorb(exec::Outcome::skipped(
+                    old,
+                    &path,
+                    "its folder's name is a file on the other side",
+                ))?;
+                continue;
+            }
+        }
+        if let Decision::Act(Action::Delete {
+            side,
+            item,
+            keep_parent,
+            ..
+        }) = &mut decision
+        {
+            // A file deleted on one side whose folder that side keeps: the folder stays here.
+            let other = match side {
+                Side::Site => &t.remote_dirs,
+                Side::Remote => &t.site_dirs,
+            };
+            if let Some((parent, _)) = item.path.rsplit_once('/') {
+                *keep_parent = other.last().is_some_and(|d| d == &format!("{parent}/"));
+            }
+        }
+        match decision {
             Decision::Keep(r) => acc.keep(r)?,
             Decision::Skip(r) => {
                 acc.counts.skipped += 1;
@@ -548,6 +817,10 @@ async fn run_planned(
             state::remove_durably(&files.journal).map_err(|e| io_err("journal", e))?;
         }
     }
+    // The totals were estimates (a comparison may copy nothing, a conflict two files, a failed
+    // copy streams bytes it then throws away): the last report says what the summary says.
+    ctx.live.bytes_total.store(counts.bytes, Ordering::Relaxed);
+    ctx.live.bytes_done.store(counts.bytes, Ordering::Relaxed);
     ctx.live.set_phase(Phase::Done);
     ctx.live.emit(None);
     Ok(Summary {
@@ -600,6 +873,13 @@ impl Acc<'_> {
             }
         }
         self.counts.add(&o.counts);
+        // The bar's total follows what the path really took.
+        let total = &self.ctx.live.bytes_total;
+        if o.counts.bytes >= o.planned {
+            total.fetch_add(o.counts.bytes - o.planned, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(o.planned - o.counts.bytes, Ordering::Relaxed);
+        }
         self.ctx.live.files_done.fetch_add(1, Ordering::Relaxed);
         if o.events.is_empty() {
             self.ctx.live.emit(None);

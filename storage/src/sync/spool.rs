@@ -88,12 +88,14 @@ impl<T: Keyed + Serialize + DeserializeOwned> Spool<T> {
 /// Sorted runs on disk (deleted when dropped).
 pub(crate) struct Sorted<T> {
     runs: Vec<TempPath>,
+    #[cfg_attr(not(test), allow(dead_code))]
     len: u64,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Keyed + DeserializeOwned> Sorted<T> {
     /// Number of items.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
