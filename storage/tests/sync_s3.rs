@@ -432,6 +432,7 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
         conflict: ConflictPolicy::Newer,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: None,
     };
     let state = dir.path().join("state");
@@ -537,6 +538,7 @@ async fn a_source_changed_during_its_copy_is_never_stored_torn() {
         conflict: ConflictPolicy::Newer,
         include: vec![],
         exclude: vec![],
+        max_delete: Default::default(),
         lease: None,
     };
     let state = dir.path().join("state");
