@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 /// How long a data port waits for its connection (libunftp waits as long on its side).
 pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,17 +77,30 @@ pub(crate) fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Resul
 /// libunftp's loopback port (through TLS when `tls` is given). A later PASV/EPSV/PORT of the
 /// session cancels `superseded`: the port is given back at once instead of being held until
 /// the accept timeout (a PASV flood would otherwise take the whole range from everyone).
+///
+/// ABOR cancels `abort`: the transfer is cut with a reset towards libunftp, so that it ends
+/// with an error (and an upload stores nothing) even when the client never connected.
 pub(crate) async fn passive(
     listener: TcpListener,
     peer_ip: IpAddr,
     upstream: SocketAddr,
     tls: Option<TlsAcceptor>,
-    superseded: tokio_util::sync::CancellationToken,
+    superseded: CancellationToken,
+    abort: CancellationToken,
 ) {
     let deadline = Instant::now() + ACCEPT_TIMEOUT;
     let client = loop {
         let accepted = tokio::select! {
             _ = superseded.cancelled() => return,
+            _ = abort.cancelled() => {
+                // libunftp may already have answered 150 and waits for this connection: give
+                // it one that fails at once, so the transfer gets its final reply.
+                drop(listener);
+                if let Ok(up) = TcpStream::connect(upstream).await {
+                    let _ = up.set_zero_linger();
+                }
+                return;
+            }
             r = tokio::time::timeout_at(deadline, listener.accept()) => r,
         };
         match accepted {
@@ -110,8 +124,16 @@ pub(crate) async fn passive(
     };
     drop(listener);
     match TcpStream::connect(upstream).await {
-        Ok(up) => secure_splice(client, up, tls).await,
+        Ok(up) => abortable(secure_splice(client, up, tls), &abort).await,
         Err(e) => tracing::debug!(error = %e, "ftp: libunftp's data port is gone"),
+    }
+}
+
+/// Runs a splice until it ends or ABOR cancels it; dropping it resets the loopback side.
+async fn abortable(splice: impl std::future::Future<Output = ()>, abort: &CancellationToken) {
+    tokio::select! {
+        _ = splice => {}
+        _ = abort.cancelled() => tracing::debug!("ftp: data connection cut by ABOR"),
     }
 }
 
@@ -133,9 +155,16 @@ pub(crate) async fn connect_active(local_ip: IpAddr, target: SocketAddr) -> io::
 
 /// Takes libunftp's connection on the loopback stand-in for the client's PORT address and
 /// splices it to the connection already made to the client.
-pub(crate) async fn active(stand_in: TcpListener, client: TcpStream, tls: Option<TlsAcceptor>) {
+pub(crate) async fn active(
+    stand_in: TcpListener,
+    client: TcpStream,
+    tls: Option<TlsAcceptor>,
+    abort: CancellationToken,
+) {
     match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
-        Ok(Ok((up, from))) if from.ip().is_loopback() => secure_splice(client, up, tls).await,
+        Ok(Ok((up, from))) if from.ip().is_loopback() => {
+            abortable(secure_splice(client, up, tls), &abort).await
+        }
         _ => tracing::debug!("ftp: libunftp did not connect for the active transfer"),
     }
 }
@@ -144,6 +173,9 @@ pub(crate) async fn active(stand_in: TcpListener, client: TcpStream, tls: Option
 /// wants), then the splice.
 async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAcceptor>) {
     let _ = client.set_nodelay(true);
+    // Whatever ends this early (a failed handshake, ABOR, the session's end) must look like an
+    // error to libunftp, never like the end of the file.
+    let _ = upstream.set_zero_linger();
     let Some(acceptor) = tls else {
         return splice(client, upstream).await;
     };
