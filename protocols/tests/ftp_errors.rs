@@ -519,6 +519,29 @@ async fn abor_during_a_transfer_answers_426_then_226() {
     assert!(first.starts_with("426"), "{first} then {second}");
     assert!(second.starts_with("226"), "{first} then {second}");
 
+    // A listing the client does not read (libunftp sends no reply for a listing it could not
+    // finish writing: the ABOR's replies must not wait for one forever).
+    for i in 0..4000 {
+        h.write(&format!("many/{i:05}-{}", "n".repeat(150)), b"");
+    }
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let r = raw.cmd("EPSV").await;
+    let port: u16 = r
+        .split("(|||")
+        .nth(1)
+        .and_then(|x| x.split('|').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    let _data = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let r = raw.cmd("LIST many").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    raw.send(b"ABOR\r\n").await;
+    let first = raw.reply().await;
+    let second = raw.reply().await;
+    assert!(first.starts_with("426"), "{first} then {second}");
+    assert!(second.starts_with("226"), "{first} then {second}");
+
     // With no transfer, ABOR is just answered.
     assert!(raw.cmd("ABOR").await.starts_with("22"));
     assert!(raw.cmd("NOOP").await.starts_with("200"));

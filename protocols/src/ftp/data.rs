@@ -16,6 +16,8 @@ use libunftp::options::Binder;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -78,26 +80,25 @@ pub(crate) fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Resul
 /// session cancels `superseded`: the port is given back at once instead of being held until
 /// the accept timeout (a PASV flood would otherwise take the whole range from everyone).
 ///
-/// ABOR cancels `abort`: the transfer is cut with a reset towards libunftp, so that it ends
-/// with an error (and an upload stores nothing) even when the client never connected.
+/// ABOR ends the transfer through `abort`, even when the client never connected (libunftp
+/// may have answered 150 and be waiting for this connection: it gets one that ends at once, so
+/// that the transfer gets its final reply).
 pub(crate) async fn passive(
     listener: TcpListener,
     peer_ip: IpAddr,
     upstream: SocketAddr,
     tls: Option<TlsAcceptor>,
     superseded: CancellationToken,
-    abort: CancellationToken,
+    abort: DataAbort,
 ) {
     let deadline = Instant::now() + ACCEPT_TIMEOUT;
     let client = loop {
         let accepted = tokio::select! {
             _ = superseded.cancelled() => return,
-            _ = abort.cancelled() => {
-                // libunftp may already have answered 150 and waits for this connection: give
-                // it one that fails at once, so the transfer gets its final reply.
+            _ = abort.token.cancelled() => {
                 drop(listener);
                 if let Ok(up) = TcpStream::connect(upstream).await {
-                    let _ = up.set_zero_linger();
+                    abort.finish(up).await;
                 }
                 return;
             }
@@ -124,16 +125,54 @@ pub(crate) async fn passive(
     };
     drop(listener);
     match TcpStream::connect(upstream).await {
-        Ok(up) => abortable(secure_splice(client, up, tls), &abort).await,
+        Ok(up) => spliced(client, up, tls, &abort).await,
         Err(e) => tracing::debug!(error = %e, "ftp: libunftp's data port is gone"),
     }
 }
 
-/// Runs a splice until it ends or ABOR cancels it; dropping it resets the loopback side.
-async fn abortable(splice: impl std::future::Future<Output = ()>, abort: &CancellationToken) {
-    tokio::select! {
-        _ = splice => {}
-        _ = abort.cancelled() => tracing::debug!("ftp: data connection cut by ABOR"),
+/// How ABOR ends the session's latest data connection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DataAbort {
+    token: CancellationToken,
+    /// For a listing, libunftp's side is read to its end rather than cut: libunftp sends no
+    /// final reply at all for a listing it could not write, and the ABOR's replies wait for it.
+    drain: Arc<AtomicBool>,
+}
+
+impl DataAbort {
+    /// Cuts the data connection (the client's side at once).
+    pub(crate) fn abort(&self, listing: bool) {
+        self.drain.store(listing, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// libunftp's side after ABOR: a listing is read to its end, anything else is reset
+    /// (linger 0), which fails a download or an upload.
+    async fn finish(&self, mut upstream: TcpStream) {
+        let _ = upstream.set_zero_linger();
+        if self.drain.load(Ordering::SeqCst) {
+            let mut sink = tokio::io::sink();
+            let drained =
+                tokio::time::timeout(ACCEPT_TIMEOUT, tokio::io::copy(&mut upstream, &mut sink));
+            let _ = drained.await;
+        }
+    }
+}
+
+/// Splices until the transfer ends or ABOR cuts it.
+async fn spliced(
+    client: TcpStream,
+    mut upstream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    abort: &DataAbort,
+) {
+    let cut = tokio::select! {
+        _ = secure_splice(client, &mut upstream, tls) => false,
+        _ = abort.token.cancelled() => true,
+    };
+    if cut {
+        tracing::debug!("ftp: data connection cut by ABOR");
+        abort.finish(upstream).await;
     }
 }
 
@@ -159,19 +198,17 @@ pub(crate) async fn active(
     stand_in: TcpListener,
     client: TcpStream,
     tls: Option<TlsAcceptor>,
-    abort: CancellationToken,
+    abort: DataAbort,
 ) {
     match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
-        Ok(Ok((up, from))) if from.ip().is_loopback() => {
-            abortable(secure_splice(client, up, tls), &abort).await
-        }
+        Ok(Ok((up, from))) if from.ip().is_loopback() => spliced(client, up, tls, &abort).await,
         _ => tracing::debug!("ftp: libunftp did not connect for the active transfer"),
     }
 }
 
 /// With PROT P, the TLS handshake (the relay is the TLS server, in active mode too, as RFC 4217
 /// wants), then the splice.
-async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAcceptor>) {
+async fn secure_splice(client: TcpStream, upstream: &mut TcpStream, tls: Option<TlsAcceptor>) {
     let _ = client.set_nodelay(true);
     // Whatever ends this early (a failed handshake, ABOR, the session's end) must look like an
     // error to libunftp, never like the end of the file.
@@ -183,11 +220,9 @@ async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAc
         Ok(Ok(client)) => splice(client, upstream).await,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "ftp: TLS handshake on the data connection failed");
-            let _ = upstream.set_zero_linger();
         }
         Err(_) => {
             tracing::info!("ftp: TLS handshake on the data connection timed out");
-            let _ = upstream.set_zero_linger();
         }
     }
 }
@@ -200,14 +235,13 @@ async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAc
 ///
 /// A TLS client that closes without close_notify is an error here too (rustls reports it), so a
 /// truncated FTPS upload is never committed.
-async fn splice<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, mut upstream: TcpStream) {
+async fn splice<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, upstream: &mut TcpStream) {
     let _ = upstream.set_zero_linger();
     let _ = upstream.set_nodelay(true);
     // Large buffers: tokio's default 8 KiB means a wake-up and two syscalls per 8 KiB on each
     // side, which on a loaded machine costs more than the copy itself (1 GiB = 131,072 rounds).
     if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF)
-            .await
+        tokio::io::copy_bidirectional_with_sizes(&mut client, upstream, RELAY_BUF, RELAY_BUF).await
     {
         tracing::debug!(error = %e, "ftp: data connection ended with an error");
     }

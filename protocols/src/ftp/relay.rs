@@ -80,6 +80,10 @@ impl<T: AsyncRead + Unpin> Lines<T> {
     }
 }
 
+/// How long an ABOR waits for the transfer to end (libunftp gives up an upload or a download
+/// at once once its data connection is cut; a listing is read to its end).
+const ABORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The MLST/MLSD facts libunftp gives (it gives all of them whatever OPTS MLST selects).
 const MLST_FACTS: &str = "type;size;modify;";
 
@@ -126,7 +130,11 @@ pub(crate) struct Relay {
     /// Whether uploads may commit: told of ABOR and of the end of the control connection.
     link: Arc<ControlLink>,
     /// Cuts the latest data connection (ABOR).
-    data_abort: Option<CancellationToken>,
+    data_abort: Option<data::DataAbort>,
+    /// The verb of the latest transfer command.
+    transfer_verb: String,
+    /// An ABOR waits this long at most for the transfer's end, then the session is closed.
+    abort_deadline: Instant,
     data_tasks: JoinSet<()>,
     /// Cancels the passive listener still waiting for its client, when a new data command
     /// replaces it.
@@ -170,6 +178,8 @@ impl Relay {
             rest: None,
             link,
             data_abort: None,
+            transfer_verb: String::new(),
+            abort_deadline: Instant::now(),
             data_tasks: JoinSet::new(),
             pending_passive: None,
             deadline,
@@ -235,10 +245,17 @@ impl Relay {
                         return;
                     }
                 }
-                r = self.client.fill(), if !self.aborting => {
+                // While an ABOR is answered the commands that follow wait in the buffer; it is
+                // still read (up to one line's worth) so that a client that leaves is noticed.
+                r = self.client.fill(), if !self.aborting || self.client.buf.len() <= self.client.max => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return;
                     }
+                }
+                _ = tokio::time::sleep_until(self.abort_deadline), if self.aborting => {
+                    tracing::warn!(client = %self.peer, "ftp: the aborted transfer did not end, closing");
+                    self.say("421 The aborted transfer did not end: closing the connection").await;
+                    return;
                 }
                 _ = tokio::time::sleep_until(self.deadline), if !self.logged_in => {
                     tracing::info!(client = %self.peer, "ftp: no login within the grace time, closing");
@@ -326,11 +343,13 @@ impl Relay {
                 // RFC 959: the transfer's own reply (426, or 226 if it had completed) comes
                 // first, then the ABOR's 226; see `on_reply`. The upload must not commit.
                 self.link.abort_transfer();
-                if let Some(t) = &self.data_abort {
-                    t.cancel();
+                if let Some(a) = &self.data_abort {
+                    let listing = matches!(self.transfer_verb.as_str(), "LIST" | "NLST" | "MLSD");
+                    a.abort(listing);
                 }
                 self.rest = None;
                 self.aborting = true;
+                self.abort_deadline = Instant::now() + ABORT_TIMEOUT;
             }
             "SIZE" | "MDTM" => {
                 if let Some(refusal) = self.precheck(&verb, arg, 0).await {
@@ -370,6 +389,7 @@ impl Relay {
                     return self.reply_local(refusal).await;
                 }
                 self.link.new_transfer();
+                self.transfer_verb = verb.clone();
                 if self.logged_in && matches!(verb.as_str(), "RETR" | "STOR" | "STOU") {
                     // libunftp keeps an offset after a failed transfer; each transfer gets its
                     // own, 0 when the client sent none.
@@ -614,7 +634,7 @@ impl Relay {
         };
         self.reap();
         let tls = self.data_tls();
-        let abort = CancellationToken::new();
+        let abort = data::DataAbort::default();
         self.data_abort = Some(abort.clone());
         self.data_tasks
             .spawn(data::active(stand_in, client_conn, tls, abort));
@@ -676,8 +696,11 @@ impl Relay {
             }
             (Pending::Transfer, _) if self.aborting => {
                 self.aborting = false;
-                if code == 226 || !started {
-                    // It completed before the ABOR, or never started: its own reply stands.
+                let upload = matches!(self.transfer_verb.as_str(), "STOR" | "APPE" | "STOU");
+                if !started || (upload && code == 226) {
+                    // It never started, or the upload was committed before the ABOR: its own
+                    // reply stands. A download or listing was cut on the client's side, so
+                    // libunftp's 226 does not mean the client has it all.
                     self.pass(&line).await;
                 } else {
                     self.say("426 Transfer aborted: nothing was stored or sent in full")
@@ -770,7 +793,7 @@ impl Relay {
         let tls = self.data_tls();
         let superseded = CancellationToken::new();
         self.pending_passive = Some(superseded.clone());
-        let abort = CancellationToken::new();
+        let abort = data::DataAbort::default();
         self.data_abort = Some(abort.clone());
         self.data_tasks.spawn(data::passive(
             listener,
