@@ -5,11 +5,21 @@
 //! connection tells the two apart: a client that finished is still there to read the `226`. So
 //! an upload commits only when, at the moment of committing, the control connection is still
 //! open and the transfer was not aborted (ABOR); otherwise it is given up and nothing changes.
+//!
+//! The kernel of a killed client closes its sockets one after the other, the data connection
+//! possibly first: its end can be seen a moment before the control connection's. So an upload
+//! whose data ended waits [`SETTLE`] for the control connection to end too before committing.
 
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long an upload whose data has ended waits to see whether its control connection ends
+/// too (a killed client) before it commits. Every upload waits this long.
+pub(crate) const SETTLE: Duration = Duration::from_millis(10);
 
 /// Shared by a session's relay (which owns the control connection) and its storage adapter
 /// (which commits uploads).
@@ -20,7 +30,7 @@ pub(crate) struct ControlLink {
     /// keeps a closed connection open.
     socket: Mutex<Option<OwnedFd>>,
     /// The relay has stopped serving the client (end of stream, error, shutdown).
-    closed: AtomicBool,
+    closed: CancellationToken,
     /// The client sent ABOR during the current transfer.
     aborted: AtomicBool,
 }
@@ -36,7 +46,7 @@ impl ControlLink {
 
     /// The relay no longer serves the client: no upload of this session may commit any more.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
+        self.closed.cancel();
         self.socket.lock().expect("lock").take();
     }
 
@@ -51,10 +61,22 @@ impl ControlLink {
     }
 
     /// Whether an upload whose data has just ended may commit: not aborted, and the client's
-    /// control connection neither closed by the relay nor ended by the client (a FIN or a reset
-    /// already received counts, even before the relay has read it).
-    pub(crate) fn may_commit(&self) -> bool {
-        if self.aborted.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+    /// control connection still open after [`SETTLE`].
+    pub(crate) async fn may_commit(&self) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        tokio::select! {
+            _ = self.closed.cancelled() => false,
+            _ = tokio::time::sleep(SETTLE) => self.alive(),
+        }
+    }
+
+    /// Not aborted, and the client's control connection neither closed by the relay nor ended
+    /// by the client (a FIN or a reset already received counts, even before the relay has read
+    /// it).
+    fn alive(&self) -> bool {
+        if self.aborted.load(Ordering::SeqCst) || self.closed.is_cancelled() {
             return false;
         }
         let guard = self.socket.lock().expect("lock");

@@ -124,6 +124,10 @@ pub(crate) struct Relay {
     /// ABOR arrived during a transfer: commands wait until the transfer's final reply (then
     /// 426, or 226 if it had completed) and the ABOR's own 226 are sent.
     aborting: bool,
+    /// QUIT arrived during a transfer: it is sent to libunftp once the transfer's final reply is
+    /// in (RFC 959: the transfer ends and is answered, then 221), and commands wait until then.
+    /// libunftp would close at once, and the upload would be lost or done unreported.
+    quit_held: bool,
     /// The client's REST offset, for the next transfer command only (libunftp would keep it
     /// after a refused one). Each RETR/STOR/STOU is sent to libunftp with its own REST.
     rest: Option<u64>,
@@ -175,6 +179,7 @@ impl Relay {
             multiline: None,
             transfer_active: false,
             aborting: false,
+            quit_held: false,
             rest: None,
             link,
             data_abort: None,
@@ -218,8 +223,9 @@ impl Relay {
                     Err(TooLong) => return,
                 }
             }
-            // While an ABOR is being answered, later commands wait (their replies must follow).
-            let next = if self.aborting {
+            // While an ABOR is answered or a QUIT waits for the transfer, later commands wait
+            // (their replies must follow).
+            let next = if self.holding() {
                 Ok(None)
             } else {
                 self.client.take_line()
@@ -247,7 +253,7 @@ impl Relay {
                 }
                 // While an ABOR is answered the commands that follow wait in the buffer; it is
                 // still read (up to one line's worth) so that a client that leaves is noticed.
-                r = self.client.fill(), if !self.aborting || self.client.buf.len() <= self.client.max => {
+                r = self.client.fill(), if !self.holding() || self.client.buf.len() <= self.client.max => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return;
                     }
@@ -351,6 +357,7 @@ impl Relay {
                 self.aborting = true;
                 self.abort_deadline = Instant::now() + ABORT_TIMEOUT;
             }
+            "QUIT" | "BYE" if self.in_transfer() => self.quit_held = true,
             "SIZE" | "MDTM" => {
                 if let Some(refusal) = self.precheck(&verb, arg, 0).await {
                     return self.reply_local(refusal).await;
@@ -518,6 +525,11 @@ impl Relay {
             _ => "501 Unknown option".to_string(),
         };
         self.reply_local(reply).await
+    }
+
+    /// Whether commands wait (an ABOR being answered, a QUIT waiting for the transfer).
+    fn holding(&self) -> bool {
+        self.aborting || self.quit_held
     }
 
     /// Whether a transfer command is under way (sent, and its final reply not yet in).
@@ -688,7 +700,8 @@ impl Relay {
             self.transfer_active = false;
         }
         let text = String::from_utf8_lossy(&line).into_owned();
-        match (pending, code) {
+        let release_quit = matches!(pending, Pending::Transfer) && self.quit_held;
+        let ok = match (pending, code) {
             (Pending::Hidden, _) => true,
             (Pending::Local(reply), _) => {
                 self.say(&reply).await;
@@ -744,7 +757,12 @@ impl Relay {
                 self.pass(&line).await
             }
             _ => self.pass(&line).await,
+        };
+        if ok && release_quit {
+            self.quit_held = false;
+            return self.forward(b"QUIT", Pending::Other).await;
         }
+        ok
     }
 
     async fn pass(&mut self, line: &[u8]) -> bool {
