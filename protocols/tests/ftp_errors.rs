@@ -656,3 +656,37 @@ time.sleep(600)
         assert_eq!(h.read("keep.bin"), b"old content");
     }
 }
+
+/// A client whose data connection breaks during a listing gets 426 (libunftp sent no reply at
+/// all, and the session waited for one).
+#[tokio::test]
+async fn broken_listing_answers_426() {
+    let h = Harness::start(Setup::default()).await;
+    for i in 0..4000 {
+        h.write(&format!("many/{i:05}-{}", "n".repeat(150)), b"");
+    }
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let r = raw.cmd("EPSV").await;
+    let port: u16 = r
+        .split("(|||")
+        .nth(1)
+        .and_then(|x| x.split('|').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    let mut data = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let r = raw.cmd("LIST many").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    let mut some = [0u8; 1000];
+    tokio::io::AsyncReadExt::read_exact(&mut data, &mut some)
+        .await
+        .unwrap();
+    // The client goes away from its data connection: a reset.
+    data.set_zero_linger().unwrap();
+    drop(data);
+    let r = raw.reply().await;
+    assert!(r.starts_with("426"), "{r}");
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
+}

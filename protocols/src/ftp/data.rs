@@ -19,7 +19,7 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -130,27 +130,52 @@ pub(crate) async fn passive(
     }
 }
 
-/// How ABOR ends the session's latest data connection.
+/// The relay's handle on the session's latest data connection: how ABOR ends it, and how it
+/// ended.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DataAbort {
     token: CancellationToken,
-    /// For a listing, libunftp's side is read to its end rather than cut: libunftp sends no
-    /// final reply at all for a listing it could not write, and the ABOR's replies wait for it.
-    drain: Arc<AtomicBool>,
+    /// The transfer is a listing. When its data connection ends early (ABOR, a client that
+    /// goes away), libunftp's side is read to its end rather than cut: libunftp sends no final
+    /// reply at all for a listing it could not write, and the session would wait for one.
+    listing: Arc<AtomicBool>,
+    /// The client's side ended with an error (a reset, a TLS failure).
+    broken: Arc<AtomicBool>,
+    /// The splice is over.
+    done: CancellationToken,
+    /// Everything libunftp sent was written to the client, and its side shut down.
+    sent: CancellationToken,
 }
 
 impl DataAbort {
-    /// Cuts the data connection (the client's side at once).
-    pub(crate) fn abort(&self, listing: bool) {
-        self.drain.store(listing, Ordering::SeqCst);
+    /// What the transfer on this data connection is (set when the command is sent).
+    pub(crate) fn set_listing(&self, listing: bool) {
+        self.listing.store(listing, Ordering::SeqCst);
+    }
+
+    /// ABOR: cuts the data connection (the client's side at once).
+    pub(crate) fn abort(&self) {
         self.token.cancel();
     }
 
-    /// libunftp's side after ABOR: a listing is read to its end, anything else is reset
-    /// (linger 0), which fails a download or an upload.
+    /// Whether the client got everything libunftp sent: waits (a bounded time) for the data
+    /// connection to end, then tells whether it ended cleanly.
+    pub(crate) async fn delivered(&self) -> bool {
+        let settled = tokio::time::timeout(ACCEPT_TIMEOUT, async {
+            tokio::select! {
+                _ = self.sent.cancelled() => {}
+                _ = self.done.cancelled() => {}
+            }
+        });
+        let _ = settled.await;
+        self.sent.is_cancelled()
+    }
+
+    /// libunftp's side once the client's is gone early: a listing is read to its end, anything
+    /// else is reset (linger 0), which fails a download or an upload.
     async fn finish(&self, mut upstream: TcpStream) {
         let _ = upstream.set_zero_linger();
-        if self.drain.load(Ordering::SeqCst) {
+        if self.listing.load(Ordering::SeqCst) {
             let mut sink = tokio::io::sink();
             let drained =
                 tokio::time::timeout(ACCEPT_TIMEOUT, tokio::io::copy(&mut upstream, &mut sink));
@@ -166,14 +191,18 @@ async fn spliced(
     tls: Option<TlsAcceptor>,
     abort: &DataAbort,
 ) {
-    let cut = tokio::select! {
-        _ = secure_splice(client, &mut upstream, tls) => false,
-        _ = abort.token.cancelled() => true,
+    let clean = tokio::select! {
+        clean = secure_splice(client, &mut upstream, tls, &abort.sent) => clean,
+        _ = abort.token.cancelled() => {
+            tracing::debug!("ftp: data connection cut by ABOR");
+            false
+        }
     };
-    if cut {
-        tracing::debug!("ftp: data connection cut by ABOR");
+    if !clean {
+        abort.broken.store(true, Ordering::SeqCst);
         abort.finish(upstream).await;
     }
+    abort.done.cancel();
 }
 
 /// Connects to the client's PORT/EPRT address from the control connection's local address.
@@ -207,22 +236,29 @@ pub(crate) async fn active(
 }
 
 /// With PROT P, the TLS handshake (the relay is the TLS server, in active mode too, as RFC 4217
-/// wants), then the splice.
-async fn secure_splice(client: TcpStream, upstream: &mut TcpStream, tls: Option<TlsAcceptor>) {
+/// wants), then the splice. True when both directions ended cleanly.
+async fn secure_splice(
+    client: TcpStream,
+    upstream: &mut TcpStream,
+    tls: Option<TlsAcceptor>,
+    sent: &CancellationToken,
+) -> bool {
     let _ = client.set_nodelay(true);
     // Whatever ends this early (a failed handshake, ABOR, the session's end) must look like an
     // error to libunftp, never like the end of the file.
     let _ = upstream.set_zero_linger();
     let Some(acceptor) = tls else {
-        return splice(client, upstream).await;
+        return splice(client, upstream, sent).await;
     };
     match tokio::time::timeout(ACCEPT_TIMEOUT, acceptor.accept(client)).await {
-        Ok(Ok(client)) => splice(client, upstream).await,
+        Ok(Ok(client)) => splice(client, upstream, sent).await,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "ftp: TLS handshake on the data connection failed");
+            false
         }
         Err(_) => {
             tracing::info!("ftp: TLS handshake on the data connection timed out");
+            false
         }
     }
 }
@@ -235,14 +271,38 @@ async fn secure_splice(client: TcpStream, upstream: &mut TcpStream, tls: Option<
 ///
 /// A TLS client that closes without close_notify is an error here too (rustls reports it), so a
 /// truncated FTPS upload is never committed.
-async fn splice<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, upstream: &mut TcpStream) {
+///
+/// `sent` is cancelled once everything libunftp sent is written to the client and the client's
+/// side is shut down: a listing's 226 waits for it.
+async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
+    upstream: &mut TcpStream,
+    sent: &CancellationToken,
+) -> bool {
     let _ = upstream.set_zero_linger();
     let _ = upstream.set_nodelay(true);
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (up_r, mut up_w) = upstream.split();
     // Large buffers: tokio's default 8 KiB means a wake-up and two syscalls per 8 KiB on each
     // side, which on a loaded machine costs more than the copy itself (1 GiB = 131,072 rounds).
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, upstream, RELAY_BUF, RELAY_BUF).await
-    {
-        tracing::debug!(error = %e, "ftp: data connection ended with an error");
+    let mut client_r = tokio::io::BufReader::with_capacity(RELAY_BUF, client_r);
+    let mut up_r = tokio::io::BufReader::with_capacity(RELAY_BUF, up_r);
+    let to_libunftp = async {
+        tokio::io::copy_buf(&mut client_r, &mut up_w).await?;
+        up_w.shutdown().await
+    };
+    let to_client = async {
+        tokio::io::copy_buf(&mut up_r, &mut client_w).await?;
+        client_w.shutdown().await?;
+        sent.cancel();
+        Ok::<_, io::Error>(())
+    };
+    // The first error ends both directions (the loopback side is then reset).
+    match tokio::try_join!(to_libunftp, to_client) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "ftp: data connection ended with an error");
+            false
+        }
     }
 }

@@ -350,8 +350,7 @@ impl Relay {
                 // first, then the ABOR's 226; see `on_reply`. The upload must not commit.
                 self.link.abort_transfer();
                 if let Some(a) = &self.data_abort {
-                    let listing = matches!(self.transfer_verb.as_str(), "LIST" | "NLST" | "MLSD");
-                    a.abort(listing);
+                    a.abort();
                 }
                 self.rest = None;
                 self.aborting = true;
@@ -397,6 +396,9 @@ impl Relay {
                 }
                 self.link.new_transfer();
                 self.transfer_verb = verb.clone();
+                if let Some(a) = &self.data_abort {
+                    a.set_listing(self.listing());
+                }
                 if self.logged_in && matches!(verb.as_str(), "RETR" | "STOR" | "STOU") {
                     // libunftp keeps an offset after a failed transfer; each transfer gets its
                     // own, 0 when the client sent none.
@@ -485,6 +487,9 @@ impl Relay {
                 if let Err(e) = fs.check_read(&path).await {
                     return refusal(e);
                 }
+                if rest == 0 {
+                    return None;
+                }
                 match fs.stat(&path).await {
                     Ok(e) if rest > e.size => {
                         Some("554 Restart offset beyond the end of the file".into())
@@ -525,6 +530,11 @@ impl Relay {
             _ => "501 Unknown option".to_string(),
         };
         self.reply_local(reply).await
+    }
+
+    /// Whether the latest transfer command is a listing.
+    fn listing(&self) -> bool {
+        matches!(self.transfer_verb.as_str(), "LIST" | "NLST" | "MLSD")
     }
 
     /// Whether commands wait (an ABOR being answered, a QUIT waiting for the transfer).
@@ -721,6 +731,21 @@ impl Relay {
                 }
                 self.say("226 ABOR done").await;
                 true
+            }
+            (Pending::Transfer, 226) if self.listing() => {
+                // libunftp's 226 means it wrote the whole listing, not that the client got it:
+                // the relay may still hold the end, and the client may have gone away.
+                let delivered = match self.data_abort.clone() {
+                    Some(a) => a.delivered().await,
+                    None => true,
+                };
+                if delivered {
+                    self.pass(&line).await
+                } else {
+                    self.say("426 Data connection broken: the listing was not sent in full")
+                        .await;
+                    true
+                }
             }
             (_, 551) => {
                 self.say("554 Restart offset not possible: 0 or the file's size for STOR, at most the size for RETR")
