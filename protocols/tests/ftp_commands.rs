@@ -320,3 +320,40 @@ async fn large_files_cross_chunk_boundaries() {
         "bytes from the REST offset differ"
     );
 }
+
+/// A REST offset is for the next transfer command only, whatever its outcome (libunftp kept
+/// it after a refused command: a later RETR sent only the end of the file).
+#[tokio::test]
+async fn rest_applies_to_the_next_transfer_only() {
+    let h = Harness::start(Setup::default()).await;
+    let body: Vec<u8> = (0..36u8).map(|i| b'a' + i % 26).collect();
+    h.write("a", &body);
+    let (mut raw, _) = ftp_harness::Raw::connect(h.addr).await;
+    raw.login().await;
+
+    // REST + a STOR that cannot be done at that offset: refused, the file untouched.
+    assert!(raw.cmd("REST 18").await.starts_with("350"));
+    let (first, _) = raw.stor("a", b"zz").await;
+    assert!(first.starts_with("554"), "{first}");
+    assert_eq!(h.read("a"), body);
+    let (got, r) = raw.retr("a").await;
+    assert!(r.starts_with("226"), "{r}");
+    assert_eq!(got, body);
+
+    // REST + a RETR of a missing file.
+    assert!(raw.cmd("REST 5").await.starts_with("350"));
+    let (_, r) = raw.retr("missing").await;
+    assert!(r.starts_with("550"), "{r}");
+    let (got, r) = raw.retr("a").await;
+    assert!(r.starts_with("226"), "{r}");
+    assert_eq!(got, body);
+
+    // Plain STORs work again, and replace.
+    let (first, last) = raw.stor("a", b"fresh").await;
+    assert!(first.starts_with("150"), "{first}");
+    assert!(last.starts_with("226"), "{last}");
+    assert_eq!(h.read("a"), b"fresh");
+    let (_, last) = raw.stor("b", b"new").await;
+    assert!(last.starts_with("226"), "{last}");
+    assert_eq!(h.read("b"), b"new");
+}

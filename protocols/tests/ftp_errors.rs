@@ -368,3 +368,325 @@ async fn interrupted_upload_leaves_nothing() {
     assert_eq!(h.read("keep.bin"), b"old content");
     assert!(h.staging_empty());
 }
+
+/// A line libunftp's parser refuses used to end the session after its 501; clients that send
+/// `OPTS MLST` because FEAT lists MLST then could not log in.
+#[tokio::test]
+async fn refused_command_lines_keep_the_session() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    // Before the login as well.
+    for (cmd, code) in [
+        ("OPTS UTF8 ON", "200"),
+        ("FEAT now", "501"),
+        ("NOOP  ", "200"),
+    ] {
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with(code), "{cmd:?}: {r}");
+        let r = raw.cmd("NOOP").await;
+        assert!(r.starts_with("200"), "after {cmd:?}: {r}");
+    }
+    raw.login().await;
+    let feat = raw.cmd("FEAT").await;
+    assert!(
+        feat.contains("\r\n MLST type*;size*;modify*;\r\n"),
+        "{feat}"
+    );
+    for (cmd, code) in [
+        ("OPTS MLST type;size;", "200 MLST OPTS type;size;modify;"),
+        ("OPTS MLST", "200"),
+        ("OPTS UTF8 ON", "200"),
+        ("OPTS utf8 On", "200"),
+        ("OPTS UTF8", "200"),
+        ("OPTS UTF8 OFF", "504"),
+        ("OPTS WHATEVER 1", "501"),
+        ("OPTS", "501"),
+        ("REST abc", "501"),
+        ("REST -1", "501"),
+        ("REST", "501"),
+        ("SIZE", "501"),
+        ("SIZE  ", "501"),
+        ("MDTM", "501"),
+        ("RETR", "501"),
+        ("STOR", "501"),
+        ("APPE", "501"),
+        ("DELE", "501"),
+        ("RMD", "501"),
+        ("MKD", "501"),
+        ("RNFR", "501"),
+        ("SITE MD5", "501"),
+        ("NOOP now", "501"),
+        ("PWD x", "501"),
+        ("QUIT now", "501"),
+        ("STOU x", "501"),
+        ("STRU X", "501"),
+        ("STRU f", "200"),
+        ("MODE Q", "501"),
+        ("MODE s", "200"),
+        ("PBSZ 1", "502"),
+        ("PROT Q", "502"),
+        ("NOOP\rx", "501"),
+        ("NOOP ", "200"),
+    ] {
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with(code), "{cmd:?}: {r}");
+        let r = raw.cmd("PWD").await;
+        assert!(r.starts_with("257"), "after {cmd:?}: {r}");
+    }
+}
+
+/// A client killed mid-upload closes both its sockets normally: the end of the data looks like
+/// the end of the file. Nothing may be stored, and an existing file keeps its bytes.
+#[tokio::test]
+async fn killed_client_stores_nothing() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("keep.bin", b"old content");
+    for control_first in [true, false] {
+        for name in ["new.bin", "keep.bin"] {
+            for _ in 0..2 {
+                let (mut raw, _) = Raw::connect(h.addr).await;
+                raw.login().await;
+                let mut data = raw.epsv().await;
+                let r = raw.cmd(&format!("STOR {name}")).await;
+                assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+                tokio::io::AsyncWriteExt::write_all(&mut data, &vec![7u8; 1 << 20])
+                    .await
+                    .unwrap();
+                h.await_staging_empty(false).await;
+                // Both sockets close at once (no await in between: the server cannot run), in
+                // either order, with a FIN each as when the process is killed.
+                if control_first {
+                    drop(raw);
+                    drop(data);
+                } else {
+                    drop(data);
+                    drop(raw);
+                }
+                // The upload is over once nothing is staged any more (committed or given up).
+                h.await_staging_empty(true).await;
+                assert!(
+                    !h.file("new.bin").exists(),
+                    "control first: {control_first}"
+                );
+                assert_eq!(
+                    h.read("keep.bin"),
+                    b"old content",
+                    "control first: {control_first}"
+                );
+            }
+        }
+    }
+}
+
+/// RFC 959: ABOR during a transfer gets the transfer's 426 first, then its own 226; the
+/// aborted upload stores nothing, the aborted download stops.
+#[tokio::test]
+async fn abor_during_a_transfer_answers_426_then_226() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("keep.bin", b"old content");
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    // Plain, then as Telnet clients send it (IAC IP, IAC DM before the command).
+    let abors: [&[u8]; 2] = [b"ABOR\r\n", b"\xff\xf4\xff\xf2ABOR\r\n"];
+    for (name, abor) in [("new.bin", abors[0]), ("keep.bin", abors[1])] {
+        let mut data = raw.epsv().await;
+        let r = raw.cmd(&format!("STOR {name}")).await;
+        assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+        tokio::io::AsyncWriteExt::write_all(&mut data, &vec![7u8; 1 << 20])
+            .await
+            .unwrap();
+        h.await_staging_empty(false).await;
+        raw.send(abor).await;
+        let first = raw.reply().await;
+        let second = raw.reply().await;
+        assert!(first.starts_with("426"), "{first} then {second}");
+        assert!(second.starts_with("226"), "{first} then {second}");
+        drop(data);
+        assert!(raw.cmd("NOOP").await.starts_with("200"));
+        assert!(h.staging_empty());
+    }
+    assert!(!h.file("new.bin").exists());
+    assert_eq!(h.read("keep.bin"), b"old content");
+
+    // A download the client does not read.
+    h.write("big.bin", &vec![1u8; 8 << 20]);
+    let _data = raw.epsv().await;
+    let r = raw.cmd("RETR big.bin").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    raw.send(b"ABOR\r\n").await;
+    let first = raw.reply().await;
+    let second = raw.reply().await;
+    assert!(first.starts_with("426"), "{first} then {second}");
+    assert!(second.starts_with("226"), "{first} then {second}");
+
+    // A listing the client does not read (libunftp sends no reply for a listing it could not
+    // finish writing: the ABOR's replies must not wait for one forever).
+    for i in 0..4000 {
+        h.write(&format!("many/{i:05}-{}", "n".repeat(150)), b"");
+    }
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let r = raw.cmd("EPSV").await;
+    let port: u16 = r
+        .split("(|||")
+        .nth(1)
+        .and_then(|x| x.split('|').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    let _data = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let r = raw.cmd("LIST many").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    raw.send(b"ABOR\r\n").await;
+    let first = raw.reply().await;
+    let second = raw.reply().await;
+    assert!(first.starts_with("426"), "{first} then {second}");
+    assert!(second.starts_with("226"), "{first} then {second}");
+
+    // With no transfer, ABOR is just answered.
+    assert!(raw.cmd("ABOR").await.starts_with("22"));
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
+}
+
+/// REST beyond the end of the file and SIZE/MDTM of a folder are refused, as servers on a
+/// disk do.
+#[tokio::test]
+async fn rest_beyond_the_end_and_size_of_a_folder_are_refused() {
+    let h = Harness::start(Setup::default()).await;
+    let body: Vec<u8> = (0..36u8).collect();
+    h.write("a.bin", &body);
+    h.write("dir/x.txt", b"x");
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+
+    assert!(raw.cmd("REST 37").await.starts_with("350"));
+    let (got, r) = raw.retr("a.bin").await;
+    assert!(r.starts_with("554"), "{r}");
+    assert!(got.is_empty());
+    // At the size exactly there is nothing left to send.
+    assert!(raw.cmd("REST 36").await.starts_with("350"));
+    let (got, r) = raw.retr("a.bin").await;
+    assert!(r.starts_with("226"), "{r}");
+    assert!(got.is_empty());
+    let (got, r) = raw.retr("a.bin").await;
+    assert!(r.starts_with("226"), "{r}");
+    assert_eq!(got, body);
+
+    for cmd in ["SIZE dir", "MDTM dir", "SIZE /dir/", "MDTM ."] {
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with("550"), "{cmd}: {r}");
+    }
+    assert_eq!(raw.cmd("SIZE a.bin").await, "213 36\r\n");
+    assert!(raw.cmd("MDTM a.bin").await.starts_with("213 "));
+}
+
+/// QUIT sent while an upload is still under way (RFC 959): the transfer is finished and
+/// answered first, then 221; libunftp closed at once, leaving the upload unreported.
+#[tokio::test]
+async fn quit_during_an_upload_waits_for_it() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    let mut data = raw.epsv().await;
+    let r = raw.cmd("STOR q.bin").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    let body = vec![3u8; 600_000];
+    tokio::io::AsyncWriteExt::write_all(&mut data, &body)
+        .await
+        .unwrap();
+    raw.send(b"QUIT\r\n").await;
+    drop(data);
+    let first = raw.reply().await;
+    let second = raw.reply().await;
+    assert!(first.starts_with("226"), "{first} then {second}");
+    assert!(second.starts_with("221"), "{first} then {second}");
+    assert_eq!(raw.reply().await, "");
+    assert_eq!(h.read("q.bin"), body);
+}
+
+/// A client process killed with SIGKILL mid-upload (its kernel closes both sockets): nothing
+/// is stored, and an existing file keeps its bytes.
+#[tokio::test]
+async fn sigkilled_client_process_stores_nothing() {
+    const CLIENT: &str = r#"
+import socket, sys, time
+port, user, password, name = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+c = socket.create_connection(("127.0.0.1", port))
+f = c.makefile("rb")
+def cmd(line):
+    if line:
+        c.sendall(line.encode() + b"\r\n")
+    return f.readline()
+assert cmd("").startswith(b"220")
+assert cmd("USER " + user).startswith(b"331")
+assert cmd("PASS " + password).startswith(b"230")
+r = cmd("EPSV")
+d = socket.create_connection(("127.0.0.1", int(r.split(b"|||")[1].split(b"|")[0])))
+assert cmd("STOR " + name)[:3] in (b"150", b"125")
+d.sendall(b"x" * (1 << 20))
+print("sent", flush=True)
+time.sleep(600)
+"#;
+    let h = Harness::start(Setup::default()).await;
+    h.write("keep.bin", b"old content");
+    for name in ["new.bin", "keep.bin"].repeat(2) {
+        let mut py = ftp_harness::tool("python3");
+        py.arg("-c")
+            .arg(CLIENT)
+            .arg(h.addr.port().to_string())
+            .args([USER, PASSWORD, name])
+            .stdout(std::process::Stdio::piped());
+        let mut child = py.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        assert_eq!(line, "sent\n");
+        h.await_staging_empty(false).await;
+        child.kill().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        h.await_staging_empty(true).await;
+        assert!(!h.file("new.bin").exists());
+        assert_eq!(h.read("keep.bin"), b"old content");
+    }
+}
+
+/// A client whose data connection breaks during a listing gets 426 (libunftp sent no reply at
+/// all, and the session waited for one).
+#[tokio::test]
+async fn broken_listing_answers_426() {
+    let h = Harness::start(Setup::default()).await;
+    for i in 0..4000 {
+        h.write(&format!("many/{i:05}-{}", "n".repeat(150)), b"");
+    }
+    let (mut raw, _) = Raw::connect(h.addr).await;
+    raw.login().await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let r = raw.cmd("EPSV").await;
+    let port: u16 = r
+        .split("(|||")
+        .nth(1)
+        .and_then(|x| x.split('|').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    let mut data = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let r = raw.cmd("LIST many").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    let mut some = [0u8; 1000];
+    tokio::io::AsyncReadExt::read_exact(&mut data, &mut some)
+        .await
+        .unwrap();
+    // The client goes away from its data connection: a reset.
+    data.set_zero_linger().unwrap();
+    drop(data);
+    let r = raw.reply().await;
+    assert!(r.starts_with("426"), "{r}");
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
+}

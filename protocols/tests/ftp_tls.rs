@@ -128,3 +128,69 @@ async fn implicit_ftps_with_curl() {
         .iter()
         .any(|n| n == "implicit.txt"));
 }
+
+/// A TLS 1.3 client that sends its file and closes the data connection at once, without
+/// reading what the server sent after the handshake: every upload is stored whole and gets
+/// 226 (TLS 1.3 session tickets on data connections made its kernel reset the connection,
+/// which cut the end of the upload).
+#[tokio::test]
+async fn tls13_uploads_closed_at_once_are_stored() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Explicit),
+        ..Setup::default()
+    })
+    .await;
+    let mut c = h.tls_client().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            h.cert_der.clone().unwrap(),
+        ))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for i in 0..20 {
+        let r = c
+            .custom_command("EPSV", &[suppaftp::Status::ExtendedPassiveMode])
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let port: u16 = text
+            .split("(|||")
+            .nth(1)
+            .and_then(|x| x.split('|').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {text}"));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.custom_command(
+            format!("STOR t{i}.bin"),
+            &[suppaftp::Status::AboutToSend, suppaftp::Status::AlreadyOpen],
+        )
+        .await
+        .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        tls.write_all(&body).await.unwrap();
+        // close_notify and FIN, then close without reading anything.
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        let r = c
+            .read_response_in(&[suppaftp::Status::ClosingDataConnection])
+            .await;
+        assert!(r.is_ok(), "upload {i}: {r:?}");
+        assert_eq!(h.read(&format!("t{i}.bin")), body, "upload {i}");
+    }
+}

@@ -6,6 +6,7 @@
 //! session that [`LoginService`] opened is handed from one to the other through a slot owned by
 //! the connection (each connection gets its own pair, built with its client's real address).
 
+use super::link::ControlLink;
 use crate::auth::{LoginError, LoginService, Protocol, Session};
 use async_trait::async_trait;
 use std::fmt;
@@ -19,6 +20,9 @@ use unftp_core::auth::{
 /// The libunftp user type: a logged-in session with its file tree.
 pub(crate) struct FtpUser {
     pub(crate) session: Session,
+    /// The state of the session's control connection, which an upload checks before it
+    /// commits.
+    pub(crate) link: Arc<ControlLink>,
 }
 
 impl fmt::Display for FtpUser {
@@ -100,6 +104,7 @@ impl Authenticator for FtpAuthenticator {
 /// Hands the session that [`FtpAuthenticator`] opened to libunftp as the user.
 pub(crate) struct FtpUserProvider {
     slot: SessionSlot,
+    link: Arc<ControlLink>,
 }
 
 impl fmt::Debug for FtpUserProvider {
@@ -109,8 +114,8 @@ impl fmt::Debug for FtpUserProvider {
 }
 
 impl FtpUserProvider {
-    pub(crate) fn new(slot: SessionSlot) -> Self {
-        FtpUserProvider { slot }
+    pub(crate) fn new(slot: SessionSlot, link: Arc<ControlLink>) -> Self {
+        FtpUserProvider { slot, link }
     }
 }
 
@@ -121,7 +126,10 @@ impl UserDetailProvider for FtpUserProvider {
     async fn provide_user_detail(&self, principal: &Principal) -> Result<FtpUser, UserDetailError> {
         let session = self.slot.lock().expect("lock").take();
         match session {
-            Some(s) if s.account.username == principal.username => Ok(FtpUser { session: s }),
+            Some(s) if s.account.username == principal.username => Ok(FtpUser {
+                session: s,
+                link: self.link.clone(),
+            }),
             _ => Err(UserDetailError::UserNotFound {
                 username: principal.username.clone(),
             }),

@@ -16,11 +16,14 @@ use libunftp::options::Binder;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 /// How long a data port waits for its connection (libunftp waits as long on its side).
 pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,17 +79,29 @@ pub(crate) fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Resul
 /// libunftp's loopback port (through TLS when `tls` is given). A later PASV/EPSV/PORT of the
 /// session cancels `superseded`: the port is given back at once instead of being held until
 /// the accept timeout (a PASV flood would otherwise take the whole range from everyone).
+///
+/// ABOR ends the transfer through `abort`, even when the client never connected (libunftp
+/// may have answered 150 and be waiting for this connection: it gets one that ends at once, so
+/// that the transfer gets its final reply).
 pub(crate) async fn passive(
     listener: TcpListener,
     peer_ip: IpAddr,
     upstream: SocketAddr,
     tls: Option<TlsAcceptor>,
-    superseded: tokio_util::sync::CancellationToken,
+    superseded: CancellationToken,
+    abort: DataAbort,
 ) {
     let deadline = Instant::now() + ACCEPT_TIMEOUT;
     let client = loop {
         let accepted = tokio::select! {
             _ = superseded.cancelled() => return,
+            _ = abort.token.cancelled() => {
+                drop(listener);
+                if let Ok(up) = TcpStream::connect(upstream).await {
+                    abort.finish(up).await;
+                }
+                return;
+            }
             r = tokio::time::timeout_at(deadline, listener.accept()) => r,
         };
         match accepted {
@@ -110,9 +125,84 @@ pub(crate) async fn passive(
     };
     drop(listener);
     match TcpStream::connect(upstream).await {
-        Ok(up) => secure_splice(client, up, tls).await,
+        Ok(up) => spliced(client, up, tls, &abort).await,
         Err(e) => tracing::debug!(error = %e, "ftp: libunftp's data port is gone"),
     }
+}
+
+/// The relay's handle on the session's latest data connection: how ABOR ends it, and how it
+/// ended.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DataAbort {
+    token: CancellationToken,
+    /// The transfer is a listing. When its data connection ends early (ABOR, a client that
+    /// goes away), libunftp's side is read to its end rather than cut: libunftp sends no final
+    /// reply at all for a listing it could not write, and the session would wait for one.
+    listing: Arc<AtomicBool>,
+    /// The client's side ended with an error (a reset, a TLS failure).
+    broken: Arc<AtomicBool>,
+    /// The splice is over.
+    done: CancellationToken,
+    /// Everything libunftp sent was written to the client, and its side shut down.
+    sent: CancellationToken,
+}
+
+impl DataAbort {
+    /// What the transfer on this data connection is (set when the command is sent).
+    pub(crate) fn set_listing(&self, listing: bool) {
+        self.listing.store(listing, Ordering::SeqCst);
+    }
+
+    /// ABOR: cuts the data connection (the client's side at once).
+    pub(crate) fn abort(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether the client got everything libunftp sent: waits (a bounded time) for the data
+    /// connection to end, then tells whether it ended cleanly.
+    pub(crate) async fn delivered(&self) -> bool {
+        let settled = tokio::time::timeout(ACCEPT_TIMEOUT, async {
+            tokio::select! {
+                _ = self.sent.cancelled() => {}
+                _ = self.done.cancelled() => {}
+            }
+        });
+        let _ = settled.await;
+        self.sent.is_cancelled()
+    }
+
+    /// libunftp's side once the client's is gone early: a listing is read to its end, anything
+    /// else is reset (linger 0), which fails a download or an upload.
+    async fn finish(&self, mut upstream: TcpStream) {
+        let _ = upstream.set_zero_linger();
+        if self.listing.load(Ordering::SeqCst) {
+            let mut sink = tokio::io::sink();
+            let drained =
+                tokio::time::timeout(ACCEPT_TIMEOUT, tokio::io::copy(&mut upstream, &mut sink));
+            let _ = drained.await;
+        }
+    }
+}
+
+/// Splices until the transfer ends or ABOR cuts it.
+async fn spliced(
+    client: TcpStream,
+    mut upstream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    abort: &DataAbort,
+) {
+    let clean = tokio::select! {
+        clean = secure_splice(client, &mut upstream, tls, &abort.sent) => clean,
+        _ = abort.token.cancelled() => {
+            tracing::debug!("ftp: data connection cut by ABOR");
+            false
+        }
+    };
+    if !clean {
+        abort.broken.store(true, Ordering::SeqCst);
+        abort.finish(upstream).await;
+    }
+    abort.done.cancel();
 }
 
 /// Connects to the client's PORT/EPRT address from the control connection's local address.
@@ -133,29 +223,42 @@ pub(crate) async fn connect_active(local_ip: IpAddr, target: SocketAddr) -> io::
 
 /// Takes libunftp's connection on the loopback stand-in for the client's PORT address and
 /// splices it to the connection already made to the client.
-pub(crate) async fn active(stand_in: TcpListener, client: TcpStream, tls: Option<TlsAcceptor>) {
+pub(crate) async fn active(
+    stand_in: TcpListener,
+    client: TcpStream,
+    tls: Option<TlsAcceptor>,
+    abort: DataAbort,
+) {
     match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
-        Ok(Ok((up, from))) if from.ip().is_loopback() => secure_splice(client, up, tls).await,
+        Ok(Ok((up, from))) if from.ip().is_loopback() => spliced(client, up, tls, &abort).await,
         _ => tracing::debug!("ftp: libunftp did not connect for the active transfer"),
     }
 }
 
 /// With PROT P, the TLS handshake (the relay is the TLS server, in active mode too, as RFC 4217
-/// wants), then the splice.
-async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAcceptor>) {
+/// wants), then the splice. True when both directions ended cleanly.
+async fn secure_splice(
+    client: TcpStream,
+    upstream: &mut TcpStream,
+    tls: Option<TlsAcceptor>,
+    sent: &CancellationToken,
+) -> bool {
     let _ = client.set_nodelay(true);
+    // Whatever ends this early (a failed handshake, ABOR, the session's end) must look like an
+    // error to libunftp, never like the end of the file.
+    let _ = upstream.set_zero_linger();
     let Some(acceptor) = tls else {
-        return splice(client, upstream).await;
+        return splice(client, upstream, sent).await;
     };
     match tokio::time::timeout(ACCEPT_TIMEOUT, acceptor.accept(client)).await {
-        Ok(Ok(client)) => splice(client, upstream).await,
+        Ok(Ok(client)) => splice(client, upstream, sent).await,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "ftp: TLS handshake on the data connection failed");
-            let _ = upstream.set_zero_linger();
+            false
         }
         Err(_) => {
             tracing::info!("ftp: TLS handshake on the data connection timed out");
-            let _ = upstream.set_zero_linger();
+            false
         }
     }
 }
@@ -168,15 +271,38 @@ async fn secure_splice(client: TcpStream, upstream: TcpStream, tls: Option<TlsAc
 ///
 /// A TLS client that closes without close_notify is an error here too (rustls reports it), so a
 /// truncated FTPS upload is never committed.
-async fn splice<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, mut upstream: TcpStream) {
+///
+/// `sent` is cancelled once everything libunftp sent is written to the client and the client's
+/// side is shut down: a listing's 226 waits for it.
+async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
+    upstream: &mut TcpStream,
+    sent: &CancellationToken,
+) -> bool {
     let _ = upstream.set_zero_linger();
     let _ = upstream.set_nodelay(true);
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (up_r, mut up_w) = upstream.split();
     // Large buffers: tokio's default 8 KiB means a wake-up and two syscalls per 8 KiB on each
     // side, which on a loaded machine costs more than the copy itself (1 GiB = 131,072 rounds).
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF)
-            .await
-    {
-        tracing::debug!(error = %e, "ftp: data connection ended with an error");
+    let mut client_r = tokio::io::BufReader::with_capacity(RELAY_BUF, client_r);
+    let mut up_r = tokio::io::BufReader::with_capacity(RELAY_BUF, up_r);
+    let to_libunftp = async {
+        tokio::io::copy_buf(&mut client_r, &mut up_w).await?;
+        up_w.shutdown().await
+    };
+    let to_client = async {
+        tokio::io::copy_buf(&mut up_r, &mut client_w).await?;
+        client_w.shutdown().await?;
+        sent.cancel();
+        Ok::<_, io::Error>(())
+    };
+    // The first error ends both directions (the loopback side is then reset).
+    match tokio::try_join!(to_libunftp, to_client) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "ftp: data connection ended with an error");
+            false
+        }
     }
 }

@@ -12,6 +12,12 @@
 //!   (libunftp connects first, and has no EPRT at all);
 //! - MFMT (rewritten to a `SITE MFMT` that libunftp hands to us) and a 554 for a bad REST
 //!   offset (libunftp has no such reply kind);
+//! - a REST offset that lasts for one transfer command only (libunftp keeps it after a failed
+//!   one), OPTS MLST, and a 501 that keeps the session for a line libunftp's parser refuses
+//!   (libunftp answers 501, then closes the connection);
+//! - ABOR answered in RFC 959 order (the transfer's 426, then 226), with the data connection
+//!   cut and the upload given up;
+//! - uploads that commit only while the client's control connection is alive ([`link`]);
 //! - the real client address at login (libunftp only sees the relay's loopback socket).
 //!
 //! libunftp serves each session over a loopback socket pair and runs without TLS: the relay is
@@ -20,6 +26,7 @@
 
 mod auth;
 mod data;
+mod link;
 pub mod listing;
 mod log;
 mod mfmt;

@@ -8,6 +8,7 @@
 
 use super::auth::SessionSlot;
 use super::data;
+use super::link::ControlLink;
 use super::server::Shared;
 use super::storage::map_error;
 use super::TlsMode;
@@ -22,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// A byte stream the relay can talk over: TCP, or TLS over TCP.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -78,10 +80,22 @@ impl<T: AsyncRead + Unpin> Lines<T> {
     }
 }
 
+/// How long an ABOR waits for the transfer to end (libunftp gives up an upload or a download
+/// at once once its data connection is cut; a listing is read to its end).
+const ABORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The MLST/MLSD facts libunftp gives (it gives all of them whatever OPTS MLST selects).
+const MLST_FACTS: &str = "type;size;modify;";
+
 /// What a command forwarded to libunftp waits for, to act on its reply.
 #[derive(Debug)]
 enum Pending {
     Other,
+    /// Sent by the relay itself (the REST before a transfer): the reply is not passed on.
+    Hidden,
+    /// A NOOP standing in for a command the relay answers itself while earlier replies are
+    /// still due, so that replies keep the order of the commands: this text replaces its reply.
+    Local(String),
     Login,
     Pasv,
     Epsv,
@@ -107,10 +121,28 @@ pub(crate) struct Relay {
     /// The code of the multi-line reply being passed through, if any.
     multiline: Option<u16>,
     transfer_active: bool,
+    /// ABOR arrived during a transfer: commands wait until the transfer's final reply (then
+    /// 426, or 226 if it had completed) and the ABOR's own 226 are sent.
+    aborting: bool,
+    /// QUIT arrived during a transfer: it is sent to libunftp once the transfer's final reply is
+    /// in (RFC 959: the transfer ends and is answered, then 221), and commands wait until then.
+    /// libunftp would close at once, and the upload would be lost or done unreported.
+    quit_held: bool,
+    /// The client's REST offset, for the next transfer command only (libunftp would keep it
+    /// after a refused one). Each RETR/STOR/STOU is sent to libunftp with its own REST.
+    rest: Option<u64>,
+    /// Whether uploads may commit: told of ABOR and of the end of the control connection.
+    link: Arc<ControlLink>,
+    /// Cuts the latest data connection (ABOR).
+    data_abort: Option<data::DataAbort>,
+    /// The verb of the latest transfer command.
+    transfer_verb: String,
+    /// An ABOR waits this long at most for the transfer's end, then the session is closed.
+    abort_deadline: Instant,
     data_tasks: JoinSet<()>,
     /// Cancels the passive listener still waiting for its client, when a new data command
     /// replaces it.
-    pending_passive: Option<tokio_util::sync::CancellationToken>,
+    pending_passive: Option<CancellationToken>,
     deadline: Instant,
     /// Left by the authenticator at login.
     login_slot: SessionSlot,
@@ -119,6 +151,8 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
+    // One call site (`server::session`), which hands over everything a session is made of.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
         client: BoxIo,
@@ -127,6 +161,7 @@ impl Relay {
         local: SocketAddr,
         tls_active: bool,
         login_slot: SessionSlot,
+        link: Arc<ControlLink>,
     ) -> Self {
         let max = shared.opts.max_line_len;
         let deadline = Instant::now() + shared.opts.login_grace;
@@ -143,6 +178,13 @@ impl Relay {
             pending: VecDeque::new(),
             multiline: None,
             transfer_active: false,
+            aborting: false,
+            quit_held: false,
+            rest: None,
+            link,
+            data_abort: None,
+            transfer_verb: String::new(),
+            abort_deadline: Instant::now(),
             data_tasks: JoinSet::new(),
             pending_passive: None,
             deadline,
@@ -158,6 +200,8 @@ impl Relay {
     /// Runs the session until either side closes, the login grace runs out, or shutdown.
     pub(crate) async fn run(mut self) {
         self.serve().await;
+        // From now on no upload of this session commits (see `link`).
+        self.link.close();
         // TLS: send close_notify; a client that went away is not waited for.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.client.io.shutdown())
             .await;
@@ -179,7 +223,14 @@ impl Relay {
                     Err(TooLong) => return,
                 }
             }
-            match self.client.take_line() {
+            // While an ABOR is answered or a QUIT waits for the transfer, later commands wait
+            // (their replies must follow).
+            let next = if self.holding() {
+                Ok(None)
+            } else {
+                self.client.take_line()
+            };
+            match next {
                 Ok(Some(line)) => {
                     if !self.on_command(line).await {
                         return;
@@ -200,10 +251,17 @@ impl Relay {
                         return;
                     }
                 }
-                r = self.client.fill() => {
+                // While an ABOR is answered the commands that follow wait in the buffer; it is
+                // still read (up to one line's worth) so that a client that leaves is noticed.
+                r = self.client.fill(), if !self.holding() || self.client.buf.len() <= self.client.max => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return;
                     }
+                }
+                _ = tokio::time::sleep_until(self.abort_deadline), if self.aborting => {
+                    tracing::warn!(client = %self.peer, "ftp: the aborted transfer did not end, closing");
+                    self.say("421 The aborted transfer did not end: closing the connection").await;
+                    return;
                 }
                 _ = tokio::time::sleep_until(self.deadline), if !self.logged_in => {
                     tracing::info!(client = %self.peer, "ftp: no login within the grace time, closing");
@@ -241,12 +299,18 @@ impl Relay {
 
     /// Handles one client command line; false ends the session.
     async fn on_command(&mut self, line: Bytes) -> bool {
+        let line = strip_telnet_commands(line);
         let Ok(text) = std::str::from_utf8(&line) else {
             self.say("553 Commands and names must be valid UTF-8").await;
             return true;
         };
         let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
         let verb = verb.to_ascii_uppercase();
+        // libunftp ends the session on any line its parser refuses (although it answers 501
+        // first): such lines are answered here and never reach it.
+        if let Some(refusal) = syntax_error(&verb, arg, text) {
+            return self.reply_local(refusal).await;
+        }
         match verb.as_str() {
             "AUTH" => return self.auth_tls(arg).await,
             "CCC" if self.shared.tls.is_some() => {
@@ -259,7 +323,7 @@ impl Relay {
                 self.say("534 Data connections must be encrypted: send PBSZ 0 and PROT P")
                     .await;
             }
-            "PASV" => return self.forward(&line, Pending::Pasv).await,
+            "PASV" => return self.forward(b"PASV", Pending::Pasv).await,
             "EPSV" if arg.trim().eq_ignore_ascii_case("ALL") => {
                 self.say("200 EPSV ALL accepted").await;
             }
@@ -267,8 +331,38 @@ impl Relay {
             "PORT" | "EPRT" => return self.active(&verb, arg).await,
             "LPRT" | "LPSV" => self.say("502 Use EPSV or EPRT").await,
             "USER" | "PASS" => return self.forward(&line, Pending::Login).await,
-            "FEAT" => return self.forward(&line, Pending::Feat).await,
-            "PBSZ" | "PROT" if self.shared.tls.is_some() => self.protection(&verb, arg).await,
+            "FEAT" => return self.forward(b"FEAT", Pending::Feat).await,
+            "PBSZ" | "PROT" => self.protection(&verb, arg).await,
+            "OPTS" => return self.opts(arg).await,
+            "REST" => {
+                let reply = match arg.trim().parse::<u64>() {
+                    _ if !self.logged_in => "530 Please log in first".to_string(),
+                    Ok(n) => {
+                        self.rest = Some(n);
+                        format!("350 Restarting at {n}: send STOR or RETR")
+                    }
+                    Err(_) => "501 REST needs a byte offset".to_string(),
+                };
+                return self.reply_local(reply).await;
+            }
+            "ABOR" if self.in_transfer() => {
+                // RFC 959: the transfer's own reply (426, or 226 if it had completed) comes
+                // first, then the ABOR's 226; see `on_reply`. The upload must not commit.
+                self.link.abort_transfer();
+                if let Some(a) = &self.data_abort {
+                    a.abort();
+                }
+                self.rest = None;
+                self.aborting = true;
+                self.abort_deadline = Instant::now() + ABORT_TIMEOUT;
+            }
+            "QUIT" | "BYE" if self.in_transfer() => self.quit_held = true,
+            "SIZE" | "MDTM" => {
+                if let Some(refusal) = self.precheck(&verb, arg, 0).await {
+                    return self.reply_local(refusal).await;
+                }
+                return self.forward(&line, Pending::Other).await;
+            }
             "CWD" | "XCWD" | "CDUP" | "XCUP" => {
                 let target = if verb.ends_with("UP") { ".." } else { arg };
                 match VPath::resolve(&self.cwd, target) {
@@ -294,14 +388,36 @@ impl Relay {
                     }
                 }
             }
-            "RETR" | "LIST" | "NLST" | "MLSD" => {
-                if let Some(refusal) = self.precheck(&verb, arg).await {
-                    self.say(&refusal).await;
-                } else {
-                    return self.forward(&line, Pending::Transfer).await;
+            "RETR" | "STOR" | "APPE" | "STOU" | "LIST" | "NLST" | "MLSD" => {
+                // A REST offset is for the next transfer command only, whatever its outcome.
+                let rest = self.rest.take().unwrap_or(0);
+                if let Some(refusal) = self.precheck(&verb, arg, rest).await {
+                    return self.reply_local(refusal).await;
                 }
+                self.link.new_transfer();
+                self.transfer_verb = verb.clone();
+                if let Some(a) = &self.data_abort {
+                    a.set_listing(self.listing());
+                }
+                if self.logged_in && matches!(verb.as_str(), "RETR" | "STOR" | "STOU") {
+                    // libunftp keeps an offset after a failed transfer; each transfer gets its
+                    // own, 0 when the client sent none.
+                    let cmd = format!("REST {rest}");
+                    if !self.forward(cmd.as_bytes(), Pending::Hidden).await {
+                        return false;
+                    }
+                }
+                return self.forward(&line, Pending::Transfer).await;
             }
-            "STOR" | "APPE" | "STOU" => return self.forward(&line, Pending::Transfer).await,
+            "STRU" | "MODE" => {
+                // libunftp takes the upper-case letter only.
+                let cmd = format!("{verb} {}", arg.trim().to_ascii_uppercase());
+                return self.forward(cmd.as_bytes(), Pending::Other).await;
+            }
+            _ if NO_ARGUMENT.contains(&verb.as_str()) => {
+                // libunftp refuses (and hangs up on) trailing blanks.
+                return self.forward(verb.as_bytes(), Pending::Other).await;
+            }
             _ => return self.forward(&line, Pending::Other).await,
         }
         true
@@ -309,6 +425,10 @@ impl Relay {
 
     /// PBSZ and PROT (RFC 4217): answered here, since the relay does the data channels' TLS.
     async fn protection(&mut self, verb: &str, arg: &str) {
+        if self.shared.tls.is_none() {
+            self.say("502 TLS is not configured").await;
+            return;
+        }
         if !self.tls_active {
             self.say("503 Send AUTH TLS first").await;
             return;
@@ -330,7 +450,7 @@ impl Relay {
 
     /// The TLS server side of the next data connection, after PROT P.
     fn data_tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
-        match &self.shared.tls {
+        match &self.shared.data_tls {
             Some(c) if self.prot_private => Some(tokio_rustls::TlsAcceptor::from(c.clone())),
             _ => None,
         }
@@ -339,7 +459,11 @@ impl Relay {
     /// Checks a download or listing target before libunftp sees the command: libunftp answers
     /// `150` before it opens the file or folder, then `550`, and clients such as rclone only
     /// recognise "not found" as the first answer. Returns the refusal to send, if any.
-    async fn precheck(&mut self, verb: &str, arg: &str) -> Option<String> {
+    ///
+    /// Also what libunftp would get wrong: a REST offset it cannot honour (RETR beyond the end
+    /// of the file, STOR at another offset than 0 or the size) is refused with 554 before any
+    /// data connection is used, and SIZE or MDTM of a folder with 550 (libunftp answers 213).
+    async fn precheck(&mut self, verb: &str, arg: &str, rest: u64) -> Option<String> {
         // Only when no earlier reply is outstanding, so that replies stay in order; before the
         // login libunftp gives the answer itself.
         if !self.pending.is_empty() || self.transfer_active {
@@ -351,17 +475,89 @@ impl Relay {
         } else {
             arg
         };
+        // libunftp's storage error kinds print as their reply line ("550 Permission denied").
+        let refusal = |e| Some(map_error(e).kind().to_string());
         let path = match VPath::resolve(&self.cwd, target) {
             Ok(p) => p,
-            Err(e) => return Some(map_error(e).kind().to_string()),
+            Err(e) => return refusal(e),
         };
-        let checked = if verb == "RETR" {
-            session.fs.check_read(&path).await
+        let fs = &session.fs;
+        match verb {
+            "RETR" => {
+                if let Err(e) = fs.check_read(&path).await {
+                    return refusal(e);
+                }
+                if rest == 0 {
+                    return None;
+                }
+                match fs.stat(&path).await {
+                    Ok(e) if rest > e.size => {
+                        Some("554 Restart offset beyond the end of the file".into())
+                    }
+                    _ => None,
+                }
+            }
+            "STOR" if rest > 0 => match fs.stat(&path).await {
+                Ok(e) if !e.is_dir() && e.size == rest => None,
+                Err(e) if e.kind() != bucketgate_storage::ErrorKind::NotFound => refusal(e),
+                _ => {
+                    Some("554 Restart offset must be 0 or the file's current size (append)".into())
+                }
+            },
+            "SIZE" | "MDTM" => match fs.stat(&path).await {
+                Ok(e) if e.is_dir() => Some("550 Not a plain file".into()),
+                _ => None,
+            },
+            "LIST" | "NLST" | "MLSD" => fs.check_list(&path).await.err().and_then(refusal),
+            _ => None,
+        }
+    }
+
+    /// OPTS (RFC 2389): UTF8 (names are always UTF-8) and MLST fact selection (libunftp always
+    /// gives the same facts, so the reply names those).
+    async fn opts(&mut self, arg: &str) -> bool {
+        let arg = arg.trim();
+        let (name, value) = arg
+            .split_once(' ')
+            .map(|(n, v)| (n, v.trim()))
+            .unwrap_or((arg, ""));
+        let reply = match name.to_ascii_uppercase().as_str() {
+            "UTF8" | "UTF-8" if value.is_empty() || value.eq_ignore_ascii_case("ON") => {
+                "200 Always in UTF-8 mode".to_string()
+            }
+            "UTF8" | "UTF-8" => "504 Names are always UTF-8".to_string(),
+            "MLST" => format!("200 MLST OPTS {MLST_FACTS}"),
+            _ => "501 Unknown option".to_string(),
+        };
+        self.reply_local(reply).await
+    }
+
+    /// Whether the latest transfer command is a listing.
+    fn listing(&self) -> bool {
+        matches!(self.transfer_verb.as_str(), "LIST" | "NLST" | "MLSD")
+    }
+
+    /// Whether commands wait (an ABOR being answered, a QUIT waiting for the transfer).
+    fn holding(&self) -> bool {
+        self.aborting || self.quit_held
+    }
+
+    /// Whether a transfer command is under way (sent, and its final reply not yet in).
+    fn in_transfer(&self) -> bool {
+        self.transfer_active || self.pending.iter().any(|p| matches!(p, Pending::Transfer))
+    }
+
+    /// Answers a command here, in order: at once when no reply is due, else through a NOOP to
+    /// libunftp whose reply this text replaces. During a transfer, at once (libunftp too
+    /// answers commands then before the transfer's final reply).
+    async fn reply_local(&mut self, text: impl Into<String>) -> bool {
+        let text = text.into();
+        if self.pending.is_empty() || self.in_transfer() {
+            self.say(&text).await;
+            true
         } else {
-            session.fs.check_list(&path).await
-        };
-        // libunftp's storage error kinds print as their reply line ("550 Permission denied").
-        checked.err().map(|e| map_error(e).kind().to_string())
+            self.forward(b"NOOP", Pending::Local(text)).await
+        }
     }
 
     /// `AUTH TLS`: answered here, and the TLS handshake done here; libunftp never learns of it
@@ -460,8 +656,10 @@ impl Relay {
         };
         self.reap();
         let tls = self.data_tls();
+        let abort = data::DataAbort::default();
+        self.data_abort = Some(abort.clone());
         self.data_tasks
-            .spawn(data::active(stand_in, client_conn, tls));
+            .spawn(data::active(stand_in, client_conn, tls, abort));
         let cmd = format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff);
         self.forward(cmd.as_bytes(), Pending::Other).await
     }
@@ -491,6 +689,13 @@ impl Relay {
             (None, Some(_)) => true,
             (None, None) => false,
         };
+        if !is_final
+            && matches!(self.pending.front(), Some(Pending::Feat))
+            && line.as_ref() == b" MLST"
+        {
+            // RFC 3659 lists the facts (all given by default) with the feature.
+            return self.pass(b" MLST type*;size*;modify*;").await;
+        }
         let Some((code, _)) = code.filter(|_| is_final) else {
             return self.pass(&line).await;
         };
@@ -500,13 +705,50 @@ impl Relay {
             return self.pass(&line).await;
         }
         let pending = self.pending.pop_front().unwrap_or(Pending::Other);
+        let started = self.transfer_active;
         if matches!(pending, Pending::Transfer) || self.pending.is_empty() {
             self.transfer_active = false;
         }
         let text = String::from_utf8_lossy(&line).into_owned();
-        match (pending, code) {
+        let release_quit = matches!(pending, Pending::Transfer) && self.quit_held;
+        let ok = match (pending, code) {
+            (Pending::Hidden, _) => true,
+            (Pending::Local(reply), _) => {
+                self.say(&reply).await;
+                true
+            }
+            (Pending::Transfer, _) if self.aborting => {
+                self.aborting = false;
+                let upload = matches!(self.transfer_verb.as_str(), "STOR" | "APPE" | "STOU");
+                if !started || (upload && code == 226) {
+                    // It never started, or the upload was committed before the ABOR: its own
+                    // reply stands. A download or listing was cut on the client's side, so
+                    // libunftp's 226 does not mean the client has it all.
+                    self.pass(&line).await;
+                } else {
+                    self.say("426 Transfer aborted: nothing was stored or sent in full")
+                        .await;
+                }
+                self.say("226 ABOR done").await;
+                true
+            }
+            (Pending::Transfer, 226) if self.listing() => {
+                // libunftp's 226 means it wrote the whole listing, not that the client got it:
+                // the relay may still hold the end, and the client may have gone away.
+                let delivered = match self.data_abort.clone() {
+                    Some(a) => a.delivered().await,
+                    None => true,
+                };
+                if delivered {
+                    self.pass(&line).await
+                } else {
+                    self.say("426 Data connection broken: the listing was not sent in full")
+                        .await;
+                    true
+                }
+            }
             (_, 551) => {
-                self.say("554 Restart offset must be 0 or the file's current size (append)")
+                self.say("554 Restart offset not possible: 0 or the file's size for STOR, at most the size for RETR")
                     .await;
                 true
             }
@@ -540,7 +782,12 @@ impl Relay {
                 self.pass(&line).await
             }
             _ => self.pass(&line).await,
+        };
+        if ok && release_quit {
+            self.quit_held = false;
+            return self.forward(b"QUIT", Pending::Other).await;
         }
+        ok
     }
 
     async fn pass(&mut self, line: &[u8]) -> bool {
@@ -587,14 +834,17 @@ impl Relay {
         };
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
         let tls = self.data_tls();
-        let superseded = tokio_util::sync::CancellationToken::new();
+        let superseded = CancellationToken::new();
         self.pending_passive = Some(superseded.clone());
+        let abort = data::DataAbort::default();
+        self.data_abort = Some(abort.clone());
         self.data_tasks.spawn(data::passive(
             listener,
             self.peer.ip().to_canonical(),
             upstream,
             tls,
             superseded,
+            abort,
         ));
         match shown_v4 {
             Some(a) if !extended => {
@@ -611,6 +861,13 @@ impl Relay {
             }
             _ => format!("229 Entering Extended Passive Mode (|||{port}|)"),
         }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Also when the session's task is cut (shutdown grace over): no upload commits after.
+        self.link.close();
     }
 }
 
@@ -638,6 +895,51 @@ fn strip_list_options(arg: &str) -> &str {
         }
     }
     rest
+}
+
+/// Commands that libunftp refuses, closing the session, when anything follows them.
+const NO_ARGUMENT: &[&str] = &[
+    "NOOP", "FEAT", "PWD", "XPWD", "QUIT", "BYE", "ABOR", "STOU", "CCC", "PASV",
+];
+
+/// The 501 for a line that libunftp's parser would refuse; libunftp answers it too but then
+/// ends the session, so such lines never reach it.
+fn syntax_error(verb: &str, arg: &str, line: &str) -> Option<&'static str> {
+    let blank = arg.trim().is_empty();
+    if line.contains('\r') {
+        return Some("501 Bare carriage return in the command line");
+    }
+    match verb {
+        _ if NO_ARGUMENT.contains(&verb) && !blank => Some("501 This command takes no argument"),
+        "RETR" | "STOR" | "APPE" | "DELE" | "RMD" | "RNFR" | "RNTO" | "MKD" | "XMKD" | "SIZE"
+        | "MDTM"
+            if blank =>
+        {
+            Some("501 A path is required")
+        }
+        "STRU" if !matches!(arg.trim().to_ascii_uppercase().as_str(), "F" | "R" | "P") => {
+            Some("501 STRU takes F, R or P")
+        }
+        "MODE" if !matches!(arg.trim().to_ascii_uppercase().as_str(), "S" | "B" | "C") => {
+            Some("501 MODE takes S, B or C")
+        }
+        "SITE" => {
+            let (sub, rest) = arg.trim().split_once(' ').unwrap_or((arg.trim(), ""));
+            (sub.eq_ignore_ascii_case("MD5") && rest.trim().is_empty())
+                .then_some("501 A path is required")
+        }
+        _ => None,
+    }
+}
+
+/// Drops Telnet commands (IAC IP, IAC DM: what some clients send before ABOR) from the start
+/// of a command line.
+fn strip_telnet_commands(line: Bytes) -> Bytes {
+    let mut start = 0;
+    while line.len() >= start + 2 && line[start] == 0xff && line[start + 1] >= 0xf0 {
+        start += 2;
+    }
+    line.slice(start..)
 }
 
 /// `PORT h1,h2,h3,h4,p1,p2`.

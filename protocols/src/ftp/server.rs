@@ -4,6 +4,7 @@
 
 use super::auth::{FtpAuthenticator, FtpUser, FtpUserProvider, SessionSlot};
 use super::data::LoopbackBinder;
+use super::link::ControlLink;
 use super::mfmt::MfmtHandler;
 use super::relay::{BoxIo, Relay};
 use super::storage::FtpStorage;
@@ -27,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) opts: FtpOptions,
     /// Parsed once; the relay is the TLS endpoint of control and data connections.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// The same for data connections, without TLS 1.3 session tickets (see `tls::data_config`).
+    pub(crate) data_tls: Option<Arc<rustls::ServerConfig>>,
     login: Arc<LoginService>,
     limiter: Arc<SessionLimiter>,
     pub(crate) shutdown: CancellationToken,
@@ -50,6 +53,7 @@ pub async fn serve(
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,
     };
+    let data_tls = tls.as_ref().map(tls::data_config);
     let implicit_mode = matches!(&opts.tls, Some(t) if t.mode == TlsMode::Implicit);
     if implicit_listener.is_some() != implicit_mode {
         anyhow::bail!("an implicit FTPS listener is given exactly when ftp.tls.mode is implicit");
@@ -69,6 +73,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         opts,
         tls,
+        data_tls,
         login,
         limiter,
         shutdown: shutdown.clone(),
@@ -175,6 +180,12 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     };
     let _counted = bucketgate_storage::metrics::SessionGuard::new("ftp");
     let _ = stream.set_nodelay(true);
+    // ABOR comes as TCP urgent data from some clients (Python's ftplib): keep its last byte in
+    // the stream, or the command line never ends.
+    let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
+    // Uploads look at the control connection before they commit (see `link`).
+    let watched = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let link = Arc::new(ControlLink::new(watched));
     let client: BoxIo = if implicit {
         let config = shared.tls.clone().expect("implicit mode has a TLS config");
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -200,7 +211,7 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
         }
     };
     let relay_slot: SessionSlot = Arc::default();
-    let server = match build_server(&shared, peer, relay_slot.clone()) {
+    let server = match build_server(&shared, peer, relay_slot.clone(), link.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "ftp: cannot set up the session");
@@ -210,7 +221,7 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     tracing::debug!(client = %peer, implicit, "ftp: session open");
     let service = tokio::spawn(server.service(unftp_side));
     Relay::new(
-        shared, client, relay_side, peer, local, implicit, relay_slot,
+        shared, client, relay_side, peer, local, implicit, relay_slot, link,
     )
     .run()
     .await;
@@ -246,6 +257,7 @@ fn build_server(
     shared: &Shared,
     peer: SocketAddr,
     relay_slot: SessionSlot,
+    link: Arc<ControlLink>,
 ) -> anyhow::Result<Server<FtpStorage, FtpUser>> {
     let slot: SessionSlot = Arc::default();
     let authenticator = Arc::new(FtpAuthenticator::new(
@@ -254,7 +266,7 @@ fn build_server(
         slot.clone(),
         relay_slot,
     ));
-    let provider = Arc::new(FtpUserProvider::new(slot));
+    let provider = Arc::new(FtpUserProvider::new(slot, link));
     let max_list = shared.opts.max_list_entries;
     let mode = if shared.opts.active_mode {
         ActivePassiveMode::ActiveAndPassive

@@ -62,12 +62,13 @@ pub(crate) fn map_error(e: bucketgate_storage::Error) -> Error {
     Error::new(kind, e)
 }
 
-/// A REST offset that is neither 0 nor the file's size. libunftp has no 554 reply; it answers
-/// 551 for this kind, which nothing else of ours produces, and the relay turns 551 into 554.
+/// A REST offset that cannot be honoured: for STOR neither 0 nor the file's size, for RETR
+/// beyond the end of the file. libunftp has no 554 reply; it answers 551 for this kind, which
+/// nothing else of ours produces, and the relay turns 551 into 554.
 fn bad_restart_offset() -> Error {
     Error::new(
         ErrorKind::PageTypeUnknown,
-        "REST + STOR needs offset 0 or the file's current size",
+        "REST offset: 0 or the file's size for STOR, at most the size for RETR",
     )
 }
 
@@ -159,6 +160,9 @@ impl StorageBackend<FtpUser> for FtpStorage {
     ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
         let p = vpath(user, path.as_ref())?;
         let reader = user.session.fs.open_read(&p).await.map_err(map_error)?;
+        if start_pos > reader.size() {
+            return Err(bad_restart_offset());
+        }
         Ok(Box::new(ReadStream::start(reader, start_pos)))
     }
 
@@ -178,6 +182,10 @@ impl StorageBackend<FtpUser> for FtpStorage {
         // here instead, straight from the read-ahead.
         let p = vpath(user, path.as_ref())?;
         let reader = user.session.fs.open_read(&p).await.map_err(map_error)?;
+        if start_pos > reader.size() {
+            // The relay refuses this before the transfer starts; this is in case it could not.
+            return Err(bad_restart_offset());
+        }
         let mut stream = ReadStream::start(reader, start_pos);
         let mut sent = 0u64;
         while let Some(chunk) = stream.rx.recv().await {
@@ -254,6 +262,17 @@ impl StorageBackend<FtpUser> for FtpStorage {
                     return Err(Error::new(ErrorKind::ConnectionClosed, e));
                 }
             }
+        }
+        // The data connection ended cleanly, but a client killed mid-transfer ends it the same
+        // way, and so does one that sent ABOR: commit only for a client that is still there
+        // and did not abort (see `link`).
+        if !user.link.may_commit().await {
+            tracing::info!(user = %user, path = %p, "ftp: upload aborted or its client gone, nothing stored");
+            writer.abort().await;
+            return Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "transfer aborted: nothing was stored",
+            ));
         }
         // 226 is sent only after this returns: the object is durable or the client gets an error.
         writer.close().await.map_err(map_error)?;

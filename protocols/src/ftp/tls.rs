@@ -1,6 +1,7 @@
-//! The rustls server configuration, shared by the relay (control channel, implicit listener)
-//! and by libunftp (data channels), so that a data connection can resume the control
-//! connection's TLS session as clients such as FileZilla expect.
+//! The rustls server configurations of the relay: one for control connections (`AUTH TLS`,
+//! the implicit listener) and one for data connections, sharing their session cache so that a
+//! data connection can resume the control connection's TLS session as clients such as
+//! FileZilla expect.
 
 use anyhow::Context;
 use rustls::ServerConfig;
@@ -31,4 +32,15 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<Serve
         .with_single_cert(certs, key)
         .context("the FTPS certificate does not match its key")?;
     Ok(Arc::new(config))
+}
+
+/// The configuration of data connections: the control connection's (same certificate, same
+/// session cache, so a data connection can resume the control connection's session) but
+/// without TLS 1.3 session tickets. A client that sends its file and closes its data socket
+/// at once never reads tickets sent after the handshake; its kernel then answers them with a
+/// reset, and the end of the upload is lost.
+pub(crate) fn data_config(control: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::clone(control);
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
 }

@@ -272,6 +272,20 @@ impl Harness {
         std::fs::write(p, data).unwrap();
     }
 
+    /// Waits until the staging folder is empty (`true`) or not (`false`): an upload has begun
+    /// to be staged, or has been committed or given up. Fails the test after 10 s.
+    pub async fn await_staging_empty(&self, empty: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.staging_empty() != empty {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the staging folder never became {}",
+                if empty { "empty" } else { "non-empty" }
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// True when no upload is left half-way in the backend's staging folder.
     pub fn staging_empty(&self) -> bool {
         let staging = self.root.join(bucketgate_storage::local::STAGING);
@@ -453,6 +467,50 @@ impl Raw {
                 return all;
             }
         }
+    }
+
+    /// EPSV, then connects to the announced port: the data connection of the next transfer.
+    pub async fn epsv(&mut self) -> tokio::net::TcpStream {
+        let r = self.cmd("EPSV").await;
+        assert!(r.starts_with("229"), "{r}");
+        let port: u16 = r
+            .split("(|||")
+            .nth(1)
+            .and_then(|x| x.split('|').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {r}"));
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap()
+    }
+
+    /// RETR over a new data connection: the bytes and the final reply (the first reply must
+    /// be 150/125; its own refusal is returned as the final reply, with no bytes).
+    pub async fn retr(&mut self, path: &str) -> (Vec<u8>, String) {
+        let mut data = self.epsv().await;
+        let r = self.cmd(&format!("RETR {path}")).await;
+        if !(r.starts_with("150") || r.starts_with("125")) {
+            return (Vec::new(), r);
+        }
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut buf)
+            .await
+            .unwrap();
+        (buf, self.reply().await)
+    }
+
+    /// STOR over a new data connection, ended cleanly: the first and the final reply.
+    pub async fn stor(&mut self, path: &str, body: &[u8]) -> (String, String) {
+        let mut data = self.epsv().await;
+        let r = self.cmd(&format!("STOR {path}")).await;
+        if !(r.starts_with("150") || r.starts_with("125")) {
+            return (r, String::new());
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut data, body)
+            .await
+            .unwrap();
+        drop(data);
+        (r, self.reply().await)
     }
 
     /// Logs in.

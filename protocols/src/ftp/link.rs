@@ -1,0 +1,98 @@
+//! What an upload needs to know about its session's control connection before it commits.
+//!
+//! A plain-FTP data connection ends with a FIN whether the client finished its file or died
+//! half-way (the kernel of a killed process closes its sockets normally). Only the control
+//! connection tells the two apart: a client that finished is still there to read the `226`. So
+//! an upload commits only when, at the moment of committing, the control connection is still
+//! open and the transfer was not aborted (ABOR); otherwise it is given up and nothing changes.
+//!
+//! The kernel of a killed client closes its sockets one after the other, the data connection
+//! possibly first: its end can be seen a moment before the control connection's. So an upload
+//! whose data ended waits [`SETTLE`] for the control connection to end too before committing.
+
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long an upload whose data has ended waits to see whether its control connection ends
+/// too (a killed client) before it commits. Every upload waits this long.
+pub(crate) const SETTLE: Duration = Duration::from_millis(10);
+
+/// Shared by a session's relay (which owns the control connection) and its storage adapter
+/// (which commits uploads).
+#[derive(Debug, Default)]
+pub(crate) struct ControlLink {
+    /// A duplicate of the client's control socket, only to look at its state (never read from
+    /// or written to). The relay drops it when it lets the connection go, so that it never
+    /// keeps a closed connection open.
+    socket: Mutex<Option<OwnedFd>>,
+    /// The relay has stopped serving the client (end of stream, error, shutdown).
+    closed: CancellationToken,
+    /// The client sent ABOR during the current transfer.
+    aborted: AtomicBool,
+}
+
+impl ControlLink {
+    /// A link that watches `socket` (a duplicate of the control connection's socket).
+    pub(crate) fn new(socket: Option<OwnedFd>) -> Self {
+        ControlLink {
+            socket: Mutex::new(socket),
+            ..Default::default()
+        }
+    }
+
+    /// The relay no longer serves the client: no upload of this session may commit any more.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+        self.socket.lock().expect("lock").take();
+    }
+
+    /// ABOR: the transfer in progress must not commit.
+    pub(crate) fn abort_transfer(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    /// A new transfer command is about to start.
+    pub(crate) fn new_transfer(&self) {
+        self.aborted.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether an upload whose data has just ended may commit: not aborted, and the client's
+    /// control connection still open after [`SETTLE`].
+    pub(crate) async fn may_commit(&self) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        tokio::select! {
+            _ = self.closed.cancelled() => false,
+            _ = tokio::time::sleep(SETTLE) => self.alive(),
+        }
+    }
+
+    /// Not aborted, and the client's control connection neither closed by the relay nor ended
+    /// by the client (a FIN or a reset already received counts, even before the relay has read
+    /// it).
+    fn alive(&self) -> bool {
+        if self.aborted.load(Ordering::SeqCst) || self.closed.is_cancelled() {
+            return false;
+        }
+        let guard = self.socket.lock().expect("lock");
+        let Some(fd) = guard.as_ref() else {
+            return true;
+        };
+        // The socket is non-blocking (tokio's): a peek answers at once. Data waiting means the
+        // client is still talking; nothing waiting means it is still there; end of stream or
+        // an error means it is gone.
+        let mut byte = [MaybeUninit::<u8>::uninit()];
+        match socket2::SockRef::from(fd).peek(&mut byte) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+            Err(_) => false,
+        }
+    }
+}
