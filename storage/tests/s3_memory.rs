@@ -207,7 +207,11 @@ async fn a_missing_spool_folder_is_created_when_a_part_spills() {
             up.write(Bytes::copy_from_slice(c)).await.unwrap();
         }
         up.finish().await.unwrap();
-        assert!(spool.is_dir(), "[{}] the spool folder was created", srv.name);
+        assert!(
+            spool.is_dir(),
+            "[{}] the spool folder was created",
+            srv.name
+        );
         assert_eq!(get(&b, &key).await, bytes, "[{}]", srv.name);
         assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
     }
@@ -244,7 +248,10 @@ async fn without_a_spool_folder_uploads_wait_for_memory() {
         }
         for t in tasks {
             let (key, bytes) = t.await.unwrap().unwrap_or_else(|e| {
-                panic!("[{}] an upload failed without a spool folder: {e:?}", srv.name)
+                panic!(
+                    "[{}] an upload failed without a spool folder: {e:?}",
+                    srv.name
+                )
             });
             assert_eq!(get(&b, &key).await, bytes, "[{}] {key}", srv.name);
         }

@@ -8,6 +8,9 @@
 
 mod support;
 
+#[path = "../../storage/tests/s3_support/mod.rs"]
+mod s3_support;
+
 use bucketgate_tests::moto::{ACCESS_KEY, SECRET_KEY};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -276,4 +279,101 @@ users:
         peak < 1024 * 1024,
         "peak RSS {peak} KiB: over 1 GiB for {CLIENTS} clients"
     );
+}
+
+/// Issue 22.2: with the memory budget far below what the uploads in flight want (48 sessions,
+/// 8 MiB for all), every upload still succeeds: writers spill parts to the spool folder
+/// (`<state_dir>/spool`, which the gateway must create) or wait, and never fail. Before, the
+/// first part that had to spill failed its upload with "no such file".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forty_eight_sftp_uploads_under_a_tight_memory_limit_all_land() {
+    const SESSIONS: usize = 48;
+    let srv = s3_support::s3s_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"sftp:
+  listen: "127.0.0.1:0"
+storage: {{ type: local, root: ./files }}
+limits: {{ max_sessions_per_ip: 100, login_grace: 10m }}
+transfers: {{ memory_limit: 8MiB, part_size: 5MiB }}
+state_dir: ./state
+remotes:
+  - {{ name: s3, endpoint: "{endpoint}", bucket: {bucket}, access_key_id: "{access}", secret_access_key: "{secret}" }}
+mounts:
+  - {{ path: /m, remote: s3, prefix: {prefix} }}
+users:
+  - username: up
+    password_hash: "{HASH}"
+    home: /
+    permissions: {{ "/": ["*"] }}
+"#,
+        endpoint = srv.endpoint,
+        bucket = srv.bucket,
+        access = srv.access,
+        secret = srv.secret,
+        prefix = srv.prefix,
+    );
+    let path = dir.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        bucketgate_tests::gateway::Gateway::start(&path, &cfg, &["sftp"])
+    })
+    .await
+    .unwrap();
+    let addr = gw.addr("sftp");
+    // Most fit one part (their first buffer grows, then spills); every fourth is a multipart
+    // upload whose later parts take their whole size at once (or spill).
+    let size = |i: usize| match i % 4 {
+        0 => 5 * 1024 * 1024 + 1 + i * 97 * 1024,
+        _ => 1024 * 1024 + i * 13 * 1024,
+    };
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (_h, s) = sftp_session(LO, addr, "up", PASSWORD).await?;
+                // A close returns once the object is complete in the bucket; with 48 uploads
+                // on a busy machine that takes longer than the client's default 10 s.
+                s.set_timeout(STEP.as_secs());
+                let b = body_of(size(i), i as u64);
+                sftp_put(&s, &format!("/m/f{i}.bin"), &b)
+                    .await
+                    .map_err(|e| format!("put f{i}.bin: {e}"))?;
+                Ok::<_, String>(b)
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    let mut sent = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(b) => sent.push((i, b)),
+            Err(e) => errors.push(format!("session {i}: {e}")),
+        }
+    }
+    let hwm = proc_kib(gw.pid(), "VmHWM");
+    eprintln!("{SESSIONS} uploads under an 8 MiB budget: gateway peak RSS {hwm} KiB");
+    assert!(
+        errors.is_empty(),
+        "{} of {SESSIONS} uploads failed:\n{}\n--- gateway log ---\n{}",
+        errors.len(),
+        errors.join("\n"),
+        gw.log_text()
+    );
+    let b = srv.backend();
+    for (i, bytes) in &sent {
+        let got = s3_support::get(&b, &srv.key(&format!("f{i}.bin"))).await;
+        assert!(got == *bytes, "f{i}.bin: the bucket holds other bytes");
+    }
+}
+
+/// Deterministic bytes of length `len`.
+fn body_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -236,9 +236,10 @@ impl russh::server::Handler for SshHandler {
         session.channel_success(channel)?;
         let sftp = SftpSession::new(user.fs.clone(), self.limits(), self.state.busy.clone());
         let max = self.shared.opts.max_packet_len;
+        let memory = self.shared.opts.memory.clone();
         self.shared.tracker.spawn(async move {
             let (stream, wr) = channel_io(ch);
-            dispatch::run(stream, sftp, max).await;
+            dispatch::run(stream, sftp, max, memory).await;
             // `ssh` exits with the channel's exit status, and scp (SFTP mode) treats a
             // missing one as a failure of the whole copy.
             finish(&wr, 0).await;
