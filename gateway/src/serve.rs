@@ -380,17 +380,20 @@ async fn reload(
             "reload: listener, limit and transfer settings take effect at the next restart"
         );
     }
-    login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
+    let effect = login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
     health.replace(
         storage.tree.clone(),
         storage.remotes.clone(),
         admin::probe_prefixes(&cfg),
     );
     tracing::info!(
-        "reload: config applied ({} users, {} remotes, {} mounts) for new sessions",
+        "reload: config applied ({} users, {} remotes, {} mounts) for new sessions; open sessions: \
+         {} closed (account removed or changed), {} follow their account's permissions",
         cfg.users.len(),
         cfg.remotes.len(),
-        cfg.mounts.len()
+        cfg.mounts.len(),
+        effect.closed,
+        effect.updated
     );
     Some((cfg, storage))
 }
