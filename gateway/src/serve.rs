@@ -104,6 +104,11 @@ fn storage_errors(path: &Option<PathBuf>, errs: Vec<(String, String)>) -> Exit {
 async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Exit::runtime(format!("cannot create {}: {e}", cfg.state_dir.display())))?;
+    let spool = wiring::spool_dir(&cfg);
+    if let Err(e) = std::fs::create_dir_all(&spool) {
+        // Not fatal: uploads then wait for memory instead of spilling (the writer says so).
+        tracing::warn!("cannot create the spool folder {}: {e}", spool.display());
+    }
     let demo_hash = match path {
         None => Some(demo::demo_password_hash(&cfg.state_dir)?),
         Some(_) => None,
@@ -152,6 +157,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             shutdown_grace: cfg.limits.shutdown_grace.get(),
             keep_partial_uploads: cfg.transfers.keep_partial_uploads,
             proxy_protocol: s.proxy_protocol,
+            memory: Some(budget.clone()),
         };
         tracing::info!(
             "listening: protocol=sftp addr={}",
@@ -378,17 +384,20 @@ async fn reload(
             "reload: listener, limit and transfer settings take effect at the next restart"
         );
     }
-    login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
+    let effect = login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
     health.replace(
         storage.tree.clone(),
         storage.remotes.clone(),
         admin::probe_prefixes(&cfg),
     );
     tracing::info!(
-        "reload: config applied ({} users, {} remotes, {} mounts) for new sessions",
+        "reload: config applied ({} users, {} remotes, {} mounts) for new sessions; open sessions: \
+         {} closed (account removed or changed), {} follow their account's permissions",
         cfg.users.len(),
         cfg.remotes.len(),
-        cfg.mounts.len()
+        cfg.mounts.len(),
+        effect.closed,
+        effect.updated
     );
     Some((cfg, storage))
 }

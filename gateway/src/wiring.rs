@@ -78,9 +78,14 @@ pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Option
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
     o.single_put_max = cfg.transfers.single_put_max.bytes();
     o.retries = RetryPolicy::default();
-    // Parts too large for the memory budget are spooled next to the rest of our state.
-    o.spool_dir = Some(cfg.state_dir.join("spool"));
+    o.spool_dir = Some(spool_dir(cfg));
     o
+}
+
+/// Where upload parts that do not fit the memory budget are spooled: next to the rest of our
+/// state. `serve` creates it at start; the S3 writer creates it again should it vanish.
+pub fn spool_dir(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("spool")
 }
 
 /// The running storage: one backend per remote, the site area and the tree.

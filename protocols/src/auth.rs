@@ -10,10 +10,11 @@ use bucketgate_storage::{Permissions, SessionInfo, Tree, UserFs, VPath};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// The protocols a user may be allowed to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,6 +172,76 @@ pub struct Session {
     pub account: Arc<Account>,
     /// Her file tree.
     pub fs: UserFs,
+    /// Cancelled when a config reload removes the account, or changes it so that this session
+    /// could not log in again (home, protocols, allowed addresses): the frontend then closes
+    /// the connection, and a transfer in progress is aborted.
+    pub revoked: CancellationToken,
+    /// Keeps the session in [`LoginService`]'s list of open sessions while any clone lives.
+    _open: Arc<OpenGuard>,
+}
+
+/// A session as the reload sees it.
+struct Open {
+    account: Arc<Account>,
+    proto: Protocol,
+    ip: IpAddr,
+    fs: UserFs,
+    revoked: CancellationToken,
+}
+
+type OpenSessions = Mutex<HashMap<u64, Open>>;
+
+/// Removes a session from the list when its last clone is dropped.
+struct OpenGuard {
+    id: u64,
+    list: Weak<OpenSessions>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.upgrade() {
+            list.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+        }
+    }
+}
+
+/// What a reload did to the open sessions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadEffect {
+    /// Sessions closed: their account was removed, or may no longer log in as it did.
+    pub closed: usize,
+    /// Sessions that follow their account's new permissions from their next operation.
+    pub updated: usize,
+}
+
+/// Lets a connection wait for the revocation of a session that logs in on it later (the
+/// connection's supervisor starts waiting before anyone has logged in).
+#[derive(Default)]
+pub struct SessionWatch {
+    token: Mutex<Option<CancellationToken>>,
+    set: Notify,
+}
+
+impl SessionWatch {
+    /// A session logged in on this connection.
+    pub fn logged_in(&self, s: &Session) {
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.revoked.clone());
+        self.set.notify_one();
+    }
+
+    /// Ends when the session that logged in on this connection is revoked; never before a
+    /// login.
+    pub async fn revoked(&self) {
+        loop {
+            let t = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match t {
+                Some(t) => return t.cancelled().await,
+                None => self.set.notified().await,
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -188,6 +259,9 @@ pub struct LoginService {
     /// Password hashes being checked now, and the most ever checked at once.
     hashing: AtomicUsize,
     hashing_peak: AtomicUsize,
+    /// Sessions logged in now, so that a reload can close or restrict them.
+    open: Arc<OpenSessions>,
+    next_open: AtomicU64,
 }
 
 /// Users names are refused before anything touches storage when they could be read as paths.
@@ -239,12 +313,55 @@ impl LoginService {
             hash_slots: Semaphore::new(hash_concurrency.max(1)),
             hashing: AtomicUsize::new(0),
             hashing_peak: AtomicUsize::new(0),
+            open: Arc::default(),
+            next_open: AtomicU64::new(0),
         }
     }
 
-    /// Swaps in a new directory (config reload). Sessions in progress keep theirs.
-    pub fn replace_directory(&self, directory: Directory) {
+    /// Swaps in a new directory (config reload). New logins use it. Sessions in progress keep
+    /// the tree they logged in with, but follow their account: a session whose account was
+    /// removed, or could no longer log in as it did (another home, the protocol or the address
+    /// no longer allowed), is revoked (its frontend closes it), and the others take the
+    /// account's new permissions from their next operation. A changed password or key leaves
+    /// open sessions alone, as OpenSSH does.
+    pub fn replace_directory(&self, directory: Directory) -> ReloadEffect {
+        let mut effect = ReloadEffect::default();
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for s in open.values() {
+            let why = match directory.get(&s.account.username) {
+                None => Some("the user was removed from the config"),
+                Some(a) if a.home != s.account.home => Some("the user's home changed"),
+                Some(a) if !a.protocols.contains(&s.proto) => {
+                    Some("the user may no longer use this protocol")
+                }
+                Some(a)
+                    if !a.allowed_ips.is_empty()
+                        && !a.allowed_ips.iter().any(|n| n.contains(&s.ip)) =>
+                {
+                    Some("the user may no longer connect from this address")
+                }
+                Some(a) => {
+                    s.fs.set_permissions(a.permissions.clone());
+                    effect.updated += 1;
+                    None
+                }
+            };
+            if let Some(why) = why {
+                if !s.revoked.is_cancelled() {
+                    tracing::info!(
+                        target: "bucketgate::auth",
+                        "session closed: protocol={} ip={} user={:?} reason={why}",
+                        s.proto.name(),
+                        s.ip,
+                        s.account.username
+                    );
+                    s.revoked.cancel();
+                    effect.closed += 1;
+                }
+            }
+        }
         *self.directory.write().expect("lock") = Arc::new(directory);
+        effect
     }
 
     /// The current directory.
@@ -385,7 +502,27 @@ impl LoginService {
             ip,
             acc.username
         );
-        Ok(Session { account: acc, fs })
+        let id = self.next_open.fetch_add(1, Ordering::Relaxed);
+        let revoked = CancellationToken::new();
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Open {
+                account: acc.clone(),
+                proto,
+                ip,
+                fs: fs.clone(),
+                revoked: revoked.clone(),
+            },
+        );
+        Ok(Session {
+            account: acc,
+            fs,
+            revoked,
+            _open: Arc::new(OpenGuard {
+                id,
+                list: Arc::downgrade(&self.open),
+            }),
+        })
     }
 
     /// The most password hashes ever checked at once: at most the hash concurrency given to

@@ -131,6 +131,28 @@ impl Permissions {
     }
 }
 
+/// A user's permissions as her open sessions see them: a config reload can replace them, and
+/// every clone of the session's view sees the new rules from its next operation.
+#[derive(Debug)]
+pub struct SharedPermissions(std::sync::RwLock<std::sync::Arc<Permissions>>);
+
+impl SharedPermissions {
+    /// The cell holding `p`.
+    pub fn new(p: Permissions) -> Self {
+        SharedPermissions(std::sync::RwLock::new(std::sync::Arc::new(p)))
+    }
+
+    /// The permissions that apply inside folder `dir` now.
+    pub fn at(&self, dir: &VPath) -> PermSet {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).at(dir)
+    }
+
+    /// Replaces the rules.
+    pub fn replace(&self, p: Permissions) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

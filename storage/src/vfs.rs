@@ -9,7 +9,7 @@ use crate::backend::{Backend, Entry, EntryKind, ListStream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{self, OpContext, SessionInfo, Transfer};
 use crate::path::VPath;
-use crate::perms::{Perm, Permissions};
+use crate::perms::{Perm, Permissions, SharedPermissions};
 use crate::transfer::{FileReader, FileWriter, OpenMode};
 use crate::writing::Writing;
 use futures::StreamExt;
@@ -155,7 +155,7 @@ fn key_of(prefix: &str, rel: &str) -> String {
 pub struct UserFs {
     tree: Arc<Tree>,
     home: VPath,
-    perms: Arc<Permissions>,
+    perms: Arc<SharedPermissions>,
     username: String,
     session: Option<SessionInfo>,
 }
@@ -166,7 +166,7 @@ impl UserFs {
         UserFs {
             tree,
             home,
-            perms: Arc::new(perms),
+            perms: Arc::new(SharedPermissions::new(perms)),
             username: username.to_string(),
             session: None,
         }
@@ -177,6 +177,12 @@ impl UserFs {
     pub fn with_session(mut self, info: SessionInfo) -> Self {
         self.session = Some(info);
         self
+    }
+
+    /// Replaces the permissions of this view and of every clone of it (a config reload that
+    /// changed the user's rules): they apply from each clone's next operation.
+    pub fn set_permissions(&self, perms: Permissions) {
+        self.perms.replace(perms);
     }
 
     /// The session this view belongs to, when a frontend set it.

@@ -187,3 +187,74 @@ async fn a_budget_too_tight_to_grow_spools_instead_of_deadlocking() {
         }
     }
 }
+
+/// Issue 13.9(a) / 22.2: the spool folder `<state_dir>/spool` did not exist, so the first part
+/// that had to spill failed the upload with "no such file". It is created when missing.
+#[tokio::test]
+async fn a_missing_spool_folder_is_created_when_a_part_spills() {
+    for srv in servers().await {
+        let state = tempfile::tempdir().unwrap();
+        let spool = state.path().join("spool");
+        // Room for the first buffer and nothing more: the part spills as soon as it grows.
+        let budget = MemoryBudget::shared(64 * KIB);
+        let mut o = srv.options();
+        o.spool_dir = Some(spool.clone());
+        let b = S3Backend::new(o, budget.clone()).expect("backend");
+        let key = srv.key("spilled");
+        let bytes = data(7 * MIB, 7);
+        let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+        for c in bytes.chunks(32 * KIB as usize) {
+            up.write(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        up.finish().await.unwrap();
+        assert!(
+            spool.is_dir(),
+            "[{}] the spool folder was created",
+            srv.name
+        );
+        assert_eq!(get(&b, &key).await, bytes, "[{}]", srv.name);
+        assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
+    }
+}
+
+/// When spilling is impossible (the spool folder cannot be made: here its parent is a file),
+/// uploads wait for memory instead of failing, and a part larger than the whole budget shrinks
+/// to the budget (parts need not be of one size).
+#[tokio::test]
+async fn without_a_spool_folder_uploads_wait_for_memory() {
+    for srv in servers().await {
+        let state = tempfile::tempdir().unwrap();
+        let not_a_dir = state.path().join("file");
+        std::fs::write(&not_a_dir, b"x").unwrap();
+        // Less than one 8 MiB part, more than S3's 5 MiB minimum.
+        let budget = MemoryBudget::shared(6 * MIB as u64);
+        let mut o = srv.options();
+        o.part_size = 8 * MIB as u64;
+        o.spool_dir = Some(not_a_dir.join("spool"));
+        let b = S3Backend::new(o, budget.clone()).expect("backend");
+        let mut tasks = Vec::new();
+        for i in 0..2u64 {
+            let b = b.clone();
+            let key = srv.key(&format!("nodisk/{i}"));
+            tasks.push(tokio::spawn(async move {
+                let bytes = data(13 * MIB, 20 + i);
+                let mut up = b.create(&key, CreateOptions::default()).await?;
+                for c in bytes.chunks(32 * KIB as usize) {
+                    up.write(Bytes::copy_from_slice(c)).await?;
+                }
+                up.finish().await?;
+                Ok::<_, bucketgate_storage::Error>((key, bytes))
+            }));
+        }
+        for t in tasks {
+            let (key, bytes) = t.await.unwrap().unwrap_or_else(|e| {
+                panic!(
+                    "[{}] an upload failed without a spool folder: {e:?}",
+                    srv.name
+                )
+            });
+            assert_eq!(get(&b, &key).await, bytes, "[{}] {key}", srv.name);
+        }
+        assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
+    }
+}

@@ -1004,3 +1004,98 @@ async fn channels_per_ssh_connection_are_capped() {
     }
     site.well_behaved_transfers("channels");
 }
+
+/// Issue 13.11: a reload that removes a user closes her open sessions, SFTP and FTP (an upload
+/// in progress is aborted, never committed), and one that narrows a user's permissions applies
+/// them to her open sessions from their next operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_closes_removed_users_sessions_and_narrows_open_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let passive = passive_range();
+    let cfg = |with_alice: bool, carol: &str| {
+        let alice = if with_alice {
+            format!("  - username: alice\n    password_hash: \"{HASH}\"\n    home: /alice\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "sftp:\n  listen: \"127.0.0.1:0\"\nftp:\n  listen: \"127.0.0.1:0\"\n  passive_ports: \"{passive}\"\n\
+             storage: {{ type: local, root: ./files }}\nusers:\n{alice}  - username: carol\n    \
+             password_hash: \"{HASH}\"\n    home: /carol\n    permissions: {{ \"/\": [{carol}] }}\n"
+        )
+    };
+    let path = dir.path().to_path_buf();
+    let first = cfg(true, "\"*\"");
+    let gw = tokio::task::spawn_blocking(move || Gateway::start(&path, &first, &["sftp", "ftp"]))
+        .await
+        .unwrap();
+    let (sftp, ftp) = (gw.addr("sftp"), gw.addr("ftp"));
+    let files = dir.path().join("files");
+
+    let (_ha, alice) = sftp_session(LO, sftp, "alice", PASSWORD).await.unwrap();
+    sftp_put(&alice, "/before.txt", b"ok").await.unwrap();
+    // An upload in progress when the reload comes.
+    let mut partial = alice.create("/partial.bin").await.unwrap();
+    partial.write_all(&[1u8; 100_000]).await.unwrap();
+    partial.flush().await.unwrap();
+    let (mut alice_ftp, _) = Ftp::connect(LO, ftp).await;
+    let r = alice_ftp.login("alice", PASSWORD).await.unwrap();
+    assert!(r.starts_with("230"), "{r}");
+
+    let (_hc, carol) = sftp_session(LO, sftp, "carol", PASSWORD).await.unwrap();
+    sftp_put(&carol, "/c1.txt", b"c1").await.unwrap();
+    let (mut carol_ftp, _) = Ftp::connect(LO, ftp).await;
+    let r = carol_ftp.login("carol", PASSWORD).await.unwrap();
+    assert!(r.starts_with("230"), "{r}");
+    let r = carol_ftp.cmd("MKD d1").await.unwrap();
+    assert!(r.starts_with("257"), "{r}");
+
+    // alice removed; carol may only list and download now.
+    std::fs::write(
+        dir.path().join("bucketgate.yaml"),
+        cfg(false, "\"list\", \"download\""),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    assert!(
+        gw.wait_log("reload: config applied", STEP),
+        "{}",
+        gw.log_text()
+    );
+
+    // alice's SSH connection is closed: her next request fails, her upload is not committed.
+    let next = tokio::time::timeout(STEP, alice.metadata("/before.txt"))
+        .await
+        .expect("an answer or a closed channel in time");
+    assert!(
+        next.is_err(),
+        "alice's SFTP session still works after she was removed"
+    );
+    let _ = tokio::time::timeout(STEP, partial.shutdown()).await;
+    assert!(
+        !files.join("alice/partial.bin").exists(),
+        "the upload of a removed user was committed"
+    );
+    // Her FTP control connection is closed too.
+    assert!(
+        closes(&mut alice_ftp.r).await,
+        "alice's FTP session stays open after she was removed"
+    );
+
+    // carol's open sessions follow her narrowed permissions from their next operation.
+    assert_eq!(carol.metadata("/c1.txt").await.unwrap().size, Some(2));
+    assert!(
+        sftp_put(&carol, "/c2.txt", b"c2").await.is_err(),
+        "an open SFTP session kept the upload permission the reload removed"
+    );
+    assert!(!files.join("carol/c2.txt").exists());
+    let r = carol_ftp.cmd("MKD d2").await.unwrap();
+    assert!(r.starts_with("550"), "MKD after mkdir was removed: {r}");
+    let r = carol_ftp.cmd("PWD").await.unwrap();
+    assert!(r.starts_with("257"), "carol's FTP session was closed: {r}");
+    assert!(
+        gw.log_text().contains("session closed"),
+        "{}",
+        gw.log_text()
+    );
+}

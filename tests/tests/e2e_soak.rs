@@ -8,6 +8,9 @@
 
 mod support;
 
+#[path = "../../storage/tests/s3_support/mod.rs"]
+mod s3_support;
+
 use bucketgate_tests::moto::{ACCESS_KEY, SECRET_KEY};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -276,4 +279,212 @@ users:
         peak < 1024 * 1024,
         "peak RSS {peak} KiB: over 1 GiB for {CLIENTS} clients"
     );
+}
+
+/// Issue 22.2: with the memory budget far below what the uploads in flight want (48 sessions,
+/// 8 MiB for all), every upload still succeeds: writers spill parts to the spool folder
+/// (`<state_dir>/spool`, which the gateway must create) or wait, and never fail. Before, the
+/// first part that had to spill failed its upload with "no such file".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forty_eight_sftp_uploads_under_a_tight_memory_limit_all_land() {
+    const SESSIONS: usize = 48;
+    let srv = s3_support::s3s_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"sftp:
+  listen: "127.0.0.1:0"
+storage: {{ type: local, root: ./files }}
+limits: {{ max_sessions_per_ip: 100, login_grace: 10m }}
+transfers: {{ memory_limit: 8MiB, part_size: 5MiB }}
+state_dir: ./state
+remotes:
+  - {{ name: s3, endpoint: "{endpoint}", bucket: {bucket}, access_key_id: "{access}", secret_access_key: "{secret}" }}
+mounts:
+  - {{ path: /m, remote: s3, prefix: {prefix} }}
+users:
+  - username: up
+    password_hash: "{HASH}"
+    home: /
+    permissions: {{ "/": ["*"] }}
+"#,
+        endpoint = srv.endpoint,
+        bucket = srv.bucket,
+        access = srv.access,
+        secret = srv.secret,
+        prefix = srv.prefix,
+    );
+    let path = dir.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        bucketgate_tests::gateway::Gateway::start(&path, &cfg, &["sftp"])
+    })
+    .await
+    .unwrap();
+    let addr = gw.addr("sftp");
+    // Most fit one part (their first buffer grows, then spills); every fourth is a multipart
+    // upload whose later parts take their whole size at once (or spill).
+    let size = |i: usize| match i % 4 {
+        0 => 5 * 1024 * 1024 + 1 + i * 97 * 1024,
+        _ => 1024 * 1024 + i * 13 * 1024,
+    };
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (_h, s) = sftp_session(LO, addr, "up", PASSWORD).await?;
+                // A close returns once the object is complete in the bucket; with 48 uploads
+                // on a busy machine that takes longer than the client's default 10 s.
+                s.set_timeout(STEP.as_secs());
+                let b = body_of(size(i), i as u64);
+                sftp_put(&s, &format!("/m/f{i}.bin"), &b)
+                    .await
+                    .map_err(|e| format!("put f{i}.bin: {e}"))?;
+                Ok::<_, String>(b)
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    let mut sent = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(b) => sent.push((i, b)),
+            Err(e) => errors.push(format!("session {i}: {e}")),
+        }
+    }
+    let hwm = proc_kib(gw.pid(), "VmHWM");
+    eprintln!("{SESSIONS} uploads under an 8 MiB budget: gateway peak RSS {hwm} KiB");
+    assert!(
+        errors.is_empty(),
+        "{} of {SESSIONS} uploads failed:\n{}\n--- gateway log ---\n{}",
+        errors.len(),
+        errors.join("\n"),
+        gw.log_text()
+    );
+    let b = srv.backend();
+    for (i, bytes) in &sent {
+        let got = s3_support::get(&b, &srv.key(&format!("f{i}.bin"))).await;
+        assert!(got == *bytes, "f{i}.bin: the bucket holds other bytes");
+    }
+}
+
+/// Deterministic bytes of length `len`.
+fn body_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Issue 13.9: 8 concurrent 64 MiB uploads (4 SFTP by OpenSSH `sftp`, 4 FTP by `curl`) onto an
+/// S3 mount with a 16 MiB budget: every byte lands, and the gateway's peak RSS above its idle
+/// RSS is reported (VmHWM reset once idle, Linux >= 4.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (about 3 minutes here): run with --ignored --nocapture for the figures"]
+async fn eight_64_mib_uploads_under_a_16_mib_budget() {
+    use bucketgate_tests::clients::{assert_ok, keygen, sftp_batch};
+    const MIB: usize = 1024 * 1024;
+    let srv = s3_support::s3s_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "k");
+    let passive = bucketgate_tests::gateway::passive_range();
+    let cfg = format!(
+        r#"sftp:
+  listen: "127.0.0.1:0"
+ftp:
+  listen: "127.0.0.1:0"
+  passive_ports: "{passive}"
+storage: {{ type: local, root: ./files }}
+transfers: {{ memory_limit: 16MiB }}
+state_dir: ./state
+remotes:
+  - {{ name: s3, endpoint: "{endpoint}", bucket: {bucket}, access_key_id: "{access}", secret_access_key: "{secret}" }}
+mounts:
+  - {{ path: /m, remote: s3, prefix: {prefix} }}
+users:
+  - username: up
+    password_hash: "{HASH}"
+    public_keys: ["{public}"]
+    home: /
+    permissions: {{ "/": ["*"] }}
+"#,
+        endpoint = srv.endpoint,
+        bucket = srv.bucket,
+        access = srv.access,
+        secret = srv.secret,
+        prefix = srv.prefix,
+    );
+    let path = dir.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        bucketgate_tests::gateway::Gateway::start(&path, &cfg, &["sftp", "ftp"])
+    })
+    .await
+    .unwrap();
+    let (sftp, ftp) = (gw.addr("sftp"), gw.addr("ftp"));
+    let mut sent = Vec::new();
+    for i in 0..8 {
+        let b = body_of(64 * MIB, 1000 + i as u64);
+        std::fs::write(dir.path().join(format!("u{i}.bin")), &b).unwrap();
+        sent.push(b);
+    }
+    // One small upload of each kind first, so that lazily built state (TLS-less FTP relay,
+    // SSH session, S3 connection pool) is part of the idle figure.
+    std::fs::write(dir.path().join("w.bin"), b"warm").unwrap();
+    assert_ok(
+        "sftp warm-up",
+        &sftp_batch(sftp, "up", &key, "put w.bin /m/w1.bin\n", dir.path()),
+    );
+    let w = dir.path().join("w.bin");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-T"])
+        .arg(&w)
+        .arg(format!("ftp://up:{PASSWORD}@{ftp}/m/w2.bin"))
+        .output()
+        .unwrap();
+    assert_ok("curl warm-up", &out);
+    let pid = gw.pid();
+    let idle = proc_kib(pid, "VmRSS");
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the gateway's VmHWM");
+    let uploads: Vec<_> = (0..8)
+        .map(|i| {
+            let cwd = dir.path().to_path_buf();
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let out = if i % 2 == 0 {
+                    sftp_batch(
+                        sftp,
+                        "up",
+                        &key,
+                        &format!("put u{i}.bin /m/u{i}.bin\n"),
+                        &cwd,
+                    )
+                } else {
+                    std::process::Command::new("curl")
+                        .args(["-sS", "-T"])
+                        .arg(cwd.join(format!("u{i}.bin")))
+                        .arg(format!("ftp://up:{PASSWORD}@{ftp}/m/u{i}.bin"))
+                        .output()
+                        .unwrap()
+                };
+                (i, out)
+            })
+        })
+        .collect();
+    for u in uploads {
+        let (i, out) = u.join().unwrap();
+        assert_ok(&format!("upload {i}"), &out);
+    }
+    let hwm = proc_kib(pid, "VmHWM");
+    eprintln!(
+        "8 x 64 MiB uploads (4 SFTP, 4 FTP), memory_limit 16 MiB: gateway RSS idle {idle} KiB, \
+         peak {hwm} KiB, {} KiB above idle",
+        hwm.saturating_sub(idle)
+    );
+    let b = srv.backend();
+    for (i, bytes) in sent.iter().enumerate() {
+        let got = s3_support::get(&b, &srv.key(&format!("u{i}.bin"))).await;
+        assert!(got == *bytes, "u{i}.bin: the bucket holds other bytes");
+    }
 }

@@ -9,7 +9,7 @@ use super::mfmt::MfmtHandler;
 use super::relay::{BoxIo, Relay};
 use super::storage::FtpStorage;
 use super::{log, tls, FtpOptions, TlsMode};
-use crate::auth::LoginService;
+use crate::auth::{LoginService, SessionWatch};
 use crate::limits::SessionLimiter;
 use anyhow::Context;
 use libunftp::options::ActivePassiveMode;
@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use unftp_core::auth::{Principal, UserDetailError, UserDetailProvider};
 
 /// What every session of one server shares.
 pub(crate) struct Shared {
@@ -211,7 +212,14 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
         }
     };
     let relay_slot: SessionSlot = Arc::default();
-    let server = match build_server(&shared, peer, relay_slot.clone(), link.clone()) {
+    let watch = Arc::new(SessionWatch::default());
+    let server = match build_server(
+        &shared,
+        peer,
+        relay_slot.clone(),
+        link.clone(),
+        watch.clone(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "ftp: cannot set up the session");
@@ -220,11 +228,19 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     };
     tracing::debug!(client = %peer, implicit, "ftp: session open");
     let service = tokio::spawn(server.service(unftp_side));
-    Relay::new(
+    let relay = Relay::new(
         shared, client, relay_side, peer, local, implicit, relay_slot, link,
     )
-    .run()
-    .await;
+    .run();
+    tokio::select! {
+        _ = relay => {}
+        // A reload removed the account (or changed it so that it could not log in again):
+        // dropping the relay closes the client's connections, and libunftp's with them, so an
+        // upload in progress is aborted, never committed.
+        _ = watch.revoked() => {
+            tracing::info!(client = %peer, "ftp: session closed: the account was removed or changed");
+        }
+    }
     // The relay's end of the pair is closed now, which ends libunftp's control loop.
     if tokio::time::timeout(Duration::from_secs(5), service)
         .await
@@ -258,6 +274,7 @@ fn build_server(
     peer: SocketAddr,
     relay_slot: SessionSlot,
     link: Arc<ControlLink>,
+    watch: Arc<SessionWatch>,
 ) -> anyhow::Result<Server<FtpStorage, FtpUser>> {
     let slot: SessionSlot = Arc::default();
     let authenticator = Arc::new(FtpAuthenticator::new(
@@ -266,7 +283,10 @@ fn build_server(
         slot.clone(),
         relay_slot,
     ));
-    let provider = Arc::new(FtpUserProvider::new(slot, link));
+    let provider = Arc::new(Watching {
+        inner: FtpUserProvider::new(slot, link),
+        watch,
+    });
     let max_list = shared.opts.max_list_entries;
     let mode = if shared.opts.active_mode {
         ActivePassiveMode::ActiveAndPassive
@@ -285,4 +305,27 @@ fn build_server(
     .active_passive_mode(mode)
     .site_command("MFMT", MfmtHandler);
     Ok(b.build()?)
+}
+
+/// Tells the session's supervisor who logged in, so that a reload can close the session.
+struct Watching {
+    inner: FtpUserProvider,
+    watch: Arc<SessionWatch>,
+}
+
+impl std::fmt::Debug for Watching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl UserDetailProvider for Watching {
+    type User = FtpUser;
+
+    async fn provide_user_detail(&self, principal: &Principal) -> Result<FtpUser, UserDetailError> {
+        let user = self.inner.provide_user_detail(principal).await?;
+        self.watch.logged_in(&user.session);
+        Ok(user)
+    }
 }

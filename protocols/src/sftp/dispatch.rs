@@ -5,14 +5,26 @@
 //! retries forever on an I/O error other than EOF. This loop skips an over-long packet whole and
 //! answers it with a FAILURE, and stops on any I/O error.
 
+use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
 use bytes::Bytes;
 use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Requests read ahead of the handler, bounded in bytes: enough for any client's pipelining
 /// (OpenSSH keeps 64 × 255 KiB in flight), small enough to bound a flooding client.
 const READ_AHEAD_BYTES: u32 = 32 * 1024 * 1024;
+
+/// Where the bytes of a request read ahead are counted until its handler takes it: in the
+/// process's memory budget, or in the session's own small allowance (see [`run`]); released
+/// when dropped.
+#[derive(Default)]
+struct Held {
+    _budget: Option<MemoryPermit>,
+    _own: Option<OwnedSemaphorePermit>,
+}
 
 /// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs.
 ///
@@ -20,13 +32,24 @@ const READ_AHEAD_BYTES: u32 = 32 * 1024 * 1024;
 /// replies, a reply waiting for the client's SSH window would stop the reading; russh's
 /// per-channel queue then fills, its session loop stops reading the socket, and the client's
 /// window adjustment that would unblock the reply is never read: a 1 GiB download hung so.
-pub(crate) async fn run<S, H>(stream: S, mut handler: H, max_packet_len: u32)
-where
+///
+/// Memory: the requests read ahead (up to [`READ_AHEAD_BYTES`] per session) are counted in
+/// the process's `budget` (`transfers.memory_limit`) until the handler takes them. When the
+/// budget is used up, a session still reads ahead one packet's worth on its own allowance
+/// (`max_packet_len` bytes, outside the budget), so that it never waits on memory that only
+/// its own progress can free; beyond that, the reader waits for either.
+pub(crate) async fn run<S, H>(
+    stream: S,
+    mut handler: H,
+    max_packet_len: u32,
+    budget: Option<Arc<MemoryBudget>>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES as usize));
+    let cap = Arc::new(Semaphore::new(READ_AHEAD_BYTES as usize));
+    let own = Arc::new(Semaphore::new(max_packet_len.max(1) as usize));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         loop {
@@ -35,19 +58,23 @@ where
                 Ok(v) => v,
                 Err(_) => break,
             };
-            let Ok(permit) = budget
-                .clone()
-                .acquire_many_owned(size.min(READ_AHEAD_BYTES))
-                .await
-            else {
+            let size = size.min(READ_AHEAD_BYTES);
+            let Ok(capped) = cap.clone().acquire_many_owned(size).await else {
                 break;
             };
-            if tx.send((request, permit)).is_err() {
+            let held = match hold(budget.as_deref(), &own, size).await {
+                Some(h) => h,
+                None => break,
+            };
+            if tx.send((request, capped, held)).is_err() {
                 break;
             }
         }
     });
-    while let Some((request, permit)) = rx.recv().await {
+    while let Some((request, capped, held)) = rx.recv().await {
+        // From here the request's bytes belong to the handler, which counts what it keeps
+        // (part buffers, the reorder window).
+        drop(held);
         let reply = match request {
             Request::Packet(p) => {
                 tracing::trace!(request = ?p, "sftp request");
@@ -60,7 +87,7 @@ where
             Request::Refused(id, why) => Packet::status(id, StatusCode::Failure, why, "en-US"),
             Request::Malformed(id) => Packet::error(id, StatusCode::BadMessage),
         };
-        drop(permit);
+        drop(capped);
         let bytes = match Bytes::try_from(reply) {
             Ok(b) => b,
             Err(e) => {
@@ -74,6 +101,35 @@ where
     }
     reader.abort();
     tracing::debug!("sftp stream ended");
+}
+
+/// Counts `size` bytes read ahead: in the budget when it has them free, else in the session's
+/// own allowance when that has them, else whichever frees them first. `None`: closed.
+async fn hold(budget: Option<&MemoryBudget>, own: &Arc<Semaphore>, size: u32) -> Option<Held> {
+    let in_budget = |p| Held {
+        _budget: Some(p),
+        _own: None,
+    };
+    let in_own = |p| Held {
+        _budget: None,
+        _own: Some(p),
+    };
+    let Some(budget) = budget else {
+        return Some(Held::default());
+    };
+    if let Some(p) = budget.try_acquire(u64::from(size)) {
+        return Some(in_budget(p));
+    }
+    if let Ok(p) = own.clone().try_acquire_many_owned(size) {
+        return Some(in_own(p));
+    }
+    if !budget.can_hold(u64::from(size)) {
+        return own.clone().acquire_many_owned(size).await.ok().map(in_own);
+    }
+    tokio::select! {
+        p = budget.acquire(u64::from(size)) => p.ok().map(in_budget),
+        p = own.clone().acquire_many_owned(size) => p.ok().map(in_own),
+    }
 }
 
 enum Request {

@@ -48,6 +48,9 @@ pub struct SftpOptions {
     pub keep_partial_uploads: bool,
     /// Expect a PROXY v1/v2 header at the start of every connection (behind a load balancer).
     pub proxy_protocol: bool,
+    /// The process's transfer memory budget (`transfers.memory_limit`): SFTP requests read
+    /// ahead of their handler count in it. `None`: only the per-session bound applies.
+    pub memory: Option<std::sync::Arc<bucketgate_storage::budget::MemoryBudget>>,
 }
 
 impl Default for SftpOptions {
@@ -63,6 +66,7 @@ impl Default for SftpOptions {
             shutdown_grace: Duration::from_secs(30),
             keep_partial_uploads: false,
             proxy_protocol: false,
+            memory: None,
         }
     }
 }

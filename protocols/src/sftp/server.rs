@@ -246,6 +246,9 @@ where
                 }
             }
             _ = ctx.hard.cancelled() => break "server shutting down",
+            // A reload removed the account (or changed it so that it could not log in again):
+            // the session ends now, and an upload in progress is aborted, not committed.
+            _ = state.session.revoked() => break "the account was removed or changed",
             _ = ctx.shutdown.cancelled(), if !draining => {
                 draining = true;
                 if state.busy.idle() {

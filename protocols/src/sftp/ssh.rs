@@ -3,7 +3,7 @@
 use super::handles::Busy;
 use super::session::{SessionLimits, SftpSession};
 use super::{dispatch, scp, SftpOptions};
-use crate::auth::{LoginService, Protocol, Session as UserSession};
+use crate::auth::{LoginService, Protocol, Session as UserSession, SessionWatch};
 use russh::keys::{Algorithm, PublicKey};
 use russh::server::{Auth, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, Pty};
@@ -29,6 +29,8 @@ pub(crate) struct Shared {
 pub(crate) struct ConnState {
     authenticated: AtomicBool,
     pub(crate) busy: Arc<Busy>,
+    /// The logged-in session's revocation (a reload removed or changed the account).
+    pub(crate) session: SessionWatch,
 }
 
 impl ConnState {
@@ -70,6 +72,7 @@ impl SshHandler {
             .await;
         match r {
             Ok(s) => {
+                self.state.session.logged_in(&s);
                 self.user = Some(s);
                 Auth::Accept
             }
@@ -150,6 +153,7 @@ impl russh::server::Handler for SshHandler {
             .await;
         match r {
             Ok(s) => {
+                self.state.session.logged_in(&s);
                 self.user = Some(s);
                 Ok(Auth::Accept)
             }
@@ -236,9 +240,10 @@ impl russh::server::Handler for SshHandler {
         session.channel_success(channel)?;
         let sftp = SftpSession::new(user.fs.clone(), self.limits(), self.state.busy.clone());
         let max = self.shared.opts.max_packet_len;
+        let memory = self.shared.opts.memory.clone();
         self.shared.tracker.spawn(async move {
             let (stream, wr) = channel_io(ch);
-            dispatch::run(stream, sftp, max).await;
+            dispatch::run(stream, sftp, max, memory).await;
             // `ssh` exits with the channel's exit status, and scp (SFTP mode) treats a
             // missing one as a failure of the whole copy.
             finish(&wr, 0).await;

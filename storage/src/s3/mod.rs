@@ -199,7 +199,17 @@ pub(crate) struct Inner {
     pub client: Client,
     pub opts: S3Options,
     pub budget: Arc<MemoryBudget>,
+    /// Whether parts can be spooled to disk: [`SPOOL_UNKNOWN`], [`SPOOL_OK`] or
+    /// [`SPOOL_BROKEN`], as the last attempt found.
+    pub spool: std::sync::atomic::AtomicU8,
 }
+
+/// [`Inner::spool`]: not tried yet.
+pub(crate) const SPOOL_UNKNOWN: u8 = 0;
+/// [`Inner::spool`]: the last temp file could be made.
+pub(crate) const SPOOL_OK: u8 = 1;
+/// [`Inner::spool`]: the last temp file could not be made.
+pub(crate) const SPOOL_BROKEN: u8 = 2;
 
 /// A bucket of an S3-compatible remote, as a [`Backend`]. Cheap to clone.
 #[derive(Clone)]
@@ -222,6 +232,7 @@ impl S3Backend {
                 client,
                 opts,
                 budget,
+                spool: std::sync::atomic::AtomicU8::new(SPOOL_UNKNOWN),
             }),
         })
     }

@@ -7,11 +7,14 @@
 //! ([`FIRST_BUFFER`], or the announced size) and doubles as it fills, so a thousand small
 //! uploads hold about their sizes, not a thousand part sizes; once a part has filled, the
 //! upload is known to be large and each further part takes its whole size at its first byte.
-//! A writer waits for the budget only when it opens a part, holding nothing of that part;
-//! growing never waits: when the budget cannot grant the growth right now, the half-filled
-//! part moves to a temp file and its permit is returned. So no writer ever waits while holding
-//! a half-filled part, and uploads cannot deadlock each other on the budget. Parts larger than
-//! the whole budget go to a temp file too.
+//! A writer never waits for the budget while it can spill: a part whose memory is not free
+//! when it opens, or whose growth is not free when it fills, goes to a temp file under the
+//! spool folder (`<state_dir>/spool`, created when missing) and its permit is returned. So no
+//! writer waits while holding a half-filled part, and uploads cannot deadlock each other, nor
+//! with other holders of the budget (requests read ahead of an SFTP handler). Only when
+//! spooling fails (a full or unwritable disk; logged with the reason) does a writer wait for
+//! memory instead, so that the upload still succeeds. Parts larger than the whole budget go to
+//! a temp file from their first byte (or, without a disk, shrink to the budget's size).
 //!
 //! [`MemoryBudget`]: crate::budget::MemoryBudget
 
@@ -19,13 +22,14 @@ use super::client::{Body, Request};
 use super::list::head_entry;
 use super::time::format_mtime;
 use super::xml::{self, EtagResult, InitiateResult};
-use super::{Inner, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+use super::{Inner, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE, SPOOL_BROKEN, SPOOL_OK};
 use crate::backend::{CreateOptions, Entry, Upload};
 use crate::budget::MemoryPermit;
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use reqwest::Method;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
@@ -344,42 +348,63 @@ impl State {
         self.check()
     }
 
-    /// Opens the next part's buffer: memory when the budget can ever hold it, else disk.
-    /// This is the only place where a writer waits for the budget.
+    /// Opens the next part's buffer: memory when the budget has it free now, else disk. When
+    /// spooling is impossible (see [`spool_file`]), waits for the memory instead: this is the
+    /// only place where a writer waits for the budget, and it holds nothing of its part then.
+    ///
+    /// Not waiting while the disk can take the part matters: other buffers of the process
+    /// (requests read ahead of a session's handler) hold budget until their handler, and so
+    /// perhaps this very writer, makes progress.
     async fn open_part(&mut self) -> Result<()> {
-        let target = self.part_size_for(self.next_part);
+        let mut target = self.part_size_for(self.next_part);
+        let budget = self.inner.budget.clone();
+        if !budget.can_hold(target) {
+            match spool_file(&self.inner).await {
+                Ok(file) => {
+                    self.target = target;
+                    self.buf = Buf::Disk { file, len: 0 };
+                    return Ok(());
+                }
+                // Parts need not all be the same size (every part but the last must reach
+                // S3's minimum, 5 MiB): without a disk, a part is as large as the budget.
+                Err(_) => target = budget.total(),
+            }
+        }
         self.target = target;
         let want = match self.opts.size_hint {
             _ if self.large => target,
             // A first part of a file announced as small only needs what was announced.
             Some(h) if self.next_part == 1 && self.written == 0 => target.min(h.max(1)),
+            // A part that starts small grows, and a growth the budget cannot grant at once
+            // spills to disk. Without a disk, it would have to wait holding its part, and
+            // such waiters can hold the whole budget: so the part takes its size at once.
+            _ if !spool_usable(&self.inner).await => target,
             _ => target.min(FIRST_BUFFER),
         };
-        if self.inner.budget.can_hold(want) {
-            let permit = self.inner.budget.acquire(want).await?;
-            self.buf = Buf::Mem {
-                data: BytesMut::with_capacity(want as usize),
-                cap: want,
-                permit,
-            };
-        } else {
-            self.buf = Buf::Disk {
-                file: self.spool_file().await?,
-                len: 0,
-            };
-        }
+        let permit = match budget.try_acquire(want) {
+            Some(p) => p,
+            None => match spool_file(&self.inner).await {
+                Ok(file) => {
+                    self.buf = Buf::Disk { file, len: 0 };
+                    return Ok(());
+                }
+                Err(_) => {
+                    let want = if self.opts.size_hint.is_some() {
+                        want
+                    } else {
+                        target
+                    };
+                    budget.acquire(want).await?
+                }
+            },
+        };
+        let cap = permit.bytes().min(target).max(want);
+        self.buf = Buf::Mem {
+            data: BytesMut::with_capacity(cap as usize),
+            cap,
+            permit,
+        };
         Ok(())
-    }
-
-    async fn spool_file(&self) -> Result<tokio::fs::File> {
-        let dir = self.inner.opts.spool_dir.clone();
-        let f = tokio::task::spawn_blocking(move || match dir {
-            Some(d) => tempfile::tempfile_in(d),
-            None => tempfile::tempfile(),
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Backend, "spooling failed").with_source(e))??;
-        Ok(tokio::fs::File::from_std(f))
     }
 
     /// Makes room for `need` bytes in the memory buffer: doubles it (up to the part size) when
@@ -407,7 +432,25 @@ impl State {
             *cap = new_cap;
             return Ok(());
         }
-        let mut file = self.spool_file().await?;
+        let mut file = match spool_file(&self.inner).await {
+            Ok(f) => f,
+            Err(_) => {
+                // No disk to spill to (logged by `spool_file`): wait for the growth rather than
+                // fail the upload. This can stall while every buffer of the budget waits the
+                // same way, which is why spooling is the normal path.
+                let more = self
+                    .inner
+                    .budget
+                    .acquire(new_cap.saturating_sub(permit.bytes()))
+                    .await?;
+                permit.merge(more);
+                let mut grown = BytesMut::with_capacity(new_cap as usize);
+                grown.extend_from_slice(data);
+                *data = grown;
+                *cap = new_cap;
+                return Ok(());
+            }
+        };
         let Buf::Mem { data, .. } = std::mem::replace(&mut self.buf, Buf::Empty) else {
             unreachable!("matched above");
         };
@@ -609,6 +652,55 @@ impl State {
             return;
         }
         self.abort_multipart().await;
+    }
+}
+
+/// Whether parts can be spooled now, as far as the last attempt knows (the first asks the
+/// disk).
+async fn spool_usable(inner: &Inner) -> bool {
+    match inner.spool.load(Ordering::Relaxed) {
+        SPOOL_OK => true,
+        SPOOL_BROKEN => false,
+        _ => spool_file(inner).await.is_ok(),
+    }
+}
+
+/// A temp file for a part under the spool folder (`<state_dir>/spool`), created when missing
+/// (at start, and again here should someone remove it meanwhile). The file has no name: it is
+/// gone with its last handle, even after a crash. When spooling starts failing, one line says
+/// why; the callers then wait for memory instead.
+async fn spool_file(inner: &Inner) -> Result<tokio::fs::File> {
+    let dir = inner.opts.spool_dir.clone();
+    let shown = dir.clone();
+    let r = tokio::task::spawn_blocking(move || match dir {
+        Some(d) => tempfile::tempfile_in(&d).or_else(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            std::fs::create_dir_all(&d)?;
+            tempfile::tempfile_in(&d)
+        }),
+        None => tempfile::tempfile(),
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    match r {
+        Ok(f) => {
+            if inner.spool.swap(SPOOL_OK, Ordering::Relaxed) == SPOOL_BROKEN {
+                tracing::info!(remote = %inner.opts.name, "upload parts can be spooled to disk again");
+            }
+            Ok(tokio::fs::File::from_std(f))
+        }
+        Err(e) => {
+            if inner.spool.swap(SPOOL_BROKEN, Ordering::Relaxed) != SPOOL_BROKEN {
+                let shown = shown.unwrap_or_else(std::env::temp_dir);
+                tracing::warn!(remote = %inner.opts.name, error = %e,
+                    "cannot spool upload parts to {}: uploads wait for memory instead",
+                    shown.display());
+            }
+            Err(Error::new(ErrorKind::Backend, "cannot spool to disk").with_source(e))
+        }
     }
 }
 
