@@ -88,6 +88,14 @@ pub fn spool_dir(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("spool")
 }
 
+/// The names being written, shared by every tree this process builds: the sessions of a tree
+/// replaced by a reload still write, and the new tree's sessions must see their names taken.
+fn writing() -> Arc<bucketgate_storage::writing::Writing> {
+    static W: std::sync::OnceLock<Arc<bucketgate_storage::writing::Writing>> =
+        std::sync::OnceLock::new();
+    W.get_or_init(Arc::default).clone()
+}
+
 /// The running storage: one backend per remote, the site area and the tree.
 pub struct Storage {
     /// The tree every session shares.
@@ -113,8 +121,9 @@ pub fn build_storage(
     }
     let site: Option<Area> = match &cfg.storage {
         StorageConfig::Local { root } => match LocalBackend::new(root.clone()) {
+            // Downloads of site files read ahead within the same budget as the remotes'.
             Ok(b) => Some(Area {
-                backend: Arc::new(b),
+                backend: Arc::new(b.with_memory_budget(budget.clone())),
                 prefix: String::new(),
             }),
             Err(e) => {
@@ -164,7 +173,7 @@ pub fn build_storage(
     }
     match site {
         Some(site) if errors.is_empty() => Ok(Storage {
-            tree: Arc::new(Tree::new(site, mounts)),
+            tree: Arc::new(Tree::new(site, mounts).with_writing(writing())),
             remotes,
         }),
         _ => Err(errors),

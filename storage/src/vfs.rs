@@ -70,11 +70,20 @@ impl Tree {
         }
     }
 
-    /// Shares `old`'s record of the names being written (a reload builds a new tree while the
-    /// sessions of the old one still write).
-    pub fn carry_writes_from(mut self, old: &Tree) -> Self {
-        self.writing = old.writing.clone();
+    /// Shares `writing`, the record of the names being written, with this tree (a reload
+    /// builds a new tree while the sessions of the old one still write).
+    pub fn with_writing(mut self, writing: Arc<Writing>) -> Self {
+        self.writing = writing;
         self
+    }
+
+    /// The name of an area in the record of names being written: the mount point, which a
+    /// reload keeps, or `""` for the site tree.
+    fn area_name(&self, mount: Option<usize>) -> String {
+        mount
+            .and_then(|i| self.mounts.get(i))
+            .map(|m| m.path.to_string())
+            .unwrap_or_default()
     }
 
     /// The site area.
@@ -558,7 +567,10 @@ impl UserFs {
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e.with_context(op, p.to_string())),
         };
-        let writing = self.tree.writing.is_writing(loc.mount, &loc.key);
+        let writing = self
+            .tree
+            .writing
+            .is_writing(&self.tree.area_name(loc.mount), &loc.key);
         if (existing.is_some() || writing) && mode.exclusive {
             return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
         }
@@ -580,7 +592,10 @@ impl UserFs {
             // Replace or append is decided by the first write's offset; each is checked then.
             (Some(_), false, false) => {}
         }
-        let claim = self.tree.writing.claim(loc.mount, &loc.key);
+        let claim = self
+            .tree
+            .writing
+            .claim(&self.tree.area_name(loc.mount), &loc.key);
         Ok(
             FileWriter::new(loc.backend, loc.key, existing, mode, perms, p.clone())
                 .with_claim(claim),
@@ -596,7 +611,11 @@ impl UserFs {
         if loc.is_area_root || self.tree.holds_mount(&site) || p.is_root() {
             return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
         }
-        if self.tree.writing.is_writing(loc.mount, &loc.key) {
+        if self
+            .tree
+            .writing
+            .is_writing(&self.tree.area_name(loc.mount), &loc.key)
+        {
             // A file being written exists, as on a disk, though the bucket has no object yet.
             return Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string()));
         }
@@ -639,7 +658,11 @@ impl UserFs {
         if !e.is_dir() {
             return Err(Error::of(ErrorKind::NotADirectory).with_context(op, p.to_string()));
         }
-        if self.tree.writing.any_below(loc.mount, &loc.key) {
+        if self
+            .tree
+            .writing
+            .any_below(&self.tree.area_name(loc.mount), &loc.key)
+        {
             return Err(Error::of(ErrorKind::DirectoryNotEmpty).with_context(op, p.to_string()));
         }
         loc.backend
@@ -653,11 +676,16 @@ impl UserFs {
         let op = "remove";
         self.check(op, &p.parent(), Perm::Delete, p)?;
         let loc = self.refuse_fixed(op, p)?;
-        let writing = self.tree.writing.is_writing(loc.mount, &loc.key);
+        let writing = self
+            .tree
+            .writing
+            .is_writing(&self.tree.area_name(loc.mount), &loc.key);
         let e = match self.stat_site(&self.site_path(p)).await {
             // A new file being written is removed as on a disk: its upload will not commit.
             Err(e) if e.kind() == ErrorKind::NotFound && writing => {
-                self.tree.writing.discard(loc.mount, &loc.key);
+                self.tree
+                    .writing
+                    .discard(&self.tree.area_name(loc.mount), &loc.key);
                 return Ok(());
             }
             r => r.map_err(|e| e.with_context(op, p.to_string()))?,
@@ -666,7 +694,9 @@ impl UserFs {
             return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
         }
         if writing {
-            self.tree.writing.discard(loc.mount, &loc.key);
+            self.tree
+                .writing
+                .discard(&self.tree.area_name(loc.mount), &loc.key);
         }
         loc.backend
             .remove_file(&loc.key)
@@ -682,8 +712,14 @@ impl UserFs {
         self.check(op, &to.parent(), Perm::Upload, to)?;
         let src = self.refuse_fixed(op, from)?;
         let dst = self.refuse_fixed(op, to)?;
-        if self.tree.writing.is_writing(src.mount, &src.key)
-            || self.tree.writing.any_below(src.mount, &src.key)
+        if self
+            .tree
+            .writing
+            .is_writing(&self.tree.area_name(src.mount), &src.key)
+            || self
+                .tree
+                .writing
+                .any_below(&self.tree.area_name(src.mount), &src.key)
         {
             return Err(Error::new(
                 ErrorKind::Conflict,
@@ -713,7 +749,10 @@ impl UserFs {
         );
         let se = se.map_err(|e| e.with_context(op, from.to_string()))?;
         require_folder(dp, op, to)?;
-        let dst_writing = self.tree.writing.is_writing(dst.mount, &dst.key);
+        let dst_writing = self
+            .tree
+            .writing
+            .is_writing(&self.tree.area_name(dst.mount), &dst.key);
         // A file being written at the target exists, as on a disk.
         let de = match de {
             Err(e) if e.kind() == ErrorKind::NotFound && dst_writing => Ok(Entry {
@@ -739,7 +778,9 @@ impl UserFs {
         }
         if dst_writing {
             // Replaced: the uploads in progress on the target must not bring their version back.
-            self.tree.writing.discard(dst.mount, &dst.key);
+            self.tree
+                .writing
+                .discard(&self.tree.area_name(dst.mount), &dst.key);
         }
         let same_backend = src.mount == dst.mount;
         let r = if se.is_dir() {

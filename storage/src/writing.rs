@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// A name in one area of the tree: the area (`None` = the site tree, else a mount's index) and
-/// the key within it.
-type Name = (Option<usize>, String);
+/// A name in one area of the tree: the area (`""` for the site tree, else the mount point, which
+/// stays the same across reloads) and the key within it.
+type Name = (String, String);
 
 /// The uploads on one name: each with its id and its "name gone" flag.
 type Uploads = Vec<(u64, Arc<AtomicBool>)>;
@@ -26,10 +26,10 @@ pub struct Writing {
 
 impl Writing {
     /// Registers an upload of `key` in `area` until the returned claim is dropped.
-    pub(crate) fn claim(self: &Arc<Self>, area: Option<usize>, key: &str) -> WriteClaim {
+    pub(crate) fn claim(self: &Arc<Self>, area: &str, key: &str) -> WriteClaim {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let gone = Arc::new(AtomicBool::new(false));
-        let name = (area, key.to_string());
+        let name = (area.to_string(), key.to_string());
         self.lock()
             .entry(name.clone())
             .or_default()
@@ -48,12 +48,13 @@ impl Writing {
     }
 
     /// True when an upload of exactly `key` is in progress.
-    pub(crate) fn is_writing(&self, area: Option<usize>, key: &str) -> bool {
-        self.lock().contains_key(&(area, key.to_string()))
+    pub(crate) fn is_writing(&self, area: &str, key: &str) -> bool {
+        self.lock()
+            .contains_key(&(area.to_string(), key.to_string()))
     }
 
     /// True when an upload of a key below folder `key` is in progress.
-    pub(crate) fn any_below(&self, area: Option<usize>, key: &str) -> bool {
+    pub(crate) fn any_below(&self, area: &str, key: &str) -> bool {
         let prefix = if key.is_empty() {
             String::new()
         } else {
@@ -61,12 +62,12 @@ impl Writing {
         };
         self.lock()
             .keys()
-            .any(|(a, k)| *a == area && k.starts_with(&prefix))
+            .any(|(a, k)| a == area && k.starts_with(&prefix))
     }
 
     /// The name was removed or replaced: every upload in progress on it must not commit.
-    pub(crate) fn discard(&self, area: Option<usize>, key: &str) {
-        if let Some(v) = self.lock().get(&(area, key.to_string())) {
+    pub(crate) fn discard(&self, area: &str, key: &str) {
+        if let Some(v) = self.lock().get(&(area.to_string(), key.to_string())) {
             for (_, gone) in v {
                 gone.store(true, Ordering::SeqCst);
             }
