@@ -393,25 +393,34 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
     let raced = Arc::new(AtomicUsize::new(0));
     let r2 = raced.clone();
     let s2 = s.clone();
+    // Each name races once, however often its request is sent.
+    let done = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let rule: http_proxy::Rule = Arc::new(move |r: &Seen| {
         let name = ["small.bin", "big.bin", "pulled.bin"]
             .into_iter()
             .find(|n| r.target.contains(n));
+        let first = |n: &'static str| done.lock().unwrap().insert(n);
         match (r.method.as_str(), name) {
-            ("PUT", Some(n)) if !r.target.contains("uploadId") => {
+            ("PUT", Some(n)) if !r.target.contains("uploadId") && first(n) => {
                 r2.fetch_add(1, SeqCst);
                 let (b, key) = (d2.clone(), format!("{prefix}x/{n}"));
-                std::thread::spawn(move || {
-                    tokio::runtime::Runtime::new()
-                        .unwrap()
-                        .block_on(async move {
-                            put(&b, &key, b"the partner's version", 64 * 1024).await;
-                        })
-                })
-                .join()
-                .unwrap();
+                // The partner's PUT lands before the sync's request goes on; the worker is
+                // handed back to the runtime meanwhile, which also serves the S3 server.
+                tokio::task::block_in_place(|| {
+                    std::thread::spawn(move || {
+                        tokio::runtime::Runtime::new()
+                            .unwrap()
+                            .block_on(async move {
+                                put(&b, &key, b"the partner's version", 64 * 1024).await;
+                            })
+                    })
+                    .join()
+                    .unwrap()
+                });
             }
-            ("GET", Some("pulled.bin")) if !r.target.contains("list-type") => {
+            ("GET", Some("pulled.bin"))
+                if !r.target.contains("list-type") && first("pulled.bin") =>
+            {
                 r2.fetch_add(1, SeqCst);
                 std::fs::write(s2.join("pulled.bin"), b"saved by a user meanwhile").unwrap();
             }
@@ -515,13 +524,15 @@ async fn a_source_changed_during_its_copy_is_never_stored_torn() {
         if r.method == "GET" && r.target.contains("obj.bin") && !once_get.swap(true, SeqCst) {
             r2.fetch_add(1, SeqCst);
             let (b, k, body) = (d2.clone(), key.clone(), no.clone());
-            std::thread::spawn(move || {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(async move { put(&b, &k, &body, 64 * 1024).await })
-            })
-            .join()
-            .unwrap();
+            tokio::task::block_in_place(|| {
+                std::thread::spawn(move || {
+                    tokio::runtime::Runtime::new()
+                        .unwrap()
+                        .block_on(async move { put(&b, &k, &body, 64 * 1024).await })
+                })
+                .join()
+                .unwrap()
+            });
         }
         Action::Forward
     });
