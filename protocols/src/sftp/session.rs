@@ -377,49 +377,33 @@ impl russh_sftp::server::Handler for SftpSession {
     ) -> Result<Data, Self::Error> {
         let max = self.limits.max_io_len();
         let user = self.fs.username().to_string();
-        match self.handles.get_mut(&handle) {
-            Some(Handle::Read { reader, .. }) => {
-                let data = reader
-                    .read_at(offset, len.min(max) as usize)
-                    .await
-                    .map_err(|e| {
-                        log_error(&user, &e);
-                        SftpError::from(e)
-                    })?;
-                if data.is_empty() {
-                    return Err(SftpError::code(StatusCode::Eof));
-                }
-                Ok(Data {
-                    id,
-                    data: data.to_vec(),
-                })
-            }
+        let len = len.min(max) as usize;
+        let r = match self.handles.get_mut(&handle) {
+            Some(Handle::Read { reader, .. }) => reader.read_at(offset, len).await,
             Some(Handle::Write {
                 writer,
                 readable: true,
                 ..
-            }) => {
-                let data = writer
-                    .read_at(offset, len.min(max) as usize)
-                    .await
-                    .map_err(|e| {
-                        log_error(&user, &e);
-                        SftpError::from(e)
-                    })?;
-                if data.is_empty() {
-                    return Err(SftpError::code(StatusCode::Eof));
-                }
-                Ok(Data {
-                    id,
-                    data: data.to_vec(),
-                })
+            }) => writer.read_at(offset, len).await,
+            Some(_) => {
+                return Err(SftpError::new(
+                    StatusCode::Failure,
+                    "handle is not open for reading",
+                ))
             }
-            Some(_) => Err(SftpError::new(
-                StatusCode::Failure,
-                "handle is not open for reading",
-            )),
-            None => Err(Self::bad_handle()),
+            None => return Err(Self::bad_handle()),
+        };
+        let data = r.map_err(|e| {
+            log_error(&user, &e);
+            SftpError::from(e)
+        })?;
+        if data.is_empty() {
+            return Err(SftpError::code(StatusCode::Eof));
         }
+        Ok(Data {
+            id,
+            data: data.to_vec(),
+        })
     }
 
     async fn write(
