@@ -1035,6 +1035,10 @@ impl Run<'_> {
                         .iter()
                         .any(|d| related(d, from) && d.len() >= from.len()))
                 .then_some("renaming a name being written");
+                // docs/objects.md, "Documented deviations": a rename onto an existing folder
+                // is refused (rename(2) replaces an empty one).
+                let rule = rule.or((g.is_err() && gbefore.get(to) == Some(&None))
+                    .then_some("a rename onto an existing folder is refused"));
                 (g, r, rule)
             }
             Op::Remove { path }
@@ -1142,7 +1146,18 @@ impl Run<'_> {
                             tree_view(&now)
                         ));
                     }
-                    restore_path(&self.refroot(), sl.path, &now);
+                    // Another handle still writing the name keeps it on disk (and taken on
+                    // the gateway); its CLOSE puts the gateway's result back instead.
+                    let others = self
+                        .slots
+                        .iter_mut()
+                        .flatten()
+                        .filter(|o| o.writes() && o.path == sl.path)
+                        .map(|o| o.shared = true)
+                        .count();
+                    if others == 0 {
+                        restore_path(&self.refroot(), sl.path, &now);
+                    }
                 }
             }
             Op::Rename { from, to, .. } if r == Res::Ok => {
@@ -1377,6 +1392,28 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
                 open(0, 0, "a", 0x03),
                 write(0, At::Gap(3), 4),
                 close(0),
+            ],
+        ),
+        (
+            "a posix-rename of an empty folder onto another (2270288197)",
+            vec![
+                Op::Mkdir { path: "a" },
+                Op::Mkdir { path: "d" },
+                Op::Rename {
+                    from: "d",
+                    to: "a",
+                    posix: true,
+                },
+            ],
+        ),
+        (
+            "two writers of a new name, one refused a write behind what it sent (1841419852)",
+            vec![
+                open(0, 0, "ünï", 0x1b),
+                open(0, 1, "ünï", 0x0e),
+                write(0, At::Overlap, 14),
+                write(0, At::Zero, 32),
+                Op::Mkdir { path: "ünï" },
             ],
         ),
         (
