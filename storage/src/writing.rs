@@ -17,6 +17,12 @@ type Name = (String, String);
 /// The uploads on one name: each with its id and its "name gone" flag.
 type Uploads = Vec<(u64, Arc<AtomicBool>)>;
 
+/// True when one of the uploads still holds its name: a removed or replaced name is free again,
+/// as on a disk, though its writers go on until their CLOSE fails.
+fn live(v: &Uploads) -> bool {
+    v.iter().any(|(_, gone)| !gone.load(Ordering::SeqCst))
+}
+
 /// Every name with an upload in progress, and the uploads on it.
 #[derive(Default)]
 pub struct Writing {
@@ -50,7 +56,8 @@ impl Writing {
     /// True when an upload of exactly `key` is in progress.
     pub(crate) fn is_writing(&self, area: &str, key: &str) -> bool {
         self.lock()
-            .contains_key(&(area.to_string(), key.to_string()))
+            .get(&(area.to_string(), key.to_string()))
+            .is_some_and(live)
     }
 
     /// True when an upload of a key below folder `key` is in progress.
@@ -61,8 +68,8 @@ impl Writing {
             format!("{key}/")
         };
         self.lock()
-            .keys()
-            .any(|(a, k)| a == area && k.starts_with(&prefix))
+            .iter()
+            .any(|((a, k), v)| a == area && k.starts_with(&prefix) && live(v))
     }
 
     /// The name was removed or replaced: every upload in progress on it must not commit.
