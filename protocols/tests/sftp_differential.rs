@@ -601,9 +601,6 @@ struct Run<'a> {
     key: String,
     slots: Vec<Option<Slot>>,
     log: Vec<String>,
-    /// Known product divergences (reported, not documented) fail the run instead of being
-    /// set aside: the `#[ignore]`d regressions run this way.
-    strict: bool,
 }
 
 fn posix_data(from: &str, to: &str) -> Vec<u8> {
@@ -786,19 +783,6 @@ impl Run<'_> {
                             self.touched(path, Some(slot), false);
                         }
                         let shared = sl.writes() && dirty.contains(path);
-                        if !self.strict
-                            && !flags.contains(OpenFlags::WRITE)
-                            && flags.contains(OpenFlags::TRUNCATE)
-                        {
-                            // KNOWN DIVERGENCE (reported, not fixed): TRUNC without WRITE.
-                            // sftp-server truncates the file (Linux open(2) with O_RDONLY|O_TRUNC);
-                            // the gateway answers a read handle and keeps the bytes. Regression:
-                            // `known_open_trunc_without_write_truncates` (ignored).
-                            let now = self.gstate().await;
-                            restore_path(&self.refroot(), path, &now);
-                            self.log
-                                .push(format!("{op:?}: KNOWN DIVERGENCE, TRUNC without WRITE"));
-                        }
                         self.slots[slot] = Some(sl);
                         if shared {
                             self.slots[slot].as_mut().unwrap().shared = true;
@@ -1251,7 +1235,7 @@ impl Run<'_> {
 }
 
 /// Runs `ops` on fresh folders; Err: the failure and the steps' log.
-async fn run(env: &mut Env, ops: &[Op], strict: bool) -> Result<(), String> {
+async fn run(env: &mut Env, ops: &[Op]) -> Result<(), String> {
     let (gw, rf, key) = env.fresh().await;
     let mut run = Run {
         env,
@@ -1260,7 +1244,6 @@ async fn run(env: &mut Env, ops: &[Op], strict: bool) -> Result<(), String> {
         key,
         slots: (0..SLOTS).map(|_| None).collect(),
         log: vec![],
-        strict,
     };
     let mut res = Ok(());
     for op in ops {
@@ -1285,14 +1268,14 @@ async fn run(env: &mut Env, ops: &[Op], strict: bool) -> Result<(), String> {
 
 /// Drops steps one at a time while the sequence still fails (bounded).
 async fn minimize(env: &mut Env, mut ops: Vec<Op>) -> (Vec<Op>, String) {
-    let mut last = run(env, &ops, strict()).await.err().unwrap_or_default();
+    let mut last = run(env, &ops).await.err().unwrap_or_default();
     let mut budget = 200;
     let mut i = 0;
     while i < ops.len() && budget > 0 {
         budget -= 1;
         let mut shorter = ops.clone();
         shorter.remove(i);
-        match run(env, &shorter, strict()).await {
+        match run(env, &shorter).await {
             Err(e) => {
                 ops = shorter;
                 last = e;
@@ -1307,7 +1290,7 @@ async fn check_seeds(seeds: &[u64], mut failures: Vec<String>) {
     let mut env = Env::start().await;
     for &seed in seeds {
         let ops = generate(seed);
-        if let Err(e) = run(&mut env, &ops, strict()).await {
+        if let Err(e) = run(&mut env, &ops).await {
             let (min, why) = minimize(&mut env, ops).await;
             failures.push(format!(
                 "DIFF_SEED={seed}: {e}\n--- minimized to {} steps:\n{why}\n{min:#?}",
@@ -1328,10 +1311,6 @@ async fn check_seeds(seeds: &[u64], mut failures: Vec<String>) {
     );
 }
 
-fn strict() -> bool {
-    std::env::var_os("DIFF_STRICT").is_some()
-}
-
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().expect(name))
 }
@@ -1347,7 +1326,7 @@ async fn gateway_matches_openssh_sftp_server() {
     let mut env = Env::start().await;
     let mut failed = Vec::new();
     for (why, ops) in regressions() {
-        if let Err(e) = run(&mut env, &ops, strict()).await {
+        if let Err(e) = run(&mut env, &ops).await {
             failed.push(format!("regression ({why}): {e}"));
         }
     }
@@ -1489,10 +1468,10 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
     ]
 }
 
-/// Runs fixed steps with the known divergences not set aside.
+/// Runs fixed steps; any divergence fails.
 async fn strict_steps(ops: Vec<Op>) {
     let mut env = Env::start().await;
-    if let Err(e) = run(&mut env, &ops, true).await {
+    if let Err(e) = run(&mut env, &ops).await {
         panic!("{e}");
     }
 }
@@ -1517,12 +1496,11 @@ async fn a_removed_name_being_written_is_free_again() {
     .await;
 }
 
-/// Known divergence, reported and not fixed: OPEN with TRUNC but without WRITE of an existing
-/// file gives a read handle and keeps the bytes; sftp-server (open(2) with O_RDONLY|O_TRUNC on
-/// Linux) empties the file. Found by DIFF_SEED=4269889917.
+/// OPEN with TRUNC but without WRITE of an existing file empties it, as sftp-server does
+/// (open(2) with O_RDONLY|O_TRUNC on Linux); it kept the bytes before. Found by
+/// DIFF_SEED=4269889917.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known divergence: TRUNC without WRITE does not truncate"]
-async fn known_open_trunc_without_write_truncates() {
+async fn open_trunc_without_write_truncates() {
     strict_steps(vec![
         Op::Open {
             sess: 0,

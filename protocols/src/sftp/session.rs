@@ -342,6 +342,20 @@ impl russh_sftp::server::Handler for SftpSession {
                 _busy: self.busy.enter(),
             }
         } else {
+            if pflags.contains(OpenFlags::TRUNCATE) {
+                // TRUNC without WRITE empties the file first, as open(2) with O_RDONLY|O_TRUNC
+                // does on OpenSSH's sftp-server (needs `overwrite`).
+                let mode = OpenMode {
+                    truncate: true,
+                    ..Default::default()
+                };
+                let w = self
+                    .fs
+                    .open_write(&p, mode)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                w.close().await.map_err(|e| self.fail(e))?;
+            }
             let reader = self.fs.open_read(&p).await.map_err(|e| self.fail(e))?;
             Handle::Read {
                 path: p,
