@@ -132,7 +132,9 @@ pub(crate) async fn of_body(mode: Checksum, body: &Body) -> Result<Option<Digest
                 Ok(h.finish())
             })
             .await
-            .map_err(|e| Error::new(ErrorKind::Backend, "hashing a part failed").with_source(e))??;
+            .map_err(|e| {
+                Error::new(ErrorKind::Backend, "hashing a part failed").with_source(e)
+            })??;
             Ok(Some(d))
         }
         Body::Stream(..) => Err(Error::new(
@@ -161,12 +163,11 @@ pub(crate) fn apply_initiate(req: Request, mode: Checksum) -> Request {
     }
 }
 
-/// The bytes a server received differ from those sent.
+/// The bytes a server stored differ from those sent (its ETag is not their MD5).
 pub(crate) fn upload_mismatch() -> Error {
     Error::new(
         ErrorKind::Backend,
-        "the remote received different bytes than were sent (checksum mismatch); the upload \
-         was not committed",
+        "the remote stored different bytes than were sent (its ETag is not their MD5)",
     )
 }
 
