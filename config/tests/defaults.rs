@@ -116,6 +116,7 @@ syncs:
     let r = &c.remotes[0];
     assert_eq!(r.kind, RemoteKind::S3);
     assert!(r.path_style && r.preserve_mtime && r.is_anonymous());
+    assert_eq!(r.checksum, bucketgate_config::ChecksumMode::Md5);
     assert_eq!(r.region, "");
     assert_eq!(r.max_connections, 0);
     assert_eq!(r.timeouts, RemoteTimeouts::default());

@@ -489,6 +489,16 @@ fn remotes() {
     );
     let text = base().replace(
         "    bucket: exchange\n",
+        "    bucket: exchange\n    checksum: sha1\n",
+    );
+    one(
+        &text,
+        "remotes[0].checksum",
+        "checksum: sha1",
+        "expected one of `md5`, `crc32c`, `off`",
+    );
+    let text = base().replace(
+        "    bucket: exchange\n",
         "    bucket: exchange\n    source_address: eth0\n",
     );
     one(&text, "remotes[0].source_address", "eth0", "IP address");

@@ -6,7 +6,7 @@ use bucketgate_protocols::auth::{self, Account, Directory};
 use bucketgate_storage::budget::MemoryBudget;
 use bucketgate_storage::local::LocalBackend;
 use bucketgate_storage::path::normalize_prefix;
-use bucketgate_storage::s3::{RetryPolicy, S3Backend, S3Options};
+use bucketgate_storage::s3::{Checksum, RetryPolicy, S3Backend, S3Options};
 use bucketgate_storage::{Area, Backend, Mount, PermSet, Permissions, Tree, VPath};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -74,6 +74,11 @@ pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Option
     o.connect_timeout = r.timeouts.connect.get();
     o.request_timeout = r.timeouts.request.get();
     o.preserve_mtime = r.preserve_mtime;
+    o.checksum = match r.checksum {
+        bucketgate_config::ChecksumMode::Md5 => Checksum::Md5,
+        bucketgate_config::ChecksumMode::Crc32c => Checksum::Crc32c,
+        bucketgate_config::ChecksumMode::Off => Checksum::Off,
+    };
     o.part_size = cfg.transfers.part_size.bytes();
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
     o.single_put_max = cfg.transfers.single_put_max.bytes();

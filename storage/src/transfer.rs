@@ -212,6 +212,28 @@ impl FileReader {
     }
 
     async fn read_at_inner(&mut self, offset: u64, len: usize) -> Result<Bytes> {
+        let data = self.read_bytes(offset, len).await?;
+        if !data.is_empty() && self.pos == self.entry.size && self.rx.is_some() {
+            // The read that reaches the end of the file waits for the stream's own end: a
+            // download checked against the object's checksum fails there, and the client must
+            // get that failure on this read, not a clean end of file on the next.
+            self.buf_permit = None;
+            let rx = self.rx.as_mut().expect("checked above");
+            match rx.recv().await {
+                Some(Err(e)) => return Err(self.die(e)),
+                Some(Ok((b, p))) => {
+                    // More than the size seen at open: not possible for a version-pinned
+                    // read; kept as the next bytes, as before.
+                    self.buf = b;
+                    self.buf_permit = p;
+                }
+                None => self.stop(),
+            }
+        }
+        Ok(data)
+    }
+
+    async fn read_bytes(&mut self, offset: u64, len: usize) -> Result<Bytes> {
         if let Some((kind, msg)) = &self.dead {
             return Err(Error::new(*kind, msg.clone()).with_context("read", self.shown.to_string()));
         }

@@ -147,6 +147,24 @@ pub struct RemoteConfig {
     /// Keep client-set modification times in `mtime` metadata.
     #[serde(default = "yes")]
     pub preserve_mtime: bool,
+    /// The checksum every upload request carries for the server to verify, and with which
+    /// whole-object downloads are checked.
+    #[serde(default)]
+    pub checksum: ChecksumMode,
+}
+
+/// `remotes[].checksum`: how the bytes sent to and read from a remote are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumMode {
+    /// `Content-MD5` on every PutObject and UploadPart: verified by every S3 server tried.
+    #[default]
+    Md5,
+    /// `x-amz-checksum-crc32c`: cheaper to compute; verified only by servers with the
+    /// flexible-checksum API (AWS, Garage, recent MinIO); others ignore it silently.
+    Crc32c,
+    /// No checksum sent and no download checked.
+    Off,
 }
 
 impl RemoteConfig {

@@ -121,6 +121,18 @@ pub(crate) fn classify(f: S3Failure) -> Error {
             false,
             "the remote does not implement this request".into(),
         ),
+        // The body did not match the checksum sent with it (S3: BadDigest for Content-MD5,
+        // InvalidDigest for a malformed one, XAmzContentChecksumMismatch for x-amz-checksum-*
+        // headers and trailers): it changed on its way. Worth sending again, as a transport
+        // fault is; the server stored nothing.
+        ("BadDigest", _) | ("InvalidDigest", _) | ("XAmzContentChecksumMismatch", _) => (
+            Backend,
+            true,
+            format!(
+                "the remote received different bytes than were sent ({})",
+                code_or_status(&f)
+            ),
+        ),
         ("InvalidRange", _) | (_, 416) => (InvalidInput, false, "invalid byte range".into()),
         ("SlowDown", _)
         | ("RequestTimeout", _)

@@ -11,6 +11,7 @@
 //! [`error`] classifies answers; `list` reads folders; `read` streams ranges; `write` uploads;
 //! `objects` holds the other operations.
 
+mod checksum;
 mod client;
 mod error;
 mod lease;
@@ -34,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use checksum::Checksum;
 pub use lease::S3LeaseStore;
 pub use objects::MultipartUpload;
 
@@ -119,6 +121,9 @@ pub struct S3Options {
     /// Kept between 10 MiB and 5 GiB, so that ranges split evenly are each at least 5 MiB
     /// (S3's minimum for every part but the last).
     pub max_copy_range: u64,
+    /// The checksum every upload request carries for the server to verify, and with which
+    /// whole-object downloads are checked (`remotes[].checksum`).
+    pub checksum: Checksum,
 }
 
 impl S3Options {
@@ -149,6 +154,7 @@ impl S3Options {
             list_page_size: 1000,
             spool_dir: None,
             max_copy_range: MAX_PART_SIZE,
+            checksum: Checksum::default(),
         }
     }
 
@@ -190,6 +196,7 @@ impl fmt::Debug for S3Options {
             .field("list_page_size", &self.list_page_size)
             .field("spool_dir", &self.spool_dir)
             .field("max_copy_range", &self.max_copy_range)
+            .field("checksum", &self.checksum)
             .finish()
     }
 }

@@ -1,6 +1,7 @@
 //! Ranged, streaming reads.
 
-use super::client::Request;
+use super::checksum::{self, Checksum, Expected};
+use super::client::{Request, Response};
 use super::Inner;
 use crate::backend::ByteStream;
 use crate::error::{Error, ErrorKind, Result};
@@ -29,8 +30,33 @@ fn bare(etag: &str) -> &str {
     t.trim_matches('"')
 }
 
+/// Whether an answer to a read from offset 0 carries the whole object: a 200, or a 206 whose
+/// range ends at the object's end (`Content-Range: bytes 0-N/N+1`).
+fn whole_object(resp: &Response) -> bool {
+    match resp.status().as_u16() {
+        200 => true,
+        206 => resp
+            .header("content-range")
+            .and_then(|v| {
+                let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+                let (first, last) = range.split_once('-')?;
+                let (first, last, total) = (
+                    first.parse::<u64>().ok()?,
+                    last.parse::<u64>().ok()?,
+                    total.parse::<u64>().ok()?,
+                );
+                Some(first == 0 && last + 1 == total)
+            })
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
 /// Streams bytes `offset..end` of `key` (to the end of the object when `end` is `None`).
 /// A body that ends before what the answer announced is an error, never a silent end of file.
+///
+/// A read of the whole object is checked against the object's checksum where the answer has
+/// one (see [`checksum`]): a mismatch ends the stream with an error after its last bytes.
 ///
 /// With `etag`, only that version is read: the GET carries `If-Match` (the ETag as S3 gave it),
 /// a 412 becomes `Conflict`, and an answer whose own ETag differs is refused too (for servers
@@ -59,6 +85,11 @@ pub(crate) async fn read(
     }
     if let Some(t) = etag {
         req = req.header("if-match", t);
+    }
+    let mode = inner.opts.checksum;
+    if offset == 0 && mode == Checksum::Crc32c {
+        // Asks for the object's stored checksum (servers without it ignore the header).
+        req = req.header("x-amz-checksum-mode", "ENABLED");
     }
     let resp = match inner.client.send(&req).await {
         Ok(r) => r,
@@ -94,23 +125,46 @@ pub(crate) async fn read(
         }
     }
     let expected = announced.or(end.map(|e| e - offset));
+    let sum = if offset == 0 && whole_object(&resp) {
+        Expected::of(&resp, mode)
+    } else {
+        None
+    };
+    let check = sum.map(|want| {
+        let h = want.hasher();
+        (want, h)
+    });
     let body = resp.stream();
-    // Count what arrives and fail at the end if the body was cut short.
+    // Count (and hash) what arrives; fail at the end if the body was cut short or its bytes
+    // do not match the object's checksum.
     let counted = futures::stream::unfold(
-        (Box::pin(body), 0u64, false),
-        move |(mut body, mut got, done)| async move {
+        (Box::pin(body), 0u64, false, check),
+        move |(mut body, mut got, done, mut check)| async move {
             if done {
                 return None;
             }
             match body.next().await {
                 Some(Ok(b)) => {
                     got += b.len() as u64;
-                    Some((Ok::<Bytes, Error>(b), (body, got, false)))
+                    if let Some((_, h)) = &mut check {
+                        h.update(&b);
+                    }
+                    Some((Ok::<Bytes, Error>(b), (body, got, false, check)))
                 }
-                Some(Err(e)) => Some((Err(e), (body, got, true))),
+                Some(Err(e)) => Some((Err(e), (body, got, true, None))),
                 None => match expected {
-                    Some(n) if got < n => Some((Err(short()), (body, got, true))),
-                    _ => None,
+                    Some(n) if got < n => Some((Err(short()), (body, got, true, None))),
+                    _ => match check {
+                        Some((want, h)) => {
+                            if want.matches(h.finish()) {
+                                None
+                            } else {
+                                let e = checksum::download_mismatch();
+                                Some((Err(e), (body, got, true, None)))
+                            }
+                        }
+                        None => None,
+                    },
                 },
             }
         },

@@ -18,6 +18,7 @@
 //!
 //! [`MemoryBudget`]: crate::budget::MemoryBudget
 
+use super::checksum::{self, Checksum};
 use super::client::{Body, Request};
 use super::list::head_entry;
 use super::time::format_mtime;
@@ -62,7 +63,9 @@ impl Buf {
     }
 }
 
-type PartResult = Result<(u32, String)>;
+/// A part sent: its number, its ETag, and its checksum where Complete must list it.
+type Part = (u32, String, Option<String>);
+type PartResult = Result<Part>;
 
 /// Everything of an upload in progress; moved out on drop so that the clean-up can run in a
 /// spawned task.
@@ -81,7 +84,7 @@ struct State {
     /// Marks the upload id as held by this process, so the stale clean-up leaves it alone.
     live: Option<super::live::LiveUpload>,
     tasks: JoinSet<PartResult>,
-    parts: Vec<(u32, String)>,
+    parts: Vec<Part>,
     written: u64,
     failed: Option<Error>,
     /// The ETag of the appended-to object, which must still be current at commit.
@@ -122,7 +125,10 @@ pub(crate) async fn create(
     opts: CreateOptions,
 ) -> Result<Box<dyn Upload>> {
     if let Some(len) = opts.size_hint {
+        // Its body streams out before its last byte is known, so it cannot carry a checksum
+        // the server verifies: with checksums on, such uploads are buffered like the rest.
         if opts.resendable
+            && inner.opts.checksum == Checksum::Off
             && opts.append_to.is_none()
             && !opts.keep_partial
             && len > inner.opts.part_size
@@ -256,7 +262,7 @@ impl State {
                     let etag = r.etag.ok_or_else(|| {
                         Error::new(ErrorKind::Backend, "the remote sent no ETag for a part")
                     })?;
-                    Ok((part, etag))
+                    Ok((part, etag, r.checksum_crc32c))
                 });
                 start = end;
             }
@@ -282,7 +288,10 @@ impl State {
         if self.upload_id.is_some() {
             return Ok(());
         }
-        let mut req = Request::new(Method::POST, Some(&self.key)).query("uploads", "");
+        let mut req = checksum::apply_initiate(
+            Request::new(Method::POST, Some(&self.key)).query("uploads", ""),
+            self.inner.opts.checksum,
+        );
         if let Some(m) = self.mtime_header() {
             req = req.header("x-amz-meta-mtime", m);
         }
@@ -504,15 +513,18 @@ impl State {
         let inner = self.inner.clone();
         let req = Request::new(Method::PUT, Some(&self.key))
             .query("partNumber", part.to_string())
-            .query("uploadId", self.upload_id.clone().unwrap_or_default())
-            .body(body);
+            .query("uploadId", self.upload_id.clone().unwrap_or_default());
         self.tasks.spawn(async move {
+            // Hashed here, in the part's own task, so the writer goes on filling the next.
+            let sum = checksum::of_body(inner.opts.checksum, &body).await?;
+            let req = checksum::apply(req, sum.as_ref()).body(body);
             let resp = inner.client.send(&req).await?;
             drop(permit);
+            checksum::check_etag(&resp, sum.as_ref())?;
             let etag = resp.header("etag").map(str::to_string).ok_or_else(|| {
                 Error::new(ErrorKind::Backend, "the remote sent no ETag for a part")
             })?;
-            Ok((part, etag))
+            Ok((part, etag, sum.and_then(|s| s.part_value())))
         });
         Ok(())
     }
@@ -539,7 +551,9 @@ impl State {
         self.check()?;
         if self.upload_id.is_none() {
             let (body, _permit) = self.take_body().await?;
-            let mut req = Request::new(Method::PUT, Some(&self.key)).body(body);
+            let sum = checksum::of_body(self.inner.opts.checksum, &body).await?;
+            let mut req = checksum::apply(Request::new(Method::PUT, Some(&self.key)), sum.as_ref())
+                .body(body);
             if let Some(m) = self.mtime_header() {
                 req = req.header("x-amz-meta-mtime", m);
             }
@@ -553,11 +567,15 @@ impl State {
             }
             // Servers with conditional writes close the last race window; others ignore it.
             req = self.conditions(req);
-            self.inner
+            let resp = self
+                .inner
                 .client
                 .send(&req)
                 .await
                 .map_err(|e| self.lost_race(e))?;
+            // A server that stored other bytes than those sent (one that does not verify the
+            // checksum header): the file is not what the client sent, so the upload fails.
+            checksum::check_etag(&resp, sum.as_ref())?;
         } else {
             if self.buf.len() > 0 {
                 self.dispatch().await?;
@@ -565,7 +583,7 @@ impl State {
             self.wait_all().await?;
             self.parts.sort_by_key(|p| p.0);
             self.check_unchanged().await?;
-            let body = xml::complete_body(&self.parts);
+            let body = xml::complete_body_with_sums(&self.parts);
             let mut req = Request::new(Method::POST, Some(&self.key))
                 .query("uploadId", self.upload_id.clone().unwrap_or_default())
                 .header("content-type", "application/xml")

@@ -86,6 +86,9 @@ pub(crate) struct InitiateResult {
 pub(crate) struct EtagResult {
     #[serde(rename = "ETag")]
     pub etag: Option<String>,
+    /// UploadPartCopy's CRC32C of the part, in an upload created with that algorithm.
+    #[serde(rename = "ChecksumCRC32C")]
+    pub checksum_crc32c: Option<String>,
 }
 
 /// ListMultipartUploads' answer.
@@ -144,12 +147,24 @@ fn esc(s: &str) -> String {
 
 /// The body of CompleteMultipartUpload: parts in ascending order.
 pub(crate) fn complete_body(parts: &[(u32, String)]) -> String {
+    let parts: Vec<(u32, String, Option<String>)> =
+        parts.iter().map(|(n, e)| (*n, e.clone(), None)).collect();
+    complete_body_with_sums(&parts)
+}
+
+/// CompleteMultipartUpload's body, with each part's CRC32C where the upload was created
+/// with that checksum algorithm (the server checks them against the parts it holds).
+pub(crate) fn complete_body_with_sums(parts: &[(u32, String, Option<String>)]) -> String {
     let mut s = String::from("<CompleteMultipartUpload>");
-    for (n, etag) in parts {
+    for (n, etag, crc) in parts {
         s.push_str(&format!(
-            "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+            "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag>",
             esc(etag)
         ));
+        if let Some(c) = crc {
+            s.push_str(&format!("<ChecksumCRC32C>{}</ChecksumCRC32C>", esc(c)));
+        }
+        s.push_str("</Part>");
     }
     s.push_str("</CompleteMultipartUpload>");
     s

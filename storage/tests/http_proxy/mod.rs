@@ -1,7 +1,8 @@
 //! An HTTP proxy between the S3 backend and a test server (s3s-fs, moto) that records every
 //! request it sees (peer address, Host, path) and, request by request, forwards it faithfully or
 //! injects what real networks and servers do: 503 SlowDown with Retry-After, 500, a connection
-//! reset mid-body, a stall, a body cut short, a body that trickles, a hold until released.
+//! reset mid-body, a stall, a body cut short, a body that trickles, a hold until released, one
+//! byte of a request's or an answer's body changed on its way (lengths kept).
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -64,6 +65,11 @@ pub enum Action {
     /// Forward, and replace every `.0` in the answer's body with `.1` (to correct a test
     /// server's known deviation, e.g. moto's fixed upload times).
     Replace(&'static str, String),
+    /// Forward with the byte at this offset of the request's body inverted (a bit error on
+    /// the way to the server; headers and length unchanged). A shorter body passes unchanged.
+    FlipRequest(usize),
+    /// Forward, and invert the byte at this offset of the answer's body on its way back.
+    FlipResponse(usize),
 }
 
 /// Decides what to do with each request.
@@ -229,6 +235,10 @@ async fn handle(
         }
         _ => {}
     }
+    let req = match action {
+        Action::FlipRequest(at) => req.map(|b| flip(b, at)),
+        _ => req.map(|b| b.map_err(std::io::Error::other).boxed()),
+    };
     let in_flight = hold.in_flight.fetch_add(1, SeqCst) + 1;
     hold.peak.fetch_max(in_flight, SeqCst);
     let result = async {
@@ -254,6 +264,7 @@ async fn handle(
             cut(body, n, false)
         }
         Action::Trickle { chunk, every } => trickle(body, chunk, every),
+        Action::FlipResponse(at) => flip(body, at),
         Action::Replace(from, to) => {
             let all = body
                 .collect()
@@ -296,7 +307,7 @@ async fn wait_for_group(hold: &Hold) {
 }
 
 async fn forward(
-    req: hyper::Request<Incoming>,
+    req: hyper::Request<BoxBody<Bytes, std::io::Error>>,
     target: SocketAddr,
 ) -> Result<hyper::Response<Incoming>, std::io::Error> {
     let sock = TcpStream::connect(target).await?;
@@ -306,6 +317,29 @@ async fn forward(
             .map_err(std::io::Error::other)?;
     tokio::spawn(conn);
     send.send_request(req).await.map_err(std::io::Error::other)
+}
+
+/// `body` with the byte at offset `at` inverted; every frame otherwise as it came.
+fn flip(body: Incoming, at: usize) -> BoxBody<Bytes, std::io::Error> {
+    let stream = futures::stream::unfold((body, 0usize), move |(mut body, seen)| async move {
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    let Ok(data) = f.into_data() else { continue };
+                    let end = seen + data.len();
+                    if (seen..end).contains(&at) {
+                        let mut v = data.to_vec();
+                        v[at - seen] ^= 0xff;
+                        return Some((Ok(Frame::data(Bytes::from(v))), (body, end)));
+                    }
+                    return Some((Ok(Frame::data(data)), (body, end)));
+                }
+                Some(Err(e)) => return Some((Err(std::io::Error::other(e)), (body, seen))),
+                None => return None,
+            }
+        }
+    });
+    StreamBody::new(stream).boxed()
 }
 
 /// The first `n` bytes of `body`; then an error (a broken connection) when `fail`, or the end.
