@@ -87,7 +87,9 @@ fn check(level: &str, text: &str, json: &str) {
         let audit = out
             .lines()
             .find(|l| l.contains("open_read") && l.contains("notes.txt"))
-            .unwrap_or_else(|| panic!("no audit line of the download in the {format} log at {level}:\n{out}"));
+            .unwrap_or_else(|| {
+                panic!("no audit line of the download in the {format} log at {level}:\n{out}")
+            });
         assert!(audit.contains("alice") && audit.contains("ok"), "{audit}");
     }
 }

@@ -46,7 +46,7 @@ pub(crate) struct ControlLink {
 /// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
 pub(crate) enum Ready {
     /// RETR: the file, opened (permission, existence and size checked once).
-    Read(VPath, FileReader),
+    Read(VPath, Box<FileReader>),
     /// LIST, NLST, MLSD: the listing, begun.
     List(VPath, ListStream),
     /// SIZE, MDTM: the entry, or why there is none.

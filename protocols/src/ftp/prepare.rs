@@ -54,7 +54,7 @@ pub(crate) async fn prepare(
             Ok(r) if rest > r.size() => {
                 return Some("554 Restart offset beyond the end of the file".into())
             }
-            Ok(r) => Ready::Read(path, r),
+            Ok(r) => Ready::Read(path, Box::new(r)),
             Err(e) => return refusal(e),
         },
         "STOR" if rest > 0 => match fs.stat(&path).await {

@@ -186,7 +186,11 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     let watched = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let link = Arc::new(ControlLink::new(watched));
     let client: BoxIo = if implicit {
-        let config = shared.relay.tls.clone().expect("implicit mode has a TLS config");
+        let config = shared
+            .relay
+            .tls
+            .clone()
+            .expect("implicit mode has a TLS config");
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         match tokio::time::timeout(shared.relay.opts.login_grace, acceptor.accept(stream)).await {
             Ok(Ok(s)) => Box::new(s),

@@ -80,7 +80,7 @@ fn offset_not_checked(p: &VPath) -> Error {
 /// download the relay did not prepare) opened now.
 async fn open_download(user: &FtpUser, p: &VPath, start_pos: u64) -> Result<FileReader> {
     let reader = match user.link.take_ready(p) {
-        Some(Ready::Read(_, r)) => r,
+        Some(Ready::Read(_, r)) => *r,
         _ => user.session.fs.open_read(p).await.map_err(map_error)?,
     };
     if start_pos > reader.size() {

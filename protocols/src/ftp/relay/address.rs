@@ -4,9 +4,15 @@
 
 use super::{Pending, Relay};
 use crate::ftp::data;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use tokio::net::TcpListener;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// How long connecting to a client's PORT address may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Relay {
     /// PORT/EPRT: the target is checked and connected to before libunftp is involved.
@@ -36,7 +42,7 @@ impl Relay {
                 .await;
             return true;
         }
-        let client_conn = match data::connect_active(self.local.ip(), target).await {
+        let client_conn = match connect_active(self.local.ip(), target).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(client = %self.peer, target = %target, error = %e, "ftp: active connect failed");
@@ -98,7 +104,7 @@ impl Relay {
             return "425 No IPv4 address to announce: use EPSV".into();
         }
         self.reap();
-        let listener = match data::bind_passive(local_ip, &self.shared.opts.passive_ports) {
+        let listener = match bind_passive(local_ip, &self.shared.opts.passive_ports) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "ftp: no free passive port");
@@ -138,6 +144,51 @@ impl Relay {
             }
             _ => format!("229 Entering Extended Passive Mode (|||{port}|)"),
         }
+    }
+}
+
+/// Binds a passive listener on `ip` with a port from `range`, starting at a random one so that
+/// ports are hard to guess and sessions spread over the range.
+fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Result<TcpListener> {
+    let (lo, hi) = (*range.start() as u32, *range.end() as u32);
+    if hi < lo {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty passive port range",
+        ));
+    }
+    let n = hi - lo + 1;
+    let first = rand::random_range(0..n);
+    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "every passive port is in use");
+    for i in 0..n.min(200) {
+        let port = (lo + (first + i) % n) as u16;
+        let s = if ip.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        match s.bind(SocketAddr::new(ip, port)) {
+            Ok(()) => return s.listen(8),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Connects to the client's PORT/EPRT address from the control connection's local address.
+async fn connect_active(local_ip: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let s = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if local_ip.is_ipv4() == target.is_ipv4() {
+        s.bind(SocketAddr::new(local_ip, 0))?;
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
 }
 

@@ -174,5 +174,4 @@ impl Relay {
         };
         self.reply_local(reply).await
     }
-
 }

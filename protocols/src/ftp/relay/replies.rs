@@ -26,7 +26,6 @@ pub(super) enum Pending {
     Transfer,
 }
 
-
 impl Relay {
     /// Handles one line from libunftp; false ends the session.
     pub(super) async fn on_reply(&mut self, line: Bytes) -> bool {
