@@ -5,7 +5,6 @@
 mod admin;
 mod check;
 mod demo;
-mod logging;
 mod remote_test;
 mod serve;
 mod sync_cli;

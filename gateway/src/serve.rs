@@ -11,10 +11,11 @@
 
 use crate::admin::{self, Health};
 use crate::wiring::{self, Source};
-use crate::{demo, logging, ConfigArg, Exit};
+use crate::{demo, ConfigArg, Exit};
 use bucketgate_config::{Config, LogFormat};
 use bucketgate_protocols::auth::{BanPolicy, LoginService};
 use bucketgate_protocols::limits::SessionLimiter;
+use bucketgate_protocols::logging;
 use bucketgate_protocols::{ftp, sftp};
 use bucketgate_storage::budget::MemoryBudget;
 use std::net::SocketAddr;

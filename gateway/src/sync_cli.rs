@@ -26,7 +26,7 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<()
             names.join(", ")
         )));
     }
-    crate::logging::init(false, &cfg.log.level);
+    bucketgate_protocols::logging::init(false, &cfg.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,5 +7,6 @@
 pub mod auth;
 pub mod ftp;
 pub mod limits;
+pub mod logging;
 pub mod proxy;
 pub mod sftp;

@@ -303,40 +303,6 @@ impl UserFs {
         }
     }
 
-    /// Checks that a download of `p` would be allowed and find a file, without starting it (a
-    /// frontend answering early). Only a refusal is recorded: the download that follows is the
-    /// operation.
-    pub async fn check_read(&self, p: &VPath) -> Result<()> {
-        self.probe("open_read", p, self.open_read_inner(p)).await
-    }
-
-    /// Checks that a listing of `p` would be allowed and find a folder; only a refusal is
-    /// recorded (see [`UserFs::check_read`]).
-    pub async fn check_list(&self, p: &VPath) -> Result<()> {
-        self.probe("list", p, self.list_inner(p)).await
-    }
-
-    async fn probe<T>(
-        &self,
-        op: &'static str,
-        p: &VPath,
-        fut: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<()> {
-        let t0 = Instant::now();
-        let r = fut.await.map(drop);
-        if r.is_err() {
-            metrics::file_op(
-                &self.op_ctx(),
-                op,
-                &p.to_string(),
-                0,
-                t0.elapsed(),
-                &metrics::result_of(&r),
-            );
-        }
-        r
-    }
-
     /// Creates a folder. Needs `mkdir` in the folder that will hold it.
     pub async fn mkdir(&self, p: &VPath) -> Result<()> {
         self.audited("mkdir", p.to_string(), self.mkdir_inner(p))

@@ -27,8 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a data port waits for its connection (libunftp waits as long on its side).
 pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long connecting to a client's PORT address may take.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffer of each direction of a data connection's splice.
 const RELAY_BUF: usize = 256 * 1024;
 
@@ -44,35 +42,6 @@ impl Binder for LoopbackBinder {
         s.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         Ok(s)
     }
-}
-
-/// Binds a passive listener on `ip` with a port from `range`, starting at a random one so that
-/// ports are hard to guess and sessions spread over the range.
-pub(crate) fn bind_passive(ip: IpAddr, range: &RangeInclusive<u16>) -> io::Result<TcpListener> {
-    let (lo, hi) = (*range.start() as u32, *range.end() as u32);
-    if hi < lo {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "empty passive port range",
-        ));
-    }
-    let n = hi - lo + 1;
-    let first = rand::random_range(0..n);
-    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "every passive port is in use");
-    for i in 0..n.min(200) {
-        let port = (lo + (first + i) % n) as u16;
-        let s = if ip.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        s.set_reuseaddr(true)?;
-        match s.bind(SocketAddr::new(ip, port)) {
-            Ok(()) => return s.listen(8),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// Waits for the client's passive connection, from `peer_ip` only, then splices it to
@@ -203,22 +172,6 @@ async fn spliced(
         abort.finish(upstream).await;
     }
     abort.done.cancel();
-}
-
-/// Connects to the client's PORT/EPRT address from the control connection's local address.
-pub(crate) async fn connect_active(local_ip: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
-    let s = if target.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if local_ip.is_ipv4() == target.is_ipv4() {
-        s.bind(SocketAddr::new(local_ip, 0))?;
-    }
-    match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(target)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-    }
 }
 
 /// Takes libunftp's connection on the loopback stand-in for the client's PORT address and

@@ -9,7 +9,13 @@
 //! The kernel of a killed client closes its sockets one after the other, the data connection
 //! possibly first: its end can be seen a moment before the control connection's. So an upload
 //! whose data ended waits [`SETTLE`] for the control connection to end too before committing.
+//!
+//! It also carries the one decision made for a transfer command before libunftp sees it (see
+//! [`super::prepare`]): the file opened for a RETR, the listing begun for a LIST, the entry
+//! found for a SIZE. The storage adapter takes it instead of asking the storage crate again.
 
+use bucketgate_storage::backend::ListStream;
+use bucketgate_storage::{Entry, FileReader, VPath};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +29,7 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(10);
 
 /// Shared by a session's relay (which owns the control connection) and its storage adapter
 /// (which commits uploads).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct ControlLink {
     /// A duplicate of the client's control socket, only to look at its state (never read from
     /// or written to). The relay drops it when it lets the connection go, so that it never
@@ -33,6 +39,35 @@ pub(crate) struct ControlLink {
     closed: CancellationToken,
     /// The client sent ABOR during the current transfer.
     aborted: AtomicBool,
+    /// What the relay found for the command libunftp is about to run.
+    ready: Mutex<Option<Ready>>,
+}
+
+/// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
+pub(crate) enum Ready {
+    /// RETR: the file, opened (permission, existence and size checked once).
+    Read(VPath, Box<FileReader>),
+    /// LIST, NLST, MLSD: the listing, begun.
+    List(VPath, ListStream),
+    /// SIZE, MDTM: the entry, or why there is none.
+    Stat(VPath, bucketgate_storage::Result<Entry>),
+    /// STOR after REST n (the file, of size n) and APPE (the file, or `None` when there is none
+    /// to append to: libunftp then stores from offset 0).
+    Append(VPath, Option<Entry>),
+}
+
+impl Ready {
+    fn path(&self) -> &VPath {
+        match self {
+            Ready::Read(p, _) | Ready::List(p, _) | Ready::Stat(p, _) | Ready::Append(p, _) => p,
+        }
+    }
+}
+
+impl std::fmt::Debug for ControlLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlLink")
+    }
 }
 
 impl ControlLink {
@@ -48,6 +83,7 @@ impl ControlLink {
     pub(crate) fn close(&self) {
         self.closed.cancel();
         self.socket.lock().expect("lock").take();
+        self.set_ready(None);
     }
 
     /// ABOR: the transfer in progress must not commit.
@@ -58,6 +94,29 @@ impl ControlLink {
     /// A new transfer command is about to start.
     pub(crate) fn new_transfer(&self) {
         self.aborted.store(false, Ordering::SeqCst);
+    }
+
+    /// Hands what the relay found for the next command to the storage adapter.
+    pub(crate) fn set_ready(&self, ready: Option<Ready>) {
+        *self.ready.lock().expect("lock") = ready;
+    }
+
+    /// What the relay found for `path`, if it prepared this command (libunftp also calls the
+    /// adapter for commands that are not prepared: STAT, MLST, RNFR).
+    pub(crate) fn take_ready(&self, path: &VPath) -> Option<Ready> {
+        let mut slot = self.ready.lock().expect("lock");
+        match slot.as_ref() {
+            Some(r) if r.path() == path => slot.take(),
+            _ => None,
+        }
+    }
+
+    /// The entry prepared for `path` by an APPE, left for the upload that follows.
+    pub(crate) fn appending(&self, path: &VPath) -> Option<Option<Entry>> {
+        match self.ready.lock().expect("lock").as_ref() {
+            Some(Ready::Append(p, e)) if p == path => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// Whether an upload whose data has just ended may commit: not aborted, and the client's

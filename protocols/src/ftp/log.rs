@@ -1,10 +1,18 @@
 //! libunftp logs through `slog`; this drain turns its records into `tracing` events, so that
 //! they share the gateway's format, level filter and output.
+//!
+//! Its info and warning records repeat what our own lines already say once (the audit line of
+//! each file operation, the login line, `ftp: storage failure` for a backend that fails), so
+//! they are `debug` here; its errors stay errors. A record's message is cut to [`MAX_RECORD`] bytes:
+//! some print whole structures with `Debug`.
 
 use std::fmt::{self, Write};
 
 /// The target of every event that comes from libunftp.
 const TARGET: &str = "libunftp";
+
+/// The longest record passed on, in bytes.
+const MAX_RECORD: usize = 300;
 
 /// A `slog` drain that forwards to `tracing`.
 pub(crate) struct TracingDrain;
@@ -32,16 +40,22 @@ impl slog::Drain for TracingDrain {
         let mut pairs = Pairs(String::new());
         let _ = record.kv().serialize(record, &mut pairs);
         let _ = values.serialize(record, &mut pairs);
-        let msg = record.msg();
-        let kv = pairs.0;
-        match record.level() {
-            slog::Level::Critical | slog::Level::Error => {
-                tracing::error!(target: TARGET, "{msg}{kv}")
+        let mut msg = record.msg().to_string();
+        if msg.len() > MAX_RECORD {
+            let mut end = MAX_RECORD;
+            while !msg.is_char_boundary(end) {
+                end -= 1;
             }
-            slog::Level::Warning => tracing::warn!(target: TARGET, "{msg}{kv}"),
-            slog::Level::Info => tracing::info!(target: TARGET, "{msg}{kv}"),
-            slog::Level::Debug => tracing::debug!(target: TARGET, "{msg}{kv}"),
-            slog::Level::Trace => tracing::trace!(target: TARGET, "{msg}{kv}"),
+            msg.truncate(end);
+            msg.push_str(" [...]");
+        }
+        let text = format!("{msg}{}", pairs.0);
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: TARGET, "{text}"),
+            slog::Level::Warning | slog::Level::Info | slog::Level::Debug => {
+                tracing::debug!(target: TARGET, "{text}")
+            }
+            slog::Level::Trace => tracing::trace!(target: TARGET, "{text}"),
         }
         Ok(())
     }

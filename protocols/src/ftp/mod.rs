@@ -10,6 +10,8 @@
 //! - data connections accepted only from the control connection's address (libunftp accepts
 //!   the first connection on a passive port), and PORT/EPRT checked before connecting
 //!   (libunftp connects first, and has no EPRT at all);
+//! - "not found" and "permission denied" as the first answer to RETR and LIST (libunftp
+//!   answers 150 before it opens the file), decided once in [`prepare`];
 //! - MFMT (rewritten to a `SITE MFMT` that libunftp hands to us) and a 554 for a bad REST
 //!   offset (libunftp has no such reply kind);
 //! - a REST offset that lasts for one transfer command only (libunftp keeps it after a failed
@@ -20,9 +22,16 @@
 //! - uploads that commit only while the client's control connection is alive ([`link`]);
 //! - the real client address at login (libunftp only sees the relay's loopback socket).
 //!
-//! libunftp serves each session over a loopback socket pair and runs without TLS: the relay is
-//! the TLS endpoint of the control connection and, after PROT P, of the data connections it
-//! splices to libunftp's loopback data ports ([`data`]).
+//! The relay reaches libunftp over a loopback socket pair, not in-process: libunftp 0.24 serves
+//! a connection only as a `tokio::net::TcpStream` (`Server::service`, which asks the socket for
+//! its addresses; its control loop over any stream is private), so the relay's stream (TLS or
+//! plain, with the checks above) can be handed over only as a TCP connection. libunftp runs
+//! without TLS: the relay is the TLS endpoint of the control connection and, after PROT P, of
+//! the data connections it splices to libunftp's loopback data ports ([`data`]).
+//!
+//! A command goes one way: client → relay (line checks, TLS, addresses, [`prepare`]) →
+//! libunftp → [`storage`] adapter → [`bucketgate_storage::UserFs`] → S3. Nothing below the relay
+//! calls back into it; the relay and the adapter share only the session's [`link`].
 
 mod auth;
 mod data;
@@ -30,6 +39,7 @@ mod link;
 pub mod listing;
 mod log;
 mod mfmt;
+mod prepare;
 mod relay;
 mod server;
 mod storage;

@@ -6,7 +6,7 @@ use super::auth::{FtpAuthenticator, FtpUser, FtpUserProvider, SessionSlot};
 use super::data::LoopbackBinder;
 use super::link::ControlLink;
 use super::mfmt::MfmtHandler;
-use super::relay::{BoxIo, Relay};
+use super::relay::{self, BoxIo, Relay};
 use super::storage::FtpStorage;
 use super::{log, tls, FtpOptions, TlsMode};
 use crate::auth::{LoginService, SessionWatch};
@@ -25,15 +25,11 @@ use tokio_util::sync::CancellationToken;
 use unftp_core::auth::{Principal, UserDetailError, UserDetailProvider};
 
 /// What every session of one server shares.
-pub(crate) struct Shared {
-    pub(crate) opts: FtpOptions,
-    /// Parsed once; the relay is the TLS endpoint of control and data connections.
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    /// The same for data connections, without TLS 1.3 session tickets (see `tls::data_config`).
-    pub(crate) data_tls: Option<Arc<rustls::ServerConfig>>,
+struct Shared {
+    /// The settings, TLS configs and shutdown signal every relay reads.
+    relay: Arc<relay::Shared>,
     login: Arc<LoginService>,
     limiter: Arc<SessionLimiter>,
-    pub(crate) shutdown: CancellationToken,
 }
 
 /// Runs the FTP server on `listener` (and, for implicit FTPS, on `implicit_listener`) until
@@ -72,12 +68,14 @@ pub async fn serve(
         "ftp: listening"
     );
     let shared = Arc::new(Shared {
-        opts,
-        tls,
-        data_tls,
+        relay: Arc::new(relay::Shared {
+            opts,
+            tls,
+            data_tls,
+            shutdown: shutdown.clone(),
+        }),
         login,
         limiter,
-        shutdown: shutdown.clone(),
     });
     let mut sessions = JoinSet::new();
     loop {
@@ -146,8 +144,8 @@ async fn refuse(mut stream: TcpStream, implicit: bool, line: &str) {
 async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, implicit: bool) {
     // Behind a load balancer the PROXY header names the client: it is the peer for bans,
     // limits, allow-lists, active-mode checks and logs.
-    let peer = if shared.opts.proxy_protocol {
-        match crate::proxy::read_header(&mut stream, peer, shared.opts.login_grace).await {
+    let peer = if shared.relay.opts.proxy_protocol {
+        match crate::proxy::read_header(&mut stream, peer, shared.relay.opts.login_grace).await {
             Ok(client) => client,
             Err(e) => {
                 tracing::info!(client = %peer, error = %e, "ftp: connection refused: no valid PROXY header");
@@ -188,9 +186,13 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     let watched = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let link = Arc::new(ControlLink::new(watched));
     let client: BoxIo = if implicit {
-        let config = shared.tls.clone().expect("implicit mode has a TLS config");
+        let config = shared
+            .relay
+            .tls
+            .clone()
+            .expect("implicit mode has a TLS config");
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        match tokio::time::timeout(shared.opts.login_grace, acceptor.accept(stream)).await {
+        match tokio::time::timeout(shared.relay.opts.login_grace, acceptor.accept(stream)).await {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 tracing::info!(client = %peer, error = %e, "ftp: implicit TLS handshake failed");
@@ -229,7 +231,14 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     tracing::debug!(client = %peer, implicit, "ftp: session open");
     let service = tokio::spawn(server.service(unftp_side));
     let relay = Relay::new(
-        shared, client, relay_side, peer, local, implicit, relay_slot, link,
+        shared.relay.clone(),
+        client,
+        relay_side,
+        peer,
+        local,
+        implicit,
+        relay_slot,
+        link,
     )
     .run();
     tokio::select! {
@@ -287,8 +296,8 @@ fn build_server(
         inner: FtpUserProvider::new(slot, link),
         watch,
     });
-    let max_list = shared.opts.max_list_entries;
-    let mode = if shared.opts.active_mode {
+    let max_list = shared.relay.opts.max_list_entries;
+    let mode = if shared.relay.opts.active_mode {
         ActivePassiveMode::ActiveAndPassive
     } else {
         ActivePassiveMode::PassiveOnly
@@ -299,7 +308,7 @@ fn build_server(
     )
     .authenticator(authenticator)
     .greeting("Bucketgate FTP server ready")
-    .idle_session_timeout(shared.opts.idle_timeout.as_secs().max(1))
+    .idle_session_timeout(shared.relay.opts.idle_timeout.as_secs().max(1))
     .logger(log::session_logger(peer))
     .binder(LoopbackBinder)
     .active_passive_mode(mode)

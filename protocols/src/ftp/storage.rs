@@ -1,24 +1,27 @@
 //! libunftp's `StorageBackend` over the user's [`UserFs`]: paths are resolved, permissions
-//! checked and bytes moved by the storage crate; this file only translates.
+//! checked and bytes moved by the storage crate; this file only translates, and maps storage
+//! errors to FTP replies ([`map_error`], the only place that does).
+//!
+//! A command the relay prepared (RETR, LIST, SIZE, REST + STOR, APPE: see [`super::prepare`])
+//! comes with what was found for it on the session's [`ControlLink`](super::link::ControlLink):
+//! the adapter uses that instead of asking the storage crate again.
 //!
 //! libunftp hands every call an absolute path (its working folder joined with the client's
 //! argument, `..` not folded), relative to the user's root. [`UserFs::resolve`] folds it and
 //! clamps `..` at the root, so `../../x` is `/x` in the user's home.
 
 use super::auth::FtpUser;
+use super::link::Ready;
 use super::listing::{ls_line, Meta};
 use async_trait::async_trait;
 use bucketgate_storage::{ErrorKind as Kind, FileReader, OpenMode, VPath};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use std::fmt::Debug;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use unftp_core::storage::{
     Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend, FEATURE_RESTART,
 };
@@ -62,14 +65,29 @@ pub(crate) fn map_error(e: bucketgate_storage::Error) -> Error {
     Error::new(kind, e)
 }
 
-/// A REST offset that cannot be honoured: for STOR neither 0 nor the file's size, for RETR
-/// beyond the end of the file. libunftp has no 554 reply; it answers 551 for this kind, which
-/// nothing else of ours produces, and the relay turns 551 into 554.
-fn bad_restart_offset() -> Error {
+/// A REST offset or APPE the relay did not prepare, or prepared for a file that has changed
+/// since: the relay refuses a bad offset itself (554, which libunftp cannot answer), so this
+/// only happens when another client changed the file in between. 450: try again.
+fn offset_not_checked(p: &VPath) -> Error {
+    tracing::info!(path = %p, "ftp: append refused: the file changed since its size was checked");
     Error::new(
-        ErrorKind::PageTypeUnknown,
-        "REST offset: 0 or the file's size for STOR, at most the size for RETR",
+        ErrorKind::TransientFileNotAvailable,
+        "the file changed while the transfer started",
     )
+}
+
+/// Opens `p` for a download from `start_pos`: the file the relay opened for this RETR, or (for a
+/// download the relay did not prepare) opened now.
+async fn open_download(user: &FtpUser, p: &VPath, start_pos: u64) -> Result<FileReader> {
+    let reader = match user.link.take_ready(p) {
+        Some(Ready::Read(_, r)) => *r,
+        _ => user.session.fs.open_read(p).await.map_err(map_error)?,
+    };
+    if start_pos > reader.size() {
+        // The relay refuses this with 554 before the transfer starts.
+        return Err(offset_not_checked(p));
+    }
+    Ok(reader)
 }
 
 /// Turns libunftp's path into a tree path. libunftp decodes command lines lossily, so a name
@@ -104,8 +122,17 @@ impl StorageBackend<FtpUser> for FtpStorage {
         path: P,
     ) -> Result<Meta> {
         let p = vpath(user, path.as_ref())?;
-        let e = user.session.fs.stat(&p).await.map_err(map_error)?;
-        Ok(Meta::from(&e))
+        if let Some(found) = user.link.appending(&p) {
+            // APPE asks for the size it appends at; nothing found means "store from 0".
+            return found
+                .map(|e| Meta::from(&e))
+                .ok_or_else(|| ErrorKind::PermanentFileNotAvailable.into());
+        }
+        let found = match user.link.take_ready(&p) {
+            Some(Ready::Stat(_, found)) => found,
+            _ => user.session.fs.stat(&p).await,
+        };
+        Ok(Meta::from(&found.map_err(map_error)?))
     }
 
     async fn list<P: AsRef<Path> + Send + Debug>(
@@ -114,7 +141,10 @@ impl StorageBackend<FtpUser> for FtpStorage {
         path: P,
     ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
         let p = vpath(user, path.as_ref())?;
-        let mut pages = user.session.fs.list(&p).await.map_err(map_error)?;
+        let mut pages = match user.link.take_ready(&p) {
+            Some(Ready::List(_, pages)) => pages,
+            _ => user.session.fs.list(&p).await.map_err(map_error)?,
+        };
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             for e in page.map_err(map_error)? {
@@ -158,12 +188,11 @@ impl StorageBackend<FtpUser> for FtpStorage {
         path: P,
         start_pos: u64,
     ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        // libunftp downloads through `get_into`; this is the same stream as a reader.
         let p = vpath(user, path.as_ref())?;
-        let reader = user.session.fs.open_read(&p).await.map_err(map_error)?;
-        if start_pos > reader.size() {
-            return Err(bad_restart_offset());
-        }
-        Ok(Box::new(ReadStream::start(reader, start_pos)))
+        let reader = open_download(user, &p, start_pos).await?;
+        let chunks = sync_wrapper::SyncStream::new(chunks(reader, start_pos));
+        Ok(Box::new(tokio_util::io::StreamReader::new(chunks)))
     }
 
     async fn get_into<'a, P, W: ?Sized>(
@@ -179,16 +208,12 @@ impl StorageBackend<FtpUser> for FtpStorage {
     {
         // libunftp's default goes through `tokio::io::copy`, whose 8 KiB buffer turns every
         // chunk into 8 KiB writes (and a copy out of our stream): each chunk is written whole
-        // here instead, straight from the read-ahead.
+        // here instead, straight from the reader's read-ahead.
         let p = vpath(user, path.as_ref())?;
-        let reader = user.session.fs.open_read(&p).await.map_err(map_error)?;
-        if start_pos > reader.size() {
-            // The relay refuses this before the transfer starts; this is in case it could not.
-            return Err(bad_restart_offset());
-        }
-        let mut stream = ReadStream::start(reader, start_pos);
+        let reader = open_download(user, &p, start_pos).await?;
+        let mut stream = chunks(reader, start_pos);
         let mut sent = 0u64;
-        while let Some(chunk) = stream.rx.recv().await {
+        while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(Error::from)?;
             output.write_all(&chunk).await?;
             sent += chunk.len() as u64;
@@ -205,6 +230,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
     ) -> Result<u64> {
         let p = vpath(user, path.as_ref())?;
         let fs = &user.session.fs;
+        let prepared = user.link.take_ready(&p);
         let mode = if start_pos == 0 {
             // STOR: replace (or create) the file; it becomes visible only when complete.
             OpenMode {
@@ -213,16 +239,14 @@ impl StorageBackend<FtpUser> for FtpStorage {
                 ..Default::default()
             }
         } else {
-            // REST n + STOR, or APPE (libunftp passes the current size): only an append to a
-            // complete object can work over object storage.
-            match fs.stat(&p).await {
-                Ok(e) if !e.is_dir() && e.size == start_pos => OpenMode {
+            // REST n + STOR, or APPE (libunftp passes the size it was told): only an append to
+            // a complete object can work over object storage, and the relay found the file.
+            match prepared {
+                Some(Ready::Append(_, Some(e))) if !e.is_dir() && e.size == start_pos => OpenMode {
                     append: true,
                     ..Default::default()
                 },
-                Ok(_) => return Err(bad_restart_offset()),
-                Err(e) if e.kind() == Kind::NotFound => return Err(bad_restart_offset()),
-                Err(e) => return Err(map_error(e)),
+                _ => return Err(offset_not_checked(&p)),
             }
         };
         let mut writer = fs.open_write(&p, mode).await.map_err(map_error)?;
@@ -328,70 +352,21 @@ impl StorageBackend<FtpUser> for FtpStorage {
     }
 }
 
-/// A file read from `start_pos` on: `get_into` writes its chunks to the data connection, and
-/// it is the `AsyncRead` of `get`. A task pulls chunks from the [`FileReader`] so the next chunk
-/// is on its way while the client takes the previous one.
-struct ReadStream {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    buf: Bytes,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReadStream {
-    fn start(mut reader: FileReader, start_pos: u64) -> Self {
-        let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(async move {
-            let mut pos = start_pos;
-            loop {
-                match reader.read_at(pos, CHUNK).await {
-                    Ok(b) if b.is_empty() => return,
-                    Ok(b) => {
-                        pos += b.len() as u64;
-                        if tx.send(Ok(b)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "ftp: download failed");
-                        let _ = tx
-                            .send(Err(io::Error::other(e.message().to_string())))
-                            .await;
-                        return;
-                    }
-                }
+/// The file's bytes from `start` on, a chunk at a time, straight from the [`FileReader`]: its
+/// read-ahead keeps the next chunks coming while the client takes this one.
+fn chunks(reader: FileReader, start: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin {
+    Box::pin(futures::stream::try_unfold(
+        (reader, start),
+        |(mut reader, pos)| async move {
+            let chunk = reader.read_at(pos, CHUNK).await.map_err(|e| {
+                tracing::warn!(error = ?e, "ftp: download failed");
+                io::Error::other(e.message().to_string())
+            })?;
+            if chunk.is_empty() {
+                return Ok(None);
             }
-        });
-        ReadStream {
-            rx,
-            buf: Bytes::new(),
-            task,
-        }
-    }
-}
-
-impl AsyncRead for ReadStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        while self.buf.is_empty() {
-            match self.rx.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(Some(Ok(b))) => self.buf = b,
-            }
-        }
-        let n = out.remaining().min(self.buf.len());
-        let chunk = self.buf.split_to(n);
-        out.put_slice(&chunk);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for ReadStream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (reader, next))))
+        },
+    ))
 }

@@ -1,0 +1,99 @@
+//! The one place where an FTP command's permission and existence are decided, before libunftp
+//! sees it.
+//!
+//! libunftp answers `150` to RETR and LIST before it opens the file or folder, then `550`; clients
+//! such as rclone only take "not found" as the first answer. So the relay asks the storage crate
+//! first, and the answer is the operation itself: the file is opened ([`UserFs::open_read`]), the
+//! listing begun ([`UserFs::list`]), the entry found ([`UserFs::stat`]). What was found goes to
+//! the storage adapter through the session's [`ControlLink`] ([`Ready`]), which uses it instead of
+//! asking again: one permission check and one existence request per command.
+//!
+//! A REST offset that cannot be honoured (RETR beyond the end of the file; STOR at another offset
+//! than 0 or the file's size, the only append object storage allows) is refused here with 554,
+//! a reply libunftp cannot give, before any data connection is used.
+//!
+//! The relay prepares a command only when no earlier reply is still due (it holds the command
+//! until then), so the working folder and the login it sees are libunftp's.
+
+use super::link::{ControlLink, Ready};
+use super::storage::map_error;
+use bucketgate_storage::{ErrorKind, UserFs, VPath};
+
+/// Verbs prepared here.
+pub(crate) fn is_prepared(verb: &str) -> bool {
+    matches!(
+        verb,
+        "RETR" | "STOR" | "APPE" | "LIST" | "NLST" | "MLSD" | "SIZE" | "MDTM"
+    )
+}
+
+/// Prepares `verb arg` (with the client's REST offset) for the logged-in user whose working
+/// folder is `cwd`. Returns the refusal to send instead of forwarding the command, if any.
+pub(crate) async fn prepare(
+    fs: &UserFs,
+    link: &ControlLink,
+    cwd: &VPath,
+    verb: &str,
+    arg: &str,
+    rest: u64,
+) -> Option<String> {
+    link.set_ready(None);
+    let target = if verb == "LIST" {
+        strip_list_options(arg)
+    } else {
+        arg
+    };
+    // libunftp's storage error kinds print as their reply line ("550 Permission denied").
+    let refusal = |e| Some(map_error(e).kind().to_string());
+    let path = match VPath::resolve(cwd, target) {
+        Ok(p) => p,
+        Err(e) => return refusal(e),
+    };
+    let ready = match verb {
+        "RETR" => match fs.open_read(&path).await {
+            Ok(r) if rest > r.size() => {
+                return Some("554 Restart offset beyond the end of the file".into())
+            }
+            Ok(r) => Ready::Read(path, Box::new(r)),
+            Err(e) => return refusal(e),
+        },
+        "STOR" if rest > 0 => match fs.stat(&path).await {
+            Ok(e) if !e.is_dir() && e.size == rest => Ready::Append(path, Some(e)),
+            Err(e) if e.kind() != ErrorKind::NotFound => return refusal(e),
+            _ => {
+                return Some(
+                    "554 Restart offset must be 0 or the file's current size (append)".into(),
+                )
+            }
+        },
+        // APPE: libunftp asks for the size and appends there, or stores from 0 when it learns
+        // nothing (whatever the reason); the upload itself decides the rest.
+        "APPE" => Ready::Append(path.clone(), fs.stat(&path).await.ok()),
+        // libunftp answers SIZE and MDTM itself, refusals included (its reply to a missing
+        // file is worded its own way); a folder, to which it would give a size, is refused here.
+        "SIZE" | "MDTM" => match fs.stat(&path).await {
+            Ok(e) if e.is_dir() => return Some("550 Not a plain file".into()),
+            found => Ready::Stat(path, found),
+        },
+        "LIST" | "NLST" | "MLSD" => match fs.list(&path).await {
+            Ok(l) => Ready::List(path, l),
+            Err(e) => return refusal(e),
+        },
+        // STOR from 0: the upload's own open decides (there is nothing to find first).
+        _ => return None,
+    };
+    link.set_ready(Some(ready));
+    None
+}
+
+/// The path of `LIST [-options] [path]` (libunftp skips the options the same way).
+fn strip_list_options(arg: &str) -> &str {
+    let mut rest = arg;
+    while rest.starts_with('-') {
+        match rest.split_once(' ') {
+            Some((_, r)) => rest = r,
+            None => return "",
+        }
+    }
+    rest
+}

@@ -1,0 +1,177 @@
+//! The client's commands: those the relay answers or changes because libunftp lacks them or
+//! gets them wrong, and the transfer commands, prepared (see [`crate::ftp::prepare`]) before
+//! libunftp sees them. Everything else is forwarded as it came.
+
+use super::lines::{strip_telnet_commands, syntax_error, NO_ARGUMENT};
+use super::{Pending, Relay};
+use crate::ftp::prepare;
+use bucketgate_storage::VPath;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// How long an ABOR waits for the transfer to end (libunftp gives up an upload or a download
+/// at once once its data connection is cut; a listing is read to its end).
+const ABORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The MLST/MLSD facts libunftp gives (it gives all of them whatever OPTS MLST selects).
+const MLST_FACTS: &str = "type;size;modify;";
+
+impl Relay {
+    /// Handles one client command line; false ends the session.
+    pub(super) async fn on_command(&mut self, line: Bytes) -> bool {
+        let line = strip_telnet_commands(line);
+        let Ok(text) = std::str::from_utf8(&line) else {
+            self.say("553 Commands and names must be valid UTF-8").await;
+            return true;
+        };
+        let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
+        let verb = verb.to_ascii_uppercase();
+        // libunftp ends the session on any line its parser refuses (although it answers 501
+        // first): such lines are answered here and never reach it.
+        if let Some(refusal) = syntax_error(&verb, arg, text) {
+            return self.reply_local(refusal).await;
+        }
+        if prepare::is_prepared(&verb) && self.replies_due() {
+            // Prepared once the replies still due are in: then the login and the working folder
+            // are what libunftp will see, and the checks' answers keep their place in order.
+            self.deferred = Some(line.clone());
+            return true;
+        }
+        match verb.as_str() {
+            "AUTH" => return self.auth_tls(arg).await,
+            "CCC" if self.shared.tls.is_some() => {
+                self.say("534 The control channel stays encrypted").await;
+            }
+            "USER" | "PASS" if self.tls_required() && !self.tls_active => {
+                self.say("530 TLS is required: send AUTH TLS first").await;
+            }
+            "PASV" | "EPSV" | "PORT" | "EPRT" if self.tls_required() && !self.prot_private => {
+                self.say("534 Data connections must be encrypted: send PBSZ 0 and PROT P")
+                    .await;
+            }
+            "PASV" => return self.forward(b"PASV", Pending::Pasv).await,
+            "EPSV" if arg.trim().eq_ignore_ascii_case("ALL") => {
+                self.say("200 EPSV ALL accepted").await;
+            }
+            "EPSV" => return self.forward(b"EPSV", Pending::Epsv).await,
+            "PORT" | "EPRT" => return self.active(&verb, arg).await,
+            "LPRT" | "LPSV" => self.say("502 Use EPSV or EPRT").await,
+            "USER" | "PASS" => return self.forward(&line, Pending::Login).await,
+            "FEAT" => return self.forward(b"FEAT", Pending::Feat).await,
+            "PBSZ" | "PROT" => self.protection(&verb, arg).await,
+            "OPTS" => return self.opts(arg).await,
+            "REST" => {
+                let reply = match arg.trim().parse::<u64>() {
+                    _ if !self.logged_in => "530 Please log in first".to_string(),
+                    Ok(n) => {
+                        self.rest = Some(n);
+                        format!("350 Restarting at {n}: send STOR or RETR")
+                    }
+                    Err(_) => "501 REST needs a byte offset".to_string(),
+                };
+                return self.reply_local(reply).await;
+            }
+            "ABOR" if self.in_transfer() => {
+                // RFC 959: the transfer's own reply (426, or 226 if it had completed) comes
+                // first, then the ABOR's 226; see `on_reply`. The upload must not commit.
+                self.link.abort_transfer();
+                if let Some(a) = &self.data_abort {
+                    a.abort();
+                }
+                self.rest = None;
+                self.aborting = true;
+                self.abort_deadline = Instant::now() + ABORT_TIMEOUT;
+            }
+            "QUIT" | "BYE" if self.in_transfer() => self.quit_held = true,
+            "SIZE" | "MDTM" => {
+                if let Some(refusal) = self.prepare(&verb, arg, 0).await {
+                    return self.reply_local(refusal).await;
+                }
+                return self.forward(&line, Pending::Checked).await;
+            }
+            "CWD" | "XCWD" | "CDUP" | "XCUP" => {
+                let target = if verb.ends_with("UP") { ".." } else { arg };
+                match VPath::resolve(&self.cwd, target) {
+                    Ok(p) => {
+                        let cmd = format!("CWD {p}");
+                        return self.forward(cmd.as_bytes(), Pending::Cwd(p)).await;
+                    }
+                    Err(_) => self.say("553 Invalid folder name").await,
+                }
+            }
+            "MFMT" => {
+                let parsed = arg
+                    .split_once(' ')
+                    .and_then(|(t, p)| VPath::resolve(&self.cwd, p).ok().map(|p| (t, p)));
+                match parsed {
+                    _ if !self.logged_in => self.say("530 Please log in first").await,
+                    Some((t, p)) => {
+                        let cmd = format!("SITE MFMT {t} {p}");
+                        return self.forward(cmd.as_bytes(), Pending::Other).await;
+                    }
+                    None => {
+                        self.say("501 Usage: MFMT YYYYMMDDHHMMSS path").await;
+                    }
+                }
+            }
+            "RETR" | "STOR" | "APPE" | "STOU" | "LIST" | "NLST" | "MLSD" => {
+                // A REST offset is for the next transfer command only, whatever its outcome.
+                let rest = self.rest.take().unwrap_or(0);
+                if let Some(refusal) = self.prepare(&verb, arg, rest).await {
+                    return self.reply_local(refusal).await;
+                }
+                self.link.new_transfer();
+                self.transfer_verb = verb.clone();
+                if let Some(a) = &self.data_abort {
+                    a.set_listing(self.listing());
+                }
+                if self.logged_in && matches!(verb.as_str(), "RETR" | "STOR" | "STOU") {
+                    // libunftp keeps an offset after a failed transfer; each transfer gets its
+                    // own, 0 when the client sent none.
+                    let cmd = format!("REST {rest}");
+                    if !self.forward(cmd.as_bytes(), Pending::Hidden).await {
+                        return false;
+                    }
+                }
+                return self.forward(&line, Pending::Transfer).await;
+            }
+            "STRU" | "MODE" => {
+                // libunftp takes the upper-case letter only.
+                let cmd = format!("{verb} {}", arg.trim().to_ascii_uppercase());
+                return self.forward(cmd.as_bytes(), Pending::Other).await;
+            }
+            _ if NO_ARGUMENT.contains(&verb.as_str()) => {
+                // libunftp refuses (and hangs up on) trailing blanks.
+                return self.forward(verb.as_bytes(), Pending::Other).await;
+            }
+            _ => return self.forward(&line, Pending::Other).await,
+        }
+        true
+    }
+
+    /// Prepares a command for the logged-in user (see [`prepare`]); before the login libunftp
+    /// answers it. Returns the refusal to send instead of forwarding it, if any.
+    async fn prepare(&mut self, verb: &str, arg: &str, rest: u64) -> Option<String> {
+        let session = self.session.as_ref()?;
+        prepare::prepare(&session.fs, &self.link, &self.cwd, verb, arg, rest).await
+    }
+
+    /// OPTS (RFC 2389): UTF8 (names are always UTF-8) and MLST fact selection (libunftp always
+    /// gives the same facts, so the reply names those).
+    async fn opts(&mut self, arg: &str) -> bool {
+        let arg = arg.trim();
+        let (name, value) = arg
+            .split_once(' ')
+            .map(|(n, v)| (n, v.trim()))
+            .unwrap_or((arg, ""));
+        let reply = match name.to_ascii_uppercase().as_str() {
+            "UTF8" | "UTF-8" if value.is_empty() || value.eq_ignore_ascii_case("ON") => {
+                "200 Always in UTF-8 mode".to_string()
+            }
+            "UTF8" | "UTF-8" => "504 Names are always UTF-8".to_string(),
+            "MLST" => format!("200 MLST OPTS {MLST_FACTS}"),
+            _ => "501 Unknown option".to_string(),
+        };
+        self.reply_local(reply).await
+    }
+}
