@@ -32,7 +32,7 @@ fn bare(etag: &str) -> &str {
 /// Streams bytes `offset..end` of `key` (to the end of the object when `end` is `None`).
 /// A body that ends before what the answer announced is an error, never a silent end of file.
 ///
-/// With `etag`, only that version is read: the GET carries `If-Match` (the ETag as S3 gave it),
+/// With `etag`, only that version is read: the GET carries `If-Match` (the ETag without quotes),
 /// a 412 becomes `Conflict`, and an answer whose own ETag differs is refused too (for servers
 /// that ignore the condition on GET).
 pub(crate) async fn read(
@@ -58,7 +58,9 @@ pub(crate) async fn read(
         req = req.header("range", r);
     }
     if let Some(t) = etag {
-        req = req.header("if-match", t);
+        // Bare where the server matches that form (see `probe::if_match_value`).
+        let form = inner.caps().etag_form;
+        req = req.header("if-match", super::probe::if_match_value(t, form));
     }
     let resp = match inner.client.send(&req).await {
         Ok(r) => r,
