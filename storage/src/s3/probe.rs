@@ -376,7 +376,10 @@ impl Probe<'_> {
             },
         };
 
-        // Multipart: listing by prefix, then conditions on the commit.
+        // Multipart: listing by prefix, then conditions on the commit. The key exists before
+        // the upload starts (Garage drops the uploads of a key when an object lands on it), so
+        // `If-None-Match: *` must refuse the commit.
+        self.put("m/c", b"one", &[]).await?;
         let (id, part) = self.start_upload("m/c").await?;
         let listed = self
             .inner
@@ -390,8 +393,6 @@ impl Probe<'_> {
             .and_then(|b| xml::parse::<ListUploadsResult>(&b, "list multipart uploads"));
         caps.uploads_by_prefix =
             matches!(&listed, Ok(r) if r.upload.iter().any(|u| u.upload_id == id));
-        // The upload's key exists already: `If-None-Match: *` must refuse the commit.
-        self.put("m/c", b"one", &[]).await?;
         caps.complete_if_none_match = match self
             .complete("m/c", &id, &part, &[("if-none-match", "*".into())])
             .await
