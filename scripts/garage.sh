@@ -131,5 +131,7 @@ echo "export BUCKETGATE_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port"
 echo "export BUCKETGATE_TEST_S3_BUCKET=$bucket"
 echo "export BUCKETGATE_TEST_S3_ACCESS_KEY=$access"
 echo "export BUCKETGATE_TEST_S3_SECRET_KEY=$secret"
+# Which server this is: storage/tests/s3_probe.rs holds the probe's answers to what Garage does.
+echo "export BUCKETGATE_TEST_S3_SERVER=garage"
 # No BUCKETGATE_TEST_S3_REGION on purpose: the blank region (sent as us-east-1) must be
 # corrected by the backend's one retry with the region Garage names ("garage").

@@ -9,11 +9,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: OpenSSH clients (sftp, scp, ssh-keygen), lftp, curl with sftp support,
-# rclone, openssl for test certificates, a JDK (javac) for the Java client programs.
+# rclone, openssl for test certificates, a JDK (javac) for the Java client programs, and a
+# one-node Ceph with its S3 gateway for scripts/rgw.sh (about 40 s to install).
 need=()
 for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lftp:lftp \
             curl:curl rclone:rclone openssl:openssl javac:default-jdk-headless \
-            java:default-jdk-headless; do
+            java:default-jdk-headless ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw \
+            radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -52,7 +54,8 @@ if ! command -v garage >/dev/null 2>&1; then
   }
 fi
 
-for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage javac java; do
+for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage javac java \
+           ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "missing after install: $cmd" >&2; exit 1; }
 done
 for file in /usr/share/java/jsch.jar /usr/share/java/commons-net.jar; do

@@ -256,18 +256,22 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
             t,
             mp,
         );
-        // Not a pass/fail step: whether two instances' sync leases can exclude each other
-        // through the server alone (docs/providers.md, "Conditional writes").
+        // Not a pass/fail step: what the server enforces, and where a guarantee is weaker on
+        // it (docs/providers.md, "What each server enforces").
         let t = Instant::now();
-        let store = bucketgate_storage::s3::S3LeaseStore::new(backend.clone(), &prefix);
-        let cond = store.enforces_conditional_writes().await;
+        let caps = backend.probe_capabilities(&prefix).await;
         let ms = t.elapsed().as_millis();
-        match cond {
-            Ok(true) => println!("info  conditional writes enforced: sync leases are exclusive ({ms} ms)"),
-            Ok(false) => println!(
-                "info  conditional writes ignored by this server: sync leases fall back to read-back checks, see docs/providers.md ({ms} ms)"
-            ),
-            Err(e) => println!("info  conditional writes not checked ({ms} ms): {e}"),
+        match caps {
+            Ok(c) => {
+                println!(
+                    "info  server capabilities probed ({ms} ms): {}",
+                    summary(&c)
+                );
+                for line in c.weaker_guarantees() {
+                    println!("weak  {line}");
+                }
+            }
+            Err(e) => println!("info  server capabilities not probed ({ms} ms): {e}"),
         }
         !rep.failed
     });
@@ -278,6 +282,35 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
     } else {
         Err(Exit::runtime("remote test failed"))
     }
+}
+
+/// What the probe found, in one line.
+fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
+    use bucketgate_storage::s3::{CopyCondition, EtagForm};
+    let yes = |b: bool| if b { "enforced" } else { "ignored" };
+    format!(
+        "PUT If-None-Match {}, PUT If-Match {} ({}), Complete If-None-Match {}, Complete If-Match {}, \
+         copy condition {}, DELETE If-Match {}, markers {} and {}, uploads listed {}, file and folder of one name {}",
+        yes(c.put_if_none_match),
+        yes(c.put_if_match),
+        match c.etag_form {
+            EtagForm::Bare => "bare ETag",
+            EtagForm::Quoted => "quoted ETag",
+            EtagForm::Omit => "not sent",
+        },
+        yes(c.complete_if_none_match),
+        yes(c.complete_if_match),
+        match c.copy_if_match {
+            CopyCondition::Standard => "enforced",
+            CopyCondition::Legacy => "enforced as x-amz-copy-if-match",
+            CopyCondition::Ignored => "ignored",
+        },
+        yes(c.delete_if_match),
+        if c.markers_listed { "listed" } else { "not listed" },
+        if c.markers_survive { "lasting" } else { "dropped with the last file" },
+        if c.uploads_by_prefix { "by prefix" } else { "by exact key only" },
+        if c.file_and_folder { "allowed" } else { "refused" },
+    )
 }
 
 fn show(prefix: &str) -> String {

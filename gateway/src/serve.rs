@@ -271,6 +271,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         ));
     }
     tokio::spawn(health.clone().watch_remotes(shutdown.clone()));
+    probe_capabilities(&storage.remotes, &cfg);
     // The clean-up follows reloads: new mounts, syncs and remotes are covered at once.
     let (cleanup_targets, cleanup_rx) =
         tokio::sync::watch::channel((upload_prefixes(&cfg), storage.remotes.clone()));
@@ -385,6 +386,7 @@ async fn reload(
             "reload: listener, limit and transfer settings take effect at the next restart"
         );
     }
+    probe_capabilities(&storage.remotes, &cfg);
     let effect = login.replace_directory(wiring::directory(&cfg, storage.tree.clone(), demo_hash));
     health.replace(
         storage.tree.clone(),
@@ -525,6 +527,25 @@ fn upload_prefixes(cfg: &Config) -> Vec<(String, String)> {
 }
 
 type Remotes = std::collections::HashMap<String, Arc<bucketgate_storage::s3::S3Backend>>;
+
+/// Finds out in the background, once per remote, what its server enforces (conditional
+/// requests, folder markers), inside the prefix the gateway uses there: until it answers, the
+/// remote gets the cautious defaults (a HEAD check before each commit). A failed probe (a
+/// read-only key, an unreachable server) keeps those defaults and says so in one line.
+fn probe_capabilities(remotes: &Remotes, cfg: &Config) {
+    let prefixes = admin::probe_prefixes(cfg);
+    for (name, backend) in remotes {
+        let prefix = prefixes.get(name).cloned().unwrap_or_default();
+        let prefix = bucketgate_storage::path::normalize_prefix(&prefix).unwrap_or_default();
+        let (name, backend) = (name.clone(), backend.clone());
+        tokio::spawn(async move {
+            if let Err(e) = backend.probe_capabilities(&prefix).await {
+                tracing::warn!(remote = %name, error = ?e,
+                    "could not probe the remote's server; every commit is checked by a HEAD first");
+            }
+        });
+    }
+}
 
 /// Aborts multipart uploads under our prefixes that were abandoned (a crash mid-upload) and
 /// have received nothing for `transfers.stale_multipart_after`; runs at start, after each

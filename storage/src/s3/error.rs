@@ -110,6 +110,13 @@ pub(crate) fn classify(f: S3Failure) -> Error {
         ("AccessDenied", _) | ("AllAccessDisabled", _) | ("AccountProblem", _) => {
             (PermissionDenied, false, "the remote denied access".into())
         }
+        // Servers on a file system (MinIO in single-folder mode) refuse a file and a folder of
+        // one name: nothing was written.
+        ("XMinioParentIsObject", _) | ("XMinioObjectExistsAsDirectory", _) => (
+            AlreadyExists,
+            false,
+            "a file and a folder cannot share a name on this remote".into(),
+        ),
         ("PreconditionFailed", _) | (_, 412) => (Conflict, false, Conflict.describe().into()),
         ("EntityTooLarge", _) | ("MaxMessageLengthExceeded", _) => (
             LimitReached,

@@ -151,9 +151,11 @@ impl LeaseStore for S3LeaseStore {
             Some(v) if same_etag(&v, version) => {}
             _ => return Ok(None),
         }
-        let req = Request::new(Method::PUT, Some(&self.key(key)))
-            .header("if-match", version)
-            .body(Body::Bytes(body));
+        let form = self.backend.inner.caps().etag_form;
+        let mut req = Request::new(Method::PUT, Some(&self.key(key))).body(Body::Bytes(body));
+        if form != super::probe::EtagForm::Omit {
+            req = req.header("if-match", super::probe::if_match_value(version, form));
+        }
         match self.backend.inner.client.send(&req).await {
             Ok(r) => {
                 let etag = r.header("etag").unwrap_or("").to_string();
@@ -171,7 +173,9 @@ impl LeaseStore for S3LeaseStore {
             Some((_, v)) if same_etag(&v, version) => {}
             _ => return Ok(false),
         }
-        let req = Request::new(Method::DELETE, Some(&self.key(key))).header("if-match", version);
+        let form = self.backend.inner.caps().etag_form;
+        let req = Request::new(Method::DELETE, Some(&self.key(key)))
+            .header("if-match", super::probe::if_match_value(version, form));
         match self.backend.inner.client.send(&req).await {
             Ok(_) => Ok(true),
             Err(e) if lost(&e) => Ok(false),

@@ -105,11 +105,31 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
         return Ok(Entry::dir(""));
     }
     let dir_prefix = format!("{key}/");
-    // Both questions at once: one round trip instead of two for every stat.
-    let (dir, file) = tokio::join!(
+    // Both questions at once: one round trip instead of two for every stat. Where the server
+    // does not list a marker under its own prefix (MinIO in single-folder mode), a HEAD of the
+    // marker is the third question, asked at the same time.
+    let caps = inner.caps();
+    let unlisted_markers = !caps.markers_listed && caps.markers_head;
+    let (dir, file, marker) = tokio::join!(
         list_page(inner, &dir_prefix, false, None, 1),
-        head_entry(inner, key)
+        head_entry(inner, key),
+        async {
+            if unlisted_markers {
+                Some(head(inner, &dir_prefix).await)
+            } else {
+                None
+            }
+        }
     );
+    if let Some(Ok((m, _))) = marker {
+        return Ok(Entry {
+            name: leaf(key),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: m.mtime.map(whole_seconds),
+            etag: None,
+        });
+    }
     match dir {
         Ok(page) if !page.objects.is_empty() => {
             if file.is_ok() {

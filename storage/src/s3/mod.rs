@@ -9,7 +9,7 @@
 //!
 //! Layout: [`client`] sends signed requests (retries, region fallback, connection cap);
 //! [`error`] classifies answers; `list` reads folders; `read` streams ranges; `write` uploads;
-//! `objects` holds the other operations.
+//! `objects` holds the other operations; `probe` finds out what the server enforces.
 
 mod checksum;
 mod client;
@@ -18,6 +18,7 @@ mod lease;
 mod list;
 mod live;
 mod objects;
+mod probe;
 mod read;
 mod sign;
 pub mod time;
@@ -38,6 +39,7 @@ use std::time::{Duration, SystemTime};
 pub use checksum::Checksum;
 pub use lease::S3LeaseStore;
 pub use objects::MultipartUpload;
+pub use probe::{Capabilities, CopyCondition, EtagForm};
 
 /// S3 allows at most this many parts in one multipart upload.
 pub const MAX_PARTS: u32 = 10_000;
@@ -209,6 +211,16 @@ pub(crate) struct Inner {
     /// Whether parts can be spooled to disk: [`SPOOL_UNKNOWN`], [`SPOOL_OK`] or
     /// [`SPOOL_BROKEN`], as the last attempt found.
     pub spool: std::sync::atomic::AtomicU8,
+    /// What the server was found to do ([`S3Backend::probe_capabilities`]); cautious
+    /// defaults until a probe answers.
+    pub caps: std::sync::RwLock<Capabilities>,
+}
+
+impl Inner {
+    /// The server's capabilities as known now.
+    pub fn caps(&self) -> Capabilities {
+        self.caps.read().expect("capabilities lock").clone()
+    }
 }
 
 /// [`Inner::spool`]: not tried yet.
@@ -240,6 +252,7 @@ impl S3Backend {
                 opts,
                 budget,
                 spool: std::sync::atomic::AtomicU8::new(SPOOL_UNKNOWN),
+                caps: std::sync::RwLock::new(Capabilities::default()),
             }),
         })
     }

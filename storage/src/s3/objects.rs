@@ -2,6 +2,7 @@
 
 use super::client::{Body, Request, Response};
 use super::list::{head, list_page};
+use super::probe::copy_if_match;
 use super::time::{format_mtime, parse_iso8601};
 use super::xml::{
     self, DeleteResult, EtagResult, InitiateResult, ListPartsResult, ListUploadsResult,
@@ -72,7 +73,25 @@ pub(crate) async fn mkdir(inner: &Inner, key: &str) -> Result<()> {
 pub(crate) async fn remove_file(inner: &Inner, key: &str) -> Result<()> {
     // S3 DELETE succeeds on a missing key: ask first, so that clients get "no such file".
     head(inner, key).await?;
-    delete(inner, key).await
+    if inner.caps().markers_survive {
+        return delete(inner, key).await;
+    }
+    // A server that drops a folder's marker with its last file (a file system behind it):
+    // a folder that was there before the removal is written again after it, as an empty
+    // folder stays on a disk.
+    let parent = key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
+    let had_folder = match &parent {
+        Some(p) => head(inner, p).await.is_ok(),
+        None => false,
+    };
+    delete(inner, key).await?;
+    if let (Some(p), true) = (parent, had_folder) {
+        if matches!(head(inner, &p).await, Err(e) if e.kind() == ErrorKind::NotFound) {
+            let req = Request::new(Method::PUT, Some(&p)).body(Body::Empty);
+            inner.client.send(&req).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn delete(inner: &Inner, key: &str) -> Result<()> {
@@ -90,6 +109,11 @@ pub(crate) async fn remove_dir(inner: &Inner, key: &str) -> Result<()> {
     let marker = format!("{key}/");
     let page = list_page(inner, &marker, false, None, 2).await?;
     if page.objects.is_empty() {
+        // A server that does not list a marker under its own prefix still answers its HEAD.
+        let caps = inner.caps();
+        if !caps.markers_listed && caps.markers_head && head(inner, &marker).await.is_ok() {
+            return delete(inner, &marker).await;
+        }
         return Err(Error::of(ErrorKind::NotFound));
     }
     if page.objects.iter().any(|o| o.key != marker) {
@@ -128,7 +152,7 @@ async fn copy_object(
     if src.size <= inner.opts.max_copy_range {
         let mut req = Request::new(Method::PUT, Some(to)).header("x-amz-copy-source", source);
         if let Some(t) = &src.etag {
-            req = req.header("x-amz-copy-source-if-match", t.clone());
+            req = copy_if_match(req, t, &inner.caps());
         }
         if new_mtime.is_some() {
             req = meta_headers(
@@ -197,7 +221,7 @@ async fn copy_parts(
                     format!("bytes={start}-{}", end - 1),
                 );
             if let Some(t) = &src.etag {
-                req = req.header("x-amz-copy-source-if-match", t.clone());
+                req = copy_if_match(req, t, &inner.caps());
             }
             let body = inner.client.send_xml(&req).await?;
             let etag = xml::parse::<EtagResult>(&body, "upload part copy")?

@@ -58,7 +58,7 @@ fn whole_object(resp: &Response) -> bool {
 /// A read of the whole object is checked against the object's checksum where the answer has
 /// one (see [`checksum`]): a mismatch ends the stream with an error after its last bytes.
 ///
-/// With `etag`, only that version is read: the GET carries `If-Match` (the ETag as S3 gave it),
+/// With `etag`, only that version is read: the GET carries `If-Match` (the ETag without quotes),
 /// a 412 becomes `Conflict`, and an answer whose own ETag differs is refused too (for servers
 /// that ignore the condition on GET).
 pub(crate) async fn read(
@@ -84,7 +84,9 @@ pub(crate) async fn read(
         req = req.header("range", r);
     }
     if let Some(t) = etag {
-        req = req.header("if-match", t);
+        // Bare where the server matches that form (see `probe::if_match_value`).
+        let form = inner.caps().etag_form;
+        req = req.header("if-match", super::probe::if_match_value(t, form));
     }
     let mode = inner.opts.checksum;
     if offset == 0 && mode == Checksum::Crc32c {

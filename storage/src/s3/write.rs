@@ -21,6 +21,7 @@
 use super::checksum::{self, Checksum};
 use super::client::{Body, Request};
 use super::list::head_entry;
+use super::probe::{copy_if_match, if_match_value, EtagForm};
 use super::time::format_mtime;
 use super::xml::{self, EtagResult, InitiateResult};
 use super::{Inner, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE, SPOOL_BROKEN, SPOOL_OK};
@@ -104,6 +105,14 @@ fn same_etag(a: &str, b: &str) -> bool {
             .to_string()
     };
     norm(a) == norm(b)
+}
+
+/// An upload whose target changed since it was opened.
+fn changed() -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        "the file changed during the append; nothing was changed",
+    )
 }
 
 /// A create-only upload whose name was taken meanwhile.
@@ -213,10 +222,7 @@ impl State {
         };
         match now.etag {
             Some(t) if same_etag(&t, expected) => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::Conflict,
-                "the file changed during the append; nothing was changed",
-            )),
+            _ => Err(changed()),
         }
     }
 
@@ -254,8 +260,8 @@ impl State {
                     .header(
                         "x-amz-copy-source-range",
                         format!("bytes={start}-{}", end - 1),
-                    )
-                    .header("x-amz-copy-source-if-match", etag.clone());
+                    );
+                let req = copy_if_match(req, &etag, &inner.caps());
                 self.tasks.spawn(async move {
                     let body = inner.client.send_xml(&req).await?;
                     let r: EtagResult = xml::parse(&body, "upload part copy")?;
@@ -268,7 +274,9 @@ impl State {
             }
         } else if size > 0 {
             // Small: read the old bytes (only if still the same object) and send them again.
-            let mut req = Request::new(Method::GET, Some(&self.key)).header("if-match", etag);
+            let form = self.inner.caps().etag_form;
+            let mut req = Request::new(Method::GET, Some(&self.key))
+                .header("if-match", if_match_value(&etag, form));
             if size < existing.size {
                 req = req.header("range", format!("bytes=0-{}", size - 1));
             }
@@ -558,10 +566,16 @@ impl State {
                 req = req.header("x-amz-meta-mtime", m);
             }
             // A sync copy (resendable) checked its target a moment before it started; a client's
-            // upload may have run for hours since its open, so it checks again now.
-            if self.opts.append_to.is_some()
-                || (!self.opts.resendable && self.if_match.is_some())
-                || (!self.opts.resendable && self.opts.if_absent)
+            // upload may have run for hours since its open, so it checks again now, unless the
+            // server was found to enforce the request's conditions itself (then the PUT alone
+            // decides, atomically, and the HEAD would only cost a round trip).
+            let caps = self.inner.caps();
+            let enforced = (self.if_match.is_none() || caps.put_if_match)
+                && (!self.opts.if_absent || caps.put_if_none_match);
+            if !enforced
+                && (self.opts.append_to.is_some()
+                    || (!self.opts.resendable && self.if_match.is_some())
+                    || (!self.opts.resendable && self.opts.if_absent))
             {
                 self.check_unchanged().await?;
             }
@@ -582,7 +596,14 @@ impl State {
             }
             self.wait_all().await?;
             self.parts.sort_by_key(|p| p.0);
-            self.check_unchanged().await?;
+            // Where the server enforces the conditions on CompleteMultipartUpload the commit
+            // decides alone; elsewhere a HEAD checks just before it.
+            let caps = self.inner.caps();
+            let enforced = (self.if_match.is_none() || caps.complete_if_match)
+                && (!self.opts.if_absent || caps.complete_if_none_match);
+            if !enforced {
+                self.check_unchanged().await?;
+            }
             let body = xml::complete_body_with_sums(&self.parts);
             let mut req = Request::new(Method::POST, Some(&self.key))
                 .query("uploadId", self.upload_id.clone().unwrap_or_default())
@@ -602,8 +623,11 @@ impl State {
 
     /// The commit's conditions as headers.
     fn conditions(&self, mut req: Request) -> Request {
+        let form = self.inner.caps().etag_form;
         if let Some(t) = &self.if_match {
-            req = req.header("if-match", t.clone());
+            if form != EtagForm::Omit {
+                req = req.header("if-match", if_match_value(t, form));
+            }
         }
         if self.opts.if_absent {
             req = req.header("if-none-match", "*");
@@ -613,8 +637,12 @@ impl State {
 
     /// A refused condition of a create-only upload means the name was taken meanwhile.
     fn lost_race(&self, e: Error) -> Error {
-        if self.opts.if_absent && e.kind() == ErrorKind::Conflict {
+        if e.kind() != ErrorKind::Conflict {
+            e
+        } else if self.opts.if_absent {
             taken().with_source(e)
+        } else if self.if_match.is_some() {
+            changed().with_source(e)
         } else {
             e
         }
@@ -811,8 +839,11 @@ impl StreamedPut {
                 req = req.header("x-amz-meta-mtime", format_mtime(m));
             }
         }
+        let caps = inner.caps();
         if let Some(t) = &opts.if_match {
-            req = req.header("if-match", t.clone());
+            if caps.etag_form != EtagForm::Omit {
+                req = req.header("if-match", if_match_value(t, caps.etag_form));
+            }
         }
         if opts.if_absent {
             req = req.header("if-none-match", "*");
@@ -914,9 +945,13 @@ impl Upload for StreamedPut {
                 ),
             ));
         }
-        if self.if_absent || self.if_match.is_some() {
+        let caps = self.inner.caps();
+        let enforced = (self.if_match.is_none() || caps.put_if_match)
+            && (!self.if_absent || caps.put_if_none_match);
+        if !enforced && (self.if_absent || self.if_match.is_some()) {
             // Until the last chunk is sent the server stores nothing: a destination that
-            // changed meanwhile keeps its version.
+            // changed meanwhile keeps its version. (A server that enforces the conditions
+            // refuses the PUT itself.)
             let now = head_entry(&self.inner, &self.key).await;
             let lost = match (&now, &self.if_match) {
                 (Ok(_), None) => Some(taken()),
