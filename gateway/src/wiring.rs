@@ -74,6 +74,7 @@ pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Option
     o.connect_timeout = r.timeouts.connect.get();
     o.request_timeout = r.timeouts.request.get();
     o.preserve_mtime = r.preserve_mtime;
+    o.folder_marker_times = r.folder_times == bucketgate_config::FolderTimes::Marker;
     o.part_size = cfg.transfers.part_size.bytes();
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
     o.single_put_max = cfg.transfers.single_put_max.bytes();

@@ -368,6 +368,9 @@ pub struct FileWriter {
     if_absent: bool,
     /// This upload's hold on its name; tells whether the name was removed meanwhile.
     claim: Option<WriteClaim>,
+    /// The session's recent facts and the site path of the file's folder: a committed file
+    /// shows the folder exists.
+    known: Option<(Arc<crate::known::Known>, String)>,
     /// Bytes stored and the audit line written at close, abort or drop.
     audit: Option<Transfer>,
 }
@@ -398,6 +401,7 @@ impl FileWriter {
             mtime: None,
             if_absent,
             claim: None,
+            known: None,
             audit: None,
         }
     }
@@ -409,6 +413,11 @@ impl FileWriter {
 
     pub(crate) fn with_claim(mut self, c: WriteClaim) -> Self {
         self.claim = Some(c);
+        self
+    }
+
+    pub(crate) fn with_known(mut self, known: Arc<crate::known::Known>, folder: String) -> Self {
+        self.known = Some((known, folder));
         self
     }
 
@@ -746,7 +755,11 @@ impl FileWriter {
     /// the old content (if any) is untouched.
     pub async fn close(mut self) -> Result<Entry> {
         let audit = self.audit.take();
+        let known = self.known.take();
         let r = self.close_inner().await;
+        if let (Ok(_), Some((k, folder))) = (&r, known) {
+            k.folder(&folder);
+        }
         if let Some(mut a) = audit {
             a.finish(&crate::metrics::result_of(&r));
         }

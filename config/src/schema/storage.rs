@@ -147,6 +147,20 @@ pub struct RemoteConfig {
     /// Keep client-set modification times in `mtime` metadata.
     #[serde(default = "yes")]
     pub preserve_mtime: bool,
+    /// The time folders show.
+    #[serde(default)]
+    pub folder_times: FolderTimes,
+}
+
+/// `remotes[].folder_times`: the time a folder shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderTimes {
+    /// The gateway's start time, for every folder: a listing is its ListObjectsV2 pages alone.
+    #[default]
+    Start,
+    /// A folder's marker `name/` Last-Modified, where it has one: one HEAD per folder listed.
+    Marker,
 }
 
 impl RemoteConfig {
