@@ -437,17 +437,13 @@ impl UserFs {
         let loc = self.tree.locate(site);
         let name = site.name().unwrap_or("/").to_string();
         if loc.is_area_root || self.tree.holds_mount(site) {
-            // Mount points and the folders above them always exist; a mount point's own
-            // marker (when its remote has one) gives the time.
-            let mtime = match loc.backend.stat(&loc.key).await {
-                Ok(e) if e.is_dir() => e.mtime,
-                _ => None,
-            };
+            // Mount points and the folders above them always exist, and show the tree's start
+            // time, as listings show them: no request (a `cd` into a mount costs nothing).
             return Ok(Entry {
                 name,
                 kind: EntryKind::Dir,
                 size: 0,
-                mtime: Some(mtime.unwrap_or(self.tree.started)),
+                mtime: Some(self.tree.started),
                 etag: None,
             });
         }

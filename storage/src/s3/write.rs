@@ -20,7 +20,7 @@
 
 use super::client::{Body, Request};
 use super::list::head_entry;
-use super::time::format_mtime;
+use super::time::{format_mtime, parse_http_date};
 use super::xml::{self, EtagResult, InitiateResult};
 use super::{Inner, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE, SPOOL_BROKEN, SPOOL_OK};
 use crate::backend::{CreateOptions, Entry, Upload};
@@ -538,6 +538,7 @@ impl State {
     async fn commit(&mut self) -> Result<Entry> {
         self.check()?;
         if self.upload_id.is_none() {
+            let len = self.buf.len();
             let (body, _permit) = self.take_body().await?;
             let mut req = Request::new(Method::PUT, Some(&self.key)).body(body);
             if let Some(m) = self.mtime_header() {
@@ -553,11 +554,31 @@ impl State {
             }
             // Servers with conditional writes close the last race window; others ignore it.
             req = self.conditions(req);
-            self.inner
+            let resp = self
+                .inner
                 .client
                 .send(&req)
                 .await
                 .map_err(|e| self.lost_race(e))?;
+            // A client's new object is described by what it sent and the answer's ETag: its
+            // CLOSE waits for nobody's HEAD. A sync copy records what a HEAD shows (the time
+            // the next listing compares with).
+            if !self.opts.resendable && self.opts.append_to.is_none() {
+                if let Some(etag) = resp.header("etag") {
+                    let mtime = self
+                        .mtime_header()
+                        .and_then(|_| self.opts.mtime)
+                        .or_else(|| resp.header("date").and_then(parse_http_date))
+                        .unwrap_or_else(std::time::SystemTime::now);
+                    return Ok(Entry {
+                        name: self.key.rsplit('/').next().unwrap_or(&self.key).to_string(),
+                        kind: crate::backend::EntryKind::File,
+                        size: len,
+                        mtime: Some(mtime),
+                        etag: Some(etag.to_string()),
+                    });
+                }
+            }
         } else {
             if self.buf.len() > 0 {
                 self.dispatch().await?;
