@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--rtt-ms", type=float, default=20)
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (gw.log)")
     a = ap.parse_args()
     w = tempfile.mkdtemp(prefix="bgrtt-")
     try:
@@ -87,7 +88,7 @@ def main():
         open(f"{w}/gw/bucketgate.yaml", "w").write(f"""sftp: {{ listen: "127.0.0.1:{sftp_port}" }}
 ftp: {{ listen: "127.0.0.1:{ftp_port}", passive_ports: "{pasv}-{pasv + 20}" }}
 state_dir: ./data
-log: {{ level: warn }}
+log: {{ level: {"info" if a.keep else "warn"} }}
 storage: {{ type: local, root: ./files }}
 remotes:
   - {{ name: plain, endpoint: "http://127.0.0.1:{pport}", bucket: {BUCKET}, access_key_id: {ACCESS}, secret_access_key: {SECRET}, preserve_mtime: false }}
@@ -127,7 +128,10 @@ users:
     finally:
         for p in procs:
             p.kill()
-        shutil.rmtree(w, ignore_errors=True)
+        if a.keep:
+            print(f"kept {w}")
+        else:
+            shutil.rmtree(w, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long a name found missing stays known as missing (the client's STAT, then its OPEN).
+/// How long a name found missing stays known as missing (the client's STAT, then its OPEN),
+/// and a file this session committed as there (its STOR, then its MFMT).
 pub(crate) const NAME_FOR: Duration = Duration::from_secs(1);
 /// How long a folder seen to exist stays known: renewed by every sign of it (a listing, a
 /// stat, a file committed into it).
@@ -30,6 +31,8 @@ struct Facts {
     absent: HashMap<String, Instant>,
     /// Site paths of folders seen to exist, with when.
     folders: HashMap<String, Instant>,
+    /// Site paths of files this session just committed, with when.
+    written: HashMap<String, Instant>,
 }
 
 /// One session's recent facts, by site-tree path.
@@ -75,6 +78,22 @@ impl Known {
         })
     }
 
+    /// This session just committed the file `path` (and so its folder exists).
+    pub(crate) fn written(&self, path: &str, folder: &str) {
+        self.with(|f| {
+            prune(&mut f.written, NAME_FOR);
+            f.written.insert(path.to_string(), Instant::now());
+            prune(&mut f.folders, FOLDER_FOR);
+            f.folders.insert(folder.to_string(), Instant::now());
+        })
+    }
+
+    /// Whether this session committed the file `path` a moment ago (an FTP client's MFMT right
+    /// after its STOR).
+    pub(crate) fn just_written(&self, path: &str) -> bool {
+        self.with(|f| f.written.get(path).is_some_and(|t| t.elapsed() < NAME_FOR))
+    }
+
     /// `path` was just seen to be a folder.
     pub(crate) fn folder(&self, path: &str) {
         self.with(|f| {
@@ -100,6 +119,7 @@ impl Known {
         self.with(|f| {
             f.folders.retain(|k, _| k != path && !k.starts_with(&below));
             f.absent.retain(|k, _| k != path && !k.starts_with(&below));
+            f.written.retain(|k, _| k != path && !k.starts_with(&below));
         })
     }
 }
@@ -121,6 +141,10 @@ mod tests {
         k.folder("/a/b");
         k.forget("/a");
         assert!(!k.is_folder("/a/b"), "below a forgotten folder");
+        k.written("/c/f", "/c");
+        assert!(k.just_written("/c/f") && k.is_folder("/c"));
+        k.forget("/c/f");
+        assert!(!k.just_written("/c/f"));
         for i in 0..CAP + 10 {
             k.folder(&format!("/f{i}"));
         }

@@ -368,9 +368,9 @@ pub struct FileWriter {
     if_absent: bool,
     /// This upload's hold on its name; tells whether the name was removed meanwhile.
     claim: Option<WriteClaim>,
-    /// The session's recent facts and the site path of the file's folder: a committed file
-    /// shows the folder exists.
-    known: Option<(Arc<crate::known::Known>, String)>,
+    /// The session's recent facts, and the site paths of the file and its folder: a committed
+    /// file is known to exist, and so is its folder.
+    known: Option<(Arc<crate::known::Known>, String, String)>,
     /// Bytes stored and the audit line written at close, abort or drop.
     audit: Option<Transfer>,
 }
@@ -416,8 +416,15 @@ impl FileWriter {
         self
     }
 
-    pub(crate) fn with_known(mut self, known: Arc<crate::known::Known>, folder: String) -> Self {
-        self.known = Some((known, folder));
+    /// Records in `known` that the file (site path `path`, in folder `folder`) exists once it
+    /// is committed.
+    pub(crate) fn with_known(
+        mut self,
+        known: Arc<crate::known::Known>,
+        path: String,
+        folder: String,
+    ) -> Self {
+        self.known = Some((known, path, folder));
         self
     }
 
@@ -757,8 +764,8 @@ impl FileWriter {
         let audit = self.audit.take();
         let known = self.known.take();
         let r = self.close_inner().await;
-        if let (Ok(_), Some((k, folder))) = (&r, known) {
-            k.folder(&folder);
+        if let (Ok(_), Some((k, path, folder))) = (&r, known) {
+            k.written(&path, &folder);
         }
         if let Some(mut a) = audit {
             a.finish(&crate::metrics::result_of(&r));

@@ -624,7 +624,7 @@ impl UserFs {
         Ok(
             FileWriter::new(loc.backend, loc.key, existing, mode, perms, p.clone())
                 .with_claim(claim)
-                .with_known(self.known.clone(), parent.to_string()),
+                .with_known(self.known.clone(), site.to_string(), parent.to_string()),
         )
     }
 
@@ -844,12 +844,16 @@ impl UserFs {
         let op = "setstat";
         self.check(op, &p.parent(), Perm::Overwrite, p)?;
         let site = self.site_path(p);
-        let e = self
-            .stat_site(&site)
-            .await
-            .map_err(|e| e.with_context(op, p.to_string()))?;
-        if e.is_dir() {
-            return Ok(());
+        // A file this session committed a moment ago (FTP clients send MFMT right after STOR)
+        // is a file: no stat.
+        if !self.known.just_written(&site.to_string()) {
+            let e = self
+                .stat_site(&site)
+                .await
+                .map_err(|e| e.with_context(op, p.to_string()))?;
+            if e.is_dir() {
+                return Ok(());
+            }
         }
         let loc = self.tree.locate(&site);
         loc.backend

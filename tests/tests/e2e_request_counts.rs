@@ -232,6 +232,32 @@ fn s3_requests_per_operation() {
     );
     assert!(moto.get(BUCKET, "p/via-ftp.txt").is_some());
 
+    //    lftp `mput` of 2 files (per file a STOR, then an MFMT with the local file's time):
+    //    per file the open's check and the PutObject; the MFMT of a file the session has just
+    //    written sends nothing (`preserve_mtime: false` ignores the time).
+    std::fs::create_dir_all(d.join("two")).unwrap();
+    for f in ["one.txt", "two.txt"] {
+        std::fs::write(d.join("two").join(f), b"lftp").unwrap();
+    }
+    c.start();
+    let out = std::process::Command::new("lftp")
+        .env("HOME", d)
+        .current_dir(d.join("two"))
+        .arg("-c")
+        .arg(format!(
+            "set net:max-retries 1; set cmd:fail-exit yes; set ftp:ssl-allow no; \
+             open -u alice,'{PASSWORD}' -p {} 127.0.0.1; mput -O /plain/ one.txt two.txt",
+            ftp.port()
+        ))
+        .output()
+        .expect("lftp (scripts/install-test-tools.sh installs it)");
+    assert_ok("lftp mput", &out);
+    c.expect(
+        "ftp lftp mput of 2 files (STOR + MFMT each)",
+        &[("HEAD", 2), ("LIST", 2), ("PUT", 2)],
+    );
+    assert!(moto.get(BUCKET, "p/two.txt").is_some());
+
     // 4. `ls -l DIR` of 30 files and 5 folders: the client STATs DIR (a listing and a HEAD),
     //    then the listing is its ListObjectsV2 page alone; with `preserve_mtime` one HEAD per
     //    file, none per folder.
