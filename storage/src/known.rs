@@ -81,6 +81,7 @@ impl Known {
     /// This session just committed the file `path` (and so its folder exists).
     pub(crate) fn written(&self, path: &str, folder: &str) {
         self.with(|f| {
+            f.absent.remove(path);
             prune(&mut f.written, NAME_FOR);
             f.written.insert(path.to_string(), Instant::now());
             prune(&mut f.folders, FOLDER_FOR);
@@ -141,8 +142,10 @@ mod tests {
         k.folder("/a/b");
         k.forget("/a");
         assert!(!k.is_folder("/a/b"), "below a forgotten folder");
+        k.absent("/c/f");
         k.written("/c/f", "/c");
         assert!(k.just_written("/c/f") && k.is_folder("/c"));
+        assert!(!k.take_absent("/c/f"), "a committed file is no longer missing");
         k.forget("/c/f");
         assert!(!k.just_written("/c/f"));
         for i in 0..CAP + 10 {
