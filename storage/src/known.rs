@@ -145,7 +145,10 @@ mod tests {
         k.absent("/c/f");
         k.written("/c/f", "/c");
         assert!(k.just_written("/c/f") && k.is_folder("/c"));
-        assert!(!k.take_absent("/c/f"), "a committed file is no longer missing");
+        assert!(
+            !k.take_absent("/c/f"),
+            "a committed file is no longer missing"
+        );
         k.forget("/c/f");
         assert!(!k.just_written("/c/f"));
         for i in 0..CAP + 10 {

@@ -567,7 +567,7 @@ impl State {
                 if let Some(etag) = resp.header("etag") {
                     let mtime = self
                         .mtime_header()
-                        .and_then(|_| self.opts.mtime)
+                        .and(self.opts.mtime)
                         .or_else(|| resp.header("date").and_then(parse_http_date))
                         .unwrap_or_else(std::time::SystemTime::now);
                     return Ok(Entry {
