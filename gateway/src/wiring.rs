@@ -79,6 +79,7 @@ pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Option
         bucketgate_config::ChecksumMode::Crc32c => Checksum::Crc32c,
         bucketgate_config::ChecksumMode::Off => Checksum::Off,
     };
+    o.folder_marker_times = r.folder_times == bucketgate_config::FolderTimes::Marker;
     o.part_size = cfg.transfers.part_size.bytes();
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
     o.single_put_max = cfg.transfers.single_put_max.bytes();

@@ -134,6 +134,14 @@ pub trait Backend: Send + Sync + 'static {
     /// at a time (for folder renames and sync).
     fn walk(&self, key: &str) -> ListStream;
 
+    /// True when [`Backend::walk`] shows each file's time as [`Backend::stat_file`] does. False
+    /// where that time is kept apart from the listing (S3 with `preserve_mtime`: the `mtime`
+    /// metadata needs a HEAD per file, so a walk shows Last-Modified and a caller that needs
+    /// the metadata time of some files stats those).
+    fn walk_mtime_exact(&self) -> bool {
+        true
+    }
+
     /// Reads `key` from `offset` to `end` (exclusive; `None` = end of file).
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream>;
 

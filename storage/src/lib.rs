@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod budget;
 pub mod error;
+pub(crate) mod known;
 pub mod local;
 pub mod metrics;
 pub mod path;

@@ -390,6 +390,9 @@ pub struct FileWriter {
     if_absent: bool,
     /// This upload's hold on its name; tells whether the name was removed meanwhile.
     claim: Option<WriteClaim>,
+    /// The session's recent facts, and the site paths of the file and its folder: a committed
+    /// file is known to exist, and so is its folder.
+    known: Option<(Arc<crate::known::Known>, String, String)>,
     /// Bytes stored and the audit line written at close, abort or drop.
     audit: Option<Transfer>,
 }
@@ -420,6 +423,7 @@ impl FileWriter {
             mtime: None,
             if_absent,
             claim: None,
+            known: None,
             audit: None,
         }
     }
@@ -431,6 +435,18 @@ impl FileWriter {
 
     pub(crate) fn with_claim(mut self, c: WriteClaim) -> Self {
         self.claim = Some(c);
+        self
+    }
+
+    /// Records in `known` that the file (site path `path`, in folder `folder`) exists once it
+    /// is committed.
+    pub(crate) fn with_known(
+        mut self,
+        known: Arc<crate::known::Known>,
+        path: String,
+        folder: String,
+    ) -> Self {
+        self.known = Some((known, path, folder));
         self
     }
 
@@ -768,7 +784,11 @@ impl FileWriter {
     /// the old content (if any) is untouched.
     pub async fn close(mut self) -> Result<Entry> {
         let audit = self.audit.take();
+        let known = self.known.take();
         let r = self.close_inner().await;
+        if let (Ok(_), Some((k, path, folder))) = (&r, known) {
+            k.written(&path, &folder);
+        }
         if let Some(mut a) = audit {
             a.finish(&crate::metrics::result_of(&r));
         }

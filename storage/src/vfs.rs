@@ -7,6 +7,7 @@
 
 use crate::backend::{Backend, Entry, EntryKind, ListStream};
 use crate::error::{Error, ErrorKind, Result};
+use crate::known::Known;
 use crate::metrics::{self, OpContext, SessionInfo, Transfer};
 use crate::path::VPath;
 use crate::perms::{Perm, Permissions, SharedPermissions};
@@ -167,6 +168,8 @@ pub struct UserFs {
     perms: Arc<SharedPermissions>,
     username: String,
     session: Option<SessionInfo>,
+    /// What this session found a moment ago (shared by the view's clones).
+    known: Arc<Known>,
 }
 
 impl UserFs {
@@ -178,6 +181,7 @@ impl UserFs {
             perms: Arc::new(SharedPermissions::new(perms)),
             username: username.to_string(),
             session: None,
+            known: Arc::default(),
         }
     }
 
@@ -228,10 +232,15 @@ impl UserFs {
 
     /// Describes the folder that will hold a new entry. Mount points and the folders above
     /// them always exist, so a file created at a mount's root (the common upload) costs no
-    /// request for its parent.
+    /// request for its parent; so does the user's home (made at login, kept by its marker),
+    /// and a folder this session saw a moment ago (see [`crate::known`]).
     async fn stat_parent(&self, site: &VPath) -> Result<Entry> {
         let loc = self.tree.locate(site);
-        if loc.is_area_root || self.tree.holds_mount(site) {
+        if loc.is_area_root
+            || self.tree.holds_mount(site)
+            || *site == self.home
+            || self.known.is_folder(&site.to_string())
+        {
             return Ok(Entry {
                 name: site.name().unwrap_or("/").to_string(),
                 kind: EntryKind::Dir,
@@ -394,17 +403,13 @@ impl UserFs {
         let loc = self.tree.locate(site);
         let name = site.name().unwrap_or("/").to_string();
         if loc.is_area_root || self.tree.holds_mount(site) {
-            // Mount points and the folders above them always exist; a mount point's own
-            // marker (when its remote has one) gives the time.
-            let mtime = match loc.backend.stat(&loc.key).await {
-                Ok(e) if e.is_dir() => e.mtime,
-                _ => None,
-            };
+            // Mount points and the folders above them always exist, and show the tree's start
+            // time, as listings show them: no request (a `cd` into a mount costs nothing).
             return Ok(Entry {
                 name,
                 kind: EntryKind::Dir,
                 size: 0,
-                mtime: Some(mtime.unwrap_or(self.tree.started)),
+                mtime: Some(self.tree.started),
                 etag: None,
             });
         }
@@ -420,9 +425,16 @@ impl UserFs {
     /// itself for the home).
     async fn stat_inner(&self, p: &VPath) -> Result<Entry> {
         self.check("stat", &p.parent(), Perm::List, p)?;
-        self.stat_site(&self.site_path(p))
-            .await
-            .map_err(|e| e.with_context("stat", p.to_string()))
+        let site = self.site_path(p);
+        let r = self.stat_site(&site).await;
+        match &r {
+            Ok(e) if e.is_dir() => self.known.folder(&site.to_string()),
+            Ok(_) => self.known.folder(&site.parent().to_string()),
+            // An upload client's check before it writes: the OPEN that follows may reuse it.
+            Err(e) if e.kind() == ErrorKind::NotFound => self.known.absent(&site.to_string()),
+            Err(_) => {}
+        }
+        r.map_err(|e| e.with_context("stat", p.to_string()))
     }
 
     /// Lists a folder, one page at a time. Folders leading to mount points are shown even when
@@ -456,6 +468,8 @@ impl UserFs {
                 }
             }
         };
+        // It lists something, or its stat said folder: it exists.
+        self.known.folder(&site.to_string());
         let pages = futures::stream::iter(first_page.map(Ok)).chain(pages);
         let virt = self.tree.virtual_children(&site);
         let started = self.tree.started;
@@ -523,7 +537,18 @@ impl UserFs {
             return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
         }
         let parent = site.parent();
-        let (target, parent_e) = tokio::join!(self.stat_site(&site), self.stat_parent(&parent));
+        // A name this session found missing a moment ago (the client's STAT just before) is
+        // not asked again where that cannot change the outcome: with TRUNC the old content is
+        // not used, and a create that must not replace commits only if the name is still free.
+        let reuse = (mode.truncate || mode.exclusive) && self.known.take_absent(&site.to_string());
+        let (target, parent_e) = if reuse {
+            (
+                Err(Error::of(ErrorKind::NotFound)),
+                self.stat_parent(&parent).await,
+            )
+        } else {
+            tokio::join!(self.stat_site(&site), self.stat_parent(&parent))
+        };
         require_folder(parent_e, op, p)?;
         let existing = match target {
             Ok(e) if e.is_dir() => {
@@ -564,7 +589,8 @@ impl UserFs {
             .claim(&self.tree.area_name(loc.mount), &loc.key);
         Ok(
             FileWriter::new(loc.backend, loc.key, existing, mode, perms, p.clone())
-                .with_claim(claim),
+                .with_claim(claim)
+                .with_known(self.known.clone(), site.to_string(), parent.to_string()),
         )
     }
 
@@ -590,11 +616,14 @@ impl UserFs {
         require_folder(parent, op, p)?;
         match target {
             Ok(_) => Err(Error::of(ErrorKind::AlreadyExists).with_context(op, p.to_string())),
-            Err(e) if e.kind() == ErrorKind::NotFound => loc
-                .backend
-                .mkdir(&loc.key)
-                .await
-                .map_err(|e| e.with_context(op, p.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                loc.backend
+                    .mkdir(&loc.key)
+                    .await
+                    .map_err(|e| e.with_context(op, p.to_string()))?;
+                self.known.folder(&site.to_string());
+                Ok(())
+            }
             Err(e) => Err(e.with_context(op, p.to_string())),
         }
     }
@@ -616,6 +645,7 @@ impl UserFs {
     async fn rmdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "rmdir";
         self.check(op, &p.parent(), Perm::Delete, p)?;
+        self.known.forget(&self.site_path(p).to_string());
         let loc = self.refuse_fixed(op, p)?;
         let e = self
             .stat_site(&self.site_path(p))
@@ -641,6 +671,10 @@ impl UserFs {
     async fn remove_inner(&self, p: &VPath) -> Result<()> {
         let op = "remove";
         self.check(op, &p.parent(), Perm::Delete, p)?;
+        // On object storage a folder without a marker goes with its last file.
+        let site = self.site_path(p);
+        self.known.forget(&site.to_string());
+        self.known.forget(&site.parent().to_string());
         let loc = self.refuse_fixed(op, p)?;
         let writing = self
             .tree
@@ -678,6 +712,8 @@ impl UserFs {
         self.check(op, &to.parent(), Perm::Upload, to)?;
         let src = self.refuse_fixed(op, from)?;
         let dst = self.refuse_fixed(op, to)?;
+        self.known.forget(&self.site_path(from).to_string());
+        self.known.forget(&self.site_path(to).to_string());
         if self
             .tree
             .writing
@@ -774,12 +810,16 @@ impl UserFs {
         let op = "setstat";
         self.check(op, &p.parent(), Perm::Overwrite, p)?;
         let site = self.site_path(p);
-        let e = self
-            .stat_site(&site)
-            .await
-            .map_err(|e| e.with_context(op, p.to_string()))?;
-        if e.is_dir() {
-            return Ok(());
+        // A file this session committed a moment ago (FTP clients send MFMT right after STOR)
+        // is a file: no stat.
+        if !self.known.just_written(&site.to_string()) {
+            let e = self
+                .stat_site(&site)
+                .await
+                .map_err(|e| e.with_context(op, p.to_string()))?;
+            if e.is_dir() {
+                return Ok(());
+            }
         }
         let loc = self.tree.locate(&site);
         loc.backend

@@ -65,7 +65,21 @@ async fn markers_are_folders_never_files() {
             );
             let st = b.stat(&srv.key("d/empty")).await.unwrap();
             assert_eq!(st.kind, EntryKind::Dir);
+            assert!(st.mtime.is_none(), "folders have no time by default");
+            assert!(listed.iter().all(|e| !e.is_dir() || e.mtime.is_none()));
+            // With `folder_marker_times` a marker gives the folder a time, the same in a
+            // listing (a HEAD of the marker) as in a stat (the listing of its prefix).
+            let m = srv.backend_with(|o| {
+                o.list_page_size = 2;
+                o.folder_marker_times = true;
+            });
+            let st = m.stat(&srv.key("d/empty")).await.unwrap();
             assert!(st.mtime.is_some(), "a marker gives the folder a time");
+            let with_times = list_all(&m, &srv.key("d")).await;
+            let empty = with_times.iter().find(|e| e.name == "empty").unwrap();
+            assert_eq!(empty.mtime, st.mtime, "[{}]", srv.name);
+            let implied = with_times.iter().find(|e| e.name == "implied").unwrap();
+            assert_eq!(implied.mtime, None, "[{}] no marker, no time", srv.name);
             assert!(list_all(&b, &srv.key("d/empty")).await.is_empty());
             // mkdir of an existing folder is fine.
             b.mkdir(&srv.key("d/empty")).await.unwrap();

@@ -12,7 +12,7 @@ use serde::Deserialize;
 pub(crate) use servers::default_passive_ports;
 pub use servers::{AdminConfig, FtpConfig, FtpTlsConfig, SftpConfig, TlsMode};
 pub use storage::{
-    ChecksumMode, MountConfig, RemoteConfig, RemoteKind, RemoteTimeouts, StorageConfig,
+    ChecksumMode, FolderTimes, MountConfig, RemoteConfig, RemoteKind, RemoteTimeouts, StorageConfig,
 };
 pub use tuning::{BanConfig, LimitsConfig, LogConfig, LogFormat, TransfersConfig};
 pub use users::{Conflict, Direction, MaxDelete, Permission, Protocol, SyncConfig, UserConfig};

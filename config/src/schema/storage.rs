@@ -151,6 +151,9 @@ pub struct RemoteConfig {
     /// whole-object downloads are checked.
     #[serde(default)]
     pub checksum: ChecksumMode,
+    /// The time folders show.
+    #[serde(default)]
+    pub folder_times: FolderTimes,
 }
 
 /// `remotes[].checksum`: how the bytes sent to and read from a remote are checked.
@@ -165,6 +168,17 @@ pub enum ChecksumMode {
     Crc32c,
     /// No checksum sent and no download checked.
     Off,
+}
+
+/// `remotes[].folder_times`: the time a folder shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderTimes {
+    /// The gateway's start time, for every folder: a listing is its ListObjectsV2 pages alone.
+    #[default]
+    Start,
+    /// A folder's marker `name/` Last-Modified, where it has one: one HEAD per folder listed.
+    Marker,
 }
 
 impl RemoteConfig {

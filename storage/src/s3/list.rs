@@ -12,10 +12,19 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::path::key_is_servable;
 use futures::StreamExt;
 use reqwest::Method;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// HEADs in flight per listing page when `preserve_mtime` needs each file's metadata.
+/// HEADs in flight per listing page when `preserve_mtime` needs each file's metadata, before
+/// any latency was measured.
 const HEAD_CONCURRENCY: usize = 16;
+/// Bounds of the adapted number (see [`head_concurrency`]).
+const HEAD_CONCURRENCY_MIN: usize = 4;
+const HEAD_CONCURRENCY_MAX: usize = 64;
+/// The HEAD rate a listing aims at (per second): by Little's law the HEADs in flight are this
+/// rate times the latency, so a server 20 ms away gets 40 at a time and one on loopback (well
+/// under a millisecond) the minimum, where more in flight only queue on the server's cores.
+const HEAD_TARGET_RATE: f64 = 2000.0;
 
 /// One ListObjectsV2 answer.
 pub(crate) struct Page {
@@ -139,7 +148,11 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
                 name: leaf(key),
                 kind: EntryKind::Dir,
                 size: 0,
-                mtime: marker_time(&page, &dir_prefix),
+                mtime: if inner.opts.folder_marker_times {
+                    marker_time(&page, &dir_prefix)
+                } else {
+                    None
+                },
                 etag: None,
             })
         }
@@ -224,11 +237,11 @@ fn file_entry(name: String, o: &ObjectDoc) -> Entry {
     }
 }
 
-/// The time of the folder `dir_prefix` (ending in `/`) from a listing of that prefix: its
-/// marker's Last-Modified when it has one (the marker sorts before every key below it, so it is
-/// the first object), else none (a folder implied by deeper keys). In whole seconds, as a HEAD
-/// of the marker gives it: listings read folder times that way (see [`with_times`]), so a
-/// folder shows one time everywhere.
+/// The time of the folder `dir_prefix` (ending in `/`) from a listing of that prefix, with
+/// `folder_marker_times`: its marker's Last-Modified when it has one (the marker sorts before
+/// every key below it, so it is the first object), else none (a folder implied by deeper keys).
+/// In whole seconds, as a HEAD of the marker gives it: listings read folder times that way (see
+/// [`with_times`]), so a folder shows one time everywhere.
 fn marker_time(page: &Page, dir_prefix: &str) -> Option<std::time::SystemTime> {
     page.objects
         .first()
@@ -244,26 +257,61 @@ fn whole_seconds(t: std::time::SystemTime) -> std::time::SystemTime {
     }
 }
 
-/// Completes the times of one listing page. Files: with `preserve_mtime`, a HEAD each reads the
-/// `mtime` metadata (listings do not carry it). Folders (`folders`, one-level listings): a
-/// common prefix carries no time, and the marker `name/` is folded into it, so a HEAD of each
-/// folder's marker reads its Last-Modified (none when there is no marker: an implied folder).
-/// A HEAD is the cheapest request there is (billed as a GET, not as a LIST, and no scan on
-/// the server): a folder of N subfolders costs N of them. Both kinds run at most
-/// [`HEAD_CONCURRENCY`] at a time; a failure leaves the time unknown.
+/// How many metadata HEADs a listing keeps in flight: enough to reach [`HEAD_TARGET_RATE`]
+/// at the latency measured so far, within bounds.
+fn head_concurrency(inner: &Inner) -> usize {
+    let us = inner.head_latency_us.load(Ordering::Relaxed);
+    if us == 0 {
+        return HEAD_CONCURRENCY;
+    }
+    let n = (HEAD_TARGET_RATE * us as f64 / 1e6).ceil() as usize;
+    n.clamp(HEAD_CONCURRENCY_MIN, HEAD_CONCURRENCY_MAX)
+}
+
+/// Folds one HEAD's latency into the running average (weight 1/8).
+fn note_head_latency(inner: &Inner, took: std::time::Duration) {
+    let us = (took.as_micros().min(u64::MAX as u128) as u64).max(1);
+    let _ = inner
+        .head_latency_us
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(if old == 0 { us } else { old - old / 8 + us / 8 })
+        });
+}
+
+/// True when [`with_times`] would send a request for this page.
+fn needs_heads(inner: &Inner, page: &[Entry], folders: bool) -> bool {
+    page.iter().any(|e| {
+        if e.is_dir() {
+            folders && inner.opts.folder_marker_times
+        } else {
+            inner.opts.preserve_mtime
+        }
+    })
+}
+
+/// Completes the times of one page of a one-level listing. Files: with `preserve_mtime`, a
+/// HEAD each reads the `mtime` metadata (listings do not carry it). Folders, only with
+/// `folder_marker_times`: a common prefix carries no time, and the marker `name/` is folded
+/// into it, so a HEAD of each folder's marker reads its Last-Modified (none when there is no
+/// marker: an implied folder). Without either option nothing is sent: the listing's own
+/// Last-Modified is each file's time, and folders have none. The HEADs run at most
+/// [`head_concurrency`] at a time; a failure leaves the time as the listing gave it.
 async fn with_times(inner: &Inner, prefix: &str, page: Vec<Entry>, folders: bool) -> Vec<Entry> {
-    let files = inner.opts.preserve_mtime && page.iter().any(|e| !e.is_dir());
-    let dirs = folders && page.iter().any(|e| e.is_dir());
-    if !files && !dirs {
+    if !needs_heads(inner, &page, folders) {
         return page;
     }
+    let marker_times = folders && inner.opts.folder_marker_times;
     futures::stream::iter(page)
         .map(|mut e| async move {
             if e.is_dir() {
-                if folders {
+                if marker_times {
                     let marker = format!("{prefix}{}/", e.name);
+                    let t0 = std::time::Instant::now();
                     match inner.client.send(&Request::new(Method::HEAD, Some(&marker))).await {
-                        Ok(r) => e.mtime = r.header("last-modified").and_then(parse_http_date),
+                        Ok(r) => {
+                            note_head_latency(inner, t0.elapsed());
+                            e.mtime = r.header("last-modified").and_then(parse_http_date)
+                        }
                         // No marker (an implied folder), or a server that cannot HEAD one.
                         Err(err) => {
                             tracing::debug!(name = %e.name, error = ?err, "no marker time for a folder")
@@ -271,8 +319,12 @@ async fn with_times(inner: &Inner, prefix: &str, page: Vec<Entry>, folders: bool
                     }
                 }
             } else if inner.opts.preserve_mtime {
+                let t0 = std::time::Instant::now();
                 match head_entry(inner, &format!("{prefix}{}", e.name)).await {
-                    Ok(h) => e.mtime = h.mtime.or(e.mtime),
+                    Ok(h) => {
+                        note_head_latency(inner, t0.elapsed());
+                        e.mtime = h.mtime.or(e.mtime)
+                    }
                     Err(err) => {
                         tracing::debug!(name = %e.name, error = ?err, "HEAD for mtime failed; showing Last-Modified")
                     }
@@ -280,7 +332,7 @@ async fn with_times(inner: &Inner, prefix: &str, page: Vec<Entry>, folders: bool
             }
             e
         })
-        .buffered(HEAD_CONCURRENCY)
+        .buffered(head_concurrency(inner))
         .collect()
         .await
 }
@@ -295,6 +347,8 @@ struct ListState {
     shadow: Shadow,
     /// For walks: the folders (relative, no slash) leading to the last key, already shown.
     open_dirs: Vec<String>,
+    /// The next page, fetched while the HEADs of the previous one ran.
+    prefetched: Option<Result<Page>>,
 }
 
 fn dir_prefix(key: &str) -> String {
@@ -311,9 +365,22 @@ pub(crate) fn list(inner: Arc<Inner>, key: &str) -> ListStream {
 }
 
 /// Everything below `key`, with names relative to it; folders from markers and implied by
-/// deeper keys, each shown once.
+/// deeper keys, each shown once. The ListObjectsV2 pages alone: a file's time is its
+/// Last-Modified even with `preserve_mtime` (see [`crate::backend::Backend::walk_mtime_exact`]).
 pub(crate) fn walk(inner: Arc<Inner>, key: &str) -> ListStream {
     pages(inner, dir_prefix(key), true)
+}
+
+async fn fetch_page(st: &ListState, token: Option<&str>) -> Result<Page> {
+    list_page(
+        &st.inner,
+        &st.prefix,
+        !st.recursive,
+        token,
+        st.inner.opts.list_page_size,
+    )
+    .await
+    .map_err(|e| e.with_key("list", st.prefix.clone()))
 }
 
 fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
@@ -326,6 +393,7 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
         finished: false,
         shadow: Shadow::default(),
         open_dirs: Vec::new(),
+        prefetched: None,
     };
     Box::pin(futures::stream::unfold(st, |mut st| async move {
         if st.finished {
@@ -339,33 +407,45 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
             if out.is_empty() {
                 return None;
             }
-            let out = with_times(&st.inner, &st.prefix, out, !st.recursive).await;
+            if !st.recursive {
+                out = with_times(&st.inner, &st.prefix, out, true).await;
+            }
             return Some((Ok(out), st));
         }
         st.started = true;
-        let page = match list_page(
-            &st.inner,
-            &st.prefix,
-            !st.recursive,
-            st.token.as_deref(),
-            st.inner.opts.list_page_size,
-        )
-        .await
-        {
+        let page = match st.prefetched.take() {
+            Some(p) => p,
+            None => fetch_page(&st, st.token.as_deref()).await,
+        };
+        let page = match page {
             Ok(p) => p,
             Err(e) => {
                 st.finished = true;
-                let e = e.with_key("list", st.prefix.clone());
                 return Some((Err(e), st));
             }
         };
         st.token = page.next.clone();
-        let out = if st.recursive {
-            walk_page(&mut st, page)
-        } else {
-            list_page_entries(&mut st, page)
+        if st.recursive {
+            let out = walk_page(&mut st, page);
+            return Some((Ok(out), st));
+        }
+        let out = list_page_entries(&mut st, page);
+        if !needs_heads(&st.inner, &out, true) {
+            return Some((Ok(out), st));
+        }
+        // The next page is asked for while this page's HEADs run: a long listing costs its
+        // HEADs, not its HEADs plus every page's round trip.
+        let (out, next) = match st.token.clone() {
+            Some(t) => {
+                let (out, next) = tokio::join!(
+                    with_times(&st.inner, &st.prefix, out, true),
+                    fetch_page(&st, Some(&t))
+                );
+                (out, Some(next))
+            }
+            None => (with_times(&st.inner, &st.prefix, out, true).await, None),
         };
-        let out = with_times(&st.inner, &st.prefix, out, !st.recursive).await;
+        st.prefetched = next;
         Some((Ok(out), st))
     }))
 }
@@ -440,8 +520,8 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
                 continue;
             }
             let mut e = Entry::dir(d);
-            if is_marker && d == path {
-                e.mtime = parse_iso8601(&o.last_modified);
+            if is_marker && d == path && st.inner.opts.folder_marker_times {
+                e.mtime = parse_iso8601(&o.last_modified).map(whole_seconds);
             }
             st.open_dirs.push(d.to_string());
             out.push(e);

@@ -98,6 +98,11 @@ pub struct S3Options {
     pub request_timeout: Duration,
     /// Keep client-set times in `mtime` metadata and show them (listings then HEAD files).
     pub preserve_mtime: bool,
+    /// Show a folder's marker `name/` Last-Modified as its time (stat, listings, walks). A
+    /// one-level listing does not carry it (the marker is folded into the common prefix), so
+    /// this costs one HEAD per folder listed. Off: folders have no time of their own (the tree
+    /// shows its start time), and a listing is its ListObjectsV2 pages alone.
+    pub folder_marker_times: bool,
     /// The first multipart part size (at least 5 MiB); parts grow for very large streams.
     pub part_size: u64,
     /// Parts in flight per upload.
@@ -149,6 +154,7 @@ impl S3Options {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             preserve_mtime: false,
+            folder_marker_times: false,
             part_size: 8 * 1024 * 1024,
             concurrency: 4,
             single_put_max: 200 * 1024 * 1024,
@@ -191,6 +197,7 @@ impl fmt::Debug for S3Options {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("preserve_mtime", &self.preserve_mtime)
+            .field("folder_marker_times", &self.folder_marker_times)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
             .field("single_put_max", &self.single_put_max)
@@ -211,6 +218,9 @@ pub(crate) struct Inner {
     /// Whether parts can be spooled to disk: [`SPOOL_UNKNOWN`], [`SPOOL_OK`] or
     /// [`SPOOL_BROKEN`], as the last attempt found.
     pub spool: std::sync::atomic::AtomicU8,
+    /// A running average of HEAD latency in microseconds (0: none measured yet), which sets how
+    /// many metadata HEADs a listing keeps in flight (see `list::head_concurrency`).
+    pub head_latency_us: std::sync::atomic::AtomicU64,
     /// What the server was found to do ([`S3Backend::probe_capabilities`]); cautious
     /// defaults until a probe answers.
     pub caps: std::sync::RwLock<Capabilities>,
@@ -252,6 +262,7 @@ impl S3Backend {
                 opts,
                 budget,
                 spool: std::sync::atomic::AtomicU8::new(SPOOL_UNKNOWN),
+                head_latency_us: std::sync::atomic::AtomicU64::new(0),
                 caps: std::sync::RwLock::new(Capabilities::default()),
             }),
         })
@@ -298,6 +309,11 @@ impl Backend for S3Backend {
 
     fn walk(&self, key: &str) -> ListStream {
         list::walk(self.inner.clone(), key)
+    }
+
+    fn walk_mtime_exact(&self) -> bool {
+        // A walk shows Last-Modified: the `mtime` metadata needs a HEAD per file.
+        !self.inner.opts.preserve_mtime
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {

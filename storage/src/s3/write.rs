@@ -22,7 +22,7 @@ use super::checksum::{self, Checksum};
 use super::client::{Body, Request};
 use super::list::head_entry;
 use super::probe::{copy_if_match, if_match_value, EtagForm};
-use super::time::format_mtime;
+use super::time::{format_mtime, parse_http_date};
 use super::xml::{self, EtagResult, InitiateResult};
 use super::{Inner, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE, SPOOL_BROKEN, SPOOL_OK};
 use crate::backend::{CreateOptions, Entry, Upload};
@@ -558,6 +558,7 @@ impl State {
     async fn commit(&mut self) -> Result<Entry> {
         self.check()?;
         if self.upload_id.is_none() {
+            let len = self.buf.len();
             let (body, _permit) = self.take_body().await?;
             let sum = checksum::of_body(self.inner.opts.checksum, &body).await?;
             let mut req = checksum::apply(Request::new(Method::PUT, Some(&self.key)), sum.as_ref())
@@ -590,6 +591,25 @@ impl State {
             // A server that stored other bytes than those sent (one that does not verify the
             // checksum header): the file is not what the client sent, so the upload fails.
             checksum::check_etag(&resp, sum.as_ref())?;
+            // A client's new object is described by what it sent and the answer's ETag: its
+            // CLOSE waits for nobody's HEAD. A sync copy records what a HEAD shows (the time
+            // the next listing compares with).
+            if !self.opts.resendable && self.opts.append_to.is_none() {
+                if let Some(etag) = resp.header("etag") {
+                    let mtime = self
+                        .mtime_header()
+                        .and(self.opts.mtime)
+                        .or_else(|| resp.header("date").and_then(parse_http_date))
+                        .unwrap_or_else(std::time::SystemTime::now);
+                    return Ok(Entry {
+                        name: self.key.rsplit('/').next().unwrap_or(&self.key).to_string(),
+                        kind: crate::backend::EntryKind::File,
+                        size: len,
+                        mtime: Some(mtime),
+                        etag: Some(etag.to_string()),
+                    });
+                }
+            }
         } else {
             if self.buf.len() > 0 {
                 self.dispatch().await?;

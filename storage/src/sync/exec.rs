@@ -78,7 +78,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn backend(&self, s: Side) -> &Arc<dyn Backend> {
+    pub(crate) fn backend(&self, s: Side) -> &Arc<dyn Backend> {
         match s {
             Side::Site => &self.site,
             Side::Remote => &self.remote,

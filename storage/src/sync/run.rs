@@ -310,6 +310,97 @@ async fn list_side(
     Ok((spool.finish().map_err(|e| io_err("spool", e))?, files))
 }
 
+/// Stats of files in flight while [`exact_times`] completes a listing.
+const STATS_IN_FLIGHT: usize = 16;
+
+/// Gives every file of `side`'s listing the time a stat shows, where the walk does not carry it
+/// (S3 with `preserve_mtime`, whose `mtime` metadata needs a HEAD per object): a file whose size
+/// and ETag are those the state recorded for this side is that recorded version, and takes the
+/// recorded time (read when it was recorded); only the others (new, changed, or without an
+/// ETag) are stat'ed. A run where nothing changed thus costs the listing pages alone.
+async fn exact_times(
+    ctx: &Ctx,
+    side: Side,
+    listed: Sorted<Item>,
+    base: &Baseline,
+    tmp: &Path,
+) -> Result<Sorted<Item>> {
+    let b = ctx.backend(side).clone();
+    if b.walk_mtime_exact() {
+        return Ok(listed);
+    }
+    let mut records = base.iter().map_err(|e| io_err("state", e))?.peekable();
+    let mut recorded = move |path: &str| -> io::Result<Option<Record>> {
+        while let Some(r) = records.peek() {
+            match r {
+                Ok(r) if r.path.as_str() < path => {
+                    records.next();
+                }
+                Ok(r) if r.path == path => return records.next().transpose(),
+                Ok(_) => return Ok(None),
+                Err(_) => return records.next().transpose(),
+            }
+        }
+        Ok(None)
+    };
+    // Each listed item, with the time to give it when the state already knows its version.
+    let items = listed.iter().map_err(|e| io_err("spool", e))?.map(
+        |it| -> io::Result<(Item, Option<Option<i64>>)> {
+            let it = it?;
+            if it.is_dir() {
+                return Ok((it, Some(None)));
+            }
+            let rec = recorded(&it.path)?;
+            let half = rec.map(|r| match side {
+                Side::Site => r.site,
+                Side::Remote => r.remote,
+            });
+            let same = half.filter(|h| h.size == it.size && h.etag.is_some() && h.etag == it.etag);
+            Ok((it, same.map(|h| h.mtime_ns)))
+        },
+    );
+    let mut spool = Spool::new(tmp, DEFAULT_CAP);
+    let mut stats = 0u64;
+    let mut out = futures::stream::iter(items)
+        .map(|x| {
+            let b = b.clone();
+            async move {
+                let (mut it, time) = x?;
+                if let Some(t) = time {
+                    if !it.is_dir() {
+                        it.mtime_ns = t.or(it.mtime_ns);
+                    }
+                    return Ok((it, false));
+                }
+                match b.stat_file(&ctx.key(side, &it.path)).await {
+                    Ok(e) if !e.is_dir() => {
+                        let now = Item::from_written(&it.path, &e);
+                        // Changed again since the listing: the copy finds out and skips it.
+                        if now.size == it.size && now.etag == it.etag {
+                            it.mtime_ns = now.mtime_ns;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(path = %it.path, error = ?e, "sync: no metadata time; using the listing's")
+                    }
+                }
+                Ok::<_, io::Error>((it, true))
+            }
+        })
+    .buffered(STATS_IN_FLIGHT);
+    while let Some(next) = out.next().await {
+        let (it, statted) = next.map_err(|e| io_err("state", e))?;
+        if ctx.cancel.is_cancelled() {
+            return Err(Error::new(ErrorKind::Backend, "sync run cancelled"));
+        }
+        stats += u64::from(statted);
+        spool.push(it).map_err(|e| io_err("spool", e))?;
+    }
+    tracing::debug!(side = ?side, stats, "sync: metadata times read");
+    spool.finish().map_err(|e| io_err("spool", e))
+}
+
 type Items = Peekable<Merge<Item>>;
 
 /// Walks the two listings and the baseline together, one path at a time.
@@ -565,6 +656,8 @@ async fn run_planned(
         ),
     );
     let ((site, site_files), (remote, remote_files)) = (site?, remote?);
+    let site = exact_times(&ctx, Side::Site, site, &base, &files.tmp).await?;
+    let remote = exact_times(&ctx, Side::Remote, remote, &base, &files.tmp).await?;
     let inputs = Inputs { site, remote, base };
 
     // 2. A side that lists no file while the baseline remembers files is suspicious (an

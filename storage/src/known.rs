@@ -1,0 +1,160 @@
+//! What one session learnt a moment ago about its folders and names, so that the upload that
+//! follows does not ask the bucket again.
+//!
+//! An upload client checks before it writes: OpenSSH `sftp put f dst` STATs `dst` (to see
+//! whether it is a folder), then OPENs it; the OPEN checks the name and its folder once more.
+//! On S3 each check is a round trip (a HEAD and a listing), which across a WAN is most of the
+//! time a small file takes. What a check found stays true for a moment: the OPEN that follows
+//! reuses it.
+//!
+//! The facts are kept for a short time only ([`NAME_FOR`], [`FOLDER_FOR`]), and only where a
+//! stale fact changes nothing a check at OPEN would prevent: the gap between OPEN and CLOSE (the
+//! PutObject) is as long as the upload already, and the commit keeps its own guards (a create
+//! by a user without `overwrite` commits only if the name is still free).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a name found missing stays known as missing (the client's STAT, then its OPEN),
+/// and a file this session committed as there (its STOR, then its MFMT).
+pub(crate) const NAME_FOR: Duration = Duration::from_secs(1);
+/// How long a folder seen to exist stays known: renewed by every sign of it (a listing, a
+/// stat, a file committed into it).
+pub(crate) const FOLDER_FOR: Duration = Duration::from_secs(5);
+/// Entries kept at most; the oldest go first.
+const CAP: usize = 256;
+
+#[derive(Default)]
+struct Facts {
+    /// Site paths found missing (no file, no folder), with when.
+    absent: HashMap<String, Instant>,
+    /// Site paths of folders seen to exist, with when.
+    folders: HashMap<String, Instant>,
+    /// Site paths of files this session just committed, with when.
+    written: HashMap<String, Instant>,
+}
+
+/// One session's recent facts, by site-tree path.
+#[derive(Default)]
+pub(crate) struct Known {
+    facts: Mutex<Facts>,
+}
+
+fn prune(map: &mut HashMap<String, Instant>, ttl: Duration) {
+    if map.len() < CAP {
+        return;
+    }
+    map.retain(|_, t| t.elapsed() < ttl);
+    while map.len() >= CAP {
+        let Some(oldest) = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) else {
+            break;
+        };
+        map.remove(&oldest);
+    }
+}
+
+impl Known {
+    fn with<T>(&self, f: impl FnOnce(&mut Facts) -> T) -> T {
+        let mut g = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// `path` was just found missing.
+    pub(crate) fn absent(&self, path: &str) {
+        self.with(|f| {
+            prune(&mut f.absent, NAME_FOR);
+            f.absent.insert(path.to_string(), Instant::now());
+        })
+    }
+
+    /// Whether `path` was found missing a moment ago; the fact is used up (the name is about
+    /// to be taken).
+    pub(crate) fn take_absent(&self, path: &str) -> bool {
+        self.with(|f| {
+            f.absent
+                .remove(path)
+                .is_some_and(|t| t.elapsed() < NAME_FOR)
+        })
+    }
+
+    /// This session just committed the file `path` (and so its folder exists).
+    pub(crate) fn written(&self, path: &str, folder: &str) {
+        self.with(|f| {
+            f.absent.remove(path);
+            prune(&mut f.written, NAME_FOR);
+            f.written.insert(path.to_string(), Instant::now());
+            prune(&mut f.folders, FOLDER_FOR);
+            f.folders.insert(folder.to_string(), Instant::now());
+        })
+    }
+
+    /// Whether this session committed the file `path` a moment ago (an FTP client's MFMT right
+    /// after its STOR).
+    pub(crate) fn just_written(&self, path: &str) -> bool {
+        self.with(|f| f.written.get(path).is_some_and(|t| t.elapsed() < NAME_FOR))
+    }
+
+    /// `path` was just seen to be a folder.
+    pub(crate) fn folder(&self, path: &str) {
+        self.with(|f| {
+            f.absent.remove(path);
+            prune(&mut f.folders, FOLDER_FOR);
+            f.folders.insert(path.to_string(), Instant::now());
+        })
+    }
+
+    /// Whether `path` was seen to be a folder a moment ago.
+    pub(crate) fn is_folder(&self, path: &str) -> bool {
+        self.with(|f| {
+            f.folders
+                .get(path)
+                .is_some_and(|t| t.elapsed() < FOLDER_FOR)
+        })
+    }
+
+    /// `path` is gone, or changed kind (removed, renamed): forget what was known of it and of
+    /// everything below it.
+    pub(crate) fn forget(&self, path: &str) {
+        let below = format!("{}/", path.trim_end_matches('/'));
+        self.with(|f| {
+            f.folders.retain(|k, _| k != path && !k.starts_with(&below));
+            f.absent.retain(|k, _| k != path && !k.starts_with(&below));
+            f.written.retain(|k, _| k != path && !k.starts_with(&below));
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_expire_and_are_used_once() {
+        let k = Known::default();
+        k.absent("/a/x");
+        assert!(k.take_absent("/a/x"));
+        assert!(!k.take_absent("/a/x"), "used up");
+        k.folder("/a");
+        assert!(k.is_folder("/a"));
+        k.forget("/a");
+        assert!(!k.is_folder("/a"));
+        k.folder("/a/b");
+        k.forget("/a");
+        assert!(!k.is_folder("/a/b"), "below a forgotten folder");
+        k.absent("/c/f");
+        k.written("/c/f", "/c");
+        assert!(k.just_written("/c/f") && k.is_folder("/c"));
+        assert!(
+            !k.take_absent("/c/f"),
+            "a committed file is no longer missing"
+        );
+        k.forget("/c/f");
+        assert!(!k.just_written("/c/f"));
+        for i in 0..CAP + 10 {
+            k.folder(&format!("/f{i}"));
+        }
+        assert!(k.with(|f| f.folders.len()) <= CAP);
+        assert!(k.is_folder(&format!("/f{}", CAP + 9)), "the newest stays");
+    }
+}
