@@ -1,5 +1,5 @@
 //! Buckets written by others (issue 15, item 4; docs/objects.md, "Buckets written by others"):
-//! random keys of any bytes S3 accepts (separators, `.`/`..` segments, `//`, backslashes,
+//! random keys of any bytes S3 accepts (separators, `//`, backslashes, `..\b` as one name,
 //! control characters, long names, NFC beside NFD, a file `a` beside keys under `a/`, folder
 //! markers with content) are written straight into the bucket. Then, through the user's view
 //! that both protocols use (paths resolved from the names as a client sends them back):
@@ -246,6 +246,24 @@ async fn one_set(srv: &Server, cap: &Captured, seed: u64) {
     // Written straight into the bucket; a key this server refuses is left out.
     let mut want = BTreeMap::new();
     for (k, bytes) in keys(seed) {
+        // s3s-fs keeps markers as hidden directories, and stores a key as a file (plus a
+        // temporary file with a longer name): leave out what it cannot hold verbatim.
+        // (`a//b` and `a/./b` reach the file of `a/b` there.)
+        let long = k.split('/').any(|seg| seg.len() > 200);
+        let folded = k.starts_with('/')
+            || k.contains("//")
+            || k.split('/').any(|seg| seg == "." || seg == "..");
+        // Our S3 client sends `.` and `..` segments as they are (SigV4 leaves them unencoded)
+        // and moto folds them in the URL path, so such a key would be written as another one:
+        // they are left out everywhere (the listing's own rule for them is unit-tested in
+        // storage/src/path.rs).
+        let dots = k.split('/').any(|seg| seg == "." || seg == "..");
+        if dots
+            || (k.ends_with('/') && !srv.caps.markers)
+            || ((long || folded) && !srv.caps.raw_keys)
+        {
+            continue;
+        }
         let r = put_with(
             &b,
             &format!("{base}{k}"),
@@ -258,7 +276,13 @@ async fn one_set(srv: &Server, cap: &Captured, seed: u64) {
             Ok(_) => {
                 want.insert(k, bytes);
             }
-            Err(e) => println!("[{}] the server refused the key {k:?}: {e}", srv.name),
+            Err(e) => {
+                println!("[{}] the server refused the key {k:?}: {e}", srv.name);
+                // s3s-fs may leave a file behind a failed PUT: whatever is there counts.
+                if let Ok(Some(left)) = try_raw(&b, &format!("{base}{k}")).await {
+                    want.insert(k, left);
+                }
+            }
         }
     }
     // Keep only what the server holds verbatim (s3s-fs maps keys to files: `a` beside `a/b`,
@@ -319,7 +343,12 @@ async fn one_set(srv: &Server, cap: &Captured, seed: u64) {
         if listed_rel.iter().any(|(p, d)| p == path && *d == marker) {
             continue;
         }
-        let full = format!("{base}{k}");
+        // The listing is XML without `encoding-type=url`: XML reads a carriage return as a line
+        // feed, so a key holding one is logged under that form (it is skipped either way, as
+        // a control character).
+        let full = format!("{base}{k}")
+            .replace("\r\n", "\n")
+            .replace('\r', "\n");
         let logged_it = logged.iter().any(|(msg, lk)| {
             // A skipped key, or the folder prefix it lies under; or a file hidden by a folder.
             (msg.contains("skipping") && (full == *lk || full.starts_with(lk.as_str())))
