@@ -1408,3 +1408,36 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
         ],
     )]
 }
+
+/// Runs fixed steps; any divergence fails.
+async fn strict_steps(ops: Vec<Op>) {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::start().await;
+    if let Err(e) = run(&mut env, &ops).await {
+        panic!("{e}");
+    }
+}
+
+/// Found by the runner (its regression sequence): after a RETR whose data connection the client
+/// reset (and a NOOP answered 200), the reply read for the next REST is a 426, so REST 3 + STOR
+/// of a 20-byte file ends in 426 instead of the documented 554 (nothing is stored). Most likely
+/// the cut RETR's 426 comes after the NOOP's 200: replies out of command order, in the relay.
+/// Reported to be fixed there (the relay is being restructured); this test fails until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_stor_after_a_reset_retr_is_refused_with_554() {
+    strict_steps(vec![
+        Op::Stor {
+            path: "a",
+            len: 20,
+            seed: 1,
+        },
+        Op::RetrClosed { path: "a" },
+        Op::RestStor {
+            path: "a",
+            at: Rest::Mid(3),
+            len: 4,
+            seed: 5,
+        },
+    ])
+    .await;
+}
