@@ -408,7 +408,7 @@ async fn one_set(srv: &Server, cap: &Captured, seed: u64) {
             &b,
             &base,
             &want,
-            &[to_rel.clone()],
+            std::slice::from_ref(&to_rel),
             &format!("remove of {to_rel:?}"),
         )
         .await;
