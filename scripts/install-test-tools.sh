@@ -44,6 +44,13 @@ if ! python3 -c 'import paramiko' >/dev/null 2>&1; then
   python3 -m pip install --quiet paramiko
 fi
 
+# pyftpdlib: the reference FTP server on a local folder of the FTP differential runner
+# (protocols/tests/ftp_differential.rs), for the same python3.
+if ! python3 -c 'import pyftpdlib' >/dev/null 2>&1; then
+  echo "installing pyftpdlib"
+  python3 -m pip install --quiet pyftpdlib
+fi
+
 # Garage: a real S3 server with its own region, for scripts/garage.sh. Built from source once
 # (about 11 minutes on 2 cores) and kept in ~/.cargo/bin across runs.
 if ! command -v garage >/dev/null 2>&1; then
@@ -62,3 +69,4 @@ for file in /usr/share/java/jsch.jar /usr/share/java/commons-net.jar; do
   [ -e "$file" ] || { echo "missing after install: $file" >&2; exit 1; }
 done
 python3 -c 'import paramiko' || { echo "missing after install: paramiko" >&2; exit 1; }
+python3 -c 'import pyftpdlib' || { echo "missing after install: pyftpdlib" >&2; exit 1; }

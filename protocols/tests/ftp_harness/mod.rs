@@ -53,6 +53,9 @@ pub enum S3Server {
     /// it; missing, the test fails). It keeps folder markers as objects like AWS and Garage,
     /// so clients that MKD and then CWD or STOR into the new folder work.
     Moto,
+    /// The endpoint of `BUCKETGATE_TEST_S3_*` when set (Garage, in scripts/test.sh), else
+    /// moto_server.
+    EnvOrMoto,
 }
 
 impl Default for Setup {
@@ -111,6 +114,10 @@ impl Harness {
             let server = match kind {
                 S3Server::S3sFs => s3_support::s3s_server(None).await,
                 S3Server::Moto => s3_support::moto_only().await.expect("moto_server"),
+                S3Server::EnvOrMoto => match s3_support::env_server() {
+                    Some(s) => s,
+                    None => s3_support::moto_only().await.expect("moto_server"),
+                },
             };
             let bucket = Bucket {
                 client: server.backend(),

@@ -1,0 +1,35 @@
+# The reference FTP server of protocols/tests/ftp_differential.rs: pyftpdlib (PyPI; installed
+# by scripts/install-test-tools.sh) serving a local folder, as a plain FTP server on a disk does.
+#
+#   python3 ftp_reference.py ROOT USER PASSWORD
+#
+# Prints "port N" once listening on 127.0.0.1, then "gone P" each time the session whose
+# control connection came from port P has ended (its files are closed by then), so the runner
+# knows when a killed client's session is over.
+import logging
+import sys
+
+try:
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+except ImportError:
+    sys.stderr.write("pyftpdlib is not installed: run scripts/install-test-tools.sh\n")
+    sys.exit(3)
+
+root, user, password = sys.argv[1:4]
+logging.basicConfig(level=logging.CRITICAL)
+
+
+class Handler(FTPHandler):
+    def on_disconnect(self):
+        print("gone", self.remote_port, flush=True)
+
+
+authorizer = DummyAuthorizer()
+authorizer.add_user(user, password, root, perm="elradfmwMT")
+Handler.authorizer = authorizer
+Handler.banner = "reference ready"
+server = FTPServer(("127.0.0.1", 0), Handler)
+print("port", server.socket.getsockname()[1], flush=True)
+server.serve_forever(handle_exit=False)
