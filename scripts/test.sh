@@ -14,13 +14,13 @@ export PATH="$HOME/.cargo/bin:$PATH"
 garage_dir=$(mktemp -d)
 trap 'bash scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"' EXIT
 eval "$(bash scripts/garage.sh start "$garage_dir")"
-# The S3 test files that run against every available server, the env endpoint included.
-s3_tests=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$//')
-for t in $s3_tests; do
-  cargo test -p bucketgate-storage --locked --test "$t" -- --test-threads="${TEST_THREADS:-4}"
-done
-# Sync with an S3 remote (sync_s3 runs on every server; the 10,000-file run on s3s-fs
-# already ran above, here once more with Garage beside it).
-cargo test -p bucketgate-storage --locked --test sync_s3 --test sync_s3_scale -- --test-threads="${TEST_THREADS:-4}"
-cargo test -p bucketgate-tests --locked --test vfs_behaviour env_endpoint -- --test-threads="${TEST_THREADS:-4}"
-cargo test -p bucketgate-tests --locked --test e2e_s3_servers clients_on_env_endpoint -- --test-threads="${TEST_THREADS:-4}"
+# Each crate's tests are one binary (`--test integration`); a former test file is a module,
+# picked by a filter. The S3 modules that run against every available server, the env
+# endpoint included, and sync with an S3 remote (sync_s3 runs on every server; the
+# 10,000-file run on s3s-fs already ran above, here once more with Garage beside it).
+s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$/::/')
+# shellcheck disable=SC2086
+cargo test -p bucketgate-storage --locked --test integration -- $s3_modules sync_s3:: sync_s3_scale:: \
+  --test-threads="${TEST_THREADS:-4}"
+cargo test -p bucketgate-tests --locked --test integration -- vfs_behaviour::env_endpoint:: \
+  e2e_s3_servers::clients_on_env_endpoint --test-threads="${TEST_THREADS:-4}"
