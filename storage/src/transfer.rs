@@ -847,6 +847,9 @@ impl FileWriter {
     }
 }
 
+/// A cancellation token for [`pump`], and the error it ends with when the token fires.
+pub(crate) type Cancel<'a> = Option<(&'a CancellationToken, fn() -> Error)>;
+
 /// Writes every chunk of `stream` into `up` until the stream ends, telling `on_chunk` the
 /// length of each chunk once written, and returns the upload with the bytes written. An error
 /// of either side, or `cancel` firing (the error then is `cancelled()`), aborts the upload:
@@ -855,7 +858,7 @@ impl FileWriter {
 pub(crate) async fn pump(
     stream: &mut ByteStream,
     mut up: Box<dyn Upload>,
-    cancel: Option<(&CancellationToken, fn() -> Error)>,
+    cancel: Cancel<'_>,
     mut on_chunk: impl FnMut(u64),
 ) -> Result<(Box<dyn Upload>, u64)> {
     let mut n = 0u64;
