@@ -1,6 +1,6 @@
 //! Omitted sections and keys take the documented defaults; `$${` escapes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

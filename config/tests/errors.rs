@@ -1,6 +1,6 @@
 //! Each kind of mistake is reported at its YAML path and line; all of them in one run.
 
-mod common;
+use crate::common;
 
 use common::*;
 

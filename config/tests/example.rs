@@ -1,6 +1,6 @@
 //! The example of docs/interface.md loads, with every value where the contract says.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

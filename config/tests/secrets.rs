@@ -1,6 +1,6 @@
 //! No secret reaches an error message, whatever field it lands in.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -40,15 +40,11 @@ pub fn run(arg: &ConfigArg) -> Result<(), Exit> {
         }
     }
     if !problems.is_empty() {
-        let lines: Vec<String> = problems
-            .iter()
-            .map(|(p, m)| loaded.error_at(p, m.clone()).to_string())
-            .collect();
         return Err(Exit::usage(format!(
             "{}: {} error(s)\n{}",
             path.display(),
-            lines.len(),
-            lines.join("\n")
+            problems.len(),
+            wiring::problem_lines(Some(&loaded), &problems)
         )));
     }
     println!(

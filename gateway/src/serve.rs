@@ -92,14 +92,8 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
 }
 
 fn storage_errors(path: &Option<PathBuf>, errs: Vec<(String, String)>) -> Exit {
-    let lines: Vec<String> = match path.as_ref().and_then(|p| bucketgate_config::load(p).ok()) {
-        Some(l) => errs
-            .iter()
-            .map(|(p, m)| l.error_at(p, m.clone()).to_string())
-            .collect(),
-        None => errs.iter().map(|(p, m)| format!("{p}: {m}")).collect(),
-    };
-    Exit::usage(lines.join("\n"))
+    let loaded = path.as_ref().and_then(|p| bucketgate_config::load(p).ok());
+    Exit::usage(wiring::problem_lines(loaded.as_ref(), &errs))
 }
 
 async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
@@ -450,14 +444,8 @@ fn scheduled_jobs(
     cfg: &Config,
     storage: &wiring::Storage,
 ) -> Result<Vec<(bucketgate_storage::sync::SyncJob, Duration)>, Exit> {
-    let jobs = wiring::sync_jobs(cfg, storage).map_err(|errs| {
-        Exit::usage(
-            errs.iter()
-                .map(|(p, m)| format!("{p}: {m}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+    let jobs = wiring::sync_jobs(cfg, storage)
+        .map_err(|errs| Exit::usage(wiring::problem_lines(None, &errs)))?;
     Ok(jobs
         .into_iter()
         .filter_map(|(j, every)| every.map(|e| (j, e)))

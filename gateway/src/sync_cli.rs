@@ -33,22 +33,10 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<()
         .map_err(|e| Exit::runtime(e.to_string()))?;
     let result = rt.block_on(async {
         let budget = MemoryBudget::shared(cfg.transfers.memory_limit.bytes());
-        let storage = wiring::build_storage(&cfg, budget).map_err(|errs| {
-            Exit::usage(
-                errs.iter()
-                    .map(|(p, m)| format!("{p}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
-        let jobs = wiring::sync_jobs(&cfg, &storage).map_err(|errs| {
-            Exit::usage(
-                errs.iter()
-                    .map(|(p, m)| format!("{p}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+        let storage = wiring::build_storage(&cfg, budget)
+            .map_err(|errs| Exit::usage(wiring::problem_lines(None, &errs)))?;
+        let jobs = wiring::sync_jobs(&cfg, &storage)
+            .map_err(|errs| Exit::usage(wiring::problem_lines(None, &errs)))?;
         let (job, _) = jobs
             .into_iter()
             .find(|(j, _)| j.name == name)

@@ -110,6 +110,22 @@ pub struct Storage {
     pub remotes: HashMap<String, Arc<S3Backend>>,
 }
 
+/// Problems found while wiring a config (each a config path and a message), one a line: with
+/// the config file's line numbers when `loaded` is given, else as `path: message`.
+pub fn problem_lines(
+    loaded: Option<&bucketgate_config::Loaded>,
+    problems: &[(String, String)],
+) -> String {
+    problems
+        .iter()
+        .map(|(p, m)| match loaded {
+            Some(l) => l.error_at(p, m.clone()).to_string(),
+            None => format!("{p}: {m}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Builds backends and the tree. Errors are (YAML path, message) pairs.
 pub fn build_storage(
     cfg: &Config,

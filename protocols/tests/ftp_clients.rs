@@ -3,7 +3,7 @@
 //! check of what was stored reads the objects back through a separate S3 client. A missing
 //! program fails the test (see `ftp_harness::tool`).
 
-mod ftp_harness;
+use crate::ftp_harness;
 
 use bucketgate_protocols::ftp::TlsMode;
 use ftp_harness::{path_str, run_fails, run_ok, tool, Harness, S3Server, Setup, PASSWORD, USER};

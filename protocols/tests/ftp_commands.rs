@@ -1,7 +1,7 @@
 //! Every FTP command clients use, through the in-process suppaftp client, checked against the
 //! files on disk.
 
-mod ftp_harness;
+use crate::ftp_harness;
 
 use ftp_harness::{Harness, Setup};
 use std::io::Cursor;
@@ -328,8 +328,8 @@ async fn rest_applies_to_the_next_transfer_only() {
     let h = Harness::start(Setup::default()).await;
     let body: Vec<u8> = (0..36u8).map(|i| b'a' + i % 26).collect();
     h.write("a", &body);
-    let (mut raw, _) = ftp_harness::Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
 
     // REST + a STOR that cannot be done at that offset: refused, the file untouched.
     assert!(raw.cmd("REST 18").await.starts_with("350"));

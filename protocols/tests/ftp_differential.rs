@@ -11,7 +11,7 @@
 //! `DIFF_SEQUENCES=<n>` sets how many fresh random sequences run beside the fixed seeds (the
 //! long mode, `bench/README.md`); `DIFF_VERBOSE=1` prints every step and both answers.
 
-mod ftp_harness;
+use crate::ftp_harness;
 
 use ftp_harness::{s3_support, Harness, S3Server, Setup, PASSWORD, USER};
 use rand::rngs::StdRng;

@@ -2,9 +2,9 @@
 //! bans and caps, over-long or non-UTF-8 lines, the login grace, foreign data connections, and
 //! shutdown.
 
-mod ftp_harness;
+use crate::ftp_harness;
 
-use ftp_harness::{reply_text, Harness, Raw, Setup, PASSWORD, USER};
+use ftp_harness::{reply_text, Harness, RawFtp, Setup, PASSWORD, USER};
 use std::io::Cursor;
 use std::time::Duration;
 use suppaftp::tokio::AsyncFtpStream;
@@ -157,7 +157,7 @@ async fn banned_addresses_are_refused_at_connect() {
     for _ in 0..3 {
         assert!(c.login(USER, "wrong").await.is_err());
     }
-    let (_raw, greeting) = Raw::connect(h.addr).await;
+    let (_raw, greeting) = RawFtp::connect(h.addr).await;
     assert!(greeting.starts_with("421"), "{greeting}");
 }
 
@@ -169,7 +169,7 @@ async fn sessions_per_address_are_capped() {
     })
     .await;
     let mut first = h.client().await;
-    let (_raw, greeting) = Raw::connect(h.addr).await;
+    let (_raw, greeting) = RawFtp::connect(h.addr).await;
     assert!(greeting.starts_with("421"), "{greeting}");
     first.quit().await.unwrap();
     drop(first);
@@ -177,7 +177,7 @@ async fn sessions_per_address_are_capped() {
     // asynchronously, so poll on the connection's own answers (bounded).
     let mut tries = 0;
     loop {
-        let (_raw, greeting) = Raw::connect(h.addr).await;
+        let (_raw, greeting) = RawFtp::connect(h.addr).await;
         if greeting.starts_with("220") {
             break;
         }
@@ -194,8 +194,8 @@ async fn long_and_non_utf8_lines() {
         ..Setup::default()
     })
     .await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     raw.send(b"STOR \xff\xfe.txt\r\n").await;
     let r = raw.reply().await;
     assert!(r.starts_with("553"), "{r}");
@@ -207,7 +207,7 @@ async fn long_and_non_utf8_lines() {
     assert_eq!(raw.reply().await, "");
 
     // A line without an end is cut off too.
-    let (mut raw, _) = Raw::connect(h.addr).await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
     raw.send("y".repeat(1000).as_bytes()).await;
     let r = raw.reply().await;
     assert!(r.starts_with("500"), "{r}");
@@ -220,7 +220,7 @@ async fn login_grace_closes_idle_connections() {
         ..Setup::default()
     })
     .await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
     let r = raw.reply().await;
     assert!(r.starts_with("421"), "{r}");
     assert_eq!(raw.reply().await, "");
@@ -229,8 +229,8 @@ async fn login_grace_closes_idle_connections() {
 #[tokio::test]
 async fn active_mode_is_off_by_default() {
     let h = Harness::start(Setup::default()).await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     let r = raw.cmd("PORT 127,0,0,1,200,1").await;
     assert!(r.starts_with("502"), "{r}");
     let r = raw.cmd("EPRT |1|127.0.0.1|51201|").await;
@@ -244,8 +244,8 @@ async fn active_mode_only_to_the_client_itself() {
         ..Setup::default()
     })
     .await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     // Another host, or a privileged port: refused before any connection is tried.
     let r = raw.cmd("PORT 10,1,2,3,200,1").await;
     assert!(r.starts_with("500"), "{r}");
@@ -286,8 +286,8 @@ async fn data_connections_only_from_the_control_address() {
     // to the passive port.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let (mut raw, _) = Raw::over(sock.connect(h.addr).await.unwrap()).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::over(sock.connect(h.addr).await.unwrap()).await;
+    raw.login_ok(USER, PASSWORD).await;
     h.write("secret.bin", b"for the session only");
     let r = raw.cmd("EPSV").await;
     assert!(r.starts_with("229"), "{r}");
@@ -323,8 +323,8 @@ async fn data_connections_only_from_the_control_address() {
 #[tokio::test]
 async fn shutdown_says_goodbye_to_idle_sessions() {
     let mut h = Harness::start(Setup::default()).await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     h.shutdown.cancel();
     let r = raw.reply().await;
     assert!(r.starts_with("421"), "{r}");
@@ -336,8 +336,8 @@ async fn shutdown_says_goodbye_to_idle_sessions() {
 async fn interrupted_upload_leaves_nothing() {
     let h = Harness::start(Setup::default()).await;
     h.write("keep.bin", b"old content");
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     for name in ["new.bin", "keep.bin"] {
         let r = raw.cmd("EPSV").await;
         assert!(r.starts_with("229"), "{r}");
@@ -374,7 +374,7 @@ async fn interrupted_upload_leaves_nothing() {
 #[tokio::test]
 async fn refused_command_lines_keep_the_session() {
     let h = Harness::start(Setup::default()).await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
     // Before the login as well.
     for (cmd, code) in [
         ("OPTS UTF8 ON", "200"),
@@ -386,7 +386,7 @@ async fn refused_command_lines_keep_the_session() {
         let r = raw.cmd("NOOP").await;
         assert!(r.starts_with("200"), "after {cmd:?}: {r}");
     }
-    raw.login().await;
+    raw.login_ok(USER, PASSWORD).await;
     let feat = raw.cmd("FEAT").await;
     assert!(
         feat.contains("\r\n MLST type*;size*;modify*;\r\n"),
@@ -444,8 +444,8 @@ async fn killed_client_stores_nothing() {
     for control_first in [true, false] {
         for name in ["new.bin", "keep.bin"] {
             for _ in 0..2 {
-                let (mut raw, _) = Raw::connect(h.addr).await;
-                raw.login().await;
+                let (mut raw, _) = RawFtp::connect(h.addr).await;
+                raw.login_ok(USER, PASSWORD).await;
                 let mut data = raw.epsv().await;
                 let r = raw.cmd(&format!("STOR {name}")).await;
                 assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
@@ -484,8 +484,8 @@ async fn killed_client_stores_nothing() {
 async fn abor_during_a_transfer_answers_426_then_226() {
     let h = Harness::start(Setup::default()).await;
     h.write("keep.bin", b"old content");
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     // Plain, then as Telnet clients send it (IAC IP, IAC DM before the command).
     let abors: [&[u8]; 2] = [b"ABOR\r\n", b"\xff\xf4\xff\xf2ABOR\r\n"];
     for (name, abor) in [("new.bin", abors[0]), ("keep.bin", abors[1])] {
@@ -555,8 +555,8 @@ async fn rest_beyond_the_end_and_size_of_a_folder_are_refused() {
     let body: Vec<u8> = (0..36u8).collect();
     h.write("a.bin", &body);
     h.write("dir/x.txt", b"x");
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
 
     assert!(raw.cmd("REST 37").await.starts_with("350"));
     let (got, r) = raw.retr("a.bin").await;
@@ -584,8 +584,8 @@ async fn rest_beyond_the_end_and_size_of_a_folder_are_refused() {
 #[tokio::test]
 async fn quit_during_an_upload_waits_for_it() {
     let h = Harness::start(Setup::default()).await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     let mut data = raw.epsv().await;
     let r = raw.cmd("STOR q.bin").await;
     assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
@@ -665,8 +665,8 @@ async fn broken_listing_answers_426() {
     for i in 0..4000 {
         h.write(&format!("many/{i:05}-{}", "n".repeat(150)), b"");
     }
-    let (mut raw, _) = Raw::connect(h.addr).await;
-    raw.login().await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let r = raw.cmd("EPSV").await;

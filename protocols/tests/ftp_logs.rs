@@ -1,7 +1,7 @@
 //! What an FTP session writes to the gateway's log: one short line per event, in text and JSON,
 //! at `info` and at `debug` (libunftp's spans, kilobytes of `Debug` dumps, are left out).
 
-mod ftp_harness;
+use crate::ftp_harness;
 
 use bucketgate_protocols::logging;
 use ftp_harness::{reply_text, Harness, Setup};

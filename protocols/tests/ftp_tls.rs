@@ -1,9 +1,9 @@
 //! FTPS: explicit (AUTH TLS), required (no plain login, PROT P before data), implicit.
 
-mod ftp_harness;
+use crate::ftp_harness;
 
 use bucketgate_protocols::ftp::TlsMode;
-use ftp_harness::{reply_text, run_ok, tool, Harness, Raw, Setup, PASSWORD, USER};
+use ftp_harness::{reply_text, run_ok, tool, Harness, RawFtp, Setup, PASSWORD, USER};
 use std::io::Cursor;
 use suppaftp::tokio::AsyncRustlsFtpStream;
 use tokio::io::AsyncReadExt;
@@ -78,7 +78,7 @@ async fn required_mode_refuses_plain_login_and_plain_data() {
 #[tokio::test]
 async fn auth_tls_without_tls_configured() {
     let h = Harness::start(Setup::default()).await;
-    let (mut raw, _) = Raw::connect(h.addr).await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
     let r = raw.cmd("AUTH TLS").await;
     assert!(r.starts_with("502"), "{r}");
 }

@@ -1,6 +1,6 @@
 //! Logins over SSH: password, public key, keyboard-interactive, and the refusals.
 
-mod sftp_common;
+use crate::sftp_common;
 
 use russh::client::KeyboardInteractiveAuthResponse;
 use russh::keys::PrivateKeyWithHashAlg;

@@ -9,9 +9,8 @@
 //! `DIFF_SEQUENCES=<n>` sets how many fresh random sequences run beside the fixed seeds (the
 //! long mode, `bench/README.md`).
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
-mod sftp_common;
+use crate::sftp_common;
+use bucketgate_testkit::s3 as s3_support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -325,7 +324,7 @@ struct Env {
     srv: s3_support::Server,
     backend: bucketgate_storage::s3::S3Backend,
     _h: sftp_common::Harness,
-    _ssh: [russh::client::Handle<sftp_common::Client>; 2],
+    _ssh: [russh::client::Handle<sftp_common::TrustAll>; 2],
     g: [Arc<RawSftpSession>; 2],
     refdir: tempfile::TempDir,
     _children: Vec<tokio::process::Child>,
@@ -357,7 +356,7 @@ impl Env {
         // BUCKETGATE_TEST_S3_* set, that server instead (bench/README.md).
         let srv = match s3_support::env_server() {
             Some(s) => s,
-            None => s3_support::moto_only().await.unwrap(),
+            None => s3_support::moto_server().await,
         };
         println!("S3 server: {}", srv.name);
         let mount = bucketgate_storage::Mount {

@@ -1,7 +1,7 @@
 //! The programs people use: OpenSSH `sftp -b` and `scp` (SFTP mode and legacy `-O`), as
 //! subprocesses against the real server on 127.0.0.1.
 
-mod sftp_common;
+use crate::sftp_common;
 
 use sftp_common::{require_tool, Harness};
 use std::path::{Path, PathBuf};

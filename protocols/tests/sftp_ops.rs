@@ -1,8 +1,7 @@
 //! SFTP operations through an in-process russh + russh-sftp client, checked on disk.
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
-mod sftp_common;
+use crate::sftp_common;
+use bucketgate_testkit::s3 as s3_support;
 
 use russh_sftp::client::error::Error as SftpErr;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};

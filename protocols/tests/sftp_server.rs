@@ -1,11 +1,11 @@
 //! Connection-level behaviour: admission, algorithms, graceful shutdown, packet limits.
 
-mod sftp_common;
+use crate::sftp_common;
 
 use bucketgate_protocols::auth::Protocol;
 use russh::keys::PrivateKeyWithHashAlg;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use sftp_common::{Client, Harness, ALICE_PW};
+use sftp_common::{Harness, TrustAll, ALICE_PW};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ async fn connect_with(h: &Harness, preferred: russh::Preferred) -> Result<(), ru
         preferred,
         ..Default::default()
     });
-    let mut c = russh::client::connect(config, h.addr, Client).await?;
+    let mut c = russh::client::connect(config, h.addr, TrustAll).await?;
     let key = PrivateKeyWithHashAlg::new(Arc::new(h.alice_key.clone()), None);
     assert!(c.authenticate_publickey("alice", key).await?.success());
     Ok(())

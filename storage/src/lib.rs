@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod budget;
+pub mod calendar;
 pub mod error;
 pub(crate) mod known;
 pub mod local;

@@ -1,7 +1,7 @@
 //! File handles over objects: a reader with read-ahead for random offsets, and a writer that
 //! turns offset writes into one in-order upload.
 
-use crate::backend::{Backend, CreateOptions, Entry, Upload};
+use crate::backend::{Backend, ByteStream, CreateOptions, Entry, Upload};
 use crate::budget::{MemoryBudget, MemoryPermit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Transfer;
@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Bytes of writes that may wait ahead of the next offset to be sent, per open file (a bound on
 /// memory: a later write over the same bytes replaces them, it does not add to them).
@@ -888,6 +889,51 @@ impl FileWriter {
     }
 }
 
+/// A cancellation token for [`pump`], and the error it ends with when the token fires.
+pub(crate) type Cancel<'a> = Option<(&'a CancellationToken, fn() -> Error)>;
+
+/// Writes every chunk of `stream` into `up` until the stream ends, telling `on_chunk` the
+/// length of each chunk once written, and returns the upload with the bytes written. An error
+/// of either side, or `cancel` firing (the error then is `cancelled()`), aborts the upload:
+/// nothing becomes visible, and the error is returned. The loop of every copy between backends
+/// (a rename across backends, a sync copy).
+pub(crate) async fn pump(
+    stream: &mut ByteStream,
+    mut up: Box<dyn Upload>,
+    cancel: Cancel<'_>,
+    mut on_chunk: impl FnMut(u64),
+) -> Result<(Box<dyn Upload>, u64)> {
+    let mut n = 0u64;
+    loop {
+        let next = match cancel {
+            Some((token, cancelled)) => tokio::select! {
+                c = stream.next() => c,
+                _ = token.cancelled() => {
+                    up.abort().await;
+                    return Err(cancelled());
+                }
+            },
+            None => stream.next().await,
+        };
+        match next {
+            None => return Ok((up, n)),
+            Some(Ok(b)) => {
+                let len = b.len() as u64;
+                if let Err(e) = up.write(b).await {
+                    up.abort().await;
+                    return Err(e);
+                }
+                n += len;
+                on_chunk(len);
+            }
+            Some(Err(e)) => {
+                up.abort().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Streams file `from` of one backend into `to` of another (a rename across backends).
 pub async fn stream_copy(
     src: &Arc<dyn Backend>,
@@ -897,7 +943,7 @@ pub async fn stream_copy(
     size: u64,
 ) -> Result<Entry> {
     let mut stream = src.read(from, 0, Some(size)).await?;
-    let mut up = dst
+    let up = dst
         .create(
             to,
             CreateOptions {
@@ -906,22 +952,7 @@ pub async fn stream_copy(
             },
         )
         .await?;
-    let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(b) => {
-                n += b.len() as u64;
-                if let Err(e) = up.write(b).await {
-                    up.abort().await;
-                    return Err(e);
-                }
-            }
-            Err(e) => {
-                up.abort().await;
-                return Err(e);
-            }
-        }
-    }
+    let (up, n) = pump(&mut stream, up, None, |_| {}).await?;
     if n != size {
         up.abort().await;
         return Err(Error::new(ErrorKind::Backend, "the source ended early").set_retryable(true));

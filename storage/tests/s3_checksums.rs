@@ -10,8 +10,8 @@
 //! counted as passed: what must hold everywhere with the default (`md5`) is that the caller
 //! gets an error and no multipart upload is committed.
 
-mod http_proxy;
-mod s3_support;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions};
 use bucketgate_storage::local::LocalBackend;

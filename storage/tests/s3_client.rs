@@ -1,7 +1,7 @@
 //! The HTTP side: region fallback, the connection cap, credentials and bucket errors,
 //! retries, and per-remote client options.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::budget::MemoryBudget;

@@ -4,8 +4,8 @@
 //! the ranged copy requests, so the test proves the split happened, not only that the bytes
 //! came out right.
 
-mod http_proxy;
-mod s3_support;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions};
 use bucketgate_storage::s3::S3Backend;
@@ -145,7 +145,7 @@ async fn copies_above_the_copy_limit_go_in_ranges_and_keep_bytes_and_times() {
 /// of 5 MiB is still copied as two ranges of 6 MiB, not three of 4 MiB that S3 would refuse.
 #[tokio::test]
 async fn a_copy_limit_below_10_mib_is_raised() {
-    let srv = moto_only().await.unwrap();
+    let srv = moto_server().await;
     let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
     let endpoint = format!("http://{}", proxy.addr);
     let b = srv.backend_with(|o| {

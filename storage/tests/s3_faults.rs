@@ -5,8 +5,8 @@
 //! pending multipart upload; a download never ends as a success with a short file; stale
 //! uploads are cleaned under a prefix by age.
 
-mod http_proxy;
-mod s3_support;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions};
 use bucketgate_storage::s3::{RetryPolicy, S3Backend};
@@ -125,7 +125,7 @@ async fn nothing_left(srv: &Server, key: &str) {
 
 #[tokio::test]
 async fn throttling_and_server_errors_are_retried_and_the_result_is_exact() {
-    let srv = moto_only().await.unwrap();
+    let srv = moto_server().await;
     // Two 503 SlowDown with Retry-After, then a 500, then the real server.
     let proxy = HttpProxy::start(
         srv.addr(),
@@ -230,7 +230,7 @@ async fn retry_after_is_waited_for_before_the_retry() {
 
 #[tokio::test]
 async fn a_connection_dropped_during_an_upload_is_retried_byte_exact() {
-    let srv = moto_only().await.unwrap();
+    let srv = moto_server().await;
     let proxy = HttpProxy::start(srv.addr(), first(2, is_part, Action::Drop)).await;
     let b = via(&srv, &proxy);
     let big = data(11 * MIB, 3);
@@ -248,7 +248,7 @@ async fn a_connection_dropped_during_an_upload_is_retried_byte_exact() {
 
 #[tokio::test]
 async fn an_upload_that_keeps_failing_fails_visibly_and_leaves_nothing() {
-    for srv in [s3s_server(None).await, moto_only().await.unwrap()] {
+    for srv in [s3s_server(None).await, moto_server().await] {
         println!("server {}", srv.name);
         // Multipart: the second part is refused every time.
         let proxy = HttpProxy::start(
@@ -307,7 +307,7 @@ async fn an_upload_that_keeps_failing_fails_visibly_and_leaves_nothing() {
 
 #[tokio::test]
 async fn a_multipart_upload_given_up_by_its_writer_is_aborted() {
-    let srv = moto_only().await.unwrap();
+    let srv = moto_server().await;
     let b = srv.backend();
     let key = srv.key("abandoned.bin");
     let mut up = b
@@ -469,7 +469,7 @@ async fn a_download_broken_after_a_good_run_resumes_on_the_same_version() {
 
 #[tokio::test]
 async fn stale_uploads_are_aborted_under_a_prefix_by_age() {
-    let srv = moto_only().await.unwrap();
+    let srv = moto_server().await;
     // Uploads started and never finished (a crashed gateway): moto takes unsigned requests.
     let http = reqwest::Client::new();
     let start = |key: String| {

@@ -12,7 +12,7 @@
 //! Runs on s3s-fs, moto and, with `BUCKETGATE_TEST_S3_*` set, that endpoint (scripts/test.sh
 //! runs it against Garage). `FOREIGN_SEEDS=<n>` sets how many random key sets per server.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::s3::S3Backend;

@@ -6,7 +6,7 @@
 //! through the env endpoint), the documented behaviour is asserted instead: a race may have two
 //! winners, and then the one whose write was replaced loses at its first renewal.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::s3::S3LeaseStore;
 use bucketgate_storage::sync::{Lease, LeaseStore};

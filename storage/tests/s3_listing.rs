@@ -1,7 +1,7 @@
 //! Folders over keys: pagination, markers, implied folders, file/folder conflicts, unservable
 //! keys, walks, stat and rmdir.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, EntryKind};
 use bucketgate_storage::ErrorKind;

@@ -2,7 +2,7 @@
 //! whole part each), large ones still send whole parts, and a budget too tight to grow a part
 //! spools it to disk instead of deadlocking.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions, Upload};
 use bucketgate_storage::budget::MemoryBudget;

@@ -1,6 +1,6 @@
 //! Server-side copies, renames, and client-set times.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions, EntryKind};
 use bucketgate_storage::ErrorKind;

@@ -3,8 +3,8 @@
 //! request timeout (a slow but steady download passes, a stall fails), and path-style versus
 //! virtual-host addressing.
 
-mod http_proxy;
-mod s3_support;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::ErrorKind;

@@ -7,8 +7,8 @@
 //! An env endpoint of another kind has its answers printed, and says that they were not
 //! compared.
 
-mod http_proxy;
-mod s3_support;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions};
 use bucketgate_storage::s3::{Capabilities, CopyCondition, EtagForm};

@@ -1,7 +1,7 @@
 //! Bytes in, the same bytes out: single PUTs, multipart edges, a large stream, ranged reads and
 //! short bodies, against every test server.
 
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions};
 use bucketgate_storage::budget::MemoryBudget;

@@ -3,8 +3,8 @@
 //! request, so the tests prove which path ran; the bytes are read back from the server; and an
 //! upload that is aborted, dropped, short or long leaves nothing at its key (or the old object).
 
-mod http_proxy;
-mod s3_support;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::{Backend, CreateOptions};
 use bucketgate_storage::s3::{Checksum, S3Backend};

@@ -1,4 +1,4 @@
-//! Helpers shared by the sync tests (included with `#[path]`; as its own test crate it is empty).
+//! Helpers shared by the sync tests (the `sync_*` modules of this test binary).
 #![allow(dead_code)]
 
 use bucketgate_storage::backend::Backend;

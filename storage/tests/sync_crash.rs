@@ -4,8 +4,7 @@
 //! The killed process is this test binary run again with `BUCKETGATE_SYNC_CRASH_CHILD` set to
 //! the test folder: then `crash_child` runs one sync and the other tests are filtered out.
 
-#[path = "sync_common.rs"]
-mod common;
+use crate::sync_common as common;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::local::LocalBackend;
@@ -83,7 +82,12 @@ fn content(rng: &mut impl Rng, max: usize) -> Vec<u8> {
 fn run_child(dir: &Path, delay: Duration) -> (bool, Duration) {
     run_or_kill(
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sync_crash::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir),
         delay,
     )

@@ -7,10 +7,8 @@
 //! test binary run again with `BUCKETGATE_SYNC_CRASH_S3_CHILD` set: then `crash_s3_child` runs
 //! one sync against the parent's server and the other tests are filtered out.
 
-#[path = "sync_common.rs"]
-mod common;
-#[path = "s3_support/mod.rs"]
-mod s3_support;
+use crate::sync_common as common;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::budget::MemoryBudget;
@@ -133,7 +131,7 @@ impl World {
             Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
-                    "crash_s3_child",
+                    "sync_crash_s3::crash_s3_child",
                     "--nocapture",
                     "--test-threads=1",
                 ])

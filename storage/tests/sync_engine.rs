@@ -1,8 +1,7 @@
 //! The sync engine between two local folders: directions, deletions, conflicts, filters,
 //! safety checks, dry runs, locking, history and the scheduler.
 
-#[path = "sync_common.rs"]
-mod common;
+use crate::sync_common as common;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::local::LocalBackend;

@@ -9,11 +9,10 @@
 //! `sync_s3_scale` for 10,000 files against real S3 servers), and 100,000 PUTs to the
 //! in-process s3s-fs server take many minutes in a debug build, so the size is tested here.
 //!
-//! Peak RSS (VmHWM) is a whole-process figure, so this file holds this one test only (cargo
-//! runs test binaries one at a time).
+//! Peak RSS (VmHWM) is a whole-process figure, so the test runs in a process of its own
+//! (`bucketgate_testkit::alone`).
 
-#[path = "sync_common.rs"]
-mod common;
+use crate::sync_common as common;
 
 use bucketgate_storage::sync::{ConflictPolicy, Direction};
 use common::*;
@@ -102,6 +101,9 @@ async fn job_of(n: usize, base: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_flat_from_20k_to_100k_entries() {
+    if !bucketgate_testkit::alone(module_path!(), "memory_stays_flat_from_20k_to_100k_entries") {
+        return;
+    }
     let (base, _) = rss_kib();
     let small = job_of(20_000, base).await;
     let big = job_of(100_000, base).await;

@@ -1,12 +1,9 @@
 //! The sync engine against real S3 servers (in-process s3s-fs, and moto when installed):
 //! local site ↔ S3 remote, and S3 ↔ S3 on one backend (server-side copies).
 
-#[path = "sync_common.rs"]
-mod common;
-#[path = "http_proxy/mod.rs"]
-mod http_proxy;
-#[path = "s3_support/mod.rs"]
-mod s3_support;
+use crate::sync_common as common;
+use bucketgate_testkit::http_proxy;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::local::LocalBackend;

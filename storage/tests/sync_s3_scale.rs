@@ -7,10 +7,8 @@
 //! The remote is reached through a proxy that counts the HTTP requests by method, so the
 //! no-change rerun is shown to send no PUT (nor anything else that writes) at all.
 
-#[path = "sync_common.rs"]
-mod common;
-#[path = "s3_support/mod.rs"]
-mod s3_support;
+use crate::sync_common as common;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::local::LocalBackend;

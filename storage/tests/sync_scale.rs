@@ -1,8 +1,7 @@
 //! 10,000 small files between two local folders: the first run copies them all, the second
 //! finds nothing to do, and a few changes are then found among them.
 
-#[path = "sync_common.rs"]
-mod common;
+use crate::sync_common as common;
 
 use bucketgate_storage::sync::{ConflictPolicy, Direction};
 use common::*;
@@ -19,6 +18,9 @@ fn peak_rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_small_files() {
+    if !bucketgate_testkit::alone(module_path!(), "ten_thousand_small_files") {
+        return;
+    }
     let env = Env::new();
     let (s, r) = (env.s(), env.r());
     const N: usize = 10_000;

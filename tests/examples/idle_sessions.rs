@@ -9,17 +9,7 @@ use bucketgate_tests::gateway::Gateway;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-struct TrustAll;
-
-impl russh::client::Handler for TrustAll {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
+use bucketgate_testkit::ssh::TrustAll;
 
 fn kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

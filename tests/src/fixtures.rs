@@ -4,17 +4,9 @@ use bucketgate_storage::local::LocalBackend;
 use bucketgate_storage::{Area, Backend, Mount, Permissions, Tree, UserFs, VPath};
 use std::sync::Arc;
 
-/// What a backend under test can be trusted to do faithfully. A test server's departure from
-/// S3 is declared here and the matching assertions are skipped for it, visibly.
-#[derive(Debug, Clone, Copy)]
-pub struct Caps {
-    /// Empty folders (markers) survive and list as folders.
-    pub empty_folders: bool,
-    /// Appends to an existing object are kept.
-    pub append: bool,
-    /// Large streams (hundreds of MiB) are affordable (moto keeps everything in memory).
-    pub big_files: bool,
-}
+/// What a backend under test does faithfully: the S3 test servers' declaration, which the
+/// assertions that depend on it consult (and skip, visibly, where a server departs from S3).
+pub use bucketgate_testkit::s3::Caps;
 
 /// A backend for one test, with whatever keeps it alive.
 pub struct Fixture {
@@ -34,10 +26,14 @@ impl Fixture {
             name: "local",
             backend: Arc::new(backend),
             prefix: String::new(),
+            // A folder on disk keeps empty folders, appends, large files and any name.
             caps: Caps {
-                empty_folders: true,
-                append: true,
-                big_files: true,
+                markers: true,
+                part_copy: true,
+                list_uploads: false,
+                big: true,
+                checks_signatures: false,
+                raw_keys: false,
             },
             _guard: Box::new(dir),
         }

@@ -219,17 +219,7 @@ pub fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, Stri
 }
 
 /// Requires a program on PATH; a missing client is a failure, never a skip.
-pub fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is not installed: run scripts/install-test-tools.sh (CI does)"
-    );
-}
+pub use bucketgate_testkit::tools::require;
 
 /// A window of passive FTP ports for one test, so that parallel gateways do not compete.
 pub fn passive_range() -> String {

@@ -1,35 +1,30 @@
 //! More real clients through the binary onto an S3 mount (moto): curl's SFTP, rclone as an
 //! SFTP client, WinSCP's upload pattern, and a reload that must not cut a running transfer.
 
+use bucketgate_testkit::gateway_config::{GatewayConfig, User};
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch};
 use bucketgate_tests::gateway::{passive_range, require, run, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use std::process::Command;
 use std::time::Duration;
 
 fn start(moto: &Moto, dir: &std::path::Path, public: &str, extra_users: &str) -> Gateway {
     let (_, hash, _) = run(dir, &["hash-password"], Some("pw-alice\n"));
-    let cfg = format!(
-        r#"sftp:
-  listen: "127.0.0.1:0"
-ftp:
-  listen: "127.0.0.1:0"
-  passive_ports: "{passive}"
-storage: {{ type: local, root: ./files }}
-remotes:
-  - {{ name: acme, endpoint: "{endpoint}", bucket: exchange, access_key_id: {ACCESS_KEY}, secret_access_key: {SECRET_KEY} }}
-mounts:
-  - {{ path: /acme, remote: acme }}
-users:
-  - username: alice
-    password_hash: "{hash}"
-    public_keys: ["{public}"]
-    home: /
-{extra_users}"#,
-        passive = passive_range(),
-        endpoint = moto.endpoint,
-        hash = hash.trim(),
-    );
+    let cfg = GatewayConfig::new()
+        .sftp()
+        .ftp(&passive_range())
+        .remote(
+            "acme",
+            &moto.endpoint,
+            "exchange",
+            ACCESS_KEY,
+            SECRET_KEY,
+            "",
+        )
+        .mount("/acme", "acme", "")
+        .user(User::new("alice", &hash).key(public).home("/"))
+        .yaml()
+        + extra_users;
     Gateway::start(dir, &cfg, &["sftp", "ftp"])
 }
 

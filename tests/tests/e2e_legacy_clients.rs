@@ -3,11 +3,12 @@
 //! `sftp.legacy_algorithms`) and Apache Commons Net (FTP and explicit FTPS). What each client
 //! did is checked in the bucket through boto3, never through the gateway.
 
-mod support;
+use crate::support;
 
+use bucketgate_testkit::gateway_config::{GatewayConfig, User};
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{assert_ok, java_program, keygen, paramiko};
 use bucketgate_tests::gateway::{passive_range, require, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use std::path::Path;
 use std::process::{Command, Output};
 use support::{HASH, PASSWORD};
@@ -18,25 +19,27 @@ const COMMONS_NET_JAR: &str = "/usr/share/java/commons-net.jar";
 /// A gateway whose `/acme` is the moto bucket `exchange` (client times kept), with `servers`
 /// (the `sftp:`/`ftp:` sections) and alice, who may only list and download in `/acme/ro`.
 fn start(moto: &Moto, dir: &Path, servers: &str, public_key: &str) -> Gateway {
-    let cfg = format!(
-        r#"{servers}
-state_dir: ./data
-storage: {{ type: local, root: ./files }}
-remotes:
-  - {{ name: acme, endpoint: "{endpoint}", bucket: exchange, access_key_id: {ACCESS_KEY}, secret_access_key: {SECRET_KEY}, preserve_mtime: true }}
-mounts:
-  - {{ path: /acme, remote: acme }}
-users:
-  - username: alice
-    password_hash: "{HASH}"
-    public_keys: [{public_key}]
-    home: /
-    permissions:
-      "/": ["*"]
-      "/acme/ro": [list, download]
-"#,
-        endpoint = moto.endpoint,
-    );
+    let mut alice = User::new("alice", HASH)
+        .home("/")
+        .allow("/", "\"*\"")
+        .allow("/acme/ro", "list, download");
+    if !public_key.is_empty() {
+        alice = alice.key(public_key.trim_matches('"'));
+    }
+    let cfg = GatewayConfig::new()
+        .section(servers)
+        .section("state_dir: ./data")
+        .remote(
+            "acme",
+            &moto.endpoint,
+            "exchange",
+            ACCESS_KEY,
+            SECRET_KEY,
+            "preserve_mtime: true",
+        )
+        .mount("/acme", "acme", "")
+        .user(alice)
+        .yaml();
     let expect: Vec<&'static str> = ["sftp", "ftp"]
         .into_iter()
         .filter(|p| servers.lines().any(|l| l == format!("{p}:")))

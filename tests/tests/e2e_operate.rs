@@ -2,18 +2,17 @@
 //! the audit log and the absence of secrets, the PROXY protocol, and two instances sharing one
 //! config, one S3 site tree and one host key.
 
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{
     assert_ok, curl, keygen, paramiko, sftp_batch, sftp_batch_password,
 };
 use bucketgate_tests::gateway::{passive_range, require, run, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 const PASSWORD: &str = "alice-Operate-Pw-7c1d";
 const WRONG: &str = "wrong-Guess-Pw-55aa";

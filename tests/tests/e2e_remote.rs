@@ -2,12 +2,11 @@
 //! key that lacks a permission, a healthy remote and a production bucket (`--read-only`), and
 //! a mount whose remote is unreachable while the rest of the site keeps working.
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{keygen, sftp_batch};
 use bucketgate_tests::gateway::{run, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use std::path::Path;
 
 fn remote_config(endpoint: &str, bucket: &str, access: &str, secret: &str) -> String {

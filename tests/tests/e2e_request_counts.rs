@@ -4,12 +4,11 @@
 //! user waits for: the counts are held here so that none can be added unnoticed, and published
 //! in bench/README.md ("Requests per operation").
 
-#[path = "../../storage/tests/http_proxy/mod.rs"]
-mod http_proxy;
+use bucketgate_testkit::http_proxy;
 
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch};
 use bucketgate_tests::gateway::{passive_range, run, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use http_proxy::{forward_all, HttpProxy, Seen};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,40 +1,34 @@
 //! A mount onto a real S3 server (moto), driven through the real binary by OpenSSH `sftp` and
 //! `curl`, with the bucket read back by boto3: what lands in the bucket is what users sent.
 
+use bucketgate_testkit::gateway_config::{GatewayConfig, User};
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch};
 use bucketgate_tests::gateway::{passive_range, run, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 
 const PASSWORD: &str = "alice-Password-9f3e";
 
 fn config(moto: &Moto, hash: &str, public_key: &str) -> String {
-    format!(
-        r#"sftp:
-  listen: "127.0.0.1:0"
-ftp:
-  listen: "127.0.0.1:0"
-  passive_ports: "{passive}"
-storage: {{ type: local, root: ./files }}
-remotes:
-  - name: acme
-    endpoint: {endpoint}
-    bucket: exchange
-    access_key_id: {ACCESS_KEY}
-    secret_access_key: ${{ACME_SECRET}}
-mounts:
-  - {{ path: /partners/acme, remote: acme, prefix: inbound/ }}
-users:
-  - username: alice
-    password_hash: "{hash}"
-    public_keys: ["{public_key}"]
-    home: /
-    permissions:
-      "/": ["*"]
-      "/partners/acme/archive": [list, download]
-"#,
-        passive = passive_range(),
-        endpoint = moto.endpoint,
-    )
+    GatewayConfig::new()
+        .sftp()
+        .ftp(&passive_range())
+        .remote(
+            "acme",
+            &moto.endpoint,
+            "exchange",
+            ACCESS_KEY,
+            "${ACME_SECRET}",
+            "",
+        )
+        .mount("/partners/acme", "acme", "inbound/")
+        .user(
+            User::new("alice", hash)
+                .key(public_key)
+                .home("/")
+                .allow("/", "\"*\"")
+                .allow("/partners/acme/archive", "list, download"),
+        )
+        .yaml()
 }
 
 #[test]

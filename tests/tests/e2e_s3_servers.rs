@@ -9,13 +9,13 @@
 //! so on it resumed uploads start from a part small enough to be sent again, and the folder
 //! steps run on folders that hold files. Each such change is printed.
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
-mod support;
+use crate::support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::s3::S3Backend;
 use bucketgate_storage::ErrorKind;
+use bucketgate_testkit::gateway_config::{GatewayConfig, User};
 use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch};
 use bucketgate_tests::gateway::{passive_range, require, Gateway};
 use s3_support::{data, Server, MIB};
@@ -52,37 +52,22 @@ impl Case {
     fn start(rt: tokio::runtime::Runtime, srv: Server) -> Case {
         let dir = tempfile::tempdir().unwrap();
         let (key, public) = keygen(dir.path(), "k");
-        let cfg = format!(
-            r#"sftp:
-  listen: "127.0.0.1:0"
-ftp:
-  listen: "127.0.0.1:0"
-  passive_ports: "{passive}"
-transfers:
-  part_size: 5MiB
-storage: {{ type: local, root: ./files }}
-remotes:
-  - name: under-test
-    endpoint: "{endpoint}"
-    bucket: "{bucket}"
-    region: "{region}"
-    access_key_id: "{access}"
-    secret_access_key: ${{S3_SECRET}}
-mounts:
-  - {{ path: /s3, remote: under-test, prefix: "{prefix}" }}
-users:
-  - username: alice
-    password_hash: "{HASH}"
-    public_keys: ["{public}"]
-    home: /
-"#,
-            passive = passive_range(),
-            endpoint = srv.endpoint,
-            bucket = srv.bucket,
-            region = srv.region.clone().unwrap_or_default(),
-            access = srv.access,
-            prefix = srv.prefix,
-        );
+        let region = format!("region: \"{}\"", srv.region.clone().unwrap_or_default());
+        let cfg = GatewayConfig::new()
+            .sftp()
+            .ftp(&passive_range())
+            .section("transfers:\n  part_size: 5MiB")
+            .remote(
+                "under-test",
+                &srv.endpoint,
+                &srv.bucket,
+                &srv.access,
+                "${S3_SECRET}",
+                &region,
+            )
+            .mount("/s3", "under-test", &srv.prefix)
+            .user(User::new("alice", HASH).key(&public).home("/"))
+            .yaml();
         let path = dir.path().join("bucketgate.yaml");
         std::fs::write(&path, cfg).unwrap();
         let gw = Gateway::spawn(
@@ -557,7 +542,7 @@ fn clients_on_s3s_fs() {
 #[test]
 fn clients_on_moto() {
     let rt = runtime();
-    let srv = rt.block_on(s3_support::moto_only()).expect("moto");
+    let srv = rt.block_on(s3_support::moto_server());
     Case::start(rt, srv).run_all();
 }
 

@@ -6,12 +6,12 @@
 //! peak RSS (VmHWM) is reported twice: while the 50 clients log in (argon2 needs 19 MiB per
 //! password check) and, after a reset of the peak once all are in, during the transfers.
 
-mod support;
+use crate::support;
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
-use bucketgate_tests::moto::{ACCESS_KEY, SECRET_KEY};
+use bucketgate_testkit::gateway_config::{GatewayConfig, User};
+use bucketgate_testkit::moto::{ACCESS_KEY, SECRET_KEY};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -169,40 +169,24 @@ async fn fifty_mixed_clients_every_byte_lands_in_the_bucket() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let moto = bucketgate_tests::moto::Moto::start();
+    let moto = bucketgate_testkit::moto::Moto::start();
     moto.create_bucket("soak");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"sftp:
-  listen: "127.0.0.1:0"
-ftp:
-  listen: "127.0.0.1:0"
-  passive_ports: "{passive}"
-storage: {{ type: local, root: ./files }}
-# 50 argon2 logins at once in a debug build on a shared machine take a while.
-limits: {{ max_sessions_per_ip: 100, login_grace: 10m }}
-remotes:
-  - name: s3
-    endpoint: {endpoint}
-    bucket: soak
-    access_key_id: {ACCESS_KEY}
-    secret_access_key: {SECRET_KEY}
-mounts:
-  - {{ path: /m, remote: s3, prefix: data/ }}
-users:
-  - username: soak
-    password_hash: "{HASH}"
-    home: /
-    permissions: {{ "/": ["*"] }}
-"#,
-        endpoint = moto.endpoint,
-        // 25 FTP clients, each with at most one passive port pending at a time.
-        passive = {
-            let r = bucketgate_tests::gateway::passive_range();
-            let lo: u16 = r.split('-').next().unwrap().parse().unwrap();
-            format!("{}-{}", lo - 10_000, lo - 10_000 + 99)
-        },
-    );
+    // 25 FTP clients, each with at most one passive port pending at a time.
+    let passive = {
+        let r = bucketgate_tests::gateway::passive_range();
+        let lo: u16 = r.split('-').next().unwrap().parse().unwrap();
+        format!("{}-{}", lo - 10_000, lo - 10_000 + 99)
+    };
+    let cfg = GatewayConfig::new()
+        .sftp()
+        .ftp(&passive)
+        // 50 argon2 logins at once in a debug build on a shared machine take a while.
+        .section("limits: { max_sessions_per_ip: 100, login_grace: 10m }")
+        .remote("s3", &moto.endpoint, "soak", ACCESS_KEY, SECRET_KEY, "")
+        .mount("/m", "s3", "data/")
+        .user(User::new("soak", HASH).home("/").allow("/", "\"*\""))
+        .yaml();
     let gw = bucketgate_tests::gateway::Gateway::start(dir.path(), &cfg, &["sftp", "ftp"]);
     let pid = gw.pid();
     let rss0 = proc_kib(pid, "VmRSS");
@@ -290,29 +274,22 @@ async fn forty_eight_sftp_uploads_under_a_tight_memory_limit_all_land() {
     const SESSIONS: usize = 48;
     let srv = s3_support::s3s_server(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"sftp:
-  listen: "127.0.0.1:0"
-storage: {{ type: local, root: ./files }}
-limits: {{ max_sessions_per_ip: 100, login_grace: 10m }}
-transfers: {{ memory_limit: 8MiB, part_size: 5MiB }}
-state_dir: ./state
-remotes:
-  - {{ name: s3, endpoint: "{endpoint}", bucket: {bucket}, access_key_id: "{access}", secret_access_key: "{secret}" }}
-mounts:
-  - {{ path: /m, remote: s3, prefix: {prefix} }}
-users:
-  - username: up
-    password_hash: "{HASH}"
-    home: /
-    permissions: {{ "/": ["*"] }}
-"#,
-        endpoint = srv.endpoint,
-        bucket = srv.bucket,
-        access = srv.access,
-        secret = srv.secret,
-        prefix = srv.prefix,
-    );
+    let cfg = GatewayConfig::new()
+        .sftp()
+        .section("limits: { max_sessions_per_ip: 100, login_grace: 10m }")
+        .section("transfers: { memory_limit: 8MiB, part_size: 5MiB }")
+        .section("state_dir: ./state")
+        .remote(
+            "s3",
+            &srv.endpoint,
+            &srv.bucket,
+            &srv.access,
+            &srv.secret,
+            "",
+        )
+        .mount("/m", "s3", &srv.prefix)
+        .user(User::new("up", HASH).home("/").allow("/", "\"*\""))
+        .yaml();
     let path = dir.path().to_path_buf();
     let gw = tokio::task::spawn_blocking(move || {
         bucketgate_tests::gateway::Gateway::start(&path, &cfg, &["sftp"])
@@ -390,32 +367,27 @@ async fn eight_64_mib_uploads_under_a_16_mib_budget() {
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path(), "k");
     let passive = bucketgate_tests::gateway::passive_range();
-    let cfg = format!(
-        r#"sftp:
-  listen: "127.0.0.1:0"
-ftp:
-  listen: "127.0.0.1:0"
-  passive_ports: "{passive}"
-storage: {{ type: local, root: ./files }}
-transfers: {{ memory_limit: 16MiB }}
-state_dir: ./state
-remotes:
-  - {{ name: s3, endpoint: "{endpoint}", bucket: {bucket}, access_key_id: "{access}", secret_access_key: "{secret}" }}
-mounts:
-  - {{ path: /m, remote: s3, prefix: {prefix} }}
-users:
-  - username: up
-    password_hash: "{HASH}"
-    public_keys: ["{public}"]
-    home: /
-    permissions: {{ "/": ["*"] }}
-"#,
-        endpoint = srv.endpoint,
-        bucket = srv.bucket,
-        access = srv.access,
-        secret = srv.secret,
-        prefix = srv.prefix,
-    );
+    let cfg = GatewayConfig::new()
+        .sftp()
+        .ftp(&passive)
+        .section("transfers: { memory_limit: 16MiB }")
+        .section("state_dir: ./state")
+        .remote(
+            "s3",
+            &srv.endpoint,
+            &srv.bucket,
+            &srv.access,
+            &srv.secret,
+            "",
+        )
+        .mount("/m", "s3", &srv.prefix)
+        .user(
+            User::new("up", HASH)
+                .key(&public)
+                .home("/")
+                .allow("/", "\"*\""),
+        )
+        .yaml();
     let path = dir.path().to_path_buf();
     let gw = tokio::task::spawn_blocking(move || {
         bucketgate_tests::gateway::Gateway::start(&path, &cfg, &["sftp", "ftp"])

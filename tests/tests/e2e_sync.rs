@@ -1,8 +1,8 @@
 //! Sync through the real binary: `sync run`, `--dry-run`, `sync status`, and a job scheduled by
 //! `serve`, against moto, with the bucket read back by boto3.
 
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::gateway::{run, Gateway};
-use bucketgate_tests::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use std::time::{Duration, Instant};
 
 fn config(moto: &Moto, interval: &str) -> String {

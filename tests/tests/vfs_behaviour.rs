@@ -2,11 +2,10 @@
 //! backend (local disk, and S3 servers on loopback). Each case asserts on what a user would
 //! see: the bytes, the listing, the error kind, and what the backend actually holds.
 
-#[path = "../../storage/tests/s3_support/mod.rs"]
-mod s3_support;
+use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::{ErrorKind, OpenMode, PermSet, Permissions, UserFs, VPath};
-use bucketgate_tests::fixtures::{area, user_view, Caps, Fixture};
+use bucketgate_tests::fixtures::{area, user_view, Fixture};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -86,7 +85,7 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 /// Alice's home: `/users/alice`, or the area root where the server cannot keep the folder
 /// markers a home needs (the byte-moving cases do not depend on where the home is).
 fn home_of(f: &Fixture) -> &'static str {
-    if f.caps.empty_folders {
+    if f.caps.markers {
         "/users/alice"
     } else {
         "/"
@@ -104,7 +103,7 @@ fn alice(f: &Fixture) -> UserFs {
 
 /// Leaves a folder-dependent case out for a server without folder markers, visibly.
 fn needs_folders(f: &Fixture) -> bool {
-    if !f.caps.empty_folders {
+    if !f.caps.markers {
         f.lacks("folders (markers)");
         return false;
     }
@@ -296,7 +295,7 @@ async fn case_write_rules(f: &Fixture) {
 }
 
 async fn case_append(f: &Fixture) {
-    if !f.caps.append {
+    if !f.caps.part_copy {
         f.lacks("append");
         return;
     }
@@ -390,7 +389,7 @@ fn overlay(base: &[u8], writes: &[(u64, &[u8])]) -> Vec<u8> {
 async fn case_in_place_writes(f: &Fixture) {
     let fs = alice(f);
     fs.ensure_home().await.unwrap();
-    let big = f.caps.append;
+    let big = f.caps.part_copy;
     let size = if big { 6 * 1024 * 1024 + 333 } else { 300_000 };
     let base = pattern(size, 7);
     let patch = pattern(4096, 99);
@@ -603,7 +602,7 @@ async fn case_folders(f: &Fixture) {
         fs.rmdir(&p("/d")).await.unwrap_err().kind(),
         ErrorKind::DirectoryNotEmpty
     );
-    if f.caps.empty_folders {
+    if f.caps.markers {
         fs.mkdir(&p("/empty")).await.unwrap();
         assert_eq!(
             names(&fs, "/").await,
@@ -697,7 +696,7 @@ async fn case_rename(f: &Fixture) {
     assert!(fs.stat(&p("/a.txt")).await.is_err());
     // A folder of many files moves whole.
     fs.mkdir(&p("/many")).await.unwrap();
-    let n = if f.caps.big_files { 1000 } else { 200 };
+    let n = if f.caps.big { 1000 } else { 200 };
     for i in 0..n {
         put(&fs, &format!("/many/f{i:04}"), format!("{i}").as_bytes())
             .await
@@ -992,11 +991,7 @@ fn from_server(srv: s3_support::Server) -> Fixture {
         name: srv.name,
         backend,
         prefix: srv.prefix.clone(),
-        caps: Caps {
-            empty_folders: srv.caps.markers,
-            append: srv.caps.part_copy,
-            big_files: srv.caps.big,
-        },
+        caps: srv.caps,
         _guard: Box::new(srv),
     }
 }
@@ -1006,7 +1001,7 @@ async fn s3s_fs() -> Fixture {
 }
 
 async fn moto() -> Fixture {
-    from_server(s3_support::moto_only().await.expect("moto"))
+    from_server(s3_support::moto_server().await)
 }
 
 /// `BUCKETGATE_TEST_S3_ENDPOINT` (and _BUCKET, _ACCESS_KEY, _SECRET_KEY, _REGION) name any
@@ -1029,7 +1024,7 @@ suite!(env_endpoint, env_or_local());
 /// control character, a name too long) are not listed at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_name_acts_on_exactly_its_own_key() {
-    let srv = s3_support::moto_only().await.expect("moto");
+    let srv = s3_support::moto_server().await;
     let b: Arc<dyn bucketgate_storage::Backend> = Arc::new(srv.backend());
     let long_ok = "l".repeat(255);
     let long_bad = "L".repeat(256);

@@ -1,5 +1,6 @@
-//! Memory while listing a huge folder. A file of its own: it measures the process's RSS, which
-//! other tests running beside it in one process (S3 servers, uploads) would disturb.
+//! Memory while listing a huge folder. The test runs in a process of its own
+//! (`bucketgate_testkit::alone`): it measures the process's RSS, which other tests running
+//! beside it in one process (S3 servers, uploads) would disturb.
 
 use bucketgate_storage::{Permissions, VPath};
 use bucketgate_tests::fixtures::{area, user_view, Fixture};
@@ -18,6 +19,12 @@ fn rss_kib() -> u64 {
 /// the listing never holds the folder whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_of_100_000_entries_lists_with_flat_memory() {
+    if !bucketgate_testkit::alone(
+        module_path!(),
+        "a_folder_of_100_000_entries_lists_with_flat_memory",
+    ) {
+        return;
+    }
     let f = Fixture::local().await;
     let disk = bucketgate_tests::fixtures::local_root(&f).join("big");
     std::fs::create_dir(&disk).unwrap();

@@ -99,16 +99,4 @@ impl Config {
     pub fn sync(&self, name: &str) -> Option<&SyncConfig> {
         self.syncs.iter().find(|s| s.name == name)
     }
-
-    /// Checks the cross-references and formats of a config built in code (a loaded config
-    /// has already been checked). Errors carry paths but no lines.
-    pub fn validate(&self) -> Result<(), crate::ConfigErrors> {
-        let index = crate::index::LineIndex::default();
-        let errors = crate::validate::validate(self, &index, &Default::default());
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::ConfigErrors(errors))
-        }
-    }
 }

@@ -25,6 +25,21 @@ pub(crate) struct Hints {
     pub poisoned: HashSet<String>,
 }
 
+impl Config {
+    /// Checks the cross-references and formats of a config built in code (a loaded config
+    /// has already been checked). Errors carry paths but no lines. Defined here, beside the
+    /// checks, so that the schema (plain data) does not depend on its validation.
+    pub fn validate(&self) -> Result<(), crate::ConfigErrors> {
+        let index = LineIndex::default();
+        let errors = validate(self, &index, &Default::default());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::ConfigErrors(errors))
+        }
+    }
+}
+
 /// Collects everything wrong with `config`.
 pub(crate) fn validate(config: &Config, ix: &LineIndex, hints: &Hints) -> Vec<ConfigError> {
     let mut v = Validator {

@@ -57,7 +57,7 @@ pub(crate) fn longname(e: &Entry, owner: &str, now: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let (y, mo, d, hh, mm) = civil(secs);
+    let (y, mo, d, hh, mm, _) = bucketgate_storage::calendar::civil_from_secs(secs);
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -82,33 +82,9 @@ pub(crate) fn longname(e: &Entry, owner: &str, now: SystemTime) -> String {
     )
 }
 
-/// Year, month (1-12), day, hour, minute of a Unix time in UTC (Howard Hinnant's
-/// days-from-civil inverse), so no date crate is needed for one `ls` column.
-fn civil(secs: i64) -> (i64, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil(0), (1970, 1, 1, 0, 0));
-        // 2024-02-29 12:34 UTC
-        assert_eq!(civil(1_709_210_040), (2024, 2, 29, 12, 34));
-    }
 
     #[test]
     fn long_name_shape() {

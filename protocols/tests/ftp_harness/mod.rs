@@ -3,10 +3,9 @@
 //! helpers to reach it.
 #![allow(dead_code)]
 
-// The storage crate's S3 test servers; this file is `ftp_harness/mod.rs`, so the path is taken
-// from its folder.
-#[path = "../../../storage/tests/s3_support/mod.rs"]
-pub mod s3_support;
+pub use bucketgate_testkit::ftp::RawFtp;
+pub use bucketgate_testkit::s3 as s3_support;
+pub use bucketgate_testkit::tools::tool;
 
 use bucketgate_protocols::auth::{Account, BanPolicy, Directory, LoginService, Protocol};
 use bucketgate_protocols::ftp::{serve, FtpOptions, FtpTls, TlsMode};
@@ -113,10 +112,10 @@ impl Harness {
         let (area, bucket) = if let Some(kind) = setup.s3 {
             let server = match kind {
                 S3Server::S3sFs => s3_support::s3s_server(None).await,
-                S3Server::Moto => s3_support::moto_only().await.expect("moto_server"),
+                S3Server::Moto => s3_support::moto_server().await,
                 S3Server::EnvOrMoto => match s3_support::env_server() {
                     Some(s) => s,
-                    None => s3_support::moto_only().await.expect("moto_server"),
+                    None => s3_support::moto_server().await,
                 },
             };
             let bucket = Bucket {
@@ -357,21 +356,6 @@ impl Drop for Harness {
     }
 }
 
-/// Runs an external program, failing loudly (never skipping) when it is not installed.
-pub fn tool(name: &str) -> std::process::Command {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{name}` is not installed: this test needs it (apt-get install -y {name})"
-    );
-    std::process::Command::new(name)
-}
-
 /// Runs a command to completion off the async runtime; panics with its output on failure.
 pub async fn run_ok(mut cmd: std::process::Command) -> String {
     let shown = format!("{cmd:?}");
@@ -409,121 +393,5 @@ pub fn reply_text(err: &suppaftp::FtpError) -> String {
     match err {
         suppaftp::FtpError::UnexpectedResponse(r) => String::from_utf8_lossy(&r.body).into_owned(),
         other => format!("{other:?}"),
-    }
-}
-
-/// A bare control connection, for what clients will not send.
-pub struct Raw {
-    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Raw {
-    /// Connects and reads the greeting.
-    pub async fn connect(addr: SocketAddr) -> (Raw, String) {
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        Raw::over(s).await
-    }
-
-    /// Uses an already connected socket and reads the greeting.
-    pub async fn over(s: tokio::net::TcpStream) -> (Raw, String) {
-        let (r, w) = s.into_split();
-        let mut raw = Raw {
-            r: tokio::io::BufReader::new(r),
-            w,
-        };
-        let greeting = raw.reply().await;
-        (raw, greeting)
-    }
-
-    /// Sends raw bytes.
-    pub async fn send(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.w.write_all(bytes).await.unwrap();
-    }
-
-    /// Sends a command line and reads the reply.
-    pub async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    /// Reads one whole reply (all lines of a multi-line one); empty at end of stream. Waits
-    /// at most 10 s so that a broken server fails the test instead of hanging it.
-    pub async fn reply(&mut self) -> String {
-        use tokio::io::AsyncBufReadExt;
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
-                .await
-                .expect("no reply within 10 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return all;
-            }
-            all.push_str(&line);
-            let b = line.as_bytes();
-            if all.len() == line.len() && b.len() >= 4 && b[3] == b'-' {
-                continue;
-            }
-            if b.len() >= 4 && b[..3] == all.as_bytes()[..3] && b[3] == b' ' {
-                return all;
-            }
-            if all.len() == line.len() {
-                return all;
-            }
-        }
-    }
-
-    /// EPSV, then connects to the announced port: the data connection of the next transfer.
-    pub async fn epsv(&mut self) -> tokio::net::TcpStream {
-        let r = self.cmd("EPSV").await;
-        assert!(r.starts_with("229"), "{r}");
-        let port: u16 = r
-            .split("(|||")
-            .nth(1)
-            .and_then(|x| x.split('|').next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {r}"));
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap()
-    }
-
-    /// RETR over a new data connection: the bytes and the final reply (the first reply must
-    /// be 150/125; its own refusal is returned as the final reply, with no bytes).
-    pub async fn retr(&mut self, path: &str) -> (Vec<u8>, String) {
-        let mut data = self.epsv().await;
-        let r = self.cmd(&format!("RETR {path}")).await;
-        if !(r.starts_with("150") || r.starts_with("125")) {
-            return (Vec::new(), r);
-        }
-        let mut buf = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut buf)
-            .await
-            .unwrap();
-        (buf, self.reply().await)
-    }
-
-    /// STOR over a new data connection, ended cleanly: the first and the final reply.
-    pub async fn stor(&mut self, path: &str, body: &[u8]) -> (String, String) {
-        let mut data = self.epsv().await;
-        let r = self.cmd(&format!("STOR {path}")).await;
-        if !(r.starts_with("150") || r.starts_with("125")) {
-            return (r, String::new());
-        }
-        tokio::io::AsyncWriteExt::write_all(&mut data, body)
-            .await
-            .unwrap();
-        drop(data);
-        (r, self.reply().await)
-    }
-
-    /// Logs in.
-    pub async fn login(&mut self) {
-        assert!(self.cmd(&format!("USER {USER}")).await.starts_with("331"));
-        let r = self.cmd(&format!("PASS {PASSWORD}")).await;
-        assert!(r.starts_with("230"), "{r}");
     }
 }

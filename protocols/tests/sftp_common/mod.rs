@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+pub use bucketgate_testkit::ssh::TrustAll;
+pub use bucketgate_testkit::tools::require as require_tool;
+
 /// alice's password.
 pub const ALICE_PW: &str = "alice-secret";
 /// Password of the other users.
@@ -220,9 +223,9 @@ impl Harness {
     }
 
     /// An SSH connection, not yet authenticated.
-    pub async fn connect(&self) -> russh::client::Handle<Client> {
+    pub async fn connect(&self) -> russh::client::Handle<TrustAll> {
         let config = Arc::new(russh::client::Config::default());
-        russh::client::connect(config, self.addr, Client)
+        russh::client::connect(config, self.addr, TrustAll)
             .await
             .unwrap()
     }
@@ -278,7 +281,7 @@ pub struct Sftp {
     /// The raw session: every reply's status code is visible.
     pub raw: RawSftpSession,
     /// The SSH connection.
-    pub ssh: russh::client::Handle<Client>,
+    pub ssh: russh::client::Handle<TrustAll>,
 }
 
 impl std::ops::Deref for Sftp {
@@ -288,7 +291,7 @@ impl std::ops::Deref for Sftp {
     }
 }
 
-async fn open_sftp(h: russh::client::Handle<Client>) -> anyhow::Result<Sftp> {
+async fn open_sftp(h: russh::client::Handle<TrustAll>) -> anyhow::Result<Sftp> {
     let ch = h.channel_open_session().await?;
     ch.request_subsystem(true, "sftp").await?;
     let raw = RawSftpSession::new(ch.into_stream());
@@ -308,28 +311,4 @@ pub fn write_private_key(key: &PrivateKey, path: &Path) {
         .open(path)
         .unwrap();
     f.write_all(pem.as_bytes()).unwrap();
-}
-
-/// Fails loudly when an OpenSSH client program is missing: these tests never skip.
-pub fn require_tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| panic!("{name} is not installed (apt-get install openssh-client)"))
-}
-
-/// A russh client that trusts any host key (the tests' own server).
-pub struct Client;
-
-impl russh::client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }

@@ -8,6 +8,7 @@ use super::plan::{Action, Side, Winner};
 use super::{ConflictPolicy, Event, EventKind, Phase, Progress, ProgressFn};
 use crate::backend::{Backend, CreateOptions, Entry};
 use crate::error::{Error, ErrorKind, Result};
+use crate::transfer::pump;
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -377,7 +378,7 @@ async fn transfer(
     } else {
         None
     };
-    let mut up = dst
+    let up = dst
         .create(
             dst_key,
             CreateOptions {
@@ -391,34 +392,13 @@ async fn transfer(
             },
         )
         .await?;
-    let mut n = 0u64;
-    if let Some(stream) = stream.as_mut() {
-        loop {
-            let next = tokio::select! {
-                c = stream.next() => c,
-                _ = ctx.cancel.cancelled() => {
-                    up.abort().await;
-                    return Err(cancelled());
-                }
-            };
-            match next {
-                None => break,
-                Some(Ok(b)) => {
-                    let len = b.len() as u64;
-                    if let Err(e) = up.write(b).await {
-                        up.abort().await;
-                        return Err(e);
-                    }
-                    n += len;
-                    ctx.live.add_bytes(len);
-                }
-                Some(Err(e)) => {
-                    up.abort().await;
-                    return Err(e);
-                }
-            }
+    let (up, n) = match stream.as_mut() {
+        Some(stream) => {
+            let cancel = Some((&ctx.cancel, cancelled as fn() -> Error));
+            pump(stream, up, cancel, |len| ctx.live.add_bytes(len)).await?
         }
-    }
+        None => (up, 0),
+    };
     if n != item.size {
         up.abort().await;
         // Not worth trying again at once: the next run sees the new size.

@@ -1,14 +1,14 @@
-//! Real S3 servers on loopback for the S3 backend's tests: in-process s3s-fs, a moto_server
-//! subprocess, and any endpoint named by `BUCKETGATE_TEST_S3_*` variables.
+//! Real S3 servers on loopback: in-process s3s-fs, the shared moto_server subprocess, and any
+//! endpoint named by `BUCKETGATE_TEST_S3_*` variables (scripts/garage.sh starts Garage and
+//! prints them), with helpers that read and write a bucket through a client of the test's own.
 //!
 //! Each server declares what it cannot do faithfully (capabilities); tests skip only those
 //! assertions for it, and say so on stdout.
-#![allow(dead_code)]
 
 use bucketgate_storage::budget::MemoryBudget;
 use bucketgate_storage::s3::{RetryPolicy, S3Backend, S3Options};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -48,9 +48,11 @@ pub struct Server {
     _guard: Guard,
 }
 
+/// What keeps a server alive for as long as a test holds it (dropped with the `Server`).
+#[allow(dead_code)]
 enum Guard {
     S3s(tokio::task::JoinHandle<()>, tempfile::TempDir),
-    Moto(Arc<Moto>),
+    Moto(Arc<crate::moto::Shared>),
     None,
 }
 
@@ -124,24 +126,11 @@ fn random_prefix() -> String {
 
 /// Every server available here: s3s-fs always, moto when installed, the env endpoint if set.
 pub async fn servers() -> Vec<Server> {
-    let mut v = vec![s3s_server(None).await];
-    match moto_server().await {
-        Some(m) => v.push(m),
-        None => panic!("moto_server is not installed: run scripts/install-test-tools.sh"),
-    }
+    let mut v = vec![s3s_server(None).await, moto_server().await];
     if let Some(e) = env_server() {
         v.push(e);
     }
     v
-}
-
-pub async fn moto_only() -> Option<Server> {
-    let m = moto_server().await;
-    assert!(
-        m.is_some(),
-        "moto_server is not installed: run scripts/install-test-tools.sh"
-    );
-    m
 }
 
 pub fn env_server() -> Option<Server> {
@@ -365,81 +354,13 @@ async fn s3s_server_with(region: Option<&str>, deny: Option<Deny>, vhost: bool) 
 
 // ---------------------------------------------------------------- moto, a subprocess
 
-/// One moto_server shared by the tests that run at the same time; killed when the last one
-/// lets go of it.
-pub struct Moto {
-    child: Mutex<std::process::Child>,
-    pub addr: SocketAddr,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.child.lock() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-static MOTO: Mutex<Weak<Moto>> = Mutex::new(Weak::new());
-static MOTO_START: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-async fn start_moto() -> Option<Arc<Moto>> {
-    let _one_at_a_time = MOTO_START.lock().await;
-    if let Some(m) = MOTO.lock().unwrap().upgrade() {
-        return Some(m);
-    }
-    let port = free_port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let m = Arc::new(Moto {
-        child: Mutex::new(child),
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    });
-    // Readiness: poll until it answers HTTP (bounded), never a fixed sleep.
-    let http = reqwest::Client::new();
-    let url = format!("http://{}/moto-api/", m.addr);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(&url).send().await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if let Ok(Some(status)) = m.child.lock().unwrap().try_wait() {
-            println!("moto_server exited early: {status}");
-            return None;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "moto_server did not answer within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // moto checks no signature: plain requests create the bucket.
-    let r = http
-        .put(format!("http://{}/bucket", m.addr))
-        .send()
+/// The moto server shared by the tests running at the same time (see [`crate::moto`]), under a
+/// prefix of this test's own.
+pub async fn moto_server() -> Server {
+    let m = tokio::task::spawn_blocking(crate::moto::shared)
         .await
-        .expect("create bucket");
-    assert!(r.status().is_success(), "create bucket: {}", r.status());
-    *MOTO.lock().unwrap() = Arc::downgrade(&m);
-    Some(m)
-}
-
-pub async fn moto_server() -> Option<Server> {
-    which("moto_server")?;
-    let m = start_moto().await?;
-    Some(Server {
+        .expect("start moto_server");
+    Server {
         name: "moto",
         endpoint: format!("http://{}", m.addr),
         bucket: "bucket".into(),
@@ -456,15 +377,7 @@ pub async fn moto_server() -> Option<Server> {
         },
         prefix: random_prefix(),
         _guard: Guard::Moto(m),
-    })
-}
-
-fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(cmd))
-            .find(|f| f.is_file())
-    })
+    }
 }
 
 // ---------------------------------------------------------------- a counting TCP proxy
