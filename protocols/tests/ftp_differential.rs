@@ -28,9 +28,9 @@ const FILES: &[&str] = &["a", "b", "d/a", "sp ace", "ünï", "d/e/c"];
 const DIRS: &[&str] = &["d", "d/e"];
 /// Sequences the CI pass always runs; each divergence found is also kept as its minimized
 /// steps in `regressions()`.
-const FIXED_SEEDS: &[u64] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+const FIXED_SEEDS: &[u64] = &[1, 2, 3, 4, 5, 6, 7, 8];
 /// Fresh random sequences per CI pass (override with DIFF_SEQUENCES).
-const FRESH: usize = 8;
+const FRESH: usize = 4;
 /// How long a reply may take before the step counts as broken (generous: a loaded machine
 /// can take seconds to greet a new connection).
 const REPLY_WAIT: Duration = Duration::from_secs(30);
@@ -388,13 +388,25 @@ impl Ctl {
 
     /// NOOP, then replies up to its 200: whatever an abort left unread is read.
     async fn sync(&mut self) -> Result<(), String> {
-        self.send("NOOP").await?;
-        for _ in 0..5 {
-            if code(&self.reply().await?) == 200 {
-                return Ok(());
+        // Twice, a moment apart: pyftpdlib may answer a transfer cut by the client (426) after
+        // a NOOP sent behind it, and that late reply must not be read as the next command's.
+        for round in 0..2 {
+            if round == 1 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            self.send("NOOP").await?;
+            let mut got = false;
+            for _ in 0..5 {
+                if code(&self.reply().await?) == 200 {
+                    got = true;
+                    break;
+                }
+            }
+            if !got {
+                return Err("no 200 to NOOP after five replies".into());
             }
         }
-        Err("no 200 to NOOP after five replies".into())
+        Ok(())
     }
 }
 

@@ -147,10 +147,10 @@ async fn conditional_commits_rely_on_the_server_where_it_enforces() {
              {heads_probed} after (PUT If-None-Match enforced: {})",
             srv.name, caps.put_if_none_match
         );
-        // One HEAD describes the new file in both cases; the check before the PUT goes only
-        // where the server enforces the condition.
-        assert_eq!(heads_unprobed, 2, "[{}]", srv.name);
-        let want = if caps.put_if_none_match { 1 } else { 2 };
+        // The PUT's answer describes the new file (no HEAD after it); the check before the
+        // PUT goes only where the server enforces the condition.
+        assert_eq!(heads_unprobed, 1, "[{}]", srv.name);
+        let want = if caps.put_if_none_match { 0 } else { 1 };
         assert_eq!(heads_probed, want, "[{}]", srv.name);
 
         // The refusal now comes from the server (or the HEAD where it does not enforce).

@@ -429,7 +429,12 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
     });
     let proxy = HttpProxy::start(srv.addr(), rule).await;
     let endpoint = format!("http://{}", proxy.addr);
-    let s3 = Arc::new(srv.backend_with(|o| o.endpoint = endpoint));
+    // Without checksums a sync copy of a known size goes up as one streamed PutObject, the
+    // request this race is made in (with them it goes in parts, hashed before each is sent).
+    let s3 = Arc::new(srv.backend_with(|o| {
+        o.endpoint = endpoint;
+        o.checksum = bucketgate_storage::s3::Checksum::Off;
+    }));
     let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
     let job = |direction| SyncJob {
         name: "race".into(),
@@ -537,7 +542,12 @@ async fn a_source_changed_during_its_copy_is_never_stored_torn() {
     });
     let proxy = HttpProxy::start(srv.addr(), rule).await;
     let endpoint = format!("http://{}", proxy.addr);
-    let s3 = Arc::new(srv.backend_with(|o| o.endpoint = endpoint));
+    // Without checksums a sync copy of a known size goes up as one streamed PutObject, the
+    // request this race is made in (with them it goes in parts, hashed before each is sent).
+    let s3 = Arc::new(srv.backend_with(|o| {
+        o.endpoint = endpoint;
+        o.checksum = bucketgate_storage::s3::Checksum::Off;
+    }));
     let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
     let job = SyncJob {
         name: "torn".into(),

@@ -62,11 +62,8 @@ impl GatewayConfig {
         } else {
             format!(", {extra}")
         };
-        let secret_access_key = if secret_access_key.starts_with("${") {
-            secret_access_key.to_string()
-        } else {
-            format!("\"{secret_access_key}\"")
-        };
+        // Quoted also when it names a variable: `${...}` unquoted would end the flow mapping.
+        let secret_access_key = format!("\"{secret_access_key}\"");
         self.remotes.push(format!(
             "  - {{ name: {name}, endpoint: \"{endpoint}\", bucket: \"{bucket}\", \
              access_key_id: \"{access_key_id}\", secret_access_key: {secret_access_key}{extra} }}\n"

@@ -94,11 +94,18 @@ fn every_step_passes_against_a_working_remote_and_cleans_up() {
         "ok    server-side copy",
         "ok    delete",
         "ok    multipart upload",
-        // moto refuses a PUT with If-None-Match: * over an existing object, as S3 does.
-        "info  conditional writes enforced",
+        // The capability probe's summary: moto refuses a PUT with If-None-Match: * over an
+        // existing object, as S3 does, and ignores the conditions of CompleteMultipartUpload,
+        // which `remote test` states as a weaker guarantee.
+        "info  server capabilities probed",
+        "weak  large uploads (multipart)",
     ] {
         line(&out, step);
     }
+    assert!(
+        line(&out, "info  server capabilities probed").contains("PUT If-None-Match enforced"),
+        "{out}"
+    );
     assert!(!out.contains("FAIL"));
     assert!(out.contains("all steps passed"));
     assert_eq!(

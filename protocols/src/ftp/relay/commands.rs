@@ -31,6 +31,14 @@ impl Relay {
         if let Some(refusal) = syntax_error(&verb, arg, text) {
             return self.reply_local(refusal).await;
         }
+        // During a transfer only ABOR, QUIT and STAT are taken at once (RFC 959); any other
+        // command waits for the transfer's final reply, so that its own reply follows it (a
+        // client that reset the data connection and sent NOOP would otherwise read libunftp's
+        // 200 first and the transfer's 426 as the answer to its next command).
+        if self.in_transfer() && !matches!(verb.as_str(), "ABOR" | "QUIT" | "STAT") {
+            self.deferred = Some(line.clone());
+            return true;
+        }
         if prepare::is_prepared(&verb) && self.replies_due() {
             // Prepared once the replies still due are in: then the login and the working folder
             // are what libunftp will see, and the checks' answers keep their place in order.
