@@ -17,7 +17,8 @@ rgw_dir=$(mktemp -d)
 trap 'bash scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"; bash scripts/rgw.sh stop "$rgw_dir"; rm -rf "$rgw_dir"' EXIT
 
 # Each crate's tests are one binary (`--test integration`); a former test file is a module,
-# picked by a filter. The S3 modules that run against every available server, the env endpoint
+# picked by a filter. `--workspace` keeps the features of the build above: with `-p` cargo
+# would resolve them again and rebuild dependencies (the filters match nothing elsewhere). The S3 modules that run against every available server, the env endpoint
 # included (s3_foreign among them: keys written by others round-trip or are skipped there too).
 s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$/::/')
 
@@ -27,11 +28,11 @@ s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | se
 (
   eval "$(bash scripts/garage.sh start "$garage_dir")"
   # shellcheck disable=SC2086
-  cargo test -p bucketgate-storage --locked --test integration -- $s3_modules sync_s3:: \
+  cargo test --workspace --locked --test integration -- $s3_modules sync_s3:: \
     sync_s3_scale:: --test-threads="$threads"
-  cargo test -p bucketgate-tests --locked --test integration -- vfs_behaviour::env_endpoint:: \
+  cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
     e2e_s3_servers::clients_on_env_endpoint --test-threads="$threads"
-  cargo test -p bucketgate-tests --locked --test integration -- --ignored \
+  cargo test --workspace --locked --test integration -- --ignored \
     e2e_checksums::checksums_on_env_endpoint
 )
 bash scripts/garage.sh stop "$garage_dir"
@@ -44,8 +45,8 @@ bash scripts/garage.sh stop "$garage_dir"
 # tree); about 3 minutes plus 25 s to start the cluster.
 (
   eval "$(bash scripts/rgw.sh start "$rgw_dir")"
-  cargo test -p bucketgate-storage --locked --test integration -- s3_probe:: s3_uploads:: \
+  cargo test --workspace --locked --test integration -- s3_probe:: s3_uploads:: \
     s3_lease:: s3_ops:: --test-threads="$threads"
-  cargo test -p bucketgate-tests --locked --test integration -- vfs_behaviour::env_endpoint:: \
+  cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
     --test-threads="$threads"
 )
