@@ -424,6 +424,15 @@ async fn one_set(srv: &Server, cap: &Captured, seed: u64) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_listed_name_round_trips_and_the_rest_is_logged() {
+    // In a process of its own: the warnings are caught by a subscriber of this thread, and in
+    // the one test binary other tests' subscribers and callsites came first (a fixed seed that
+    // passes alone once missed a warning there).
+    if !bucketgate_testkit::alone(
+        module_path!(),
+        "every_listed_name_round_trips_and_the_rest_is_logged",
+    ) {
+        return;
+    }
     // The listing code's warnings, for this thread (the runtime has no other).
     let cap = Captured::default();
     let _g = tracing::subscriber::set_default(cap.clone());
