@@ -1009,6 +1009,10 @@ impl Names {
                     data.write_all(&s3_support::data(len, seed))
                         .await
                         .map_err(|e| format!("data: {e}"))?;
+                    // A moment for the server to take the data connection: pyftpdlib never
+                    // answers a STOR whose data connection was reset before it accepted it
+                    // (the gateway's side of that race: `ftp_errors`).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     let _ = socket2::SockRef::from(&data).set_linger(Some(Duration::ZERO));
                     drop(data);
                     let end = c.reply().await?;
@@ -1059,6 +1063,20 @@ impl Names {
 }
 
 impl Run<'_> {
+    /// A new reference session in the working folder, once the old one has ended.
+    async fn replace_reference(&mut self) -> Result<(), String> {
+        let dir = self.names().dir();
+        let mut fresh = Ctl::connect(self.env.reference.port).await?;
+        let r = fresh.cmd(&format!("CWD {dir}")).await?;
+        if code(&r) != 250 {
+            return Err(format!("CWD {dir}: {r}"));
+        }
+        let old = std::mem::replace(&mut self.env.r, fresh);
+        let port = old.port;
+        drop(old);
+        self.env.reference.await_gone(port).await
+    }
+
     /// Waits until the gateway has no FTP session but the runner's own and the reference has
     /// ended the session of client port `rport`: a killed client's upload has been committed
     /// or given up on both.
@@ -1111,6 +1129,18 @@ impl Run<'_> {
             "{op:?} [cwd {:?}] => gateway {g:?}, reference {r:?}",
             self.cwd
         ));
+        // pyftpdlib may still miss a reset data connection on a loaded machine and never
+        // answer the STOR. Its session is replaced and the gateway is judged on its own: the
+        // interrupted upload must be refused and store nothing (the rules below).
+        let r = match (op, r) {
+            (Op::StorReset { .. }, Res::Broken(why)) if !matches!(g, Res::Broken(_)) => {
+                self.replace_reference().await?;
+                self.log
+                    .push(format!("  the reference gave no reply ({why}): replaced"));
+                Res::Err(0)
+            }
+            (_, r) => r,
+        };
         if matches!(g, Res::Broken(_)) || matches!(r, Res::Broken(_)) {
             return Err(format!(
                 "no proper reply at {op:?}:\n  gateway   {g:?}\n  reference {r:?}"

@@ -369,6 +369,48 @@ async fn interrupted_upload_leaves_nothing() {
     assert!(h.staging_empty());
 }
 
+/// A data connection reset the moment the transfer starts: libunftp 0.24 asks the peer
+/// address of its side of the data connection first, and when the relay had already reset that
+/// side it dropped the transfer without a reply, so the session hung (found by the
+/// differential runner's reset uploads, one in a few dozen on a loaded machine). Every such
+/// transfer must still get its final reply, and no upload may store anything.
+// Several workers: the relay's splice and libunftp's accept must be able to race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_connections_reset_at_once_still_get_a_final_reply() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("keep.bin", b"old content");
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
+    for i in 0..300 {
+        let cmd = match i % 4 {
+            0 => "STOR new.bin",
+            1 => "STOR keep.bin",
+            2 => "RETR keep.bin",
+            _ => "LIST",
+        };
+        let mut data = raw.epsv().await;
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with("150") || r.starts_with("125"), "{cmd}: {r}");
+        if cmd.starts_with("STOR") {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut data, &[7u8; 150]).await;
+        }
+        data.set_zero_linger().unwrap();
+        drop(data);
+        // `reply` fails the test when none comes in time.
+        let r = raw.reply().await;
+        assert!(
+            r.starts_with('2') || r.starts_with('4') || r.starts_with('5'),
+            "{cmd} #{i}: {r:?}"
+        );
+        if cmd.starts_with("STOR") {
+            assert!(!r.starts_with('2'), "{cmd} #{i} was reset, yet: {r}");
+        }
+    }
+    assert!(!h.file("new.bin").exists());
+    assert_eq!(h.read("keep.bin"), b"old content");
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
+}
+
 /// A line libunftp's parser refuses used to end the session after its 501; clients that send
 /// `OPTS MLST` because FEAT lists MLST then could not log in.
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! plain bytes): that way every transfer ends with a TLS close_notify, which libunftp does not
 //! send after an upload and which clients such as Python's ftplib insist on.
 
+use super::link::ControlLink;
 use async_trait::async_trait;
 use libunftp::options::Binder;
 use std::io;
@@ -112,11 +113,23 @@ pub(crate) struct DataAbort {
     broken: Arc<AtomicBool>,
     /// The splice is over.
     done: CancellationToken,
+    /// The session's link: told when the client's side breaks, and asked whether libunftp's
+    /// side has begun the transfer before that side is reset (see [`ControlLink`]).
+    link: Option<Arc<ControlLink>>,
     /// Everything libunftp sent was written to the client, and its side shut down.
     sent: CancellationToken,
 }
 
 impl DataAbort {
+    /// The handle of a new data connection of the session whose link is `link`.
+    pub(crate) fn new(link: Arc<ControlLink>) -> Self {
+        link.new_data_connection();
+        DataAbort {
+            link: Some(link),
+            ..Default::default()
+        }
+    }
+
     /// What the transfer on this data connection is (set when the command is sent).
     pub(crate) fn set_listing(&self, listing: bool) {
         self.listing.store(listing, Ordering::SeqCst);
@@ -141,9 +154,15 @@ impl DataAbort {
     }
 
     /// libunftp's side once the client's is gone early: a listing is read to its end, anything
-    /// else is reset (linger 0), which fails a download or an upload.
+    /// else is reset (linger 0), which fails a download or an upload. The reset waits until
+    /// libunftp has begun the transfer: a socket reset before that is lost on libunftp's side,
+    /// which then never answers the transfer command (see [`ControlLink`]).
     async fn finish(&self, mut upstream: TcpStream) {
         let _ = upstream.set_zero_linger();
+        if let Some(link) = &self.link {
+            link.data_broken();
+            link.began(ACCEPT_TIMEOUT).await;
+        }
         if self.listing.load(Ordering::SeqCst) {
             let mut sink = tokio::io::sink();
             let drained =

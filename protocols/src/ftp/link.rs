@@ -10,6 +10,13 @@
 //! possibly first: its end can be seen a moment before the control connection's. So an upload
 //! whose data ended waits [`SETTLE`] for the control connection to end too before committing.
 //!
+//! It also tells the data connection's splice (see [`super::data`]) when libunftp's side of a
+//! transfer has reached the storage adapter. libunftp 0.24 asks the peer address of the data
+//! socket it accepted before it does anything else, and on a socket already reset (the relay
+//! resets it when the client's side breaks) that fails: libunftp then drops the transfer
+//! without a final reply, and the session hangs. So the relay resets libunftp's side only once
+//! the transfer has begun there ([`ControlLink::began`]).
+//!
 //! It also carries the one decision made for a transfer command before libunftp sees it (see
 //! [`super::prepare`]): the file opened for a RETR, the listing begun for a LIST, the entry
 //! found for a SIZE. The storage adapter takes it instead of asking the storage crate again.
@@ -21,6 +28,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How long an upload whose data has ended waits to see whether its control connection ends
@@ -41,6 +49,13 @@ pub(crate) struct ControlLink {
     aborted: AtomicBool,
     /// What the relay found for the command libunftp is about to run.
     ready: Mutex<Option<Ready>>,
+    /// libunftp's data task has called the storage adapter since the latest data connection
+    /// was set up (PASV, EPSV, PORT, EPRT): it has its socket, and a reset is now seen as one.
+    began: AtomicBool,
+    began_notify: Notify,
+    /// The client's side of the latest data connection ended with an error (a reset, a TLS
+    /// stream cut): no upload on it may commit.
+    data_broken: AtomicBool,
 }
 
 /// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
@@ -91,6 +106,42 @@ impl ControlLink {
         self.aborted.store(true, Ordering::SeqCst);
     }
 
+    /// A new data connection is being set up: what was said of the previous one is forgotten.
+    pub(crate) fn new_data_connection(&self) {
+        self.began.store(false, Ordering::SeqCst);
+        self.data_broken.store(false, Ordering::SeqCst);
+    }
+
+    /// The storage adapter was called for a transfer (libunftp's data task has its socket).
+    pub(crate) fn transfer_began(&self) {
+        self.began.store(true, Ordering::SeqCst);
+        self.began_notify.notify_waiters();
+    }
+
+    /// The client's side of the data connection broke: the transfer must fail.
+    pub(crate) fn data_broken(&self) {
+        self.data_broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the transfer has begun on libunftp's side, the session is over, or `limit`
+    /// has passed (a transfer command that never comes).
+    pub(crate) async fn began(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.began_notify.notified();
+                if self.began.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = self.closed.cancelled() => {}
+            _ = tokio::time::sleep(limit) => {}
+        }
+    }
+
     /// A new transfer command is about to start.
     pub(crate) fn new_transfer(&self) {
         self.aborted.store(false, Ordering::SeqCst);
@@ -131,11 +182,15 @@ impl ControlLink {
         }
     }
 
-    /// Not aborted, and the client's control connection neither closed by the relay nor ended
+    /// Not aborted, the data connection not broken, and the client's control connection
+    /// neither closed by the relay nor ended
     /// by the client (a FIN or a reset already received counts, even before the relay has read
     /// it).
     fn alive(&self) -> bool {
-        if self.aborted.load(Ordering::SeqCst) || self.closed.is_cancelled() {
+        if self.aborted.load(Ordering::SeqCst)
+            || self.data_broken.load(Ordering::SeqCst)
+            || self.closed.is_cancelled()
+        {
             return false;
         }
         let guard = self.socket.lock().expect("lock");

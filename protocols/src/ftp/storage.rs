@@ -140,6 +140,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
         user: &FtpUser,
         path: P,
     ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
+        user.link.transfer_began();
         let p = vpath(user, path.as_ref())?;
         let mut pages = match user.link.take_ready(&p) {
             Some(Ready::List(_, pages)) => pages,
@@ -188,6 +189,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
         path: P,
         start_pos: u64,
     ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        user.link.transfer_began();
         // libunftp downloads through `get_into`; this is the same stream as a reader.
         let p = vpath(user, path.as_ref())?;
         let reader = open_download(user, &p, start_pos).await?;
@@ -206,6 +208,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
         W: tokio::io::AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
     {
+        user.link.transfer_began();
         // libunftp's default goes through `tokio::io::copy`, whose 8 KiB buffer turns every
         // chunk into 8 KiB writes (and a copy out of our stream): each chunk is written whole
         // here instead, straight from the reader's read-ahead.
@@ -228,6 +231,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
         path: P,
         start_pos: u64,
     ) -> Result<u64> {
+        user.link.transfer_began();
         let p = vpath(user, path.as_ref())?;
         let fs = &user.session.fs;
         let prepared = user.link.take_ready(&p);
