@@ -103,9 +103,10 @@ async fn probe_finds_what_each_server_enforces_and_leaves_nothing() {
                 srv.name
             ),
         }
-        // Nothing left behind: no object, no marker, no pending upload under the prefix.
-        let left = walk_all(&b, &srv.dir()).await;
-        assert!(left.is_empty(), "[{}] left: {:?}", srv.name, names(&left));
+        // Nothing left behind: no object, no marker, no pending upload under the prefix
+        // (listed raw: the tree's listings hide the probe's folder).
+        let left = b.raw_keys(&srv.prefix).await.unwrap();
+        assert!(left.is_empty(), "[{}] left: {left:?}", srv.name);
         if caps.uploads_by_prefix {
             let ups = b.list_multipart_uploads(&srv.prefix).await.unwrap();
             assert!(ups.is_empty(), "[{}] uploads left: {ups:?}", srv.name);
@@ -115,6 +116,48 @@ async fn probe_finds_what_each_server_enforces_and_leaves_nothing() {
                 srv.name
             );
         }
+    }
+}
+
+/// The probe runs in the background at start and on reload, under each mount's prefix: a user
+/// listing the folder meanwhile must not see its scratch folder (it did, as
+/// `.bucketgate-probe-<id>/`), and a sync must not copy it. Names that only look alike stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_probe_in_progress_is_never_listed() {
+    for srv in servers().await {
+        let b = srv.backend();
+        let scratch = ".bucketgate-probe-00c0ffee00c0ffee";
+        for rel in [
+            format!("{scratch}/c"),
+            format!("sub/{scratch}/d/f"),
+            "keep.txt".to_string(),
+            ".bucketgate-probe-x/kept".to_string(),
+        ] {
+            put(&b, &srv.key(&rel), b"x", 1).await;
+        }
+        let top = names(&list_all(&b, &srv.dir()).await);
+        assert_eq!(
+            top,
+            [".bucketgate-probe-x/", "keep.txt", "sub/"],
+            "[{}] listing",
+            srv.name
+        );
+        let sub = names(&list_all(&b, &srv.key("sub")).await);
+        assert!(sub.is_empty(), "[{}] sub: {sub:?}", srv.name);
+        let all = names(&walk_all(&b, &srv.dir()).await);
+        assert!(
+            all.iter().all(|n| !n.contains("00c0ffee")),
+            "[{}] walk: {all:?}",
+            srv.name
+        );
+        assert!(
+            all.contains(&".bucketgate-probe-x/kept".to_string()),
+            "[{}] walk: {all:?}",
+            srv.name
+        );
+        // They are still there, seen raw.
+        let raw = b.raw_keys(&srv.prefix).await.unwrap();
+        assert_eq!(raw.len(), 4, "[{}] raw: {raw:?}", srv.name);
     }
 }
 

@@ -227,6 +227,18 @@ fn skip_key(remote: &str, key: &str, rel: &str) -> bool {
     false
 }
 
+/// True for a path below a listed folder that lies inside a capability probe's scratch folder
+/// (`.bucketgate-probe-` and 16 hex digits, see [`super::probe`]): the probe runs in the
+/// background at start and on reload, under each mount's prefix, and its objects are not the
+/// user's. Such names are never listed (a user's own file named so would be hidden too: the
+/// name is reserved, see docs/objects.md).
+fn in_probe_folder(rel: &str) -> bool {
+    rel.split('/').any(|seg| {
+        seg.strip_prefix(super::probe::SCRATCH)
+            .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
 fn file_entry(name: String, o: &ObjectDoc) -> Entry {
     Entry {
         name,
@@ -469,7 +481,7 @@ fn list_page_entries(st: &mut ListState, page: Page) -> Vec<Entry> {
         if rel.is_empty() || (obj.is_some() && rel.ends_with('/')) {
             continue;
         }
-        if skip_key(&remote, &key, rel) {
+        if in_probe_folder(rel) || skip_key(&remote, &key, rel) {
             continue;
         }
         st.shadow.settle(rel, &mut out, &remote);
@@ -495,7 +507,7 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
         let Some(rel) = o.key.strip_prefix(st.prefix.as_str()) else {
             continue;
         };
-        if rel.is_empty() || skip_key(&remote, &o.key, rel) {
+        if rel.is_empty() || in_probe_folder(rel) || skip_key(&remote, &o.key, rel) {
             continue;
         }
         st.shadow.settle(rel, &mut out, &remote);
@@ -534,6 +546,29 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
 }
 
 impl super::S3Backend {
+    /// Every key under `prefix` (`""` = the whole bucket), as the server lists them: nothing
+    /// skipped or hidden, no folders made up. For checks that must see what a listing of the
+    /// tree would not show (what a probe or an aborted upload left behind).
+    pub async fn raw_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = list_page(
+                &self.inner,
+                prefix,
+                false,
+                token.as_deref(),
+                self.inner.opts.list_page_size,
+            )
+            .await?;
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+            match page.next {
+                Some(t) => token = Some(t),
+                None => return Ok(keys),
+            }
+        }
+    }
+
     /// Checks that keys under `prefix` (`""` = the whole bucket) can be listed with these
     /// credentials: one ListObjectsV2 with that prefix and `max-keys=1`. A key whose policy
     /// only allows listing under a prefix passes here and fails [`super::S3Backend::probe_bucket`].
@@ -542,5 +577,20 @@ impl super::S3Backend {
             .await
             .map(|_| ())
             .map_err(|e| e.with_context("probe", format!("s3:{}/{prefix}", self.inner.opts.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_probe_folder;
+
+    #[test]
+    fn only_probe_scratch_folders_are_hidden() {
+        assert!(in_probe_folder(".bucketgate-probe-0123456789abcdef/"));
+        assert!(in_probe_folder("a/.bucketgate-probe-0123456789ABCDEF/c"));
+        assert!(!in_probe_folder(".bucketgate-probe-0123456789abcde/"));
+        assert!(!in_probe_folder(".bucketgate-probe-0123456789abcdeg/c"));
+        assert!(!in_probe_folder("x.bucketgate-probe-0123456789abcdef/c"));
+        assert!(!in_probe_folder(".bucketgate-probe-/c"));
     }
 }

@@ -21,6 +21,10 @@ use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use reqwest::Method;
 
+/// The start of the name of the folder a probe writes in (then 16 hex digits). Listings never
+/// show such folders (see `list::in_probe_folder`).
+pub(crate) const SCRATCH: &str = ".bucketgate-probe-";
+
 /// How an ETag goes into `If-Match` (on PutObject, CompleteMultipartUpload, GetObject, DELETE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EtagForm {
@@ -499,7 +503,7 @@ impl S3Backend {
     /// objects under `prefix` (`""` or ending in `/`), and from then on picks the safest
     /// mechanism it supports. Leaves nothing in the bucket. One line is logged with the answer.
     pub async fn probe_capabilities(&self, prefix: &str) -> Result<Capabilities> {
-        let base = format!("{prefix}.bucketgate-probe-{:016x}/", rand::random::<u64>());
+        let base = format!("{prefix}{SCRATCH}{:016x}/", rand::random::<u64>());
         let mut p = Probe {
             inner: &self.inner,
             base,
