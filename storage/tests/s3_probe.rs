@@ -33,6 +33,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         markers_survive: true,
         uploads_by_prefix: true,
         file_and_folder: true,
+        part_copy: true,
     };
     let server = match srv.name {
         "env" => std::env::var("BUCKETGATE_TEST_S3_SERVER").ok()?,
@@ -85,7 +86,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn probe_finds_what_each_server_enforces_and_leaves_nothing() {
     for srv in servers().await {
-        let b = srv.backend();
+        let b = srv.backend_unprobed();
         assert!(!b.capabilities().probed);
         let caps = b
             .probe_capabilities(&srv.prefix)
@@ -170,7 +171,7 @@ async fn conditional_commits_rely_on_the_server_where_it_enforces() {
     for srv in servers().await {
         let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
         let endpoint = format!("http://{}", proxy.addr);
-        let b = srv.backend_with(|o| o.endpoint = endpoint);
+        let b = srv.backend_unprobed_with(|o| o.endpoint = endpoint);
         let key = srv.key("f");
         let first = put(&b, &key, b"first", 64).await;
 

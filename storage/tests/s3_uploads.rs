@@ -178,7 +178,12 @@ async fn appends_compose_old_and_new_bytes() {
         append(&b, &big, &more).await.unwrap();
         want.extend_from_slice(&more);
         assert_eq!(get(&b, &big).await, want, "[{}] +6 MiB", srv.name);
-        assert_eq!(pending_uploads(&b, &srv.prefix).await, 0);
+        if !srv.skip(
+            !srv.caps.list_uploads,
+            "no pending upload after the appends",
+        ) {
+            assert_eq!(pending_uploads(&b, &srv.prefix).await, 0);
+        }
     }
 }
 

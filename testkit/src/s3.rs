@@ -2,11 +2,15 @@
 //! endpoint named by `BUCKETGATE_TEST_S3_*` variables (scripts/garage.sh starts Garage and
 //! prints them), with helpers that read and write a bucket through a client of the test's own.
 //!
-//! Each server declares what it cannot do faithfully (capabilities); tests skip only those
-//! assertions for it, and say so on stdout.
+//! What each server does faithfully (capabilities) is asked of the server: [`servers`] runs the
+//! gateway's own capability probe once per kind of server and process, and takes its answers
+//! (folder markers, uploads listed by prefix, a file and a folder of one name, UploadPartCopy).
+//! Only what the probe cannot tell cheaply is declared per server (`big`,
+//! `checks_signatures`). Tests skip only the assertions a server cannot support, and say so on
+//! stdout.
 
 use bucketgate_storage::budget::MemoryBudget;
-use bucketgate_storage::s3::{RetryPolicy, S3Backend, S3Options};
+use bucketgate_storage::s3::{Capabilities, RetryPolicy, S3Backend, S3Options};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,23 +21,33 @@ pub const ACCESS: &str = "bgtestaccess";
 pub const SECRET: &str = "bgtestsecret/with+chars";
 pub const MIB: usize = 1024 * 1024;
 
-/// What a test server does faithfully.
+/// What a test server does faithfully. The first four come from the probe once [`servers`]
+/// (or [`Server::probed`]) has asked the server; until then they are what the server is known to
+/// do.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
-    /// `dir/` markers are kept as objects (s3s-fs turns them into hidden directories).
+    /// `dir/` markers are kept and listed as objects (s3s-fs turns them into hidden
+    /// directories). Probe: `markers_listed`.
     pub markers: bool,
-    /// Multipart uploads with UploadPartCopy compose correctly (s3s-fs drops the copy).
+    /// Multipart uploads with UploadPartCopy compose correctly. Probe: `part_copy` (it found
+    /// s3s-fs 0.14.1 composing them, which had been declared otherwise).
     pub part_copy: bool,
-    /// ListMultipartUploads is implemented.
+    /// ListMultipartUploads finds uploads by prefix. Probe: `uploads_by_prefix`.
     pub list_uploads: bool,
-    /// Large objects are fine (moto holds everything in memory several times over).
-    pub big: bool,
-    /// Signatures are verified (moto accepts anything).
-    pub checks_signatures: bool,
     /// Keys are stored verbatim: a file `a` and keys under `a/` can coexist, `a//b` is a key
-    /// (s3s-fs maps keys to file paths).
+    /// (s3s-fs maps keys to file paths). Probe: `file_and_folder`.
     pub raw_keys: bool,
+    /// Large objects are fine (moto holds everything in memory several times over). Declared:
+    /// a probe would have to write hundreds of MiB to find out.
+    pub big: bool,
+    /// Signatures are verified (moto accepts anything). Declared: the probe runs with good
+    /// credentials only.
+    pub checks_signatures: bool,
 }
+
+/// The probe's answers, one per kind of server, for this process: every s3s-fs instance (or
+/// moto, or the env endpoint) answers alike, so each is asked once.
+static PROBED: std::sync::Mutex<Vec<(String, Capabilities)>> = std::sync::Mutex::new(Vec::new());
 
 pub struct Server {
     pub name: &'static str,
@@ -43,6 +57,10 @@ pub struct Server {
     pub secret: String,
     pub region: Option<String>,
     pub caps: Caps,
+    /// What the gateway's probe found on this server, once asked ([`Server::probed`]): every
+    /// backend made from this server starts with it, as the gateway's own backends do once
+    /// their background probe has answered.
+    pub probed: Option<Capabilities>,
     /// Every test works under its own random prefix, so servers and buckets can be shared.
     pub prefix: String,
     _guard: Guard,
@@ -92,10 +110,68 @@ impl Server {
         self.backend_with(|_| {})
     }
 
+    /// A backend with the probe's answers, if the server was asked (see [`Server::probed`]).
     pub fn backend_with(&self, f: impl FnOnce(&mut S3Options)) -> S3Backend {
+        let b = self.backend_unprobed_with(f);
+        if let Some(c) = &self.probed {
+            b.assume_capabilities(c.clone());
+        }
+        b
+    }
+
+    /// A backend that knows nothing of the server yet: the cautious defaults of a gateway
+    /// whose probe has not answered.
+    pub fn backend_unprobed(&self) -> S3Backend {
+        self.backend_unprobed_with(|_| {})
+    }
+
+    /// [`Server::backend_unprobed`] with options changed by `f`.
+    pub fn backend_unprobed_with(&self, f: impl FnOnce(&mut S3Options)) -> S3Backend {
         let mut o = self.options();
         f(&mut o);
         S3Backend::new(o, MemoryBudget::shared(256 * MIB as u64)).expect("backend")
+    }
+
+    /// The kind of server, for the probe's cache: the env endpoint is named by
+    /// `BUCKETGATE_TEST_S3_SERVER` (or its endpoint).
+    fn kind(&self) -> String {
+        match self.name {
+            "env" => {
+                std::env::var("BUCKETGATE_TEST_S3_SERVER").unwrap_or_else(|_| self.endpoint.clone())
+            }
+            n => n.to_string(),
+        }
+    }
+
+    /// Asks the server what it does with the gateway's own probe (once per kind of server and
+    /// process), and takes the answers: `caps` for the tests' assertions, `probed` for every
+    /// backend made from it. A probe that fails fails the test: the server is broken.
+    pub async fn probed(mut self) -> Server {
+        let kind = self.kind();
+        let known = PROBED
+            .lock()
+            .expect("probe cache")
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, c)| c.clone());
+        let caps = match known {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .backend_unprobed()
+                    .probe_capabilities(&self.prefix)
+                    .await
+                    .unwrap_or_else(|e| panic!("probing the {kind} test server: {e:?}"));
+                PROBED.lock().expect("probe cache").push((kind, c.clone()));
+                c
+            }
+        };
+        self.caps.markers = caps.markers_listed;
+        self.caps.part_copy = caps.part_copy;
+        self.caps.list_uploads = caps.uploads_by_prefix;
+        self.caps.raw_keys = caps.file_and_folder;
+        self.probed = Some(caps);
+        self
     }
 
     /// The server's loopback address (to put a proxy in front of it).
@@ -124,11 +200,15 @@ fn random_prefix() -> String {
     format!("t{:016x}/", rand::random::<u64>())
 }
 
-/// Every server available here: s3s-fs always, moto when installed, the env endpoint if set.
+/// Every server available here: s3s-fs always, moto when installed, the env endpoint if set;
+/// each asked what it does (see [`Server::probed`]).
 pub async fn servers() -> Vec<Server> {
-    let mut v = vec![s3s_server(None).await, moto_server().await];
+    let mut v = vec![
+        s3s_server(None).await.probed().await,
+        moto_server().await.probed().await,
+    ];
     if let Some(e) = env_server() {
-        v.push(e);
+        v.push(e.probed().await);
     }
     v
 }
@@ -151,6 +231,7 @@ pub fn env_server() -> Option<Server> {
             checks_signatures: true,
             raw_keys: true,
         },
+        probed: None,
         prefix: random_prefix(),
         _guard: Guard::None,
     })
@@ -335,12 +416,13 @@ async fn s3s_server_with(region: Option<&str>, deny: Option<Deny>, vhost: bool) 
         region: region.map(str::to_string),
         caps: Caps {
             markers: false,
-            part_copy: false,
+            part_copy: true,
             list_uploads: false,
             big: true,
             checks_signatures: true,
             raw_keys: false,
         },
+        probed: None,
         prefix: random_prefix(),
         _guard: Guard::S3s(task, dir),
     };
@@ -375,6 +457,7 @@ pub async fn moto_server() -> Server {
             checks_signatures: false,
             raw_keys: true,
         },
+        probed: None,
         prefix: random_prefix(),
         _guard: Guard::Moto(m),
     }

@@ -30,6 +30,7 @@ use crate::budget::MemoryPermit;
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use reqwest::Method;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -237,7 +238,7 @@ impl State {
         self.check_unchanged().await?;
         // An in-place write keeps only the head of the old object; what follows comes anew.
         let size = existing.size.min(self.opts.keep_head.unwrap_or(u64::MAX));
-        if size >= MIN_PART_SIZE {
+        if size >= MIN_PART_SIZE && self.inner.caps().part_copy {
             // Server-side: the old bytes become the first parts, copied in ranges of at most
             // 5 GiB (`max_copy_range`, at least 10 MiB). The ranges are of equal size, so each is
             // at least 5 MiB (S3's minimum for every part but the last); the new bytes follow
@@ -273,21 +274,31 @@ impl State {
                 start = end;
             }
         } else if size > 0 {
-            // Small: read the old bytes (only if still the same object) and send them again.
+            // Small, or a server whose UploadPartCopy cannot be trusted (see the probe): read
+            // the old bytes (only if still the same object) and send them again, as they
+            // come, through the same parts as the new bytes (so within the memory budget).
             let form = self.inner.caps().etag_form;
             let mut req = Request::new(Method::GET, Some(&self.key))
                 .header("if-match", if_match_value(&etag, form));
             if size < existing.size {
                 req = req.header("range", format!("bytes=0-{}", size - 1));
             }
-            let old = self.inner.client.send(&req).await?.bytes().await?;
-            if old.len() as u64 != size {
+            let mut old = Box::pin(self.inner.client.send(&req).await?.stream());
+            let mut got = 0u64;
+            while let Some(chunk) = old.next().await {
+                let chunk = chunk?;
+                got += chunk.len() as u64;
+                if got > size {
+                    break;
+                }
+                self.push(chunk).await?;
+            }
+            if got != size {
                 return Err(Error::new(
                     ErrorKind::Conflict,
                     "the file changed during the append; nothing was changed",
                 ));
             }
-            self.push(old).await?;
         }
         Ok(())
     }
