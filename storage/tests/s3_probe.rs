@@ -33,7 +33,6 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         markers_survive: true,
         uploads_by_prefix: true,
         file_and_folder: true,
-        part_copy: true,
     };
     let server = match srv.name {
         "env" => std::env::var("BUCKETGATE_TEST_S3_SERVER").ok()?,

@@ -4,8 +4,8 @@
 //!
 //! What each server does faithfully (capabilities) is asked of the server: [`servers`] runs the
 //! gateway's own capability probe once per kind of server and process, and takes its answers
-//! (folder markers, uploads listed by prefix, a file and a folder of one name, UploadPartCopy).
-//! Only what the probe cannot tell cheaply is declared per server (`big`,
+//! (folder markers, uploads listed by prefix, a file and a folder of one name). Only what the
+//! probe cannot tell cheaply is declared per server (`part_copy`, `big`,
 //! `checks_signatures`). Tests skip only the assertions a server cannot support, and say so on
 //! stdout.
 
@@ -21,16 +21,17 @@ pub const ACCESS: &str = "bgtestaccess";
 pub const SECRET: &str = "bgtestsecret/with+chars";
 pub const MIB: usize = 1024 * 1024;
 
-/// What a test server does faithfully. The first four come from the probe once [`servers`]
-/// (or [`Server::probed`]) has asked the server; until then they are what the server is known to
-/// do.
+/// What a test server does faithfully. `markers`, `list_uploads` and `raw_keys` come from the
+/// probe once [`servers`] (or [`Server::probed`]) has asked the server; until then they are
+/// what the server is known to do.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     /// `dir/` markers are kept and listed as objects (s3s-fs turns them into hidden
     /// directories). Probe: `markers_listed`.
     pub markers: bool,
-    /// Multipart uploads with UploadPartCopy compose correctly. Probe: `part_copy` (it found
-    /// s3s-fs 0.14.1 composing them, which had been declared otherwise).
+    /// Multipart uploads with UploadPartCopy compose correctly. Declared, true on every
+    /// server of the matrix (s3s-fs 0.14.1 included, once wrongly declared otherwise): a probe
+    /// would have to write a 5 MiB source, the smallest Garage copies from.
     pub part_copy: bool,
     /// ListMultipartUploads finds uploads by prefix. Probe: `uploads_by_prefix`.
     pub list_uploads: bool,
@@ -167,7 +168,6 @@ impl Server {
             }
         };
         self.caps.markers = caps.markers_listed;
-        self.caps.part_copy = caps.part_copy;
         self.caps.list_uploads = caps.uploads_by_prefix;
         self.caps.raw_keys = caps.file_and_folder;
         self.probed = Some(caps);

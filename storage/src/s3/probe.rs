@@ -87,17 +87,11 @@ pub struct Capabilities {
     pub uploads_by_prefix: bool,
     /// A file `a` and a file `a/b` may both exist (servers on a file system refuse one).
     pub file_and_folder: bool,
-    /// UploadPartCopy puts the copied range into the new object (s3s-fs 0.14 answers with
-    /// success and leaves the part empty). Appends to large files copy their old bytes on the
-    /// server only where this holds; elsewhere, and before a probe, the old bytes pass
-    /// through the gateway.
-    pub part_copy: bool,
 }
 
 impl Default for Capabilities {
     /// Before any probe: nothing is known to be enforced, markers are assumed to behave as on
-    /// S3 (listed, lasting), copies use the standard condition, and appends do not rely on
-    /// UploadPartCopy (a server that drops the copied range would lose the file's old bytes).
+    /// S3 (listed, lasting), and copies use the standard condition.
     fn default() -> Self {
         Capabilities {
             probed: false,
@@ -114,7 +108,6 @@ impl Default for Capabilities {
             markers_survive: true,
             uploads_by_prefix: true,
             file_and_folder: true,
-            part_copy: false,
         }
     }
 }
@@ -171,12 +164,6 @@ impl Capabilities {
             out.push(
                 "stale multipart uploads: the server does not list uploads by prefix; leftovers \
                  of a crash are not found by the clean-up",
-            );
-        }
-        if !self.part_copy {
-            out.push(
-                "appends to files of 5 MiB or more: the server does not compose UploadPartCopy; \
-                 the old bytes pass through the gateway (slower, same result)",
             );
         }
         if !self.file_and_folder {
@@ -335,53 +322,6 @@ impl Probe<'_> {
         self.inner.client.send_xml(&req).await
     }
 
-    /// Whether a multipart upload whose one part is an UploadPartCopy of a range holds exactly
-    /// that range once completed. A refusal counts as "no" (the appends then work without it).
-    async fn part_copy_composes(&mut self) -> Result<bool> {
-        const SRC: &[u8] = b"--part copy probe--";
-        self.put("p/src", SRC, &[]).await?;
-        let key = self.key("p/dst");
-        let body = self
-            .inner
-            .client
-            .send_xml(&Request::new(Method::POST, Some(&key)).query("uploads", ""))
-            .await?;
-        let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
-        self.uploads.push((key.clone(), id.clone()));
-        let copy = Request::new(Method::PUT, Some(&key))
-            .query("partNumber", "1")
-            .query("uploadId", id.clone())
-            .header(
-                "x-amz-copy-source",
-                self.inner.client.copy_source(&self.key("p/src")),
-            )
-            .header("x-amz-copy-source-range", "bytes=2-17");
-        let part = match self.inner.client.send_xml(&copy).await {
-            Ok(b) => match xml::parse::<xml::EtagResult>(&b, "upload part copy")
-                .ok()
-                .and_then(|r| r.etag)
-            {
-                Some(etag) => etag,
-                None => return Ok(false),
-            },
-            Err(e) if e.kind() == ErrorKind::Backend || e.kind() == ErrorKind::Unsupported => {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
-        };
-        if self.complete("p/dst", &id, &part, &[]).await.is_err() {
-            return Ok(false);
-        }
-        let got = self
-            .inner
-            .client
-            .send(&Request::new(Method::GET, Some(&key)))
-            .await?
-            .bytes()
-            .await?;
-        Ok(got.as_ref() == &SRC[2..18])
-    }
-
     /// Copies `c` to `c2` under the condition `header` with a wrong ETag.
     async fn copy_wrong(&self, header: &str) -> Result<()> {
         let req = Request::new(Method::PUT, Some(&self.key("c2")))
@@ -521,9 +461,6 @@ impl Probe<'_> {
         // Refused in whatever way the server has (MinIO: XMinioParentIsObject; s3s-fs: a 500
         // from the file system).
         caps.file_and_folder = self.put("e/f", b"x", &[]).await.is_ok();
-
-        // UploadPartCopy: a range of one object as the only part of another, read back.
-        caps.part_copy = self.part_copy_composes().await?;
         caps.probed = true;
         Ok(())
     }
@@ -539,7 +476,7 @@ impl Probe<'_> {
         // Deepest first, so that servers on a file system can remove the folders. A key the
         // probe never managed to write may fail to delete (`e/f` under a file): what is left
         // is listed and deleted after.
-        for rel in ["p/dst", "p/src", "e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
+        for rel in ["e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
             let _ = self.delete(rel, &[]).await;
         }
         let left = list_page(self.inner, &self.base, false, None, 10).await?;

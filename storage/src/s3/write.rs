@@ -238,7 +238,7 @@ impl State {
         self.check_unchanged().await?;
         // An in-place write keeps only the head of the old object; what follows comes anew.
         let size = existing.size.min(self.opts.keep_head.unwrap_or(u64::MAX));
-        if size >= MIN_PART_SIZE && self.inner.caps().part_copy {
+        if size >= MIN_PART_SIZE {
             // Server-side: the old bytes become the first parts, copied in ranges of at most
             // 5 GiB (`max_copy_range`, at least 10 MiB). The ranges are of equal size, so each is
             // at least 5 MiB (S3's minimum for every part but the last); the new bytes follow
@@ -274,9 +274,8 @@ impl State {
                 start = end;
             }
         } else if size > 0 {
-            // Small, or a server whose UploadPartCopy cannot be trusted (see the probe): read
-            // the old bytes (only if still the same object) and send them again, as they
-            // come, through the same parts as the new bytes (so within the memory budget).
+            // Small: read the old bytes (only if still the same object) and send them again,
+            // as they come, through the same parts as the new bytes.
             let form = self.inner.caps().etag_form;
             let mut req = Request::new(Method::GET, Some(&self.key))
                 .header("if-match", if_match_value(&etag, form));
