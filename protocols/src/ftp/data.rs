@@ -116,6 +116,8 @@ pub(crate) struct DataAbort {
     /// The session's link: told when the client's side breaks, and asked whether libunftp's
     /// side has begun the transfer before that side is reset (see [`ControlLink`]).
     link: Option<Arc<ControlLink>>,
+    /// This data connection's number on the link.
+    generation: u64,
     /// Everything libunftp sent was written to the client, and its side shut down.
     sent: CancellationToken,
 }
@@ -123,9 +125,10 @@ pub(crate) struct DataAbort {
 impl DataAbort {
     /// The handle of a new data connection of the session whose link is `link`.
     pub(crate) fn new(link: Arc<ControlLink>) -> Self {
-        link.new_data_connection();
+        let generation = link.new_data_connection();
         DataAbort {
             link: Some(link),
+            generation,
             ..Default::default()
         }
     }
@@ -160,7 +163,7 @@ impl DataAbort {
     async fn finish(&self, mut upstream: TcpStream) {
         let _ = upstream.set_zero_linger();
         if let Some(link) = &self.link {
-            link.data_broken();
+            link.data_broken(self.generation);
             link.began(ACCEPT_TIMEOUT).await;
         }
         if self.listing.load(Ordering::SeqCst) {

@@ -25,7 +25,7 @@ use bucketgate_storage::backend::ListStream;
 use bucketgate_storage::{Entry, FileReader, VPath};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -56,6 +56,9 @@ pub(crate) struct ControlLink {
     /// The client's side of the latest data connection ended with an error (a reset, a TLS
     /// stream cut): no upload on it may commit.
     data_broken: AtomicBool,
+    /// Which data connection is the latest: an earlier one that breaks late says nothing of
+    /// the transfer on this one.
+    generation: AtomicU64,
 }
 
 /// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
@@ -107,9 +110,11 @@ impl ControlLink {
     }
 
     /// A new data connection is being set up: what was said of the previous one is forgotten.
-    pub(crate) fn new_data_connection(&self) {
+    /// Returns the new connection's number, for [`ControlLink::data_broken`].
+    pub(crate) fn new_data_connection(&self) -> u64 {
         self.began.store(false, Ordering::SeqCst);
         self.data_broken.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// The storage adapter was called for a transfer (libunftp's data task has its socket).
@@ -118,9 +123,12 @@ impl ControlLink {
         self.began_notify.notify_waiters();
     }
 
-    /// The client's side of the data connection broke: the transfer must fail.
-    pub(crate) fn data_broken(&self) {
-        self.data_broken.store(true, Ordering::SeqCst);
+    /// The client's side of data connection number `generation` broke: if it is still the
+    /// latest, its transfer must fail.
+    pub(crate) fn data_broken(&self, generation: u64) {
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.data_broken.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Waits until the transfer has begun on libunftp's side, the session is over, or `limit`

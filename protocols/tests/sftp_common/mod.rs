@@ -169,6 +169,9 @@ impl Harness {
 
         let mut opts = SftpOptions {
             host_keys: vec![dir.path().join("ssh_host_ed25519_key")],
+            // Far beyond any login, even several password checks on loaded cores (the default
+            // 30 s closed an FTP test of bad logins on a busy machine).
+            login_grace: std::time::Duration::from_secs(300),
             ..Default::default()
         };
         tweak(&mut opts);
