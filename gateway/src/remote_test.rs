@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 struct Report {
     failed: bool,
+    /// The remote's `storage_class`, to name it when the server refuses it.
+    storage_class: Option<String>,
 }
 
 impl Report {
@@ -35,6 +37,17 @@ impl Report {
                     }
                     ErrorKind::ConfigInvalid => " — check endpoint, bucket, region and keys".into(),
                     _ => String::new(),
+                };
+                // A setting the server refuses outright (rather than ignores).
+                let text = e.to_string();
+                let hint = match &self.storage_class {
+                    Some(c) if text.contains("InvalidStorageClass") => {
+                        format!("{hint} — the server does not accept storage_class: {c}")
+                    }
+                    _ if text.contains("KMS") => format!(
+                        "{hint} — check kms_key_id and that the key allows kms:GenerateDataKey and kms:Decrypt"
+                    ),
+                    _ => hint,
                 };
                 println!("FAIL  {name} ({ms} ms): {e}{hint}");
                 None
@@ -75,7 +88,10 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         .build()
         .map_err(|e| Exit::runtime(e.to_string()))?;
     let ok = rt.block_on(async move {
-        let mut rep = Report { failed: false };
+        let mut rep = Report {
+            failed: false,
+            storage_class: Some(remote.storage_class.trim().to_string()).filter(|c| !c.is_empty()),
+        };
         println!(
             "remote {} — endpoint {} bucket {}{}",
             remote.name,
