@@ -9,7 +9,8 @@
 //!
 //! Layout: [`client`] sends signed requests (retries, region fallback, connection cap);
 //! [`error`] classifies answers; `list` reads folders; `read` streams ranges; `write` uploads;
-//! `objects` holds the other operations; `probe` finds out what the server enforces.
+//! `objects` holds the other operations; `probe` finds out what the server enforces; `sse`
+//! adds the encryption and storage-class headers to every request that needs them.
 
 mod checksum;
 mod client;
