@@ -16,7 +16,7 @@ use bucketgate_testkit::http_proxy;
 use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::backend::Backend;
-use bucketgate_storage::s3::{CustomerKey, Encryption, S3Backend};
+use bucketgate_storage::s3::{Checksum, CustomerKey, Encryption, S3Backend};
 use bucketgate_storage::transfer::OpenMode;
 use bucketgate_storage::{Area, Permissions, Tree, UserFs, VPath};
 use bytes::Bytes;
@@ -96,7 +96,8 @@ struct Outcome {
 /// Uploads a small and a multipart file, appends to the large one (UploadPartCopy of its
 /// head), rewrites part of it in place as a resumed upload does (REST then STOR: a copy of the
 /// head and a pinned read of the rest), renames both (CopyObject; the large one as a
-/// server-side multipart copy when over the copy limit), and reads each back.
+/// server-side multipart copy when over the copy limit), sets a time (a copy onto itself),
+/// and reads each back. The backend must keep client times (`preserve_mtime`).
 async fn exercise(srv: &Server, fs: &UserFs) -> Outcome {
     let small = data(1000, 1);
     let big = data(11 * MIB, 2);
@@ -148,6 +149,15 @@ async fn exercise(srv: &Server, fs: &UserFs) -> Outcome {
         .unwrap_or_else(|e| panic!("[{}] rename big: {e}", srv.name));
     assert_eq!(download(fs, "/renamed.txt").await, small, "[{}]", srv.name);
     assert_eq!(download(fs, "/moved.bin").await, want, "[{}]", srv.name);
+
+    // A time change is a copy of the object onto itself (CopyObject with new metadata).
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs.set_mtime(&p("/renamed.txt"), t)
+        .await
+        .unwrap_or_else(|e| panic!("[{}] set time: {e}", srv.name));
+    let st = fs.stat(&p("/renamed.txt")).await.unwrap();
+    assert_eq!(st.mtime, Some(t), "[{}] time kept", srv.name);
+    assert_eq!(download(fs, "/renamed.txt").await, small, "[{}]", srv.name);
     Outcome {
         files: vec![("renamed.txt".into(), small), ("moved.bin".into(), want)],
     }
@@ -212,6 +222,7 @@ async fn sse_s3_and_kms_and_the_storage_class_are_applied_to_every_object_writte
             o.encryption = enc.clone();
             o.storage_class = Some("STANDARD_IA".into());
             o.max_copy_range = 10 * MIB as u64;
+            o.preserve_mtime = true;
         });
         let fs = user_fs(&srv, b);
         let out = exercise(&srv, &fs).await;
@@ -320,7 +331,14 @@ async fn ssec_servers() -> Vec<Server> {
 async fn sse_c_sends_the_key_with_every_read_write_and_copy_and_nothing_reads_without_it() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    for srv in ssec_servers().await {
+    // Both checksums: with SSE-C no ETag is an MD5, and neither check may rely on one.
+    let mut runs = Vec::new();
+    for checksum in [Checksum::Md5, Checksum::Crc32c] {
+        for srv in ssec_servers().await {
+            runs.push((srv, checksum));
+        }
+    }
+    for (srv, checksum) in runs {
         let raw: [u8; 32] = rand::random();
         let key = CustomerKey::from_bytes(&raw).unwrap();
         let want = (
@@ -334,8 +352,11 @@ async fn sse_c_sends_the_key_with_every_read_write_and_copy_and_nothing_reads_wi
             o.endpoint = endpoint;
             o.encryption = Encryption::Customer(key.clone());
             o.max_copy_range = 10 * MIB as u64;
+            o.preserve_mtime = true;
+            o.checksum = checksum;
         });
         let fs = user_fs(&srv, b);
+        println!("[{}] SSE-C with checksum {checksum:?}", srv.name);
         let out = exercise(&srv, &fs).await;
 
         // Every request on an object that reads, writes or copies it carries the key.
@@ -348,6 +369,7 @@ async fn sse_c_sends_the_key_with_every_read_write_and_copy_and_nothing_reads_wi
                 "PUT" if copy => "CopyObject",
                 "PUT" => "PutObject",
                 "POST" if s.has_query("uploads") => "CreateMultipartUpload",
+                "POST" if s.has_query("uploadId") => "CompleteMultipartUpload",
                 "GET" if s.has_query("list-type") || s.has_query("uploadId") => continue,
                 "GET" => "GetObject",
                 "HEAD" => "HeadObject",
@@ -376,6 +398,7 @@ async fn sse_c_sends_the_key_with_every_read_write_and_copy_and_nothing_reads_wi
             "CreateMultipartUpload",
             "UploadPart",
             "UploadPartCopy",
+            "CompleteMultipartUpload",
             "CopyObject",
             "GetObject",
             "HeadObject",

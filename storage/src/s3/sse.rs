@@ -3,8 +3,11 @@
 //!
 //! They are added in one place, [`headers`], called by the client for every request it builds,
 //! so that no request kind can forget them: the SSE-C key must go with every read and write of
-//! an object (PUT, CreateMultipartUpload, UploadPart, GET, HEAD) and, as the copy source's key,
-//! with every CopyObject and UploadPartCopy (rename, time change, append, in-place resume).
+//! an object (PUT, CreateMultipartUpload, UploadPart, CompleteMultipartUpload, GET, HEAD) and,
+//! as the copy source's key, with every CopyObject and UploadPartCopy (rename, time change,
+//! append, in-place resume). CompleteMultipartUpload needs it where the parts carry checksums
+//! (AWS documents it so; Garage 2.5 refuses the completion without it: "Object is
+//! encrypted").
 //! SSE-S3 and SSE-KMS are asked for where an object is created (PUT, CreateMultipartUpload,
 //! CopyObject); S3 refuses them on UploadPart and on reads.
 
@@ -120,7 +123,9 @@ enum Kind {
     Part { copy: bool },
     /// GET or HEAD of an object.
     Read,
-    /// Anything else (bucket requests, DELETE, ListParts, Complete, Abort).
+    /// CompleteMultipartUpload.
+    Complete,
+    /// Anything else (bucket requests, DELETE, ListParts, Abort).
     Other,
 }
 
@@ -138,6 +143,8 @@ fn kind(req: &Request) -> Kind {
         }
     } else if req.method == Method::POST && q("uploads") {
         Kind::Create { copy: false }
+    } else if req.method == Method::POST && q("uploadId") {
+        Kind::Complete
     } else if (req.method == Method::GET || req.method == Method::HEAD) && !q("uploadId") {
         Kind::Read
     } else {
@@ -175,7 +182,7 @@ pub(crate) fn headers(
     if let Encryption::Customer(k) = enc {
         let copy = match kind {
             Kind::Create { copy } | Kind::Part { copy } => Some(copy),
-            Kind::Read => Some(false),
+            Kind::Read | Kind::Complete => Some(false),
             Kind::Other => None,
         };
         if let Some(copy) = copy {
@@ -324,7 +331,7 @@ mod tests {
             "x-amz-server-side-encryption-customer-key",
             "x-amz-server-side-encryption-customer-key-md5",
         ];
-        for r in [&put, &part, &cmu, &get] {
+        for r in [&put, &part, &cmu, &complete, &get] {
             assert_eq!(names(&headers(&c, None, r)), ssec);
         }
         for r in [&copy, &part_copy] {
@@ -332,9 +339,10 @@ mod tests {
             assert_eq!(h.len(), 6);
             assert!(names(&h).contains(&"x-amz-copy-source-server-side-encryption-customer-key"));
         }
-        for r in [&complete, &list, &del] {
+        for r in [&list, &del] {
             assert!(headers(&c, Some("STANDARD_IA"), r).is_empty());
         }
+        assert!(headers(&Encryption::S3, Some("STANDARD_IA"), &complete).is_empty());
         // The key's MD5 is the base64 of the MD5 of the 32 raw bytes.
         let h = headers(&c, None, &get);
         assert_eq!(h[2].1, key.md5_base64());
