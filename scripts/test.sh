@@ -31,7 +31,8 @@ s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | se
   cargo test --workspace --locked --test integration -- $s3_modules sync_s3:: \
     sync_s3_scale:: --test-threads="$threads"
   cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
-    e2e_s3_servers::clients_on_env_endpoint --test-threads="$threads"
+    e2e_s3_servers::clients_on_env_endpoint e2e_remote::settings_on_env_endpoint \
+    --test-threads="$threads"
   cargo test --workspace --locked --test integration -- --ignored \
     e2e_checksums::checksums_on_env_endpoint
 )

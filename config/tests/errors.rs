@@ -739,3 +739,134 @@ fn substituted_values_never_shift_lines_or_structure() {
     let c = load_text("log:\n  level: ${MULTI}\n").unwrap().config;
     assert_eq!(c.log.level, "one\ntwo: 2\n# three\n");
 }
+
+/// `base()` with `lines` added to the first remote (`acme`, https).
+fn with_remote_keys(lines: &str) -> String {
+    base().replace(
+        "    bucket: exchange\n",
+        &format!("    bucket: exchange\n{lines}"),
+    )
+}
+
+#[test]
+fn encryption_settings_are_checked() {
+    one(
+        &with_remote_keys("    encryption: aes\n"),
+        "remotes[0].encryption",
+        "encryption: aes",
+        "expected one of `none`, `s3`, `kms`, `customer`",
+    );
+    one(
+        &with_remote_keys("    encryption: s3\n    kms_key_id: k1\n"),
+        "remotes[0].kms_key_id",
+        "kms_key_id: k1",
+        "is only for `encryption: kms` (this remote has `encryption: s3`)",
+    );
+    one(
+        &with_remote_keys("    bucket_key: true\n"),
+        "remotes[0].bucket_key",
+        "bucket_key: true",
+        "is only for `encryption: kms`",
+    );
+    one(
+        &with_remote_keys("    encryption: kms\n    customer_key_env: K\n"),
+        "remotes[0].customer_key_env",
+        "customer_key_env: K",
+        "is only for `encryption: customer`",
+    );
+    one(
+        &with_remote_keys("    encryption: kms\n    kms_key_id: \"my key\"\n"),
+        "remotes[0].kms_key_id",
+        "kms_key_id",
+        "no spaces",
+    );
+    one(
+        &with_remote_keys("    storage_class: \"STANDARD IA\"\n"),
+        "remotes[0].storage_class",
+        "storage_class",
+        "no spaces",
+    );
+    one(
+        &with_remote_keys("    encryption: customer\n"),
+        "remotes[0].encryption",
+        "encryption: customer",
+        "needs `customer_key_env`",
+    );
+    one(
+        &with_remote_keys(
+            "    encryption: customer\n    customer_key_env: BUCKETGATE_TEST_SSEC_UNSET\n",
+        ),
+        "remotes[0].customer_key_env",
+        "customer_key_env",
+        "the environment variable `BUCKETGATE_TEST_SSEC_UNSET` is not set",
+    );
+    // A valid key loads, with KMS settings and a class on the other remote.
+    std::env::set_var(
+        "BUCKETGATE_TEST_SSEC_GOOD",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    );
+    let text = with_remote_keys(
+        "    encryption: customer\n    customer_key_env: BUCKETGATE_TEST_SSEC_GOOD\n",
+    )
+    .replace(
+        "    bucket: other-bucket\n",
+        "    bucket: other-bucket\n    encryption: kms\n    kms_key_id: alias/backups\n    bucket_key: true\n    storage_class: STANDARD_IA\n",
+    );
+    let loaded = load_text(&text).unwrap_or_else(|e| panic!("{e}"));
+    let r = &loaded.config.remotes[0];
+    assert_eq!(r.encryption, bucketgate_config::EncryptionMode::Customer);
+    assert_eq!(
+        r.customer_key().unwrap().0,
+        *b"0123456789abcdef0123456789abcdef"
+    );
+    let o = &loaded.config.remotes[1];
+    assert_eq!(o.encryption, bucketgate_config::EncryptionMode::Kms);
+    assert_eq!(
+        (
+            o.kms_key_id.as_str(),
+            o.bucket_key,
+            o.storage_class.as_str()
+        ),
+        ("alias/backups", true, "STANDARD_IA")
+    );
+    // SSE-C over plain HTTP to another machine would send the key in the clear.
+    let text = base()
+        .replace("https://s3.acme.example", "http://s3.acme.example")
+        .replace(
+            "    bucket: exchange\n",
+            "    bucket: exchange\n    encryption: customer\n    customer_key_env: BUCKETGATE_TEST_SSEC_GOOD\n",
+        );
+    one(
+        &text,
+        "remotes[0].encryption",
+        "encryption: customer",
+        "the endpoint must be https://",
+    );
+}
+
+#[test]
+fn a_bad_sse_c_key_is_refused_and_never_shown() {
+    for (var, value, fragment) in [
+        (
+            "BUCKETGATE_TEST_SSEC_SHORT",
+            // 16 bytes: an AES-128 key.
+            "c2VjcmV0LWtleS0xMjM0NQ==",
+            "decodes to 16 bytes; an SSE-C key is 32 bytes",
+        ),
+        (
+            "BUCKETGATE_TEST_SSEC_TEXT",
+            "this-is-my-secret-passphrase!",
+            "is not valid base64",
+        ),
+    ] {
+        std::env::set_var(var, value);
+        let text = with_remote_keys(&format!(
+            "    encryption: customer\n    customer_key_env: {var}\n"
+        ));
+        let errs = errors(&text);
+        assert_error(&errs, &text, "remotes[0].customer_key_env", var, fragment);
+        let shown = bucketgate_config::ConfigErrors(errs.clone()).to_string();
+        assert!(!shown.contains(value), "key shown:\n{shown}");
+        assert!(!format!("{errs:?}").contains(value), "key in Debug");
+    }
+}

@@ -4,13 +4,15 @@ use crate::wiring::{self, Source};
 use crate::{ConfigArg, Exit};
 use bucketgate_storage::backend::CreateOptions;
 use bucketgate_storage::budget::MemoryBudget;
-use bucketgate_storage::s3::S3Backend;
+use bucketgate_storage::s3::{Encryption, S3Backend};
 use bucketgate_storage::{Backend, ErrorKind};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 struct Report {
     failed: bool,
+    /// The remote's `storage_class`, to name it when the server refuses it.
+    storage_class: Option<String>,
 }
 
 impl Report {
@@ -35,6 +37,17 @@ impl Report {
                     }
                     ErrorKind::ConfigInvalid => " — check endpoint, bucket, region and keys".into(),
                     _ => String::new(),
+                };
+                // A setting the server refuses outright (rather than ignores).
+                let text = e.to_string();
+                let hint = match &self.storage_class {
+                    Some(c) if text.contains("InvalidStorageClass") => {
+                        format!("{hint} — the server does not accept storage_class: {c}")
+                    }
+                    _ if text.contains("KMS") => format!(
+                        "{hint} — check kms_key_id and that the key allows kms:GenerateDataKey and kms:Decrypt"
+                    ),
+                    _ => hint,
                 };
                 println!("FAIL  {name} ({ms} ms): {e}{hint}");
                 None
@@ -75,7 +88,10 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         .build()
         .map_err(|e| Exit::runtime(e.to_string()))?;
     let ok = rt.block_on(async move {
-        let mut rep = Report { failed: false };
+        let mut rep = Report {
+            failed: false,
+            storage_class: Some(remote.storage_class.trim().to_string()).filter(|c| !c.is_empty()),
+        };
         println!(
             "remote {} — endpoint {} bucket {}{}",
             remote.name,
@@ -133,14 +149,35 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         if rep.step("TCP connect", "", t, conn).is_none() {
             return false;
         }
-        let backend = match S3Backend::new(
-            wiring::s3_options(&cfg, &remote),
-            MemoryBudget::shared(64 * 1024 * 1024),
+        let opts = match wiring::s3_options(&cfg, &remote) {
+            Ok(o) => o,
+            Err((key, why)) => {
+                println!("FAIL  client setup: {key}: {why}");
+                return false;
+            }
+        };
+        // The same remote without encryption headers: an SSE-C object must be unreadable
+        // through it, or the server ignored the key.
+        let mut plain_opts = opts.clone();
+        plain_opts.encryption = Encryption::None;
+        let (backend, plain) = match (
+            S3Backend::new(opts, MemoryBudget::shared(64 * 1024 * 1024)),
+            S3Backend::new(plain_opts, MemoryBudget::shared(1024 * 1024)),
         ) {
-            Ok(b) => b,
-            Err(e) => {
+            (Ok(b), Ok(p)) => (b, p),
+            (Err(e), _) | (_, Err(e)) => {
                 println!("FAIL  client setup: {e}");
                 return false;
+            }
+        };
+        // What each step needs beyond S3's own permission under SSE-KMS: S3 asks KMS for a
+        // data key to write and to decrypt to read (and to go on with a multipart upload).
+        let kms = matches!(backend.options().encryption, Encryption::Kms { .. });
+        let perm = |s3: &str, k: &str| {
+            if kms {
+                format!("{s3} and {k} on the KMS key")
+            } else {
+                s3.to_string()
             }
         };
         let t = Instant::now();
@@ -194,9 +231,22 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         }
         .await;
         let wrote = rep
-            .step(&format!("put {key}"), "s3:PutObject", t, put)
+            .step(
+                &format!("put {key}"),
+                &perm("s3:PutObject", "kms:GenerateDataKey"),
+                t,
+                put,
+            )
             .is_some();
         if wrote {
+            let t = Instant::now();
+            let settings = settings_step(&backend, &plain, &key).await;
+            rep.step(
+                &format!("settings applied ({})", describe_settings(&backend)),
+                "s3:GetObject",
+                t,
+                settings,
+            );
             let t = Instant::now();
             let got = async {
                 let mut s = backend.read(&key, 0, None).await?;
@@ -213,13 +263,16 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
                 Ok(())
             }
             .await;
-            rep.step("read back", "s3:GetObject", t, got);
+            rep.step("read back", &perm("s3:GetObject", "kms:Decrypt"), t, got);
             let t = Instant::now();
             let copied = backend.copy_file(&key, &copy).await;
             let copied_ok = rep
                 .step(
                     "server-side copy",
-                    "s3:GetObject on the source and s3:PutObject",
+                    &perm(
+                        "s3:GetObject on the source and s3:PutObject",
+                        "kms:Decrypt and kms:GenerateDataKey",
+                    ),
                     t,
                     copied,
                 )
@@ -252,7 +305,10 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         .await;
         rep.step(
             "multipart upload (6 MiB) and delete",
-            "s3:PutObject, s3:AbortMultipartUpload and s3:ListMultipartUploadParts",
+            &perm(
+                "s3:PutObject, s3:AbortMultipartUpload and s3:ListMultipartUploadParts",
+                "kms:GenerateDataKey and kms:Decrypt",
+            ),
             t,
             mp,
         );
@@ -281,6 +337,52 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         Ok(())
     } else {
         Err(Exit::runtime("remote test failed"))
+    }
+}
+
+/// The remote's encryption and storage class, as the config names them.
+fn describe_settings(b: &S3Backend) -> String {
+    let o = b.options();
+    let mut s = format!("encryption: {}", o.encryption.name());
+    if let Encryption::Kms { key_id, bucket_key } = &o.encryption {
+        if let Some(k) = key_id {
+            s.push_str(&format!(", kms_key_id: {k}"));
+        }
+        if *bucket_key {
+            s.push_str(", bucket_key: true");
+        }
+    }
+    s.push_str(&format!(
+        ", storage_class: {}",
+        o.storage_class.as_deref().unwrap_or("the server's default")
+    ));
+    s
+}
+
+/// Checks the probe object `key` against the remote's settings: its HEAD shows each one
+/// applied, and an SSE-C object cannot be read without the key.
+async fn settings_step(
+    backend: &S3Backend,
+    plain: &S3Backend,
+    key: &str,
+) -> Result<(), bucketgate_storage::Error> {
+    let applied = backend.applied_settings(key).await?;
+    let mut problems = backend.settings_problems(&applied);
+    if matches!(backend.options().encryption, Encryption::Customer(_))
+        && plain.stat_file(key).await.is_ok()
+    {
+        problems.push(
+            "encryption: customer — the object can be read without the SSE-C key: the server ignores SSE-C"
+                .into(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(bucketgate_storage::Error::new(
+            ErrorKind::Unsupported,
+            problems.join("; "),
+        ))
     }
 }
 

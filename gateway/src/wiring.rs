@@ -1,12 +1,14 @@
 //! Turns a validated config into running parts: backends, the tree, the user directory.
 
 use crate::{ConfigArg, Exit};
-use bucketgate_config::{Config, Permission, Protocol, StorageConfig};
+use bucketgate_config::{Config, EncryptionMode, Permission, Protocol, StorageConfig};
 use bucketgate_protocols::auth::{self, Account, Directory};
 use bucketgate_storage::budget::MemoryBudget;
 use bucketgate_storage::local::LocalBackend;
 use bucketgate_storage::path::normalize_prefix;
-use bucketgate_storage::s3::{Checksum, RetryPolicy, S3Backend, S3Options};
+use bucketgate_storage::s3::{
+    Checksum, CustomerKey, Encryption, RetryPolicy, S3Backend, S3Options,
+};
 use bucketgate_storage::{Area, Backend, Mount, PermSet, Permissions, Tree, VPath};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -58,8 +60,12 @@ pub fn load(path: &Path) -> Result<bucketgate_config::Loaded, Exit> {
     })
 }
 
-/// The S3 client options of a remote.
-pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Options {
+/// The S3 client options of a remote; an error (the config key and why) when its SSE-C key
+/// cannot be read now (validation checked it at load: the variable changed since).
+pub fn s3_options(
+    cfg: &Config,
+    r: &bucketgate_config::RemoteConfig,
+) -> Result<S3Options, (&'static str, String)> {
     let mut o = S3Options::new(&r.name, &r.endpoint, &r.bucket)
         .with_keys(&r.access_key_id, r.secret_access_key.expose());
     o.region = if r.region.trim().is_empty() {
@@ -80,12 +86,27 @@ pub fn s3_options(cfg: &Config, r: &bucketgate_config::RemoteConfig) -> S3Option
         bucketgate_config::ChecksumMode::Off => Checksum::Off,
     };
     o.folder_marker_times = r.folder_times == bucketgate_config::FolderTimes::Marker;
+    o.encryption = match r.encryption {
+        EncryptionMode::None => Encryption::None,
+        EncryptionMode::S3 => Encryption::S3,
+        EncryptionMode::Kms => Encryption::Kms {
+            key_id: Some(r.kms_key_id.trim().to_string()).filter(|k| !k.is_empty()),
+            bucket_key: r.bucket_key,
+        },
+        EncryptionMode::Customer => {
+            let key = r.customer_key().map_err(|e| ("customer_key_env", e))?;
+            Encryption::Customer(
+                CustomerKey::from_bytes(&key.0).map_err(|e| ("customer_key_env", e))?,
+            )
+        }
+    };
+    o.storage_class = Some(r.storage_class.trim().to_string()).filter(|c| !c.is_empty());
     o.part_size = cfg.transfers.part_size.bytes();
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
     o.single_put_max = cfg.transfers.single_put_max.bytes();
     o.retries = RetryPolicy::default();
     o.spool_dir = Some(spool_dir(cfg));
-    o
+    Ok(o)
 }
 
 /// Where upload parts that do not fit the memory budget are spooled: next to the rest of our
@@ -134,7 +155,14 @@ pub fn build_storage(
     let mut errors = Vec::new();
     let mut remotes = HashMap::new();
     for (i, r) in cfg.remotes.iter().enumerate() {
-        match S3Backend::new(s3_options(cfg, r), budget.clone()) {
+        let opts = match s3_options(cfg, r) {
+            Ok(o) => o,
+            Err((key, why)) => {
+                errors.push((format!("remotes[{i}].{key}"), why));
+                continue;
+            }
+        };
+        match S3Backend::new(opts, budget.clone()) {
             Ok(b) => {
                 remotes.insert(r.name.clone(), Arc::new(b));
             }

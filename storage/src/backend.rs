@@ -142,6 +142,13 @@ pub trait Backend: Send + Sync + 'static {
         true
     }
 
+    /// True when an [`Entry::etag`] of 32 hex digits is the MD5 of the file's bytes (S3 without
+    /// SSE-KMS or SSE-C); false when such ETags are something else, so no MD5 is taken from
+    /// them (sync compares contents by reading instead).
+    fn etags_are_md5(&self) -> bool {
+        true
+    }
+
     /// Reads `key` from `offset` to `end` (exclusive; `None` = end of file).
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream>;
 

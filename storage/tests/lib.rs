@@ -28,3 +28,4 @@ mod sync_scale;
 mod s3_checksums;
 mod s3_foreign;
 mod s3_probe;
+mod s3_sse;

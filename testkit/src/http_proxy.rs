@@ -27,6 +27,8 @@ pub struct Seen {
     pub target: String,
     /// When the proxy received it (to measure the waits a client keeps between requests).
     pub at: std::time::Instant,
+    /// Its headers, names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -36,6 +38,14 @@ impl Seen {
             .split_once('?')
             .map(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(name)))
             .unwrap_or(false)
+    }
+
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -159,6 +169,16 @@ impl HttpProxy {
                                     .path_and_query()
                                     .map(|p| p.to_string())
                                     .unwrap_or_default(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect(),
                             };
                             seen.lock().unwrap().push(s.clone());
                             let action = rule(&s);

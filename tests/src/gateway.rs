@@ -194,11 +194,22 @@ impl Drop for Gateway {
 
 /// Runs `bucketgate ARGS` to completion and returns (exit code, stdout, stderr).
 pub fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    run_with_env(dir, args, stdin, &[])
+}
+
+/// [`run`] with extra environment variables for the child.
+pub fn run_with_env(
+    dir: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(binary())
         .args(args)
         .current_dir(dir)
         .env_remove("BUCKETGATE_CONFIG")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -6,7 +6,7 @@ use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_tests::clients::{keygen, sftp_batch};
-use bucketgate_tests::gateway::{run, Gateway};
+use bucketgate_tests::gateway::{run, run_with_env, Gateway};
 use std::path::Path;
 
 fn remote_config(endpoint: &str, bucket: &str, access: &str, secret: &str) -> String {
@@ -31,6 +31,21 @@ fn remote_test(dir: &Path, config: &str, extra: &[&str]) -> (i32, String) {
     let (code, out, err) = run(dir, &args, None);
     println!("exit {code}\n--- stdout\n{out}--- stderr\n{err}");
     (code, out)
+}
+
+/// [`remote_test`] with environment variables for the command.
+fn remote_test_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    std::fs::write(dir.join("bucketgate.yaml"), config).unwrap();
+    let args = ["remote", "test", "partner", "--config", "bucketgate.yaml"];
+    let (code, out, err) = run_with_env(dir, &args, None, env);
+    println!("exit {code}\n--- stdout\n{out}--- stderr\n{err}");
+    (code, out, err)
+}
+
+/// A random SSE-C key, base64.
+fn ssec_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
 }
 
 fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
@@ -239,4 +254,125 @@ async fn a_key_limited_to_the_mounted_prefix_passes_every_step() {
     line(&out, "ok    list prefix inbound/");
     line(&out, "ok    put inbound/.bucketgate-probe-");
     assert!(out.contains("all steps passed"));
+}
+
+#[test]
+fn kms_and_the_storage_class_are_checked_against_the_server() {
+    // moto records SSE-KMS, its key, the Bucket Key and the storage class of an object, and
+    // shows them in HEAD: the settings step passes and says what it checked.
+    let moto = Moto::start();
+    moto.create_bucket("probe-kms");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_config(&moto.endpoint, "probe-kms", ACCESS_KEY, SECRET_KEY)
+        + "    encryption: kms\n    kms_key_id: bucketgate-key-1\n    bucket_key: true\n    storage_class: STANDARD_IA\n";
+    let (code, out) = remote_test(dir.path(), &cfg, &[]);
+    assert_eq!(code, 0, "{out}");
+    let step = line(&out, "ok    settings applied");
+    assert!(
+        step.contains(
+            "encryption: kms, kms_key_id: bucketgate-key-1, bucket_key: true, storage_class: STANDARD_IA"
+        ),
+        "{step}"
+    );
+    assert!(out.contains("all steps passed"));
+    assert_eq!(
+        moto.keys("probe-kms"),
+        Vec::<String>::new(),
+        "probe objects left"
+    );
+}
+
+#[test]
+fn a_server_that_ignores_sse_c_fails_the_settings_step_and_the_key_is_never_printed() {
+    // moto 5.2 accepts the SSE-C headers and serves the object without the key: the data is
+    // not encrypted with it, and `remote test` must say so.
+    let moto = Moto::start();
+    moto.create_bucket("probe-ssec");
+    let dir = tempfile::tempdir().unwrap();
+    let key = ssec_key();
+    let cfg = remote_config(&moto.endpoint, "probe-ssec", ACCESS_KEY, SECRET_KEY)
+        + "    encryption: customer\n    customer_key_env: PROBE_SSEC_KEY\n";
+    let (code, out, err) = remote_test_env(dir.path(), &cfg, &[("PROBE_SSEC_KEY", &key)]);
+    assert_eq!(code, 1, "{out}");
+    let step = line(&out, "FAIL  settings applied (encryption: customer");
+    assert!(
+        step.contains("can be read without the SSE-C key: the server ignores SSE-C"),
+        "{step}"
+    );
+    // The other steps ran with the key and passed.
+    for s in [
+        "ok    put ",
+        "ok    read back",
+        "ok    server-side copy",
+        "ok    multipart upload",
+    ] {
+        line(&out, s);
+    }
+    assert!(
+        !out.contains(&key) && !err.contains(&key),
+        "the key was printed"
+    );
+    assert_eq!(
+        moto.keys("probe-ssec"),
+        Vec::<String>::new(),
+        "probe objects left"
+    );
+
+    // A key of the wrong size is a config error naming the variable, not the value.
+    let short = &key[..24];
+    let (code, out, err) = remote_test_env(dir.path(), &cfg, &[("PROBE_SSEC_KEY", short)]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("PROBE_SSEC_KEY") && err.contains("32 bytes"),
+        "{err}"
+    );
+    assert!(
+        !out.contains(short) && !err.contains(short),
+        "the key was printed"
+    );
+}
+
+/// On the env endpoint (Garage in CI: SSE-C implemented, storage classes ignored): SSE-C
+/// passes, and a storage class the server does not record fails the settings step, named.
+/// Without the endpoint, s3s-fs stands in: it refuses the class outright, and the failed put
+/// names the setting.
+#[test]
+fn settings_on_env_endpoint() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let srv = match s3_support::env_server() {
+        Some(s) => s,
+        None => {
+            println!("NOTE: BUCKETGATE_TEST_S3_ENDPOINT is not set: running on s3s-fs");
+            rt.block_on(s3_support::s3s_server(None))
+        }
+    };
+    let garage = std::env::var("BUCKETGATE_TEST_S3_SERVER").as_deref() == Ok("garage");
+    let dir = tempfile::tempdir().unwrap();
+    let key = ssec_key();
+    let mut cfg = remote_config(&srv.endpoint, &srv.bucket, &srv.access, &srv.secret)
+        + "    encryption: customer\n    customer_key_env: PROBE_SSEC_KEY\n    storage_class: STANDARD_IA\n";
+    if let Some(r) = &srv.region {
+        cfg += &format!("    region: {r}\n");
+    }
+    let (code, out, _) = remote_test_env(dir.path(), &cfg, &[("PROBE_SSEC_KEY", &key)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains(&key), "the key was printed");
+    if !garage {
+        let put = line(&out, "FAIL  put ");
+        assert!(
+            put.contains("the server does not accept storage_class: STANDARD_IA"),
+            "{put}"
+        );
+        return;
+    }
+    let step = line(&out, "FAIL  settings applied");
+    assert!(
+        step.contains("storage_class — the object was stored as STANDARD, not STANDARD_IA"),
+        "{step}"
+    );
+    // Garage encrypts with the key and refuses to serve the object without it.
+    assert!(!step.contains("encryption: customer —"), "{step}");
+    line(&out, "ok    read back");
+    line(&out, "ok    server-side copy");
+    line(&out, "ok    multipart upload");
 }

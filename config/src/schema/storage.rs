@@ -154,6 +154,40 @@ pub struct RemoteConfig {
     /// The time folders show.
     #[serde(default)]
     pub folder_times: FolderTimes,
+    /// Server-side encryption of the objects the gateway writes (and, for `customer`, reads).
+    #[serde(default)]
+    pub encryption: EncryptionMode,
+    /// The KMS key (id, ARN or alias) for `encryption: kms`; blank = the account's default
+    /// `aws/s3` key.
+    #[serde(default)]
+    pub kms_key_id: String,
+    /// S3 Bucket Keys for `encryption: kms` (fewer KMS requests).
+    #[serde(default)]
+    pub bucket_key: bool,
+    /// For `encryption: customer`: the name of the environment variable that holds the
+    /// base64 256-bit SSE-C key (the name, never the key, is in the file).
+    #[serde(default)]
+    pub customer_key_env: String,
+    /// The storage class of every object written (`STANDARD_IA`, ...); blank = the
+    /// server's default.
+    #[serde(default)]
+    pub storage_class: String,
+}
+
+/// `remotes[].encryption`: server-side encryption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// No header: the bucket's default encryption applies.
+    #[default]
+    None,
+    /// SSE-S3 (`x-amz-server-side-encryption: AES256`).
+    S3,
+    /// SSE-KMS (`aws:kms`, with `kms_key_id` and `bucket_key`).
+    Kms,
+    /// SSE-C: a key of ours, from the variable `customer_key_env`, sent with every request
+    /// that reads, writes or copies an object.
+    Customer,
 }
 
 /// `remotes[].checksum`: how the bytes sent to and read from a remote are checked.
@@ -185,6 +219,39 @@ impl RemoteConfig {
     /// True when no credentials are given: requests go unsigned.
     pub fn is_anonymous(&self) -> bool {
         self.access_key_id.is_empty() && self.secret_access_key.is_empty()
+    }
+
+    /// The SSE-C key of `encryption: customer`, read from the variable `customer_key_env`
+    /// now: its 32 bytes, or why not (the message names the variable, never its value).
+    pub fn customer_key(&self) -> Result<Secret32, String> {
+        use base64::Engine;
+        let var = self.customer_key_env.trim();
+        if var.is_empty() {
+            return Err("`encryption: customer` needs `customer_key_env`, the name of the environment variable holding the base64 SSE-C key".into());
+        }
+        let value = std::env::var(var)
+            .map_err(|_| format!("the environment variable `{var}` is not set"))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .map_err(|_| format!("the environment variable `{var}` is not valid base64"))?;
+        <[u8; 32]>::try_from(raw.as_slice())
+            .map(Secret32)
+            .map_err(|_| {
+                format!(
+                    "the environment variable `{var}` decodes to {} bytes; an SSE-C key is 32 bytes (256 bits), e.g. `openssl rand -base64 32`",
+                    raw.len()
+                )
+            })
+    }
+}
+
+/// A 32-byte key that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret32(pub [u8; 32]);
+
+impl std::fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 

@@ -5,7 +5,7 @@ use super::{Hints, Validator};
 use crate::paths::{
     is_within, normalize_prefix, normalize_site_path, prefix_problem, prefixes_overlap,
 };
-use crate::schema::{Config, Conflict, Direction, StorageConfig};
+use crate::schema::{Config, Conflict, Direction, EncryptionMode, StorageConfig};
 
 pub(super) fn check(c: &Config, hints: &Hints, v: &mut Validator<'_>) {
     remotes(c, v);
@@ -142,7 +142,103 @@ fn remotes(c: &Config, v: &mut Validator<'_>) {
         {
             v.error(format!("{at}.region"), "must not contain spaces");
         }
+        encryption(r, &at, v);
     }
+}
+
+/// `encryption` and the keys that go with it; `storage_class`.
+fn encryption(r: &crate::schema::RemoteConfig, at: &str, v: &mut Validator<'_>) {
+    let kms_only = |v: &mut Validator<'_>, key: &str| {
+        v.error(
+            format!("{at}.{key}"),
+            format!(
+                "is only for `encryption: kms` (this remote has `encryption: {}`)",
+                mode_name(r.encryption)
+            ),
+        )
+    };
+    if r.encryption != EncryptionMode::Kms {
+        if !r.kms_key_id.is_empty() {
+            kms_only(v, "kms_key_id");
+        }
+        if r.bucket_key {
+            kms_only(v, "bucket_key");
+        }
+    }
+    if r.encryption != EncryptionMode::Customer && !r.customer_key_env.is_empty() {
+        v.error(
+            format!("{at}.customer_key_env"),
+            format!(
+                "is only for `encryption: customer` (this remote has `encryption: {}`)",
+                mode_name(r.encryption)
+            ),
+        );
+    }
+    if r.encryption == EncryptionMode::Kms
+        && !r.kms_key_id.is_empty()
+        && !header_safe(&r.kms_key_id)
+    {
+        v.error(
+            format!("{at}.kms_key_id"),
+            "must be a key id, ARN or alias: no spaces or control characters",
+        );
+    }
+    if r.encryption == EncryptionMode::Customer {
+        if let Err(why) = r.customer_key() {
+            // Blamed on `customer_key_env` when written, else on `encryption`.
+            let key = if r.customer_key_env.is_empty() {
+                "encryption"
+            } else {
+                "customer_key_env"
+            };
+            v.error(format!("{at}.{key}"), why);
+        }
+        if r.endpoint.starts_with("http://") && !is_loopback_endpoint(&r.endpoint) {
+            v.error(
+                format!("{at}.encryption"),
+                "`encryption: customer` sends the key with every request: the endpoint must be https:// (S3 refuses SSE-C over plain HTTP)",
+            );
+        }
+    }
+    if !r.storage_class.is_empty() && !header_safe(&r.storage_class) {
+        v.error(
+            format!("{at}.storage_class"),
+            "must be a storage class name such as STANDARD_IA: no spaces or control characters",
+        );
+    }
+}
+
+fn mode_name(m: EncryptionMode) -> &'static str {
+    match m {
+        EncryptionMode::None => "none",
+        EncryptionMode::S3 => "s3",
+        EncryptionMode::Kms => "kms",
+        EncryptionMode::Customer => "customer",
+    }
+}
+
+/// Printable ASCII without spaces: what an HTTP header value of a name may hold.
+fn header_safe(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A plain-HTTP endpoint on this machine (the test servers), where the key never leaves it.
+fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .unwrap_or(endpoint)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = match rest.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => rest,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn syncs(

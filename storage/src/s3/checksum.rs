@@ -182,11 +182,13 @@ pub(crate) fn download_mismatch() -> Error {
 }
 
 /// An ETag that is the plain MD5 of the object's bytes: 32 hex digits (no `-N` of a
-/// multipart upload), and no SSE-KMS or SSE-C, whose ETags are not MD5s of the plaintext.
-pub(crate) fn plain_md5_etag(resp: &Response) -> Option<String> {
-    let encrypted = resp
-        .header("x-amz-server-side-encryption")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("aws:kms") || v.contains("kms"))
+/// multipart upload), and no SSE-KMS or SSE-C, whose ETags are not MD5s of the plaintext:
+/// neither as the remote is configured (`etag_is_md5` false) nor as the answer says.
+pub(crate) fn plain_md5_etag(resp: &Response, etag_is_md5: bool) -> Option<String> {
+    let encrypted = !etag_is_md5
+        || resp
+            .header("x-amz-server-side-encryption")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("aws:kms") || v.contains("kms"))
         || resp
             .header("x-amz-server-side-encryption-customer-algorithm")
             .is_some();
@@ -199,12 +201,13 @@ pub(crate) fn plain_md5_etag(resp: &Response) -> Option<String> {
 }
 
 /// After an upload request: the ETag the server answered must be the MD5 of what was sent,
-/// where it is a plain MD5.
-pub(crate) fn check_etag(resp: &Response, sent: Option<&Digest>) -> Result<()> {
+/// where it is a plain MD5 (with SSE-KMS or SSE-C it is not: the server's verification of
+/// `Content-MD5` is then the whole check).
+pub(crate) fn check_etag(resp: &Response, sent: Option<&Digest>, etag_is_md5: bool) -> Result<()> {
     let Some(want) = sent.and_then(Digest::md5_hex) else {
         return Ok(());
     };
-    match plain_md5_etag(resp) {
+    match plain_md5_etag(resp, etag_is_md5) {
         Some(got) if got != want => Err(upload_mismatch()),
         _ => Ok(()),
     }
@@ -219,7 +222,7 @@ pub(crate) enum Expected {
 impl Expected {
     /// The checksum a whole-object GET answer lets us check, if any: the full-object CRC32C
     /// when the server returned one (not a composite `...-N`), else a plain MD5 ETag.
-    pub(crate) fn of(resp: &Response, mode: Checksum) -> Option<Expected> {
+    pub(crate) fn of(resp: &Response, mode: Checksum, etag_is_md5: bool) -> Option<Expected> {
         if mode == Checksum::Off {
             return None;
         }
@@ -241,7 +244,7 @@ impl Expected {
                 return Some(Expected::Crc32c(u32::from_be_bytes(b)));
             }
         }
-        plain_md5_etag(resp).map(Expected::Md5)
+        plain_md5_etag(resp, etag_is_md5).map(Expected::Md5)
     }
 
     pub(crate) fn hasher(&self) -> Hasher {

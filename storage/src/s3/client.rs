@@ -134,6 +134,8 @@ pub(crate) struct Client {
     limit: Option<Arc<Semaphore>>,
     retry: RetryPolicy,
     name: String,
+    encryption: super::Encryption,
+    storage_class: Option<String>,
 }
 
 /// Builds the per-remote HTTP client: source address, private CA, timeouts, no proxy and no
@@ -230,6 +232,8 @@ impl Client {
                 .then(|| Arc::new(Semaphore::new(opts.max_connections))),
             retry: opts.retries.clone(),
             name: opts.name.clone(),
+            encryption: opts.encryption.clone(),
+            storage_class: opts.storage_class.clone(),
         })
     }
 
@@ -273,6 +277,12 @@ impl Client {
             _ => sign::UNSIGNED_PAYLOAD,
         };
         let mut headers = req.headers.clone();
+        // Encryption and storage class, on every request that needs them (see `sse`).
+        headers.extend(super::sse::headers(
+            &self.encryption,
+            self.storage_class.as_deref(),
+            req,
+        ));
         headers.push(("x-amz-date".into(), amz_date.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.into()));
         let mut rb = self.http.request(req.method.clone(), &url);

@@ -9,7 +9,8 @@
 //!
 //! Layout: [`client`] sends signed requests (retries, region fallback, connection cap);
 //! [`error`] classifies answers; `list` reads folders; `read` streams ranges; `write` uploads;
-//! `objects` holds the other operations; `probe` finds out what the server enforces.
+//! `objects` holds the other operations; `probe` finds out what the server enforces; `sse`
+//! adds the encryption and storage-class headers to every request that needs them.
 
 mod checksum;
 mod client;
@@ -21,6 +22,7 @@ mod objects;
 mod probe;
 mod read;
 mod sign;
+mod sse;
 pub mod time;
 mod write;
 mod xml;
@@ -40,6 +42,7 @@ pub use checksum::Checksum;
 pub use lease::S3LeaseStore;
 pub use objects::MultipartUpload;
 pub use probe::{Capabilities, CopyCondition, EtagForm};
+pub use sse::{Applied, CustomerKey, Encryption};
 
 /// S3 allows at most this many parts in one multipart upload.
 pub const MAX_PARTS: u32 = 10_000;
@@ -131,6 +134,12 @@ pub struct S3Options {
     /// The checksum every upload request carries for the server to verify, and with which
     /// whole-object downloads are checked (`remotes[].checksum`).
     pub checksum: Checksum,
+    /// Server-side encryption of every object written, and the SSE-C key every read and copy
+    /// needs (`remotes[].encryption`).
+    pub encryption: Encryption,
+    /// The storage class of every object written (`remotes[].storage_class`); `None`: the
+    /// server's default.
+    pub storage_class: Option<String>,
 }
 
 impl S3Options {
@@ -163,6 +172,8 @@ impl S3Options {
             spool_dir: None,
             max_copy_range: MAX_PART_SIZE,
             checksum: Checksum::default(),
+            encryption: Encryption::None,
+            storage_class: None,
         }
     }
 
@@ -206,6 +217,8 @@ impl fmt::Debug for S3Options {
             .field("spool_dir", &self.spool_dir)
             .field("max_copy_range", &self.max_copy_range)
             .field("checksum", &self.checksum)
+            .field("encryption", &self.encryption)
+            .field("storage_class", &self.storage_class)
             .finish()
     }
 }
@@ -314,6 +327,10 @@ impl Backend for S3Backend {
     fn walk_mtime_exact(&self) -> bool {
         // A walk shows Last-Modified: the `mtime` metadata needs a HEAD per file.
         !self.inner.opts.preserve_mtime
+    }
+
+    fn etags_are_md5(&self) -> bool {
+        self.inner.opts.encryption.etag_is_md5()
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {

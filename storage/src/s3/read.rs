@@ -128,7 +128,7 @@ pub(crate) async fn read(
     }
     let expected = announced.or(end.map(|e| e - offset));
     let sum = if offset == 0 && whole_object(&resp) {
-        Expected::of(&resp, mode)
+        Expected::of(&resp, mode, inner.opts.encryption.etag_is_md5())
     } else {
         None
     };

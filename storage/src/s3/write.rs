@@ -538,7 +538,7 @@ impl State {
             let req = checksum::apply(req, sum.as_ref()).body(body);
             let resp = inner.client.send(&req).await?;
             drop(permit);
-            checksum::check_etag(&resp, sum.as_ref())?;
+            checksum::check_etag(&resp, sum.as_ref(), inner.opts.encryption.etag_is_md5())?;
             let etag = resp.header("etag").map(str::to_string).ok_or_else(|| {
                 Error::new(ErrorKind::Backend, "the remote sent no ETag for a part")
             })?;
@@ -600,7 +600,11 @@ impl State {
                 .map_err(|e| self.lost_race(e))?;
             // A server that stored other bytes than those sent (one that does not verify the
             // checksum header): the file is not what the client sent, so the upload fails.
-            checksum::check_etag(&resp, sum.as_ref())?;
+            checksum::check_etag(
+                &resp,
+                sum.as_ref(),
+                self.inner.opts.encryption.etag_is_md5(),
+            )?;
             // A client's new object is described by what it sent and the answer's ETag: its
             // CLOSE waits for nobody's HEAD. A sync copy records what a HEAD shows (the time
             // the next listing compares with).

@@ -611,9 +611,18 @@ pub(crate) async fn remove_dir(ctx: &Ctx, side: Side, item: Item, old: Record) -
 
 /// The MD5 of `item`'s content on `side`, when it is known without reading: its ETag is one,
 /// or the side is unchanged since `old` recorded it beside an MD5 ETag of the other side (a
-/// pair is only recorded when both sides hold the same bytes).
-fn known_md5(side: Side, item: &Item, old: Option<&Record>) -> Option<String> {
-    if let Some(e) = item.etag.as_ref().filter(|e| md5_like(e)) {
+/// pair is only recorded when both sides hold the same bytes). An ETag counts only where its
+/// backend's ETags are MD5s (not with SSE-KMS or SSE-C).
+fn known_md5(ctx: &Ctx, side: Side, item: &Item, old: Option<&Record>) -> Option<String> {
+    let other = match side {
+        Side::Site => Side::Remote,
+        Side::Remote => Side::Site,
+    };
+    if let Some(e) = item
+        .etag
+        .as_ref()
+        .filter(|e| md5_like(e) && ctx.backend(side).etags_are_md5())
+    {
         return Some(e.to_ascii_lowercase());
     }
     let old = old?;
@@ -627,7 +636,7 @@ fn known_md5(side: Side, item: &Item, old: Option<&Record>) -> Option<String> {
     theirs
         .etag
         .as_ref()
-        .filter(|e| md5_like(e))
+        .filter(|e| md5_like(e) && ctx.backend(other).etags_are_md5())
         .map(|e| e.to_ascii_lowercase())
 }
 
@@ -654,8 +663,8 @@ async fn same_content(ctx: &Ctx, s: &Item, m: &Item, old: Option<&Record>) -> Re
         return Ok(true);
     }
     match (
-        known_md5(Side::Site, s, old),
-        known_md5(Side::Remote, m, old),
+        known_md5(ctx, Side::Site, s, old),
+        known_md5(ctx, Side::Remote, m, old),
     ) {
         (Some(a), Some(b)) => return Ok(a == b),
         (Some(a), None) => {
