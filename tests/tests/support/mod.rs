@@ -94,6 +94,9 @@ pub async fn sftp_session(
     let s = russh_sftp::client::SftpSession::new(ch.into_stream())
         .await
         .map_err(|e| format!("sftp init: {e}"))?;
+    // As long as a person would wait: russh-sftp's 10 s per request failed listings of the
+    // 50-client soak through moto while other builds loaded the 2 cores (a hang still fails).
+    s.set_timeout(120);
     Ok((h, s))
 }
 
