@@ -100,6 +100,9 @@ def sh(args, env=None, input=None):
     return r.stdout
 
 
+# `BENCH_CHECKSUM=off` (or md5, crc32c) sets `remotes[].checksum` (builds that have it: not adc70fc).
+CHECKSUM = f"    checksum: {os.environ['BENCH_CHECKSUM']}\n" if os.environ.get("BENCH_CHECKSUM") else ""
+
 # No-change sync reruns per round (alternating the two tools).
 RERUNS = {"small": 1, "big": 7}
 
@@ -168,7 +171,7 @@ class Bench:
     access_key_id: {ACCESS}
     secret_access_key: {SECRET}
     preserve_mtime: {pm}
-"""
+{CHECKSUM}"""
         cfg = f"""sftp:
   listen: "127.0.0.1:0"
 ftp:
