@@ -76,6 +76,8 @@ pub struct Plan {
     pub first_source: u32,
     /// Liveness bound for one request or reply (a stuck session fails instead of hanging).
     pub step: Duration,
+    /// Processes whose CPU time is read at the phase boundaries ([`Report::cpu_put`]).
+    pub watch: Vec<u32>,
 }
 
 impl Plan {
@@ -93,6 +95,7 @@ impl Plan {
             run_id: 0,
             first_source: 0,
             step: Duration::from_secs(120),
+            watch: Vec::new(),
         }
     }
 }
@@ -135,6 +138,10 @@ pub struct Report {
     pub get_secs: f64,
     pub login_secs: f64,
     pub failures: Vec<Failure>,
+    /// CPU-seconds each process of [`Plan::watch`] spent in the put phase (None: unreadable).
+    pub cpu_put: Vec<Option<f64>>,
+    /// The same for the get phase.
+    pub cpu_get: Vec<Option<f64>>,
 }
 
 impl Report {
@@ -236,13 +243,22 @@ pub async fn run(target: &Target, plan: &Plan) -> Report {
             session(i, proto, &target, &plan, &gates).await
         }));
     }
+    let cpu = || -> Vec<Option<f64>> { plan.watch.iter().map(|&p| cpu_seconds(p)).collect() };
+    let diff = |a: &[Option<f64>], b: &[Option<f64>]| -> Vec<Option<f64>> {
+        a.iter().zip(b).map(|(a, b)| Some((*b)? - (*a)?)).collect()
+    };
     gates.logged_in.wait().await;
     let logged_in = Instant::now();
+    let c0 = cpu();
     gates.uploaded.wait().await;
     let uploaded = Instant::now();
+    let c1 = cpu();
     gates.downloaded.wait().await;
     let downloaded = Instant::now();
+    let c2 = cpu();
     let mut report = Report {
+        cpu_put: diff(&c0, &c1),
+        cpu_get: diff(&c1, &c2),
         login_secs: (logged_in - start).as_secs_f64(),
         put_secs: (uploaded - logged_in).as_secs_f64(),
         get_secs: (downloaded - uploaded).as_secs_f64(),

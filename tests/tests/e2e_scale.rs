@@ -172,3 +172,82 @@ async fn forty_eight_sessions_under_an_8_mib_budget_lose_no_transfer() {
     )
     .await;
 }
+
+/// Issue 22.2: a failed transfer logs one line saying why. An upload refused at open (no
+/// `upload` permission) and a download of a name that is not there: each audit line carries
+/// the reason as the client was told it, not only the error kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transfer_logs_one_line_saying_why() {
+    let srv = s3_support::s3s_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GatewayConfig::new()
+        .sftp()
+        .section("state_dir: ./state")
+        .remote(
+            "s3",
+            &srv.endpoint,
+            &srv.bucket,
+            &srv.access,
+            &srv.secret,
+            "",
+        )
+        .mount("/m", "s3", &srv.prefix)
+        .user(
+            User::new("ro", &cheap_hash())
+                .home("/")
+                .allow("/", "list, download"),
+        )
+        .yaml();
+    let path = dir.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        bucketgate_tests::gateway::Gateway::start(&path, &cfg, &["sftp"])
+    })
+    .await
+    .unwrap();
+    let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let (_h, s) = sftp_session(lo, gw.addr("sftp"), "ro", PASSWORD)
+        .await
+        .unwrap();
+    let put = sftp_put(&s, "/m/refused.bin", b"abc").await;
+    assert!(put.is_err(), "an upload without permission succeeded");
+    assert!(s.open("/m/absent.bin").await.is_err());
+    let audit_line = |name: &str| {
+        let want = format!("path=\"/m/{name}\"");
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let lines: Vec<String> = gw
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("bucketgate::audit") && l.contains(&want))
+                .cloned()
+                .collect();
+            if !lines.is_empty() || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    for (name, result, why) in [
+        ("refused.bin", "permission_denied", "permission"),
+        ("absent.bin", "not_found", "absent.bin"),
+    ] {
+        let lines = audit_line(name);
+        assert_eq!(lines.len(), 1, "one audit line for {name}: {lines:#?}");
+        let l = &lines[0];
+        assert!(l.contains(&format!("result=\"{result}\"")), "{l}");
+        let error = l
+            .split(" error=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no reason in the audit line: {l}"));
+        assert!(
+            error.to_lowercase().contains(why),
+            "the reason does not say {why:?}: {l}"
+        );
+        assert!(
+            !error.contains(&srv.prefix) || srv.prefix.is_empty(),
+            "the bucket key leaks: {l}"
+        );
+    }
+}
