@@ -198,7 +198,7 @@ impl Plan {
     pub fn sizes(&self, i: usize) -> Vec<u64> {
         let mut v = self.files.clone();
         if let (Some((n, size)), Some(last)) = (self.larger_last, v.last_mut()) {
-            if n > 0 && i % n == 0 {
+            if n > 0 && i.is_multiple_of(n) {
                 *last = size;
             }
         }
@@ -452,10 +452,8 @@ async fn sftp_put(
             inflight.push(async move { (at, raw.write(h, at, buf).await) });
             off += n;
         }
-        if let Some((at, r)) = inflight.next().await {
-            if let Err(e) = r {
-                err = Some(format!("write at {at}: {e}"));
-            }
+        if let Some((at, Err(e))) = inflight.next().await {
+            err = Some(format!("write at {at}: {e}"));
         }
     }
     // Let the requests already sent be answered before the handle is closed.
