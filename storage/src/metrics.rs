@@ -291,6 +291,8 @@ pub fn error_label(kind: crate::ErrorKind) -> String {
 /// Records one finished file operation: the counter, the bytes of a transfer, and the audit
 /// line. `op` is one of open_read, open_write, list, stat, mkdir, rmdir, remove, rename,
 /// setstat.
+/// `error` is what went wrong, as the client was told (no bucket key, no secret), for a
+/// failed operation: the one line that says why a transfer failed.
 pub fn file_op(
     ctx: &OpContext,
     op: &'static str,
@@ -298,6 +300,7 @@ pub fn file_op(
     bytes: u64,
     elapsed: Duration,
     result: &str,
+    error: Option<&str>,
 ) {
     let protocol = ctx.session.map(|s| s.protocol).unwrap_or("none");
     let client = ctx
@@ -326,18 +329,39 @@ pub fn file_op(
     }
     // Paths are logged with Debug formatting so that a control character in a name cannot
     // forge a log line.
-    tracing::info!(
-        target: "bucketgate::audit",
-        user = %ctx.user,
-        protocol,
-        client = %client,
-        operation = op,
-        path = ?path,
-        bytes,
-        duration_ms = elapsed.as_millis() as u64,
-        result,
-        "file operation"
-    );
+    match error {
+        None => tracing::info!(
+            target: "bucketgate::audit",
+            user = %ctx.user,
+            protocol,
+            client = %client,
+            operation = op,
+            path = ?path,
+            bytes,
+            duration_ms = elapsed.as_millis() as u64,
+            result,
+            "file operation"
+        ),
+        // Debug formatting, as for the path: the message may quote a client's name.
+        Some(error) => tracing::info!(
+            target: "bucketgate::audit",
+            user = %ctx.user,
+            protocol,
+            client = %client,
+            operation = op,
+            path = ?path,
+            bytes,
+            duration_ms = elapsed.as_millis() as u64,
+            result,
+            error = ?error,
+            "file operation"
+        ),
+    }
+}
+
+/// The message of a failed result, for [`file_op`]'s `error`.
+pub fn error_of<T>(r: &crate::Result<T>) -> Option<String> {
+    r.as_ref().err().map(|e| e.to_string())
 }
 
 /// A file transfer in progress: counts its bytes and writes the audit line once, when it ends
@@ -349,6 +373,8 @@ pub struct Transfer {
     started: Instant,
     bytes: u64,
     result: Option<String>,
+    /// The first failure's message.
+    error: Option<String>,
     done: bool,
 }
 
@@ -362,6 +388,7 @@ impl Transfer {
             started,
             bytes: 0,
             result: None,
+            error: None,
             done: false,
         }
     }
@@ -372,10 +399,21 @@ impl Transfer {
     }
 
     /// Remembers the first failure, reported when the transfer ends.
-    pub fn failed(&mut self, kind: crate::ErrorKind) {
+    pub fn failed(&mut self, e: &crate::Error) {
         if self.result.is_none() {
-            self.result = Some(error_label(kind));
+            self.result = Some(error_label(e.kind()));
+            self.error = Some(e.to_string());
         }
+    }
+
+    /// Ends the transfer with the result of its last step (a writer's close).
+    pub fn end<T>(&mut self, r: &crate::Result<T>) {
+        if let Err(e) = r {
+            if self.error.is_none() {
+                self.error = Some(e.to_string());
+            }
+        }
+        self.finish(&result_of(r));
     }
 
     /// Ends the transfer with `result` (`ok`, an error kind, `aborted`).
@@ -388,6 +426,16 @@ impl Transfer {
             (Some(r), "ok") => r.clone(),
             _ => result.to_string(),
         };
+        let error = match result.as_str() {
+            "ok" => None,
+            // Abandoned by the client: nothing went wrong here.
+            "aborted" if self.error.is_none() => None,
+            _ => Some(
+                self.error
+                    .as_deref()
+                    .unwrap_or("the transfer ended without an error message"),
+            ),
+        };
         file_op(
             &self.ctx,
             self.op,
@@ -395,6 +443,7 @@ impl Transfer {
             self.bytes,
             self.started.elapsed(),
             &result,
+            error,
         );
     }
 }

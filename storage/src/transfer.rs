@@ -206,7 +206,7 @@ impl FileReader {
         if let Some(a) = &mut self.audit {
             match &r {
                 Ok(b) => a.add(b.len() as u64),
-                Err(e) => a.failed(e.kind()),
+                Err(e) => a.failed(e),
             }
         }
         r
@@ -510,6 +510,10 @@ impl FileWriter {
     fn fail(&mut self, e: Error) -> Error {
         let e = e.with_context("write", self.shown.to_string());
         self.failed = Some(Error::new(e.kind(), e.message().to_string()));
+        // The audit line of this upload says why it failed, however it ends.
+        if let Some(a) = &mut self.audit {
+            a.failed(&e);
+        }
         e
     }
 
@@ -791,7 +795,7 @@ impl FileWriter {
             k.written(&path, &folder);
         }
         if let Some(mut a) = audit {
-            a.finish(&crate::metrics::result_of(&r));
+            a.end(&r);
         }
         r
     }

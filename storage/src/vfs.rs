@@ -226,6 +226,7 @@ impl UserFs {
             0,
             t0.elapsed(),
             &metrics::result_of(&r),
+            metrics::error_of(&r).as_deref(),
         );
         r
     }
@@ -280,6 +281,7 @@ impl UserFs {
                     0,
                     t0.elapsed(),
                     &metrics::result_of(&r),
+                    metrics::error_of(&r).as_deref(),
                 );
                 r
             }
@@ -306,6 +308,7 @@ impl UserFs {
                     0,
                     t0.elapsed(),
                     &metrics::result_of(&r),
+                    metrics::error_of(&r).as_deref(),
                 );
                 r
             }

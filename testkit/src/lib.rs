@@ -3,7 +3,7 @@
 //! between the S3 client and its server ([`http_proxy`]), a raw FTP control connection
 //! ([`ftp`]), the SSH client handler for the tests' own servers ([`ssh`]), the external programs
 //! the tests need ([`tools`]: a missing one fails the test) and a gateway config builder
-//! ([`gateway_config`]).
+//! ([`gateway_config`]), and a load generator of many concurrent sessions ([`load`]).
 //!
 //! Each crate's tests are one test binary (`tests/lib.rs`, one module per former test file),
 //! so a change relinks one binary per crate. A test that measures the whole process (peak RSS)
@@ -12,6 +12,7 @@
 pub mod ftp;
 pub mod gateway_config;
 pub mod http_proxy;
+pub mod load;
 pub mod moto;
 pub mod s3;
 pub mod ssh;

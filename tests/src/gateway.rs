@@ -8,10 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The path of the `bucketgate` binary, built once per test process.
+/// The path of the `bucketgate` binary, built once per test process; `BUCKETGATE_BIN` names
+/// another one (the benchmarks run the release build).
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BUCKETGATE_BIN") {
+            return PathBuf::from(p);
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .unwrap()

@@ -13,6 +13,7 @@ mod e2e_operate;
 mod e2e_remote;
 mod e2e_s3_mount;
 mod e2e_s3_servers;
+mod e2e_scale;
 mod e2e_soak;
 mod e2e_sync;
 mod vfs_behaviour;
