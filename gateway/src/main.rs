@@ -2,6 +2,20 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
 
+/// jemalloc, chosen by measurement (bench/README.md, "Memory after the load"): 20 s after 64
+/// sessions had each moved 8 MiB, the gateway held 122 MiB with glibc's malloc (111 MiB with a
+/// `malloc_trim` after the load: the pages were not free, only fragmented), and 56 MiB with
+/// jemalloc, which keeps size classes apart and returns whole free pages.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its first allocation: a background thread gives freed pages
+/// back to the system after 1 s (`dirty_decay_ms`), at once instead of through a second,
+/// "muzzy" stage (`muzzy_decay_ms: 0`), so memory falls back soon after a load ends.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 mod admin;
 mod check;
 mod demo;
@@ -118,31 +132,7 @@ impl Exit {
     }
 }
 
-/// Keeps glibc from holding on to the memory of large, short-lived allocations.
-///
-/// Every password check allocates argon2's 19 MiB block. glibc raises its mmap threshold to the
-/// size of the largest block freed, so after the first check these blocks come from the heap and
-/// their pages stay with the process: 50 logins left the gateway at ~470 MiB RSS (the soak test).
-/// A fixed 1 MiB threshold sends such blocks (and upload parts) to mmap, returned on free, while
-/// the many smaller buffers of the data path (SFTP packets of at most 256 KiB) stay on the heap.
-/// glibc also gives each thread that contends for the heap an arena of its own, up to 8 per
-/// core, and each keeps its freed pages: one per core is enough for tokio's workers (one per
-/// core) and held ~20 MiB less after a 1 GiB FTP download.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::HashPassword => demo::hash_password_command(),
