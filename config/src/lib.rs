@@ -27,7 +27,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use net::IpNet;
 pub use paths::{is_within, normalize_prefix, normalize_site_path};
 pub use schema::{
-    AdminConfig, BanConfig, ChecksumMode, Config, Conflict, Direction, EncryptionMode, FolderTimes,
+    AdminConfig, AssumeRoleConfig, BanConfig, ChecksumMode, CredentialSourceKind,
+    CredentialsConfig, Config, Conflict, Direction, EncryptionMode, FolderTimes,
     FtpConfig, FtpTlsConfig, LimitsConfig, LogConfig, LogFormat, MaxDelete, MountConfig,
     Permission, Protocol, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32, SftpConfig,
     StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,

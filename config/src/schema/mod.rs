@@ -12,7 +12,7 @@ use serde::Deserialize;
 pub(crate) use servers::default_passive_ports;
 pub use servers::{AdminConfig, FtpConfig, FtpTlsConfig, SftpConfig, TlsMode};
 pub use storage::{
-    ChecksumMode, EncryptionMode, FolderTimes, MountConfig, RemoteConfig, RemoteKind,
+    AssumeRoleConfig, ChecksumMode, CredentialSourceKind, CredentialsConfig, EncryptionMode, FolderTimes, MountConfig, RemoteConfig, RemoteKind,
     RemoteTimeouts, Secret32, StorageConfig,
 };
 pub use tuning::{BanConfig, LimitsConfig, LogConfig, LogFormat, TransfersConfig};
