@@ -297,9 +297,10 @@ impl RemoteConfig {
     pub fn is_anonymous(&self) -> bool {
         self.access_key_id.is_empty()
             && self.secret_access_key.is_empty()
-            && self.credentials.as_ref().is_none_or(|c| {
-                c.source == CredentialSourceKind::Static && c.assume_role.is_none()
-            })
+            && self
+                .credentials
+                .as_ref()
+                .is_none_or(|c| c.source == CredentialSourceKind::Static && c.assume_role.is_none())
     }
 
     /// The SSE-C key of `encryption: customer`, read from the variable `customer_key_env`

@@ -217,10 +217,8 @@ impl Client {
             Some(r) if !r.is_empty() => r.to_string(),
             _ => "us-east-1".to_string(),
         };
-        let keys = (!anonymous).then_some((
-            opts.access_key_id.as_str(),
-            opts.secret_access_key.as_str(),
-        ));
+        let keys =
+            (!anonymous).then_some((opts.access_key_id.as_str(), opts.secret_access_key.as_str()));
         let auth = Auth::new(&opts.name, &opts.credentials, keys, &region).map_err(|why| {
             Error::new(
                 ErrorKind::ConfigInvalid,

@@ -26,8 +26,7 @@ use reqsign_aws_v4::{
     ProfileCredentialProvider, RequestSigner, StaticCredentialProvider,
 };
 use reqsign_core::{
-    Context, Env, FileRead, HttpSend, ProvideCredential, ProvideCredentialDyn, SignRequest,
-    Signer,
+    Context, Env, FileRead, HttpSend, ProvideCredential, ProvideCredentialDyn, SignRequest, Signer,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -100,7 +99,8 @@ pub struct CredentialOptions {
     /// `AWS_ENDPOINT_URL_STS`, else AWS's global endpoint.
     pub sts_endpoint: Option<String>,
     /// Variables seen by the credential sources instead of the process's own of the same name
-    /// (the rest of the environment shows through). For embedding and tests; not a config key.
+    /// (the rest of the environment shows through; an empty value hides the process's). For
+    /// embedding and tests; not a config key.
     pub env: Vec<(String, String)>,
 }
 
@@ -132,7 +132,8 @@ pub struct CredentialReport {
     pub loads: u64,
 }
 
-/// The environment the providers see: the overlay first, then the process's.
+/// The environment the providers see: the overlay first, then the process's. An empty value,
+/// in either, is no value (as AWS's SDKs take it); in the overlay it hides the process's.
 #[derive(Debug, Clone)]
 struct OverlayEnv(Arc<HashMap<String, String>>);
 
@@ -142,11 +143,13 @@ impl Env for OverlayEnv {
             Some(v) => Some(v.clone()),
             None => std::env::var(key).ok(),
         }
+        .filter(|v| !v.is_empty())
     }
 
     fn vars(&self) -> HashMap<String, String> {
         let mut all: HashMap<String, String> = std::env::vars().collect();
         all.extend(self.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all.retain(|_, v| !v.is_empty());
         all
     }
 
@@ -190,7 +193,10 @@ fn readdress(uri: &http::Uri, endpoint: &reqwest::Url) -> Option<http::Uri> {
 }
 
 impl HttpSend for CredHttp {
-    async fn http_send(&self, req: http::Request<Bytes>) -> reqsign_core::Result<http::Response<Bytes>> {
+    async fn http_send(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> reqsign_core::Result<http::Response<Bytes>> {
         let (mut parts, body) = req.into_parts();
         if let (Some(sts), Some(host)) = (&self.sts, parts.uri.host()) {
             // Web identity requests are unsigned and built for AWS's own STS host.
@@ -311,6 +317,7 @@ impl ProvideCredential for Tracked {
 
     async fn provide_credential(&self, ctx: &Context) -> reqsign_core::Result<Option<Credential>> {
         let mut tried = Vec::new();
+        let mut retryable = false;
         for step in &self.steps {
             let why = match step.provider.provide_credential_dyn(ctx).await {
                 Ok(Some(c)) => {
@@ -326,7 +333,10 @@ impl ProvideCredential for Tracked {
                     return Ok(Some(c));
                 }
                 Ok(None) => step.unset.to_string(),
-                Err(e) => describe(&e),
+                Err(e) => {
+                    retryable |= e.is_retryable();
+                    describe(&e)
+                }
             };
             tried.push((step.name.clone(), why));
         }
@@ -341,9 +351,11 @@ impl ProvideCredential for Tracked {
             r.source = None;
             r.tried = tried;
         }
-        Err(reqsign_core::Error::credential_invalid(format!(
-            "no credentials ({summary})"
-        )))
+        // Retryable when a source failed for now (an endpoint down), not when none is set up.
+        Err(
+            reqsign_core::Error::credential_invalid(format!("no credentials ({summary})"))
+                .set_retryable(retryable),
+        )
     }
 }
 
@@ -395,10 +407,18 @@ fn steps(opts: &CredentialOptions, keys: Option<(&str, &str)>, ctx: &Context) ->
             vec![step("web_identity", WEB_UNSET, web(region.as_deref()))]
         }
         CredentialSource::Container => {
-            vec![step("container", CONTAINER_UNSET, ECSCredentialProvider::new())]
+            vec![step(
+                "container",
+                CONTAINER_UNSET,
+                ECSCredentialProvider::new(),
+            )]
         }
         CredentialSource::Instance => {
-            vec![step("instance", INSTANCE_UNSET, IMDSv2CredentialProvider::new())]
+            vec![step(
+                "instance",
+                INSTANCE_UNSET,
+                IMDSv2CredentialProvider::new(),
+            )]
         }
         CredentialSource::Chain => vec![
             step("env", ENV_UNSET, EnvCredentialProvider::new()),
@@ -499,7 +519,9 @@ impl Auth {
                 );
                 let mut p = AssumeRoleCredentialProvider::new(ar.role_arn.clone(), sts_signer)
                     .with_role_session_name(
-                        ar.session_name.clone().unwrap_or_else(|| "bucketgate".into()),
+                        ar.session_name
+                            .clone()
+                            .unwrap_or_else(|| "bucketgate".into()),
                     );
                 if let Some(id) = &ar.external_id {
                     p = p.with_external_id(id.clone());
@@ -558,7 +580,8 @@ impl Auth {
 /// AWS's global STS region.
 fn region_for_sts(region: &str) -> String {
     let r = region.trim();
-    let aws_like = r.split('-').count() >= 3 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let aws_like =
+        r.split('-').count() >= 3 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if aws_like {
         r.to_string()
     } else {
@@ -599,7 +622,10 @@ mod tests {
             ..Default::default()
         };
         let env = OverlayEnv(Arc::new(o.env.iter().cloned().collect()));
-        assert_eq!(env.var("AWS_SECRET_ACCESS_KEY").as_deref(), Some("very-secret"));
+        assert_eq!(
+            env.var("AWS_SECRET_ACCESS_KEY").as_deref(),
+            Some("very-secret")
+        );
         assert!(!format!("{o:?}").contains("very-secret"));
     }
 }
