@@ -102,6 +102,7 @@ fn every_step_passes_against_a_working_remote_and_cleans_up() {
     for step in [
         "ok    resolve endpoint",
         "ok    TCP connect",
+        "ok    credentials from static",
         "ok    credentials and bucket",
         "ok    list",
         "ok    put ",
