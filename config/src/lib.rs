@@ -27,12 +27,12 @@ pub use error::{ConfigError, ConfigErrors};
 pub use net::IpNet;
 pub use paths::{is_within, normalize_prefix, normalize_site_path};
 pub use schema::{
-    AdminConfig, AssumeRoleConfig, BanConfig, ChecksumMode, Config, Conflict, CredentialSourceKind,
-    CredentialsConfig, Direction, EncryptionMode, FolderTimes, FtpConfig, FtpTlsConfig,
-    LimitsConfig, LogConfig, LogFormat, MaxDelete, MountConfig, Permission, Protocol, RemoteConfig,
-    RemoteKind, RemoteTimeouts, Secret32, SftpConfig, StorageConfig, SyncConfig, TlsMode,
-    TransfersConfig, UserConfig,
+    AdminConfig, BanConfig, ChecksumMode, Config, Conflict, Direction, EncryptionMode, FolderTimes,
+    FtpConfig, FtpTlsConfig, LimitsConfig, LogConfig, LogFormat, MaxDelete, MountConfig,
+    Permission, Protocol, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32, SftpConfig,
+    StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,
 };
+pub use schema::{AssumeRoleConfig, CredentialSourceKind, CredentialsConfig};
 pub use secret::Secret;
 pub use units::{ByteSize, Duration, PortRange};
 
