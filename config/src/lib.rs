@@ -32,6 +32,7 @@ pub use schema::{
     Permission, Protocol, ProxyProtocol, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32,
     SftpConfig, StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,
 };
+pub use schema::{AssumeRoleConfig, CredentialSourceKind, CredentialsConfig};
 pub use secret::Secret;
 pub use units::{ByteSize, Duration, PortRange};
 

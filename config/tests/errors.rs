@@ -895,3 +895,119 @@ fn a_bad_sse_c_key_is_refused_and_never_shown() {
         assert!(!format!("{errs:?}").contains(value), "key in Debug");
     }
 }
+
+/// `base()` with `lines` added to the second remote (`other`, no keys).
+fn with_keyless_remote(lines: &str) -> String {
+    base().replace(
+        "    bucket: other-bucket\n",
+        &format!("    bucket: other-bucket\n{lines}"),
+    )
+}
+
+#[test]
+fn credential_settings_are_checked() {
+    one(
+        &with_keyless_remote("    credentials: { source: vault }\n"),
+        "remotes[1].credentials.source",
+        "credentials:",
+        "expected one of `static`, `env`, `profile`, `web_identity`, `container`, `instance`, `chain`",
+    );
+    one(
+        &with_keyless_remote("    credentials:\n      source: static\n"),
+        "remotes[1].credentials.source",
+        "source: static",
+        "`source: static` needs access_key_id and secret_access_key",
+    );
+    one(
+        &with_remote_keys("    credentials:\n      source: instance\n"),
+        "remotes[0].access_key_id",
+        "access_key_id: AKIA",
+        "keys on the remote are the short form of `credentials.source: static`; this remote has `source: instance`",
+    );
+    one(
+        &with_keyless_remote(
+            "    credentials:\n      source: env\n      assume_role:\n        external_id: x\n",
+        ),
+        "remotes[1].credentials.assume_role.role_arn",
+        "assume_role:",
+        "is required: the ARN of the role to assume",
+    );
+    one(
+        &with_keyless_remote(
+            "    credentials:\n      source: env\n      assume_role:\n        role_arn: my-role\n",
+        ),
+        "remotes[1].credentials.assume_role.role_arn",
+        "role_arn: my-role",
+        "must be a role ARN",
+    );
+    for (d, secs) in [("10m", 600), ("13h", 46800)] {
+        one(
+            &with_keyless_remote(&format!(
+                "    credentials:\n      source: chain\n      assume_role:\n        role_arn: arn:aws:iam::1:role/r\n        duration: {d}\n"
+            )),
+            "remotes[1].credentials.assume_role.duration",
+            "duration:",
+            &format!("must be between 15m and 12h (STS accepts 900 to 43200 seconds), not {secs} s"),
+        );
+    }
+    one(
+        &with_keyless_remote(
+            "    credentials:\n      source: instance\n      assume_role:\n        role_arn: arn:aws:iam::1:role/r\n        session_name: \"a b\"\n",
+        ),
+        "remotes[1].credentials.assume_role.session_name",
+        "session_name:",
+        "must be 2 to 64 letters, digits or =,.@-_",
+    );
+    one(
+        &with_keyless_remote("    credentials:\n      source: env\n      profile: prod\n"),
+        "remotes[1].credentials.profile",
+        "profile: prod",
+        "is only for `source: profile` or `source: chain` (this remote has `source: env`)",
+    );
+    one(
+        &with_keyless_remote(
+            "    credentials:\n      source: web_identity\n      sts_endpoint: sts.local\n",
+        ),
+        "remotes[1].credentials.sts_endpoint",
+        "sts_endpoint:",
+        "must be an http:// or https:// URL",
+    );
+    one(
+        &with_keyless_remote("    credentials:\n      source: profile\n      shared_file: x\n"),
+        "remotes[1].credentials.shared_file",
+        "shared_file:",
+        "unknown key `shared_file`",
+    );
+}
+
+#[test]
+fn every_credential_source_loads() {
+    // Each source, and a role assumed on top of static keys (existing keys keep working).
+    for src in [
+        "env",
+        "profile",
+        "web_identity",
+        "container",
+        "instance",
+        "chain",
+    ] {
+        let text = with_keyless_remote(&format!("    credentials: {{ source: {src} }}\n"));
+        let c = load_text(&text)
+            .unwrap_or_else(|e| panic!("{src}: {e}"))
+            .config;
+        assert_eq!(
+            c.remotes[1].credentials.as_ref().unwrap().source.name(),
+            src
+        );
+        assert!(!c.remotes[1].is_anonymous());
+    }
+    let text = with_remote_keys(
+        "    credentials:\n      assume_role:\n        role_arn: arn:aws:iam::123456789012:role/r\n        external_id: ext\n        session_name: gw\n        duration: 1h\n      sts_endpoint: https://sts.eu-west-1.amazonaws.com\n",
+    );
+    let c = load_text(&text).unwrap_or_else(|e| panic!("{e}")).config;
+    let cr = c.remotes[0].credentials.as_ref().unwrap();
+    let ar = cr.assume_role.as_ref().unwrap();
+    assert_eq!(ar.duration.unwrap().get().as_secs(), 3600);
+    assert_eq!(ar.external_id, "ext");
+    assert_eq!(cr.sts_endpoint, "https://sts.eu-west-1.amazonaws.com");
+}

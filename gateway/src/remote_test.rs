@@ -182,7 +182,7 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         };
         let t = Instant::now();
         // A key restricted to the mount's prefix may not list the bucket root: probe inside
-        // the prefix then.
+        // the prefix then. The first signed request loads the credentials.
         let probe = if prefix.is_empty() {
             backend.probe_bucket().await
         } else {
@@ -191,6 +191,7 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
                 _ => Ok(()),
             }
         };
+        credentials_line(&backend);
         if rep
             .step(
                 "credentials and bucket (TLS, signature, region)",
@@ -337,6 +338,27 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         Ok(())
     } else {
         Err(Exit::runtime("remote test failed"))
+    }
+}
+
+/// Which source gave the credentials, or each source tried and why it gave none. Never a key.
+fn credentials_line(b: &S3Backend) {
+    if !b.signs_requests() {
+        println!("info  credentials: none (anonymous: requests are not signed)");
+        return;
+    }
+    let (label, report) = b.credential_report();
+    match report.source {
+        Some(source) => println!("ok    credentials from {source}"),
+        None if report.tried.is_empty() => {
+            println!("info  credentials: {label} (not loaded)")
+        }
+        None => {
+            println!("FAIL  credentials: no source gave credentials ({label}); tried:");
+            for (name, why) in &report.tried {
+                println!("        {name}: {why}");
+            }
+        }
     }
 }
 

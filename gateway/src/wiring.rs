@@ -68,6 +68,28 @@ pub fn s3_options(
 ) -> Result<S3Options, (&'static str, String)> {
     let mut o = S3Options::new(&r.name, &r.endpoint, &r.bucket)
         .with_keys(&r.access_key_id, r.secret_access_key.expose());
+    if let Some(c) = &r.credentials {
+        use bucketgate_config::CredentialSourceKind as K;
+        use bucketgate_storage::s3::{AssumeRole, CredentialSource as S};
+        o.credentials.source = match c.source {
+            K::Static => S::Static,
+            K::Env => S::Env,
+            K::Profile => S::Profile,
+            K::WebIdentity => S::WebIdentity,
+            K::Container => S::Container,
+            K::Instance => S::Instance,
+            K::Chain => S::Chain,
+        };
+        let text = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        o.credentials.profile = text(&c.profile);
+        o.credentials.sts_endpoint = text(&c.sts_endpoint);
+        o.credentials.assume_role = c.assume_role.as_ref().map(|a| AssumeRole {
+            role_arn: a.role_arn.trim().to_string(),
+            external_id: text(&a.external_id),
+            session_name: text(&a.session_name),
+            duration: a.duration.map(|d| d.get()),
+        });
+    }
     o.region = if r.region.trim().is_empty() {
         None
     } else {

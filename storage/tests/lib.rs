@@ -8,6 +8,7 @@ mod sync_common;
 
 mod s3_client;
 mod s3_copy_ranges;
+mod s3_credentials;
 mod s3_faults;
 mod s3_lease;
 mod s3_listing;

@@ -9,6 +9,7 @@
 //! so a change relinks one binary per crate. A test that measures the whole process (peak RSS)
 //! runs in a process of its own through [`alone`].
 
+pub mod creds;
 pub mod ftp;
 pub mod gateway_config;
 pub mod http_proxy;

@@ -102,6 +102,7 @@ fn every_step_passes_against_a_working_remote_and_cleans_up() {
     for step in [
         "ok    resolve endpoint",
         "ok    TCP connect",
+        "ok    credentials from static",
         "ok    credentials and bucket",
         "ok    list",
         "ok    put ",
@@ -375,4 +376,103 @@ fn settings_on_env_endpoint() {
     line(&out, "ok    read back");
     line(&out, "ok    server-side copy");
     line(&out, "ok    multipart upload");
+}
+
+/// A remote whose credentials come from `credentials` (no keys in the file).
+fn sourced_config(endpoint: &str, bucket: &str, credentials: &str) -> String {
+    format!(
+        r#"storage: {{ type: local, root: ./files }}
+log: {{ level: debug }}
+remotes:
+  - name: partner
+    endpoint: {endpoint}
+    bucket: {bucket}
+    credentials: {credentials}
+    timeouts: {{ connect: 5s, request: 20s }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_test_names_the_credential_source_and_never_shows_the_secret() {
+    // s3s-fs checks every signature: the keys read from the environment must be exact.
+    let srv = s3_support::s3s_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sourced_config(&srv.endpoint, &srv.bucket, "{ source: env }");
+    let path = dir.path().to_path_buf();
+    let (access, secret) = (srv.access.clone(), srv.secret.clone());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        remote_test_env(
+            &path,
+            &cfg,
+            &[
+                ("AWS_ACCESS_KEY_ID", access.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+                ("RUST_LOG", "debug"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    line(&out, "ok    credentials from env");
+    line(&out, "ok    multipart upload");
+    assert!(
+        !out.contains(&srv.secret) && !err.contains(&srv.secret),
+        "the secret never shows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_test_says_why_each_source_of_the_chain_gave_nothing() {
+    let srv = s3_support::s3s_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sourced_config(&srv.endpoint, &srv.bucket, "{ source: chain }");
+    let path = dir.path().to_path_buf();
+    let home = dir.path().to_string_lossy().into_owned();
+    // Nothing set up anywhere; instance metadata at a closed loopback port.
+    let imds = format!("http://127.0.0.1:{}", bucketgate_testkit::free_port());
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        remote_test_env(
+            &path,
+            &cfg,
+            &[
+                ("HOME", home.as_str()),
+                ("AWS_ACCESS_KEY_ID", ""),
+                ("AWS_SECRET_ACCESS_KEY", ""),
+                ("AWS_PROFILE", ""),
+                ("AWS_SHARED_CREDENTIALS_FILE", ""),
+                ("AWS_CONFIG_FILE", ""),
+                ("AWS_ROLE_ARN", ""),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", ""),
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", ""),
+                ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", ""),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.as_str()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    line(
+        &out,
+        "FAIL  credentials: no source gave credentials (chain); tried:",
+    );
+    for (source, why) in [
+        (
+            "env",
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set",
+        ),
+        ("profile", "no such profile"),
+        (
+            "web_identity",
+            "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE are not both set",
+        ),
+        ("container", "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        ("instance", "/latest/api/token"),
+    ] {
+        let l = line(&out, &format!("        {source}: "));
+        assert!(l.contains(why), "{l}");
+    }
+    line(&out, "FAIL  credentials and bucket");
 }

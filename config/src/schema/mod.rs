@@ -12,8 +12,8 @@ use serde::Deserialize;
 pub(crate) use servers::default_passive_ports;
 pub use servers::{AdminConfig, FtpConfig, FtpTlsConfig, ProxyProtocol, SftpConfig, TlsMode};
 pub use storage::{
-    ChecksumMode, EncryptionMode, FolderTimes, MountConfig, RemoteConfig, RemoteKind,
-    RemoteTimeouts, Secret32, StorageConfig,
+    AssumeRoleConfig, ChecksumMode, CredentialSourceKind, CredentialsConfig, EncryptionMode,
+    FolderTimes, MountConfig, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32, StorageConfig,
 };
 pub use tuning::{BanConfig, LimitsConfig, LogConfig, LogFormat, TransfersConfig};
 pub use users::{Conflict, Direction, MaxDelete, Permission, Protocol, SyncConfig, UserConfig};

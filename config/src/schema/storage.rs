@@ -129,6 +129,10 @@ pub struct RemoteConfig {
     /// Secret access key.
     #[serde(default)]
     pub secret_access_key: Secret,
+    /// Where the credentials come from; absent: the two keys above (`source: static`), or
+    /// anonymous access without them.
+    #[serde(default)]
+    pub credentials: Option<CredentialsConfig>,
     /// Path-style addressing (MinIO, Ceph, Garage); false = virtual-hosted style.
     #[serde(default = "yes")]
     pub path_style: bool,
@@ -172,6 +176,79 @@ pub struct RemoteConfig {
     /// server's default.
     #[serde(default)]
     pub storage_class: String,
+}
+
+/// `remotes[].credentials`: where a remote's credentials come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// The source.
+    #[serde(default)]
+    pub source: CredentialSourceKind,
+    /// The profile of `source: profile` or `chain`; blank: `AWS_PROFILE`, else `default`.
+    #[serde(default)]
+    pub profile: String,
+    /// A role assumed with the source's credentials.
+    #[serde(default)]
+    pub assume_role: Option<AssumeRoleConfig>,
+    /// The STS endpoint of AssumeRole and web identity; blank: `AWS_ENDPOINT_URL_STS`, else
+    /// AWS's.
+    #[serde(default)]
+    pub sts_endpoint: String,
+}
+
+/// `remotes[].credentials.source`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialSourceKind {
+    /// `access_key_id` and `secret_access_key`.
+    #[default]
+    Static,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    Env,
+    /// A profile of the shared credentials and config files.
+    Profile,
+    /// `AWS_ROLE_ARN` with the token file `AWS_WEB_IDENTITY_TOKEN_FILE`.
+    WebIdentity,
+    /// The container credential endpoint (ECS, EKS Pod Identity).
+    Container,
+    /// Instance metadata (IMDSv2).
+    Instance,
+    /// env, profile, web_identity, container, instance: the first that gives credentials.
+    Chain,
+}
+
+impl CredentialSourceKind {
+    /// The name the file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialSourceKind::Static => "static",
+            CredentialSourceKind::Env => "env",
+            CredentialSourceKind::Profile => "profile",
+            CredentialSourceKind::WebIdentity => "web_identity",
+            CredentialSourceKind::Container => "container",
+            CredentialSourceKind::Instance => "instance",
+            CredentialSourceKind::Chain => "chain",
+        }
+    }
+}
+
+/// `remotes[].credentials.assume_role`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRoleConfig {
+    /// The role's ARN.
+    #[serde(default)]
+    pub role_arn: String,
+    /// The external id the role's trust policy requires.
+    #[serde(default)]
+    pub external_id: String,
+    /// The session name; blank: `bucketgate`.
+    #[serde(default)]
+    pub session_name: String,
+    /// How long each set of role credentials lasts (900 s to 12 h); absent: 1 h.
+    #[serde(default)]
+    pub duration: Option<Duration>,
 }
 
 /// `remotes[].encryption`: server-side encryption.
@@ -218,7 +295,12 @@ pub enum FolderTimes {
 impl RemoteConfig {
     /// True when no credentials are given: requests go unsigned.
     pub fn is_anonymous(&self) -> bool {
-        self.access_key_id.is_empty() && self.secret_access_key.is_empty()
+        self.access_key_id.is_empty()
+            && self.secret_access_key.is_empty()
+            && self
+                .credentials
+                .as_ref()
+                .is_none_or(|c| c.source == CredentialSourceKind::Static && c.assume_role.is_none())
     }
 
     /// The SSE-C key of `encryption: customer`, read from the variable `customer_key_env`

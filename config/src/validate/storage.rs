@@ -117,6 +117,7 @@ fn remotes(c: &Config, v: &mut Validator<'_>) {
         if let Some(why) = bucket_problem(&r.bucket) {
             v.error(format!("{at}.bucket"), why);
         }
+        credentials(r, &at, v);
         match (r.access_key_id.is_empty(), r.secret_access_key.is_empty()) {
             (false, true) => v.error(
                 format!("{at}.secret_access_key"),
@@ -143,6 +144,101 @@ fn remotes(c: &Config, v: &mut Validator<'_>) {
             v.error(format!("{at}.region"), "must not contain spaces");
         }
         encryption(r, &at, v);
+    }
+}
+
+/// STS's limits on a role session's duration, in seconds.
+const ROLE_DURATION: std::ops::RangeInclusive<u64> = 900..=43_200;
+
+/// `credentials` and how it fits the two keys.
+fn credentials(r: &crate::schema::RemoteConfig, at: &str, v: &mut Validator<'_>) {
+    use crate::schema::CredentialSourceKind as K;
+    let Some(c) = &r.credentials else {
+        return;
+    };
+    let keys = !r.access_key_id.is_empty() || !r.secret_access_key.is_empty();
+    match c.source {
+        K::Static => {
+            if !keys && c.assume_role.is_none() {
+                v.error(
+                    format!("{at}.credentials.source"),
+                    "`source: static` needs access_key_id and secret_access_key on the remote",
+                );
+            }
+        }
+        other => {
+            if keys {
+                let key = if r.access_key_id.is_empty() {
+                    "secret_access_key"
+                } else {
+                    "access_key_id"
+                };
+                v.error(
+                    format!("{at}.{key}"),
+                    format!(
+                        "keys on the remote are the short form of `credentials.source: static`; this remote has `source: {}`: remove the keys or the source",
+                        other.name()
+                    ),
+                );
+            }
+        }
+    }
+    if !c.profile.is_empty() && !matches!(c.source, K::Profile | K::Chain) {
+        v.error(
+            format!("{at}.credentials.profile"),
+            format!(
+                "is only for `source: profile` or `source: chain` (this remote has `source: {}`)",
+                c.source.name()
+            ),
+        );
+    }
+    if !c.profile.is_empty() && !header_safe(&c.profile) {
+        v.error(
+            format!("{at}.credentials.profile"),
+            "must be a profile name: no spaces or control characters",
+        );
+    }
+    if !c.sts_endpoint.trim().is_empty() {
+        if let Some(why) = super::names::endpoint_problem(c.sts_endpoint.trim()) {
+            v.error(format!("{at}.credentials.sts_endpoint"), why);
+        }
+    }
+    if let Some(ar) = &c.assume_role {
+        if ar.role_arn.trim().is_empty() {
+            v.error(
+                format!("{at}.credentials.assume_role.role_arn"),
+                "is required: the ARN of the role to assume (arn:aws:iam::ACCOUNT:role/NAME)",
+            );
+        } else if !ar.role_arn.starts_with("arn:") || !header_safe(&ar.role_arn) {
+            v.error(
+                format!("{at}.credentials.assume_role.role_arn"),
+                "must be a role ARN such as arn:aws:iam::123456789012:role/NAME",
+            );
+        }
+        if let Some(d) = ar.duration {
+            let secs = d.get().as_secs();
+            if !ROLE_DURATION.contains(&secs) || d.get().subsec_nanos() != 0 {
+                v.error(
+                    format!("{at}.credentials.assume_role.duration"),
+                    format!(
+                        "must be between 15m and 12h (STS accepts 900 to 43200 seconds), not {secs} s"
+                    ),
+                );
+            }
+        }
+        if !ar.session_name.is_empty()
+            && (ar.session_name.len() < 2
+                || ar.session_name.len() > 64
+                || !ar
+                    .session_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"=,.@-_".contains(&b)))
+        {
+            v.error(
+                format!("{at}.credentials.assume_role.session_name"),
+                "must be 2 to 64 letters, digits or =,.@-_ (STS's rule)",
+            );
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! A small S3 HTTP client: addressing, signing, the connection cap, retries and the region
-//! fallback, for every request the backend sends.
+//! A small S3 HTTP client: addressing, signing (through [`super::creds`]), the connection
+//! cap, retries and the region fallback, for every request the backend sends.
 
+use super::creds::Auth;
 use super::error::{classify, parse_failure, transport, wants_other_region};
-use super::sign::{self, Credentials, SignInput};
 use super::{RetryPolicy, S3Options};
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use std::io::SeekFrom;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -129,7 +129,7 @@ pub(crate) struct Client {
     host: String,
     bucket: String,
     path_style: bool,
-    creds: Option<Credentials>,
+    auth: Auth,
     region: RwLock<String>,
     limit: Option<Arc<Semaphore>>,
     retry: RetryPolicy,
@@ -217,16 +217,21 @@ impl Client {
             Some(r) if !r.is_empty() => r.to_string(),
             _ => "us-east-1".to_string(),
         };
+        let keys =
+            (!anonymous).then_some((opts.access_key_id.as_str(), opts.secret_access_key.as_str()));
+        let auth = Auth::new(&opts.name, &opts.credentials, keys, &region).map_err(|why| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("remote {}: {why}", opts.name),
+            )
+        })?;
         Ok(Client {
             http: http_client(opts)?,
             scheme: url.scheme().to_string(),
             host,
             bucket: opts.bucket.clone(),
             path_style: opts.path_style,
-            creds: (!anonymous).then(|| Credentials {
-                access_key_id: opts.access_key_id.clone(),
-                secret_access_key: opts.secret_access_key.clone(),
-            }),
+            auth,
             region: RwLock::new(region),
             limit: (opts.max_connections > 0)
                 .then(|| Arc::new(Semaphore::new(opts.max_connections))),
@@ -242,13 +247,23 @@ impl Client {
         self.region.read().expect("region lock").clone()
     }
 
+    /// Where this remote's credentials came from, or why none could be loaded.
+    pub(crate) fn credential_report(&self) -> (String, super::creds::CredentialReport) {
+        (self.auth.label.clone(), self.auth.report())
+    }
+
+    /// Whether requests are signed (false: anonymous).
+    pub(crate) fn signs(&self) -> bool {
+        self.auth.signs()
+    }
+
     /// The `x-amz-copy-source` value for `key` of our bucket.
     pub(crate) fn copy_source(&self, key: &str) -> String {
-        format!("/{}/{}", self.bucket, sign::uri_encode(key, true))
+        format!("/{}/{}", self.bucket, uri_encode(key, true))
     }
 
     fn address(&self, key: Option<&str>) -> (String, String) {
-        let enc = key.map(|k| sign::uri_encode(k, true));
+        let enc = key.map(|k| uri_encode(k, true));
         if self.path_style {
             let path = match enc {
                 Some(k) => format!("/{}/{}", self.bucket, k),
@@ -265,16 +280,11 @@ impl Client {
 
     async fn build(&self, req: &Request, region: &str) -> Result<reqwest::Request> {
         let (host, path) = self.address(req.key.as_deref());
-        let query = sign::canonical_query(&req.query);
+        let query = canonical_query(&req.query);
         let url = if query.is_empty() {
             format!("{}://{host}{path}", self.scheme)
         } else {
             format!("{}://{host}{path}?{query}", self.scheme)
-        };
-        let (amz_date, date) = super::time::amz_date(SystemTime::now());
-        let payload_hash = match req.body {
-            Body::Empty => sign::EMPTY_SHA256,
-            _ => sign::UNSIGNED_PAYLOAD,
         };
         let mut headers = req.headers.clone();
         // Encryption and storage class, on every request that needs them (see `sse`).
@@ -283,29 +293,44 @@ impl Client {
             self.storage_class.as_deref(),
             req,
         ));
-        headers.push(("x-amz-date".into(), amz_date.clone()));
-        headers.push(("x-amz-content-sha256".into(), payload_hash.into()));
-        let mut rb = self.http.request(req.method.clone(), &url);
-        for (k, v) in &headers {
-            rb = rb.header(k.as_str(), v.as_str());
+        // The payload hash that is signed: the one a request carries (a real SHA-256), else
+        // that of no body, else unsigned (a body streamed once is not read twice).
+        if !headers.iter().any(|(k, _)| k == "x-amz-content-sha256") {
+            let payload_hash = match req.body {
+                Body::Empty => EMPTY_SHA256,
+                _ => UNSIGNED_PAYLOAD,
+            };
+            headers.push(("x-amz-content-sha256".into(), payload_hash.into()));
         }
-        if let Some(creds) = &self.creds {
-            let mut signed = headers.clone();
-            signed.push(("host".into(), host.clone()));
-            let auth = sign::authorization(
-                creds,
-                &SignInput {
-                    method: req.method.as_str(),
-                    canonical_uri: &path,
-                    canonical_query: &query,
-                    headers: &signed,
-                    payload_hash,
-                    amz_date: &amz_date,
-                    date: &date,
-                    region,
-                },
-            );
-            rb = rb.header("authorization", auth);
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Backend, format!("cannot build a request: {e}"))
+        };
+        let mut head = http::Request::builder()
+            .method(req.method.as_str())
+            .uri(url.as_str());
+        for (k, v) in &headers {
+            head = head.header(k.as_str(), v.as_str());
+        }
+        let (mut parts, ()) = head.body(()).map_err(|e| bad(&e))?.into_parts();
+        // Every header above is signed, with `host` and `x-amz-date` (and the session token of
+        // temporary credentials), by the credentials current now.
+        self.auth.sign(&mut parts, region).await.map_err(|e| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!(
+                    "remote {}: cannot sign the request: {}",
+                    self.name,
+                    super::creds::failure_text(&e)
+                ),
+            )
+            .set_retryable(e.is_retryable())
+        })?;
+        let mut rb = self.http.request(req.method.clone(), &url);
+        for (k, v) in parts.headers.iter() {
+            // reqwest writes the same Host from the URL.
+            if k != http::header::HOST {
+                rb = rb.header(k, v);
+            }
         }
         rb = match &req.body {
             Body::Empty => {
@@ -370,7 +395,19 @@ impl Client {
                 })?),
                 None => None,
             };
-            let built = self.build(req, &region).await?;
+            let built = match self.build(req, &region).await {
+                Ok(b) => b,
+                // Credentials that could not be loaded for now (a metadata endpoint down):
+                // waited for like a failed request.
+                Err(e) if e.is_retryable() && attempt < max => {
+                    drop(permit);
+                    let wait = self.backoff(attempt, None);
+                    tracing::debug!(remote = %self.name, attempt, ?wait, error = %e, "retrying after a credential failure");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let op = crate::metrics::s3_operation(
                 req.method.as_str(),
                 &req.query,
@@ -505,5 +542,71 @@ impl Client {
             }
             tokio::time::sleep(self.backoff(attempt, None)).await;
         }
+    }
+}
+
+/// The payload hash S3 accepts when the body is not hashed: lets us stream bodies and retry
+/// them without reading them twice.
+pub(crate) const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
+/// SHA-256 of the empty string, the payload hash of body-less requests.
+pub(crate) const EMPTY_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// What SigV4 leaves unencoded: `A-Z a-z 0-9 - . _ ~`.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes `s` as S3 and SigV4 want: every byte but the unreserved ones becomes `%XX`
+/// (upper-case hex); `/` is kept when `keep_slash` (object paths) and encoded otherwise (query
+/// parameters). The signer encodes the same way, so what is sent is what is signed.
+pub(crate) fn uri_encode(s: &str, keep_slash: bool) -> String {
+    if keep_slash {
+        s.split('/')
+            .map(|seg| percent_encoding::utf8_percent_encode(seg, UNRESERVED).to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    } else {
+        percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+    }
+}
+
+/// The query string: parameters encoded, then sorted by name and value (SigV4's canonical
+/// order, so the URL is its own canonical form).
+pub(crate) fn canonical_query(params: &[(String, String)]) -> String {
+    let mut enc: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+        .collect();
+    enc.sort();
+    enc.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding() {
+        assert_eq!(uri_encode("a b/c~d", true), "a%20b/c~d");
+        assert_eq!(uri_encode("a b/c", false), "a%20b%2Fc");
+        assert_eq!(uri_encode("é+*", true), "%C3%A9%2B%2A");
+        assert_eq!(
+            canonical_query(&[("uploads".into(), String::new())]),
+            "uploads="
+        );
+        assert_eq!(
+            canonical_query(&[
+                ("prefix".into(), "a b/".into()),
+                ("delimiter".into(), "/".into())
+            ]),
+            "delimiter=%2F&prefix=a%20b%2F"
+        );
     }
 }

@@ -1,19 +1,21 @@
 //! The S3 backend: a bucket of an S3-compatible remote (MinIO, Ceph RGW, Garage, Wasabi, AWS...)
 //! seen as files and folders.
 //!
-//! We speak S3 ourselves, over `reqwest` with our own SigV4 signer, rather than through
-//! OpenDAL or the AWS SDK: the gateway needs requests OpenDAL does not expose (UploadPartCopy
+//! We speak S3 ourselves, over `reqwest`, signing with reqsign's SigV4 signer and credential
+//! sources ([`creds`]), rather than through OpenDAL or the AWS SDK: the gateway needs requests OpenDAL does not expose (UploadPartCopy
 //! mixed with new parts for appends, CopyObject with `REPLACE` metadata for times,
 //! ListMultipartUploads for clean-up), per-remote source address, private CA and timeouts,
 //! one retry and error-classification path for every request, and a lighter build.
 //!
 //! Layout: [`client`] sends signed requests (retries, region fallback, connection cap);
+//! [`creds`] loads, caches and refreshes the credentials that sign them;
 //! [`error`] classifies answers; `list` reads folders; `read` streams ranges; `write` uploads;
 //! `objects` holds the other operations; `probe` finds out what the server enforces; `sse`
 //! adds the encryption and storage-class headers to every request that needs them.
 
 mod checksum;
 mod client;
+mod creds;
 mod error;
 mod lease;
 mod list;
@@ -21,7 +23,6 @@ mod live;
 mod objects;
 mod probe;
 mod read;
-mod sign;
 mod sse;
 pub mod time;
 mod write;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use checksum::Checksum;
+pub use creds::{AssumeRole, CredentialOptions, CredentialReport, CredentialSource};
 pub use lease::S3LeaseStore;
 pub use objects::MultipartUpload;
 pub use probe::{Capabilities, CopyCondition, EtagForm};
@@ -87,6 +89,9 @@ pub struct S3Options {
     pub access_key_id: String,
     /// Secret access key. Never printed (see the `Debug` impl).
     pub secret_access_key: String,
+    /// Where the credentials come from: the two keys above (`CredentialSource::Static`, the
+    /// default), or another source, with an optional role assumed on top.
+    pub credentials: CredentialOptions,
     /// `http://host/bucket/key` when true, `http://bucket.host/key` when false.
     pub path_style: bool,
     /// A PEM file of extra trusted root certificates (a private CA).
@@ -156,6 +161,7 @@ impl S3Options {
             region: None,
             access_key_id: String::new(),
             secret_access_key: String::new(),
+            credentials: CredentialOptions::default(),
             path_style: true,
             ca_file: None,
             source_address: None,
@@ -201,6 +207,7 @@ impl fmt::Debug for S3Options {
                     "<redacted>"
                 },
             )
+            .field("credentials", &self.credentials)
             .field("path_style", &self.path_style)
             .field("ca_file", &self.ca_file)
             .field("source_address", &self.source_address)
@@ -289,6 +296,17 @@ impl S3Backend {
     /// The region requests are signed with now (it changes when the server asks for another).
     pub fn region(&self) -> String {
         self.inner.client.region()
+    }
+
+    /// The credential source in words, and what its last load found: which source gave the
+    /// credentials, or each source tried and why it gave none. Never a key.
+    pub fn credential_report(&self) -> (String, CredentialReport) {
+        self.inner.client.credential_report()
+    }
+
+    /// Whether requests are signed (false: no credentials configured, anonymous access).
+    pub fn signs_requests(&self) -> bool {
+        self.inner.client.signs()
     }
 }
 

@@ -1,23 +1,8 @@
-//! Time formats of the S3 world: SigV4 dates, ISO 8601 listing times, HTTP dates, and the
+//! Time formats of the S3 world: ISO 8601 listing times, HTTP dates, and the
 //! rclone-compatible `mtime` metadata.
 
-use crate::calendar::{civil_from_days, days_from_civil};
+use crate::calendar::days_from_civil;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// `(YYYYMMDD'T'HHMMSS'Z', YYYYMMDD)` as SigV4 wants them.
-pub(crate) fn amz_date(t: SystemTime) -> (String, String) {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-    let rem = secs.rem_euclid(86400);
-    let date = format!("{y:04}{m:02}{d:02}");
-    let stamp = format!(
-        "{date}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    );
-    (stamp, date)
-}
 
 /// Parses the ISO 8601 times of XML answers (`2024-01-02T03:04:05.678Z`).
 pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
@@ -90,17 +75,6 @@ pub fn parse_mtime(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn amz_dates() {
-        let t = UNIX_EPOCH + Duration::from_secs(1369353600);
-        assert_eq!(
-            amz_date(t),
-            ("20130524T000000Z".to_string(), "20130524".to_string())
-        );
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661); // 2000-02-29 01:01:01
-        assert_eq!(amz_date(t).0, "20000229T010101Z");
-    }
 
     #[test]
     fn iso_times() {
