@@ -395,7 +395,7 @@ impl LoginService {
     /// Records a failure, logs it, bans the address past the threshold, and waits the failure
     /// delay.
     async fn fail(&self, proto: Protocol, ip: IpAddr, user: &str, why: LoginError) -> LoginError {
-        bucketgate_storage::metrics::login(proto.name(), why.reason());
+        crate::metrics::login(proto.name(), why.reason());
         let shown_user: String = user.chars().take(64).collect();
         tracing::warn!(
             target: "bucketgate::auth",
@@ -491,10 +491,10 @@ impl LoginService {
         });
         if let Err(e) = fs.ensure_home().await {
             tracing::error!(user = %acc.username, error = ?e, "cannot prepare the home folder");
-            bucketgate_storage::metrics::login(proto.name(), LoginError::HomeUnavailable.reason());
+            crate::metrics::login(proto.name(), LoginError::HomeUnavailable.reason());
             return Err(LoginError::HomeUnavailable);
         }
-        bucketgate_storage::metrics::login(proto.name(), "ok");
+        crate::metrics::login(proto.name(), "ok");
         tracing::info!(
             target: "bucketgate::auth",
             "login ok: protocol={} ip={} user={:?}",
