@@ -58,11 +58,7 @@ fn ban_policy(cfg: &Config) -> BanPolicy {
         threshold: b.threshold,
         window: b.window.get(),
         duration: b.duration.get(),
-        safelist: b
-            .safelist
-            .iter()
-            .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
-            .collect(),
+        safelist: b.safelist.iter().map(|n| ipnet::IpNet::from(*n)).collect(),
         ..BanPolicy::default()
     }
 }

@@ -328,7 +328,7 @@ pub fn accounts(cfg: &Config, demo_hash: Option<String>) -> Vec<Account> {
             allowed_ips: u
                 .allowed_ips
                 .iter()
-                .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
+                .map(|n| ipnet::IpNet::from(*n))
                 .collect(),
         })
         .collect();
