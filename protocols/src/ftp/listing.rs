@@ -123,5 +123,34 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
         };
         assert!(ls_line("d", &old, now).contains("Jan 01  1970 d"));
+        let at = |mtime: SystemTime| {
+            let m = Meta {
+                kind: EntryKind::File,
+                size: 7,
+                mtime,
+            };
+            ls_line("f", &m, now)
+        };
+        let day = Duration::from_secs(86_400);
+        // 2023-11-14 22:13:20 UTC; the six-month rule, both ways.
+        assert_eq!(
+            at(now),
+            "-rw-r--r-- 1 ftp ftp            7 Nov 14 22:13 f\r\n"
+        );
+        assert!(at(now - day * 181).ends_with("May 17 22:13 f\r\n"));
+        assert!(at(now - day * 183).ends_with("May 15  2023 f\r\n"));
+        assert!(at(now + day * 181).ends_with("May 13 22:13 f\r\n"));
+        assert!(at(now + day * 183).ends_with("May 15  2024 f\r\n"));
+        // Before 1970, and far future.
+        assert!(at(SystemTime::UNIX_EPOCH - Duration::from_millis(1500))
+            .ends_with("Dec 31  1969 f\r\n"));
+        assert!(
+            at(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+                .ends_with("Dec 31  9999 f\r\n")
+        );
+        assert!(
+            at(SystemTime::UNIX_EPOCH + Duration::from_secs(100_000_000_000))
+                .ends_with("Nov 16  5138 f\r\n")
+        );
     }
 }

@@ -100,6 +100,15 @@ mod tests {
         );
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661); // 2000-02-29 01:01:01
         assert_eq!(amz_date(t).0, "20000229T010101Z");
+        assert_eq!(
+            amz_date(UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
+            ("99991231T235959Z".to_string(), "99991231".to_string())
+        );
+        // Before 1970 (a clock far off): the epoch.
+        assert_eq!(
+            amz_date(UNIX_EPOCH - Duration::from_secs(5)).0,
+            "19700101T000000Z"
+        );
     }
 
     #[test]
@@ -112,6 +121,41 @@ mod tests {
             UNIX_EPOCH + Duration::new(951_782_400 + 3661, 500_000_000)
         );
         assert!(parse_iso8601("yesterday").is_none());
+        // Without a fraction, with nine digits and more, with an offset-free tail, on a leap
+        // second, in the far future; before 1970: no time.
+        assert_eq!(
+            parse_iso8601("2013-05-24T00:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1369353600))
+        );
+        assert_eq!(
+            parse_iso8601("2013-05-24T00:00:00.123456789Z"),
+            Some(UNIX_EPOCH + Duration::new(1369353600, 123_456_789))
+        );
+        assert_eq!(
+            parse_iso8601("2013-05-24T00:00:00.1234567891Z"),
+            Some(UNIX_EPOCH + Duration::new(1369353600, 123_456_789))
+        );
+        assert_eq!(
+            parse_iso8601("2013-05-24T00:00:00"),
+            Some(UNIX_EPOCH + Duration::from_secs(1369353600))
+        );
+        assert_eq!(
+            parse_iso8601("2016-12-31T23:59:60Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_483_228_800))
+        );
+        assert_eq!(
+            parse_iso8601("9999-12-31T23:59:59.000Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        );
+        assert_eq!(parse_iso8601("1969-12-31T23:59:59Z"), None);
+        assert_eq!(parse_iso8601("2013-13-24T00:00:00Z"), None);
+        assert_eq!(parse_iso8601("2013-05-24T24:00:00Z"), None);
+        // RFC 3339 allows a space for the T.
+        assert_eq!(
+            parse_iso8601("2013-05-24 00:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1369353600))
+        );
+        assert_eq!(parse_iso8601("2013-05-24T00:00Z"), None);
     }
 
     #[test]
@@ -142,5 +186,27 @@ mod tests {
             parse_http_date("Fri, 24 May 2013 00:00:00 GMT"),
             Some(UNIX_EPOCH + Duration::from_secs(1369353600))
         );
+        // The obsolete forms HTTP/1.1 recipients accept (RFC 9110 5.6.7), and a leap day.
+        assert_eq!(
+            parse_http_date("Friday, 24-May-13 00:00:00 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(1369353600))
+        );
+        assert_eq!(
+            parse_http_date("Fri May 24 00:00:00 2013"),
+            Some(UNIX_EPOCH + Duration::from_secs(1369353600))
+        );
+        assert_eq!(
+            parse_http_date(" Tue, 29 Feb 2000 01:01:01 GMT "),
+            Some(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661))
+        );
+        assert_eq!(
+            parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        );
+        // Before 1970, a wrong weekday, garbage: no date.
+        assert_eq!(parse_http_date("Wed, 31 Dec 1969 23:59:59 GMT"), None);
+        assert_eq!(parse_http_date("Sat, 24 May 2013 00:00:00 GMT"), None);
+        assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(parse_http_date(""), None);
     }
 }

@@ -152,6 +152,24 @@ mod tests {
         assert_eq!(rfc3339(t(0)), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(t(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(t(4_102_444_799)), "2099-12-31T23:59:59Z");
+        // The edges: a second and a half before the epoch is in 23:59:58, a leap day, the
+        // last second of 9999 and the first of 10000, the year 5138.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_millis(1500)),
+            "1969-12-31T23:59:58Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(2_208_988_800)),
+            "1900-01-01T00:00:00Z"
+        );
+        assert_eq!(rfc3339(t(68_169_600)), "1972-02-29T00:00:00Z");
+        assert_eq!(rfc3339(t(253_402_300_799)), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(t(253_402_300_800)), "10000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(100_000_000_000)), "5138-11-16T09:46:40Z");
+        assert_eq!(
+            conflict_name("x.txt", t(253_402_300_800)),
+            "x (conflict 10000-01-01 000000 UTC).txt"
+        );
     }
 
     #[test]
