@@ -1,7 +1,7 @@
 //! Directory entries as libunftp wants them, and the `ls -l` lines of LIST.
 
 use bucketgate_storage::{Entry, EntryKind};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::Datelike;
 use std::time::{Duration, SystemTime};
 use unftp_core::storage::{Error, Metadata};
 
@@ -64,7 +64,7 @@ pub(crate) fn ls_line(name: &str, meta: &Meta, now: SystemTime) -> String {
     } else {
         ('-', "rw-r--r--")
     };
-    let t: DateTime<Utc> = meta.mtime.into();
+    let t = bucketgate_storage::calendar::utc(meta.mtime);
     let half_year = Duration::from_secs(182 * 24 * 3600);
     let recent = meta.mtime + half_year > now && meta.mtime < now + half_year;
     let when = if recent {
@@ -152,5 +152,9 @@ mod tests {
             at(SystemTime::UNIX_EPOCH + Duration::from_secs(100_000_000_000))
                 .ends_with("Nov 16  5138 f\r\n")
         );
+        // Beyond the calendar's range (a hostile mtime metadata): the last date it has, not
+        // a panic of the session.
+        let beyond = at(SystemTime::UNIX_EPOCH + Duration::from_secs(10_000_000_000_000));
+        assert!(beyond.ends_with(" f\r\n"), "{beyond}");
     }
 }

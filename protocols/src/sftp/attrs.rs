@@ -1,6 +1,7 @@
 //! File attributes and `ls -l` style long names for SFTP replies.
 
 use bucketgate_storage::Entry;
+use chrono::{Datelike, Timelike};
 use russh_sftp::protocol::{File, FileAttributes};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,11 +54,15 @@ pub(crate) fn longname(e: &Entry, owner: &str, now: SystemTime) -> String {
         "-rw-r--r--"
     };
     let t = e.mtime.unwrap_or(UNIX_EPOCH);
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (y, mo, d, hh, mm, _) = bucketgate_storage::calendar::civil_from_secs(secs);
+    // Before 1970 shows as the epoch: the attributes carry no negative time either.
+    let civil = bucketgate_storage::calendar::utc(t.max(UNIX_EPOCH));
+    let (y, mo, d, hh, mm) = (
+        civil.year(),
+        civil.month(),
+        civil.day(),
+        civil.hour(),
+        civil.minute(),
+    );
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];

@@ -1,37 +1,29 @@
 //! Time formats of the S3 world: SigV4 dates, ISO 8601 listing times, HTTP dates, and the
 //! rclone-compatible `mtime` metadata.
 
-use crate::calendar::{civil_from_days, days_from_civil};
+use crate::calendar::{system_time, utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Timelike};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `(YYYYMMDD'T'HHMMSS'Z', YYYYMMDD)` as SigV4 wants them.
 pub(crate) fn amz_date(t: SystemTime) -> (String, String) {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-    let rem = secs.rem_euclid(86400);
-    let date = format!("{y:04}{m:02}{d:02}");
-    let stamp = format!(
-        "{date}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    );
+    // A clock before 1970 signs as the epoch.
+    let t = utc(t.max(UNIX_EPOCH));
+    let date = format!("{:04}{:02}{:02}", t.year(), t.month(), t.day());
+    let stamp = format!("{date}T{:02}{:02}{:02}Z", t.hour(), t.minute(), t.second());
     (stamp, date)
 }
 
-/// Parses the ISO 8601 times of XML answers (`2024-01-02T03:04:05.678Z`).
+/// Parses the ISO 8601 times of XML answers (`2024-01-02T03:04:05.678Z`; a space for the `T`,
+/// any fraction, whatever follows the seconds ignored; before 1970: none).
 pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
+    let head = format!("{}T{}", s.get(0..10)?, s.get(11..19)?);
+    let t = NaiveDateTime::parse_from_str(&head, "%Y-%m-%dT%H:%M:%S").ok()?;
     let mut nanos = 0u32;
     let rest = &s[19..];
     if let Some(frac) = rest.strip_prefix('.') {
@@ -42,15 +34,26 @@ pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
         }
         nanos = padded.parse().ok()?;
     }
-    let days = days_from_civil(y as i64, mo, d);
-    let secs = days * 86400 + (h * 3600 + mi * 60 + se) as i64;
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+    // chrono gives a leap second (23:59:60) as 1_000_000_000 nanoseconds of the second before.
+    let t = system_time(t.and_utc())?;
+    Some(t + Duration::from_nanos(u64::from(nanos)))
 }
 
-/// Parses an HTTP date header (`Last-Modified`).
+/// Parses an HTTP date header (`Last-Modified`): the IMF-fixdate every server sends
+/// (`Fri, 24 May 2013 00:00:00 GMT`) and the two obsolete forms recipients must accept
+/// (RFC 9110 5.6.7: RFC 850's `Friday, 24-May-13 00:00:00 GMT` and asctime's
+/// `Fri May 24 00:00:00 2013`). A weekday that does not match the date, or a date before
+/// 1970, is no date.
 pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(s.trim()).ok()
+    let s = s.trim();
+    let t = DateTime::parse_from_rfc2822(s)
+        .map(|t| t.to_utc())
+        .or_else(|_| {
+            NaiveDateTime::parse_from_str(s, "%A, %d-%b-%y %H:%M:%S GMT").map(|t| t.and_utc())
+        })
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%a %b %e %H:%M:%S %Y").map(|t| t.and_utc()))
+        .ok()?;
+    system_time(t)
 }
 
 /// Formats `mtime` metadata as rclone does: decimal seconds since the epoch with nanoseconds

@@ -1,19 +1,20 @@
 //! Names the engine makes: conflict copies, UTC timestamps, and file names for job state.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use chrono::{Datelike, Timelike};
+use std::time::SystemTime;
 
-/// Civil UTC date and time of `t`: (year, month, day, hour, minute, second).
-pub(crate) fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        // Before 1970: round down to the whole second (a second and a half before the epoch
-        // is in 23:59:58), not one second below every whole one.
-        Err(e) => {
-            let d = e.duration();
-            -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0)
-        }
-    };
-    crate::calendar::civil_from_secs(secs)
+/// Civil UTC date and time of `t`: (year, month, day, hour, minute, second). Before 1970 it
+/// is rounded down to the whole second (a second and a half before the epoch is in 23:59:58).
+pub(crate) fn utc_parts(t: SystemTime) -> (i32, u32, u32, u32, u32, u32) {
+    let d = crate::calendar::utc(t);
+    (
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+    )
 }
 
 /// `2024-05-01T10:15:00Z`, for history lines.
@@ -109,7 +110,7 @@ pub(crate) fn job_from_stem(stem: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
