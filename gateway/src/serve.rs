@@ -87,6 +87,13 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
         .map_err(|e| Exit::runtime(format!("cannot listen for {what} on {addr}: {e}")))
 }
 
+/// A reload's problems, one log line each.
+fn refused(errs: bucketgate_config::ConfigErrors) {
+    for e in &errs {
+        tracing::error!("reload refused: {e}");
+    }
+}
+
 fn storage_errors(path: &Option<PathBuf>, errs: Vec<(String, String)>) -> Exit {
     let loaded = path.as_ref().and_then(|p| bucketgate_config::load(p).ok());
     Exit::usage(wiring::problem_lines(loaded.as_ref(), &errs))
@@ -342,9 +349,7 @@ async fn reload(
     let loaded = match bucketgate_config::load(path) {
         Ok(l) => l,
         Err(errs) => {
-            for e in &errs.0 {
-                tracing::error!("reload refused: {e}");
-            }
+            refused(errs);
             tracing::error!("reload refused: keeping the running config");
             return None;
         }
@@ -353,17 +358,13 @@ async fn reload(
     let storage = match wiring::build_storage(&cfg, budget) {
         Ok(s) => s,
         Err(errs) => {
-            for (p, m) in errs {
-                tracing::error!("reload refused: {}", loaded.error_at(&p, m));
-            }
+            refused(bucketgate_config::errors_at(Some(&loaded), errs));
             return None;
         }
     };
     let mount_errors = wiring::check_mount_points(&cfg, &storage).await;
     if !mount_errors.is_empty() {
-        for (p, m) in mount_errors {
-            tracing::error!("reload refused: {}", loaded.error_at(&p, m));
-        }
+        refused(bucketgate_config::errors_at(Some(&loaded), mount_errors));
         return None;
     }
     if cfg.sftp != current.sftp

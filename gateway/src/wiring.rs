@@ -137,14 +137,7 @@ pub fn problem_lines(
     loaded: Option<&bucketgate_config::Loaded>,
     problems: &[(String, String)],
 ) -> String {
-    problems
-        .iter()
-        .map(|(p, m)| match loaded {
-            Some(l) => l.error_at(p, m.clone()).to_string(),
-            None => format!("{p}: {m}"),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    bucketgate_config::errors_at(loaded, problems.iter().cloned()).to_string()
 }
 
 /// Builds backends and the tree. Errors are (YAML path, message) pairs.
