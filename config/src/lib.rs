@@ -29,8 +29,8 @@ pub use paths::{is_within, normalize_prefix, normalize_site_path};
 pub use schema::{
     AdminConfig, BanConfig, ChecksumMode, Config, Conflict, Direction, EncryptionMode, FolderTimes,
     FtpConfig, FtpTlsConfig, LimitsConfig, LogConfig, LogFormat, MaxDelete, MountConfig,
-    Permission, Protocol, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32, SftpConfig,
-    StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,
+    Permission, Protocol, ProxyProtocol, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32,
+    SftpConfig, StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,
 };
 pub use secret::Secret;
 pub use units::{ByteSize, Duration, PortRange};
@@ -272,13 +272,13 @@ pub fn embedded_default(base_dir: &Path) -> Config {
     Config {
         sftp: Some(SftpConfig {
             listen: ([127, 0, 0, 1], 2222).into(),
-            proxy_protocol: false,
+            proxy_protocol: ProxyProtocol::default(),
             host_keys: vec![state_dir.join(DEFAULT_HOST_KEY)],
             legacy_algorithms: false,
         }),
         ftp: Some(FtpConfig {
             listen: ([127, 0, 0, 1], 2121).into(),
-            proxy_protocol: false,
+            proxy_protocol: ProxyProtocol::default(),
             passive_ports: schema::default_passive_ports(),
             active_mode: false,
             public_address: None,

@@ -107,7 +107,7 @@ syncs:
             high: 50100
         }
     );
-    assert!(!ftp.active_mode && !ftp.proxy_protocol && ftp.tls.is_none());
+    assert!(!ftp.active_mode && !ftp.proxy_protocol.is_enabled() && ftp.tls.is_none());
     assert_eq!(
         c.admin.as_ref().unwrap().listen,
         "127.0.0.1:9100".parse().unwrap()
@@ -260,4 +260,25 @@ fn validate_on_a_config_built_in_code() {
         errs.to_string(),
         "mounts[0].remote: unknown remote `nowhere`: `remotes` is empty"
     );
+}
+
+#[test]
+fn proxy_protocol_lists_the_trusted_balancers() {
+    let text =
+        "sftp: { proxy_protocol: [127.0.0.1, \"10.0.0.0/8\"] }\nftp: { proxy_protocol: \"::1\" }\n";
+    let c = load_text(text).unwrap().config;
+    let sftp = &c.sftp.as_ref().unwrap().proxy_protocol;
+    assert!(sftp.is_enabled());
+    assert_eq!(sftp.trusted().len(), 2);
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(sftp.trusted()[0].contains(&ip("127.0.0.1")));
+    assert!(!sftp.trusted()[0].contains(&ip("127.0.0.2")));
+    assert!(sftp.trusted()[1].contains(&ip("10.9.8.7")));
+    let ftp = &c.ftp.as_ref().unwrap().proxy_protocol;
+    assert_eq!(ftp.trusted().len(), 1);
+    // `false` is the default, written out.
+    let c = load_text("sftp: { proxy_protocol: false }\n")
+        .unwrap()
+        .config;
+    assert!(!c.sftp.unwrap().proxy_protocol.is_enabled());
 }

@@ -145,7 +145,32 @@ fn wrong_types() {
         &text,
         "sftp.proxy_protocol",
         "proxy_protocol",
-        "expected true or false",
+        "expected `false` or the list of your load balancers' addresses",
+    );
+    // `true` would trust every peer, and an empty list nobody: both are refused.
+    let text = format!("{}ftp:\n  proxy_protocol: true\n", base());
+    one(
+        &text,
+        "ftp.proxy_protocol",
+        "proxy_protocol",
+        "`true` would let any client claim any address",
+    );
+    let text = format!("{}ftp:\n  proxy_protocol: []\n", base());
+    one(
+        &text,
+        "ftp.proxy_protocol",
+        "proxy_protocol",
+        "an empty list trusts nobody",
+    );
+    let text = format!(
+        "{}sftp:\n  proxy_protocol: [10.0.0.5, 10.1.0.0/99]\n",
+        base()
+    );
+    one(
+        &text,
+        "sftp.proxy_protocol[1]",
+        "10.1.0.0/99",
+        "prefix length too long",
     );
     let text = format!("{}sftp: [a]\n", base());
     one(

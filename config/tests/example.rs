@@ -16,7 +16,7 @@ fn interface_example_loads() {
 
     let sftp = c.sftp.as_ref().unwrap();
     assert_eq!(sftp.listen, "127.0.0.1:2222".parse().unwrap());
-    assert!(!sftp.proxy_protocol && !sftp.legacy_algorithms);
+    assert!(!sftp.proxy_protocol.is_enabled() && !sftp.legacy_algorithms);
     assert_eq!(
         sftp.host_keys,
         [PathBuf::from("/etc/bucketgate/data/ssh_host_ed25519_key")]

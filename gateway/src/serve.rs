@@ -154,7 +154,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             max_packet_len: 256 * 1024,
             shutdown_grace: cfg.limits.shutdown_grace.get(),
             keep_partial_uploads: cfg.transfers.keep_partial_uploads,
-            proxy_protocol: s.proxy_protocol,
+            proxy_protocol: trusted_proxies(&s.proxy_protocol),
             memory: Some(budget.clone()),
         };
         tracing::info!(
@@ -210,7 +210,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             login_grace: cfg.limits.login_grace.get(),
             max_line_len: 4096,
             shutdown_grace: cfg.limits.shutdown_grace.get(),
-            proxy_protocol: f.proxy_protocol,
+            proxy_protocol: trusted_proxies(&f.proxy_protocol),
             ..ftp::FtpOptions::default()
         };
         tracing::info!(
@@ -572,4 +572,11 @@ async fn cleanup_stale_uploads(
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
+}
+
+/// The config's trusted PROXY senders in the frontends' terms.
+fn trusted_proxies(p: &bucketgate_config::ProxyProtocol) -> bucketgate_protocols::proxy::Trusted {
+    bucketgate_protocols::proxy::Trusted::new(
+        p.trusted().iter().map(|n| ipnet::IpNet::from(*n)).collect(),
+    )
 }

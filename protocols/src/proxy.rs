@@ -170,6 +170,31 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
     Ok(Parsed::Done(Header::Proxied { source }, len))
 }
 
+/// The load balancers a listener takes PROXY headers from; empty: the protocol is off. When it
+/// is on, a connection from any other address is closed before a byte of it is read: a client
+/// that could send its own header could claim any address, and bans, `allowed_ips` and the
+/// active-mode checks would believe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trusted(Vec<ipnet::IpNet>);
+
+impl Trusted {
+    /// Headers from these networks only.
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        Trusted(nets)
+    }
+
+    /// True when connections must start with a PROXY header.
+    pub fn is_enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// True when `ip` (an IPv4-mapped IPv6 peer counts as its IPv4 address) may send a header.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// Reads a PROXY header off `stream` within `timeout`, consuming exactly its bytes, and
 /// returns the client address to use (the socket's `peer` for a LOCAL header).
 pub async fn read_header<S: AsyncRead + Unpin>(
@@ -204,6 +229,25 @@ pub async fn read_header<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_balancers_are_trusted() {
+        let t = Trusted::new(vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ]);
+        assert!(t.is_enabled() && !Trusted::default().is_enabled());
+        for (ip, ok) in [
+            ("127.0.0.1", true),
+            ("::ffff:127.0.0.1", true),
+            ("10.200.0.1", true),
+            ("127.0.0.2", false),
+            ("11.0.0.1", false),
+            ("::1", false),
+        ] {
+            assert_eq!(t.allows(ip.parse().unwrap()), ok, "{ip}");
+        }
+    }
 
     fn done(b: &[u8]) -> (Header, usize) {
         match parse(b).expect("valid") {

@@ -1,8 +1,9 @@
 //! A stand-alone s3s-fs S3 server on loopback for the hand-run benchmarks in bench/:
 //! unlike moto it keeps objects on disk, so GiB-sized transfers fit.
 //!
-//! Usage: `s3s_server ROOT ACCESS SECRET` — serves every folder of ROOT as a bucket on
-//! 127.0.0.1 at a free port, and prints `listening: http://127.0.0.1:PORT` once ready.
+//! Usage: `s3s_server ROOT ACCESS SECRET [PORT]` — serves every folder of ROOT as a bucket on
+//! 127.0.0.1 at PORT (a free one when omitted), and prints `listening: http://127.0.0.1:PORT`
+//! once ready. The crash tests kill it and start it again on the same port and folder.
 //!
 //! Two quirks of s3s-fs are corrected on the way out. Object bodies go out in 256 KiB pieces
 //! instead of 4 KiB ones (see `Rechunk`). And a HEAD of a key that is a folder on its
@@ -64,8 +65,10 @@ impl s3s::stream::ByteStream for Rechunk {}
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [root, access, secret] = args.as_slice() else {
-        anyhow::bail!("usage: s3s_server ROOT ACCESS SECRET");
+    let (root, access, secret, port) = match args.as_slice() {
+        [root, access, secret] => (root, access, secret, 0),
+        [root, access, secret, port] => (root, access, secret, port.parse::<u16>()?),
+        _ => anyhow::bail!("usage: s3s_server ROOT ACCESS SECRET [PORT]"),
     };
     let fs =
         s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs at {root}: {e:?}"))?;
@@ -76,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let svc = b.build();
     let root = std::path::PathBuf::from(root);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening: http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

@@ -355,8 +355,8 @@ fn proxy_protocol_names_the_real_client() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = format!(
-        r#"sftp: {{ listen: "127.0.0.1:0", proxy_protocol: true }}
-ftp: {{ listen: "127.0.0.1:0", passive_ports: "{passive}", proxy_protocol: true }}
+        r#"sftp: {{ listen: "127.0.0.1:0", proxy_protocol: ["127.0.0.1"] }}
+ftp: {{ listen: "127.0.0.1:0", passive_ports: "{passive}", proxy_protocol: ["127.0.0.1/32"] }}
 storage: {{ type: local, root: ./files }}
 users:
   - username: bob
@@ -409,6 +409,48 @@ users:
     let out = sftp_batch_password(sftp, "bob", PASSWORD, "pwd\n", d);
     assert!(!out.status.success());
     assert!(gw.wait_log("no valid PROXY header", Duration::from_secs(10)));
+
+    // Only the trusted balancer (127.0.0.1) may send a header: a peer at 127.0.0.2 claiming
+    // bob's allowed address is closed before anything is read, on both listeners.
+    let claim = "PROXY TCP4 203.0.113.9 127.0.0.1 40000 21\r\n";
+    let got = send_from("127.0.0.2", ftp, format!("{claim}USER bob\r\n").as_bytes());
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(gw.wait_log(
+        "ftp: connection refused: not from a trusted PROXY sender client=127.0.0.2",
+        Duration::from_secs(10)
+    ));
+    let got = send_from(
+        "127.0.0.2",
+        sftp,
+        format!("{claim}SSH-2.0-x\r\n").as_bytes(),
+    );
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(gw.wait_log(
+        "SFTP connection refused: not from a trusted PROXY sender peer=127.0.0.2",
+        Duration::from_secs(10)
+    ));
+}
+
+/// Connects from the loopback address `src`, sends `bytes` and returns all that came back
+/// until the gateway closed the connection.
+fn send_from(src: &str, target: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt
+        .block_on(bucketgate_testkit::ftp::connect_from(
+            src.parse().unwrap(),
+            target,
+        ))
+        .unwrap();
+    let mut s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf
 }
 
 fn keyscan(addr: SocketAddr) -> Vec<String> {

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::net::IpNet;
 use crate::units::PortRange;
 
 /// `sftp:` — the SSH server for SFTP and SCP. Omitting the section disables it.
@@ -14,9 +16,9 @@ pub struct SftpConfig {
     /// Address to listen on.
     #[serde(default = "default_sftp_listen", with = "socket_addr")]
     pub listen: SocketAddr,
-    /// Expect a PROXY v1/v2 header from a load balancer before the SSH banner.
+    /// The load balancers allowed to send a PROXY v1/v2 header before the SSH banner.
     #[serde(default)]
-    pub proxy_protocol: bool,
+    pub proxy_protocol: ProxyProtocol,
     /// OpenSSH private key files (resolved against the config folder). When the list is
     /// omitted, `<state_dir>/ssh_host_ed25519_key` is used; a missing ed25519 key is created.
     #[serde(default)]
@@ -33,9 +35,9 @@ pub struct FtpConfig {
     /// Address of the control connection listener.
     #[serde(default = "default_ftp_listen", with = "socket_addr")]
     pub listen: SocketAddr,
-    /// Expect a PROXY v1/v2 header from a load balancer.
+    /// The load balancers allowed to send a PROXY v1/v2 header on control connections.
     #[serde(default)]
-    pub proxy_protocol: bool,
+    pub proxy_protocol: ProxyProtocol,
     /// Ports offered for passive data connections.
     #[serde(default = "default_passive_ports")]
     pub passive_ports: PortRange,
@@ -77,6 +79,77 @@ pub enum TlsMode {
     Required,
     /// TLS from the first byte, on `listen_implicit`.
     Implicit,
+}
+
+/// `proxy_protocol:` on a listener — which peers may put a PROXY v1/v2 header in front of the
+/// protocol. Written `false` (the default: no header is read) or as the list of the load
+/// balancers' addresses and networks. When set, every connection must come from one of them
+/// and start with a header; a connection from any other address is closed unread, so nobody
+/// else can claim a client address that bans, `allowed_ips` and active-mode checks believe.
+/// `true` is refused: it would trust every peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    trusted: Vec<IpNet>,
+}
+
+impl ProxyProtocol {
+    /// Headers from these networks only.
+    pub fn trusting(trusted: Vec<IpNet>) -> Self {
+        ProxyProtocol { trusted }
+    }
+
+    /// True when the listener reads a PROXY header.
+    pub fn is_enabled(&self) -> bool {
+        !self.trusted.is_empty()
+    }
+
+    /// The networks allowed to send a header (empty: off).
+    pub fn trusted(&self) -> &[IpNet] {
+        &self.trusted
+    }
+}
+
+const PROXY_HELP: &str = "expected `false` or the list of your load balancers' addresses allowed to send a PROXY header, e.g. [\"10.0.0.5\", \"10.1.0.0/16\"]";
+
+impl<'de> Deserialize<'de> for ProxyProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ProxyProtocol;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(PROXY_HELP)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ProxyProtocol, E> {
+                if v {
+                    Err(E::custom(
+                        "`true` would let any client claim any address: list the load balancers allowed to send a PROXY header instead, e.g. [\"10.0.0.5\", \"10.1.0.0/16\"]",
+                    ))
+                } else {
+                    Ok(ProxyProtocol::default())
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ProxyProtocol, E> {
+                Ok(ProxyProtocol::default())
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ProxyProtocol, E> {
+                let net: IpNet = v.parse().map_err(|_| E::custom(PROXY_HELP))?;
+                Ok(ProxyProtocol::trusting(vec![net]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ProxyProtocol, A::Error> {
+                let mut trusted = Vec::new();
+                while let Some(net) = seq.next_element::<IpNet>()? {
+                    trusted.push(net);
+                }
+                if trusted.is_empty() {
+                    return Err(de::Error::custom(
+                        "an empty list trusts nobody: write `false` to turn the PROXY protocol off, or list your load balancers' addresses",
+                    ));
+                }
+                Ok(ProxyProtocol::trusting(trusted))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `admin:` — health and metrics HTTP endpoint.

@@ -101,8 +101,9 @@ pub struct FtpOptions {
     pub shutdown_grace: Duration,
     /// Most entries one listing returns; the rest is left out with a warning in the log.
     pub max_list_entries: usize,
-    /// Expect a PROXY v1/v2 header at the start of every connection (behind a load balancer).
-    pub proxy_protocol: bool,
+    /// The load balancers allowed to send a PROXY v1/v2 header; when set, every connection
+    /// must come from one of them and start with a header.
+    pub proxy_protocol: crate::proxy::Trusted,
 }
 
 impl Default for FtpOptions {
@@ -117,7 +118,7 @@ impl Default for FtpOptions {
             max_line_len: 4096,
             shutdown_grace: Duration::from_secs(30),
             max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
-            proxy_protocol: false,
+            proxy_protocol: crate::proxy::Trusted::default(),
         }
     }
 }

@@ -144,7 +144,11 @@ async fn refuse(mut stream: TcpStream, implicit: bool, line: &str) {
 async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, implicit: bool) {
     // Behind a load balancer the PROXY header names the client: it is the peer for bans,
     // limits, allow-lists, active-mode checks and logs.
-    let peer = if shared.relay.opts.proxy_protocol {
+    let peer = if shared.relay.opts.proxy_protocol.is_enabled() {
+        if !shared.relay.opts.proxy_protocol.allows(peer.ip()) {
+            tracing::info!(client = %peer, "ftp: connection refused: not from a trusted PROXY sender");
+            return;
+        }
         match crate::proxy::read_header(&mut stream, peer, shared.relay.opts.login_grace).await {
             Ok(client) => client,
             Err(e) => {

@@ -46,8 +46,9 @@ pub struct SftpOptions {
     pub shutdown_grace: Duration,
     /// Keep what arrived of an interrupted upload (`transfers.keep_partial_uploads`).
     pub keep_partial_uploads: bool,
-    /// Expect a PROXY v1/v2 header at the start of every connection (behind a load balancer).
-    pub proxy_protocol: bool,
+    /// The load balancers allowed to send a PROXY v1/v2 header; when set, every connection
+    /// must come from one of them and start with a header.
+    pub proxy_protocol: crate::proxy::Trusted,
     /// The process's transfer memory budget (`transfers.memory_limit`): SFTP requests read
     /// ahead of their handler count in it. `None`: only the per-session bound applies.
     pub memory: Option<std::sync::Arc<bucketgate_storage::budget::MemoryBudget>>,
@@ -65,7 +66,7 @@ impl Default for SftpOptions {
             max_packet_len: 256 * 1024,
             shutdown_grace: Duration::from_secs(30),
             keep_partial_uploads: false,
-            proxy_protocol: false,
+            proxy_protocol: crate::proxy::Trusted::default(),
             memory: None,
         }
     }

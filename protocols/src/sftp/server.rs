@@ -164,10 +164,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// With `proxy_protocol`, reads the PROXY header first: the client it names is the peer for
-/// everything that follows (bans, limits, allow-lists, logs).
+/// With `proxy_protocol`, only its load balancers may connect, and their PROXY header comes
+/// first: the client it names is the peer for everything that follows (bans, limits,
+/// allow-lists, logs).
 async fn accept_proxied(mut stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
-    let peer = if ctx.shared.opts.proxy_protocol {
+    let peer = if ctx.shared.opts.proxy_protocol.is_enabled() {
+        if !ctx.shared.opts.proxy_protocol.allows(peer.ip()) {
+            tracing::info!(%peer, "SFTP connection refused: not from a trusted PROXY sender");
+            return;
+        }
         match crate::proxy::read_header(&mut stream, peer, ctx.shared.opts.login_grace).await {
             Ok(client) => client,
             Err(e) => {

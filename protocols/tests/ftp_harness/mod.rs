@@ -195,7 +195,7 @@ impl Harness {
             max_line_len: setup.max_line_len,
             shutdown_grace: Duration::from_secs(5),
             max_list_entries: setup.max_list_entries,
-            proxy_protocol: false,
+            proxy_protocol: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
