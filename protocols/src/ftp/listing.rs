@@ -66,7 +66,11 @@ pub(crate) fn ls_line(name: &str, meta: &Meta, now: SystemTime) -> String {
     };
     let t = bucketgate_storage::calendar::utc(meta.mtime);
     let half_year = Duration::from_secs(182 * 24 * 3600);
-    let recent = meta.mtime + half_year > now && meta.mtime < now + half_year;
+    // Without adding to a time: an mtime near the end of SystemTime's range would overflow.
+    let recent = match now.duration_since(meta.mtime) {
+        Ok(age) => age < half_year,
+        Err(ahead) => ahead.duration() < half_year,
+    };
     let when = if recent {
         t.format("%b %d %H:%M").to_string()
     } else {
@@ -156,5 +160,8 @@ mod tests {
         // a panic of the session.
         let beyond = at(SystemTime::UNIX_EPOCH + Duration::from_secs(10_000_000_000_000));
         assert!(beyond.ends_with(" f\r\n"), "{beyond}");
+        // The latest time a SystemTime holds (what `mtime` metadata can say): no overflow.
+        let last = at(SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64));
+        assert!(last.ends_with(" f\r\n"), "{last}");
     }
 }
