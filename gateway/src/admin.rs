@@ -5,7 +5,8 @@
 //! [`MAX_CONNECTIONS`] connections are served at once; past that, new ones wait in the
 //! listen backlog until one ends (a probe is answered late rather than refused, and a 503
 //! would read as "not ready"). A client has [`HEADER_TIMEOUT`] to send its request head and
-//! [`CONNECTION_TIMEOUT`] for the whole exchange, so a slow or idle client cannot hold a slot.
+//! [`CONNECTION_TIMEOUT`] for the whole exchange, so a slow or idle client cannot hold a slot;
+//! a request head over 8 KiB is refused.
 //!
 //! `/metrics` renders one `prometheus_client` registry: the storage families, the frontends'
 //! session and login families, and this module's own `bucketgate_up` and
@@ -300,6 +301,8 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                // A probe's head is a few hundred bytes: 8 KiB (hyper's least) per connection.
+                .max_buf_size(8192)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(sock), service);
             // A client too slow to take its answer is cut off; nothing to report.

@@ -867,6 +867,19 @@ fn admin_endpoint_answers_its_routes_and_bounds_its_connections() {
         head.ends_with("\r\n\r\n"),
         "a HEAD answer has no body: {head}"
     );
+    // A request head over 8 KiB is refused, not buffered.
+    let mut big = TcpStream::connect(admin).unwrap();
+    let pad = "x".repeat(10_000);
+    big.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server may close before reading all of it: a reset is a refusal too.
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+        "{answer}"
+    );
 
     // Every slot held by a client that has not sent its request.
     let mut idle: Vec<TcpStream> = (0..32)
