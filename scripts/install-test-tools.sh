@@ -10,12 +10,13 @@ fi
 
 # Debian packages: OpenSSH clients (sftp, scp, ssh-keygen), lftp, curl with sftp support,
 # rclone, openssl for test certificates, a JDK (javac) for the Java client programs, and a
-# one-node Ceph with its S3 gateway for scripts/rgw.sh (about 40 s to install).
+# one-node Ceph with its S3 gateway for scripts/rgw.sh (about 40 s to install), and make (jemalloc
+# is built from source by tikv-jemalloc-sys).
 need=()
 for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lftp:lftp \
             curl:curl rclone:rclone openssl:openssl javac:default-jdk-headless \
             java:default-jdk-headless ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw \
-            radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common; do
+            radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common make:make; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -74,6 +74,24 @@ impl Loaded {
     }
 }
 
+/// Problems found outside this crate, as (YAML path, message) pairs, located at their lines
+/// of `loaded` when there is one: printed like the problems of a load (one per line, by
+/// `ConfigErrors`' `Display`, the one formatting of an error list).
+pub fn errors_at(
+    loaded: Option<&Loaded>,
+    problems: impl IntoIterator<Item = (String, String)>,
+) -> ConfigErrors {
+    ConfigErrors(
+        problems
+            .into_iter()
+            .map(|(p, m)| match loaded {
+                Some(l) => l.error_at(&p, m),
+                None => ConfigError::new(p, m),
+            })
+            .collect(),
+    )
+}
+
 /// Reads, substitutes, parses, resolves and validates the config file at `path`.
 /// Relative paths in it are relative to the file's folder.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {

@@ -1,37 +1,31 @@
 //! CIDR networks for `allowed_ips` and the ban safelist.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// An IP network written `10.0.0.0/8` or `2001:db8::/32`; a bare address means one host
-/// (`/32` or `/128`).
+/// (`/32` or `/128`). A thin layer over `ipnet::IpNet` that adds the bare-address form, the
+/// IPv4-mapped match, our error messages and YAML deserialization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix_len: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// A network from an address and a prefix length; `None` when the length is too long.
     pub fn new(addr: IpAddr, prefix_len: u8) -> Option<Self> {
-        let max = match addr {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        };
-        (prefix_len <= max).then_some(IpNet { addr, prefix_len })
+        ipnet::IpNet::new(addr, prefix_len).ok().map(IpNet)
     }
 
     /// The address as written (host bits are kept, and ignored by [`IpNet::contains`]).
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// The prefix length in bits.
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.0.prefix_len()
     }
 
     /// True when `ip` is inside this network. An IPv4-mapped IPv6 peer (`::ffff:10.0.0.1`, as
@@ -41,28 +35,19 @@ impl IpNet {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, IpAddr::V4),
             IpAddr::V4(_) => *ip,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
 impl From<IpAddr> for IpNet {
     fn from(addr: IpAddr) -> Self {
-        let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
-        IpNet { addr, prefix_len }
+        IpNet(ipnet::IpNet::from(addr))
+    }
+}
+
+impl From<IpNet> for ipnet::IpNet {
+    fn from(n: IpNet) -> Self {
+        n.0
     }
 }
 
@@ -73,29 +58,32 @@ impl FromStr for IpNet {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid network: {CIDR_HELP}");
         let s = s.trim();
-        match s.split_once('/') {
-            None => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| bad()),
-            Some((a, len)) => {
-                let addr = a
-                    .parse::<Ipv4Addr>()
-                    .map(IpAddr::V4)
-                    .or_else(|_| a.parse::<Ipv6Addr>().map(IpAddr::V6))
-                    .map_err(|_| bad())?;
-                if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad());
-                }
-                let len: u8 = len.parse().map_err(|_| bad())?;
-                IpNet::new(addr, len).ok_or_else(|| format!("prefix length too long: {CIDR_HELP}"))
+        let parsed = if s.contains('/') {
+            s.parse::<ipnet::IpNet>().map(IpNet).ok()
+        } else {
+            s.parse::<IpAddr>().map(IpNet::from).ok()
+        };
+        parsed.ok_or_else(|| {
+            // ipnet says only "invalid IP address syntax": a valid address with a length of
+            // 0-255 that parses no further is a length too long for its family.
+            let too_long = s.split_once('/').is_some_and(|(a, len)| {
+                a.parse::<IpAddr>().is_ok()
+                    && len.bytes().all(|b| b.is_ascii_digit())
+                    && len.parse::<u8>().is_ok()
+            });
+            if too_long {
+                format!("prefix length too long: {CIDR_HELP}")
+            } else {
+                format!("invalid network: {CIDR_HELP}")
             }
-        }
+        })
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
+        self.0.fmt(f)
     }
 }
 
@@ -156,5 +144,28 @@ mod tests {
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
         }
+        let msg = |s: &str| s.parse::<IpNet>().unwrap_err();
+        assert_eq!(
+            msg("10.0.0.0/33"),
+            format!("prefix length too long: {CIDR_HELP}")
+        );
+        assert_eq!(
+            msg("::/129"),
+            format!("prefix length too long: {CIDR_HELP}")
+        );
+        for bad in [
+            "10.0.0.0/999",
+            "10.0.0.0/",
+            "1.2.3.4/+8",
+            "host",
+            "10.0.0/8",
+            "10.0.0.0/8/8",
+        ] {
+            assert_eq!(msg(bad), format!("invalid network: {CIDR_HELP}"), "{bad:?}");
+        }
+        // Host bits are kept as written, and ignored when matching.
+        let n: IpNet = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(n.to_string(), "10.1.2.3/8");
+        assert!(n.contains(&ip("10.200.0.1")));
     }
 }

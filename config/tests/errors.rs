@@ -1011,3 +1011,30 @@ fn every_credential_source_loads() {
     assert_eq!(ar.external_id, "ext");
     assert_eq!(cr.sts_endpoint, "https://sts.eu-west-1.amazonaws.com");
 }
+
+/// Problems found outside the config crate (a backend that cannot be built, a mount point
+/// that holds files) print like a load's: one a line, located at their line when the file is
+/// known.
+#[test]
+fn problems_found_later_print_like_load_errors() {
+    let text = base();
+    let loaded = load_text(&text).unwrap();
+    let problems = vec![
+        ("remotes[1].endpoint".to_string(), "unreachable".to_string()),
+        ("users[0].home".to_string(), "holds files".to_string()),
+    ];
+    let located = bucketgate_config::errors_at(Some(&loaded), problems.clone()).to_string();
+    assert_eq!(
+        located,
+        format!(
+            "remotes[1].endpoint (line {}): unreachable\nusers[0].home (line {}): holds files",
+            line_of(&text, "endpoint: http://127.0.0.1:9000"),
+            line_of(&text, "home: /users/alice"),
+        )
+    );
+    let bare = bucketgate_config::errors_at(None, problems).to_string();
+    assert_eq!(
+        bare,
+        "remotes[1].endpoint: unreachable\nusers[0].home: holds files"
+    );
+}

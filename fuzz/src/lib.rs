@@ -121,11 +121,14 @@ pub fn ftp_listing(data: &[u8]) {
         return;
     }
     let size = u64::from_le_bytes(data[..8].try_into().unwrap());
-    let secs = u64::from_le_bytes(data[8..16].try_into().unwrap()) % (1 << 40);
+    // Any time a SystemTime holds: the calendar clamps what chrono cannot name.
+    let secs = u64::from_le_bytes(data[8..16].try_into().unwrap());
     let is_dir = data[16] & 1 == 1;
     let name = String::from_utf8_lossy(&data[17..]);
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let Some(mtime) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)) else {
+        return;
+    };
     let line = bucketgate_protocols::ftp::listing::list_line(&name, is_dir, size, mtime, now);
     assert!(line.ends_with("\r\n"));
     assert!(line.ends_with(&format!(" {name}\r\n")), "{line:?}");

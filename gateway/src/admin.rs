@@ -1,16 +1,44 @@
 //! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
 //!
-//! A deliberately tiny HTTP/1.1 responder (GET only, one request per connection): the load
-//! balancer's probes and Prometheus need nothing more, and it keeps the binary lean.
+//! HTTP/1.1 on hyper (already built for reqwest), GET and HEAD only, one request per
+//! connection: the load balancer's probes and Prometheus need nothing more. At most
+//! [`MAX_CONNECTIONS`] connections are served at once; past that, new ones wait in the
+//! listen backlog until one ends (a probe is answered late rather than refused, and a 503
+//! would read as "not ready"). A client has [`HEADER_TIMEOUT`] to send its request head and
+//! [`CONNECTION_TIMEOUT`] for the whole exchange, so a slow or idle client cannot hold a slot;
+//! a request head over 8 KiB is refused.
+//!
+//! `/metrics` renders one `prometheus_client` registry: the storage families, the frontends'
+//! session and login families, and this module's own `bucketgate_up` and
+//! `bucketgate_remote_up`.
 
+use bucketgate_storage::metrics::{labels, register_family, GaugeFamily};
 use bucketgate_storage::s3::S3Backend;
 use bucketgate_storage::Tree;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time a client has to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time a whole connection may last (request, readiness probe of the site tree, response).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 struct RemoteState {
@@ -27,9 +55,45 @@ struct Inner {
     listeners: Vec<&'static str>,
 }
 
-/// What `/readyz` reports: the listeners, the site tree, and each remote's last probe.
+/// What `/readyz` reports (the listeners, the site tree, and each remote's last probe) and the
+/// registry `/metrics` renders.
 #[derive(Clone)]
-pub struct Health(Arc<Mutex<Inner>>);
+pub struct Health(Arc<Mutex<Inner>>, Arc<Metrics>);
+
+struct Metrics {
+    registry: Registry,
+    /// `bucketgate_remote_up`, by remote: set by each probe, removed with the remote.
+    remote_up: GaugeFamily,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let up = Gauge::<i64>::default();
+        up.set(1);
+        register_family(
+            &mut registry,
+            "bucketgate_up",
+            "The process is running.",
+            up,
+        );
+        let remote_up = GaugeFamily::default();
+        register_family(
+            &mut registry,
+            "bucketgate_remote_up",
+            "Last probe of each remote (1 up, 0 down).",
+            remote_up.clone(),
+        );
+        // Everything the other crates record: sessions, logins, bytes, file operations, S3
+        // requests, multipart uploads, sync runs.
+        bucketgate_protocols::metrics::register(&mut registry);
+        bucketgate_storage::metrics::register(&mut registry);
+        Metrics {
+            registry,
+            remote_up,
+        }
+    }
+}
 
 impl Health {
     /// Health over the running tree and remotes; each remote is probed under its prefix in
@@ -51,13 +115,16 @@ impl Health {
                 )
             })
             .collect();
-        Health(Arc::new(Mutex::new(Inner {
-            tree,
-            remotes,
-            prefixes,
-            states,
-            listeners: Vec::new(),
-        })))
+        Health(
+            Arc::new(Mutex::new(Inner {
+                tree,
+                remotes,
+                prefixes,
+                states,
+                listeners: Vec::new(),
+            })),
+            Arc::new(Metrics::new()),
+        )
     }
 
     /// Records a listener that is up.
@@ -73,6 +140,9 @@ impl Health {
         prefixes: HashMap<String, String>,
     ) {
         let mut g = self.0.lock().expect("lock");
+        for gone in g.states.keys().filter(|k| !remotes.contains_key(*k)) {
+            self.1.remote_up.remove(&labels(&[("remote", gone)]));
+        }
         g.states.retain(|k, _| remotes.contains_key(k));
         for k in remotes.keys() {
             g.states.entry(k.clone()).or_insert(RemoteState {
@@ -120,7 +190,17 @@ impl Health {
                 if state.ok == Some(false) {
                     tracing::warn!(remote = %name, error = ?state.error, "remote probe failed");
                 }
-                self.0.lock().expect("lock").states.insert(name, state);
+                let mut g = self.0.lock().expect("lock");
+                // A remote removed by a reload while it was probed stays removed.
+                if g.remotes.contains_key(&name) {
+                    if let Some(ok) = state.ok {
+                        self.1
+                            .remote_up
+                            .get_or_create(&labels(&[("remote", &name)]))
+                            .set(i64::from(ok));
+                    }
+                    g.states.insert(name, state);
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -167,23 +247,7 @@ impl Health {
     }
 
     fn metrics(&self) -> String {
-        let g = self.0.lock().expect("lock");
-        let mut out = String::new();
-        out.push_str("# HELP bucketgate_up The process is running.\n# TYPE bucketgate_up gauge\nbucketgate_up 1\n");
-        out.push_str("# HELP bucketgate_remote_up Last probe of each remote (1 up, 0 down).\n# TYPE bucketgate_remote_up gauge\n");
-        for (k, s) in &g.states {
-            if let Some(ok) = s.ok {
-                out.push_str(&format!(
-                    "bucketgate_remote_up{{remote=\"{}\"}} {}\n",
-                    k.replace('\\', "\\\\").replace('"', "\\\""),
-                    u8::from(ok)
-                ));
-            }
-        }
-        // Everything the other crates recorded: sessions, logins, bytes, file operations, S3
-        // requests, multipart uploads, sync runs.
-        out.push_str(&bucketgate_storage::metrics::render());
-        out
+        bucketgate_storage::metrics::encode(&self.1.registry)
     }
 }
 
@@ -213,8 +277,14 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut sock, _) = tokio::select! {
+        // A slot first: over the bound, connections wait in the backlog, not in memory.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (sock, _) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -223,62 +293,59 @@ pub async fn serve(
         };
         let health = health.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    let m = sock.read(&mut buf[n..]).await?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = req.split_whitespace();
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) = if method != "GET" && method != "HEAD" {
-                (
-                    "405 Method Not Allowed",
-                    "text/plain",
-                    "GET only\n".to_string(),
-                )
-            } else {
-                match target.split('?').next().unwrap_or("") {
-                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                    "/readyz" => {
-                        let (ready, body) = health.ready().await;
-                        (
-                            if ready {
-                                "200 OK"
-                            } else {
-                                "503 Service Unavailable"
-                            },
-                            "application/json",
-                            body,
-                        )
-                    }
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", health.metrics()),
-                    _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                }
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            if method != "HEAD" {
-                let _ = sock.write_all(body.as_bytes()).await;
-            }
-            let _ = sock.shutdown().await;
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(respond(&health, &req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                // A probe's head is a few hundred bytes: 8 KiB (hyper's least) per connection.
+                .max_buf_size(8192)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), service);
+            // A client too slow to take its answer is cut off; nothing to report.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }
+}
+
+/// The answer to one request (hyper leaves the body out for HEAD).
+async fn respond(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = if req.method() != Method::GET && req.method() != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_string(),
+        )
+    } else {
+        match req.uri().path() {
+            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            "/readyz" => {
+                let (ready, body) = health.ready().await;
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, "application/json", body)
+            }
+            "/metrics" => (
+                StatusCode::OK,
+                bucketgate_storage::metrics::CONTENT_TYPE,
+                health.metrics(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found\n".to_string(),
+            ),
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp
 }

@@ -58,11 +58,7 @@ fn ban_policy(cfg: &Config) -> BanPolicy {
         threshold: b.threshold,
         window: b.window.get(),
         duration: b.duration.get(),
-        safelist: b
-            .safelist
-            .iter()
-            .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
-            .collect(),
+        safelist: b.safelist.iter().map(|n| ipnet::IpNet::from(*n)).collect(),
         ..BanPolicy::default()
     }
 }
@@ -89,6 +85,13 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Exit::runtime(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+/// A reload's problems, one log line each.
+fn refused(errs: bucketgate_config::ConfigErrors) {
+    for e in &errs {
+        tracing::error!("reload refused: {e}");
+    }
 }
 
 fn storage_errors(path: &Option<PathBuf>, errs: Vec<(String, String)>) -> Exit {
@@ -346,9 +349,7 @@ async fn reload(
     let loaded = match bucketgate_config::load(path) {
         Ok(l) => l,
         Err(errs) => {
-            for e in &errs.0 {
-                tracing::error!("reload refused: {e}");
-            }
+            refused(errs);
             tracing::error!("reload refused: keeping the running config");
             return None;
         }
@@ -357,17 +358,13 @@ async fn reload(
     let storage = match wiring::build_storage(&cfg, budget) {
         Ok(s) => s,
         Err(errs) => {
-            for (p, m) in errs {
-                tracing::error!("reload refused: {}", loaded.error_at(&p, m));
-            }
+            refused(bucketgate_config::errors_at(Some(&loaded), errs));
             return None;
         }
     };
     let mount_errors = wiring::check_mount_points(&cfg, &storage).await;
     if !mount_errors.is_empty() {
-        for (p, m) in mount_errors {
-            tracing::error!("reload refused: {}", loaded.error_at(&p, m));
-        }
+        refused(bucketgate_config::errors_at(Some(&loaded), mount_errors));
         return None;
     }
     if cfg.sftp != current.sftp
@@ -580,9 +577,6 @@ async fn cleanup_stale_uploads(
 /// The config's trusted PROXY senders in the frontends' terms.
 fn trusted_proxies(p: &bucketgate_config::ProxyProtocol) -> bucketgate_protocols::proxy::Trusted {
     bucketgate_protocols::proxy::Trusted::new(
-        p.trusted()
-            .iter()
-            .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
-            .collect(),
+        p.trusted().iter().map(|n| ipnet::IpNet::from(*n)).collect(),
     )
 }

@@ -159,14 +159,7 @@ pub fn problem_lines(
     loaded: Option<&bucketgate_config::Loaded>,
     problems: &[(String, String)],
 ) -> String {
-    problems
-        .iter()
-        .map(|(p, m)| match loaded {
-            Some(l) => l.error_at(p, m.clone()).to_string(),
-            None => format!("{p}: {m}"),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    bucketgate_config::errors_at(loaded, problems.iter().cloned()).to_string()
 }
 
 /// Builds backends and the tree. Errors are (YAML path, message) pairs.
@@ -350,7 +343,7 @@ pub fn accounts(cfg: &Config, demo_hash: Option<String>) -> Vec<Account> {
             allowed_ips: u
                 .allowed_ips
                 .iter()
-                .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix_len()).ok())
+                .map(|n| ipnet::IpNet::from(*n))
                 .collect(),
         })
         .collect();

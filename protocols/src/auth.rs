@@ -276,23 +276,21 @@ pub fn username_is_valid(name: &str) -> bool {
 
 /// Makes an argon2id PHC hash of `password` (for `bucketgate hash-password` and the demo user).
 pub fn hash_password(password: &str) -> String {
-    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-    let salt = SaltString::generate(&mut OsRng);
+    use argon2::PasswordHasher;
+    // A random 16-byte salt from the operating system.
     argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(password.as_bytes())
         .expect("argon2 with default parameters cannot fail")
         .to_string()
 }
 
 /// Checks `password` against a PHC hash in constant time (argon2's own comparison).
 pub fn verify_password(hash: &str, password: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    match PasswordHash::new(hash) {
-        Ok(h) => argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok(),
-        Err(_) => false,
-    }
+    use argon2::PasswordVerifier;
+    // A hash that does not parse verifies nothing.
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
 }
 
 /// A hash of a random password, verified against when the user is unknown so that the answer
@@ -395,7 +393,7 @@ impl LoginService {
     /// Records a failure, logs it, bans the address past the threshold, and waits the failure
     /// delay.
     async fn fail(&self, proto: Protocol, ip: IpAddr, user: &str, why: LoginError) -> LoginError {
-        bucketgate_storage::metrics::login(proto.name(), why.reason());
+        crate::metrics::login(proto.name(), why.reason());
         let shown_user: String = user.chars().take(64).collect();
         tracing::warn!(
             target: "bucketgate::auth",
@@ -491,10 +489,10 @@ impl LoginService {
         });
         if let Err(e) = fs.ensure_home().await {
             tracing::error!(user = %acc.username, error = ?e, "cannot prepare the home folder");
-            bucketgate_storage::metrics::login(proto.name(), LoginError::HomeUnavailable.reason());
+            crate::metrics::login(proto.name(), LoginError::HomeUnavailable.reason());
             return Err(LoginError::HomeUnavailable);
         }
-        bucketgate_storage::metrics::login(proto.name(), "ok");
+        crate::metrics::login(proto.name(), "ok");
         tracing::info!(
             target: "bucketgate::auth",
             "login ok: protocol={} ip={} user={:?}",

@@ -8,5 +8,6 @@ pub mod auth;
 pub mod ftp;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod sftp;

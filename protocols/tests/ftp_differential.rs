@@ -590,7 +590,7 @@ impl Reference {
 
 /// FTP sessions the gateway process has open (its metrics gauge).
 fn gateway_sessions() -> f64 {
-    bucketgate_storage::metrics::render()
+    bucketgate_protocols::metrics::render()
         .lines()
         .find_map(|l| l.strip_prefix("bucketgate_sessions_active{protocol=\"ftp\"} "))
         .and_then(|v| v.trim().parse().ok())

@@ -1,71 +1,93 @@
-//! Civil dates (proleptic Gregorian, UTC) from and to day numbers since 1970-01-01, with
-//! Howard Hinnant's algorithms: the one calendar conversion of the gateway, so that no date
-//! crate is needed for the few formats it writes and reads (SigV4 and ISO 8601 times, sync
-//! history and conflict names, `ls -l` lines).
+//! The one calendar conversion of the gateway, on `chrono` (the date crate libunftp already
+//! builds, so it costs nothing). Every civil date the gateway writes or reads goes through
+//! here: ISO 8601 times, HTTP dates, sync history and conflict names, the `ls -l`
+//! lines of SFTP and FTP.
 
-/// Days since 1970-01-01 of the date `y`-`m`-`d` (negative before).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+use chrono::{DateTime, Utc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The UTC date and time of `t`, to the nanosecond. Before 1970 it is rounded down, as time
+/// runs (a second and a half before the epoch is in 23:59:58). A time outside chrono's range
+/// (about 262,000 years either way: only a corrupt or hostile `mtime` gets there) is clamped
+/// to the range's end instead of failing.
+pub fn utc(t: SystemTime) -> DateTime<Utc> {
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let (s, nanos) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (secs(d), d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            match d.subsec_nanos() {
+                0 => (-secs(d), 0),
+                n => (-secs(d) - 1, 1_000_000_000 - n),
+            }
+        }
+    };
+    DateTime::from_timestamp(s, nanos).unwrap_or(if s < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
 }
 
-/// The date (year, month 1-12, day 1-31) `days` days after 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Year, month, day, hour, minute and second (UTC) of `secs` seconds since the epoch.
-pub fn civil_from_secs(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
+/// The time `dt` names, or `None` before 1970 (no S3 object or HTTP date is that old, so such
+/// a date is taken as garbage). A leap second (`23:59:60`) is the next second.
+pub fn system_time(dt: DateTime<Utc>) -> Option<SystemTime> {
+    let secs = u64::try_from(dt.timestamp()).ok()?;
+    // chrono keeps a leap second in the nanoseconds (1_000_000_000 and up); Duration::new
+    // carries them into the seconds.
+    UNIX_EPOCH.checked_add(Duration::new(secs, dt.timestamp_subsec_nanos()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{Datelike, Timelike};
 
-    #[test]
-    fn known_dates() {
-        assert_eq!(civil_from_secs(0), (1970, 1, 1, 0, 0, 0));
-        // 2024-02-29 12:34 UTC
-        assert_eq!(civil_from_secs(1_709_210_040), (2024, 2, 29, 12, 34, 0));
-        // One second before the epoch.
-        assert_eq!(civil_from_secs(-1), (1969, 12, 31, 23, 59, 59));
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(1600, 1, 1), -135_140);
+    fn parts(t: SystemTime) -> (i32, u32, u32, u32, u32, u32) {
+        let d = utc(t);
+        (
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second(),
+        )
     }
 
     #[test]
-    fn round_trips_across_four_centuries_both_sides_of_the_epoch() {
-        for days in (-200_000..200_000).step_by(7) {
-            let (y, m, d) = civil_from_days(days);
-            assert!(
-                (1..=12).contains(&m) && (1..=31).contains(&d),
-                "{days}: {y}-{m}-{d}"
-            );
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
-        }
+    fn known_dates() {
+        assert_eq!(parts(UNIX_EPOCH), (1970, 1, 1, 0, 0, 0));
+        // 2024-02-29 12:34 UTC
+        assert_eq!(
+            parts(UNIX_EPOCH + Duration::from_secs(1_709_210_040)),
+            (2024, 2, 29, 12, 34, 0)
+        );
+        // Before the epoch, rounded down.
+        assert_eq!(
+            parts(UNIX_EPOCH - Duration::from_secs(1)),
+            (1969, 12, 31, 23, 59, 59)
+        );
+        assert_eq!(
+            parts(UNIX_EPOCH - Duration::from_millis(1500)),
+            (1969, 12, 31, 23, 59, 58)
+        );
+        assert_eq!(
+            parts(UNIX_EPOCH - Duration::from_secs(11_676_096_000)),
+            (1600, 1, 1, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn out_of_range_clamps_and_round_trips() {
+        let far = UNIX_EPOCH + Duration::from_secs(10_000_000_000_000);
+        assert_eq!(utc(far), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            utc(UNIX_EPOCH - Duration::from_secs(10_000_000_000_000)),
+            DateTime::<Utc>::MIN_UTC
+        );
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(system_time(utc(t)), Some(t));
+        assert_eq!(system_time(utc(UNIX_EPOCH - Duration::from_secs(1))), None);
     }
 }

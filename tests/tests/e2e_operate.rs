@@ -830,3 +830,88 @@ mounts:
     );
     drop(gw);
 }
+
+/// The admin endpoint's routes and refusals, HEAD without a body, and its bound: with every
+/// connection slot (32, `gateway/src/admin.rs`) held by a client that sends nothing, a new
+/// request is answered only once a slot frees, and a silent client is cut off.
+#[test]
+fn admin_endpoint_answers_its_routes_and_bounds_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = "storage: { type: local, root: ./files }\nsftp:\n  listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\n";
+    let gw = Gateway::start(d, cfg, &["sftp", "admin"]);
+    let admin = gw.addr("admin");
+    let ask = |request: &str| {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let health = ask("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    let post = ask("POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    assert!(post.ends_with("GET only\n"), "{post}");
+    let missing = ask("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    let head = ask("HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head}"
+    );
+    // A request head over 8 KiB is refused, not buffered.
+    let mut big = TcpStream::connect(admin).unwrap();
+    let pad = "x".repeat(10_000);
+    big.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server may close before reading all of it: a reset is a refusal too.
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+        "{answer}"
+    );
+
+    // Every slot held by a client that has not sent its request.
+    let mut idle: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    let mut waiting = TcpStream::connect(admin).unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = waiting.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "answered while every slot was taken: {early:?} {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // One slot frees: the waiting request is served.
+    drop(idle.pop());
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = String::new();
+    waiting.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // A client that never sends its request head is cut off (after 5 s), not kept.
+    let silent = &mut idle[0];
+    silent
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut rest = Vec::new();
+    silent.read_to_end(&mut rest).unwrap();
+}

@@ -1,7 +1,7 @@
 //! Directory entries as libunftp wants them, and the `ls -l` lines of LIST.
 
 use bucketgate_storage::{Entry, EntryKind};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::Datelike;
 use std::time::{Duration, SystemTime};
 use unftp_core::storage::{Error, Metadata};
 
@@ -64,9 +64,13 @@ pub(crate) fn ls_line(name: &str, meta: &Meta, now: SystemTime) -> String {
     } else {
         ('-', "rw-r--r--")
     };
-    let t: DateTime<Utc> = meta.mtime.into();
+    let t = bucketgate_storage::calendar::utc(meta.mtime);
     let half_year = Duration::from_secs(182 * 24 * 3600);
-    let recent = meta.mtime + half_year > now && meta.mtime < now + half_year;
+    // Without adding to a time: an mtime near the end of SystemTime's range would overflow.
+    let recent = match now.duration_since(meta.mtime) {
+        Ok(age) => age < half_year,
+        Err(ahead) => ahead.duration() < half_year,
+    };
     let when = if recent {
         t.format("%b %d %H:%M").to_string()
     } else {
@@ -123,5 +127,41 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
         };
         assert!(ls_line("d", &old, now).contains("Jan 01  1970 d"));
+        let at = |mtime: SystemTime| {
+            let m = Meta {
+                kind: EntryKind::File,
+                size: 7,
+                mtime,
+            };
+            ls_line("f", &m, now)
+        };
+        let day = Duration::from_secs(86_400);
+        // 2023-11-14 22:13:20 UTC; the six-month rule, both ways.
+        assert_eq!(
+            at(now),
+            "-rw-r--r-- 1 ftp ftp            7 Nov 14 22:13 f\r\n"
+        );
+        assert!(at(now - day * 181).ends_with("May 17 22:13 f\r\n"));
+        assert!(at(now - day * 183).ends_with("May 15  2023 f\r\n"));
+        assert!(at(now + day * 181).ends_with("May 13 22:13 f\r\n"));
+        assert!(at(now + day * 183).ends_with("May 15  2024 f\r\n"));
+        // Before 1970, and far future.
+        assert!(at(SystemTime::UNIX_EPOCH - Duration::from_millis(1500))
+            .ends_with("Dec 31  1969 f\r\n"));
+        assert!(
+            at(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+                .ends_with("Dec 31  9999 f\r\n")
+        );
+        assert!(
+            at(SystemTime::UNIX_EPOCH + Duration::from_secs(100_000_000_000))
+                .ends_with("Nov 16  5138 f\r\n")
+        );
+        // Beyond the calendar's range (a hostile mtime metadata): the last date it has, not
+        // a panic of the session.
+        let beyond = at(SystemTime::UNIX_EPOCH + Duration::from_secs(10_000_000_000_000));
+        assert!(beyond.ends_with(" f\r\n"), "{beyond}");
+        // The latest time a SystemTime holds (what `mtime` metadata can say): no overflow.
+        let last = at(SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64));
+        assert!(last.ends_with(" f\r\n"), "{last}");
     }
 }

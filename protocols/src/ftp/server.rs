@@ -181,7 +181,7 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let _counted = bucketgate_storage::metrics::SessionGuard::new("ftp");
+    let _counted = crate::metrics::SessionGuard::new("ftp");
     let _ = stream.set_nodelay(true);
     // ABOR comes as TCP urgent data from some clients (Python's ftplib): keep its last byte in
     // the stream, or the command line never ends.

@@ -1,6 +1,7 @@
 //! File attributes and `ls -l` style long names for SFTP replies.
 
 use bucketgate_storage::Entry;
+use chrono::{Datelike, Timelike};
 use russh_sftp::protocol::{File, FileAttributes};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,11 +54,15 @@ pub(crate) fn longname(e: &Entry, owner: &str, now: SystemTime) -> String {
         "-rw-r--r--"
     };
     let t = e.mtime.unwrap_or(UNIX_EPOCH);
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (y, mo, d, hh, mm, _) = bucketgate_storage::calendar::civil_from_secs(secs);
+    // Before 1970 shows as the epoch: the attributes carry no negative time either.
+    let civil = bucketgate_storage::calendar::utc(t.max(UNIX_EPOCH));
+    let (y, mo, d, hh, mm) = (
+        civil.year(),
+        civil.month(),
+        civil.day(),
+        civil.hour(),
+        civil.minute(),
+    );
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -99,5 +104,34 @@ mod tests {
         let l = longname(&e, "alice", now);
         assert!(l.starts_with("-rw-r--r--"), "{l}");
         assert!(l.ends_with("Feb 29 12:34 a.txt"), "{l}");
+        assert_eq!(
+            l,
+            "-rw-r--r--    1 alice    alice          42 Feb 29 12:34 a.txt"
+        );
+        let at = |secs: i64, now: i64| {
+            let when = |s: i64| {
+                if s >= 0 {
+                    UNIX_EPOCH + Duration::from_secs(s as u64)
+                } else {
+                    UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+                }
+            };
+            let e = Entry {
+                mtime: Some(when(secs)),
+                ..e.clone()
+            };
+            longname(&e, "alice", when(now))
+        };
+        let day = 86_400;
+        // The six-month rule, both ways: 181 days old or ahead shows the time, 183 the year.
+        assert!(at(1_709_210_040 - 181 * day, 1_709_210_040).ends_with("Sep  1 12:34 a.txt"));
+        assert!(at(1_709_210_040 - 183 * day, 1_709_210_040).ends_with("Aug 30  2023 a.txt"));
+        assert!(at(1_709_210_040 + 181 * day, 1_709_210_040).ends_with("Aug 28 12:34 a.txt"));
+        assert!(at(1_709_210_040 + 183 * day, 1_709_210_040).ends_with("Aug 30  2024 a.txt"));
+        // Before 1970 shows as the epoch (the attributes carry no negative time either).
+        assert!(at(-1, 1_709_210_040).ends_with("Jan  1  1970 a.txt"));
+        // Far future.
+        assert!(at(253_402_300_799, 1_709_210_040).ends_with("Dec 31  9999 a.txt"));
+        assert!(at(100_000_000_000, 1_709_210_040).ends_with("Nov 16  5138 a.txt"));
     }
 }

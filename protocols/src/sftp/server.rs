@@ -206,7 +206,7 @@ where
             return;
         }
     };
-    let _counted = bucketgate_storage::metrics::SessionGuard::new("sftp");
+    let _counted = crate::metrics::SessionGuard::new("sftp");
     let state = Arc::new(ConnState::default());
     let handler = SshHandler::new(ctx.shared.clone(), peer, state.clone());
     // One deadline for the version exchange, the key exchange and the login together.

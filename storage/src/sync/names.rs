@@ -1,19 +1,20 @@
 //! Names the engine makes: conflict copies, UTC timestamps, and file names for job state.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use chrono::{Datelike, Timelike};
+use std::time::SystemTime;
 
-/// Civil UTC date and time of `t`: (year, month, day, hour, minute, second).
-pub(crate) fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        // Before 1970: round down to the whole second (a second and a half before the epoch
-        // is in 23:59:58), not one second below every whole one.
-        Err(e) => {
-            let d = e.duration();
-            -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0)
-        }
-    };
-    crate::calendar::civil_from_secs(secs)
+/// Civil UTC date and time of `t`: (year, month, day, hour, minute, second). Before 1970 it
+/// is rounded down to the whole second (a second and a half before the epoch is in 23:59:58).
+pub(crate) fn utc_parts(t: SystemTime) -> (i32, u32, u32, u32, u32, u32) {
+    let d = crate::calendar::utc(t);
+    (
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+    )
 }
 
 /// `2024-05-01T10:15:00Z`, for history lines.
@@ -109,7 +110,7 @@ pub(crate) fn job_from_stem(stem: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -152,6 +153,24 @@ mod tests {
         assert_eq!(rfc3339(t(0)), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(t(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(t(4_102_444_799)), "2099-12-31T23:59:59Z");
+        // The edges: a second and a half before the epoch is in 23:59:58, a leap day, the
+        // last second of 9999 and the first of 10000, the year 5138.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_millis(1500)),
+            "1969-12-31T23:59:58Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(2_208_988_800)),
+            "1900-01-01T00:00:00Z"
+        );
+        assert_eq!(rfc3339(t(68_169_600)), "1972-02-29T00:00:00Z");
+        assert_eq!(rfc3339(t(253_402_300_799)), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(t(253_402_300_800)), "10000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(100_000_000_000)), "5138-11-16T09:46:40Z");
+        assert_eq!(
+            conflict_name("x.txt", t(253_402_300_800)),
+            "x (conflict 10000-01-01 000000 UTC).txt"
+        );
     }
 
     #[test]
