@@ -74,7 +74,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         },
         // Ceph RGW 16.2: If-None-Match and (unquoted) If-Match on PutObject; nothing on
         // CompleteMultipartUpload (whose answer has an empty ETag) nor DELETE; the copy
-        // condition only as x-amz-copy-if-match.
+        // condition only as x-amz-copy-if-match. Content-MD5 is checked before storing.
         "rgw" => Capabilities {
             complete_if_none_match: false,
             complete_if_match: false,
