@@ -230,6 +230,9 @@ async fn a_changed_byte_in_a_large_sync_copy_keeps_the_old_object() {
     }
 }
 
+/// A file and the bytes to write over it.
+type Rewrite = (PathBuf, Vec<u8>);
+
 /// Writes `bytes` over the file in place (same size, same inode) and sets its modification time
 /// back: a writer the sync's identity check (size, time, inode) cannot see.
 fn rewrite_in_place(path: &Path, bytes: &[u8]) {
@@ -251,7 +254,7 @@ async fn a_source_rewritten_after_its_hash_is_never_stored_as_a_mix() {
     const BIG: usize = 32 * MIB;
     for srv in servers().await {
         let push = Push::new();
-        let armed: Arc<Mutex<Option<(PathBuf, Vec<u8>)>>> = Arc::new(Mutex::new(None));
+        let armed: Arc<Mutex<Option<Rewrite>>> = Arc::new(Mutex::new(None));
         let a = armed.clone();
         let rule: http_proxy::Rule = Arc::new(move |s: &Seen| {
             if (s.method == "PUT" || s.method == "POST") && s.target.contains("victim") {
