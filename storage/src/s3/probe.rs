@@ -266,8 +266,21 @@ impl Probe<'_> {
             base64::engine::general_purpose::STANDARD.encode(d)
         };
         self.put("h", b"one", &[]).await?;
-        // The digest of other bytes of the same length: a byte changed on the way.
-        let wrong = self.put("h", b"two", &[("content-md5", md5(b"owt"))]).await;
+        // The digest of other bytes of the same length: a byte changed on the way. Sent as the
+        // sync's copies are, a streamed body, which the client does not send again: a refusal
+        // (retryable elsewhere) is the answer, not a reason to wait and retry.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(Bytes::from_static(b"two")))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Backend, "cannot fill a probe body"))?;
+        drop(tx);
+        let req = Request::new(Method::PUT, Some(&self.key("h")))
+            .header("content-md5", md5(b"owt"))
+            .body(Body::Stream(
+                std::sync::Arc::new(std::sync::Mutex::new(Some(rx))),
+                3,
+            ));
+        let wrong = self.inner.client.send(&req).await;
         let kept = &self.body("h").await?[..] == b"one";
         let right = self
             .put("h", b"three", &[("content-md5", md5(b"three"))])
