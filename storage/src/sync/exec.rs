@@ -459,7 +459,8 @@ async fn source_md5(src: &Arc<dyn Backend>, key: &str, item: &Item) -> Result<[u
         }
     }
     // Hashed off the async threads, some MiB at a time: MD5 costs about 2 s of CPU per GiB,
-    // which would otherwise hold up the transfers running beside this one.
+    // which would otherwise hold up the transfers running beside this one. (At most one batch
+    // per copy in flight, outside the memory budget: 4 MiB × the job's transfers.)
     const BATCH: usize = 4 * 1024 * 1024;
     let mut h = Md5::new();
     let mut n = 0u64;
