@@ -414,7 +414,8 @@ fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
     let yes = |b: bool| if b { "enforced" } else { "ignored" };
     format!(
         "PUT If-None-Match {}, PUT If-Match {} ({}), Complete If-None-Match {}, Complete If-Match {}, \
-         copy condition {}, DELETE If-Match {}, markers {} and {}, uploads listed {}, file and folder of one name {}",
+         copy condition {}, DELETE If-Match {}, markers {} and {}, uploads listed {}, file and folder of one name {}, \
+         PUT Content-MD5 {}",
         yes(c.put_if_none_match),
         yes(c.put_if_match),
         match c.etag_form {
@@ -434,6 +435,11 @@ fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
         if c.markers_survive { "lasting" } else { "dropped with the last file" },
         if c.uploads_by_prefix { "by prefix" } else { "by exact key only" },
         if c.file_and_folder { "allowed" } else { "refused" },
+        if c.put_content_md5 {
+            "checked before storing"
+        } else {
+            "not checked before storing"
+        },
     )
 }
 

@@ -89,6 +89,12 @@ pub struct CreateOptions {
     /// backend, not a client's stream): the backend may then use a request it cannot retry
     /// itself, such as one streamed PutObject of the announced `size_hint`.
     pub resendable: bool,
+    /// The MD5 of the bytes that will be written, known before the first of them (a sync
+    /// copy that hashed its source first). Where [`Backend::wants_content_md5`] said yes, the
+    /// upload is then one streamed request that carries it, and the server refuses it, storing
+    /// nothing, if the bytes that arrive do not match: a byte changed on the way, or a source
+    /// that changed between its hashing and its upload. Ignored elsewhere.
+    pub content_md5: Option<[u8; 16]>,
 }
 
 /// An upload in progress. Nothing is visible under the key until [`Upload::finish`] succeeds;
@@ -147,6 +153,17 @@ pub trait Backend: Send + Sync + 'static {
     /// them (sync compares contents by reading instead).
     fn etags_are_md5(&self) -> bool {
         true
+    }
+
+    /// True when an upload of `size` bytes to `key`, made with [`CreateOptions::resendable`],
+    /// would take a faster path if it knew the bytes' MD5 up front
+    /// ([`CreateOptions::content_md5`]), and the server is known to refuse such an upload
+    /// whose bytes do not match, keeping the previous version. The caller then hashes its
+    /// source before it uploads. S3 asks its server once (a small probe) when no probe has
+    /// answered yet. False by default.
+    async fn wants_content_md5(&self, key: &str, size: u64) -> bool {
+        let _ = (key, size);
+        false
     }
 
     /// Reads `key` from `offset` to `end` (exclusive; `None` = end of file).

@@ -553,6 +553,8 @@ impl FileWriter {
             resendable: false,
             if_absent: self.if_absent,
             if_match: None,
+            // Its bytes are known only as they arrive.
+            content_md5: None,
         };
         self.upload = Some(self.backend.create(&self.key, opts).await?);
         self.next = head;

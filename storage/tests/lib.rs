@@ -27,6 +27,7 @@ mod sync_s3_scale;
 mod sync_scale;
 
 mod s3_checksums;
+mod s3_content_md5;
 mod s3_foreign;
 mod s3_probe;
 mod s3_sse;

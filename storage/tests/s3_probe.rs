@@ -33,6 +33,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         markers_survive: true,
         uploads_by_prefix: true,
         file_and_folder: true,
+        put_content_md5: true,
     };
     let server = match srv.name {
         "env" => std::env::var("BUCKETGATE_TEST_S3_SERVER").ok()?,
@@ -41,7 +42,8 @@ fn expected(srv: &Server) -> Option<Capabilities> {
     Some(match server.as_str() {
         // s3s-fs maps keys to files: a marker becomes a folder (not listed under its own
         // prefix, not answering HEAD, not shown once its folder is empty), a file and a folder cannot share a name,
-        // and ListMultipartUploads is not implemented. It ignores If-Match on DELETE.
+        // and ListMultipartUploads is not implemented. It ignores If-Match on DELETE. It
+        // compares a PutObject's Content-MD5 only after the new body has replaced the object.
         "s3s-fs" => Capabilities {
             delete_if_match: false,
             markers_listed: false,
@@ -49,16 +51,19 @@ fn expected(srv: &Server) -> Option<Capabilities> {
             markers_survive: false,
             uploads_by_prefix: false,
             file_and_folder: false,
+            put_content_md5: false,
             ..all
         },
         // moto 5 honours If-None-Match on CompleteMultipartUpload but not If-Match, and of the
-        // copy conditions only x-amz-copy-source-if-none-match.
+        // copy conditions only x-amz-copy-source-if-none-match. It ignores Content-MD5.
         "moto" => Capabilities {
             complete_if_match: false,
             copy_if_match: CopyCondition::Ignored,
+            put_content_md5: false,
             ..all
         },
-        // Garage 2.5: no condition on any write; the copy condition is honoured.
+        // Garage 2.5: no condition on any write; the copy condition is honoured; a body that
+        // does not match its Content-MD5 is refused before its version is committed.
         "garage" => Capabilities {
             put_if_none_match: false,
             put_if_match: false,
@@ -69,7 +74,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         },
         // Ceph RGW 16.2: If-None-Match and (unquoted) If-Match on PutObject; nothing on
         // CompleteMultipartUpload (whose answer has an empty ETag) nor DELETE; the copy
-        // condition only as x-amz-copy-if-match.
+        // condition only as x-amz-copy-if-match. Content-MD5 is checked before storing.
         "rgw" => Capabilities {
             complete_if_none_match: false,
             complete_if_match: false,

@@ -5,16 +5,24 @@
 //! 127.0.0.1 at PORT (a free one when omitted), and prints `listening: http://127.0.0.1:PORT`
 //! once ready. The crash tests kill it and start it again on the same port and folder.
 //!
-//! Two quirks of s3s-fs are corrected on the way out. Object bodies go out in 256 KiB pieces
-//! instead of 4 KiB ones (see `Rechunk`). And a HEAD of a key that is a folder on its
+//! Three quirks of s3s-fs are corrected on the way. Object bodies go out in 256 KiB pieces
+//! instead of 4 KiB ones (see `Rechunk`). A HEAD of a key that is a folder on its
 //! disk (every "folder" prefix, e.g. `HEAD /bench/gw/list10k`) answers 500 instead of the 404 a
 //! real S3 server gives, and every client (the gateway, rclone) then runs its whole retry
 //! ladder for each such probe, which measured the test server's quirk instead of the clients.
+//! And a PutObject whose body does not match its `Content-MD5` is refused (400 BadDigest)
+//! before the object is replaced, as AWS, MinIO, Ceph and Garage do; s3s-fs compares only
+//! after it has moved the new body into place (see `Md5Check`). The gateway's probe finds
+//! that out (`put_content_md5`), and its sync copies of large files take the one-request path
+//! only where the server refuses first.
 
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 
@@ -62,6 +70,60 @@ impl Stream for Rechunk {
 
 impl s3s::stream::ByteStream for Rechunk {}
 
+/// The body of a PutObject that carries `Content-MD5`, hashed as it passes to s3s-fs: when
+/// the digest does not match at its end, the body ends in an error instead, so s3s-fs drops
+/// its temporary file and the object stays as it was; `bad` tells the service to answer
+/// BadDigest.
+struct Md5Check {
+    inner: Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send + Sync>>,
+    hash: Option<md5::Md5>,
+    want: [u8; 16],
+    bad: Arc<AtomicBool>,
+}
+
+impl Stream for Md5Check {
+    type Item = Result<Bytes, s3s::StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use md5::Digest as _;
+        let this = &mut *self;
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                if let Some(h) = &mut this.hash {
+                    h.update(&b);
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                let got = this.hash.take().map(|h| <[u8; 16]>::from(h.finalize()));
+                if got.is_some_and(|d| d != this.want) {
+                    this.bad.store(true, Ordering::SeqCst);
+                    Poll::Ready(Some(Err("the body does not match its Content-MD5".into())))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl s3s::stream::ByteStream for Md5Check {}
+
+fn bad_digest() -> http::Response<s3s::Body> {
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>BadDigest</Code>\
+               <Message>The Content-MD5 you specified did not match what was received.</Message>\
+               </Error>";
+    let mut r = http::Response::new(s3s::Body::from(xml.to_string()));
+    *r.status_mut() = http::StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    r
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -98,7 +160,36 @@ async fn main() -> anyhow::Result<()> {
                 let head = req.method() == http::Method::HEAD;
                 let get = req.method() == http::Method::GET;
                 let on_disk = root.join(req.uri().path().trim_start_matches('/'));
-                let resp = hyper::service::Service::call(&svc, req).await?;
+                // A PutObject (not an UploadPart: s3s-fs does not check those at all, and
+                // neither did this server before) with a well-formed Content-MD5.
+                let put = req.method() == http::Method::PUT
+                    && !req.uri().query().unwrap_or("").contains("partNumber=");
+                let want = req
+                    .headers()
+                    .get("content-md5")
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
+                    .filter(|_| put);
+                let resp = match want {
+                    Some(want) => {
+                        let bad = Arc::new(AtomicBool::new(false));
+                        let req = req.map(|b| {
+                            let body: s3s::stream::DynByteStream = Box::pin(Md5Check {
+                                inner: Box::pin(http_body_util::BodyExt::into_data_stream(b)),
+                                hash: Some(md5::Md5::default()),
+                                want,
+                                bad: bad.clone(),
+                            });
+                            s3s::Body::from(body)
+                        });
+                        let resp = svc.call(req).await?;
+                        if bad.load(Ordering::SeqCst) {
+                            return Ok(bad_digest());
+                        }
+                        resp
+                    }
+                    None => hyper::service::Service::call(&svc, req).await?,
+                };
                 if get && on_disk.is_file() && resp.status().is_success() {
                     let (parts, body) = resp.into_parts();
                     let body = Rechunk {

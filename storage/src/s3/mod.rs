@@ -244,12 +244,27 @@ pub(crate) struct Inner {
     /// What the server was found to do ([`S3Backend::probe_capabilities`]); cautious
     /// defaults until a probe answers.
     pub caps: std::sync::RwLock<Capabilities>,
+    /// [`Capabilities::put_content_md5`] as found by a probe of that alone, made when a sync
+    /// first needs it before any full probe has answered (see `probe::content_md5_alone`).
+    pub md5_probe: tokio::sync::OnceCell<bool>,
 }
 
 impl Inner {
     /// The server's capabilities as known now.
     pub fn caps(&self) -> Capabilities {
         self.caps.read().expect("capabilities lock").clone()
+    }
+
+    /// Whether the server is known to refuse a PutObject whose body does not match its
+    /// `Content-MD5`, leaving the previous object (a full probe's answer, else a probe of that
+    /// alone; false while neither has answered).
+    pub fn content_md5_verified(&self) -> bool {
+        let c = self.caps();
+        if c.probed {
+            c.put_content_md5
+        } else {
+            self.md5_probe.get().copied().unwrap_or(false)
+        }
     }
 }
 
@@ -284,6 +299,7 @@ impl S3Backend {
                 spool: std::sync::atomic::AtomicU8::new(SPOOL_UNKNOWN),
                 head_latency_us: std::sync::atomic::AtomicU64::new(0),
                 caps: std::sync::RwLock::new(Capabilities::default()),
+                md5_probe: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -349,6 +365,26 @@ impl Backend for S3Backend {
 
     fn etags_are_md5(&self) -> bool {
         self.inner.opts.encryption.etag_is_md5()
+    }
+
+    async fn wants_content_md5(&self, key: &str, size: u64) -> bool {
+        let o = &self.inner.opts;
+        // Only the streamed PutObject needs it (see `write::create`): smaller uploads are
+        // one buffered PutObject, larger ones multipart, and both hash what they send.
+        if o.checksum != Checksum::Md5 || size <= o.part_size || size > o.single_put_max {
+            return false;
+        }
+        if self.inner.caps().probed {
+            return self.inner.content_md5_verified();
+        }
+        let prefix = key
+            .rsplit_once('/')
+            .map_or(String::new(), |(p, _)| format!("{p}/"));
+        *self
+            .inner
+            .md5_probe
+            .get_or_init(|| probe::content_md5_alone(&self.inner, &prefix))
+            .await
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {

@@ -18,6 +18,7 @@ use super::list::list_page;
 use super::xml::{self, InitiateResult, ListUploadsResult};
 use super::{Inner, S3Backend};
 use crate::error::{Error, ErrorKind, Result};
+use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::Method;
 
@@ -87,6 +88,13 @@ pub struct Capabilities {
     pub uploads_by_prefix: bool,
     /// A file `a` and a file `a/b` may both exist (servers on a file system refuse one).
     pub file_and_folder: bool,
+    /// A PutObject whose body does not match its `Content-MD5` is refused and the previous
+    /// object stays (AWS, Garage); false where the server stores such a body (s3s-fs checks
+    /// after it has replaced the object, moto not at all). Where true, a sync copy whose MD5
+    /// is known before it starts goes as one streamed PutObject carrying it (see
+    /// [`crate::backend::Backend::wants_content_md5`]); elsewhere as a multipart upload whose
+    /// parts each carry their own.
+    pub put_content_md5: bool,
 }
 
 impl Default for Capabilities {
@@ -108,6 +116,7 @@ impl Default for Capabilities {
             markers_survive: true,
             uploads_by_prefix: true,
             file_and_folder: true,
+            put_content_md5: false,
         }
     }
 }
@@ -164,6 +173,13 @@ impl Capabilities {
             out.push(
                 "stale multipart uploads: the server does not list uploads by prefix; leftovers \
                  of a crash are not found by the clean-up",
+            );
+        }
+        if !self.put_content_md5 {
+            out.push(
+                "large sync copies: the server stores a PutObject whose body does not match its \
+                 Content-MD5 (or refuses it only after replacing the object); a sync copy above \
+                 the part size goes as a multipart upload, each part checked, which is slower",
             );
         }
         if !self.file_and_folder {
@@ -230,6 +246,48 @@ impl Probe<'_> {
             req = req.header(k, v.clone());
         }
         self.inner.client.send(&req).await
+    }
+
+    async fn body(&self, rel: &str) -> Result<Bytes> {
+        self.inner
+            .client
+            .send(&Request::new(Method::GET, Some(&self.key(rel))))
+            .await?
+            .bytes()
+            .await
+    }
+
+    /// Whether a PutObject whose body does not match its `Content-MD5` is refused with the old
+    /// object left as it was, and one that matches is stored ([`Capabilities::put_content_md5`]).
+    async fn content_md5(&self) -> Result<bool> {
+        let md5 = |b: &[u8]| {
+            use md5::Digest as _;
+            let d: [u8; 16] = md5::Md5::digest(b).into();
+            base64::engine::general_purpose::STANDARD.encode(d)
+        };
+        self.put("h", b"one", &[]).await?;
+        // The digest of other bytes of the same length: a byte changed on the way. Sent as the
+        // sync's copies are, a streamed body, which the client does not send again: a refusal
+        // (retryable elsewhere) is the answer, not a reason to wait and retry.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(Bytes::from_static(b"two")))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Backend, "cannot fill a probe body"))?;
+        drop(tx);
+        let req = Request::new(Method::PUT, Some(&self.key("h")))
+            .header("content-md5", md5(b"owt"))
+            .body(Body::Stream(
+                std::sync::Arc::new(std::sync::Mutex::new(Some(rx))),
+                3,
+            ));
+        let wrong = self.inner.client.send(&req).await;
+        let kept = &self.body("h").await?[..] == b"one";
+        let right = self
+            .put("h", b"three", &[("content-md5", md5(b"three"))])
+            .await
+            .is_ok()
+            && &self.body("h").await?[..] == b"three";
+        Ok(wrong.is_err() && kept && right)
     }
 
     async fn etag(&self, rel: &str) -> Result<String> {
@@ -461,6 +519,7 @@ impl Probe<'_> {
         // Refused in whatever way the server has (MinIO: XMinioParentIsObject; s3s-fs: a 500
         // from the file system).
         caps.file_and_folder = self.put("e/f", b"x", &[]).await.is_ok();
+        caps.put_content_md5 = self.content_md5().await?;
         caps.probed = true;
         Ok(())
     }
@@ -476,7 +535,7 @@ impl Probe<'_> {
         // Deepest first, so that servers on a file system can remove the folders. A key the
         // probe never managed to write may fail to delete (`e/f` under a file): what is left
         // is listed and deleted after.
-        for rel in ["e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
+        for rel in ["h", "e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
             let _ = self.delete(rel, &[]).await;
         }
         let left = list_page(self.inner, &self.base, false, None, 10).await?;
@@ -495,6 +554,39 @@ impl Probe<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+/// Finds out [`Capabilities::put_content_md5`] alone, in a scratch folder under `prefix`
+/// (`""` or ending in `/`), and removes what it wrote: for a process that has not probed the
+/// server in full (`bucketgate sync run` does not, to keep quiet runs at their listing), asked
+/// before its first copy that could use it. Five small requests. A server that cannot be asked
+/// (a key that may not write there) counts as not verifying.
+pub(crate) async fn content_md5_alone(inner: &Inner, prefix: &str) -> bool {
+    let base = format!("{prefix}{SCRATCH}{:016x}/", rand::random::<u64>());
+    let p = Probe {
+        inner,
+        base,
+        uploads: Vec::new(),
+    };
+    let ran = p.content_md5().await;
+    let cleaned = p.clean().await;
+    let name = &inner.opts.name;
+    match (ran, cleaned) {
+        (Ok(v), Ok(())) => {
+            tracing::debug!(remote = %name, put_content_md5 = v, "probed the remote's Content-MD5 check");
+            v
+        }
+        (Ok(v), Err(e)) => {
+            tracing::warn!(remote = %name, error = ?e,
+                "the Content-MD5 probe could not remove its objects under /{}", p.base);
+            v
+        }
+        (Err(e), _) => {
+            tracing::warn!(remote = %name, error = ?e,
+                "could not probe the remote's Content-MD5 check; large sync copies go as multipart uploads");
+            false
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Uploads: one PutObject for small files, a write-behind multipart upload for the rest, and
 //! appends composed server-side. A copy whose caller can send it again and whose size is known
-//! streams files up to `single_put_max` as one PutObject ([`StreamedPut`]).
+//! streams files up to `single_put_max` as one PutObject ([`StreamedPut`]): with checksums
+//! off, or with `checksum: md5` when the caller knows the bytes' MD5 before it sends them
+//! ([`CreateOptions::content_md5`]) and the server was found to refuse a body that does not
+//! match it before storing anything ([`super::Capabilities::put_content_md5`]).
 //!
 //! Memory: a part buffer holds a permit of the shared [`MemoryBudget`] for what it has
 //! allocated, until it has been sent. The first part of an upload starts small
@@ -135,10 +138,17 @@ pub(crate) async fn create(
     opts: CreateOptions,
 ) -> Result<Box<dyn Upload>> {
     if let Some(len) = opts.size_hint {
-        // Its body streams out before its last byte is known, so it cannot carry a checksum
-        // the server verifies: with checksums on, such uploads are buffered like the rest.
+        // Its body streams out before its last byte is known, so it can only carry a checksum
+        // the caller knew before (a sync that hashed its source), and only where the server
+        // was found to refuse a body that does not match it before storing anything. Other
+        // uploads are buffered like the rest while checksums are on.
+        let checked = match inner.opts.checksum {
+            Checksum::Off => true,
+            Checksum::Md5 => opts.content_md5.is_some() && inner.content_md5_verified(),
+            Checksum::Crc32c => false,
+        };
         if opts.resendable
-            && inner.opts.checksum == Checksum::Off
+            && checked
             && opts.append_to.is_none()
             && !opts.keep_partial
             && len > inner.opts.part_size
@@ -882,12 +892,22 @@ impl StreamedPut {
         if opts.if_absent {
             req = req.header("if-none-match", "*");
         }
+        // The server verifies it before it stores anything (`create` made sure of that).
+        let sum = opts
+            .content_md5
+            .filter(|_| inner.opts.checksum != Checksum::Off)
+            .map(checksum::Digest::Md5);
+        req = checksum::apply(req, sum.as_ref());
         let i = inner.clone();
         let task = tokio::spawn(async move {
             let resp = i.client.send(&req).await?;
+            // Its ETag, where that is an MD5, must be the one sent (a server that stored other
+            // bytes all the same cannot make them look sent).
+            let checked =
+                checksum::check_etag(&resp, sum.as_ref(), i.opts.encryption.etag_is_md5());
             // Read the (empty) answer, so that the connection goes back to the pool.
             resp.bytes().await?;
-            Ok(())
+            checked
         });
         StreamedPut {
             inner,

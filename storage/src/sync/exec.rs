@@ -369,6 +369,16 @@ async fn transfer(
         ctx.live.add_bytes(item.size);
         return Ok(e);
     }
+    // Where the destination takes the copy as one checked request when it knows the bytes'
+    // MD5 before they go (S3 with `checksum: md5` on a server that refuses a body that does
+    // not match), the source is hashed first. The server then also refuses a source that
+    // changed between its hashing and its upload, even one rewritten in place with its time
+    // set back (which the identity check below cannot see).
+    let md5 = if item.size > 0 && dst.wants_content_md5(dst_key, item.size).await {
+        Some(source_md5(src, src_key, item).await?)
+    } else {
+        None
+    };
     let mut stream = if item.size > 0 {
         // Only the version listed: an object replaced since is not copied as a mix of both.
         Some(
@@ -388,6 +398,7 @@ async fn transfer(
                 resendable: true,
                 if_absent: target.is_none(),
                 if_match: target.filter(|t| !t.is_dir()).and_then(|t| t.etag.clone()),
+                content_md5: md5,
                 ..Default::default()
             },
         )
@@ -421,19 +432,104 @@ async fn transfer(
         };
         if !same {
             up.abort().await;
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                "the source changed while it was copied; it is copied again by the next run",
-            )
-            .with_context("sync", format!("/{src_key}")));
+            return Err(source_changed(src_key));
         }
     }
-    let mut e = up.finish().await?;
+    let mut e = match up.finish().await {
+        Ok(e) => e,
+        Err(e) => return Err(why_refused(src, src_key, item, md5, e).await),
+    };
     if e.etag.is_none() {
         // The record needs the same stamp the next listing will show.
         e = dst.stat(dst_key).await?;
     }
     Ok(e)
+}
+
+/// The MD5 of the version of `item` listed at `key` on `src`: its ETag where that is one,
+/// else read in full, that version only (a version replaced since fails with `Conflict`).
+async fn source_md5(src: &Arc<dyn Backend>, key: &str, item: &Item) -> Result<[u8; 16]> {
+    use md5::{Digest, Md5};
+    if let Some(t) = item.etag.as_deref() {
+        if md5_like(t) && src.etags_are_md5() {
+            let mut d = [0u8; 16];
+            if hex::decode_to_slice(t, &mut d).is_ok() {
+                return Ok(d);
+            }
+        }
+    }
+    // Hashed off the async threads, some MiB at a time: MD5 costs about 2 s of CPU per GiB,
+    // which would otherwise hold up the transfers running beside this one. (At most one batch
+    // per copy in flight, outside the memory budget: 4 MiB × the job's transfers.)
+    const BATCH: usize = 4 * 1024 * 1024;
+    let mut h = Md5::new();
+    let mut n = 0u64;
+    let mut st = src
+        .read_version(key, 0, Some(item.size), item.etag.as_deref())
+        .await?;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut held = 0usize;
+    loop {
+        let next = st.next().await.transpose()?;
+        let end = next.is_none();
+        if let Some(c) = next {
+            n += c.len() as u64;
+            held += c.len();
+            batch.push(c);
+        }
+        if held >= BATCH || (end && held > 0) {
+            let chunks = std::mem::take(&mut batch);
+            held = 0;
+            h = tokio::task::spawn_blocking(move || {
+                for c in &chunks {
+                    h.update(c);
+                }
+                h
+            })
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Backend, "hashing the source failed").with_source(e)
+            })?;
+        }
+        if end {
+            break;
+        }
+    }
+    if n != item.size {
+        return Err(source_changed(key));
+    }
+    Ok(h.finalize().into())
+}
+
+fn source_changed(key: &str) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        "the source changed while it was copied; it is copied again by the next run",
+    )
+    .with_context("sync", format!("/{key}"))
+}
+
+/// A copy that carried its source's MD5 and was refused: if the source no longer has that
+/// MD5 (it changed after it was hashed), the copy is skipped as changed, like any source
+/// changed during a copy; otherwise the bytes changed on the way (or the request failed for
+/// another reason), and the error stands (a changed byte is retryable: `copy` sends again).
+async fn why_refused(
+    src: &Arc<dyn Backend>,
+    key: &str,
+    item: &Item,
+    sent: Option<[u8; 16]>,
+    e: Error,
+) -> Error {
+    let Some(sent) = sent else { return e };
+    if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::AlreadyExists) {
+        return e;
+    }
+    match source_md5(src, key, item).await {
+        Ok(now) if now == sent => e,
+        Ok(_) => source_changed(key).with_source(e),
+        Err(r) if r.kind() == ErrorKind::Conflict => source_changed(key).with_source(e),
+        Err(_) => e,
+    }
 }
 
 /// Tries of one copy within a run (each failure a retryable one); the next run tries again.
