@@ -176,7 +176,17 @@ async fn a_changed_download_byte_is_an_error() {
             let b = via(&srv, &p, mode);
             let key = srv.key(&format!("victim-read-{mode:?}.bin"));
             let want = data(MIB, 11);
-            upload(&b, &key, &want).await.unwrap();
+            // On Garage the setup upload through the test proxy sometimes fails with
+            // "connection reset by peer" (in about 1 run in 3 here, each time two attempts of
+            // the client's retry, then the error; a later try succeeds). Not understood yet
+            // (see the landing note); it is not what this test checks, so it is tried again.
+            let mut tries = 0;
+            while let Err(e) = upload(&b, &key, &want).await {
+                tries += 1;
+                assert!(tries < 8, "[{}] setup upload: {e}", srv.name);
+                eprintln!("[{}] setup upload failed, again: {e}", srv.name);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
             assert_eq!(read_all(&b, &key).await.unwrap(), want, "[{}]", srv.name);
             *fault.lock().unwrap() = Fault::Download;
             let r = read_all(&b, &key).await;
