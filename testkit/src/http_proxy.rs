@@ -267,7 +267,10 @@ async fn handle(
     }
     .await;
     hold.in_flight.fetch_sub(1, SeqCst);
-    let resp = result?;
+    let resp = result.inspect_err(|e| {
+        // A client sees only a reset; the reason is the upstream server's.
+        eprintln!("test proxy: forwarding to {target} failed: {e:?}");
+    })?;
     let (mut parts, body) = resp.into_parts();
     let body: BoxBody<Bytes, std::io::Error> = match action {
         Action::ResetAfter(n) => cut(body, n, true),
