@@ -118,11 +118,16 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     if !mount_errors.is_empty() {
         return Err(storage_errors(&path, mount_errors));
     }
-    let login = Arc::new(LoginService::new(
-        wiring::directory(&cfg, storage.tree.clone(), demo_hash.clone()),
-        ban_policy(&cfg),
-        4,
-    ));
+    // argon2 is CPU-bound: more checks at once than cores only add memory (19 MiB each).
+    let hash_concurrency = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let login = Arc::new(
+        LoginService::new(
+            wiring::directory(&cfg, storage.tree.clone(), demo_hash.clone()),
+            ban_policy(&cfg),
+            hash_concurrency,
+        )
+        .with_budget(budget.clone()),
+    );
     let limiter = SessionLimiter::new(
         cfg.limits.max_sessions as usize,
         cfg.limits.max_sessions_per_ip as usize,

@@ -6,6 +6,7 @@
 //! match (`login failed: protocol=sftp ip=203.0.113.9 user="bob" reason=wrong_password`); a
 //! password never reaches a log line.
 
+use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
 use bucketgate_storage::{Permissions, SessionInfo, Tree, UserFs, VPath};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -256,6 +257,12 @@ pub struct LoginService {
     policy: BanPolicy,
     scores: Mutex<HashMap<IpAddr, Score>>,
     hash_slots: Semaphore,
+    /// The process's memory budget (`transfers.memory_limit`), in which each password check
+    /// beyond the first at a time holds its [`HASH_MEMORY`]; see [`LoginService::with_budget`].
+    budget: Option<Arc<MemoryBudget>>,
+    /// The one check at a time that runs outside the budget, so that logins never wait on
+    /// memory that only transfers free.
+    own_hash: Semaphore,
     /// Password hashes being checked now, and the most ever checked at once.
     hashing: AtomicUsize,
     hashing_peak: AtomicUsize,
@@ -309,10 +316,47 @@ impl LoginService {
             policy,
             scores: Mutex::new(HashMap::new()),
             hash_slots: Semaphore::new(hash_concurrency.max(1)),
+            budget: None,
+            own_hash: Semaphore::new(1),
             hashing: AtomicUsize::new(0),
             hashing_peak: AtomicUsize::new(0),
             open: Arc::default(),
             next_open: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts password checks in `budget`: argon2's working memory (the hash's `m` parameter:
+    /// [`HASH_MEMORY`], 19 MiB, with the default parameters) is taken from the budget for every check but one at a time, which
+    /// runs on its own allowance. So a burst of password logins (FTP clients log in for every
+    /// transfer) holds at most one check's memory beyond `transfers.memory_limit`, and waits
+    /// for the budget rather than growing the process.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Memory for one password check: in the budget when it has it free, else the check that
+    /// runs outside the budget when none does, else whichever frees first.
+    async fn hash_memory(&self, hash: &str) -> HashMemory<'_> {
+        let Some(budget) = self.budget.as_deref() else {
+            return HashMemory::Unbounded;
+        };
+        let bytes = memory_of(hash);
+        if let Some(p) = budget.try_acquire(bytes) {
+            return HashMemory::Budget(p);
+        }
+        if let Ok(p) = self.own_hash.try_acquire() {
+            return HashMemory::Own(p);
+        }
+        if !budget.can_hold(bytes) {
+            return HashMemory::Own(self.own_hash.acquire().await.expect("never closed"));
+        }
+        tokio::select! {
+            p = budget.acquire(bytes) => match p {
+                Ok(p) => HashMemory::Budget(p),
+                Err(_) => HashMemory::Own(self.own_hash.acquire().await.expect("never closed")),
+            },
+            p = self.own_hash.acquire() => HashMemory::Own(p.expect("never closed")),
         }
     }
 
@@ -549,6 +593,7 @@ impl LoginService {
         };
         let ok = {
             let _slot = self.hash_slots.acquire().await.expect("never closed");
+            let _memory = self.hash_memory(&hash).await;
             let _hashing = Hashing::enter(&self.hashing, &self.hashing_peak);
             let password = password.to_string();
             tokio::task::spawn_blocking(move || verify_password(&hash, &password))
@@ -612,6 +657,27 @@ impl LoginService {
     }
 }
 
+/// The working memory of one argon2 check with the parameters [`hash_password`] uses (argon2's
+/// defaults: `m_cost` KiB).
+pub const HASH_MEMORY: u64 = argon2::Params::DEFAULT_M_COST as u64 * 1024;
+
+/// The working memory a check against `hash` takes: its own `m` parameter (KiB), which an
+/// operator may have raised; [`HASH_MEMORY`] when the hash does not say.
+fn memory_of(hash: &str) -> u64 {
+    argon2::PasswordHash::new(hash)
+        .ok()
+        .and_then(|h| h.params.get_decimal("m"))
+        .map_or(HASH_MEMORY, |kib| u64::from(kib) * 1024)
+}
+
+/// Where a password check's memory is counted, for as long as the check runs.
+enum HashMemory<'a> {
+    /// No budget configured (tests, tools).
+    Unbounded,
+    Budget(#[allow(dead_code)] MemoryPermit),
+    Own(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>),
+}
+
 /// Counts a password hash check in progress for as long as it lives (also when its task is
 /// cancelled mid-check).
 struct Hashing<'a>(&'a AtomicUsize);
@@ -627,5 +693,18 @@ impl<'a> Hashing<'a> {
 impl Drop for Hashing<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_counts_the_memory_its_hash_asks_for() {
+        assert_eq!(memory_of(&hash_password("x")), 19 * 1024 * 1024);
+        let big = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        assert_eq!(memory_of(big), 64 * 1024 * 1024);
+        assert_eq!(memory_of("not a hash"), HASH_MEMORY);
     }
 }
