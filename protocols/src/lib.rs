@@ -10,4 +10,6 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub mod sftp;
+pub mod ssh;
+
+pub use ssh as sftp;

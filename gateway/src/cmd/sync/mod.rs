@@ -1,10 +1,13 @@
 //! `bucketgate sync run` / `sync status`: loads the config and hands built jobs to
 //! [`crate::sync_cmd`].
 
+mod report;
+
 use crate::wiring::{self, Source};
-use crate::{sync_cmd, ConfigArg, Exit};
+use crate::{ConfigArg, Exit};
 use bucketgate_config::Config;
 use bucketgate_storage::budget::MemoryBudget;
+use report as sync_cmd;
 use std::time::Duration;
 
 fn config(arg: &ConfigArg) -> Result<Config, Exit> {

@@ -8,6 +8,7 @@
 //! [`UserFs`]: bucketgate_storage::UserFs
 
 mod attrs;
+mod connection;
 mod dispatch;
 mod errors;
 mod handles;
@@ -15,7 +16,8 @@ mod hostkey;
 pub mod scp;
 mod server;
 mod session;
-mod ssh;
+
+use connection as ssh;
 
 pub use hostkey::load_or_create_host_keys;
 pub use russh::keys::PrivateKey;
