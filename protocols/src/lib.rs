@@ -11,5 +11,3 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod ssh;
-
-pub use ssh as sftp;

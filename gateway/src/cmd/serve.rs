@@ -16,7 +16,7 @@ use bucketgate_config::{Config, LogFormat};
 use bucketgate_protocols::auth::{BanPolicy, LoginService};
 use bucketgate_protocols::limits::SessionLimiter;
 use bucketgate_protocols::logging;
-use bucketgate_protocols::{ftp, sftp};
+use bucketgate_protocols::{ftp, ssh};
 use bucketgate_storage::budget::MemoryBudget;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -142,9 +142,9 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         } else {
             s.host_keys.clone()
         };
-        let keys = sftp::load_or_create_host_keys(&host_keys)
+        let keys = ssh::load_or_create_host_keys(&host_keys)
             .map_err(|e| Exit::usage(format!("sftp.host_keys: {e:#}")))?;
-        let opts = sftp::SftpOptions {
+        let opts = ssh::SftpOptions {
             host_keys,
             legacy_algorithms: s.legacy_algorithms,
             login_grace: cfg.limits.login_grace.get(),
@@ -166,7 +166,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         health.add_listener("sftp");
         servers.push((
             "sftp",
-            tokio::spawn(sftp::serve(
+            tokio::spawn(ssh::serve(
                 listener,
                 opts,
                 keys,
