@@ -1,5 +1,6 @@
-//! `bucketgate sync run` / `sync status`: loads the config and hands built jobs to
-//! [`crate::sync_cmd`].
+//! `bucketgate sync run NAME` and `bucketgate sync status`: load the config, build the job
+//! and run it (or read the jobs' history), and exit 0, 1 or 2. What the user sees on the way
+//! (progress, summary, the table of past runs) is drawn by [`report`].
 
 mod report;
 
@@ -7,7 +8,11 @@ use crate::wiring::{self, Source};
 use crate::{ConfigArg, Exit};
 use bucketgate_config::Config;
 use bucketgate_storage::budget::MemoryBudget;
-use report as sync_cmd;
+use bucketgate_storage::sync::{self, Progress, RunOptions, SyncJob};
+use report::{print_status, print_summary, Reporter};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn config(arg: &ConfigArg) -> Result<Config, Exit> {
@@ -44,7 +49,7 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<()
             .into_iter()
             .find(|(j, _)| j.name == name)
             .expect("checked above");
-        match sync_cmd::sync_run(job, &cfg.state_dir, dry_run, force).await {
+        match sync_run(job, &cfg.state_dir, dry_run, force).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Exit::runtime("")),
             Err(e) => Err(Exit::runtime(e)),
@@ -79,6 +84,100 @@ pub fn status(arg: &ConfigArg, names: &[String]) -> Result<(), Exit> {
     } else {
         names.to_vec()
     };
-    sync_cmd::sync_status(&cfg.state_dir, &names);
+    sync_status(&cfg.state_dir, &names);
     Ok(())
+}
+
+/// Runs `job` once now: a progress bar on a terminal (stderr), plain lines per path otherwise
+/// (stdout), then a summary. `Ok(true)` when every path was handled, `Ok(false)` when some
+/// failed (they are retried at the next run), `Err` when the run could not happen at all
+/// (already running, a side that cannot be listed, a state that cannot be written).
+async fn sync_run(
+    job: SyncJob,
+    state_dir: &Path,
+    dry_run: bool,
+    force: bool,
+) -> Result<bool, String> {
+    let tty = std::io::stderr().is_terminal();
+    let reporter = Reporter::new(tty, dry_run);
+    let r2 = reporter.clone();
+    let opts = RunOptions {
+        dry_run,
+        force,
+        progress: Some(Arc::new(move |p: Progress| r2.update(&p))),
+        ..Default::default()
+    };
+    let result = sync::run_job(&job, state_dir, opts).await;
+    reporter.finish();
+    match result {
+        Ok(s) => {
+            print_summary(&job.name, &s);
+            Ok(s.ok())
+        }
+        Err(e) => Err(format!("sync {}: {e}", job.name)),
+    }
+}
+
+/// Prints each job's last runs. With `names`, only those jobs (and a line for one that never
+/// ran); without, every job that has run under `state_dir`.
+fn sync_status(state_dir: &Path, names: &[String]) {
+    let jobs = if names.is_empty() {
+        sync::status(state_dir)
+    } else {
+        names
+            .iter()
+            .map(|n| sync::job_status(state_dir, n))
+            .collect()
+    };
+    print_status(jobs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bucketgate_storage::backend::Backend;
+    use bucketgate_storage::local::LocalBackend;
+    use bucketgate_storage::sync::{ConflictPolicy, Direction};
+
+    struct Cleanup(std::path::PathBuf);
+    impl Cleanup {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn run_and_status() {
+        // A folder of our own: the gateway has no tempfile dependency.
+        let dir = std::env::temp_dir().join(format!("bg-sync-cli-{:x}", rand::random::<u64>()));
+        let d = Cleanup(dir);
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("s")).unwrap());
+        let remote: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("r")).unwrap());
+        std::fs::create_dir_all(d.path().join("s/in")).unwrap();
+        std::fs::write(d.path().join("s/in/a.txt"), b"hello").unwrap();
+        let job = SyncJob {
+            name: "cli".into(),
+            site: (site, "in".into()),
+            remote: (remote, "out".into()),
+            direction: Direction::Push,
+            delete: false,
+            conflict: ConflictPolicy::Newer,
+            include: vec![],
+            exclude: vec![],
+            max_delete: Default::default(),
+            lease: None,
+        };
+        let state = d.path().join("state");
+        assert!(sync_run(job.clone(), &state, true, false).await.unwrap());
+        assert!(!d.path().join("r/out/a.txt").exists());
+        assert!(sync_run(job, &state, false, false).await.unwrap());
+        assert!(d.path().join("r/out/a.txt").exists());
+        sync_status(&state, &[]);
+        sync_status(&state, &["cli".into(), "never".into()]);
+    }
 }
