@@ -24,16 +24,30 @@ fn config(arg: &ConfigArg) -> Result<Config, Exit> {
     }
 }
 
+/// Refuses (exit 2) names that are no job of the config, naming the jobs there are:
+/// `no sync job named "x", "y" (jobs: a, b)`.
+fn known_jobs(cfg: &Config, names: &[impl AsRef<str>]) -> Result<(), Exit> {
+    let unknown: Vec<String> = names
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|n| cfg.sync(n).is_none())
+        .map(|n| format!("{n:?}"))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let jobs: Vec<&str> = cfg.syncs.iter().map(|s| s.name.as_str()).collect();
+    Err(Exit::usage(format!(
+        "no sync job named {} (jobs: {})",
+        unknown.join(", "),
+        jobs.join(", ")
+    )))
+}
+
 /// Runs one job now; exit 0 when every path was handled, 1 otherwise.
 pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<(), Exit> {
     let cfg = config(arg)?;
-    if cfg.sync(name).is_none() {
-        let names: Vec<&str> = cfg.syncs.iter().map(|s| s.name.as_str()).collect();
-        return Err(Exit::usage(format!(
-            "no sync job named {name:?} (jobs: {})",
-            names.join(", ")
-        )));
-    }
+    known_jobs(&cfg, &[name])?;
     bucketgate_protocols::logging::init(false, &cfg.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,23 +76,7 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<()
 /// Prints the last runs of the jobs; a name that is no job of the config exits 2.
 pub fn status(arg: &ConfigArg, names: &[String]) -> Result<(), Exit> {
     let cfg = config(arg)?;
-    let unknown: Vec<&str> = names
-        .iter()
-        .filter(|n| cfg.sync(n).is_none())
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        let jobs: Vec<&str> = cfg.syncs.iter().map(|s| s.name.as_str()).collect();
-        return Err(Exit::usage(format!(
-            "no sync job named {} (jobs: {})",
-            unknown
-                .iter()
-                .map(|n| format!("{n:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            jobs.join(", ")
-        )));
-    }
+    known_jobs(&cfg, names)?;
     let names: Vec<String> = if names.is_empty() {
         cfg.syncs.iter().map(|s| s.name.clone()).collect()
     } else {
