@@ -3,7 +3,7 @@
 //! Three steps, each a function whose head says what it guarantees:
 //! 1. [`start`]: build storage and logins, bind every listener, start the servers, the sync
 //!    schedule and the background tasks (health watch, capability probes, stale-upload
-//!    clean-up). Any failure here ends the process before anything is served.
+//!    clean-up). Any failure here ends the process, with the servers already started.
 //! 2. [`Gateway::reload`] on SIGHUP: re-read the config; new sessions see the new users, keys,
 //!    permissions, mounts and remotes, sessions in progress keep what they logged in with, and
 //!    an invalid config is refused with its errors logged. The old sync schedule stops
@@ -151,10 +151,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
 /// starts its server, the sync schedule, the remotes' health watch, the capability probes and
 /// the stale-upload clean-up.
 ///
-/// Guarantees: on `Ok`, every listener the config names is bound and accepting; on `Err`,
-/// nothing has been served yet (a missing folder, an unreachable mount point, a port in use,
-/// an unreadable host key, nothing to serve at all) and the caller exits with the error,
-/// which ends any server already spawned.
+/// Guarantees: on `Ok`, every listener the config names is bound and accepting, and the sync
+/// schedule runs. On `Err` (a folder that cannot be made, storage that cannot be built, a
+/// mount point that is not empty, a port in use, an unreadable host key, nothing to serve),
+/// the caller exits with it (2 for a config problem, 1 otherwise), which also ends a server
+/// started before the failure.
 async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Exit::runtime(format!("cannot create {}: {e}", cfg.state_dir.display())))?;
