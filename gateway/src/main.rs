@@ -17,12 +17,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 mod admin;
-mod check;
+mod cmd;
 mod demo;
-mod remote_test;
-mod serve;
-mod sync_cli;
-mod sync_cmd;
 mod wiring;
 
 use clap::{Parser, Subcommand};
@@ -136,8 +132,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::HashPassword => demo::hash_password_command(),
-        Command::Check(c) => check::run(&c),
-        Command::Serve(c) => serve::run(&c),
+        Command::Check(c) => cmd::check::run(&c),
+        Command::Serve(c) => cmd::serve::run(&c),
         Command::Remote {
             command:
                 RemoteCommand::Test {
@@ -145,7 +141,7 @@ fn main() -> ExitCode {
                     read_only,
                     cfg,
                 },
-        } => remote_test::run(&cfg, &name, read_only),
+        } => cmd::remote::run(&cfg, &name, read_only),
         Command::Sync {
             command:
                 SyncCommand::Run {
@@ -154,10 +150,10 @@ fn main() -> ExitCode {
                     force,
                     cfg,
                 },
-        } => sync_cli::run(&cfg, &name, dry_run, force),
+        } => cmd::sync::run(&cfg, &name, dry_run, force),
         Command::Sync {
             command: SyncCommand::Status { names, cfg },
-        } => sync_cli::status(&cfg, &names),
+        } => cmd::sync::status(&cfg, &names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
