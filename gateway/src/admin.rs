@@ -225,18 +225,7 @@ impl Health {
                 Ok(Ok(_))
             );
         let ready = site_ok && !listeners.is_empty();
-        let remotes: serde_json::Map<String, serde_json::Value> = states
-            .into_iter()
-            .map(|(k, s)| {
-                (
-                    k,
-                    serde_json::json!({
-                        "state": match s.ok { Some(true) => "up", Some(false) => "down", None => "unknown" },
-                        "error": s.error,
-                    }),
-                )
-            })
-            .collect();
+        let remotes = remotes_json(states);
         let body = serde_json::json!({
             "ready": ready,
             "site_tree": if site_ok { "up" } else { "down" },
@@ -246,9 +235,31 @@ impl Health {
         (ready, body.to_string())
     }
 
+    /// Each remote's last probe, as `/readyz` and the admin API show it.
+    pub fn remotes(&self) -> serde_json::Value {
+        let states = self.0.lock().expect("lock").states.clone();
+        remotes_json(states)
+    }
+
     fn metrics(&self) -> String {
         bucketgate_storage::metrics::encode(&self.1.registry)
     }
+}
+
+fn remotes_json(states: BTreeMap<String, RemoteState>) -> serde_json::Value {
+    let remotes: serde_json::Map<String, serde_json::Value> = states
+        .into_iter()
+        .map(|(k, s)| {
+            (
+                k,
+                serde_json::json!({
+                    "state": match s.ok { Some(true) => "up", Some(false) => "down", None => "unknown" },
+                    "error": s.error,
+                }),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(remotes)
 }
 
 /// The prefix each remote is probed under: the first place the config uses it, in the order
@@ -275,6 +286,7 @@ pub fn probe_prefixes(cfg: &bucketgate_config::Config) -> HashMap<String, String
 pub async fn serve(
     listener: TcpListener,
     health: Health,
+    api: Option<Arc<crate::api::Api>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -284,7 +296,7 @@ pub async fn serve(
             _ = shutdown.cancelled() => return Ok(()),
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let (sock, _) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -292,11 +304,19 @@ pub async fn serve(
             },
         };
         let health = health.clone();
+        let api = api.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let health = health.clone();
-                async move { Ok::<_, Infallible>(respond(&health, &req).await) }
+                let api = api.clone();
+                async move {
+                    // The admin API (gateway/src/api) when the state store is open.
+                    if let (Some(api), true) = (&api, req.uri().path().starts_with("/api/")) {
+                        return Ok::<_, Infallible>(api.handle(&req, peer.ip()).await);
+                    }
+                    Ok::<_, Infallible>(respond(&health, &req).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

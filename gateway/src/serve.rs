@@ -123,6 +123,15 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         ban_policy(&cfg),
         4,
     ));
+    // The state store: bans and failures of the last run come back before any listener opens.
+    let state = bucketgate_state::open(&cfg.state_dir)
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    login
+        .attach_state(state.clone())
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    let api_reload = Arc::new(tokio::sync::Notify::new());
     let limiter = SessionLimiter::new(
         cfg.limits.max_sessions as usize,
         cfg.limits.max_sessions_per_ip as usize,
@@ -248,9 +257,16 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         );
         let h = health.clone();
         let sd = shutdown.clone();
+        let api = Arc::new(crate::api::Api {
+            login: login.clone(),
+            store: state.clone(),
+            health: health.clone(),
+            state_dir: cfg.state_dir.clone(),
+            reload: api_reload.clone(),
+        });
         servers.push((
             "admin",
-            tokio::spawn(async move { admin::serve(listener, h, sd).await }),
+            tokio::spawn(async move { admin::serve(listener, h, Some(api), sd).await }),
         ));
     }
     // `cut` stops sync runs in progress: only when the shutdown grace period is over.
@@ -286,7 +302,8 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
-            _ = hup.recv() => {
+            // SIGHUP, or `POST /api/v1/reload`.
+            _ = async { tokio::select! { _ = hup.recv() => {}, _ = api_reload.notified() => {} } } => {
                 if let Some(p) = &path {
                     if let Some((next, storage)) = reload(p, &current, &login, &health, budget.clone(), demo_hash.clone()).await {
                         // Scheduled syncs follow the new config: the old schedule starts no
