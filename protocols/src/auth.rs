@@ -401,6 +401,12 @@ impl LoginService {
         was || stored
     }
 
+    /// The transfers in progress of the session `id` of this process, and its bytes so far.
+    pub fn activity(&self, id: &str) -> Option<Arc<bucketgate_storage::metrics::Activity>> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.values().find(|s| s.id == id).map(|s| s.fs.activity())
+    }
+
     /// Closes the session `id` (as a reload that removed its user would); false when no
     /// session of this process has that id.
     pub fn disconnect(&self, id: &str) -> bool {

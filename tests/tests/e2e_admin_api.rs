@@ -70,9 +70,19 @@ users:
 
 /// An OpenSSH `sftp` session from `from` that stays connected until its stdin closes.
 fn sftp_session(dir: &Path, addr: SocketAddr, from: &str) -> std::process::Child {
+    sftp_session_args(dir, addr, from, &[])
+}
+
+fn sftp_session_args(
+    dir: &Path,
+    addr: SocketAddr,
+    from: &str,
+    extra: &[&str],
+) -> std::process::Child {
     require("sftp");
     Command::new("sftp")
         .args(ssh_opts())
+        .args(extra)
         .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
         .args(["-o", &format!("BindAddress={from}"), "-i"])
         .arg(dir.join("alice_key"))
@@ -367,5 +377,62 @@ syncs:
         )
         .0,
         404
+    );
+}
+
+/// An upload in progress shows in its session with its path and growing byte count;
+/// disconnecting the session aborts it: the client fails and no file appears.
+#[test]
+fn a_transfer_in_progress_shows_and_a_disconnect_aborts_it() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("files")).unwrap();
+    let cfg = config(d);
+    let rw = token(d, "rw");
+    let gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
+    let (sftp, admin) = (gw.addr("sftp"), gw.addr("admin"));
+    let lo = "127.0.0.1";
+    let body: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.join("big.bin"), &body).unwrap();
+    // `-l 800`: OpenSSH limits the upload to 800 Kbit/s, so that it is still running when
+    // the API looks at it.
+    let mut client = sftp_session_args(d, sftp, lo, &["-l", "800"]);
+    {
+        use std::io::Write;
+        let stdin = client.stdin.as_mut().unwrap();
+        stdin.write_all(b"put big.bin up.bin\n").unwrap();
+    }
+    let (id, transfer) = poll("the upload in the session list", || {
+        let (code, body) = api(admin, "GET", "/api/v1/sessions", Some(&rw), lo);
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        let s = v.as_array().unwrap().first()?.clone();
+        let t = s["transfers"].as_array()?.first()?.clone();
+        (t["bytes"].as_u64()? > 0).then(|| (s["id"].as_str().unwrap().to_string(), t))
+    });
+    assert_eq!(transfer["direction"], "upload", "{transfer}");
+    assert_eq!(transfer["path"], "/up.bin", "{transfer}");
+    let (code, body) = api(
+        admin,
+        "DELETE",
+        &format!("/api/v1/sessions/{id}"),
+        Some(&rw),
+        lo,
+    );
+    assert_eq!(code, 200, "{body}");
+    drop(client.stdin.take());
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the upload succeeded after the disconnect"
+    );
+    poll("the session to leave the list", || {
+        let (_, body) = api(admin, "GET", "/api/v1/sessions", Some(&rw), lo);
+        json(&body).as_array().unwrap().is_empty().then_some(())
+    });
+    assert!(
+        !d.join("files/up.bin").exists(),
+        "a partial upload became visible"
     );
 }

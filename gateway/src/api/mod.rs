@@ -241,13 +241,29 @@ impl Api {
                 Ok(rows) => ok(Value::Array(
                     rows.into_iter()
                         .map(|s| {
-                            json!({
+                            let mut v = json!({
                                 "id": s.id,
                                 "user": s.username,
                                 "protocol": s.protocol,
                                 "client": s.client.to_string(),
                                 "started": rfc3339(s.started),
-                            })
+                            });
+                            if let Some(a) = self.login.activity(&s.id) {
+                                v["bytes"] = json!(a.bytes());
+                                v["transfers"] = a
+                                    .transfers()
+                                    .into_iter()
+                                    .map(|t| {
+                                        json!({
+                                            "direction": if t.operation == "open_write" { "upload" } else { "download" },
+                                            "path": t.path,
+                                            "started": rfc3339(t.started),
+                                            "bytes": t.bytes,
+                                        })
+                                    })
+                                    .collect();
+                            }
+                            v
                         })
                         .collect(),
                 )),
