@@ -132,6 +132,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
     let api_reload = Arc::new(tokio::sync::Notify::new());
+    let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
+        wiring::sync_jobs(&cfg, &storage)
+            .map(|v| v.into_iter().map(|(j, _)| j).collect())
+            .unwrap_or_default(),
+    ));
     let limiter = SessionLimiter::new(
         cfg.limits.max_sessions as usize,
         cfg.limits.max_sessions_per_ip as usize,
@@ -263,6 +268,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             health: health.clone(),
             state_dir: cfg.state_dir.clone(),
             reload: api_reload.clone(),
+            sync_jobs: api_sync_jobs.clone(),
         });
         servers.push((
             "admin",
@@ -316,6 +322,10 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
                             Err(e) => tracing::error!("reload: sync jobs not changed: {}", e.message),
                         }
                         let _ = cleanup_targets.send((upload_prefixes(&next), storage.remotes.clone()));
+                        if let Ok(jobs) = wiring::sync_jobs(&next, &storage) {
+                            *api_sync_jobs.lock().unwrap_or_else(|e| e.into_inner()) =
+                                jobs.into_iter().map(|(j, _)| j).collect();
+                        }
                         current = next;
                     }
                 } else {

@@ -315,7 +315,8 @@ fn every_documented_route_answers() {
     );
 }
 
-/// A sync run that failed is in the API's history with its error.
+/// A sync run that failed is in the API's history with its error; a run started through the
+/// API (read-write only) joins it.
 #[test]
 fn sync_history_lists_a_failed_run_with_its_error() {
     require("curl");
@@ -349,6 +350,7 @@ syncs:
     let (code, _, err) = run(d, &["sync", "run", "outbound"], None);
     assert_eq!(code, 1, "{err}");
     let ro = token(d, "ro");
+    let rw = token(d, "rw");
     let gw = Gateway::start(d, &cfg, &["admin"]);
     let admin = gw.addr("admin");
     let (code, body) = api(admin, "GET", "/api/v1/sync/jobs", Some(&ro), "127.0.0.1");
@@ -377,6 +379,38 @@ syncs:
         )
         .0,
         404
+    );
+    // Run now: not with a read-only token, not a job the config lacks; then a second run.
+    let run_now = "/api/v1/sync/jobs/outbound/run";
+    assert_eq!(api(admin, "POST", run_now, Some(&ro), "127.0.0.1").0, 403);
+    let (code, body) = api(
+        admin,
+        "POST",
+        "/api/v1/sync/jobs/nope/run",
+        Some(&rw),
+        "127.0.0.1",
+    );
+    assert_eq!(
+        (code, json(&body)["error"].as_str().unwrap()),
+        (404, "no sync job of that name")
+    );
+    let (code, body) = api(admin, "POST", run_now, Some(&rw), "127.0.0.1");
+    assert_eq!(code, 202, "{body}");
+    let runs = poll("the second run in the history", || {
+        let (_, body) = api(
+            admin,
+            "GET",
+            "/api/v1/sync/jobs/outbound/runs",
+            Some(&ro),
+            "127.0.0.1",
+        );
+        let v = json(&body);
+        (v.as_array().unwrap().len() == 2).then_some(v)
+    });
+    assert_eq!(runs[1]["result"], "failed", "{runs}");
+    assert!(
+        !runs[1]["error"].as_str().unwrap_or("").is_empty(),
+        "{runs}"
     );
 }
 

@@ -45,6 +45,8 @@ pub enum Op {
     SyncJobs,
     /// One job's whole history.
     SyncRuns,
+    /// Start a run of a job now.
+    SyncRun,
     /// The remotes' last probes.
     Remotes,
     /// Re-read the config, as SIGHUP does.
@@ -60,6 +62,7 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
     ("DELETE", "/api/v1/bans/{ip}", Op::LiftBan),
     ("GET", "/api/v1/sync/jobs", Op::SyncJobs),
     ("GET", "/api/v1/sync/jobs/{name}/runs", Op::SyncRuns),
+    ("POST", "/api/v1/sync/jobs/{name}/run", Op::SyncRun),
     ("GET", "/api/v1/remotes", Op::Remotes),
     ("POST", "/api/v1/reload", Op::Reload),
 ];
@@ -76,7 +79,12 @@ pub struct Api {
     pub state_dir: PathBuf,
     /// Wakes the serve loop's reload (the same path as SIGHUP).
     pub reload: Arc<Notify>,
+    /// The config's sync jobs (replaced by a reload), for "run now".
+    pub sync_jobs: SyncJobs,
 }
+
+/// The sync jobs of the running config.
+pub type SyncJobs = Arc<std::sync::Mutex<Vec<bucketgate_storage::sync::SyncJob>>>;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -325,6 +333,43 @@ impl Api {
                 } else {
                     ok(json!(runs))
                 }
+            }
+            Op::SyncRun => {
+                let name = &params[0];
+                let job = {
+                    let jobs = self.sync_jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    jobs.iter().find(|j| &j.name == name).cloned()
+                };
+                let Some(job) = job else {
+                    return error(StatusCode::NOT_FOUND, "no sync job of that name");
+                };
+                let (dir, n) = (self.state_dir.clone(), name.clone());
+                let running = tokio::task::spawn_blocking(move || {
+                    bucketgate_storage::sync::job_status(&dir, &n).running
+                })
+                .await
+                .unwrap_or(false);
+                if running {
+                    return error(StatusCode::CONFLICT, "a run of this job is in progress");
+                }
+                // The run records itself in the job's history, like a scheduled one; a run that
+                // started meanwhile makes this one a `refused` entry there.
+                let dir = self.state_dir.clone();
+                tokio::spawn(async move {
+                    let opts = bucketgate_storage::sync::RunOptions::default();
+                    match bucketgate_storage::sync::run_job(&job, &dir, opts).await {
+                        Ok(s) => tracing::info!(
+                            "sync: run of {:?} requested through the admin API ended: {} errors",
+                            job.name,
+                            s.errors
+                        ),
+                        Err(e) => tracing::warn!(
+                            "sync: run of {:?} requested through the admin API failed: {e}",
+                            job.name
+                        ),
+                    }
+                });
+                json_resp(StatusCode::ACCEPTED, &json!({ "started": name }))
             }
             Op::Remotes => ok(self.health.remotes()),
             Op::Reload => {
