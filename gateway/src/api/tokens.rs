@@ -5,6 +5,10 @@
 use bucketgate_state::{Scope, StateStore, TokenRow};
 use std::time::SystemTime;
 
+/// Token checks run at once.
+const HASH_CHECKS: usize = 2;
+static HASH_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASH_CHECKS);
+
 /// A token's parts, as sent in `Authorization: Bearer`.
 pub struct Presented<'a> {
     /// The public id.
@@ -59,6 +63,9 @@ pub async fn verify(
         return Ok(None);
     };
     let (hash, secret) = (row.hash.clone(), presented.secret.to_string());
+    // At most HASH_CHECKS argon2 checks at once (19 MiB and a core each), however many
+    // requests the admin listener holds.
+    let _slot = HASH_SLOTS.acquire().await.expect("never closed");
     let ok = tokio::task::spawn_blocking(move || {
         bucketgate_protocols::auth::verify_password(&hash, &secret)
     })
