@@ -313,7 +313,7 @@ pub async fn serve(
                 async move {
                     // The admin API (gateway/src/api) when the state store is open.
                     if let (Some(api), true) = (&api, req.uri().path().starts_with("/api/")) {
-                        return Ok::<_, Infallible>(api.handle(&req, peer.ip()).await);
+                        return Ok::<_, Infallible>(api.handle(req, peer.ip()).await);
                     }
                     Ok::<_, Infallible>(respond(&health, &req).await)
                 }

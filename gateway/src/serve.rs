@@ -131,6 +131,9 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         .attach_state(state.clone())
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
+    crate::api::users::load(state.as_ref(), &login)
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
     let api_reload = Arc::new(tokio::sync::Notify::new());
     let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
         wiring::sync_jobs(&cfg, &storage)

@@ -278,6 +278,9 @@ pub struct LoginService {
     next_open: AtomicU64,
     /// Where bans, failures and sessions are recorded (see [`LoginService::attach_state`]).
     state: OnceLock<Arc<dyn StateStore>>,
+    /// Users created at runtime, behind the config's (see
+    /// [`LoginService::set_runtime_accounts`]).
+    runtime: RwLock<Arc<HashMap<String, Arc<Account>>>>,
 }
 
 /// Users names are refused before anything touches storage when they could be read as paths.
@@ -330,6 +333,7 @@ impl LoginService {
             open: Arc::default(),
             next_open: AtomicU64::new(0),
             state: OnceLock::new(),
+            runtime: RwLock::default(),
         }
     }
 
@@ -443,10 +447,45 @@ impl LoginService {
     /// account's new permissions from their next operation. A changed password or key leaves
     /// open sessions alone, as OpenSSH does.
     pub fn replace_directory(&self, directory: Directory) -> ReloadEffect {
-        let mut effect = ReloadEffect::default();
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let runtime = self.runtime.read().expect("lock").clone();
+        let effect = Self::revalidate(&open, &directory, &runtime);
+        *self.directory.write().expect("lock") = Arc::new(directory);
+        effect
+    }
+
+    /// Replaces the users created at runtime (the admin API's). A user of the config with the
+    /// same name wins: a runtime user is only looked up when the config has no such name.
+    /// Open sessions follow their account as on a reload ([`LoginService::replace_directory`]).
+    pub fn set_runtime_accounts(&self, accounts: Vec<Account>) -> ReloadEffect {
+        let runtime: Arc<HashMap<String, Arc<Account>>> = Arc::new(
+            accounts
+                .into_iter()
+                .map(|a| (a.username.clone(), Arc::new(a)))
+                .collect(),
+        );
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let effect = Self::revalidate(&open, &self.directory(), &runtime);
+        *self.runtime.write().expect("lock") = runtime;
+        effect
+    }
+
+    /// An account by name: the config's first, then the runtime users'.
+    fn lookup(&self, dir: &Directory, username: &str) -> Option<Arc<Account>> {
+        dir.get(username)
+            .cloned()
+            .or_else(|| self.runtime.read().expect("lock").get(username).cloned())
+    }
+
+    fn revalidate(
+        open: &HashMap<u64, Open>,
+        directory: &Directory,
+        runtime: &HashMap<String, Arc<Account>>,
+    ) -> ReloadEffect {
+        let mut effect = ReloadEffect::default();
         for s in open.values() {
-            let why = match directory.get(&s.account.username) {
+            let name = &s.account.username;
+            let why = match directory.get(name).or_else(|| runtime.get(name)) {
                 None => Some("the user was removed from the config"),
                 Some(a) if a.home != s.account.home => Some("the user's home changed"),
                 Some(a) if !a.protocols.contains(&s.proto) => {
@@ -478,7 +517,6 @@ impl LoginService {
                 }
             }
         }
-        *self.directory.write().expect("lock") = Arc::new(directory);
         effect
     }
 
@@ -608,7 +646,7 @@ impl LoginService {
                 .await);
         }
         let dir = self.directory();
-        let Some(acc) = dir.get(username).cloned() else {
+        let Some(acc) = self.lookup(&dir, username) else {
             return Err(LoginError::UnknownUser);
         };
         if !acc.protocols.contains(&proto) {
@@ -776,7 +814,7 @@ impl LoginService {
             return Vec::new();
         }
         let dir = self.directory();
-        match dir.get(username) {
+        match self.lookup(&dir, username) {
             Some(acc)
                 if acc.protocols.contains(&proto)
                     && (acc.allowed_ips.is_empty()

@@ -4,7 +4,8 @@
 //!   ban survives a restart;
 //! - the registry of live sessions (user, protocol, client address, start), which the admin
 //!   API lists;
-//! - admin API tokens, stored as argon2 hashes of their secret part.
+//! - admin API tokens, stored as argon2 hashes of their secret part;
+//! - users created through the admin API ([`UserStore`]).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] is the embedded implementation (a file in
 //! `state_dir`, nothing to install). A PostgreSQL implementation for several instances will
@@ -111,9 +112,21 @@ pub struct TokenRow {
     pub created: SystemTime,
 }
 
+/// Users created at runtime (the admin API): each is a name and an opaque spec (JSON) that
+/// the gateway writes and reads; the store does not interpret it.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates or replaces a user.
+    async fn put_user(&self, username: &str, spec: &str) -> Result<()>;
+    /// Deletes a user; false when there was none.
+    async fn delete_user(&self, username: &str) -> Result<bool>;
+    /// Every user, by name.
+    async fn users(&self) -> Result<Vec<(String, String)>>;
+}
+
 /// The state the gateway keeps outside its config.
 #[async_trait]
-pub trait StateStore: Send + Sync {
+pub trait StateStore: UserStore + Send + Sync {
     /// Records (or extends) a ban.
     async fn put_ban(&self, ban: &Ban) -> Result<()>;
     /// Lifts a ban and forgets the address's failures; false when it was not banned.

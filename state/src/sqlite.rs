@@ -40,6 +40,12 @@ pub const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL,
         created INTEGER NOT NULL
      );",
+    // 3: users created through the admin API (their spec is the gateway's JSON).
+    "CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated INTEGER NOT NULL
+     );",
 ];
 
 /// The embedded store.
@@ -288,6 +294,42 @@ impl StateStore for SqliteStore {
         self.call(move |c| c.execute("DELETE FROM api_tokens WHERE id = ?1", params![id]))
             .await
             .map(|n| n > 0)
+    }
+}
+
+#[async_trait]
+impl crate::UserStore for SqliteStore {
+    async fn put_user(&self, username: &str, spec: &str) -> Result<()> {
+        let (u, s, now) = (
+            username.to_string(),
+            spec.to_string(),
+            secs(SystemTime::now()),
+        );
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO users (username, spec, updated) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (username) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
+                params![u, s, now],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<bool> {
+        let u = username.to_string();
+        self.call(move |c| c.execute("DELETE FROM users WHERE username = ?1", params![u]))
+            .await
+            .map(|n| n > 0)
+    }
+
+    async fn users(&self) -> Result<Vec<(String, String)>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT username, spec FROM users ORDER BY username")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
     }
 }
 

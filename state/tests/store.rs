@@ -1,7 +1,7 @@
 //! The embedded store: migrations from an older file, and what each table keeps.
 
 use bucketgate_state::{
-    Ban, Failure, Scope, SessionRow, SqliteStore, StateStore, TokenRow, MIGRATIONS,
+    Ban, Failure, Scope, SessionRow, SqliteStore, StateStore, TokenRow, UserStore, MIGRATIONS,
 };
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,11 +48,19 @@ async fn an_old_schema_is_migrated_and_keeps_its_rows() {
     };
     store.insert_token(&t).await.unwrap();
     assert_eq!(store.token("abc").await.unwrap(), Some(t));
+    store.put_user("bob", "{\"home\":\"/bob\"}").await.unwrap();
+    store.put_user("bob", "{\"home\":\"/b\"}").await.unwrap();
+    assert_eq!(
+        store.users().await.unwrap(),
+        vec![("bob".to_string(), "{\"home\":\"/b\"}".to_string())]
+    );
     drop(store);
     // Opening again applies nothing and keeps everything.
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.version().unwrap(), MIGRATIONS.len());
     assert_eq!(store.tokens().await.unwrap().len(), 1);
+    assert!(store.delete_user("bob").await.unwrap());
+    assert!(!store.delete_user("bob").await.unwrap());
 }
 
 /// A file from a newer gateway (a schema version this one does not know) is refused.

@@ -3,7 +3,7 @@
 //! whose entry is listed and disconnected, bans earned over the API and lifted through it,
 //! surviving a restart, and the OpenAPI document checked against the running router.
 
-use bucketgate_tests::clients::{assert_ok, curl, keygen, ssh_opts};
+use bucketgate_tests::clients::{assert_ok, curl, keygen, sftp_batch_password, ssh_opts};
 use bucketgate_tests::gateway::{require, run, Gateway};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -22,11 +22,26 @@ fn api(
     token: Option<&str>,
     from: &str,
 ) -> (u16, String) {
+    api_body(admin, method, path, token, from, None)
+}
+
+/// [`api`] with a JSON request body.
+fn api_body(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    from: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     let url = format!("http://{admin}{path}");
     let auth = token.map(|t| format!("Authorization: Bearer {t}"));
     let mut args = vec!["--interface", from, "-X", method, "-w", "\n%{http_code}"];
     if let Some(a) = &auth {
         args.extend(["-H", a.as_str()]);
+    }
+    if let Some(b) = body {
+        args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
     }
     args.push(&url);
     let out = curl(&args);
@@ -48,6 +63,11 @@ fn token(dir: &Path, scope: &str) -> String {
 }
 
 fn config(dir: &Path) -> String {
+    config_ban(dir, 3)
+}
+
+/// The test config with a ban after failures scoring `threshold`.
+fn config_ban(dir: &Path, threshold: u32) -> String {
     let (code, hash, _) = run(dir, &["hash-password"], Some("alice-Api-Pw-19\n"));
     assert_eq!(code, 0);
     let (_, public) = keygen(dir, "alice_key");
@@ -56,7 +76,7 @@ fn config(dir: &Path) -> String {
 admin: {{ listen: "127.0.0.1:0" }}
 storage: {{ type: local, root: ./files }}
 limits:
-  ban: {{ threshold: 3, window: 1h, duration: 1h }}
+  ban: {{ threshold: {threshold}, window: 1h, duration: 1h }}
 users:
   - username: alice
     password_hash: "{}"
@@ -300,7 +320,7 @@ fn every_documented_route_answers() {
         }
     }
     assert!(checked >= 9, "only {checked} routes documented");
-    let (code, body) = api(admin, "GET", "/api/v1/users", Some(&rw), lo);
+    let (code, body) = api(admin, "GET", "/api/v1/widgets", Some(&rw), lo);
     assert_eq!(
         (code, json(&body)["error"].as_str().unwrap()),
         (404, "no such route")
@@ -469,4 +489,96 @@ fn a_transfer_in_progress_shows_and_a_disconnect_aborts_it() {
         !d.join("files/up.bin").exists(),
         "a partial upload became visible"
     );
+}
+
+/// A user created through the API logs in over SFTP (also after a restart: it is in the state
+/// store), lands in its home, can be disabled and deleted; the config's users cannot be
+/// touched, a read-only token cannot create one, and a bad spec is refused.
+#[test]
+fn runtime_users_log_in_and_the_config_wins() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("files")).unwrap();
+    // Refused logins are part of the test: no ban for them.
+    let cfg = config_ban(d, 1000);
+    let (rw, ro) = (token(d, "rw"), token(d, "ro"));
+    let mut gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
+    let lo = "127.0.0.1";
+    let pw = "bob-Runtime-Pw-42";
+    let spec = format!(r#"{{"password": "{pw}", "home": "/partners/bob", "protocols": ["sftp"]}}"#);
+    let put = |gw: &Gateway, token: &str, name: &str, body: &str| {
+        api_body(
+            gw.addr("admin"),
+            "PUT",
+            &format!("/api/v1/users/{name}"),
+            Some(token),
+            lo,
+            Some(body),
+        )
+    };
+    let (code, body) = put(&gw, &rw, "alice", &spec);
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(put(&gw, &ro, "bob", &spec).0, 403);
+    for bad in [
+        r#"{"password": "x", "home": "partners"}"#,
+        r#"{"password": "x", "home": "/p", "permissions": {"/": ["fly"]}}"#,
+        r#"{"password": "x", "home": "/p", "colour": "red"}"#,
+        r#"{"home": "/p"}"#,
+        "not json",
+    ] {
+        let (code, body) = put(&gw, &rw, "bob", bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(!body.contains(pw));
+    }
+    assert!(
+        !sftp_login_works(d, gw.addr("sftp"), "bob", pw),
+        "bob before he exists"
+    );
+    let (code, body) = put(&gw, &rw, "bob", &spec);
+    assert_eq!(code, 200, "{body}");
+    std::fs::write(d.join("hello.txt"), b"from bob").unwrap();
+    let out = sftp_batch_password(gw.addr("sftp"), "bob", pw, "put hello.txt\n", d);
+    assert_ok("bob uploads", &out);
+    assert_eq!(
+        std::fs::read(d.join("files/partners/bob/hello.txt")).unwrap(),
+        b"from bob"
+    );
+    let (code, body) = api(gw.addr("admin"), "GET", "/api/v1/users", Some(&ro), lo);
+    assert_eq!(code, 200);
+    let users = json(&body);
+    assert_eq!(users[0]["username"], "bob", "{users}");
+    assert_eq!(users[0]["password"], true);
+    assert!(!body.contains("argon2"), "a hash in the listing: {body}");
+
+    // Kept over a restart.
+    gw.signal("TERM");
+    gw.wait(Duration::from_secs(20));
+    drop(gw);
+    let gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
+    assert!(
+        sftp_login_works(d, gw.addr("sftp"), "bob", pw),
+        "bob lost by the restart"
+    );
+
+    // Disabled, then deleted.
+    let disabled = spec.replace('}', r#", "disabled": true}"#);
+    assert_eq!(put(&gw, &rw, "bob", &disabled).0, 200);
+    assert!(
+        !sftp_login_works(d, gw.addr("sftp"), "bob", pw),
+        "a disabled user logged in"
+    );
+    let path = "/api/v1/users/bob";
+    assert_eq!(api(gw.addr("admin"), "DELETE", path, Some(&ro), lo).0, 403);
+    assert_eq!(api(gw.addr("admin"), "DELETE", path, Some(&rw), lo).0, 200);
+    assert_eq!(api(gw.addr("admin"), "DELETE", path, Some(&rw), lo).0, 404);
+    let (_, body) = api(gw.addr("admin"), "GET", "/api/v1/users", Some(&ro), lo);
+    assert_eq!(json(&body), serde_json::json!([]));
+    assert!(gw.log_text().contains("PUT /api/v1/users/bob -> 200"));
+}
+
+/// Whether `user` can log in over SFTP with `password` and list her home.
+fn sftp_login_works(dir: &Path, addr: SocketAddr, user: &str, password: &str) -> bool {
+    let out = sftp_batch_password(addr, user, password, "ls\n", dir);
+    out.status.success()
 }

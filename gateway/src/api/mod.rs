@@ -10,6 +10,7 @@
 //! `bucketgate::audit` target, one line each.
 
 pub mod tokens;
+pub mod users;
 
 use crate::admin::Health;
 use bucketgate_protocols::auth::LoginService;
@@ -51,6 +52,12 @@ pub enum Op {
     Remotes,
     /// Re-read the config, as SIGHUP does.
     Reload,
+    /// List the runtime users.
+    Users,
+    /// Create or replace a runtime user.
+    PutUser,
+    /// Delete a runtime user.
+    DeleteUser,
 }
 
 /// The router: method, path pattern (`{name}` matches one segment), operation.
@@ -65,7 +72,13 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/api/v1/sync/jobs/{name}/run", Op::SyncRun),
     ("GET", "/api/v1/remotes", Op::Remotes),
     ("POST", "/api/v1/reload", Op::Reload),
+    ("GET", "/api/v1/users", Op::Users),
+    ("PUT", "/api/v1/users/{name}", Op::PutUser),
+    ("DELETE", "/api/v1/users/{name}", Op::DeleteUser),
 ];
+
+/// The largest request body (a user's spec).
+const MAX_BODY: usize = 64 * 1024;
 
 /// What the API works on.
 pub struct Api {
@@ -150,7 +163,10 @@ fn route(method: &Method, path: &str) -> Result<(Op, Vec<String>), Vec<&'static 
 
 impl Api {
     /// Answers one request to `/api/v1/...` from `peer`.
-    pub async fn handle<B>(&self, req: &Request<B>, peer: IpAddr) -> Resp {
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>, peer: IpAddr) -> Resp {
+        use http_body_util::BodyExt;
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, ());
         let (op, params) = match route(req.method(), req.uri().path()) {
             Ok(r) => r,
             Err(allowed) if allowed.is_empty() => {
@@ -174,7 +190,7 @@ impl Api {
             self.login.api_failure(peer, "", "banned").await;
             return error(StatusCode::FORBIDDEN, "this address is banned");
         }
-        let token = match self.authenticate(req, peer).await {
+        let token = match self.authenticate(&req, peer).await {
             Ok(t) => t,
             Err(r) => return r,
         };
@@ -189,7 +205,15 @@ impl Api {
             );
             return error(StatusCode::FORBIDDEN, "this token is read-only");
         }
-        let resp = self.execute(op, &params).await;
+        let body = if op == Op::PutUser {
+            match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+            }
+        } else {
+            Bytes::new()
+        };
+        let resp = self.execute(op, &params, &body).await;
         if writes {
             tracing::info!(
                 target: "bucketgate::audit",
@@ -241,7 +265,7 @@ impl Api {
         }
     }
 
-    async fn execute(&self, op: Op, params: &[String]) -> Resp {
+    async fn execute(&self, op: Op, params: &[String], body: &[u8]) -> Resp {
         let ok = |v: Value| json_resp(StatusCode::OK, &v);
         match op {
             Op::OpenApi => unreachable!("answered before authentication"),
@@ -370,6 +394,46 @@ impl Api {
                     }
                 });
                 json_resp(StatusCode::ACCEPTED, &json!({ "started": name }))
+            }
+            Op::Users => match users::list(self.store.as_ref(), &self.login).await {
+                Ok(v) => ok(v),
+                Err(e) => {
+                    tracing::error!("admin API: {e}");
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "the state store is unavailable")
+                }
+            },
+            Op::PutUser | Op::DeleteUser => {
+                let name = &params[0];
+                if users::in_config(&self.login, name) {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "this user is defined in the config file, which the API does not change",
+                    );
+                }
+                let r = if op == Op::PutUser {
+                    let spec = match users::spec_from_request(name, body).await {
+                        Ok(s) => s,
+                        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+                    };
+                    self.store.put_user(name, &spec.to_string()).await.map(|()| true)
+                } else {
+                    self.store.delete_user(name).await
+                };
+                match r {
+                    Ok(false) => return error(StatusCode::NOT_FOUND, "no runtime user of that name"),
+                    Ok(true) => {}
+                    Err(e) => {
+                        tracing::error!("admin API: {e}");
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the state store is unavailable",
+                        );
+                    }
+                }
+                if let Err(e) = users::load(self.store.as_ref(), &self.login).await {
+                    tracing::error!("admin API: runtime users not reloaded: {e}");
+                }
+                ok(json!({ "user": name }))
             }
             Op::Remotes => ok(self.health.remotes()),
             Op::Reload => {
