@@ -1,7 +1,8 @@
-//! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
+//! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, and the REST API under `/api/`
+//! (handed to [`crate::api`]).
 //!
-//! HTTP/1.1 on hyper (already built for reqwest), GET and HEAD only, one request per
-//! connection: the load balancer's probes and Prometheus need nothing more. At most
+//! HTTP/1.1 on hyper (already built for reqwest), GET and HEAD only outside `/api/`, one
+//! request per connection: the load balancer's probes and Prometheus need nothing more. At most
 //! [`MAX_CONNECTIONS`] connections are served at once; past that, new ones wait in the
 //! listen backlog until one ends (a probe is answered late rather than refused, and a 503
 //! would read as "not ready"). A client has [`HEADER_TIMEOUT`] to send its request head and
