@@ -90,7 +90,7 @@ pub fn config(data: &[u8]) {
 /// The scp parsers: any exec command and any record line give a value or a refusal, never a
 /// panic; a parsed file or folder record's name is one plain segment.
 pub fn scp(data: &[u8]) {
-    use bucketgate_protocols::sftp::scp::{parse_command, parse_record, Record};
+    use bucketgate_protocols::ssh::scp::{parse_command, parse_record, Record};
     // Shell quoting is honoured (`sc""p` is scp), so the property is: no panic, and UTF-8.
     if parse_command(data).is_some() {
         assert!(std::str::from_utf8(data).is_ok());

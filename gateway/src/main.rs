@@ -17,14 +17,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 mod admin;
-mod admin_cli;
 mod api;
-mod check;
+mod cmd;
 mod demo;
-mod remote_test;
-mod serve;
-mod sync_cli;
-mod sync_cmd;
 mod wiring;
 
 use clap::{Parser, Subcommand};
@@ -179,8 +174,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::HashPassword => demo::hash_password_command(),
-        Command::Check(c) => check::run(&c),
-        Command::Serve(c) => serve::run(&c),
+        Command::Check(c) => cmd::check::run(&c),
+        Command::Serve(c) => cmd::serve::run(&c),
         Command::Remote {
             command:
                 RemoteCommand::Test {
@@ -188,7 +183,7 @@ fn main() -> ExitCode {
                     read_only,
                     cfg,
                 },
-        } => remote_test::run(&cfg, &name, read_only),
+        } => cmd::remote::run(&cfg, &name, read_only),
         Command::Sync {
             command:
                 SyncCommand::Run {
@@ -197,16 +192,16 @@ fn main() -> ExitCode {
                     force,
                     cfg,
                 },
-        } => sync_cli::run(&cfg, &name, dry_run, force),
+        } => cmd::sync::run(&cfg, &name, dry_run, force),
         Command::Sync {
             command: SyncCommand::Status { names, cfg },
-        } => sync_cli::status(&cfg, &names),
+        } => cmd::sync::status(&cfg, &names),
         Command::Admin {
             command: AdminCommand::Token { command },
         } => match command {
-            TokenCommand::Create { scope, name, cfg } => admin_cli::create(&cfg, &scope, &name),
-            TokenCommand::List { cfg } => admin_cli::list(&cfg),
-            TokenCommand::Revoke { id, cfg } => admin_cli::revoke(&cfg, &id),
+            TokenCommand::Create { scope, name, cfg } => cmd::admin::create(&cfg, &scope, &name),
+            TokenCommand::List { cfg } => cmd::admin::list(&cfg),
+            TokenCommand::Revoke { id, cfg } => cmd::admin::revoke(&cfg, &id),
         },
     };
     match result {

@@ -7,6 +7,7 @@
 //! password never reaches a log line.
 
 use bucketgate_state::{Ban, Failure, SessionRow, StateStore};
+use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
 use bucketgate_storage::{Permissions, SessionInfo, Tree, UserFs, VPath};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -270,6 +271,12 @@ pub struct LoginService {
     policy: BanPolicy,
     scores: Mutex<HashMap<IpAddr, Score>>,
     hash_slots: Semaphore,
+    /// The process's memory budget (`transfers.memory_limit`), in which each password check
+    /// beyond the first at a time holds its [`HASH_MEMORY`]; see [`LoginService::with_budget`].
+    budget: Option<Arc<MemoryBudget>>,
+    /// The one check at a time that runs outside the budget, so that logins never wait on
+    /// memory that only transfers free.
+    own_hash: Semaphore,
     /// Password hashes being checked now, and the most ever checked at once.
     hashing: AtomicUsize,
     hashing_peak: AtomicUsize,
@@ -328,6 +335,8 @@ impl LoginService {
             policy,
             scores: Mutex::new(HashMap::new()),
             hash_slots: Semaphore::new(hash_concurrency.max(1)),
+            budget: None,
+            own_hash: Semaphore::new(1),
             hashing: AtomicUsize::new(0),
             hashing_peak: AtomicUsize::new(0),
             open: Arc::default(),
@@ -438,6 +447,41 @@ impl LoginService {
         let score = u32::from(reason != "banned");
         self.record_failure("admin", ip, token_id, reason, score)
             .await;
+    }
+
+    /// Counts password checks in `budget`: argon2's working memory (the hash's `m` parameter:
+    /// [`HASH_MEMORY`], 19 MiB, with the default parameters) is taken from the budget for every check but one at a time, which
+    /// runs on its own allowance. So a burst of password logins (FTP clients log in for every
+    /// transfer) holds at most one check's memory beyond `transfers.memory_limit`, and waits
+    /// for the budget rather than growing the process.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Memory for one password check: in the budget when it has it free, else the check that
+    /// runs outside the budget when none does, else whichever frees first.
+    async fn hash_memory(&self, hash: &str) -> HashMemory<'_> {
+        let Some(budget) = self.budget.as_deref() else {
+            return HashMemory::Unbounded;
+        };
+        let bytes = memory_of(hash);
+        if let Some(p) = budget.try_acquire(bytes) {
+            return HashMemory::Budget(p);
+        }
+        if let Ok(p) = self.own_hash.try_acquire() {
+            return HashMemory::Own(p);
+        }
+        if !budget.can_hold(bytes) {
+            return HashMemory::Own(self.own_hash.acquire().await.expect("never closed"));
+        }
+        tokio::select! {
+            p = budget.acquire(bytes) => match p {
+                Ok(p) => HashMemory::Budget(p),
+                Err(_) => HashMemory::Own(self.own_hash.acquire().await.expect("never closed")),
+            },
+            p = self.own_hash.acquire() => HashMemory::Own(p.expect("never closed")),
+        }
     }
 
     /// Swaps in a new directory (config reload). New logins use it. Sessions in progress keep
@@ -764,6 +808,7 @@ impl LoginService {
         };
         let ok = {
             let _slot = self.hash_slots.acquire().await.expect("never closed");
+            let _memory = self.hash_memory(&hash).await;
             let _hashing = Hashing::enter(&self.hashing, &self.hashing_peak);
             let password = password.to_string();
             tokio::task::spawn_blocking(move || verify_password(&hash, &password))
@@ -827,6 +872,27 @@ impl LoginService {
     }
 }
 
+/// The working memory of one argon2 check with the parameters [`hash_password`] uses (argon2's
+/// defaults: `m_cost` KiB).
+pub const HASH_MEMORY: u64 = argon2::Params::DEFAULT_M_COST as u64 * 1024;
+
+/// The working memory a check against `hash` takes: its own `m` parameter (KiB), which an
+/// operator may have raised; [`HASH_MEMORY`] when the hash does not say.
+fn memory_of(hash: &str) -> u64 {
+    argon2::PasswordHash::new(hash)
+        .ok()
+        .and_then(|h| h.params.get_decimal("m"))
+        .map_or(HASH_MEMORY, |kib| u64::from(kib) * 1024)
+}
+
+/// Where a password check's memory is counted, for as long as the check runs.
+enum HashMemory<'a> {
+    /// No budget configured (tests, tools).
+    Unbounded,
+    Budget(#[allow(dead_code)] MemoryPermit),
+    Own(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>),
+}
+
 /// Counts a password hash check in progress for as long as it lives (also when its task is
 /// cancelled mid-check).
 struct Hashing<'a>(&'a AtomicUsize);
@@ -842,5 +908,18 @@ impl<'a> Hashing<'a> {
 impl Drop for Hashing<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_counts_the_memory_its_hash_asks_for() {
+        assert_eq!(memory_of(&hash_password("x")), 19 * 1024 * 1024);
+        let big = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        assert_eq!(memory_of(big), 64 * 1024 * 1024);
+        assert_eq!(memory_of("not a hash"), HASH_MEMORY);
     }
 }

@@ -10,4 +10,4 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub mod sftp;
+pub mod ssh;

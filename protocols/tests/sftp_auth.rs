@@ -135,16 +135,14 @@ async fn host_key_is_created_once_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("state/ssh_host_ed25519_key");
-    let k1 =
-        bucketgate_protocols::sftp::load_or_create_host_keys(std::slice::from_ref(&p)).unwrap();
+    let k1 = bucketgate_protocols::ssh::load_or_create_host_keys(std::slice::from_ref(&p)).unwrap();
     let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let k2 =
-        bucketgate_protocols::sftp::load_or_create_host_keys(std::slice::from_ref(&p)).unwrap();
+    let k2 = bucketgate_protocols::ssh::load_or_create_host_keys(std::slice::from_ref(&p)).unwrap();
     assert_eq!(k1[0].public_key(), k2[0].public_key());
     // A listed key that is not the ed25519 one is never invented.
     let missing = dir.path().join("ssh_host_rsa_key");
-    assert!(bucketgate_protocols::sftp::load_or_create_host_keys(&[p, missing]).is_err());
+    assert!(bucketgate_protocols::ssh::load_or_create_host_keys(&[p, missing]).is_err());
 }
 
 /// Twelve clients log in with a password at once; the harness allows two hash checks at a time

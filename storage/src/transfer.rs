@@ -940,13 +940,26 @@ pub(crate) async fn pump(
     }
 }
 
-/// Streams file `from` of one backend into `to` of another (a rename across backends).
+/// Streams file `from` of one backend into `to` of another (a rename across backends), with
+/// its modification time `mtime`, as a rename within one backend keeps it.
+///
+/// The sync engine's copy (`sync::exec::transfer`) runs the same loop, [`pump`], but is not
+/// built on this function, because what it adds is around the loop, not in it: it reads the
+/// version the run listed (an object replaced since fails instead of being copied), creates
+/// the target only if it is still what the run listed (`if_absent`/`if_match`: a file saved
+/// there meanwhile is never replaced), sends the body's MD5 first where the server checks it,
+/// stops when the run is cancelled, counts bytes for the progress bar, checks the source's
+/// identity again before the commit, and copies server-side when both sides are one backend.
+/// A rename is one client request whose target rules (`overwrite`, folders) `UserFs::rename`
+/// has already checked, and whose source is removed only once this copy committed; it needs
+/// none of that.
 pub async fn stream_copy(
     src: &Arc<dyn Backend>,
     from: &str,
     dst: &Arc<dyn Backend>,
     to: &str,
     size: u64,
+    mtime: Option<SystemTime>,
 ) -> Result<Entry> {
     let mut stream = src.read(from, 0, Some(size)).await?;
     let up = dst
@@ -954,6 +967,7 @@ pub async fn stream_copy(
             to,
             CreateOptions {
                 size_hint: Some(size),
+                mtime,
                 ..Default::default()
             },
         )

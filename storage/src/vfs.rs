@@ -809,8 +809,15 @@ impl UserFs {
         } else if same_backend {
             src.backend.rename_file(&src.key, &dst.key).await
         } else {
-            crate::transfer::stream_copy(&src.backend, &src.key, &dst.backend, &dst.key, se.size)
-                .await?;
+            crate::transfer::stream_copy(
+                &src.backend,
+                &src.key,
+                &dst.backend,
+                &dst.key,
+                se.size,
+                se.mtime,
+            )
+            .await?;
             src.backend.remove_file(&src.key).await
         };
         r.map_err(|e| e.with_context(op, from.to_string()))

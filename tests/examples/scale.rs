@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         &gw_dir,
         &["serve", "--config", cfg_path.to_str().unwrap()],
         &["sftp", "ftp"],
-        &[("RUST_LOG", "warn,bucketgate::serve=info")],
+        &[("RUST_LOG", "warn,bucketgate::cmd::serve=info")],
     );
     let pid = gw.pid();
     let target = Target {

@@ -295,7 +295,7 @@ users:
             &self.dir,
             &["serve", "--config", cfg.to_str().unwrap()],
             &["sftp", "ftp"],
-            &[("RUST_LOG", "info,bucketgate::serve=debug")],
+            &[("RUST_LOG", "info,bucketgate::cmd::serve=debug")],
         ));
         // Rounds start once the probe (which writes in the bucket) is done.
         assert!(self

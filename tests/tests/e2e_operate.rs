@@ -812,7 +812,7 @@ mounts:
         d,
         &["serve", "--config", path.to_str().unwrap()],
         &["sftp"],
-        &[("RUST_LOG", "info,bucketgate::serve=debug")],
+        &[("RUST_LOG", "info,bucketgate::cmd::serve=debug")],
     );
     let pass = "stale multipart clean-up pass done";
     wait_log_count(&gw, pass, 1);

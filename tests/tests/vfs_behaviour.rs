@@ -897,12 +897,23 @@ async fn case_mounts(f: &Fixture, site: &Fixture) {
             .kind(),
         ErrorKind::PermissionDenied
     );
-    // A file moves across backends by streaming; folders do not.
+    // A file moves across backends by streaming; folders do not. The file keeps its time, as
+    // in a rename within one backend (and as `mv` across file systems).
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs.set_mtime(&p("/partners/acme/hello.txt"), t)
+        .await
+        .unwrap();
     fs.rename(&p("/partners/acme/hello.txt"), &p("/hello.txt"), false)
         .await
         .unwrap();
     assert_eq!(get(&fs, "/hello.txt").await.unwrap(), b"hi");
     assert!(backend_keys(f, "in").await.is_empty());
+    assert_eq!(fs.stat(&p("/hello.txt")).await.unwrap().mtime, Some(t));
+    fs.rename(&p("/hello.txt"), &p("/partners/acme/back.txt"), false)
+        .await
+        .unwrap();
+    let back = fs.stat(&p("/partners/acme/back.txt")).await.unwrap();
+    assert_eq!((back.size, back.mtime), (2, Some(t)));
     fs.mkdir(&p("/dir")).await.unwrap();
     assert_eq!(
         fs.rename(&p("/dir"), &p("/partners/acme/dir"), false)

@@ -5,7 +5,7 @@ use bucketgate_protocols::auth::{
     hash_password, Account, BanPolicy, Directory, LoginService, Protocol,
 };
 use bucketgate_protocols::limits::SessionLimiter;
-use bucketgate_protocols::sftp::{load_or_create_host_keys, serve, SftpOptions};
+use bucketgate_protocols::ssh::{load_or_create_host_keys, serve, SftpOptions};
 use bucketgate_storage::local::LocalBackend;
 use bucketgate_storage::{Area, Mount, PermSet, Permissions, Tree, VPath};
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};

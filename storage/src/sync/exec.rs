@@ -346,9 +346,9 @@ async fn server_copy(b: &Arc<dyn Backend>, from: &str, to: &str, item: &Item) ->
     Ok(e)
 }
 
-/// Copies `item` from side `from` (key `src_key`) to `dst_key` on side `to`; returns what was
-/// written. Like [`crate::transfer::stream_copy`], but the mtime travels with the upload (one
-/// write, not a write and a metadata copy) and bytes are reported as they go.
+/// Copies `item` from side `from` (key `src_key`) to `dst_key` on side `to`, with its mtime;
+/// returns what was written. The loop is [`pump`], as in [`crate::transfer::stream_copy`] (a
+/// rename across backends); that function's head says why this one is not built on it.
 ///
 /// The copy commits only if the destination is still `target` (what the run listed there;
 /// `None`: nothing): a file saved or uploaded there while the copy ran is never replaced, and

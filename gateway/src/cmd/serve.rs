@@ -1,13 +1,18 @@
 //! `bucketgate serve`: wires storage, logins and the listeners, then waits for signals.
 //!
-//! One `CancellationToken` is handed to every server; SIGTERM/SIGINT cancel it and the servers
-//! drain (transfers in progress get `limits.shutdown_grace`). Scheduled syncs drain alongside:
-//! no new run starts, a run in progress gets the same grace period to finish, and only then is
-//! it cut (it resumes at the next start); the process exits once they have ended. SIGHUP
-//! re-reads the config: new sessions see the new users, keys, permissions, mounts and remotes,
-//! sessions in progress keep what they logged in with, and an invalid config is refused with
-//! its errors logged. The old sync schedule stops starting runs, lets a run in progress finish,
-//! and only then does the new schedule start.
+//! Three steps, each a function whose head says what it guarantees:
+//! 1. [`start`]: build storage and logins, bind every listener, start the servers, the sync
+//!    schedule and the background tasks (health watch, capability probes, stale-upload
+//!    clean-up). Any failure here ends the process, with the servers already started.
+//! 2. [`Gateway::reload`] on SIGHUP: re-read the config; new sessions see the new users, keys,
+//!    permissions, mounts and remotes, sessions in progress keep what they logged in with, and
+//!    an invalid config is refused with its errors logged. The old sync schedule stops
+//!    starting runs, lets a run in progress finish, and only then does the new schedule start.
+//! 3. [`Gateway::drain`] on SIGTERM/SIGINT: one `CancellationToken` handed to every server is
+//!    cancelled and the servers drain (transfers in progress get `limits.shutdown_grace`).
+//!    Scheduled syncs drain alongside: no new run starts, a run in progress gets the same grace
+//!    period to finish, and only then is it cut (it resumes at the next start); the process
+//!    exits once they have ended.
 
 use crate::admin::{self, Health};
 use crate::wiring::{self, Source};
@@ -16,7 +21,7 @@ use bucketgate_config::{Config, LogFormat};
 use bucketgate_protocols::auth::{BanPolicy, LoginService};
 use bucketgate_protocols::limits::SessionLimiter;
 use bucketgate_protocols::logging;
-use bucketgate_protocols::{ftp, sftp};
+use bucketgate_protocols::{ftp, ssh};
 use bucketgate_storage::budget::MemoryBudget;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,7 +104,65 @@ fn storage_errors(path: &Option<PathBuf>, errs: Vec<(String, String)>) -> Exit {
     Exit::usage(wiring::problem_lines(loaded.as_ref(), &errs))
 }
 
+/// A server task, named for its log lines.
+type Server = (&'static str, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+/// The running gateway: what [`start`] built, what [`Gateway::reload`] swaps, what
+/// [`Gateway::drain`] ends.
+struct Gateway {
+    /// The config file; `None` for the embedded default (SIGHUP then has nothing to re-read).
+    path: Option<PathBuf>,
+    /// The config in force: the start's, or the last one a reload applied.
+    current: Config,
+    /// `limits.shutdown_grace` as it was at the start (limits change only at a restart).
+    grace: Duration,
+    login: Arc<LoginService>,
+    health: Health,
+    budget: Arc<MemoryBudget>,
+    demo_hash: Option<String>,
+    /// Cancelled on SIGTERM/SIGINT: every server stops accepting and drains.
+    shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: sync runs still in progress stop.
+    cut: CancellationToken,
+    servers: Vec<Server>,
+    syncs: Syncs,
+    /// Where the stale-upload clean-up looks: follows reloads.
+    cleanup_targets: tokio::sync::watch::Sender<(Vec<(String, String)>, Remotes)>,
+    /// `POST /api/v1/reload` wakes the serve loop here, as SIGHUP does.
+    api_reload: Arc<tokio::sync::Notify>,
+    /// The sync jobs the admin API may run now: follow reloads.
+    api_sync_jobs: crate::api::SyncJobs,
+}
+
+/// Runs the gateway: [`start`], then SIGHUP → [`Gateway::reload`] until SIGTERM or SIGINT,
+/// then [`Gateway::drain`].
 async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
+    let mut gateway = start(cfg, path).await?;
+    let api_reload = gateway.api_reload.clone();
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Exit::runtime(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Exit::runtime(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Exit::runtime(e.to_string()))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+            _ = hup.recv() => gateway = gateway.reload().await,
+            _ = api_reload.notified() => gateway = gateway.reload().await,
+        }
+    }
+    gateway.drain().await
+}
+
+/// Step 1, start: builds storage and logins from `cfg`, binds every configured listener and
+/// starts its server, the sync schedule, the remotes' health watch, the capability probes and
+/// the stale-upload clean-up.
+///
+/// Guarantees: on `Ok`, every listener the config names is bound and accepting, and the sync
+/// schedule runs. On `Err` (a folder that cannot be made, storage that cannot be built, a
+/// mount point that is not empty, a port in use, an unreadable host key, nothing to serve),
+/// the caller exits with it (2 for a config problem, 1 otherwise), which also ends a server
+/// started before the failure.
+async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Exit::runtime(format!("cannot create {}: {e}", cfg.state_dir.display())))?;
     let spool = wiring::spool_dir(&cfg);
@@ -118,12 +181,18 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     if !mount_errors.is_empty() {
         return Err(storage_errors(&path, mount_errors));
     }
-    let login = Arc::new(LoginService::new(
-        wiring::directory(&cfg, storage.tree.clone(), demo_hash.clone()),
-        ban_policy(&cfg),
-        4,
-    ));
-    // The state store: bans and failures of the last run come back before any listener opens.
+    // argon2 is CPU-bound: more checks at once than cores only add memory (19 MiB each).
+    let hash_concurrency = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let login = Arc::new(
+        LoginService::new(
+            wiring::directory(&cfg, storage.tree.clone(), demo_hash.clone()),
+            ban_policy(&cfg),
+            hash_concurrency,
+        )
+        .with_budget(budget.clone()),
+    );
+    // The state store: bans and failures of the last run come back, and the runtime users
+    // are loaded, before any listener opens.
     let state = bucketgate_state::open(&cfg.state_dir)
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
@@ -145,7 +214,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         cfg.limits.max_sessions_per_ip as usize,
     );
     let shutdown = CancellationToken::new();
-    let mut servers: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    let mut servers: Vec<Server> = Vec::new();
     let health = Health::new(
         storage.tree.clone(),
         storage.remotes.clone(),
@@ -153,107 +222,14 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     );
 
     if let Some(s) = &cfg.sftp {
-        let listener = bind("sftp", s.listen).await?;
-        let host_keys = if s.host_keys.is_empty() {
-            vec![cfg.state_dir.join("ssh_host_ed25519_key")]
-        } else {
-            s.host_keys.clone()
-        };
-        let keys = sftp::load_or_create_host_keys(&host_keys)
-            .map_err(|e| Exit::usage(format!("sftp.host_keys: {e:#}")))?;
-        let opts = sftp::SftpOptions {
-            host_keys,
-            legacy_algorithms: s.legacy_algorithms,
-            login_grace: cfg.limits.login_grace.get(),
-            idle_timeout: cfg.limits.idle_timeout.get(),
-            max_channels_per_connection: 10,
-            max_handles_per_session: 256,
-            max_packet_len: 256 * 1024,
-            shutdown_grace: cfg.limits.shutdown_grace.get(),
-            keep_partial_uploads: cfg.transfers.keep_partial_uploads,
-            proxy_protocol: trusted_proxies(&s.proxy_protocol),
-            memory: Some(budget.clone()),
-        };
-        tracing::info!(
-            "listening: protocol=sftp addr={}",
-            listener
-                .local_addr()
-                .map_err(|e| Exit::runtime(e.to_string()))?
-        );
+        let server = start_sftp(s, &cfg, &budget, &login, &limiter, &shutdown).await?;
         health.add_listener("sftp");
-        servers.push((
-            "sftp",
-            tokio::spawn(sftp::serve(
-                listener,
-                opts,
-                keys,
-                login.clone(),
-                limiter.clone(),
-                shutdown.clone(),
-            )),
-        ));
+        servers.push(("sftp", server));
     }
     if let Some(f) = &cfg.ftp {
-        let listener = bind("ftp", f.listen).await?;
-        // The implicit listener only exists in implicit mode (`check` warns when it is set
-        // with another mode).
-        let implicit_addr = f
-            .tls
-            .as_ref()
-            .filter(|t| t.mode == bucketgate_config::TlsMode::Implicit)
-            .and_then(|t| t.listen_implicit);
-        let implicit = match implicit_addr {
-            Some(a) => Some(bind("ftps (implicit)", a).await?),
-            None => None,
-        };
-        let public_address = match &f.public_address {
-            Some(a) => Some(resolve_public_address(a).await?),
-            None => None,
-        };
-        let opts = ftp::FtpOptions {
-            passive_ports: f.passive_ports.range(),
-            public_address,
-            active_mode: f.active_mode,
-            tls: f.tls.as_ref().map(|t| ftp::FtpTls {
-                mode: match t.mode {
-                    bucketgate_config::TlsMode::Explicit => ftp::TlsMode::Explicit,
-                    bucketgate_config::TlsMode::Required => ftp::TlsMode::Required,
-                    bucketgate_config::TlsMode::Implicit => ftp::TlsMode::Implicit,
-                },
-                cert: t.cert.clone(),
-                key: t.key.clone(),
-            }),
-            idle_timeout: cfg.limits.idle_timeout.get(),
-            login_grace: cfg.limits.login_grace.get(),
-            max_line_len: 4096,
-            shutdown_grace: cfg.limits.shutdown_grace.get(),
-            proxy_protocol: trusted_proxies(&f.proxy_protocol),
-            ..ftp::FtpOptions::default()
-        };
-        tracing::info!(
-            "listening: protocol=ftp addr={}",
-            listener
-                .local_addr()
-                .map_err(|e| Exit::runtime(e.to_string()))?
-        );
-        if let Some(l) = &implicit {
-            tracing::info!(
-                "listening: protocol=ftps-implicit addr={}",
-                l.local_addr().map_err(|e| Exit::runtime(e.to_string()))?
-            );
-        }
+        let server = start_ftp(f, &cfg, &login, &limiter, &shutdown).await?;
         health.add_listener("ftp");
-        servers.push((
-            "ftp",
-            tokio::spawn(ftp::serve(
-                listener,
-                implicit,
-                opts,
-                login.clone(),
-                limiter.clone(),
-                shutdown.clone(),
-            )),
-        ));
+        servers.push(("ftp", server));
     }
     if let Some(a) = &cfg.admin {
         let listener = bind("admin", a.listen).await?;
@@ -280,14 +256,13 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     }
     // `cut` stops sync runs in progress: only when the shutdown grace period is over.
     let cut = CancellationToken::new();
-    let mut syncs = schedule(
+    let syncs = schedule(
         scheduled_jobs(&cfg, &storage)?,
         cfg.state_dir.clone(),
         None,
         &cut,
     );
-    let scheduled = syncs.jobs;
-    if servers.is_empty() && scheduled == 0 {
+    if servers.is_empty() && syncs.jobs == 0 {
         return Err(Exit::usage(
             "nothing to serve: the config enables none of sftp, ftp, admin, and no sync has an interval",
         ));
@@ -302,73 +277,230 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
         cleanup_rx,
         shutdown.clone(),
     ));
+    Ok(Gateway {
+        path,
+        grace: cfg.limits.shutdown_grace.get(),
+        current: cfg,
+        login,
+        health,
+        budget,
+        demo_hash,
+        shutdown,
+        cut,
+        servers,
+        syncs,
+        cleanup_targets,
+        api_reload,
+        api_sync_jobs,
+    })
+}
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Exit::runtime(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Exit::runtime(e.to_string()))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Exit::runtime(e.to_string()))?;
-    let mut current = cfg.clone();
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
-            // SIGHUP, or `POST /api/v1/reload`.
-            _ = async { tokio::select! { _ = hup.recv() => {}, _ = api_reload.notified() => {} } } => {
-                if let Some(p) = &path {
-                    if let Some((next, storage)) = reload(p, &current, &login, &health, budget.clone(), demo_hash.clone()).await {
-                        // Scheduled syncs follow the new config: the old schedule starts no
-                        // new run, a run in progress finishes, then the new schedule starts.
-                        match scheduled_jobs(&next, &storage) {
-                            Ok(jobs) => {
-                                syncs = schedule(jobs, next.state_dir.clone(), Some(syncs), &cut);
-                            }
-                            // Keep the old schedule rather than none at all.
-                            Err(e) => tracing::error!("reload: sync jobs not changed: {}", e.message),
-                        }
-                        let _ = cleanup_targets.send((upload_prefixes(&next), storage.remotes.clone()));
-                        if let Ok(jobs) = wiring::sync_jobs(&next, &storage) {
-                            *api_sync_jobs.lock().unwrap_or_else(|e| e.into_inner()) =
-                                jobs.into_iter().map(|(j, _)| j).collect();
-                        }
-                        current = next;
-                    }
-                } else {
-                    tracing::info!("SIGHUP ignored: the embedded default has no file to re-read");
-                }
-            }
-        }
-    }
-    shutdown.cancel();
-    syncs.stop.cancel();
-    let grace = cfg.limits.shutdown_grace.get();
-    let servers_drained = async {
-        let mut failed = false;
-        for (name, h) in servers {
-            match tokio::time::timeout(grace + Duration::from_secs(5), h).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    tracing::error!(server = name, error = ?e, "server failed");
-                    failed = true;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(server = name, error = %e, "server task panicked");
-                    failed = true;
-                }
-                Err(_) => tracing::warn!(server = name, "did not drain within the grace period"),
-            }
-        }
-        failed
-    };
-    let (failed, ()) = tokio::join!(servers_drained, drain_syncs(syncs, &cut, grace));
-    tracing::info!("stopped");
-    if failed {
-        Err(Exit::runtime(""))
+/// Binds the SSH listener (SFTP and SCP) and starts its server.
+async fn start_sftp(
+    s: &bucketgate_config::SftpConfig,
+    cfg: &Config,
+    budget: &Arc<MemoryBudget>,
+    login: &Arc<LoginService>,
+    limiter: &Arc<SessionLimiter>,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<anyhow::Result<()>>, Exit> {
+    let listener = bind("sftp", s.listen).await?;
+    let host_keys = if s.host_keys.is_empty() {
+        vec![cfg.state_dir.join("ssh_host_ed25519_key")]
     } else {
-        Ok(())
+        s.host_keys.clone()
+    };
+    let keys = ssh::load_or_create_host_keys(&host_keys)
+        .map_err(|e| Exit::usage(format!("sftp.host_keys: {e:#}")))?;
+    let opts = ssh::SftpOptions {
+        host_keys,
+        legacy_algorithms: s.legacy_algorithms,
+        login_grace: cfg.limits.login_grace.get(),
+        idle_timeout: cfg.limits.idle_timeout.get(),
+        max_channels_per_connection: 10,
+        max_handles_per_session: 256,
+        max_packet_len: 256 * 1024,
+        shutdown_grace: cfg.limits.shutdown_grace.get(),
+        keep_partial_uploads: cfg.transfers.keep_partial_uploads,
+        proxy_protocol: trusted_proxies(&s.proxy_protocol),
+        memory: Some(budget.clone()),
+    };
+    tracing::info!(
+        "listening: protocol=sftp addr={}",
+        listener
+            .local_addr()
+            .map_err(|e| Exit::runtime(e.to_string()))?
+    );
+    Ok(tokio::spawn(ssh::serve(
+        listener,
+        opts,
+        keys,
+        login.clone(),
+        limiter.clone(),
+        shutdown.clone(),
+    )))
+}
+
+/// Binds the FTP listener (and the implicit FTPS one in implicit mode) and starts its server.
+async fn start_ftp(
+    f: &bucketgate_config::FtpConfig,
+    cfg: &Config,
+    login: &Arc<LoginService>,
+    limiter: &Arc<SessionLimiter>,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<anyhow::Result<()>>, Exit> {
+    let listener = bind("ftp", f.listen).await?;
+    // The implicit listener only exists in implicit mode (`check` warns when it is set
+    // with another mode).
+    let implicit_addr = f
+        .tls
+        .as_ref()
+        .filter(|t| t.mode == bucketgate_config::TlsMode::Implicit)
+        .and_then(|t| t.listen_implicit);
+    let implicit = match implicit_addr {
+        Some(a) => Some(bind("ftps (implicit)", a).await?),
+        None => None,
+    };
+    let public_address = match &f.public_address {
+        Some(a) => Some(resolve_public_address(a).await?),
+        None => None,
+    };
+    let opts = ftp::FtpOptions {
+        passive_ports: f.passive_ports.range(),
+        public_address,
+        active_mode: f.active_mode,
+        tls: f.tls.as_ref().map(|t| ftp::FtpTls {
+            mode: match t.mode {
+                bucketgate_config::TlsMode::Explicit => ftp::TlsMode::Explicit,
+                bucketgate_config::TlsMode::Required => ftp::TlsMode::Required,
+                bucketgate_config::TlsMode::Implicit => ftp::TlsMode::Implicit,
+            },
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
+        idle_timeout: cfg.limits.idle_timeout.get(),
+        login_grace: cfg.limits.login_grace.get(),
+        max_line_len: 4096,
+        shutdown_grace: cfg.limits.shutdown_grace.get(),
+        proxy_protocol: trusted_proxies(&f.proxy_protocol),
+        ..ftp::FtpOptions::default()
+    };
+    tracing::info!(
+        "listening: protocol=ftp addr={}",
+        listener
+            .local_addr()
+            .map_err(|e| Exit::runtime(e.to_string()))?
+    );
+    if let Some(l) = &implicit {
+        tracing::info!(
+            "listening: protocol=ftps-implicit addr={}",
+            l.local_addr().map_err(|e| Exit::runtime(e.to_string()))?
+        );
+    }
+    Ok(tokio::spawn(ftp::serve(
+        listener,
+        implicit,
+        opts,
+        login.clone(),
+        limiter.clone(),
+        shutdown.clone(),
+    )))
+}
+
+impl Gateway {
+    /// Step 2, reload (SIGHUP): re-reads the config file and applies it for new sessions.
+    ///
+    /// Guarantees: a config that does not load, whose storage cannot be built, or whose mount
+    /// points are not empty changes nothing (its errors are logged, the running config stays).
+    /// A valid one swaps users, keys, permissions, the tree and the remotes for new sessions;
+    /// open sessions keep their tree, follow their account's new permissions, or are closed
+    /// when their account was removed or changed ([`LoginService::replace_directory`]). The
+    /// old sync schedule starts no new run, lets a run in progress finish, and only then does
+    /// the new one start; if the new sync jobs cannot be built the old schedule stays. Listener,
+    /// limit and transfer settings wait for a restart (a warning says so). With the embedded
+    /// default there is no file to re-read: SIGHUP is logged and ignored.
+    async fn reload(mut self) -> Gateway {
+        let Some(p) = &self.path else {
+            tracing::info!("SIGHUP ignored: the embedded default has no file to re-read");
+            return self;
+        };
+        let Some((next, storage)) = apply_config(
+            p,
+            &self.current,
+            &self.login,
+            &self.health,
+            self.budget.clone(),
+            self.demo_hash.clone(),
+        )
+        .await
+        else {
+            return self;
+        };
+        // Scheduled syncs follow the new config: the old schedule starts no
+        // new run, a run in progress finishes, then the new schedule starts.
+        match scheduled_jobs(&next, &storage) {
+            Ok(jobs) => {
+                self.syncs = schedule(jobs, next.state_dir.clone(), Some(self.syncs), &self.cut);
+            }
+            // Keep the old schedule rather than none at all.
+            Err(e) => tracing::error!("reload: sync jobs not changed: {}", e.message),
+        }
+        let _ = self
+            .cleanup_targets
+            .send((upload_prefixes(&next), storage.remotes.clone()));
+        if let Ok(jobs) = wiring::sync_jobs(&next, &storage) {
+            *self.api_sync_jobs.lock().unwrap_or_else(|e| e.into_inner()) =
+                jobs.into_iter().map(|(j, _)| j).collect();
+        }
+        self.current = next;
+        self
+    }
+
+    /// Step 3, drain (SIGTERM/SIGINT): every server stops accepting, transfers in progress get
+    /// `limits.shutdown_grace`, and scheduled syncs start no new run while a run in progress
+    /// gets the same grace period before it is cut (it resumes at the next start).
+    ///
+    /// Guarantees: returns once every server task has ended (or has not within the grace
+    /// period plus 5 s: it is logged and left to the runtime's shutdown) and no sync run is in
+    /// progress; `Err` (exit 1) when a server failed or panicked.
+    async fn drain(self) -> Result<(), Exit> {
+        self.shutdown.cancel();
+        self.syncs.stop.cancel();
+        let grace = self.grace;
+        let servers = self.servers;
+        let servers_drained = async {
+            let mut failed = false;
+            for (name, h) in servers {
+                match tokio::time::timeout(grace + Duration::from_secs(5), h).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => {
+                        tracing::error!(server = name, error = ?e, "server failed");
+                        failed = true;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(server = name, error = %e, "server task panicked");
+                        failed = true;
+                    }
+                    Err(_) => {
+                        tracing::warn!(server = name, "did not drain within the grace period")
+                    }
+                }
+            }
+            failed
+        };
+        let (failed, ()) = tokio::join!(servers_drained, drain_syncs(self.syncs, &self.cut, grace));
+        tracing::info!("stopped");
+        if failed {
+            Err(Exit::runtime(""))
+        } else {
+            Ok(())
+        }
     }
 }
 
-/// Re-reads the config; on success swaps users and the tree for new sessions.
-async fn reload(
+/// Loads the config file at `path` and, when it is valid, applies it for new sessions (see
+/// [`Gateway::reload`]); returns it with its storage, or `None` after logging why not.
+async fn apply_config(
     path: &std::path::Path,
     current: &Config,
     login: &LoginService,

@@ -7,8 +7,8 @@
 //! functions over bytes, so they can be fuzzed without a server. Modern `scp` uses SFTP and
 //! never comes here.
 
-use crate::sftp::attrs::unix_secs;
-use crate::sftp::errors::log_error;
+use crate::ssh::attrs::unix_secs;
+use crate::ssh::errors::log_error;
 use bucketgate_storage::{Entry, OpenMode, UserFs, VPath};
 use bytes::Bytes;
 use futures::future::BoxFuture;

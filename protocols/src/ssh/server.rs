@@ -1,6 +1,6 @@
 //! The listener: admission, per-connection supervision and graceful shutdown.
 
-use super::ssh::{ConnState, Shared, SshHandler};
+use super::connection::{ConnState, Shared, SshHandler};
 use super::SftpOptions;
 use crate::auth::LoginService;
 use crate::limits::SessionLimiter;

@@ -1,6 +1,6 @@
 //! The SSH frontend: SFTP v3 and SCP over SSH, served from a user's [`UserFs`].
 //!
-//! [`serve`] runs the listener; each connection gets its own SSH session ([`ssh`]), whose
+//! [`serve`] runs the listener; each connection gets its own SSH session ([`connection`]), whose
 //! `sftp` subsystem channels run an SFTP handler ([`session`]) and whose `exec scp -t/-f`
 //! channels run the legacy rcp protocol ([`scp`]). Nothing here talks to S3 or to a backend:
 //! every file operation goes through [`UserFs`].
@@ -8,6 +8,7 @@
 //! [`UserFs`]: bucketgate_storage::UserFs
 
 mod attrs;
+mod connection;
 mod dispatch;
 mod errors;
 mod handles;
@@ -15,7 +16,6 @@ mod hostkey;
 pub mod scp;
 mod server;
 mod session;
-mod ssh;
 
 pub use hostkey::load_or_create_host_keys;
 pub use russh::keys::PrivateKey;

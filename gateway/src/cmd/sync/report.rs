@@ -1,57 +1,14 @@
-//! `bucketgate sync run NAME` and `bucketgate sync status`: the command-line side of sync jobs.
-//!
-//! Both take jobs already built from the config, so they depend on nothing but the engine.
+//! What `bucketgate sync run` and `sync status` show: the progress (an indicatif bar on a
+//! terminal, one line per path otherwise), the summary of a run, the table of past runs.
 
-use bucketgate_storage::sync::{
-    self, Event, EventKind, Phase, Progress, RunOptions, RunRecord, Summary, SyncJob,
-};
+use bucketgate_storage::sync::{Event, EventKind, JobStatus, Phase, Progress, RunRecord, Summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Runs `job` once now: a progress bar on a terminal (stderr), plain lines per path otherwise
-/// (stdout), then a summary. `Ok(true)` when every path was handled, `Ok(false)` when some
-/// failed (they are retried at the next run), `Err` when the run could not happen at all
-/// (already running, a side that cannot be listed, a state that cannot be written).
-pub async fn sync_run(
-    job: SyncJob,
-    state_dir: &Path,
-    dry_run: bool,
-    force: bool,
-) -> Result<bool, String> {
-    let tty = std::io::stderr().is_terminal();
-    let reporter = Reporter::new(tty, dry_run);
-    let r2 = reporter.clone();
-    let opts = RunOptions {
-        dry_run,
-        force,
-        progress: Some(Arc::new(move |p: Progress| r2.update(&p))),
-        ..Default::default()
-    };
-    let result = sync::run_job(&job, state_dir, opts).await;
-    reporter.finish();
-    match result {
-        Ok(s) => {
-            print_summary(&job.name, &s);
-            Ok(s.ok())
-        }
-        Err(e) => Err(format!("sync {}: {e}", job.name)),
-    }
-}
-
-/// Prints each job's last runs. With `names`, only those jobs (and a line for one that never
-/// ran); without, every job that has run under `state_dir`.
-pub fn sync_status(state_dir: &Path, names: &[String]) {
-    let jobs = if names.is_empty() {
-        sync::status(state_dir)
-    } else {
-        names
-            .iter()
-            .map(|n| sync::job_status(state_dir, n))
-            .collect()
-    };
+/// Prints each job's last runs: a line for one that never ran, a table of up to five runs
+/// for the others.
+pub fn print_status(jobs: Vec<JobStatus>) {
     if jobs.is_empty() {
         println!("no sync job has run yet");
         return;
@@ -116,7 +73,7 @@ fn print_run(r: &RunRecord) {
     }
 }
 
-fn print_summary(name: &str, s: &Summary) {
+pub fn print_summary(name: &str, s: &Summary) {
     let verdict = match (s.ok(), s.dry_run) {
         (true, true) => "dry run, nothing changed",
         (false, true) => "dry run, nothing changed; some paths could not be checked",
@@ -155,7 +112,7 @@ fn print_summary(name: &str, s: &Summary) {
 
 /// Shows progress: an indicatif bar on a terminal, one line per path otherwise.
 #[derive(Clone)]
-struct Reporter {
+pub struct Reporter {
     bar: Option<ProgressBar>,
     dry_run: bool,
     /// Plain mode: when the last "listing" line was printed (at most one every few seconds).
@@ -163,7 +120,7 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn new(tty: bool, dry_run: bool) -> Reporter {
+    pub fn new(tty: bool, dry_run: bool) -> Reporter {
         let bar = tty.then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             b.set_style(
@@ -179,7 +136,7 @@ impl Reporter {
         }
     }
 
-    fn update(&self, p: &Progress) {
+    pub fn update(&self, p: &Progress) {
         match &self.bar {
             Some(bar) => self.update_bar(bar, p),
             None => self.update_plain(p),
@@ -277,7 +234,7 @@ impl Reporter {
         s
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -313,21 +270,6 @@ fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bucketgate_storage::backend::Backend;
-    use bucketgate_storage::local::LocalBackend;
-    use bucketgate_storage::sync::{ConflictPolicy, Direction};
-
-    struct Cleanup(std::path::PathBuf);
-    impl Cleanup {
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn formats() {
@@ -368,35 +310,5 @@ mod tests {
         p.phase = Phase::Done;
         r.update(&p);
         r.finish();
-    }
-
-    #[tokio::test]
-    async fn run_and_status() {
-        // A folder of our own: the gateway has no tempfile dependency.
-        let dir = std::env::temp_dir().join(format!("bg-sync-cli-{:x}", rand::random::<u64>()));
-        let d = Cleanup(dir);
-        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("s")).unwrap());
-        let remote: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("r")).unwrap());
-        std::fs::create_dir_all(d.path().join("s/in")).unwrap();
-        std::fs::write(d.path().join("s/in/a.txt"), b"hello").unwrap();
-        let job = SyncJob {
-            name: "cli".into(),
-            site: (site, "in".into()),
-            remote: (remote, "out".into()),
-            direction: Direction::Push,
-            delete: false,
-            conflict: ConflictPolicy::Newer,
-            include: vec![],
-            exclude: vec![],
-            max_delete: Default::default(),
-            lease: None,
-        };
-        let state = d.path().join("state");
-        assert!(sync_run(job.clone(), &state, true, false).await.unwrap());
-        assert!(!d.path().join("r/out/a.txt").exists());
-        assert!(sync_run(job, &state, false, false).await.unwrap());
-        assert!(d.path().join("r/out/a.txt").exists());
-        sync_status(&state, &[]);
-        sync_status(&state, &["cli".into(), "never".into()]);
     }
 }
