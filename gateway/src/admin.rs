@@ -1,7 +1,8 @@
-//! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
+//! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, and the REST API under `/api/`
+//! (handed to [`crate::api`]).
 //!
-//! HTTP/1.1 on hyper (already built for reqwest), GET and HEAD only, one request per
-//! connection: the load balancer's probes and Prometheus need nothing more. At most
+//! HTTP/1.1 on hyper (already built for reqwest), GET and HEAD only outside `/api/`, one
+//! request per connection: the load balancer's probes and Prometheus need nothing more. At most
 //! [`MAX_CONNECTIONS`] connections are served at once; past that, new ones wait in the
 //! listen backlog until one ends (a probe is answered late rather than refused, and a 503
 //! would read as "not ready"). A client has [`HEADER_TIMEOUT`] to send its request head and
@@ -225,18 +226,7 @@ impl Health {
                 Ok(Ok(_))
             );
         let ready = site_ok && !listeners.is_empty();
-        let remotes: serde_json::Map<String, serde_json::Value> = states
-            .into_iter()
-            .map(|(k, s)| {
-                (
-                    k,
-                    serde_json::json!({
-                        "state": match s.ok { Some(true) => "up", Some(false) => "down", None => "unknown" },
-                        "error": s.error,
-                    }),
-                )
-            })
-            .collect();
+        let remotes = remotes_json(states);
         let body = serde_json::json!({
             "ready": ready,
             "site_tree": if site_ok { "up" } else { "down" },
@@ -246,9 +236,31 @@ impl Health {
         (ready, body.to_string())
     }
 
+    /// Each remote's last probe, as `/readyz` and the admin API show it.
+    pub fn remotes(&self) -> serde_json::Value {
+        let states = self.0.lock().expect("lock").states.clone();
+        remotes_json(states)
+    }
+
     fn metrics(&self) -> String {
         bucketgate_storage::metrics::encode(&self.1.registry)
     }
+}
+
+fn remotes_json(states: BTreeMap<String, RemoteState>) -> serde_json::Value {
+    let remotes: serde_json::Map<String, serde_json::Value> = states
+        .into_iter()
+        .map(|(k, s)| {
+            (
+                k,
+                serde_json::json!({
+                    "state": match s.ok { Some(true) => "up", Some(false) => "down", None => "unknown" },
+                    "error": s.error,
+                }),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(remotes)
 }
 
 /// The prefix each remote is probed under: the first place the config uses it, in the order
@@ -275,6 +287,7 @@ pub fn probe_prefixes(cfg: &bucketgate_config::Config) -> HashMap<String, String
 pub async fn serve(
     listener: TcpListener,
     health: Health,
+    api: Option<Arc<crate::api::Api>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -284,7 +297,7 @@ pub async fn serve(
             _ = shutdown.cancelled() => return Ok(()),
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let (sock, _) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -292,11 +305,19 @@ pub async fn serve(
             },
         };
         let health = health.clone();
+        let api = api.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let health = health.clone();
-                async move { Ok::<_, Infallible>(respond(&health, &req).await) }
+                let api = api.clone();
+                async move {
+                    // The admin API (gateway/src/api) when the state store is open.
+                    if let (Some(api), true) = (&api, req.uri().path().starts_with("/api/")) {
+                        return Ok::<_, Infallible>(api.handle(req, peer.ip()).await);
+                    }
+                    Ok::<_, Infallible>(respond(&health, &req).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

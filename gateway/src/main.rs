@@ -17,6 +17,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 mod admin;
+mod api;
 mod cmd;
 mod demo;
 mod wiring;
@@ -60,6 +61,47 @@ enum Command {
     Sync {
         #[command(subcommand)]
         command: SyncCommand,
+    },
+    /// The admin API's tokens (docs/admin-api.md)
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// API tokens
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once on stdout
+    Create {
+        /// `ro` (GET only) or `rw`
+        #[arg(long, default_value = "ro")]
+        scope: String,
+        /// A label for people
+        #[arg(long, default_value = "admin")]
+        name: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// List the tokens (never their secrets)
+    List {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Delete a token by id
+    Revoke {
+        /// The token's id (`bucketgate admin token list`)
+        id: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
 }
 
@@ -154,6 +196,13 @@ fn main() -> ExitCode {
         Command::Sync {
             command: SyncCommand::Status { names, cfg },
         } => cmd::sync::status(&cfg, &names),
+        Command::Admin {
+            command: AdminCommand::Token { command },
+        } => match command {
+            TokenCommand::Create { scope, name, cfg } => cmd::admin::create(&cfg, &scope, &name),
+            TokenCommand::List { cfg } => cmd::admin::list(&cfg),
+            TokenCommand::Revoke { id, cfg } => cmd::admin::revoke(&cfg, &id),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -321,32 +321,7 @@ fn perm_set(list: &[Permission]) -> PermSet {
 
 /// The accounts of the config (plus the demo user of the embedded default).
 pub fn accounts(cfg: &Config, demo_hash: Option<String>) -> Vec<Account> {
-    let mut out: Vec<Account> = cfg
-        .users
-        .iter()
-        .map(|u| Account {
-            username: u.username.clone(),
-            password_hash: u.password_hash.as_ref().map(|h| h.expose().to_string()),
-            public_keys: u.public_keys.clone(),
-            home: VPath::parse(&u.home).unwrap_or_else(|_| VPath::root()),
-            permissions: Permissions::new(u.permissions.iter().filter_map(|(folder, perms)| {
-                VPath::parse(folder).ok().map(|p| (p, perm_set(perms)))
-            })),
-            protocols: u
-                .protocols
-                .iter()
-                .map(|p| match p {
-                    Protocol::Sftp => auth::Protocol::Sftp,
-                    Protocol::Ftp => auth::Protocol::Ftp,
-                })
-                .collect(),
-            allowed_ips: u
-                .allowed_ips
-                .iter()
-                .map(|n| ipnet::IpNet::from(*n))
-                .collect(),
-        })
-        .collect();
+    let mut out: Vec<Account> = cfg.users.iter().map(account).collect();
     if let Some(hash) = demo_hash {
         out.push(Account {
             username: crate::demo::DEMO_USER.to_string(),
@@ -359,6 +334,34 @@ pub fn accounts(cfg: &Config, demo_hash: Option<String>) -> Vec<Account> {
         });
     }
     out
+}
+
+/// One user of the config (or created through the admin API, in the config's form).
+pub fn account(u: &bucketgate_config::UserConfig) -> Account {
+    Account {
+        username: u.username.clone(),
+        password_hash: u.password_hash.as_ref().map(|h| h.expose().to_string()),
+        public_keys: u.public_keys.clone(),
+        home: VPath::parse(&u.home).unwrap_or_else(|_| VPath::root()),
+        permissions: Permissions::new(
+            u.permissions.iter().filter_map(|(folder, perms)| {
+                VPath::parse(folder).ok().map(|p| (p, perm_set(perms)))
+            }),
+        ),
+        protocols: u
+            .protocols
+            .iter()
+            .map(|p| match p {
+                Protocol::Sftp => auth::Protocol::Sftp,
+                Protocol::Ftp => auth::Protocol::Ftp,
+            })
+            .collect(),
+        allowed_ips: u
+            .allowed_ips
+            .iter()
+            .map(|n| ipnet::IpNet::from(*n))
+            .collect(),
+    }
 }
 
 /// The directory of users over `tree`.

@@ -6,14 +6,15 @@
 //! match (`login failed: protocol=sftp ip=203.0.113.9 user="bob" reason=wrong_password`); a
 //! password never reaches a log line.
 
+use bucketgate_state::{Ban, Failure, SessionRow, StateStore};
 use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
 use bucketgate_storage::{Permissions, SessionInfo, Tree, UserFs, VPath};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -184,6 +185,8 @@ pub struct Session {
 /// A session as the reload sees it.
 struct Open {
     account: Arc<Account>,
+    /// The id the admin API shows (16 hex digits).
+    id: String,
     proto: Protocol,
     ip: IpAddr,
     fs: UserFs,
@@ -196,6 +199,8 @@ type OpenSessions = Mutex<HashMap<u64, Open>>;
 struct OpenGuard {
     id: u64,
     list: Weak<OpenSessions>,
+    /// The registry the session was recorded in.
+    state: Option<(Arc<dyn StateStore>, String)>,
 }
 
 impl Drop for OpenGuard {
@@ -204,6 +209,15 @@ impl Drop for OpenGuard {
             list.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&self.id);
+        }
+        if let (Some((store, id)), Ok(rt)) =
+            (self.state.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move {
+                if let Err(e) = store.session_closed(&id).await {
+                    tracing::warn!("cannot remove session {id} from the registry: {e}");
+                }
+            });
         }
     }
 }
@@ -269,6 +283,11 @@ pub struct LoginService {
     /// Sessions logged in now, so that a reload can close or restrict them.
     open: Arc<OpenSessions>,
     next_open: AtomicU64,
+    /// Where bans, failures and sessions are recorded (see [`LoginService::attach_state`]).
+    state: OnceLock<Arc<dyn StateStore>>,
+    /// Users created at runtime, behind the config's (see
+    /// [`LoginService::set_runtime_accounts`]).
+    runtime: RwLock<Arc<HashMap<String, Arc<Account>>>>,
 }
 
 /// Users names are refused before anything touches storage when they could be read as paths.
@@ -322,7 +341,112 @@ impl LoginService {
             hashing_peak: AtomicUsize::new(0),
             open: Arc::default(),
             next_open: AtomicU64::new(0),
+            state: OnceLock::new(),
+            runtime: RwLock::default(),
         }
+    }
+
+    /// Records bans, failures and sessions in `store` from now on, after taking over the
+    /// bans and the failures still in their window that it holds (a restart keeps them). The
+    /// sessions registered by a previous process are forgotten: they ended with it.
+    pub async fn attach_state(&self, store: Arc<dyn StateStore>) -> bucketgate_state::Result<()> {
+        let now = SystemTime::now();
+        let bans = store.bans(now).await?;
+        let failures = store
+            .failures_since(now.checked_sub(self.policy.window).unwrap_or(now))
+            .await?;
+        store.clear_sessions().await?;
+        let mono = Instant::now();
+        let mut scores = self.scores.lock().expect("lock");
+        for f in failures {
+            let ago = now.duration_since(f.at).unwrap_or_default();
+            if let Some(t) = mono.checked_sub(ago) {
+                scores.entry(f.ip).or_default().failures.push((t, f.score));
+            }
+        }
+        for b in &bans {
+            let left = b.until.duration_since(now).unwrap_or_default();
+            scores.entry(b.ip).or_default().banned_until = Some(mono + left);
+        }
+        drop(scores);
+        if !bans.is_empty() {
+            tracing::info!(target: "bucketgate::auth", "bans restored: {}", bans.len());
+        }
+        let _ = self.state.set(store);
+        Ok(())
+    }
+
+    /// The addresses banned now, with the time each ban ends.
+    pub fn bans(&self) -> Vec<(IpAddr, SystemTime)> {
+        let (now, sys) = (Instant::now(), SystemTime::now());
+        let scores = self.scores.lock().expect("lock");
+        let mut v: Vec<_> = scores
+            .iter()
+            .filter_map(|(ip, s)| match s.banned_until {
+                Some(t) if t > now => Some((*ip, sys + (t - now))),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Lifts the ban on `ip` and forgets its failures; false when it was not banned.
+    pub async fn lift_ban(&self, ip: IpAddr) -> bool {
+        let was = {
+            let mut scores = self.scores.lock().expect("lock");
+            let was = scores
+                .get(&ip)
+                .is_some_and(|s| s.banned_until.is_some_and(|t| t > Instant::now()));
+            scores.remove(&ip);
+            was
+        };
+        let mut stored = false;
+        if let Some(store) = self.state.get() {
+            match store.delete_ban(ip).await {
+                Ok(b) => stored = b,
+                Err(e) => tracing::error!("cannot lift the stored ban of {ip}: {e}"),
+            }
+        }
+        if was || stored {
+            tracing::info!(target: "bucketgate::auth", "ban lifted: ip={ip}");
+        }
+        was || stored
+    }
+
+    /// The transfers in progress of the session `id` of this process, and its bytes so far.
+    pub fn activity(&self, id: &str) -> Option<Arc<bucketgate_storage::metrics::Activity>> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.values().find(|s| s.id == id).map(|s| s.fs.activity())
+    }
+
+    /// Closes the session `id` (as a reload that removed its user would); false when no
+    /// session of this process has that id.
+    pub fn disconnect(&self, id: &str) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match open.values().find(|s| s.id == id) {
+            Some(s) => {
+                tracing::info!(
+                    target: "bucketgate::auth",
+                    "session closed: protocol={} ip={} user={:?} reason=disconnected by an administrator",
+                    s.proto.name(),
+                    s.ip,
+                    s.account.username
+                );
+                s.revoked.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A failed admin API authentication from `ip`: logged and scored like a failed login
+    /// (`reason` is `no_token`, `wrong_token`...), so that guessing tokens earns a ban. A
+    /// request from a banned address (`banned`) is logged but scores nothing more.
+    pub async fn api_failure(&self, ip: IpAddr, token_id: &str, reason: &'static str) {
+        let score = u32::from(reason != "banned");
+        self.record_failure("admin", ip, token_id, reason, score)
+            .await;
     }
 
     /// Counts password checks in `budget`: argon2's working memory (the hash's `m` parameter:
@@ -367,10 +491,45 @@ impl LoginService {
     /// account's new permissions from their next operation. A changed password or key leaves
     /// open sessions alone, as OpenSSH does.
     pub fn replace_directory(&self, directory: Directory) -> ReloadEffect {
-        let mut effect = ReloadEffect::default();
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let runtime = self.runtime.read().expect("lock").clone();
+        let effect = Self::revalidate(&open, &directory, &runtime);
+        *self.directory.write().expect("lock") = Arc::new(directory);
+        effect
+    }
+
+    /// Replaces the users created at runtime (the admin API's). A user of the config with the
+    /// same name wins: a runtime user is only looked up when the config has no such name.
+    /// Open sessions follow their account as on a reload ([`LoginService::replace_directory`]).
+    pub fn set_runtime_accounts(&self, accounts: Vec<Account>) -> ReloadEffect {
+        let runtime: Arc<HashMap<String, Arc<Account>>> = Arc::new(
+            accounts
+                .into_iter()
+                .map(|a| (a.username.clone(), Arc::new(a)))
+                .collect(),
+        );
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let effect = Self::revalidate(&open, &self.directory(), &runtime);
+        *self.runtime.write().expect("lock") = runtime;
+        effect
+    }
+
+    /// An account by name: the config's first, then the runtime users'.
+    fn lookup(&self, dir: &Directory, username: &str) -> Option<Arc<Account>> {
+        dir.get(username)
+            .cloned()
+            .or_else(|| self.runtime.read().expect("lock").get(username).cloned())
+    }
+
+    fn revalidate(
+        open: &HashMap<u64, Open>,
+        directory: &Directory,
+        runtime: &HashMap<String, Arc<Account>>,
+    ) -> ReloadEffect {
+        let mut effect = ReloadEffect::default();
         for s in open.values() {
-            let why = match directory.get(&s.account.username) {
+            let name = &s.account.username;
+            let why = match directory.get(name).or_else(|| runtime.get(name)) {
                 None => Some("the user was removed from the config"),
                 Some(a) if a.home != s.account.home => Some("the user's home changed"),
                 Some(a) if !a.protocols.contains(&s.proto) => {
@@ -402,7 +561,6 @@ impl LoginService {
                 }
             }
         }
-        *self.directory.write().expect("lock") = Arc::new(directory);
         effect
     }
 
@@ -437,49 +595,83 @@ impl LoginService {
     /// Records a failure, logs it, bans the address past the threshold, and waits the failure
     /// delay.
     async fn fail(&self, proto: Protocol, ip: IpAddr, user: &str, why: LoginError) -> LoginError {
-        crate::metrics::login(proto.name(), why.reason());
+        self.record_failure(proto.name(), ip, user, why.reason(), why.score())
+            .await;
+        why
+    }
+
+    async fn record_failure(
+        &self,
+        proto: &'static str,
+        ip: IpAddr,
+        user: &str,
+        reason: &'static str,
+        score: u32,
+    ) {
+        crate::metrics::login(proto, reason);
         let shown_user: String = user.chars().take(64).collect();
         tracing::warn!(
             target: "bucketgate::auth",
             "login failed: protocol={} ip={} user={:?} reason={}",
-            proto.name(),
+            proto,
             ip,
             shown_user,
-            why.reason()
+            reason
         );
-        let score = why.score();
         if score > 0 && !self.safelisted(ip) {
+            let mut banned = None;
             let now = Instant::now();
-            let mut scores = self.scores.lock().expect("lock");
-            let s = scores.entry(ip).or_default();
-            s.failures
-                .retain(|(t, _)| now.duration_since(*t) < self.policy.window);
-            s.failures.push((now, score));
-            let total: u32 = s.failures.iter().map(|(_, n)| n).sum();
-            if total >= self.policy.threshold && s.banned_until.is_none() {
-                s.banned_until = Some(now + self.policy.duration);
-                tracing::warn!(
-                    target: "bucketgate::auth",
-                    "ban: ip={} banned for {}s after login failures scoring {}",
-                    ip,
-                    self.policy.duration.as_secs(),
-                    total
-                );
+            {
+                let mut scores = self.scores.lock().expect("lock");
+                let s = scores.entry(ip).or_default();
+                s.failures
+                    .retain(|(t, _)| now.duration_since(*t) < self.policy.window);
+                s.failures.push((now, score));
+                let total: u32 = s.failures.iter().map(|(_, n)| n).sum();
+                if total >= self.policy.threshold && s.banned_until.is_none() {
+                    s.banned_until = Some(now + self.policy.duration);
+                    banned = Some(total);
+                    tracing::warn!(
+                        target: "bucketgate::auth",
+                        "ban: ip={} banned for {}s after login failures scoring {}",
+                        ip,
+                        self.policy.duration.as_secs(),
+                        total
+                    );
+                }
+                // Bound the table: forget addresses whose failures all expired.
+                if scores.len() > 100_000 {
+                    scores.retain(|_, s| {
+                        s.banned_until.is_some_and(|t| t > now)
+                            || s.failures
+                                .iter()
+                                .any(|(t, _)| now.duration_since(*t) < self.policy.window)
+                    });
+                }
             }
-            // Bound the table: forget addresses whose failures all expired.
-            if scores.len() > 100_000 {
-                scores.retain(|_, s| {
-                    s.banned_until.is_some_and(|t| t > now)
-                        || s.failures
-                            .iter()
-                            .any(|(t, _)| now.duration_since(*t) < self.policy.window)
-                });
+            if let Some(store) = self.state.get() {
+                let at = SystemTime::now();
+                let r = store.add_failure(&Failure { ip, at, score }).await;
+                let r = match (r, banned) {
+                    (Ok(()), Some(total)) => {
+                        store
+                            .put_ban(&Ban {
+                                ip,
+                                until: at + self.policy.duration,
+                                score: total,
+                            })
+                            .await
+                    }
+                    (r, _) => r,
+                };
+                if let Err(e) = r {
+                    tracing::error!("cannot record a login failure: {e}");
+                }
             }
         }
         if score > 0 {
             tokio::time::sleep(self.policy.failure_delay).await;
         }
-        why
     }
 
     /// The checks that come before any credential: ban, name, account, protocol, address.
@@ -498,7 +690,7 @@ impl LoginService {
                 .await);
         }
         let dir = self.directory();
-        let Some(acc) = dir.get(username).cloned() else {
+        let Some(acc) = self.lookup(&dir, username) else {
             return Err(LoginError::UnknownUser);
         };
         if !acc.protocols.contains(&proto) {
@@ -545,11 +737,33 @@ impl LoginService {
             acc.username
         );
         let id = self.next_open.fetch_add(1, Ordering::Relaxed);
+        // Unique across restarts and instances: the registry's key.
+        let public_id = format!("{:016x}", rand::random::<u64>());
+        let state = match self.state.get() {
+            Some(store) => {
+                let row = SessionRow {
+                    id: public_id.clone(),
+                    username: acc.username.clone(),
+                    protocol: proto.name().to_string(),
+                    client: ip,
+                    started: SystemTime::now(),
+                };
+                match store.session_opened(&row).await {
+                    Ok(()) => Some((store.clone(), public_id.clone())),
+                    Err(e) => {
+                        tracing::error!("cannot register the session: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let revoked = CancellationToken::new();
         self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id,
             Open {
                 account: acc.clone(),
+                id: public_id,
                 proto,
                 ip,
                 fs: fs.clone(),
@@ -563,6 +777,7 @@ impl LoginService {
             _open: Arc::new(OpenGuard {
                 id,
                 list: Arc::downgrade(&self.open),
+                state,
             }),
         })
     }
@@ -644,7 +859,7 @@ impl LoginService {
             return Vec::new();
         }
         let dir = self.directory();
-        match dir.get(username) {
+        match self.lookup(&dir, username) {
             Some(acc)
                 if acc.protocols.contains(&proto)
                     && (acc.allowed_ips.is_empty()

@@ -170,6 +170,8 @@ pub struct UserFs {
     session: Option<SessionInfo>,
     /// What this session found a moment ago (shared by the view's clones).
     known: Arc<Known>,
+    /// Its transfers in progress (shared by the view's clones).
+    activity: Arc<metrics::Activity>,
 }
 
 impl UserFs {
@@ -182,6 +184,7 @@ impl UserFs {
             username: username.to_string(),
             session: None,
             known: Arc::default(),
+            activity: Arc::default(),
         }
     }
 
@@ -203,10 +206,16 @@ impl UserFs {
         self.session
     }
 
+    /// The transfers in progress through this view and its clones, and their bytes.
+    pub fn activity(&self) -> Arc<metrics::Activity> {
+        self.activity.clone()
+    }
+
     fn op_ctx(&self) -> OpContext {
         OpContext {
             user: self.username.clone(),
             session: self.session,
+            activity: Some(self.activity.clone()),
         }
     }
 

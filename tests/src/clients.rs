@@ -21,7 +21,7 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (key, public.trim().to_string())
 }
 
-fn ssh_opts() -> Vec<String> {
+pub fn ssh_opts() -> Vec<String> {
     [
         "StrictHostKeyChecking=no",
         "UserKnownHostsFile=/dev/null",

@@ -20,5 +20,6 @@ mod e2e_sync;
 mod vfs_behaviour;
 mod vfs_listing_memory;
 
+mod e2e_admin_api;
 mod e2e_checksums;
 mod e2e_request_counts;

@@ -128,12 +128,17 @@ struct Gateway {
     syncs: Syncs,
     /// Where the stale-upload clean-up looks: follows reloads.
     cleanup_targets: tokio::sync::watch::Sender<(Vec<(String, String)>, Remotes)>,
+    /// `POST /api/v1/reload` wakes the serve loop here, as SIGHUP does.
+    api_reload: Arc<tokio::sync::Notify>,
+    /// The sync jobs the admin API may run now: follow reloads.
+    api_sync_jobs: crate::api::SyncJobs,
 }
 
 /// Runs the gateway: [`start`], then SIGHUP → [`Gateway::reload`] until SIGTERM or SIGINT,
 /// then [`Gateway::drain`].
 async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
     let mut gateway = start(cfg, path).await?;
+    let api_reload = gateway.api_reload.clone();
     let mut term = signal(SignalKind::terminate()).map_err(|e| Exit::runtime(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Exit::runtime(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Exit::runtime(e.to_string()))?;
@@ -142,6 +147,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), Exit> {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
             _ = hup.recv() => gateway = gateway.reload().await,
+            _ = api_reload.notified() => gateway = gateway.reload().await,
         }
     }
     gateway.drain().await
@@ -185,6 +191,24 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         )
         .with_budget(budget.clone()),
     );
+    // The state store: bans and failures of the last run come back, and the runtime users
+    // are loaded, before any listener opens.
+    let state = bucketgate_state::open(&cfg.state_dir)
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    login
+        .attach_state(state.clone())
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    crate::api::users::load(state.as_ref(), &login)
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    let api_reload = Arc::new(tokio::sync::Notify::new());
+    let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
+        wiring::sync_jobs(&cfg, &storage)
+            .map(|v| v.into_iter().map(|(j, _)| j).collect())
+            .unwrap_or_default(),
+    ));
     let limiter = SessionLimiter::new(
         cfg.limits.max_sessions as usize,
         cfg.limits.max_sessions_per_ip as usize,
@@ -217,9 +241,17 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         );
         let h = health.clone();
         let sd = shutdown.clone();
+        let api = Arc::new(crate::api::Api {
+            login: login.clone(),
+            store: state.clone(),
+            health: health.clone(),
+            state_dir: cfg.state_dir.clone(),
+            reload: api_reload.clone(),
+            sync_jobs: api_sync_jobs.clone(),
+        });
         servers.push((
             "admin",
-            tokio::spawn(async move { admin::serve(listener, h, sd).await }),
+            tokio::spawn(async move { admin::serve(listener, h, Some(api), sd).await }),
         ));
     }
     // `cut` stops sync runs in progress: only when the shutdown grace period is over.
@@ -258,6 +290,8 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         servers,
         syncs,
         cleanup_targets,
+        api_reload,
+        api_sync_jobs,
     })
 }
 
@@ -414,6 +448,10 @@ impl Gateway {
         let _ = self
             .cleanup_targets
             .send((upload_prefixes(&next), storage.remotes.clone()));
+        if let Ok(jobs) = wiring::sync_jobs(&next, &storage) {
+            *self.api_sync_jobs.lock().unwrap_or_else(|e| e.into_inner()) =
+                jobs.into_iter().map(|(j, _)| j).collect();
+        }
         self.current = next;
         self
     }

@@ -6,9 +6,11 @@
 
 use super::{labels, register_family, CounterFamily};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 const FILE_OPS: &str = "bucketgate_file_operations_total";
 const BYTES_RECEIVED: &str = "bucketgate_bytes_received_total";
@@ -55,6 +57,80 @@ pub struct OpContext {
     pub user: String,
     /// The session, when a frontend set it.
     pub session: Option<SessionInfo>,
+    /// Where the session's transfers in progress are shown (the admin API).
+    pub activity: Option<Arc<Activity>>,
+}
+
+/// A session's transfers in progress and the bytes it has moved, for the admin API: each
+/// [`Transfer`] is listed from its start to its end.
+#[derive(Debug, Default)]
+pub struct Activity {
+    next: AtomicU64,
+    total: AtomicU64,
+    live: Mutex<BTreeMap<u64, Live>>,
+}
+
+#[derive(Debug)]
+struct Live {
+    op: &'static str,
+    path: String,
+    started: SystemTime,
+    bytes: Arc<AtomicU64>,
+}
+
+/// One transfer in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveTransfer {
+    /// `open_read` (a download) or `open_write` (an upload).
+    pub operation: &'static str,
+    /// The path as the user sees it.
+    pub path: String,
+    /// When it started.
+    pub started: SystemTime,
+    /// Bytes moved so far.
+    pub bytes: u64,
+}
+
+impl Activity {
+    /// Bytes uploaded and downloaded by the session so far, finished transfers included.
+    pub fn bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// The transfers in progress, oldest first.
+    pub fn transfers(&self) -> Vec<LiveTransfer> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.values()
+            .map(|l| LiveTransfer {
+                operation: l.op,
+                path: l.path.clone(),
+                started: l.started,
+                bytes: l.bytes.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn start(&self, op: &'static str, path: &str) -> (u64, Arc<AtomicU64>) {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let bytes = Arc::new(AtomicU64::new(0));
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            key,
+            Live {
+                op,
+                path: path.to_string(),
+                started: SystemTime::now(),
+                bytes: bytes.clone(),
+            },
+        );
+        (key, bytes)
+    }
+
+    fn end(&self, key: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
 }
 
 /// The result label of an operation: `ok` or the error kind in snake case.
@@ -166,12 +242,19 @@ pub struct Transfer {
     /// The first failure's message.
     error: Option<String>,
     done: bool,
+    /// Its entry in the session's [`Activity`].
+    live: Option<(Arc<Activity>, u64, Arc<AtomicU64>)>,
 }
 
 impl Transfer {
     /// A transfer of `path` that started at `started`.
     pub fn new(ctx: OpContext, op: &'static str, path: String, started: Instant) -> Self {
+        let live = ctx.activity.clone().map(|a| {
+            let (key, bytes) = a.start(op, &path);
+            (a, key, bytes)
+        });
         Transfer {
+            live,
             ctx,
             op,
             path,
@@ -186,6 +269,10 @@ impl Transfer {
     /// `n` more bytes went through.
     pub fn add(&mut self, n: u64) {
         self.bytes += n;
+        if let Some((a, _, bytes)) = &self.live {
+            bytes.fetch_add(n, Ordering::Relaxed);
+            a.total.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Remembers the first failure, reported when the transfer ends.
@@ -208,6 +295,9 @@ impl Transfer {
 
     /// Ends the transfer with `result` (`ok`, an error kind, `aborted`).
     pub fn finish(&mut self, result: &str) {
+        if let Some((a, key, _)) = self.live.take() {
+            a.end(key);
+        }
         if self.done {
             return;
         }
@@ -272,6 +362,7 @@ mod tests {
                 protocol: "sftp",
                 client: "127.0.0.1".parse().unwrap(),
             }),
+            activity: None,
         };
         let before = super::super::render();
         let n = |text: &str, series: &str| {

@@ -15,7 +15,10 @@ mod audit;
 mod s3;
 mod sync;
 
-pub use audit::{error_label, error_of, file_op, result_of, OpContext, SessionInfo, Transfer};
+pub use audit::{
+    error_label, error_of, file_op, result_of, Activity, LiveTransfer, OpContext, SessionInfo,
+    Transfer,
+};
 pub use s3::{multipart, s3_operation, s3_request, s3_retry};
 pub use sync::sync_run;
 

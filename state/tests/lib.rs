@@ -1,0 +1,3 @@
+//! The state store's tests: one binary, a module per subject.
+
+mod store;

@@ -1,0 +1,159 @@
+//! The embedded store: migrations from an older file, and what each table keeps.
+
+use bucketgate_state::{
+    Ban, Failure, Scope, SessionRow, SqliteStore, StateStore, TokenRow, UserStore, MIGRATIONS,
+};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn at(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s)
+}
+
+/// A file written by a gateway that knew only the first schema version (bans) is upgraded in
+/// place on open: its ban is still there, and the tables of the later versions work.
+#[tokio::test]
+async fn an_old_schema_is_migrated_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = bucketgate_state::sqlite_path(dir.path());
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO bans (ip, until, score) VALUES ('192.0.2.7', 4000000000, 15)",
+            [],
+        )
+        .unwrap();
+        // The later tables do not exist yet.
+        assert!(c.execute("DELETE FROM api_tokens", []).is_err());
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.version().unwrap(), MIGRATIONS.len());
+    let bans = store.bans(at(1_700_000_000)).await.unwrap();
+    assert_eq!(
+        bans,
+        vec![Ban {
+            ip: "192.0.2.7".parse().unwrap(),
+            until: at(4_000_000_000),
+            score: 15
+        }]
+    );
+    let t = TokenRow {
+        id: "abc".into(),
+        name: "ci".into(),
+        scope: Scope::ReadWrite,
+        hash: "$argon2id$x".into(),
+        created: at(1_700_000_000),
+    };
+    store.insert_token(&t).await.unwrap();
+    assert_eq!(store.token("abc").await.unwrap(), Some(t));
+    store.put_user("bob", "{\"home\":\"/bob\"}").await.unwrap();
+    store.put_user("bob", "{\"home\":\"/b\"}").await.unwrap();
+    assert_eq!(
+        store.users().await.unwrap(),
+        vec![("bob".to_string(), "{\"home\":\"/b\"}".to_string())]
+    );
+    drop(store);
+    // Opening again applies nothing and keeps everything.
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.version().unwrap(), MIGRATIONS.len());
+    assert_eq!(store.tokens().await.unwrap().len(), 1);
+    assert!(store.delete_user("bob").await.unwrap());
+    assert!(!store.delete_user("bob").await.unwrap());
+}
+
+/// A file from a newer gateway (a schema version this one does not know) is refused.
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = bucketgate_state::sqlite_path(dir.path());
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", (MIGRATIONS.len() + 1) as i64)
+            .unwrap();
+    }
+    let e = SqliteStore::open(&path).err().expect("refused");
+    assert!(e.to_string().contains("newer"), "{e}");
+}
+
+/// Bans end at their time, lifting one forgets the address's failures, old failures are
+/// dropped; sessions and tokens come and go.
+#[tokio::test]
+async fn bans_failures_sessions_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bucketgate_state::open(dir.path()).await.unwrap();
+    let a: IpAddr = "192.0.2.1".parse().unwrap();
+    let b: IpAddr = "2001:db8::2".parse().unwrap();
+    store
+        .put_ban(&Ban {
+            ip: a,
+            until: at(200),
+            score: 15,
+        })
+        .await
+        .unwrap();
+    store
+        .put_ban(&Ban {
+            ip: b,
+            until: at(100),
+            score: 16,
+        })
+        .await
+        .unwrap();
+    let ips: Vec<IpAddr> = store
+        .bans(at(50))
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.ip)
+        .collect();
+    assert_eq!(ips, vec![b, a]);
+    let ips: Vec<IpAddr> = store
+        .bans(at(150))
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.ip)
+        .collect();
+    assert_eq!(ips, vec![a]);
+
+    for (ip, t) in [(a, 10), (a, 20), (b, 30)] {
+        store
+            .add_failure(&Failure {
+                ip,
+                at: at(t),
+                score: 2,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.failures_since(at(15)).await.unwrap().len(), 2);
+    assert!(store.delete_ban(a).await.unwrap());
+    assert!(!store.delete_ban(a).await.unwrap());
+    assert!(store.bans(at(150)).await.unwrap().is_empty());
+    let left = store.failures_since(at(0)).await.unwrap();
+    assert_eq!(
+        left,
+        vec![Failure {
+            ip: b,
+            at: at(30),
+            score: 2
+        }]
+    );
+
+    let s = SessionRow {
+        id: "00ff".into(),
+        username: "alice".into(),
+        protocol: "sftp".into(),
+        client: b,
+        started: at(5),
+    };
+    store.session_opened(&s).await.unwrap();
+    assert_eq!(store.sessions().await.unwrap(), vec![s]);
+    store.session_closed("00ff").await.unwrap();
+    assert!(store.sessions().await.unwrap().is_empty());
+
+    assert!(!store.delete_token("nope").await.unwrap());
+    assert_eq!(store.token("nope").await.unwrap(), None);
+}
