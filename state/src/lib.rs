@@ -4,7 +4,7 @@
 //!   ban survives a restart;
 //! - the registry of live sessions (user, protocol, client address, start), which the admin
 //!   API lists;
-//! - admin API tokens, stored as argon2 hashes of their secret part;
+//! - admin API tokens, stored as SHA-256 digests of their secret part;
 //! - users created through the admin API ([`UserStore`]).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] is the embedded implementation (a file in
@@ -106,7 +106,7 @@ pub struct TokenRow {
     pub name: String,
     /// What it may do.
     pub scope: Scope,
-    /// argon2 PHC hash of the secret part.
+    /// `sha256:<hex>` of the secret part.
     pub hash: String,
     /// When it was created.
     pub created: SystemTime,
