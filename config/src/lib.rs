@@ -27,10 +27,11 @@ pub use error::{ConfigError, ConfigErrors};
 pub use net::IpNet;
 pub use paths::{is_within, normalize_prefix, normalize_site_path};
 pub use schema::{
-    AdminConfig, BanConfig, ChecksumMode, Config, Conflict, Direction, EncryptionMode, FolderTimes,
-    FtpConfig, FtpTlsConfig, LimitsConfig, LogConfig, LogFormat, MaxDelete, MountConfig,
-    Permission, Protocol, ProxyProtocol, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32,
-    SftpConfig, StorageConfig, SyncConfig, TlsMode, TransfersConfig, UserConfig,
+    AdminConfig, AdminTlsConfig, BanConfig, ChecksumMode, Config, Conflict, Direction,
+    EncryptionMode, FolderTimes, FtpConfig, FtpTlsConfig, LimitsConfig, LogConfig, LogFormat,
+    MaxDelete, MountConfig, Permission, Protocol, ProxyProtocol, RemoteConfig, RemoteKind,
+    RemoteTimeouts, Secret32, SftpConfig, StorageConfig, SyncConfig, TlsMode, TransfersConfig,
+    UserConfig,
 };
 pub use schema::{AssumeRoleConfig, CredentialSourceKind, CredentialsConfig};
 pub use secret::Secret;
@@ -226,6 +227,10 @@ fn resolve_paths(c: &mut Config, base: &Path) {
         }
     }
     if let Some(tls) = c.ftp.as_mut().and_then(|f| f.tls.as_mut()) {
+        tls.cert = paths::resolve(base, &tls.cert);
+        tls.key = paths::resolve(base, &tls.key);
+    }
+    if let Some(tls) = c.admin.as_mut().and_then(|a| a.tls.as_mut()) {
         tls.cert = paths::resolve(base, &tls.cert);
         tls.key = paths::resolve(base, &tls.key);
     }

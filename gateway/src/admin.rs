@@ -284,12 +284,17 @@ pub fn probe_prefixes(cfg: &bucketgate_config::Config) -> HashMap<String, String
 }
 
 /// Serves the admin endpoint until `shutdown`.
+///
+/// With `tls`, every connection is HTTPS: the handshake must end within [`HEADER_TIMEOUT`], and a
+/// client speaking plain HTTP gets a TLS alert, never an answer.
 pub async fn serve(
     listener: TcpListener,
     health: Health,
     api: Option<Arc<crate::api::Api>>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         // A slot first: over the bound, connections wait in the backlog, not in memory.
@@ -306,6 +311,7 @@ pub async fn serve(
         };
         let health = health.clone();
         let api = api.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -319,15 +325,33 @@ pub async fn serve(
                     Ok::<_, Infallible>(respond(&health, &req).await)
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 // A probe's head is a few hundred bytes: 8 KiB (hyper's least) per connection.
                 .max_buf_size(8192)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(sock), service);
+                .keep_alive(false);
             // A client too slow to take its answer is cut off; nothing to report.
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(sock), service);
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(sock))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                }
+            }
         });
     }
 }

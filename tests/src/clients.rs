@@ -296,3 +296,25 @@ fn output_with_input(cmd: &mut Command, input: &str) -> Output {
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// A self-signed server certificate for 127.0.0.1, made with openssl: (cert, key) PEM paths in
+/// `dir`. Not a CA: rustls refuses a CA certificate as the peer's own.
+pub fn self_signed_certificate(dir: &std::path::Path) -> (String, String) {
+    crate::gateway::require("openssl");
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert_ok("openssl req", &out);
+    (cert.display().to_string(), key.display().to_string())
+}

@@ -741,3 +741,57 @@ fn generated_requests_never_get_a_server_error() {
         }
     }
 }
+
+/// `admin.tls`: the admin listener speaks HTTPS only. curl trusting the certificate gets the
+/// API's answers; plain HTTP to the same port gets no answer at all; a bad certificate path
+/// stops the start with a message naming the file.
+#[test]
+fn the_admin_listener_speaks_https_when_configured() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("files")).unwrap();
+    let (cert, key) = bucketgate_tests::clients::self_signed_certificate(d);
+    let cfg = config(d).replace(
+        r#"admin: { listen: "127.0.0.1:0" }"#,
+        &format!(r#"admin: {{ listen: "127.0.0.1:0", tls: {{ cert: "{cert}", key: "{key}" }} }}"#),
+    );
+    assert!(cfg.contains("tls:"), "{cfg}");
+    std::fs::write(d.join("bucketgate.yaml"), &cfg).unwrap();
+    let ro = token(d, "ro");
+    let gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
+    let admin = gw.addr("admin");
+    let https = |path: &str| {
+        let url = format!("https://{admin}{path}");
+        let auth = format!("Authorization: Bearer {ro}");
+        let out = curl(&["--cacert", &cert, "-H", &auth, "-w", "\n%{http_code}", &url]);
+        assert_ok("curl https", &out);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_string())
+    };
+    let (code, body) = https("/api/v1/sessions");
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body).is_array(), "{body}");
+    assert_eq!(https("/healthz"), (200, "ok\n".to_string()));
+    // Plain HTTP: the handshake fails, nothing is answered.
+    let out = curl(&[
+        "-sS",
+        "-w",
+        "%{http_code}",
+        &format!("http://{admin}/healthz"),
+    ]);
+    assert!(!out.status.success(), "plain HTTP was answered: {out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ok"));
+    drop(gw);
+
+    // A key file that is not there: the start fails and says which file.
+    let bad = cfg.replace(&key, &format!("{key}.missing"));
+    std::fs::write(d.join("bucketgate.yaml"), &bad).unwrap();
+    let (code, _, err) = run(d, &["serve", "--config", "bucketgate.yaml"], None);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("admin") && err.contains("tls-key.pem.missing"),
+        "{err}"
+    );
+}

@@ -381,30 +381,6 @@ fn jsch_needs_legacy_algorithms_or_an_ecdsa_host_key() {
     assert!(moto.get("exchange", "e.bin").unwrap() == data);
 }
 
-/// A self-signed certificate for 127.0.0.1 made with openssl: (cert, key) paths.
-fn test_certificate(dir: &Path) -> (String, String) {
-    require("openssl");
-    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert_ok("openssl req", &out);
-    (cert.display().to_string(), key.display().to_string())
-}
-
 /// Today's date in UTC (`YYYY-MM-DD`).
 fn utc_day() -> String {
     let out = Command::new("date")
@@ -426,7 +402,7 @@ fn commons_net_ftp_and_explicit_ftps() {
     moto.create_bucket("exchange");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (cert, key) = test_certificate(d);
+    let (cert, key) = bucketgate_tests::clients::self_signed_certificate(d);
     let gw = start(
         &moto,
         d,

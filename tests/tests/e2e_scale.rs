@@ -14,41 +14,9 @@ use crate::support::*;
 use bucketgate_testkit::gateway_config::{GatewayConfig, User};
 use bucketgate_testkit::load::{self, Plan, Target};
 use bucketgate_testkit::s3 as s3_support;
-use std::path::Path;
-use std::process::Command;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
-
-/// A self-signed certificate for 127.0.0.1 made with openssl: (cert, key) paths.
-fn certificate(dir: &Path) -> (String, String) {
-    bucketgate_tests::gateway::require("openssl");
-    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        // A server certificate, not a CA (rustls refuses a CA as the peer's certificate).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert.display().to_string(), key.display().to_string())
-}
 
 /// An argon2id hash of [`PASSWORD`] with the smallest parameters (64 KiB, one pass): 48
 /// checks at the default parameters take a minute in a debug build, and the logins are not
@@ -67,7 +35,7 @@ fn cheap_hash() -> String {
 async fn forty_eight_sessions(extra: &[&str], files: Vec<u64>, larger_last: (usize, u64)) {
     let srv = s3_support::s3s_server(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = bucketgate_tests::clients::self_signed_certificate(dir.path());
     // 16 FTP sessions, each with one passive port pending at a time, while ports of earlier
     // transfers may still be held: a window of 100, apart from the other tests' windows.
     let passive = {

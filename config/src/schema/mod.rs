@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub(crate) use servers::default_passive_ports;
-pub use servers::{AdminConfig, FtpConfig, FtpTlsConfig, ProxyProtocol, SftpConfig, TlsMode};
+pub use servers::{
+    AdminConfig, AdminTlsConfig, FtpConfig, FtpTlsConfig, ProxyProtocol, SftpConfig, TlsMode,
+};
 pub use storage::{
     AssumeRoleConfig, ChecksumMode, CredentialSourceKind, CredentialsConfig, EncryptionMode,
     FolderTimes, MountConfig, RemoteConfig, RemoteKind, RemoteTimeouts, Secret32, StorageConfig,

@@ -159,6 +159,19 @@ pub struct AdminConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[serde(default = "default_admin_listen", with = "socket_addr")]
     pub listen: SocketAddr,
+    /// HTTPS instead of plain HTTP, with this certificate.
+    #[serde(default)]
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// `admin.tls:` — the admin listener speaks HTTPS only.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain (resolved against the config folder).
+    pub cert: PathBuf,
+    /// PEM private key (resolved against the config folder).
+    pub key: PathBuf,
 }
 
 fn default_sftp_listen() -> SocketAddr {

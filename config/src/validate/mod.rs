@@ -156,6 +156,15 @@ fn servers(c: &Config, v: &mut Validator<'_>) {
     }
     if let Some(a) = &c.admin {
         listeners.push(("admin.listen", a.listen));
+        for (key, p) in a
+            .tls
+            .iter()
+            .flat_map(|t| [("cert", &t.cert), ("key", &t.key)])
+        {
+            if p.as_os_str().is_empty() {
+                v.error(format!("admin.tls.{key}"), "is blank: name a PEM file");
+            }
+        }
     }
     for (i, (path, addr)) in listeners.iter().enumerate() {
         // Port 0 asks the OS for a free port, so two of them never clash.

@@ -232,6 +232,13 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         servers.push(("ftp", server));
     }
     if let Some(a) = &cfg.admin {
+        let tls = match &a.tls {
+            None => None,
+            Some(t) => Some(
+                bucketgate_protocols::ftp::tls_server_config("admin", &t.cert, &t.key)
+                    .map_err(|e| Exit::runtime(format!("{e:#}")))?,
+            ),
+        };
         let listener = bind("admin", a.listen).await?;
         tracing::info!(
             "listening: protocol=admin addr={}",
@@ -251,7 +258,7 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         });
         servers.push((
             "admin",
-            tokio::spawn(async move { admin::serve(listener, h, Some(api), sd).await }),
+            tokio::spawn(async move { admin::serve(listener, h, Some(api), tls, sd).await }),
         ));
     }
     // `cut` stops sync runs in progress: only when the shutdown grace period is over.

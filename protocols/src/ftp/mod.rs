@@ -51,6 +51,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use server::serve;
+/// The TLS server configuration of a PEM certificate and key, for the admin listener too.
+pub use tls::server_config_for as tls_server_config;
 
 /// Entries a single LIST/NLST/MLSD answers at most by default: libunftp wants the whole listing
 /// as one `Vec`, so a folder of millions of objects would otherwise be held in memory at once.

@@ -13,15 +13,20 @@ use std::sync::Arc;
 /// Loads a PEM certificate chain and key into a TLS 1.2/1.3 server configuration. Error
 /// messages name the files, never their content.
 pub(crate) fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config_for("FTPS", cert, key)
+}
+
+/// [`server_config`] for another listener (`what` names it in errors: "admin").
+pub fn server_config_for(what: &str, cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read the FTPS certificate {}", cert.display()))?
+        .with_context(|| format!("cannot read the {what} certificate {}", cert.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("invalid PEM in the FTPS certificate {}", cert.display()))?;
+        .with_context(|| format!("invalid PEM in the {what} certificate {}", cert.display()))?;
     if certs.is_empty() {
         anyhow::bail!("no certificate in {}", cert.display());
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|_| anyhow::anyhow!("cannot read a private key from {}", key.display()))?;
+        .map_err(|_| anyhow::anyhow!("cannot read the {what} private key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     // rustls implements nothing older than TLS 1.2; naming both versions keeps it that way
     // whatever the crate's defaults become.
@@ -30,7 +35,7 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<Serve
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("the FTPS certificate does not match its key")?;
+        .with_context(|| format!("the {what} certificate does not match its key"))?;
     Ok(Arc::new(config))
 }
 
