@@ -128,6 +128,7 @@ pub fn s3_options(
     o.single_put_max = cfg.transfers.single_put_max.bytes();
     o.retries = RetryPolicy::default();
     o.spool_dir = Some(spool_dir(cfg));
+    o.journal_dir = Some(cfg.state_dir.join("uploads"));
     Ok(o)
 }
 

@@ -654,3 +654,100 @@ fn a_killed_s3_server_loses_nothing() {
         eprintln!("{what}: ok");
     }
 }
+
+/// Issue 21 item 5: the multipart upload a killed gateway left is aborted by its next start at
+/// once, whatever `stale_multipart_after` says (24 h here) and whether or not the server lists
+/// uploads: the gateway journals the uploads it starts in `<state_dir>/uploads/`. Before the
+/// journal, the upload stayed for a day on moto, and for ever on s3s-fs (no listing).
+#[test]
+fn a_restart_aborts_the_upload_a_killed_gateway_left_at_once() {
+    require("sftp");
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = Site::new(dir.path(), &moto.endpoint);
+    site.kill_gateway();
+    site.config = site
+        .config
+        .replace("stale_multipart_after: 2s", "stale_multipart_after: 24h");
+    assert!(site.config.contains("24h"));
+    site.start();
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 12 * MIB]).unwrap();
+    // 1 MB/s: the first 5 MiB part starts the multipart upload after about 5 s.
+    let client = Command::new("sftp")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-l", "8000", "-i"])
+        .arg(&site.key)
+        .args(["-P", &site.gw().addr("sftp").port().to_string(), "-b", "-"])
+        .arg("alice@127.0.0.1")
+        .current_dir(dir.path())
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sftp");
+    client
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(b"put big.bin big.bin\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moto.pending_uploads(BUCKET) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no multipart upload began within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    site.kill_gateway();
+    kill_group(&client);
+    let _ = finish(client);
+    assert_eq!(
+        moto.pending_uploads(BUCKET),
+        1,
+        "the killed upload is pending"
+    );
+    site.start();
+    assert!(
+        site.gw().wait_log(
+            "stale multipart clean-up pass done",
+            Duration::from_secs(60)
+        ),
+        "no clean-up pass after the restart"
+    );
+    assert_eq!(
+        moto.pending_uploads(BUCKET),
+        0,
+        "the restart left the killed gateway's upload"
+    );
+    assert!(site
+        .gw()
+        .log_text()
+        .contains("aborted multipart uploads left by an earlier run"));
+    assert!(
+        !bucket_has(&moto, "big.bin"),
+        "the interrupted file became visible"
+    );
+}
+
+fn bucket_has(moto: &Moto, name: &str) -> bool {
+    Bucket::new(&moto.endpoint, ACCESS_KEY, SECRET_KEY)
+        .keys()
+        .iter()
+        .any(|k| k.ends_with(name))
+}

@@ -713,6 +713,12 @@ async fn cleanup_stale_uploads(
 ) {
     loop {
         let (prefixes, remotes) = targets.borrow_and_update().clone();
+        // First what earlier runs journaled: found on every server, at once, whatever the age.
+        for (remote, b) in remotes.iter() {
+            if let Err(e) = b.abort_journaled_leftovers().await {
+                tracing::warn!(remote = %remote, error = ?e, "cannot read the upload journal");
+            }
+        }
         for (remote, prefix) in &prefixes {
             let Some(b) = remotes.get(remote) else {
                 continue;

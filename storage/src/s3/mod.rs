@@ -129,6 +129,9 @@ pub struct S3Options {
     /// Where parts too large for the memory budget are spooled (`state_dir`); `None` = the
     /// system's temporary folder.
     pub spool_dir: Option<PathBuf>,
+    /// Where the multipart uploads in progress are journaled (`<state_dir>/uploads`), so that
+    /// the next start aborts those a crash left; `None`: not journaled.
+    pub journal_dir: Option<PathBuf>,
     /// The largest range one server-side copy request moves: bigger objects are copied (on
     /// rename, time change and append) as a multipart upload of ranges of at most this size.
     /// S3's limit is 5 GiB ([`MAX_PART_SIZE`], the default). Not a config key: it exists for
@@ -176,6 +179,7 @@ impl S3Options {
             retries: RetryPolicy::default(),
             list_page_size: 1000,
             spool_dir: None,
+            journal_dir: None,
             max_copy_range: MAX_PART_SIZE,
             checksum: Checksum::default(),
             encryption: Encryption::None,
@@ -222,6 +226,7 @@ impl fmt::Debug for S3Options {
             .field("retries", &self.retries)
             .field("list_page_size", &self.list_page_size)
             .field("spool_dir", &self.spool_dir)
+            .field("journal_dir", &self.journal_dir)
             .field("max_copy_range", &self.max_copy_range)
             .field("checksum", &self.checksum)
             .field("encryption", &self.encryption)

@@ -175,7 +175,7 @@ async fn copy_object(
     let body = inner.client.send_xml(&create).await?;
     let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
     // Held until the copy completes or is aborted: the stale clean-up must leave it alone.
-    let _live = super::live::register(&id);
+    let _live = super::live::register(inner, to, &id);
     let result = copy_parts(inner, to, &id, &source, src).await;
     let result = match result {
         Ok(parts) => {
@@ -458,6 +458,40 @@ impl S3Backend {
         }
         if n > 0 {
             tracing::info!(remote = %self.inner.opts.name, prefix, aborted = n, "aborted stale multipart uploads");
+        }
+        Ok(n)
+    }
+
+    /// Aborts the multipart uploads that earlier runs of this instance journaled and never
+    /// finished (a crash, a kill): no process holds them any more, whatever their age, and the
+    /// server need not list uploads for them to be found. An entry is removed once its upload
+    /// is aborted or gone; one the server cannot be asked about now stays for the next pass.
+    pub async fn abort_journaled_leftovers(&self) -> Result<usize> {
+        let Some(dir) = self.inner.opts.journal_dir.clone() else {
+            return Ok(0);
+        };
+        let inner = self.inner.clone();
+        let found = tokio::task::spawn_blocking(move || super::live::leftovers(&dir, &inner))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Backend, "reading the upload journal failed").with_source(e)
+            })?;
+        let mut n = 0;
+        for (path, e) in found {
+            let req = Request::new(Method::DELETE, Some(&e.key)).query("uploadId", e.upload_id);
+            match self.inner.client.send(&req).await {
+                Ok(_) => n += 1,
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(remote = %self.inner.opts.name, key = %e.key, error = ?err,
+                        "cannot abort an upload a crash left; trying again at the next clean-up");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        if n > 0 {
+            tracing::info!(remote = %self.inner.opts.name, aborted = n, "aborted multipart uploads left by an earlier run");
         }
         Ok(n)
     }

@@ -331,7 +331,7 @@ impl State {
                 "the remote sent no upload id",
             ));
         }
-        self.live = Some(super::live::register(&r.upload_id));
+        self.live = Some(super::live::register(&self.inner, &self.key, &r.upload_id));
         self.upload_id = Some(r.upload_id);
         crate::metrics::multipart(&self.inner.opts.name, 1, false);
         Ok(())
