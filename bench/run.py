@@ -112,14 +112,32 @@ def digits(secs):
     return 3 if secs < 1 else 2
 
 
+# Processes whose CPU time each figure reports (name -> pid): the gateway and the S3 server.
+cpu_pids = {}
+last_cpu = {}
+
+
+def cpu_secs(pid):
+    """User + system CPU seconds of a process so far (its threads included)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(args, env=None):
+    before = {n: cpu_secs(p) for n, p in cpu_pids.items()}
     t = time.perf_counter()
     try:
         sh(args, env=env)
     except Hang as h:
         log(f"  HANG: no end after {TIMEOUT} s: {h}; load {' '.join(load())}")
         return None
-    return time.perf_counter() - t
+    secs = time.perf_counter() - t
+    last_cpu.clear()
+    last_cpu.update({n: cpu_secs(p) - before[n] for n, p in cpu_pids.items()})
+    return secs
 
 
 class Bench:
@@ -139,6 +157,7 @@ class Bench:
         else:
             os.makedirs(f"{self.w}/s3/{BUCKET}")
             p = spawn([S3S, f"{self.w}/s3", ACCESS, SECRET], stdout=subprocess.PIPE, text=True)
+            cpu_pids["s3"] = p.pid
             self.endpoint = p.stdout.readline().split()[-1]
         self.renv = dict(os.environ)
         self.renv.pop("AWS_CA_BUNDLE", None)
@@ -203,6 +222,7 @@ syncs:
         shutil.copy(BG, exe)
         p = spawn([exe, "serve", "--config", self.gwcfg], cwd=g, stderr=subprocess.PIPE, text=True)
         self.gw = p
+        cpu_pids["gw"] = p.pid
         addrs = {}
         ready = threading.Event()
 
@@ -273,7 +293,8 @@ Subsystem sftp internal-sftp
         if secs is None:
             return
         self.results.setdefault(name, []).append(secs)
-        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}")
+        cpu = " ".join(f"{n} {c:5.2f}" for n, c in sorted(last_cpu.items()))
+        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}   CPU-s: {cpu}")
 
     def hwm(self):
         for line in open(f"/proc/{self.gw.pid}/status"):
