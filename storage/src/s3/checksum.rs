@@ -11,7 +11,7 @@
 //! returns. A mismatch ends the stream with an error, never with a clean end of file. A read
 //! of part of an object cannot be checked against a whole-object hash.
 
-use super::client::{Request, Response};
+use super::client::{Body, Request, Response};
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine;
 use md5::{Digest as _, Md5};
@@ -90,6 +90,57 @@ impl Hasher {
             Hasher::Md5(h) => Digest::Md5(h.finalize().into()),
             Hasher::Crc32c(c) => Digest::Crc32c(c),
         }
+    }
+}
+
+/// The checksum of a request body (off the async threads: a part is megabytes). A streamed
+/// body cannot be hashed before it is sent: its uploads do not use one while checksums are on.
+pub(crate) async fn of_body(mode: Checksum, body: &Body) -> Result<Option<Digest>> {
+    let Some(mut h) = Hasher::new(mode) else {
+        return Ok(None);
+    };
+    match body {
+        Body::Empty => Ok(Some(h.finish())),
+        Body::Bytes(b) => {
+            let b = b.clone();
+            let d = tokio::task::spawn_blocking(move || {
+                h.update(&b);
+                h.finish()
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Backend, "hashing a part failed").with_source(e))?;
+            Ok(Some(d))
+        }
+        Body::File(f, len) => {
+            let (f, len) = (f.clone(), *len);
+            let d = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut at = 0u64;
+                while at < len {
+                    let want = ((len - at) as usize).min(buf.len());
+                    let n = f.read_at(&mut buf[..want], at)?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "a spooled part is shorter than written",
+                        ));
+                    }
+                    h.update(&buf[..n]);
+                    at += n as u64;
+                }
+                Ok(h.finish())
+            })
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Backend, "hashing a part failed").with_source(e)
+            })??;
+            Ok(Some(d))
+        }
+        Body::Stream(..) => Err(Error::new(
+            ErrorKind::Backend,
+            "a streamed body cannot carry a checksum",
+        )),
     }
 }
 

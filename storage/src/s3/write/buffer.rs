@@ -16,27 +16,24 @@
 //! upload still succeeds. Parts larger than the whole budget go to a temp file from their first
 //! byte (or, without a disk, shrink to the budget's size).
 //!
-//! Checksum: each write is hashed as it is added, while the client is still sending, so a
-//! full part goes out at once instead of after a pass over its megabytes.
+//! Checksums are not taken here: a full part is hashed in its own task (see
+//! [`super::s3::S3Parts::upload_part`]), in parallel with the filling of the next part. Hashing
+//! each write as it arrived, on the writer's task, was measured slower on the loaded 2-core
+//! benchmark machine (bench/README.md, "Put before and after issue 17").
 //!
 //! [`MemoryBudget`]: crate::budget::MemoryBudget
 
-use super::super::checksum::{Digest, Hasher};
 use super::super::client::Body;
 use super::super::Inner;
 use super::spool::{spool_file, spool_usable};
 use crate::budget::MemoryPermit;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// The first buffer of an upload whose size was not announced; it doubles up to the part size.
 pub(crate) const FIRST_BUFFER: u64 = 64 * 1024;
-
-/// Writes up to this size are hashed on the writer's task (an SFTP WRITE is 32 KiB, about
-/// 70 µs of MD5); larger ones on a blocking thread.
-const INLINE_HASH: usize = 256 * 1024;
 
 /// Where the part's bytes are.
 enum Store {
@@ -56,7 +53,6 @@ enum Store {
 /// One part being filled.
 pub(super) struct PartBuf {
     store: Store,
-    sum: Option<Hasher>,
     /// Size of the part (fixed when it opens).
     target: u64,
 }
@@ -77,7 +73,6 @@ impl PartBuf {
     pub(super) fn new() -> PartBuf {
         PartBuf {
             store: Store::Empty,
-            sum: None,
             target: 0,
         }
     }
@@ -106,7 +101,6 @@ impl PartBuf {
     /// Forgets the part's bytes (an aborted upload).
     pub(super) fn clear(&mut self) {
         self.store = Store::Empty;
-        self.sum = None;
     }
 
     /// Opens the part: memory when the budget has it free now, else disk. When spooling is
@@ -216,11 +210,10 @@ impl PartBuf {
         Ok(())
     }
 
-    /// Adds `chunk` (at most [`PartBuf::space`]) to the open part and to its checksum.
+    /// Adds `chunk` (at most [`PartBuf::space`]) to the open part.
     pub(super) async fn append(&mut self, inner: &Inner, chunk: Bytes) -> Result<()> {
         let need = self.len() + chunk.len() as u64;
         self.grow(inner, need).await?;
-        self.hash(inner, &chunk).await?;
         match &mut self.store {
             Store::Empty => unreachable!("opened before"),
             Store::Mem { data, .. } => data.extend_from_slice(&chunk),
@@ -232,43 +225,16 @@ impl PartBuf {
         Ok(())
     }
 
-    async fn hash(&mut self, inner: &Inner, chunk: &Bytes) -> Result<()> {
-        let Some(mut h) = self.sum.take().or_else(|| Hasher::new(inner.opts.checksum)) else {
-            return Ok(());
-        };
-        if chunk.len() <= INLINE_HASH {
-            h.update(chunk);
-        } else {
-            let c = chunk.clone();
-            h = tokio::task::spawn_blocking(move || {
-                h.update(&c);
-                h
-            })
-            .await
-            .map_err(|e| Error::new(ErrorKind::Backend, "hashing a part failed").with_source(e))?;
-        }
-        self.sum = Some(h);
-        Ok(())
-    }
-
-    /// The part's body, what holds its memory (until it is sent), and its checksum; the
-    /// buffer is empty again.
-    pub(super) async fn take(
-        &mut self,
-        inner: &Inner,
-    ) -> Result<(Body, Option<MemoryPermit>, Option<Digest>)> {
-        let sum = self
-            .sum
-            .take()
-            .or_else(|| Hasher::new(inner.opts.checksum))
-            .map(Hasher::finish);
+    /// The part's body and what holds its memory (until it is sent); the buffer is empty
+    /// again.
+    pub(super) async fn take(&mut self) -> Result<(Body, Option<MemoryPermit>)> {
         Ok(match std::mem::replace(&mut self.store, Store::Empty) {
-            Store::Empty => (Body::Empty, None, sum),
-            Store::Mem { data, permit, .. } => (Body::Bytes(data.freeze()), Some(permit), sum),
+            Store::Empty => (Body::Empty, None),
+            Store::Mem { data, permit, .. } => (Body::Bytes(data.freeze()), Some(permit)),
             Store::Disk { mut file, len } => {
                 file.flush().await?;
                 let std = file.into_std().await;
-                (Body::File(Arc::new(std), len), None, sum)
+                (Body::File(Arc::new(std), len), None)
             }
         })
     }

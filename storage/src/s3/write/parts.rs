@@ -5,6 +5,7 @@
 //! first part becomes one PutObject, without a multipart upload. Which S3 request does each
 //! step is [`S3Parts`]' business; this file decides only when.
 
+use super::super::checksum;
 use super::super::{Inner, MAX_PARTS, MAX_PART_SIZE};
 use super::buffer::{Opening, PartBuf};
 use super::copy_err;
@@ -134,13 +135,12 @@ impl Pipeline {
         }
         self.ensure_multipart().await?;
         self.wait_for_slot().await?;
-        let (body, permit, sum) = self.buf.take(&self.s3.inner).await?;
+        let (body, permit) = self.buf.take().await?;
         let part = self.next_part;
         self.next_part += 1;
         let id = self.upload_id.clone().unwrap_or_default();
         let s3 = self.s3.clone();
-        self.tasks
-            .spawn(s3.upload_part(id, part, body, sum, permit));
+        self.tasks.spawn(s3.upload_part(id, part, body, permit));
         Ok(())
     }
 
@@ -171,7 +171,8 @@ impl Pipeline {
         self.check()?;
         if self.upload_id.is_none() {
             let len = self.buf.len();
-            let (body, _permit, sum) = self.buf.take(&self.s3.inner).await?;
+            let (body, _permit) = self.buf.take().await?;
+            let sum = checksum::of_body(self.inner().opts.checksum, &body).await?;
             // A sync copy (resendable) checked its target a moment before it started; a
             // client's upload may have run for hours since its open, so it checks again now
             // (unless the server enforces the request's conditions itself).

@@ -129,14 +129,15 @@ impl S3Parts {
     }
 
     /// UploadPart with the part's checksum; its memory is held until the body has gone.
+    /// Hashed here, in the part's own task, so the writer goes on filling the next part.
     pub(super) async fn upload_part(
         self,
         upload_id: String,
         part: u32,
         body: Body,
-        sum: Option<Digest>,
         permit: Option<MemoryPermit>,
     ) -> Result<Part> {
+        let sum = checksum::of_body(self.inner.opts.checksum, &body).await?;
         let req = Request::new(Method::PUT, Some(&self.key))
             .query("partNumber", part.to_string())
             .query("uploadId", upload_id);
