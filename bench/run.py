@@ -103,6 +103,10 @@ def sh(args, env=None, input=None):
 # `BENCH_CHECKSUM=off` (or md5, crc32c) sets `remotes[].checksum` (builds that have it: not adc70fc).
 CHECKSUM = f"    checksum: {os.environ['BENCH_CHECKSUM']}\n" if os.environ.get("BENCH_CHECKSUM") else ""
 
+# `BENCH_LEAN=1`: the 1 GiB groups run only the gateway and the plain direct `rclone copyto`
+# (no peers, no "best" client, no sshd), for before/after comparisons of the gateway itself.
+LEAN = os.environ.get("BENCH_LEAN") == "1"
+
 # No-change sync reruns per round (alternating the two tools).
 RERUNS = {"small": 1, "big": 7}
 
@@ -112,14 +116,32 @@ def digits(secs):
     return 3 if secs < 1 else 2
 
 
+# Processes whose CPU time each figure reports (name -> pid): the gateway and the S3 server.
+cpu_pids = {}
+last_cpu = {}
+
+
+def cpu_secs(pid):
+    """User + system CPU seconds of a process so far (its threads included)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(args, env=None):
+    before = {n: cpu_secs(p) for n, p in cpu_pids.items()}
     t = time.perf_counter()
     try:
         sh(args, env=env)
     except Hang as h:
         log(f"  HANG: no end after {TIMEOUT} s: {h}; load {' '.join(load())}")
         return None
-    return time.perf_counter() - t
+    secs = time.perf_counter() - t
+    last_cpu.clear()
+    last_cpu.update({n: cpu_secs(p) - before[n] for n, p in cpu_pids.items()})
+    return secs
 
 
 class Bench:
@@ -139,6 +161,7 @@ class Bench:
         else:
             os.makedirs(f"{self.w}/s3/{BUCKET}")
             p = spawn([S3S, f"{self.w}/s3", ACCESS, SECRET], stdout=subprocess.PIPE, text=True)
+            cpu_pids["s3"] = p.pid
             self.endpoint = p.stdout.readline().split()[-1]
         self.renv = dict(os.environ)
         self.renv.pop("AWS_CA_BUNDLE", None)
@@ -203,6 +226,7 @@ syncs:
         shutil.copy(BG, exe)
         p = spawn([exe, "serve", "--config", self.gwcfg], cwd=g, stderr=subprocess.PIPE, text=True)
         self.gw = p
+        cpu_pids["gw"] = p.pid
         addrs = {}
         ready = threading.Event()
 
@@ -273,7 +297,8 @@ Subsystem sftp internal-sftp
         if secs is None:
             return
         self.results.setdefault(name, []).append(secs)
-        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}")
+        cpu = " ".join(f"{n} {c:5.2f}" for n, c in sorted(last_cpu.items()))
+        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}   CPU-s: {cpu}")
 
     def hwm(self):
         for line in open(f"/proc/{self.gw.pid}/status"):
@@ -297,8 +322,16 @@ Subsystem sftp internal-sftp
         g = self.get
         local_ssh = f"{self.w}/sshd/files"
         self.rec("sftp put 1GiB gateway", self.sftp(self.gw_sftp, FTP_USER, [f"put {self.big} /s3/big.bin"]))
-        self.rec("sftp put 1GiB peer", self.sftp(self.peer_sftp, FTP_USER, [f"put {self.big} /peer-big.bin"]))
+        if not LEAN:
+            self.rec("sftp put 1GiB peer", self.sftp(self.peer_sftp, FTP_USER, [f"put {self.big} /peer-big.bin"]))
         self.rec("s3 put 1GiB rclone", self.rclone("copyto", self.big, f"s3:{BUCKET}/direct/big.bin"))
+        if LEAN:
+            self.rec("sftp get 1GiB gateway", self.sftp(self.gw_sftp, FTP_USER, [f"get /s3/big.bin {g}/a"]))
+            self.rec("s3 get 1GiB rclone", self.rclone("copyto", f"s3:{BUCKET}/direct/big.bin", f"{g}/c"))
+            self.hwm_big = self.hwm()
+            for f in "ac":
+                os.unlink(f"{g}/{f}")
+            return
         self.rec("s3 put 1GiB rclone best", self.rclone(
             "copyto", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M", self.big, f"s3:{BUCKET}/best/big.bin"))
         self.rec("sftp put 1GiB sshd", self.sftp(self.sshd, "root", [f"put {self.big} {local_ssh}/big.bin"]))
@@ -318,9 +351,11 @@ Subsystem sftp internal-sftp
     def round_ftp(self):
         g = self.get
         self.rec("ftp put 1GiB gateway", self.lftp(self.gw_ftp, [f"put {self.big} -o /s3/fbig.bin"]))
-        self.rec("ftp put 1GiB peer", self.lftp(self.peer_ftp, [f"put {self.big} -o /peer-fbig.bin"]))
+        if not LEAN:
+            self.rec("ftp put 1GiB peer", self.lftp(self.peer_ftp, [f"put {self.big} -o /peer-fbig.bin"]))
         self.rec("ftp get 1GiB gateway", self.lftp(self.gw_ftp, [f"get /s3/fbig.bin -o {g}/a"]))
-        self.rec("ftp get 1GiB peer", self.lftp(self.peer_ftp, [f"get /peer-fbig.bin -o {g}/b"]))
+        if not LEAN:
+            self.rec("ftp get 1GiB peer", self.lftp(self.peer_ftp, [f"get /peer-fbig.bin -o {g}/b"]))
         self.hwm_ftp = self.hwm()
         log(f"  gateway VmHWM after FTP 1 GiB: {self.hwm_ftp} MiB")
         for f in "ab":

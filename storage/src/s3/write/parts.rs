@@ -1,0 +1,248 @@
+//! The part pipeline of a buffered upload, in the shape of OpenDAL's multipart writer: bytes
+//! fill a part ([`PartBuf`]); a full part is sent in the background while the next fills, at
+//! most `transfers.concurrency` at a time (back-pressure on the writer); the first failure
+//! stops the upload; the commit sends what is left and completes. A file that never fills its
+//! first part becomes one PutObject, without a multipart upload. Which S3 request does each
+//! step is [`S3Parts`]' business; this file decides only when.
+
+use super::super::checksum;
+use super::super::{Inner, MAX_PARTS, MAX_PART_SIZE};
+use super::buffer::{Opening, PartBuf};
+use super::copy_err;
+use super::s3::{Conditions, Part, S3Parts};
+use crate::backend::{CreateOptions, Entry};
+use crate::error::{Error, ErrorKind, Result};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Everything of an upload in progress; moved out on drop so that the clean-up can run in a
+/// spawned task.
+pub(super) struct Pipeline {
+    pub s3: S3Parts,
+    pub opts: CreateOptions,
+    pub cond: Conditions,
+    /// Size of parts 1 to 1,000; further parts double every 1,000.
+    first_part_size: u64,
+    buf: PartBuf,
+    /// A part has filled up: the upload is large, so further parts are allocated whole.
+    large: bool,
+    pub next_part: u32,
+    pub upload_id: Option<String>,
+    /// Marks the upload id as held by this process, so the stale clean-up leaves it alone.
+    live: Option<super::super::live::LiveUpload>,
+    pub tasks: JoinSet<Result<Part>>,
+    parts: Vec<Part>,
+    pub written: u64,
+    pub failed: Option<Error>,
+}
+
+impl Pipeline {
+    pub(super) fn new(inner: Arc<Inner>, key: &str, opts: CreateOptions, first: u64) -> Pipeline {
+        let mtime = opts.mtime.filter(|_| inner.opts.preserve_mtime);
+        let cond = Conditions {
+            if_match: opts.if_match.clone(),
+            if_absent: opts.if_absent,
+        };
+        Pipeline {
+            s3: S3Parts {
+                inner,
+                key: Arc::from(key),
+                mtime,
+            },
+            opts,
+            cond,
+            first_part_size: first,
+            buf: PartBuf::new(),
+            large: false,
+            next_part: 1,
+            upload_id: None,
+            live: None,
+            tasks: JoinSet::new(),
+            parts: Vec::new(),
+            written: 0,
+            failed: None,
+        }
+    }
+
+    pub(super) fn inner(&self) -> &Inner {
+        &self.s3.inner
+    }
+
+    fn part_size_for(&self, n: u32) -> u64 {
+        let tier = (n.saturating_sub(1) / 1000).min(20);
+        (self.first_part_size << tier).min(MAX_PART_SIZE)
+    }
+
+    pub(super) async fn ensure_multipart(&mut self) -> Result<()> {
+        if self.upload_id.is_some() {
+            return Ok(());
+        }
+        let id = self.s3.initiate().await?;
+        self.live = Some(super::super::live::register(
+            &self.s3.inner,
+            &self.s3.key,
+            &id,
+        ));
+        self.upload_id = Some(id);
+        Ok(())
+    }
+
+    fn record(&mut self, r: std::result::Result<Result<Part>, tokio::task::JoinError>) {
+        let e = match r {
+            Ok(Ok(p)) => return self.parts.push(p),
+            Ok(Err(e)) => e,
+            Err(e) => Error::new(ErrorKind::Backend, "a part upload task failed").with_source(e),
+        };
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Collects finished parts without waiting; fails with the first background error.
+    pub(super) fn check(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.try_join_next() {
+            self.record(r);
+        }
+        match &self.failed {
+            Some(e) => Err(copy_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Back-pressure: waits until fewer than `concurrency` parts are in flight.
+    pub(super) async fn wait_for_slot(&mut self) -> Result<()> {
+        self.check()?;
+        while self.tasks.len() >= self.inner().opts.concurrency {
+            if let Some(r) = self.tasks.join_next().await {
+                self.record(r);
+            }
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    async fn wait_all(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            self.record(r);
+        }
+        self.check()
+    }
+
+    /// Sends the filled buffer as the next part, in the background.
+    async fn dispatch(&mut self) -> Result<()> {
+        if self.next_part > MAX_PARTS {
+            return Err(Error::new(
+                ErrorKind::LimitReached,
+                "the file needs more than 10,000 parts",
+            ));
+        }
+        self.ensure_multipart().await?;
+        self.wait_for_slot().await?;
+        let (body, permit) = self.buf.take().await?;
+        let part = self.next_part;
+        self.next_part += 1;
+        let id = self.upload_id.clone().unwrap_or_default();
+        let s3 = self.s3.clone();
+        self.tasks.spawn(s3.upload_part(id, part, body, permit));
+        Ok(())
+    }
+
+    /// Adds bytes to the object. A full part is sent only when the next byte arrives, so a
+    /// file of exactly one part becomes a single PutObject.
+    pub(super) async fn push(&mut self, mut data: Bytes) -> Result<()> {
+        while !data.is_empty() {
+            if self.buf.is_full() {
+                self.large = true;
+                self.dispatch().await?;
+            }
+            if !self.buf.is_open() {
+                let how = Opening {
+                    target: self.part_size_for(self.next_part),
+                    size_hint: self.opts.size_hint,
+                    large: self.large,
+                    first: self.next_part == 1 && self.written == 0,
+                };
+                self.buf.open(&self.s3.inner, how).await?;
+            }
+            let chunk = data.split_to((self.buf.space() as usize).min(data.len()));
+            self.buf.append(&self.s3.inner, chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<Entry> {
+        self.check()?;
+        if self.upload_id.is_none() {
+            let len = self.buf.len();
+            let (body, _permit) = self.buf.take().await?;
+            let sum = checksum::of_body(self.inner().opts.checksum, &body).await?;
+            // A sync copy (resendable) checked its target a moment before it started; a
+            // client's upload may have run for hours since its open, so it checks again now
+            // (unless the server enforces the request's conditions itself).
+            let o = &self.opts;
+            let recheck = o.append_to.is_some() || (!o.resendable && self.cond.any());
+            let describe = !o.resendable && o.append_to.is_none();
+            return self
+                .s3
+                .put_once((body, len, sum), &self.cond, recheck, describe)
+                .await;
+        }
+        if self.buf.len() > 0 {
+            self.dispatch().await?;
+        }
+        self.wait_all().await?;
+        self.parts.sort_by_key(|p| p.0);
+        let id = self.upload_id.clone().unwrap_or_default();
+        self.s3.complete(&id, &self.parts, &self.cond).await?;
+        self.upload_id = None;
+        self.s3.stat().await
+    }
+
+    pub(super) async fn abort_multipart(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            self.s3.abort(id).await;
+        }
+        self.buf.clear();
+    }
+
+    /// A "not found" while a multipart upload is open means the upload itself is gone: it was
+    /// aborted by someone else, or the key was overwritten meanwhile (Garage drops the uploads
+    /// of a key when a newer object lands there). For the writer that is a lost race.
+    pub(super) fn upload_lost(&self, e: Error) -> Error {
+        if e.kind() == ErrorKind::NotFound && self.upload_id.is_some() {
+            Error::new(
+                ErrorKind::Conflict,
+                "the upload was cancelled on the remote: the file was overwritten or the \
+                 upload aborted meanwhile",
+            )
+            .with_source(e)
+        } else {
+            e
+        }
+    }
+
+    pub(super) async fn finish(mut self) -> Result<Entry> {
+        match self.commit().await.map_err(|e| self.upload_lost(e)) {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                self.abort_multipart().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn give_up(mut self) {
+        if self.opts.keep_partial && self.failed.is_none() {
+            let key = self.s3.key.clone();
+            let remote = self.inner().opts.name.clone();
+            if let Err(e) = self.finish().await {
+                tracing::warn!(%remote, %key, error = ?e, "could not keep the partial upload");
+            }
+            return;
+        }
+        self.abort_multipart().await;
+    }
+}
