@@ -30,8 +30,8 @@ pub use schema::{
     AdminConfig, AdminTlsConfig, BanConfig, ChecksumMode, Config, Conflict, Direction,
     EncryptionMode, FolderTimes, FtpConfig, FtpTlsConfig, LimitsConfig, LogConfig, LogFormat,
     MaxDelete, MountConfig, Permission, Protocol, ProxyProtocol, RemoteConfig, RemoteKind,
-    RemoteTimeouts, Secret32, SftpConfig, StorageConfig, SyncConfig, TlsMode, TransfersConfig,
-    UserConfig,
+    RemoteTimeouts, Secret32, SftpConfig, StateConfig, StorageConfig, SyncConfig, TlsMode,
+    TransfersConfig, UserConfig,
 };
 pub use schema::{AssumeRoleConfig, CredentialSourceKind, CredentialsConfig};
 pub use secret::Secret;

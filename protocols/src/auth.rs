@@ -348,14 +348,17 @@ impl LoginService {
 
     /// Records bans, failures and sessions in `store` from now on, after taking over the
     /// bans and the failures still in their window that it holds (a restart keeps them). The
-    /// sessions registered by a previous process are forgotten: they ended with it.
+    /// sessions registered by a previous process are forgotten: they ended with it (not on a
+    /// shared store, where they may be another instance's).
     pub async fn attach_state(&self, store: Arc<dyn StateStore>) -> bucketgate_state::Result<()> {
         let now = SystemTime::now();
         let bans = store.bans(now).await?;
         let failures = store
             .failures_since(now.checked_sub(self.policy.window).unwrap_or(now))
             .await?;
-        store.clear_sessions().await?;
+        if !store.shared() {
+            store.clear_sessions().await?;
+        }
         let mono = Instant::now();
         let mut scores = self.scores.lock().expect("lock");
         for f in failures {

@@ -8,8 +8,9 @@
 //! - users created through the admin API ([`UserStore`]).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] is the embedded implementation (a file in
-//! `state_dir`, nothing to install). A PostgreSQL implementation for several instances will
-//! implement the same trait. Times are whole seconds since the Unix epoch.
+//! `state_dir`, nothing to install); [`PgStore`] keeps the same tables in PostgreSQL
+//! (`state: { url: postgres://... }`), which several instances can share. Times are whole
+//! seconds since the Unix epoch.
 //!
 //! The schema is versioned ([`MIGRATIONS`]); opening a store applies the migrations it lacks,
 //! in one transaction each, so an instance started on an older file upgrades it in place.
@@ -20,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{redacted_url, PgStore, PG_MIGRATIONS};
 pub use sqlite::{SqliteStore, MIGRATIONS};
 
 /// A store failure (the database could not be read or written).
@@ -127,6 +130,12 @@ pub trait UserStore: Send + Sync {
 /// The state the gateway keeps outside its config.
 #[async_trait]
 pub trait StateStore: UserStore + Send + Sync {
+    /// True when other instances may use the same store (PostgreSQL): then an instance must
+    /// not forget the registry's sessions at start, which may be theirs.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Records (or extends) a ban.
     async fn put_ban(&self, ban: &Ban) -> Result<()>;
     /// Lifts a ban and forgets the address's failures; false when it was not banned.
@@ -170,6 +179,15 @@ pub async fn open(state_dir: &Path) -> Result<Arc<dyn StateStore>> {
         .await
         .map_err(|e| StateError(e.to_string()))??;
     Ok(Arc::new(store))
+}
+
+/// Opens the store the config names: PostgreSQL at `url` when given, else the embedded file
+/// of `state_dir`. Errors never show a password the URL carries.
+pub async fn open_store(state_dir: &Path, url: Option<&str>) -> Result<Arc<dyn StateStore>> {
+    match url {
+        Some(url) => Ok(Arc::new(PgStore::open(url).await?)),
+        None => open(state_dir).await,
+    }
 }
 
 pub(crate) fn secs(t: SystemTime) -> i64 {

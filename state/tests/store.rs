@@ -83,6 +83,11 @@ async fn a_newer_schema_is_refused() {
 async fn bans_failures_sessions_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let store = bucketgate_state::open(dir.path()).await.unwrap();
+    exercise(store.as_ref()).await;
+}
+
+/// What every store must keep and forget (the embedded one above, PostgreSQL in `postgres`).
+pub async fn exercise(store: &dyn StateStore) {
     let a: IpAddr = "192.0.2.1".parse().unwrap();
     let b: IpAddr = "2001:db8::2".parse().unwrap();
     store

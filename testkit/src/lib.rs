@@ -15,6 +15,7 @@ pub mod gateway_config;
 pub mod http_proxy;
 pub mod load;
 pub mod moto;
+pub mod postgres;
 pub mod s3;
 pub mod ssh;
 pub mod tools;

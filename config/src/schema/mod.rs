@@ -45,6 +45,10 @@ pub struct Config {
     /// Folder for generated keys, the demo user, sync state and locks.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Where bans, sessions, tokens and runtime users live: absent, an embedded SQLite file
+    /// in `state_dir`; with `url`, a PostgreSQL database that several instances share.
+    #[serde(default)]
+    pub state: Option<StateConfig>,
     /// The site tree.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -60,6 +64,15 @@ pub struct Config {
     /// Copy jobs.
     #[serde(default)]
     pub syncs: Vec<SyncConfig>,
+}
+
+/// The `state` section: a shared state store.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `postgres://user[:password]@host[:port]/database`. A secret, since it may carry a
+    /// password: never printed whole (messages show it without the password).
+    pub url: crate::secret::Secret,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -78,6 +91,7 @@ impl Default for Config {
             transfers: TransfersConfig::default(),
             log: LogConfig::default(),
             state_dir: default_state_dir(),
+            state: None,
             storage: StorageConfig::default(),
             remotes: Vec::new(),
             mounts: Vec::new(),

@@ -179,6 +179,18 @@ fn servers(c: &Config, v: &mut Validator<'_>) {
 }
 
 fn tuning(c: &Config, v: &mut Validator<'_>) {
+    if let Some(state) = &c.state {
+        let url = state.url.expose();
+        // The driver parses the rest at start; the message never repeats the URL, which may
+        // carry a password.
+        let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !scheme_ok && !v.poisoned("state.url") {
+            v.error(
+                "state.url",
+                "must be a postgres://user@host:port/database URL",
+            );
+        }
+    }
     let l = &c.limits;
     if l.max_sessions == 0 {
         v.error("limits.max_sessions", "must be at least 1");

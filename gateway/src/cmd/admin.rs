@@ -1,17 +1,22 @@
-//! `bucketgate admin token create|list|revoke`: the admin API's tokens, in the state store of
-//! the config's `state_dir` (works while the gateway runs: SQLite serialises the writers).
+//! `bucketgate admin token create|list|revoke`: the admin API's tokens, in the config's state
+//! store (`state.url`'s PostgreSQL, else the SQLite file of `state_dir`; works while the
+//! gateway runs: both serialise the writers).
 
 use crate::wiring::{self, Source};
 use crate::{ConfigArg, Exit};
 use bucketgate_state::Scope;
 use std::path::PathBuf;
 
-fn state_dir(arg: &ConfigArg) -> Result<PathBuf, Exit> {
+/// The config's `state_dir` and `state.url`.
+fn state_dir(arg: &ConfigArg) -> Result<(PathBuf, Option<String>), Exit> {
     Ok(match wiring::source(arg)? {
-        Source::File(p) => wiring::load(&p)?.config.state_dir,
+        Source::File(p) => {
+            let c = wiring::load(&p)?.config;
+            (c.state_dir, c.state.map(|s| s.url.expose().to_string()))
+        }
         Source::Embedded => {
             let cwd = std::env::current_dir().map_err(|e| Exit::runtime(e.to_string()))?;
-            bucketgate_config::embedded_default(&cwd).state_dir
+            (bucketgate_config::embedded_default(&cwd).state_dir, None)
         }
     })
 }
@@ -24,11 +29,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
 }
 
 async fn store(
-    dir: &std::path::Path,
+    (dir, url): &(PathBuf, Option<String>),
 ) -> Result<std::sync::Arc<dyn bucketgate_state::StateStore>, Exit> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Exit::runtime(format!("cannot create {}: {e}", dir.display())))?;
-    bucketgate_state::open(dir)
+    if url.is_none() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Exit::runtime(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    bucketgate_state::open_store(dir, url.as_deref())
         .await
         .map_err(|e| Exit::runtime(e.to_string()))
 }

@@ -193,7 +193,8 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     );
     // The state store: bans and failures of the last run come back, and the runtime users
     // are loaded, before any listener opens.
-    let state = bucketgate_state::open(&cfg.state_dir)
+    let state_url = cfg.state.as_ref().map(|s| s.url.expose());
+    let state = bucketgate_state::open_store(&cfg.state_dir, state_url)
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
     login

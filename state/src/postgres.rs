@@ -1,0 +1,408 @@
+//! [`StateStore`] on PostgreSQL (tokio-postgres through a deadpool-postgres pool), for several
+//! instances sharing one store.
+//!
+//! The schema follows the embedded one ([`MIGRATIONS`]); its version is the one row of
+//! `schema_version`. Migrations run in one transaction holding an advisory lock, so two
+//! instances starting together do not both apply a step.
+
+use crate::{
+    secs, time, Ban, Failure, Result, Scope, SessionRow, StateError, StateStore, TokenRow,
+    UserStore,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::net::IpAddr;
+use std::time::SystemTime;
+use tokio_postgres::NoTls;
+
+/// The schema, one step per version (`schema_version.version` holds how many were applied).
+/// Steps are only ever appended.
+pub const PG_MIGRATIONS: &[&str] = &[
+    // 1: the tables of the embedded store's versions 1 to 3.
+    "CREATE TABLE bans (
+        ip TEXT PRIMARY KEY,
+        until BIGINT NOT NULL,
+        score BIGINT NOT NULL
+     );
+     CREATE TABLE login_failures (
+        ip TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        score BIGINT NOT NULL
+     );
+     CREATE INDEX login_failures_at ON login_failures (at);
+     CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        client TEXT NOT NULL,
+        started BIGINT NOT NULL
+     );
+     CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        scope TEXT NOT NULL CHECK (scope IN ('ro', 'rw')),
+        hash TEXT NOT NULL,
+        created BIGINT NOT NULL
+     );
+     CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated BIGINT NOT NULL
+     );",
+];
+
+/// The advisory lock key that serialises migrations ("bgstate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6267_7374_6174_65;
+
+/// The shared store.
+pub struct PgStore {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+/// `postgres://user@host:port/db`: what a message may show of a URL (never its password).
+pub fn redacted_url(cfg: &tokio_postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(s) => s.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = cfg
+        .get_ports()
+        .first()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let user = cfg.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let db = cfg.get_dbname().unwrap_or("");
+    format!("postgres://{user}{host}{port}/{db}")
+}
+
+fn ip(s: &str) -> Result<IpAddr> {
+    s.parse()
+        .map_err(|_| StateError(format!("a stored address is not an address: {s:?}")))
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/db`) and brings the schema
+    /// to the latest version. Errors never show the password.
+    pub async fn open(url: &str) -> Result<PgStore> {
+        let cfg: tokio_postgres::Config = url.parse().map_err(|_| {
+            StateError("state.url is not a valid postgres:// connection URL".into())
+        })?;
+        let shown = redacted_url(&cfg);
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(8)
+            .build()
+            .map_err(|e| StateError(format!("{shown}: {e}")))?;
+        let store = PgStore { pool, shown };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The URL as messages show it (no password).
+    pub fn shown_url(&self) -> &str {
+        &self.shown
+    }
+
+    /// An error with its causes (the driver's own message is only "db error"; the server's
+    /// reason is its source).
+    fn err(&self, e: impl std::fmt::Display) -> StateError {
+        StateError(format!("{}: {e}", self.shown))
+    }
+
+    fn db_err(&self, e: &(dyn std::error::Error + 'static)) -> StateError {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let part = c.to_string();
+            if !text.ends_with(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            cause = c.source();
+        }
+        self.err(text)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| self.db_err(&e))
+    }
+
+    /// The schema version of the database.
+    pub async fn version(&self) -> Result<usize> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT version FROM schema_version", &[])
+            .await
+            .map_err(|e| self.db_err(&e))?;
+        Ok(row.map(|r| r.get::<_, i32>(0) as usize).unwrap_or(0))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.db_err(&e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| self.db_err(&e))?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .await
+            .map_err(|e| self.db_err(&e))?;
+        let from = tx
+            .query_opt("SELECT version FROM schema_version", &[])
+            .await
+            .map_err(|e| self.db_err(&e))?
+            .map(|r| r.get::<_, i32>(0) as usize);
+        let start = from.unwrap_or(0);
+        if start > PG_MIGRATIONS.len() {
+            return Err(self.err(format!(
+                "the database has schema version {start}, newer than this gateway's {}",
+                PG_MIGRATIONS.len()
+            )));
+        }
+        for step in &PG_MIGRATIONS[start..] {
+            tx.batch_execute(step).await.map_err(|e| self.db_err(&e))?;
+        }
+        let to = PG_MIGRATIONS.len() as i32;
+        if from.is_none() {
+            tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&to])
+                .await
+                .map_err(|e| self.db_err(&e))?;
+        } else {
+            tx.execute("UPDATE schema_version SET version = $1", &[&to])
+                .await
+                .map_err(|e| self.db_err(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_err(&e))?;
+        if start < PG_MIGRATIONS.len() {
+            tracing::info!("state store: schema migrated to version {to}");
+        }
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let c = self.client().await?;
+        c.execute(sql, args).await.map_err(|e| self.db_err(&e))
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let c = self.client().await?;
+        c.query(sql, args).await.map_err(|e| self.db_err(&e))
+    }
+}
+
+#[async_trait]
+impl StateStore for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn put_ban(&self, ban: &Ban) -> Result<()> {
+        self.execute(
+            "INSERT INTO bans (ip, until, score) VALUES ($1, $2, $3)
+             ON CONFLICT (ip) DO UPDATE SET until = excluded.until, score = excluded.score",
+            &[&ban.ip.to_string(), &secs(ban.until), &(ban.score as i64)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_ban(&self, ip: IpAddr) -> Result<bool> {
+        let ip = ip.to_string();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.db_err(&e))?;
+        let n = tx
+            .execute("DELETE FROM bans WHERE ip = $1", &[&ip])
+            .await
+            .map_err(|e| self.db_err(&e))?;
+        tx.execute("DELETE FROM login_failures WHERE ip = $1", &[&ip])
+            .await
+            .map_err(|e| self.db_err(&e))?;
+        tx.commit().await.map_err(|e| self.db_err(&e))?;
+        Ok(n > 0)
+    }
+
+    async fn bans(&self, now: SystemTime) -> Result<Vec<Ban>> {
+        let now = secs(now);
+        self.execute("DELETE FROM bans WHERE until <= $1", &[&now])
+            .await?;
+        self.query("SELECT ip, until, score FROM bans ORDER BY until, ip", &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Ban {
+                    ip: ip(r.get(0))?,
+                    until: time(r.get(1)),
+                    score: r.get::<_, i64>(2) as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_failure(&self, f: &Failure) -> Result<()> {
+        self.execute(
+            "INSERT INTO login_failures (ip, at, score) VALUES ($1, $2, $3)",
+            &[&f.ip.to_string(), &secs(f.at), &(f.score as i64)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn failures_since(&self, since: SystemTime) -> Result<Vec<Failure>> {
+        let since = secs(since);
+        self.execute("DELETE FROM login_failures WHERE at < $1", &[&since])
+            .await?;
+        self.query("SELECT ip, at, score FROM login_failures ORDER BY at", &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Failure {
+                    ip: ip(r.get(0))?,
+                    at: time(r.get(1)),
+                    score: r.get::<_, i64>(2) as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn session_opened(&self, s: &SessionRow) -> Result<()> {
+        self.execute(
+            "INSERT INTO sessions (id, username, protocol, client, started)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &s.id,
+                &s.username,
+                &s.protocol,
+                &s.client.to_string(),
+                &secs(s.started),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn session_closed(&self, id: &str) -> Result<()> {
+        self.execute("DELETE FROM sessions WHERE id = $1", &[&id])
+            .await
+            .map(|_| ())
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRow>> {
+        self.query(
+            "SELECT id, username, protocol, client, started FROM sessions ORDER BY started, id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SessionRow {
+                id: r.get(0),
+                username: r.get(1),
+                protocol: r.get(2),
+                client: ip(r.get(3))?,
+                started: time(r.get(4)),
+            })
+        })
+        .collect()
+    }
+
+    async fn clear_sessions(&self) -> Result<()> {
+        self.execute("DELETE FROM sessions", &[]).await.map(|_| ())
+    }
+
+    async fn insert_token(&self, t: &TokenRow) -> Result<()> {
+        self.execute(
+            "INSERT INTO api_tokens (id, name, scope, hash, created) VALUES ($1, $2, $3, $4, $5)",
+            &[&t.id, &t.name, &t.scope.name(), &t.hash, &secs(t.created)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRow>> {
+        Ok(self
+            .query(
+                "SELECT id, name, scope, hash, created FROM api_tokens WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .first()
+            .map(token_row))
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        Ok(self
+            .query(
+                "SELECT id, name, scope, hash, created FROM api_tokens ORDER BY created, id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(token_row)
+            .collect())
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool> {
+        self.execute("DELETE FROM api_tokens WHERE id = $1", &[&id])
+            .await
+            .map(|n| n > 0)
+    }
+}
+
+#[async_trait]
+impl UserStore for PgStore {
+    async fn put_user(&self, username: &str, spec: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO users (username, spec, updated) VALUES ($1, $2, $3)
+             ON CONFLICT (username) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
+            &[&username, &spec, &secs(SystemTime::now())],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<bool> {
+        self.execute("DELETE FROM users WHERE username = $1", &[&username])
+            .await
+            .map(|n| n > 0)
+    }
+
+    async fn users(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .query("SELECT username, spec FROM users ORDER BY username", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+}
+
+fn token_row(r: &tokio_postgres::Row) -> TokenRow {
+    let scope: String = r.get(2);
+    TokenRow {
+        id: r.get(0),
+        name: r.get(1),
+        // The CHECK constraint allows nothing else.
+        scope: Scope::parse(&scope).unwrap_or(Scope::ReadOnly),
+        hash: r.get(3),
+        created: time(r.get(4)),
+    }
+}
