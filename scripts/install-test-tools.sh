@@ -25,12 +25,17 @@ for pair in /usr/share/java/jsch.jar:libjsch-java /usr/share/java/commons-net.ja
   file=${pair%%:*}; pkg=${pair#*:}
   [ -e "$file" ] || need+=("$pkg")
 done
+# PostgreSQL: the shared state store's tests start their own server (testkit/src/postgres.rs)
+# with initdb and pg_ctl, which Debian keeps in /usr/lib/postgresql/<major>/bin, off PATH.
+pg_bin() { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
+pg_bin || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
+pg_bin || { echo "PostgreSQL's initdb is still missing after installing postgresql" >&2; exit 1; }
 
 # moto: an S3 server that follows AWS semantics closely (markers are objects, multipart, copy).
 if ! command -v moto_server >/dev/null 2>&1; then

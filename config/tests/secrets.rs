@@ -23,6 +23,8 @@ transfers:
   part_size: ${{SECRET}}
 log:
   format: ${{SECRET}}
+state:
+  url: "${{SECRET}}"
 storage:
   type: ${{SECRET}}
 remotes:
