@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const OTHER: &str = "127.0.0.2";
 
 /// One API call with curl from `from`: (status, body).
-fn api(
+pub(crate) fn api(
     admin: SocketAddr,
     method: &str,
     path: &str,
@@ -26,7 +26,7 @@ fn api(
 }
 
 /// [`api`] with a JSON request body.
-fn api_body(
+pub(crate) fn api_body(
     admin: SocketAddr,
     method: &str,
     path: &str,
@@ -51,11 +51,11 @@ fn api_body(
     (code.parse().unwrap(), body.to_string())
 }
 
-fn json(body: &str) -> Value {
+pub(crate) fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-fn token(dir: &Path, scope: &str) -> String {
+pub(crate) fn token(dir: &Path, scope: &str) -> String {
     let (code, out, err) = run(dir, &["admin", "token", "create", "--scope", scope], None);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("shown only this once"), "{err}");
@@ -67,7 +67,7 @@ fn config(dir: &Path) -> String {
 }
 
 /// The test config with a ban after failures scoring `threshold`.
-fn config_ban(dir: &Path, threshold: u32) -> String {
+pub(crate) fn config_ban(dir: &Path, threshold: u32) -> String {
     let (code, hash, _) = run(dir, &["hash-password"], Some("alice-Api-Pw-19\n"));
     assert_eq!(code, 0);
     let (_, public) = keygen(dir, "alice_key");
@@ -89,7 +89,7 @@ users:
 }
 
 /// An OpenSSH `sftp` session from `from` that stays connected until its stdin closes.
-fn sftp_session(dir: &Path, addr: SocketAddr, from: &str) -> std::process::Child {
+pub(crate) fn sftp_session(dir: &Path, addr: SocketAddr, from: &str) -> std::process::Child {
     sftp_session_args(dir, addr, from, &[])
 }
 
@@ -125,7 +125,7 @@ fn sftp_works(dir: &Path, addr: SocketAddr, from: &str) -> bool {
     out.status.success()
 }
 
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f() {
@@ -578,7 +578,7 @@ fn runtime_users_log_in_and_the_config_wins() {
 }
 
 /// Whether `user` can log in over SFTP with `password` and list her home.
-fn sftp_login_works(dir: &Path, addr: SocketAddr, user: &str, password: &str) -> bool {
+pub(crate) fn sftp_login_works(dir: &Path, addr: SocketAddr, user: &str, password: &str) -> bool {
     let out = sftp_batch_password(addr, user, password, "ls\n", dir);
     out.status.success()
 }

@@ -8,6 +8,7 @@ mod support;
 mod e2e_cli;
 mod e2e_clients;
 mod e2e_crash;
+mod e2e_fleet;
 mod e2e_hardening;
 mod e2e_legacy_clients;
 mod e2e_operate;

@@ -1,0 +1,91 @@
+//! Two gateway instances (the real binary) on one PostgreSQL state store (issue 19): what the
+//! shared store shares today. Each instance has its own `state_dir`; both serve the same local
+//! folder; PostgreSQL is a private server the test starts (testkit::postgres).
+
+use crate::e2e_admin_api::{
+    api, api_body, config_ban, json, sftp_login_works, sftp_session, token,
+};
+use bucketgate_testkit::postgres::Postgres;
+use bucketgate_tests::gateway::{require, Gateway};
+use std::path::Path;
+
+/// Instance `name`'s config file: the admin API test's config with its own `state_dir` and
+/// the shared store.
+fn instance(dir: &Path, base: &str, name: &str, url: &str) -> String {
+    let file = format!("{name}.yaml");
+    std::fs::write(
+        dir.join(&file),
+        format!("{base}state_dir: ./state-{name}\nstate:\n  url: \"{url}\"\n"),
+    )
+    .unwrap();
+    file
+}
+
+fn start(dir: &Path, file: &str) -> Gateway {
+    Gateway::spawn(dir, &["serve", "--config", file], &["sftp", "admin"], &[])
+}
+
+/// A token created once (`bucketgate admin token create` on the shared store) is accepted by
+/// both instances; a user created through instance A's API logs in over SFTP on instance B
+/// (started after); an SFTP session held open on B is listed by A's API with its user.
+#[test]
+fn two_instances_share_tokens_runtime_users_and_the_session_list() {
+    require("curl");
+    require("sftp");
+    let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("files")).unwrap();
+    let base = config_ban(d, 1000);
+    let a_cfg = instance(d, &base, "a", &pg.url());
+    let b_cfg = instance(d, &base, "b", &pg.url());
+    // `admin token create` reads the default config file: instance A's.
+    std::fs::copy(d.join(&a_cfg), d.join("bucketgate.yaml")).unwrap();
+    let rw = token(d, "rw");
+
+    let a = start(d, &a_cfg);
+    let lo = "127.0.0.1";
+    let (code, body) = api(a.addr("admin"), "GET", "/api/v1/users", Some(&rw), lo);
+    assert_eq!(code, 200, "A refuses the shared token: {body}");
+    let pw = "carol-Fleet-Pw-19";
+    let spec = format!(r#"{{"password": "{pw}", "home": "/carol", "protocols": ["sftp"]}}"#);
+    let (code, body) = api_body(
+        a.addr("admin"),
+        "PUT",
+        "/api/v1/users/carol",
+        Some(&rw),
+        lo,
+        Some(&spec),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    let b = start(d, &b_cfg);
+    assert_ne!(a.addr("sftp"), b.addr("sftp"));
+    let (code, body) = api(b.addr("admin"), "GET", "/api/v1/users", Some(&rw), lo);
+    assert_eq!(code, 200, "B refuses the token created once: {body}");
+    assert_eq!(json(&body)[0]["username"], "carol", "{body}");
+    assert!(
+        sftp_login_works(d, b.addr("sftp"), "carol", pw),
+        "the user created through A does not log in on B"
+    );
+
+    // alice (the config's user) holds a session open on B; A lists it.
+    let mut held = sftp_session(d, b.addr("sftp"), lo);
+    let listed = crate::e2e_admin_api::poll("A to list B's session", || {
+        let (code, body) = api(a.addr("admin"), "GET", "/api/v1/sessions", Some(&rw), lo);
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["user"] == "alice" && s["protocol"] == "sftp")
+            .cloned()
+    });
+    assert_eq!(listed["client"], "127.0.0.1", "{listed}");
+    // A cannot disconnect B's session: it is not its own.
+    let id = listed["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/sessions/{id}");
+    assert_eq!(api(a.addr("admin"), "DELETE", &path, Some(&rw), lo).0, 404);
+    assert_eq!(api(b.addr("admin"), "DELETE", &path, Some(&rw), lo).0, 200);
+    let _ = held.wait();
+}
