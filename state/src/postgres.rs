@@ -52,7 +52,7 @@ pub const PG_MIGRATIONS: &[&str] = &[
 ];
 
 /// The advisory lock key that serialises migrations ("bgstate" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6267_7374_6174_65;
+const MIGRATION_LOCK: i64 = 0x0062_6773_7461_7465;
 
 /// The shared store.
 pub struct PgStore {
