@@ -379,6 +379,36 @@ impl LoginService {
         Ok(())
     }
 
+    /// On a shared store: takes in the bans in force there that this process does not hold
+    /// (earned on another instance), or holds until an earlier time. Returns how many
+    /// addresses it newly bans. A ban lifted on another instance stays here until it ends or
+    /// is lifted here too.
+    pub async fn refresh_bans(&self) -> bucketgate_state::Result<usize> {
+        let Some(store) = self.state.get() else {
+            return Ok(0);
+        };
+        let now = SystemTime::now();
+        let bans = store.bans(now).await?;
+        let mono = Instant::now();
+        let mut scores = self.scores.lock().expect("lock");
+        let mut new = 0;
+        for b in bans {
+            let until = mono + b.until.duration_since(now).unwrap_or_default();
+            let s = scores.entry(b.ip).or_default();
+            if s.banned_until.is_none_or(|t| t <= mono) {
+                new += 1;
+            }
+            if s.banned_until.is_none_or(|t| t < until) {
+                s.banned_until = Some(until);
+            }
+        }
+        drop(scores);
+        if new > 0 {
+            tracing::info!(target: "bucketgate::auth", "bans taken from the shared store: {new}");
+        }
+        Ok(new)
+    }
+
     /// The addresses banned now, with the time each ban ends.
     pub fn bans(&self) -> Vec<(IpAddr, SystemTime)> {
         let (now, sys) = (Instant::now(), SystemTime::now());

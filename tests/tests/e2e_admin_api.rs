@@ -117,7 +117,7 @@ fn sftp_session_args(
 }
 
 /// A whole `sftp` session from `from` listing the home: true when it logged in.
-fn sftp_works(dir: &Path, addr: SocketAddr, from: &str) -> bool {
+pub(crate) fn sftp_works(dir: &Path, addr: SocketAddr, from: &str) -> bool {
     let child = sftp_session(dir, addr, from);
     use std::io::Write;
     child.stdin.as_ref().unwrap().write_all(b"ls\n").unwrap();

@@ -3,7 +3,7 @@
 //! folder; PostgreSQL is a private server the test starts (testkit::postgres).
 
 use crate::e2e_admin_api::{
-    api, api_body, config_ban, json, sftp_login_works, sftp_session, token,
+    api, api_body, config_ban, json, poll, sftp_login_works, sftp_session, sftp_works, token,
 };
 use bucketgate_testkit::postgres::Postgres;
 use bucketgate_tests::gateway::{require, Gateway};
@@ -27,7 +27,8 @@ fn start(dir: &Path, file: &str) -> Gateway {
 
 /// A token created once (`bucketgate admin token create` on the shared store) is accepted by
 /// both instances; a user created through instance A's API logs in over SFTP on instance B
-/// (started after); an SFTP session held open on B is listed by A's API with its user.
+/// (started after), and so does one created on A while B runs; an SFTP session held open on B is
+/// listed by A's API with its user; a ban earned on A refuses the address on B.
 #[test]
 fn two_instances_share_tokens_runtime_users_and_the_session_list() {
     require("curl");
@@ -36,7 +37,12 @@ fn two_instances_share_tokens_runtime_users_and_the_session_list() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::create_dir_all(d.join("files")).unwrap();
-    let base = config_ban(d, 1000);
+    // Polling for a user B does not know yet fails logins from 127.0.0.1: never banned.
+    let base = config_ban(d, 3).replace(
+        "duration: 1h }",
+        "duration: 1h, safelist: [\"127.0.0.1\"] }",
+    );
+    assert!(base.contains("safelist"));
     let a_cfg = instance(d, &base, "a", &pg.url());
     let b_cfg = instance(d, &base, "b", &pg.url());
     // `admin token create` reads the default config file: instance A's.
@@ -71,7 +77,7 @@ fn two_instances_share_tokens_runtime_users_and_the_session_list() {
 
     // alice (the config's user) holds a session open on B; A lists it.
     let mut held = sftp_session(d, b.addr("sftp"), lo);
-    let listed = crate::e2e_admin_api::poll("A to list B's session", || {
+    let listed = poll("A to list B's session", || {
         let (code, body) = api(a.addr("admin"), "GET", "/api/v1/sessions", Some(&rw), lo);
         assert_eq!(code, 200, "{body}");
         let v = json(&body);
@@ -88,4 +94,43 @@ fn two_instances_share_tokens_runtime_users_and_the_session_list() {
     assert_eq!(api(a.addr("admin"), "DELETE", &path, Some(&rw), lo).0, 404);
     assert_eq!(api(b.addr("admin"), "DELETE", &path, Some(&rw), lo).0, 200);
     let _ = held.wait();
+
+    // A user created on A while B runs: B takes it in from the store.
+    let spec = spec.replace("/carol", "/dave");
+    let (code, body) = api_body(
+        a.addr("admin"),
+        "PUT",
+        "/api/v1/users/dave",
+        Some(&rw),
+        lo,
+        Some(&spec),
+    );
+    assert_eq!(code, 200, "{body}");
+    poll("B to let dave in", || {
+        sftp_login_works(d, b.addr("sftp"), "dave", pw).then_some(())
+    });
+
+    // 127.0.0.2 logs in on B, then earns a ban on A (three wrong tokens, threshold 3): B
+    // refuses it.
+    const OTHER: &str = "127.0.0.2";
+    assert!(
+        sftp_works(d, b.addr("sftp"), OTHER),
+        "B refuses OTHER before any ban"
+    );
+    for _ in 0..3 {
+        let (code, _) = api(
+            a.addr("admin"),
+            "GET",
+            "/api/v1/bans",
+            Some("bg_wrong"),
+            OTHER,
+        );
+        assert_eq!(code, 401);
+    }
+    assert!(!sftp_works(d, a.addr("sftp"), OTHER), "A did not ban OTHER");
+    poll("B to refuse the address A banned", || {
+        (!sftp_works(d, b.addr("sftp"), OTHER)).then_some(())
+    });
+    let (_, body) = api(b.addr("admin"), "GET", "/api/v1/bans", Some(&rw), lo);
+    assert_eq!(json(&body)[0]["ip"], OTHER, "{body}");
 }

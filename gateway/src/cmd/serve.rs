@@ -31,6 +31,10 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+/// How often an instance on a shared state store reads the bans and runtime users that other
+/// instances wrote.
+const SHARED_STATE_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the servers until SIGTERM or SIGINT.
 pub fn run(arg: &ConfigArg) -> Result<(), Exit> {
     let (cfg, path) = match wiring::source(arg)? {
@@ -204,6 +208,24 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     crate::api::users::load(state.as_ref(), &login)
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
+    if state.shared() {
+        // Other instances write bans and runtime users to the shared store: take them in
+        // every few seconds (docs/operations.md, "Several instances").
+        let (login, state) = (login.clone(), state.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SHARED_STATE_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = login.refresh_bans().await {
+                    tracing::warn!("shared state: bans not refreshed: {e}");
+                }
+                if let Err(e) = crate::api::users::load(state.as_ref(), &login).await {
+                    tracing::warn!("shared state: runtime users not refreshed: {e}");
+                }
+            }
+        });
+    }
     let api_reload = Arc::new(tokio::sync::Notify::new());
     let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
         wiring::sync_jobs(&cfg, &storage)
