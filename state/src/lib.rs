@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod postgres;
 mod sqlite;
 
-pub use postgres::{redacted_url, PgStore, PG_MIGRATIONS};
+pub use postgres::{redacted_url, PgStore, PG_MIGRATIONS, SESSION_LEASE};
 pub use sqlite::{SqliteStore, MIGRATIONS};
 
 /// A store failure (the database could not be read or written).
@@ -153,6 +153,12 @@ pub trait StateStore: UserStore + Send + Sync {
     async fn session_closed(&self, id: &str) -> Result<()>;
     /// The live sessions, oldest first.
     async fn sessions(&self) -> Result<Vec<SessionRow>>;
+    /// Extends the lease of this instance's session rows (a shared store; the gateway calls it
+    /// every few seconds). Nothing to do for an embedded store.
+    async fn renew_sessions(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Forgets every registered session (an embedded store at start: the previous process's
     /// sessions ended with it).
     async fn clear_sessions(&self) -> Result<()>;

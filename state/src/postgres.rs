@@ -49,7 +49,15 @@ pub const PG_MIGRATIONS: &[&str] = &[
         spec TEXT NOT NULL,
         updated BIGINT NOT NULL
      );",
+    // 2: each session row names its instance and holds a lease that the instance renews; a
+    // row whose lease ran out (its instance was killed) is deleted at the next listing.
+    "ALTER TABLE sessions ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+     ALTER TABLE sessions ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;",
 ];
+
+/// How long a session row lives without its instance renewing it (the gateway renews every
+/// few seconds, see [`StateStore::renew_sessions`]).
+pub const SESSION_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The advisory lock key that serialises migrations ("bgstate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0062_6773_7461_7465;
@@ -57,6 +65,8 @@ const MIGRATION_LOCK: i64 = 0x0062_6773_7461_7465;
 /// The shared store.
 pub struct PgStore {
     pool: Pool,
+    /// This process's id in the session registry.
+    instance: String,
     /// The URL without its password, for messages.
     shown: String,
 }
@@ -105,7 +115,16 @@ impl PgStore {
             .max_size(8)
             .build()
             .map_err(|e| StateError(format!("{shown}: {e}")))?;
-        let store = PgStore { pool, shown };
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let instance = format!("{:x}-{:x}", std::process::id(), nanos);
+        let store = PgStore {
+            pool,
+            shown,
+            instance,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -283,16 +302,29 @@ impl StateStore for PgStore {
             .collect()
     }
 
-    async fn session_opened(&self, s: &SessionRow) -> Result<()> {
+    async fn renew_sessions(&self) -> Result<()> {
+        let until = secs(SystemTime::now() + SESSION_LEASE);
         self.execute(
-            "INSERT INTO sessions (id, username, protocol, client, started)
-             VALUES ($1, $2, $3, $4, $5)",
+            "UPDATE sessions SET lease_until = $1 WHERE instance = $2",
+            &[&until, &self.instance],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn session_opened(&self, s: &SessionRow) -> Result<()> {
+        let until = secs(SystemTime::now() + SESSION_LEASE);
+        self.execute(
+            "INSERT INTO sessions (id, username, protocol, client, started, instance, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &s.id,
                 &s.username,
                 &s.protocol,
                 &s.client.to_string(),
                 &secs(s.started),
+                &self.instance,
+                &until,
             ],
         )
         .await
@@ -306,6 +338,12 @@ impl StateStore for PgStore {
     }
 
     async fn sessions(&self) -> Result<Vec<SessionRow>> {
+        // Rows of an instance that stopped renewing them (killed) go first.
+        self.execute(
+            "DELETE FROM sessions WHERE lease_until < $1",
+            &[&secs(SystemTime::now())],
+        )
+        .await?;
         self.query(
             "SELECT id, username, protocol, client, started FROM sessions ORDER BY started, id",
             &[],
@@ -325,7 +363,13 @@ impl StateStore for PgStore {
     }
 
     async fn clear_sessions(&self) -> Result<()> {
-        self.execute("DELETE FROM sessions", &[]).await.map(|_| ())
+        // Only this instance's rows: the others' sessions are alive.
+        self.execute(
+            "DELETE FROM sessions WHERE instance = $1",
+            &[&self.instance],
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn insert_token(&self, t: &TokenRow) -> Result<()> {

@@ -28,9 +28,10 @@ fn start(dir: &Path, file: &str) -> Gateway {
 /// A token created once (`bucketgate admin token create` on the shared store) is accepted by
 /// both instances; a user created through instance A's API logs in over SFTP on instance B
 /// (started after), and so does one created on A while B runs; an SFTP session held open on B is
-/// listed by A's API with its user; a ban earned on A refuses the address on B.
+/// listed by A's API with its user; a ban earned on A refuses the address on B; once B is
+/// killed, its session leaves A's list when its lease ends.
 #[test]
-fn two_instances_share_tokens_runtime_users_and_the_session_list() {
+fn two_instances_share_tokens_users_bans_and_sessions() {
     require("curl");
     require("sftp");
     let pg = Postgres::start();
@@ -133,4 +134,25 @@ fn two_instances_share_tokens_runtime_users_and_the_session_list() {
     });
     let (_, body) = api(b.addr("admin"), "GET", "/api/v1/bans", Some(&rw), lo);
     assert_eq!(json(&body)[0]["ip"], OTHER, "{body}");
+
+    // B is killed (SIGKILL) with a session open: its row leaves A's list once its lease
+    // (bucketgate_state::SESSION_LEASE) has run out unrenewed.
+    let alice_on_a = || {
+        let (code, body) = api(a.addr("admin"), "GET", "/api/v1/sessions", Some(&rw), lo);
+        assert_eq!(code, 200, "{body}");
+        json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["user"] == "alice")
+    };
+    let mut held = sftp_session(d, b.addr("sftp"), lo);
+    poll("A to list the session held on B", || {
+        alice_on_a().then_some(())
+    });
+    b.signal("KILL");
+    let _ = held.wait();
+    poll("the killed instance's session to leave the list", || {
+        (!alice_on_a()).then_some(())
+    });
 }

@@ -210,13 +210,17 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         .map_err(|e| Exit::runtime(e.to_string()))?;
     if state.shared() {
         // Other instances write bans and runtime users to the shared store: take them in
-        // every few seconds (docs/operations.md, "Several instances").
+        // every few seconds, and renew this instance's session leases (docs/operations.md,
+        // "Several instances").
         let (login, state) = (login.clone(), state.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SHARED_STATE_REFRESH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if let Err(e) = state.renew_sessions().await {
+                    tracing::warn!("shared state: session leases not renewed: {e}");
+                }
                 if let Err(e) = login.refresh_bans().await {
                     tracing::warn!("shared state: bans not refreshed: {e}");
                 }
