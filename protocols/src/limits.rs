@@ -9,6 +9,9 @@ pub struct SessionLimiter {
     max_total: usize,
     max_per_ip: usize,
     state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Sessions other instances sharing the state store hold (total, per address), as last
+    /// read from it ([`SessionLimiter::set_others`]); they count towards both caps.
+    others: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 /// Why a session was refused.
@@ -41,18 +44,23 @@ impl SessionLimiter {
                 max_per_ip
             },
             state: Mutex::new((0, HashMap::new())),
+            others: Mutex::new((0, HashMap::new())),
         })
     }
 
     /// Admits a session from `ip`, or says which cap it hit. Check and count happen under one
     /// lock, so a burst of connections admits exactly the caps.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<SessionSlot, LimitError> {
+        let (other_total, other_here) = {
+            let o = self.others.lock().expect("lock");
+            (o.0, o.1.get(&ip).copied().unwrap_or(0))
+        };
         let mut st = self.state.lock().expect("lock");
-        if st.0 >= self.max_total {
+        if st.0.saturating_add(other_total) >= self.max_total {
             return Err(LimitError::Total);
         }
         let n = st.1.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if n.saturating_add(other_here) >= self.max_per_ip {
             return Err(LimitError::PerAddress);
         }
         *n += 1;
@@ -61,6 +69,18 @@ impl SessionLimiter {
             limiter: self.clone(),
             ip,
         })
+    }
+
+    /// The sessions other instances hold now, by client address (a shared state store: read
+    /// from it every few seconds), so that the caps count the whole fleet.
+    pub fn set_others(&self, clients: impl IntoIterator<Item = IpAddr>) {
+        let mut per_ip = HashMap::new();
+        let mut total = 0;
+        for ip in clients {
+            *per_ip.entry(ip).or_insert(0) += 1;
+            total += 1;
+        }
+        *self.others.lock().expect("lock") = (total, per_ip);
     }
 
     /// Sessions open now.

@@ -159,6 +159,12 @@ pub trait StateStore: UserStore + Send + Sync {
         Ok(())
     }
 
+    /// The live sessions of the other instances sharing the store (none for an embedded
+    /// store).
+    async fn other_sessions(&self) -> Result<Vec<SessionRow>> {
+        Ok(Vec::new())
+    }
+
     /// Forgets every registered session (an embedded store at start: the previous process's
     /// sessions ended with it).
     async fn clear_sessions(&self) -> Result<()>;

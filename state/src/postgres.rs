@@ -350,15 +350,19 @@ impl StateStore for PgStore {
         )
         .await?
         .iter()
-        .map(|r| {
-            Ok(SessionRow {
-                id: r.get(0),
-                username: r.get(1),
-                protocol: r.get(2),
-                client: ip(r.get(3))?,
-                started: time(r.get(4)),
-            })
-        })
+        .map(session_row)
+        .collect()
+    }
+
+    async fn other_sessions(&self) -> Result<Vec<SessionRow>> {
+        self.query(
+            "SELECT id, username, protocol, client, started FROM sessions
+             WHERE instance <> $1 AND lease_until >= $2 ORDER BY started, id",
+            &[&self.instance, &secs(SystemTime::now())],
+        )
+        .await?
+        .iter()
+        .map(session_row)
         .collect()
     }
 
@@ -437,6 +441,16 @@ impl UserStore for PgStore {
             .map(|r| (r.get(0), r.get(1)))
             .collect())
     }
+}
+
+fn session_row(r: &tokio_postgres::Row) -> Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.get(0),
+        username: r.get(1),
+        protocol: r.get(2),
+        client: ip(r.get(3))?,
+        started: time(r.get(4)),
+    })
 }
 
 fn token_row(r: &tokio_postgres::Row) -> TokenRow {

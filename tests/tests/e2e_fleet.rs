@@ -29,7 +29,8 @@ fn start(dir: &Path, file: &str) -> Gateway {
 /// both instances; a user created through instance A's API logs in over SFTP on instance B
 /// (started after), and so does one created on A while B runs; an SFTP session held open on B is
 /// listed by A's API with its user; a ban earned on A refuses the address on B; once B is
-/// killed, its session leaves A's list when its lease ends.
+/// killed, its session leaves A's list when its lease ends. `max_sessions_per_ip: 1` holds
+/// across the two: B's session keeps a second one from the address off A.
 #[test]
 fn two_instances_share_tokens_users_bans_and_sessions() {
     require("curl");
@@ -39,10 +40,14 @@ fn two_instances_share_tokens_users_bans_and_sessions() {
     let d = tmp.path();
     std::fs::create_dir_all(d.join("files")).unwrap();
     // Polling for a user B does not know yet fails logins from 127.0.0.1: never banned.
-    let base = config_ban(d, 3).replace(
-        "duration: 1h }",
-        "duration: 1h, safelist: [\"127.0.0.1\"] }",
-    );
+    // One session per address across the fleet.
+    let base = config_ban(d, 3)
+        .replace(
+            "duration: 1h }",
+            "duration: 1h, safelist: [\"127.0.0.1\"] }",
+        )
+        .replace("limits:\n", "limits:\n  max_sessions_per_ip: 1\n");
+    assert!(base.contains("max_sessions_per_ip: 1"));
     assert!(base.contains("safelist"));
     let a_cfg = instance(d, &base, "a", &pg.url());
     let b_cfg = instance(d, &base, "b", &pg.url());

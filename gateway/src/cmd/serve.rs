@@ -208,11 +208,22 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     crate::api::users::load(state.as_ref(), &login)
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
+    let api_reload = Arc::new(tokio::sync::Notify::new());
+    let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
+        wiring::sync_jobs(&cfg, &storage)
+            .map(|v| v.into_iter().map(|(j, _)| j).collect())
+            .unwrap_or_default(),
+    ));
+    let limiter = SessionLimiter::new(
+        cfg.limits.max_sessions as usize,
+        cfg.limits.max_sessions_per_ip as usize,
+    );
     if state.shared() {
         // Other instances write bans and runtime users to the shared store: take them in
-        // every few seconds, and renew this instance's session leases (docs/operations.md,
+        // every few seconds, count their sessions towards the caps, and renew this instance's
+        // session leases (docs/operations.md,
         // "Several instances").
-        let (login, state) = (login.clone(), state.clone());
+        let (login, state, limiter) = (login.clone(), state.clone(), limiter.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SHARED_STATE_REFRESH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,22 +235,18 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
                 if let Err(e) = login.refresh_bans().await {
                     tracing::warn!("shared state: bans not refreshed: {e}");
                 }
+                match state.other_sessions().await {
+                    Ok(rows) => limiter.set_others(rows.iter().map(|r| r.client)),
+                    Err(e) => {
+                        tracing::warn!("shared state: other instances' sessions not read: {e}")
+                    }
+                }
                 if let Err(e) = crate::api::users::load(state.as_ref(), &login).await {
                     tracing::warn!("shared state: runtime users not refreshed: {e}");
                 }
             }
         });
     }
-    let api_reload = Arc::new(tokio::sync::Notify::new());
-    let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
-        wiring::sync_jobs(&cfg, &storage)
-            .map(|v| v.into_iter().map(|(j, _)| j).collect())
-            .unwrap_or_default(),
-    ));
-    let limiter = SessionLimiter::new(
-        cfg.limits.max_sessions as usize,
-        cfg.limits.max_sessions_per_ip as usize,
-    );
     let shutdown = CancellationToken::new();
     let mut servers: Vec<Server> = Vec::new();
     let health = Health::new(
