@@ -151,13 +151,30 @@ fn two_instances_share_tokens_users_bans_and_sessions() {
             .iter()
             .any(|s| s["user"] == "alice")
     };
+    assert!(
+        sftp_login_works(d, a.addr("sftp"), "carol", pw),
+        "A refuses carol before any session is held"
+    );
     let mut held = sftp_session(d, b.addr("sftp"), lo);
     poll("A to list the session held on B", || {
         alice_on_a().then_some(())
     });
+    // max_sessions_per_ip: 1 counts B's session on A: A refuses the address for the cap.
+    poll("A to refuse a second session from 127.0.0.1", || {
+        (!sftp_login_works(d, a.addr("sftp"), "carol", pw)).then_some(())
+    });
+    assert!(
+        a.log_text()
+            .contains("SFTP connection refused: session limit"),
+        "A refused carol for another reason: {}",
+        a.log_text()
+    );
     b.signal("KILL");
     let _ = held.wait();
     poll("the killed instance's session to leave the list", || {
         (!alice_on_a()).then_some(())
+    });
+    poll("A to admit 127.0.0.1 again", || {
+        sftp_login_works(d, a.addr("sftp"), "carol", pw).then_some(())
     });
 }
