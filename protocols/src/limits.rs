@@ -101,3 +101,24 @@ impl Drop for SessionSlot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The other instances' sessions (a shared state store) count towards both caps, and
+    /// stop counting once they are gone.
+    #[test]
+    fn other_instances_sessions_count_towards_both_caps() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
+        let l = SessionLimiter::new(3, 1);
+        l.set_others([a]);
+        assert_eq!(l.try_acquire(a).err(), Some(LimitError::PerAddress));
+        let _b = l.try_acquire(b).unwrap();
+        l.set_others([a, a]);
+        assert_eq!(l.try_acquire(c).err(), Some(LimitError::Total));
+        l.set_others([]);
+        assert!(l.try_acquire(a).is_ok());
+    }
+}
