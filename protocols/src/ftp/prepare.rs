@@ -67,8 +67,15 @@ pub(crate) async fn prepare(
             }
         },
         // APPE: libunftp asks for the size and appends there, or stores from 0 when it learns
-        // nothing (whatever the reason); the upload itself decides the rest.
-        "APPE" => Ready::Append(path.clone(), fs.stat(&path).await.ok()),
+        // nothing, whatever the reason. So only "no such file" may mean "create it": a size that
+        // cannot be read (the server down, a permission) refuses the command, or the upload
+        // would replace the file with the appended bytes alone.
+        "APPE" => match fs.stat(&path).await {
+            Ok(e) if e.is_dir() => return Some("550 Not a plain file".into()),
+            Ok(e) => Ready::Append(path, Some(e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ready::Append(path, None),
+            Err(e) => return refusal(e),
+        },
         // libunftp answers SIZE and MDTM itself, refusals included (its reply to a missing
         // file is worded its own way); a folder, to which it would give a size, is refused here.
         "SIZE" | "MDTM" => match fs.stat(&path).await {

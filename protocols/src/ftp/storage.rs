@@ -235,23 +235,28 @@ impl StorageBackend<FtpUser> for FtpStorage {
         let p = vpath(user, path.as_ref())?;
         let fs = &user.session.fs;
         let prepared = user.link.take_ready(&p);
-        let mode = if start_pos == 0 {
+        let mode = match prepared {
             // STOR: replace (or create) the file; it becomes visible only when complete.
-            OpenMode {
+            None if start_pos == 0 => OpenMode {
                 create: true,
                 truncate: true,
                 ..Default::default()
-            }
-        } else {
+            },
+            // APPE of a file the relay found missing: create it, but never replace one that
+            // appeared meanwhile (an append never truncates).
+            Some(Ready::Append(_, None)) if start_pos == 0 => OpenMode {
+                create: true,
+                exclusive: true,
+                ..Default::default()
+            },
             // REST n + STOR, or APPE (libunftp passes the size it was told): only an append to
-            // a complete object can work over object storage, and the relay found the file.
-            match prepared {
-                Some(Ready::Append(_, Some(e))) if !e.is_dir() && e.size == start_pos => OpenMode {
-                    append: true,
-                    ..Default::default()
-                },
-                _ => return Err(offset_not_checked(&p)),
-            }
+            // a complete object can work over object storage, and the relay found the file at
+            // that size.
+            Some(Ready::Append(_, Some(e))) if !e.is_dir() && e.size == start_pos => OpenMode {
+                append: true,
+                ..Default::default()
+            },
+            _ => return Err(offset_not_checked(&p)),
         };
         let mut writer = fs.open_write(&p, mode).await.map_err(map_error)?;
         let mut offset = start_pos;
