@@ -138,6 +138,9 @@ pub(crate) struct Client {
     storage_class: Option<String>,
 }
 
+/// How long an idle S3 connection stays in the pool for the next request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the per-remote HTTP client: source address, private CA, timeouts, no proxy and no
 /// redirects (a redirected S3 request would need signing again, and names a region we handle).
 fn http_client(opts: &S3Options) -> Result<reqwest::Client> {
@@ -146,7 +149,11 @@ fn http_client(opts: &S3Options) -> Result<reqwest::Client> {
         .connect_timeout(opts.connect_timeout)
         // The longest wait for the next byte, not a total: a 50 GiB download may take hours.
         .read_timeout(opts.request_timeout)
-        .pool_idle_timeout(Duration::from_secs(50))
+        // An idle pooled connection keeps hyper's read buffer, grown to ~400 KiB by a download:
+        // 64 sessions' downloads left 43 MiB of them held after the load (bench/README.md,
+        // "Memory after the load"). Dropped after 10 s idle (hyper checks every 10 s), so memory
+        // falls back within 20 s; the next request after a pause that long pays one handshake.
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
     // Names under `localhost` are loopback (RFC 6761), but many resolvers only know
