@@ -315,6 +315,11 @@ users:
 
     /// OpenSSH `sftp` running `batch`, in a process group of its own (sftp and its ssh).
     fn sftp(&self, batch: &str) -> Child {
+        self.sftp_with(&[], batch)
+    }
+
+    /// [`Site::sftp`] with more `sftp` options (e.g. `-l` to limit its rate).
+    fn sftp_with(&self, extra: &[&str], batch: &str) -> Child {
         require("sftp");
         let mut child = Command::new("sftp")
             .args([
@@ -331,6 +336,7 @@ users:
                 "-i",
             ])
             .arg(&self.key)
+            .args(extra)
             .args(["-P", &self.gw().addr("sftp").port().to_string(), "-b", "-"])
             .arg("alice@127.0.0.1")
             .current_dir(&self.dir)
@@ -674,38 +680,7 @@ fn a_restart_aborts_the_upload_a_killed_gateway_left_at_once() {
     site.start();
     std::fs::write(dir.path().join("big.bin"), vec![7u8; 12 * MIB]).unwrap();
     // 1 MB/s: the first 5 MiB part starts the multipart upload after about 5 s.
-    let client = Command::new("sftp")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args([
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args(["-l", "8000", "-i"])
-        .arg(&site.key)
-        .args(["-P", &site.gw().addr("sftp").port().to_string(), "-b", "-"])
-        .arg("alice@127.0.0.1")
-        .current_dir(dir.path())
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sftp");
-    client
-        .stdin
-        .as_ref()
-        .unwrap()
-        .write_all(b"put big.bin big.bin\n")
-        .unwrap();
+    let client = site.sftp_with(&["-l", "8000"], "put big.bin big.bin\n");
     let deadline = Instant::now() + Duration::from_secs(60);
     while moto.pending_uploads(BUCKET) == 0 {
         assert!(
