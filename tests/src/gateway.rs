@@ -53,6 +53,9 @@ pub struct Gateway {
     pub stdout: Arc<Mutex<Vec<String>>>,
     /// Listener addresses by protocol (`sftp`, `ftp`, `ftps-implicit`, `admin`).
     pub addrs: std::collections::HashMap<String, SocketAddr>,
+    /// The readers of stderr and stdout, joined once the process has exited so that its
+    /// last lines are in `log` and `stdout` when `wait` returns.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -88,7 +91,7 @@ impl Gateway {
         let (tx, rx) = std::sync::mpsc::channel::<(String, SocketAddr)>();
         let err = child.stderr.take().unwrap();
         let log2 = log.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if let Some(i) = line.find("listening: protocol=") {
                     let rest = &line[i + "listening: protocol=".len()..];
@@ -107,7 +110,7 @@ impl Gateway {
         });
         let out = child.stdout.take().unwrap();
         let stdout2 = stdout.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 stdout2.lock().unwrap().push(line);
             }
@@ -135,6 +138,7 @@ impl Gateway {
             log,
             stdout,
             addrs,
+            readers: vec![err_reader, out_reader],
         }
     }
 
@@ -162,6 +166,10 @@ impl Gateway {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                // Both pipes reach end of file with the process (it starts no children).
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
                 return st.code();
             }
             if Instant::now() > deadline {

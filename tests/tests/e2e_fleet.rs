@@ -8,6 +8,7 @@ use crate::e2e_admin_api::{
 use bucketgate_testkit::postgres::Postgres;
 use bucketgate_tests::gateway::{require, Gateway};
 use std::path::Path;
+use std::time::Duration;
 
 /// Instance `name`'s config file: the admin API test's config with its own `state_dir` and
 /// the shared store.
@@ -163,9 +164,12 @@ fn two_instances_share_tokens_users_bans_and_sessions() {
     poll("A to refuse a second session from 127.0.0.1", || {
         (!sftp_login_works(d, a.addr("sftp"), "carol", pw)).then_some(())
     });
+    // The client can see the connection close before the line is logged: wait for it.
     assert!(
-        a.log_text()
-            .contains("SFTP connection refused: session limit"),
+        a.wait_log(
+            "SFTP connection refused: session limit",
+            Duration::from_secs(10)
+        ),
         "A refused carol for another reason: {}",
         a.log_text()
     );

@@ -1092,9 +1092,5 @@ async fn a_reload_closes_removed_users_sessions_and_narrows_open_ones() {
     assert!(r.starts_with("550"), "MKD after mkdir was removed: {r}");
     let r = carol_ftp.cmd("PWD").await;
     assert!(r.starts_with("257"), "carol's FTP session was closed: {r}");
-    assert!(
-        gw.log_text().contains("session closed"),
-        "{}",
-        gw.log_text()
-    );
+    assert!(gw.wait_log("session closed", STEP), "{}", gw.log_text());
 }
