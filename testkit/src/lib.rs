@@ -17,6 +17,7 @@ pub mod load;
 pub mod moto;
 pub mod postgres;
 pub mod s3;
+pub mod s3s_atomic;
 pub mod ssh;
 pub mod tools;
 

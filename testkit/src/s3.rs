@@ -370,7 +370,7 @@ async fn s3s_server_with(region: Option<&str>, deny: Option<Deny>, vhost: bool) 
     let dir = tempfile::tempdir().expect("tempdir");
     let bucket = "bucket";
     std::fs::create_dir(dir.path().join(bucket)).expect("bucket dir");
-    let fs = s3s_fs::FileSystem::new(dir.path()).expect("s3s-fs");
+    let fs = crate::s3s_atomic::AtomicCopy::new(dir.path()).expect("s3s-fs");
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS, SECRET));
     if let Some(d) = deny {

@@ -5,7 +5,8 @@
 //! 127.0.0.1 at PORT (a free one when omitted), and prints `listening: http://127.0.0.1:PORT`
 //! once ready. The crash tests kill it and start it again on the same port and folder.
 //!
-//! Three quirks of s3s-fs are corrected on the way. Object bodies go out in 256 KiB pieces
+//! Four quirks of s3s-fs are corrected on the way. A CopyObject is made atomic (see
+//! `bucketgate_testkit::s3s_atomic`). Object bodies go out in 256 KiB pieces
 //! instead of 4 KiB ones (see `Rechunk`). A HEAD of a key that is a folder on its
 //! disk (every "folder" prefix, e.g. `HEAD /bench/gw/list10k`) answers 500 instead of the 404 a
 //! real S3 server gives, and every client (the gateway, rclone) then runs its whole retry
@@ -132,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
         [root, access, secret, port] => (root, access, secret, port.parse::<u16>()?),
         _ => anyhow::bail!("usage: s3s_server ROOT ACCESS SECRET [PORT]"),
     };
-    let fs =
-        s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs at {root}: {e:?}"))?;
+    let fs = bucketgate_testkit::s3s_atomic::AtomicCopy::new(std::path::Path::new(root))
+        .map_err(|e| anyhow::anyhow!("s3s-fs at {root}: {e}"))?;
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(
         access.as_str(),

@@ -726,3 +726,45 @@ fn bucket_has(moto: &Moto, name: &str) -> bool {
         .iter()
         .any(|k| k.ends_with(name))
 }
+
+/// What the matrix relies on from its test server: a server-side copy (the gateway's rename)
+/// is visible whole or not at all while it runs. s3s-fs 0.14 copied into the destination in
+/// place, so a reader (and a server killed mid-copy) saw a partial object; the tests' s3s-fs
+/// servers now stage the copy and rename it into place (`bucketgate_testkit::s3s_atomic`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_servers_copy_is_visible_whole_or_not_at_all() {
+    use bucketgate_testkit::s3::{data, put, s3s_server};
+    let srv = s3s_server(None).await;
+    let b = srv.backend();
+    let big = data(64 * MIB, 7);
+    let (src, dst) = (srv.key("src.bin"), srv.key("dst.bin"));
+    put(&b, &src, &big, 8 * MIB).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..4 {
+        put(&b, &dst, b"old", 3).await;
+        let copy = {
+            let (b, src, dst) = (b.clone(), src.clone(), dst.clone());
+            tokio::spawn(async move { b.copy_file(&src, &dst).await })
+        };
+        while !copy.is_finished() {
+            if let Ok(e) = b.stat(&dst).await {
+                seen.insert(e.size);
+            }
+        }
+        copy.await.unwrap().unwrap();
+        assert_eq!(
+            b.stat(&dst).await.unwrap().size,
+            big.len() as u64,
+            "round {round}"
+        );
+    }
+    assert!(
+        seen.iter().all(|s| *s == 3 || *s == big.len() as u64),
+        "a reader saw the copy partly written: sizes {seen:?}"
+    );
+    assert_eq!(
+        bucketgate_testkit::s3::get(&b, &dst).await,
+        big,
+        "the copy's bytes"
+    );
+}
