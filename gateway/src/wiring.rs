@@ -125,6 +125,7 @@ pub fn s3_options(
     o.storage_class = Some(r.storage_class.trim().to_string()).filter(|c| !c.is_empty());
     o.part_size = cfg.transfers.part_size.bytes();
     o.concurrency = cfg.transfers.concurrency.max(1) as usize;
+    o.finish_within = cfg.transfers.finish_within.get();
     o.single_put_max = cfg.transfers.single_put_max.bytes();
     o.retries = RetryPolicy::default();
     o.spool_dir = Some(spool_dir(cfg));

@@ -227,3 +227,64 @@ async fn an_append_that_loses_the_race_changes_nothing() {
         }
     }
 }
+
+/// `transfers.finish_within`: on a slow link an upload keeps in flight only the parts the link
+/// stores in that time, so what is left to store after the client's last byte (which the
+/// client waits for in silence) is about that long, not `concurrency` parts long. With the
+/// bound out of the way (600 s), the same upload has all 4 parts in flight at its last byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_gets_no_more_parts_in_flight_than_it_stores_in_finish_within() {
+    use bucketgate_testkit::http_proxy::{Action, HttpProxy, Link, Seen};
+    use std::sync::Arc;
+    let srv = s3s_server(None).await;
+    // 8 MB/s shared by every part: 5 MiB parts take 0.65 s alone, 2.6 s four at a time.
+    let link = Link::new(8_000_000);
+    let rule = move |s: &Seen| {
+        if s.has_query("partNumber") {
+            Action::Link(link.clone())
+        } else {
+            Action::Forward
+        }
+    };
+    let proxy = HttpProxy::start(srv.addr(), Arc::new(rule)).await;
+    let part = 5 * MIB;
+    let bytes = data(8 * part, 3);
+    for (within, least, most) in [(1, 1, 2), (600, 4, 5)] {
+        let b = srv.backend_with(|o| {
+            o.endpoint = format!("http://{}", proxy.addr);
+            o.part_size = part as u64;
+            o.concurrency = 4;
+            o.finish_within = Duration::from_secs(within);
+        });
+        let key = srv.key(&format!("paced-{within}"));
+        proxy.hold.answered.lock().unwrap().clear();
+        let mut up = b.create(&key, CreateOptions::default()).await.unwrap();
+        for c in bytes.chunks(MIB) {
+            up.write(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        // The parts not yet stored when the client's last byte is in: all but those the
+        // server has answered.
+        let seen = proxy.seen();
+        let stored = proxy
+            .hold
+            .answered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| seen.iter().any(|s| s.n == **n && s.has_query("partNumber")))
+            .count();
+        let left = 8 - stored;
+        let last_byte = std::time::Instant::now();
+        up.finish().await.unwrap();
+        println!(
+            "finish_within {within}s: {left} parts of 8 to store after the last byte, \
+             stored {:?} later",
+            last_byte.elapsed()
+        );
+        assert!(
+            (least..=most).contains(&left),
+            "finish_within {within}s: {left} parts to store after the last byte"
+        );
+        assert!(get(&b, &key).await == bytes, "the object's bytes");
+    }
+}

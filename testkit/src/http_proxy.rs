@@ -80,6 +80,37 @@ pub enum Action {
     FlipRequest(usize),
     /// Forward, and invert the byte at this offset of the answer's body on its way back.
     FlipResponse(usize),
+    /// Forward, sending the request's body over `link`, which every request given the same
+    /// link shares (a slow uplink: parts sent at once take turns, as on a real network).
+    Link(Arc<Link>),
+}
+
+/// A link of fixed bandwidth that request bodies pass through in 64 KiB pieces, in the order
+/// they arrive, whichever request each piece belongs to.
+#[derive(Debug)]
+pub struct Link {
+    bytes_per_sec: f64,
+    free_at: Mutex<tokio::time::Instant>,
+}
+
+impl Link {
+    pub fn new(bytes_per_sec: u64) -> Arc<Link> {
+        Arc::new(Link {
+            bytes_per_sec: bytes_per_sec as f64,
+            free_at: Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Waits until `n` more bytes have gone over the link.
+    async fn pass(&self, n: usize) {
+        let done = {
+            let mut free = self.free_at.lock().unwrap();
+            let start = (*free).max(tokio::time::Instant::now());
+            *free = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            *free
+        };
+        tokio::time::sleep_until(done).await;
+    }
 }
 
 /// Decides what to do with each request.
@@ -96,6 +127,9 @@ pub fn forward_all() -> Rule {
 pub struct Hold {
     pub in_flight: AtomicUsize,
     pub peak: AtomicUsize,
+    /// The requests (`Seen::n`) the server has answered, in the order of their answers' heads
+    /// (for an upload: the parts it has stored).
+    pub answered: Mutex<Vec<usize>>,
     /// (group size, 0 = no hold; requests waiting; requests still to come).
     groups: Mutex<(usize, usize, usize)>,
     release: tokio::sync::Notify,
@@ -182,7 +216,7 @@ impl HttpProxy {
                             };
                             seen.lock().unwrap().push(s.clone());
                             let action = rule(&s);
-                            handle(req, action, target, &hold).await
+                            handle(req, action, target, &hold, s.n).await
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -220,6 +254,7 @@ async fn handle(
     action: Action,
     target: SocketAddr,
     hold: &Hold,
+    n: usize,
 ) -> Result<Resp, std::io::Error> {
     match action {
         Action::Fail {
@@ -255,8 +290,9 @@ async fn handle(
         }
         _ => {}
     }
-    let req = match action {
-        Action::FlipRequest(at) => req.map(|b| flip(b, at)),
+    let req = match &action {
+        Action::FlipRequest(at) => req.map(|b| flip(b, *at)),
+        Action::Link(link) => req.map(|b| over_link(b, link.clone())),
         _ => req.map(|b| b.map_err(std::io::Error::other).boxed()),
     };
     let in_flight = hold.in_flight.fetch_add(1, SeqCst) + 1;
@@ -267,6 +303,9 @@ async fn handle(
     }
     .await;
     hold.in_flight.fetch_sub(1, SeqCst);
+    if result.is_ok() {
+        hold.answered.lock().unwrap().push(n);
+    }
     let resp = result.inspect_err(|e| {
         // A client sees only a reset; the reason is the upstream server's.
         eprintln!("test proxy: forwarding to {target} failed: {e:?}");
@@ -362,6 +401,33 @@ fn flip(body: Incoming, at: usize) -> BoxBody<Bytes, std::io::Error> {
             }
         }
     });
+    StreamBody::new(stream).boxed()
+}
+
+/// `body` in pieces of at most 64 KiB, each let through once `link` has carried it.
+fn over_link(body: Incoming, link: Arc<Link>) -> BoxBody<Bytes, std::io::Error> {
+    const PIECE: usize = 64 * 1024;
+    let stream = futures::stream::unfold(
+        (body, Bytes::new(), link),
+        |(mut body, mut pending, link)| async move {
+            while pending.is_empty() {
+                match body.frame().await {
+                    Some(Ok(f)) => {
+                        if let Ok(d) = f.into_data() {
+                            pending = d;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Some((Err(std::io::Error::other(e)), (body, pending, link)))
+                    }
+                    None => return None,
+                }
+            }
+            let piece = pending.split_to(pending.len().min(PIECE));
+            link.pass(piece.len()).await;
+            Some((Ok(Frame::data(piece)), (body, pending, link)))
+        },
+    );
     StreamBody::new(stream).boxed()
 }
 

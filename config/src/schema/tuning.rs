@@ -70,6 +70,9 @@ pub struct TransfersConfig {
     pub part_size: ByteSize,
     /// Parts in flight per upload, ranges ahead per download.
     pub concurrency: u32,
+    /// An upload keeps no more bytes in flight than its remote stores in this long, so that it
+    /// finishes about this soon after its last byte.
+    pub finish_within: Duration,
     /// All transfer buffers of the process together.
     pub memory_limit: ByteSize,
     /// Abandoned multipart uploads under our prefixes are aborted after this long.
@@ -86,6 +89,7 @@ impl Default for TransfersConfig {
         TransfersConfig {
             part_size: ByteSize::new(8 * ByteSize::MIB),
             concurrency: 4,
+            finish_within: Duration::from_secs(10),
             memory_limit: ByteSize::new(512 * ByteSize::MIB),
             stale_multipart_after: Duration::from_secs(24 * 3600),
             keep_partial_uploads: false,

@@ -228,6 +228,9 @@ fn tuning(c: &Config, v: &mut Validator<'_>) {
     if t.concurrency == 0 {
         v.error("transfers.concurrency", "must be at least 1");
     }
+    if t.finish_within.get() < std::time::Duration::from_secs(1) {
+        v.error("transfers.finish_within", "must be at least 1s");
+    }
     if t.memory_limit < t.part_size {
         let msg = format!(
             "must hold at least one part ({})",

@@ -115,6 +115,10 @@ pub struct S3Options {
     pub part_size: u64,
     /// Parts in flight per upload.
     pub concurrency: usize,
+    /// An upload sends a further part only while its bytes in flight fit in what the remote
+    /// stored per second lately times this (`transfers.finish_within`): how long the client
+    /// waits after its last byte is bounded by time, not only by `concurrency` parts.
+    pub finish_within: Duration,
     /// An upload announced with a size above `part_size` and up to this, whose caller can send
     /// the bytes again ([`CreateOptions::resendable`]), is one streamed PutObject: one request
     /// instead of a multipart upload's two plus one per part, and no incomplete upload left by
@@ -175,6 +179,7 @@ impl S3Options {
             folder_marker_times: false,
             part_size: 8 * 1024 * 1024,
             concurrency: 4,
+            finish_within: Duration::from_secs(10),
             single_put_max: 200 * 1024 * 1024,
             retries: RetryPolicy::default(),
             list_page_size: 1000,
@@ -222,6 +227,7 @@ impl fmt::Debug for S3Options {
             .field("folder_marker_times", &self.folder_marker_times)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
+            .field("finish_within", &self.finish_within)
             .field("single_put_max", &self.single_put_max)
             .field("retries", &self.retries)
             .field("list_page_size", &self.list_page_size)

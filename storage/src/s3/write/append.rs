@@ -36,13 +36,13 @@ impl Pipeline {
             let mut start = 0;
             while start < size {
                 let end = (start + chunk).min(size);
-                self.wait_for_slot().await?;
+                self.wait_for_slot(0).await?;
                 let part = self.next_part;
                 self.next_part += 1;
                 let id = self.upload_id.clone().unwrap_or_default();
                 let s3 = self.s3.clone();
-                self.tasks
-                    .spawn(s3.copy_part(id, part, (start, end), etag.clone()));
+                let copy = s3.copy_part(id, part, (start, end), etag.clone());
+                self.tasks.spawn(async move { (copy.await, None) });
                 start = end;
             }
         } else if size > 0 {

@@ -15,6 +15,7 @@
 
 mod append;
 mod buffer;
+mod pace;
 mod parts;
 mod s3;
 mod spool;

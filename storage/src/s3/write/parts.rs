@@ -1,6 +1,7 @@
 //! The part pipeline of a buffered upload, in the shape of OpenDAL's multipart writer: bytes
 //! fill a part ([`PartBuf`]); a full part is sent in the background while the next fills, at
-//! most `transfers.concurrency` at a time (back-pressure on the writer); the first failure
+//! most `transfers.concurrency` at a time and no more than the remote stores in
+//! `transfers.finish_within` ([`Pace`]; back-pressure on the writer); the first failure
 //! stops the upload; the commit sends what is left and completes. A file that never fills its
 //! first part becomes one PutObject, without a multipart upload. Which S3 request does each
 //! step is [`S3Parts`]' business; this file decides only when.
@@ -9,12 +10,18 @@ use super::super::checksum;
 use super::super::{Inner, MAX_PARTS, MAX_PART_SIZE};
 use super::buffer::{Opening, PartBuf};
 use super::copy_err;
+use super::pace::{Pace, Sample};
 use super::s3::{Conditions, Part, S3Parts};
 use crate::backend::{CreateOptions, Entry};
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::task::JoinSet;
+
+/// A part request's outcome, with its timing for [`Pace`] (`None`: a server-side copy, which
+/// moves no bytes of this process).
+pub(super) type PartDone = (Result<Part>, Option<Sample>);
 
 /// Everything of an upload in progress; moved out on drop so that the clean-up can run in a
 /// spawned task.
@@ -31,7 +38,9 @@ pub(super) struct Pipeline {
     pub upload_id: Option<String>,
     /// Marks the upload id as held by this process, so the stale clean-up leaves it alone.
     live: Option<super::super::live::LiveUpload>,
-    pub tasks: JoinSet<Result<Part>>,
+    pub tasks: JoinSet<PartDone>,
+    /// Bounds the bytes in flight by what the remote stores in `finish_within`.
+    pace: Pace,
     parts: Vec<Part>,
     pub written: u64,
     pub failed: Option<Error>,
@@ -40,6 +49,7 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub(super) fn new(inner: Arc<Inner>, key: &str, opts: CreateOptions, first: u64) -> Pipeline {
         let mtime = opts.mtime.filter(|_| inner.opts.preserve_mtime);
+        let inner_finish_within = inner.opts.finish_within;
         let cond = Conditions {
             if_match: opts.if_match.clone(),
             if_absent: opts.if_absent,
@@ -59,6 +69,7 @@ impl Pipeline {
             upload_id: None,
             live: None,
             tasks: JoinSet::new(),
+            pace: Pace::new(inner_finish_within),
             parts: Vec::new(),
             written: 0,
             failed: None,
@@ -88,10 +99,13 @@ impl Pipeline {
         Ok(())
     }
 
-    fn record(&mut self, r: std::result::Result<Result<Part>, tokio::task::JoinError>) {
+    fn record(&mut self, r: std::result::Result<PartDone, tokio::task::JoinError>) {
+        if let Ok((_, Some(sample))) = &r {
+            self.pace.ended(*sample);
+        }
         let e = match r {
-            Ok(Ok(p)) => return self.parts.push(p),
-            Ok(Err(e)) => e,
+            Ok((Ok(p), _)) => return self.parts.push(p),
+            Ok((Err(e), _)) => e,
             Err(e) => Error::new(ErrorKind::Backend, "a part upload task failed").with_source(e),
         };
         if self.failed.is_none() {
@@ -110,10 +124,11 @@ impl Pipeline {
         }
     }
 
-    /// Back-pressure: waits until fewer than `concurrency` parts are in flight.
-    pub(super) async fn wait_for_slot(&mut self) -> Result<()> {
+    /// Back-pressure: waits until fewer than `concurrency` parts are in flight and a part of
+    /// `bytes` more fits in what the remote stores in `finish_within` (see [`Pace`]).
+    pub(super) async fn wait_for_slot(&mut self, bytes: u64) -> Result<()> {
         self.check()?;
-        while self.tasks.len() >= self.inner().opts.concurrency {
+        while self.tasks.len() >= self.inner().opts.concurrency || !self.pace.admits(bytes) {
             if let Some(r) = self.tasks.join_next().await {
                 self.record(r);
             }
@@ -138,13 +153,20 @@ impl Pipeline {
             ));
         }
         self.ensure_multipart().await?;
-        self.wait_for_slot().await?;
+        let bytes = self.buf.len();
+        self.wait_for_slot(bytes).await?;
         let (body, permit) = self.buf.take().await?;
         let part = self.next_part;
         self.next_part += 1;
         let id = self.upload_id.clone().unwrap_or_default();
         let s3 = self.s3.clone();
-        self.tasks.spawn(s3.upload_part(id, part, body, permit));
+        self.pace.sent(bytes);
+        self.tasks.spawn(async move {
+            let start = Instant::now();
+            let r = s3.upload_part(id, part, body, permit).await;
+            let end = Instant::now();
+            (r, Some(Sample { start, end, bytes }))
+        });
         Ok(())
     }
 
