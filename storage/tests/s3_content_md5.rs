@@ -143,7 +143,17 @@ async fn a_large_sync_copy_is_one_checked_put_where_the_server_checks_it() {
                 "[{}] {name}: (PUTs, part PUTs, POSTs) = {counts:?}, Content-MD5 {md5s:?}",
                 srv.name
             );
-            if verifies(&srv) {
+            if verifies(&srv) && remote.head_waits_for_put() {
+                // The server holds the check before the last chunk until the PUT ends (an
+                // older MinIO): that PUT was given up, nothing stored, and the copy went in
+                // parts.
+                println!(
+                    "NOT CHECKED [{}] {name}: the server holds a HEAD during a PUT; the copy went in parts",
+                    srv.name
+                );
+                assert_eq!(counts.0, 1, "[{}] {name}: the PUT given up", srv.name);
+                assert_eq!(counts.1, 4, "[{}] {name}: four parts of 5 MiB", srv.name);
+            } else if verifies(&srv) {
                 assert_eq!(counts, (1, 0, 0), "[{}] {name}: one PutObject", srv.name);
                 assert_eq!(md5s, [Some(md5_b64(&bytes))], "[{}] {name}", srv.name);
             } else {
@@ -213,7 +223,11 @@ async fn a_changed_byte_in_a_large_sync_copy_keeps_the_old_object() {
             "[{}] the bucket no longer holds the old version",
             srv.name
         );
-        if verifies(&srv) {
+        if verifies(&srv) && remote.head_waits_for_put() {
+            // A check before the last chunk waited for its own PUT (an older MinIO), in this
+            // run or an earlier one of this backend: sent in parts, each checked.
+            assert!(counts.0 <= 1 && counts.1 >= 1, "[{}] {counts:?}", srv.name);
+        } else if verifies(&srv) {
             // Each try (a changed byte is worth sending again) was one checked PutObject.
             assert!(counts.0 >= 1 && counts.1 == 0, "[{}] {counts:?}", srv.name);
         } else {
@@ -290,12 +304,18 @@ async fn a_source_rewritten_after_its_hash_is_never_stored_as_a_mix() {
             "[{}] rewritten during the copy: {sum:?}; (PUTs, part PUTs, POSTs) = {counts:?}; the bucket holds {what}",
             srv.name
         );
-        if !verifies(&srv) {
+        if !verifies(&srv) || remote.head_waits_for_put() {
             println!(
-                "NOT GUARANTEED [{}] the server stores a PutObject whose Content-MD5 does not match: the copy went as parts",
+                "NOT GUARANTEED [{}] the server stores a PutObject whose Content-MD5 does not match, or holds a HEAD during a PUT: the copy went as parts",
                 srv.name
             );
-            assert!(counts.1 >= 1, "[{}] {counts:?}", srv.name);
+            // In parts; or, where the first try's check waited for its own PUT, that PUT was
+            // given up and the retry may find the source changed before sending anything.
+            assert!(
+                counts.1 >= 1 || (remote.head_waits_for_put() && counts.0 == 1),
+                "[{}] {counts:?}",
+                srv.name
+            );
             continue;
         }
         assert_eq!(counts, (1, 0, 0), "[{}] one checked PutObject", srv.name);

@@ -343,12 +343,15 @@ async fn one_set(srv: &Server, cap: &Captured, seed: u64) {
         if listed_rel.iter().any(|(p, d)| p == path && *d == marker) {
             continue;
         }
-        // The listing is XML without `encoding-type=url`: XML reads a carriage return as a line
-        // feed, so a key holding one is logged under that form (it is skipped either way, as
-        // a control character).
-        let full = format!("{base}{k}")
-            .replace("\r\n", "\n")
-            .replace('\r', "\n");
+        // Where the server does not URL-encode listed keys (the probe's `list_url_encoding`),
+        // the listing is plain XML, which reads a carriage return as a line feed: a key holding
+        // one is logged under that form (it is skipped either way, as a control character).
+        let exact = format!("{base}{k}");
+        let full = if srv.probed.as_ref().is_some_and(|c| c.list_url_encoding) {
+            exact
+        } else {
+            exact.replace("\r\n", "\n").replace('\r', "\n")
+        };
         let logged_it = logged.iter().any(|(msg, lk)| {
             // A skipped key, or the folder prefix it lies under; or a file hidden by a folder.
             (msg.contains("skipping") && (full == *lk || full.starts_with(lk.as_str())))

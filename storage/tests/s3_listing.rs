@@ -8,14 +8,31 @@ use bucketgate_storage::ErrorKind;
 use futures::StreamExt;
 use s3_support::*;
 
+/// A listing asks for its next page only when the caller wants more: the proxy in front of
+/// the server has seen one ListObjectsV2 when the first page is handed over. (Counted rather
+/// than shown by a key written mid-listing: some servers answer continuations from a snapshot
+/// taken at the first page, an older MinIO among them.)
 #[tokio::test]
 async fn pages_are_streamed_one_at_a_time() {
+    use bucketgate_testkit::http_proxy::{forward_all, HttpProxy};
     for srv in servers().await {
-        let b = srv.backend_with(|o| o.list_page_size = 3);
+        let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
+        let b = srv.backend_with(|o| {
+            o.list_page_size = 3;
+            o.endpoint = format!("http://{}", proxy.addr);
+        });
         for i in 0..10 {
             put(&b, &srv.key(&format!("p/f{i:02}")), b"x", 1).await;
         }
         put(&b, &srv.key("p/sub/deep"), b"y", 1).await;
+        let lists = || {
+            proxy
+                .seen()
+                .iter()
+                .filter(|s| s.method == "GET" && s.has_query("list-type"))
+                .count()
+        };
+        let before = lists();
         let mut s = b.list(&srv.key("p"));
         let first = s.next().await.unwrap().unwrap();
         assert!(
@@ -23,8 +40,7 @@ async fn pages_are_streamed_one_at_a_time() {
             "[{}] {first:?}",
             srv.name
         );
-        // Written after the first page was read: a listing that fetches page by page sees it.
-        put(&b, &srv.key("p/zz-late"), b"z", 1).await;
+        assert_eq!(lists() - before, 1, "[{}] pages asked for ahead", srv.name);
         let mut all = first;
         let mut pages = 1;
         while let Some(p) = s.next().await {
@@ -34,10 +50,10 @@ async fn pages_are_streamed_one_at_a_time() {
             pages += 1;
         }
         assert!(pages >= 4, "[{}] {pages} pages", srv.name);
+        assert!(lists() - before >= 4, "[{}]", srv.name);
         all.sort_by(|a, b| a.name.cmp(&b.name));
         let mut want: Vec<String> = (0..10).map(|i| format!("f{i:02}")).collect();
         want.push("sub/".into());
-        want.push("zz-late".into());
         assert_eq!(names(&all), want, "[{}]", srv.name);
         assert!(all
             .iter()
@@ -56,7 +72,12 @@ async fn markers_are_folders_never_files() {
         put(&b, &srv.key("d/top"), b"333", 1).await;
 
         let listed = list_all(&b, &srv.key("d")).await;
-        if !srv.skip(!srv.caps.markers, "empty folders (markers)") {
+        // An empty folder shows where the server keeps its marker visible in some way: listed
+        // under its own prefix, or answering HEAD (an older MinIO, which lists the folder in
+        // its parent too); s3s-fs does neither.
+        let probed = srv.probed.as_ref().expect("probed");
+        let visible = probed.markers_listed || probed.markers_head;
+        if !srv.skip(!visible, "empty folders (markers)") {
             assert_eq!(
                 names(&listed),
                 vec!["empty/", "implied/", "marked/", "top"],
@@ -116,7 +137,7 @@ async fn markers_are_folders_never_files() {
             "marked/g",
             "top",
         ];
-        if srv.skip(!srv.caps.markers, "walk shows empty folders") {
+        if srv.skip(!visible, "walk shows empty folders") {
             want.retain(|n| *n != "empty/");
         }
         assert_eq!(names(&walked), want, "[{}]", srv.name);

@@ -319,14 +319,6 @@ fn ssec(s: &Seen, prefix: &str) -> (Option<String>, Option<String>, Option<Strin
 }
 
 /// The servers that take SSE-C here: moto (ignores it), Garage when the env names it.
-async fn ssec_servers() -> Vec<Server> {
-    let mut v = vec![moto_server().await];
-    if let Some(e) = env_server() {
-        v.push(e);
-    }
-    v
-}
-
 #[tokio::test]
 async fn sse_c_sends_the_key_with_every_read_write_and_copy_and_nothing_reads_without_it() {
     use base64::Engine;

@@ -800,9 +800,7 @@ async fn a_push_restores_an_object_replaced_with_same_size_and_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_files_on_an_sse_c_remote_are_recognised_without_a_state() {
     use bucketgate_storage::s3::{CustomerKey, Encryption};
-    let mut servers = vec![s3_support::moto_server().await];
-    servers.extend(s3_support::env_server());
-    for srv in servers {
+    for srv in s3_support::ssec_servers().await {
         let key = CustomerKey::from_bytes(&rand::random::<[u8; 32]>()).unwrap();
         let enc = srv.backend_with(|o| o.encryption = Encryption::Customer(key));
         let dir = tempfile::tempdir().unwrap();

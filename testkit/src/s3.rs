@@ -213,6 +213,31 @@ pub async fn servers() -> Vec<Server> {
     v
 }
 
+/// The servers that keep SSE-C objects: moto, and the `BUCKETGATE_TEST_S3_*` endpoint where it
+/// accepts SSE-C on this connection. AWS and MinIO refuse SSE-C over plain HTTP (the key would
+/// cross the network in clear): such an endpoint is named as NOT CHECKED, not counted.
+pub async fn ssec_servers() -> Vec<Server> {
+    use bucketgate_storage::backend::Backend as _;
+    use bucketgate_storage::s3::{CustomerKey, Encryption};
+    let mut v = vec![moto_server().await];
+    if let Some(e) = env_server() {
+        let key = CustomerKey::from_bytes(&[7u8; 32]).expect("key");
+        let b = e.backend_with(|o| o.encryption = Encryption::Customer(key));
+        let probe = e.key("sse-c-probe");
+        match put_with(&b, &probe, b"x", 1, Default::default()).await {
+            Ok(_) => {
+                let _ = b.remove_file(&probe).await;
+                v.push(e);
+            }
+            Err(err) if e.endpoint.starts_with("http://") => {
+                println!("NOT CHECKED [env] SSE-C: the server refuses it over plain HTTP ({err})")
+            }
+            Err(err) => panic!("[env] an SSE-C upload failed: {err}"),
+        }
+    }
+    v
+}
+
 pub fn env_server() -> Option<Server> {
     let var = |n: &str| std::env::var(format!("BUCKETGATE_TEST_S3_{n}")).ok();
     let endpoint = var("ENDPOINT")?;

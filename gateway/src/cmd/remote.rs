@@ -415,7 +415,7 @@ fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
     format!(
         "PUT If-None-Match {}, PUT If-Match {} ({}), Complete If-None-Match {}, Complete If-Match {}, \
          copy condition {}, DELETE If-Match {}, markers {} and {}, uploads listed {}, file and folder of one name {}, \
-         PUT Content-MD5 {}",
+         PUT Content-MD5 {}, listing keys {}",
         yes(c.put_if_none_match),
         yes(c.put_if_match),
         match c.etag_form {
@@ -439,6 +439,11 @@ fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
             "checked before storing"
         } else {
             "not checked before storing"
+        },
+        if c.list_url_encoding {
+            "URL-encoded"
+        } else {
+            "as XML text"
         },
     )
 }

@@ -41,6 +41,20 @@ pub(crate) async fn list_page(
     token: Option<&str>,
     max_keys: usize,
 ) -> Result<Page> {
+    let encoded = inner.caps().list_url_encoding;
+    list_page_as(inner, prefix, delimiter, token, max_keys, encoded).await
+}
+
+/// [`list_page`], asking for URL-encoded keys or not (the probe asks whether the server
+/// encodes them as it says it does).
+pub(crate) async fn list_page_as(
+    inner: &Inner,
+    prefix: &str,
+    delimiter: bool,
+    token: Option<&str>,
+    max_keys: usize,
+    url_encoded: bool,
+) -> Result<Page> {
     let mut req = Request::new(Method::GET, None)
         .query("list-type", "2")
         .query("max-keys", max_keys.to_string());
@@ -54,8 +68,30 @@ pub(crate) async fn list_page(
     if let Some(t) = token {
         req = req.query("continuation-token", t);
     }
+    // Keys URL-encoded, where the probe found the server to encode them as it says: XML 1.0
+    // cannot carry control characters, and servers replace them (Go's encoder, in MinIO, with
+    // U+FFFD), so the key listed would not be the key stored. botocore asks for this on every
+    // listing; but s3s-fs answers that it encoded and sends the keys as they are, which
+    // decoded would name other keys (`%41` as `A`), so it is asked for only once found to work.
+    if url_encoded {
+        req = req.query("encoding-type", "url");
+    }
     let body = inner.client.send_xml(&req).await?;
-    let r: ListBucketResult = xml::parse(&body, "list")?;
+    let mut r: ListBucketResult = xml::parse(&body, "list")?;
+    // Decoded only where the server says it encoded (one that ignores the parameter sends
+    // the keys as they are).
+    if url_encoded
+        && r.encoding_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("url"))
+    {
+        for o in &mut r.contents {
+            o.key = url_decoded(&o.key);
+        }
+        for p in &mut r.common_prefixes {
+            p.prefix = url_decoded(&p.prefix);
+        }
+    }
     let next = match (r.is_truncated, r.next_continuation_token) {
         (false, _) => None,
         (true, Some(t)) if !t.is_empty() && Some(t.as_str()) != token => Some(t),
@@ -71,6 +107,16 @@ pub(crate) async fn list_page(
         prefixes: r.common_prefixes.into_iter().map(|p| p.prefix).collect(),
         next,
     })
+}
+
+/// A key of a listing sent with `encoding-type=url`, decoded as botocore decodes it: form
+/// encoding, so `+` is a space (a `+` of the key comes as `%2B`). Bytes that are not UTF-8
+/// become U+FFFD, and such a key is then skipped (see `skip_key`).
+fn url_decoded(s: &str) -> String {
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn leaf(key: &str) -> String {
@@ -135,7 +181,11 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
             name: leaf(key),
             kind: EntryKind::Dir,
             size: 0,
-            mtime: m.mtime.map(whole_seconds),
+            // As for a listed marker: a folder has a time of its own only when asked for.
+            mtime: m
+                .mtime
+                .map(whole_seconds)
+                .filter(|_| inner.opts.folder_marker_times),
             etag: None,
         });
     }
@@ -582,7 +632,18 @@ impl super::S3Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::in_probe_folder;
+    use super::{in_probe_folder, url_decoded};
+
+    #[test]
+    fn listed_keys_are_decoded_as_botocore_decodes_them() {
+        // `%41+` as AWS and MinIO send it; a space as `+` (form encoding) or `%20`.
+        assert_eq!(url_decoded("%2541%2B"), "%41+");
+        assert_eq!(url_decoded("sp+ace%20x"), "sp ace x");
+        assert_eq!(url_decoded("zz%2Fc%01d%2F"), "zz/c\u{1}d/");
+        assert_eq!(url_decoded("%C3%BCn%C3%AF"), "ünï");
+        // Not UTF-8: marked, so the key is skipped rather than acted on as another.
+        assert!(url_decoded("a%FFb").contains('\u{FFFD}'));
+    }
 
     #[test]
     fn only_probe_scratch_folders_are_hidden() {

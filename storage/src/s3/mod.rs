@@ -258,6 +258,11 @@ pub(crate) struct Inner {
     /// [`Capabilities::put_content_md5`] as found by a probe of that alone, made when a sync
     /// first needs it before any full probe has answered (see `probe::content_md5_alone`).
     pub md5_probe: tokio::sync::OnceCell<bool>,
+    /// The server was seen to keep a HEAD of a key waiting while a PUT of it is in progress
+    /// (MinIO in single-folder mode locks the key for the whole PUT). Learned by a streamed
+    /// PUT's check before its last chunk; from then on copies that need that check go as
+    /// multipart uploads, which check before their CompleteMultipartUpload instead.
+    pub head_waits_for_put: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -311,6 +316,7 @@ impl S3Backend {
                 head_latency_us: std::sync::atomic::AtomicU64::new(0),
                 caps: std::sync::RwLock::new(Capabilities::default()),
                 md5_probe: tokio::sync::OnceCell::new(),
+                head_waits_for_put: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

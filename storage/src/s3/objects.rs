@@ -77,17 +77,20 @@ pub(crate) async fn remove_file(inner: &Inner, key: &str) -> Result<()> {
         return delete(inner, key).await;
     }
     // A server that drops a folder's marker with its last file (a file system behind it):
-    // a folder that was there before the removal is written again after it, as an empty
-    // folder stays on a disk.
-    let parent = key.rsplit_once('/').map(|(p, _)| format!("{p}/"));
-    let had_folder = match &parent {
-        Some(p) => head(inner, p).await.is_ok(),
-        None => false,
-    };
+    // the folder is written again after the removal, as a disk keeps an emptied folder. Such
+    // a server also absorbs the marker while the folder holds files (MinIO in single-folder
+    // mode answers `HEAD folder/` only for an empty folder), so whether the folder was made
+    // with mkdir cannot be told: every folder emptied this way stays, as on a disk.
     delete(inner, key).await?;
-    if let (Some(p), true) = (parent, had_folder) {
-        if matches!(head(inner, &p).await, Err(e) if e.kind() == ErrorKind::NotFound) {
-            let req = Request::new(Method::PUT, Some(&p)).body(Body::Empty);
+    if let Some((p, _)) = key.rsplit_once('/') {
+        let marker = format!("{p}/");
+        let gone = matches!(head(inner, &marker).await, Err(e) if e.kind() == ErrorKind::NotFound)
+            && list_page(inner, &marker, false, None, 1)
+                .await?
+                .objects
+                .is_empty();
+        if gone {
+            let req = Request::new(Method::PUT, Some(&marker)).body(Body::Empty);
             inner.client.send(&req).await?;
         }
     }

@@ -14,7 +14,7 @@
 //! sent (harmless where ignored) and also checked by a HEAD just before each commit.
 
 use super::client::{Body, Request, Response};
-use super::list::list_page;
+use super::list::{list_page, list_page_as};
 use super::xml::{self, InitiateResult, ListUploadsResult};
 use super::{Inner, S3Backend};
 use crate::error::{Error, ErrorKind, Result};
@@ -95,6 +95,11 @@ pub struct Capabilities {
     /// [`crate::backend::Backend::wants_content_md5`]); elsewhere as a multipart upload whose
     /// parts each carry their own.
     pub put_content_md5: bool,
+    /// A ListObjectsV2 with `encoding-type=url` sends its keys URL-encoded, so that keys with
+    /// characters XML cannot carry are listed as they are (AWS, Garage, MinIO); false where the
+    /// server ignores the parameter or, as s3s-fs, says it encoded and did not. Listings ask
+    /// for it only where true.
+    pub list_url_encoding: bool,
 }
 
 impl Default for Capabilities {
@@ -117,6 +122,7 @@ impl Default for Capabilities {
             uploads_by_prefix: true,
             file_and_folder: true,
             put_content_md5: false,
+            list_url_encoding: false,
         }
     }
 }
@@ -171,8 +177,16 @@ impl Capabilities {
         }
         if !self.uploads_by_prefix {
             out.push(
-                "stale multipart uploads: the server does not list uploads by prefix; leftovers \
-                 of a crash are not found by the clean-up",
+                "stale multipart uploads: the server does not list uploads by prefix; this \
+                 instance's own leftovers of a crash are aborted at its next start (from its \
+                 journal), but uploads left by another instance or a lost state folder are not \
+                 found and stay until the bucket's lifecycle rules remove them",
+            );
+        }
+        if !self.list_url_encoding {
+            out.push(
+                "unusual names: the server does not URL-encode the keys of a listing; a key with \
+                 a control character (which XML cannot carry) is listed altered, and skipped",
             );
         }
         if !self.put_content_md5 {
@@ -216,6 +230,9 @@ pub(crate) fn copy_if_match(req: Request, etag: &str, caps: &Capabilities) -> Re
         _ => req.header("x-amz-copy-source-if-match", v),
     }
 }
+
+/// The probe's key for the listing encoding question: a `+`, a `%` and a space.
+const URL_KEY: &str = "u+%41 b";
 
 /// An ETag no object has (the MD5 of nothing in particular), to see a condition refused.
 const WRONG_ETAG: &str = "0123456789abcdef0123456789abcdef";
@@ -520,6 +537,13 @@ impl Probe<'_> {
         // from the file system).
         caps.file_and_folder = self.put("e/f", b"x", &[]).await.is_ok();
         caps.put_content_md5 = self.content_md5().await?;
+
+        // Listings with URL-encoded keys: a key with `+`, `%` and a space must come back as it
+        // is (a server that says it encoded and did not would decode `%41` as `A`).
+        self.put(URL_KEY, b"x", &[]).await?;
+        let page = list_page_as(self.inner, &self.key("u"), false, None, 10, true).await?;
+        caps.list_url_encoding =
+            page.objects.len() == 1 && page.objects[0].key == self.key(URL_KEY);
         caps.probed = true;
         Ok(())
     }
@@ -535,7 +559,7 @@ impl Probe<'_> {
         // Deepest first, so that servers on a file system can remove the folders. A key the
         // probe never managed to write may fail to delete (`e/f` under a file): what is left
         // is listed and deleted after.
-        for rel in ["h", "e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
+        for rel in [URL_KEY, "h", "e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
             let _ = self.delete(rel, &[]).await;
         }
         let left = list_page(self.inner, &self.base, false, None, 10).await?;
@@ -631,6 +655,15 @@ impl S3Backend {
     /// What the last probe found, or the cautious defaults before one.
     pub fn capabilities(&self) -> Capabilities {
         self.inner.caps()
+    }
+
+    /// Whether this server was seen to hold a HEAD of a key while a PUT of it is in progress
+    /// (see `Inner::head_waits_for_put`): copies that need a check before their commit then
+    /// go as multipart uploads.
+    pub fn head_waits_for_put(&self) -> bool {
+        self.inner
+            .head_waits_for_put
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes `caps` as what this server does, without probing it (a probe of the same server

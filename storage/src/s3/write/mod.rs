@@ -82,8 +82,19 @@ pub(crate) async fn create(
             Checksum::Md5 => opts.content_md5.is_some() && inner.content_md5_verified(),
             Checksum::Crc32c => false,
         };
+        // Where the server does not enforce the commit's conditions, the streamed PUT checks
+        // them with a HEAD before its last chunk; on a server seen to hold that HEAD until the
+        // PUT ends (see `Inner::head_waits_for_put`) it cannot, so the copy goes in parts.
+        let caps = inner.caps();
+        let enforced = (opts.if_match.is_none() || caps.put_if_match)
+            && (!opts.if_absent || caps.put_if_none_match);
+        let can_check = enforced
+            || !inner
+                .head_waits_for_put
+                .load(std::sync::atomic::Ordering::Relaxed);
         if opts.resendable
             && checked
+            && can_check
             && opts.append_to.is_none()
             && !opts.keep_partial
             && len > inner.opts.part_size

@@ -15,6 +15,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::Method;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the check before the last chunk may wait (a HEAD, a round trip on any server that
+/// does not lock the key during a PUT).
+const HEAD_DURING_PUT: Duration = Duration::from_secs(5);
 
 /// One PutObject of a size known up front, whose body is sent as it is written: no buffer, one
 /// request. The last chunk is held back until [`Upload::finish`], so the server never receives
@@ -170,7 +175,31 @@ impl Upload for StreamedPut {
             // Until the last chunk is sent the server stores nothing: a destination that
             // changed meanwhile keeps its version. (A server that enforces the conditions
             // refuses the PUT itself.)
-            let now = head_entry(&self.inner, &self.key).await;
+            // A server that locks the key for the whole PUT holds this HEAD until the PUT ends,
+            // and the PUT waits for its last chunk: give up on the PUT (nothing is stored
+            // without its last chunk), remember the server's way, and let the caller send the
+            // file again, which then goes as a multipart upload.
+            let now =
+                match tokio::time::timeout(HEAD_DURING_PUT, head_entry(&self.inner, &self.key))
+                    .await
+                {
+                    Ok(now) => now,
+                    Err(_) => {
+                        self.cut();
+                        self.inner
+                            .head_waits_for_put
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(remote = %self.inner.opts.name,
+                        "the remote holds a file's HEAD while a PUT of it is in progress: \
+                         copies that need a check before their commit go as multipart uploads");
+                        return Err(Error::new(
+                            ErrorKind::Backend,
+                            "the remote did not answer the check before the commit while the \
+                         upload was open; sent again in parts",
+                        )
+                        .set_retryable(true));
+                    }
+                };
             let lost = match (&now, &self.if_match) {
                 (Ok(_), None) => Some(taken()),
                 (Err(e), _) if e.kind() == ErrorKind::NotFound => {
