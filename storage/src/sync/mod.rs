@@ -53,7 +53,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub use history::{history, job_status, status, JobStatus, RunRecord};
+pub use history::{
+    import_files, is_running, job_status, status, FileRunLog, JobStatus, RunLog, RunRecord,
+};
 pub use lock::{FileLeaseStore, Lease, LeaseStore};
 pub use names::{conflict_name, is_conflict_name};
 
@@ -141,6 +143,8 @@ pub struct SyncJob {
     pub max_delete: MaxDelete,
     /// Where instances sharing the remote take a lease on the job; `None`: local lock only.
     pub lease: Option<Arc<dyn LeaseStore>>,
+    /// Where its runs are recorded; `None`: `state_dir/sync/<job>.history.jsonl`.
+    pub history: Option<Arc<dyn RunLog>>,
 }
 
 impl std::fmt::Debug for SyncJob {
@@ -156,6 +160,7 @@ impl std::fmt::Debug for SyncJob {
             .field("exclude", &self.exclude)
             .field("max_delete", &self.max_delete)
             .field("lease", &self.lease.as_ref().map(|l| l.describe()))
+            .field("history", &self.history.is_some())
             .finish()
     }
 }
