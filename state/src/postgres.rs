@@ -191,9 +191,13 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| self.db_err(&e))?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .await
-            .map_err(|e| self.db_err(&e))?;
+        // The server's notice that the table exists would be logged on every start.
+        tx.batch_execute(
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+        )
+        .await
+        .map_err(|e| self.db_err(&e))?;
         let from = tx
             .query_opt("SELECT version FROM schema_version", &[])
             .await
