@@ -207,10 +207,6 @@ async fn the_embedded_store_refuses_sync_leases() {
     let dir = tempfile::tempdir().unwrap();
     let store = bucketgate_state::open(dir.path()).await.unwrap();
     assert!(!store.shared());
-    let e = store
-        .lease_create("job", b"x")
-        .await
-        .err()
-        .expect("refused");
+    let e = store.lease_create("job", b"x").await.expect_err("refused");
     assert!(e.to_string().contains("no sync leases"), "{e}");
 }
