@@ -126,3 +126,85 @@ pub async fn import_history(state_dir: &std::path::Path, store: &Arc<dyn StateSt
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bucketgate_state::PgStore;
+    use bucketgate_storage::sync::Lease;
+    use bucketgate_testkit::postgres::Postgres;
+    use std::time::{Duration, Instant};
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn leases(url: &str) -> Arc<dyn LeaseStore> {
+        let store: Arc<dyn StateStore> = Arc::new(PgStore::open(url).await.unwrap());
+        Arc::new(StoreLeases(store))
+    }
+
+    /// The sync engine's lease over PostgreSQL, between two instances (two pools): of two
+    /// instances taking a job's lease at once exactly one gets it, every round, the other a
+    /// `Conflict`; a holder killed mid-run (its runtime dropped, renewals and all) keeps the
+    /// job from the other only until its lease lapses.
+    #[test]
+    fn one_holder_per_job_and_a_killed_holder_lapses() {
+        let pg = Postgres::start();
+        let url = pg.url();
+        let rt = runtime();
+        let b = rt.block_on(async {
+            let (a, b) = (leases(&url).await, leases(&url).await);
+            for round in 0..20 {
+                let job = format!("job{round}");
+                let (x, y) = tokio::join!(
+                    Lease::acquire(a.clone(), &job, "a", TTL),
+                    Lease::acquire(b.clone(), &job, "b", TTL)
+                );
+                let (won, lost) = match (x, y) {
+                    (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+                    (Ok(_), Ok(_)) => panic!("round {round}: both instances hold the lease"),
+                    (Err(x), Err(y)) => panic!("round {round}: neither holds it: {x}; {y}"),
+                };
+                assert_eq!(lost.kind(), ErrorKind::Conflict, "{lost}");
+                won.release().await;
+            }
+            b
+        });
+
+        // Instance A takes the job and dies: its runtime goes, and its renewals with it.
+        let killed = runtime();
+        killed.block_on(async {
+            let a = leases(&url).await;
+            std::mem::forget(Lease::acquire(a, "kill", "a", TTL).await.unwrap());
+        });
+        drop(killed);
+        let since = Instant::now();
+        rt.block_on(async {
+            let e = Lease::acquire(b.clone(), "kill", "b", TTL)
+                .await
+                .err()
+                .expect("B took the job of a holder whose lease is still live");
+            assert!(e.to_string().contains("running on another instance"), "{e}");
+            loop {
+                match Lease::acquire(b.clone(), "kill", "b", TTL).await {
+                    Ok(l) => {
+                        println!("B took the job {:?} after A died", since.elapsed());
+                        l.release().await;
+                        break;
+                    }
+                    Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+                }
+                // A bound on a hung test, far above the 3 s lease.
+                assert!(since.elapsed() < Duration::from_secs(60), "never lapsed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+}
