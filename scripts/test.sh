@@ -23,7 +23,8 @@ trap 'bash scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"; bash scri
 s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$/::/')
 
 # Garage (its own region, real signatures, no conditional writes): the env-endpoint suites in
-# full, and sync with an S3 remote (the 10,000-file run on s3s-fs already ran above, here once
+# full (e2e_sync_lease: two instances racing for a sync job on PostgreSQL, which does not rely on
+# them), and sync with an S3 remote (the 10,000-file run on s3s-fs already ran above, here once
 # more with Garage beside it).
 (
   eval "$(bash scripts/garage.sh start "$garage_dir")"
@@ -32,7 +33,7 @@ s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | se
     sync_s3_scale:: --test-threads="$threads"
   cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
     e2e_s3_servers::clients_on_env_endpoint e2e_remote::settings_on_env_endpoint \
-    --test-threads="$threads"
+    e2e_sync_lease:: --test-threads="$threads"
   cargo test --workspace --locked --test integration -- --ignored \
     e2e_checksums::checksums_on_env_endpoint
 )
@@ -42,12 +43,13 @@ bash scripts/garage.sh stop "$garage_dir"
 # name, no conditions on CompleteMultipartUpload). CI time is tight: the whole env set would
 # add about 10 minutes (the real-client run alone takes 5.5 on 2 cores), so only the suites
 # that exercise what differs there run: the probe, conditional commits, appends and copies
-# (s3_uploads, s3_ops), leases, and the behaviour suite (folders, appends, resumes through the
+# (s3_uploads, s3_ops), leases (in the bucket, and two instances racing for a sync job on the
+# PostgreSQL store: e2e_sync_lease), and the behaviour suite (folders, appends, resumes through the
 # tree); about 3 minutes plus 25 s to start the cluster.
 (
   eval "$(bash scripts/rgw.sh start "$rgw_dir")"
   cargo test --workspace --locked --test integration -- s3_probe:: s3_uploads:: \
-    s3_lease:: s3_ops:: --test-threads="$threads"
+    s3_lease:: s3_ops:: e2e_sync_lease:: --test-threads="$threads"
   cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
     --test-threads="$threads"
 )

@@ -20,6 +20,7 @@ mod admin;
 mod api;
 mod cmd;
 mod demo;
+mod syncstore;
 mod wiring;
 
 use clap::{Parser, Subcommand};

@@ -378,9 +378,12 @@ pub type ScheduledJob = (
 );
 
 /// The sync jobs of the config over the running storage, each with its interval (if any).
+/// The config's sync jobs. With `state`, their runs are recorded in the state store, and on a
+/// shared store their leases are taken there (see [`crate::syncstore::attach`]).
 pub fn sync_jobs(
     cfg: &Config,
     storage: &Storage,
+    state: Option<&Arc<dyn bucketgate_state::StateStore>>,
 ) -> Result<Vec<ScheduledJob>, Vec<(String, String)>> {
     use bucketgate_config::{Conflict, Direction};
     use bucketgate_storage::sync::{ConflictPolicy, Direction as D, SyncJob};
@@ -434,14 +437,19 @@ pub fn sync_jobs(
                         bucketgate_storage::sync::MaxDelete::Percent(p)
                     }
                 },
-                // Instances sharing the remote agree on who runs the job through this object.
+                // Instances sharing the remote agree on who runs the job through this object
+                // (replaced by the state store's lease on a shared store).
                 lease: Some(Arc::new(bucketgate_storage::s3::S3LeaseStore::new(
                     (**remote).clone(),
                     &prefix,
                 ))),
+                history: None,
             },
             s.interval.map(|d| d.get()),
         ));
+    }
+    if let Some(state) = state {
+        crate::syncstore::attach(&mut jobs, state);
     }
     if errors.is_empty() {
         Ok(jobs)

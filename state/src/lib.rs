@@ -5,7 +5,10 @@
 //! - the registry of live sessions (user, protocol, client address, start), which the admin
 //!   API lists;
 //! - admin API tokens, stored as SHA-256 digests of their secret part;
-//! - users created through the admin API ([`UserStore`]).
+//! - users created through the admin API ([`UserStore`]);
+//! - sync run history (each run's record is the gateway's JSON, kept as given);
+//! - on PostgreSQL, the sync jobs' leases: which instance runs a job now ([`StateStore::lease_create`]
+//!   and the calls after it).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] is the embedded implementation (a file in
 //! `state_dir`, nothing to install); [`PgStore`] keeps the same tables in PostgreSQL
@@ -25,6 +28,9 @@ mod postgres;
 mod sqlite;
 
 pub use postgres::{redacted_url, PgStore, PG_MIGRATIONS, SESSION_LEASE};
+
+/// How many runs of one sync job the store keeps (older ones are deleted as new ones come).
+pub const KEEP_SYNC_RUNS: usize = 1000;
 pub use sqlite::{SqliteStore, MIGRATIONS};
 
 /// A store failure (the database could not be read or written).
@@ -177,6 +183,44 @@ pub trait StateStore: UserStore + Send + Sync {
     async fn tokens(&self) -> Result<Vec<TokenRow>>;
     /// Deletes a token; false when there was none.
     async fn delete_token(&self, id: &str) -> Result<bool>;
+
+    /// Records one run of sync job `job`: `ok` when it succeeded, `record` the gateway's JSON
+    /// (kept as given). Only the last [`KEEP_SYNC_RUNS`] runs of a job are kept.
+    async fn add_sync_run(&self, job: &str, ok: bool, record: &str) -> Result<()>;
+    /// The last `last` runs of `job`, oldest first.
+    async fn sync_runs(&self, job: &str, last: usize) -> Result<Vec<String>>;
+    /// The last run of `job` that succeeded.
+    async fn last_ok_sync_run(&self, job: &str) -> Result<Option<String>>;
+    /// Every job with a recorded run, by name.
+    async fn sync_jobs(&self) -> Result<Vec<String>>;
+
+    /// Sync leases (a shared store only): creates the lease of `job` holding `body` unless one
+    /// exists; `Some(version)` (a tag naming this write), or `None` when one exists. Atomic:
+    /// of two instances creating at once, one gets `None`.
+    async fn lease_create(&self, job: &str, body: &[u8]) -> Result<Option<String>> {
+        let _ = (job, body);
+        Err(no_leases())
+    }
+    /// The lease of `job` and its version, if there is one.
+    async fn lease_read(&self, job: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let _ = job;
+        Err(no_leases())
+    }
+    /// Replaces the lease of `job` only if it is still at `version` (compare-and-swap, in one
+    /// statement): `Some(new version)`, or `None` when it changed or vanished.
+    async fn lease_replace(&self, job: &str, version: &str, body: &[u8]) -> Result<Option<String>> {
+        let _ = (job, version, body);
+        Err(no_leases())
+    }
+    /// Deletes the lease of `job` only if it is still at `version`; false when it was not.
+    async fn lease_delete(&self, job: &str, version: &str) -> Result<bool> {
+        let _ = (job, version);
+        Err(no_leases())
+    }
+}
+
+fn no_leases() -> StateError {
+    StateError("this store keeps no sync leases (only a shared PostgreSQL store does)".into())
 }
 
 /// The embedded store's file under `state_dir`.

@@ -7,7 +7,7 @@
 
 use crate::{
     secs, time, Ban, Failure, Result, Scope, SessionRow, StateError, StateStore, TokenRow,
-    UserStore,
+    UserStore, KEEP_SYNC_RUNS,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -53,7 +53,24 @@ pub const PG_MIGRATIONS: &[&str] = &[
     // row whose lease ran out (its instance was killed) is deleted at the next listing.
     "ALTER TABLE sessions ADD COLUMN instance TEXT NOT NULL DEFAULT '';
      ALTER TABLE sessions ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;",
+    // 3: sync run history (the embedded store's version 4), and the sync jobs' leases: one row
+    // per job while an instance runs it, replaced only by compare-and-swap on `version`.
+    "CREATE TABLE sync_runs (
+        id BIGSERIAL PRIMARY KEY,
+        job TEXT NOT NULL,
+        ok BOOLEAN NOT NULL,
+        record TEXT NOT NULL
+     );
+     CREATE INDEX sync_runs_job ON sync_runs (job, id);
+     CREATE TABLE sync_leases (
+        job TEXT PRIMARY KEY,
+        body BYTEA NOT NULL,
+        version TEXT NOT NULL
+     );",
 ];
+
+/// A new lease version, made by the server: distinct for every write.
+const NEW_VERSION: &str = "md5(random()::text || clock_timestamp()::text || txid_current()::text)";
 
 /// How long a session row lives without its instance renewing it (the gateway renews every
 /// few seconds, see [`StateStore::renew_sessions`]).
@@ -174,9 +191,13 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| self.db_err(&e))?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .await
-            .map_err(|e| self.db_err(&e))?;
+        // The server's notice that the table exists would be logged on every start.
+        tx.batch_execute(
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+        )
+        .await
+        .map_err(|e| self.db_err(&e))?;
         let from = tx
             .query_opt("SELECT version FROM schema_version", &[])
             .await
@@ -412,6 +433,112 @@ impl StateStore for PgStore {
         self.execute("DELETE FROM api_tokens WHERE id = $1", &[&id])
             .await
             .map(|n| n > 0)
+    }
+
+    async fn add_sync_run(&self, job: &str, ok: bool, record: &str) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.db_err(&e))?;
+        tx.execute(
+            "INSERT INTO sync_runs (job, ok, record) VALUES ($1, $2, $3)",
+            &[&job, &ok, &record],
+        )
+        .await
+        .map_err(|e| self.db_err(&e))?;
+        tx.execute(
+            "DELETE FROM sync_runs WHERE job = $1 AND id <= (SELECT id FROM sync_runs
+             WHERE job = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            &[&job, &(KEEP_SYNC_RUNS as i64)],
+        )
+        .await
+        .map_err(|e| self.db_err(&e))?;
+        tx.commit().await.map_err(|e| self.db_err(&e))
+    }
+
+    async fn sync_runs(&self, job: &str, last: usize) -> Result<Vec<String>> {
+        let last = last.min(i64::MAX as usize) as i64;
+        let mut v: Vec<String> = self
+            .query(
+                "SELECT record FROM sync_runs WHERE job = $1 ORDER BY id DESC LIMIT $2",
+                &[&job, &last],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    async fn last_ok_sync_run(&self, job: &str) -> Result<Option<String>> {
+        Ok(self
+            .query(
+                "SELECT record FROM sync_runs WHERE job = $1 AND ok ORDER BY id DESC LIMIT 1",
+                &[&job],
+            )
+            .await?
+            .first()
+            .map(|r| r.get(0)))
+    }
+
+    async fn sync_jobs(&self) -> Result<Vec<String>> {
+        Ok(self
+            .query("SELECT DISTINCT job FROM sync_runs ORDER BY job", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn lease_create(&self, job: &str, body: &[u8]) -> Result<Option<String>> {
+        // One statement: of two instances inserting at once, the second waits for the first
+        // and then inserts nothing.
+        Ok(self
+            .query(
+                &format!(
+                    "INSERT INTO sync_leases (job, body, version) VALUES ($1, $2, {NEW_VERSION})
+                     ON CONFLICT (job) DO NOTHING RETURNING version"
+                ),
+                &[&job, &body],
+            )
+            .await?
+            .first()
+            .map(|r| r.get(0)))
+    }
+
+    async fn lease_read(&self, job: &str) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(self
+            .query(
+                "SELECT body, version FROM sync_leases WHERE job = $1",
+                &[&job],
+            )
+            .await?
+            .first()
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn lease_replace(&self, job: &str, version: &str, body: &[u8]) -> Result<Option<String>> {
+        // The row lock makes this a compare-and-swap: a second UPDATE waiting on the first
+        // re-reads the row, finds another version and changes nothing.
+        Ok(self
+            .query(
+                &format!(
+                    "UPDATE sync_leases SET body = $3, version = {NEW_VERSION}
+                     WHERE job = $1 AND version = $2 RETURNING version"
+                ),
+                &[&job, &version, &body],
+            )
+            .await?
+            .first()
+            .map(|r| r.get(0)))
+    }
+
+    async fn lease_delete(&self, job: &str, version: &str) -> Result<bool> {
+        self.execute(
+            "DELETE FROM sync_leases WHERE job = $1 AND version = $2",
+            &[&job, &version],
+        )
+        .await
+        .map(|n| n > 0)
     }
 }
 

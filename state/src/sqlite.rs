@@ -2,6 +2,7 @@
 
 use crate::{
     secs, time, Ban, Conn, Failure, Result, Scope, SessionRow, StateError, StateStore, TokenRow,
+    KEEP_SYNC_RUNS,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -46,6 +47,14 @@ pub const MIGRATIONS: &[&str] = &[
         spec TEXT NOT NULL,
         updated INTEGER NOT NULL
      );",
+    // 4: sync run history (each record is the gateway's JSON), newest last.
+    "CREATE TABLE sync_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        record TEXT NOT NULL
+     );
+     CREATE INDEX sync_runs_job ON sync_runs (job, id);",
 ];
 
 /// The embedded store.
@@ -294,6 +303,62 @@ impl StateStore for SqliteStore {
         self.call(move |c| c.execute("DELETE FROM api_tokens WHERE id = ?1", params![id]))
             .await
             .map(|n| n > 0)
+    }
+
+    async fn add_sync_run(&self, job: &str, ok: bool, record: &str) -> Result<()> {
+        let (job, record) = (job.to_string(), record.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO sync_runs (job, ok, record) VALUES (?1, ?2, ?3)",
+                params![job, ok, record],
+            )?;
+            tx.execute(
+                "DELETE FROM sync_runs WHERE job = ?1 AND id <= (SELECT id FROM sync_runs
+                 WHERE job = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![job, KEEP_SYNC_RUNS as i64],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn sync_runs(&self, job: &str, last: usize) -> Result<Vec<String>> {
+        let job = job.to_string();
+        let last = last.min(i64::MAX as usize) as i64;
+        let mut v: Vec<String> = self
+            .call(move |c| {
+                let mut st = c.prepare(
+                    "SELECT record FROM sync_runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![job, last], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        v.reverse();
+        Ok(v)
+    }
+
+    async fn last_ok_sync_run(&self, job: &str) -> Result<Option<String>> {
+        let job = job.to_string();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT record FROM sync_runs WHERE job = ?1 AND ok ORDER BY id DESC LIMIT 1",
+                params![job],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn sync_jobs(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT DISTINCT job FROM sync_runs ORDER BY job")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
     }
 }
 

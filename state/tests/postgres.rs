@@ -57,3 +57,54 @@ async fn a_password_in_the_url_never_shows_in_errors() {
         .expect("malformed");
     assert!(!e.to_string().contains("hunter2secret"), "{e}");
 }
+
+/// The sync lease's compare-and-swap on PostgreSQL, between two instances (two pools): of two
+/// creations at once exactly one wins, every round; a replace or delete with a stale version
+/// changes nothing; the winner's version moves on with each write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_leases_have_exactly_one_holder() {
+    let pg = Postgres::start();
+    let a = std::sync::Arc::new(PgStore::open(&pg.url()).await.unwrap());
+    let b = std::sync::Arc::new(PgStore::open(&pg.url()).await.unwrap());
+    for round in 0..50 {
+        let job = format!("job{round}");
+        let (ra, rb) = tokio::join!(
+            {
+                let (a, job) = (a.clone(), job.clone());
+                tokio::spawn(async move { a.lease_create(&job, b"a").await.unwrap() })
+            },
+            {
+                let (b, job) = (b.clone(), job.clone());
+                tokio::spawn(async move { b.lease_create(&job, b"b").await.unwrap() })
+            }
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert!(
+            ra.is_some() != rb.is_some(),
+            "round {round}: both or neither took the lease ({ra:?}, {rb:?})"
+        );
+        let (holder, version) = if let Some(v) = ra {
+            (b"a", v)
+        } else {
+            (b"b", rb.unwrap())
+        };
+        let (body, v) = b.lease_read(&job).await.unwrap().unwrap();
+        assert_eq!((body.as_slice(), &v), (&holder[..], &version));
+        // Two instances replacing the same version at once (a takeover race): one wins.
+        let (x, y) = tokio::join!(
+            a.lease_replace(&job, &version, b"x"),
+            b.lease_replace(&job, &version, b"y")
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(x.is_some() != y.is_some(), "round {round}: {x:?} {y:?}");
+        let now = x.or(y).unwrap();
+        assert_ne!(now, version);
+        assert!(
+            !a.lease_delete(&job, &version).await.unwrap(),
+            "stale delete"
+        );
+        assert!(a.lease_delete(&job, &now).await.unwrap());
+        assert_eq!(a.lease_read(&job).await.unwrap(), None);
+        assert_eq!(a.lease_replace(&job, &now, b"z").await.unwrap(), None);
+    }
+}

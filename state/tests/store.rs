@@ -161,4 +161,52 @@ pub async fn exercise(store: &dyn StateStore) {
 
     assert!(!store.delete_token("nope").await.unwrap());
     assert_eq!(store.token("nope").await.unwrap(), None);
+
+    // Sync history: the last runs of a job, oldest first; its last good one; the jobs.
+    assert!(store.sync_jobs().await.unwrap().is_empty());
+    assert_eq!(store.last_ok_sync_run("out").await.unwrap(), None);
+    for (job, ok, rec) in [
+        ("out", true, "{\"n\":1}"),
+        ("out", false, "{\"n\":2}"),
+        ("in", true, "{\"n\":3}"),
+        ("out", false, "{\"n\":4}"),
+    ] {
+        store.add_sync_run(job, ok, rec).await.unwrap();
+    }
+    assert_eq!(store.sync_jobs().await.unwrap(), vec!["in", "out"]);
+    assert_eq!(
+        store.sync_runs("out", 2).await.unwrap(),
+        vec!["{\"n\":2}", "{\"n\":4}"]
+    );
+    assert_eq!(store.sync_runs("out", 10).await.unwrap().len(), 3);
+    assert_eq!(
+        store.last_ok_sync_run("out").await.unwrap().as_deref(),
+        Some("{\"n\":1}")
+    );
+    // Only the last KEEP_SYNC_RUNS runs of a job stay.
+    for i in 0..bucketgate_state::KEEP_SYNC_RUNS + 5 {
+        store
+            .add_sync_run("busy", true, &format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let kept = store.sync_runs("busy", usize::MAX).await.unwrap();
+    assert_eq!(kept.len(), bucketgate_state::KEEP_SYNC_RUNS);
+    assert_eq!(kept[0], "5");
+    assert_eq!(
+        store.sync_runs("out", 10).await.unwrap().len(),
+        3,
+        "trimming one job touched another"
+    );
+}
+
+/// The embedded store keeps no sync leases: they stay in the bucket for instances that share
+/// nothing else.
+#[tokio::test]
+async fn the_embedded_store_refuses_sync_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bucketgate_state::open(dir.path()).await.unwrap();
+    assert!(!store.shared());
+    let e = store.lease_create("job", b"x").await.expect_err("refused");
+    assert!(e.to_string().contains("no sync leases"), "{e}");
 }

@@ -243,6 +243,7 @@ async fn a_sync_copy_with_a_changed_byte_is_not_ok() {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = dir.path().join("state");
 

@@ -99,6 +99,7 @@ impl Push {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         }
     }
 

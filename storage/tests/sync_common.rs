@@ -62,6 +62,7 @@ impl Env {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         }
     }
 

@@ -36,6 +36,7 @@ fn job(dir: &Path) -> SyncJob {
         max_delete: Default::default(),
         // A killed run leaves its lease behind; the rerun (same instance) must take it back.
         lease: Some(Arc::new(FileLeaseStore::new(dir.join("leases")).unwrap())),
+        history: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn job(dir: &Path, s3: S3Backend, prefix: &str) -> SyncJob {
         max_delete: Default::default(),
         // A killed run leaves its lease in the bucket; the rerun (same instance) takes it back.
         lease: Some(Arc::new(S3LeaseStore::new(s3, prefix))),
+        history: None,
     }
 }
 

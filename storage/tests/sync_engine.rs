@@ -6,8 +6,8 @@ use crate::sync_common as common;
 use bucketgate_storage::backend::Backend;
 use bucketgate_storage::local::LocalBackend;
 use bucketgate_storage::sync::{
-    conflict_name, is_conflict_name, run_job, run_scheduled, status, ConflictPolicy, Direction,
-    EventKind, FileLeaseStore, LeaseStore, MaxDelete, RunOptions,
+    conflict_name, is_conflict_name, run_job, run_scheduled, ConflictPolicy, Direction, EventKind,
+    FileLeaseStore, LeaseStore, MaxDelete, RunOptions,
 };
 use bucketgate_storage::ErrorKind;
 use common::*;
@@ -16,6 +16,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 use ConflictPolicy::{KeepBoth, Newer};
+
+/// The jobs' history as the files under `state` hold it (no state store here).
+async fn status(state: &std::path::Path) -> Vec<bucketgate_storage::sync::JobStatus> {
+    let log = bucketgate_storage::sync::FileRunLog::new(state);
+    bucketgate_storage::sync::status(&log, state).await.unwrap()
+}
 use Direction::{Pull, Push, TwoWay};
 
 #[tokio::test]
@@ -328,7 +334,7 @@ async fn a_refused_run_is_in_the_history_and_the_bar_total_is_the_summary() {
         .await
         .is_err());
     drop(held);
-    let last = status(&env.state)[0].last().unwrap().clone();
+    let last = status(&env.state).await[0].last().unwrap().clone();
     assert_eq!(last.result, "refused", "{last:?}");
     assert!(last.error.unwrap().contains("already running"));
 
@@ -378,7 +384,7 @@ async fn an_empty_site_listing_never_deletes_the_remote() {
             "{e}"
         );
         assert_eq!(tree(&r), before);
-        assert_eq!(status(&env.state)[0].last().unwrap().result, "failed");
+        assert_eq!(status(&env.state).await[0].last().unwrap().result, "failed");
 
         // A freshly made file system mounted there: only an empty `lost+found/`. Folders hold
         // nothing: the side counts as empty, and nothing is deleted.
@@ -440,7 +446,7 @@ async fn deletions_past_max_delete_refuse_the_run_until_forced() {
             "{msg}"
         );
         assert_eq!(tree(&r), before, "[{direction:?}] nothing changed");
-        let last = status(&env.state)[0].last().unwrap().clone();
+        let last = status(&env.state).await[0].last().unwrap().clone();
         assert_eq!(last.result, "failed");
         assert!(last.error.unwrap().contains("max_delete"));
         // A dry run says the same.
@@ -576,7 +582,7 @@ async fn a_failed_listing_changes_nothing() {
         std::fs::read(env.state.join("sync/acme-inbound.state")).unwrap(),
         state_before
     );
-    let st = status(&env.state);
+    let st = status(&env.state).await;
     assert_eq!(st[0].last().unwrap().result, "failed");
 }
 
@@ -676,7 +682,7 @@ async fn a_job_never_overlaps_itself() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains("already running"));
-    assert!(status(&env.state).is_empty() || status(&env.state)[0].running);
+    assert!(status(&env.state).await.is_empty() || status(&env.state).await[0].running);
     drop(held);
     env.run(&job).await;
     assert!(env.r().join("a.txt").exists());
@@ -798,7 +804,7 @@ async fn history_and_status() {
     let job = env.job(Push, false, Newer);
     env.run(&job).await;
     env.run(&job).await;
-    let st = status(&env.state);
+    let st = status(&env.state).await;
     assert_eq!(st.len(), 1);
     let j = &st[0];
     assert_eq!(j.name, "acme-inbound");
@@ -859,7 +865,7 @@ async fn the_scheduler_repeats_jobs_and_stops_on_shutdown() {
         .expect("stops promptly")
         .unwrap();
     assert!(env.r().join("b.txt").exists());
-    let runs = status(&env.state)[0].recent.clone();
+    let runs = status(&env.state).await[0].recent.clone();
     assert!(runs.len() >= 3, "{runs:#?}");
 }
 

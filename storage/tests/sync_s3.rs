@@ -72,6 +72,7 @@ async fn local_site_and_s3_remote() {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = dir.path().join("state");
         let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
@@ -183,6 +184,7 @@ async fn s3_to_s3_on_one_backend_copies_server_side() {
             exclude: vec!["**/f1?".into()],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = dir.path().join("state");
         let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
@@ -266,6 +268,7 @@ async fn big_files_go_as_single_puts_a_refused_one_is_sent_again_and_a_quiet_run
             s3.clone(),
             &prefix,
         ))),
+        history: None,
     };
     let state = dir.path().join("state");
     let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
@@ -358,6 +361,7 @@ async fn a_retried_copy_does_not_overwrite_what_appeared_meanwhile() {
         exclude: vec![],
         max_delete: Default::default(),
         lease: None,
+        history: None,
     };
     let state = dir.path().join("state");
     let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
@@ -447,6 +451,7 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
         exclude: vec![],
         max_delete: Default::default(),
         lease: None,
+        history: None,
     };
     let state = dir.path().join("state");
     let sum = run_job(&job(Direction::Push), &state, RunOptions::default())
@@ -560,6 +565,7 @@ async fn a_source_changed_during_its_copy_is_never_stored_torn() {
         exclude: vec![],
         max_delete: Default::default(),
         lease: None,
+        history: None,
     };
     let state = dir.path().join("state");
     let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
@@ -608,6 +614,7 @@ async fn a_folder_emptied_at_the_site_survives() {
                 exclude: vec![],
                 max_delete: Default::default(),
                 lease: None,
+                history: None,
             };
             write(&s, "d/x.txt", b"the only file of d");
             let state = dir.path().join("state");
@@ -668,6 +675,7 @@ async fn a_file_and_a_folder_of_one_name_are_both_kept() {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = dir.path().join("state");
         let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
@@ -748,6 +756,7 @@ async fn a_push_restores_an_object_replaced_with_same_size_and_time() {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = dir.path().join("state");
         let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
@@ -822,6 +831,7 @@ async fn same_files_on_an_sse_c_remote_are_recognised_without_a_state() {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = dir.path().join("state");
         let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();

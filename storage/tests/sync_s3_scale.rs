@@ -215,6 +215,7 @@ async fn one_server(srv: &Server) {
         exclude: vec![],
         max_delete: Default::default(),
         lease: None,
+        history: None,
     };
     let state = dir.path().join("state");
     let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };

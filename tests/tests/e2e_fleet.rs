@@ -1,10 +1,11 @@
 //! Two gateway instances (the real binary) on one PostgreSQL state store (issue 19): what the
-//! shared store shares today. Each instance has its own `state_dir`; both serve the same local
-//! folder; PostgreSQL is a private server the test starts (testkit::postgres).
+//! shared store shares. Each instance has its own `state_dir`; both serve the same bucket
+//! (moto); PostgreSQL is a private server the test starts (testkit::postgres).
 
 use crate::e2e_admin_api::{
     api, api_body, config_ban, json, poll, sftp_login_works, sftp_session, sftp_works, token,
 };
+use bucketgate_testkit::moto::{Moto, ACCESS_KEY, SECRET_KEY};
 use bucketgate_testkit::postgres::Postgres;
 use bucketgate_tests::gateway::{require, Gateway};
 use std::path::Path;
@@ -31,25 +32,47 @@ fn start(dir: &Path, file: &str) -> Gateway {
 /// (started after), and so does one created on A while B runs; an SFTP session held open on B is
 /// listed by A's API with its user; a ban earned on A refuses the address on B; once B is
 /// killed, its session leaves A's list when its lease ends. `max_sessions_per_ip: 1` holds
-/// across the two: B's session keeps a second one from the address off A.
+/// across the two: B's session keeps a second one from the address off A. A sync run started
+/// through A's API is listed by B's API, from the shared store.
 #[test]
 fn two_instances_share_tokens_users_bans_and_sessions() {
     require("curl");
     require("sftp");
     let pg = Postgres::start();
+    let moto = Moto::start();
+    moto.create_bucket("fleet");
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::create_dir_all(d.join("files")).unwrap();
     // Polling for a user B does not know yet fails logins from 127.0.0.1: never banned.
-    // One session per address across the fleet.
+    // One session per address across the fleet. Both serve one bucket, and push its
+    // `outbox/` to `partner/` in it.
+    let storage = format!(
+        "storage: {{ type: s3, remote: primary, prefix: site/ }}
+remotes:
+  - name: primary
+    endpoint: {}
+    bucket: fleet
+    access_key_id: {ACCESS_KEY}
+    secret_access_key: {SECRET_KEY}
+syncs:
+  - name: outbound
+    path: /outbox
+    remote: primary
+    prefix: partner/
+    direction: push
+",
+        moto.endpoint
+    );
     let base = config_ban(d, 3)
         .replace(
             "duration: 1h }",
             "duration: 1h, safelist: [\"127.0.0.1\"] }",
         )
-        .replace("limits:\n", "limits:\n  max_sessions_per_ip: 1\n");
+        .replace("limits:\n", "limits:\n  max_sessions_per_ip: 1\n")
+        .replace("storage: { type: local, root: ./files }\n", &storage);
     assert!(base.contains("max_sessions_per_ip: 1"));
     assert!(base.contains("safelist"));
+    assert!(base.contains("type: s3"));
     let a_cfg = instance(d, &base, "a", &pg.url());
     let b_cfg = instance(d, &base, "b", &pg.url());
     // `admin token create` reads the default config file: instance A's.
@@ -140,6 +163,38 @@ fn two_instances_share_tokens_users_bans_and_sessions() {
     });
     let (_, body) = api(b.addr("admin"), "GET", "/api/v1/bans", Some(&rw), lo);
     assert_eq!(json(&body)[0]["ip"], OTHER, "{body}");
+
+    // A sync run started through A's API is in B's history (the shared store's), with what it
+    // copied; the bucket holds the copy.
+    moto.put("fleet", "site/outbox/report.csv", b"id,total\n1,42\n");
+    let (code, body) = api(
+        a.addr("admin"),
+        "POST",
+        "/api/v1/sync/jobs/outbound/run",
+        Some(&rw),
+        lo,
+    );
+    assert_eq!(code, 202, "{body}");
+    let run = poll("B to list the run A made", || {
+        let (code, body) = api(
+            b.addr("admin"),
+            "GET",
+            "/api/v1/sync/jobs/outbound/runs",
+            Some(&rw),
+            lo,
+        );
+        (code == 200).then(|| json(&body)[0].clone())
+    });
+    assert_eq!(run["result"], "ok", "{run}");
+    assert_eq!(run["copied_up"], 1, "{run}");
+    assert_eq!(
+        moto.get("fleet", "partner/report.csv").as_deref(),
+        Some(&b"id,total\n1,42\n"[..])
+    );
+    let (code, body) = api(b.addr("admin"), "GET", "/api/v1/sync/jobs", Some(&rw), lo);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)[0]["name"], "outbound", "{body}");
+    assert_eq!(json(&body)[0]["last_ok"]["copied_up"], 1, "{body}");
 
     // B is killed (SIGKILL) with a session open: its row leaves A's list once its lease
     // (bucketgate_state::SESSION_LEASE) has run out unrenewed.

@@ -447,3 +447,59 @@ fn refused_and_killed_runs_show_in_status() {
     // Newest first.
     assert_eq!(results, ["ok", "killed", "refused"], "{out}");
 }
+
+/// History files written by an older release (`<state_dir>/sync/JOB.history.jsonl`) are moved
+/// into the state store once: `sync status` lists their runs, the file is renamed
+/// `.imported`, and a second look lists each run once.
+#[test]
+fn history_files_of_an_older_release_are_moved_into_the_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No server is contacted: `sync status` reads the store only.
+    let cfg = r#"storage: { type: local, root: ./files }
+remotes:
+  - { name: partner, endpoint: "http://127.0.0.1:9", bucket: feed, access_key_id: a, secret_access_key: b }
+syncs:
+  - { name: outbound, path: /out, remote: partner, prefix: incoming/, direction: push }
+"#;
+    std::fs::write(d.join("bucketgate.yaml"), cfg).unwrap();
+    std::fs::create_dir_all(d.join("data/sync")).unwrap();
+    let line = |start: &str, result: &str, up: u64| {
+        format!(
+            r#"{{"job":"outbound","start":"{start}","end":"{start}","result":"{result}","copied_up":{up},"copied_down":0,"deleted":0,"deleted_remote":0,"deleted_site":0,"conflicts":0,"skipped":0,"errors":0,"bytes":42,"elapsed_ms":1000}}"#
+        )
+    };
+    let old = d.join("data/sync/outbound.history.jsonl");
+    std::fs::write(
+        &old,
+        format!(
+            "{}\n{}\n",
+            line("2026-01-02T03:04:05Z", "ok", 3),
+            line("2026-01-03T03:04:05Z", "killed", 0)
+        ),
+    )
+    .unwrap();
+    let status = || {
+        let (code, out, err) = run(d, &["sync", "status", "outbound"], None);
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    };
+    let out = status();
+    let runs: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("2026-01-0"))
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    // Newest first.
+    assert!(
+        runs[0].contains("2026-01-03T03:04:05Z") && runs[0].contains("killed"),
+        "{out}"
+    );
+    assert!(
+        runs[1].contains("2026-01-02T03:04:05Z") && runs[1].contains("ok"),
+        "{out}"
+    );
+    assert!(!old.exists(), "the history file is still there");
+    assert!(d.join("data/sync/outbound.history.jsonl.imported").exists());
+    assert_eq!(status(), out, "the second look differs");
+}

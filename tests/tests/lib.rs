@@ -18,6 +18,7 @@ mod e2e_s3_servers;
 mod e2e_scale;
 mod e2e_soak;
 mod e2e_sync;
+mod e2e_sync_lease;
 mod vfs_behaviour;
 mod vfs_listing_memory;
 

@@ -88,7 +88,8 @@ pub struct Api {
     pub store: Arc<dyn StateStore>,
     /// Remotes' health.
     pub health: Health,
-    /// Sync history lives under `state_dir/sync`.
+    /// Where this installation's sync locks are (`state_dir/locks`); the history is in the
+    /// store.
     pub state_dir: PathBuf,
     /// Wakes the serve loop's reload (the same path as SIGHUP).
     pub reload: Arc<Notify>,
@@ -327,11 +328,17 @@ impl Api {
                 Ok(_) => error(StatusCode::NOT_FOUND, "this address is not banned"),
             },
             Op::SyncJobs => {
-                let dir = self.state_dir.clone();
-                let jobs =
-                    tokio::task::spawn_blocking(move || bucketgate_storage::sync::status(&dir))
-                        .await
-                        .unwrap_or_default();
+                let log = crate::syncstore::StoreRunLog(self.store.clone());
+                let jobs = match bucketgate_storage::sync::status(&log, &self.state_dir).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        tracing::error!("admin API: {e}");
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the state store is unavailable",
+                        );
+                    }
+                };
                 ok(Value::Array(
                     jobs.into_iter()
                         .map(|j| {
@@ -346,12 +353,18 @@ impl Api {
                 ))
             }
             Op::SyncRuns => {
-                let (dir, name) = (self.state_dir.clone(), params[0].clone());
-                let runs = tokio::task::spawn_blocking(move || {
-                    bucketgate_storage::sync::history(&dir, &name)
-                })
-                .await
-                .unwrap_or_default();
+                use bucketgate_storage::sync::RunLog;
+                let log = crate::syncstore::StoreRunLog(self.store.clone());
+                let runs = match log.runs(&params[0], bucketgate_state::KEEP_SYNC_RUNS).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("admin API: {e}");
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the state store is unavailable",
+                        );
+                    }
+                };
                 if runs.is_empty() {
                     error(StatusCode::NOT_FOUND, "no runs of this job")
                 } else {
@@ -367,13 +380,7 @@ impl Api {
                 let Some(job) = job else {
                     return error(StatusCode::NOT_FOUND, "no sync job of that name");
                 };
-                let (dir, n) = (self.state_dir.clone(), name.clone());
-                let running = tokio::task::spawn_blocking(move || {
-                    bucketgate_storage::sync::job_status(&dir, &n).running
-                })
-                .await
-                .unwrap_or(false);
-                if running {
+                if bucketgate_storage::sync::is_running(&self.state_dir, name) {
                     return error(StatusCode::CONFLICT, "a run of this job is in progress");
                 }
                 // The run records itself in the job's history, like a scheduled one; a run that

@@ -136,6 +136,8 @@ struct Gateway {
     api_reload: Arc<tokio::sync::Notify>,
     /// The sync jobs the admin API may run now: follow reloads.
     api_sync_jobs: crate::api::SyncJobs,
+    /// The state store (sync history and, when shared, sync leases).
+    state: Arc<dyn bucketgate_state::StateStore>,
 }
 
 /// Runs the gateway: [`start`], then SIGHUP → [`Gateway::reload`] until SIGTERM or SIGINT,
@@ -208,9 +210,11 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     crate::api::users::load(state.as_ref(), &login)
         .await
         .map_err(|e| Exit::runtime(e.to_string()))?;
+    // Sync history is kept in the store; runs of an older version are in files.
+    crate::syncstore::import_history(&cfg.state_dir, &state).await;
     let api_reload = Arc::new(tokio::sync::Notify::new());
     let api_sync_jobs: crate::api::SyncJobs = Arc::new(std::sync::Mutex::new(
-        wiring::sync_jobs(&cfg, &storage)
+        wiring::sync_jobs(&cfg, &storage, Some(&state))
             .map(|v| v.into_iter().map(|(j, _)| j).collect())
             .unwrap_or_default(),
     ));
@@ -298,7 +302,7 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
     // `cut` stops sync runs in progress: only when the shutdown grace period is over.
     let cut = CancellationToken::new();
     let syncs = schedule(
-        scheduled_jobs(&cfg, &storage)?,
+        scheduled_jobs(&cfg, &storage, &state)?,
         cfg.state_dir.clone(),
         None,
         &cut,
@@ -333,6 +337,7 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         cleanup_targets,
         api_reload,
         api_sync_jobs,
+        state,
     })
 }
 
@@ -479,7 +484,7 @@ impl Gateway {
         };
         // Scheduled syncs follow the new config: the old schedule starts no
         // new run, a run in progress finishes, then the new schedule starts.
-        match scheduled_jobs(&next, &storage) {
+        match scheduled_jobs(&next, &storage, &self.state) {
             Ok(jobs) => {
                 self.syncs = schedule(jobs, next.state_dir.clone(), Some(self.syncs), &self.cut);
             }
@@ -489,7 +494,7 @@ impl Gateway {
         let _ = self
             .cleanup_targets
             .send((upload_prefixes(&next), storage.remotes.clone()));
-        if let Ok(jobs) = wiring::sync_jobs(&next, &storage) {
+        if let Ok(jobs) = wiring::sync_jobs(&next, &storage, Some(&self.state)) {
             *self.api_sync_jobs.lock().unwrap_or_else(|e| e.into_inner()) =
                 jobs.into_iter().map(|(j, _)| j).collect();
         }
@@ -643,8 +648,9 @@ async fn drain_syncs(syncs: Syncs, cut: &CancellationToken, grace: Duration) {
 fn scheduled_jobs(
     cfg: &Config,
     storage: &wiring::Storage,
+    state: &Arc<dyn bucketgate_state::StateStore>,
 ) -> Result<Vec<(bucketgate_storage::sync::SyncJob, Duration)>, Exit> {
-    let jobs = wiring::sync_jobs(cfg, storage)
+    let jobs = wiring::sync_jobs(cfg, storage, Some(state))
         .map_err(|errs| Exit::usage(wiring::problem_lines(None, &errs)))?;
     Ok(jobs
         .into_iter()

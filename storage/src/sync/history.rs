@@ -1,7 +1,11 @@
-//! `state_dir/sync/<job>.history.jsonl`: one JSON line per run, for `sync status`.
+//! Where runs are recorded ([`RunLog`]): the gateway's state store (its `sync_runs` table,
+//! shared by a fleet on PostgreSQL), or `state_dir/sync/<job>.history.jsonl` ([`FileRunLog`]):
+//! one JSON line per run. [`import_files`] moves the files' runs into a store once.
 
 use super::names::{file_stem, job_from_stem};
 use super::Summary;
+use crate::error::{Error, ErrorKind, Result as SResult};
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -111,6 +115,112 @@ impl RunRecord {
     }
 }
 
+/// Where a job's runs are recorded and read back.
+#[async_trait]
+pub trait RunLog: Send + Sync + 'static {
+    /// Records one run.
+    async fn append(&self, rec: &RunRecord) -> SResult<()>;
+    /// The last `last` runs of `job`, oldest first.
+    async fn runs(&self, job: &str, last: usize) -> SResult<Vec<RunRecord>>;
+    /// The last run of `job` that ended without error.
+    async fn last_ok(&self, job: &str) -> SResult<Option<RunRecord>>;
+    /// Every job with a recorded run, by name.
+    async fn jobs(&self) -> SResult<Vec<String>>;
+}
+
+/// The runs in `state_dir/sync/<job>.history.jsonl` (this installation only).
+#[derive(Debug, Clone)]
+pub struct FileRunLog {
+    state_dir: std::path::PathBuf,
+}
+
+impl FileRunLog {
+    /// The history files under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        FileRunLog {
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+#[async_trait]
+impl RunLog for FileRunLog {
+    async fn append(&self, rec: &RunRecord) -> SResult<()> {
+        // A refused run does not hold the job lock: it never trims the file, so it cannot race
+        // the lock holder's rewrite of it.
+        let r = if rec.result == "refused" {
+            append_unlocked(&self.state_dir, rec)
+        } else {
+            append(&self.state_dir, rec)
+        };
+        r.map_err(|e| Error::from(e).with_context("sync", "history".to_string()))
+    }
+
+    async fn runs(&self, job: &str, last: usize) -> SResult<Vec<RunRecord>> {
+        let all = history(&self.state_dir, job);
+        Ok(all[all.len().saturating_sub(last)..].to_vec())
+    }
+
+    async fn last_ok(&self, job: &str) -> SResult<Option<RunRecord>> {
+        Ok(history(&self.state_dir, job)
+            .into_iter()
+            .rev()
+            .find(|r| r.ok()))
+    }
+
+    async fn jobs(&self) -> SResult<Vec<String>> {
+        Ok(file_jobs(&self.state_dir))
+    }
+}
+
+/// Moves the runs of this installation's history files into `log` (a state store), once: each
+/// file is renamed to `<job>.history.jsonl.importing` first (of two processes starting at once,
+/// one gets it), its runs are appended in order, then it is renamed to `.imported` and kept for
+/// reference. A file left `.importing` by a process killed meanwhile is imported at the next
+/// start (its first runs may then be listed twice). Returns how many runs were moved.
+pub async fn import_files(state_dir: &Path, log: &dyn RunLog) -> SResult<usize> {
+    let dir = state_dir.join("sync");
+    let mut moved = 0;
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let importing = if n.ends_with(".history.jsonl") {
+            let to = dir.join(format!("{n}.importing"));
+            if std::fs::rename(dir.join(&n), &to).is_err() {
+                continue; // another process took it
+            }
+            to
+        } else if n.ends_with(".history.jsonl.importing") {
+            dir.join(&n)
+        } else {
+            continue;
+        };
+        let lines = read_lines(&importing)
+            .map_err(|e| Error::from(e).with_context("sync", "history".to_string()))?;
+        for l in lines {
+            let Ok(rec) = serde_json::from_str::<RunRecord>(&l) else {
+                continue;
+            };
+            log.append(&rec).await?;
+            moved += 1;
+        }
+        let done = importing.with_extension("imported");
+        std::fs::rename(&importing, &done).map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!("sync history: cannot rename {}: {e}", importing.display()),
+            )
+        })?;
+    }
+    Ok(moved)
+}
+
 /// A job's recent runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStatus {
@@ -188,8 +298,8 @@ fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
     std::io::BufReader::new(f).lines().collect()
 }
 
-/// The runs of one job, oldest first (unreadable lines skipped).
-pub fn history(state_dir: &Path, job: &str) -> Vec<RunRecord> {
+/// The runs of one job in its history file, oldest first (unreadable lines skipped).
+pub(crate) fn history(state_dir: &Path, job: &str) -> Vec<RunRecord> {
     read_lines(&history_path(state_dir, job))
         .unwrap_or_default()
         .iter()
@@ -197,8 +307,8 @@ pub fn history(state_dir: &Path, job: &str) -> Vec<RunRecord> {
         .collect()
 }
 
-/// Every job that has run under `state_dir`, by name, with its recent runs.
-pub fn status(state_dir: &Path) -> Vec<JobStatus> {
+/// Every job with a history file under `state_dir`, by name.
+fn file_jobs(state_dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
     if let Ok(rd) = std::fs::read_dir(state_dir.join("sync")) {
         for e in rd.flatten() {
@@ -210,20 +320,29 @@ pub fn status(state_dir: &Path) -> Vec<JobStatus> {
     }
     names.sort();
     names
-        .into_iter()
-        .map(|name| job_status(state_dir, &name))
-        .collect()
+}
+
+/// Every job that has a recorded run in `log`, by name, with its recent runs. `running` is
+/// this installation's view (its lock under `state_dir`).
+pub async fn status(log: &dyn RunLog, state_dir: &Path) -> SResult<Vec<JobStatus>> {
+    let mut out = Vec::new();
+    for name in log.jobs().await? {
+        out.push(job_status(log, state_dir, &name).await?);
+    }
+    Ok(out)
 }
 
 /// One job's status (empty history when it never ran).
-pub fn job_status(state_dir: &Path, name: &str) -> JobStatus {
-    let all = history(state_dir, name);
-    let last_ok = all.iter().rev().find(|r| r.ok()).cloned();
-    let recent = all[all.len().saturating_sub(10)..].to_vec();
-    JobStatus {
+pub async fn job_status(log: &dyn RunLog, state_dir: &Path, name: &str) -> SResult<JobStatus> {
+    Ok(JobStatus {
         name: name.to_string(),
-        recent,
-        last_ok,
-        running: super::lock::JobLock::is_held(&super::lock_path(state_dir, name)),
-    }
+        recent: log.runs(name, 10).await?,
+        last_ok: log.last_ok(name).await?,
+        running: is_running(state_dir, name),
+    })
+}
+
+/// True when a run of `name` holds its lock under `state_dir` now.
+pub fn is_running(state_dir: &Path, name: &str) -> bool {
+    super::lock::JobLock::is_held(&super::lock_path(state_dir, name))
 }

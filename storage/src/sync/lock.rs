@@ -1,6 +1,8 @@
 //! A job never runs twice at once: a `flock` on `state_dir/locks/<job>.lock` keeps out other
 //! runs of this installation (the scheduler in `serve`, a `sync run` beside it), and a lease
-//! object on the remote keeps out other instances that share the remote.
+//! keeps out other instances: a row of the shared state store (the gateway implements
+//! [`LeaseStore`] over PostgreSQL, where each call is one atomic statement), or, without one, an
+//! object on the remote they share.
 
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;

@@ -9,11 +9,13 @@
 //! 3. It walks the two listings and the baseline (the state, plus the journal of an
 //!    interrupted run) together, path by path, and decides ([`plan::decide`]) what each path
 //!    needs. Each side is compared only with its own half of the recorded pair.
-//! 4. When there is anything to do and the job has a [`LeaseStore`], it takes a lease on the
-//!    remote, renewed in the background (a run with nothing to do sends no request beyond its
+//! 4. When there is anything to do and the job has a [`LeaseStore`], it takes the job's lease
+//!    there (an object on the remote, or a row of the gateway's shared state store), renewed in
+//!    the background (a run with nothing to do sends no request beyond its
 //!    listings). Copies, deletions and conflict resolutions run with bounded concurrency; each verified
 //!    pair is appended to the journal as it completes. Folders are removed last, deepest first.
-//! 5. The new state (kept and new pairs) is written atomically and the journal dropped.
+//! 5. The new state (kept and new pairs) is written atomically and the journal dropped; the run
+//!    is recorded in the job's history ([`RunLog`]: the gateway's state store, or jsonl files).
 //!
 //! # Crash safety
 //!
@@ -53,7 +55,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub use history::{history, job_status, status, JobStatus, RunRecord};
+pub use history::{
+    import_files, is_running, job_status, status, FileRunLog, JobStatus, RunLog, RunRecord,
+};
 pub use lock::{FileLeaseStore, Lease, LeaseStore};
 pub use names::{conflict_name, is_conflict_name};
 
@@ -141,6 +145,8 @@ pub struct SyncJob {
     pub max_delete: MaxDelete,
     /// Where instances sharing the remote take a lease on the job; `None`: local lock only.
     pub lease: Option<Arc<dyn LeaseStore>>,
+    /// Where its runs are recorded; `None`: `state_dir/sync/<job>.history.jsonl`.
+    pub history: Option<Arc<dyn RunLog>>,
 }
 
 impl std::fmt::Debug for SyncJob {
@@ -156,6 +162,7 @@ impl std::fmt::Debug for SyncJob {
             .field("exclude", &self.exclude)
             .field("max_delete", &self.max_delete)
             .field("lease", &self.lease.as_ref().map(|l| l.describe()))
+            .field("history", &self.history.is_some())
             .finish()
     }
 }

@@ -2,7 +2,7 @@
 
 use super::exec::{self, planned_bytes, Counts, Ctx, Live, Outcome};
 use super::filter::Filter;
-use super::history::{self, RunRecord};
+use super::history::{self, FileRunLog, RunLog, RunRecord};
 use super::lock::{HeldLease, JobLock};
 use super::model::{Item, Keyed, Record};
 use super::names::file_stem;
@@ -106,6 +106,10 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
     let started = SystemTime::now();
     let t0 = Instant::now();
     let files = Files::new(state_dir, &job.name).map_err(|e| io_err("state folder", e))?;
+    let log: Arc<dyn RunLog> = match &job.history {
+        Some(l) => l.clone(),
+        None => Arc::new(FileRunLog::new(state_dir)),
+    };
     let Some(_lock) = JobLock::try_acquire(&files.lock)? else {
         let e = Error::new(
             ErrorKind::Conflict,
@@ -113,16 +117,17 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
         );
         if !opts.dry_run {
             let rec = RunRecord::refused(&job.name, started, &e.to_string());
-            if let Err(e) = history::append_unlocked(state_dir, &rec) {
-                tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
-            }
+            record(&*log, &rec).await;
         }
         return Err(e);
     };
     if !opts.dry_run {
-        note_start(job, state_dir, &files, started);
+        note_start(job, &*log, &files, started).await;
     }
-    let result = run_locked(job, state_dir, &files, &opts).await;
+    // A run refused by another instance's lease did nothing: recorded as refused, like one
+    // refused by this installation's lock.
+    let mut refused = false;
+    let result = run_locked(job, state_dir, &files, &opts, &mut refused).await;
     files.clear_tmp();
     let result = result.map(|mut s| {
         s.elapsed = t0.elapsed();
@@ -137,7 +142,7 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
         },
     );
     if !opts.dry_run {
-        let rec = RunRecord::of(
+        let mut rec = RunRecord::of(
             &job.name,
             started,
             SystemTime::now(),
@@ -146,22 +151,29 @@ pub(crate) async fn run_job(job: &SyncJob, state_dir: &Path, opts: RunOptions) -
                 .map(|s| s.clone())
                 .map_err(|e| e.to_string()),
         );
-        if let Err(e) = history::append(state_dir, &rec) {
-            tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
+        if refused {
+            rec.result = "refused".into();
         }
+        record(&*log, &rec).await;
         let _ = std::fs::remove_file(&files.running);
     }
     result
 }
 
+/// Appends `rec` to the job's history; a history that cannot be written is logged, and does
+/// not fail the run.
+async fn record(log: &dyn RunLog, rec: &RunRecord) {
+    if let Err(e) = log.append(rec).await {
+        tracing::warn!(job = %rec.job, error = %e, "could not write the sync history");
+    }
+}
+
 /// Records a run that started and never ended (its marker is still there: the process was
 /// killed), then marks this one as started. Called under the job lock.
-fn note_start(job: &SyncJob, state_dir: &Path, files: &Files, started: SystemTime) {
+async fn note_start(job: &SyncJob, log: &dyn RunLog, files: &Files, started: SystemTime) {
     if let Ok(start) = std::fs::read_to_string(&files.running) {
         let rec = RunRecord::killed(&job.name, start.trim(), SystemTime::now());
-        if let Err(e) = history::append(state_dir, &rec) {
-            tracing::warn!(job = %job.name, error = ?e, "could not write the sync history");
-        }
+        record(log, &rec).await;
     }
     if let Err(e) = std::fs::write(&files.running, history::stamp(started)) {
         tracing::warn!(job = %job.name, error = ?e, "could not mark the sync run as started");
@@ -173,6 +185,7 @@ async fn run_locked(
     state_dir: &Path,
     files: &Files,
     opts: &RunOptions,
+    refused: &mut bool,
 ) -> Result<Summary> {
     files.clear_tmp();
     let filter = Filter::new(&job.include, &job.exclude)?;
@@ -182,7 +195,16 @@ async fn run_locked(
         .map(|c| c.child_token())
         .unwrap_or_default();
     let mut lease = None;
-    let r = run_planned(job, state_dir, files, opts, &filter, cancel, &mut lease).await;
+    let r = run_planned(
+        job,
+        state_dir,
+        files,
+        opts,
+        &filter,
+        cancel,
+        (&mut lease, refused),
+    )
+    .await;
     if let Some(l) = lease {
         let lost = l.is_lost();
         l.release().await;
@@ -594,7 +616,7 @@ async fn run_planned(
     opts: &RunOptions,
     filter: &Filter,
     cancel: CancellationToken,
-    lease: &mut Option<HeldLease>,
+    (lease, refused): (&mut Option<HeldLease>, &mut bool),
 ) -> Result<Summary> {
     let site_prefix = norm_prefix(&job.site.1);
     let remote_prefix = norm_prefix(&job.remote.1);
@@ -733,7 +755,10 @@ async fn run_planned(
     ctx.live.files_total.store(files_total, Ordering::Relaxed);
     ctx.live.bytes_total.store(bytes_total, Ordering::Relaxed);
     if files_total > 0 && !opts.dry_run {
-        take_lease(job, state_dir, opts, &cancel, lease).await?;
+        if let Err(e) = take_lease(job, state_dir, opts, &cancel, lease).await {
+            *refused = e.kind() == ErrorKind::Conflict;
+            return Err(e);
+        }
     }
     ctx.live.set_phase(Phase::Transferring);
     ctx.live.emit(None);

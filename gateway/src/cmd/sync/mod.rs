@@ -57,7 +57,8 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<()
         let budget = MemoryBudget::shared(cfg.transfers.memory_limit.bytes());
         let storage = wiring::build_storage(&cfg, budget)
             .map_err(|errs| Exit::usage(wiring::problem_lines(None, &errs)))?;
-        let jobs = wiring::sync_jobs(&cfg, &storage)
+        let state = open_state(&cfg).await?;
+        let jobs = wiring::sync_jobs(&cfg, &storage, Some(&state))
             .map_err(|errs| Exit::usage(wiring::problem_lines(None, &errs)))?;
         let (job, _) = jobs
             .into_iter()
@@ -73,6 +74,22 @@ pub fn run(arg: &ConfigArg, name: &str, dry_run: bool, force: bool) -> Result<()
     result
 }
 
+/// The state store of the config (where the runs are recorded), with this installation's
+/// history files moved into it.
+async fn open_state(cfg: &Config) -> Result<Arc<dyn bucketgate_state::StateStore>, Exit> {
+    let url = cfg.state.as_ref().map(|s| s.url.expose());
+    if url.is_none() {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            Exit::runtime(format!("cannot create {}: {e}", cfg.state_dir.display()))
+        })?;
+    }
+    let state = bucketgate_state::open_store(&cfg.state_dir, url)
+        .await
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    crate::syncstore::import_history(&cfg.state_dir, &state).await;
+    Ok(state)
+}
+
 /// Prints the last runs of the jobs; a name that is no job of the config exits 2.
 pub fn status(arg: &ConfigArg, names: &[String]) -> Result<(), Exit> {
     let cfg = config(arg)?;
@@ -82,8 +99,18 @@ pub fn status(arg: &ConfigArg, names: &[String]) -> Result<(), Exit> {
     } else {
         names.to_vec()
     };
-    sync_status(&cfg.state_dir, &names);
-    Ok(())
+    bucketgate_protocols::logging::init(false, &cfg.log.level);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Exit::runtime(e.to_string()))?;
+    rt.block_on(async {
+        let state = open_state(&cfg).await?;
+        let log = crate::syncstore::StoreRunLog(state);
+        sync_status(&log, &cfg.state_dir, &names)
+            .await
+            .map_err(|e| Exit::runtime(e.to_string()))
+    })
 }
 
 /// Runs `job` once now: a progress bar on a terminal (stderr), plain lines per path otherwise
@@ -116,18 +143,24 @@ async fn sync_run(
     }
 }
 
-/// Prints each job's last runs. With `names`, only those jobs (and a line for one that never
-/// ran); without, every job that has run under `state_dir`.
-fn sync_status(state_dir: &Path, names: &[String]) {
+/// Prints each job's last runs, as `log` records them. With `names`, only those jobs (and a
+/// line for one that never ran); without, every job that has run.
+async fn sync_status(
+    log: &dyn sync::RunLog,
+    state_dir: &Path,
+    names: &[String],
+) -> bucketgate_storage::error::Result<()> {
     let jobs = if names.is_empty() {
-        sync::status(state_dir)
+        sync::status(log, state_dir).await?
     } else {
-        names
-            .iter()
-            .map(|n| sync::job_status(state_dir, n))
-            .collect()
+        let mut v = Vec::new();
+        for n in names {
+            v.push(sync::job_status(log, state_dir, n).await?);
+        }
+        v
     };
     print_status(jobs);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,13 +202,17 @@ mod tests {
             exclude: vec![],
             max_delete: Default::default(),
             lease: None,
+            history: None,
         };
         let state = d.path().join("state");
         assert!(sync_run(job.clone(), &state, true, false).await.unwrap());
         assert!(!d.path().join("r/out/a.txt").exists());
         assert!(sync_run(job, &state, false, false).await.unwrap());
         assert!(d.path().join("r/out/a.txt").exists());
-        sync_status(&state, &[]);
-        sync_status(&state, &["cli".into(), "never".into()]);
+        let log = sync::FileRunLog::new(&state);
+        sync_status(&log, &state, &[]).await.unwrap();
+        sync_status(&log, &state, &["cli".into(), "never".into()])
+            .await
+            .unwrap();
     }
 }
