@@ -5,7 +5,8 @@
 //! - the registry of live sessions (user, protocol, client address, start), which the admin
 //!   API lists;
 //! - admin API tokens, stored as SHA-256 digests of their secret part;
-//! - users created through the admin API ([`UserStore`]).
+//! - users created through the admin API ([`UserStore`]);
+//! - admin accounts and their web console sessions ([`AdminStore`]).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] is the embedded implementation (a file in
 //! `state_dir`, nothing to install); [`PgStore`] keeps the same tables in PostgreSQL
@@ -21,9 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod admins;
 mod postgres;
 mod sqlite;
 
+pub use admins::{AdminAccount, AdminStore, ConsoleSession};
 pub use postgres::{redacted_url, PgStore, PG_MIGRATIONS, SESSION_LEASE};
 pub use sqlite::{SqliteStore, MIGRATIONS};
 
@@ -129,7 +132,7 @@ pub trait UserStore: Send + Sync {
 
 /// The state the gateway keeps outside its config.
 #[async_trait]
-pub trait StateStore: UserStore + Send + Sync {
+pub trait StateStore: UserStore + AdminStore + Send + Sync {
     /// True when other instances may use the same store (PostgreSQL): then an instance must
     /// not forget the registry's sessions at start, which may be theirs.
     fn shared(&self) -> bool {

@@ -53,6 +53,8 @@ pub const PG_MIGRATIONS: &[&str] = &[
     // row whose lease ran out (its instance was killed) is deleted at the next listing.
     "ALTER TABLE sessions ADD COLUMN instance TEXT NOT NULL DEFAULT '';
      ALTER TABLE sessions ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;",
+    // 3: admin accounts and their console sessions (crate::admins).
+    crate::admins::PG_STEP,
 ];
 
 /// How long a session row lives without its instance renewing it (the gateway renews every
@@ -140,7 +142,7 @@ impl PgStore {
         StateError(format!("{}: {e}", self.shown))
     }
 
-    fn db_err(&self, e: &(dyn std::error::Error + 'static)) -> StateError {
+    pub(crate) fn db_err(&self, e: &(dyn std::error::Error + 'static)) -> StateError {
         let mut text = e.to_string();
         let mut cause = e.source();
         while let Some(c) = cause {
@@ -154,7 +156,7 @@ impl PgStore {
         self.err(text)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| self.db_err(&e))
     }
 
@@ -209,7 +211,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -218,7 +220,7 @@ impl PgStore {
         c.execute(sql, args).await.map_err(|e| self.db_err(&e))
     }
 
-    async fn query(
+    pub(crate) async fn query(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],

@@ -46,6 +46,8 @@ pub const MIGRATIONS: &[&str] = &[
         spec TEXT NOT NULL,
         updated INTEGER NOT NULL
      );",
+    // 4: admin accounts and their console sessions (crate::admins).
+    crate::admins::SQLITE_STEP,
 ];
 
 /// The embedded store.
@@ -86,7 +88,7 @@ impl SqliteStore {
         version(&c)
     }
 
-    async fn call<T: Send + 'static>(
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {

@@ -93,7 +93,7 @@ pub(crate) fn sftp_session(dir: &Path, addr: SocketAddr, from: &str) -> std::pro
     sftp_session_args(dir, addr, from, &[])
 }
 
-fn sftp_session_args(
+pub(crate) fn sftp_session_args(
     dir: &Path,
     addr: SocketAddr,
     from: &str,

@@ -1,0 +1,337 @@
+//! The web console (`/console/`, gateway/src/console) in a real browser: Debian's chromium,
+//! headless, driven through selenium and chromedriver by tests/browser/console.py, against the
+//! real binary. Admin accounts are made with `bucketgate admin account create`; OpenSSH `sftp`
+//! is the client whose transfer the console shows and disconnects, and the user the console
+//! adds logs in with it; curl earns the ban the console lifts.
+
+use crate::e2e_admin_api::{
+    api, config_ban, json, poll, sftp_login_works, sftp_session_args, sftp_works, token,
+};
+use bucketgate_tests::clients::{assert_ok, curl, sftp_batch_password};
+use bucketgate_tests::gateway::{require, run, Gateway};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+/// The address that earns the ban; the browser and the test's own calls come from 127.0.0.1.
+const OTHER: &str = "127.0.0.2";
+
+/// The browser, driven one JSON command at a time (tests/browser/console.py).
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        require("python3");
+        require("chromium");
+        require("chromedriver");
+        let probe = Command::new("python3")
+            .args(["-c", "import selenium"])
+            .output()
+            .unwrap();
+        assert!(
+            probe.status.success(),
+            "python3 cannot import selenium: run scripts/install-test-tools.sh (CI does)"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut b = Browser {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = b.read();
+        assert_eq!(ready["ready"], true, "{ready}");
+        b
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the browser driver exited");
+        json(&line)
+    }
+
+    /// One command; its answer, which must not be an error.
+    fn call(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        let out = self.read();
+        assert!(out.get("error").is_none(), "{cmd}: {out}");
+        out
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
+        let _ = self.child.wait();
+    }
+}
+
+/// `bucketgate admin account create NAME --scope SCOPE`, the password on stdin.
+fn account(dir: &Path, name: &str, scope: &str, password: &str) {
+    let (code, out, err) = run(
+        dir,
+        &["admin", "account", "create", name, "--scope", scope],
+        Some(&format!("{password}\n")),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A console login through curl from `from`: (status, body).
+fn curl_login(admin: SocketAddr, from: &str, user: &str, password: &str) -> (u16, String) {
+    let body = json!({"username": user, "password": password}).to_string();
+    let url = format!("http://{admin}/api/v1/login");
+    let out = curl(&[
+        "--interface",
+        from,
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    assert_ok("curl", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// In chromium: a wrong password is refused on the page and scored; a read-write account sees
+/// an upload in progress grow, disconnects it (the client fails, nothing is stored), lifts a
+/// ban that wrong console passwords earned, and adds a user who then logs in over OpenSSH
+/// `sftp`; a change without the CSRF token is refused; a read-only account sees the same
+/// panels with no change buttons, and the API refuses its changes; `admin account passwd`
+/// ends the account's console session.
+#[test]
+fn the_console_in_a_real_browser() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("files")).unwrap();
+    let cfg = config_ban(d, 3);
+    std::fs::write(d.join("bucketgate.yaml"), &cfg).unwrap();
+    let (ops_pw, viewer_pw) = ("ops-Console-Pw-1", "viewer-Console-Pw-2");
+    account(d, "ops", "rw", ops_pw);
+    account(d, "viewer", "ro", viewer_pw);
+    let (code, _, err) = run(
+        d,
+        &["admin", "account", "create", "ops", "--scope", "ro"],
+        Some("other\n"),
+    );
+    assert_eq!(code, 2, "a second account of a name: {err}");
+    let (code, list, _) = run(d, &["admin", "account", "list"], None);
+    assert_eq!(code, 0);
+    let names: Vec<(&str, &str)> = list
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0], f[1])
+        })
+        .collect();
+    assert_eq!(names, vec![("ops", "rw"), ("viewer", "ro")], "{list}");
+    let ro_token = token(d, "ro");
+    let gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
+    let (sftp, admin) = (gw.addr("sftp"), gw.addr("admin"));
+    let lo = "127.0.0.1";
+    let mut b = Browser::start();
+    let url = format!("http://{admin}/console/");
+    assert_eq!(b.call(json!({"op": "open", "url": url}))["view"], "login");
+
+    // A wrong password: refused on the page, logged and scored as an admin login failure.
+    let out = b.call(json!({"op": "login", "user": "ops", "password": "not-it"}));
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["message"], "wrong account name or password", "{out}");
+    assert!(
+        gw.wait_log(
+            "login failed: protocol=admin ip=127.0.0.1 user=\"ops\" reason=wrong_password",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.log_text()
+    );
+    let out = b.call(json!({"op": "login", "user": "ops", "password": ops_pw}));
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["who"], "ops (read-write)");
+    assert!(!gw.log_text().contains(ops_pw), "a password in the log");
+
+    // An upload in progress shows with its growing byte count; Disconnect ends it.
+    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.join("big.bin"), &data).unwrap();
+    let mut client = sftp_session_args(d, sftp, lo, &["-l", "800"]);
+    client
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"put big.bin up.bin\n")
+        .unwrap();
+    let id = poll("the session in the API", || {
+        let (_, body) = api(admin, "GET", "/api/v1/sessions", Some(&ro_token), lo);
+        json(&body)[0]["id"].as_str().map(str::to_string)
+    });
+    let seen = b.call(
+        json!({"op": "wait_cell", "body": "sessions-body", "key": id,
+                             "cls": "transfers", "text": "upload /up.bin: "}),
+    );
+    let first = seen["text"].as_str().unwrap().to_string();
+    let later = b.call(
+        json!({"op": "wait_change", "body": "sessions-body", "key": id,
+                              "cls": "transfers", "text": first}),
+    );
+    println!("transfer seen: {first:?}, then {:?}", later["text"]);
+    let row = b.call(json!({"op": "wait_row", "body": "sessions-body", "key": id}));
+    assert_eq!(row["cells"][0], "alice", "{row}");
+    assert_eq!(row["cells"][2], "127.0.0.1", "{row}");
+    let out =
+        b.call(json!({"op": "click", "body": "sessions-body", "key": id, "button": "disconnect"}));
+    assert!(out["notice"].as_str().unwrap().ends_with("done"), "{out}");
+    drop(client.stdin.take());
+    let exit = client.wait_with_output().unwrap();
+    assert!(
+        !exit.status.success(),
+        "the upload succeeded after the disconnect"
+    );
+    b.call(json!({"op": "wait_no_row", "body": "sessions-body", "key": id}));
+    assert!(
+        !d.join("files/up.bin").exists(),
+        "a partial upload became visible"
+    );
+    assert!(gw.wait_log(
+        &format!("audit: account=\"ops\" ip=127.0.0.1 DELETE /api/v1/sessions/{id} -> 200"),
+        Duration::from_secs(5)
+    ));
+
+    // Wrong console passwords from OTHER earn it a ban (threshold 3), on every protocol.
+    assert_eq!(curl_login(admin, OTHER, "ops", "guess-1").0, 401);
+    assert_eq!(curl_login(admin, OTHER, "nobody", "guess-2").0, 401);
+    let (code, body) = curl_login(admin, OTHER, "ops", ops_pw);
+    assert_eq!(
+        code, 403,
+        "the right password from a banned address: {body}"
+    );
+    assert!(!sftp_works(d, sftp, OTHER), "a banned address logged in");
+    b.call(json!({"op": "wait_row", "body": "bans-body", "key": OTHER}));
+    let out = b.call(json!({"op": "click", "body": "bans-body", "key": OTHER, "button": "lift"}));
+    assert!(out["notice"].as_str().unwrap().ends_with("done"), "{out}");
+    b.call(json!({"op": "wait_no_row", "body": "bans-body", "key": OTHER}));
+    assert!(
+        sftp_works(d, sftp, OTHER),
+        "the lifted ban still refused the address"
+    );
+
+    // A user added in the console logs in over SFTP and lands in the home it was given.
+    let carol_pw = "carol-Console-Pw-3";
+    let out = b.call(
+        json!({"op": "add_user", "name": "carol", "password": carol_pw,
+                            "home": "/partners/carol", "protocols": ["sftp"]}),
+    );
+    assert!(out["notice"].as_str().unwrap().ends_with("done"), "{out}");
+    b.call(json!({"op": "wait_row", "body": "users-body", "key": "carol"}));
+    std::fs::write(d.join("hello.txt"), b"from carol").unwrap();
+    let up = sftp_batch_password(sftp, "carol", carol_pw, "put hello.txt\n", d);
+    assert_ok("carol uploads", &up);
+    assert_eq!(
+        std::fs::read(d.join("files/partners/carol/hello.txt")).unwrap(),
+        b"from carol"
+    );
+
+    // The cookie alone does not make a change: the CSRF token must come with it.
+    let out = b.call(
+        json!({"op": "fetch", "method": "DELETE", "path": "/api/v1/users/carol", "csrf": false}),
+    );
+    assert_eq!(out["status"], 403, "{out}");
+    assert!(out["body"].as_str().unwrap().contains("CSRF"), "{out}");
+    assert!(
+        sftp_login_works(d, sftp, "carol", carol_pw),
+        "carol was deleted"
+    );
+
+    // Disabled from the console (checked over SFTP at the end: a refused login scores).
+    let out =
+        b.call(json!({"op": "click", "body": "users-body", "key": "carol", "button": "toggle"}));
+    assert!(out["notice"].as_str().unwrap().ends_with("done"), "{out}");
+    b.call(json!({"op": "wait_cell", "body": "users-body", "key": "carol", "cls": "state", "text": "disabled"}));
+    b.call(json!({"op": "logout"}));
+
+    // A read-only account: the same panels, no change controls; the API refuses its changes.
+    let out = b.call(json!({"op": "login", "user": "viewer", "password": viewer_pw}));
+    assert_eq!(out["who"], "viewer (read-only)", "{out}");
+    b.call(json!({"op": "wait_cell", "body": "users-body", "key": "carol", "cls": "state", "text": "disabled"}));
+    let mut client = sftp_session_args(d, sftp, lo, &[]);
+    let alice = || {
+        let (_, body) = api(admin, "GET", "/api/v1/sessions", Some(&ro_token), lo);
+        json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["user"] == "alice")
+            .map(|s| s["id"].as_str().unwrap().to_string())
+    };
+    let id = poll("alice's second session in the API", alice);
+    b.call(json!({"op": "wait_row", "body": "sessions-body", "key": id}));
+    let controls = b.call(json!({"op": "buttons"}));
+    assert_eq!(
+        controls,
+        json!({"buttons": ["Log out"], "user_form": false}),
+        "{controls}"
+    );
+    let out = b.call(json!({"op": "fetch", "method": "DELETE",
+                            "path": format!("/api/v1/sessions/{id}"), "csrf": true}));
+    assert_eq!(out["status"], 403, "{out}");
+    assert!(
+        out["body"]
+            .as_str()
+            .unwrap()
+            .contains("this account is read-only"),
+        "{out}"
+    );
+    assert_eq!(
+        alice(),
+        Some(id),
+        "the read-only account disconnected a session"
+    );
+    assert!(client.try_wait().unwrap().is_none(), "the session ended");
+    drop(client.stdin.take());
+    let _ = client.wait();
+
+    // A new password ends the account's console sessions: the page falls back to the login.
+    let (code, _, err) = run(
+        d,
+        &["admin", "account", "passwd", "viewer"],
+        Some("new-Viewer-Pw-4\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = b.call(json!({"op": "wait_login"}));
+    assert!(
+        out["message"].as_str().unwrap().contains("log in again"),
+        "{out}"
+    );
+    let out = b.call(json!({"op": "login", "user": "viewer", "password": viewer_pw}));
+    assert_eq!(out["ok"], false, "the old password still works: {out}");
+    let out = b.call(json!({"op": "login", "user": "viewer", "password": "new-Viewer-Pw-4"}));
+    assert_eq!(out["ok"], true, "{out}");
+
+    // Last (its refusal scores towards a ban of 127.0.0.1): the disabled user is refused.
+    assert!(
+        !sftp_login_works(d, sftp, "carol", carol_pw),
+        "a disabled user logged in"
+    );
+}
