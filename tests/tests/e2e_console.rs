@@ -335,3 +335,242 @@ fn the_console_in_a_real_browser() {
         "a disabled user logged in"
     );
 }
+
+/// One HTTPS request with curl from `from`, trusting `cacert`, with the cookie jar `jar`
+/// (read and written) and extra headers: (status, response headers, body).
+fn https(
+    admin: SocketAddr,
+    cacert: &str,
+    jar: &Path,
+    from: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let url = format!("https://{admin}{path}");
+    let jar = jar.to_str().unwrap();
+    let mut args = vec![
+        "--cacert",
+        cacert,
+        "--interface",
+        from,
+        "-X",
+        method,
+        "-b",
+        jar,
+        "-c",
+        jar,
+        "-D",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    if let Some(b) = body {
+        args.extend(["--data-binary", b]);
+    }
+    args.push(&url);
+    let out = curl(&args);
+    assert_ok("curl", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (rest, code) = text.rsplit_once('\n').unwrap();
+    let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    (code.parse().unwrap(), head.to_lowercase(), body.to_string())
+}
+
+/// The console's HTTP side with curl, on an HTTPS admin listener: the page is served with a
+/// policy that allows only its own origin; the session cookie is HttpOnly, SameSite=Strict and
+/// Secure, and stands for the account's scope; a change with the cookie needs the CSRF token; a
+/// login must be JSON; asking `whoami` without credentials scores nothing, a guessed session
+/// secret does; PATCH changes a runtime user's password and keeps its key; logout and
+/// `admin account delete` end sessions.
+#[test]
+fn console_sessions_over_https() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("files")).unwrap();
+    let (cert, key) = bucketgate_tests::clients::self_signed_certificate(d);
+    let cfg = config_ban(d, 3).replace(
+        r#"admin: { listen: "127.0.0.1:0" }"#,
+        &format!(r#"admin: {{ listen: "127.0.0.1:0", tls: {{ cert: "{cert}", key: "{key}" }} }}"#),
+    );
+    std::fs::write(d.join("bucketgate.yaml"), &cfg).unwrap();
+    let pw = "ops-Https-Pw-5";
+    account(d, "ops", "rw", pw);
+    let gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
+    let (sftp, admin) = (gw.addr("sftp"), gw.addr("admin"));
+    let jar = d.join("cookies.txt");
+    let req = |from: &str, method: &str, path: &str, headers: &[&str], body: Option<&str>| {
+        https(admin, &cert, &jar, from, method, path, headers, body)
+    };
+    let lo = "127.0.0.1";
+    let json_type = "Content-Type: application/json";
+
+    // The page: no login needed to load it, only its own origin allowed.
+    let (code, head, body) = req(lo, "GET", "/console/", &[], None);
+    assert_eq!(code, 200);
+    assert!(body.contains("<script src=\"app.js\""), "{body}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    let (code, head, body) = req(lo, "GET", "/console/app.js", &[], None);
+    assert_eq!(code, 200);
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(body.contains("/api/v1/login"));
+    let (code, head, _) = req(lo, "GET", "/console", &[], None);
+    assert_eq!(
+        (code, head.contains("location: /console/")),
+        (308, true),
+        "{head}"
+    );
+
+    // Opening the console without a session asks whoami: 401, scored nothing.
+    for _ in 0..5 {
+        let (code, _, body) = req(OTHER, "GET", "/api/v1/whoami", &[], None);
+        assert_eq!((code, body.trim()), (401, r#"{"error":"not logged in"}"#));
+    }
+    // A login must be JSON (a form posted by another site cannot be).
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let login = json!({"username": "ops", "password": pw}).to_string();
+    let (code, head, _) = req(OTHER, "POST", "/api/v1/login", &[form], Some(&login));
+    assert_eq!(code, 415);
+    assert!(!head.contains("set-cookie"), "{head}");
+    let (code, head, body) = req(OTHER, "POST", "/api/v1/login", &[json_type], Some(&login));
+    assert_eq!(code, 200, "{body}; OTHER was banned by whoami or the 415?");
+    let cookie_line = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: bg_console="))
+        .unwrap_or_else(|| panic!("no cookie: {head}"))
+        .to_string();
+    for attr in [
+        "httponly",
+        "samesite=strict",
+        "secure",
+        "path=/api/",
+        "max-age=28800",
+    ] {
+        assert!(cookie_line.contains(attr), "{attr} missing: {cookie_line}");
+    }
+    let who = json(&body);
+    assert_eq!(
+        (who["kind"].as_str(), who["scope"].as_str()),
+        (Some("account"), Some("rw"))
+    );
+    let csrf = format!("X-CSRF-Token: {}", who["csrf"].as_str().unwrap());
+
+    // The cookie reads; a change needs the CSRF token too.
+    let (code, _, body) = req(OTHER, "GET", "/api/v1/sessions", &[], None);
+    assert_eq!((code, body.trim()), (200, "[]"));
+    let (_, public) = bucketgate_tests::clients::keygen(d, "dave_key");
+    let spec =
+        json!({"password": "dave-Pw-1", "home": "/dave", "public_keys": [public]}).to_string();
+    let (code, _, body) = req(
+        OTHER,
+        "PUT",
+        "/api/v1/users/dave",
+        &[json_type],
+        Some(&spec),
+    );
+    assert_eq!(
+        (code, json(&body)["error"].as_str()),
+        (403, Some("missing or wrong CSRF token"))
+    );
+    let (code, _, body) = req(
+        OTHER,
+        "PUT",
+        "/api/v1/users/dave",
+        &[json_type, &csrf],
+        Some(&spec),
+    );
+    assert_eq!(code, 200, "{body}");
+    // PATCH: a new password, the key kept.
+    let patch = json!({"password": "dave-Pw-2"}).to_string();
+    let (code, _, body) = req(
+        OTHER,
+        "PATCH",
+        "/api/v1/users/dave",
+        &[json_type, &csrf],
+        Some(&patch),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, _, body) = req(OTHER, "GET", "/api/v1/users", &[], None);
+    assert_eq!(json(&body)[0]["public_keys"], 1, "{body}");
+    assert!(
+        sftp_login_works(d, sftp, "dave", "dave-Pw-2"),
+        "the new password"
+    );
+    let key_login =
+        bucketgate_tests::clients::sftp_batch(sftp, "dave", &d.join("dave_key"), "ls\n", d);
+    assert_ok("dave's key after the PATCH", &key_login);
+    assert!(gw
+        .log_text()
+        .contains("audit: account=\"ops\" ip=127.0.0.2 PATCH /api/v1/users/dave -> 200"));
+
+    // A guessed secret for the live session: refused and scored.
+    let jar_text = std::fs::read_to_string(&jar).unwrap();
+    let value = jar_text
+        .lines()
+        .find_map(|l| l.split('\t').nth(6).filter(|_| l.contains("bg_console")))
+        .unwrap()
+        .to_string();
+    let (id, _) = value.split_once('_').unwrap();
+    let guess = format!("Cookie: bg_console={id}_{}", "0".repeat(64));
+    let (code, _, _) = https(
+        admin,
+        &cert,
+        &d.join("none.txt"),
+        lo,
+        "GET",
+        "/api/v1/sessions",
+        &[&guess],
+        None,
+    );
+    assert_eq!(code, 401);
+    assert!(gw.wait_log(
+        &format!("login failed: protocol=admin ip=127.0.0.1 user=\"{id}\" reason=wrong_session"),
+        Duration::from_secs(5)
+    ));
+
+    // Logout ends the session: the old cookie is refused, without a score.
+    let (code, head, _) = req(OTHER, "POST", "/api/v1/logout", &[&csrf], None);
+    assert_eq!(code, 200);
+    assert!(
+        head.contains(
+            "set-cookie: bg_console=; path=/api/; httponly; samesite=strict; max-age=0; secure"
+        ),
+        "{head}"
+    );
+    let stale = format!("Cookie: bg_console={value}");
+    for _ in 0..4 {
+        let (code, _, body) = https(
+            admin,
+            &cert,
+            &d.join("none.txt"),
+            OTHER,
+            "GET",
+            "/api/v1/bans",
+            &[&stale],
+            None,
+        );
+        assert_eq!(code, 401, "{body}");
+        assert!(body.contains("the session has ended"), "{body}");
+    }
+    // Deleting the account ends its sessions at once.
+    let (code, _, body) = req(OTHER, "POST", "/api/v1/login", &[json_type], Some(&login));
+    assert_eq!(code, 200, "OTHER was banned by the stale cookie: {body}");
+    let (code, _, _) = req(OTHER, "GET", "/api/v1/whoami", &[], None);
+    assert_eq!(code, 200);
+    let (code, _, err) = run(d, &["admin", "account", "delete", "ops"], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, body) = req(OTHER, "GET", "/api/v1/whoami", &[], None);
+    assert_eq!(code, 401, "{body}");
+    let (code, _, _) = run(d, &["admin", "account", "delete", "ops"], None);
+    assert_eq!(code, 2);
+    assert!(!gw.log_text().contains(pw), "a password in the log");
+}
