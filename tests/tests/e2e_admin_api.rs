@@ -660,6 +660,9 @@ fn generated_requests_never_get_a_server_error() {
         "x",
         "demo",
         "%20",
+        "login",
+        "logout",
+        "whoami",
     ];
     let methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
     let keys = [

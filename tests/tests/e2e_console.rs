@@ -336,49 +336,58 @@ fn the_console_in_a_real_browser() {
     );
 }
 
-/// One HTTPS request with curl from `from`, trusting `cacert`, with the cookie jar `jar`
-/// (read and written) and extra headers: (status, response headers, body).
-fn https(
+/// curl over HTTPS to the admin listener, trusting `cacert`, with the cookie jar `jar` (read
+/// and written).
+struct Https<'a> {
     admin: SocketAddr,
-    cacert: &str,
-    jar: &Path,
-    from: &str,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-    body: Option<&str>,
-) -> (u16, String, String) {
-    let url = format!("https://{admin}{path}");
-    let jar = jar.to_str().unwrap();
-    let mut args = vec![
-        "--cacert",
-        cacert,
-        "--interface",
-        from,
-        "-X",
-        method,
-        "-b",
-        jar,
-        "-c",
-        jar,
-        "-D",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ];
-    for h in headers {
-        args.extend(["-H", h]);
+    cacert: &'a str,
+    jar: std::path::PathBuf,
+}
+
+impl Https<'_> {
+    /// One request from `from` with extra headers: (status, response headers in lower case,
+    /// body).
+    fn req(
+        &self,
+        from: &str,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: Option<&str>,
+    ) -> (u16, String, String) {
+        let (admin, cacert) = (self.admin, self.cacert);
+        let url = format!("https://{admin}{path}");
+        let jar = self.jar.to_str().unwrap();
+        let mut args = vec![
+            "--cacert",
+            cacert,
+            "--interface",
+            from,
+            "-X",
+            method,
+            "-b",
+            jar,
+            "-c",
+            jar,
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        if let Some(b) = body {
+            args.extend(["--data-binary", b]);
+        }
+        args.push(&url);
+        let out = curl(&args);
+        assert_ok("curl", &out);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (rest, code) = text.rsplit_once('\n').unwrap();
+        let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        (code.parse().unwrap(), head.to_lowercase(), body.to_string())
     }
-    if let Some(b) = body {
-        args.extend(["--data-binary", b]);
-    }
-    args.push(&url);
-    let out = curl(&args);
-    assert_ok("curl", &out);
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (rest, code) = text.rsplit_once('\n').unwrap();
-    let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
-    (code.parse().unwrap(), head.to_lowercase(), body.to_string())
 }
 
 /// The console's HTTP side with curl, on an HTTPS admin listener: the page is served with a
@@ -404,8 +413,19 @@ fn console_sessions_over_https() {
     let gw = Gateway::start(d, &cfg, &["sftp", "admin"]);
     let (sftp, admin) = (gw.addr("sftp"), gw.addr("admin"));
     let jar = d.join("cookies.txt");
+    let client = Https {
+        admin,
+        cacert: &cert,
+        jar: jar.clone(),
+    };
+    // Without the jar: the cookies a test sends by hand.
+    let bare = Https {
+        admin,
+        cacert: &cert,
+        jar: d.join("none.txt"),
+    };
     let req = |from: &str, method: &str, path: &str, headers: &[&str], body: Option<&str>| {
-        https(admin, &cert, &jar, from, method, path, headers, body)
+        client.req(from, method, path, headers, body)
     };
     let lo = "127.0.0.1";
     let json_type = "Content-Type: application/json";
@@ -521,16 +541,7 @@ fn console_sessions_over_https() {
         .to_string();
     let (id, _) = value.split_once('_').unwrap();
     let guess = format!("Cookie: bg_console={id}_{}", "0".repeat(64));
-    let (code, _, _) = https(
-        admin,
-        &cert,
-        &d.join("none.txt"),
-        lo,
-        "GET",
-        "/api/v1/sessions",
-        &[&guess],
-        None,
-    );
+    let (code, _, _) = bare.req(lo, "GET", "/api/v1/sessions", &[&guess], None);
     assert_eq!(code, 401);
     assert!(gw.wait_log(
         &format!("login failed: protocol=admin ip=127.0.0.1 user=\"{id}\" reason=wrong_session"),
@@ -548,16 +559,7 @@ fn console_sessions_over_https() {
     );
     let stale = format!("Cookie: bg_console={value}");
     for _ in 0..4 {
-        let (code, _, body) = https(
-            admin,
-            &cert,
-            &d.join("none.txt"),
-            OTHER,
-            "GET",
-            "/api/v1/bans",
-            &[&stale],
-            None,
-        );
+        let (code, _, body) = bare.req(OTHER, "GET", "/api/v1/bans", &[&stale], None);
         assert_eq!(code, 401, "{body}");
         assert!(body.contains("the session has ended"), "{body}");
     }
