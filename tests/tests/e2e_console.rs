@@ -329,6 +329,16 @@ fn the_console_in_a_real_browser() {
     let out = b.call(json!({"op": "login", "user": "viewer", "password": "new-Viewer-Pw-4"}));
     assert_eq!(out["ok"], true, "{out}");
 
+    // The console itself never sent a request without its cookie (logging out, a session
+    // ending), which would have counted against its user's address.
+    let log = gw.log_text();
+    for reason in ["no_token", "malformed_session", "wrong_session"] {
+        assert!(
+            !log.contains(&format!("reason={reason}")),
+            "the console scored against itself ({reason}):\n{log}"
+        );
+    }
+
     // Last (its refusal scores towards a ban of 127.0.0.1): the disabled user is refused.
     assert!(
         !sftp_login_works(d, sftp, "carol", carol_pw),
@@ -482,6 +492,8 @@ fn console_sessions_over_https() {
         (who["kind"].as_str(), who["scope"].as_str()),
         (Some("account"), Some("rw"))
     );
+    let left = who["expires_in"].as_u64().unwrap();
+    assert!((28_700..=28_800).contains(&left), "{who}");
     let csrf = format!("X-CSRF-Token: {}", who["csrf"].as_str().unwrap());
 
     // The cookie reads; a change needs the CSRF token too.

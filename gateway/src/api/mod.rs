@@ -162,6 +162,22 @@ fn error(status: StatusCode, msg: &str) -> Resp {
     json_resp(status, &json!({ "error": msg }))
 }
 
+/// What `whoami` and the login answer for a console session: the account, and what the console
+/// needs (the CSRF token, the seconds until the session ends).
+fn account_json(s: &ConsoleSession, a: &AdminAccount) -> Value {
+    let left = s
+        .expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    json!({
+        "kind": "account",
+        "name": a.name,
+        "scope": a.scope.name(),
+        "csrf": s.csrf,
+        "expires_in": left.as_secs(),
+    })
+}
+
 /// A store failure: logged, and a 500 that says only that.
 fn store_error(e: bucketgate_state::StateError) -> Resp {
     tracing::error!("admin API: {e}");
@@ -301,10 +317,7 @@ impl Api {
                     StatusCode::OK,
                     &json!({ "kind": "token", "id": t.id, "name": t.name, "scope": t.scope.name() }),
                 ),
-                Principal::Account(s, a) => json_resp(
-                    StatusCode::OK,
-                    &json!({ "kind": "account", "name": a.name, "scope": a.scope.name(), "csrf": s.csrf }),
-                ),
+                Principal::Account(s, a) => json_resp(StatusCode::OK, &account_json(s, a)),
             },
             Op::Logout => match &who {
                 Principal::Token(_) => error(
@@ -397,10 +410,7 @@ impl Api {
                     account.name,
                     account.scope.name()
                 );
-                let mut r = json_resp(
-                    StatusCode::OK,
-                    &json!({ "kind": "account", "name": account.name, "scope": account.scope.name(), "csrf": session.csrf }),
-                );
+                let mut r = json_resp(StatusCode::OK, &account_json(&session, &account));
                 if let Ok(v) = HeaderValue::from_str(&accounts::set_cookie(Some(&cookie), self.tls))
                 {
                     r.headers_mut().insert(SET_COOKIE, v);

@@ -5,7 +5,7 @@
 "use strict";
 
 const REFRESH_MS = 2000;
-const state = { csrf: null, scope: null, timer: null, editing: null };
+const state = { csrf: null, scope: null, timer: null, expiry: null, refreshing: false, editing: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props, ...children) {
@@ -199,9 +199,19 @@ async function refreshRemotes() {
   ]);
 }
 
+/// One refresh of every panel. The sessions first, alone: if the login has ended, that one
+/// request learns it (and its answer makes the browser drop the cookie) before any other is
+/// sent, so the console never sends requests without its cookie, which the gateway would count
+/// as failed logins of this address.
 async function refresh() {
-  if (!state.scope) return;
-  await Promise.all([refreshSessions(), refreshBans(), refreshUsers(), refreshSync(), refreshRemotes()]);
+  if (!state.scope || state.refreshing) return;
+  state.refreshing = true;
+  try {
+    await refreshSessions();
+    if (state.scope) await Promise.all([refreshBans(), refreshUsers(), refreshSync(), refreshRemotes()]);
+  } finally {
+    state.refreshing = false;
+  }
 }
 
 function userForm(u) {
@@ -260,9 +270,14 @@ async function submitUser(ev) {
   else $("user-error").textContent = (r.data && r.data.error) || "HTTP " + r.status;
 }
 
-function showLogin(message) {
+function stopRefreshing() {
   clearInterval(state.timer);
+  clearTimeout(state.expiry);
   state.timer = null;
+}
+
+function showLogin(message) {
+  stopRefreshing();
   state.scope = null;
   state.csrf = null;
   $("console").hidden = true;
@@ -285,9 +300,14 @@ function showConsole(who) {
   for (const e of document.querySelectorAll("th.rw")) e.hidden = !rw();
   $("user-form").hidden = !rw();
   userForm(null);
+  stopRefreshing();
   refresh();
-  clearInterval(state.timer);
   state.timer = setInterval(refresh, REFRESH_MS);
+  // Stop a little before the session (and its cookie) ends, rather than poll without it.
+  if (typeof who.expires_in === "number") {
+    state.expiry = setTimeout(() => showLogin("the session has ended: log in again"),
+      Math.max(0, who.expires_in - 5) * 1000);
+  }
 }
 
 async function login(ev) {
@@ -303,6 +323,7 @@ async function login(ev) {
 }
 
 async function logout() {
+  stopRefreshing();
   await api("POST", "/api/v1/logout");
   showLogin("logged out");
 }
