@@ -265,20 +265,34 @@ impl Api {
             return error(StatusCode::FORBIDDEN, "this address is banned");
         }
         let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
-        let body = if matches!(op, Op::PutUser | Op::PatchUser | Op::Login) {
+        // A body is read only where a route takes one, and only from an authenticated caller
+        // (the login's is its credential).
+        let read_body = |body: hyper::body::Incoming| async move {
             match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+                Ok(b) => Ok(b.to_bytes()),
+                Err(_) => Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is too large",
+                )),
             }
-        } else {
-            Bytes::new()
         };
         if op == Op::Login {
-            return self.console_login(&req, peer, &body).await;
+            return match read_body(body).await {
+                Ok(b) => self.console_login(&req, peer, &b).await,
+                Err(r) => r,
+            };
         }
         let who = match self.authenticate(&req, peer, op).await {
             Ok(t) => t,
             Err(r) => return r,
+        };
+        let body = if matches!(op, Op::PutUser | Op::PatchUser) {
+            match read_body(body).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            }
+        } else {
+            Bytes::new()
         };
         if let (true, Principal::Account(session, a)) = (writes, &who) {
             let presented = req
