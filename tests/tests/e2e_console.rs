@@ -116,7 +116,8 @@ fn curl_login(admin: SocketAddr, from: &str, user: &str, password: &str) -> (u16
 }
 
 /// In chromium: a wrong password is refused on the page and scored; a read-write account sees
-/// an upload in progress grow, disconnects it (the client fails, nothing is stored), lifts a
+/// a remote down and a sync job's failed run with its error, runs the job again, sees an
+/// upload in progress grow, disconnects it (the client fails, nothing is stored), lifts a
 /// ban that wrong console passwords earned, and adds a user who then logs in over OpenSSH
 /// `sftp`; a change without the CSRF token is refused; a read-only account sees the same
 /// panels with no change buttons, and the API refuses its changes; `admin account passwd`
@@ -127,8 +128,32 @@ fn the_console_in_a_real_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::create_dir_all(d.join("files")).unwrap();
-    let cfg = config_ban(d, 3);
+    // A remote nobody listens on, and a sync job to it that has failed once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = format!(
+        r#"{}remotes:
+  - name: partner
+    endpoint: http://127.0.0.1:{port}
+    bucket: feed
+    access_key_id: AKIAEXAMPLE
+    secret_access_key: secret-example-key
+syncs:
+  - name: outbound
+    path: /out
+    remote: partner
+    direction: push
+"#,
+        config_ban(d, 3)
+    );
+    std::fs::create_dir_all(d.join("files/out")).unwrap();
+    std::fs::write(d.join("files/out/a.txt"), b"a").unwrap();
     std::fs::write(d.join("bucketgate.yaml"), &cfg).unwrap();
+    let (code, _, err) = run(d, &["sync", "run", "outbound"], None);
+    assert_eq!(code, 1, "{err}");
     let (ops_pw, viewer_pw) = ("ops-Console-Pw-1", "viewer-Console-Pw-2");
     account(d, "ops", "rw", ops_pw);
     account(d, "viewer", "ro", viewer_pw);
@@ -171,6 +196,30 @@ fn the_console_in_a_real_browser() {
     let out = b.call(json!({"op": "login", "user": "ops", "password": ops_pw}));
     assert_eq!(out["ok"], true, "{out}");
     assert_eq!(out["who"], "ops (read-write)");
+
+    // The remote's health and the sync job's failed run with its error; "Run now" adds one.
+    b.call(
+        json!({"op": "wait_cell", "body": "remotes-body", "key": "partner",
+                  "cls": "state-down", "text": "down"}),
+    );
+    let runs = b.call(
+        json!({"op": "wait_cell", "body": "sync-body", "key": "outbound",
+                             "cls": "runs", "text": "failed"}),
+    );
+    let runs = runs["text"].as_str().unwrap().to_string();
+    assert!(runs.contains("error: "), "{runs}");
+    let out =
+        b.call(json!({"op": "click", "body": "sync-body", "key": "outbound", "button": "run"}));
+    assert_eq!(out["notice"], "run outbound: done", "{out}");
+    let two = b.call(
+        json!({"op": "wait_change", "body": "sync-body", "key": "outbound",
+                            "cls": "runs", "text": runs}),
+    );
+    assert_eq!(
+        two["text"].as_str().unwrap().matches("failed").count(),
+        2,
+        "{two}"
+    );
     assert!(!gw.log_text().contains(ops_pw), "a password in the log");
 
     // An upload in progress shows with its growing byte count; Disconnect ends it.
