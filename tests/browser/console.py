@@ -19,6 +19,8 @@ Commands (op and arguments):
   add_user name password home protocols
                                fill in the user form and submit it; answers the notice and
                                the form's own message
+  edit_user name password      "Edit" in the user's row, a new password in the form, "Save
+                               changes"; answers the notice and the form's own message
   buttons                      the change controls on the page: visible buttons other than
                                "Log out", and whether the user form shows
   fetch method path csrf       a fetch() from the page (its cookie; the CSRF token only when
@@ -139,6 +141,18 @@ def handle(driver, c):
             box = driver.find_element(By.ID, "user-" + p)
             if box.is_selected() != (p in c["protocols"]):
                 box.click()
+        driver.find_element(By.ID, "user-submit").click()
+        return {"notice": notice_after(driver, before),
+                "form_message": driver.find_element(By.ID, "user-error").text}
+    if op == "edit_user":
+        before = driver.find_element(By.ID, "notice").text
+        wait(driver, f"button edit in row {c['name']}", lambda:
+             row(driver, "users-body", c["name"]).find_element(By.CSS_SELECTOR, "button.edit").click() or True)
+        wait(driver, "the form to change the user", lambda:
+             driver.find_element(By.ID, "user-form-title").text == f"Change {c['name']}")
+        e = driver.find_element(By.ID, "user-password")
+        e.clear()
+        e.send_keys(c["password"])
         driver.find_element(By.ID, "user-submit").click()
         return {"notice": notice_after(driver, before),
                 "form_message": driver.find_element(By.ID, "user-error").text}

@@ -115,13 +115,16 @@ fn curl_login(admin: SocketAddr, from: &str, user: &str, password: &str) -> (u16
     (code.parse().unwrap(), body.to_string())
 }
 
-/// In chromium: a wrong password is refused on the page and scored; a read-write account sees
-/// a remote down and a sync job's failed run with its error, runs the job again, sees an
-/// upload in progress grow, disconnects it (the client fails, nothing is stored), lifts a
-/// ban that wrong console passwords earned, and adds a user who then logs in over OpenSSH
-/// `sftp`; a change without the CSRF token is refused; a read-only account sees the same
-/// panels with no change buttons, and the API refuses its changes; `admin account passwd`
-/// ends the account's console session.
+/// In chromium: a wrong password is refused on the page and logged as a failed admin login; a
+/// read-write account sees a remote down and a sync job's failed run with its error, runs the
+/// job again, sees an upload in progress grow, disconnects it (the client fails, nothing is
+/// stored), lifts the ban that wrong console passwords from another address earned (that
+/// address then logs in over SFTP again), adds a user who then logs in over OpenSSH `sftp`,
+/// sets her password and disables her; a change without the CSRF token is refused; a
+/// read-only account sees the same panels with no change buttons, and the API refuses its
+/// changes; `admin account passwd` ends the account's console session; the console never
+/// sends a request that scores against its own address; a read-write account deletes the
+/// user.
 #[test]
 fn the_console_in_a_real_browser() {
     require("curl");
@@ -147,8 +150,14 @@ syncs:
     remote: partner
     direction: push
 "#,
-        config_ban(d, 3)
+        // The browser and the test's clients come from 127.0.0.1, safelisted: their refusals
+        // are logged but never ban it; OTHER earns the ban.
+        config_ban(d, 5).replace(
+            "duration: 1h }",
+            r#"duration: 1h, safelist: ["127.0.0.1"] }"#
+        )
     );
+    assert!(cfg.contains("safelist"), "{cfg}");
     std::fs::create_dir_all(d.join("files/out")).unwrap();
     std::fs::write(d.join("files/out/a.txt"), b"a").unwrap();
     std::fs::write(d.join("bucketgate.yaml"), &cfg).unwrap();
@@ -181,7 +190,8 @@ syncs:
     let url = format!("http://{admin}/console/");
     assert_eq!(b.call(json!({"op": "open", "url": url}))["view"], "login");
 
-    // A wrong password: refused on the page, logged and scored as an admin login failure.
+    // A wrong password: refused on the page, logged as an admin login failure (127.0.0.1 is
+    // safelisted here; the scoring is OTHER's, below).
     let out = b.call(json!({"op": "login", "user": "ops", "password": "not-it"}));
     assert_eq!(out["ok"], false, "{out}");
     assert_eq!(out["message"], "wrong account name or password", "{out}");
@@ -268,9 +278,11 @@ syncs:
         Duration::from_secs(5)
     ));
 
-    // Wrong console passwords from OTHER earn it a ban (threshold 3), on every protocol.
+    // Wrong console passwords from OTHER earn it a ban (threshold 5: a wrong password scores 1,
+    // an unknown account 2), on every protocol.
     assert_eq!(curl_login(admin, OTHER, "ops", "guess-1").0, 401);
     assert_eq!(curl_login(admin, OTHER, "nobody", "guess-2").0, 401);
+    assert_eq!(curl_login(admin, OTHER, "nobody", "guess-3").0, 401);
     let (code, body) = curl_login(admin, OTHER, "ops", ops_pw);
     assert_eq!(
         code, 403,
@@ -313,11 +325,25 @@ syncs:
         "carol was deleted"
     );
 
-    // Disabled from the console (checked over SFTP at the end: a refused login scores).
+    // A new password through "Edit": the new one logs in.
+    let new_pw = "carol-Console-Pw-4";
+    let out = b.call(json!({"op": "edit_user", "name": "carol", "password": new_pw}));
+    assert_eq!(out["notice"], "change carol: done", "{out}");
+    assert!(
+        sftp_login_works(d, sftp, "carol", new_pw),
+        "the new password"
+    );
+    let carol_pw = new_pw;
+
+    // Disabled from the console: carol can no longer log in.
     let out =
         b.call(json!({"op": "click", "body": "users-body", "key": "carol", "button": "toggle"}));
     assert!(out["notice"].as_str().unwrap().ends_with("done"), "{out}");
     b.call(json!({"op": "wait_cell", "body": "users-body", "key": "carol", "cls": "state", "text": "disabled"}));
+    assert!(
+        !sftp_login_works(d, sftp, "carol", carol_pw),
+        "a disabled user logged in"
+    );
     b.call(json!({"op": "logout"}));
 
     // A read-only account: the same panels, no change controls; the API refuses its changes.
@@ -388,11 +414,16 @@ syncs:
         );
     }
 
-    // Last (its refusal scores towards a ban of 127.0.0.1): the disabled user is refused.
-    assert!(
-        !sftp_login_works(d, sftp, "carol", carol_pw),
-        "a disabled user logged in"
-    );
+    // Delete, from a read-write account.
+    b.call(json!({"op": "logout"}));
+    let out = b.call(json!({"op": "login", "user": "ops", "password": ops_pw}));
+    assert_eq!(out["ok"], true, "{out}");
+    let out =
+        b.call(json!({"op": "click", "body": "users-body", "key": "carol", "button": "delete"}));
+    assert_eq!(out["notice"], "delete carol: done", "{out}");
+    b.call(json!({"op": "wait_no_row", "body": "users-body", "key": "carol"}));
+    let (_, users) = api(admin, "GET", "/api/v1/users", Some(&ro_token), lo);
+    assert_eq!(json(&users), json!([]));
 }
 
 /// curl over HTTPS to the admin listener, trusting `cacert`, with the cookie jar `jar` (read
