@@ -10,13 +10,15 @@ fi
 
 # Debian packages: OpenSSH clients (sftp, scp, ssh-keygen), lftp, curl with sftp support,
 # rclone, openssl for test certificates, a JDK (javac) for the Java client programs, and a
-# one-node Ceph with its S3 gateway for scripts/rgw.sh (about 40 s to install), and make (jemalloc
-# is built from source by tikv-jemalloc-sys).
+# one-node Ceph with its S3 gateway for scripts/rgw.sh (about 40 s to install), make (jemalloc
+# is built from source by tikv-jemalloc-sys), and the browser of the web console's test
+# (tests/tests/e2e_console.rs): Debian's chromium with its matching chromedriver.
 need=()
 for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lftp:lftp \
             curl:curl rclone:rclone openssl:openssl javac:default-jdk-headless \
             java:default-jdk-headless ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw \
-            radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common make:make; do
+            radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common make:make \
+            chromium:chromium chromedriver:chromium-driver; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -69,8 +71,15 @@ if ! command -v garage >/dev/null 2>&1; then
   }
 fi
 
+# selenium: drives chromium through Debian's chromedriver for the web console's test (the
+# test names that driver, so selenium never downloads one).
+if ! python3 -c 'import selenium' >/dev/null 2>&1; then
+  echo "installing selenium"
+  python3 -m pip install --quiet selenium
+fi
+
 for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage javac java \
-           ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool; do
+           ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool chromium chromedriver; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "missing after install: $cmd" >&2; exit 1; }
 done
 for file in /usr/share/java/jsch.jar /usr/share/java/commons-net.jar; do
@@ -78,3 +87,4 @@ for file in /usr/share/java/jsch.jar /usr/share/java/commons-net.jar; do
 done
 python3 -c 'import paramiko' || { echo "missing after install: paramiko" >&2; exit 1; }
 python3 -c 'import pyftpdlib' || { echo "missing after install: pyftpdlib" >&2; exit 1; }
+python3 -c 'import selenium' || { echo "missing after install: selenium" >&2; exit 1; }

@@ -1,5 +1,6 @@
-//! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, and the REST API under `/api/`
-//! (handed to [`crate::api`]).
+//! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, the REST API under `/api/`
+//! (handed to [`crate::api`]) and the web console's page under `/console/`
+//! ([`crate::console`]).
 //!
 //! HTTP/1.1 on hyper (already built for reqwest), GET and HEAD only outside `/api/`, one
 //! request per connection: the load balancer's probes and Prometheus need nothing more. At most
@@ -321,6 +322,12 @@ pub async fn serve(
                     // The admin API (gateway/src/api) when the state store is open.
                     if let (Some(api), true) = (&api, req.uri().path().starts_with("/api/")) {
                         return Ok::<_, Infallible>(api.handle(req, peer.ip()).await);
+                    }
+                    // The web console's static page (gateway/src/console), over that API.
+                    if api.is_some() && matches!(*req.method(), Method::GET | Method::HEAD) {
+                        if let Some(r) = crate::console::respond(req.uri().path()) {
+                            return Ok::<_, Infallible>(r);
+                        }
                     }
                     Ok::<_, Infallible>(respond(&health, &req).await)
                 }

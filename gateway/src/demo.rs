@@ -58,6 +58,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// `bucketgate hash-password`: reads one password (a prompt on a terminal, else the first
 /// line of stdin) and prints its argon2id hash.
 pub fn hash_password_command() -> Result<(), Exit> {
+    let password = read_new_password()?;
+    println!("{}", hash_password(&password));
+    Ok(())
+}
+
+/// A new password: typed twice at a terminal prompt (not echoed), else the first line of
+/// stdin. Never from the command line, where `ps` and the shell history would show it.
+pub fn read_new_password() -> Result<String, Exit> {
     let password = if std::io::stdin().is_terminal() {
         let p = rpassword::prompt_password("Password: ")
             .map_err(|e| Exit::runtime(format!("cannot read the password: {e}")))?;
@@ -77,6 +85,5 @@ pub fn hash_password_command() -> Result<(), Exit> {
     if password.is_empty() {
         return Err(Exit::usage("empty password"));
     }
-    println!("{}", hash_password(&password));
-    Ok(())
+    Ok(password)
 }

@@ -19,6 +19,7 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 mod admin;
 mod api;
 mod cmd;
+mod console;
 mod demo;
 mod syncstore;
 mod wiring;
@@ -63,7 +64,7 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
-    /// The admin API's tokens (docs/admin-api.md)
+    /// The admin API's tokens and the web console's accounts (docs/admin-api.md)
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
@@ -76,6 +77,44 @@ enum AdminCommand {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Admin accounts: people who log in to the web console
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; its password is read from stdin or a prompt, never the command line
+    Create {
+        /// The login name
+        name: String,
+        /// `ro` (sees everything, changes nothing) or `rw`
+        #[arg(long, default_value = "ro")]
+        scope: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// List the accounts (name, scope, created)
+    List {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Delete an account; its console sessions end at once
+    Delete {
+        /// The login name
+        name: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Set an account's password (stdin or a prompt); its console sessions end
+    Passwd {
+        /// The login name
+        name: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
 }
 
@@ -203,6 +242,16 @@ fn main() -> ExitCode {
             TokenCommand::Create { scope, name, cfg } => cmd::admin::create(&cfg, &scope, &name),
             TokenCommand::List { cfg } => cmd::admin::list(&cfg),
             TokenCommand::Revoke { id, cfg } => cmd::admin::revoke(&cfg, &id),
+        },
+        Command::Admin {
+            command: AdminCommand::Account { command },
+        } => match command {
+            AccountCommand::Create { name, scope, cfg } => {
+                cmd::admin::account_create(&cfg, &name, &scope)
+            }
+            AccountCommand::List { cfg } => cmd::admin::account_list(&cfg),
+            AccountCommand::Delete { name, cfg } => cmd::admin::account_delete(&cfg, &name),
+            AccountCommand::Passwd { name, cfg } => cmd::admin::account_passwd(&cfg, &name),
         },
     };
     match result {

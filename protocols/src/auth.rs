@@ -839,15 +839,7 @@ impl LoginService {
             Err(LoginError::UnknownUser) => (decoy_hash().to_string(), false),
             Err(e) => return Err(*e),
         };
-        let ok = {
-            let _slot = self.hash_slots.acquire().await.expect("never closed");
-            let _memory = self.hash_memory(&hash).await;
-            let _hashing = Hashing::enter(&self.hashing, &self.hashing_peak);
-            let password = password.to_string();
-            tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-                .await
-                .unwrap_or(false)
-        };
+        let ok = self.check_hash(hash, password).await;
         match pre {
             Err(e) => Err(self.fail(proto, ip, username, e).await),
             Ok(_) if !known => Err(self
@@ -858,6 +850,48 @@ impl LoginService {
                 .await),
             Ok((acc, dir)) => self.open_session(proto, ip, acc, &dir).await,
         }
+    }
+
+    /// One argon2 check, bounded like every other: a hash slot (the hash concurrency), its
+    /// memory from the budget (see [`LoginService::with_budget`]), on the blocking pool.
+    async fn check_hash(&self, hash: String, password: &str) -> bool {
+        let _slot = self.hash_slots.acquire().await.expect("never closed");
+        let _memory = self.hash_memory(&hash).await;
+        let _hashing = Hashing::enter(&self.hashing, &self.hashing_peak);
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// An admin account's password (the web console's login), from `ip`: refused while the
+    /// address is banned; checked through the same bounded, memory-budgeted argon2 checker as
+    /// SFTP and FTP passwords (`hash` None, an unknown account, is checked against a decoy so
+    /// that the answer takes as long); a failure is logged as `protocol=admin` and scored like
+    /// a password login's (wrong password 1, unknown account 2) on the one ban list.
+    pub async fn admin_password(
+        &self,
+        ip: IpAddr,
+        username: &str,
+        hash: Option<&str>,
+        password: &str,
+    ) -> Result<(), LoginError> {
+        if self.is_banned(ip) {
+            self.record_failure("admin", ip, username, "banned", 0)
+                .await;
+            return Err(LoginError::Banned);
+        }
+        let known = hash.is_some();
+        let hash = hash.map_or_else(|| decoy_hash().to_string(), str::to_string);
+        let ok = self.check_hash(hash, password).await;
+        let why = match (known, ok) {
+            (true, true) => return Ok(()),
+            (false, _) => LoginError::UnknownUser,
+            (true, false) => LoginError::WrongPassword,
+        };
+        self.record_failure("admin", ip, username, why.reason(), why.score())
+            .await;
+        Err(why)
     }
 
     /// Public-key login: `matches` tells whether an `authorized_keys` line is the client's key

@@ -159,3 +159,50 @@ async fn password_hash_checks_are_capped() {
     assert!(peak >= 1, "no hash check was counted");
     assert!(peak <= 2, "{peak} hash checks ran at once, the cap is 2");
 }
+
+/// The web console's admin passwords (`LoginService::admin_password`) go through the same
+/// checker as SSH passwords: twelve at once never run more than the harness's two argon2
+/// checks together, and wrong ones score on the same ban list, which then refuses the
+/// address's SFTP logins too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_passwords_share_the_hash_cap_and_the_ban() {
+    use bucketgate_protocols::auth::{hash_password, LoginError, Protocol};
+    let h = Harness::start().await;
+    let hash = hash_password("console-Pw");
+    let ip: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    let checks = (0..12).map(|_| h.login.admin_password(ip, "ops", Some(&hash), "console-Pw"));
+    for r in futures::future::join_all(checks).await {
+        r.unwrap();
+    }
+    let peak = h.login.peak_concurrent_hash_checks();
+    assert!(
+        (1..=2).contains(&peak),
+        "{peak} hash checks ran at once, the cap is 2"
+    );
+    // The default threshold is 15: seven unknown accounts score 2 each, a wrong password 1.
+    for _ in 0..7 {
+        let r = h.login.admin_password(ip, "nobody", None, "guess").await;
+        assert_eq!(r, Err(LoginError::UnknownUser));
+    }
+    assert!(!h.login.is_banned(ip));
+    let r = h
+        .login
+        .admin_password(ip, "ops", Some(&hash), "wrong")
+        .await;
+    assert_eq!(r, Err(LoginError::WrongPassword));
+    assert!(h.login.is_banned(ip));
+    let r = h
+        .login
+        .admin_password(ip, "ops", Some(&hash), "console-Pw")
+        .await;
+    assert_eq!(
+        r,
+        Err(LoginError::Banned),
+        "the right password from a banned address"
+    );
+    let sftp = h
+        .login
+        .login_password(Protocol::Sftp, ip, "alice", ALICE_PW)
+        .await;
+    assert!(matches!(sftp, Err(LoginError::Banned)));
+}

@@ -9,6 +9,7 @@
 //! - sync run history (each run's record is the gateway's JSON, kept as given);
 //! - on PostgreSQL, the sync jobs' leases: which instance runs a job now ([`StateStore::lease_create`]
 //!   and the calls after it).
+//! - admin accounts and their web console sessions ([`AdminStore`]).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] is the embedded implementation (a file in
 //! `state_dir`, nothing to install); [`PgStore`] keeps the same tables in PostgreSQL
@@ -24,9 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod admins;
 mod postgres;
 mod sqlite;
 
+pub use admins::{AdminAccount, AdminStore, ConsoleSession};
 pub use postgres::{redacted_url, PgStore, PG_MIGRATIONS, SESSION_LEASE};
 
 /// How many runs of one sync job the store keeps (older ones are deleted as new ones come).
@@ -135,7 +138,7 @@ pub trait UserStore: Send + Sync {
 
 /// The state the gateway keeps outside its config.
 #[async_trait]
-pub trait StateStore: UserStore + Send + Sync {
+pub trait StateStore: UserStore + AdminStore + Send + Sync {
     /// True when other instances may use the same store (PostgreSQL): then an instance must
     /// not forget the registry's sessions at start, which may be theirs.
     fn shared(&self) -> bool {

@@ -67,6 +67,8 @@ pub const PG_MIGRATIONS: &[&str] = &[
         body BYTEA NOT NULL,
         version TEXT NOT NULL
      );",
+    // 4: admin accounts and their console sessions (crate::admins).
+    crate::admins::PG_STEP,
 ];
 
 /// A new lease version, made by the server: distinct for every write.
@@ -157,7 +159,7 @@ impl PgStore {
         StateError(format!("{}: {e}", self.shown))
     }
 
-    fn db_err(&self, e: &(dyn std::error::Error + 'static)) -> StateError {
+    pub(crate) fn db_err(&self, e: &(dyn std::error::Error + 'static)) -> StateError {
         let mut text = e.to_string();
         let mut cause = e.source();
         while let Some(c) = cause {
@@ -171,7 +173,7 @@ impl PgStore {
         self.err(text)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| self.db_err(&e))
     }
 
@@ -230,7 +232,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -239,7 +241,7 @@ impl PgStore {
         c.execute(sql, args).await.map_err(|e| self.db_err(&e))
     }
 
-    async fn query(
+    pub(crate) async fn query(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],

@@ -55,6 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL
      );
      CREATE INDEX sync_runs_job ON sync_runs (job, id);",
+    // 5: admin accounts and their console sessions (crate::admins).
+    crate::admins::SQLITE_STEP,
 ];
 
 /// The embedded store.
@@ -95,7 +97,7 @@ impl SqliteStore {
         version(&c)
     }
 
-    async fn call<T: Send + 'static>(
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {

@@ -1,7 +1,8 @@
 //! The embedded store: migrations from an older file, and what each table keeps.
 
 use bucketgate_state::{
-    Ban, Failure, Scope, SessionRow, SqliteStore, StateStore, TokenRow, UserStore, MIGRATIONS,
+    AdminAccount, Ban, ConsoleSession, Failure, Scope, SessionRow, SqliteStore, StateStore,
+    TokenRow, UserStore, MIGRATIONS,
 };
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -198,6 +199,7 @@ pub async fn exercise(store: &dyn StateStore) {
         3,
         "trimming one job touched another"
     );
+    exercise_admins(store).await;
 }
 
 /// The embedded store keeps no sync leases: they stay in the bucket for instances that share
@@ -209,4 +211,60 @@ async fn the_embedded_store_refuses_sync_leases() {
     assert!(!store.shared());
     let e = store.lease_create("job", b"x").await.expect_err("refused");
     assert!(e.to_string().contains("no sync leases"), "{e}");
+}
+
+/// Admin accounts and console sessions: a session is found with its account as it is now,
+/// ends at its time, and ends with its account (also when an account of that name is made
+/// again).
+async fn exercise_admins(store: &dyn StateStore) {
+    let mut ops = AdminAccount {
+        name: "ops".into(),
+        scope: Scope::ReadWrite,
+        hash: "$argon2id$one".into(),
+        created: at(1_000),
+    };
+    store.put_admin(&ops).await.unwrap();
+    assert_eq!(store.admin("ops").await.unwrap(), Some(ops.clone()));
+    assert_eq!(store.admin("nobody").await.unwrap(), None);
+    let far = SystemTime::now() + Duration::from_secs(3600);
+    let s = ConsoleSession {
+        id: "c0ffee".into(),
+        account: "ops".into(),
+        hash: "sha256:aa".into(),
+        csrf: "x1".into(),
+        expires: UNIX_EPOCH
+            + Duration::from_secs(far.duration_since(UNIX_EPOCH).unwrap().as_secs()),
+    };
+    store.insert_console_session(&s).await.unwrap();
+    assert_eq!(
+        store.console_session("c0ffee").await.unwrap(),
+        Some((s.clone(), ops.clone()))
+    );
+    // A new scope applies to the open session.
+    ops.scope = Scope::ReadOnly;
+    store.put_admin(&ops).await.unwrap();
+    let (_, acc) = store.console_session("c0ffee").await.unwrap().unwrap();
+    assert_eq!(acc.scope, Scope::ReadOnly);
+    // An ended session is not found.
+    let old = ConsoleSession {
+        id: "0ld".into(),
+        expires: at(5),
+        ..s.clone()
+    };
+    store.insert_console_session(&old).await.unwrap();
+    assert_eq!(store.console_session("0ld").await.unwrap(), None);
+    // Deleting the account ends its sessions, for good.
+    assert!(store.delete_admin("ops").await.unwrap());
+    assert!(!store.delete_admin("ops").await.unwrap());
+    store.put_admin(&ops).await.unwrap();
+    assert_eq!(store.console_session("c0ffee").await.unwrap(), None);
+    // Logout and a password change end sessions too.
+    store.insert_console_session(&s).await.unwrap();
+    store.delete_console_sessions_of("ops").await.unwrap();
+    assert_eq!(store.console_session("c0ffee").await.unwrap(), None);
+    store.insert_console_session(&s).await.unwrap();
+    store.delete_console_session("c0ffee").await.unwrap();
+    assert_eq!(store.console_session("c0ffee").await.unwrap(), None);
+    assert_eq!(store.admins().await.unwrap(), vec![ops]);
+    assert!(store.delete_admin("ops").await.unwrap());
 }

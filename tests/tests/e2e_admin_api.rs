@@ -93,7 +93,7 @@ pub(crate) fn sftp_session(dir: &Path, addr: SocketAddr, from: &str) -> std::pro
     sftp_session_args(dir, addr, from, &[])
 }
 
-fn sftp_session_args(
+pub(crate) fn sftp_session_args(
     dir: &Path,
     addr: SocketAddr,
     from: &str,
@@ -660,6 +660,9 @@ fn generated_requests_never_get_a_server_error() {
         "x",
         "demo",
         "%20",
+        "login",
+        "logout",
+        "whoami",
     ];
     let methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
     let keys = [

@@ -24,5 +24,6 @@ mod vfs_listing_memory;
 
 mod e2e_admin_api;
 mod e2e_checksums;
+mod e2e_console;
 mod e2e_ftp_faults;
 mod e2e_request_counts;

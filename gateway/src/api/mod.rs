@@ -8,16 +8,24 @@
 //! its address (`protocol=admin`), so guessing earns the same ban as guessing passwords, and a
 //! banned address is refused before its token is looked at. Every change is logged on the
 //! `bucketgate::audit` target, one line each.
+//!
+//! The web console (gateway/src/console) uses the same routes: an admin account logs in with
+//! `POST /api/v1/login` and its session cookie then stands for a token of the account's scope
+//! ([`accounts`]).
 
+pub mod accounts;
 pub mod tokens;
 pub mod users;
 
 use crate::admin::Health;
 use bucketgate_protocols::auth::LoginService;
-use bucketgate_state::{Scope, StateStore, TokenRow};
+use bucketgate_state::{AdminAccount, ConsoleSession, Scope, StateStore, TokenRow};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, SET_COOKIE,
+    WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -58,6 +66,14 @@ pub enum Op {
     PutUser,
     /// Delete a runtime user.
     DeleteUser,
+    /// Change some of a runtime user's keys.
+    PatchUser,
+    /// An admin account's console login (sets the session cookie).
+    Login,
+    /// Ends the console session.
+    Logout,
+    /// Who the request authenticates as.
+    WhoAmI,
 }
 
 /// The router: method, path pattern (`{name}` matches one segment), operation.
@@ -75,6 +91,10 @@ pub const ROUTES: &[(&str, &str, Op)] = &[
     ("GET", "/api/v1/users", Op::Users),
     ("PUT", "/api/v1/users/{name}", Op::PutUser),
     ("DELETE", "/api/v1/users/{name}", Op::DeleteUser),
+    ("PATCH", "/api/v1/users/{name}", Op::PatchUser),
+    ("POST", "/api/v1/login", Op::Login),
+    ("POST", "/api/v1/logout", Op::Logout),
+    ("GET", "/api/v1/whoami", Op::WhoAmI),
 ];
 
 /// The largest request body (a user's spec).
@@ -95,6 +115,33 @@ pub struct Api {
     pub reload: Arc<Notify>,
     /// The config's sync jobs (replaced by a reload), for "run now".
     pub sync_jobs: SyncJobs,
+    /// The admin listener speaks TLS: the console's cookie is marked `Secure`.
+    pub tls: bool,
+}
+
+/// Who a request authenticates as.
+enum Principal {
+    /// An API token.
+    Token(TokenRow),
+    /// An admin account's console session (its cookie).
+    Account(ConsoleSession, AdminAccount),
+}
+
+impl Principal {
+    fn scope(&self) -> Scope {
+        match self {
+            Principal::Token(t) => t.scope,
+            Principal::Account(_, a) => a.scope,
+        }
+    }
+
+    /// How audit lines name it.
+    fn audit(&self) -> String {
+        match self {
+            Principal::Token(t) => format!("token={} name={:?}", t.id, t.name),
+            Principal::Account(_, a) => format!("account={:?}", a.name),
+        }
+    }
 }
 
 /// The sync jobs of the running config.
@@ -107,11 +154,38 @@ fn json_resp(status: StatusCode, body: &Value) -> Resp {
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn error(status: StatusCode, msg: &str) -> Resp {
     json_resp(status, &json!({ "error": msg }))
+}
+
+/// What `whoami` and the login answer for a console session: the account, and what the console
+/// needs (the CSRF token, the seconds until the session ends).
+fn account_json(s: &ConsoleSession, a: &AdminAccount) -> Value {
+    let left = s
+        .expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    json!({
+        "kind": "account",
+        "name": a.name,
+        "scope": a.scope.name(),
+        "csrf": s.csrf,
+        "expires_in": left.as_secs(),
+    })
+}
+
+/// A store failure: logged, and a 500 that says only that.
+fn store_error(e: bucketgate_state::StateError) -> Resp {
+    tracing::error!("admin API: {e}");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the state store is unavailable",
+    )
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -191,36 +265,96 @@ impl Api {
             self.login.api_failure(peer, "", "banned").await;
             return error(StatusCode::FORBIDDEN, "this address is banned");
         }
-        let token = match self.authenticate(&req, peer).await {
+        let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+        // A body is read only where a route takes one, and only from an authenticated caller
+        // (the login's is its credential).
+        let read_body = |body: hyper::body::Incoming| async move {
+            match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                Ok(b) => Ok(b.to_bytes()),
+                Err(_) => Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is too large",
+                )),
+            }
+        };
+        if op == Op::Login {
+            return match read_body(body).await {
+                Ok(b) => self.console_login(&req, peer, &b).await,
+                Err(r) => r,
+            };
+        }
+        let who = match self.authenticate(&req, peer, op).await {
             Ok(t) => t,
             Err(r) => return r,
         };
-        let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
-        if writes && token.scope != Scope::ReadWrite {
-            tracing::warn!(
-                target: "bucketgate::audit",
-                "audit: refused token={} ip={peer} {} {}: read-only token",
-                token.id,
-                req.method(),
-                req.uri().path()
-            );
-            return error(StatusCode::FORBIDDEN, "this token is read-only");
-        }
-        let body = if op == Op::PutUser {
-            match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+        let body = if matches!(op, Op::PutUser | Op::PatchUser) {
+            match read_body(body).await {
+                Ok(b) => b,
+                Err(r) => return r,
             }
         } else {
             Bytes::new()
         };
-        let resp = self.execute(op, &params, &body).await;
+        if let (true, Principal::Account(session, a)) = (writes, &who) {
+            let presented = req
+                .headers()
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok());
+            if !accounts::csrf_ok(session, presented) {
+                tracing::warn!(
+                    target: "bucketgate::audit",
+                    "audit: refused account={:?} ip={peer} {} {}: missing or wrong CSRF token",
+                    a.name,
+                    req.method(),
+                    req.uri().path()
+                );
+                return error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+            }
+        }
+        // Logging out changes nothing but the caller's own session: a read-only account may.
+        if writes && op != Op::Logout && who.scope() != Scope::ReadWrite {
+            tracing::warn!(
+                target: "bucketgate::audit",
+                "audit: refused {} ip={peer} {} {}: read-only",
+                who.audit(),
+                req.method(),
+                req.uri().path()
+            );
+            let what = match who {
+                Principal::Token(_) => "this token is read-only",
+                Principal::Account(..) => "this account is read-only",
+            };
+            return error(StatusCode::FORBIDDEN, what);
+        }
+        let resp = match op {
+            Op::WhoAmI => match &who {
+                Principal::Token(t) => json_resp(
+                    StatusCode::OK,
+                    &json!({ "kind": "token", "id": t.id, "name": t.name, "scope": t.scope.name() }),
+                ),
+                Principal::Account(s, a) => json_resp(StatusCode::OK, &account_json(s, a)),
+            },
+            Op::Logout => match &who {
+                Principal::Token(_) => error(
+                    StatusCode::BAD_REQUEST,
+                    "only a console session logs out (revoke a token with bucketgate admin token revoke)",
+                ),
+                Principal::Account(s, _) => match self.store.delete_console_session(&s.id).await {
+                    Ok(()) => {
+                        let mut r = json_resp(StatusCode::OK, &json!({ "logged_out": s.account }));
+                        self.clear_cookie(&mut r);
+                        r
+                    }
+                    Err(e) => store_error(e),
+                },
+            },
+            _ => self.execute(op, &params, &body).await,
+        };
         if writes {
             tracing::info!(
                 target: "bucketgate::audit",
-                "audit: token={} name={:?} ip={peer} {} {} -> {}",
-                token.id,
-                token.name,
+                "audit: {} ip={peer} {} {} -> {}",
+                who.audit(),
                 req.method(),
                 req.uri().path(),
                 resp.status().as_u16()
@@ -229,8 +363,89 @@ impl Api {
         resp
     }
 
-    /// The request's token, or the 401 (counted as a failed login) or 500 to send.
-    async fn authenticate<B>(&self, req: &Request<B>, peer: IpAddr) -> Result<TokenRow, Resp> {
+    fn clear_cookie(&self, r: &mut Resp) {
+        if let Ok(v) = HeaderValue::from_str(&accounts::set_cookie(None, self.tls)) {
+            r.headers_mut().insert(SET_COOKIE, v);
+        }
+    }
+
+    /// `POST /api/v1/login` with `{"username": ..., "password": ...}`: the password is checked
+    /// by the login service (bounded, memory-budgeted, scored on the ban list as
+    /// `protocol=admin`); success opens a console session and sets its cookie.
+    async fn console_login<B>(&self, req: &Request<B>, peer: IpAddr, body: &[u8]) -> Resp {
+        // A page of another site can post a form, but not with this type without a CORS
+        // preflight, which this listener never grants: no login CSRF.
+        let json_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json_type {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the login as application/json",
+            );
+        }
+        let fields = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+            let m = v.as_object()?;
+            let username = m.get("username")?.as_str()?.to_string();
+            let password = m.get("password")?.as_str()?.to_string();
+            (m.len() == 2).then_some((username, password))
+        });
+        let Some((username, password)) = fields else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be {\"username\": ..., \"password\": ...}",
+            );
+        };
+        let account = match self.store.admin(&username).await {
+            Ok(a) => a,
+            Err(e) => return store_error(e),
+        };
+        let hash = account.as_ref().map(|a| a.hash.as_str());
+        match self
+            .login
+            .admin_password(peer, &username, hash, &password)
+            .await
+        {
+            Ok(()) => {}
+            Err(bucketgate_protocols::auth::LoginError::Banned) => {
+                return error(StatusCode::FORBIDDEN, "this address is banned")
+            }
+            Err(_) => return error(StatusCode::UNAUTHORIZED, "wrong account name or password"),
+        }
+        let Some(account) = account else {
+            return error(StatusCode::UNAUTHORIZED, "wrong account name or password");
+        };
+        match accounts::open(self.store.as_ref(), &account).await {
+            Ok((session, cookie)) => {
+                tracing::info!(
+                    target: "bucketgate::auth",
+                    "login ok: protocol=admin ip={peer} user={:?} scope={}",
+                    account.name,
+                    account.scope.name()
+                );
+                let mut r = json_resp(StatusCode::OK, &account_json(&session, &account));
+                if let Ok(v) = HeaderValue::from_str(&accounts::set_cookie(Some(&cookie), self.tls))
+                {
+                    r.headers_mut().insert(SET_COOKIE, v);
+                }
+                r
+            }
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// Who the request is: its bearer token, else its console cookie. Otherwise the 401
+    /// (counted as a failed login) or 500 to send. `GET /api/v1/whoami` without any credential
+    /// is a 401 that counts nothing: the console asks it when it opens, to learn whether it is
+    /// logged in.
+    async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        peer: IpAddr,
+        op: Op,
+    ) -> Result<Principal, Resp> {
         let unauthorized = |msg: &str| {
             let mut r = error(StatusCode::UNAUTHORIZED, msg);
             r.headers_mut()
@@ -242,7 +457,19 @@ impl Api {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(accounts::from_cookie_header);
         let Some(presented) = header.map(str::trim) else {
+            if let Some(c) = cookie {
+                return self.authenticate_cookie(c, peer).await;
+            }
+            if op == Op::WhoAmI {
+                return Err(unauthorized("not logged in"));
+            }
             self.login.api_failure(peer, "", "no_token").await;
             return Err(unauthorized("a bearer token is required"));
         };
@@ -251,25 +478,45 @@ impl Api {
             return Err(unauthorized("invalid token"));
         };
         match tokens::verify(self.store.as_ref(), &p).await {
-            Ok(Some(row)) => Ok(row),
+            Ok(Some(row)) => Ok(Principal::Token(row)),
             Ok(None) => {
                 self.login.api_failure(peer, p.id, "wrong_token").await;
                 Err(unauthorized("invalid token"))
             }
-            Err(e) => {
-                tracing::error!("admin API: {e}");
-                Err(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the state store is unavailable",
-                ))
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// A console cookie: its live session, or a 401 that also makes the browser forget the
+    /// cookie. A malformed cookie or a wrong secret for a live session is scored like a wrong
+    /// token; a session that ended is not (see [`accounts::Verified::Ended`]).
+    async fn authenticate_cookie(&self, value: &str, peer: IpAddr) -> Result<Principal, Resp> {
+        let refuse = |msg: &str| {
+            let mut r = error(StatusCode::UNAUTHORIZED, msg);
+            self.clear_cookie(&mut r);
+            r
+        };
+        let Some((id, secret)) = accounts::parse(value) else {
+            self.login.api_failure(peer, "", "malformed_session").await;
+            return Err(refuse("invalid session"));
+        };
+        match accounts::verify(self.store.as_ref(), id, secret).await {
+            Ok(accounts::Verified::Live(s, a)) => Ok(Principal::Account(s, a)),
+            Ok(accounts::Verified::Ended) => Err(refuse("the session has ended: log in again")),
+            Ok(accounts::Verified::WrongSecret) => {
+                self.login.api_failure(peer, id, "wrong_session").await;
+                Err(refuse("invalid session"))
             }
+            Err(e) => Err(store_error(e)),
         }
     }
 
     async fn execute(&self, op: Op, params: &[String], body: &[u8]) -> Resp {
         let ok = |v: Value| json_resp(StatusCode::OK, &v);
         match op {
-            Op::OpenApi => unreachable!("answered before authentication"),
+            Op::OpenApi | Op::Login | Op::Logout | Op::WhoAmI => {
+                unreachable!("answered in handle")
+            }
             Op::Sessions => match self.store.sessions().await {
                 Ok(rows) => ok(Value::Array(
                     rows.into_iter()
@@ -409,7 +656,7 @@ impl Api {
                     error(StatusCode::INTERNAL_SERVER_ERROR, "the state store is unavailable")
                 }
             },
-            Op::PutUser | Op::DeleteUser => {
+            Op::PutUser | Op::DeleteUser | Op::PatchUser => {
                 let name = &params[0];
                 if users::in_config(&self.login, name) {
                     return error(
@@ -423,6 +670,21 @@ impl Api {
                         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
                     };
                     self.store.put_user(name, &spec.to_string()).await.map(|()| true)
+                } else if op == Op::PatchUser {
+                    let stored = match self.store.users().await {
+                        Ok(all) => all.into_iter().find(|(n, _)| n == name).map(|(_, s)| s),
+                        Err(e) => return store_error(e),
+                    };
+                    match stored {
+                        None => Ok(false),
+                        Some(stored) => {
+                            let spec = match users::patched(name, &stored, body).await {
+                                Ok(s) => s,
+                                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+                            };
+                            self.store.put_user(name, &spec.to_string()).await.map(|()| true)
+                        }
+                    }
                 } else {
                     self.store.delete_user(name).await
                 };

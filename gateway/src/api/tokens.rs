@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 
 /// The stored form of a secret: `sha256:<64 hex digits>`.
-fn digest(secret: &str) -> String {
+pub(crate) fn digest(secret: &str) -> String {
     let d = Sha256::digest(secret.as_bytes());
     let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
@@ -34,7 +34,7 @@ pub fn parse(token: &str) -> Option<Presented<'_>> {
     (hex(id, 16) && hex(secret, 64)).then_some(Presented { id, secret })
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()

@@ -58,6 +58,34 @@ pub async fn spec_from_request(username: &str, body: &[u8]) -> Result<Value, Str
     Ok(Value::Object(m))
 }
 
+/// `PATCH`: the stored spec with the body's keys put in place of its own (`null` removes a
+/// key; `password` replaces the stored hash), checked as a `PUT` of the result would be. So a
+/// password, the keys or `disabled` change without sending the rest.
+pub async fn patched(username: &str, stored: &str, body: &[u8]) -> Result<Value, String> {
+    let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(body) else {
+        return Err("the body must be a JSON object".into());
+    };
+    if let Some(k) = patch.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!("unknown key {k:?}"));
+    }
+    let mut m = serde_json::from_str::<Value>(stored)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    if patch.contains_key("password") || patch.contains_key("password_hash") {
+        m.remove("password_hash");
+    }
+    for (k, v) in patch {
+        if v.is_null() {
+            m.remove(&k);
+        } else {
+            m.insert(k, v);
+        }
+    }
+    let merged = serde_json::to_vec(&Value::Object(m)).map_err(|e| e.to_string())?;
+    spec_from_request(username, &merged).await
+}
+
 /// The account a stored spec describes; None for a disabled user.
 pub fn account(username: &str, spec: &Value) -> Result<Option<Account>, String> {
     let mut m: Map<String, Value> = spec.as_object().cloned().unwrap_or_default();

@@ -293,6 +293,7 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
             state_dir: cfg.state_dir.clone(),
             reload: api_reload.clone(),
             sync_jobs: api_sync_jobs.clone(),
+            tls: tls.is_some(),
         });
         servers.push((
             "admin",
