@@ -77,14 +77,34 @@ fn ip(s: String) -> rusqlite::Result<IpAddr> {
 impl SqliteStore {
     /// Opens `path`, creating it, and brings its schema to the latest version.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        // Another process opening the same new file (`serve` and a `sync status` beside it)
+        // can hold it while it switches the file to WAL, which SQLite answers with "locked"
+        // without waiting: try again, for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::open_once(path) {
+                Err(e)
+                    if e.0.contains("database is locked")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<SqliteStore> {
         let mut conn =
             Connection::open(path).map_err(|e| StateError(format!("{}: {e}", path.display())))?;
+        // First, so that everything below waits for another process (`serve` and a `sync
+        // status` beside it open one file at once) instead of failing on its lock.
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         // WAL: readers never wait for the writer; a crash loses no committed transaction.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -122,22 +142,29 @@ fn version(c: &Connection) -> Result<usize> {
 /// Applies the steps a file lacks, each in its own transaction. A file from a newer gateway is
 /// refused rather than used with a schema this one does not know.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let from = version(conn)?;
-    if from > MIGRATIONS.len() {
-        return Err(StateError(format!(
-            "the state file has schema version {from}, newer than this gateway's {}",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(from) {
-        let tx = conn.transaction().map_err(err)?;
+    loop {
+        // One step per transaction, begun with the write lock (IMMEDIATE) and the version read
+        // under it: of two processes opening one file at once, the second waits and then finds
+        // the step done, instead of applying it again ("table already exists").
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let from = version(&tx)?;
+        if from > MIGRATIONS.len() {
+            return Err(StateError(format!(
+                "the state file has schema version {from}, newer than this gateway's {}",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some(step) = MIGRATIONS.get(from) else {
+            return Ok(());
+        };
         tx.execute_batch(step).map_err(err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+        tx.pragma_update(None, "user_version", (from + 1) as i64)
             .map_err(err)?;
         tx.commit().map_err(err)?;
-        tracing::info!("state store: schema migrated to version {}", i + 1);
+        tracing::info!("state store: schema migrated to version {}", from + 1);
     }
-    Ok(())
 }
 
 #[async_trait]

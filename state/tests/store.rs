@@ -268,3 +268,30 @@ async fn exercise_admins(store: &dyn StateStore) {
     assert_eq!(store.admins().await.unwrap(), vec![ops]);
     assert!(store.delete_admin("ops").await.unwrap());
 }
+
+/// Processes that open one new file at once (`serve` and a `sync status` or `sync run` beside
+/// it) all get it at the latest version: each migration step is applied once, by whichever
+/// takes the write lock first. Before, the second failed with "table ... already exists".
+#[test]
+fn openers_at_once_apply_each_step_once() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path).map(|s| s.version().unwrap())
+                })
+            })
+            .collect();
+        for o in openers {
+            match o.join().unwrap() {
+                Ok(v) => assert_eq!(v, MIGRATIONS.len(), "round {round}"),
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+    }
+}
