@@ -360,8 +360,11 @@ fn settings_on_env_endpoint() {
     assert!(!out.contains(&key), "the key was printed");
     if !garage {
         let put = line(&out, "FAIL  put ");
+        // s3s-fs refuses the class; a server that checks SSE-C's transport (an older MinIO
+        // run by hand over http://) refuses the key first.
         assert!(
-            put.contains("the server does not accept storage_class: STANDARD_IA"),
+            put.contains("the server does not accept storage_class: STANDARD_IA")
+                || put.contains("accept SSE-C only over https"),
             "{put}"
         );
         return;

@@ -13,6 +13,9 @@ struct Report {
     failed: bool,
     /// The remote's `storage_class`, to name it when the server refuses it.
     storage_class: Option<String>,
+    /// SSE-C over a plain `http://` endpoint, which AWS and MinIO refuse (the key would cross
+    /// the network in clear).
+    ssec_in_clear: bool,
 }
 
 impl Report {
@@ -43,6 +46,14 @@ impl Report {
                 let hint = match &self.storage_class {
                     Some(c) if text.contains("InvalidStorageClass") => {
                         format!("{hint} — the server does not accept storage_class: {c}")
+                    }
+                    _ if self.ssec_in_clear
+                        && (text.contains("InvalidRequest") || text.contains("HTTP 400")) =>
+                    {
+                        format!(
+                            "{hint} — encryption: customer over http://: servers that check it \
+                             (AWS, MinIO) accept SSE-C only over https"
+                        )
                     }
                     _ if text.contains("KMS") => format!(
                         "{hint} — check kms_key_id and that the key allows kms:GenerateDataKey and kms:Decrypt"
@@ -91,6 +102,14 @@ pub fn run(arg: &ConfigArg, name: &str, read_only: bool) -> Result<(), Exit> {
         let mut rep = Report {
             failed: false,
             storage_class: Some(remote.storage_class.trim().to_string()).filter(|c| !c.is_empty()),
+            ssec_in_clear: matches!(
+                remote.encryption,
+                bucketgate_config::EncryptionMode::Customer
+            ) && remote
+                .endpoint
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("http://"),
         };
         println!(
             "remote {} — endpoint {} bucket {}{}",

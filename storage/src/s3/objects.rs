@@ -82,17 +82,32 @@ pub(crate) async fn remove_file(inner: &Inner, key: &str) -> Result<()> {
     // mode answers `HEAD folder/` only for an empty folder), so whether the folder was made
     // with mkdir cannot be told: every folder emptied this way stays, as on a disk.
     delete(inner, key).await?;
-    if let Some((p, _)) = key.rsplit_once('/') {
-        let marker = format!("{p}/");
-        let gone = matches!(head(inner, &marker).await, Err(e) if e.kind() == ErrorKind::NotFound)
-            && list_page(inner, &marker, false, None, 1)
-                .await?
-                .objects
-                .is_empty();
-        if gone {
-            let req = Request::new(Method::PUT, Some(&marker)).body(Body::Empty);
-            inner.client.send(&req).await?;
-        }
+    keep_parent(inner, key).await
+}
+
+/// On a server that drops a folder with its last entry (`markers_survive` false: MinIO in
+/// single-folder mode removes the emptied directories up the tree), writes the marker of the
+/// folder holding `key` again if it is gone, after `key` was removed or moved away: a disk
+/// keeps an emptied folder, and a user's home is such a folder.
+async fn keep_parent(inner: &Inner, key: &str) -> Result<()> {
+    let caps = inner.caps();
+    // Where a marker outlives its folder's files, or an empty folder cannot be seen at all
+    // (s3s-fs), there is nothing to keep.
+    if caps.markers_survive || !(caps.markers_listed || caps.markers_head) {
+        return Ok(());
+    }
+    let Some((p, _)) = key.trim_end_matches('/').rsplit_once('/') else {
+        return Ok(());
+    };
+    let marker = format!("{p}/");
+    let gone = matches!(head(inner, &marker).await, Err(e) if e.kind() == ErrorKind::NotFound)
+        && list_page(inner, &marker, false, None, 1)
+            .await?
+            .objects
+            .is_empty();
+    if gone {
+        let req = Request::new(Method::PUT, Some(&marker)).body(Body::Empty);
+        inner.client.send(&req).await?;
     }
     Ok(())
 }
@@ -115,14 +130,16 @@ pub(crate) async fn remove_dir(inner: &Inner, key: &str) -> Result<()> {
         // A server that does not list a marker under its own prefix still answers its HEAD.
         let caps = inner.caps();
         if !caps.markers_listed && caps.markers_head && head(inner, &marker).await.is_ok() {
-            return delete(inner, &marker).await;
+            delete(inner, &marker).await?;
+            return keep_parent(inner, key).await;
         }
         return Err(Error::of(ErrorKind::NotFound));
     }
     if page.objects.iter().any(|o| o.key != marker) {
         return Err(Error::of(ErrorKind::DirectoryNotEmpty));
     }
-    delete(inner, &marker).await
+    delete(inner, &marker).await?;
+    keep_parent(inner, key).await
 }
 
 fn meta_headers(req: Request, src: &Source, mtime: Option<&str>) -> Request {
@@ -340,7 +357,7 @@ pub(crate) async fn rename_dir(inner: &Inner, from: &str, to: &str) -> Result<()
             ),
         ));
     }
-    Ok(())
+    keep_parent(inner, from).await
 }
 
 /// Deletes `keys` with DeleteObjects (single deletes when the server lacks it); returns how
