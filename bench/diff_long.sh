@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The differential runners' long mode (issue 15): many fresh random sequences against the
+# gateway and the reference servers, in parallel batches, on a release build.
+#
+#   bench/diff_long.sh sftp 100000 [WORKERS]   # OpenSSH sftp-server as the reference
+#   bench/diff_long.sh ftp 100000 [WORKERS]    # pyftpdlib as the reference
+#
+# The S3 server is moto unless BUCKETGATE_TEST_S3_* name another (`eval "$(scripts/garage.sh
+# start DIR)"` first: Garage is about ten times faster than moto). Each worker runs batches of
+# fresh sequences (plus the fixed seeds and regressions, each batch) until its share is done;
+# a batch that diverges keeps its log under $OUT (default bench/diff-long-out) with its seeds
+# and minimized steps, to replay with DIFF_SEED. At the end it prints how many fresh sequences
+# ran, how long it took and how many diverged. DIFF_BIN names a protocols test binary built
+# before, to skip the build.
+set -euo pipefail
+
+proto=${1:?usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]}
+total=${2:?usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]}
+case "$proto" in
+sftp) filter=sftp_differential::gateway_matches; batch=1000; default_workers=2 ;;
+ftp) filter=ftp_differential::gateway_matches; batch=150; default_workers=8 ;;
+*) echo "usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]" >&2; exit 2 ;;
+esac
+# FTP sequences mostly wait (cut transfers, timeouts): more workers than cores pay off.
+workers=${3:-$default_workers}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$root/bench/diff-long-out}
+mkdir -p "$out"
+
+cd "$root"
+# DIFF_BIN: a protocols test binary built before (skips the build).
+bin=${DIFF_BIN:-}
+[ -n "$bin" ] || bin=$(cargo test --release --workspace --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="integration" and "/protocols/" in m["manifest_path"]:
+        print(m["executable"])')
+[ -x "$bin" ] || { echo "could not build the protocols test binary" >&2; exit 1; }
+
+per=$(( (total + workers - 1) / workers ))
+started=$(date +%s)
+summary="$out/summary-$proto-$started.txt"
+run_worker() {
+  local w=$1 left=$per n=0
+  while [ "$left" -gt 0 ]; do
+    n=$((n + 1))
+    local this=$(( left < batch ? left : batch ))
+    local log="$out/$proto-$started-w$w-b$n.log"
+    if (cd "$root/protocols" && DIFF_SEQUENCES=$this "$bin" "$filter" --nocapture >"$log" 2>&1); then
+      echo "ok $this" >>"$summary"
+      rm -f "$log"
+    else
+      echo "FAILED $this $log" >>"$summary"
+    fi
+    left=$((left - this))
+  done
+}
+for w in $(seq 1 "$workers"); do run_worker "$w" & done
+wait
+ran=$(awk '{s+=$2} END {print s+0}' "$summary")
+failed=$(grep -c '^FAILED' "$summary" || true)
+echo "$proto: $ran fresh sequences in $(( $(date +%s) - started )) s on ${BUCKETGATE_TEST_S3_SERVER:-moto}, $workers workers; batches that diverged: $failed"
+grep '^FAILED' "$summary" || true
+[ "$failed" -eq 0 ]
