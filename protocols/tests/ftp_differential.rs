@@ -1410,46 +1410,73 @@ async fn gateway_matches_a_reference_ftp_server() {
 /// The divergences the runner found, minimized: each must now pass (the fresh seed that found
 /// it in parentheses).
 fn regressions() -> Vec<(&'static str, Vec<Op>)> {
-    vec![(
-        "every kind of cut transfer over an existing file",
-        vec![
-            Op::Stor {
-                path: "a",
-                len: 20,
-                seed: 1,
-            },
-            Op::AborStor {
-                path: "a",
-                len: 5,
-                seed: 2,
-            },
-            Op::StorReset {
-                path: "a",
-                len: 5,
-                seed: 3,
-            },
-            Op::KillStor {
-                path: "a",
-                len: 5,
-                seed: 4,
-            },
-            Op::AborRetr { path: "a" },
-            // (REST n + STOR just after the RETR that was cut: its own test below.)
-            Op::RestStor {
-                path: "a",
-                at: Rest::Mid(3),
-                len: 4,
-                seed: 5,
-            },
-            Op::RetrClosed { path: "a" },
-            Op::RestStor {
-                path: "a",
-                at: Rest::Size,
-                len: 4,
-                seed: 6,
-            },
-        ],
-    )]
+    vec![
+        (
+            "every kind of cut transfer over an existing file",
+            vec![
+                Op::Stor {
+                    path: "a",
+                    len: 20,
+                    seed: 1,
+                },
+                Op::AborStor {
+                    path: "a",
+                    len: 5,
+                    seed: 2,
+                },
+                Op::StorReset {
+                    path: "a",
+                    len: 5,
+                    seed: 3,
+                },
+                Op::KillStor {
+                    path: "a",
+                    len: 5,
+                    seed: 4,
+                },
+                Op::AborRetr { path: "a" },
+                // (REST n + STOR just after the RETR that was cut: its own test below.)
+                Op::RestStor {
+                    path: "a",
+                    at: Rest::Mid(3),
+                    len: 4,
+                    seed: 5,
+                },
+                Op::RetrClosed { path: "a" },
+                Op::RestStor {
+                    path: "a",
+                    at: Rest::Size,
+                    len: 4,
+                    seed: 6,
+                },
+            ],
+        ),
+        (
+            "LIST and NLST of a file show the file; MLSD of it is refused (433599204)",
+            vec![
+                Op::Stor {
+                    path: "ünï",
+                    len: 6,
+                    seed: 7,
+                },
+                Op::Rename {
+                    from: "ünï",
+                    to: "d",
+                },
+                Op::Nlst { dir: "d" },
+                Op::List { dir: "d" },
+                Op::Mlsd { dir: "d" },
+                Op::Mkd { path: "a" },
+                Op::Stor {
+                    path: "a/b",
+                    len: 3,
+                    seed: 8,
+                },
+                Op::Nlst { dir: "a/b" },
+                Op::List { dir: "a/b" },
+            ],
+        ),
+    ]
 }
 
 /// Runs fixed steps; any divergence fails.

@@ -84,6 +84,19 @@ pub(crate) async fn prepare(
         },
         "LIST" | "NLST" | "MLSD" => match fs.list(&path).await {
             Ok(l) => Ready::List(path, l),
+            // LIST and NLST of a file show that file, as RFC 959 has it and every FTP server on
+            // a disk does (`ls file`); MLSD is for folders only (RFC 3659: MLST is for files).
+            Err(e) if e.kind() == ErrorKind::NotADirectory && verb != "MLSD" => {
+                match fs.stat(&path).await {
+                    Ok(f) if !f.is_dir() => {
+                        let one: bucketgate_storage::backend::ListStream =
+                            Box::pin(futures::stream::once(async move { Ok(vec![f]) }));
+                        Ready::List(path, one)
+                    }
+                    Ok(_) => return refusal(e),
+                    Err(e) => return refusal(e),
+                }
+            }
             Err(e) => return refusal(e),
         },
         // STOR from 0: the upload's own open decides (there is nothing to find first).
