@@ -850,14 +850,23 @@ impl Run<'_> {
                 );
                 let behind = off < sl.next;
                 sl.next = sl.next.max(off + len as u64);
-                let (path, failed) = (sl.path, sl.failed);
+                let (path, failed, shared) = (sl.path, sl.failed, sl.shared);
                 if g == Res::Ok {
                     self.touched(path, Some(slot), false);
                 }
                 // docs/objects.md, "Writes, appends, resume": "A write over bytes already
                 // sent fails the upload: the handle's later writes fail, CLOSE fails".
-                let rule = (failed || (g.is_err() && r == Res::Ok && behind))
-                    .then_some("a failed upload refuses writes");
+                let rule = if failed || (g.is_err() && r == Res::Ok && behind) {
+                    Some("a failed upload refuses writes")
+                } else if g.is_err() && r == Res::Ok && shared {
+                    // "Two handles writing one name: the first CLOSE commits ..., a later one
+                    // fails": an in-place writer composes its file from the version it
+                    // opened, so after another handle's commit its next write already fails
+                    // (nothing changed), not only its CLOSE (seed 2605192458).
+                    Some("two writers of one name")
+                } else {
+                    None
+                };
                 (g, r, rule)
             }
             Op::Read { slot, off, len } => {
@@ -1462,6 +1471,32 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
                 close(0),
                 open(1, 0, "sp ace", 0x30),
                 close(0),
+            ],
+        ),
+        (
+            "OPEN with TRUNC|CREAT|EXCL|APPEND and no WRITE of an existing file is refused and \
+             empties nothing (571934940: the file went to 0 bytes)",
+            vec![
+                open(1, 1, "sp ace", 0x0e),
+                write(1, At::Overlap, 20),
+                close(1),
+                open(1, 0, "sp ace", 0x3c),
+                open(0, 2, "new", 0x18),
+                Op::Close { slot: 2 },
+            ],
+        ),
+        (
+            "a handle writing in place fails at its next WRITE once another handle committed \
+             the name, changing nothing (2605192458)",
+            vec![
+                open(1, 0, "a", 0x0e),
+                close(0),
+                open(0, 2, "a", 0x0a),
+                open(0, 1, "a", 0x03),
+                write(1, At::Mid(5460395486093926295), 34),
+                close(1),
+                write(2, At::Mid(4230121103351917901), 20),
+                close(2),
             ],
         ),
     ]

@@ -344,9 +344,13 @@ impl russh_sftp::server::Handler for SftpSession {
         } else {
             if pflags.contains(OpenFlags::TRUNCATE) {
                 // TRUNC without WRITE empties the file first, as open(2) with O_RDONLY|O_TRUNC
-                // does on OpenSSH's sftp-server (needs `overwrite`).
+                // does on OpenSSH's sftp-server (needs `overwrite`); with CREAT and EXCL as
+                // open(2) has them: EXCL refuses an existing file before anything is emptied,
+                // CREAT makes a missing one.
                 let mode = OpenMode {
                     truncate: true,
+                    create: pflags.contains(OpenFlags::CREATE),
+                    exclusive: pflags.contains(OpenFlags::EXCLUDE),
                     ..Default::default()
                 };
                 let w = self
