@@ -78,17 +78,6 @@ impl Bucket {
         Bucket { rt, s3 }
     }
 
-    fn get(&self, key: &str) -> Vec<u8> {
-        self.rt.block_on(async {
-            let mut s = self.s3.read(key, 0, None).await.expect("read");
-            let mut out = Vec::new();
-            while let Some(c) = s.next().await {
-                out.extend_from_slice(&c.expect("chunk"));
-            }
-            out
-        })
-    }
-
     /// Every key under the site prefix, markers included.
     fn keys(&self) -> Vec<String> {
         self.rt
@@ -101,8 +90,30 @@ impl Bucket {
             .into_iter()
             // The gateway's capability probe writes in a hidden scratch folder at start.
             .filter(|k| !k.ends_with('/') && !k[PREFIX.len()..].starts_with(".bucketgate-probe-"))
-            .map(|k| (k[PREFIX.len()..].to_string(), print(&self.get(&k))))
+            // A key deleted between the listing and its read (a gateway still finishing a
+            // rename a killed client asked for) is left out: `settled_tree` reads again.
+            .filter_map(|k| Some((k[PREFIX.len()..].to_string(), print(&self.try_get(&k)?))))
             .collect()
+    }
+
+    /// The object's bytes, or None if it is gone.
+    fn try_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.rt.block_on(async {
+            let mut s = match self.s3.read(key, 0, None).await {
+                Ok(s) => s,
+                Err(e) if e.kind() == bucketgate_storage::ErrorKind::NotFound => return None,
+                Err(e) => panic!("read {key}: {e}"),
+            };
+            let mut out = Vec::new();
+            while let Some(c) = s.next().await {
+                match c {
+                    Ok(c) => out.extend_from_slice(&c),
+                    Err(e) if e.kind() == bucketgate_storage::ErrorKind::NotFound => return None,
+                    Err(e) => panic!("read {key}: {e}"),
+                }
+            }
+            Some(out)
+        })
     }
 
     /// The tree once two reads a moment apart agree (a gateway may still be finishing what a
