@@ -1044,7 +1044,9 @@ impl Names {
         let mut c = Ctl::connect(port).await?;
         let r = c.cmd(&format!("CWD {}", self.dir())).await?;
         if code(&r) != 250 {
-            return Err(format!("CWD {}: {r}", self.dir()));
+            // The working folder was removed meanwhile (RMD of the folder the session is in):
+            // a STOR from there is refused on both sides, as this CWD is (seed 2777093388).
+            return Ok((Res::Err(code(&r)), 0));
         }
         let c = &mut c;
         let mut data = c.pasv().await?;

@@ -1499,6 +1499,34 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
                 close(2),
             ],
         ),
+        (
+            "OPEN with TRUNC of a name one session found missing, which another session has \
+             since made a folder, is refused (817606849: a handle, for a file the folder would hide)",
+            vec![
+                Op::Stat {
+                    sess: 1,
+                    path: "a",
+                    lstat: false,
+                },
+                Op::Mkdir { path: "a" },
+                open(1, 1, "a", 0x1b),
+                open(1, 2, "a", 0x3a),
+            ],
+        ),
+        (
+            "a session writing a new name no longer shows it once another session removed it \
+             (4139399188)",
+            vec![
+                open(1, 2, "sp ace", 0x1a),
+                Op::Remove { path: "sp ace" },
+                Op::Stat {
+                    sess: 1,
+                    path: "sp ace",
+                    lstat: true,
+                },
+                close(2),
+            ],
+        ),
     ]
 }
 

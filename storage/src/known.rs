@@ -29,6 +29,9 @@ const CAP: usize = 256;
 struct Facts {
     /// Site paths found missing (no file, no folder), with when.
     absent: HashMap<String, Instant>,
+    /// For each of `absent`, the tree's count of changes read before the lookup (see
+    /// `Writing::changes`): the fact holds only while that count has not moved.
+    absent_at: HashMap<String, u64>,
     /// Site paths of folders seen to exist, with when.
     folders: HashMap<String, Instant>,
     /// Site paths of files this session just committed, with when.
@@ -60,21 +63,29 @@ impl Known {
         f(&mut g)
     }
 
-    /// `path` was just found missing.
-    pub(crate) fn absent(&self, path: &str) {
+    /// `path` was just found missing, by a lookup made when the tree had seen `changes`
+    /// changes.
+    pub(crate) fn absent(&self, path: &str, changes: u64) {
         self.with(|f| {
             prune(&mut f.absent, NAME_FOR);
-            f.absent.insert(path.to_string(), Instant::now());
+            let Facts {
+                absent, absent_at, ..
+            } = f;
+            absent_at.retain(|k, _| absent.contains_key(k));
+            absent.insert(path.to_string(), Instant::now());
+            absent_at.insert(path.to_string(), changes);
         })
     }
 
-    /// Whether `path` was found missing a moment ago; the fact is used up (the name is about
-    /// to be taken).
-    pub(crate) fn take_absent(&self, path: &str) -> bool {
+    /// Whether `path` was found missing a moment ago and nothing changed in the tree since
+    /// (any session's upload, mkdir, remove or rename: another session may have taken the
+    /// name, as a folder or a file); the fact is used up (the name is about to be taken).
+    pub(crate) fn take_absent(&self, path: &str, changes: u64) -> bool {
         self.with(|f| {
+            let at = f.absent_at.remove(path);
             f.absent
                 .remove(path)
-                .is_some_and(|t| t.elapsed() < NAME_FOR)
+                .is_some_and(|t| t.elapsed() < NAME_FOR && at == Some(changes))
         })
     }
 
@@ -132,9 +143,11 @@ mod tests {
     #[test]
     fn facts_expire_and_are_used_once() {
         let k = Known::default();
-        k.absent("/a/x");
-        assert!(k.take_absent("/a/x"));
-        assert!(!k.take_absent("/a/x"), "used up");
+        k.absent("/a/x", 3);
+        assert!(k.take_absent("/a/x", 3));
+        assert!(!k.take_absent("/a/x", 3), "used up");
+        k.absent("/a/y", 3);
+        assert!(!k.take_absent("/a/y", 4), "the tree changed since");
         k.folder("/a");
         assert!(k.is_folder("/a"));
         k.forget("/a");
@@ -142,11 +155,11 @@ mod tests {
         k.folder("/a/b");
         k.forget("/a");
         assert!(!k.is_folder("/a/b"), "below a forgotten folder");
-        k.absent("/c/f");
+        k.absent("/c/f", 0);
         k.written("/c/f", "/c");
         assert!(k.just_written("/c/f") && k.is_folder("/c"));
         assert!(
-            !k.take_absent("/c/f"),
+            !k.take_absent("/c/f", 0),
             "a committed file is no longer missing"
         );
         k.forget("/c/f");

@@ -479,6 +479,12 @@ impl FileWriter {
         self.base_size().max(self.next).max(ahead)
     }
 
+    /// True once someone else removed or replaced the name during this upload: its CLOSE
+    /// will fail, and the name is no longer this upload's to show.
+    pub fn is_superseded(&self) -> bool {
+        self.claim.as_ref().is_some_and(|c| c.is_gone())
+    }
+
     /// Describes the file as it will be if closed now (for the writing session's own stat).
     pub fn entry(&self) -> Entry {
         Entry {

@@ -438,12 +438,15 @@ impl UserFs {
     async fn stat_inner(&self, p: &VPath) -> Result<Entry> {
         self.check("stat", &p.parent(), Perm::List, p)?;
         let site = self.site_path(p);
+        let changes = self.tree.writing.changes();
         let r = self.stat_site(&site).await;
         match &r {
             Ok(e) if e.is_dir() => self.known.folder(&site.to_string()),
             Ok(_) => self.known.folder(&site.parent().to_string()),
             // An upload client's check before it writes: the OPEN that follows may reuse it.
-            Err(e) if e.kind() == ErrorKind::NotFound => self.known.absent(&site.to_string()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.known.absent(&site.to_string(), changes)
+            }
             Err(_) => {}
         }
         r.map_err(|e| e.with_context("stat", p.to_string()))
@@ -552,7 +555,10 @@ impl UserFs {
         // A name this session found missing a moment ago (the client's STAT just before) is
         // not asked again where that cannot change the outcome: with TRUNC the old content is
         // not used, and a create that must not replace commits only if the name is still free.
-        let reuse = (mode.truncate || mode.exclusive) && self.known.take_absent(&site.to_string());
+        let reuse = (mode.truncate || mode.exclusive)
+            && self
+                .known
+                .take_absent(&site.to_string(), self.tree.writing.changes());
         let (target, parent_e) = if reuse {
             (
                 Err(Error::of(ErrorKind::NotFound)),
@@ -609,6 +615,7 @@ impl UserFs {
     /// Creates a folder. Needs `mkdir` in the folder that will hold it.
     async fn mkdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "mkdir";
+        let _change = self.tree.writing.change();
         self.check(op, &p.parent(), Perm::Mkdir, p)?;
         let site = self.site_path(p);
         let loc = self.tree.locate(&site);
@@ -656,6 +663,7 @@ impl UserFs {
     /// Removes an empty folder. Needs `delete` in the folder that holds it.
     async fn rmdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "rmdir";
+        let _change = self.tree.writing.change();
         self.check(op, &p.parent(), Perm::Delete, p)?;
         self.known.forget(&self.site_path(p).to_string());
         let loc = self.refuse_fixed(op, p)?;
@@ -682,6 +690,7 @@ impl UserFs {
     /// Removes a file. Needs `delete` in its folder.
     async fn remove_inner(&self, p: &VPath) -> Result<()> {
         let op = "remove";
+        let _change = self.tree.writing.change();
         self.check(op, &p.parent(), Perm::Delete, p)?;
         // On object storage a folder without a marker goes with its last file.
         let site = self.site_path(p);
@@ -720,6 +729,7 @@ impl UserFs {
     /// target's, and `overwrite` there when the target exists (only with `replace`).
     async fn rename_inner(&self, from: &VPath, to: &VPath, replace: bool) -> Result<()> {
         let op = "rename";
+        let _change = self.tree.writing.change();
         self.check(op, &from.parent(), Perm::Rename, from)?;
         self.check(op, &to.parent(), Perm::Upload, to)?;
         let src = self.refuse_fixed(op, from)?;

@@ -28,9 +28,32 @@ fn live(v: &Uploads) -> bool {
 pub struct Writing {
     next: AtomicU64,
     map: Mutex<HashMap<Name, Uploads>>,
+    /// Counts the changes of names that ended through this tree (uploads committed or given
+    /// up, folders made or removed, removes, renames), so that a session's fact "this name
+    /// was missing a moment ago" is used only if nothing changed since (see `Known`).
+    changes: AtomicU64,
+}
+
+/// Counts one change of the tree when dropped (at the end of the operation, however it ends).
+pub(crate) struct ChangeGuard(Arc<Writing>);
+
+impl Drop for ChangeGuard {
+    fn drop(&mut self) {
+        self.0.changes.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Writing {
+    /// The count of changes so far; read before a lookup whose answer is to be remembered.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Counts a change when the returned guard is dropped.
+    pub(crate) fn change(self: &Arc<Self>) -> ChangeGuard {
+        ChangeGuard(self.clone())
+    }
+
     /// Registers an upload of `key` in `area` until the returned claim is dropped.
     pub(crate) fn claim(self: &Arc<Self>, area: &str, key: &str) -> WriteClaim {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -99,6 +122,7 @@ impl WriteClaim {
 
 impl Drop for WriteClaim {
     fn drop(&mut self) {
+        self.reg.changes.fetch_add(1, Ordering::SeqCst);
         let mut map = self.reg.lock();
         if let Some(v) = map.get_mut(&self.name) {
             v.retain(|(id, _)| *id != self.id);

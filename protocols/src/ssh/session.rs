@@ -97,10 +97,11 @@ impl SftpSession {
 
     async fn stat_path(&mut self, input: &str) -> Res<FileAttributes> {
         let p = self.path(input)?;
-        if let Some(w) = self.handles.writer_of(&p) {
+        if let Some(w) = self.handles.writer_of(&p).filter(|w| !w.is_superseded()) {
             // This session is writing it: it exists for this session, with what was written so
             // far (FUSE clients stat a file between create and close). Other sessions see the
-            // bucket until the upload completes.
+            // bucket until the upload completes. Once someone else removed or replaced the
+            // name, the upload cannot commit: the bucket answers, as for everyone.
             return Ok(attrs_of(&w.entry()));
         }
         let e = self.fs.stat(&p).await.map_err(|e| self.fail(e))?;
