@@ -17,8 +17,8 @@ set -euo pipefail
 proto=${1:?usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]}
 total=${2:?usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]}
 case "$proto" in
-sftp) filter=sftp_differential::gateway_matches; batch=1000; default_workers=2 ;;
-ftp) filter=ftp_differential::gateway_matches; batch=150; default_workers=8 ;;
+sftp) filter=sftp_differential::gateway_matches_openssh_sftp_server; batch=1000; default_workers=2 ;;
+ftp) filter=ftp_differential::gateway_matches_a_reference_ftp_server; batch=150; default_workers=8 ;;
 *) echo "usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]" >&2; exit 2 ;;
 esac
 # FTP sequences mostly wait (cut transfers, timeouts): more workers than cores pay off.
@@ -47,7 +47,7 @@ run_worker() {
     n=$((n + 1))
     local this=$(( left < batch ? left : batch ))
     local log="$out/$proto-$started-w$w-b$n.log"
-    if (cd "$root/protocols" && DIFF_SEQUENCES=$this "$bin" "$filter" --nocapture >"$log" 2>&1); then
+    if (cd "$root/protocols" && DIFF_SEQUENCES=$this "$bin" --exact "$filter" --nocapture >"$log" 2>&1); then
       echo "ok $this" >>"$summary"
       rm -f "$log"
     else
