@@ -1300,12 +1300,12 @@ impl Run<'_> {
 async fn run(env: &mut Env, ops: &[Op]) -> Result<(), String> {
     env.n += 1;
     let root = format!("/s{}", env.n);
-    for c in [&mut env.g, &mut env.r] {
-        let ok = c.cmd(&format!("MKD {root}")).await.map(|r| code(&r) == 257);
-        let cd = c.cmd(&format!("CWD {root}")).await.map(|r| code(&r) == 250);
+    for (side, c) in [("gateway", &mut env.g), ("reference", &mut env.r)] {
+        let ok = c.cmd(&format!("MKD {root}")).await;
+        let cd = c.cmd(&format!("CWD {root}")).await;
         assert!(
-            ok == Ok(true) && cd == Ok(true),
-            "MKD/CWD {root}: {ok:?} {cd:?}"
+            ok.as_ref().is_ok_and(|r| code(r) == 257) && cd.as_ref().is_ok_and(|r| code(r) == 250),
+            "{side}: MKD/CWD {root}: {ok:?} {cd:?}"
         );
     }
     let mut run = Run {
