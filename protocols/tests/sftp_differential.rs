@@ -850,7 +850,8 @@ impl Run<'_> {
                 );
                 let behind = off < sl.next;
                 sl.next = sl.next.max(off + len as u64);
-                let (path, failed, shared) = (sl.path, sl.failed, sl.shared);
+                let (path, failed, shared, clobbered) =
+                    (sl.path, sl.failed, sl.shared, sl.clobbered);
                 if g == Res::Ok {
                     self.touched(path, Some(slot), false);
                 }
@@ -858,6 +859,11 @@ impl Run<'_> {
                 // sent fails the upload: the handle's later writes fail, CLOSE fails".
                 let rule = if failed || (g.is_err() && r == Res::Ok && behind) {
                     Some("a failed upload refuses writes")
+                } else if g.is_err() && r == Res::Ok && clobbered {
+                    // "CLOSE of an upload whose name was removed or replaced fails": a handle
+                    // writing in place over the version it opened already fails at its next
+                    // WRITE once that version is gone, changing nothing (3176022889).
+                    Some("CLOSE of an upload whose name was removed or replaced")
                 } else if g.is_err() && r == Res::Ok && shared {
                     // "Two handles writing one name: the first CLOSE commits ..., a later one
                     // fails": an in-place writer composes its file from the version it
