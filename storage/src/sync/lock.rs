@@ -57,22 +57,18 @@ impl JobLock {
         Ok(None)
     }
 
-    /// True when some process holds the lock at `path` now (believed, as in
-    /// [`JobLock::try_acquire`], only after a few tries).
+    /// True when some process holds the lock at `path` now. One try: it only informs (the
+    /// `running` flag of a job's status), and it is called from async handlers, which a wait
+    /// would stall.
     pub(crate) fn is_held(path: &Path) -> bool {
         let Ok(file) = File::open(path) else {
             return false;
         };
-        for _ in 0..5 {
-            match file.try_lock_shared() {
-                Ok(()) => return false,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(_) => return false,
-            }
+        match file.try_lock_shared() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(_) => false,
         }
-        true
     }
 }
 
@@ -499,8 +495,13 @@ mod tests {
         assert!(store.read("j").await.unwrap().is_none());
     }
 
+    /// The two tests below run one at a time: the second starts child processes, which share
+    /// every open file of this test process (the first one's lock included) until their exec.
+    static LOCK_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn flock_excludes_a_second_holder() {
+        let _one = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("locks/j.lock");
         let l = JobLock::try_acquire(&p).unwrap().unwrap();
@@ -517,6 +518,7 @@ mod tests {
     #[test]
     fn a_released_lock_is_free_while_processes_start() {
         use std::sync::atomic::AtomicBool;
+        let _one = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("locks/j.lock");
         let stop = Arc::new(AtomicBool::new(false));
