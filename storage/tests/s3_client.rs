@@ -27,6 +27,36 @@ async fn a_wrong_region_is_retried_once_and_remembered() {
 }
 
 #[tokio::test]
+async fn an_upload_whose_connection_breaks_for_its_region_learns_it_and_lands() {
+    // Garage refuses a request signed for another region as soon as it has read the headers
+    // and closes the connection; a proxy in between that is still sending the body has only a
+    // reset to pass on, so the client never sees the answer that names the region. Here the
+    // proxy cuts every upload signed for the default region.
+    use bucketgate_testkit::http_proxy::{Action, HttpProxy, Rule, Seen};
+    let srv = s3s_server(Some("garage")).await;
+    let rule: Rule = std::sync::Arc::new(|s: &Seen| {
+        let default_region = s
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.contains("/us-east-1/"));
+        if s.method == "PUT" && default_region {
+            Action::Drop
+        } else {
+            Action::Forward
+        }
+    });
+    let proxy = HttpProxy::start(srv.addr(), rule).await;
+    let b = srv.backend_with(|o| {
+        o.region = None;
+        o.endpoint = format!("http://{}", proxy.addr);
+    });
+    let bytes = data(1 << 20, 4);
+    put(&b, &srv.key("first.bin"), &bytes, 1 << 20).await;
+    assert_eq!(b.region(), "garage");
+    assert_eq!(get(&srv.backend(), &srv.key("first.bin")).await, bytes);
+}
+
+#[tokio::test]
 async fn max_connections_caps_requests_in_flight() {
     let srv = s3s_server(None).await;
     let target: std::net::SocketAddr = srv.endpoint.trim_start_matches("http://").parse().unwrap();

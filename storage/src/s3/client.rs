@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use std::io::SeekFrom;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -131,6 +132,12 @@ pub(crate) struct Client {
     path_style: bool,
     auth: Auth,
     region: RwLock<String>,
+    /// Whether the server has accepted a request signed with `region` (or the remote names its
+    /// region). Until then a request with a body whose connection breaks may have been refused
+    /// for its region before the body was read (Garage answers at once and closes; a proxy
+    /// in between then has only a reset to pass on): the region is asked once before it is
+    /// sent again.
+    region_confirmed: std::sync::atomic::AtomicBool,
     limit: Option<Arc<Semaphore>>,
     retry: RetryPolicy,
     name: String,
@@ -240,6 +247,9 @@ impl Client {
             path_style: opts.path_style,
             auth,
             region: RwLock::new(region),
+            region_confirmed: std::sync::atomic::AtomicBool::new(
+                opts.region.as_deref().is_some_and(|r| !r.trim().is_empty()),
+            ),
             limit: (opts.max_connections > 0)
                 .then(|| Arc::new(Semaphore::new(opts.max_connections))),
             retry: opts.retries.clone(),
@@ -431,6 +441,7 @@ impl Client {
             );
             let err = match outcome {
                 Ok(resp) if resp.status().is_success() => {
+                    self.region_confirmed.store(true, Relaxed);
                     return Ok(Response { resp, permit });
                 }
                 Ok(resp) => {
@@ -462,25 +473,7 @@ impl Client {
                             other = self.region_from_bucket_request(&region).await;
                         }
                         if let Some(r) = other {
-                            tracing::warn!(
-                                remote = %self.name,
-                                from = %region,
-                                to = %r,
-                                "the S3 server expects another region; retrying with it. \
-                                 Set `region: {r}` on this remote to avoid the extra request"
-                            );
-                            *self.region.write().expect("region lock") = r.clone();
-                            if matches!(req.body, Body::Stream(..)) {
-                                // Its bytes went with the refused request.
-                                return Err(Error::new(
-                                    ErrorKind::Backend,
-                                    format!(
-                                        "the S3 server expects region {r}; the upload has to \
-                                         be sent again"
-                                    ),
-                                )
-                                .set_retryable(true));
-                            }
+                            self.switch_region(&region, &r, req)?;
                             region_switched = true;
                             attempt -= 1;
                             continue;
@@ -490,6 +483,17 @@ impl Client {
                 }
                 Err(e) => {
                     drop(permit);
+                    if !region_switched
+                        && !matches!(req.body, Body::Empty)
+                        && !self.region_confirmed.load(Relaxed)
+                    {
+                        if let Some(r) = self.region_from_bucket_request(&region).await {
+                            self.switch_region(&region, &r, req)?;
+                            region_switched = true;
+                            attempt -= 1;
+                            continue;
+                        }
+                    }
                     (transport(e), None)
                 }
             };
@@ -502,6 +506,27 @@ impl Client {
             crate::metrics::s3_retry(&self.name, op);
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Signs with `to` from now on. A streamed body went with the refused request, so its
+    /// caller is told to send it again (a retryable error); any other request is sent again here.
+    fn switch_region(&self, from: &str, to: &str, req: &Request) -> Result<()> {
+        tracing::warn!(
+            remote = %self.name,
+            from = %from,
+            to = %to,
+            "the S3 server expects another region; retrying with it. \
+             Set `region: {to}` on this remote to avoid the extra request"
+        );
+        *self.region.write().expect("region lock") = to.to_string();
+        if matches!(req.body, Body::Stream(..)) {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                format!("the S3 server expects region {to}; the upload has to be sent again"),
+            )
+            .set_retryable(true));
+        }
+        Ok(())
     }
 
     /// The region the server names when it refuses a small bucket-level GET signed for
@@ -520,6 +545,7 @@ impl Client {
             .await
             .ok()?;
         if resp.status().is_success() {
+            self.region_confirmed.store(true, Relaxed);
             return None;
         }
         let status = resp.status().as_u16();
