@@ -5,7 +5,11 @@ Everything talks to one s3s-fs server (tests/examples/s3s_server.rs) on 127.0.0.
 figure the gateway and its baselines run interleaved in the same round, so the ratios hold even
 on a busy machine; the load average is printed with every round.
 
-  bench/run.py [--reps N] [--only sftp,ftp,small,list,sync] [--keep]
+  bench/run.py [--reps N] [--only sftp,ftp,get,small,list,sync] [--keep]
+
+`BENCH_RTT_MS=20` puts tests/examples/latency_proxy.rs in front of the S3 server (half of it each
+way, no bandwidth cap): every client of S3 (the gateway, the peers, rclone) then pays that round
+trip, as across a WAN. Run once with and once without to get both columns.
 
 Needs: target/release/bucketgate and target/release/examples/s3s_server (see bench/README.md),
 OpenSSH client and server, lftp, rclone >= 1.63 with `serve ftp` (RCLONE env, default
@@ -28,6 +32,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BG = os.path.join(ROOT, "target/release/bucketgate")
 S3S = os.path.join(ROOT, "target/release/examples/s3s_server")
+LATENCY = os.path.join(ROOT, "target/release/examples/latency_proxy")
+RTT_MS = float(os.environ.get("BENCH_RTT_MS", "0"))
 RCLONE = os.environ.get("RCLONE", "/opt/rclone175/bin/rclone")
 # Issue 6 compares sync with Debian's rclone (`apt-get install rclone`).
 SYNC_RCLONE = os.environ.get("SYNC_RCLONE", "/usr/bin/rclone")
@@ -84,6 +90,16 @@ def stop_all():
 
 # No client command may take longer (a hung transfer is recorded as such, and the run goes on).
 TIMEOUT = int(os.environ.get("BENCH_TIMEOUT", "300"))
+
+
+def same_file(a, b):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(16 * MIB), fb.read(16 * MIB)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 class Hang(Exception):
@@ -163,6 +179,13 @@ class Bench:
             p = spawn([S3S, f"{self.w}/s3", ACCESS, SECRET], stdout=subprocess.PIPE, text=True)
             cpu_pids["s3"] = p.pid
             self.endpoint = p.stdout.readline().split()[-1]
+        if RTT_MS > 0:
+            port = free_port()
+            p = spawn([LATENCY, str(port), self.endpoint.split("//", 1)[1], str(RTT_MS / 2)],
+                      stdout=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "ready"
+            self.endpoint = f"http://127.0.0.1:{port}"
+            log(f"S3 behind a latency proxy: {RTT_MS} ms round trip")
         self.renv = dict(os.environ)
         self.renv.pop("AWS_CA_BUNDLE", None)
         self.renv.update(
@@ -362,6 +385,26 @@ Subsystem sftp internal-sftp
             if os.path.exists(f"{g}/{f}"):
                 os.unlink(f"{g}/{f}")
 
+    def round_get(self, n):
+        """Downloads of one 1 GiB object (put once with rclone, not timed): the gateway over SFTP
+        and FTP beside the direct clients, one after another."""
+        g = self.get
+        if n == 0:
+            self.rclone("copyto", self.big, f"s3:{BUCKET}/gw/gbig.bin")
+        self.rec("sftp get 1GiB gateway", self.sftp(self.gw_sftp, FTP_USER, [f"get /s3/gbig.bin {g}/a"]))
+        self.rec("s3 get 1GiB rclone", self.rclone("copyto", f"s3:{BUCKET}/gw/gbig.bin", f"{g}/c"))
+        self.rec("ftp get 1GiB gateway", self.lftp(self.gw_ftp, [f"get /s3/gbig.bin -o {g}/b"]))
+        self.rec("s3 get 1GiB rclone best", self.rclone(
+            "copyto", "--multi-thread-streams", "8", "--multi-thread-cutoff", "16M",
+            f"s3:{BUCKET}/gw/gbig.bin", f"{g}/d"))
+        for f in "abcd":
+            if os.path.exists(f"{g}/{f}"):
+                if f != "c" and not same_file(f"{g}/{f}", self.big):
+                    raise SystemExit(f"the download {g}/{f} differs from what was put")
+                os.unlink(f"{g}/{f}")
+        self.hwm_get = self.hwm()
+        log(f"  gateway VmHWM after the gets: {self.hwm_get} MiB")
+
     def round_small(self, n):
         # Straight into the mount's root, no mkdir: s3s-fs turns a `dir/` marker into a hidden
         # folder that it then fails to stat, an artefact of the test server.
@@ -472,7 +515,7 @@ Subsystem sftp internal-sftp
         for job in ("small", "big"):
             check(f"sync first {job} vs rclone sync", f"sync first {job} bucketgate", f"sync first {job} rclone", 1)
             check(f"sync rerun {job} vs rclone sync", f"sync rerun {job} bucketgate", f"sync rerun {job} rclone", 1)
-        for k in ("hwm_big", "hwm_ftp"):
+        for k in ("hwm_big", "hwm_ftp", "hwm_get"):
             if hasattr(self, k):
                 v = getattr(self, k)
                 log(f"{'gateway peak RSS (VmHWM) ' + k:55s} {v:6d} MiB (need <= 100)  {'MET' if v <= 100 else 'MISSED'}")
@@ -485,12 +528,12 @@ def main():
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    for exe in (BG, S3S, RCLONE):
+    for exe in (BG, S3S, RCLONE) + ((LATENCY,) if RTT_MS > 0 else ()):
         if not os.path.exists(exe):
             raise SystemExit(f"missing {exe}: see bench/README.md")
     work = tempfile.mkdtemp(prefix="bgbench-", dir=os.environ.get("BENCH_DIR", "/tmp"))
     b = Bench(work)
-    log(f"work dir {work}; load {' '.join(load())}; rclone {sh([RCLONE, 'version']).splitlines()[0]}")
+    log(f"work dir {work}; round trip to S3 {RTT_MS} ms; load {' '.join(load())}; rclone {sh([RCLONE, 'version']).splitlines()[0]}")
     try:
         b.start_s3()
         b.keys()
@@ -503,6 +546,8 @@ def main():
                 b.round_big()
             if "ftp" in only:
                 b.round_ftp()
+            if "get" in only:
+                b.round_get(n)
             if "small" in only:
                 b.round_small(n)
             if "list" in only:

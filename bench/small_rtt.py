@@ -3,7 +3,7 @@
 
   bench/small_rtt.py [--bin BUCKETGATE] [--s3s S3S_SERVER] [--rtt-ms 20] [-n 200] [--reps 3]
 
-An s3s-fs server behind bench/latency_proxy.py (ONE_WAY = rtt/2 each direction), the gateway
+An s3s-fs server behind tests/examples/latency_proxy.rs (ONE_WAY = rtt/2 each direction), the gateway
 in front with a mount `/s3` (`preserve_mtime: false`). Uploads N files of 4 KiB one after the
 other with OpenSSH `sftp` (`put FILE /s3/NAME`: the client STATs the name, then OPEN, WRITE,
 CLOSE) and with lftp (`mput`: one STOR each), and prints the time per file (the session's own
@@ -67,6 +67,8 @@ def main():
     ap.add_argument("--rtt-ms", type=float, default=20)
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--latency", default=os.path.join(ROOT, "target/release/examples/latency_proxy"),
+                    help="the latency proxy (cargo build --release -p bucketgate-tests --example latency_proxy)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (gw.log)")
     a = ap.parse_args()
     w = tempfile.mkdtemp(prefix="bgrtt-")
@@ -75,8 +77,8 @@ def main():
         s3 = spawn([a.s3s, f"{w}/s3", ACCESS, SECRET], stdout=subprocess.PIPE, text=True)
         s3port = int(s3.stdout.readline().split()[-1].rsplit(":", 1)[1])
         pport = free_port()
-        lp = spawn([sys.executable, os.path.join(ROOT, "bench/latency_proxy.py"), str(pport),
-                    f"127.0.0.1:{s3port}", str(a.rtt_ms / 2)], stdout=subprocess.PIPE, text=True)
+        lp = spawn([a.latency, str(pport), f"127.0.0.1:{s3port}", str(a.rtt_ms / 2)],
+                   stdout=subprocess.PIPE, text=True)
         lp.stdout.readline()
         key = f"{w}/id"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)

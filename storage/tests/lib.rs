@@ -16,6 +16,7 @@ mod s3_memory;
 mod s3_ops;
 mod s3_options;
 mod s3_roundtrip;
+mod s3_segmented;
 mod s3_streamed_put;
 mod s3_uploads;
 mod sync_crash;

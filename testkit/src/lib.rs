@@ -13,6 +13,7 @@ pub mod creds;
 pub mod ftp;
 pub mod gateway_config;
 pub mod http_proxy;
+pub mod latency;
 pub mod load;
 pub mod moto;
 pub mod postgres;
