@@ -116,7 +116,7 @@ syncs:
     let r = &c.remotes[0];
     assert_eq!(r.kind, RemoteKind::S3);
     assert!(r.path_style && r.preserve_mtime && r.is_anonymous());
-    assert_eq!(r.checksum, bucketgate_config::ChecksumMode::Md5);
+    assert_eq!(r.checksum, bucketgate_config::ChecksumMode::Auto);
     assert_eq!(r.encryption, bucketgate_config::EncryptionMode::None);
     assert!(r.kms_key_id.is_empty() && !r.bucket_key && r.customer_key_env.is_empty());
     assert!(r.storage_class.is_empty());

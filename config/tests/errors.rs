@@ -520,7 +520,7 @@ fn remotes() {
         &text,
         "remotes[0].checksum",
         "checksum: sha1",
-        "expected one of `md5`, `crc32c`, `off`",
+        "expected one of `auto`, `md5`, `crc32c`, `off`",
     );
     let text = base().replace(
         "    bucket: exchange\n",

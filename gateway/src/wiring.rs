@@ -103,6 +103,7 @@ pub fn s3_options(
     o.request_timeout = r.timeouts.request.get();
     o.preserve_mtime = r.preserve_mtime;
     o.checksum = match r.checksum {
+        bucketgate_config::ChecksumMode::Auto => Checksum::Auto,
         bucketgate_config::ChecksumMode::Md5 => Checksum::Md5,
         bucketgate_config::ChecksumMode::Crc32c => Checksum::Crc32c,
         bucketgate_config::ChecksumMode::Off => Checksum::Off,

@@ -303,3 +303,62 @@ async fn a_sync_copy_with_a_changed_byte_is_not_ok() {
         );
     }
 }
+
+/// `checksum: auto` (the default) sends CRC32C where the probe found the server verifies it,
+/// MD5 elsewhere; a multipart upload keeps the checksum it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sends_crc32c_only_where_the_server_verifies_it() {
+    use bucketgate_storage::s3::Capabilities;
+    let srv = s3s_server(None).await;
+    let p = HttpProxy::start(srv.addr(), http_proxy::forward_all()).await;
+    for verified in [true, false] {
+        let b = srv.backend_unprobed_with(|o| {
+            o.endpoint = format!("http://{}", p.addr);
+            o.checksum = Checksum::Auto;
+        });
+        b.assume_capabilities(Capabilities {
+            probed: true,
+            put_crc32c: verified,
+            ..Default::default()
+        });
+        let before = p.seen().len();
+        let (small, large) = (data(MIB, 1), data(12 * MIB, 2));
+        let (ks, kl) = (
+            srv.key(&format!("auto-{verified}-small")),
+            srv.key(&format!("auto-{verified}-large")),
+        );
+        upload(&b, &ks, &small).await.unwrap();
+        upload(&b, &kl, &large).await.unwrap();
+        assert!(get(&srv.backend(), &ks).await == small);
+        assert!(get(&srv.backend(), &kl).await == large);
+        let puts: Vec<Seen> = p.seen()[before..]
+            .iter()
+            .filter(|s| s.method == "PUT")
+            .cloned()
+            .collect();
+        // The small PutObject and the large upload's three parts.
+        assert_eq!(puts.len(), 4, "{puts:?}");
+        for s in &puts {
+            let (crc, md5) = (
+                s.header("x-amz-checksum-crc32c").is_some(),
+                s.header("content-md5").is_some(),
+            );
+            assert_eq!(
+                (crc, md5),
+                (verified, !verified),
+                "verified {verified}: {} {}",
+                s.method,
+                s.target
+            );
+        }
+        let initiate = p.seen()[before..]
+            .iter()
+            .find(|s| s.method == "POST" && s.target.contains("uploads"))
+            .cloned()
+            .expect("a multipart upload");
+        assert_eq!(
+            initiate.header("x-amz-checksum-algorithm"),
+            verified.then_some("CRC32C")
+        );
+    }
+}

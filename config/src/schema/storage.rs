@@ -271,8 +271,11 @@ pub enum EncryptionMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChecksumMode {
-    /// `Content-MD5` on every PutObject and UploadPart: verified by every S3 server tried.
+    /// `crc32c` where the server was found to refuse a PutObject and an UploadPart whose body
+    /// does not match their CRC32C (the probe at start), `md5` elsewhere and until then.
     #[default]
+    Auto,
+    /// `Content-MD5` on every PutObject and UploadPart: verified by every S3 server tried.
     Md5,
     /// `x-amz-checksum-crc32c`: cheaper to compute; verified only by servers with the
     /// flexible-checksum API (AWS, Garage, recent MinIO); others ignore it silently.

@@ -434,7 +434,7 @@ fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
     format!(
         "PUT If-None-Match {}, PUT If-Match {} ({}), Complete If-None-Match {}, Complete If-Match {}, \
          copy condition {}, DELETE If-Match {}, markers {} and {}, uploads listed {}, file and folder of one name {}, \
-         PUT Content-MD5 {}, listing keys {}",
+         PUT Content-MD5 {}, CRC32C {}, listing keys {}",
         yes(c.put_if_none_match),
         yes(c.put_if_match),
         match c.etag_form {
@@ -455,6 +455,11 @@ fn summary(c: &bucketgate_storage::s3::Capabilities) -> String {
         if c.uploads_by_prefix { "by prefix" } else { "by exact key only" },
         if c.file_and_folder { "allowed" } else { "refused" },
         if c.put_content_md5 {
+            "checked before storing"
+        } else {
+            "not checked before storing"
+        },
+        if c.put_crc32c {
             "checked before storing"
         } else {
             "not checked before storing"

@@ -19,8 +19,13 @@ use md5::{Digest as _, Md5};
 /// Which checksum uploads carry and downloads are checked with (`remotes[].checksum`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Checksum {
-    /// `Content-MD5`, verified by every S3 server tried; downloads checked against MD5 ETags.
+    /// [`Checksum::Crc32c`] where the probe found that the server refuses a PutObject and an
+    /// UploadPart whose body does not match their CRC32C ([`super::Capabilities::put_crc32c`]),
+    /// [`Checksum::Md5`] elsewhere and until a probe has answered. Resolved per request (an
+    /// upload keeps what it started with): see `Inner::checksum`.
     #[default]
+    Auto,
+    /// `Content-MD5`, verified by every S3 server tried; downloads checked against MD5 ETags.
     Md5,
     /// `x-amz-checksum-crc32c` (and CRC32C part checksums at completion); downloads checked
     /// against the server's full-object CRC32C, or an MD5 ETag.
@@ -72,7 +77,8 @@ pub(crate) enum Hasher {
 impl Hasher {
     pub(crate) fn new(mode: Checksum) -> Option<Hasher> {
         match mode {
-            Checksum::Md5 => Some(Hasher::Md5(Box::default())),
+            // Resolved before hashing (`Inner::checksum`); MD5, as before a probe, if not.
+            Checksum::Md5 | Checksum::Auto => Some(Hasher::Md5(Box::default())),
             Checksum::Crc32c => Some(Hasher::Crc32c(0)),
             Checksum::Off => None,
         }
@@ -159,7 +165,7 @@ pub(crate) fn apply(req: Request, digest: Option<&Digest>) -> Request {
 pub(crate) fn apply_initiate(req: Request, mode: Checksum) -> Request {
     match mode {
         Checksum::Crc32c => req.header("x-amz-checksum-algorithm", "CRC32C"),
-        Checksum::Md5 | Checksum::Off => req,
+        Checksum::Md5 | Checksum::Auto | Checksum::Off => req,
     }
 }
 

@@ -282,6 +282,16 @@ impl Inner {
             self.md5_probe.get().copied().unwrap_or(false)
         }
     }
+
+    /// The checksum a request sent now carries: `remotes[].checksum`, with `auto` resolved by
+    /// what the probe found (CRC32C where the server verifies it, MD5 otherwise and before).
+    pub fn checksum(&self) -> Checksum {
+        match self.opts.checksum {
+            Checksum::Auto if self.caps().put_crc32c => Checksum::Crc32c,
+            Checksum::Auto => Checksum::Md5,
+            other => other,
+        }
+    }
 }
 
 /// [`Inner::spool`]: not tried yet.
@@ -388,7 +398,10 @@ impl Backend for S3Backend {
         let o = &self.inner.opts;
         // Only the streamed PutObject needs it (see `write::create`): smaller uploads are
         // one buffered PutObject, larger ones multipart, and both hash what they send.
-        if o.checksum != Checksum::Md5 || size <= o.part_size || size > o.single_put_max {
+        if !matches!(o.checksum, Checksum::Md5 | Checksum::Auto)
+            || size <= o.part_size
+            || size > o.single_put_max
+        {
             return false;
         }
         if self.inner.caps().probed {

@@ -95,6 +95,12 @@ pub struct Capabilities {
     /// [`crate::backend::Backend::wants_content_md5`]); elsewhere as a multipart upload whose
     /// parts each carry their own.
     pub put_content_md5: bool,
+    /// A PutObject and an UploadPart whose body does not match their `x-amz-checksum-crc32c`
+    /// are refused (the old object kept), and matching ones stored (AWS, Garage); false where
+    /// the header is ignored (moto, Ceph RGW 16, older MinIO) or checked only after the body
+    /// replaced the object (s3s-fs). Where true, `checksum: auto` sends CRC32C, which costs a
+    /// fraction of MD5's CPU.
+    pub put_crc32c: bool,
     /// A ListObjectsV2 with `encoding-type=url` sends its keys URL-encoded, so that keys with
     /// characters XML cannot carry are listed as they are (AWS, Garage, MinIO); false where the
     /// server ignores the parameter or, as s3s-fs, says it encoded and did not. Listings ask
@@ -122,6 +128,7 @@ impl Default for Capabilities {
             uploads_by_prefix: true,
             file_and_folder: true,
             put_content_md5: false,
+            put_crc32c: false,
             list_url_encoding: false,
         }
     }
@@ -305,6 +312,70 @@ impl Probe<'_> {
             .is_ok()
             && &self.body("h").await?[..] == b"three";
         Ok(wrong.is_err() && kept && right)
+    }
+
+    /// Whether a PutObject and an UploadPart whose body does not match its
+    /// `x-amz-checksum-crc32c` are refused, the old object left as it was, and matching ones
+    /// accepted ([`Capabilities::put_crc32c`]).
+    async fn crc32c(&mut self) -> Result<bool> {
+        let crc = |b: &[u8]| {
+            base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(b).to_be_bytes())
+        };
+        self.put("k", b"one", &[]).await?;
+        // A byte changed on the way: the checksum of other bytes of the same length.
+        let wrong = self
+            .send_once(
+                Request::new(Method::PUT, Some(&self.key("k")))
+                    .header("x-amz-checksum-crc32c", crc(b"owt")),
+                b"two",
+            )
+            .await;
+        let kept = &self.body("k").await?[..] == b"one";
+        let right = self
+            .put("k", b"three", &[("x-amz-checksum-crc32c", crc(b"three"))])
+            .await
+            .is_ok()
+            && &self.body("k").await?[..] == b"three";
+        if !(wrong.is_err() && kept && right) {
+            return Ok(false);
+        }
+        // The same for a part of an upload that declared the algorithm, as uploads do.
+        let key = self.key("kp");
+        let body = self
+            .inner
+            .client
+            .send_xml(
+                &Request::new(Method::POST, Some(&key))
+                    .query("uploads", "")
+                    .header("x-amz-checksum-algorithm", "CRC32C"),
+            )
+            .await?;
+        let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
+        self.uploads.push((key.clone(), id.clone()));
+        let part = |sum: String| {
+            Request::new(Method::PUT, Some(&key))
+                .query("partNumber", "1")
+                .query("uploadId", id.clone())
+                .header("x-amz-checksum-crc32c", sum)
+        };
+        let wrong = self.send_once(part(crc(b"owt")), b"two").await;
+        let right = self.send_once(part(crc(b"two")), b"two").await;
+        Ok(wrong.is_err() && right.is_ok())
+    }
+
+    /// Sends `req` with `body` as a streamed body, which the client does not send again: a
+    /// refusal is the answer, not a reason to wait and retry.
+    async fn send_once(&self, req: Request, body: &'static [u8]) -> Result<Response> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Ok(Bytes::from_static(body)))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Backend, "cannot fill a probe body"))?;
+        drop(tx);
+        let req = req.body(Body::Stream(
+            std::sync::Arc::new(std::sync::Mutex::new(Some(rx))),
+            body.len() as u64,
+        ));
+        self.inner.client.send(&req).await
     }
 
     async fn etag(&self, rel: &str) -> Result<String> {
@@ -537,6 +608,7 @@ impl Probe<'_> {
         // from the file system).
         caps.file_and_folder = self.put("e/f", b"x", &[]).await.is_ok();
         caps.put_content_md5 = self.content_md5().await?;
+        caps.put_crc32c = self.crc32c().await?;
 
         // Listings with URL-encoded keys: a key with `+`, `%` and a space must come back as it
         // is (a server that says it encoded and did not would decode `%41` as `A`).
@@ -559,7 +631,7 @@ impl Probe<'_> {
         // Deepest first, so that servers on a file system can remove the folders. A key the
         // probe never managed to write may fail to delete (`e/f` under a file): what is left
         // is listed and deleted after.
-        for rel in [URL_KEY, "h", "e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
+        for rel in [URL_KEY, "k", "h", "e/f", "e", "d/f", "d/", "m/c", "c2", "c"] {
             let _ = self.delete(rel, &[]).await;
         }
         let left = list_page(self.inner, &self.base, false, None, 10).await?;

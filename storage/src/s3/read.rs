@@ -94,7 +94,7 @@ async fn get(
         let form = inner.caps().etag_form;
         req = req.header("if-match", super::probe::if_match_value(t, form));
     }
-    let mode = inner.opts.checksum;
+    let mode = inner.checksum();
     if offset == 0 && mode == Checksum::Crc32c {
         // Asks for the object's stored checksum (servers without it ignore the header).
         req = req.header("x-amz-checksum-mode", "ENABLED");

@@ -79,7 +79,11 @@ pub(crate) async fn create(
         // uploads are buffered like the rest while checksums are on.
         let checked = match inner.opts.checksum {
             Checksum::Off => true,
-            Checksum::Md5 => opts.content_md5.is_some() && inner.content_md5_verified(),
+            // With `auto` too, whatever it resolves to: a MD5 known before the body goes is
+            // the one checksum a streamed body can carry.
+            Checksum::Md5 | Checksum::Auto => {
+                opts.content_md5.is_some() && inner.content_md5_verified()
+            }
             Checksum::Crc32c => false,
         };
         // Where the server does not enforce the commit's conditions, the streamed PUT checks

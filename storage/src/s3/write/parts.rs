@@ -50,6 +50,7 @@ impl Pipeline {
     pub(super) fn new(inner: Arc<Inner>, key: &str, opts: CreateOptions, first: u64) -> Pipeline {
         let mtime = opts.mtime.filter(|_| inner.opts.preserve_mtime);
         let inner_finish_within = inner.opts.finish_within;
+        let checksum = inner.checksum();
         let cond = Conditions {
             if_match: opts.if_match.clone(),
             if_absent: opts.if_absent,
@@ -59,6 +60,7 @@ impl Pipeline {
                 inner,
                 key: Arc::from(key),
                 mtime,
+                checksum,
             },
             opts,
             cond,
@@ -198,7 +200,7 @@ impl Pipeline {
         if self.upload_id.is_none() {
             let len = self.buf.len();
             let (body, _permit) = self.buf.take().await?;
-            let sum = checksum::of_body(self.inner().opts.checksum, &body).await?;
+            let sum = checksum::of_body(self.s3.checksum, &body).await?;
             // A sync copy (resendable) checked its target a moment before it started; a
             // client's upload may have run for hours since its open, so it checks again now
             // (unless the server enforces the request's conditions itself).

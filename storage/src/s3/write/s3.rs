@@ -75,6 +75,9 @@ pub(super) struct S3Parts {
     /// The time sent as `x-amz-meta-mtime`, where the remote preserves times and the caller
     /// gave one.
     pub mtime: Option<std::time::SystemTime>,
+    /// The checksum every request of this upload carries, fixed when it starts (a probe that
+    /// answers meanwhile must not mix MD5 and CRC32C parts in one multipart upload).
+    pub checksum: super::super::checksum::Checksum,
 }
 
 impl S3Parts {
@@ -111,7 +114,7 @@ impl S3Parts {
     pub(super) async fn initiate(&self) -> Result<String> {
         let mut req = checksum::apply_initiate(
             Request::new(Method::POST, Some(&self.key)).query("uploads", ""),
-            self.inner.opts.checksum,
+            self.checksum,
         );
         if let Some(m) = self.mtime {
             req = req.header("x-amz-meta-mtime", format_mtime(m));
@@ -137,7 +140,7 @@ impl S3Parts {
         body: Body,
         permit: Option<MemoryPermit>,
     ) -> Result<Part> {
-        let sum = checksum::of_body(self.inner.opts.checksum, &body).await?;
+        let sum = checksum::of_body(self.checksum, &body).await?;
         let req = Request::new(Method::PUT, Some(&self.key))
             .query("partNumber", part.to_string())
             .query("uploadId", upload_id);
