@@ -89,12 +89,40 @@ pub struct CreateOptions {
     /// backend, not a client's stream): the backend may then use a request it cannot retry
     /// itself, such as one streamed PutObject of the announced `size_hint`.
     pub resendable: bool,
-    /// The MD5 of the bytes that will be written, known before the first of them (a sync
-    /// copy that hashed its source first). Where [`Backend::wants_content_md5`] said yes, the
-    /// upload is then one streamed request that carries it, and the server refuses it, storing
-    /// nothing, if the bytes that arrive do not match: a byte changed on the way, or a source
-    /// that changed between its hashing and its upload. Ignored elsewhere.
-    pub content_md5: Option<[u8; 16]>,
+    /// A checksum of the bytes that will be written, known before the first of them (a sync
+    /// copy that hashed its source first), of the kind [`Backend::wants_source_hash`] named.
+    /// The upload is then one streamed request that carries it, and the server refuses it,
+    /// storing nothing, if the bytes that arrive do not match: a byte changed on the way, or a
+    /// source that changed between its hashing and its upload. Ignored elsewhere.
+    pub source_hash: Option<SourceHash>,
+}
+
+/// A checksum of a whole upload, computed before it starts ([`CreateOptions::source_hash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceHash {
+    /// An MD5, sent as `Content-MD5`.
+    Md5([u8; 16]),
+    /// A CRC32C, sent as `x-amz-checksum-crc32c`.
+    Crc32c(u32),
+}
+
+impl SourceHash {
+    /// Which checksum this is.
+    pub fn kind(&self) -> HashKind {
+        match self {
+            SourceHash::Md5(_) => HashKind::Md5,
+            SourceHash::Crc32c(_) => HashKind::Crc32c,
+        }
+    }
+}
+
+/// Which checksum a backend wants computed before an upload ([`Backend::wants_source_hash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    /// MD5.
+    Md5,
+    /// CRC32C (Castagnoli).
+    Crc32c,
 }
 
 /// An upload in progress. Nothing is visible under the key until [`Upload::finish`] succeeds;
@@ -155,15 +183,15 @@ pub trait Backend: Send + Sync + 'static {
         true
     }
 
-    /// True when an upload of `size` bytes to `key`, made with [`CreateOptions::resendable`],
-    /// would take a faster path if it knew the bytes' MD5 up front
-    /// ([`CreateOptions::content_md5`]), and the server is known to refuse such an upload
-    /// whose bytes do not match, keeping the previous version. The caller then hashes its
-    /// source before it uploads. S3 asks its server once (a small probe) when no probe has
-    /// answered yet. False by default.
-    async fn wants_content_md5(&self, key: &str, size: u64) -> bool {
+    /// The checksum that an upload of `size` bytes to `key`, made with
+    /// [`CreateOptions::resendable`], should know up front ([`CreateOptions::source_hash`]) to
+    /// take a faster path, where the server is known to refuse such an upload whose bytes do
+    /// not match, keeping the previous version. The caller then hashes its source before it
+    /// uploads. S3 asks its server once (a small probe) when no probe has answered yet. None by
+    /// default.
+    async fn wants_source_hash(&self, key: &str, size: u64) -> Option<HashKind> {
         let _ = (key, size);
-        false
+        None
     }
 
     /// Reads `key` from `offset` to `end` (exclusive; `None` = end of file).

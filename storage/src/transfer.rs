@@ -560,7 +560,7 @@ impl FileWriter {
             if_absent: self.if_absent,
             if_match: None,
             // Its bytes are known only as they arrive.
-            content_md5: None,
+            source_hash: None,
         };
         self.upload = Some(self.backend.create(&self.key, opts).await?);
         self.next = head;

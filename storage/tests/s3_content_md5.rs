@@ -1,9 +1,10 @@
-//! Large sync copies with `checksum: md5` (issue 14's 10 × 100 MiB regression, issue 17 item
-//! 2): where the server refuses a PutObject whose body does not match its `Content-MD5` and
-//! keeps the old object (the probe's `put_content_md5`: Garage yes; s3s-fs, which compares only
-//! after replacing the object, and moto, which does not compare, no), a copy whose source was
-//! hashed first is ONE streamed PutObject carrying that MD5; elsewhere a multipart upload whose
-//! parts each carry their own. An HTTP proxy in front of each server counts the requests (which
+//! Large sync copies with the default `checksum: auto` (issue 14's 10 × 100 MiB regression,
+//! issue 17 item 2): where the server refuses a PutObject whose body does not match its
+//! `x-amz-checksum-crc32c` and keeps the old object (the probe's `put_crc32c`: Garage yes), a
+//! copy whose source was hashed first is ONE streamed PutObject carrying that CRC32C; else
+//! where it does so for `Content-MD5` (`put_content_md5`: Ceph RGW yes), one carrying that MD5;
+//! elsewhere (s3s-fs, which compares only after replacing the object, and moto, which does not
+//! compare) a multipart upload whose parts each carry their own. An HTTP proxy in front of each server counts the requests (which
 //! path ran), changes one byte of a body on its way, or rewrites the source file at the moment
 //! its upload starts.
 
@@ -24,9 +25,23 @@ use std::sync::{Arc, Mutex};
 
 const LEN: usize = 20 * MIB;
 
-/// Whether the server's probe found that it checks Content-MD5 before it stores.
+/// Whether the server's probe found that it checks Content-MD5 or CRC32C before it stores.
 fn verifies(srv: &Server) -> bool {
-    srv.probed.as_ref().expect("probed").put_content_md5
+    let c = srv.probed.as_ref().expect("probed");
+    c.put_content_md5 || c.put_crc32c
+}
+
+/// The (Content-MD5, x-amz-checksum-crc32c) a checked copy of `bytes` carries under `auto`.
+fn expected_sum(srv: &Server, bytes: &[u8]) -> (Option<String>, Option<String>) {
+    if srv.probed.as_ref().expect("probed").put_crc32c {
+        (None, Some(crc_b64(bytes)))
+    } else {
+        (Some(md5_b64(bytes)), None)
+    }
+}
+
+fn crc_b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(b).to_be_bytes())
 }
 
 /// What the bucket holds at `key`, read unchecked.
@@ -39,9 +54,12 @@ async fn object(srv: &Server, key: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// What a plain PUT carried: its `Content-MD5` and its `x-amz-checksum-crc32c`.
+type Sums = (Option<String>, Option<String>);
+
 /// The upload requests the proxy saw for keys containing `victim` since request `from`:
-/// (plain PUTs, part PUTs, POSTs), and the `Content-MD5` of each plain PUT.
-fn victim_requests(p: &HttpProxy, from: usize) -> ((usize, usize, usize), Vec<Option<String>>) {
+/// (plain PUTs, part PUTs, POSTs), and the checksums of each plain PUT.
+fn victim_requests(p: &HttpProxy, from: usize) -> ((usize, usize, usize), Vec<Sums>) {
     let (mut puts, mut parts, mut posts, mut md5s) = (0, 0, 0, Vec::new());
     for s in p
         .seen()
@@ -52,12 +70,10 @@ fn victim_requests(p: &HttpProxy, from: usize) -> ((usize, usize, usize), Vec<Op
             "PUT" if s.has_query("partNumber") => parts += 1,
             "PUT" => {
                 puts += 1;
-                md5s.push(
-                    s.headers
-                        .iter()
-                        .find(|(k, _)| k == "content-md5")
-                        .map(|(_, v)| v.clone()),
-                );
+                md5s.push((
+                    s.header("content-md5").map(str::to_string),
+                    s.header("x-amz-checksum-crc32c").map(str::to_string),
+                ));
             }
             "POST" => posts += 1,
             _ => {}
@@ -110,8 +126,8 @@ impl Push {
     }
 }
 
-/// A 20 MiB push copy (above the 5 MiB part size) is one PutObject carrying the file's MD5
-/// where the server checks it, and a multipart upload elsewhere; with a backend that has not
+/// A 20 MiB push copy (above the 5 MiB part size) is one PutObject carrying the file's CRC32C
+/// or MD5 where the server checks it, and a multipart upload elsewhere; with a backend that has not
 /// probed the server (as in `bucketgate sync run`), the copy asks the server that one question
 /// first, under the job's prefix, and leaves nothing of it behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +157,7 @@ async fn a_large_sync_copy_is_one_checked_put_where_the_server_checks_it() {
             );
             let (counts, md5s) = victim_requests(&p, n0);
             println!(
-                "[{}] {name}: (PUTs, part PUTs, POSTs) = {counts:?}, Content-MD5 {md5s:?}",
+                "[{}] {name}: (PUTs, part PUTs, POSTs) = {counts:?}, (Content-MD5, CRC32C) {md5s:?}",
                 srv.name
             );
             if verifies(&srv) && remote.head_waits_for_put() {
@@ -156,7 +172,7 @@ async fn a_large_sync_copy_is_one_checked_put_where_the_server_checks_it() {
                 assert_eq!(counts.1, 4, "[{}] {name}: four parts of 5 MiB", srv.name);
             } else if verifies(&srv) {
                 assert_eq!(counts, (1, 0, 0), "[{}] {name}: one PutObject", srv.name);
-                assert_eq!(md5s, [Some(md5_b64(&bytes))], "[{}] {name}", srv.name);
+                assert_eq!(md5s, [expected_sum(&srv, &bytes)], "[{}] {name}", srv.name);
             } else {
                 assert_eq!(counts.0, 0, "[{}] {name}: no unchecked PutObject", srv.name);
                 assert_eq!(counts.1, 4, "[{}] {name}: four parts of 5 MiB", srv.name);
@@ -340,4 +356,32 @@ async fn a_source_rewritten_after_its_hash_is_never_stored_as_a_mix() {
         );
         assert!(object(&srv, &key).await.as_deref() == Some(&v2[..]));
     }
+}
+
+/// `auto` on a server found to check CRC32C before it stores: the copy's source is hashed with
+/// CRC32C (a fraction of MD5's CPU) and goes as one PutObject carrying it. s3s-fs stands in,
+/// told what the probe finds on Garage (it stores a matching body either way; Garage itself
+/// runs the tests above in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_hashes_a_large_sync_copy_with_crc32c_where_the_server_checks_that() {
+    use bucketgate_storage::s3::Capabilities;
+    let srv = s3s_server(None).await;
+    let p = HttpProxy::start(srv.addr(), http_proxy::forward_all()).await;
+    let remote = srv.backend_unprobed_with(|o| o.endpoint = format!("http://{}", p.addr));
+    remote.assume_capabilities(Capabilities {
+        probed: true,
+        put_crc32c: true,
+        ..Default::default()
+    });
+    let push = Push::new();
+    let bytes = data(LEN, 44);
+    std::fs::write(push.file(), &bytes).unwrap();
+    let n0 = p.seen().len();
+    let sum = push.run(&push.job(&srv, &remote, "crc")).await;
+    assert!(sum.ok() && sum.copied_to_remote == 1, "{sum:?}");
+    let key = srv.key("crc/victim.bin");
+    assert_eq!(object(&srv, &key).await.as_deref(), Some(&bytes[..]));
+    let (counts, sums) = victim_requests(&p, n0);
+    assert_eq!(counts, (1, 0, 0), "one PutObject");
+    assert_eq!(sums, [(None, Some(crc_b64(&bytes)))]);
 }

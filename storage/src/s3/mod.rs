@@ -28,7 +28,7 @@ pub mod time;
 mod write;
 mod xml;
 
-use crate::backend::{Backend, ByteStream, CreateOptions, Entry, ListStream, Upload};
+use crate::backend::{Backend, ByteStream, CreateOptions, Entry, HashKind, ListStream, Upload};
 use crate::budget::MemoryBudget;
 use crate::error::{ErrorKind, Result};
 use async_trait::async_trait;
@@ -255,9 +255,10 @@ pub(crate) struct Inner {
     /// What the server was found to do ([`S3Backend::probe_capabilities`]); cautious
     /// defaults until a probe answers.
     pub caps: std::sync::RwLock<Capabilities>,
-    /// [`Capabilities::put_content_md5`] as found by a probe of that alone, made when a sync
-    /// first needs it before any full probe has answered (see `probe::content_md5_alone`).
-    pub md5_probe: tokio::sync::OnceCell<bool>,
+    /// [`Capabilities::put_content_md5`] and [`Capabilities::put_crc32c`] as found by a probe
+    /// of those alone, made when a sync first needs them before any full probe has answered
+    /// (see `probe::source_hashes_alone`).
+    pub hash_probe: tokio::sync::OnceCell<(bool, bool)>,
     /// The server was seen to keep a HEAD of a key waiting while a PUT of it is in progress
     /// (MinIO in single-folder mode locks the key for the whole PUT). Learned by a streamed
     /// PUT's check before its last chunk; from then on copies that need that check go as
@@ -272,14 +273,18 @@ impl Inner {
     }
 
     /// Whether the server is known to refuse a PutObject whose body does not match its
-    /// `Content-MD5`, leaving the previous object (a full probe's answer, else a probe of that
-    /// alone; false while neither has answered).
-    pub fn content_md5_verified(&self) -> bool {
+    /// `Content-MD5` (or its `x-amz-checksum-crc32c`), leaving the previous object (a full
+    /// probe's answer, else a probe of those alone; false while neither has answered).
+    pub fn verifies(&self, kind: HashKind) -> bool {
         let c = self.caps();
-        if c.probed {
-            c.put_content_md5
+        let (md5, crc) = if c.probed {
+            (c.put_content_md5, c.put_crc32c)
         } else {
-            self.md5_probe.get().copied().unwrap_or(false)
+            self.hash_probe.get().copied().unwrap_or((false, false))
+        };
+        match kind {
+            HashKind::Md5 => md5,
+            HashKind::Crc32c => crc,
         }
     }
 
@@ -325,7 +330,7 @@ impl S3Backend {
                 spool: std::sync::atomic::AtomicU8::new(SPOOL_UNKNOWN),
                 head_latency_us: std::sync::atomic::AtomicU64::new(0),
                 caps: std::sync::RwLock::new(Capabilities::default()),
-                md5_probe: tokio::sync::OnceCell::new(),
+                hash_probe: tokio::sync::OnceCell::new(),
                 head_waits_for_put: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -394,27 +399,33 @@ impl Backend for S3Backend {
         self.inner.opts.encryption.etag_is_md5()
     }
 
-    async fn wants_content_md5(&self, key: &str, size: u64) -> bool {
+    async fn wants_source_hash(&self, key: &str, size: u64) -> Option<HashKind> {
         let o = &self.inner.opts;
         // Only the streamed PutObject needs it (see `write::create`): smaller uploads are
         // one buffered PutObject, larger ones multipart, and both hash what they send.
-        if !matches!(o.checksum, Checksum::Md5 | Checksum::Auto)
-            || size <= o.part_size
-            || size > o.single_put_max
-        {
-            return false;
+        if o.checksum == Checksum::Off || size <= o.part_size || size > o.single_put_max {
+            return None;
         }
-        if self.inner.caps().probed {
-            return self.inner.content_md5_verified();
+        if !self.inner.caps().probed {
+            let prefix = key
+                .rsplit_once('/')
+                .map_or(String::new(), |(p, _)| format!("{p}/"));
+            self.inner
+                .hash_probe
+                .get_or_init(|| probe::source_hashes_alone(&self.inner, &prefix))
+                .await;
         }
-        let prefix = key
-            .rsplit_once('/')
-            .map_or(String::new(), |(p, _)| format!("{p}/"));
-        *self
-            .inner
-            .md5_probe
-            .get_or_init(|| probe::content_md5_alone(&self.inner, &prefix))
-            .await
+        let (md5, crc) = (
+            self.inner.verifies(HashKind::Md5),
+            self.inner.verifies(HashKind::Crc32c),
+        );
+        match o.checksum {
+            // CRC32C where the server checks it (a fraction of MD5's CPU), else MD5.
+            Checksum::Auto if crc => Some(HashKind::Crc32c),
+            Checksum::Auto | Checksum::Md5 => md5.then_some(HashKind::Md5),
+            Checksum::Crc32c => crc.then_some(HashKind::Crc32c),
+            Checksum::Off => None,
+        }
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {

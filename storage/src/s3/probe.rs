@@ -653,35 +653,39 @@ impl Probe<'_> {
     }
 }
 
-/// Finds out [`Capabilities::put_content_md5`] alone, in a scratch folder under `prefix`
-/// (`""` or ending in `/`), and removes what it wrote: for a process that has not probed the
-/// server in full (`bucketgate sync run` does not, to keep quiet runs at their listing), asked
-/// before its first copy that could use it. Five small requests. A server that cannot be asked
-/// (a key that may not write there) counts as not verifying.
-pub(crate) async fn content_md5_alone(inner: &Inner, prefix: &str) -> bool {
+/// Finds out [`Capabilities::put_content_md5`] and [`Capabilities::put_crc32c`] alone, in a
+/// scratch folder under `prefix` (`""` or ending in `/`), and removes what it wrote: for a
+/// process that has not probed the server in full (`bucketgate sync run` does not, to keep quiet
+/// runs at their listing), asked before its first copy that could use them. About a dozen small
+/// requests. A server that cannot be asked (a key that may not write there) counts as verifying
+/// neither.
+pub(crate) async fn source_hashes_alone(inner: &Inner, prefix: &str) -> (bool, bool) {
     let base = format!("{prefix}{SCRATCH}{:016x}/", rand::random::<u64>());
-    let p = Probe {
+    let mut p = Probe {
         inner,
         base,
         uploads: Vec::new(),
     };
-    let ran = p.content_md5().await;
+    let ran = match p.content_md5().await {
+        Ok(md5) => p.crc32c().await.map(|crc| (md5, crc)),
+        Err(e) => Err(e),
+    };
     let cleaned = p.clean().await;
     let name = &inner.opts.name;
     match (ran, cleaned) {
-        (Ok(v), Ok(())) => {
-            tracing::debug!(remote = %name, put_content_md5 = v, "probed the remote's Content-MD5 check");
-            v
+        (Ok((md5, crc)), Ok(())) => {
+            tracing::debug!(remote = %name, put_content_md5 = md5, put_crc32c = crc, "probed the remote's checksum checks");
+            (md5, crc)
         }
         (Ok(v), Err(e)) => {
             tracing::warn!(remote = %name, error = ?e,
-                "the Content-MD5 probe could not remove its objects under /{}", p.base);
+                "the checksum probe could not remove its objects under /{}", p.base);
             v
         }
         (Err(e), _) => {
             tracing::warn!(remote = %name, error = ?e,
-                "could not probe the remote's Content-MD5 check; large sync copies go as multipart uploads");
-            false
+                "could not probe the remote's checksum checks; large sync copies go as multipart uploads");
+            (false, false)
         }
     }
 }

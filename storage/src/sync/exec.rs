@@ -6,7 +6,7 @@ use super::model::{md5_like, Item, Record};
 use super::names;
 use super::plan::{Action, Side, Winner};
 use super::{ConflictPolicy, Event, EventKind, Phase, Progress, ProgressFn};
-use crate::backend::{Backend, CreateOptions, Entry};
+use crate::backend::{Backend, CreateOptions, Entry, HashKind, SourceHash};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transfer::pump;
 use bytes::{Buf, Bytes};
@@ -370,14 +370,13 @@ async fn transfer(
         return Ok(e);
     }
     // Where the destination takes the copy as one checked request when it knows the bytes'
-    // MD5 before they go (S3 with `checksum: md5` on a server that refuses a body that does
-    // not match), the source is hashed first. The server then also refuses a source that
+    // checksum before they go (S3 on a server that refuses a body that does not match its
+    // MD5 or CRC32C), the source is hashed first. The server then also refuses a source that
     // changed between its hashing and its upload, even one rewritten in place with its time
     // set back (which the identity check below cannot see).
-    let md5 = if item.size > 0 && dst.wants_content_md5(dst_key, item.size).await {
-        Some(source_md5(src, src_key, item).await?)
-    } else {
-        None
+    let hash = match dst.wants_source_hash(dst_key, item.size).await {
+        Some(kind) if item.size > 0 => Some(source_hash(src, src_key, item, kind).await?),
+        _ => None,
     };
     let mut stream = if item.size > 0 {
         // Only the version listed: an object replaced since is not copied as a mix of both.
@@ -398,7 +397,7 @@ async fn transfer(
                 resendable: true,
                 if_absent: target.is_none(),
                 if_match: target.filter(|t| !t.is_dir()).and_then(|t| t.etag.clone()),
-                content_md5: md5,
+                source_hash: hash,
                 ..Default::default()
             },
         )
@@ -437,7 +436,7 @@ async fn transfer(
     }
     let mut e = match up.finish().await {
         Ok(e) => e,
-        Err(e) => return Err(why_refused(src, src_key, item, md5, e).await),
+        Err(e) => return Err(why_refused(src, src_key, item, hash, e).await),
     };
     if e.etag.is_none() {
         // The record needs the same stamp the next listing will show.
@@ -446,15 +445,44 @@ async fn transfer(
     Ok(e)
 }
 
-/// The MD5 of the version of `item` listed at `key` on `src`: its ETag where that is one,
-/// else read in full, that version only (a version replaced since fails with `Conflict`).
-async fn source_md5(src: &Arc<dyn Backend>, key: &str, item: &Item) -> Result<[u8; 16]> {
-    use md5::{Digest, Md5};
-    if let Some(t) = item.etag.as_deref() {
+/// A checksum being computed over a source.
+enum Hashing {
+    Md5(Box<md5::Md5>),
+    Crc32c(u32),
+}
+
+impl Hashing {
+    fn update(&mut self, b: &[u8]) {
+        use md5::Digest;
+        match self {
+            Hashing::Md5(h) => h.update(b),
+            Hashing::Crc32c(c) => *c = crc32c::crc32c_append(*c, b),
+        }
+    }
+
+    fn finish(self) -> SourceHash {
+        use md5::Digest;
+        match self {
+            Hashing::Md5(h) => SourceHash::Md5(h.finalize().into()),
+            Hashing::Crc32c(c) => SourceHash::Crc32c(c),
+        }
+    }
+}
+
+/// The checksum (`kind`) of the version of `item` listed at `key` on `src`: an MD5 ETag where
+/// that is one, else read in full, that version only (a version replaced since fails with
+/// `Conflict`).
+async fn source_hash(
+    src: &Arc<dyn Backend>,
+    key: &str,
+    item: &Item,
+    kind: HashKind,
+) -> Result<SourceHash> {
+    if let (HashKind::Md5, Some(t)) = (kind, item.etag.as_deref()) {
         if md5_like(t) && src.etags_are_md5() {
             let mut d = [0u8; 16];
             if hex::decode_to_slice(t, &mut d).is_ok() {
-                return Ok(d);
+                return Ok(SourceHash::Md5(d));
             }
         }
     }
@@ -462,7 +490,10 @@ async fn source_md5(src: &Arc<dyn Backend>, key: &str, item: &Item) -> Result<[u
     // which would otherwise hold up the transfers running beside this one. (At most one batch
     // per copy in flight, outside the memory budget: 4 MiB × the job's transfers.)
     const BATCH: usize = 4 * 1024 * 1024;
-    let mut h = Md5::new();
+    let mut h = match kind {
+        HashKind::Md5 => Hashing::Md5(Box::default()),
+        HashKind::Crc32c => Hashing::Crc32c(0),
+    };
     let mut n = 0u64;
     let mut st = src
         .read_version(key, 0, Some(item.size), item.etag.as_deref())
@@ -498,7 +529,7 @@ async fn source_md5(src: &Arc<dyn Backend>, key: &str, item: &Item) -> Result<[u
     if n != item.size {
         return Err(source_changed(key));
     }
-    Ok(h.finalize().into())
+    Ok(h.finish())
 }
 
 fn source_changed(key: &str) -> Error {
@@ -509,22 +540,22 @@ fn source_changed(key: &str) -> Error {
     .with_context("sync", format!("/{key}"))
 }
 
-/// A copy that carried its source's MD5 and was refused: if the source no longer has that
-/// MD5 (it changed after it was hashed), the copy is skipped as changed, like any source
-/// changed during a copy; otherwise the bytes changed on the way (or the request failed for
-/// another reason), and the error stands (a changed byte is retryable: `copy` sends again).
+/// A copy that carried its source's checksum and was refused: if the source no longer has
+/// that checksum (it changed after it was hashed), the copy is skipped as changed, like any
+/// source changed during a copy; otherwise the bytes changed on the way (or the request failed
+/// for another reason), and the error stands (a changed byte is retryable: `copy` sends again).
 async fn why_refused(
     src: &Arc<dyn Backend>,
     key: &str,
     item: &Item,
-    sent: Option<[u8; 16]>,
+    sent: Option<SourceHash>,
     e: Error,
 ) -> Error {
     let Some(sent) = sent else { return e };
     if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::AlreadyExists) {
         return e;
     }
-    match source_md5(src, key, item).await {
+    match source_hash(src, key, item, sent.kind()).await {
         Ok(now) if now == sent => e,
         Ok(_) => source_changed(key).with_source(e),
         Err(r) if r.kind() == ErrorKind::Conflict => source_changed(key).with_source(e),

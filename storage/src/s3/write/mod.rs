@@ -77,14 +77,10 @@ pub(crate) async fn create(
         // the caller knew before (a sync that hashed its source), and only where the server
         // was found to refuse a body that does not match it before storing anything. Other
         // uploads are buffered like the rest while checksums are on.
-        let checked = match inner.opts.checksum {
-            Checksum::Off => true,
-            // With `auto` too, whatever it resolves to: a MD5 known before the body goes is
-            // the one checksum a streamed body can carry.
-            Checksum::Md5 | Checksum::Auto => {
-                opts.content_md5.is_some() && inner.content_md5_verified()
-            }
-            Checksum::Crc32c => false,
+        let checked = match (inner.opts.checksum, opts.source_hash) {
+            (Checksum::Off, _) => true,
+            (_, Some(h)) => inner.verifies(h.kind()),
+            (_, None) => false,
         };
         // Where the server does not enforce the commit's conditions, the streamed PUT checks
         // them with a HEAD before its last chunk; on a server seen to hold that HEAD until the

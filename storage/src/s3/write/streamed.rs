@@ -9,7 +9,7 @@ use super::super::time::format_mtime;
 use super::super::Inner;
 use super::s3::Conditions;
 use super::{same_etag, taken};
-use crate::backend::{CreateOptions, Entry, Upload};
+use crate::backend::{CreateOptions, Entry, SourceHash, Upload};
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,9 +63,12 @@ impl StreamedPut {
         req = cond.headers(req, inner.caps().etag_form);
         // The server verifies it before it stores anything (`create` made sure of that).
         let sum = opts
-            .content_md5
+            .source_hash
             .filter(|_| inner.opts.checksum != Checksum::Off)
-            .map(checksum::Digest::Md5);
+            .map(|h| match h {
+                SourceHash::Md5(d) => checksum::Digest::Md5(d),
+                SourceHash::Crc32c(c) => checksum::Digest::Crc32c(c),
+            });
         req = checksum::apply(req, sum.as_ref());
         let i = inner.clone();
         let task = tokio::spawn(async move {
