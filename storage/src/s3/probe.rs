@@ -289,28 +289,28 @@ impl Probe<'_> {
             let d: [u8; 16] = md5::Md5::digest(b).into();
             base64::engine::general_purpose::STANDARD.encode(d)
         };
-        self.put("h", b"one", &[]).await?;
-        // The digest of other bytes of the same length: a byte changed on the way. Sent as the
-        // sync's copies are, a streamed body, which the client does not send again: a refusal
-        // (retryable elsewhere) is the answer, not a reason to wait and retry.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(Ok(Bytes::from_static(b"two")))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Backend, "cannot fill a probe body"))?;
-        drop(tx);
-        let req = Request::new(Method::PUT, Some(&self.key("h")))
-            .header("content-md5", md5(b"owt"))
-            .body(Body::Stream(
-                std::sync::Arc::new(std::sync::Mutex::new(Some(rx))),
-                3,
-            ));
-        let wrong = self.inner.client.send(&req).await;
-        let kept = &self.body("h").await?[..] == b"one";
+        self.refuses_mismatch("h", "content-md5", md5).await
+    }
+
+    /// Whether a PutObject of `rel` whose body does not match the digest in `header` (as
+    /// `digest` writes it) is refused with the object before left as it was, and one that
+    /// matches is stored.
+    async fn refuses_mismatch(
+        &self,
+        rel: &str,
+        header: &str,
+        digest: impl Fn(&[u8]) -> String,
+    ) -> Result<bool> {
+        self.put(rel, b"one", &[]).await?;
+        // The digest of other bytes of the same length: a byte changed on the way.
+        let req = Request::new(Method::PUT, Some(&self.key(rel))).header(header, digest(b"owt"));
+        let wrong = self.send_once(req, b"two").await;
+        let kept = &self.body(rel).await?[..] == b"one";
         let right = self
-            .put("h", b"three", &[("content-md5", md5(b"three"))])
+            .put(rel, b"three", &[(header, digest(b"three"))])
             .await
             .is_ok()
-            && &self.body("h").await?[..] == b"three";
+            && &self.body(rel).await?[..] == b"three";
         Ok(wrong.is_err() && kept && right)
     }
 
@@ -321,22 +321,10 @@ impl Probe<'_> {
         let crc = |b: &[u8]| {
             base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(b).to_be_bytes())
         };
-        self.put("k", b"one", &[]).await?;
-        // A byte changed on the way: the checksum of other bytes of the same length.
-        let wrong = self
-            .send_once(
-                Request::new(Method::PUT, Some(&self.key("k")))
-                    .header("x-amz-checksum-crc32c", crc(b"owt")),
-                b"two",
-            )
-            .await;
-        let kept = &self.body("k").await?[..] == b"one";
-        let right = self
-            .put("k", b"three", &[("x-amz-checksum-crc32c", crc(b"three"))])
-            .await
-            .is_ok()
-            && &self.body("k").await?[..] == b"three";
-        if !(wrong.is_err() && kept && right) {
+        if !self
+            .refuses_mismatch("k", "x-amz-checksum-crc32c", crc)
+            .await?
+        {
             return Ok(false);
         }
         // The same for a part of an upload that declared the algorithm, as uploads do.
@@ -363,8 +351,9 @@ impl Probe<'_> {
         Ok(wrong.is_err() && right.is_ok())
     }
 
-    /// Sends `req` with `body` as a streamed body, which the client does not send again: a
-    /// refusal is the answer, not a reason to wait and retry.
+    /// Sends `req` with `body` as a streamed body, as the sync's copies are, which the client
+    /// does not send again: a refusal (retryable elsewhere) is the answer, not a reason to wait
+    /// and retry.
     async fn send_once(&self, req: Request, body: &'static [u8]) -> Result<Response> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(Ok(Bytes::from_static(body)))
