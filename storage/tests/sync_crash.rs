@@ -129,7 +129,8 @@ fn check(m: &Model) {
     );
 }
 
-/// Kills runs until `want` of them were interrupted, adding files on both sides each time.
+/// Kills runs until `want` of them were interrupted, at least [`MID_WANTED`] of them while
+/// files were being copied, adding files on both sides each time.
 fn kill_loop(
     dir: &Path,
     m: &mut Model,
@@ -139,8 +140,12 @@ fn kill_loop(
     per_side: usize,
 ) -> (u32, u32) {
     let mut est = Duration::from_millis(400);
+    // The longest delay whose kill still landed before the copying: later kills aim past it.
+    // On a loaded machine start-up and listing take longer, and kills drawn from the whole
+    // range would land there (seen once: 0 of 12 in a round).
+    let mut early = Duration::ZERO;
     let (mut killed, mut i, mut mid_transfer) = (0, 0, 0);
-    while killed < want {
+    while killed < want || mid_transfer < MID_WANTED {
         i += 1;
         assert!(i < 200, "could not interrupt enough runs");
         for k in 0..per_side {
@@ -149,13 +154,17 @@ fn kill_loop(
             let c = content(rng, 48 * 1024);
             m.put(false, &format!("new/{round}-remote-{i}-{k}.bin"), c);
         }
-        let delay = Duration::from_millis(rng.random_range(1..=est.as_millis() as u64));
+        let hi = est.as_millis() as u64;
+        let lo = (early.as_millis() as u64).min(hi.saturating_sub(1)).max(1);
+        let delay = Duration::from_millis(rng.random_range(lo..=hi.max(lo)));
         let (was_killed, took) = run_child(dir, delay);
         if was_killed {
             killed += 1;
             // A journal left behind means the kill hit while files were being copied.
             if dir.join("state/sync/crash.journal").exists() {
                 mid_transfer += 1;
+            } else if mid_transfer < MID_WANTED {
+                early = early.max(delay);
             }
         } else {
             // Finished before the kill: aim earlier next time.
@@ -165,6 +174,9 @@ fn kill_loop(
     println!("{round}: {killed} runs killed in {i} attempts, {mid_transfer} after listing");
     (killed, mid_transfer)
 }
+
+/// Kills per round that must land while files are being copied.
+const MID_WANTED: u32 = 3;
 
 #[test]
 fn sync_survives_sigkill_at_random_points() {
