@@ -328,18 +328,9 @@ impl Probe<'_> {
             return Ok(false);
         }
         // The same for a part of an upload that declared the algorithm, as uploads do.
-        let key = self.key("kp");
-        let body = self
-            .inner
-            .client
-            .send_xml(
-                &Request::new(Method::POST, Some(&key))
-                    .query("uploads", "")
-                    .header("x-amz-checksum-algorithm", "CRC32C"),
-            )
+        let (key, id) = self
+            .initiate("kp", &[("x-amz-checksum-algorithm", "CRC32C")])
             .await?;
-        let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
-        self.uploads.push((key.clone(), id.clone()));
         let part = |sum: String| {
             Request::new(Method::PUT, Some(&key))
                 .query("partNumber", "1")
@@ -410,16 +401,23 @@ impl Probe<'_> {
         self.inner.client.send(&req).await.map(|_| ())
     }
 
-    /// A multipart upload of `rel` with one small part; returns its id and the part's ETag.
-    async fn start_upload(&mut self, rel: &str) -> Result<(String, String)> {
+    /// CreateMultipartUpload of `rel` with headers `h`, remembered for the clean-up; returns
+    /// the key and the upload id.
+    async fn initiate(&mut self, rel: &str, h: &[(&str, &str)]) -> Result<(String, String)> {
         let key = self.key(rel);
-        let body = self
-            .inner
-            .client
-            .send_xml(&Request::new(Method::POST, Some(&key)).query("uploads", ""))
-            .await?;
+        let mut req = Request::new(Method::POST, Some(&key)).query("uploads", "");
+        for (k, v) in h {
+            req = req.header(k, *v);
+        }
+        let body = self.inner.client.send_xml(&req).await?;
         let id = xml::parse::<InitiateResult>(&body, "create multipart upload")?.upload_id;
         self.uploads.push((key.clone(), id.clone()));
+        Ok((key, id))
+    }
+
+    /// A multipart upload of `rel` with one small part; returns its id and the part's ETag.
+    async fn start_upload(&mut self, rel: &str) -> Result<(String, String)> {
+        let (key, id) = self.initiate(rel, &[]).await?;
         let r = self
             .inner
             .client
