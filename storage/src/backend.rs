@@ -183,6 +183,24 @@ pub trait Backend: Send + Sync + 'static {
         true
     }
 
+    /// True when an upload made with [`CreateOptions::if_absent`] or
+    /// [`CreateOptions::if_match`] is refused at its commit if the name was taken, or the file
+    /// changed, since the caller looked (by the server, or by this backend's own check just
+    /// before the commit), leaving what is there: a caller needs no check of its own before
+    /// it. False by default.
+    fn checks_conditions_at_commit(&self) -> bool {
+        false
+    }
+
+    /// Readies this backend for `count` uploads made with [`CreateOptions::resendable`] below
+    /// folder `key` (a sync about to copy files there). S3 asks its server, in one small probe
+    /// when no probe has answered yet, whether it enforces a create-only PutObject (the upload
+    /// then needs no HEAD before it) and which checksums it verifies; a few copies are not
+    /// worth that probe. Nothing by default.
+    async fn prepare_copies(&self, key: &str, count: u64) {
+        let _ = (key, count);
+    }
+
     /// The checksum that an upload of `size` bytes to `key`, made with
     /// [`CreateOptions::resendable`], should know up front ([`CreateOptions::source_hash`]) to
     /// take a faster path, where the server is known to refuse such an upload whose bytes do

@@ -263,6 +263,12 @@ impl Backend for LocalBackend {
         format!("local:{}", self.root.display())
     }
 
+    /// A create-only upload commits with a no-replace rename; one with `if_match` checks the
+    /// file's identity just before its rename.
+    fn checks_conditions_at_commit(&self) -> bool {
+        true
+    }
+
     async fn stat(&self, key: &str) -> Result<Entry> {
         let p = self.path(key).map_err(ctx("stat", key))?;
         let md = tokio::fs::metadata(&p)

@@ -489,6 +489,127 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
     assert!(sum.skipped >= 1 && sum.errors == 0, "{sum:?}");
 }
 
+/// Issue 14's figures: a first push of many new small files is one PutObject each where the
+/// server refuses a create-only PutObject on a taken name (the run asks it in a small probe),
+/// and a HEAD plus the PutObject elsewhere; no HEAD after the PutObject either way (its answer's
+/// ETag is recorded, and is what the next listing shows). A partner's PUT of one of the names,
+/// let in at the first request the copy sends for it, is kept and the copy skipped, as before
+/// with a HEAD of the sync's own before each copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_push_of_many_small_files_is_one_put_each_where_the_server_refuses_a_taken_name() {
+    use http_proxy::{Action, HttpProxy, Seen};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    const N: usize = 100;
+    for srv in servers().await {
+        let name = srv.name;
+        let enforced = srv.probed.as_ref().expect("probed").put_if_none_match;
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("site/many");
+        let content = |i: usize| format!("file {i} of the first push").into_bytes();
+        for i in 0..N {
+            write(&s, &format!("d{}/f{i:03}.txt", i % 4), &content(i));
+        }
+        let raced_key = srv.key("many/d2/f042.txt");
+        let direct = Arc::new(srv.backend());
+        let raced = Arc::new(AtomicBool::new(false));
+        let (d2, k2, r2) = (direct.clone(), raced_key.clone(), raced.clone());
+        let rule: http_proxy::Rule = Arc::new(move |r: &Seen| {
+            if r.target.contains("f042.txt")
+                && !r.target.contains("list-type")
+                && !r2.swap(true, SeqCst)
+            {
+                let (b, key) = (d2.clone(), k2.clone());
+                tokio::task::block_in_place(|| {
+                    std::thread::spawn(move || {
+                        tokio::runtime::Runtime::new()
+                            .unwrap()
+                            .block_on(async move {
+                                put(&b, &key, b"the partner's version", 64 * 1024).await;
+                            })
+                    })
+                    .join()
+                    .unwrap()
+                });
+            }
+            Action::Forward
+        });
+        let proxy = HttpProxy::start(srv.addr(), rule).await;
+        let endpoint = format!("http://{}", proxy.addr);
+        // As `bucketgate sync run` has it: no probe has answered.
+        let s3: Arc<dyn Backend> = Arc::new(srv.backend_unprobed_with(|o| o.endpoint = endpoint));
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        let job = SyncJob {
+            name: "many".into(),
+            site: (site, "many".into()),
+            remote: (s3, srv.key("many/")),
+            direction: Direction::Push,
+            delete: false,
+            conflict: ConflictPolicy::Newer,
+            include: vec![],
+            exclude: vec![],
+            max_delete: Default::default(),
+            lease: None,
+            history: None,
+        };
+        let state = dir.path().join("state");
+        let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+        assert!(raced.load(SeqCst), "[{name}] the partner was let in");
+        assert_eq!(
+            (sum.copied_to_remote, sum.skipped, sum.errors),
+            (N as u64 - 1, 1, 0),
+            "[{name}] {sum:?}"
+        );
+        // The requests for the files themselves (not the probe's scratch folder, nor listings).
+        let files = |from: usize| -> Vec<Seen> {
+            proxy
+                .seen()
+                .into_iter()
+                .filter(|r| {
+                    r.n >= from
+                        && r.target.contains("/many/")
+                        && !r.target.contains("list-type")
+                        && !r.target.contains(".bucketgate-probe-")
+                })
+                .collect()
+        };
+        let by = |v: &[Seen], m: &str| v.iter().filter(|r| r.method == m).count();
+        let first = files(0);
+        let shown = || {
+            first
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.target))
+                .collect::<Vec<_>>()
+        };
+        let (puts, heads) = if enforced { (N, 0) } else { (N - 1, N) };
+        println!(
+            "[{name}] If-None-Match enforced: {enforced}; PUT {}, HEAD {}, other {}",
+            by(&first, "PUT"),
+            by(&first, "HEAD"),
+            first.len() - by(&first, "PUT") - by(&first, "HEAD")
+        );
+        assert_eq!(by(&first, "PUT"), puts, "[{name}] {:#?}", shown());
+        assert_eq!(by(&first, "HEAD"), heads, "[{name}] {:#?}", shown());
+        assert_eq!(first.len(), puts + heads, "[{name}] {:#?}", shown());
+        assert_eq!(get(&direct, &raced_key).await, b"the partner's version");
+        for i in (0..N).filter(|&i| i != 42) {
+            let key = srv.key(&format!("many/d{}/f{i:03}.txt", i % 4));
+            assert_eq!(get(&direct, &key).await, content(i), "[{name}] {key}");
+        }
+        // The recorded ETags are the ones the listing shows: with the site's copy of the raced
+        // name made equal to the partner's, the next run copies nothing and writes nothing.
+        write(&s, "d2/f042.txt", b"the partner's version");
+        let mark = proxy.seen().len();
+        let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+        assert_eq!(
+            (sum.copied_to_remote, sum.copied_to_site, sum.errors),
+            (0, 0, 0),
+            "[{name}] {sum:?}"
+        );
+        let again = files(mark);
+        assert_eq!(by(&again, "PUT"), 0, "[{name}] {again:#?}");
+    }
+}
+
 /// Issue 14 item 2: no torn copies. A pull whose object is replaced after the listing does not
 /// write the new object's first bytes as the file (the GET is pinned to the listed ETag), and a
 /// push of a file rewritten in place while it is uploaded does not store a mix of its versions

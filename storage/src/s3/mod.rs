@@ -255,10 +255,10 @@ pub(crate) struct Inner {
     /// What the server was found to do ([`S3Backend::probe_capabilities`]); cautious
     /// defaults until a probe answers.
     pub caps: std::sync::RwLock<Capabilities>,
-    /// [`Capabilities::put_content_md5`] and [`Capabilities::put_crc32c`] as found by a probe
-    /// of those alone, made when a sync first needs them before any full probe has answered
-    /// (see `probe::source_hashes_alone`).
-    pub hash_probe: tokio::sync::OnceCell<(bool, bool)>,
+    /// What a sync's copies need to know, as found by a probe of that alone, made when a sync
+    /// first needs it before any full probe has answered (see `probe::copy_questions`); it
+    /// counts in [`Inner::caps`] until a full probe answers.
+    pub copy_probe: tokio::sync::OnceCell<probe::CopyAnswers>,
     /// The server was seen to keep a HEAD of a key waiting while a PUT of it is in progress
     /// (MinIO in single-folder mode locks the key for the whole PUT). Learned by a streamed
     /// PUT's check before its last chunk; from then on copies that need that check go as
@@ -269,7 +269,13 @@ pub(crate) struct Inner {
 impl Inner {
     /// The server's capabilities as known now.
     pub fn caps(&self) -> Capabilities {
-        self.caps.read().expect("capabilities lock").clone()
+        let mut c = self.caps.read().expect("capabilities lock").clone();
+        if let (false, Some(a)) = (c.probed, self.copy_probe.get()) {
+            c.put_content_md5 = a.put_content_md5;
+            c.put_crc32c = a.put_crc32c;
+            c.put_if_none_match = a.put_if_none_match;
+        }
+        c
     }
 
     /// Whether the server is known to refuse a PutObject whose body does not match its
@@ -277,14 +283,9 @@ impl Inner {
     /// probe's answer, else a probe of those alone; false while neither has answered).
     pub fn verifies(&self, kind: HashKind) -> bool {
         let c = self.caps();
-        let (md5, crc) = if c.probed {
-            (c.put_content_md5, c.put_crc32c)
-        } else {
-            self.hash_probe.get().copied().unwrap_or((false, false))
-        };
         match kind {
-            HashKind::Md5 => md5,
-            HashKind::Crc32c => crc,
+            HashKind::Md5 => c.put_content_md5,
+            HashKind::Crc32c => c.put_crc32c,
         }
     }
 
@@ -330,7 +331,7 @@ impl S3Backend {
                 spool: std::sync::atomic::AtomicU8::new(SPOOL_UNKNOWN),
                 head_latency_us: std::sync::atomic::AtomicU64::new(0),
                 caps: std::sync::RwLock::new(Capabilities::default()),
-                hash_probe: tokio::sync::OnceCell::new(),
+                copy_probe: tokio::sync::OnceCell::new(),
                 head_waits_for_put: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -355,6 +356,31 @@ impl S3Backend {
     /// Whether requests are signed (false: no credentials configured, anonymous access).
     pub fn signs_requests(&self) -> bool {
         self.inner.client.signs()
+    }
+}
+
+/// Copies in one sync run from which a probe of what the server checks (about thirty small
+/// requests) pays for itself: where the server enforces `If-None-Match`, each new file's copy
+/// is then its PutObject alone, without a HEAD before it.
+const COPIES_WORTH_A_PROBE: u64 = 64;
+
+impl S3Backend {
+    /// Asks the server what a sync's copies need to know ([`probe::copy_questions`]), under
+    /// folder `key`, once, unless a full probe has answered.
+    async fn ask_copy_questions(&self, key: &str) {
+        if self.inner.caps.read().expect("capabilities lock").probed {
+            return;
+        }
+        let key = key.trim_end_matches('/');
+        let prefix = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}/")
+        };
+        self.inner
+            .copy_probe
+            .get_or_init(|| probe::copy_questions(&self.inner, &prefix))
+            .await;
     }
 }
 
@@ -399,6 +425,19 @@ impl Backend for S3Backend {
         self.inner.opts.encryption.etag_is_md5()
     }
 
+    /// Every write path checks its conditions at the commit: the server where the probe found
+    /// it enforces them, else a HEAD just before the PutObject, the last chunk of a streamed
+    /// one, or the CompleteMultipartUpload (`write::s3::S3Parts::check_unchanged`).
+    fn checks_conditions_at_commit(&self) -> bool {
+        true
+    }
+
+    async fn prepare_copies(&self, key: &str, count: u64) {
+        if count >= COPIES_WORTH_A_PROBE {
+            self.ask_copy_questions(key).await;
+        }
+    }
+
     async fn wants_source_hash(&self, key: &str, size: u64) -> Option<HashKind> {
         let o = &self.inner.opts;
         // Only the streamed PutObject needs it (see `write::create`): smaller uploads are
@@ -406,15 +445,8 @@ impl Backend for S3Backend {
         if o.checksum == Checksum::Off || size <= o.part_size || size > o.single_put_max {
             return None;
         }
-        if !self.inner.caps().probed {
-            let prefix = key
-                .rsplit_once('/')
-                .map_or(String::new(), |(p, _)| format!("{p}/"));
-            self.inner
-                .hash_probe
-                .get_or_init(|| probe::source_hashes_alone(&self.inner, &prefix))
-                .await;
-        }
+        self.ask_copy_questions(key.rsplit_once('/').map_or("", |(p, _)| p))
+            .await;
         let (md5, crc) = (
             self.inner.verifies(HashKind::Md5),
             self.inner.verifies(HashKind::Crc32c),

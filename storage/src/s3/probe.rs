@@ -466,17 +466,23 @@ impl Probe<'_> {
         self.inner.client.send_xml(&req).await.map(|_| ())
     }
 
-    async fn run(&mut self, caps: &mut Capabilities) -> Result<()> {
-        // Conditions on PutObject.
+    /// Whether a PutObject with `If-None-Match: *` is refused where the key exists
+    /// ([`Capabilities::put_if_none_match`]); leaves `c` holding "one".
+    async fn put_if_none_match(&self) -> Result<bool> {
         self.put("c", b"one", &[]).await?;
-        caps.put_if_none_match = match self
+        match self
             .put("c", b"one", &[("if-none-match", "*".into())])
             .await
         {
-            Ok(_) => false,
-            Err(e) if refused(&e) => true,
-            Err(e) => return Err(e),
-        };
+            Ok(_) => Ok(false),
+            Err(e) if refused(&e) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run(&mut self, caps: &mut Capabilities) -> Result<()> {
+        // Conditions on PutObject.
+        caps.put_if_none_match = self.put_if_none_match().await?;
         let wrong_refused = match self
             .put("c", b"two", &[("if-match", WRONG_ETAG.into())])
             .await
@@ -640,39 +646,51 @@ impl Probe<'_> {
     }
 }
 
-/// Finds out [`Capabilities::put_content_md5`] and [`Capabilities::put_crc32c`] alone, in a
-/// scratch folder under `prefix` (`""` or ending in `/`), and removes what it wrote: for a
-/// process that has not probed the server in full (`bucketgate sync run` does not, to keep quiet
-/// runs at their listing), asked before its first copy that could use them. About a dozen small
-/// requests. A server that cannot be asked (a key that may not write there) counts as verifying
-/// neither.
-pub(crate) async fn source_hashes_alone(inner: &Inner, prefix: &str) -> (bool, bool) {
+/// What a sync's copies need to know of the server, found by [`copy_questions`] where no full
+/// probe has answered: each field as in [`Capabilities`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyAnswers {
+    pub put_content_md5: bool,
+    pub put_crc32c: bool,
+    pub put_if_none_match: bool,
+}
+
+/// Finds out [`CopyAnswers`] alone, in a scratch folder under `prefix` (`""` or ending in
+/// `/`), and removes what it wrote: for a process that has not probed the server in full
+/// (`bucketgate sync run` does not, to keep quiet runs at their listing), asked before the
+/// first copy that could use them. About thirty small requests. A server that cannot be asked
+/// (a key that may not write there) counts as enforcing and verifying nothing.
+pub(crate) async fn copy_questions(inner: &Inner, prefix: &str) -> CopyAnswers {
     let base = format!("{prefix}{SCRATCH}{:016x}/", rand::random::<u64>());
     let mut p = Probe {
         inner,
         base,
         uploads: Vec::new(),
     };
-    let ran = match p.content_md5().await {
-        Ok(md5) => p.crc32c().await.map(|crc| (md5, crc)),
-        Err(e) => Err(e),
-    };
+    let ran = async {
+        Ok::<_, Error>(CopyAnswers {
+            put_content_md5: p.content_md5().await?,
+            put_crc32c: p.crc32c().await?,
+            put_if_none_match: p.put_if_none_match().await?,
+        })
+    }
+    .await;
     let cleaned = p.clean().await;
     let name = &inner.opts.name;
     match (ran, cleaned) {
-        (Ok((md5, crc)), Ok(())) => {
-            tracing::debug!(remote = %name, put_content_md5 = md5, put_crc32c = crc, "probed the remote's checksum checks");
-            (md5, crc)
+        (Ok(a), Ok(())) => {
+            tracing::debug!(remote = %name, answers = ?a, "probed what the remote checks of a copy");
+            a
         }
-        (Ok(v), Err(e)) => {
+        (Ok(a), Err(e)) => {
             tracing::warn!(remote = %name, error = ?e,
-                "the checksum probe could not remove its objects under /{}", p.base);
-            v
+                "the copy probe could not remove its objects under /{}", p.base);
+            a
         }
         (Err(e), _) => {
             tracing::warn!(remote = %name, error = ?e,
-                "could not probe the remote's checksum checks; large sync copies go as multipart uploads");
-            (false, false)
+                "could not probe what the remote checks of a copy; each copy checks its target with a HEAD and large ones go as multipart uploads");
+            CopyAnswers::default()
         }
     }
 }

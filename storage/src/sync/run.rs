@@ -716,6 +716,7 @@ async fn run_planned(
     //    The same pass counts the files each side would lose, against `max_delete`.
     let (mut files_total, mut bytes_total) = (0u64, 0u64);
     let (mut del_site, mut del_remote) = (0u64, 0u64);
+    let (mut copies_to_site, mut copies_to_remote) = (0u64, 0u64);
     let mut clashes = Clashes::default();
     let mut t = inputs.triple().map_err(|e| io_err("merge", e))?;
     while let Some((s, m, r)) = t.next().map_err(|e| io_err("merge", e))? {
@@ -724,11 +725,16 @@ async fn run_planned(
             Decision::Act(a) => {
                 files_total += 1;
                 bytes_total += planned_bytes(&a);
-                if let Action::Delete { side, .. } = &a {
-                    match side {
+                match &a {
+                    Action::Delete { side, .. } => match side {
                         Side::Site => del_site += 1,
                         Side::Remote => del_remote += 1,
-                    }
+                    },
+                    Action::Copy { from, .. } => match from {
+                        Side::Site => copies_to_remote += 1,
+                        Side::Remote => copies_to_site += 1,
+                    },
+                    _ => {}
                 }
             }
             Decision::RemoveDir { .. } => files_total += 1,
@@ -758,6 +764,20 @@ async fn run_planned(
         if let Err(e) = take_lease(job, state_dir, opts, &cancel, lease).await {
             *refused = e.kind() == ErrorKind::Conflict;
             return Err(e);
+        }
+        // Many copies into a side are worth learning what its server checks first (S3: a
+        // small probe, after which each new file's copy may need no HEAD before it).
+        if !ctx.same {
+            for (side, n) in [
+                (Side::Site, copies_to_site),
+                (Side::Remote, copies_to_remote),
+            ] {
+                if n > 0 {
+                    ctx.backend(side)
+                        .prepare_copies(&ctx.key(side, ""), n)
+                        .await;
+                }
+            }
         }
     }
     ctx.live.set_phase(Phase::Transferring);

@@ -201,12 +201,14 @@ impl Pipeline {
             let len = self.buf.len();
             let (body, _permit) = self.buf.take().await?;
             let sum = checksum::of_body(self.s3.checksum, &body).await?;
-            // A sync copy (resendable) checked its target a moment before it started; a
-            // client's upload may have run for hours since its open, so it checks again now
-            // (unless the server enforces the request's conditions itself).
+            // The conditions hold at the commit: where the server does not enforce them, a
+            // HEAD checks just before the PUT (a client's upload may have run for hours since
+            // its open; a sync copy relies on this check instead of one of its own).
             let o = &self.opts;
-            let recheck = o.append_to.is_some() || (!o.resendable && self.cond.any());
-            let describe = !o.resendable && o.append_to.is_none();
+            let recheck = o.append_to.is_some() || self.cond.any();
+            // The new file is described by what was sent and the answer's ETag, which the
+            // next listing shows too: no HEAD after the PUT.
+            let describe = o.append_to.is_none();
             return self
                 .s3
                 .put_once((body, len, sum), &self.cond, recheck, describe)

@@ -266,9 +266,10 @@ impl S3Parts {
             sum.as_ref(),
             self.inner.opts.encryption.etag_is_md5(),
         )?;
-        // A client's new object is described by what it sent and the answer's ETag: its
-        // CLOSE waits for nobody's HEAD. A sync copy records what a HEAD shows (the time
-        // the next listing compares with).
+        // A new object is described by what was sent and the answer's ETag: a client's
+        // CLOSE waits for nobody's HEAD, and a sync copy records the ETag the next listing
+        // shows (its time is the one sent as metadata, or the answer's date, which a sync
+        // compares only on a server that lists no ETags, to the second).
         if let Some(etag) = resp.header("etag").filter(|_| describe) {
             let mtime = self
                 .mtime
