@@ -216,6 +216,74 @@ async fn s3_to_s3_on_one_backend_copies_server_side() {
     }
 }
 
+/// A server-side copy (both folders on one S3 backend) carries no condition, so the sync checks
+/// its target itself: an object written at the destination after the listing, let in by the
+/// proxy at the first request the run sends for that key, is kept and the copy skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_side_copy_does_not_overwrite_what_appeared_at_its_target() {
+    use http_proxy::{Action, HttpProxy, Seen};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let srv = s3s_server(None).await.probed().await;
+    let dir = tempfile::tempdir().unwrap();
+    let direct = Arc::new(srv.backend());
+    for i in 0..3 {
+        put(
+            &direct,
+            &srv.key(&format!("a/f{i}")),
+            &data(1000 + i, i as u64),
+            4096,
+        )
+        .await;
+    }
+    let target = srv.key("b/f1");
+    let raced = Arc::new(AtomicBool::new(false));
+    let (d2, k2, r2) = (direct.clone(), target.clone(), raced.clone());
+    let rule: http_proxy::Rule = Arc::new(move |r: &Seen| {
+        let dst = r.target.contains("/b/f1") && !r.target.contains("list-type");
+        if dst && !r2.swap(true, SeqCst) {
+            let (b, key) = (d2.clone(), k2.clone());
+            tokio::task::block_in_place(|| {
+                std::thread::spawn(move || {
+                    tokio::runtime::Runtime::new()
+                        .unwrap()
+                        .block_on(async move {
+                            put(&b, &key, b"the partner's version", 64 * 1024).await;
+                        })
+                })
+                .join()
+                .unwrap()
+            });
+        }
+        Action::Forward
+    });
+    let proxy = HttpProxy::start(srv.addr(), rule).await;
+    let endpoint = format!("http://{}", proxy.addr);
+    let one: Arc<dyn Backend> = Arc::new(srv.backend_with(|o| o.endpoint = endpoint));
+    let job = SyncJob {
+        name: "s3-s3-race".into(),
+        site: (one.clone(), srv.key("a")),
+        remote: (one.clone(), srv.key("b")),
+        direction: Direction::Push,
+        delete: false,
+        conflict: ConflictPolicy::Newer,
+        include: vec![],
+        exclude: vec![],
+        max_delete: Default::default(),
+        lease: None,
+        history: None,
+    };
+    let sum = run_job(&job, &dir.path().join("state"), RunOptions::default())
+        .await
+        .unwrap();
+    assert!(raced.load(SeqCst), "the partner was let in");
+    assert_eq!(
+        (sum.copied_to_remote, sum.skipped, sum.errors),
+        (2, 1, 0),
+        "{sum:?}"
+    );
+    assert_eq!(get(&direct, &target).await, b"the partner's version");
+}
+
 /// Files above `part_size` go up as one streamed PutObject each (the site can send them again);
 /// one refused by the server (503) is sent again within the run. A run with nothing to do then
 /// sends listings only: no lease round trips.

@@ -577,13 +577,14 @@ async fn copy(
     let to = from.other();
     let dst_key = ctx.key(to, &item.path);
     // Never overwrite what changed at the target after it was listed: next run decides again.
-    // The copy commits only if the name is still free, or the file still has the version tag
+    // An upload commits only if the name is still free, or the file still has the version tag
     // listed; where the destination checks that at the commit itself (a server that enforces
     // the condition, or the backend's own check just before), a check here would be one more
-    // request per file (a HEAD on S3) for nothing.
-    let conditioned = target
-        .as_ref()
-        .is_none_or(|t| !t.is_dir() && t.etag.is_some());
+    // request per file (a HEAD on S3) for nothing. A server-side copy carries no condition.
+    let conditioned = !ctx.same
+        && target
+            .as_ref()
+            .is_none_or(|t| !t.is_dir() && t.etag.is_some());
     let checked_at_commit = conditioned && ctx.backend(to).checks_conditions_at_commit();
     if !checked_at_commit && !unchanged(ctx, to, &dst_key, target.as_ref()).await? {
         return Ok(Outcome::skipped(
