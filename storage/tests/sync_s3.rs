@@ -15,6 +15,24 @@ use s3_support::{data, get, put, put_with, s3s_server, servers, walk_all, Server
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A partner's PUT of `key` straight to the server, made from inside a proxy rule: the rule's
+/// worker waits for it (handed back to the runtime meanwhile, which also serves the S3 server),
+/// so it lands before the request the rule is looking at goes on.
+fn partner_put(b: Arc<bucketgate_storage::s3::S3Backend>, key: String) {
+    tokio::task::block_in_place(|| {
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(put(
+                &b,
+                &key,
+                b"the partner's version",
+                64 * 1024,
+            ))
+        })
+        .join()
+        .unwrap()
+    });
+}
+
 /// Files below `dir` on the S3 backend: relative path → bytes.
 async fn s3_files(b: &Arc<dyn Backend>, srv: &Server, dir: &str) -> BTreeMap<String, Vec<u8>> {
     let s3 = srv.backend();
@@ -242,17 +260,7 @@ async fn a_server_side_copy_does_not_overwrite_what_appeared_at_its_target() {
         let dst = r.target.contains("/b/f1") && !r.target.contains("list-type");
         if dst && !r2.swap(true, SeqCst) {
             let (b, key) = (d2.clone(), k2.clone());
-            tokio::task::block_in_place(|| {
-                std::thread::spawn(move || {
-                    tokio::runtime::Runtime::new()
-                        .unwrap()
-                        .block_on(async move {
-                            put(&b, &key, b"the partner's version", 64 * 1024).await;
-                        })
-                })
-                .join()
-                .unwrap()
-            });
+            partner_put(b, key);
         }
         Action::Forward
     });
@@ -475,19 +483,7 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
             ("PUT", Some(n)) if !r.target.contains("uploadId") && first(n) => {
                 r2.fetch_add(1, SeqCst);
                 let (b, key) = (d2.clone(), format!("{prefix}x/{n}"));
-                // The partner's PUT lands before the sync's request goes on; the worker is
-                // handed back to the runtime meanwhile, which also serves the S3 server.
-                tokio::task::block_in_place(|| {
-                    std::thread::spawn(move || {
-                        tokio::runtime::Runtime::new()
-                            .unwrap()
-                            .block_on(async move {
-                                put(&b, &key, b"the partner's version", 64 * 1024).await;
-                            })
-                    })
-                    .join()
-                    .unwrap()
-                });
+                partner_put(b, key);
             }
             ("GET", Some("pulled.bin"))
                 if !r.target.contains("list-type") && first("pulled.bin") =>
@@ -587,17 +583,7 @@ async fn a_first_push_of_many_small_files_is_one_put_each_where_the_server_refus
                 && !r2.swap(true, SeqCst)
             {
                 let (b, key) = (d2.clone(), k2.clone());
-                tokio::task::block_in_place(|| {
-                    std::thread::spawn(move || {
-                        tokio::runtime::Runtime::new()
-                            .unwrap()
-                            .block_on(async move {
-                                put(&b, &key, b"the partner's version", 64 * 1024).await;
-                            })
-                    })
-                    .join()
-                    .unwrap()
-                });
+                partner_put(b, key);
             }
             Action::Forward
         });
