@@ -15,6 +15,27 @@ use s3_support::{data, get, put, put_with, s3s_server, servers, walk_all, Server
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A push job with the defaults: no deletions, `conflict: newer`, no filters, no lease.
+fn push_job(
+    name: String,
+    site: (Arc<dyn Backend>, String),
+    remote: (Arc<dyn Backend>, String),
+) -> SyncJob {
+    SyncJob {
+        name,
+        site,
+        remote,
+        direction: Direction::Push,
+        delete: false,
+        conflict: ConflictPolicy::Newer,
+        include: vec![],
+        exclude: vec![],
+        max_delete: Default::default(),
+        lease: None,
+        history: None,
+    }
+}
+
 /// A partner's PUT of `key` straight to the server, made from inside a proxy rule: the rule's
 /// worker waits for it (handed back to the runtime meanwhile, which also serves the S3 server),
 /// so it lands before the request the rule is looking at goes on.
@@ -267,19 +288,11 @@ async fn a_server_side_copy_does_not_overwrite_what_appeared_at_its_target() {
     let proxy = HttpProxy::start(srv.addr(), rule).await;
     let endpoint = format!("http://{}", proxy.addr);
     let one: Arc<dyn Backend> = Arc::new(srv.backend_with(|o| o.endpoint = endpoint));
-    let job = SyncJob {
-        name: "s3-s3-race".into(),
-        site: (one.clone(), srv.key("a")),
-        remote: (one.clone(), srv.key("b")),
-        direction: Direction::Push,
-        delete: false,
-        conflict: ConflictPolicy::Newer,
-        include: vec![],
-        exclude: vec![],
-        max_delete: Default::default(),
-        lease: None,
-        history: None,
-    };
+    let job = push_job(
+        "s3-s3-race".into(),
+        (one.clone(), srv.key("a")),
+        (one.clone(), srv.key("b")),
+    );
     let sum = run_job(&job, &dir.path().join("state"), RunOptions::default())
         .await
         .unwrap();
@@ -592,19 +605,7 @@ async fn a_first_push_of_many_small_files_is_one_put_each_where_the_server_refus
         // As `bucketgate sync run` has it: no probe has answered.
         let s3: Arc<dyn Backend> = Arc::new(srv.backend_unprobed_with(|o| o.endpoint = endpoint));
         let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
-        let job = SyncJob {
-            name: "many".into(),
-            site: (site, "many".into()),
-            remote: (s3, srv.key("many/")),
-            direction: Direction::Push,
-            delete: false,
-            conflict: ConflictPolicy::Newer,
-            include: vec![],
-            exclude: vec![],
-            max_delete: Default::default(),
-            lease: None,
-            history: None,
-        };
+        let job = push_job("many".into(), (site, "many".into()), (s3, srv.key("many/")));
         let state = dir.path().join("state");
         let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
         assert!(raced.load(SeqCst), "[{name}] the partner was let in");
@@ -920,19 +921,11 @@ async fn a_push_restores_an_object_replaced_with_same_size_and_time() {
         let s = dir.path().join("site/out");
         let t = 1_700_000_000;
         write_at(&s, "a.txt", b"the site's own bytes", t);
-        let job = SyncJob {
-            name: format!("md5-{}", srv.name),
-            site: (site.clone(), "out".into()),
-            remote: (remote.clone(), srv.key("md5/")),
-            direction: Direction::Push,
-            delete: false,
-            conflict: ConflictPolicy::Newer,
-            include: vec![],
-            exclude: vec![],
-            max_delete: Default::default(),
-            lease: None,
-            history: None,
-        };
+        let job = push_job(
+            format!("md5-{}", srv.name),
+            (site.clone(), "out".into()),
+            (remote.clone(), srv.key("md5/")),
+        );
         let state = dir.path().join("state");
         let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
         run().await;
