@@ -195,8 +195,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Readies this backend for `count` uploads made with [`CreateOptions::resendable`] below
     /// folder `key` (a sync about to copy files there). S3 asks its server, in one small probe
     /// when no probe has answered yet, whether it enforces a create-only PutObject (the upload
-    /// then needs no HEAD before it) and which checksums it verifies; a few copies are not
-    /// worth that probe. Nothing by default.
+    /// then needs no HEAD before it) and which checksums it verifies; a few hundred copies
+    /// are worth that probe's wait, fewer are not. Nothing by default.
     async fn prepare_copies(&self, key: &str, count: u64) {
         let _ = (key, count);
     }

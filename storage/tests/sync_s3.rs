@@ -576,7 +576,8 @@ async fn a_change_at_the_destination_during_a_copy_is_never_overwritten() {
 async fn a_first_push_of_many_small_files_is_one_put_each_where_the_server_refuses_a_taken_name() {
     use http_proxy::{Action, HttpProxy, Seen};
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    const N: usize = 100;
+    // Enough copies to be worth the probe of what the server enforces (256).
+    const N: usize = 300;
     for srv in servers().await {
         let name = srv.name;
         let enforced = srv.probed.as_ref().expect("probed").put_if_none_match;

@@ -147,7 +147,9 @@ fn slow_relay(target: std::net::SocketAddr, delay: Duration) -> std::net::Socket
     addr
 }
 
-const FILES: usize = 200;
+// Enough that the run lasts several seconds behind the slow relay once the gateway's probe has
+// answered and each copy is one PutObject (200 finished within the 1 s grace period).
+const FILES: usize = 400;
 
 /// A push job of `FILES` files to moto behind a slow relay, served by a real gateway.
 struct SlowSync {
