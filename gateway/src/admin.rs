@@ -66,6 +66,9 @@ struct Metrics {
     registry: Registry,
     /// `bucketgate_remote_up`, by remote: set by each probe, removed with the remote.
     remote_up: GaugeFamily,
+    /// The allocator's figures, read at each scrape.
+    heap_allocated: Gauge<i64>,
+    heap_resident: Gauge<i64>,
 }
 
 impl Metrics {
@@ -90,9 +93,27 @@ impl Metrics {
         // requests, multipart uploads, sync runs.
         bucketgate_protocols::metrics::register(&mut registry);
         bucketgate_storage::metrics::register(&mut registry);
+        // What the process's memory is made of: live allocations against the pages the
+        // allocator keeps (freed pages are given back after `dirty_decay_ms`; main.rs).
+        let heap_allocated = Gauge::<i64>::default();
+        register_family(
+            &mut registry,
+            "bucketgate_heap_allocated_bytes",
+            "Bytes in live allocations (jemalloc stats.allocated).",
+            heap_allocated.clone(),
+        );
+        let heap_resident = Gauge::<i64>::default();
+        register_family(
+            &mut registry,
+            "bucketgate_heap_resident_bytes",
+            "Bytes of the allocator's pages resident in memory (jemalloc stats.resident).",
+            heap_resident.clone(),
+        );
         Metrics {
             registry,
             remote_up,
+            heap_allocated,
+            heap_resident,
         }
     }
 }
@@ -244,6 +265,16 @@ impl Health {
     }
 
     fn metrics(&self) -> String {
+        // The statistics are a snapshot taken at an epoch; a read error leaves the last figures.
+        if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+            let m = &self.1;
+            if let Ok(v) = tikv_jemalloc_ctl::stats::allocated::read() {
+                m.heap_allocated.set(v as i64);
+            }
+            if let Ok(v) = tikv_jemalloc_ctl::stats::resident::read() {
+                m.heap_resident.set(v as i64);
+            }
+        }
         bucketgate_storage::metrics::encode(&self.1.registry)
     }
 }

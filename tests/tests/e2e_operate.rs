@@ -153,6 +153,14 @@ users:
     }
     assert!(m.contains("# TYPE bucketgate_sessions_active gauge"), "{m}");
     assert!(m.contains("bucketgate_up 1"));
+    // The allocator's own figures: some live memory, held in pages that are resident.
+    let allocated = value(&m, "bucketgate_heap_allocated_bytes");
+    let resident = value(&m, "bucketgate_heap_resident_bytes");
+    assert!(allocated > 0, "{m}");
+    assert!(
+        resident >= allocated,
+        "allocated {allocated}, resident {resident}"
+    );
 }
 
 /// Every secret the run used must be absent from `text`.
