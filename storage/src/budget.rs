@@ -6,6 +6,7 @@
 //! could never fit (bigger than the whole budget) is spooled to disk instead of waiting forever.
 
 use crate::error::{Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -21,6 +22,8 @@ const UNIT: u64 = 1024;
 pub struct MemoryBudget {
     sem: Arc<Semaphore>,
     units: u64,
+    /// Callers of [`MemoryBudget::acquire`] waiting now.
+    waiting: AtomicUsize,
 }
 
 /// Bytes of the budget held by one buffer; released when dropped.
@@ -62,6 +65,7 @@ impl MemoryBudget {
         MemoryBudget {
             sem: Arc::new(Semaphore::new(units as usize)),
             units,
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -86,6 +90,12 @@ impl MemoryBudget {
         self.total() - self.available()
     }
 
+    /// Whether someone waits for memory now: holders that could give theirs back (a sent
+    /// upload part kept for reuse) do so then.
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// True when a buffer of `bytes` can ever be granted (it is not bigger than the budget).
     pub fn can_hold(&self, bytes: u64) -> bool {
         units_of(bytes) <= self.units
@@ -107,6 +117,21 @@ impl MemoryBudget {
                 "a transfer buffer is larger than the whole memory limit",
             ));
         }
+        if let Ok(permit) = self.sem.clone().try_acquire_many_owned(units as u32) {
+            return Ok(MemoryPermit {
+                permit: Some(permit),
+                bytes: units * UNIT,
+            });
+        }
+        /// Counts a waiter for as long as it waits (a cancelled wait included).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         let permit = self
             .sem
             .clone()
@@ -172,10 +197,13 @@ mod tests {
         let b = Arc::new(MemoryBudget::new(4096));
         let p = b.acquire(4096).await.unwrap();
         let b2 = b.clone();
+        assert!(!b.has_waiters());
         let waiter = tokio::spawn(async move { b2.acquire(2048).await.map(|p| p.bytes()) });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
+        assert!(b.has_waiters());
         drop(p);
         assert_eq!(waiter.await.unwrap().unwrap(), 2048);
+        assert!(!b.has_waiters());
     }
 }

@@ -151,6 +151,29 @@ async fn a_large_upload_sends_whole_parts_from_memory() {
             // 3 parts of `part_size` and the last MiB.
             assert_eq!(parts_of(&etag), Some(4), "[{}] etag {etag}", srv.name);
         }
+
+        // A sent part's buffer is filled again by a later part (see `Spare`): an upload
+        // given up after several parts releases all of it, the kept buffer included, and
+        // leaves nothing at its name.
+        let gone = srv.key("given-up");
+        let mut up = b.create(&gone, CreateOptions::default()).await.unwrap();
+        for c in data(5 * part as usize + MIB, 12).chunks(256 * KIB as usize) {
+            up.write(Bytes::copy_from_slice(c)).await.unwrap();
+            assert!(
+                budget.in_use() <= (concurrency + 1) * part,
+                "[{}] held {}",
+                srv.name,
+                budget.in_use()
+            );
+        }
+        up.abort().await;
+        assert_eq!(budget.in_use(), 0, "[{}] all released", srv.name);
+        assert_eq!(
+            b.stat(&gone).await.map(|e| e.size).unwrap_err().kind(),
+            bucketgate_storage::error::ErrorKind::NotFound,
+            "[{}]",
+            srv.name
+        );
     }
 }
 

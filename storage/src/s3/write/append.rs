@@ -42,7 +42,7 @@ impl Pipeline {
                 let id = self.upload_id.clone().unwrap_or_default();
                 let s3 = self.s3.clone();
                 let copy = s3.copy_part(id, part, (start, end), etag.clone());
-                self.tasks.spawn(async move { (copy.await, None) });
+                self.tasks.spawn(async move { (copy.await, None, None) });
                 start = end;
             }
         } else if size > 0 {

@@ -3,7 +3,8 @@
 //! hands the body to the S3 calls.
 //!
 //! Memory: a buffer holds a permit of the shared [`MemoryBudget`] for what it has allocated,
-//! until its part has been sent. The first part of an upload starts small ([`FIRST_BUFFER`], or
+//! until its part has been sent (a large upload then fills the same buffer again with a later
+//! part, permit and all: see [`Spare`]). The first part of an upload starts small ([`FIRST_BUFFER`], or
 //! the announced size) and doubles as it fills, so a thousand small uploads hold about their
 //! sizes, not a thousand part sizes; once a part has filled, the upload is known to be large
 //! and each further part takes its whole size at its first byte. A writer never waits for the
@@ -25,6 +26,7 @@
 
 use super::super::client::Body;
 use super::super::Inner;
+use super::s3::Spare;
 use super::spool::{spool_file, spool_usable};
 use crate::budget::MemoryPermit;
 use crate::error::Result;
@@ -50,6 +52,15 @@ enum Store {
     },
 }
 
+/// What [`PartBuf::open`] did.
+pub(super) enum Opened {
+    /// The part is open.
+    Ready,
+    /// Nothing could take the part now: wait for this many bytes of the budget, then
+    /// [`PartBuf::open_with`].
+    Wait(u64),
+}
+
 /// One part being filled.
 pub(super) struct PartBuf {
     store: Store,
@@ -58,6 +69,7 @@ pub(super) struct PartBuf {
 }
 
 /// How a part opens: see [`PartBuf::open`].
+#[derive(Clone, Copy)]
 pub(super) struct Opening {
     /// The part's size.
     pub target: u64,
@@ -104,13 +116,31 @@ impl PartBuf {
     }
 
     /// Opens the part: memory when the budget has it free now, else disk. When spooling is
-    /// impossible (see [`spool_file`]), waits for the memory instead: this is the only place
-    /// where a writer waits for the budget, and it holds nothing of its part then.
+    /// impossible (see [`spool_file`]), answers [`Opened::Wait`]: the caller waits for the
+    /// memory and hands it to [`PartBuf::open_with`]. That is the only place where a writer
+    /// waits for the budget, and it holds nothing of its part then.
     ///
     /// Not waiting while the disk can take the part matters: other buffers of the process
     /// (requests read ahead of a session's handler) hold budget until their handler, and so
     /// perhaps this very writer, makes progress.
-    pub(super) async fn open(&mut self, inner: &Inner, how: Opening) -> Result<()> {
+    ///
+    /// `spare`: a sent part's buffer with its budget, filled again when it has room for the
+    /// whole part (and freed here otherwise, before anything waits).
+    pub(super) async fn open(
+        &mut self,
+        inner: &Inner,
+        how: Opening,
+        spare: Option<Spare>,
+    ) -> Result<Opened> {
+        if let Some(Spare { mut data, permit }) = spare {
+            let cap = data.capacity() as u64;
+            if cap >= how.target && permit.bytes() >= cap {
+                data.clear();
+                self.target = how.target;
+                self.store = Store::Mem { data, cap, permit };
+                return Ok(Opened::Ready);
+            }
+        }
         let mut target = how.target;
         let budget = inner.budget.clone();
         if !budget.can_hold(target) {
@@ -118,7 +148,7 @@ impl PartBuf {
                 Ok(file) => {
                     self.target = target;
                     self.store = Store::Disk { file, len: 0 };
-                    return Ok(());
+                    return Ok(Opened::Ready);
                 }
                 // Parts need not all be the same size (every part but the last must reach
                 // S3's minimum, 5 MiB): without a disk, a part is as large as the budget.
@@ -141,25 +171,24 @@ impl PartBuf {
             None => match spool_file(inner).await {
                 Ok(file) => {
                     self.store = Store::Disk { file, len: 0 };
-                    return Ok(());
+                    return Ok(Opened::Ready);
                 }
-                Err(_) => {
-                    let want = if how.size_hint.is_some() {
-                        want
-                    } else {
-                        target
-                    };
-                    budget.acquire(want).await?
-                }
+                Err(_) if how.size_hint.is_some() => return Ok(Opened::Wait(want)),
+                Err(_) => return Ok(Opened::Wait(target)),
             },
         };
-        let cap = permit.bytes().min(target).max(want);
+        self.open_with(permit, want);
+        Ok(Opened::Ready)
+    }
+
+    /// Opens the part in memory with `permit`, which [`Opened::Wait`] asked for (`want` bytes).
+    pub(super) fn open_with(&mut self, permit: MemoryPermit, want: u64) {
+        let cap = permit.bytes().min(self.target).max(want);
         self.store = Store::Mem {
             data: BytesMut::with_capacity(cap as usize),
             cap,
             permit,
         };
-        Ok(())
     }
 
     /// Makes room for `need` bytes in the memory buffer: doubles it (up to the part size) when

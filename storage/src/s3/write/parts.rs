@@ -8,10 +8,10 @@
 
 use super::super::checksum;
 use super::super::{Inner, MAX_PARTS, MAX_PART_SIZE};
-use super::buffer::{Opening, PartBuf};
+use super::buffer::{Opened, Opening, PartBuf};
 use super::copy_err;
 use super::pace::{Pace, Sample};
-use super::s3::{Conditions, Part, S3Parts};
+use super::s3::{Conditions, Part, S3Parts, Spare};
 use crate::backend::{CreateOptions, Entry};
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
@@ -20,8 +20,8 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 
 /// A part request's outcome, with its timing for [`Pace`] (`None`: a server-side copy, which
-/// moves no bytes of this process).
-pub(super) type PartDone = (Result<Part>, Option<Sample>);
+/// moves no bytes of this process) and its buffer given back for the next part.
+pub(super) type PartDone = (Result<Part>, Option<Sample>, Option<Spare>);
 
 /// Everything of an upload in progress; moved out on drop so that the clean-up can run in a
 /// spawned task.
@@ -32,6 +32,9 @@ pub(super) struct Pipeline {
     /// Size of parts 1 to 1,000; further parts double every 1,000.
     first_part_size: u64,
     buf: PartBuf,
+    /// A sent part's buffer, kept for the next part to fill (one at most: parts end about as
+    /// often as new ones open, and each spare holds its part's size of the budget).
+    spare: Option<Spare>,
     /// A part has filled up: the upload is large, so further parts are allocated whole.
     large: bool,
     pub next_part: u32,
@@ -66,6 +69,7 @@ impl Pipeline {
             cond,
             first_part_size: first,
             buf: PartBuf::new(),
+            spare: None,
             large: false,
             next_part: 1,
             upload_id: None,
@@ -102,12 +106,18 @@ impl Pipeline {
     }
 
     fn record(&mut self, r: std::result::Result<PartDone, tokio::task::JoinError>) {
-        if let Ok((_, Some(sample))) = &r {
+        if let Ok((_, Some(sample), _)) = &r {
             self.pace.ended(*sample);
         }
         let e = match r {
-            Ok((Ok(p), _)) => return self.parts.push(p),
-            Ok((Err(e), _)) => e,
+            Ok((Ok(p), _, spare)) => {
+                // Kept only while nobody waits for memory (see `Spare`).
+                if self.spare.is_none() && !self.s3.inner.budget.has_waiters() {
+                    self.spare = spare;
+                }
+                return self.parts.push(p);
+            }
+            Ok((Err(e), _, _)) => e,
             Err(e) => Error::new(ErrorKind::Backend, "a part upload task failed").with_source(e),
         };
         if self.failed.is_none() {
@@ -167,7 +177,11 @@ impl Pipeline {
             let start = Instant::now();
             let r = s3.upload_part(id, part, body, permit).await;
             let end = Instant::now();
-            (r, Some(Sample { start, end, bytes }))
+            let sample = Some(Sample { start, end, bytes });
+            match r {
+                Ok((part, spare)) => (Ok(part), sample, spare),
+                Err(e) => (Err(e), sample, None),
+            }
         });
         Ok(())
     }
@@ -181,18 +195,44 @@ impl Pipeline {
                 self.dispatch().await?;
             }
             if !self.buf.is_open() {
-                let how = Opening {
-                    target: self.part_size_for(self.next_part),
-                    size_hint: self.opts.size_hint,
-                    large: self.large,
-                    first: self.next_part == 1 && self.written == 0,
-                };
-                self.buf.open(&self.s3.inner, how).await?;
+                self.open_part().await?;
             }
             let chunk = data.split_to((self.buf.space() as usize).min(data.len()));
             self.buf.append(&self.s3.inner, chunk).await?;
         }
         Ok(())
+    }
+
+    /// Opens the next part. A large upload's next part fills the buffer of one already sent,
+    /// if it has one of the part's size. Where the part must wait for memory (no disk to
+    /// spool to), the wait also takes this upload's parts as they end: a part kept for reuse
+    /// then either opens the new part or is given back, so that an upload never waits for
+    /// memory its own finished parts hold.
+    async fn open_part(&mut self) -> Result<()> {
+        self.check()?;
+        let how = Opening {
+            target: self.part_size_for(self.next_part),
+            size_hint: self.opts.size_hint,
+            large: self.large,
+            first: self.next_part == 1 && self.written == 0,
+        };
+        let inner = self.s3.inner.clone();
+        loop {
+            let spare = self.spare.take().filter(|_| how.large);
+            let Opened::Wait(want) = self.buf.open(&inner, how, spare).await? else {
+                return Ok(());
+            };
+            tokio::select! {
+                p = inner.budget.acquire(want) => {
+                    self.buf.open_with(p?, want);
+                    return Ok(());
+                }
+                Some(r) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.record(r);
+                    self.check()?;
+                }
+            }
+        }
     }
 
     async fn commit(&mut self) -> Result<Entry> {
@@ -218,6 +258,7 @@ impl Pipeline {
             self.dispatch().await?;
         }
         self.wait_all().await?;
+        self.spare = None;
         self.parts.sort_by_key(|p| p.0);
         let id = self.upload_id.clone().unwrap_or_default();
         self.s3.complete(&id, &self.parts, &self.cond).await?;

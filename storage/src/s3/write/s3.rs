@@ -19,12 +19,28 @@ use super::{changed, same_etag, taken};
 use crate::backend::{Entry, EntryKind};
 use crate::budget::MemoryPermit;
 use crate::error::{Error, ErrorKind, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use reqwest::Method;
 use std::sync::Arc;
 
 /// A part sent: its number, its ETag, and its checksum where Complete must list it.
 pub(super) type Part = (u32, String, Option<String>);
+
+/// A sent part's buffer and the budget it holds, given back for the upload's next part: a
+/// large upload then fills the same few buffers over and over, instead of allocating a new
+/// part-sized buffer for each part and freeing the last. jemalloc gives a freed buffer of 8 MiB
+/// or more back to the system at once, so each new one costs a page fault per 4 KiB as it is
+/// first written (bench/README.md, "Part buffers filled again").
+///
+/// The budget still counts a kept buffer: an upload keeps one at most, only while nobody waits
+/// for memory ([`MemoryBudget::has_waiters`]), and the upload's own wait for memory takes its
+/// finished parts as they come (`Pipeline::open_part`).
+///
+/// [`MemoryBudget::has_waiters`]: crate::budget::MemoryBudget::has_waiters
+pub(super) struct Spare {
+    pub data: BytesMut,
+    pub permit: MemoryPermit,
+}
 
 /// What must still hold when the upload commits.
 #[derive(Clone, Default)]
@@ -133,20 +149,29 @@ impl S3Parts {
 
     /// UploadPart with the part's checksum; its memory is held until the body has gone.
     /// Hashed here, in the part's own task, so the writer goes on filling the next part.
+    /// A part sent from memory gives its buffer back, with what it holds of the budget, for
+    /// the upload's next part (see [`Spare`]).
     pub(super) async fn upload_part(
         self,
         upload_id: String,
         part: u32,
         body: Body,
         permit: Option<MemoryPermit>,
-    ) -> Result<Part> {
+    ) -> Result<(Part, Option<Spare>)> {
         let sum = checksum::of_body(self.checksum, &body).await?;
         let req = Request::new(Method::PUT, Some(&self.key))
             .query("partNumber", part.to_string())
             .query("uploadId", upload_id);
-        let req = checksum::apply(req, sum.as_ref()).body(body);
+        let mut req = checksum::apply(req, sum.as_ref()).body(body);
         let resp = self.inner.client.send(&req).await?;
-        drop(permit);
+        // The HTTP client has let go of the body once the answer is in; where it has not (the
+        // buffer is still shared), or someone waits for memory, the buffer is freed as before.
+        let spare = match (std::mem::take(&mut req.body), permit) {
+            (Body::Bytes(b), Some(permit)) if !self.inner.budget.has_waiters() => {
+                b.try_into_mut().ok().map(|data| Spare { data, permit })
+            }
+            _ => None,
+        };
         checksum::check_etag(
             &resp,
             sum.as_ref(),
@@ -156,7 +181,7 @@ impl S3Parts {
             .header("etag")
             .map(str::to_string)
             .ok_or_else(|| Error::new(ErrorKind::Backend, "the remote sent no ETag for a part"))?;
-        Ok((part, etag, sum.and_then(|s| s.part_value())))
+        Ok(((part, etag, sum.and_then(|s| s.part_value())), spare))
     }
 
     /// UploadPartCopy of bytes `start..end` of the object itself, if it still has `etag`.
