@@ -5,7 +5,11 @@ Everything talks to one s3s-fs server (tests/examples/s3s_server.rs) on 127.0.0.
 figure the gateway and its baselines run interleaved in the same round, so the ratios hold even
 on a busy machine; the load average is printed with every round.
 
-  bench/run.py [--reps N] [--only sftp,ftp,get,small,list,sync] [--keep]
+  bench/run.py [--reps N] [--only sftp,ftp,get,small,list,sync,cpu] [--keep]
+
+`--only cpu` (issue 22 item 5): CPU-seconds per GiB of the gateway beside OpenSSH's sshd
+(internal-sftp to local disk) for the same 1 GiB put and get, once per cipher the client picks
+(chacha20-poly1305, aes256-gcm), and of the gateway over FTP and explicit FTPS (lftp).
 
 `BENCH_RTT_MS=20` puts tests/examples/latency_proxy.rs in front of the S3 server (half of it each
 way, no bandwidth cap): every client of S3 (the gateway, the peers, rclone) then pays that round
@@ -135,6 +139,35 @@ def digits(secs):
 # Processes whose CPU time each figure reports (name -> pid): the gateway and the S3 server.
 cpu_pids = {}
 last_cpu = {}
+# The gateway's memory during the last figure, sampled every 0.1 s: peak VmRSS, and the peaks of
+# what its allocator reports on /metrics (live allocations, resident pages), in MiB.
+last_mem = {}
+GW_ADMIN = {}
+
+
+def mem_sample():
+    """The gateway's VmRSS and its allocator's live and resident bytes now, in MiB."""
+    pid, port = cpu_pids.get("gw"), GW_ADMIN.get("port")
+    if not pid:
+        return None
+    try:
+        rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1)) >> 10
+    except (OSError, AttributeError):
+        return None
+    heap = (-1, -1)
+    if port:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                c.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                body = b""
+                while chunk := c.recv(65536):
+                    body += chunk
+            t = body.decode(errors="replace")
+            heap = tuple(int(float(re.search(rf"^bucketgate_heap_{k}_bytes (\S+)", t, re.M).group(1))) >> 20
+                         for k in ("allocated", "resident"))
+        except (OSError, AttributeError):
+            pass
+    return (rss,) + heap
 
 
 def cpu_secs(pid):
@@ -146,17 +179,46 @@ def cpu_secs(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_secs(pid):
+    """CPU seconds of the children a process has reaped (sshd's per-connection processes)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[13]) + int(f[14])) / os.sysconf("SC_CLK_TCK")
+
+
+CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com")
+
+
 def timed(args, env=None):
     before = {n: cpu_secs(p) for n, p in cpu_pids.items()}
+    samples, stop = [], threading.Event()
+
+    def sampler():
+        while not stop.wait(0.1):
+            m = mem_sample()
+            if m:
+                samples.append(m)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
     t = time.perf_counter()
     try:
         sh(args, env=env)
     except Hang as h:
         log(f"  HANG: no end after {TIMEOUT} s: {h}; load {' '.join(load())}")
         return None
+    finally:
+        stop.set()
+        th.join()
     secs = time.perf_counter() - t
     last_cpu.clear()
     last_cpu.update({n: cpu_secs(p) - before[n] for n, p in cpu_pids.items()})
+    last_mem.clear()
+    if samples:
+        last_mem.update(rss=max(x[0] for x in samples), allocated=max(x[1] for x in samples),
+                        resident=max(x[2] for x in samples))
     return secs
 
 
@@ -210,6 +272,8 @@ class Bench:
         os.makedirs(f"{g}/files/sync/big")
         h = sh([BG, "hash-password"], input=FTP_PASS + "\n").strip()
         pp = free_port()
+        ap = free_port()
+        GW_ADMIN["port"] = ap
         remote = lambda name, pm: f"""  - name: {name}
     type: s3
     endpoint: {self.endpoint}
@@ -222,11 +286,18 @@ class Bench:
         # gateway's downloads before issue 18's ranges ahead, from the same build.
         conc = os.environ.get("BENCH_CONCURRENCY")
         transfers = f"transfers: {{ concurrency: {int(conc)} }}\n" if conc else ""
+        # Explicit FTPS on the FTP listener (`--only cpu`), with a self-signed certificate.
+        sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", f"{g}/key.pem",
+            "-out", f"{g}/cert.pem"])
         cfg = f"""{transfers}sftp:
   listen: "127.0.0.1:0"
 ftp:
   listen: "127.0.0.1:0"
   passive_ports: "{pp}-{pp + 40}"
+  tls: {{ mode: explicit, cert: ./cert.pem, key: ./key.pem }}
+admin:
+  listen: "127.0.0.1:{ap}"
 state_dir: ./data
 log: {{ level: {os.environ.get("BENCH_LOG_LEVEL", "info")} }}
 storage: {{ type: local, root: ./files }}
@@ -300,21 +371,27 @@ PidFile none
 Subsystem sftp internal-sftp
 """)
         os.makedirs("/run/sshd", exist_ok=True)
-        spawn(["/usr/sbin/sshd", "-f", f"{d}/cfg", "-D", "-p", str(self.sshd)])
+        self.sshd_proc = spawn(["/usr/sbin/sshd", "-f", f"{d}/cfg", "-D", "-p", str(self.sshd)])
         for port in (self.peer_sftp, self.peer_ftp, self.sshd):
             wait_port(port)
         log(f"peers: rclone sftp {self.peer_sftp}, rclone ftp {self.peer_ftp}, sshd {self.sshd}")
 
     # ------------------------------------------------------------------ clients
-    def sftp(self, port, user, cmds):
+    def sftp(self, port, user, cmds, opts=()):
         b = f"{self.w}/batch"
         open(b, "w").write("\n".join(cmds) + "\n")
-        return timed(["sftp", "-q", "-b", b, "-i", self.key, "-P", str(port),
+        return timed(["sftp", "-q", *opts, "-b", b, "-i", self.key, "-P", str(port),
                       "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                       "-o", "LogLevel=ERROR", f"{user}@127.0.0.1"])
 
-    def lftp(self, port, cmds):
-        script = "set ftp:passive-mode on; set net:max-retries 1; set xfer:clobber on; " + "; ".join(cmds) + "; bye"
+    def lftp(self, port, cmds, tls=False):
+        script = "set ftp:passive-mode on; set net:max-retries 1; set xfer:clobber on; "
+        if tls:
+            script += ("set ftp:ssl-force true; set ftp:ssl-protect-data true; "
+                       "set ssl:verify-certificate no; ")
+        else:
+            script += "set ftp:ssl-allow false; "
+        script += "; ".join(cmds) + "; bye"
         return timed(["lftp", "-u", f"{FTP_USER},{FTP_PASS}", "-p", str(port), "-e", script, "127.0.0.1"])
 
     def rclone(self, *args):
@@ -325,7 +402,10 @@ Subsystem sftp internal-sftp
             return
         self.results.setdefault(name, []).append(secs)
         cpu = " ".join(f"{n} {c:5.2f}" for n, c in sorted(last_cpu.items()))
-        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}   CPU-s: {cpu}")
+        mem = ""
+        if last_mem:
+            mem = "   gw MiB: rss {rss} heap {allocated} resident {resident}".format(**last_mem)
+        log(f"  {name:38s} {secs:8.{digits(secs)}f} s   load {' '.join(load())}   CPU-s: {cpu}{mem}")
 
     def hwm(self):
         for line in open(f"/proc/{self.gw.pid}/status"):
@@ -351,7 +431,9 @@ Subsystem sftp internal-sftp
         self.rec("sftp put 1GiB gateway", self.sftp(self.gw_sftp, FTP_USER, [f"put {self.big} /s3/big.bin"]))
         if not LEAN:
             self.rec("sftp put 1GiB peer", self.sftp(self.peer_sftp, FTP_USER, [f"put {self.big} /peer-big.bin"]))
-        self.rec("s3 put 1GiB rclone", self.rclone("copyto", self.big, f"s3:{BUCKET}/direct/big.bin"))
+        # `--ignore-times`: from the second round on, the object already has the file's size and
+        # time, and rclone would skip the copy (a 0.05 s "put").
+        self.rec("s3 put 1GiB rclone", self.rclone("copyto", "--ignore-times", self.big, f"s3:{BUCKET}/direct/big.bin"))
         if LEAN:
             self.rec("sftp get 1GiB gateway", self.sftp(self.gw_sftp, FTP_USER, [f"get /s3/big.bin {g}/a"]))
             self.rec("s3 get 1GiB rclone", self.rclone("copyto", f"s3:{BUCKET}/direct/big.bin", f"{g}/c"))
@@ -360,7 +442,8 @@ Subsystem sftp internal-sftp
                 os.unlink(f"{g}/{f}")
             return
         self.rec("s3 put 1GiB rclone best", self.rclone(
-            "copyto", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M", self.big, f"s3:{BUCKET}/best/big.bin"))
+            "copyto", "--ignore-times", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M", self.big,
+            f"s3:{BUCKET}/best/big.bin"))
         self.rec("sftp put 1GiB sshd", self.sftp(self.sshd, "root", [f"put {self.big} {local_ssh}/big.bin"]))
         self.rec("sftp get 1GiB gateway", self.sftp(self.gw_sftp, FTP_USER, [f"get /s3/big.bin {g}/a"]))
         self.rec("sftp get 1GiB peer", self.sftp(self.peer_sftp, FTP_USER, [f"get /peer-big.bin {g}/b"]))
@@ -408,6 +491,48 @@ Subsystem sftp internal-sftp
                 os.unlink(f"{g}/{f}")
         self.hwm_get = self.hwm()
         log(f"  gateway VmHWM after the gets: {self.hwm_get} MiB")
+
+    def round_cpu(self):
+        """Issue 22 item 5: the gateway's CPU-seconds per GiB beside sshd's (internal-sftp to
+        local disk, its per-connection processes reaped by the listener) for the same 1 GiB put
+        and get and the same cipher; FTP and FTPS beside. Each figure is one transfer."""
+        g, local = self.get, f"{self.w}/sshd/files"
+        gib = GIB / (1 << 30)
+        rows = self.__dict__.setdefault("cpu_rows", {})
+
+        def note(label, who, secs):
+            if secs is not None:
+                rows.setdefault(label, {}).setdefault(who, []).append(secs / gib)
+
+        sshd = self.sshd_proc.pid
+        for c in CIPHERS:
+            name = c.split("@")[0]
+            opts = ("-c", c)
+            for d in ("put", "get"):
+                cmd = [f"put {self.big} /s3/cpu.bin"] if d == "put" else [f"get /s3/cpu.bin {g}/a"]
+                if self.sftp(self.gw_sftp, FTP_USER, cmd, opts) is not None:
+                    note(f"sftp {d} {name}", "gateway", last_cpu.get("gw"))
+                    note(f"sftp {d} {name}", "s3s-fs", last_cpu.get("s3"))
+                cmd = [f"put {self.big} {local}/cpu.bin"] if d == "put" else [f"get {local}/cpu.bin {g}/b"]
+                before = cpu_secs(sshd) + children_secs(sshd)
+                if self.sftp(self.sshd, "root", cmd, opts) is not None:
+                    # The connection's processes are reaped just after the client exits.
+                    time.sleep(0.5)
+                    note(f"sftp {d} {name}", "sshd", cpu_secs(sshd) + children_secs(sshd) - before)
+        for tls in (False, True):
+            p = "ftps" if tls else "ftp"
+            for d in ("put", "get"):
+                cmd = [f"put {self.big} -o /s3/cpu-f.bin"] if d == "put" else [f"get /s3/cpu-f.bin -o {g}/c"]
+                if self.lftp(self.gw_ftp, cmd, tls) is not None:
+                    note(f"{p} {d}", "gateway", last_cpu.get("gw"))
+                    note(f"{p} {d}", "s3s-fs", last_cpu.get("s3"))
+        for f in "abc":
+            if os.path.exists(f"{g}/{f}"):
+                if not same_file(f"{g}/{f}", self.big):
+                    raise SystemExit(f"the download {g}/{f} differs from what was put")
+                os.unlink(f"{g}/{f}")
+        for label, who in rows.items():
+            log(f"  CPU-s/GiB {label:28s} " + "  ".join(f"{k} {v[-1]:5.2f}" for k, v in who.items()))
 
     def round_small(self, n):
         # Straight into the mount's root, no mkdir: s3s-fs turns a `dir/` marker into a hidden
@@ -524,6 +649,17 @@ Subsystem sftp internal-sftp
         for job in ("small", "big"):
             check(f"sync first {job} vs rclone sync", f"sync first {job} bucketgate", f"sync first {job} rclone", 1)
             check(f"sync rerun {job} vs rclone sync", f"sync rerun {job} bucketgate", f"sync rerun {job} rclone", 1)
+        rows = getattr(self, "cpu_rows", {})
+        if rows:
+            log("\n==== CPU-seconds per GiB (issue 22 item 5; medians; need gateway <= sshd) ====")
+        for label, who in rows.items():
+            m = {k: statistics.median(v) for k, v in who.items()}
+            line = "  ".join(f"{k} {v:5.2f}" for k, v in m.items())
+            verdict = ""
+            if "sshd" in m and "gateway" in m:
+                r = m["gateway"] / m["sshd"]
+                verdict = f"  gateway/sshd {r:4.2f}  {'MET' if r <= 1 else 'MISSED'}"
+            log(f"{label:28s} {line}{verdict}")
         for k in ("hwm_big", "hwm_ftp", "hwm_get"):
             if hasattr(self, k):
                 v = getattr(self, k)
@@ -557,6 +693,8 @@ def main():
                 b.round_ftp()
             if "get" in only:
                 b.round_get(n)
+            if "cpu" in only:
+                b.round_cpu()
             if "small" in only:
                 b.round_small(n)
             if "list" in only:
