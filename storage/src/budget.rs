@@ -90,10 +90,16 @@ impl MemoryBudget {
         self.total() - self.available()
     }
 
-    /// Whether someone waits for memory now: holders that could give theirs back (a sent
-    /// upload part kept for reuse) do so then.
+    /// Whether someone waits for memory now.
     pub fn has_waiters(&self) -> bool {
         self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether memory is plentiful now: nobody waits for it and at least half the budget is
+    /// free. Holders that could give theirs back (a sent upload part kept for reuse) keep it
+    /// only then, so that under pressure it goes to others' parts instead of their spool.
+    pub fn is_plentiful(&self) -> bool {
+        !self.has_waiters() && self.available() >= self.total() / 2
     }
 
     /// True when a buffer of `bytes` can ever be granted (it is not bigger than the budget).
@@ -198,6 +204,7 @@ mod tests {
         let p = b.acquire(4096).await.unwrap();
         let b2 = b.clone();
         assert!(!b.has_waiters());
+        assert!(!b.is_plentiful(), "all of it is held");
         let waiter = tokio::spawn(async move { b2.acquire(2048).await.map(|p| p.bytes()) });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
@@ -205,5 +212,6 @@ mod tests {
         drop(p);
         assert_eq!(waiter.await.unwrap().unwrap(), 2048);
         assert!(!b.has_waiters());
+        assert!(b.is_plentiful(), "half of it is free and nobody waits");
     }
 }

@@ -111,8 +111,8 @@ impl Pipeline {
         }
         let e = match r {
             Ok((Ok(p), _, spare)) => {
-                // Kept only while nobody waits for memory (see `Spare`).
-                if self.spare.is_none() && !self.s3.inner.budget.has_waiters() {
+                // Kept only while memory is plentiful (see `Spare`).
+                if self.spare.is_none() && self.s3.inner.budget.is_plentiful() {
                     self.spare = spare;
                 }
                 return self.parts.push(p);

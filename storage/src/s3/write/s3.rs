@@ -32,11 +32,12 @@ pub(super) type Part = (u32, String, Option<String>);
 /// or more back to the system at once, so each new one costs a page fault per 4 KiB as it is
 /// first written (bench/README.md, "Part buffers filled again").
 ///
-/// The budget still counts a kept buffer: an upload keeps one at most, only while nobody waits
-/// for memory ([`MemoryBudget::has_waiters`]), and the upload's own wait for memory takes its
-/// finished parts as they come (`Pipeline::open_part`).
+/// The budget still counts a kept buffer: an upload keeps one at most, only while memory is
+/// plentiful (nobody waits for it and half the budget is free:
+/// [`MemoryBudget::is_plentiful`]), and the upload's own wait for memory takes its finished
+/// parts as they come (`Pipeline::open_part`). Under pressure, parts are freed as before.
 ///
-/// [`MemoryBudget::has_waiters`]: crate::budget::MemoryBudget::has_waiters
+/// [`MemoryBudget::is_plentiful`]: crate::budget::MemoryBudget::is_plentiful
 pub(super) struct Spare {
     pub data: BytesMut,
     pub permit: MemoryPermit,
@@ -165,9 +166,9 @@ impl S3Parts {
         let mut req = checksum::apply(req, sum.as_ref()).body(body);
         let resp = self.inner.client.send(&req).await?;
         // The HTTP client has let go of the body once the answer is in; where it has not (the
-        // buffer is still shared), or someone waits for memory, the buffer is freed as before.
+        // buffer is still shared), or memory is short, the buffer is freed as before.
         let spare = match (std::mem::take(&mut req.body), permit) {
-            (Body::Bytes(b), Some(permit)) if !self.inner.budget.has_waiters() => {
+            (Body::Bytes(b), Some(permit)) if self.inner.budget.is_plentiful() => {
                 b.try_into_mut().ok().map(|data| Spare { data, permit })
             }
             _ => None,
