@@ -13,9 +13,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// back to the system after 100 ms (`dirty_decay_ms`), at once instead of through a second,
 /// "muzzy" stage (`muzzy_decay_ms: 0`), so memory falls back soon after a load ends. A download
 /// frees its S3 connections' read buffers as fast as it moves bytes: with 1 s, those pages made
-/// the gateway's peak RSS 76–81 MiB during a 1 GiB SFTP get, with 100 ms 61–68 MiB, for 2–3%
-/// more CPU (bench/README.md, "Part buffers filled again, pages given back sooner"). `0` cost
-/// 40–80% more CPU.
+/// the gateway's peak RSS over a 1 GiB SFTP put and get 73–81 MiB, with 100 ms 62–69 MiB, for
+/// 2–4% more CPU on the get (bench/README.md, "Part buffers filled again, pages given back
+/// sooner"). `0` cost 45% more CPU on the put and 85% on the get.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0";
