@@ -170,22 +170,15 @@ def mem_sample():
     return (rss,) + heap
 
 
-def cpu_secs(pid):
-    """User + system CPU seconds of a process so far (its threads included)."""
+def cpu_secs(pid, children=False):
+    """User + system CPU seconds of a process so far (its threads included), or with
+    `children`, of the children it has reaped (sshd's per-connection processes)."""
     try:
         f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_secs(pid):
-    """CPU seconds of the children a process has reaped (sshd's per-connection processes)."""
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[13]) + int(f[14])) / os.sysconf("SC_CLK_TCK")
+    i = 13 if children else 11
+    return (int(f[i]) + int(f[i + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com")
@@ -514,11 +507,11 @@ Subsystem sftp internal-sftp
                     note(f"sftp {d} {name}", "gateway", last_cpu.get("gw"))
                     note(f"sftp {d} {name}", "s3s-fs", last_cpu.get("s3"))
                 cmd = [f"put {self.big} {local}/cpu.bin"] if d == "put" else [f"get {local}/cpu.bin {g}/b"]
-                before = cpu_secs(sshd) + children_secs(sshd)
+                before = cpu_secs(sshd) + cpu_secs(sshd, True)
                 if self.sftp(self.sshd, "root", cmd, opts) is not None:
                     # The connection's processes are reaped just after the client exits.
                     time.sleep(0.5)
-                    note(f"sftp {d} {name}", "sshd", cpu_secs(sshd) + children_secs(sshd) - before)
+                    note(f"sftp {d} {name}", "sshd", cpu_secs(sshd) + cpu_secs(sshd, True) - before)
         for tls in (False, True):
             p = "ftps" if tls else "ftp"
             for d in ("put", "get"):
