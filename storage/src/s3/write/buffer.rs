@@ -4,10 +4,10 @@
 //!
 //! Memory: a buffer holds a permit of the shared [`MemoryBudget`] for what it has allocated,
 //! until its part has been sent (a large upload then fills the same buffer again with a later
-//! part, permit and all: see [`Spare`]). The first part of an upload starts small ([`FIRST_BUFFER`], or
-//! the announced size) and doubles as it fills, so a thousand small uploads hold about their
-//! sizes, not a thousand part sizes; once a part has filled, the upload is known to be large
-//! and each further part takes its whole size at its first byte. A writer never waits for the
+//! part, permit and all: see [`Spare`]). The first part of an upload starts small
+//! ([`FIRST_BUFFER`], or the announced size) and doubles as it fills, so a thousand small
+//! uploads hold about their sizes, not a thousand part sizes; once a part has filled, the upload
+//! is known to be large and each further part takes its whole size at its first byte. A writer never waits for the
 //! budget while it can spill: a part whose memory is not free when it opens, or whose growth is
 //! not free when it fills, goes to a temp file under the spool folder (`<state_dir>/spool`,
 //! created when missing) and its permit is returned. So no writer waits while holding a
