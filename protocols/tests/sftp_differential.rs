@@ -705,6 +705,28 @@ impl Run<'_> {
         Some((sl, g, r))
     }
 
+    /// After a refused step was undone on the reference by writing `path` back: the
+    /// reference's handles on it still point at the file the step unlinked (a rename's
+    /// replaced target, a removed file), so each is opened again on the restored file, with
+    /// its READ, WRITE and APPEND, as if the step never happened (seed 3993993637).
+    async fn reopen_reference(&mut self, path: &str) -> Result<(), String> {
+        let keep = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::APPEND;
+        for i in 0..SLOTS {
+            let Some(sl) = self.slots[i].as_ref().filter(|sl| sl.path == path) else {
+                continue;
+            };
+            let (sess, flags, old) = (sl.sess, sl.flags & keep, sl.r.clone());
+            let s = &self.rf.s[sess];
+            let _ = s.close(old).await;
+            let h = s
+                .open(self.rf.p(path), flags, FileAttributes::default())
+                .await
+                .map_err(|e| format!("reopening the reference's handle on {path}: {e:?}"))?;
+            self.slots[i].as_mut().unwrap().r = h.handle;
+        }
+        Ok(())
+    }
+
     /// Marks what a change of `path` does to the open handles.
     fn touched(&mut self, path: &str, by: Option<usize>, replaced: bool) {
         for (i, s) in self.slots.iter_mut().enumerate() {
@@ -999,6 +1021,16 @@ impl Run<'_> {
                 if r == Res::Ok {
                     self.touched(path, None, false);
                 }
+                if g == Res::Ok && size == 0 {
+                    // docs/objects.md, "A name being written": a size-0 SETSTAT of the name
+                    // replaces the file, so another session's upload of it fails at CLOSE (the
+                    // steps' SETSTAT comes from session 0; its own upload takes the size).
+                    for sl in self.slots.iter_mut().flatten() {
+                        if sl.sess != 0 && sl.path == path && sl.writes() {
+                            sl.clobbered = true;
+                        }
+                    }
+                }
                 // docs/objects.md, "Writes, appends, resume": SETSTAT of a size other than
                 // the current one or 0 "is refused with OP_UNSUPPORTED".
                 let cur = match gbefore.get(path) {
@@ -1164,8 +1196,13 @@ impl Run<'_> {
                 let root = self.refroot();
                 std::fs::rename(root.join(to), root.join(from)).unwrap();
                 restore_all(&root, &rbefore);
+                self.reopen_reference(to).await?;
             }
             Op::Read { .. } | Op::Fstat { .. } => {}
+            Op::Remove { path } => {
+                restore_all(&self.refroot(), &rbefore);
+                self.reopen_reference(path).await?;
+            }
             _ => restore_all(&self.refroot(), &rbefore),
         }
         self.log.push(format!("  accepted: {rule}"));
@@ -1373,6 +1410,49 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
         seed: 7,
     };
     vec![
+        (
+            "a size-0 SETSTAT from another session of an empty file being appended to (681578691)",
+            vec![
+                open(0, 1, "b", 0x0e),
+                close(1),
+                open(1, 0, "b", 0x0e),
+                write(0, At::Overlap, 18),
+                Op::SetSize { path: "b", size: 0 },
+                close(0),
+            ],
+        ),
+        (
+            "a size-0 SETSTAT of the path the same session is writing, before its first write",
+            vec![
+                open(0, 0, "b", 0x1a),
+                write(0, At::Next, 10),
+                close(0),
+                open(0, 0, "b", 0x0a),
+                Op::SetSize { path: "b", size: 0 },
+                write(0, At::Next, 5),
+                close(0),
+            ],
+        ),
+        (
+            "a refused posix-rename onto a name being written, then that handle's writes (3993993637)",
+            vec![
+                open(1, 1, "a", 0x1e),
+                close(1),
+                open(1, 0, "a", 0x1b),
+                open(1, 1, "a", 0x03),
+                write(1, At::Overlap, 2),
+                write(0, At::Gap(18), 36),
+                open(0, 2, "ünï", 0x1a),
+                Op::Rename {
+                    from: "a",
+                    to: "ünï",
+                    posix: true,
+                },
+                write(1, At::Zero, 26),
+                write(2, At::Gap(18), 23),
+                close(2),
+            ],
+        ),
         (
             "an in-place write (WRITE without TRUNC) keeps the bytes after it",
             vec![

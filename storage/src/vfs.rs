@@ -353,6 +353,32 @@ impl UserFs {
         .await
     }
 
+    /// True when an upload of `p` is in progress in this process (any session): a disk would
+    /// show the file from its open, the bucket only from its CLOSE.
+    pub fn is_being_written(&self, p: &VPath) -> bool {
+        let loc = self.tree.locate(&self.site_path(p));
+        self.tree
+            .writing
+            .is_writing(&self.tree.area_name(loc.mount), &loc.key)
+    }
+
+    /// Empties a file, as `truncate -s 0` does: the object is replaced by an empty one (needs
+    /// `overwrite`), and an upload of the name in progress will not commit over it: its CLOSE
+    /// fails, as after a remove (on a disk its bytes would be cut too).
+    pub async fn truncate(&self, p: &VPath) -> Result<()> {
+        let mode = OpenMode {
+            truncate: true,
+            ..Default::default()
+        };
+        let w = self.open_write(p, mode).await?;
+        w.close().await?;
+        let loc = self.tree.locate(&self.site_path(p));
+        self.tree
+            .writing
+            .discard(&self.tree.area_name(loc.mount), &loc.key);
+        Ok(())
+    }
+
     /// Records a client-set modification time. Needs `overwrite` in the file's folder.
     pub async fn set_mtime(&self, p: &VPath, mtime: SystemTime) -> Result<()> {
         self.audited("setstat", p.to_string(), self.set_mtime_inner(p, mtime))

@@ -96,19 +96,33 @@ impl Handles {
     /// The newest upload in progress on `path` in this session, if any: the session that
     /// writes a file sees it (with the size written so far) before it is committed.
     pub(crate) fn writer_of(&self, path: &VPath) -> Option<&FileWriter> {
-        let mut best: Option<(u64, &FileWriter)> = None;
+        let id = self.newest_writer(path)?;
+        match self.map.get(&id) {
+            Some(Handle::Write { writer, .. }) => Some(writer),
+            _ => None,
+        }
+    }
+
+    /// The same upload as `writer_of`, to change (a SETSTAT of its path).
+    pub(crate) fn writer_of_mut(&mut self, path: &VPath) -> Option<&mut FileWriter> {
+        let id = self.newest_writer(path)?;
+        match self.map.get_mut(&id) {
+            Some(Handle::Write { writer, .. }) => Some(writer),
+            _ => None,
+        }
+    }
+
+    fn newest_writer(&self, path: &VPath) -> Option<String> {
+        let mut best: Option<(u64, &String)> = None;
         for (id, h) in &self.map {
-            if let Handle::Write {
-                path: p, writer, ..
-            } = h
-            {
+            if let Handle::Write { path: p, .. } = h {
                 let n = u64::from_str_radix(id, 16).unwrap_or(0);
                 if p == path && best.is_none_or(|(b, _)| n > b) {
-                    best = Some((n, writer));
+                    best = Some((n, id));
                 }
             }
         }
-        best.map(|(_, w)| w)
+        best.map(|(_, id)| id.clone())
     }
 
     /// Every open handle, for the session's end.

@@ -113,21 +113,24 @@ impl SftpSession {
     /// WinSCP's "preserve" settings do not fail a transfer.
     async fn apply_attrs(&mut self, p: &VPath, attrs: &FileAttributes) -> Res<()> {
         if let Some(size) = attrs.size {
+            if let Some(w) = self.handles.writer_of_mut(p).filter(|w| !w.is_superseded()) {
+                // This session is writing it: the size is its upload's, as for FSETSTAT.
+                set_writer_size(w, size)?;
+                return match attrs.mtime {
+                    Some(t) => {
+                        w.set_mtime(from_unix(t));
+                        Ok(())
+                    }
+                    None => Ok(()),
+                };
+            }
             // Truncating or extending an object in place is not possible; saying the size it
             // already has is harmless (some clients send the full attribute set).
             let e = self.fs.stat(p).await.map_err(|e| self.fail(e))?;
-            if !e.is_dir() && size == 0 && e.size != 0 {
-                // `truncate -s 0`: the file is replaced by an empty one (needs `overwrite`).
-                let mode = OpenMode {
-                    truncate: true,
-                    ..Default::default()
-                };
-                let w = self
-                    .fs
-                    .open_write(p, mode)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                w.close().await.map_err(|e| self.fail(e))?;
+            if !e.is_dir() && size == 0 && (e.size != 0 || self.fs.is_being_written(p)) {
+                // `truncate -s 0`: the file is replaced by an empty one (needs `overwrite`);
+                // another session's upload of it will not commit over it.
+                self.fs.truncate(p).await.map_err(|e| self.fail(e))?;
             } else if e.is_dir() || e.size != size {
                 return Err(SftpError::new(
                     StatusCode::OpUnsupported,
@@ -239,6 +242,19 @@ impl SftpSession {
 }
 
 /// An extension's reply: its body as russh-sftp serialised it.
+/// A size set on an upload in progress (FSETSTAT, or SETSTAT of the path the session is
+/// writing): its current size is fine; cutting it to 0 before anything is written is a
+/// truncate (ftruncate after open); anything else cannot be done over an object.
+fn set_writer_size(w: &mut FileWriter, size: u64) -> Res<()> {
+    if size != w.size() && !w.truncate_unwritten(size) {
+        return Err(SftpError::new(
+            StatusCode::OpUnsupported,
+            "changing the size of a file being written is not supported",
+        ));
+    }
+    Ok(())
+}
+
 fn ext_reply<E: std::fmt::Display>(id: u32, body: Result<Bytes, E>) -> Res<Packet> {
     match body {
         Ok(b) => Ok(ExtendedReply {
@@ -506,12 +522,7 @@ impl russh_sftp::server::Handler for SftpSession {
                 // anything is written is a truncate (ftruncate after open); anything else
                 // cannot be done over an object.
                 if let Some(size) = attrs.size {
-                    if size != writer.size() && !writer.truncate_unwritten(size) {
-                        return Err(SftpError::new(
-                            StatusCode::OpUnsupported,
-                            "changing the size of a file being written is not supported",
-                        ));
-                    }
+                    set_writer_size(writer, size)?;
                 }
                 // Recorded with the object when it is committed at CLOSE.
                 if let Some(t) = attrs.mtime {
