@@ -5,8 +5,10 @@
 #   bench/diff_long.sh sftp 100000 [WORKERS]   # OpenSSH sftp-server as the reference
 #   bench/diff_long.sh ftp 100000 [WORKERS]    # pyftpdlib as the reference
 #
-# The S3 server is moto unless BUCKETGATE_TEST_S3_* name another (`eval "$(scripts/garage.sh
-# start DIR)"` first: Garage is about ten times faster than moto). Each worker runs batches of
+# The S3 server is moto unless BUCKETGATE_TEST_S3_* name another, or DIFF_GARAGE=1 starts a
+# fresh Garage (scripts/garage.sh) for every batch: Garage is about ten times faster than moto,
+# and a fresh one stays so (one Garage kept for thousands of sequences grew about five times
+# slower per request: its own background work on the tables). Each worker runs batches of
 # fresh sequences (plus the fixed seeds and regressions, each batch) until its share is done;
 # a batch that diverges keeps its log under $OUT (default bench/diff-long-out) with its seeds
 # and minimized steps, to replay with DIFF_SEED. At the end it prints how many fresh sequences
@@ -17,8 +19,8 @@ set -euo pipefail
 proto=${1:?usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]}
 total=${2:?usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]}
 case "$proto" in
-sftp) filter=sftp_differential::gateway_matches_openssh_sftp_server; batch=1000; default_workers=2 ;;
-ftp) filter=ftp_differential::gateway_matches_a_reference_ftp_server; batch=150; default_workers=8 ;;
+sftp) filter=sftp_differential::gateway_matches_openssh_sftp_server; batch=${DIFF_BATCH:-1000}; default_workers=2 ;;
+ftp) filter=ftp_differential::gateway_matches_a_reference_ftp_server; batch=${DIFF_BATCH:-150}; default_workers=8 ;;
 *) echo "usage: diff_long.sh sftp|ftp SEQUENCES [WORKERS]" >&2; exit 2 ;;
 esac
 # FTP sequences mostly wait (cut transfers, timeouts): more workers than cores pay off.
@@ -47,11 +49,20 @@ run_worker() {
     n=$((n + 1))
     local this=$(( left < batch ? left : batch ))
     local log="$out/$proto-$started-w$w-b$n.log"
+    local gdir=""
+    if [ "${DIFF_GARAGE:-0}" = 1 ]; then
+      gdir=$(mktemp -d "${TMPDIR:-/tmp}/diff-garage.XXXXXX")
+      eval "$("$root/scripts/garage.sh" start "$gdir" 2>"$gdir/start.err")"
+    fi
     if (cd "$root/protocols" && DIFF_SEQUENCES=$this "$bin" --exact "$filter" --nocapture >"$log" 2>&1); then
       echo "ok $this" >>"$summary"
       rm -f "$log"
     else
       echo "FAILED $this $log" >>"$summary"
+    fi
+    if [ -n "$gdir" ]; then
+      "$root/scripts/garage.sh" stop "$gdir"
+      rm -rf "$gdir"
     fi
     left=$((left - this))
   done
@@ -60,6 +71,8 @@ for w in $(seq 1 "$workers"); do run_worker "$w" & done
 wait
 ran=$(awk '{s+=$2} END {print s+0}' "$summary")
 failed=$(grep -c '^FAILED' "$summary" || true)
-echo "$proto: $ran fresh sequences in $(( $(date +%s) - started )) s on ${BUCKETGATE_TEST_S3_SERVER:-moto}, $workers workers; batches that diverged: $failed"
+server=${BUCKETGATE_TEST_S3_SERVER:-moto}
+[ "${DIFF_GARAGE:-0}" = 1 ] && server="garage (a fresh one per batch of $batch)"
+echo "$proto: $ran fresh sequences in $(( $(date +%s) - started )) s on $server, $workers workers; batches that diverged: $failed"
 grep '^FAILED' "$summary" || true
 [ "$failed" -eq 0 ]
