@@ -1309,8 +1309,12 @@ impl Run<'_> {
     /// Compares the final trees: through the protocol on both sides, and the bucket.
     async fn finish(&mut self) -> Result<(), String> {
         let root = self.root.clone();
-        let gp = proto_tree(&mut self.env.g, &root).await?;
-        let rp = proto_tree(&mut self.env.r, &root).await?;
+        let gp = proto_tree(&mut self.env.g, &root)
+            .await
+            .map_err(|e| format!("gateway: {e}"))?;
+        let rp = proto_tree(&mut self.env.r, &root)
+            .await
+            .map_err(|e| format!("reference: {e}"))?;
         if gp != rp {
             return Err(format!(
                 "final trees differ:\n  gateway   {:?}\n  reference {:?}",

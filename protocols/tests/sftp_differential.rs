@@ -1454,6 +1454,21 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
             ],
         ),
         (
+            "a create in a folder that another session removed after this one saw it (2398569550)",
+            vec![
+                Op::Mkdir { path: "d" },
+                Op::Mkdir { path: "d/e" },
+                Op::Stat {
+                    sess: 1,
+                    path: "d/e",
+                    lstat: true,
+                },
+                Op::Rmdir { path: "d/e" },
+                open(1, 2, "d/e/c", 0x0e),
+                close(2),
+            ],
+        ),
+        (
             "an in-place write (WRITE without TRUNC) keeps the bytes after it",
             vec![
                 open(0, 0, "a", 0x1a),

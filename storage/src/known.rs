@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 /// and a file this session committed as there (its STOR, then its MFMT).
 pub(crate) const NAME_FOR: Duration = Duration::from_secs(1);
 /// How long a folder seen to exist stays known: renewed by every sign of it (a listing, a
-/// stat, a file committed into it).
+/// stat, a file committed into it), and only while no remove, folder remove or rename ended
+/// in any session since (another session may have taken it away).
 pub(crate) const FOLDER_FOR: Duration = Duration::from_secs(5);
 /// Entries kept at most; the oldest go first.
 const CAP: usize = 256;
@@ -34,6 +35,9 @@ struct Facts {
     absent_at: HashMap<String, u64>,
     /// Site paths of folders seen to exist, with when.
     folders: HashMap<String, Instant>,
+    /// For each of `folders`, the tree's count of removals read before the lookup (see
+    /// `Writing::removals`): the fact holds only while that count has not moved.
+    folders_at: HashMap<String, u64>,
     /// Site paths of files this session just committed, with when.
     written: HashMap<String, Instant>,
 }
@@ -54,6 +58,20 @@ fn prune(map: &mut HashMap<String, Instant>, ttl: Duration) {
             break;
         };
         map.remove(&oldest);
+    }
+}
+
+impl Facts {
+    fn add_folder(&mut self, path: &str, removals: u64) {
+        prune(&mut self.folders, FOLDER_FOR);
+        let Facts {
+            folders,
+            folders_at,
+            ..
+        } = self;
+        folders_at.retain(|k, _| folders.contains_key(k));
+        folders.insert(path.to_string(), Instant::now());
+        folders_at.insert(path.to_string(), removals);
     }
 }
 
@@ -89,14 +107,14 @@ impl Known {
         })
     }
 
-    /// This session just committed the file `path` (and so its folder exists).
-    pub(crate) fn written(&self, path: &str, folder: &str) {
+    /// This session just committed the file `path` (and so its folder exists), in an upload
+    /// opened when the tree had seen `removals` removals.
+    pub(crate) fn written(&self, path: &str, folder: &str, removals: u64) {
         self.with(|f| {
             f.absent.remove(path);
             prune(&mut f.written, NAME_FOR);
             f.written.insert(path.to_string(), Instant::now());
-            prune(&mut f.folders, FOLDER_FOR);
-            f.folders.insert(folder.to_string(), Instant::now());
+            f.add_folder(folder, removals);
         })
     }
 
@@ -106,21 +124,23 @@ impl Known {
         self.with(|f| f.written.get(path).is_some_and(|t| t.elapsed() < NAME_FOR))
     }
 
-    /// `path` was just seen to be a folder.
-    pub(crate) fn folder(&self, path: &str) {
+    /// `path` was just seen to be a folder, by a lookup made when the tree had seen
+    /// `removals` removals.
+    pub(crate) fn folder(&self, path: &str, removals: u64) {
         self.with(|f| {
             f.absent.remove(path);
-            prune(&mut f.folders, FOLDER_FOR);
-            f.folders.insert(path.to_string(), Instant::now());
+            f.add_folder(path, removals);
         })
     }
 
-    /// Whether `path` was seen to be a folder a moment ago.
-    pub(crate) fn is_folder(&self, path: &str) -> bool {
+    /// Whether `path` was seen to be a folder a moment ago, and nothing that could take it
+    /// away ended since (the tree has seen `removals` removals now).
+    pub(crate) fn is_folder(&self, path: &str, removals: u64) -> bool {
         self.with(|f| {
             f.folders
                 .get(path)
                 .is_some_and(|t| t.elapsed() < FOLDER_FOR)
+                && f.folders_at.get(path) == Some(&removals)
         })
     }
 
@@ -130,6 +150,8 @@ impl Known {
         let below = format!("{}/", path.trim_end_matches('/'));
         self.with(|f| {
             f.folders.retain(|k, _| k != path && !k.starts_with(&below));
+            f.folders_at
+                .retain(|k, _| k != path && !k.starts_with(&below));
             f.absent.retain(|k, _| k != path && !k.starts_with(&below));
             f.written.retain(|k, _| k != path && !k.starts_with(&below));
         })
@@ -148,16 +170,17 @@ mod tests {
         assert!(!k.take_absent("/a/x", 3), "used up");
         k.absent("/a/y", 3);
         assert!(!k.take_absent("/a/y", 4), "the tree changed since");
-        k.folder("/a");
-        assert!(k.is_folder("/a"));
+        k.folder("/a", 0);
+        assert!(k.is_folder("/a", 0));
+        assert!(!k.is_folder("/a", 1), "something was removed since");
         k.forget("/a");
-        assert!(!k.is_folder("/a"));
-        k.folder("/a/b");
+        assert!(!k.is_folder("/a", 0));
+        k.folder("/a/b", 0);
         k.forget("/a");
-        assert!(!k.is_folder("/a/b"), "below a forgotten folder");
+        assert!(!k.is_folder("/a/b", 0), "below a forgotten folder");
         k.absent("/c/f", 0);
-        k.written("/c/f", "/c");
-        assert!(k.just_written("/c/f") && k.is_folder("/c"));
+        k.written("/c/f", "/c", 0);
+        assert!(k.just_written("/c/f") && k.is_folder("/c", 0));
         assert!(
             !k.take_absent("/c/f", 0),
             "a committed file is no longer missing"
@@ -165,9 +188,13 @@ mod tests {
         k.forget("/c/f");
         assert!(!k.just_written("/c/f"));
         for i in 0..CAP + 10 {
-            k.folder(&format!("/f{i}"));
+            k.folder(&format!("/f{i}"), 0);
         }
         assert!(k.with(|f| f.folders.len()) <= CAP);
-        assert!(k.is_folder(&format!("/f{}", CAP + 9)), "the newest stays");
+        assert!(k.with(|f| f.folders_at.len()) <= CAP);
+        assert!(
+            k.is_folder(&format!("/f{}", CAP + 9), 0),
+            "the newest stays"
+        );
     }
 }

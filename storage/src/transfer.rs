@@ -393,7 +393,7 @@ pub struct FileWriter {
     claim: Option<WriteClaim>,
     /// The session's recent facts, and the site paths of the file and its folder: a committed
     /// file is known to exist, and so is its folder.
-    known: Option<(Arc<crate::known::Known>, String, String)>,
+    known: Option<(Arc<crate::known::Known>, String, String, u64)>,
     /// Bytes stored and the audit line written at close, abort or drop.
     audit: Option<Transfer>,
 }
@@ -440,14 +440,15 @@ impl FileWriter {
     }
 
     /// Records in `known` that the file (site path `path`, in folder `folder`) exists once it
-    /// is committed.
+    /// is committed; `removals`: the tree's count of removals when the open began.
     pub(crate) fn with_known(
         mut self,
         known: Arc<crate::known::Known>,
         path: String,
         folder: String,
+        removals: u64,
     ) -> Self {
-        self.known = Some((known, path, folder));
+        self.known = Some((known, path, folder, removals));
         self
     }
 
@@ -799,8 +800,8 @@ impl FileWriter {
         let audit = self.audit.take();
         let known = self.known.take();
         let r = self.close_inner().await;
-        if let (Ok(_), Some((k, path, folder))) = (&r, known) {
-            k.written(&path, &folder);
+        if let (Ok(_), Some((k, path, folder, removals))) = (&r, known) {
+            k.written(&path, &folder, removals);
         }
         if let Some(mut a) = audit {
             a.end(&r);

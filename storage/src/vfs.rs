@@ -249,7 +249,9 @@ impl UserFs {
         if loc.is_area_root
             || self.tree.holds_mount(site)
             || *site == self.home
-            || self.known.is_folder(&site.to_string())
+            || self
+                .known
+                .is_folder(&site.to_string(), self.tree.writing.removals())
         {
             return Ok(Entry {
                 name: site.name().unwrap_or("/").to_string(),
@@ -465,10 +467,11 @@ impl UserFs {
         self.check("stat", &p.parent(), Perm::List, p)?;
         let site = self.site_path(p);
         let changes = self.tree.writing.changes();
+        let removals = self.tree.writing.removals();
         let r = self.stat_site(&site).await;
         match &r {
-            Ok(e) if e.is_dir() => self.known.folder(&site.to_string()),
-            Ok(_) => self.known.folder(&site.parent().to_string()),
+            Ok(e) if e.is_dir() => self.known.folder(&site.to_string(), removals),
+            Ok(_) => self.known.folder(&site.parent().to_string(), removals),
             // An upload client's check before it writes: the OPEN that follows may reuse it.
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.known.absent(&site.to_string(), changes)
@@ -484,6 +487,7 @@ impl UserFs {
         self.check("list", p, Perm::List, p)?;
         let site = self.site_path(p);
         let loc = self.tree.locate(&site);
+        let removals = self.tree.writing.removals();
         let mut pages = loc.backend.list(&loc.key);
         // A folder that lists something exists: only an empty or failing first page needs the
         // stat that tells an empty folder from a missing one or a file. That saves a request
@@ -510,7 +514,7 @@ impl UserFs {
             }
         };
         // It lists something, or its stat said folder: it exists.
-        self.known.folder(&site.to_string());
+        self.known.folder(&site.to_string(), removals);
         let pages = futures::stream::iter(first_page.map(Ok)).chain(pages);
         let virt = self.tree.virtual_children(&site);
         let started = self.tree.started;
@@ -568,6 +572,7 @@ impl UserFs {
         if p.is_root() {
             return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()));
         }
+        let removals = self.tree.writing.removals();
         let perms = self.perms.at(&p.parent());
         if !perms.has(Perm::Upload) && !perms.has(Perm::Overwrite) {
             return Err(Error::of(ErrorKind::PermissionDenied).with_context(op, p.to_string()));
@@ -634,7 +639,12 @@ impl UserFs {
         Ok(
             FileWriter::new(loc.backend, loc.key, existing, mode, perms, p.clone())
                 .with_claim(claim)
-                .with_known(self.known.clone(), site.to_string(), parent.to_string()),
+                .with_known(
+                    self.known.clone(),
+                    site.to_string(),
+                    parent.to_string(),
+                    removals,
+                ),
         )
     }
 
@@ -642,6 +652,7 @@ impl UserFs {
     async fn mkdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "mkdir";
         let _change = self.tree.writing.change();
+        let removals = self.tree.writing.removals();
         self.check(op, &p.parent(), Perm::Mkdir, p)?;
         let site = self.site_path(p);
         let loc = self.tree.locate(&site);
@@ -666,7 +677,7 @@ impl UserFs {
                     .mkdir(&loc.key)
                     .await
                     .map_err(|e| e.with_context(op, p.to_string()))?;
-                self.known.folder(&site.to_string());
+                self.known.folder(&site.to_string(), removals);
                 Ok(())
             }
             Err(e) => Err(e.with_context(op, p.to_string())),
@@ -689,7 +700,7 @@ impl UserFs {
     /// Removes an empty folder. Needs `delete` in the folder that holds it.
     async fn rmdir_inner(&self, p: &VPath) -> Result<()> {
         let op = "rmdir";
-        let _change = self.tree.writing.change();
+        let _change = self.tree.writing.removal();
         self.check(op, &p.parent(), Perm::Delete, p)?;
         self.known.forget(&self.site_path(p).to_string());
         let loc = self.refuse_fixed(op, p)?;
@@ -716,7 +727,7 @@ impl UserFs {
     /// Removes a file. Needs `delete` in its folder.
     async fn remove_inner(&self, p: &VPath) -> Result<()> {
         let op = "remove";
-        let _change = self.tree.writing.change();
+        let _change = self.tree.writing.removal();
         self.check(op, &p.parent(), Perm::Delete, p)?;
         // On object storage a folder without a marker goes with its last file.
         let site = self.site_path(p);
@@ -755,7 +766,7 @@ impl UserFs {
     /// target's, and `overwrite` there when the target exists (only with `replace`).
     async fn rename_inner(&self, from: &VPath, to: &VPath, replace: bool) -> Result<()> {
         let op = "rename";
-        let _change = self.tree.writing.change();
+        let _change = self.tree.writing.removal();
         self.check(op, &from.parent(), Perm::Rename, from)?;
         self.check(op, &to.parent(), Perm::Upload, to)?;
         let src = self.refuse_fixed(op, from)?;

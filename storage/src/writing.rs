@@ -32,13 +32,21 @@ pub struct Writing {
     /// up, folders made or removed, removes, renames), so that a session's fact "this name
     /// was missing a moment ago" is used only if nothing changed since (see `Known`).
     changes: AtomicU64,
+    /// Counts the changes that can take a folder away (removes, folder removes, renames: a
+    /// folder without a marker goes with its last file), so that a session's fact "this folder
+    /// was there a moment ago" is used only if none ended since (see `Known`).
+    removals: AtomicU64,
 }
 
-/// Counts one change of the tree when dropped (at the end of the operation, however it ends).
-pub(crate) struct ChangeGuard(Arc<Writing>);
+/// Counts one change of the tree when dropped (at the end of the operation, however it ends),
+/// and one removal too when it is one.
+pub(crate) struct ChangeGuard(Arc<Writing>, bool);
 
 impl Drop for ChangeGuard {
     fn drop(&mut self) {
+        if self.1 {
+            self.0.removals.fetch_add(1, Ordering::SeqCst);
+        }
         self.0.changes.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -51,7 +59,17 @@ impl Writing {
 
     /// Counts a change when the returned guard is dropped.
     pub(crate) fn change(self: &Arc<Self>) -> ChangeGuard {
-        ChangeGuard(self.clone())
+        ChangeGuard(self.clone(), false)
+    }
+
+    /// The count of removals so far; read before a lookup that finds a folder.
+    pub(crate) fn removals(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
+    }
+
+    /// Counts a change that may take a folder away when the returned guard is dropped.
+    pub(crate) fn removal(self: &Arc<Self>) -> ChangeGuard {
+        ChangeGuard(self.clone(), true)
     }
 
     /// Registers an upload of `key` in `area` until the returned claim is dropped.
