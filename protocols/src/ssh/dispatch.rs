@@ -4,11 +4,15 @@
 //! than the limit (the stream is then out of sync and every later "packet" is garbage), and it
 //! retries forever on an I/O error other than EOF. This loop skips an over-long packet whole and
 //! answers it with a FAILURE, and stops on any I/O error.
+//!
+//! A WRITE is decoded here rather than by russh-sftp, whose decoding copies the data into a new
+//! `Vec`: its data stays a slice of the packet as read, down to the upload's part buffer.
 
 use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
+use std::future::Future;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,6 +28,17 @@ const READ_AHEAD_BYTES: u32 = 32 * 1024 * 1024;
 struct Held {
     _budget: Option<MemoryPermit>,
     _own: Option<OwnedSemaphorePermit>,
+}
+
+/// A handler that takes a WRITE's data as the packet's own bytes (no copy).
+pub(crate) trait WriteBytes: Handler {
+    fn write_bytes(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Bytes,
+    ) -> impl Future<Output = Result<Status, Self::Error>> + Send;
 }
 
 /// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs.
@@ -45,7 +60,7 @@ pub(crate) async fn run<S, H>(
     budget: Option<Arc<MemoryBudget>>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
-    H: Handler + Send,
+    H: WriteBytes + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let cap = Arc::new(Semaphore::new(READ_AHEAD_BYTES as usize));
@@ -83,6 +98,15 @@ pub(crate) async fn run<S, H>(
                     tracing::trace!(code = ?s.status_code, message = %s.error_message, "sftp reply");
                 }
                 reply
+            }
+            Request::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => {
+                let r = handler.write_bytes(id, handle, offset, data).await;
+                reply_of(id, r.map(Into::into))
             }
             Request::Refused(id, why) => Packet::status(id, StatusCode::Failure, why, "en-US"),
             Request::Malformed(id) => Packet::error(id, StatusCode::BadMessage),
@@ -134,6 +158,13 @@ async fn hold(budget: Option<&MemoryBudget>, own: &Arc<Semaphore>, size: u32) ->
 
 enum Request {
     Packet(Packet),
+    /// A WRITE, its data a slice of the packet read.
+    Write {
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Bytes,
+    },
     /// A packet skipped unread (too long), with its request id.
     Refused(u32, &'static str),
     /// A packet that does not decode, with its request id when it had one.
@@ -162,15 +193,53 @@ async fn read_request<S: AsyncRead + Unpin>(
         }
         return Ok((Request::Refused(id, "packet too long"), 0));
     }
-    let mut buf = vec![0u8; len as usize];
-    stream.read_exact(&mut buf).await?;
-    let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    let mut bytes = Bytes::from(buf);
+    // Read into memory not zeroed first: every byte is overwritten by the read.
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while buf.len() < len as usize {
+        let want = len as usize - buf.len();
+        if (&mut *stream).take(want as u64).read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let mut bytes = buf.freeze();
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    if bytes[0] == SSH_FXP_WRITE {
+        let request = decode_write(bytes.slice(5..))
+            .map(|(handle, offset, data)| Request::Write {
+                id,
+                handle,
+                offset,
+                data,
+            })
+            .unwrap_or(Request::Malformed(id));
+        return Ok((request, len));
+    }
     let request = match Packet::try_from(&mut bytes) {
         Ok(p) => Request::Packet(p),
         Err(_) => Request::Malformed(id),
     };
     Ok((request, len))
+}
+
+const SSH_FXP_WRITE: u8 = 6;
+
+/// A WRITE's fields after its request id (draft-ietf-secsh-filexfer-02, 6.4: string handle,
+/// uint64 offset, string data); `None` when they do not decode. The data is a slice of `b`.
+fn decode_write(mut b: Bytes) -> Option<(String, u64, Bytes)> {
+    fn string(b: &mut Bytes) -> Option<Bytes> {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let n = b.get_u32() as usize;
+        (b.remaining() >= n).then(|| b.split_to(n))
+    }
+    let handle = String::from_utf8(string(&mut b)?.to_vec()).ok()?;
+    if b.remaining() < 8 {
+        return None;
+    }
+    let offset = b.get_u64();
+    let data = string(&mut b)?;
+    Some((handle, offset, data))
 }
 
 /// Calls the handler method of one request and makes its reply packet.
@@ -212,6 +281,11 @@ async fn process<H: Handler + Send>(packet: Packet, h: &mut H) -> Packet {
         // Replies sent by a client are not requests.
         _ => return Packet::error(id, StatusCode::BadMessage),
     };
+    reply_of(id, r)
+}
+
+/// The reply packet of a handler's answer to request `id`.
+fn reply_of<E: Into<StatusReply>>(id: u32, r: Result<Packet, E>) -> Packet {
     match r {
         Ok(p) => p,
         Err(e) => {
@@ -227,5 +301,62 @@ async fn process<H: Handler + Send>(packet: Packet, h: &mut H) -> Packet {
                 language_tag: language_tag.unwrap_or_else(|| "en-US".to_string()),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_packet(handle: &[u8], offset: u64, data: &[u8]) -> Vec<u8> {
+        let mut b = vec![SSH_FXP_WRITE];
+        b.extend(7u32.to_be_bytes());
+        b.extend((handle.len() as u32).to_be_bytes());
+        b.extend(handle);
+        b.extend(offset.to_be_bytes());
+        b.extend((data.len() as u32).to_be_bytes());
+        b.extend(data);
+        let mut framed = (b.len() as u32).to_be_bytes().to_vec();
+        framed.extend(b);
+        framed
+    }
+
+    #[tokio::test]
+    async fn a_write_is_decoded_with_its_data_as_sent() {
+        let p = write_packet(b"h1", 1 << 40, b"payload");
+        let (r, len) = read_request(&mut &p[..], 1 << 20).await.unwrap();
+        assert_eq!(len as usize, p.len() - 4);
+        match r {
+            Request::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => {
+                assert_eq!((id, handle.as_str(), offset), (7, "h1", 1 << 40));
+                assert_eq!(&data[..], b"payload");
+            }
+            _ => panic!("not a write"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_or_with_a_bad_handle_is_malformed() {
+        // The data's length says more than the packet holds.
+        let mut p = write_packet(b"h1", 0, b"payload");
+        let n = p.len();
+        p[n - 8..n - 7].copy_from_slice(&[0xff]);
+        let (r, _) = read_request(&mut &p[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(7)));
+        // A handle that is not UTF-8.
+        let p = write_packet(&[0xff, 0xfe], 0, b"x");
+        let (r, _) = read_request(&mut &p[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(7)));
+        // No offset at all.
+        let mut b = vec![SSH_FXP_WRITE, 0, 0, 0, 7, 0, 0, 0, 1, b'h'];
+        let mut framed = (b.len() as u32).to_be_bytes().to_vec();
+        framed.append(&mut b);
+        let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(7)));
     }
 }

@@ -6,6 +6,7 @@
 //! reads come from the [`FileReader`]'s read-ahead, and neither does an extra stat.
 
 use super::attrs::{attrs_of, file_of, from_unix};
+use super::dispatch::WriteBytes;
 use super::errors::{log_error, SftpError};
 use super::handles::{Busy, DirListing, Handle, Handles};
 use bucketgate_storage::{FileWriter, OpenMode, UserFs, VPath};
@@ -311,6 +312,32 @@ impl Drop for SftpSession {
     }
 }
 
+impl WriteBytes for SftpSession {
+    async fn write_bytes(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<Status, SftpError> {
+        let user = self.fs.username().to_string();
+        match self.handles.get_mut(&handle) {
+            Some(Handle::Write { writer, .. }) => {
+                writer.write_at(offset, data).await.map_err(|e| {
+                    log_error(&user, &e);
+                    SftpError::from(e)
+                })?;
+                Ok(ok(id))
+            }
+            Some(_) => Err(SftpError::new(
+                StatusCode::Failure,
+                "handle is not open for writing",
+            )),
+            None => Err(Self::bad_handle()),
+        }
+    }
+}
+
 impl russh_sftp::server::Handler for SftpSession {
     type Error = SftpError;
 
@@ -448,24 +475,8 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let user = self.fs.username().to_string();
-        match self.handles.get_mut(&handle) {
-            Some(Handle::Write { writer, .. }) => {
-                writer
-                    .write_at(offset, Bytes::from(data))
-                    .await
-                    .map_err(|e| {
-                        log_error(&user, &e);
-                        SftpError::from(e)
-                    })?;
-                Ok(ok(id))
-            }
-            Some(_) => Err(SftpError::new(
-                StatusCode::Failure,
-                "handle is not open for writing",
-            )),
-            None => Err(Self::bad_handle()),
-        }
+        self.write_bytes(id, handle, offset, Bytes::from(data))
+            .await
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
