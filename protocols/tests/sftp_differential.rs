@@ -974,7 +974,17 @@ impl Run<'_> {
                             tree_view(&now)
                         ));
                     }
-                    restore_path(&self.refroot(), sl.path, &now);
+                    // Unless another handle still writes the name: the disk's file is then
+                    // that handle's (a new one, after a remove), which its own CLOSE settles
+                    // (seed 3644565107).
+                    let others = self
+                        .slots
+                        .iter()
+                        .flatten()
+                        .any(|o| o.writes() && o.path == sl.path);
+                    if !others {
+                        restore_path(&self.refroot(), sl.path, &now);
+                    }
                     return Ok(());
                 }
                 (g, r, rule)
@@ -1466,6 +1476,18 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
                 Op::Rmdir { path: "d/e" },
                 open(1, 2, "d/e/c", 0x0e),
                 close(2),
+            ],
+        ),
+        (
+            "a refused CLOSE of a removed upload while a new one writes the name (3644565107)",
+            vec![
+                open(1, 0, "a", 0x0e),
+                Op::Remove { path: "a" },
+                open(1, 1, "a", 0x0e),
+                close(0),
+                Op::Mkdir { path: "a" },
+                write(1, At::Next, 9),
+                close(0),
             ],
         ),
         (
