@@ -5,11 +5,12 @@
 //! retries forever on an I/O error other than EOF. This loop skips an over-long packet whole and
 //! answers it with a FAILURE, and stops on any I/O error.
 //!
-//! A WRITE is decoded here rather than by russh-sftp, whose decoding copies the data into a new
-//! `Vec`: its data stays a slice of the packet as read, down to the upload's part buffer.
+//! WRITE and READ are decoded here rather than by russh-sftp, whose packets hold their data in a
+//! `Vec`: a WRITE's data stays a slice of the packet as read, down to the upload's part buffer,
+//! and a READ's reply is its header and the data in one buffer, copied once.
 
 use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
 use std::future::Future;
@@ -30,8 +31,9 @@ struct Held {
     _own: Option<OwnedSemaphorePermit>,
 }
 
-/// A handler that takes a WRITE's data as the packet's own bytes (no copy).
-pub(crate) trait WriteBytes: Handler {
+/// A handler that takes a WRITE's data as the packet's own bytes and answers a READ with the
+/// reader's own bytes (no copy in between).
+pub(crate) trait DirectIo: Handler {
     fn write_bytes(
         &mut self,
         id: u32,
@@ -39,6 +41,14 @@ pub(crate) trait WriteBytes: Handler {
         offset: u64,
         data: Bytes,
     ) -> impl Future<Output = Result<Status, Self::Error>> + Send;
+
+    /// The data of a READ (not empty: end of file is an error with EOF).
+    fn read_bytes(
+        &mut self,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Bytes, Self::Error>> + Send;
 }
 
 /// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs.
@@ -60,7 +70,7 @@ pub(crate) async fn run<S, H>(
     budget: Option<Arc<MemoryBudget>>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
-    H: WriteBytes + Send,
+    H: DirectIo + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let cap = Arc::new(Semaphore::new(READ_AHEAD_BYTES as usize));
@@ -91,6 +101,23 @@ pub(crate) async fn run<S, H>(
         // (part buffers, the reorder window).
         drop(held);
         let reply = match request {
+            Request::Read {
+                id,
+                handle,
+                offset,
+                len,
+            } => match handler.read_bytes(handle, offset, len).await {
+                Ok(data) => {
+                    drop(capped);
+                    if wr.write_all(&data_reply(id, &data)).await.is_err()
+                        || wr.flush().await.is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => reply_of(id, Err(e)),
+            },
             Request::Packet(p) => {
                 tracing::trace!(request = ?p, "sftp request");
                 let reply = process(p, &mut handler).await;
@@ -158,6 +185,13 @@ async fn hold(budget: Option<&MemoryBudget>, own: &Arc<Semaphore>, size: u32) ->
 
 enum Request {
     Packet(Packet),
+    /// A READ.
+    Read {
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    },
     /// A WRITE, its data a slice of the packet read.
     Write {
         id: u32,
@@ -203,6 +237,17 @@ async fn read_request<S: AsyncRead + Unpin>(
     }
     let mut bytes = buf.freeze();
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    if bytes[0] == SSH_FXP_READ {
+        let request = decode_read(bytes.slice(5..))
+            .map(|(handle, offset, len)| Request::Read {
+                id,
+                handle,
+                offset,
+                len,
+            })
+            .unwrap_or(Request::Malformed(id));
+        return Ok((request, len));
+    }
     if bytes[0] == SSH_FXP_WRITE {
         let request = decode_write(bytes.slice(5..))
             .map(|(handle, offset, data)| Request::Write {
@@ -221,18 +266,42 @@ async fn read_request<S: AsyncRead + Unpin>(
     Ok((request, len))
 }
 
+const SSH_FXP_READ: u8 = 5;
 const SSH_FXP_WRITE: u8 = 6;
+const SSH_FXP_DATA: u8 = 103;
+
+/// A string's bytes (uint32 length, then the bytes), taken from the front of `b`.
+fn string(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    (b.remaining() >= n).then(|| b.split_to(n))
+}
+
+/// A READ's fields after its request id (6.4: string handle, uint64 offset, uint32 len).
+fn decode_read(mut b: Bytes) -> Option<(String, u64, u32)> {
+    let handle = String::from_utf8(string(&mut b)?.to_vec()).ok()?;
+    if b.remaining() < 12 {
+        return None;
+    }
+    Some((handle, b.get_u64(), b.get_u32()))
+}
+
+/// The DATA reply to request `id`: its length, type, id and the data as a string, in one buffer.
+fn data_reply(id: u32, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(13 + data.len());
+    b.put_u32(9 + data.len() as u32);
+    b.put_u8(SSH_FXP_DATA);
+    b.put_u32(id);
+    b.put_u32(data.len() as u32);
+    b.put_slice(data);
+    b.freeze()
+}
 
 /// A WRITE's fields after its request id (draft-ietf-secsh-filexfer-02, 6.4: string handle,
 /// uint64 offset, string data); `None` when they do not decode. The data is a slice of `b`.
 fn decode_write(mut b: Bytes) -> Option<(String, u64, Bytes)> {
-    fn string(b: &mut Bytes) -> Option<Bytes> {
-        if b.remaining() < 4 {
-            return None;
-        }
-        let n = b.get_u32() as usize;
-        (b.remaining() >= n).then(|| b.split_to(n))
-    }
     let handle = String::from_utf8(string(&mut b)?.to_vec()).ok()?;
     if b.remaining() < 8 {
         return None;
@@ -338,6 +407,33 @@ mod tests {
             }
             _ => panic!("not a write"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_is_decoded_and_its_data_reply_is_what_russh_sftp_encodes() {
+        let mut b = vec![SSH_FXP_READ, 0, 0, 0, 9];
+        b.extend(2u32.to_be_bytes());
+        b.extend(b"h2");
+        b.extend(5u64.to_be_bytes());
+        b.extend(32768u32.to_be_bytes());
+        let mut framed = (b.len() as u32).to_be_bytes().to_vec();
+        framed.extend(b);
+        let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
+        assert!(
+            matches!(r, Request::Read { id: 9, ref handle, offset: 5, len: 32768 } if handle == "h2")
+        );
+        // Cut short: no length.
+        let n = framed.len();
+        framed.truncate(n - 4);
+        framed[..4].copy_from_slice(&((n - 8) as u32).to_be_bytes());
+        let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(9)));
+        let theirs = Bytes::try_from(Packet::Data(russh_sftp::protocol::Data {
+            id: 9,
+            data: b"some data".to_vec(),
+        }))
+        .unwrap();
+        assert_eq!(data_reply(9, b"some data"), theirs);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! reads come from the [`FileReader`]'s read-ahead, and neither does an extra stat.
 
 use super::attrs::{attrs_of, file_of, from_unix};
-use super::dispatch::WriteBytes;
+use super::dispatch::DirectIo;
 use super::errors::{log_error, SftpError};
 use super::handles::{Busy, DirListing, Handle, Handles};
 use bucketgate_storage::{FileWriter, OpenMode, UserFs, VPath};
@@ -312,7 +312,7 @@ impl Drop for SftpSession {
     }
 }
 
-impl WriteBytes for SftpSession {
+impl DirectIo for SftpSession {
     async fn write_bytes(
         &mut self,
         id: u32,
@@ -335,6 +335,40 @@ impl WriteBytes for SftpSession {
             )),
             None => Err(Self::bad_handle()),
         }
+    }
+
+    async fn read_bytes(
+        &mut self,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, SftpError> {
+        let max = self.limits.max_io_len();
+        let user = self.fs.username().to_string();
+        let len = len.min(max) as usize;
+        let r = match self.handles.get_mut(&handle) {
+            Some(Handle::Read { reader, .. }) => reader.read_at(offset, len).await,
+            Some(Handle::Write {
+                writer,
+                readable: true,
+                ..
+            }) => writer.read_at(offset, len).await,
+            Some(_) => {
+                return Err(SftpError::new(
+                    StatusCode::Failure,
+                    "handle is not open for reading",
+                ))
+            }
+            None => return Err(Self::bad_handle()),
+        };
+        let data = r.map_err(|e| {
+            log_error(&user, &e);
+            SftpError::from(e)
+        })?;
+        if data.is_empty() {
+            return Err(SftpError::code(StatusCode::Eof));
+        }
+        Ok(data)
     }
 }
 
@@ -437,31 +471,7 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let max = self.limits.max_io_len();
-        let user = self.fs.username().to_string();
-        let len = len.min(max) as usize;
-        let r = match self.handles.get_mut(&handle) {
-            Some(Handle::Read { reader, .. }) => reader.read_at(offset, len).await,
-            Some(Handle::Write {
-                writer,
-                readable: true,
-                ..
-            }) => writer.read_at(offset, len).await,
-            Some(_) => {
-                return Err(SftpError::new(
-                    StatusCode::Failure,
-                    "handle is not open for reading",
-                ))
-            }
-            None => return Err(Self::bad_handle()),
-        };
-        let data = r.map_err(|e| {
-            log_error(&user, &e);
-            SftpError::from(e)
-        })?;
-        if data.is_empty() {
-            return Err(SftpError::code(StatusCode::Eof));
-        }
+        let data = self.read_bytes(handle, offset, len).await?;
         Ok(Data {
             id,
             data: data.to_vec(),
