@@ -301,6 +301,13 @@ struct Ctl {
     /// such a reply is a late one and is skipped. Never set for the gateway, whose every
     /// reply is compared.
     late_finals: bool,
+    /// The reference's session: the data connections its server has closed so far, by
+    /// session (`Reference::closed`), and how many this client opened. After a cut transfer
+    /// `sync` waits until the server has closed them all: pyftpdlib, when slow, took a data
+    /// connection of a RETR that the client had reset as the next transfer's, and answered
+    /// that one 426 (seed 3611070871).
+    closed: Option<Closed>,
+    opened: u64,
 }
 
 fn code(reply: &str) -> u16 {
@@ -320,6 +327,8 @@ impl Ctl {
             w,
             port: local,
             late_finals: false,
+            closed: None,
+            opened: 0,
         };
         let greeting = c.reply().await?;
         for (line, want) in [
@@ -389,9 +398,10 @@ impl Ctl {
         Ok(r)
     }
 
-    /// This session as the reference's (see `late_finals`).
-    fn reference(mut self) -> Ctl {
+    /// This session as the reference's (see `late_finals` and `closed`).
+    fn reference(mut self, closed: &Closed) -> Ctl {
         self.late_finals = true;
+        self.closed = Some(closed.clone());
         self
     }
 
@@ -404,13 +414,28 @@ impl Ctl {
             .and_then(|x| x.split('|').next())
             .and_then(|x| x.parse().ok())
             .ok_or_else(|| format!("EPSV: {r}"))?;
-        TcpStream::connect(("127.0.0.1", port))
+        let data = TcpStream::connect(("127.0.0.1", port))
             .await
-            .map_err(|e| format!("data connection: {e}"))
+            .map_err(|e| format!("data connection: {e}"))?;
+        self.opened += 1;
+        Ok(data)
     }
 
     /// NOOP, then replies up to its 200: whatever an abort left unread is read.
     async fn sync(&mut self) -> Result<(), String> {
+        if let Some(closed) = &self.closed {
+            // At most a second: a data connection that pyftpdlib had not yet accepted when
+            // the transfer was cut is dropped without a close to report; the count then
+            // starts again from what was reported.
+            let count = || closed.lock().unwrap().get(&self.port).copied().unwrap_or(0);
+            for _ in 0..200 {
+                if count() >= self.opened {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.opened = count();
+        }
         // Twice: a reply still on its way behind the first NOOP's 200 is read by the second.
         // (pyftpdlib may answer a cut transfer even later; the reference skips such late
         // finals, see `late_finals`. A pause of 150 ms here cost half of every FTP sequence's
@@ -543,12 +568,15 @@ fn names_of(kind: &str, text: &[u8]) -> Result<Vec<(String, bool, Option<u64>)>,
 
 /// Lines the reference printed: which sessions have ended.
 type Gone = Arc<Mutex<HashSet<u16>>>;
+/// Lines the reference printed: how many data connections each session's server closed.
+type Closed = Arc<Mutex<std::collections::HashMap<u16, u64>>>;
 
 struct Reference {
     _dir: tempfile::TempDir,
     root: PathBuf,
     port: u16,
     gone: Gone,
+    closed: Closed,
     _child: tokio::process::Child,
 }
 
@@ -581,11 +609,15 @@ impl Reference {
             ),
         };
         let gone: Gone = Arc::default();
-        let g = gone.clone();
+        let closed: Closed = Arc::default();
+        let (g, c) = (gone.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok(Some(l)) = lines.next_line().await {
                 if let Some(p) = l.strip_prefix("gone ").and_then(|p| p.parse().ok()) {
                     g.lock().unwrap().insert(p);
+                }
+                if let Some(p) = l.strip_prefix("closed ").and_then(|p| p.parse().ok()) {
+                    *c.lock().unwrap().entry(p).or_default() += 1;
                 }
             }
         });
@@ -594,6 +626,7 @@ impl Reference {
             root,
             port,
             gone,
+            closed,
             _child: child,
         }
     }
@@ -653,7 +686,7 @@ impl Env {
         let r = Ctl::connect(reference.port)
             .await
             .expect("reference login")
-            .reference();
+            .reference(&reference.closed);
         Env {
             h,
             reference,
@@ -1096,7 +1129,9 @@ impl Run<'_> {
     /// A new reference session in the working folder, once the old one has ended.
     async fn replace_reference(&mut self) -> Result<(), String> {
         let dir = self.names().dir();
-        let mut fresh = Ctl::connect(self.env.reference.port).await?.reference();
+        let mut fresh = Ctl::connect(self.env.reference.port)
+            .await?
+            .reference(&self.env.reference.closed);
         let r = fresh.cmd(&format!("CWD {dir}")).await?;
         if code(&r) != 250 {
             return Err(format!("CWD {dir}: {r}"));
@@ -1368,7 +1403,7 @@ async fn run(env: &mut Env, ops: &[Op]) -> Result<(), String> {
         run.env.r = Ctl::connect(run.env.reference.port)
             .await
             .expect("login")
-            .reference();
+            .reference(&run.env.reference.closed);
     }
     if std::env::var_os("DIFF_VERBOSE").is_some() {
         println!("--- {}:\n  {}", run.root, run.log.join("\n  "));

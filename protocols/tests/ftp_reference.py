@@ -5,7 +5,9 @@
 #
 # Prints "port N" once listening on 127.0.0.1, then "gone P" each time the session whose
 # control connection came from port P has ended (its files are closed by then), so the runner
-# knows when a killed client's session is over.
+# knows when a killed client's session is over, and "closed P" each time that session's data
+# connection is closed (after its final reply is queued), so the runner knows a cut transfer
+# is over before it starts the next one.
 import logging
 import sys
 
@@ -24,6 +26,10 @@ logging.basicConfig(level=logging.CRITICAL)
 class Handler(FTPHandler):
     def on_disconnect(self):
         print("gone", self.remote_port, flush=True)
+
+    def _on_dtp_close(self):
+        super()._on_dtp_close()
+        print("closed", self.remote_port, flush=True)
 
 
 authorizer = DummyAuthorizer()
