@@ -51,8 +51,17 @@ run_worker() {
     local log="$out/$proto-$started-w$w-b$n.log"
     local gdir=""
     if [ "${DIFF_GARAGE:-0}" = 1 ]; then
-      gdir=$(mktemp -d "${TMPDIR:-/tmp}/diff-garage.XXXXXX")
-      eval "$("$root/scripts/garage.sh" start "$gdir" 2>"$gdir/start.err")"
+      # A start that fails (a port taken meanwhile) is tried again in a new folder.
+      local env=""
+      for _ in 1 2 3; do
+        gdir=$(mktemp -d "${TMPDIR:-/tmp}/diff-garage.XXXXXX")
+        env=$("$root/scripts/garage.sh" start "$gdir" 2>"$gdir/start.err") && break
+        "$root/scripts/garage.sh" stop "$gdir"
+        rm -rf "$gdir"
+        env=""
+      done
+      [ -n "$env" ] || { echo "garage did not start" >&2; exit 1; }
+      eval "$env"
     fi
     if (cd "$root/protocols" && DIFF_SEQUENCES=$this "$bin" --exact "$filter" --nocapture >"$log" 2>&1); then
       echo "ok $this" >>"$summary"

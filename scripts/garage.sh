@@ -98,6 +98,18 @@ if [ -z "$node" ]; then
   exit 1
 fi
 
+# The S3 port too: its port was free when picked, but another process may have taken it
+# before garage bound it (then only the RPC side is up).
+for i in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null && break
+  [ "$i" = 100 ] && {
+    echo "garage's S3 port $s3_port does not answer; its log:" >&2
+    cat "$dir/garage.log" >&2
+    exit 1
+  }
+  sleep 0.1
+done
+
 {
   g layout assign -z dc1 -c 1G "$node"
   g layout apply --version 1

@@ -1210,6 +1210,20 @@ impl Run<'_> {
                     .push(format!("  the reference gave no reply ({why}): replaced"));
                 Res::Err(0)
             }
+            // After any other cut transfer the reference's session is replaced too: a loaded
+            // pyftpdlib mixed a reset data connection's end into the session's next transfer
+            // (426 or no reply to a later LIST or APPE: seeds 3611070871, 2313329704). The
+            // gateway's session goes on: how it carries on after a cut is what is tested.
+            (
+                Op::AborStor { .. }
+                | Op::AborRetr { .. }
+                | Op::RetrClosed { .. }
+                | Op::StorReset { .. },
+                r,
+            ) if !matches!(r, Res::Broken(_)) => {
+                self.replace_reference().await?;
+                r
+            }
             (_, r) => r,
         };
         if matches!(g, Res::Broken(_)) || matches!(r, Res::Broken(_)) {

@@ -303,9 +303,10 @@ struct Slot {
 }
 
 impl Slot {
+    /// The handle writes (WRITE). Without it APPEND means nothing, and TRUNC empties the file
+    /// at OPEN on both sides, then the handle only reads (seed 1525548613).
     fn writes(&self) -> bool {
-        self.flags
-            .intersects(OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::TRUNCATE)
+        self.flags.contains(OpenFlags::WRITE)
     }
 }
 
@@ -705,14 +706,28 @@ impl Run<'_> {
         Some((sl, g, r))
     }
 
-    /// After a refused step was undone on the reference by writing `path` back: the
+    /// The handles' "name removed or replaced" marks as they were before a step that was
+    /// refused and undone.
+    fn unmark(&mut self, before: &[bool]) {
+        for (sl, &was) in self.slots.iter_mut().zip(before) {
+            if let Some(sl) = sl {
+                sl.clobbered = was;
+            }
+        }
+    }
+
+    /// After a refused step was undone on the reference by writing the file `path` back: the
     /// reference's handles on it still point at the file the step unlinked (a rename's
     /// replaced target, a removed file), so each is opened again on the restored file, with
-    /// its READ, WRITE and APPEND, as if the step never happened (seed 3993993637).
+    /// its READ, WRITE and APPEND, as if the step never happened (seed 3993993637). A handle
+    /// whose file was removed before the step (clobbered) stays as it is (seed 1569818710).
     async fn reopen_reference(&mut self, path: &str) -> Result<(), String> {
         let keep = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::APPEND;
         for i in 0..SLOTS {
-            let Some(sl) = self.slots[i].as_ref().filter(|sl| sl.path == path) else {
+            let Some(sl) = self.slots[i]
+                .as_ref()
+                .filter(|sl| sl.path == path && !sl.clobbered)
+            else {
                 continue;
             };
             let (sess, flags, old) = (sl.sess, sl.flags & keep, sl.r.clone());
@@ -766,6 +781,13 @@ impl Run<'_> {
             _ => {}
         }
         let op = &op;
+        // Which handles' names were already removed or replaced: a refused step that is undone
+        // on the reference leaves them as they were.
+        let clobbered: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|s| s.as_ref().is_some_and(|s| s.clobbered))
+            .collect();
         let gbefore = self.gstate().await;
         let rbefore = disk_tree(&self.refroot());
         let dirty = self.dirty();
@@ -1206,12 +1228,18 @@ impl Run<'_> {
                 let root = self.refroot();
                 std::fs::rename(root.join(to), root.join(from)).unwrap();
                 restore_all(&root, &rbefore);
-                self.reopen_reference(to).await?;
+                self.unmark(&clobbered);
+                if matches!(rbefore.get(to), Some(Some(_))) {
+                    self.reopen_reference(to).await?;
+                }
             }
             Op::Read { .. } | Op::Fstat { .. } => {}
             Op::Remove { path } => {
                 restore_all(&self.refroot(), &rbefore);
-                self.reopen_reference(path).await?;
+                self.unmark(&clobbered);
+                if matches!(rbefore.get(path), Some(Some(_))) {
+                    self.reopen_reference(path).await?;
+                }
             }
             _ => restore_all(&self.refroot(), &rbefore),
         }
@@ -1488,6 +1516,33 @@ fn regressions() -> Vec<(&'static str, Vec<Op>)> {
                 Op::Mkdir { path: "a" },
                 write(1, At::Next, 9),
                 close(0),
+            ],
+        ),
+        (
+            "READ|CREAT|TRUNC empties at OPEN and only reads; a refused write of another handle (1525548613)",
+            vec![
+                open(1, 1, "a", 0x19),
+                open(0, 0, "a", 0x03),
+                write(0, At::Overlap, 33),
+                write(0, At::Zero, 24),
+                Op::Rename {
+                    from: "a",
+                    to: "b",
+                    posix: false,
+                },
+            ],
+        ),
+        (
+            "a refused rename onto a name removed while a handle wrote it (1569818710)",
+            vec![
+                open(1, 0, "b", 0x0e),
+                open(1, 1, "a", 0x1a),
+                Op::Remove { path: "a" },
+                Op::Rename {
+                    from: "b",
+                    to: "a",
+                    posix: false,
+                },
             ],
         ),
         (
