@@ -32,7 +32,7 @@ const SLOTS: usize = 3;
 /// (797277988 and 96878577: a TRUNC-only open beside a writer, which an intermediate model of
 /// the runner got wrong.)
 const FIXED_SEEDS: &[u64] = &[
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 797277988, 96878577,
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 797277988, 96878577, 1166278538,
 ];
 /// Fresh random sequences per CI pass (override with DIFF_SEQUENCES).
 const FRESH: usize = 8;
@@ -1005,11 +1005,9 @@ impl Run<'_> {
                     // Unless another handle still writes the name: the disk's file is then
                     // that handle's (a new one, after a remove), which its own CLOSE settles
                     // (seed 3644565107).
-                    let others = self
-                        .slots
-                        .iter()
-                        .flatten()
-                        .any(|o| o.flags.contains(OpenFlags::WRITE) && o.path == sl.path);
+                    let others = self.slots.iter().flatten().any(|o| {
+                        o.flags.contains(OpenFlags::WRITE) && o.path == sl.path && !o.clobbered
+                    });
                     if !others {
                         restore_path(&self.refroot(), sl.path, &now);
                     }
@@ -1217,12 +1215,15 @@ impl Run<'_> {
                     // Another handle still writing the name keeps it on disk (and taken on
                     // the gateway); its CLOSE puts the gateway's result back instead.
                     // (Only a handle with WRITE can: one that emptied the file at OPEN
-                    // writes nothing more, seed 1525548613.)
+                    // writes nothing more, seed 1525548613; nor one whose name was removed
+                    // meanwhile, 1166278538.)
                     let others = self
                         .slots
                         .iter_mut()
                         .flatten()
-                        .filter(|o| o.flags.contains(OpenFlags::WRITE) && o.path == sl.path)
+                        .filter(|o| {
+                            o.flags.contains(OpenFlags::WRITE) && o.path == sl.path && !o.clobbered
+                        })
                         .map(|o| o.shared = true)
                         .count();
                     if others == 0 {
