@@ -8,7 +8,9 @@
 # copies: the S3 tests and the behaviour suite run against it through BUCKETGATE_TEST_S3_*.
 # Everything it needs is created here: config (sqlite metadata, replication factor 1, random
 # rpc_secret), layout, a key, a bucket and the key's rights on it. Progress goes to stderr so
-# that stdout carries only the export lines.
+# that stdout carries only the export lines. GARAGE_DB_ENGINE (sqlite, lmdb) and
+# GARAGE_COMPRESSION (a zstd level, or '"none"') change those two settings; the long
+# differential runs (bench/diff_long.sh) use lmdb and "none", which cost Garage less CPU.
 set -euo pipefail
 
 cmd=${1:-}
@@ -56,8 +58,9 @@ admin_port=$(free_port)
 cat >"$dir/garage.toml" <<EOF
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
-db_engine = "sqlite"
+db_engine = "${GARAGE_DB_ENGINE:-sqlite}"
 replication_factor = 1
+compression_level = ${GARAGE_COMPRESSION:-1}
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
 rpc_secret = "$(openssl rand -hex 32)"

@@ -667,6 +667,10 @@ struct Env {
     n: usize,
     /// Steps both sides refused with different codes, and the accepted deviations, by kind.
     codes: BTreeMap<String, usize>,
+    /// Object bytes read from the bucket before, by key and ETag.
+    seen: s3_support::Contents,
+    /// Steps run and the time they took, by kind (printed at the end).
+    times: BTreeMap<String, (usize, Duration)>,
 }
 
 impl Env {
@@ -695,6 +699,8 @@ impl Env {
             r,
             n: 0,
             codes: BTreeMap::new(),
+            seen: s3_support::Contents::new(),
+            times: BTreeMap::new(),
         }
     }
 
@@ -703,21 +709,11 @@ impl Env {
     }
 
     /// The bucket under the user's folder `rel`, straight from S3: every object's bytes and
-    /// every folder.
-    async fn bucket(&self, rel: &str) -> Tree {
+    /// every folder (an object whose ETag is unchanged since the last read is not fetched again).
+    async fn bucket(&mut self, rel: &str) -> Tree {
         let b = self.h.bucket.as_ref().unwrap();
         let key = b.key(rel);
-        let mut t = Tree::new();
-        for e in s3_support::walk_all(&b.client, &key).await {
-            let name = e.name.trim_end_matches('/').to_string();
-            if e.is_dir() {
-                t.insert(name, None);
-            } else {
-                let bytes = s3_support::get(&b.client, &format!("{key}/{name}")).await;
-                t.insert(name, Some(bytes));
-            }
-        }
-        t
+        s3_support::tree_cached(&b.client, &key, &mut self.seen).await
     }
 }
 
@@ -851,8 +847,9 @@ impl Run<'_> {
             .join(self.root.trim_start_matches('/'))
     }
 
-    async fn gstate(&self) -> Tree {
-        self.env.bucket(self.root.trim_start_matches('/')).await
+    async fn gstate(&mut self) -> Tree {
+        let root = self.root.clone();
+        self.env.bucket(root.trim_start_matches('/')).await
     }
 
     fn names(&self) -> Names {
@@ -1409,7 +1406,18 @@ async fn run(env: &mut Env, ops: &[Op]) -> Result<(), String> {
     };
     let mut res = Ok(());
     for op in ops {
-        if let Err(e) = run.step(op).await {
+        let t0 = std::time::Instant::now();
+        let stepped = run.step(op).await;
+        let kind = format!("{op:?}");
+        let kind = kind
+            .split([' ', '{'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let e = run.env.times.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += t0.elapsed();
+        if let Err(e) = stepped {
             res = Err(e);
             break;
         }
@@ -1468,6 +1476,15 @@ async fn check_seeds(env: &mut Env, seeds: &[u64], mut failures: Vec<String>) {
         started.elapsed().as_secs_f64(),
         env.codes
     );
+    let mut times: Vec<_> = env.times.iter().collect();
+    times.sort_by_key(|(_, (_, d))| std::cmp::Reverse(*d));
+    for (kind, (n, d)) in times {
+        println!(
+            "  {kind}: {n} steps, {:.1} s, {:.1} ms each",
+            d.as_secs_f64(),
+            d.as_secs_f64() * 1000.0 / *n as f64
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} of {} sequences diverged:\n{}",

@@ -339,6 +339,8 @@ struct Env {
     n: usize,
     /// Steps both sides refused with different status codes, by kind.
     codes: std::sync::Mutex<BTreeMap<String, usize>>,
+    /// Object bytes read from the bucket before, by key and ETag.
+    seen: std::sync::Mutex<s3_support::Contents>,
 }
 
 async fn reference_session(dir: &Path) -> (tokio::process::Child, RawSftpSession) {
@@ -392,6 +394,7 @@ impl Env {
             r: [Arc::new(r0), Arc::new(r1)],
             n: 0,
             codes: Default::default(),
+            seen: Default::default(),
         }
     }
 
@@ -416,18 +419,12 @@ impl Env {
         (gw, rf, format!("{}{name}", self.srv.prefix))
     }
 
-    /// The bucket under `key`, straight from S3: every object's bytes and every folder.
+    /// The bucket under `key`, straight from S3: every object's bytes and every folder (an
+    /// object whose ETag is unchanged since the last read is not fetched again).
     async fn bucket(&self, key: &str) -> Tree {
-        let mut t = Tree::new();
-        for e in s3_support::walk_all(&self.backend, key).await {
-            let name = e.name.trim_end_matches('/').to_string();
-            if e.is_dir() {
-                t.insert(name, None);
-            } else {
-                let b = s3_support::get(&self.backend, &format!("{key}/{name}")).await;
-                t.insert(name, Some(b));
-            }
-        }
+        let mut seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        let t = s3_support::tree_cached(&self.backend, key, &mut seen).await;
+        *self.seen.lock().unwrap() = seen;
         t
     }
 }

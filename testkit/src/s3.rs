@@ -661,3 +661,39 @@ pub fn names(entries: &[Entry]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Object bytes read before, by key, with the ETag and size they were read at.
+pub type Contents = std::collections::HashMap<String, (String, u64, Vec<u8>)>;
+
+/// The tree under `key`, straight from S3: path → folder (`None`) or the object's bytes. One
+/// listing (all pages); an object is read again only when its listed ETag or size differs from
+/// the ones `seen` holds for it (ETags are digests of the content, so an unchanged ETag is
+/// unchanged bytes), which lets a runner read the bucket after every step without a GET per
+/// object per step.
+pub async fn tree_cached(
+    b: &S3Backend,
+    key: &str,
+    seen: &mut Contents,
+) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut t = std::collections::BTreeMap::new();
+    for e in walk_all(b, key).await {
+        let name = e.name.trim_end_matches('/').to_string();
+        if e.is_dir() {
+            t.insert(name, None);
+            continue;
+        }
+        let full = format!("{key}/{name}");
+        let bytes = match (&e.etag, seen.get(&full)) {
+            (Some(tag), Some((t0, size, b0))) if t0 == tag && *size == e.size => b0.clone(),
+            _ => {
+                let bytes = get(b, &full).await;
+                if let Some(tag) = &e.etag {
+                    seen.insert(full, (tag.clone(), e.size, bytes.clone()));
+                }
+                bytes
+            }
+        };
+        t.insert(name, Some(bytes));
+    }
+    t
+}
