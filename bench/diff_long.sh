@@ -57,17 +57,21 @@ run_worker() {
     if [ "${DIFF_GARAGE:-0}" = 1 ]; then
       # A start that fails (a port taken meanwhile) is tried again in a new folder.
       local env=""
-      for _ in 1 2 3; do
+      # Why a start failed is kept in $out/garage-failures.log.
+      for try in 1 2 3 4 5; do
         gdir=$(mktemp -d "${TMPDIR:-/tmp}/diff-garage.XXXXXX")
         # LMDB metadata and no compression: a quarter less of Garage's CPU per sequence than
         # the suite's settings (SQLite, zstd level 1), on this 2-core machine.
         env=$(GARAGE_DB_ENGINE=lmdb GARAGE_COMPRESSION='"none"' \
           "$garage_sh" start "$gdir" 2>"$gdir/start.err") && break
+        { echo "== worker $w batch $n try $try $(date -u +%T)"; cat "$gdir/start.err"; } \
+          >>"$out/garage-failures.log"
         "$garage_sh" stop "$gdir"
         rm -rf "$gdir"
         env=""
+        sleep 5
       done
-      [ -n "$env" ] || { echo "garage did not start" >&2; exit 1; }
+      [ -n "$env" ] || { echo "garage did not start (see $out/garage-failures.log)" >&2; exit 1; }
       eval "$env"
     fi
     if (cd "$root/protocols" && DIFF_SEQUENCES=$this "$bin" --exact "$filter" --nocapture >"$log" 2>&1); then
