@@ -45,13 +45,21 @@ impl Binder for LoopbackBinder {
     }
 }
 
-/// Waits for the client's passive connection, from `peer_ip` only, then splices it to
-/// libunftp's loopback port (through TLS when `tls` is given). A later PASV/EPSV/PORT of the
-/// session cancels `superseded`: the port is given back at once instead of being held until
-/// the accept timeout (a PASV flood would otherwise take the whole range from everyone).
+/// Waits for the client's passive connection, from `peer_ip` only, then, once the transfer
+/// command has been sent to libunftp ([`DataAbort::begin`]), splices it to libunftp's loopback
+/// port (through TLS when `tls` is given). A later PASV/EPSV/PORT of the session cancels
+/// `superseded`: the port is given back at once instead of being held until the accept timeout
+/// (a PASV flood would otherwise take the whole range from everyone).
 ///
-/// ABOR ends the transfer through `abort`, even when the client never connected (libunftp
-/// may have answered 150 and be waiting for this connection: it gets one that ends at once, so
+/// libunftp's side is connected only for a command libunftp was sent: its task that takes a
+/// passive connection picks up the session's command channel *when it gets the connection*,
+/// so a connection it got after the session's next PASV/EPSV (one whose command the relay
+/// refused itself, say a RETR of a missing file, connected late) took the next port's channel
+/// and the next transfer with it: an upload then read that dead connection's end as the whole
+/// file and stored it empty, answered 226.
+///
+/// ABOR ends the transfer through `abort`, even when the client never connected (libunftp may
+/// have answered 150 and be waiting for this connection: it gets one that ends at once, so
 /// that the transfer gets its final reply).
 pub(crate) async fn passive(
     listener: TcpListener,
@@ -67,8 +75,10 @@ pub(crate) async fn passive(
             _ = superseded.cancelled() => return,
             _ = abort.token.cancelled() => {
                 drop(listener);
-                if let Ok(up) = TcpStream::connect(upstream).await {
-                    abort.finish(up).await;
+                if abort.begun.is_cancelled() {
+                    if let Ok(up) = TcpStream::connect(upstream).await {
+                        abort.finish(up).await;
+                    }
                 }
                 return;
             }
@@ -94,6 +104,16 @@ pub(crate) async fn passive(
         }
     };
     drop(listener);
+    // The command that uses this connection (see above). An ABOR comes only after one.
+    let begun = tokio::select! {
+        _ = superseded.cancelled() => false,
+        _ = abort.begun.cancelled() => true,
+        _ = tokio::time::sleep_until(deadline) => false,
+    };
+    if !begun {
+        tracing::debug!("ftp: a data connection no transfer used, closed");
+        return;
+    }
     match TcpStream::connect(upstream).await {
         Ok(up) => spliced(client, up, tls, &abort).await,
         Err(e) => tracing::debug!(error = %e, "ftp: libunftp's data port is gone"),
@@ -120,6 +140,10 @@ pub(crate) struct DataAbort {
     generation: u64,
     /// Everything libunftp sent was written to the client, and its side shut down.
     sent: CancellationToken,
+    /// The transfer command that uses this connection was sent to libunftp.
+    begun: CancellationToken,
+    /// Until when libunftp takes a passive connection (`None`: not passive).
+    window: Option<Instant>,
 }
 
 impl DataAbort {
@@ -133,9 +157,27 @@ impl DataAbort {
         }
     }
 
-    /// What the transfer on this data connection is (set when the command is sent).
-    pub(crate) fn set_listing(&self, listing: bool) {
+    /// The handle of a new passive data connection whose libunftp port was opened just now
+    /// (libunftp takes a connection there for [`ACCEPT_TIMEOUT`]).
+    pub(crate) fn passive(link: Arc<ControlLink>) -> Self {
+        DataAbort {
+            // A margin for the time libunftp's reply took to get here.
+            window: Some(Instant::now() + ACCEPT_TIMEOUT - Duration::from_secs(2)),
+            ..Self::new(link)
+        }
+    }
+
+    /// Whether a transfer can still use this data connection: false once libunftp no longer
+    /// takes the passive connection (the relay connects its side only for a command).
+    pub(crate) fn usable(&self) -> bool {
+        self.window.is_none_or(|w| Instant::now() < w)
+    }
+
+    /// The transfer command that uses this data connection is being sent to libunftp: what
+    /// it is, and that libunftp's side may now be connected.
+    pub(crate) fn begin(&self, listing: bool) {
         self.listing.store(listing, Ordering::SeqCst);
+        self.begun.cancel();
     }
 
     /// ABOR: cuts the data connection (the client's side at once).

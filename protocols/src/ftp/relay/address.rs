@@ -119,7 +119,7 @@ impl Relay {
         let tls = self.data_tls();
         let superseded = CancellationToken::new();
         self.pending_passive = Some(superseded.clone());
-        let abort = data::DataAbort::new(self.link.clone());
+        let abort = data::DataAbort::passive(self.link.clone());
         self.data_abort = Some(abort.clone());
         self.data_tasks.spawn(data::passive(
             listener,

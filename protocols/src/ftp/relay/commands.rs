@@ -125,13 +125,19 @@ impl Relay {
             "RETR" | "STOR" | "APPE" | "STOU" | "LIST" | "NLST" | "MLSD" => {
                 // A REST offset is for the next transfer command only, whatever its outcome.
                 let rest = self.rest.take().unwrap_or(0);
+                if self.logged_in && self.data_abort.as_ref().is_some_and(|a| !a.usable()) {
+                    // libunftp no longer takes the passive connection (see `data::passive`).
+                    return self
+                        .reply_local("425 The data port timed out: send PASV or EPSV again")
+                        .await;
+                }
                 if let Some(refusal) = self.prepare(&verb, arg, rest).await {
                     return self.reply_local(refusal).await;
                 }
                 self.link.new_transfer();
                 self.transfer_verb = verb.clone();
                 if let Some(a) = &self.data_abort {
-                    a.set_listing(self.listing());
+                    a.begin(self.listing());
                 }
                 if self.logged_in && matches!(verb.as_str(), "RETR" | "STOR" | "STOU") {
                     // libunftp keeps an offset after a failed transfer; each transfer gets its
