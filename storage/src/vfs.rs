@@ -71,6 +71,12 @@ impl Tree {
         }
     }
 
+    /// How many names have an upload in progress, in every session (tests wait for 0 to
+    /// know that the uploads of sessions that ended have been given up).
+    pub fn uploads_in_progress(&self) -> usize {
+        self.writing.names()
+    }
+
     /// Shares `writing`, the record of the names being written, with this tree (a reload
     /// builds a new tree while the sessions of the old one still write).
     pub fn with_writing(mut self, writing: Arc<Writing>) -> Self {

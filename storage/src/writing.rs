@@ -94,6 +94,11 @@ impl Writing {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many names have an upload in progress.
+    pub(crate) fn names(&self) -> usize {
+        self.lock().len()
+    }
+
     /// True when an upload of exactly `key` is in progress.
     pub(crate) fn is_writing(&self, area: &str, key: &str) -> bool {
         self.lock()

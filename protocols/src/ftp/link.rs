@@ -104,6 +104,11 @@ impl ControlLink {
         self.set_ready(None);
     }
 
+    /// Whether the session is over (see [`ControlLink::close`]).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
     /// ABOR: the transfer in progress must not commit.
     pub(crate) fn abort_transfer(&self) {
         self.aborted.store(true, Ordering::SeqCst);

@@ -141,6 +141,14 @@ impl StorageBackend<FtpUser> for FtpStorage {
         path: P,
     ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
         user.link.transfer_began();
+        if user.link.is_closed() {
+            // The session ended before libunftp's data task got here (a killed client): such
+            // an upload can never commit, so it does not take the name either.
+            return Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "the session has ended: nothing was stored",
+            ));
+        }
         let p = vpath(user, path.as_ref())?;
         let mut pages = match user.link.take_ready(&p) {
             Some(Ready::List(_, pages)) => pages,
@@ -232,6 +240,14 @@ impl StorageBackend<FtpUser> for FtpStorage {
         start_pos: u64,
     ) -> Result<u64> {
         user.link.transfer_began();
+        if user.link.is_closed() {
+            // The session ended before libunftp's data task got here (a killed client): such
+            // an upload can never commit, so it does not take the name either.
+            return Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "the session has ended: nothing was stored",
+            ));
+        }
         let p = vpath(user, path.as_ref())?;
         let fs = &user.session.fs;
         let prepared = user.link.take_ready(&p);

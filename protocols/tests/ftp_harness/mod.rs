@@ -88,6 +88,8 @@ pub struct Harness {
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
     /// In S3 mode: the S3 server and a client of its own, apart from the gateway's.
     pub bucket: Option<Bucket>,
+    /// The gateway's tree (to see whether uploads are in progress).
+    pub tree: Arc<Tree>,
 }
 
 /// The bucket behind an S3-mode harness, read and written through a second S3 client so that
@@ -144,7 +146,7 @@ impl Harness {
             };
             (area, None)
         };
-        let tree = Tree::new(area, vec![]);
+        let tree = Arc::new(Tree::new(area, vec![]));
         let read_only = PermSet::parse(["list", "download"]).unwrap();
         let account = Account {
             username: USER.into(),
@@ -164,7 +166,7 @@ impl Harness {
             ..BanPolicy::default()
         };
         let login = Arc::new(LoginService::new(
-            Directory::new(vec![account], Arc::new(tree)),
+            Directory::new(vec![account], tree.clone()),
             policy,
             2,
         ));
@@ -224,6 +226,7 @@ impl Harness {
             shutdown,
             server: Some(server),
             bucket,
+            tree,
         }
     }
 
