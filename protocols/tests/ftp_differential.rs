@@ -1149,7 +1149,16 @@ impl Run<'_> {
         let mut waited = 0;
         while gateway_sessions() > 1.0 || self.env.h.tree.uploads_in_progress() > 0 {
             waited += 1;
-            if waited > 2000 {
+            // The session gauge is the process's: another test file's FTP session counts too
+            // (one holds its session 14 s on purpose), hence the long bound.
+            if waited == 2000 {
+                eprintln!(
+                    "still waiting after 10 s: {} FTP sessions, {} uploads in progress",
+                    gateway_sessions(),
+                    self.env.h.tree.uploads_in_progress()
+                );
+            }
+            if waited > 12000 {
                 return Err("the gateway never ended the killed session or its upload".into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
