@@ -309,6 +309,9 @@ struct Ctl {
     /// that one 426 (seed 3611070871).
     closed: Option<Closed>,
     opened: u64,
+    /// This step's downloads, listings and uploads connect to the passive port only after
+    /// the transfer command's 150 (as some clients do), and not at all when it is refused.
+    late: bool,
 }
 
 fn code(reply: &str) -> u16 {
@@ -330,6 +333,7 @@ impl Ctl {
             late_finals: false,
             closed: None,
             opened: 0,
+            late: false,
         };
         let greeting = c.reply().await?;
         for (line, want) in [
@@ -408,18 +412,45 @@ impl Ctl {
 
     /// EPSV, then a connection to the announced port.
     async fn pasv(&mut self) -> Result<TcpStream, String> {
+        let port = self.epsv().await?;
+        self.open_data(port).await
+    }
+
+    /// EPSV: the announced port.
+    async fn epsv(&mut self) -> Result<u16, String> {
         let r = self.cmd("EPSV").await?;
-        let port: u16 = r
-            .split("(|||")
+        r.split("(|||")
             .nth(1)
             .and_then(|x| x.split('|').next())
             .and_then(|x| x.parse().ok())
-            .ok_or_else(|| format!("EPSV: {r}"))?;
+            .ok_or_else(|| format!("EPSV: {r}"))
+    }
+
+    /// A data connection to `port`.
+    async fn open_data(&mut self, port: u16) -> Result<TcpStream, String> {
         let data = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("data connection: {e}"))?;
         self.opened += 1;
         Ok(data)
+    }
+
+    /// The data connection of a transfer command: made before the command is sent, or
+    /// (`late`) once it is answered 150 and not at all when it is refused. Returns the
+    /// command's first reply.
+    async fn transfer(&mut self, line: &str) -> Result<(String, Option<TcpStream>), String> {
+        if self.late {
+            let port = self.epsv().await?;
+            let r = self.cmd(line).await?;
+            if !preliminary(&r) {
+                return Ok((r, None));
+            }
+            let data = self.open_data(port).await?;
+            return Ok((r, Some(data)));
+        }
+        let data = self.pasv().await?;
+        let r = self.cmd(line).await?;
+        Ok((r, Some(data)))
     }
 
     /// NOOP, then replies up to its 200: whatever an abort left unread is read.
@@ -458,6 +489,16 @@ impl Ctl {
     }
 }
 
+/// Whether `op`'s data connection is made after its command (one transfer in four; a
+/// function of the step alone, so both servers and every replay see the same).
+fn connects_late(op: &Op) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{op:?}").bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.is_multiple_of(4)
+}
+
 /// A simple command's result.
 fn simple(r: Result<String, String>) -> Res {
     match r {
@@ -474,11 +515,10 @@ fn preliminary(r: &str) -> bool {
 
 /// A download or listing: its bytes and its final reply.
 async fn fetch(c: &mut Ctl, line: &str) -> Result<Result<Vec<u8>, u16>, String> {
-    let mut data = c.pasv().await?;
-    let r = c.cmd(line).await?;
-    if !preliminary(&r) {
+    let (r, data) = c.transfer(line).await?;
+    let Some(mut data) = data.filter(|_| preliminary(&r)) else {
         return Ok(Err(code(&r)));
-    }
+    };
     let mut buf = Vec::new();
     tokio::time::timeout(REPLY_WAIT, data.read_to_end(&mut buf))
         .await
@@ -495,11 +535,10 @@ async fn fetch(c: &mut Ctl, line: &str) -> Result<Result<Vec<u8>, u16>, String> 
 /// An upload over a new data connection ended cleanly.
 async fn upload(c: &mut Ctl, line: &str, body: &[u8]) -> Res {
     let run = async {
-        let mut data = c.pasv().await?;
-        let r = c.cmd(line).await?;
-        if !preliminary(&r) {
+        let (r, data) = c.transfer(line).await?;
+        let Some(mut data) = data.filter(|_| preliminary(&r)) else {
             return Ok(Res::Err(code(&r)));
-        }
+        };
         data.write_all(body)
             .await
             .map_err(|e| format!("data: {e}"))?;
@@ -900,6 +939,7 @@ impl Names {
 
     /// Runs `op` on one side.
     async fn on(&self, c: &mut Ctl, op: &Op, before: &Tree) -> Res {
+        c.late = connects_late(op);
         let res: Result<Res, String> = async {
             Ok(match *op {
                 Op::Stor { path, len, seed } => {

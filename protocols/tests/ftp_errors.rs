@@ -791,21 +791,55 @@ async fn a_stale_data_connection_never_carries_the_next_upload() {
     }
 }
 
-/// A transfer command long after its EPSV is refused with 425, storing nothing, and the next
-/// EPSV works (libunftp takes the passive connection for 15 s; see docs/objects.md).
+/// A data connection the client opened waits for its transfer command as on a plain FTP
+/// server, even past the 15 s libunftp keeps a passive port (the relay holds it); a passive
+/// port nobody connected to in 15 s is closed, and a transfer command after that is refused
+/// with 425, storing nothing; the next EPSV works.
 #[tokio::test]
-async fn a_transfer_long_after_its_epsv_is_refused_with_425() {
+async fn a_data_connection_waits_for_its_command_and_an_unused_port_times_out() {
+    use tokio::io::AsyncWriteExt;
     let h = Harness::start(Setup::default()).await;
-    let (mut raw, _) = RawFtp::connect(h.addr).await;
-    raw.login_ok(USER, PASSWORD).await;
-    let data = raw.epsv().await;
-    tokio::time::sleep(Duration::from_secs(14)).await;
-    let r = raw.cmd("STOR late.txt").await;
-    assert!(r.starts_with("425"), "{r}");
+    let (mut waiting, _) = RawFtp::connect(h.addr).await;
+    waiting.login_ok(USER, PASSWORD).await;
+    let (mut never, _) = RawFtp::connect(h.addr).await;
+    never.login_ok(USER, PASSWORD).await;
+    let mut data = waiting.epsv().await;
+    let r = never.cmd("EPSV").await;
+    assert!(r.starts_with("229"), "{r}");
+    tokio::time::sleep(Duration::from_secs(16)).await;
+
+    let r = waiting.cmd("STOR waited.txt").await;
+    assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+    data.write_all(b"sent after a long pause").await.unwrap();
     drop(data);
+    let end = waiting.reply().await;
+    assert!(end.starts_with("226"), "{end}");
+    assert_eq!(h.read("waited.txt"), b"sent after a long pause");
+
+    let r = never.cmd("STOR late.txt").await;
+    assert!(r.starts_with("425"), "{r}");
     assert!(!h.file("late.txt").exists());
-    let (r, end) = raw.stor("late.txt", b"sent in time").await;
+    let (r, end) = never.stor("late.txt", b"sent in time").await;
     assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
     assert!(end.starts_with("226"), "{end}");
     assert_eq!(h.read("late.txt"), b"sent in time");
+}
+
+/// A transfer command with no data connection set up is refused with 425 and stores nothing;
+/// so is one after a transfer used the data connection (each PASV/EPSV/PORT/EPRT is for one
+/// transfer).
+#[tokio::test]
+async fn a_transfer_without_its_own_data_connection_is_refused() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
+    let r = raw.cmd("STOR none.txt").await;
+    assert!(r.starts_with("425"), "{r}");
+    let (r, end) = raw.stor("once.txt", b"one").await;
+    assert!(r.starts_with("150") && end.starts_with("226"), "{r} {end}");
+    let r = raw.cmd("APPE once.txt").await;
+    assert!(r.starts_with("425"), "{r}");
+    assert!(!h.file("none.txt").exists());
+    assert_eq!(h.read("once.txt"), b"one");
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
 }

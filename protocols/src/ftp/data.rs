@@ -1,11 +1,24 @@
-//! Data connections. libunftp opens its data sockets on loopback (see [`LoopbackBinder`]); the
-//! relay opens the public side and splices the two:
+//! Data connections. The relay owns the client's side of every data connection and speaks
+//! *active* mode to libunftp, whatever mode the client uses:
 //!
-//! - passive: a port from `passive_ports` on the control connection's local address, which
-//!   takes only a connection from the control connection's peer address (libunftp would take
-//!   the first comer, letting anyone who guesses the port steal or plant a file);
-//! - active: the relay checks the client's PORT/EPRT target, connects to it *first*, and only
-//!   then lets libunftp connect to a loopback port standing in for it.
+//! - PASV/EPSV: the relay opens a port from `passive_ports` on the control connection's local
+//!   address, which takes only a connection from the control connection's peer address
+//!   (libunftp would take the first comer, letting anyone who guesses the port steal or plant a
+//!   file), and answers the command itself;
+//! - PORT/EPRT: the relay checks the client's target, connects to it, and answers the command
+//!   itself;
+//! - the transfer command: just before it, the relay opens a loopback port standing in for the
+//!   client and sends libunftp a `PORT` to it. libunftp's PORT handler connects there and
+//!   starts the transfer's data task, with that PORT's own command channel, before it answers;
+//!   the transfer command that follows is that task's, and no other's.
+//!
+//! Why not let libunftp take passive connections: its task that accepts one picks up the
+//! session's command channel *when it gets the connection*, not the one of its own PASV/EPSV.
+//! A connection that reached it after the session's next PASV/EPSV (a client that connected
+//! late, a connection whose command the relay refused itself) took the next port's channel, and
+//! the next transfer with it: an upload then read that dead connection's end as the whole file
+//! and stored it empty, answered 226 (the FTP differential runner found it). With a PORT sent
+//! just before each transfer command, libunftp has at most one data task, made for that command.
 //!
 //! With PROT P the relay is the TLS endpoint of the data connection too (libunftp only sees
 //! plain bytes): that way every transfer ends with a TLS close_notify, which libunftp does not
@@ -22,17 +35,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// How long a data port waits for its connection (libunftp waits as long on its side).
+/// How long a passive port waits for the client's connection, and the stand-in port for
+/// libunftp's.
 pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a data connection the client has made (or the relay made to the client's PORT
+/// address) is kept for a transfer command (libunftp keeps an active connection as long).
+const HOLD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Buffer of each direction of a data connection's splice.
 const RELAY_BUF: usize = 256 * 1024;
 
-/// Makes libunftp bind its passive sockets on loopback, any free port: only the relay connects
-/// there.
+/// libunftp is never sent PASV or EPSV (see above); should one reach it anyway, it binds its
+/// port on loopback, where only the relay can connect.
 #[derive(Debug)]
 pub(crate) struct LoopbackBinder;
 
@@ -45,78 +63,137 @@ impl Binder for LoopbackBinder {
     }
 }
 
-/// Waits for the client's passive connection, from `peer_ip` only, then, once the transfer
-/// command has been sent to libunftp ([`DataAbort::begin`]), splices it to libunftp's loopback
-/// port (through TLS when `tls` is given). A later PASV/EPSV/PORT of the session cancels
-/// `superseded`: the port is given back at once instead of being held until the accept timeout
-/// (a PASV flood would otherwise take the whole range from everyone).
+/// The client's side of a data connection, as PASV/EPSV or PORT/EPRT set it up.
+pub(crate) enum ClientSide {
+    /// A passive port; only a connection from `peer_ip` is taken.
+    Passive {
+        listener: TcpListener,
+        peer_ip: IpAddr,
+    },
+    /// The connection made to the client's PORT/EPRT address.
+    Active(TcpStream),
+}
+
+/// One data connection, from its PASV/EPSV/PORT/EPRT to the end of its transfer: gets the
+/// client's side, then, once the transfer command is on its way, libunftp's connection to the
+/// stand-in port sent through `stand_in`, and splices the two (through TLS when `tls` is
+/// given).
 ///
-/// libunftp's side is connected only for a command libunftp was sent: its task that takes a
-/// passive connection picks up the session's command channel *when it gets the connection*,
-/// so a connection it got after the session's next PASV/EPSV (one whose command the relay
-/// refused itself, say a RETR of a missing file, connected late) took the next port's channel
-/// and the next transfer with it: an upload then read that dead connection's end as the whole
-/// file and stored it empty, answered 226.
+/// A later PASV/EPSV/PORT/EPRT of the session cancels `superseded`, and the relay dropping
+/// `stand_in` ends the wait too: the port or connection is given back at once instead of being
+/// held (a PASV flood would otherwise take the whole range from everyone). A passive port that
+/// no client connected to in [`ACCEPT_TIMEOUT`] is closed, and a transfer command after that is
+/// refused by the relay; a transfer command whose client never connects fails on libunftp's
+/// side (its connection is reset), so nothing is stored.
 ///
-/// ABOR ends the transfer through `abort`, even when the client never connected (libunftp may
-/// have answered 150 and be waiting for this connection: it gets one that ends at once, so
-/// that the transfer gets its final reply).
-pub(crate) async fn passive(
-    listener: TcpListener,
-    peer_ip: IpAddr,
-    upstream: SocketAddr,
+/// ABOR ends the transfer through `abort`, even when the client never connected (libunftp has
+/// answered 150 and its connection is reset, so that the transfer gets its final reply).
+pub(crate) async fn serve(
+    side: ClientSide,
     tls: Option<TlsAcceptor>,
     superseded: CancellationToken,
+    mut stand_in: oneshot::Receiver<TcpListener>,
     abort: DataAbort,
 ) {
-    let deadline = Instant::now() + ACCEPT_TIMEOUT;
+    let (mut listener, peer_ip, mut client) = match side {
+        ClientSide::Passive { listener, peer_ip } => (Some(listener), peer_ip, None),
+        ClientSide::Active(s) => (None, IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(s)),
+    };
+    let mut upstream: Option<TcpListener> = None;
+    let mut deadline = Instant::now()
+        + if client.is_some() {
+            HOLD_TIMEOUT
+        } else {
+            ACCEPT_TIMEOUT
+        };
     let client = loop {
-        let accepted = tokio::select! {
-            _ = superseded.cancelled() => return,
+        if let (Some(_), Some(_)) = (&client, &upstream) {
+            break client.take().expect("checked");
+        }
+        tokio::select! {
+            _ = superseded.cancelled(), if upstream.is_none() => return,
             _ = abort.token.cancelled() => {
-                drop(listener);
-                if abort.begun.is_cancelled() {
-                    if let Ok(up) = TcpStream::connect(upstream).await {
+                if let Some(up) = upstream {
+                    let up = accept_upstream(&up).await;
+                    if let Some(up) = up {
                         abort.finish(up).await;
                     }
                 }
                 return;
             }
-            r = tokio::time::timeout_at(deadline, listener.accept()) => r,
-        };
-        match accepted {
-            Err(_) => {
-                tracing::debug!("ftp: the client did not open its data connection in time");
+            r = &mut stand_in, if upstream.is_none() => match r {
+                Ok(l) => {
+                    upstream = Some(l);
+                    // The client may connect only now that it sent its command.
+                    if client.is_none() {
+                        deadline = deadline.max(Instant::now() + ACCEPT_TIMEOUT);
+                    }
+                }
+                // The relay is gone.
+                Err(_) => return,
+            },
+            r = accept_client(listener.as_ref(), peer_ip), if client.is_none() => match r {
+                Ok(s) => {
+                    client = Some(s);
+                    listener = None;
+                    if upstream.is_none() {
+                        deadline = Instant::now() + HOLD_TIMEOUT;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "ftp: data accept failed");
+                    listener = None;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if client.is_none() {
+                    tracing::debug!("ftp: the client did not open its data connection in time");
+                } else {
+                    tracing::debug!("ftp: a data connection no transfer used, closed");
+                }
+                // A stand-in sent at the last moment: libunftp's side fails, nothing is stored.
+                let up = upstream.or_else(|| stand_in.try_recv().ok());
+                if let Some(up) = up {
+                    if let Some(up) = accept_upstream(&up).await {
+                        abort.finish(up).await;
+                    }
+                }
                 return;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "ftp: data accept failed");
-                return;
-            }
-            Ok(Ok((s, from))) if from.ip().to_canonical() == peer_ip => break s,
-            Ok(Ok((_, from))) => {
-                tracing::warn!(
-                    expected = %peer_ip,
-                    from = %from,
-                    "ftp: data connection from another address than the session's refused"
-                );
             }
         }
     };
     drop(listener);
-    // The command that uses this connection (see above). An ABOR comes only after one.
-    let begun = tokio::select! {
-        _ = superseded.cancelled() => false,
-        _ = abort.begun.cancelled() => true,
-        _ = tokio::time::sleep_until(deadline) => false,
-    };
-    if !begun {
-        tracing::debug!("ftp: a data connection no transfer used, closed");
+    let Some(up) = accept_upstream(upstream.as_ref().expect("checked")).await else {
+        tracing::debug!("ftp: libunftp did not connect for the transfer");
         return;
+    };
+    spliced(client, up, tls, &abort).await;
+}
+
+/// The client's passive connection, from `peer_ip` only (others are refused and logged).
+/// Pending forever without a listener.
+async fn accept_client(listener: Option<&TcpListener>, peer_ip: IpAddr) -> io::Result<TcpStream> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        let (s, from) = listener.accept().await?;
+        if from.ip().to_canonical() == peer_ip {
+            return Ok(s);
+        }
+        tracing::warn!(
+            expected = %peer_ip,
+            from = %from,
+            "ftp: data connection from another address than the session's refused"
+        );
     }
-    match TcpStream::connect(upstream).await {
-        Ok(up) => spliced(client, up, tls, &abort).await,
-        Err(e) => tracing::debug!(error = %e, "ftp: libunftp's data port is gone"),
+}
+
+/// libunftp's connection to the stand-in port (made by its PORT handler before it answered).
+async fn accept_upstream(stand_in: &TcpListener) -> Option<TcpStream> {
+    match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
+        Ok(Ok((up, from))) if from.ip().is_loopback() => Some(up),
+        _ => None,
     }
 }
 
@@ -140,10 +217,6 @@ pub(crate) struct DataAbort {
     generation: u64,
     /// Everything libunftp sent was written to the client, and its side shut down.
     sent: CancellationToken,
-    /// The transfer command that uses this connection was sent to libunftp.
-    begun: CancellationToken,
-    /// Until when libunftp takes a passive connection (`None`: not passive).
-    window: Option<Instant>,
 }
 
 impl DataAbort {
@@ -157,27 +230,10 @@ impl DataAbort {
         }
     }
 
-    /// The handle of a new passive data connection whose libunftp port was opened just now
-    /// (libunftp takes a connection there for [`ACCEPT_TIMEOUT`]).
-    pub(crate) fn passive(link: Arc<ControlLink>) -> Self {
-        DataAbort {
-            // A margin for the time libunftp's reply took to get here.
-            window: Some(Instant::now() + ACCEPT_TIMEOUT - Duration::from_secs(2)),
-            ..Self::new(link)
-        }
-    }
-
-    /// Whether a transfer can still use this data connection: false once libunftp no longer
-    /// takes the passive connection (the relay connects its side only for a command).
-    pub(crate) fn usable(&self) -> bool {
-        self.window.is_none_or(|w| Instant::now() < w)
-    }
-
     /// The transfer command that uses this data connection is being sent to libunftp: what
-    /// it is, and that libunftp's side may now be connected.
+    /// it is.
     pub(crate) fn begin(&self, listing: bool) {
         self.listing.store(listing, Ordering::SeqCst);
-        self.begun.cancel();
     }
 
     /// ABOR: cuts the data connection (the client's side at once).
@@ -236,20 +292,6 @@ async fn spliced(
         abort.finish(upstream).await;
     }
     abort.done.cancel();
-}
-
-/// Takes libunftp's connection on the loopback stand-in for the client's PORT address and
-/// splices it to the connection already made to the client.
-pub(crate) async fn active(
-    stand_in: TcpListener,
-    client: TcpStream,
-    tls: Option<TlsAcceptor>,
-    abort: DataAbort,
-) {
-    match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
-        Ok(Ok((up, from))) if from.ip().is_loopback() => spliced(client, up, tls, &abort).await,
-        _ => tracing::debug!("ftp: libunftp did not connect for the active transfer"),
-    }
 }
 
 /// With PROT P, the TLS handshake (the relay is the TLS server, in active mode too, as RFC 4217

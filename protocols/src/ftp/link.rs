@@ -11,10 +11,10 @@
 //! whose data ended waits [`SETTLE`] for the control connection to end too before committing.
 //!
 //! It also tells the data connection's splice (see [`super::data`]) when libunftp's side of a
-//! transfer has reached the storage adapter. libunftp 0.24 asks the peer address of the data
-//! socket it accepted before it does anything else, and on a socket already reset (the relay
-//! resets it when the client's side breaks) that fails: libunftp then drops the transfer
-//! without a final reply, and the session hangs. So the relay resets libunftp's side only once
+//! transfer has reached the storage adapter. libunftp 0.24 asks the peer address of its data
+//! socket (in its PORT handler, after connecting) before it starts the data task, and on a
+//! socket already reset (the relay resets it when the client's side breaks) that fails:
+//! libunftp then drops the transfer without a final reply, and the session hangs. So the relay resets libunftp's side only once
 //! the transfer has begun there ([`ControlLink::began`]).
 //!
 //! It also carries the one decision made for a transfer command before libunftp sees it (see

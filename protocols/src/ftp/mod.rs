@@ -8,8 +8,10 @@
 //! - implicit FTPS and the TLS of the control channel (libunftp only knows `AUTH TLS`);
 //! - a command line length limit and a pre-login grace time;
 //! - data connections accepted only from the control connection's address (libunftp accepts
-//!   the first connection on a passive port), and PORT/EPRT checked before connecting
-//!   (libunftp connects first, and has no EPRT at all);
+//!   the first connection on a passive port), PORT/EPRT checked before connecting (libunftp
+//!   connects first, and has no EPRT at all), and each transfer bound to its own data
+//!   connection (libunftp's passive task takes whichever transfer comes when it gets its
+//!   connection: [`data`]);
 //! - "not found" and "permission denied" as the first answer to RETR and LIST (libunftp
 //!   answers 150 before it opens the file), decided once in [`prepare`];
 //! - MFMT (rewritten to a `SITE MFMT` that libunftp hands to us) and a 554 for a bad REST
@@ -27,7 +29,8 @@
 //! its addresses; its control loop over any stream is private), so the relay's stream (TLS or
 //! plain, with the checks above) can be handed over only as a TCP connection. libunftp runs
 //! without TLS: the relay is the TLS endpoint of the control connection and, after PROT P, of
-//! the data connections it splices to libunftp's loopback data ports ([`data`]).
+//! the data connections it splices to libunftp's (libunftp only ever gets a loopback PORT,
+//! sent just before each transfer command: [`data`]).
 //!
 //! A command goes one way: client → relay (line checks, TLS, addresses, [`prepare`]) →
 //! libunftp → [`storage`] adapter → [`bucketgate_storage::UserFs`] → S3. Nothing below the relay

@@ -301,11 +301,9 @@ fn build_server(
         watch,
     });
     let max_list = shared.relay.opts.max_list_entries;
-    let mode = if shared.relay.opts.active_mode {
-        ActivePassiveMode::ActiveAndPassive
-    } else {
-        ActivePassiveMode::PassiveOnly
-    };
+    // The relay decides which modes the client may use, and always speaks active mode to
+    // libunftp (see `data`).
+    let mode = ActivePassiveMode::ActiveAndPassive;
     let b = ServerBuilder::<FtpStorage, FtpUser>::with_user_detail_provider(
         Box::new(move || FtpStorage::new(max_list)),
         provider,

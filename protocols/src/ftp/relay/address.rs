@@ -1,14 +1,15 @@
-//! Data-channel addresses: PASV/EPSV/PORT/EPRT. libunftp's data ports are on loopback (see
-//! [`crate::ftp::data`]); the relay opens the public side, checks who connects or where to
-//! connect, and rewrites the addresses both ways.
+//! Data-channel addresses: PASV/EPSV/PORT/EPRT, answered by the relay, which opens the client's
+//! side and checks who connects or where to connect; libunftp gets a loopback PORT just before
+//! each transfer command (see [`crate::ftp::data`]).
 
-use super::{Pending, Relay};
+use super::Relay;
 use crate::ftp::data;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long connecting to a client's PORT address may take.
@@ -18,13 +19,12 @@ impl Relay {
     /// PORT/EPRT: the target is checked and connected to before libunftp is involved.
     pub(super) async fn active(&mut self, verb: &str, arg: &str) -> bool {
         if !self.shared.opts.active_mode {
-            self.say("502 Active mode is disabled: use PASV or EPSV")
+            return self
+                .reply_local("502 Active mode is disabled: use PASV or EPSV")
                 .await;
-            return true;
         }
         if !self.logged_in {
-            self.say("530 Please log in first").await;
-            return true;
+            return self.reply_local("530 Please log in first").await;
         }
         let target = if verb == "PORT" {
             parse_port(arg)
@@ -32,66 +32,86 @@ impl Relay {
             parse_eprt(arg)
         };
         let Some(target) = target else {
-            self.say("501 Bad address").await;
-            return true;
+            return self.reply_local("501 Bad address").await;
         };
         let peer_ip = self.peer.ip().to_canonical();
         if target.ip().to_canonical() != peer_ip || target.port() < 1024 {
             tracing::warn!(client = %self.peer, target = %target, "ftp: active-mode target refused");
-            self.say("500 Illegal PORT: only your own address and ports from 1024")
+            return self
+                .reply_local("500 Illegal PORT: only your own address and ports from 1024")
                 .await;
-            return true;
         }
         let client_conn = match connect_active(self.local.ip(), target).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(client = %self.peer, target = %target, error = %e, "ftp: active connect failed");
-                self.say("425 Cannot open the data connection").await;
-                return true;
+                return self
+                    .reply_local("425 Cannot open the data connection")
+                    .await;
             }
         };
-        let stand_in = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(l) => l,
-            Err(_) => {
-                self.say("425 Cannot open the data connection").await;
-                return true;
-            }
-        };
-        let port = match stand_in.local_addr() {
-            Ok(a) => a.port(),
-            Err(_) => return false,
-        };
-        self.reap();
-        let tls = self.data_tls();
-        let abort = data::DataAbort::new(self.link.clone());
-        self.data_abort = Some(abort.clone());
-        self.data_tasks
-            .spawn(data::active(stand_in, client_conn, tls, abort));
-        let cmd = format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff);
-        self.forward(cmd.as_bytes(), Pending::Other).await
+        self.new_data(data::ClientSide::Active(client_conn));
+        self.reply_local("200 PORT command successful").await
     }
 
-    /// Forgets finished data connections, and the passive port a new data command replaces.
+    /// PASV/EPSV, answered here (libunftp gets a PORT just before the transfer command: see
+    /// [`data`]).
+    pub(super) async fn passive(&mut self, extended: bool) -> bool {
+        if !self.logged_in {
+            return self.reply_local("530 Please log in first").await;
+        }
+        let reply = self.open_passive(extended);
+        self.reply_local(reply).await
+    }
+
+    /// A new data connection's client side: the session's only one from now on.
+    fn new_data(&mut self, side: data::ClientSide) {
+        self.reap();
+        let tls = self.data_tls();
+        let superseded = CancellationToken::new();
+        self.pending_passive = Some(superseded.clone());
+        let abort = data::DataAbort::new(self.link.clone());
+        self.data_abort = Some(abort.clone());
+        let (tx, rx) = oneshot::channel();
+        self.data_next = Some(tx);
+        self.data_tasks
+            .spawn(data::serve(side, tls, superseded, rx, abort));
+    }
+
+    /// The data connection for a transfer command about to be sent to libunftp: a loopback
+    /// port standing in for the client, handed to the data connection's task, and the `PORT`
+    /// to it to send before the command. `Err` is the refusal to send instead.
+    pub(super) async fn take_data(&mut self) -> Result<String, &'static str> {
+        let Some(tx) = self.data_next.take() else {
+            return Err("425 No data connection: send PASV, EPSV, PORT or EPRT first");
+        };
+        if tx.is_closed() {
+            return Err("425 The data connection timed out: send PASV or EPSV again");
+        }
+        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|_| "425 Cannot open the data connection")?;
+        let port = stand_in
+            .local_addr()
+            .map_err(|_| "425 Cannot open the data connection")?
+            .port();
+        tx.send(stand_in)
+            .map_err(|_| "425 The data connection timed out: send PASV or EPSV again")?;
+        Ok(format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff))
+    }
+
+    /// Forgets finished data connections, and the one a new data command replaces.
     pub(super) fn reap(&mut self) {
         while self.data_tasks.try_join_next().is_some() {}
-        // Only the latest PASV/EPSV/PORT/EPRT counts: an earlier passive port not connected
-        // to yet is released now.
+        // Only the latest PASV/EPSV/PORT/EPRT counts: an earlier data connection not used yet
+        // is released now.
         if let Some(t) = self.pending_passive.take() {
             t.cancel();
         }
     }
 
-    /// libunftp opened a passive port on loopback: open the public one and announce it.
-    pub(super) fn open_passive(&mut self, reply: &str, extended: bool) -> String {
-        let upstream_port = if extended {
-            parse_epsv_reply(reply)
-        } else {
-            parse_pasv_reply(reply)
-        };
-        let Some(upstream_port) = upstream_port else {
-            tracing::error!(reply, "ftp: unexpected passive reply from libunftp");
-            return "425 Cannot open a passive data port".into();
-        };
+    /// Opens a passive port and says where.
+    fn open_passive(&mut self, extended: bool) -> String {
         let local_ip = self.local.ip();
         let shown_v4 = match self.shared.opts.public_address {
             Some(IpAddr::V4(a)) => Some(a),
@@ -103,7 +123,6 @@ impl Relay {
         if !extended && shown_v4.is_none() {
             return "425 No IPv4 address to announce: use EPSV".into();
         }
-        self.reap();
         let listener = match bind_passive(local_ip, &self.shared.opts.passive_ports) {
             Ok(l) => l,
             Err(e) => {
@@ -115,20 +134,8 @@ impl Relay {
             Ok(a) => a.port(),
             Err(_) => return "425 Cannot open a passive data port".into(),
         };
-        let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
-        let tls = self.data_tls();
-        let superseded = CancellationToken::new();
-        self.pending_passive = Some(superseded.clone());
-        let abort = data::DataAbort::passive(self.link.clone());
-        self.data_abort = Some(abort.clone());
-        self.data_tasks.spawn(data::passive(
-            listener,
-            self.peer.ip().to_canonical(),
-            upstream,
-            tls,
-            superseded,
-            abort,
-        ));
+        let peer_ip = self.peer.ip().to_canonical();
+        self.new_data(data::ClientSide::Passive { listener, peer_ip });
         match shown_v4 {
             Some(a) if !extended => {
                 let o = a.octets();
@@ -224,23 +231,6 @@ fn parse_eprt(arg: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The port of libunftp's `227 Entering Passive Mode (127,0,0,1,p1,p2)`.
-fn parse_pasv_reply(reply: &str) -> Option<u16> {
-    let inner = reply.split_once('(')?.1.split_once(')')?.0;
-    let n: Vec<u16> = inner
-        .split(',')
-        .map(|x| x.trim().parse::<u16>())
-        .collect::<Result<_, _>>()
-        .ok()?;
-    (n.len() == 6).then(|| n[4] << 8 | n[5])
-}
-
-/// The port of libunftp's `229 Entering Extended Passive Mode (|||p|)`.
-fn parse_epsv_reply(reply: &str) -> Option<u16> {
-    let inner = reply.split_once("(|||")?.1.split_once("|)")?.0;
-    inner.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,13 +252,5 @@ mod tests {
             Some("[::1]:6275".parse().unwrap())
         );
         assert_eq!(parse_eprt("|3|x|1|"), None);
-        assert_eq!(
-            parse_pasv_reply("227 Entering Passive Mode (127,0,0,1,200,10)"),
-            Some(200 * 256 + 10)
-        );
-        assert_eq!(
-            parse_epsv_reply("229 Entering Extended Passive Mode (|||40001|)"),
-            Some(40001)
-        );
     }
 }

@@ -57,11 +57,11 @@ impl Relay {
                 self.say("534 Data connections must be encrypted: send PBSZ 0 and PROT P")
                     .await;
             }
-            "PASV" => return self.forward(b"PASV", Pending::Pasv).await,
+            "PASV" => return self.passive(false).await,
             "EPSV" if arg.trim().eq_ignore_ascii_case("ALL") => {
                 self.say("200 EPSV ALL accepted").await;
             }
-            "EPSV" => return self.forward(b"EPSV", Pending::Epsv).await,
+            "EPSV" => return self.passive(true).await,
             "PORT" | "EPRT" => return self.active(&verb, arg).await,
             "LPRT" | "LPSV" => self.say("502 Use EPSV or EPRT").await,
             "USER" | "PASS" => return self.forward(&line, Pending::Login).await,
@@ -125,14 +125,29 @@ impl Relay {
             "RETR" | "STOR" | "APPE" | "STOU" | "LIST" | "NLST" | "MLSD" => {
                 // A REST offset is for the next transfer command only, whatever its outcome.
                 let rest = self.rest.take().unwrap_or(0);
-                if self.logged_in && self.data_abort.as_ref().is_some_and(|a| !a.usable()) {
-                    // libunftp no longer takes the passive connection (see `data::passive`).
+                if self.logged_in && self.data_next.as_ref().is_some_and(|t| t.is_closed()) {
+                    // The client never connected to its passive port (see `data::serve`).
+                    self.data_next = None;
                     return self
-                        .reply_local("425 The data port timed out: send PASV or EPSV again")
+                        .reply_local("425 The data connection timed out: send PASV or EPSV again")
                         .await;
                 }
                 if let Some(refusal) = self.prepare(&verb, arg, rest).await {
                     return self.reply_local(refusal).await;
+                }
+                if self.logged_in {
+                    // libunftp's data connection, made for this command alone (see `data`).
+                    match self.take_data().await {
+                        Ok(port) => {
+                            if !self.forward(port.as_bytes(), Pending::Hidden).await {
+                                return false;
+                            }
+                        }
+                        Err(refusal) => {
+                            self.link.set_ready(None);
+                            return self.reply_local(refusal).await;
+                        }
+                    }
                 }
                 self.link.new_transfer();
                 self.transfer_verb = verb.clone();

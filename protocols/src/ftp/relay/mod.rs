@@ -5,7 +5,8 @@
 //! - [`lines`]: the command line reader with its length limit, and the lines libunftp's parser
 //!   would refuse by closing the session;
 //! - [`tls`]: `AUTH TLS`, `PBSZ`, `PROT`, and the TLS of each data connection;
-//! - [`address`]: PASV/EPSV/PORT/EPRT, rewritten to libunftp's loopback data ports and checked;
+//! - [`address`]: PASV/EPSV/PORT/EPRT, answered here, and the loopback PORT libunftp gets
+//!   before each transfer command;
 //! - [`commands`]: the commands libunftp lacks or gets wrong (REST, MFMT, OPTS, CWD folding,
 //!   ABOR and QUIT during a transfer), and the transfer commands, which [`super::prepare`]
 //!   decides before libunftp sees them;
@@ -94,9 +95,11 @@ pub(crate) struct Relay {
     /// An ABOR waits this long at most for the transfer's end, then the session is closed.
     abort_deadline: Instant,
     data_tasks: JoinSet<()>,
-    /// Cancels the passive listener still waiting for its client, when a new data command
-    /// replaces it.
+    /// Cancels the data connection not used yet, when a new data command replaces it.
     pending_passive: Option<CancellationToken>,
+    /// Hands the latest data connection libunftp's side, for the transfer command that uses it
+    /// (see [`data`]); `None` once used.
+    data_next: Option<tokio::sync::oneshot::Sender<tokio::net::TcpListener>>,
     deadline: Instant,
     /// Left by the authenticator at login.
     login_slot: SessionSlot,
@@ -142,6 +145,7 @@ impl Relay {
             abort_deadline: Instant::now(),
             data_tasks: JoinSet::new(),
             pending_passive: None,
+            data_next: None,
             deadline,
             login_slot,
             session: None,

@@ -1,7 +1,6 @@
 //! libunftp's replies, passed on to the client in the order of the commands, with what the
 //! relay adds: its own answers queued among them, the transfer's final reply held for ABOR and
-//! QUIT, a listing's 226 only once the client has it all, FEAT completed, and the data port
-//! libunftp announces replaced by the public one.
+//! QUIT, a listing's 226 only once the client has it all, and FEAT completed.
 
 use super::Relay;
 use bucketgate_storage::VPath;
@@ -11,14 +10,13 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(super) enum Pending {
     Other,
-    /// Sent by the relay itself (the REST before a transfer): the reply is not passed on.
+    /// Sent by the relay itself (the PORT and REST before a transfer): the reply is not passed
+    /// on.
     Hidden,
     /// A NOOP standing in for a command the relay answers itself while earlier replies are
     /// still due, so that replies keep the order of the commands: this text replaces its reply.
     Local(String),
     Login,
-    Pasv,
-    Epsv,
     Feat,
     Cwd(VPath),
     /// SIZE or MDTM, prepared (see [`crate::ftp::prepare`]).
@@ -67,7 +65,6 @@ impl Relay {
         if matches!(pending, Pending::Transfer) || self.pending.is_empty() {
             self.transfer_active = false;
         }
-        let text = String::from_utf8_lossy(&line).into_owned();
         let release_quit = matches!(pending, Pending::Transfer) && self.quit_held;
         let ok = match (pending, code) {
             (Pending::Hidden, _) => true,
@@ -104,16 +101,6 @@ impl Relay {
                         .await;
                     true
                 }
-            }
-            (Pending::Pasv, 227) => {
-                let reply = self.open_passive(&text, false);
-                self.say(&reply).await;
-                true
-            }
-            (Pending::Epsv, 229) => {
-                let reply = self.open_passive(&text, true);
-                self.say(&reply).await;
-                true
             }
             (Pending::Feat, 211) => {
                 self.say(" MFMT").await;
