@@ -12,13 +12,14 @@ fi
 # rclone, openssl for test certificates, a JDK (javac) for the Java client programs, and a
 # one-node Ceph with its S3 gateway for scripts/rgw.sh (about 40 s to install), make (jemalloc
 # is built from source by tikv-jemalloc-sys), and the browser of the web console's test
-# (tests/tests/e2e_console.rs): Debian's chromium with its matching chromedriver.
+# (tests/tests/e2e_console.rs): Debian's chromium with its matching chromedriver, and iproute2's
+# ss (a listener's accept queue, tests/tests/e2e_hardening.rs).
 need=()
 for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lftp:lftp \
             curl:curl rclone:rclone openssl:openssl javac:default-jdk-headless \
             java:default-jdk-headless ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw \
             radosgw-admin:radosgw ceph:ceph-common monmaptool:ceph-common make:make \
-            chromium:chromium chromedriver:chromium-driver; do
+            chromium:chromium chromedriver:chromium-driver ss:iproute2; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -79,7 +80,7 @@ if ! python3 -c 'import selenium' >/dev/null 2>&1; then
 fi
 
 for cmd in sftp scp ssh-keygen lftp curl rclone openssl moto_server python3 garage javac java \
-           ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool chromium chromedriver; do
+           ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool chromium chromedriver ss; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "missing after install: $cmd" >&2; exit 1; }
 done
 for file in /usr/share/java/jsch.jar /usr/share/java/commons-net.jar; do

@@ -359,7 +359,11 @@ async fn session(
             let _ = raw.close_session();
         }
         Proto::Ftp | Proto::Ftps => {
-            let conn = ftp_connect(src, target, proto).await;
+            // Bounded like the SFTP login: a connection the server never greets (its handshake
+            // dropped from a full accept queue) would otherwise hold every session at the gate.
+            let conn = tokio::time::timeout(plan.step * 5, ftp_connect(src, target, proto))
+                .await
+                .unwrap_or_else(|_| Err("no greeting or login reply in time".into()));
             gates.logged_in.wait().await;
             match conn {
                 Ok(Ftp::Plain(mut c)) => {

@@ -1094,3 +1094,33 @@ async fn a_reload_closes_removed_users_sessions_and_narrows_open_ones() {
     assert!(r.starts_with("257"), "carol's FTP session was closed: {r}");
     assert!(gw.wait_log("session closed", STEP), "{}", gw.log_text());
 }
+
+/// The accept queue `ss -ltn` shows for a listener (its Send-Q column).
+fn accept_queue(addr: SocketAddr) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("ss (iproute2) is needed: scripts/install-test-tools.sh installs it");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&addr.to_string()))
+        .unwrap_or_else(|| panic!("no listener on {addr} in: {text}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no accept queue in: {line}"))
+}
+
+/// A thousand partners connecting at once are queued by the kernel until the gateway accepts
+/// them: with tokio's default queue of 128, a loaded gateway let the queue overflow, the kernel
+/// dropped the handshakes, and FTP clients (which wait for the server to speak first) hung
+/// forever: 215 of 1,024 in `bench/scale.sh`. Both listeners queue at least 1,024.
+#[test]
+fn listeners_queue_a_thousand_connections() {
+    let site = Site::start("  max_sessions: 2000", "");
+    for (proto, addr) in [("sftp", site.sftp()), ("ftp", site.ftp())] {
+        let q = accept_queue(addr);
+        assert!(q >= 1024, "{proto} listener {addr} queues only {q}");
+    }
+}

@@ -90,10 +90,28 @@ async fn resolve_public_address(a: &str) -> Result<std::net::IpAddr, Exit> {
         .ok_or_else(|| Exit::usage(format!("ftp.public_address: {a:?} has no address")))
 }
 
+/// Connections the kernel completes and queues for a listener before it is accepted (the
+/// kernel caps it at `net.core.somaxconn`). tokio's `TcpListener::bind` queues 128, like the
+/// standard library: with a thousand partners connecting at once, a loaded gateway did not
+/// accept them fast enough, the queue overflowed, and the kernel dropped the handshakes it
+/// could not queue. An SSH client sends first and retries; an FTP client waits for the
+/// greeting and hung forever (215 of 1,024 FTP sessions in `bench/scale.sh`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| Exit::runtime(format!("cannot listen for {what} on {addr}: {e}")))
+    let listen = || {
+        let s = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e: std::io::Error| {
+        Exit::runtime(format!("cannot listen for {what} on {addr}: {e}"))
+    })
 }
 
 /// A reload's problems, one log line each.
