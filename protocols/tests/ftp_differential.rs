@@ -317,6 +317,8 @@ struct Ctl {
     /// that one 426 (seed 3611070871).
     closed: Option<Closed>,
     opened: u64,
+    /// The latest reply read, for the final read-back's errors.
+    last_reply: String,
     /// This step's downloads, listings and uploads connect to the passive port only after
     /// the transfer command's 150 (as some clients do), and not at all when it is refused.
     late: bool,
@@ -341,6 +343,7 @@ impl Ctl {
             late_finals: false,
             closed: None,
             opened: 0,
+            last_reply: String::new(),
             late: false,
         };
         let greeting = c.reply().await?;
@@ -386,11 +389,11 @@ impl Ctl {
             if first.len() < 4 {
                 return Err(format!("malformed reply {all:?}"));
             }
-            if first[3] != b'-' {
-                return Ok(all);
-            }
             // A multi-line reply ends with a line "NNN " of the same code.
-            if all.len() != line.len() && line.starts_with(&format!("{} ", &all[..3])) {
+            if first[3] != b'-'
+                || (all.len() != line.len() && line.starts_with(&format!("{} ", &all[..3])))
+            {
+                self.last_reply = all.trim_end().to_string();
                 return Ok(all);
             }
         }
@@ -851,7 +854,7 @@ async fn proto_tree(c: &mut Ctl, root: &str) -> Result<Tree, String> {
         };
         let text = fetch(c, &format!("MLSD {dir}"))
             .await?
-            .map_err(|code| format!("MLSD {dir}: {code}"))?;
+            .map_err(|code| format!("MLSD {dir}: {code} ({:?})", c.last_reply))?;
         for (name, is_dir, _) in names_of("MLSD", &text)? {
             let path = if rel.is_empty() {
                 name
@@ -864,7 +867,7 @@ async fn proto_tree(c: &mut Ctl, root: &str) -> Result<Tree, String> {
             } else {
                 let b = fetch(c, &format!("RETR {root}/{path}"))
                     .await?
-                    .map_err(|code| format!("RETR {path}: {code}"))?;
+                    .map_err(|code| format!("RETR {path}: {code} ({:?})", c.last_reply))?;
                 t.insert(path, Some(b));
             }
         }
