@@ -23,8 +23,11 @@ for pair in sftp:openssh-client scp:openssh-client ssh-keygen:openssh-client lft
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
-# The Java libraries legacy applications embed: JSch (SFTP) and Apache Commons Net (FTP/FTPS).
-for pair in /usr/share/java/jsch.jar:libjsch-java /usr/share/java/commons-net.jar:libcommons-net-java; do
+# The Java libraries legacy applications embed: JSch (SFTP) and Apache Commons Net (FTP/FTPS);
+# and OpenSSH's sftp-server, the SFTP differential runner's reference (a fresh Debian has the
+# client without it).
+for pair in /usr/share/java/jsch.jar:libjsch-java /usr/share/java/commons-net.jar:libcommons-net-java \
+            /usr/lib/openssh/sftp-server:openssh-sftp-server; do
   file=${pair%%:*}; pkg=${pair#*:}
   [ -e "$file" ] || need+=("$pkg")
 done

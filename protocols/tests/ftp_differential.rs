@@ -302,8 +302,12 @@ fn mutates(op: &Op) -> bool {
 struct Ctl {
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: tokio::net::tcp::OwnedWriteHalf,
-    /// The client's port of the control connection (how the reference names the session).
-    port: u16,
+    /// The reference's name for this session: the number in its greeting (0 on the gateway).
+    /// Not the client's port, which the kernel gives out again: a killed upload's session
+    /// counted as ended on an earlier session's end line from the same port, and the runner
+    /// restored the reference's folder while pyftpdlib still held the upload's file open; its
+    /// write then landed in the restored file (seed 1790212661, a divergence of the harness).
+    session: u64,
     /// The reference's session: pyftpdlib may send a cut transfer's final reply (225, 226,
     /// 426) after the NOOPs of `sync` that were meant to catch it, when it is slow (under load;
     /// seen in a full suite run). A command other than ABOR is never answered with one, so
@@ -334,12 +338,11 @@ impl Ctl {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = s.set_nodelay(true);
-        let local = s.local_addr().map_err(|e| e.to_string())?.port();
         let (r, w) = s.into_split();
         let mut c = Ctl {
             r: BufReader::new(r),
             w,
-            port: local,
+            session: 0,
             late_finals: false,
             closed: None,
             opened: 0,
@@ -347,6 +350,11 @@ impl Ctl {
             late: false,
         };
         let greeting = c.reply().await?;
+        c.session = greeting
+            .trim_end()
+            .rsplit_once(", session ")
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
         for (line, want) in [
             ("", greeting),
             (&format!("USER {USER}") as &str, String::new()),
@@ -416,6 +424,10 @@ impl Ctl {
 
     /// This session as the reference's (see `late_finals` and `closed`).
     fn reference(mut self, closed: &Closed) -> Ctl {
+        assert_ne!(
+            self.session, 0,
+            "the reference's greeting names no session: is tests/ftp_reference.py the current one?"
+        );
         self.late_finals = true;
         self.closed = Some(closed.clone());
         self
@@ -470,7 +482,14 @@ impl Ctl {
             // At most a second: a data connection that pyftpdlib had not yet accepted when
             // the transfer was cut is dropped without a close to report; the count then
             // starts again from what was reported.
-            let count = || closed.lock().unwrap().get(&self.port).copied().unwrap_or(0);
+            let count = || {
+                closed
+                    .lock()
+                    .unwrap()
+                    .get(&self.session)
+                    .copied()
+                    .unwrap_or(0)
+            };
             for _ in 0..200 {
                 if count() >= self.opened {
                     break;
@@ -617,10 +636,10 @@ fn names_of(kind: &str, text: &[u8]) -> Result<Vec<(String, bool, Option<u64>)>,
 
 // ------------------------------------------------------------------------ the two sides
 
-/// Lines the reference printed: which sessions have ended.
-type Gone = Arc<Mutex<HashSet<u16>>>;
+/// Lines the reference printed: which sessions (by the number in their greeting) have ended.
+type Gone = Arc<Mutex<HashSet<u64>>>;
 /// Lines the reference printed: how many data connections each session's server closed.
-type Closed = Arc<Mutex<std::collections::HashMap<u16, u64>>>;
+type Closed = Arc<Mutex<std::collections::HashMap<u64, u64>>>;
 
 struct Reference {
     _dir: tempfile::TempDir,
@@ -682,15 +701,15 @@ impl Reference {
         }
     }
 
-    /// Waits until the session of client port `port` has ended on the reference.
-    async fn await_gone(&self, port: u16) -> Result<(), String> {
+    /// Waits until reference session `session` has ended.
+    async fn await_gone(&self, session: u64) -> Result<(), String> {
         for _ in 0..2000 {
-            if self.gone.lock().unwrap().remove(&port) {
+            if self.gone.lock().unwrap().remove(&session) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Err(format!("the reference never ended session {port}"))
+        Err(format!("the reference never ended session {session}"))
     }
 }
 
@@ -1150,7 +1169,7 @@ impl Names {
 
     /// A client killed mid-STOR, on one side (a session of its own, in the working folder):
     /// the STOR's refusal, or `Cut` once the client is gone.
-    async fn kill_stor(&self, port: u16, path: &str, body: &[u8]) -> Result<(Res, u16), String> {
+    async fn kill_stor(&self, port: u16, path: &str, body: &[u8]) -> Result<(Res, u64), String> {
         let mut c = Ctl::connect(port).await?;
         let r = c.cmd(&format!("CWD {}", self.dir())).await?;
         if code(&r) != 250 {
@@ -1169,8 +1188,7 @@ impl Names {
             .map_err(|e| format!("data: {e}"))?;
         // The kernel of a killed process closes its sockets one after the other.
         drop(data);
-        let port = c.port;
-        Ok((Res::Cut("killed".into()), port))
+        Ok((Res::Cut("killed".into()), c.session))
     }
 }
 
@@ -1186,17 +1204,17 @@ impl Run<'_> {
             return Err(format!("CWD {dir}: {r}"));
         }
         let old = std::mem::replace(&mut self.env.r, fresh);
-        let port = old.port;
+        let session = old.session;
         drop(old);
-        self.env.reference.await_gone(port).await
+        self.env.reference.await_gone(session).await
     }
 
     /// Waits until the gateway has no FTP session but the runner's own and no upload in
-    /// progress, and the reference has ended the session of client port `rport`: a killed
+    /// progress, and the reference has ended its session `rsession`: a killed
     /// client's upload has been committed or given up on both. (libunftp's data task outlives
     /// its session: an upload it began before the session ended is given up a moment later,
     /// seed 2351912389; one it begins after takes no name.)
-    async fn await_ended(&self, rport: u16) -> Result<(), String> {
+    async fn await_ended(&self, rsession: u64) -> Result<(), String> {
         let mut waited = 0;
         while gateway_sessions() > 1.0 || self.env.h.tree.uploads_in_progress() > 0 {
             waited += 1;
@@ -1214,7 +1232,7 @@ impl Run<'_> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.env.reference.await_gone(rport).await
+        self.env.reference.await_gone(rsession).await
     }
 
     /// Runs one step on both sides and judges it. Err: a failure, described.
@@ -1240,12 +1258,12 @@ impl Run<'_> {
                 .kill_stor(self.env.h.addr.port(), path, &body)
                 .await
                 .unwrap_or_else(|e| (Res::Broken(e), 0));
-            let (r, rport) = names
+            let (r, rsession) = names
                 .kill_stor(self.env.reference.port, path, &body)
                 .await
                 .unwrap_or_else(|e| (Res::Broken(e), 0));
-            if rport != 0 {
-                self.await_ended(rport).await?;
+            if rsession != 0 {
+                self.await_ended(rsession).await?;
             }
             (g, r)
         } else {
