@@ -26,8 +26,14 @@ use unftp_core::storage::{
     Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend, FEATURE_RESTART,
 };
 
-/// Bytes read from a file or a data connection at a time.
+/// Bytes read from a file at a time, for a download (counted in the memory budget by the
+/// reader's read-ahead).
 const CHUNK: usize = 256 * 1024;
+/// Bytes gathered from a data connection before they are passed on to the upload's part
+/// buffer. Outside the memory budget, one per upload: 64 KiB keeps a thousand uploads at 64 MiB
+/// (at 256 KiB they held a quarter of a GiB beyond `transfers.memory_limit`), while a chunk still
+/// takes a few socket reads, not one per 8 KiB.
+const UPLOAD_CHUNK: usize = 64 * 1024;
 
 /// The adapter; one per session (libunftp's factory never sees the user, each call does).
 #[derive(Debug)]
@@ -280,7 +286,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
             // A chunk is handed on only once its buffer is full (or at the end): a buffer sent
             // after each short socket read would keep its whole allocation alive for a few KiB,
             // and the next read would allocate another.
-            let mut buf = BytesMut::with_capacity(CHUNK);
+            let mut buf = BytesMut::with_capacity(UPLOAD_CHUNK);
             let read = loop {
                 match input.read_buf(&mut buf).await {
                     Ok(0) => break Ok(true),
