@@ -236,12 +236,19 @@ struct Shadow {
 }
 
 impl Shadow {
-    /// Settles held files against the position `pos` (a relative key, folders with `/`).
-    fn settle(&mut self, pos: &str, out: &mut Vec<Entry>, remote: &str) {
+    /// Settles held files against the position `pos` (a key relative to `prefix`, folders
+    /// with `/`). A hidden file is logged by its whole key: one name can be hidden in several
+    /// folders of one walk.
+    fn settle(&mut self, prefix: &str, pos: &str, out: &mut Vec<Entry>, remote: &str) {
         while let Some(top) = self.held.last() {
             let dir = format!("{}/", top.name);
             if pos.starts_with(&dir) {
-                tracing::warn!(remote, name = %top.name, "a file and a folder share this name; hiding the file");
+                let key = format!("{prefix}{}", top.name);
+                tracing::warn!(
+                    remote,
+                    key,
+                    "a file and a folder share this name; hiding the file"
+                );
                 self.held.pop();
             } else if pos > dir.as_str() {
                 out.push(self.held.pop().expect("checked"));
@@ -534,7 +541,7 @@ fn list_page_entries(st: &mut ListState, page: Page) -> Vec<Entry> {
         if in_probe_folder(rel) || skip_key(&remote, &key, rel) {
             continue;
         }
-        st.shadow.settle(rel, &mut out, &remote);
+        st.shadow.settle(&st.prefix, rel, &mut out, &remote);
         match obj {
             Some(o) => st.shadow.hold(file_entry(rel.to_string(), &o)),
             None => {
@@ -560,7 +567,7 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
         if rel.is_empty() || in_probe_folder(rel) || skip_key(&remote, &o.key, rel) {
             continue;
         }
-        st.shadow.settle(rel, &mut out, &remote);
+        st.shadow.settle(&st.prefix, rel, &mut out, &remote);
         let is_marker = rel.ends_with('/');
         let path = rel.trim_end_matches('/');
         // Keys sharing a prefix are contiguous in key order, so a folder left behind never
