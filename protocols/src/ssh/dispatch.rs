@@ -22,6 +22,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// (OpenSSH keeps 64 × 255 KiB in flight), small enough to bound a flooding client.
 const READ_AHEAD_BYTES: u32 = 32 * 1024 * 1024;
 
+/// The session's own allowance for requests read ahead when the memory budget is used up
+/// (outside the budget; see [`run`]). A request larger than this takes all of it.
+const OWN_BYTES: u32 = 64 * 1024;
+
+/// Replies made and not yet taken by russh's session loop, in bytes, at most (a READ's data
+/// counted before it is read). A larger reply takes all of it. Status replies are a few dozen
+/// bytes: this holds thousands, more than any client keeps requests in flight.
+const REPLY_BACKLOG: u32 = 128 * 1024;
+
 /// Where the bytes of a request read ahead are counted until its handler takes it: in the
 /// process's memory budget, or in the session's own small allowance (see [`run`]); released
 /// when dropped.
@@ -51,21 +60,30 @@ pub(crate) trait DirectIo: Handler {
     ) -> impl Future<Output = Result<Bytes, Self::Error>> + Send;
 }
 
-/// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs.
+/// Serves SFTP requests from `stream` until the client closes it or an I/O error occurs;
+/// replies go back in the order of the requests.
 ///
-/// Reading runs in its own task, ahead of the handler. Were requests read only between
-/// replies, a reply waiting for the client's SSH window would stop the reading; russh's
-/// per-channel queue then fills, its session loop stops reading the socket, and the client's
-/// window adjustment that would unblock the reply is never read: a 1 GiB download hung so.
+/// Three tasks: a reader ahead of the handler, the handler, and a writer behind it. russh's
+/// session loop does both directions of a connection: while it waits to hand incoming data to
+/// a full per-channel queue, it sends nothing and reads no window adjustment. So nothing that
+/// the reader waits for may wait on that loop:
+///
+/// - Were requests read only between replies, a reply waiting for the client's SSH window
+///   would stop the reading, the queue would fill, and the window adjustment that unblocks the
+///   reply would never be read (a 1 GiB download hung so). Hence the reader task.
+/// - Were replies written by the handler itself, a handler waiting for the loop to take a reply
+///   would not take the next request, so the reader, once out of memory, could not read and
+///   the queue would stay full. Hence the writer task: the handler hands it replies up to
+///   [`REPLY_BACKLOG`] bytes, which only a client with thousands of requests in flight, or one
+///   that does not read its replies, fills.
 ///
 /// Memory: the requests read ahead (up to [`READ_AHEAD_BYTES`] per session) are counted in
 /// the process's `budget` (`transfers.memory_limit`) until the handler takes them. When the
-/// budget is used up, a session still reads ahead one request on its own allowance (outside
-/// the budget: one request at a time, whatever its size up to `max_packet_len`), so that it
-/// never waits on memory that only its own progress can free; beyond that, the reader waits
-/// for either. One request rather than `max_packet_len` bytes: a client writing 32 KiB at a
-/// time held eight requests outside the budget, 256 KiB per session (at 1,024 sessions, a
-/// quarter of a GiB above `transfers.memory_limit`).
+/// budget is used up, a session still reads ahead up to [`OWN_BYTES`] on its own allowance
+/// (outside the budget; a larger request takes the whole allowance), so that it never waits on
+/// memory that only its own progress can free, and so that small requests (READs, STATs) keep
+/// flowing; beyond that, the reader waits for either, and russh's small per-channel queue
+/// (`channel_buffer_size`, `server.rs`) then stops the client through TCP.
 pub(crate) async fn run<S, H>(
     stream: S,
     mut handler: H,
@@ -75,9 +93,9 @@ pub(crate) async fn run<S, H>(
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: DirectIo + Send,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, wr) = tokio::io::split(stream);
     let cap = Arc::new(Semaphore::new(READ_AHEAD_BYTES as usize));
-    let own = Arc::new(Semaphore::new(1));
+    let own = Arc::new(Semaphore::new(OWN_BYTES as usize));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         loop {
@@ -99,35 +117,62 @@ pub(crate) async fn run<S, H>(
             }
         }
     });
+    let backlog = Arc::new(Semaphore::new(REPLY_BACKLOG as usize));
+    let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
+    let writer = tokio::spawn(async move {
+        let mut wr = wr;
+        while let Some((bytes, slot)) = wrx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+            // Flushed when nothing else waits: replies made together go out together.
+            if wrx.is_empty() && wr.flush().await.is_err() {
+                return;
+            }
+            drop(slot);
+        }
+        let _ = wr.flush().await;
+    });
+    let slot = |n: usize| {
+        backlog
+            .clone()
+            .acquire_many_owned(n.min(REPLY_BACKLOG as usize) as u32)
+    };
     while let Some((request, capped, held)) = rx.recv().await {
         // From here the request's bytes belong to the handler, which counts what it keeps
         // (part buffers, the reorder window).
         drop(held);
-        let reply = match request {
+        let (bytes, slot) = match request {
             Request::Read {
                 id,
                 handle,
                 offset,
                 len,
-            } => match handler.read_bytes(handle, offset, len).await {
-                Ok(data) => {
-                    drop(capped);
-                    if wr.write_all(&data_reply(id, &data)).await.is_err()
-                        || wr.flush().await.is_err()
-                    {
-                        break;
-                    }
-                    continue;
+            } => {
+                // Room for the data before it is read: a client that does not take its
+                // replies stops its own reads here.
+                let Ok(slot) = slot(13 + len as usize).await else {
+                    break;
+                };
+                match handler.read_bytes(handle, offset, len).await {
+                    Ok(data) => (data_reply(id, &data), slot),
+                    Err(e) => match encode(reply_of(id, Err(e))) {
+                        Some(b) => (b, slot),
+                        None => break,
+                    },
                 }
-                Err(e) => reply_of(id, Err(e)),
-            },
+            }
             Request::Packet(p) => {
                 tracing::trace!(request = ?p, "sftp request");
                 let reply = process(p, &mut handler).await;
                 if let Packet::Status(s) = &reply {
                     tracing::trace!(code = ?s.status_code, message = %s.error_message, "sftp reply");
                 }
-                reply
+                let Some(b) = encode(reply) else { break };
+                let Ok(slot) = slot(b.len()).await else {
+                    break;
+                };
+                (b, slot)
             }
             Request::Write {
                 id,
@@ -136,29 +181,59 @@ pub(crate) async fn run<S, H>(
                 data,
             } => {
                 let r = handler.write_bytes(id, handle, offset, data).await;
-                reply_of(id, r.map(Into::into))
+                let Some(b) = encode(reply_of(id, r.map(Into::into))) else {
+                    break;
+                };
+                let Ok(slot) = slot(b.len()).await else {
+                    break;
+                };
+                (b, slot)
             }
-            Request::Refused(id, why) => Packet::status(id, StatusCode::Failure, why, "en-US"),
-            Request::Malformed(id) => Packet::error(id, StatusCode::BadMessage),
+            Request::Refused(id, why) => {
+                let Some(b) = encode(Packet::status(id, StatusCode::Failure, why, "en-US")) else {
+                    break;
+                };
+                let Ok(slot) = slot(b.len()).await else {
+                    break;
+                };
+                (b, slot)
+            }
+            Request::Malformed(id) => {
+                let Some(b) = encode(Packet::error(id, StatusCode::BadMessage)) else {
+                    break;
+                };
+                let Ok(slot) = slot(b.len()).await else {
+                    break;
+                };
+                (b, slot)
+            }
         };
         drop(capped);
-        let bytes = match Bytes::try_from(reply) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode an SFTP reply");
-                break;
-            }
-        };
-        if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+        if wtx.send((bytes, slot)).is_err() {
             break;
         }
     }
     reader.abort();
+    // What was answered still goes out before the channel ends.
+    drop(wtx);
+    let _ = writer.await;
     tracing::debug!("sftp stream ended");
 }
 
+/// A reply packet's bytes; `None` (logged) when it cannot be encoded.
+fn encode(reply: Packet) -> Option<Bytes> {
+    match Bytes::try_from(reply) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode an SFTP reply");
+            None
+        }
+    }
+}
+
 /// Counts `size` bytes read ahead: in the budget when it has them free, else in the session's
-/// own allowance (one request) when that is free, else whichever frees first. `None`: closed.
+/// own allowance when that has them (a request larger than the allowance takes all of it),
+/// else whichever frees first. `None`: closed.
 async fn hold(budget: Option<&MemoryBudget>, own: &Arc<Semaphore>, size: u32) -> Option<Held> {
     let in_budget = |p| Held {
         _budget: Some(p),
@@ -174,15 +249,16 @@ async fn hold(budget: Option<&MemoryBudget>, own: &Arc<Semaphore>, size: u32) ->
     if let Some(p) = budget.try_acquire(u64::from(size)) {
         return Some(in_budget(p));
     }
-    if let Ok(p) = own.clone().try_acquire_owned() {
+    let mine = size.clamp(1, OWN_BYTES);
+    if let Ok(p) = own.clone().try_acquire_many_owned(mine) {
         return Some(in_own(p));
     }
     if !budget.can_hold(u64::from(size)) {
-        return own.clone().acquire_owned().await.ok().map(in_own);
+        return own.clone().acquire_many_owned(mine).await.ok().map(in_own);
     }
     tokio::select! {
         p = budget.acquire(u64::from(size)) => p.ok().map(in_budget),
-        p = own.clone().acquire_owned() => p.ok().map(in_own),
+        p = own.clone().acquire_many_owned(mine) => p.ok().map(in_own),
     }
 }
 
@@ -457,5 +533,167 @@ mod tests {
         framed.append(&mut b);
         let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
         assert!(matches!(r, Request::Malformed(7)));
+    }
+
+    /// russh's session loop as the SFTP loop sees it: incoming messages wait in a queue of a
+    /// few, and while that queue is full no reply goes out (the loop is busy handing over the
+    /// next message).
+    struct SessionLoop {
+        incoming: tokio::sync::mpsc::Receiver<Bytes>,
+        room: tokio_util::sync::PollSender<Bytes>,
+        reading: Option<Bytes>,
+        out: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    }
+
+    impl AsyncRead for SessionLoop {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            use std::task::Poll;
+            let this = &mut *self;
+            if this.reading.as_ref().is_none_or(|b| b.is_empty()) {
+                match this.incoming.poll_recv(cx) {
+                    Poll::Ready(Some(b)) => this.reading = Some(b),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let b = this.reading.as_mut().expect("just filled");
+            let n = b.len().min(buf.remaining());
+            buf.put_slice(&b.split_to(n));
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for SessionLoop {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            // Sent only when the incoming queue has room: a reservation, given back at once.
+            std::task::ready!(self.room.poll_reserve(cx))
+                .map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+            self.room.abort_send();
+            let _ = self.out.send(Bytes::copy_from_slice(buf));
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Takes every write, answers every read with `len` bytes.
+    struct Sink;
+
+    impl Handler for Sink {
+        type Error = StatusCode;
+        fn unimplemented(&self) -> StatusCode {
+            StatusCode::OpUnsupported
+        }
+    }
+
+    impl DirectIo for Sink {
+        async fn write_bytes(
+            &mut self,
+            id: u32,
+            _: String,
+            _: u64,
+            _: Bytes,
+        ) -> Result<Status, StatusCode> {
+            Ok(Status {
+                id,
+                status_code: StatusCode::Ok,
+                error_message: "Ok".into(),
+                language_tag: "en-US".into(),
+            })
+        }
+
+        async fn read_bytes(&mut self, _: String, _: u64, len: u32) -> Result<Bytes, StatusCode> {
+            Ok(Bytes::from(vec![7u8; len as usize]))
+        }
+    }
+
+    /// With the memory budget used up by others, a client with many requests in flight (each
+    /// in its own message) gets every reply, in order, through a session loop whose queue holds
+    /// four messages. Before the writer task, the handler waited on the loop to take a reply,
+    /// the reader on the handler to take the request holding the session's own allowance, and
+    /// the loop on the reader: no reply came after the queue first filled.
+    #[tokio::test]
+    async fn a_full_budget_and_a_full_session_queue_do_not_stop_a_pipelining_client() {
+        let budget = MemoryBudget::shared(1 << 20);
+        let _others = budget.try_acquire(1 << 20).expect("all of it");
+        let (feed, incoming) = tokio::sync::mpsc::channel(4);
+        let (out, mut replies) = tokio::sync::mpsc::unbounded_channel();
+        let session = SessionLoop {
+            incoming,
+            room: tokio_util::sync::PollSender::new(feed.clone()),
+            reading: None,
+            out,
+        };
+        let serving = tokio::spawn(run(session, Sink, 1 << 20, Some(budget.clone())));
+        // 500 requests: writes of 1 KiB and reads of 16 KiB, alternating.
+        const N: u32 = 500;
+        let client = tokio::spawn(async move {
+            for i in 0..N {
+                let msg = if i % 2 == 0 {
+                    let mut p = write_packet(b"h", u64::from(i) * 1024, &[1u8; 1024]);
+                    p[5..9].copy_from_slice(&i.to_be_bytes());
+                    p
+                } else {
+                    let mut b = vec![SSH_FXP_READ];
+                    b.extend(i.to_be_bytes());
+                    b.extend(1u32.to_be_bytes());
+                    b.extend(b"h");
+                    b.extend(0u64.to_be_bytes());
+                    b.extend(16384u32.to_be_bytes());
+                    let mut framed = (b.len() as u32).to_be_bytes().to_vec();
+                    framed.extend(b);
+                    framed
+                };
+                if feed.send(Bytes::from(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut got = BytesMut::new();
+        let mut ids = Vec::new();
+        let all = async {
+            while ids.len() < N as usize {
+                let Some(b) = replies.recv().await else { break };
+                got.extend_from_slice(&b);
+                while got.len() >= 9 {
+                    let len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
+                    if got.len() < 4 + len {
+                        break;
+                    }
+                    let p = got.split_to(4 + len);
+                    let id = u32::from_be_bytes(p[5..9].try_into().unwrap());
+                    let want = if id % 2 == 0 { 101 } else { SSH_FXP_DATA };
+                    assert_eq!(p[4], want, "reply to request {id}");
+                    ids.push(id);
+                }
+            }
+        };
+        // A generous bound: this is a hang detector, not a timing.
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {N} replies", ids.len()));
+        assert_eq!(ids, (0..N).collect::<Vec<_>>());
+        client.await.unwrap();
+        serving.abort();
     }
 }

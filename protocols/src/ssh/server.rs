@@ -29,6 +29,10 @@ const AUTH_REJECTION_TIME: Duration = Duration::from_millis(200);
 /// of 32 KiB (or of the larger sizes limits@openssh.com allows) in flight.
 const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 
+/// Messages of incoming channel data queued for a channel's reader (russh's
+/// `channel_buffer_size`); see `ssh_config`.
+const CHANNEL_QUEUE: usize = 4;
+
 /// Everything a connection task needs.
 pub(crate) struct Ctx {
     shared: Arc<Shared>,
@@ -97,6 +101,11 @@ fn ssh_config(opts: &SftpOptions, keys: Vec<PrivateKey>) -> Config {
         window_size: WINDOW_SIZE,
         // The largest SSH packet russh accepts to send; a 32 KiB SFTP write plus header spans two.
         maximum_packet_size: 32768,
+        // Incoming channel data russh holds for our reader (messages of up to 32 KiB; the
+        // default is 100). A session that cannot read ahead for lack of memory stops its client
+        // through TCP after these: the SFTP loop never waits on russh's loop while it does
+        // (`dispatch::run`).
+        channel_buffer_size: CHANNEL_QUEUE,
         preferred,
         max_auth_attempts: 6,
         inactivity_timeout: Some(opts.idle_timeout),
