@@ -33,7 +33,7 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -46,10 +46,13 @@ pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a data connection the client has made (or the relay made to the client's PORT
 /// address) is kept for a transfer command (libunftp keeps an active connection as long).
 const HOLD_TIMEOUT: Duration = Duration::from_secs(300);
-/// Buffer of each direction of a data connection's splice. Both are outside the memory budget,
+/// Largest buffer of each direction of a data connection's splice, outside the memory budget
 /// for every data connection: at 256 KiB, 1,024 sessions held half a GiB in them beyond
 /// `transfers.memory_limit`. 64 KiB still moves a GiB in 16,384 rounds (see [`splice`]).
 const RELAY_BUF: usize = 64 * 1024;
+/// First buffer of each direction: the direction that carries no transfer (the client's side
+/// of a download, libunftp's of an upload) never needs more.
+const RELAY_BUF_FIRST: usize = 4 * 1024;
 
 /// libunftp is never sent PASV or EPSV (see above); should one reach it anyway, it binds its
 /// port on loopback, where only the relay can connect.
@@ -324,6 +327,31 @@ async fn secure_splice(
     }
 }
 
+/// Copies `r` to `w` until `r` ends, through a buffer that starts at [`RELAY_BUF_FIRST`] and
+/// doubles, up to [`RELAY_BUF`], each time a read fills it. Large buffers for the transfer:
+/// tokio's default 8 KiB means a wake-up and two syscalls per 8 KiB on each side, which on a
+/// loaded machine costs more than the copy itself (1 GiB = 131,072 rounds). A small one for the
+/// other direction, which carries nothing (1,024 sessions: 60 MiB less outside the budget).
+async fn copy_growing<R, W>(r: &mut R, w: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; RELAY_BUF_FIRST];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        if n == buf.len() && buf.len() < RELAY_BUF {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
 /// Copies both ways until both sides are done.
 ///
 /// The loopback side is closed with a reset (linger 0) unless both directions ended cleanly:
@@ -342,18 +370,14 @@ async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
 ) -> bool {
     let _ = upstream.set_zero_linger();
     let _ = upstream.set_nodelay(true);
-    let (client_r, mut client_w) = tokio::io::split(client);
-    let (up_r, mut up_w) = upstream.split();
-    // Large buffers: tokio's default 8 KiB means a wake-up and two syscalls per 8 KiB on each
-    // side, which on a loaded machine costs more than the copy itself (1 GiB = 131,072 rounds).
-    let mut client_r = tokio::io::BufReader::with_capacity(RELAY_BUF, client_r);
-    let mut up_r = tokio::io::BufReader::with_capacity(RELAY_BUF, up_r);
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut up_r, mut up_w) = upstream.split();
     let to_libunftp = async {
-        tokio::io::copy_buf(&mut client_r, &mut up_w).await?;
+        copy_growing(&mut client_r, &mut up_w).await?;
         up_w.shutdown().await
     };
     let to_client = async {
-        tokio::io::copy_buf(&mut up_r, &mut client_w).await?;
+        copy_growing(&mut up_r, &mut client_w).await?;
         client_w.shutdown().await?;
         sent.cancel();
         Ok::<_, io::Error>(())

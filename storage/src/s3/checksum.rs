@@ -121,7 +121,8 @@ pub(crate) async fn of_body(mode: Checksum, body: &Body) -> Result<Option<Digest
             let (f, len) = (f.clone(), *len);
             let d = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
                 use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; 256 * 1024];
+                // Small: many parts may be hashed at once, outside the memory budget (spooled).
+                let mut buf = vec![0u8; 64 * 1024];
                 let mut at = 0u64;
                 while at < len {
                     let want = ((len - at) as usize).min(buf.len());

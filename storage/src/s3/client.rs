@@ -8,11 +8,9 @@ use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
-use std::io::SeekFrom;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The chunks of a [`Body::Stream`]; an `Err` aborts the request (the server then sees a body
@@ -147,6 +145,53 @@ pub(crate) struct Client {
 
 /// How long an idle S3 connection stays in the pool for the next request.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A spooled part is sent in chunks of this size, at most [`SPOOL_CHUNKS_IN_FLIGHT`] of them read
+/// and not yet written to the socket. The part went to disk because the memory budget had no
+/// room for it, so what its sending holds is outside the budget: with 256 KiB read through
+/// tokio's file buffer and hyper queueing up to ~400 KiB of body per connection, 1,024 sessions
+/// held about half a GiB beyond `transfers.memory_limit` while their spooled parts went out.
+const SPOOL_CHUNK: usize = 64 * 1024;
+const SPOOL_CHUNKS_IN_FLIGHT: usize = 2;
+
+/// A chunk of a spooled part; its slot among the chunks in flight is free again when hyper
+/// drops it, once written.
+struct SpoolChunk {
+    data: Vec<u8>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for SpoolChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// The body of a spooled part: its `len` bytes read from the start of `f` (positioned reads,
+/// so that a retry or the checksum reading the same file never moves another's position).
+fn spooled_body(f: Arc<std::fs::File>, len: u64) -> reqwest::Body {
+    let slots = Arc::new(Semaphore::new(SPOOL_CHUNKS_IN_FLIGHT));
+    let chunks = futures::stream::try_unfold(0u64, move |at| {
+        let (f, slots) = (f.clone(), slots.clone());
+        async move {
+            if at >= len {
+                return Ok(None);
+            }
+            let slot = slots.acquire_owned().await.map_err(std::io::Error::other)?;
+            let want = (len - at).min(SPOOL_CHUNK as u64) as usize;
+            let data = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut data = vec![0u8; want];
+                f.read_exact_at(&mut data, at).map(|()| data)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            let chunk = Bytes::from_owner(SpoolChunk { data, _slot: slot });
+            Ok::<_, std::io::Error>(Some((chunk, at + want as u64)))
+        }
+    });
+    reqwest::Body::wrap_stream(chunks)
+}
 
 /// Builds the per-remote HTTP client: source address, private CA, timeouts, no proxy and no
 /// redirects (a redirected S3 request would need signing again, and names a region we handle).
@@ -358,14 +403,9 @@ impl Client {
                 }
             }
             Body::Bytes(b) => rb.body(b.clone()),
-            Body::File(f, len) => {
-                let mut file = tokio::fs::File::from_std(f.try_clone()?);
-                file.seek(SeekFrom::Start(0)).await?;
-                let stream =
-                    tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 * 1024);
-                rb.header("content-length", len.to_string())
-                    .body(reqwest::Body::wrap_stream(stream))
-            }
+            Body::File(f, len) => rb
+                .header("content-length", len.to_string())
+                .body(spooled_body(f.clone(), *len)),
             Body::Stream(chunks, len) => {
                 let rx = chunks.lock().expect("body lock").take().ok_or_else(|| {
                     Error::new(ErrorKind::Backend, "a streamed body cannot be sent twice")
