@@ -3,6 +3,10 @@
 //! twenty. Run one module with a filter: `cargo test -p bucketgate-storage --test integration
 //! s3_ops::`. What the crates' tests share (S3 servers, the fault proxy) is in `testkit/`.
 
+// Counts live heap bytes, for the tests that assert on what uploads hold (s3_memory).
+#[global_allocator]
+static HEAP: bucketgate_testkit::heap::Counting = bucketgate_testkit::heap::Counting;
+
 // Helpers shared by the modules below.
 mod sync_common;
 

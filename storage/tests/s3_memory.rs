@@ -211,6 +211,84 @@ async fn a_budget_too_tight_to_grow_spools_instead_of_deadlocking() {
     }
 }
 
+/// Issue 22 item 3: a part that moves to disk when it cannot grow keeps no copy of itself in
+/// memory. Through tokio's file, the move copied the part (here 512 KiB) into that file's own
+/// buffer, which kept its size until the part was sent: 1,024 sessions held half a GiB beyond
+/// the budget so. Counted on the heap of a process of its own (`heap::Counting`).
+#[tokio::test]
+async fn a_part_moved_to_disk_keeps_no_copy_in_memory() {
+    if !bucketgate_testkit::alone(
+        module_path!(),
+        "a_part_moved_to_disk_keeps_no_copy_in_memory",
+    ) {
+        return;
+    }
+    const N: usize = 16;
+    const HELD: usize = 512 * KIB as usize;
+    let srv = s3s_server(None).await;
+    // Room for every upload's buffer to grow to 512 KiB, and not to 1 MiB: each part moves to
+    // disk on its next write.
+    let budget = MemoryBudget::shared((N * HELD) as u64);
+    let b = backend(&srv, &budget);
+    let mut ups = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..N {
+        let key = srv.key(&format!("moved/{i}"));
+        ups.push(b.create(&key, CreateOptions::default()).await.unwrap());
+        sent.push((key, data(HELD + 64 * KIB as usize, 300 + i as u64)));
+    }
+    let chunk = 32 * KIB as usize;
+    for off in (0..HELD).step_by(chunk) {
+        for (up, (_, bytes)) in ups.iter_mut().zip(&sent) {
+            up.write(Bytes::copy_from_slice(&bytes[off..off + chunk]))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        budget.in_use(),
+        (N * HELD) as u64,
+        "every part grew in memory"
+    );
+    let before = bucketgate_testkit::heap::in_use();
+    // The next write moves each part to disk, the ones after it go there too. What a moved
+    // part gives back is taken at once (as other sessions would), so that no later part grows
+    // in memory instead.
+    let mut others = Vec::new();
+    for off in (HELD..HELD + 64 * KIB as usize).step_by(chunk) {
+        for (up, (_, bytes)) in ups.iter_mut().zip(&sent) {
+            up.write(Bytes::copy_from_slice(&bytes[off..off + chunk]))
+                .await
+                .unwrap();
+            if let Some(p) = budget.try_acquire(budget.available()) {
+                others.push(p);
+            }
+        }
+    }
+    let taken: u64 = others.iter().map(|p| p.bytes()).sum();
+    assert_eq!(taken, (N * HELD) as u64, "every part moved to disk");
+    let after = bucketgate_testkit::heap::in_use();
+    println!(
+        "heap with {N} parts of 512 KiB in memory: {} KiB; once on disk: {} KiB",
+        before / 1024,
+        after / 1024
+    );
+    // The parts' own buffers (N × 512 KiB) are gone; nothing of that size took their place.
+    assert!(
+        after + N * HELD / 2 < before,
+        "the parts moved to disk still hold memory: {} KiB before, {} KiB after",
+        before / 1024,
+        after / 1024
+    );
+    drop(others);
+    for up in ups {
+        up.finish().await.unwrap();
+    }
+    for (key, bytes) in &sent {
+        assert_eq!(&get(&b, key).await, bytes, "{key}");
+    }
+}
+
 /// Issue 13.9(a) / 22.2: the spool folder `<state_dir>/spool` did not exist, so the first part
 /// that had to spill failed the upload with "no such file". It is created when missing.
 #[tokio::test]

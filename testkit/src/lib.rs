@@ -12,6 +12,7 @@
 pub mod creds;
 pub mod ftp;
 pub mod gateway_config;
+pub mod heap;
 pub mod http_proxy;
 pub mod latency;
 pub mod load;

@@ -6,6 +6,7 @@
 use super::super::{Inner, SPOOL_BROKEN, SPOOL_OK};
 use crate::error::{Error, ErrorKind, Result};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Whether parts can be spooled now, as far as the last attempt knows (the first asks the
 /// disk).
@@ -21,7 +22,7 @@ pub(super) async fn spool_usable(inner: &Inner) -> bool {
 /// (at start, and again here should someone remove it meanwhile). The file has no name: it is
 /// gone with its last handle, even after a crash. When spooling starts failing, one line says
 /// why; the callers then wait for memory instead.
-pub(super) async fn spool_file(inner: &Inner) -> Result<tokio::fs::File> {
+pub(super) async fn spool_file(inner: &Inner) -> Result<Arc<std::fs::File>> {
     let dir = inner.opts.spool_dir.clone();
     let shown = dir.clone();
     let r = tokio::task::spawn_blocking(move || match dir {
@@ -42,7 +43,7 @@ pub(super) async fn spool_file(inner: &Inner) -> Result<tokio::fs::File> {
             if inner.spool.swap(SPOOL_OK, Ordering::Relaxed) == SPOOL_BROKEN {
                 tracing::info!(remote = %inner.opts.name, "upload parts can be spooled to disk again");
             }
-            Ok(tokio::fs::File::from_std(f))
+            Ok(Arc::new(f))
         }
         Err(e) => {
             if inner.spool.swap(SPOOL_BROKEN, Ordering::Relaxed) != SPOOL_BROKEN {
