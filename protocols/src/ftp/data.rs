@@ -386,7 +386,8 @@ async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     match tokio::try_join!(to_libunftp, to_client) {
         Ok(_) => true,
         Err(e) => {
-            tracing::debug!(error = %e, "ftp: data connection ended with an error");
+            // One line: a transfer on this connection fails for it (a killed client's too).
+            tracing::info!(error = %e, "ftp: data connection ended with an error");
             false
         }
     }

@@ -184,13 +184,11 @@ impl ControlLink {
     }
 
     /// Whether an upload whose data has just ended may commit: not aborted, and the client's
-    /// control connection still open after [`SETTLE`].
-    pub(crate) async fn may_commit(&self) -> bool {
-        if !self.alive() {
-            return false;
-        }
+    /// control connection still open after [`SETTLE`]. `Err` says why not, for the log.
+    pub(crate) async fn may_commit(&self) -> Result<(), &'static str> {
+        self.alive()?;
         tokio::select! {
-            _ = self.closed.cancelled() => false,
+            _ = self.closed.cancelled() => Err("the session ended"),
             _ = tokio::time::sleep(SETTLE) => self.alive(),
         }
     }
@@ -199,27 +197,30 @@ impl ControlLink {
     /// neither closed by the relay nor ended
     /// by the client (a FIN or a reset already received counts, even before the relay has read
     /// it).
-    fn alive(&self) -> bool {
-        if self.aborted.load(Ordering::SeqCst)
-            || self.data_broken.load(Ordering::SeqCst)
-            || self.closed.is_cancelled()
-        {
-            return false;
+    fn alive(&self) -> Result<(), &'static str> {
+        if self.aborted.load(Ordering::SeqCst) {
+            return Err("ABOR");
+        }
+        if self.data_broken.load(Ordering::SeqCst) {
+            return Err("its data connection broke");
+        }
+        if self.closed.is_cancelled() {
+            return Err("the session ended");
         }
         let guard = self.socket.lock().expect("lock");
         let Some(fd) = guard.as_ref() else {
-            return true;
+            return Ok(());
         };
         // The socket is non-blocking (tokio's): a peek answers at once. Data waiting means the
         // client is still talking; nothing waiting means it is still there; end of stream or
         // an error means it is gone.
         let mut byte = [MaybeUninit::<u8>::uninit()];
         match socket2::SockRef::from(fd).peek(&mut byte) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
-            Err(_) => false,
+            Ok(0) => Err("the client closed its control connection"),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(_) => Err("the control connection failed"),
         }
     }
 }

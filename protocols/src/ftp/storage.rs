@@ -321,8 +321,8 @@ impl StorageBackend<FtpUser> for FtpStorage {
         // The data connection ended cleanly, but a client killed mid-transfer ends it the same
         // way, and so does one that sent ABOR: commit only for a client that is still there
         // and did not abort (see `link`).
-        if !user.link.may_commit().await {
-            tracing::info!(user = %user, path = %p, "ftp: upload aborted or its client gone, nothing stored");
+        if let Err(why) = user.link.may_commit().await {
+            tracing::info!(user = %user, path = %p, why, "ftp: upload not committed, nothing stored");
             writer.abort().await;
             return Err(Error::new(
                 ErrorKind::ConnectionClosed,

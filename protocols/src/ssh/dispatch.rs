@@ -24,7 +24,7 @@ const READ_AHEAD_BYTES: u32 = 32 * 1024 * 1024;
 
 /// The session's own allowance for requests read ahead when the memory budget is used up
 /// (outside the budget; see [`run`]). A request larger than this takes all of it.
-const OWN_BYTES: u32 = 64 * 1024;
+const OWN_BYTES: u32 = 32 * 1024;
 
 /// Replies made and not yet taken by russh's session loop, in bytes, at most (a READ's data
 /// counted before it is read). A larger reply takes all of it. Status replies are a few dozen
@@ -629,14 +629,15 @@ mod tests {
 
     /// With the memory budget used up by others, a client with many requests in flight (each
     /// in its own message) gets every reply, in order, through a session loop whose queue holds
-    /// four messages. Before the writer task, the handler waited on the loop to take a reply,
-    /// the reader on the handler to take the request holding the session's own allowance, and
-    /// the loop on the reader: no reply came after the queue first filled.
+    /// two messages (as `CHANNEL_QUEUE`). Before the writer task, the handler waited on the
+    /// loop to take a reply, the reader on the handler to take the request holding the
+    /// session's own allowance, and the loop on the reader: no reply came after the queue
+    /// first filled.
     #[tokio::test]
     async fn a_full_budget_and_a_full_session_queue_do_not_stop_a_pipelining_client() {
         let budget = MemoryBudget::shared(1 << 20);
         let _others = budget.try_acquire(1 << 20).expect("all of it");
-        let (feed, incoming) = tokio::sync::mpsc::channel(4);
+        let (feed, incoming) = tokio::sync::mpsc::channel(2);
         let (out, mut replies) = tokio::sync::mpsc::unbounded_channel();
         let session = SessionLoop {
             incoming,

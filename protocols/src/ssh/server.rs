@@ -31,7 +31,7 @@ const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 
 /// Messages of incoming channel data queued for a channel's reader (russh's
 /// `channel_buffer_size`); see `ssh_config`.
-const CHANNEL_QUEUE: usize = 4;
+const CHANNEL_QUEUE: usize = 2;
 
 /// Everything a connection task needs.
 pub(crate) struct Ctx {
