@@ -142,7 +142,8 @@ pub(crate) async fn run<S, H>(
         // From here the request's bytes belong to the handler, which counts what it keeps
         // (part buffers, the reorder window).
         drop(held);
-        let (bytes, slot) = match request {
+        // A READ's reply (its room taken before the data is read), or a packet to encode.
+        let reply = match request {
             Request::Read {
                 id,
                 handle,
@@ -155,9 +156,9 @@ pub(crate) async fn run<S, H>(
                     break;
                 };
                 match handler.read_bytes(handle, offset, len).await {
-                    Ok(data) => (data_reply(id, &data), slot),
+                    Ok(data) => Reply::Made(data_reply(id, &data), slot),
                     Err(e) => match encode(reply_of(id, Err(e))) {
-                        Some(b) => (b, slot),
+                        Some(b) => Reply::Made(b, slot),
                         None => break,
                     },
                 }
@@ -168,11 +169,7 @@ pub(crate) async fn run<S, H>(
                 if let Packet::Status(s) = &reply {
                     tracing::trace!(code = ?s.status_code, message = %s.error_message, "sftp reply");
                 }
-                let Some(b) = encode(reply) else { break };
-                let Ok(slot) = slot(b.len()).await else {
-                    break;
-                };
-                (b, slot)
+                Reply::Packet(reply)
             }
             Request::Write {
                 id,
@@ -181,27 +178,17 @@ pub(crate) async fn run<S, H>(
                 data,
             } => {
                 let r = handler.write_bytes(id, handle, offset, data).await;
-                let Some(b) = encode(reply_of(id, r.map(Into::into))) else {
-                    break;
-                };
-                let Ok(slot) = slot(b.len()).await else {
-                    break;
-                };
-                (b, slot)
+                Reply::Packet(reply_of(id, r.map(Into::into)))
             }
             Request::Refused(id, why) => {
-                let Some(b) = encode(Packet::status(id, StatusCode::Failure, why, "en-US")) else {
-                    break;
-                };
-                let Ok(slot) = slot(b.len()).await else {
-                    break;
-                };
-                (b, slot)
+                Reply::Packet(Packet::status(id, StatusCode::Failure, why, "en-US"))
             }
-            Request::Malformed(id) => {
-                let Some(b) = encode(Packet::error(id, StatusCode::BadMessage)) else {
-                    break;
-                };
+            Request::Malformed(id) => Reply::Packet(Packet::error(id, StatusCode::BadMessage)),
+        };
+        let (bytes, slot) = match reply {
+            Reply::Made(b, slot) => (b, slot),
+            Reply::Packet(packet) => {
+                let Some(b) = encode(packet) else { break };
                 let Ok(slot) = slot(b.len()).await else {
                     break;
                 };
@@ -218,6 +205,13 @@ pub(crate) async fn run<S, H>(
     drop(wtx);
     let _ = writer.await;
     tracing::debug!("sftp stream ended");
+}
+
+/// What the handler made of a request: a READ's reply with the room it took before its data
+/// was read, or a packet still to encode (its room is taken then).
+enum Reply {
+    Made(Bytes, OwnedSemaphorePermit),
+    Packet(Packet),
 }
 
 /// A reply packet's bytes; `None` (logged) when it cannot be encoded.
