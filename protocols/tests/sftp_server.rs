@@ -192,3 +192,47 @@ async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
     assert_eq!(kind, 105); // ATTRS
     assert_eq!(&b[..4], &8u32.to_be_bytes());
 }
+
+/// Whatever a client sends on a session channel before asking for the subsystem (OpenSSH's
+/// `SendEnv LANG LC_*` sends one env request per variable set; others ask for a pty, resize it,
+/// signal, or send data early), the SFTP session then starts and answers. russh queued each
+/// of these for the channel and waited while its queue (two messages) was full; nothing read
+/// that queue before the subsystem started, so the third request hung the connection (lftp's
+/// SFTP sessions hung for good in CI, whose shell set LANG and LC_ALL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_the_subsystem_do_not_stop_the_session() {
+    let h = Harness::start().await;
+    let mut c = h.connect().await;
+    assert!(c
+        .authenticate_password("alice", ALICE_PW)
+        .await
+        .unwrap()
+        .success());
+    let ch = c.channel_open_session().await.unwrap();
+    for (k, v) in [
+        ("LANG", "C.UTF-8"),
+        ("LC_ALL", "C.UTF-8"),
+        ("LC_CTYPE", "C.UTF-8"),
+        ("LC_MESSAGES", "C"),
+        ("LC_TIME", "C"),
+        ("LC_NUMERIC", "C"),
+    ] {
+        ch.set_env(true, k, v).await.unwrap();
+    }
+    ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    ch.window_change(100, 40, 0, 0).await.unwrap();
+    ch.signal(russh::Sig::INT).await.unwrap();
+    ch.data(&b"early bytes nobody reads"[..]).await.unwrap();
+    ch.set_env(false, "TZ", "UTC").await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let raw = russh_sftp::client::RawSftpSession::new(ch.into_stream());
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        raw.init().await.unwrap();
+        raw.stat("/").await.unwrap()
+    })
+    .await
+    .expect("the session never answered after the channel's early requests");
+    assert!(answered.attrs.is_dir());
+}

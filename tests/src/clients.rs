@@ -27,6 +27,9 @@ pub fn ssh_opts() -> Vec<String> {
         "UserKnownHostsFile=/dev/null",
         "LogLevel=ERROR",
         "ConnectTimeout=20",
+        // Env requests before the subsystem or command, as `SendEnv LANG LC_*` sends them
+        // wherever those are set: more than russh's per-channel queue holds.
+        "SetEnv=LANG=C.UTF-8 LC_ALL=C.UTF-8 LC_CTYPE=C.UTF-8 LC_MESSAGES=C",
     ]
     .iter()
     .flat_map(|o| ["-o".to_string(), o.to_string()])

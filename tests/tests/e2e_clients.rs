@@ -226,8 +226,14 @@ fn lftp_as_an_sftp_client() {
          mirror -R tree acme/l/tree; cls -1 acme/l; bye",
         port = sftp.port()
     );
+    // A locale as CI's shell sets it: ssh sends each variable (Debian's `SendEnv LANG LC_*`)
+    // as a request before the subsystem, and more of them than russh's channel queue holds
+    // once hung every session.
     let out = Command::new("lftp")
         .args(["-c", &script])
+        .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .env("LC_CTYPE", "C.UTF-8")
         .current_dir(dir.path())
         .output()
         .unwrap();

@@ -4,6 +4,7 @@ use super::handles::Busy;
 use super::session::{SessionLimits, SftpSession};
 use super::{dispatch, scp, SftpOptions};
 use crate::auth::{LoginService, Protocol, Session as UserSession, SessionWatch};
+use futures::FutureExt;
 use russh::keys::{Algorithm, PublicKey};
 use russh::server::{Auth, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, Pty};
@@ -83,6 +84,23 @@ impl SshHandler {
     /// SHA-1 RSA signatures are only taken when the operator asked for legacy algorithms.
     fn algorithm_allowed(&self, alg: &Algorithm) -> bool {
         self.shared.opts.legacy_algorithms || !matches!(alg, Algorithm::Rsa { hash: None })
+    }
+
+    /// Takes and drops what russh queued for a channel that runs nothing yet.
+    ///
+    /// russh hands every request on a channel (env, pty-req, window-change, signal, even the
+    /// subsystem request itself) to the channel's small queue (`channel_buffer_size`) before it
+    /// calls us, and waits while that queue is full. A channel runs nothing until its
+    /// subsystem or command, so nothing else reads that queue: OpenSSH's `SendEnv LANG LC_*`
+    /// with a few of those set filled it, and the connection hung before its first reply.
+    /// Each of those requests is answered by its callback; called at the start of each, this
+    /// keeps the queue empty whatever the client sends and in what order.
+    fn drain(&mut self, channel: ChannelId) {
+        if let Some(ch) = self.pending.get_mut(&channel) {
+            // Unconstrained: the task's cooperative budget must not make a queued message
+            // look absent.
+            while let Some(Some(_)) = tokio::task::unconstrained(ch.wait()).now_or_never() {}
+        }
     }
 
     fn limits(&self) -> SessionLimits {
@@ -229,6 +247,7 @@ impl russh::server::Handler for SshHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         let (Some(user), true) = (&self.user, name == "sftp") else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -257,6 +276,7 @@ impl russh::server::Handler for SshHandler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         let cmd = scp::parse_command(data);
         let (Some(user), Some(cmd)) = (&self.user, cmd) else {
             tracing::debug!(peer = %self.peer, "exec of something other than scp refused");
@@ -285,6 +305,7 @@ impl russh::server::Handler for SshHandler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         // No shell: this server only moves files.
         session.channel_failure(channel)?;
         Ok(())
@@ -301,6 +322,7 @@ impl russh::server::Handler for SshHandler {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -314,6 +336,7 @@ impl russh::server::Handler for SshHandler {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -325,9 +348,73 @@ impl russh::server::Handler for SshHandler {
         _variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         // Clients send LANG and friends; nothing here reads them, and refusing would only
         // make noise in the client's output.
         session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.drain(channel);
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.drain(channel);
+        Ok(false)
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: russh::Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.drain(channel);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Data before a subsystem or command has no reader: dropped.
+        self.drain(channel);
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.drain(channel);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.drain(channel);
         Ok(())
     }
 }

@@ -269,6 +269,10 @@ impl Harness {
             "IdentityAgent=none".into(),
             "-o".into(),
             "LogLevel=ERROR".into(),
+            // Env requests before the subsystem, as `SendEnv LANG LC_*` sends them where
+            // those are set: more than russh's per-channel queue holds.
+            "-o".into(),
+            "SetEnv=LANG=C.UTF-8 LC_ALL=C.UTF-8 LC_CTYPE=C.UTF-8 LC_MESSAGES=C".into(),
         ]
     }
 }
