@@ -211,6 +211,14 @@ syncs:
         sftp_login_works(d, a.addr("sftp"), "carol", pw),
         "A refuses carol before any session is held"
     );
+    // carol's client has exited, but her session leaves the shared store a moment later:
+    // until then it is 127.0.0.1's one session of the fleet, and B would refuse the next.
+    poll("carol's ended session to leave the list", || {
+        let (code, body) = api(a.addr("admin"), "GET", "/api/v1/sessions", Some(&rw), lo);
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        (!v.as_array().unwrap().iter().any(|s| s["user"] == "carol")).then_some(())
+    });
     let mut held = sftp_session(d, b.addr("sftp"), lo);
     poll("A to list the session held on B", || {
         alice_on_a().then_some(())
