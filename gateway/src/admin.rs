@@ -69,6 +69,7 @@ struct Metrics {
     /// The allocator's figures, read at each scrape.
     heap_allocated: Gauge<i64>,
     heap_resident: Gauge<i64>,
+    heap_metadata: Gauge<i64>,
 }
 
 impl Metrics {
@@ -109,11 +110,19 @@ impl Metrics {
             "Bytes of the allocator's pages resident in memory (jemalloc stats.resident).",
             heap_resident.clone(),
         );
+        let heap_metadata = Gauge::<i64>::default();
+        register_family(
+            &mut registry,
+            "bucketgate_heap_metadata_bytes",
+            "Bytes the allocator uses for its own bookkeeping (jemalloc stats.metadata).",
+            heap_metadata.clone(),
+        );
         Metrics {
             registry,
             remote_up,
             heap_allocated,
             heap_resident,
+            heap_metadata,
         }
     }
 }
@@ -273,6 +282,9 @@ impl Health {
             }
             if let Ok(v) = tikv_jemalloc_ctl::stats::resident::read() {
                 m.heap_resident.set(v as i64);
+            }
+            if let Ok(v) = tikv_jemalloc_ctl::stats::metadata::read() {
+                m.heap_metadata.set(v as i64);
             }
         }
         bucketgate_storage::metrics::encode(&self.1.registry)

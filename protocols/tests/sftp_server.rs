@@ -194,11 +194,11 @@ async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
 }
 
 /// Whatever a client sends on a session channel before asking for the subsystem (OpenSSH's
-/// `SendEnv LANG LC_*` sends one env request per variable set; others ask for a pty, resize it,
-/// signal, or send data early), the SFTP session then starts and answers. russh queued each
-/// of these for the channel and waited while its queue (two messages) was full; nothing read
-/// that queue before the subsystem started, so the third request hung the connection (lftp's
-/// SFTP sessions hung for good in CI, whose shell set LANG and LC_ALL).
+/// `SendEnv LANG LC_*` sends one env request per variable set; others ask for a pty, agent or
+/// X11 forwarding, resize, signal, or send data early), the SFTP session then starts and
+/// answers. russh queued each of these for the channel and waited while its queue (two
+/// messages) was full; nothing read that queue before the subsystem started, so the third
+/// request hung the connection for good (CI's lftp test, with two locale variables set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_before_the_subsystem_do_not_stop_the_session() {
     let h = Harness::start().await;
@@ -220,6 +220,10 @@ async fn requests_before_the_subsystem_do_not_stop_the_session() {
         ch.set_env(true, k, v).await.unwrap();
     }
     ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    ch.agent_forward(true).await.unwrap();
+    ch.request_x11(true, false, "MIT-MAGIC-COOKIE-1", "00ff", 0)
         .await
         .unwrap();
     ch.window_change(100, 40, 0, 0).await.unwrap();

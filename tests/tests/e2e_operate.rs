@@ -161,6 +161,7 @@ users:
         resident >= allocated,
         "allocated {allocated}, resident {resident}"
     );
+    assert!(value(&m, "bucketgate_heap_metadata_bytes") > 0, "{m}");
 }
 
 /// Every secret the run used must be absent from `text`.
