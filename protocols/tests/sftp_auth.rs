@@ -86,12 +86,7 @@ async fn keyboard_interactive_asks_one_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_sftp_and_scp_run() {
     let h = Harness::start().await;
-    let mut c = h.connect().await;
-    assert!(c
-        .authenticate_password("alice", ALICE_PW)
-        .await
-        .unwrap()
-        .success());
+    let c = h.alice_logged_in().await;
     let ch = c.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "netconf").await.unwrap();
     let mut ch = ch;

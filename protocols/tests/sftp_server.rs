@@ -143,12 +143,7 @@ async fn shutdown_grace_over_aborts_unfinished_uploads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
     let h = Harness::start_with(|o| o.max_packet_len = 64 * 1024).await;
-    let mut c = h.connect().await;
-    assert!(c
-        .authenticate_password("alice", ALICE_PW)
-        .await
-        .unwrap()
-        .success());
+    let c = h.alice_logged_in().await;
     let ch = c.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "sftp").await.unwrap();
     let mut st = ch.into_stream();
@@ -202,12 +197,7 @@ async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_before_the_subsystem_do_not_stop_the_session() {
     let h = Harness::start().await;
-    let mut c = h.connect().await;
-    assert!(c
-        .authenticate_password("alice", ALICE_PW)
-        .await
-        .unwrap()
-        .success());
+    let c = h.alice_logged_in().await;
     let ch = c.channel_open_session().await.unwrap();
     for (k, v) in [
         ("LANG", "C.UTF-8"),

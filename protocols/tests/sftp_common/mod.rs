@@ -233,6 +233,14 @@ impl Harness {
             .unwrap()
     }
 
+    /// An SSH connection with alice logged in by password, no channel open yet.
+    pub async fn alice_logged_in(&self) -> russh::client::Handle<TrustAll> {
+        let mut c = self.connect().await;
+        let r = c.authenticate_password("alice", ALICE_PW).await.unwrap();
+        assert!(r.success(), "alice's password login refused");
+        c
+    }
+
     /// An SFTP session of `user` logged in with a password.
     pub async fn sftp_password(&self, user: &str, pw: &str) -> anyhow::Result<Sftp> {
         let mut h = self.connect().await;
