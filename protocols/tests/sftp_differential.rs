@@ -33,6 +33,7 @@ const SLOTS: usize = 3;
 /// the runner got wrong.)
 const FIXED_SEEDS: &[u64] = &[
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 797277988, 96878577, 1166278538,
+    3371369658,
 ];
 /// Fresh random sequences per CI pass (override with DIFF_SEQUENCES).
 const FRESH: usize = 8;
@@ -304,6 +305,9 @@ struct Slot {
     shared: bool,
     /// The gateway refused a write of this handle (its upload failed).
     failed: bool,
+    /// Where renames took this handle's file on the reference (its inode follows them; the
+    /// gateway's upload keeps its name): restored too when the gateway refuses its CLOSE.
+    moved: Vec<String>,
 }
 
 impl Slot {
@@ -824,6 +828,7 @@ impl Run<'_> {
                             clobbered: false,
                             shared: false,
                             failed: false,
+                            moved: Vec::new(),
                         };
                         if sl.writes() {
                             self.touched(path, Some(slot), false);
@@ -1002,11 +1007,19 @@ impl Run<'_> {
                     // Unless another handle still writes the name: the disk's file is then
                     // that handle's (a new one, after a remove), which its own CLOSE settles
                     // (seed 3644565107).
-                    let others = self.slots.iter().flatten().any(|o| {
-                        o.flags.contains(OpenFlags::WRITE) && o.path == sl.path && !o.clobbered
-                    });
-                    if !others {
-                        restore_path(&self.refroot(), sl.path, &now);
+                    let others = |path: &str| {
+                        self.slots.iter().flatten().any(|o| {
+                            o.flags.contains(OpenFlags::WRITE) && o.path == path && !o.clobbered
+                        })
+                    };
+                    // Where the reference's file went by a rename too (seed 3371369658: an
+                    // upload's name replaced by a size-0 SETSTAT, then renamed; the disk's
+                    // bytes followed the rename).
+                    for path in std::iter::once(sl.path).chain(sl.moved.iter().map(|m| m.as_str()))
+                    {
+                        if !others(path) {
+                            restore_path(&self.refroot(), path, &now);
+                        }
                     }
                     return Ok(());
                 }
@@ -1089,6 +1102,13 @@ impl Run<'_> {
                     self.touched(from, None, true);
                     if posix {
                         self.touched(to, None, true);
+                    }
+                    for sl in self.slots.iter_mut().flatten() {
+                        if let Some(rest) = sl.path.strip_prefix(from) {
+                            if rest.is_empty() || rest.starts_with('/') {
+                                sl.moved.push(format!("{to}{rest}"));
+                            }
+                        }
                     }
                 }
                 // docs/objects.md, "A name being written": "renaming the file being written
@@ -1225,6 +1245,15 @@ impl Run<'_> {
                         .count();
                     if others == 0 {
                         restore_path(&self.refroot(), sl.path, &now);
+                    }
+                    // The reference's file also went wherever renames took it (3371369658).
+                    for m in &sl.moved {
+                        let writing = self.slots.iter().flatten().any(|o| {
+                            o.flags.contains(OpenFlags::WRITE) && o.path == m && !o.clobbered
+                        });
+                        if !writing {
+                            restore_path(&self.refroot(), m, &now);
+                        }
                     }
                 }
             }
