@@ -70,6 +70,10 @@ struct Metrics {
     heap_allocated: Gauge<i64>,
     heap_resident: Gauge<i64>,
     heap_metadata: Gauge<i64>,
+    /// `transfers.memory_limit` and what transfers hold of it, read at each scrape.
+    budget: std::sync::OnceLock<Arc<bucketgate_storage::budget::MemoryBudget>>,
+    budget_used: Gauge<i64>,
+    budget_limit: Gauge<i64>,
 }
 
 impl Metrics {
@@ -117,12 +121,29 @@ impl Metrics {
             "Bytes the allocator uses for its own bookkeeping (jemalloc stats.metadata).",
             heap_metadata.clone(),
         );
+        let budget_used = Gauge::<i64>::default();
+        register_family(
+            &mut registry,
+            "bucketgate_memory_budget_used_bytes",
+            "Bytes of transfers.memory_limit that transfer buffers hold now.",
+            budget_used.clone(),
+        );
+        let budget_limit = Gauge::<i64>::default();
+        register_family(
+            &mut registry,
+            "bucketgate_memory_budget_limit_bytes",
+            "transfers.memory_limit, in bytes.",
+            budget_limit.clone(),
+        );
         Metrics {
             registry,
             remote_up,
             heap_allocated,
             heap_resident,
             heap_metadata,
+            budget: std::sync::OnceLock::new(),
+            budget_used,
+            budget_limit,
         }
     }
 }
@@ -157,6 +178,11 @@ impl Health {
             })),
             Arc::new(Metrics::new()),
         )
+    }
+
+    /// The memory budget whose use `/metrics` shows (set once; later calls are ignored).
+    pub fn set_budget(&self, budget: Arc<bucketgate_storage::budget::MemoryBudget>) {
+        let _ = self.1.budget.set(budget);
     }
 
     /// Records a listener that is up.
@@ -286,6 +312,10 @@ impl Health {
             if let Ok(v) = tikv_jemalloc_ctl::stats::metadata::read() {
                 m.heap_metadata.set(v as i64);
             }
+        }
+        if let Some(b) = self.1.budget.get() {
+            self.1.budget_used.set(b.in_use() as i64);
+            self.1.budget_limit.set(b.total() as i64);
         }
         bucketgate_storage::metrics::encode(&self.1.registry)
     }

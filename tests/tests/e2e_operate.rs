@@ -162,6 +162,26 @@ users:
         "allocated {allocated}, resident {resident}"
     );
     assert!(value(&m, "bucketgate_heap_metadata_bytes") > 0, "{m}");
+    // The memory budget: the default limit, and nothing held once every transfer has ended
+    // (the last session's handles may close a moment after its client saw the reply).
+    assert_eq!(
+        value(&m, "bucketgate_memory_budget_limit_bytes"),
+        512 * 1024 * 1024,
+        "{m}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut used = value(&m, "bucketgate_memory_budget_used_bytes");
+    while used != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        used = value(
+            &http_get(admin, "/metrics"),
+            "bucketgate_memory_budget_used_bytes",
+        );
+    }
+    assert_eq!(
+        used, 0,
+        "transfer buffers still held after every transfer ended"
+    );
 }
 
 /// Every secret the run used must be absent from `text`.

@@ -276,6 +276,7 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         storage.remotes.clone(),
         admin::probe_prefixes(&cfg),
     );
+    health.set_budget(budget.clone());
 
     if let Some(s) = &cfg.sftp {
         let server = start_sftp(s, &cfg, &budget, &login, &limiter, &shutdown).await?;
