@@ -230,3 +230,80 @@ async fn requests_before_the_subsystem_do_not_stop_the_session() {
     .expect("the session never answered after the channel's early requests");
     assert!(answered.attrs.is_dir());
 }
+
+/// An SFTP session holds its share of the memory budget while it has a file open (what russh
+/// and the packet loop keep per transferring session lives outside the transfer buffers),
+/// takes it only when the budget has it free, and gives it back when its files are closed or
+/// it ends. An idle session holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_a_file_open_holds_its_share_of_the_memory_budget() {
+    use bucketgate_storage::budget::MemoryBudget;
+    const SHARE: u64 = 96 * 1024;
+    let budget = MemoryBudget::shared(1024 * 1024);
+    let b = budget.clone();
+    let h = Harness::start_with(move |o| o.memory = Some(b)).await;
+    let write = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let one = h.sftp_password("alice", ALICE_PW).await.unwrap();
+    let dir = one.raw.opendir("/").await.unwrap().handle;
+    assert_eq!(budget.in_use(), 0, "an open folder is not a transfer");
+    let f1 = one
+        .raw
+        .open("/one.bin", write, FileAttributes::empty())
+        .await
+        .unwrap()
+        .handle;
+    assert_eq!(budget.in_use(), SHARE);
+    let two = h.sftp_password("alice", ALICE_PW).await.unwrap();
+    two.raw.stat("/").await.unwrap();
+    assert_eq!(budget.in_use(), SHARE, "an idle session holds none");
+    let f2 = two
+        .raw
+        .open("/two.bin", write, FileAttributes::empty())
+        .await
+        .unwrap()
+        .handle;
+    let f3 = two
+        .raw
+        .open("/three.bin", write, FileAttributes::empty())
+        .await
+        .unwrap()
+        .handle;
+    assert_eq!(budget.in_use(), 2 * SHARE, "one share per session");
+    one.raw.close(f1).await.unwrap();
+    assert_eq!(budget.in_use(), SHARE);
+    one.raw.close(dir).await.unwrap();
+    two.raw.close(f2).await.unwrap();
+    assert_eq!(budget.in_use(), SHARE, "a file is still open");
+    // The session ends with its file open: the share goes with it.
+    let _ = f3;
+    two.ssh
+        .disconnect(russh::Disconnect::ByApplication, "", "")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while budget.in_use() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(budget.in_use(), 0, "an ended session kept its share");
+
+    // A budget with no room for the share: the upload works all the same.
+    let full = MemoryBudget::shared(1024 * 1024);
+    let all = full.try_acquire(1024 * 1024).unwrap();
+    let f = full.clone();
+    let h = Harness::start_with(move |o| o.memory = Some(f)).await;
+    let s = h.sftp_password("alice", ALICE_PW).await.unwrap();
+    let fh = s
+        .raw
+        .open("/full.bin", write, FileAttributes::empty())
+        .await
+        .unwrap()
+        .handle;
+    s.raw
+        .write(fh.clone(), 0, b"written".to_vec())
+        .await
+        .unwrap();
+    s.raw.close(fh).await.unwrap();
+    assert_eq!(std::fs::read(h.alice("full.bin")).unwrap(), b"written");
+    assert_eq!(full.in_use(), 1024 * 1024);
+    drop(all);
+}

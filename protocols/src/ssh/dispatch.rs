@@ -31,6 +31,17 @@ const OWN_BYTES: u32 = 32 * 1024;
 /// bytes: this holds thousands, more than any client keeps requests in flight.
 const REPLY_BACKLOG: u32 = 128 * 1024;
 
+/// What an SFTP session holds of the memory budget while it has a file open, when the budget
+/// has it free (never waited for). It stands for what a transferring session keeps outside the
+/// transfer buffers: SSH packets read, decrypted and queued by russh, the reader's own allowance
+/// ([`OWN_BYTES`]), replies on their way. At N = 1,024 uploading sessions that came to ~200 KiB
+/// each (`bench/README.md`, "The budget's share"); counting about half of it here leaves the
+/// part buffers less of the budget when many sessions transfer at once, which is what keeps the
+/// process near `transfers.memory_limit` then (64 KiB left the peak at the bound, 96 KiB under
+/// it). Idle sessions hold none, so that thousands of connected partners do not take the
+/// budget from those that transfer.
+const SESSION_SHARE: u64 = 96 * 1024;
+
 /// Where the bytes of a request read ahead are counted until its handler takes it: in the
 /// process's memory budget, or in the session's own small allowance (see [`run`]); released
 /// when dropped.
@@ -50,6 +61,9 @@ pub(crate) trait DirectIo: Handler {
         offset: u64,
         data: Bytes,
     ) -> impl Future<Output = Result<Status, Self::Error>> + Send;
+
+    /// Whether a file is open (the session then holds its share of the budget).
+    fn transferring(&self) -> bool;
 
     /// The data of a READ (not empty: end of file is an error with EOF).
     fn read_bytes(
@@ -93,6 +107,8 @@ pub(crate) async fn run<S, H>(
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: DirectIo + Send,
 {
+    let share_of = budget.clone();
+    let mut share: Option<MemoryPermit> = None;
     let (mut rd, wr) = tokio::io::split(stream);
     let cap = Arc::new(Semaphore::new(READ_AHEAD_BYTES as usize));
     let own = Arc::new(Semaphore::new(OWN_BYTES as usize));
@@ -196,6 +212,15 @@ pub(crate) async fn run<S, H>(
             }
         };
         drop(capped);
+        match (&share, handler.transferring()) {
+            (None, true) => {
+                share = share_of
+                    .as_deref()
+                    .and_then(|b| b.try_acquire(SESSION_SHARE));
+            }
+            (Some(_), false) => share = None,
+            _ => {}
+        }
         if wtx.send((bytes, slot)).is_err() {
             break;
         }
@@ -618,6 +643,10 @@ mod tests {
 
         async fn read_bytes(&mut self, _: String, _: u64, len: u32) -> Result<Bytes, StatusCode> {
             Ok(Bytes::from(vec![7u8; len as usize]))
+        }
+
+        fn transferring(&self) -> bool {
+            true
         }
     }
 

@@ -75,6 +75,11 @@ impl Handles {
         self.map.len()
     }
 
+    /// Whether a file (not a folder) is open.
+    pub(crate) fn has_files(&self) -> bool {
+        self.map.values().any(|h| !matches!(h, Handle::Dir { .. }))
+    }
+
     /// Stores `h` and returns its handle string.
     pub(crate) fn insert(&mut self, h: Handle) -> String {
         self.next += 1;

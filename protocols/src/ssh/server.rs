@@ -99,9 +99,14 @@ fn ssh_config(opts: &SftpOptions, keys: Vec<PrivateKey>) -> Config {
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys,
         window_size: WINDOW_SIZE,
-        // The largest SSH packet russh accepts to send; a 32 KiB SFTP write plus header spans two.
-        maximum_packet_size: 32768,
-        // Incoming channel data russh holds for our reader (messages of up to 32 KiB; the
+        // The largest channel packet the client may send us (what we announce; OpenSSH's sshd
+        // says 32 KiB). Each session holds a few incoming packets at once in russh: the one
+        // being read, its decrypted copy, the queued ones. 16 KiB instead of 32 took ~40 MiB
+        // off the peak of 1,024 uploading sessions, with no change in MB/s or CPU per GiB at
+        // one session (bench/README.md, "The budget's share"). A 32 KiB SFTP write spans
+        // three packets.
+        maximum_packet_size: 16384,
+        // Incoming channel data russh holds for our reader (messages of up to 16 KiB; the
         // default is 100). A session that cannot read ahead for lack of memory stops its client
         // through TCP after these: the SFTP loop never waits on russh's loop while it does
         // (`dispatch::run`).
@@ -109,6 +114,12 @@ fn ssh_config(opts: &SftpOptions, keys: Vec<PrivateKey>) -> Config {
         preferred,
         max_auth_attempts: 6,
         inactivity_timeout: Some(opts.idle_timeout),
+        // Outgoing messages (our replies, cut to the client's packet size) queued for russh's
+        // session loop, which drains what is queued into one write buffer per session and
+        // keeps that buffer's largest size for the session's life. With russh's default of 10,
+        // a download left ~300 KiB there per session (250 MiB of allocations at N = 1,024);
+        // with 2, a third of it, at the same MB/s (bench/README.md, "The budget's share").
+        event_buffer_size: 2,
         nodelay: true,
         ..Default::default()
     }

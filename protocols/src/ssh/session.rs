@@ -313,6 +313,10 @@ impl Drop for SftpSession {
 }
 
 impl DirectIo for SftpSession {
+    fn transferring(&self) -> bool {
+        self.handles.has_files()
+    }
+
     async fn write_bytes(
         &mut self,
         id: u32,
