@@ -242,32 +242,22 @@ async fn a_session_with_a_file_open_holds_its_share_of_the_memory_budget() {
     let budget = MemoryBudget::shared(1024 * 1024);
     let b = budget.clone();
     let h = Harness::start_with(move |o| o.memory = Some(b)).await;
-    let write = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    // A new file open for writing; its handle.
+    async fn create(s: &sftp_common::Sftp, path: &str) -> String {
+        let write = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        let opened = s.raw.open(path, write, FileAttributes::empty()).await;
+        opened.unwrap().handle
+    }
     let one = h.sftp_password("alice", ALICE_PW).await.unwrap();
     let dir = one.raw.opendir("/").await.unwrap().handle;
     assert_eq!(budget.in_use(), 0, "an open folder is not a transfer");
-    let f1 = one
-        .raw
-        .open("/one.bin", write, FileAttributes::empty())
-        .await
-        .unwrap()
-        .handle;
+    let f1 = create(&one, "/one.bin").await;
     assert_eq!(budget.in_use(), SHARE);
     let two = h.sftp_password("alice", ALICE_PW).await.unwrap();
     two.raw.stat("/").await.unwrap();
     assert_eq!(budget.in_use(), SHARE, "an idle session holds none");
-    let f2 = two
-        .raw
-        .open("/two.bin", write, FileAttributes::empty())
-        .await
-        .unwrap()
-        .handle;
-    let f3 = two
-        .raw
-        .open("/three.bin", write, FileAttributes::empty())
-        .await
-        .unwrap()
-        .handle;
+    let f2 = create(&two, "/two.bin").await;
+    let f3 = create(&two, "/three.bin").await;
     assert_eq!(budget.in_use(), 2 * SHARE, "one share per session");
     one.raw.close(f1).await.unwrap();
     assert_eq!(budget.in_use(), SHARE);
@@ -292,12 +282,7 @@ async fn a_session_with_a_file_open_holds_its_share_of_the_memory_budget() {
     let f = full.clone();
     let h = Harness::start_with(move |o| o.memory = Some(f)).await;
     let s = h.sftp_password("alice", ALICE_PW).await.unwrap();
-    let fh = s
-        .raw
-        .open("/full.bin", write, FileAttributes::empty())
-        .await
-        .unwrap()
-        .handle;
+    let fh = create(&s, "/full.bin").await;
     s.raw
         .write(fh.clone(), 0, b"written".to_vec())
         .await
