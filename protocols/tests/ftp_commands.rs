@@ -357,3 +357,60 @@ async fn rest_applies_to_the_next_transfer_only() {
     assert!(last.starts_with("226"), "{last}");
     assert_eq!(h.read("b"), b"new");
 }
+
+/// Waits until `budget` holds `want` bytes (a data task starts and ends a moment after the
+/// replies the client sees); what it holds then.
+async fn budget_reaches(budget: &bucketgate_storage::budget::MemoryBudget, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while budget.in_use() != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    budget.in_use()
+}
+
+/// A session holds its share of the memory budget while an upload or a download runs (what a
+/// transfer keeps outside the transfer buffers), and none between transfers.
+#[tokio::test]
+async fn a_transfer_holds_its_share_of_the_memory_budget() {
+    use bucketgate_storage::budget::MemoryBudget;
+    use tokio::io::AsyncWriteExt;
+    const SHARE: u64 = 96 * 1024;
+    let budget = MemoryBudget::shared(4 * 1024 * 1024);
+    let h = Harness::start(Setup {
+        memory: Some(budget.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let mut c = h.client().await;
+    c.transfer_type(FileType::Binary).await.unwrap();
+    c.list(None).await.unwrap();
+    assert_eq!(budget.in_use(), 0, "no transfer, no share");
+
+    let mut up = c.put_with_stream("held.bin").await.unwrap();
+    up.write_all(b"the first bytes").await.unwrap();
+    up.flush().await.unwrap();
+    assert_eq!(
+        budget_reaches(&budget, SHARE).await,
+        SHARE,
+        "upload running"
+    );
+    up.write_all(b", then the rest").await.unwrap();
+    up.finish().await.unwrap();
+    assert_eq!(budget_reaches(&budget, 0).await, 0, "upload over");
+    assert_eq!(h.read("held.bin"), b"the first bytes, then the rest");
+
+    // A download the client does not read yet: the server waits on the socket, holding it.
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    h.write("big.bin", &big);
+    let mut down = c.retr_as_stream("big.bin").await.unwrap();
+    assert_eq!(
+        budget_reaches(&budget, SHARE).await,
+        SHARE,
+        "download running"
+    );
+    let mut got = Vec::new();
+    down.read_to_end(&mut got).await.unwrap();
+    down.finish().await.unwrap();
+    assert!(got == big, "the download differs");
+    assert_eq!(budget_reaches(&budget, 0).await, 0, "download over");
+}

@@ -284,7 +284,7 @@ async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Gateway, Exit> {
         servers.push(("sftp", server));
     }
     if let Some(f) = &cfg.ftp {
-        let server = start_ftp(f, &cfg, &login, &limiter, &shutdown).await?;
+        let server = start_ftp(f, &cfg, &budget, &login, &limiter, &shutdown).await?;
         health.add_listener("ftp");
         servers.push(("ftp", server));
     }
@@ -411,6 +411,7 @@ async fn start_sftp(
 async fn start_ftp(
     f: &bucketgate_config::FtpConfig,
     cfg: &Config,
+    budget: &Arc<MemoryBudget>,
     login: &Arc<LoginService>,
     limiter: &Arc<SessionLimiter>,
     shutdown: &CancellationToken,
@@ -449,6 +450,7 @@ async fn start_ftp(
         max_line_len: 4096,
         shutdown_grace: cfg.limits.shutdown_grace.get(),
         proxy_protocol: trusted_proxies(&f.proxy_protocol),
+        memory: Some(budget.clone()),
         ..ftp::FtpOptions::default()
     };
     tracing::info!(

@@ -109,6 +109,9 @@ pub struct FtpOptions {
     /// The load balancers allowed to send a PROXY v1/v2 header; when set, every connection
     /// must come from one of them and start with a header.
     pub proxy_protocol: crate::proxy::Trusted,
+    /// The process's transfer memory budget (`transfers.memory_limit`): a session with a
+    /// transfer in progress holds its share of it (see `storage.rs`). `None`: no share.
+    pub memory: Option<std::sync::Arc<bucketgate_storage::budget::MemoryBudget>>,
 }
 
 impl Default for FtpOptions {
@@ -124,6 +127,7 @@ impl Default for FtpOptions {
             shutdown_grace: Duration::from_secs(30),
             max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
             proxy_protocol: crate::proxy::Trusted::default(),
+            memory: None,
         }
     }
 }

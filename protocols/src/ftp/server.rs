@@ -301,11 +301,12 @@ fn build_server(
         watch,
     });
     let max_list = shared.relay.opts.max_list_entries;
+    let memory = shared.relay.opts.memory.clone();
     // The relay decides which modes the client may use, and always speaks active mode to
     // libunftp (see `data`).
     let mode = ActivePassiveMode::ActiveAndPassive;
     let b = ServerBuilder::<FtpStorage, FtpUser>::with_user_detail_provider(
-        Box::new(move || FtpStorage::new(max_list)),
+        Box::new(move || FtpStorage::new(max_list, memory.clone())),
         provider,
     )
     .authenticator(authenticator)

@@ -35,15 +35,35 @@ const CHUNK: usize = 256 * 1024;
 /// takes a few socket reads, not one per 8 KiB.
 const UPLOAD_CHUNK: usize = 64 * 1024;
 
+/// What a session holds of the memory budget while a transfer runs, when the budget has it
+/// free (never waited for). It stands for what a transfer keeps outside the transfer buffers:
+/// the upload chunk ([`UPLOAD_CHUNK`]), the relay's splice buffers, libunftp's data-path
+/// buffers (and TLS records for FTPS). At N = 1,024 FTP sessions the process peaked at the
+/// bound (`bench/README.md`, "The budget's share"); counting this leaves the part buffers less
+/// of the budget when many sessions transfer at once. Sessions between transfers hold none.
+const TRANSFER_SHARE: u64 = 96 * 1024;
+
 /// The adapter; one per session (libunftp's factory never sees the user, each call does).
 #[derive(Debug)]
 pub(crate) struct FtpStorage {
     max_list_entries: usize,
+    memory: Option<std::sync::Arc<bucketgate_storage::budget::MemoryBudget>>,
 }
 
 impl FtpStorage {
-    pub(crate) fn new(max_list_entries: usize) -> Self {
-        FtpStorage { max_list_entries }
+    pub(crate) fn new(
+        max_list_entries: usize,
+        memory: Option<std::sync::Arc<bucketgate_storage::budget::MemoryBudget>>,
+    ) -> Self {
+        FtpStorage {
+            max_list_entries,
+            memory,
+        }
+    }
+
+    /// The transfer's share of the budget, when it is free; released when dropped.
+    fn share(&self) -> Option<bucketgate_storage::budget::MemoryPermit> {
+        self.memory.as_deref()?.try_acquire(TRANSFER_SHARE)
     }
 }
 
@@ -223,6 +243,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
         P: AsRef<Path> + Send + Debug,
     {
         user.link.transfer_began();
+        let _share = self.share();
         // libunftp's default goes through `tokio::io::copy`, whose 8 KiB buffer turns every
         // chunk into 8 KiB writes (and a copy out of our stream): each chunk is written whole
         // here instead, straight from the reader's read-ahead.
@@ -246,6 +267,7 @@ impl StorageBackend<FtpUser> for FtpStorage {
         start_pos: u64,
     ) -> Result<u64> {
         user.link.transfer_began();
+        let _share = self.share();
         if user.link.is_closed() {
             // The session ended before libunftp's data task got here (a killed client): such
             // an upload can never commit, so it does not take the name either.

@@ -40,6 +40,8 @@ pub struct Setup {
     /// The site tree lives in a bucket of this S3 server instead of a local folder; read it
     /// back with the `s3_*` helpers.
     pub s3: Option<S3Server>,
+    /// The transfer memory budget the server counts in (`FtpOptions::memory`).
+    pub memory: Option<Arc<bucketgate_storage::budget::MemoryBudget>>,
 }
 
 /// Which S3 server holds the bucket.
@@ -70,6 +72,7 @@ impl Default for Setup {
             max_sessions_per_ip: 0,
             ban_threshold: 1000,
             s3: None,
+            memory: None,
         }
     }
 }
@@ -198,6 +201,7 @@ impl Harness {
             shutdown_grace: Duration::from_secs(5),
             max_list_entries: setup.max_list_entries,
             proxy_protocol: Default::default(),
+            memory: setup.memory.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
