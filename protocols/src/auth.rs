@@ -453,6 +453,11 @@ impl LoginService {
         open.values().find(|s| s.id == id).map(|s| s.fs.activity())
     }
 
+    /// How many sessions are logged in now (a session ends when its connection has ended).
+    pub fn sessions_open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Closes the session `id` (as a reload that removed its user would); false when no
     /// session of this process has that id.
     pub fn disconnect(&self, id: &str) -> bool {

@@ -292,3 +292,211 @@ async fn a_session_with_a_file_open_holds_its_share_of_the_memory_budget() {
     assert_eq!(full.in_use(), 1024 * 1024);
     drop(all);
 }
+
+/// A client's TCP stream that can stop reading, as a client whose process is stopped (or whose
+/// network stalls) does: the server's replies then pile up in the socket buffers.
+struct Stalling {
+    tcp: tokio::net::TcpStream,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl tokio::io::AsyncRead for Stalling {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::sync::atomic::Ordering;
+        if self.paused.load(Ordering::SeqCst) {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.paused.load(Ordering::SeqCst) {
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stalling {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A download whose client stopped reading: the server has filled the client's SSH window and
+/// has more replies waiting for room in it.
+struct Stalled {
+    s: Arc<sftp_common::Sftp>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    /// The client's socket, for ending it as a killed client process would.
+    socket: std::net::TcpStream,
+    reads: Vec<
+        tokio::task::JoinHandle<
+            Result<russh_sftp::protocol::Data, russh_sftp::client::error::Error>,
+        >,
+    >,
+}
+
+impl Stalled {
+    async fn start(h: &Harness) -> Stalled {
+        std::fs::write(h.alice("big.bin"), vec![7u8; 8 << 20]).unwrap();
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker: Arc<std::sync::Mutex<Option<std::task::Waker>>> = Arc::default();
+        let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let std_tcp = tcp.into_std().unwrap();
+        let socket = std_tcp.try_clone().unwrap();
+        let stream = Stalling {
+            tcp: tokio::net::TcpStream::from_std(std_tcp).unwrap(),
+            paused: paused.clone(),
+            waker: waker.clone(),
+        };
+        let config = Arc::new(russh::client::Config {
+            window_size: 64 * 1024,
+            ..Default::default()
+        });
+        let mut ssh = russh::client::connect_stream(config, stream, TrustAll)
+            .await
+            .unwrap();
+        let r = ssh.authenticate_password("alice", ALICE_PW).await.unwrap();
+        assert!(r.success());
+        let s = Arc::new(sftp_common::open_sftp(ssh).await.unwrap());
+        let fh = s
+            .raw
+            .open("/big.bin", OpenFlags::READ, FileAttributes::default())
+            .await
+            .unwrap()
+            .handle;
+        paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        // 8 MiB of reads asked for at once; the client reads none of the replies.
+        let reads = (0..256u64)
+            .map(|i| {
+                let (s, fh) = (s.clone(), fh.clone());
+                tokio::spawn(async move { s.raw.read(fh, i * 32768, 32768).await })
+            })
+            .collect();
+        // Time for the server to fill the client's window and its queue behind it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Stalled {
+            s,
+            paused,
+            waker,
+            socket,
+            reads,
+        }
+    }
+
+    fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        for r in &self.reads {
+            r.abort();
+        }
+    }
+}
+
+/// What a session holds on the server: (session slots, budget bytes, logged-in sessions), once
+/// they are all back to nothing or after a minute.
+async fn held_after_the_end(
+    h: &Harness,
+    budget: &bucketgate_storage::budget::MemoryBudget,
+) -> (usize, u64, usize) {
+    let held = || (h.limiter.active(), budget.in_use(), h.login.sessions_open());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held() != (0, 0, 0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held()
+}
+
+/// A reload that removes the user of a session whose client has stopped reading in the middle
+/// of a download ends that session, its connection and everything it holds, although the
+/// client never reads again: the server's replies fill the client's SSH window, russh then
+/// takes no message from its queue (the disconnect included) until the client makes room, and
+/// the server must give up on a polite goodbye and close the connection itself. (It used to
+/// release the session's slot but leave russh's connection task running, with the session's
+/// open file and its share of the memory budget, until the idle timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_ends_even_when_its_client_stopped_reading() {
+    use bucketgate_storage::budget::MemoryBudget;
+    let budget = MemoryBudget::shared(64 << 20);
+    let b = budget.clone();
+    let h = Harness::start_with(move |o| o.memory = Some(b)).await;
+    let stalled = Stalled::start(&h).await;
+    assert_eq!(h.limiter.active(), 1);
+    assert!(
+        budget.in_use() > 0,
+        "the open file holds the session's share"
+    );
+    let tree = h.login.directory().tree().clone();
+    let effect = h
+        .login
+        .replace_directory(bucketgate_protocols::auth::Directory::new(vec![], tree));
+    assert_eq!(effect.closed, 1, "alice's session is closed by the reload");
+    // The session is gone, although its client still does not read.
+    assert_eq!(
+        held_after_the_end(&h, &budget).await,
+        (0, 0, 0),
+        "the revoked session still holds something"
+    );
+    // The connection itself was closed: once the client reads again, it finds the end of it
+    // behind the replies that were on their way.
+    stalled.resume();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !stalled.s.ssh.is_closed() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stalled.s.ssh.is_closed(),
+        "the revoked session's connection is still open"
+    );
+}
+
+/// A client killed in the middle of a download, while the server waits for room in its SSH
+/// window, leaves nothing behind: the replies waiting for that room are given up when the
+/// connection ends. (They used to wait forever, holding the session's open file and its share of
+/// the memory budget, and keeping a graceful shutdown waiting for its whole grace period.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_while_its_window_is_full_leaves_nothing_behind() {
+    use bucketgate_storage::budget::MemoryBudget;
+    let budget = MemoryBudget::shared(64 << 20);
+    let b = budget.clone();
+    let h = Harness::start_with(move |o| o.memory = Some(b)).await;
+    let stalled = Stalled::start(&h).await;
+    assert!(
+        budget.in_use() > 0,
+        "the open file holds the session's share"
+    );
+    // The client process dies: its socket is closed under it.
+    stalled.socket.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(
+        held_after_the_end(&h, &budget).await,
+        (0, 0, 0),
+        "the killed client's session still holds something"
+    );
+}

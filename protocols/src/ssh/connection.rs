@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// What the server shares with every connection.
@@ -32,6 +33,9 @@ pub(crate) struct ConnState {
     pub(crate) busy: Arc<Busy>,
     /// The logged-in session's revocation (a reload removed or changed the account).
     pub(crate) session: SessionWatch,
+    /// Cancelled when the connection has ended (russh's task dropped the handler): what waits
+    /// on its channels gives up, instead of waiting for a window adjustment that cannot come.
+    pub(crate) gone: CancellationToken,
 }
 
 impl ConnState {
@@ -51,6 +55,12 @@ pub(crate) struct SshHandler {
     pending: HashMap<ChannelId, Channel<Msg>>,
     /// Session channels open now (pending or running).
     open: usize,
+}
+
+impl Drop for SshHandler {
+    fn drop(&mut self) {
+        self.state.gone.cancel();
+    }
 }
 
 impl SshHandler {
@@ -260,8 +270,9 @@ impl russh::server::Handler for SshHandler {
         let sftp = SftpSession::new(user.fs.clone(), self.limits(), self.state.busy.clone());
         let max = self.shared.opts.max_packet_len;
         let memory = self.shared.opts.memory.clone();
+        let gone = self.state.gone.clone();
         self.shared.tracker.spawn(async move {
-            let (stream, wr) = channel_io(ch);
+            let (stream, wr) = channel_io(ch, gone);
             dispatch::run(stream, sftp, max, memory).await;
             // `ssh` exits with the channel's exit status, and scp (SFTP mode) treats a
             // missing one as a failure of the whole copy.
@@ -291,9 +302,10 @@ impl russh::server::Handler for SshHandler {
         let fs = user.fs.clone();
         let busy = self.state.busy.clone();
         let keep_partial = self.shared.opts.keep_partial_uploads;
+        let gone = self.state.gone.clone();
         self.shared.tracker.spawn(async move {
             let _guard = busy.enter();
-            let (stream, wr) = channel_io(ch);
+            let (stream, wr) = channel_io(ch, gone);
             let status = scp::run(stream, fs, cmd, keep_partial).await;
             finish(&wr, status).await;
         });
@@ -425,8 +437,10 @@ impl russh::server::Handler for SshHandler {
 /// own, which can overtake the exit status sent afterwards; OpenSSH then reports "exit status
 /// -1" and `scp` exits 1 although every file arrived. Here the caller keeps the write half and
 /// sends exit status, EOF and CLOSE in that order on the channel's one queue, behind the data.
+/// Writes fail once `gone` (the connection ended) is cancelled.
 fn channel_io(
     ch: Channel<Msg>,
+    gone: CancellationToken,
 ) -> (
     impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     Arc<ChannelWriteHalf<Msg>>,
@@ -449,6 +463,7 @@ fn channel_io(
     let writer = ChannelWriter {
         half: wr.clone(),
         sending: None,
+        gone,
     };
     (tokio::io::join(reader, writer), wr)
 }
@@ -456,9 +471,15 @@ fn channel_io(
 /// Writes to a channel through its shared write half; one buffer may be on its way (sent as
 /// the client's window allows) while the caller prepares the next. A failure to send shows on
 /// the next write or flush.
+///
+/// russh waits for window room on a notification that its connection task sends when a window
+/// adjustment arrives, and never when the connection ends: a send waiting for a client that
+/// went away (or was cut off by us) would wait forever, holding the session's files and memory,
+/// were it not given up when the connection is `gone`.
 struct ChannelWriter {
     half: Arc<ChannelWriteHalf<Msg>>,
     sending: Option<futures::future::BoxFuture<'static, Result<(), russh::Error>>>,
+    gone: CancellationToken,
 }
 
 impl ChannelWriter {
@@ -482,7 +503,13 @@ impl tokio::io::AsyncWrite for ChannelWriter {
         ready!(this.poll_sent(cx))?;
         let half = this.half.clone();
         let data = bytes::Bytes::copy_from_slice(buf);
-        this.sending = Some(Box::pin(async move { half.data_bytes(data).await }));
+        let gone = this.gone.clone();
+        this.sending = Some(Box::pin(async move {
+            tokio::select! {
+                r = half.data_bytes(data) => r,
+                _ = gone.cancelled() => Err(russh::Error::SendError),
+            }
+        }));
         Poll::Ready(Ok(buf.len()))
     }
 

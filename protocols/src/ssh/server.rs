@@ -228,9 +228,14 @@ where
     };
     let _counted = crate::metrics::SessionGuard::new("sftp");
     let state = Arc::new(ConnState::default());
+    // Whatever way this function ends, what still waits on the connection's channels stops.
+    let _gone = state.gone.clone().drop_guard();
     let handler = SshHandler::new(ctx.shared.clone(), peer, state.clone());
     // One deadline for the version exchange, the key exchange and the login together.
     let login_deadline = tokio::time::Instant::now() + ctx.shared.opts.login_grace;
+    // russh runs the connection in a task of its own, which dropping `session` does not stop:
+    // the way to end a connection that does not end when asked is to cut its stream.
+    let (stream, cut) = Severable::new(stream);
     let session = match tokio::time::timeout_at(
         login_deadline,
         russh::server::run_stream(ctx.config.clone(), stream, handler),
@@ -288,8 +293,131 @@ where
         }
     };
     tracing::debug!(%peer, reason, "closing SSH connection");
-    let _ = handle
-        .disconnect(Disconnect::ByApplication, reason.to_string(), String::new())
-        .await;
-    let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut session).await;
+    // The goodbye waits for room in russh's outgoing queue, which russh does not drain while
+    // the client's window is full or its socket does not take bytes: a client that stopped
+    // reading gets a bounded wait, then its connection is cut (and with it the session's
+    // files, memory and transfers, which live in russh's task).
+    let polite = tokio::time::timeout(DISCONNECT_WAIT, async {
+        let _ = handle
+            .disconnect(Disconnect::ByApplication, reason.to_string(), String::new())
+            .await;
+        let _ = (&mut session).await;
+    })
+    .await;
+    if polite.is_err() {
+        tracing::debug!(%peer, "SSH connection did not end when asked; cutting it");
+        cut.sever();
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut session).await;
+    }
+}
+
+/// A connection's stream that the server can cut: from then on every read ends and every
+/// write fails, also those already waiting, so that russh's connection task ends.
+struct Severable<S> {
+    inner: S,
+    cut: Arc<Cut>,
+}
+
+/// The cutting side of a [`Severable`].
+#[derive(Default)]
+struct Cut {
+    done: std::sync::atomic::AtomicBool,
+    reader: futures::task::AtomicWaker,
+    writer: futures::task::AtomicWaker,
+}
+
+impl Cut {
+    fn sever(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    /// Registers the task to wake, then tells whether the stream was cut.
+    fn is_cut(&self, waker: &futures::task::AtomicWaker, cx: &std::task::Context<'_>) -> bool {
+        waker.register(cx.waker());
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<S> Severable<S> {
+    fn new(inner: S) -> (Severable<S>, Arc<Cut>) {
+        let cut = Arc::new(Cut::default());
+        (
+            Severable {
+                inner,
+                cut: cut.clone(),
+            },
+            cut,
+        )
+    }
+}
+
+fn severed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "connection cut by the server",
+    )
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Severable<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.cut.is_cut(&this.cut.reader, cx) {
+            return std::task::Poll::Ready(Err(severed()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.cut.is_cut(&this.cut.writer, cx) {
+            return std::task::Poll::Ready(Err(severed()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.cut.is_cut(&this.cut.writer, cx) {
+            return std::task::Poll::Ready(Err(severed()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.cut.is_cut(&this.cut.writer, cx) {
+            return std::task::Poll::Ready(Err(severed()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

@@ -306,7 +306,7 @@ impl std::ops::Deref for Sftp {
     }
 }
 
-async fn open_sftp(h: russh::client::Handle<TrustAll>) -> anyhow::Result<Sftp> {
+pub async fn open_sftp(h: russh::client::Handle<TrustAll>) -> anyhow::Result<Sftp> {
     let ch = h.channel_open_session().await?;
     ch.request_subsystem(true, "sftp").await?;
     let raw = RawSftpSession::new(ch.into_stream());
