@@ -119,8 +119,13 @@ users:
             base = sftp(["cd /s3"])
             t = sftp([f"put {w}/small/f{i:04d} /s3/r{r}-f{i:04d}" for i in range(a.n)])
             res["sftp"].append((t - base) / a.n)
+            # New names in every rep (a STOR onto an existing file is an overwrite, which needs
+            # that file's entry: another case).
+            os.makedirs(f"{w}/ftp{r}")
+            for i in range(a.n):
+                os.link(f"{w}/small/f{i:04d}", f"{w}/ftp{r}/g{r}-f{i:04d}")
             base = lftp(["cd /s3"])
-            t = lftp([f"mput -O /s3/ {w}/small/*"])
+            t = lftp([f"mput -O /s3/ {w}/ftp{r}/*"])
             res["ftp"].append((t - base) / a.n)
             print(f"rep {r + 1}: sftp {res['sftp'][-1] * 1000:.1f} ms/file, "
                   f"ftp {res['ftp'][-1] * 1000:.1f} ms/file", flush=True)

@@ -168,6 +168,15 @@ pub trait Backend: Send + Sync + 'static {
     /// at a time (for folder renames and sync).
     fn walk(&self, key: &str) -> ListStream;
 
+    /// The names of every direct child of folder `key` (files and folders alike), where one
+    /// request tells them all; `None` where it cannot (a folder of more than a listing page,
+    /// or a backend whose lookups cost no round trip, where knowing them saves nothing). A
+    /// session keeps them for a moment, to answer "no such file" without asking again (see
+    /// `crate::known`).
+    async fn child_names(&self, _key: &str) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
     /// True when [`Backend::walk`] shows each file's time as [`Backend::stat_file`] does. False
     /// where that time is kept apart from the listing (S3 with `preserve_mtime`: the `mtime`
     /// metadata needs a HEAD per file, so a walk shows Last-Modified and a caller that needs

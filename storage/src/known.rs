@@ -7,6 +7,11 @@
 //! time a small file takes. What a check found stays true for a moment: the OPEN that follows
 //! reuses it.
 //!
+//! A client that uploads many files STATs each new name first: the first such lookup in a folder
+//! lists the folder beside it (one request, where one page holds the folder), and the names
+//! that are not in that listing are missing for the next lookups, with no request, while
+//! nothing but the session's own uploads changed the folder ([`Known::listed_absent`]).
+//!
 //! The facts are kept for a short time only ([`NAME_FOR`], [`FOLDER_FOR`]), and only where a
 //! stale fact changes nothing a check at OPEN would prevent: the gap between OPEN and CLOSE (the
 //! PutObject) is as long as the upload already, and the commit keeps its own guards (a create
@@ -25,6 +30,26 @@ pub(crate) const NAME_FOR: Duration = Duration::from_secs(1);
 pub(crate) const FOLDER_FOR: Duration = Duration::from_secs(5);
 /// Entries kept at most; the oldest go first.
 const CAP: usize = 256;
+/// Folder listings kept at most (each up to a listing page of names, 8 bytes a name).
+const LISTINGS_CAP: usize = 2;
+/// How long a folder found too large for one listing page is not listed again for a lookup.
+pub(crate) const TOO_BIG_FOR: Duration = Duration::from_secs(30);
+/// How long a listing for lookups may take before another may begin.
+const LISTING_FOR: Duration = Duration::from_secs(10);
+
+/// The names in one folder, as one listing request found them, kept so that a lookup of a name
+/// that is not among them needs no request: the client's STAT of the next file it uploads.
+struct Listing {
+    at: Instant,
+    /// The names' hashes ([`name_hash`]): a thousand names take 8 KiB, not 50. Two names with
+    /// one hash only make a lookup ask the bucket.
+    names: std::collections::HashSet<u64>,
+    /// The tree's stamp of the folder read before the listing (`Writing::folder_stamp`): the
+    /// listing holds while the stamp has moved by no more than this session's own uploads
+    /// into the folder, which are added to `names`.
+    stamp: (u64, u64),
+    own: u64,
+}
 
 #[derive(Default)]
 struct Facts {
@@ -40,6 +65,12 @@ struct Facts {
     folders_at: HashMap<String, u64>,
     /// Site paths of files this session just committed, with when.
     written: HashMap<String, Instant>,
+    /// Site paths of folders, with the names listed in them.
+    listings: HashMap<String, Listing>,
+    /// Site paths of folders too large for one listing page, with when that was seen.
+    too_big: HashMap<String, Instant>,
+    /// Site paths of folders being listed for lookups now, with since when.
+    listing: HashMap<String, Instant>,
 }
 
 /// One session's recent facts, by site-tree path.
@@ -75,6 +106,24 @@ impl Facts {
     }
 }
 
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl Listing {
+    /// Recent, and nothing changed the folder since but this session's own uploads (whose
+    /// names it holds): no folder made, removed or renamed anywhere in the tree, no other
+    /// upload ended in the folder.
+    fn usable(&self, (structural, uploads): (u64, u64)) -> bool {
+        self.at.elapsed() < NAME_FOR
+            && structural == self.stamp.0
+            && uploads == self.stamp.1 + self.own
+    }
+}
+
 impl Known {
     fn with<T>(&self, f: impl FnOnce(&mut Facts) -> T) -> T {
         let mut g = self.facts.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,13 +133,19 @@ impl Known {
     /// `path` was just found missing, by a lookup made when the tree had seen `changes`
     /// changes.
     pub(crate) fn absent(&self, path: &str, changes: u64) {
+        self.absent_since(path, changes, Instant::now())
+    }
+
+    /// `path` was found missing by what was learnt at `at` (a listing a moment ago): the fact
+    /// lasts [`NAME_FOR`] from then, not from now.
+    pub(crate) fn absent_since(&self, path: &str, changes: u64, at: Instant) {
         self.with(|f| {
             prune(&mut f.absent, NAME_FOR);
             let Facts {
                 absent, absent_at, ..
             } = f;
             absent_at.retain(|k, _| absent.contains_key(k));
-            absent.insert(path.to_string(), Instant::now());
+            absent.insert(path.to_string(), at);
             absent_at.insert(path.to_string(), changes);
         })
     }
@@ -111,6 +166,11 @@ impl Known {
     /// opened when the tree had seen `removals` removals.
     pub(crate) fn written(&self, path: &str, folder: &str, removals: u64) {
         self.with(|f| {
+            if let Some(l) = f.listings.get_mut(folder) {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                l.names.insert(name_hash(name));
+                l.own += 1;
+            }
             f.absent.remove(path);
             prune(&mut f.written, NAME_FOR);
             f.written.insert(path.to_string(), Instant::now());
@@ -144,11 +204,97 @@ impl Known {
         })
     }
 
+    /// Whether folder `folder` should be listed along with a lookup in it: no listing of it
+    /// is usable now, and it was not found too large lately.
+    /// The listing is then taken as begun: the next lookups do not start another until it
+    /// ends ([`Known::listed`], [`Known::listing_failed`]) or [`LISTING_FOR`] has passed.
+    pub(crate) fn wants_listing(&self, folder: &str, stamp: (u64, u64)) -> bool {
+        self.with(|f| {
+            // Old listings answer nothing more: their memory goes.
+            f.listings.retain(|_, l| l.at.elapsed() < NAME_FOR);
+            let usable = f.listings.get(folder).is_some_and(|l| l.usable(stamp));
+            let big = f
+                .too_big
+                .get(folder)
+                .is_some_and(|t| t.elapsed() < TOO_BIG_FOR);
+            let busy = f
+                .listing
+                .get(folder)
+                .is_some_and(|t| t.elapsed() < LISTING_FOR);
+            let wanted = !usable && !big && !busy;
+            if wanted {
+                prune(&mut f.listing, LISTING_FOR);
+                f.listing.insert(folder.to_string(), Instant::now());
+            }
+            wanted
+        })
+    }
+
+    /// The listing of `folder` begun for lookups failed.
+    pub(crate) fn listing_failed(&self, folder: &str) {
+        self.with(|f| f.listing.remove(folder));
+    }
+
+    /// Folder `folder` holds exactly `names` (None: more than one listing page), by a listing
+    /// made when the folder's stamp was `stamp`.
+    pub(crate) fn listed(&self, folder: &str, names: Option<Vec<String>>, stamp: (u64, u64)) {
+        self.with(|f| f.listing.remove(folder));
+        self.with(|f| match names {
+            None => {
+                f.listings.remove(folder);
+                prune(&mut f.too_big, TOO_BIG_FOR);
+                f.too_big.insert(folder.to_string(), Instant::now());
+            }
+            Some(names) => {
+                f.listings.retain(|_, l| l.at.elapsed() < NAME_FOR);
+                while f.listings.len() >= LISTINGS_CAP {
+                    let Some(oldest) = f
+                        .listings
+                        .iter()
+                        .min_by_key(|(_, l)| l.at)
+                        .map(|(k, _)| k.clone())
+                    else {
+                        break;
+                    };
+                    f.listings.remove(&oldest);
+                }
+                f.too_big.remove(folder);
+                f.listings.insert(
+                    folder.to_string(),
+                    Listing {
+                        at: Instant::now(),
+                        names: names.iter().map(|n| name_hash(n)).collect(),
+                        stamp,
+                        own: 0,
+                    },
+                );
+            }
+        })
+    }
+
+    /// When a usable listing of `folder` (whose stamp is `stamp` now) found no `name` in it;
+    /// None when no such listing tells.
+    pub(crate) fn listed_absent(
+        &self,
+        folder: &str,
+        name: &str,
+        stamp: (u64, u64),
+    ) -> Option<Instant> {
+        self.with(|f| {
+            f.listings
+                .get(folder)
+                .filter(|l| l.usable(stamp) && !l.names.contains(&name_hash(name)))
+                .map(|l| l.at)
+        })
+    }
+
     /// `path` is gone, or changed kind (removed, renamed): forget what was known of it and of
     /// everything below it.
     pub(crate) fn forget(&self, path: &str) {
         let below = format!("{}/", path.trim_end_matches('/'));
         self.with(|f| {
+            f.listings
+                .retain(|k, _| k != path && !k.starts_with(&below));
             f.folders.retain(|k, _| k != path && !k.starts_with(&below));
             f.folders_at
                 .retain(|k, _| k != path && !k.starts_with(&below));
@@ -161,6 +307,51 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_answers_while_only_own_uploads_changed_its_folder() {
+        let k = Known::default();
+        assert!(k.wants_listing("/d", (0, 0)));
+        assert!(!k.wants_listing("/d", (0, 0)), "one listing at a time");
+        k.listed("/d", Some(vec!["a".into()]), (0, 0));
+        assert!(
+            !k.wants_listing("/d", (0, 0)),
+            "a usable listing is not made again"
+        );
+        assert!(k.listed_absent("/d", "b", (0, 0)).is_some());
+        assert!(k.listed_absent("/d", "a", (0, 0)).is_none(), "listed");
+        assert!(
+            k.listed_absent("/e", "b", (0, 0)).is_none(),
+            "another folder"
+        );
+        k.written("/d/b", "/d", 0);
+        assert!(k.listed_absent("/d", "b", (0, 1)).is_none(), "written here");
+        assert!(k.listed_absent("/d", "c", (0, 1)).is_some());
+        assert!(
+            k.listed_absent("/d", "c", (0, 2)).is_none(),
+            "another upload"
+        );
+        assert!(
+            k.listed_absent("/d", "c", (1, 1)).is_none(),
+            "another change"
+        );
+        k.forget("/d");
+        assert!(k.listed_absent("/d", "c", (0, 1)).is_none(), "forgotten");
+        assert!(k.wants_listing("/big", (0, 0)));
+        k.listed("/big", None, (0, 0));
+        assert!(
+            !k.wants_listing("/big", (0, 0)),
+            "too big: not listed again soon"
+        );
+        for i in 0..5 {
+            k.listed(&format!("/f{i}"), Some(vec![]), (0, 0));
+        }
+        assert!(k.with(|f| f.listings.len()) <= LISTINGS_CAP);
+        assert!(
+            k.listed_absent("/f4", "x", (0, 0)).is_some(),
+            "the newest stays"
+        );
+    }
 
     #[test]
     fn facts_expire_and_are_used_once() {

@@ -156,6 +156,33 @@ fn require_folder(parent: Result<Entry>, op: &'static str, shown: &VPath) -> Res
     }
 }
 
+/// Runs `lookup` while the folder's `listing` (if one was begun) runs beside it, and then
+/// waits for the listing at most as long again as the lookup took: it usually ends with the
+/// lookup (both are one request), so that the next lookup finds it; a large folder's listing
+/// that takes longer goes on on its own, and the lookup's answer is not held up much.
+async fn beside<T>(
+    listing: Option<tokio::task::JoinHandle<()>>,
+    lookup: impl std::future::Future<Output = T>,
+) -> T {
+    let started = std::time::Instant::now();
+    let r = lookup.await;
+    if let Some(l) = listing {
+        let _ = tokio::time::timeout(started.elapsed(), l).await;
+    }
+    r
+}
+
+/// Where a listing of a lookup's folder is kept and made (see `UserFs::listing_scope`).
+struct ListingScope {
+    /// The folder's site path.
+    folder: String,
+    /// The name looked up in it.
+    name: String,
+    backend: Arc<dyn Backend>,
+    key: String,
+    stamp: (u64, u64),
+}
+
 fn key_of(prefix: &str, rel: &str) -> String {
     let mut k = String::with_capacity(prefix.len() + rel.len());
     k.push_str(prefix);
@@ -467,6 +494,62 @@ impl UserFs {
         Ok(e)
     }
 
+    /// The folder holding `site`, where a listing of it can tell that `site` does not exist:
+    /// the folder's site path, backend, key and stamp now. None for area roots and the folders
+    /// that lead to mount points (they always exist).
+    fn listing_scope(&self, site: &VPath) -> Option<ListingScope> {
+        let loc = self.tree.locate(site);
+        if loc.is_area_root || self.tree.holds_mount(site) {
+            return None;
+        }
+        let parent = site.parent();
+        let ploc = self.tree.locate(&parent);
+        if ploc.mount != loc.mount {
+            return None;
+        }
+        let stamp = self.tree.writing.folder_stamp(&ploc.key);
+        Some(ListingScope {
+            folder: parent.to_string(),
+            name: site.name().unwrap_or_default().to_string(),
+            backend: ploc.backend,
+            key: ploc.key,
+            stamp,
+        })
+    }
+
+    /// When a listing of `site`'s folder made a moment ago found no such name, and nothing
+    /// changed the folder since: the name is missing, and no request is needed to say so.
+    fn listed_missing(&self, scope: Option<&ListingScope>) -> Option<std::time::Instant> {
+        let s = scope?;
+        self.known.listed_absent(&s.folder, &s.name, s.stamp)
+    }
+
+    /// Lists the folder of a lookup, beside it, where no usable listing of it is known: the
+    /// next lookups of names in it (an upload client's STAT of each new file) then need no
+    /// request. One listing request (more than a page: not kept, and not tried again for a
+    /// while), in a task of its own: see [`beside`].
+    fn list_alongside(&self, scope: Option<&ListingScope>) -> Option<tokio::task::JoinHandle<()>> {
+        let s = scope.filter(|s| self.known.wants_listing(&s.folder, s.stamp))?;
+        let removals = self.tree.writing.removals();
+        let known = self.known.clone();
+        let (backend, key, folder, stamp) =
+            (s.backend.clone(), s.key.clone(), s.folder.clone(), s.stamp);
+        Some(tokio::spawn(async move {
+            match backend.child_names(&key).await {
+                Ok(names) => {
+                    if names.as_ref().is_some_and(|n| !n.is_empty()) {
+                        known.folder(&folder, removals);
+                    }
+                    known.listed(&folder, names, stamp);
+                }
+                Err(e) => {
+                    known.listing_failed(&folder);
+                    tracing::debug!(folder = %folder, error = %e, "listing for lookups failed");
+                }
+            }
+        }))
+    }
+
     /// Describes a file or folder. Needs `list` in the folder that holds it (in the folder
     /// itself for the home).
     async fn stat_inner(&self, p: &VPath) -> Result<Entry> {
@@ -474,7 +557,12 @@ impl UserFs {
         let site = self.site_path(p);
         let changes = self.tree.writing.changes();
         let removals = self.tree.writing.removals();
-        let r = self.stat_site(&site).await;
+        let scope = self.listing_scope(&site);
+        if let Some(at) = self.listed_missing(scope.as_ref()) {
+            self.known.absent_since(&site.to_string(), changes, at);
+            return Err(Error::of(ErrorKind::NotFound).with_context("stat", p.to_string()));
+        }
+        let r = beside(self.list_alongside(scope.as_ref()), self.stat_site(&site)).await;
         match &r {
             Ok(e) if e.is_dir() => self.known.folder(&site.to_string(), removals),
             Ok(_) => self.known.folder(&site.parent().to_string(), removals),
@@ -592,17 +680,25 @@ impl UserFs {
         // A name this session found missing a moment ago (the client's STAT just before) is
         // not asked again where that cannot change the outcome: with TRUNC the old content is
         // not used, and a create that must not replace commits only if the name is still free.
+        let scope = self.listing_scope(&site);
         let reuse = (mode.truncate || mode.exclusive)
-            && self
+            && (self
                 .known
-                .take_absent(&site.to_string(), self.tree.writing.changes());
+                .take_absent(&site.to_string(), self.tree.writing.changes())
+                || self.listed_missing(scope.as_ref()).is_some());
         let (target, parent_e) = if reuse {
             (
                 Err(Error::of(ErrorKind::NotFound)),
                 self.stat_parent(&parent).await,
             )
         } else {
-            tokio::join!(self.stat_site(&site), self.stat_parent(&parent))
+            // An FTP STOR asks nothing before it: its folder's listing, made beside this
+            // lookup, spares the next STOR into it its own.
+            let listing = (mode.truncate || mode.exclusive)
+                .then(|| self.list_alongside(scope.as_ref()))
+                .flatten();
+            let lookups = async { tokio::join!(self.stat_site(&site), self.stat_parent(&parent)) };
+            beside(listing, lookups).await
         };
         require_folder(parent_e, op, p)?;
         let existing = match target {

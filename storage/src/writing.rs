@@ -24,7 +24,6 @@ fn live(v: &Uploads) -> bool {
 }
 
 /// Every name with an upload in progress, and the uploads on it.
-#[derive(Default)]
 pub struct Writing {
     next: AtomicU64,
     map: Mutex<HashMap<Name, Uploads>>,
@@ -36,6 +35,37 @@ pub struct Writing {
     /// folder without a marker goes with its last file), so that a session's fact "this folder
     /// was there a moment ago" is used only if none ended since (see `Known`).
     removals: AtomicU64,
+    /// Counts the changes other than uploads (folders made or removed, removes, renames), so
+    /// that a session's listing of a folder is used only if none ended since (see `Known`).
+    structural: AtomicU64,
+    /// Counts the uploads that ended, by folder (the folder's key hashed into one of
+    /// [`EPOCHS`] counters: two folders may share one, which only costs a lookup), so that
+    /// uploads into other folders leave a session's listing of its folder usable.
+    uploads_in: Box<[AtomicU64]>,
+}
+
+/// Counters of [`Writing::uploads_in`].
+const EPOCHS: usize = 1024;
+
+impl Default for Writing {
+    fn default() -> Self {
+        Writing {
+            next: AtomicU64::new(0),
+            map: Mutex::default(),
+            changes: AtomicU64::new(0),
+            removals: AtomicU64::new(0),
+            structural: AtomicU64::new(0),
+            uploads_in: (0..EPOCHS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// The counter of [`Writing::uploads_in`] for folder `key` (no trailing `/`; `""` is the top).
+fn epoch_of(key: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.trim_end_matches('/').hash(&mut h);
+    (h.finish() % EPOCHS as u64) as usize
 }
 
 /// Counts one change of the tree when dropped (at the end of the operation, however it ends),
@@ -47,6 +77,7 @@ impl Drop for ChangeGuard {
         if self.1 {
             self.0.removals.fetch_add(1, Ordering::SeqCst);
         }
+        self.0.structural.fetch_add(1, Ordering::SeqCst);
         self.0.changes.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -65,6 +96,15 @@ impl Writing {
     /// The count of removals so far; read before a lookup that finds a folder.
     pub(crate) fn removals(&self) -> u64 {
         self.removals.load(Ordering::SeqCst)
+    }
+
+    /// Where folder `key` stands: the changes other than uploads so far, and the uploads ended
+    /// in that folder (or one sharing its counter). Read before listing the folder.
+    pub(crate) fn folder_stamp(&self, key: &str) -> (u64, u64) {
+        (
+            self.structural.load(Ordering::SeqCst),
+            self.uploads_in[epoch_of(key)].load(Ordering::SeqCst),
+        )
     }
 
     /// Counts a change that may take a folder away when the returned guard is dropped.
@@ -145,6 +185,8 @@ impl WriteClaim {
 
 impl Drop for WriteClaim {
     fn drop(&mut self) {
+        let folder = self.name.1.rsplit_once('/').map_or("", |(f, _)| f);
+        self.reg.uploads_in[epoch_of(folder)].fetch_add(1, Ordering::SeqCst);
         self.reg.changes.fetch_add(1, Ordering::SeqCst);
         let mut map = self.reg.lock();
         if let Some(v) = map.get_mut(&self.name) {

@@ -16,6 +16,7 @@ mod s3_credentials;
 mod s3_faults;
 mod s3_lease;
 mod s3_listing;
+mod s3_lookups;
 mod s3_memory;
 mod s3_ops;
 mod s3_options;

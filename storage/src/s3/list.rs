@@ -428,6 +428,38 @@ fn dir_prefix(key: &str) -> String {
     }
 }
 
+/// The names of the direct children of folder `key` when one ListObjectsV2 page holds them
+/// all (see [`crate::backend::Backend::child_names`]).
+pub(crate) async fn child_names(inner: &Inner, key: &str) -> Result<Option<Vec<String>>> {
+    // What a page of 1,000 keys takes while it is read and parsed. The listing only saves
+    // round trips: where the budget has no room for it now, it is not made.
+    const PAGE_MEMORY: u64 = 512 * 1024;
+    let Some(_memory) = inner.budget.try_acquire(PAGE_MEMORY) else {
+        return Err(Error::new(
+            ErrorKind::LimitReached,
+            "no room in the memory budget for a listing now",
+        ));
+    };
+    let prefix = dir_prefix(key);
+    let page = list_page(inner, &prefix, true, None, inner.opts.list_page_size)
+        .await
+        .map_err(|e| e.with_key("list", prefix.clone()))?;
+    if page.next.is_some() {
+        return Ok(None);
+    }
+    let names = page
+        .objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .chain(page.prefixes.iter().map(String::as_str))
+        .filter_map(|k| k.strip_prefix(prefix.as_str()))
+        .map(|n| n.trim_end_matches('/'))
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(Some(names))
+}
+
 /// The direct children of folder `key`, one page per answer.
 pub(crate) fn list(inner: Arc<Inner>, key: &str) -> ListStream {
     pages(inner, dir_prefix(key), false)

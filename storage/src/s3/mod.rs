@@ -415,6 +415,10 @@ impl Backend for S3Backend {
         list::list(self.inner.clone(), key)
     }
 
+    async fn child_names(&self, key: &str) -> Result<Option<Vec<String>>> {
+        list::child_names(&self.inner, key).await
+    }
+
     fn walk(&self, key: &str) -> ListStream {
         list::walk(self.inner.clone(), key)
     }
