@@ -322,14 +322,36 @@ async fn one_server(srv: &Server) {
         history: None,
     };
     let state = dir.path().join("state");
-    let run = || async { run_job(&job, &state, RunOptions::default()).await.unwrap() };
+    // What each run did to which path, shown when an assertion below fails.
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let ev = events.clone();
+    let opts = RunOptions {
+        progress: Some(Arc::new(move |p: bucketgate_storage::sync::Progress| {
+            if let Some(e) = p.event {
+                ev.lock()
+                    .unwrap()
+                    .push(format!("{:?} {} {:?}", e.kind, e.path, e.message));
+            }
+        })),
+        ..Default::default()
+    };
+    let run = || async {
+        events.lock().unwrap().clear();
+        let sum = run_job(&job, &state, opts.clone()).await.unwrap();
+        let ev = events.lock().unwrap();
+        // The first run's 10,000 copies are not worth printing; any other run's events are.
+        if ev.len() < 20 {
+            println!("[{}] events {:?}", job.name, *ev);
+        }
+        sum
+    };
 
     // 1. The first run copies everything up.
     let t = std::time::Instant::now();
     let sum = run().await;
     let first = t.elapsed();
     let traffic = counter.take();
-    println!("[{name}] first run {first:?}");
+    println!("[{name}] first run {first:?}, requests {traffic:?}");
     assert_eq!(
         (sum.copied_to_remote, sum.copied_to_site, sum.errors),
         (N as u64, 0, 0),
@@ -368,7 +390,17 @@ async fn one_server(srv: &Server) {
     let sum = run().await;
     let second = t.elapsed();
     let traffic = counter.take();
-    println!("[{name}] no-change rerun {second:?}");
+    println!("[{name}] no-change rerun {second:?}, requests {traffic:?}");
+    // Every site file still holds what was written there (a rerun that copied something back
+    // shows here which file, and whether its bytes changed).
+    for i in 0..N {
+        let rel = format!("d{:02}/f{i:05}.txt", i % 100);
+        assert_eq!(
+            read(&s, &rel).as_deref(),
+            Some(&content(i)[..]),
+            "[{name}] site {rel}"
+        );
+    }
     assert_eq!(counts(&sum), (0, 0, 0, 0, 0, 0, 0), "[{name}] {sum:?}");
     assert_eq!(writes(&traffic), 0, "[{name}] {traffic:?}");
     assert_eq!(count(&traffic, "HEAD"), 0, "[{name}] {traffic:?}");
