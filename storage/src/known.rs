@@ -7,8 +7,8 @@
 //! time a small file takes. What a check found stays true for a moment: the OPEN that follows
 //! reuses it.
 //!
-//! A client that uploads many files STATs each new name first: the first such lookup in a folder
-//! lists the folder beside it (one request, where one page holds the folder), and the names
+//! A client that uploads many files STATs each new name first: the lookup that follows a miss
+//! in a folder lists the folder beside it (one request, where one page holds the folder), and the names
 //! that are not in that listing are missing for the next lookups, with no request, while
 //! nothing but the session's own uploads changed the folder ([`Known::listed_absent`]).
 //!
@@ -71,6 +71,10 @@ struct Facts {
     too_big: HashMap<String, Instant>,
     /// Site paths of folders being listed for lookups now, with since when.
     listing: HashMap<String, Instant>,
+    /// Site paths of folders in which a lookup found a name missing, with when: a listing is
+    /// made for the lookups that follow such a miss (an upload client's next file), not for
+    /// every first lookup (a `cd`, a STAT before an `ls`, a single upload).
+    missed_in: HashMap<String, Instant>,
 }
 
 /// One session's recent facts, by site-tree path.
@@ -204,8 +208,17 @@ impl Known {
         })
     }
 
-    /// Whether folder `folder` should be listed along with a lookup in it: no listing of it
-    /// is usable now, and it was not found too large lately.
+    /// A lookup found a name missing in folder `folder`.
+    pub(crate) fn missed(&self, folder: &str) {
+        self.with(|f| {
+            prune(&mut f.missed_in, NAME_FOR);
+            f.missed_in.insert(folder.to_string(), Instant::now());
+        })
+    }
+
+    /// Whether folder `folder` should be listed along with a lookup in it: a lookup found a
+    /// name missing there a moment ago, no listing of it is usable now, and it was not found
+    /// too large lately.
     /// The listing is then taken as begun: the next lookups do not start another until it
     /// ends ([`Known::listed`], [`Known::listing_failed`]) or [`LISTING_FOR`] has passed.
     pub(crate) fn wants_listing(&self, folder: &str, stamp: (u64, u64)) -> bool {
@@ -221,7 +234,11 @@ impl Known {
                 .listing
                 .get(folder)
                 .is_some_and(|t| t.elapsed() < LISTING_FOR);
-            let wanted = !usable && !big && !busy;
+            let missed = f
+                .missed_in
+                .get(folder)
+                .is_some_and(|t| t.elapsed() < NAME_FOR);
+            let wanted = missed && !usable && !big && !busy;
             if wanted {
                 prune(&mut f.listing, LISTING_FOR);
                 f.listing.insert(folder.to_string(), Instant::now());
@@ -311,6 +328,11 @@ mod tests {
     #[test]
     fn a_listing_answers_while_only_own_uploads_changed_its_folder() {
         let k = Known::default();
+        assert!(
+            !k.wants_listing("/d", (0, 0)),
+            "no name found missing there yet"
+        );
+        k.missed("/d");
         assert!(k.wants_listing("/d", (0, 0)));
         assert!(!k.wants_listing("/d", (0, 0)), "one listing at a time");
         k.listed("/d", Some(vec!["a".into()]), (0, 0));
@@ -337,6 +359,7 @@ mod tests {
         );
         k.forget("/d");
         assert!(k.listed_absent("/d", "c", (0, 1)).is_none(), "forgotten");
+        k.missed("/big");
         assert!(k.wants_listing("/big", (0, 0)));
         k.listed("/big", None, (0, 0));
         assert!(

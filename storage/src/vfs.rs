@@ -560,15 +560,18 @@ impl UserFs {
         let scope = self.listing_scope(&site);
         if let Some(at) = self.listed_missing(scope.as_ref()) {
             self.known.absent_since(&site.to_string(), changes, at);
+            self.known.missed(&site.parent().to_string());
             return Err(Error::of(ErrorKind::NotFound).with_context("stat", p.to_string()));
         }
         let r = beside(self.list_alongside(scope.as_ref()), self.stat_site(&site)).await;
         match &r {
             Ok(e) if e.is_dir() => self.known.folder(&site.to_string(), removals),
             Ok(_) => self.known.folder(&site.parent().to_string(), removals),
-            // An upload client's check before it writes: the OPEN that follows may reuse it.
+            // An upload client's check before it writes: the OPEN that follows may reuse it,
+            // and the next lookup in the folder lists it.
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.known.absent(&site.to_string(), changes)
+                self.known.absent(&site.to_string(), changes);
+                self.known.missed(&site.parent().to_string());
             }
             Err(_) => {}
         }
@@ -692,8 +695,8 @@ impl UserFs {
                 self.stat_parent(&parent).await,
             )
         } else {
-            // An FTP STOR asks nothing before it: its folder's listing, made beside this
-            // lookup, spares the next STOR into it its own.
+            // An FTP STOR asks nothing before it: after a STOR of a new name, the folder's
+            // listing, made beside the next one's lookup, spares the STORs after it theirs.
             let listing = (mode.truncate || mode.exclusive)
                 .then(|| self.list_alongside(scope.as_ref()))
                 .flatten();
@@ -706,7 +709,11 @@ impl UserFs {
                 return Err(Error::of(ErrorKind::IsADirectory).with_context(op, p.to_string()))
             }
             Ok(e) => Some(e),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // A new name (an FTP STOR's): the next open in the folder lists it.
+                self.known.missed(&parent.to_string());
+                None
+            }
             Err(e) => return Err(e.with_context(op, p.to_string())),
         };
         let writing = self

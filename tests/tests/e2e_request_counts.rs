@@ -194,13 +194,12 @@ fn s3_requests_per_operation() {
 
     // 1. OpenSSH `sftp put FILE DEST` of a new small file: the client STATs DEST (is it a
     //    folder?), then OPEN(WRITE|CREAT|TRUNC), WRITE, CLOSE.
-    //    Mount root: the STAT (a listing and a HEAD at once, and beside them the listing of
-    //    the folder, for the lookups that follow), then the PutObject alone.
+    //    Mount root: the STAT (a listing and a HEAD at once), then the PutObject alone.
     c.start();
     sftp(&gw, &key, d, "put small.txt /plain/new1.txt\n");
     c.expect(
         "sftp put, mount root",
-        &[("HEAD", 1), ("LIST", 2), ("PUT", 1)],
+        &[("HEAD", 1), ("LIST", 1), ("PUT", 1)],
     );
     assert_eq!(
         moto.get(BUCKET, "p/new1.txt").as_deref(),
@@ -212,26 +211,27 @@ fn s3_requests_per_operation() {
     sftp(&gw, &key, d, "cd /plain\nput small.txt\n");
     c.expect(
         "sftp put, no destination",
-        &[("HEAD", 1), ("LIST", 2), ("PUT", 1)],
+        &[("HEAD", 1), ("LIST", 1), ("PUT", 1)],
     );
 
-    // 2. Into a folder made in the same session, two files one after the other: the mkdir
-    //    (its stat, the backend's HEAD for a file of that name, the marker's PUT), then the
-    //    first file's STAT (with the folder's listing beside it) and PutObject, and the second
-    //    file's PutObject alone: the listing, with the first file added, answers its STAT; the
-    //    new folder needs no check.
+    // 2. Into a folder made in the same session, three files one after the other: the mkdir
+    //    (its stat, the backend's HEAD for a file of that name, the marker's PUT); per file
+    //    the client's STAT and the PutObject, the new folder needing no check. The second
+    //    STAT, after a name found missing in that folder, lists the folder beside its check;
+    //    the third is answered from that listing, with no request.
     c.start();
     sftp(
         &gw,
         &key,
         d,
-        "mkdir /plain/dir\nput small.txt /plain/dir/a.txt\nput small.txt /plain/dir/b.txt\n",
+        "mkdir /plain/dir\nput small.txt /plain/dir/a.txt\nput small.txt /plain/dir/b.txt\n\
+         put small.txt /plain/dir/c.txt\n",
     );
     c.expect(
-        "sftp mkdir + 2 puts into it",
-        &[("HEAD", 3), ("LIST", 3), ("PUT", 3)],
+        "sftp mkdir + 3 puts into it",
+        &[("HEAD", 4), ("LIST", 4), ("PUT", 4)],
     );
-    assert!(moto.get(BUCKET, "p/dir/b.txt").is_some());
+    assert!(moto.get(BUCKET, "p/dir/c.txt").is_some());
 
     // 3. FTP STOR of a new small file (curl: CWD, then STOR).
     c.start();
@@ -243,16 +243,16 @@ fn s3_requests_per_operation() {
     assert_ok("curl ftp upload", &up);
     c.expect(
         "ftp STOR, mount root",
-        &[("HEAD", 1), ("LIST", 2), ("PUT", 1)],
+        &[("HEAD", 1), ("LIST", 1), ("PUT", 1)],
     );
     assert!(moto.get(BUCKET, "p/via-ftp.txt").is_some());
 
-    //    lftp `mput` of 2 files (per file a STOR, then an MFMT with the local file's time):
-    //    the first STOR's check (with the folder's listing beside it) and PutObject, the
-    //    second's PutObject alone (the listing answers its check); the MFMT of a file the
-    //    session has just written sends nothing (`preserve_mtime: false` ignores the time).
+    //    lftp `mput` of 3 files (per file a STOR, then an MFMT with the local file's time):
+    //    per file the open's check and the PutObject, the second check with the folder's
+    //    listing beside it, which answers the third's; the MFMT of a file the session has just
+    //    written sends nothing (`preserve_mtime: false` ignores the time).
     std::fs::create_dir_all(d.join("two")).unwrap();
-    for f in ["one.txt", "two.txt"] {
+    for f in ["one.txt", "two.txt", "three.txt"] {
         std::fs::write(d.join("two").join(f), b"lftp").unwrap();
     }
     c.start();
@@ -262,38 +262,38 @@ fn s3_requests_per_operation() {
         .arg("-c")
         .arg(format!(
             "set net:max-retries 1; set cmd:fail-exit yes; set ftp:ssl-allow no; \
-             open -u alice,'{PASSWORD}' -p {} 127.0.0.1; mput -O /plain/ one.txt two.txt",
+             open -u alice,'{PASSWORD}' -p {} 127.0.0.1; mput -O /plain/ one.txt two.txt three.txt",
             ftp.port()
         ))
         .output()
         .expect("lftp (scripts/install-test-tools.sh installs it)");
     assert_ok("lftp mput", &out);
     c.expect(
-        "ftp lftp mput of 2 files (STOR + MFMT each)",
-        &[("HEAD", 1), ("LIST", 2), ("PUT", 2)],
+        "ftp lftp mput of 3 files (STOR + MFMT each)",
+        &[("HEAD", 2), ("LIST", 3), ("PUT", 3)],
     );
-    assert!(moto.get(BUCKET, "p/two.txt").is_some());
+    assert!(moto.get(BUCKET, "p/three.txt").is_some());
 
-    // 4. `ls -l DIR` of 30 files and 5 folders: the client STATs DIR (a listing and a HEAD,
-    //    and the listing of DIR's folder beside them), then the listing is its ListObjectsV2
-    //    page alone; with `preserve_mtime` one HEAD per file, none per folder.
+    // 4. `ls -l DIR` of 30 files and 5 folders: the client STATs DIR (a listing and a HEAD),
+    //    then the listing is its ListObjectsV2 page alone; with `preserve_mtime` one HEAD per
+    //    file, none per folder.
     seed(&moto, "p/list/", 30, 5);
     seed(&moto, "m/list/", 30, 5);
     c.start();
     sftp(&gw, &key, d, "ls -l /plain/list\n");
-    c.expect("ls -l 30 files + 5 folders", &[("HEAD", 1), ("LIST", 3)]);
+    c.expect("ls -l 30 files + 5 folders", &[("HEAD", 1), ("LIST", 2)]);
     //    With `folder_times: marker`, one HEAD per folder more (its marker's time).
     c.start();
     sftp(&gw, &key, d, "ls -l /marker/list\n");
     c.expect(
         "ls -l 30 files + 5 folders, folder_times: marker",
-        &[("HEAD", 6), ("LIST", 3)],
+        &[("HEAD", 6), ("LIST", 2)],
     );
     c.start();
     sftp(&gw, &key, d, "ls -l /mtime/list\n");
     c.expect(
         "ls -l 30 files + 5 folders, preserve_mtime",
-        &[("HEAD", 31), ("LIST", 3)],
+        &[("HEAD", 31), ("LIST", 2)],
     );
 
     // 5. A sync run with nothing to do (preserve_mtime on): the listing pages alone.
