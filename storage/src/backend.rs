@@ -62,6 +62,31 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 /// A listing, one page of entries at a time, so memory stays flat for any folder size.
 pub type ListStream = BoxStream<'static, Result<Vec<Entry>>>;
 
+/// Names listed in one folder by one request (see [`Backend::child_names`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildNames {
+    /// The children listed, files and folders alike, by name.
+    pub names: Vec<String>,
+    /// The listing began after this name (`""`: at the start).
+    pub after: String,
+    /// Where it ended short of the folder's end: the last entry listed, relative to the
+    /// folder (a folder's with its `/`). `None`: it reached the end.
+    pub end: Option<String>,
+}
+
+impl ChildNames {
+    /// True when the listing tells whether a child `name` exists: the name sorts after where it
+    /// began, and both the name and the name of a folder of that name (`name/`) sort no later
+    /// than where it ended (keys sort by their bytes, as Rust's strings do).
+    pub fn covers(&self, name: &str) -> bool {
+        name > self.after.as_str()
+            && self
+                .end
+                .as_deref()
+                .is_none_or(|end| format!("{name}/").as_str() <= end)
+    }
+}
+
 /// How a new object is to be written.
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
@@ -168,12 +193,12 @@ pub trait Backend: Send + Sync + 'static {
     /// at a time (for folder renames and sync).
     fn walk(&self, key: &str) -> ListStream;
 
-    /// The names of every direct child of folder `key` (files and folders alike), where one
-    /// request tells them all; `None` where it cannot (a folder of more than a listing page,
-    /// or a backend whose lookups cost no round trip, where knowing them saves nothing). A
-    /// session keeps them for a moment, to answer "no such file" without asking again (see
-    /// `crate::known`).
-    async fn child_names(&self, _key: &str) -> Result<Option<Vec<String>>> {
+    /// The names of the direct children of folder `key` (files and folders alike) that sort
+    /// after the child name `after` (`""`: from the start), as many as one request tells;
+    /// `None` where a backend's lookups cost no round trip, so that knowing them saves
+    /// nothing. A session keeps them for a moment, to answer "no such file" without asking
+    /// again (see `crate::known`).
+    async fn child_names(&self, _key: &str, _after: &str) -> Result<Option<ChildNames>> {
         Ok(None)
     }
 

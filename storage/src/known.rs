@@ -17,6 +17,7 @@
 //! PutObject) is as long as the upload already, and the commit keeps its own guards (a create
 //! by a user without `overwrite` commits only if the name is still free).
 
+use crate::backend::ChildNames;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,7 +33,8 @@ pub(crate) const FOLDER_FOR: Duration = Duration::from_secs(5);
 const CAP: usize = 256;
 /// Folder listings kept at most (each up to a listing page of names, 8 bytes a name).
 const LISTINGS_CAP: usize = 2;
-/// How long a folder found too large for one listing page is not listed again for a lookup.
+/// How long a folder found larger than one listing page is listed from the name looked up
+/// (not from its start), and a backend without listings for lookups is not asked again.
 pub(crate) const TOO_BIG_FOR: Duration = Duration::from_secs(30);
 /// How long a listing for lookups may take before another may begin.
 const LISTING_FOR: Duration = Duration::from_secs(10);
@@ -41,6 +43,8 @@ const LISTING_FOR: Duration = Duration::from_secs(10);
 /// that is not among them needs no request: the client's STAT of the next file it uploads.
 struct Listing {
     at: Instant,
+    /// The range of names it tells about (its `names` left empty: they are in `names` below).
+    range: ChildNames,
     /// The names' hashes ([`name_hash`]): a thousand names take 8 KiB, not 50. Two names with
     /// one hash only make a lookup ask the bucket.
     names: std::collections::HashSet<u64>,
@@ -67,8 +71,10 @@ struct Facts {
     written: HashMap<String, Instant>,
     /// Site paths of folders, with the names listed in them.
     listings: HashMap<String, Listing>,
-    /// Site paths of folders too large for one listing page, with when that was seen.
-    too_big: HashMap<String, Instant>,
+    /// Site paths of folders larger than one listing page, with when that was seen.
+    big: HashMap<String, Instant>,
+    /// Site paths of folders whose backend makes no listings for lookups, with when.
+    unlistable: HashMap<String, Instant>,
     /// Site paths of folders being listed for lookups now, with since when.
     listing: HashMap<String, Instant>,
     /// Site paths of folders in which a lookup found a name missing, with when: a listing is
@@ -216,34 +222,42 @@ impl Known {
         })
     }
 
-    /// Whether folder `folder` should be listed along with a lookup in it: a lookup found a
-    /// name missing there a moment ago, no listing of it is usable now, and it was not found
-    /// too large lately.
-    /// The listing is then taken as begun: the next lookups do not start another until it
-    /// ends ([`Known::listed`], [`Known::listing_failed`]) or [`LISTING_FOR`] has passed.
-    pub(crate) fn wants_listing(&self, folder: &str, stamp: (u64, u64)) -> bool {
+    /// Whether folder `folder` should be listed along with a lookup of `name` in it, and from
+    /// where: a lookup found a name missing there a moment ago, and no usable listing tells
+    /// about `name`. From the start, or after `name` in a folder larger than a page (an
+    /// upload client's next names mostly sort after its last). The listing is then taken as
+    /// begun: the next lookups do not start another until it ends ([`Known::listed`],
+    /// [`Known::listing_failed`]) or [`LISTING_FOR`] has passed.
+    pub(crate) fn wants_listing(
+        &self,
+        folder: &str,
+        name: &str,
+        stamp: (u64, u64),
+    ) -> Option<String> {
         self.with(|f| {
             // Old listings answer nothing more: their memory goes.
             f.listings.retain(|_, l| l.at.elapsed() < NAME_FOR);
-            let usable = f.listings.get(folder).is_some_and(|l| l.usable(stamp));
-            let big = f
-                .too_big
+            let recent = |m: &HashMap<String, Instant>, ttl: Duration| {
+                m.get(folder).is_some_and(|t| t.elapsed() < ttl)
+            };
+            let tells = f
+                .listings
                 .get(folder)
-                .is_some_and(|t| t.elapsed() < TOO_BIG_FOR);
-            let busy = f
-                .listing
-                .get(folder)
-                .is_some_and(|t| t.elapsed() < LISTING_FOR);
-            let missed = f
-                .missed_in
-                .get(folder)
-                .is_some_and(|t| t.elapsed() < NAME_FOR);
-            let wanted = missed && !usable && !big && !busy;
-            if wanted {
-                prune(&mut f.listing, LISTING_FOR);
-                f.listing.insert(folder.to_string(), Instant::now());
+                .is_some_and(|l| l.usable(stamp) && l.range.covers(name));
+            if tells
+                || !recent(&f.missed_in, NAME_FOR)
+                || recent(&f.listing, LISTING_FOR)
+                || recent(&f.unlistable, TOO_BIG_FOR)
+            {
+                return None;
             }
-            wanted
+            prune(&mut f.listing, LISTING_FOR);
+            f.listing.insert(folder.to_string(), Instant::now());
+            Some(if recent(&f.big, TOO_BIG_FOR) {
+                name.to_string()
+            } else {
+                String::new()
+            })
         })
     }
 
@@ -252,45 +266,49 @@ impl Known {
         self.with(|f| f.listing.remove(folder));
     }
 
-    /// Folder `folder` holds exactly `names` (None: more than one listing page), by a listing
-    /// made when the folder's stamp was `stamp`.
-    pub(crate) fn listed(&self, folder: &str, names: Option<Vec<String>>, stamp: (u64, u64)) {
-        self.with(|f| f.listing.remove(folder));
-        self.with(|f| match names {
-            None => {
-                f.listings.remove(folder);
-                prune(&mut f.too_big, TOO_BIG_FOR);
-                f.too_big.insert(folder.to_string(), Instant::now());
+    /// What a listing of `folder` made for lookups found (`None`: its backend makes none),
+    /// when the folder's stamp was `stamp`.
+    pub(crate) fn listed(&self, folder: &str, names: Option<ChildNames>, stamp: (u64, u64)) {
+        self.with(|f| {
+            f.listing.remove(folder);
+            let Some(mut c) = names else {
+                prune(&mut f.unlistable, TOO_BIG_FOR);
+                f.unlistable.insert(folder.to_string(), Instant::now());
+                return;
+            };
+            if c.end.is_some() {
+                prune(&mut f.big, TOO_BIG_FOR);
+                f.big.insert(folder.to_string(), Instant::now());
             }
-            Some(names) => {
-                f.listings.retain(|_, l| l.at.elapsed() < NAME_FOR);
-                while f.listings.len() >= LISTINGS_CAP {
-                    let Some(oldest) = f
-                        .listings
-                        .iter()
-                        .min_by_key(|(_, l)| l.at)
-                        .map(|(k, _)| k.clone())
-                    else {
-                        break;
-                    };
-                    f.listings.remove(&oldest);
-                }
-                f.too_big.remove(folder);
-                f.listings.insert(
-                    folder.to_string(),
-                    Listing {
-                        at: Instant::now(),
-                        names: names.iter().map(|n| name_hash(n)).collect(),
-                        stamp,
-                        own: 0,
-                    },
-                );
+            f.listings.retain(|_, l| l.at.elapsed() < NAME_FOR);
+            f.listings.remove(folder);
+            while f.listings.len() >= LISTINGS_CAP {
+                let Some(oldest) = f
+                    .listings
+                    .iter()
+                    .min_by_key(|(_, l)| l.at)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                f.listings.remove(&oldest);
             }
+            let names = std::mem::take(&mut c.names);
+            f.listings.insert(
+                folder.to_string(),
+                Listing {
+                    at: Instant::now(),
+                    range: c,
+                    names: names.iter().map(|n| name_hash(n)).collect(),
+                    stamp,
+                    own: 0,
+                },
+            );
         })
     }
 
-    /// When a usable listing of `folder` (whose stamp is `stamp` now) found no `name` in it;
-    /// None when no such listing tells.
+    /// When a usable listing of `folder` (whose stamp is `stamp` now) that tells about `name`
+    /// found no such name; None when no such listing tells.
     pub(crate) fn listed_absent(
         &self,
         folder: &str,
@@ -300,7 +318,9 @@ impl Known {
         self.with(|f| {
             f.listings
                 .get(folder)
-                .filter(|l| l.usable(stamp) && !l.names.contains(&name_hash(name)))
+                .filter(|l| {
+                    l.usable(stamp) && l.range.covers(name) && !l.names.contains(&name_hash(name))
+                })
                 .map(|l| l.at)
         })
     }
@@ -325,27 +345,39 @@ impl Known {
 mod tests {
     use super::*;
 
+    fn names(v: &[&str], after: &str, end: Option<&str>) -> Option<ChildNames> {
+        Some(ChildNames {
+            names: v.iter().map(|s| s.to_string()).collect(),
+            after: after.into(),
+            end: end.map(str::to_string),
+        })
+    }
+
     #[test]
     fn a_listing_answers_while_only_own_uploads_changed_its_folder() {
         let k = Known::default();
-        assert!(
-            !k.wants_listing("/d", (0, 0)),
-            "no name found missing there yet"
+        let s0 = (0, 0);
+        assert_eq!(
+            k.wants_listing("/d", "x", s0),
+            None,
+            "nothing missed there yet"
         );
         k.missed("/d");
-        assert!(k.wants_listing("/d", (0, 0)));
-        assert!(!k.wants_listing("/d", (0, 0)), "one listing at a time");
-        k.listed("/d", Some(vec!["a".into()]), (0, 0));
-        assert!(
-            !k.wants_listing("/d", (0, 0)),
-            "a usable listing is not made again"
+        assert_eq!(k.wants_listing("/d", "x", s0).as_deref(), Some(""));
+        assert_eq!(
+            k.wants_listing("/d", "x", s0),
+            None,
+            "one listing at a time"
         );
-        assert!(k.listed_absent("/d", "b", (0, 0)).is_some());
-        assert!(k.listed_absent("/d", "a", (0, 0)).is_none(), "listed");
-        assert!(
-            k.listed_absent("/e", "b", (0, 0)).is_none(),
-            "another folder"
+        k.listed("/d", names(&["a"], "", None), s0);
+        assert_eq!(
+            k.wants_listing("/d", "x", s0),
+            None,
+            "a usable listing tells"
         );
+        assert!(k.listed_absent("/d", "b", s0).is_some());
+        assert!(k.listed_absent("/d", "a", s0).is_none(), "listed");
+        assert!(k.listed_absent("/e", "b", s0).is_none(), "another folder");
         k.written("/d/b", "/d", 0);
         assert!(k.listed_absent("/d", "b", (0, 1)).is_none(), "written here");
         assert!(k.listed_absent("/d", "c", (0, 1)).is_some());
@@ -359,19 +391,49 @@ mod tests {
         );
         k.forget("/d");
         assert!(k.listed_absent("/d", "c", (0, 1)).is_none(), "forgotten");
+
+        // A folder larger than a page: the listing tells about its range only, and the next
+        // listing begins at the name looked up.
         k.missed("/big");
-        assert!(k.wants_listing("/big", (0, 0)));
-        k.listed("/big", None, (0, 0));
+        assert_eq!(k.wants_listing("/big", "m", s0).as_deref(), Some(""));
+        k.listed("/big", names(&["a", "b", "c"], "", Some("c/")), s0);
         assert!(
-            !k.wants_listing("/big", (0, 0)),
-            "too big: not listed again soon"
+            k.listed_absent("/big", "bb", s0).is_some(),
+            "within the page"
+        );
+        assert!(
+            k.listed_absent("/big", "c", s0).is_none(),
+            "listed, as a folder"
+        );
+        assert!(
+            k.listed_absent("/big", "m", s0).is_none(),
+            "beyond the page"
+        );
+        assert_eq!(k.wants_listing("/big", "bb", s0), None, "the page tells");
+        assert_eq!(k.wants_listing("/big", "m", s0).as_deref(), Some("m"));
+        k.listed("/big", names(&["n"], "m", Some("p")), s0);
+        assert!(k.listed_absent("/big", "m", s0).is_none(), "where it began");
+        assert!(k.listed_absent("/big", "m1", s0).is_some());
+        assert!(k.listed_absent("/big", "o", s0).is_some());
+        assert!(
+            k.listed_absent("/big", "p", s0).is_none(),
+            "p/ may come after the page"
+        );
+
+        k.missed("/local");
+        assert!(k.wants_listing("/local", "x", s0).is_some());
+        k.listed("/local", None, s0);
+        assert_eq!(
+            k.wants_listing("/local", "x", s0),
+            None,
+            "no listings there"
         );
         for i in 0..5 {
-            k.listed(&format!("/f{i}"), Some(vec![]), (0, 0));
+            k.listed(&format!("/f{i}"), names(&[], "", None), s0);
         }
         assert!(k.with(|f| f.listings.len()) <= LISTINGS_CAP);
         assert!(
-            k.listed_absent("/f4", "x", (0, 0)).is_some(),
+            k.listed_absent("/f4", "x", s0).is_some(),
             "the newest stays"
         );
     }

@@ -524,20 +524,22 @@ impl UserFs {
         self.known.listed_absent(&s.folder, &s.name, s.stamp)
     }
 
-    /// Lists the folder of a lookup, beside it, where no usable listing of it is known: the
-    /// next lookups of names in it (an upload client's STAT of each new file) then need no
-    /// request. One listing request (more than a page: not kept, and not tried again for a
-    /// while), in a task of its own: see [`beside`].
+    /// Lists the folder of a lookup, beside it, where a name was found missing in it a moment
+    /// ago and no usable listing tells about this one: the next lookups of names in it (an
+    /// upload client's STAT of each new file) then need no request. One listing request (a
+    /// page: in a larger folder, the names after this one), in a task of its own: see
+    /// [`beside`].
     fn list_alongside(&self, scope: Option<&ListingScope>) -> Option<tokio::task::JoinHandle<()>> {
-        let s = scope.filter(|s| self.known.wants_listing(&s.folder, s.stamp))?;
+        let s = scope?;
+        let after = self.known.wants_listing(&s.folder, &s.name, s.stamp)?;
         let removals = self.tree.writing.removals();
         let known = self.known.clone();
         let (backend, key, folder, stamp) =
             (s.backend.clone(), s.key.clone(), s.folder.clone(), s.stamp);
         Some(tokio::spawn(async move {
-            match backend.child_names(&key).await {
+            match backend.child_names(&key, &after).await {
                 Ok(names) => {
-                    if names.as_ref().is_some_and(|n| !n.is_empty()) {
+                    if names.as_ref().is_some_and(|n| !n.names.is_empty()) {
                         known.folder(&folder, removals);
                     }
                     known.listed(&folder, names, stamp);

@@ -7,7 +7,7 @@ use super::client::{Request, Response};
 use super::time::{parse_http_date, parse_iso8601, parse_mtime};
 use super::xml::{self, ListBucketResult, ObjectDoc};
 use super::Inner;
-use crate::backend::{Entry, EntryKind, ListStream};
+use crate::backend::{ChildNames, Entry, EntryKind, ListStream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::key_is_servable;
 use futures::StreamExt;
@@ -42,7 +42,7 @@ pub(crate) async fn list_page(
     max_keys: usize,
 ) -> Result<Page> {
     let encoded = inner.caps().list_url_encoding;
-    list_page_as(inner, prefix, delimiter, token, max_keys, encoded).await
+    list_page_as(inner, prefix, delimiter, token, max_keys, encoded, None).await
 }
 
 /// [`list_page`], asking for URL-encoded keys or not (the probe asks whether the server
@@ -54,12 +54,16 @@ pub(crate) async fn list_page_as(
     token: Option<&str>,
     max_keys: usize,
     url_encoded: bool,
+    start_after: Option<&str>,
 ) -> Result<Page> {
     let mut req = Request::new(Method::GET, None)
         .query("list-type", "2")
         .query("max-keys", max_keys.to_string());
     if !prefix.is_empty() {
         req = req.query("prefix", prefix);
+    }
+    if let Some(a) = start_after {
+        req = req.query("start-after", a);
     }
     // Never send an empty `delimiter=`: some servers take it as a real delimiter.
     if delimiter {
@@ -428,9 +432,9 @@ fn dir_prefix(key: &str) -> String {
     }
 }
 
-/// The names of the direct children of folder `key` when one ListObjectsV2 page holds them
-/// all (see [`crate::backend::Backend::child_names`]).
-pub(crate) async fn child_names(inner: &Inner, key: &str) -> Result<Option<Vec<String>>> {
+/// The names of the direct children of folder `key` after `after`, as one ListObjectsV2 page
+/// holds them (see [`crate::backend::Backend::child_names`]).
+pub(crate) async fn child_names(inner: &Inner, key: &str, after: &str) -> Result<ChildNames> {
     // What a page of 1,000 keys takes while it is read and parsed. The listing only saves
     // round trips: where the budget has no room for it now, it is not made.
     const PAGE_MEMORY: u64 = 512 * 1024;
@@ -441,12 +445,29 @@ pub(crate) async fn child_names(inner: &Inner, key: &str) -> Result<Option<Vec<S
         ));
     };
     let prefix = dir_prefix(key);
-    let page = list_page(inner, &prefix, true, None, inner.opts.list_page_size)
+    let start = (!after.is_empty()).then(|| format!("{prefix}{after}"));
+    let encoded = inner.caps().list_url_encoding;
+    let size = inner.opts.list_page_size;
+    let page = list_page_as(inner, &prefix, true, None, size, encoded, start.as_deref())
         .await
         .map_err(|e| e.with_key("list", prefix.clone()))?;
-    if page.next.is_some() {
-        return Ok(None);
-    }
+    let rel = |k: &str| k.strip_prefix(prefix.as_str()).map(str::to_string);
+    // A page that stops short of the folder's end covers names up to its last entry (keys and
+    // folder prefixes come in one order). A server that ignored `start-after` listed from the
+    // start: the range it covers is then smaller, never wrong.
+    let end = match page.next {
+        None => None,
+        Some(_) => {
+            let last = page
+                .objects
+                .last()
+                .map(|o| o.key.as_str())
+                .into_iter()
+                .chain(page.prefixes.last().map(String::as_str))
+                .max();
+            Some(last.and_then(rel).unwrap_or_default())
+        }
+    };
     let names = page
         .objects
         .iter()
@@ -457,7 +478,11 @@ pub(crate) async fn child_names(inner: &Inner, key: &str) -> Result<Option<Vec<S
         .filter(|n| !n.is_empty())
         .map(str::to_string)
         .collect();
-    Ok(Some(names))
+    Ok(ChildNames {
+        names,
+        after: after.to_string(),
+        end,
+    })
 }
 
 /// The direct children of folder `key`, one page per answer.

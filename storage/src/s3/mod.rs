@@ -28,7 +28,9 @@ pub mod time;
 mod write;
 mod xml;
 
-use crate::backend::{Backend, ByteStream, CreateOptions, Entry, HashKind, ListStream, Upload};
+use crate::backend::{
+    Backend, ByteStream, ChildNames, CreateOptions, Entry, HashKind, ListStream, Upload,
+};
 use crate::budget::MemoryBudget;
 use crate::error::{ErrorKind, Result};
 use async_trait::async_trait;
@@ -415,8 +417,8 @@ impl Backend for S3Backend {
         list::list(self.inner.clone(), key)
     }
 
-    async fn child_names(&self, key: &str) -> Result<Option<Vec<String>>> {
-        list::child_names(&self.inner, key).await
+    async fn child_names(&self, key: &str, after: &str) -> Result<Option<ChildNames>> {
+        list::child_names(&self.inner, key, after).await.map(Some)
     }
 
     fn walk(&self, key: &str) -> ListStream {

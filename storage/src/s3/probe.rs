@@ -606,7 +606,7 @@ impl Probe<'_> {
         // Listings with URL-encoded keys: a key with `+`, `%` and a space must come back as it
         // is (a server that says it encoded and did not would decode `%41` as `A`).
         self.put(URL_KEY, b"x", &[]).await?;
-        let page = list_page_as(self.inner, &self.key("u"), false, None, 10, true).await?;
+        let page = list_page_as(self.inner, &self.key("u"), false, None, 10, true, None).await?;
         caps.list_url_encoding =
             page.objects.len() == 1 && page.objects[0].key == self.key(URL_KEY);
         caps.probed = true;
