@@ -7,8 +7,8 @@
 //! time a small file takes. What a check found stays true for a moment: the OPEN that follows
 //! reuses it.
 //!
-//! A client that uploads many files STATs each new name first: the lookup that follows a miss
-//! in a folder lists the folder beside it (one request, where one page holds the folder), and the names
+//! A client that uploads many files STATs each new name first: the lookup that follows two
+//! misses in a folder lists the folder beside it (one request, where one page holds the folder), and the names
 //! that are not in that listing are missing for the next lookups, with no request, while
 //! nothing but the session's own uploads changed the folder ([`Known::listed_absent`]).
 //!
@@ -77,10 +77,13 @@ struct Facts {
     unlistable: HashMap<String, Instant>,
     /// Site paths of folders being listed for lookups now, with since when.
     listing: HashMap<String, Instant>,
-    /// Site paths of folders in which a lookup found a name missing, with when: a listing is
-    /// made for the lookups that follow such a miss (an upload client's next file), not for
-    /// every first lookup (a `cd`, a STAT before an `ls`, a single upload).
+    /// Site paths of folders in which a lookup found a name missing, with when.
     missed_in: HashMap<String, Instant>,
+    /// Site paths of folders in which a lookup found a name missing within [`NAME_FOR`] of
+    /// another miss there, with when: a listing is made for the lookups that follow such a
+    /// run (an upload client's third file and on), not for a `cd`, a STAT before an `ls`, or a
+    /// session that uploads one or two files.
+    in_run: HashMap<String, Instant>,
 }
 
 /// One session's recent facts, by site-tree path.
@@ -214,16 +217,26 @@ impl Known {
         })
     }
 
-    /// A lookup found a name missing in folder `folder`.
-    pub(crate) fn missed(&self, folder: &str) {
+    /// A lookup found a name missing in folder `folder`; `slow`: it took long enough for a
+    /// listing to be worth making (a round trip across a WAN), or a listing answered it.
+    pub(crate) fn missed(&self, folder: &str, slow: bool) {
         self.with(|f| {
+            let again = slow
+                && f.missed_in
+                    .get(folder)
+                    .is_some_and(|t| t.elapsed() < NAME_FOR);
             prune(&mut f.missed_in, NAME_FOR);
             f.missed_in.insert(folder.to_string(), Instant::now());
+            if again {
+                prune(&mut f.in_run, NAME_FOR);
+                f.in_run.insert(folder.to_string(), Instant::now());
+            }
         })
     }
 
     /// Whether folder `folder` should be listed along with a lookup of `name` in it, and from
-    /// where: a lookup found a name missing there a moment ago, and no usable listing tells
+    /// where: lookups found names missing there one after another a moment ago (see
+    /// `in_run`), and no usable listing tells
     /// about `name`. From the start, or after `name` in a folder larger than a page (an
     /// upload client's next names mostly sort after its last). The listing is then taken as
     /// begun: the next lookups do not start another until it ends ([`Known::listed`],
@@ -245,7 +258,7 @@ impl Known {
                 .get(folder)
                 .is_some_and(|l| l.usable(stamp) && l.range.covers(name));
             if tells
-                || !recent(&f.missed_in, NAME_FOR)
+                || !recent(&f.in_run, NAME_FOR)
                 || recent(&f.listing, LISTING_FOR)
                 || recent(&f.unlistable, TOO_BIG_FOR)
             {
@@ -362,7 +375,15 @@ mod tests {
             None,
             "nothing missed there yet"
         );
-        k.missed("/d");
+        k.missed("/d", true);
+        assert_eq!(k.wants_listing("/d", "x", s0), None, "one miss");
+        k.missed("/d", false);
+        assert_eq!(
+            k.wants_listing("/d", "x", s0),
+            None,
+            "a quick lookup: not worth it"
+        );
+        k.missed("/d", true);
         assert_eq!(k.wants_listing("/d", "x", s0).as_deref(), Some(""));
         assert_eq!(
             k.wants_listing("/d", "x", s0),
@@ -394,7 +415,8 @@ mod tests {
 
         // A folder larger than a page: the listing tells about its range only, and the next
         // listing begins at the name looked up.
-        k.missed("/big");
+        k.missed("/big", true);
+        k.missed("/big", true);
         assert_eq!(k.wants_listing("/big", "m", s0).as_deref(), Some(""));
         k.listed("/big", names(&["a", "b", "c"], "", Some("c/")), s0);
         assert!(
@@ -420,7 +442,8 @@ mod tests {
             "p/ may come after the page"
         );
 
-        k.missed("/local");
+        k.missed("/local", true);
+        k.missed("/local", true);
         assert!(k.wants_listing("/local", "x", s0).is_some());
         k.listed("/local", None, s0);
         assert_eq!(

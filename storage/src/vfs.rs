@@ -156,6 +156,10 @@ fn require_folder(parent: Result<Entry>, op: &'static str, shown: &VPath) -> Res
     }
 }
 
+/// A lookup that takes less than this is not worth a listing of up to 1,000 names to spare the
+/// next ones (on loopback or a LAN the listing costs the server more than it saves).
+const WORTH_LISTING: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Runs `lookup` while the folder's `listing` (if one was begun) runs beside it, and then
 /// waits for the listing at most as long again as the lookup took: it usually ends with the
 /// lookup (both are one request), so that the next lookup finds it; a large folder's listing
@@ -562,10 +566,12 @@ impl UserFs {
         let scope = self.listing_scope(&site);
         if let Some(at) = self.listed_missing(scope.as_ref()) {
             self.known.absent_since(&site.to_string(), changes, at);
-            self.known.missed(&site.parent().to_string());
+            self.known.missed(&site.parent().to_string(), true);
             return Err(Error::of(ErrorKind::NotFound).with_context("stat", p.to_string()));
         }
+        let started = std::time::Instant::now();
         let r = beside(self.list_alongside(scope.as_ref()), self.stat_site(&site)).await;
+        let slow = started.elapsed() >= WORTH_LISTING;
         match &r {
             Ok(e) if e.is_dir() => self.known.folder(&site.to_string(), removals),
             Ok(_) => self.known.folder(&site.parent().to_string(), removals),
@@ -573,7 +579,7 @@ impl UserFs {
             // and the next lookup in the folder lists it.
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.known.absent(&site.to_string(), changes);
-                self.known.missed(&site.parent().to_string());
+                self.known.missed(&site.parent().to_string(), slow);
             }
             Err(_) => {}
         }
@@ -686,11 +692,14 @@ impl UserFs {
         // not asked again where that cannot change the outcome: with TRUNC the old content is
         // not used, and a create that must not replace commits only if the name is still free.
         let scope = self.listing_scope(&site);
-        let reuse = (mode.truncate || mode.exclusive)
-            && (self
-                .known
-                .take_absent(&site.to_string(), self.tree.writing.changes())
-                || self.listed_missing(scope.as_ref()).is_some());
+        let replaces = mode.truncate || mode.exclusive;
+        let listed = replaces && self.listed_missing(scope.as_ref()).is_some();
+        let reuse = listed
+            || (replaces
+                && self
+                    .known
+                    .take_absent(&site.to_string(), self.tree.writing.changes()));
+        let started = std::time::Instant::now();
         let (target, parent_e) = if reuse {
             (
                 Err(Error::of(ErrorKind::NotFound)),
@@ -699,12 +708,13 @@ impl UserFs {
         } else {
             // An FTP STOR asks nothing before it: after a STOR of a new name, the folder's
             // listing, made beside the next one's lookup, spares the STORs after it theirs.
-            let listing = (mode.truncate || mode.exclusive)
+            let listing = replaces
                 .then(|| self.list_alongside(scope.as_ref()))
                 .flatten();
             let lookups = async { tokio::join!(self.stat_site(&site), self.stat_parent(&parent)) };
             beside(listing, lookups).await
         };
+        let slow = listed || started.elapsed() >= WORTH_LISTING;
         require_folder(parent_e, op, p)?;
         let existing = match target {
             Ok(e) if e.is_dir() => {
@@ -713,7 +723,7 @@ impl UserFs {
             Ok(e) => Some(e),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // A new name (an FTP STOR's): the next open in the folder lists it.
-                self.known.missed(&parent.to_string());
+                self.known.missed(&parent.to_string(), slow);
                 None
             }
             Err(e) => return Err(e.with_context(op, p.to_string())),

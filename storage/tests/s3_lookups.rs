@@ -1,10 +1,12 @@
 //! A session's lookups of names that do not exist, answered from a listing of their folder made
-//! a moment before (an upload client STATs every new file before it opens it): no request for
-//! them while nothing changed the folder, and every change that could have given the name a
+//! a moment before (an upload client STATs every new file before it opens it), across a WAN
+//! (a latency proxy in front of the server): no request for them while nothing changed the
+//! folder, and every change that could have given the name a
 //! file or a folder seen at once (changes through the gateway) or within a second (changes made
 //! straight in the bucket).
 
 use bucketgate_testkit::http_proxy::{forward_all, HttpProxy};
+use bucketgate_testkit::latency::LatencyProxy;
 use bucketgate_testkit::s3 as s3_support;
 
 use bucketgate_storage::{Area, ErrorKind, OpenMode, Permissions, Tree, UserFs, VPath};
@@ -50,7 +52,16 @@ async fn found(fs: &UserFs, path: &str, size: u64) {
 async fn a_listing_answers_lookups_of_missing_names_until_the_folder_changes() {
     for srv in servers().await {
         let name = srv.name;
-        let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
+        // 10 ms to the server and back: lookups that slow are worth a listing (on loopback
+        // they are not, and none is made).
+        let wan = LatencyProxy::start(
+            "127.0.0.1:0".parse().unwrap(),
+            srv.addr(),
+            Duration::from_millis(5),
+        )
+        .await
+        .unwrap();
+        let proxy = HttpProxy::start(wan.addr, forward_all()).await;
         let b = srv.backend_with(|o| o.endpoint = format!("http://{}", proxy.addr));
         let area = Area {
             backend: Arc::new(b.clone()),
@@ -61,10 +72,14 @@ async fn a_listing_answers_lookups_of_missing_names_until_the_folder_changes() {
         let other = UserFs::new(tree.clone(), "bob", VPath::root(), Permissions::all());
         put(&b, &srv.key("in/old.txt"), b"old", 1).await;
 
-        // The first lookup asks the server; the next, after that miss, asks it too and lists
-        // the folder beside it.
-        assert!(missing(&fs, &proxy, "/in/a.txt").await > 0, "[{name}]");
-        assert!(missing(&fs, &proxy, "/in/a2.txt").await > 0, "[{name}]");
+        // The first lookups ask the server; the third, after two misses, asks it too and
+        // lists the folder beside it.
+        for n in ["a1", "a2", "a3"] {
+            assert!(
+                missing(&fs, &proxy, &format!("/in/{n}")).await > 0,
+                "[{name}]"
+            );
+        }
         // (The listing may end a moment after the lookup it was made beside.)
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Another missing name in that folder: no request.
@@ -111,6 +126,7 @@ async fn a_listing_answers_lookups_of_missing_names_until_the_folder_changes() {
         let tree = Arc::new(Tree::new(area, Vec::new()));
         let fs = UserFs::new(tree, "alice", VPath::root(), Permissions::all());
         missing(&fs, &proxy, "/big/x").await;
+        missing(&fs, &proxy, "/big/x2").await;
         // Listed from the start: f0, f1, f2 and the hint that more follows.
         missing(&fs, &proxy, "/big/y").await;
         tokio::time::sleep(Duration::from_millis(100)).await;

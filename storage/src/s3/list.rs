@@ -436,9 +436,13 @@ fn dir_prefix(key: &str) -> String {
 /// holds them (see [`crate::backend::Backend::child_names`]).
 pub(crate) async fn child_names(inner: &Inner, key: &str, after: &str) -> Result<ChildNames> {
     // What a page of 1,000 keys takes while it is read and parsed. The listing only saves
-    // round trips: where the budget has no room for it now, it is not made.
+    // round trips: it is not made where the budget is more than half used (transfers need it).
     const PAGE_MEMORY: u64 = 512 * 1024;
-    let Some(_memory) = inner.budget.try_acquire(PAGE_MEMORY) else {
+    let spare = inner.budget.is_plentiful();
+    let Some(_memory) = spare
+        .then(|| inner.budget.try_acquire(PAGE_MEMORY))
+        .flatten()
+    else {
         return Err(Error::new(
             ErrorKind::LimitReached,
             "no room in the memory budget for a listing now",
