@@ -158,7 +158,7 @@ fn require_folder(parent: Result<Entry>, op: &'static str, shown: &VPath) -> Res
 
 /// A lookup that takes less than this is not worth a listing of up to 1,000 names to spare the
 /// next ones (on loopback or a LAN the listing costs the server more than it saves).
-const WORTH_LISTING: std::time::Duration = std::time::Duration::from_millis(5);
+const WORTH_LISTING: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Runs `lookup` while the folder's `listing` (if one was begun) runs beside it, and then
 /// waits for the listing at most as long again as the lookup took: it usually ends with the

@@ -52,12 +52,12 @@ async fn found(fs: &UserFs, path: &str, size: u64) {
 async fn a_listing_answers_lookups_of_missing_names_until_the_folder_changes() {
     for srv in servers().await {
         let name = srv.name;
-        // 10 ms to the server and back: lookups that slow are worth a listing (on loopback
+        // 20 ms to the server and back: lookups that slow are worth a listing (on loopback
         // they are not, and none is made).
         let wan = LatencyProxy::start(
             "127.0.0.1:0".parse().unwrap(),
             srv.addr(),
-            Duration::from_millis(5),
+            Duration::from_millis(10),
         )
         .await
         .unwrap();

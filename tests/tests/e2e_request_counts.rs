@@ -168,14 +168,14 @@ fn s3_requests_per_operation() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let moto = Moto::start();
     moto.create_bucket(BUCKET);
-    // Across a WAN: 10 ms to moto and back (each lookup then costs a round trip worth
+    // Across a WAN: 20 ms to moto and back (each lookup then costs a round trip worth
     // sparing; on loopback no listing is made for lookups, and the counts are those of a
     // session that makes none).
     let wan = rt
         .block_on(bucketgate_testkit::latency::LatencyProxy::start(
             "127.0.0.1:0".parse().unwrap(),
             moto.addr,
-            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(10),
         ))
         .expect("latency proxy");
     let proxy = rt.block_on(HttpProxy::start(wan.addr, forward_all()));
