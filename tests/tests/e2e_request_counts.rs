@@ -1,5 +1,5 @@
 //! How many S3 requests each user operation costs, counted by an HTTP proxy on loopback between
-//! the real binary and a real S3 server (moto), with real clients (OpenSSH `sftp`, `curl`) and
+//! the real binary and a real S3 server (moto) 20 ms away (a latency proxy), with real clients (OpenSSH `sftp`, `curl`) and
 //! `bucketgate sync run`. Across a WAN every request on the critical path is a round trip the
 //! user waits for: the counts are held here so that none can be added unnoticed, and published
 //! in bench/README.md ("Requests per operation").
