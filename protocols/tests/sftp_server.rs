@@ -420,6 +420,19 @@ impl Drop for Stalled {
     }
 }
 
+/// A server with a memory budget, and a download of it that stalled.
+async fn stalled_download() -> (
+    Harness,
+    Arc<bucketgate_storage::budget::MemoryBudget>,
+    Stalled,
+) {
+    let budget = bucketgate_storage::budget::MemoryBudget::shared(64 << 20);
+    let b = budget.clone();
+    let h = Harness::start_with(move |o| o.memory = Some(b)).await;
+    let stalled = Stalled::start(&h).await;
+    (h, budget, stalled)
+}
+
 /// What a session holds on the server: (session slots, budget bytes, logged-in sessions), once
 /// they are all back to nothing or after a minute.
 async fn held_after_the_end(
@@ -443,11 +456,7 @@ async fn held_after_the_end(
 /// open file and its share of the memory budget, until the idle timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_session_ends_even_when_its_client_stopped_reading() {
-    use bucketgate_storage::budget::MemoryBudget;
-    let budget = MemoryBudget::shared(64 << 20);
-    let b = budget.clone();
-    let h = Harness::start_with(move |o| o.memory = Some(b)).await;
-    let stalled = Stalled::start(&h).await;
+    let (h, budget, stalled) = stalled_download().await;
     assert_eq!(h.limiter.active(), 1);
     assert!(
         budget.in_use() > 0,
@@ -483,11 +492,7 @@ async fn a_revoked_session_ends_even_when_its_client_stopped_reading() {
 /// the memory budget, and keeping a graceful shutdown waiting for its whole grace period.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_killed_while_its_window_is_full_leaves_nothing_behind() {
-    use bucketgate_storage::budget::MemoryBudget;
-    let budget = MemoryBudget::shared(64 << 20);
-    let b = budget.clone();
-    let h = Harness::start_with(move |o| o.memory = Some(b)).await;
-    let stalled = Stalled::start(&h).await;
+    let (h, budget, stalled) = stalled_download().await;
     assert!(
         budget.in_use() > 0,
         "the open file holds the session's share"
