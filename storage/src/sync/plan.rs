@@ -1,7 +1,7 @@
 //! The decision for one path, from the two sides' entries and the recorded pair. Pure: no I/O,
 //! so every case is tested directly.
 
-use super::model::{Item, Record};
+use super::model::{Half, Item, Record};
 use super::Direction;
 
 /// One of the two sides.
@@ -104,8 +104,49 @@ fn source_of(d: Direction) -> Option<Side> {
     }
 }
 
+/// How far apart the time a write's answer gave and the time a listing shows may be for one
+/// version, on a server that lists no ETags (see [`written_then_listed`]): the answer's `Date`
+/// is whole seconds and may lag the clock by up to a second (servers cache it), and the
+/// listing's Last-Modified is whole seconds too.
+const WRITE_TIME_SLACK_NS: i64 = 2_000_000_000;
+
+/// True when `item`, listed without an ETag, is the version this side's record `h` describes
+/// from a write's answer (an ETag, and the answer's time): a server that answers writes with
+/// an ETag but lists none (s3s-fs) shows the object the copy wrote with its Last-Modified,
+/// up to a second or two after the answer's `Date`. Same size, and times within
+/// [`WRITE_TIME_SLACK_NS`]. The record then takes the listing's view, so that later runs
+/// compare a listing with a listing, to the second (before, one copied file in some thousands
+/// was copied back by the next run when the two times fell in different seconds).
+fn written_then_listed(h: &Half, item: &Item) -> bool {
+    h.etag.is_some()
+        && item.etag.is_none()
+        && !item.is_dir()
+        && h.size == item.size
+        && matches!((h.mtime_ns, item.mtime_ns),
+            (Some(a), Some(b)) if (a - b).abs() <= WRITE_TIME_SLACK_NS)
+}
+
 /// Decides what to do with one path.
 pub(crate) fn decide(site: Seen, remote: Seen, old: Option<Record>, rules: &Rules) -> Decision {
+    let mut old = old;
+    // A side whose record came from a write's answer and whose listing shows no ETag: the
+    // record takes the listing's view (see `written_then_listed`).
+    if let Some(r) = old.as_mut() {
+        if let Some(i) = site
+            .item
+            .as_ref()
+            .filter(|i| written_then_listed(&r.site, i))
+        {
+            r.site = i.half();
+        }
+        if let Some(i) = remote
+            .item
+            .as_ref()
+            .filter(|i| written_then_listed(&r.remote, i))
+        {
+            r.remote = i.half();
+        }
+    }
     let s_same = match (&old, &site.item) {
         (Some(r), Some(i)) => r.site.matches(i),
         _ => false,
@@ -285,6 +326,49 @@ mod tests {
             Decision::Act(Action::Delete { side, .. }) => format!("delete:{side:?}"),
             Decision::Act(Action::Mkdir { from, .. }) => format!("mkdir:{from:?}"),
             Decision::Act(Action::Reconcile { winner, .. }) => format!("reconcile:{winner:?}"),
+        }
+    }
+
+    /// A copy's record holds the write's answer (an ETag, the answer's `Date`); a server that
+    /// lists no ETags shows Last-Modified, which may fall in the next second: still the version
+    /// the copy wrote, and the record takes the listing's view.
+    #[test]
+    fn a_write_answer_and_a_listing_without_etags_are_one_version() {
+        let s = 1_000_000_000i64;
+        let site = it("f", "abc");
+        let written = Item {
+            mtime_ns: Some(17 * s),
+            ..it("f", "abc")
+        };
+        let old = Record::pair(&site, &written);
+        let listed = |t: i64, size: u64| Item {
+            path: "f".into(),
+            size,
+            mtime_ns: Some(t),
+            etag: None,
+        };
+        let d = decide(
+            seen(Some(site.clone())),
+            seen(Some(listed(18 * s, 3))),
+            Some(old.clone()),
+            &rules(Direction::TwoWay, true),
+        );
+        match d {
+            Decision::Keep(Some(r)) => {
+                assert_eq!(r.remote, listed(18 * s, 3).half(), "the listing's view");
+                assert_eq!(r.site, old.site);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another size, or a time further away, is a change.
+        for other in [listed(18 * s, 4), listed(20 * s, 3)] {
+            let d = decide(
+                seen(Some(site.clone())),
+                seen(Some(other)),
+                Some(old.clone()),
+                &rules(Direction::TwoWay, true),
+            );
+            assert_eq!(kind(&d), "copy:Remote", "{d:?}");
         }
     }
 
