@@ -176,6 +176,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Where a file `a` and keys under `a/` both exist, the folder wins.
     async fn stat(&self, key: &str) -> Result<Entry>;
 
+    /// [`Backend::stat`], and where `key` is a folder and the same request can bring the first
+    /// page of its listing, that listing (its first page fetched, the rest fetched as it is
+    /// read). A client that stats a folder mostly lists it next (`ls -l dir`, `cd dir` then
+    /// `ls`): a session keeps it for a moment (see `crate::known`), so that listing costs no
+    /// request for its first page. None by default.
+    async fn stat_listing(&self, key: &str) -> Result<(Entry, Option<ListStream>)> {
+        Ok((self.stat(key).await?, None))
+    }
+
     /// Describes `key` where only a file of that name matters (the sync engine's check that a
     /// target is still what it listed): object storage answers with one HEAD instead of a HEAD
     /// and a listing, which on some servers walks the whole folder. A folder of the same name

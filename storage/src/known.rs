@@ -12,12 +12,16 @@
 //! that are not in that listing are missing for the next lookups, with no request, while
 //! nothing but the session's own uploads changed the folder ([`Known::listed_absent`]).
 //!
+//! A client that STATs a folder mostly lists it next (`ls -l dir`; `cd dir`, then `ls`): on S3
+//! the STAT's listing request asks for a whole page, and the listing that follows within a
+//! second, while nothing changed the folder, begins with it ([`Known::park`]).
+//!
 //! The facts are kept for a short time only ([`NAME_FOR`], [`FOLDER_FOR`]), and only where a
 //! stale fact changes nothing a check at OPEN would prevent: the gap between OPEN and CLOSE (the
 //! PutObject) is as long as the upload already, and the commit keeps its own guards (a create
 //! by a user without `overwrite` commits only if the name is still free).
 
-use crate::backend::ChildNames;
+use crate::backend::{ChildNames, ListStream};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -55,8 +59,21 @@ struct Listing {
     own: u64,
 }
 
+/// A folder's listing whose first page came with the session's stat of the folder, kept for
+/// the listing that mostly follows (see [`Known::park`]).
+struct Parked {
+    path: String,
+    at: Instant,
+    /// The folder's stamp read before the stat (`Writing::folder_stamp`): the page is used
+    /// only while nothing changed the folder since, this session's uploads included.
+    stamp: (u64, u64),
+    pages: ListStream,
+}
+
 #[derive(Default)]
 struct Facts {
+    /// The one listing kept from a stat of a folder.
+    parked: Option<Parked>,
     /// Site paths found missing (no file, no folder), with when.
     absent: HashMap<String, Instant>,
     /// For each of `absent`, the tree's count of changes read before the lookup (see
@@ -338,10 +355,59 @@ impl Known {
         })
     }
 
+    /// The stat of folder `path`, made when the folder's stamp was `stamp`, brought the first
+    /// page of its listing: `pages`. It answers a listing of the folder that begins within
+    /// [`NAME_FOR`] while the stamp stays the same ([`Known::take_parked`]); one is kept at a
+    /// time, and [`Known::drop_stale_parked`] gives its memory back when none began.
+    pub(crate) fn park(&self, path: &str, pages: ListStream, stamp: (u64, u64)) {
+        let old = self.with(|f| {
+            f.parked.replace(Parked {
+                path: path.to_string(),
+                at: Instant::now(),
+                stamp,
+                pages,
+            })
+        });
+        drop(old);
+    }
+
+    /// The listing of folder `path` kept from its stat a moment ago, when the folder's stamp
+    /// is still `stamp`; whatever was kept is let go either way.
+    pub(crate) fn take_parked(&self, path: &str, stamp: (u64, u64)) -> Option<ListStream> {
+        let p = self.with(|f| f.parked.take())?;
+        (p.path == path && p.at.elapsed() < NAME_FOR && p.stamp == stamp).then_some(p.pages)
+    }
+
+    /// Lets go of a kept listing that is too old to be used.
+    pub(crate) fn drop_stale_parked(&self) {
+        let old = self.with(|f| {
+            if f.parked
+                .as_ref()
+                .is_some_and(|p| p.at.elapsed() >= NAME_FOR)
+            {
+                f.parked.take()
+            } else {
+                None
+            }
+        });
+        drop(old);
+    }
+
     /// `path` is gone, or changed kind (removed, renamed): forget what was known of it and of
     /// everything below it.
     pub(crate) fn forget(&self, path: &str) {
         let below = format!("{}/", path.trim_end_matches('/'));
+        let parked = self.with(|f| {
+            if f.parked
+                .as_ref()
+                .is_some_and(|p| p.path == path || p.path.starts_with(&below))
+            {
+                f.parked.take()
+            } else {
+                None
+            }
+        });
+        drop(parked);
         self.with(|f| {
             f.listings
                 .retain(|k, _| k != path && !k.starts_with(&below));

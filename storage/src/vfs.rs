@@ -490,12 +490,41 @@ impl UserFs {
                 etag: None,
             });
         }
-        let mut e = loc.backend.stat(&loc.key).await?;
+        let e = loc.backend.stat(&loc.key).await?;
+        Ok(self.as_shown(e, name))
+    }
+
+    /// A backend's entry as the session shows it: by its name in the tree, and with the tree's
+    /// start time where the backend has none (folders).
+    fn as_shown(&self, mut e: Entry, name: String) -> Entry {
         e.name = name;
         if e.mtime.is_none() {
             e.mtime = Some(self.tree.started);
         }
-        Ok(e)
+        e
+    }
+
+    /// [`Vfs::stat_site`] for a client's stat: where `site` is a folder whose listing's first
+    /// page the same request brought (S3), that listing is kept for a moment, for the listing
+    /// a client mostly asks for next (see [`Known::park`]).
+    async fn stat_site_keeping_listing(&self, site: &VPath) -> Result<Entry> {
+        let loc = self.tree.locate(site);
+        if loc.is_area_root || self.tree.holds_mount(site) {
+            return self.stat_site(site).await;
+        }
+        let stamp = self.tree.writing.folder_stamp(&loc.key);
+        let (e, pages) = loc.backend.stat_listing(&loc.key).await?;
+        if let Some(pages) = pages.filter(|_| e.is_dir()) {
+            self.known.park(&site.to_string(), pages, stamp);
+            // Its memory goes back once it can no longer be used, whether or not a listing
+            // came: a client that stats a large folder and then waits holds nothing.
+            let known = self.known.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(crate::known::NAME_FOR).await;
+                known.drop_stale_parked();
+            });
+        }
+        Ok(self.as_shown(e, site.name().unwrap_or("/").to_string()))
     }
 
     /// The folder holding `site`, where a listing of it can tell that `site` does not exist:
@@ -570,7 +599,11 @@ impl UserFs {
             return Err(Error::of(ErrorKind::NotFound).with_context("stat", p.to_string()));
         }
         let started = std::time::Instant::now();
-        let r = beside(self.list_alongside(scope.as_ref()), self.stat_site(&site)).await;
+        let r = beside(
+            self.list_alongside(scope.as_ref()),
+            self.stat_site_keeping_listing(&site),
+        )
+        .await;
         let slow = started.elapsed() >= WORTH_LISTING;
         match &r {
             Ok(e) if e.is_dir() => self.known.folder(&site.to_string(), removals),
@@ -593,7 +626,12 @@ impl UserFs {
         let site = self.site_path(p);
         let loc = self.tree.locate(&site);
         let removals = self.tree.writing.removals();
-        let mut pages = loc.backend.list(&loc.key);
+        // The client's stat of the folder a moment ago may have brought the first page.
+        let stamp = self.tree.writing.folder_stamp(&loc.key);
+        let mut pages = self
+            .known
+            .take_parked(&site.to_string(), stamp)
+            .unwrap_or_else(|| loc.backend.list(&loc.key));
         // A folder that lists something exists: only an empty or failing first page needs the
         // stat that tells an empty folder from a missing one or a file. That saves a request
         // per listing, and on servers whose every listing walks the folder, a whole walk.

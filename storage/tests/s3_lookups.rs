@@ -142,3 +142,130 @@ async fn a_listing_answers_lookups_of_missing_names_until_the_folder_changes() {
         found(&fs, "/big/f3", 1).await;
     }
 }
+
+/// The LIST requests among `seen`.
+fn lists(seen: &[bucketgate_testkit::http_proxy::Seen]) -> usize {
+    seen.iter()
+        .filter(|s| s.method == "GET" && s.target.contains("list-type=2"))
+        .count()
+}
+
+/// The names of a listing of `path`, in order.
+async fn names(fs: &UserFs, path: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    let mut pages = fs.list(&p(path)).await.unwrap();
+    while let Some(page) = pages.next().await {
+        out.extend(page.unwrap().into_iter().map(|e| e.name));
+    }
+    out
+}
+
+/// `ls -l dir` and `cd dir` + `ls` STAT the folder, then list it: the STAT's listing request
+/// brings the first page, and the listing that follows within a second, while nothing changed
+/// the folder, starts from it. Every change through the gateway, and the second's end, give
+/// a listing of its own; the memory held for the page goes back when it is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_stat_brings_the_first_page_of_the_listing_that_follows() {
+    for srv in servers().await {
+        let name = srv.name;
+        let proxy = HttpProxy::start(srv.addr(), forward_all()).await;
+        let budget = bucketgate_storage::budget::MemoryBudget::shared(64 << 20);
+        let mut o = srv.options();
+        o.endpoint = format!("http://{}", proxy.addr);
+        // Pages of 2 for 3 files: the listing takes two pages.
+        o.list_page_size = 2;
+        let b = bucketgate_storage::s3::S3Backend::new(o, budget.clone()).unwrap();
+        if let Some(c) = &srv.probed {
+            b.assume_capabilities(c.clone());
+        }
+        let area = Area {
+            backend: Arc::new(b.clone()),
+            prefix: srv.prefix.clone(),
+        };
+        let tree = Arc::new(Tree::new(area, Vec::new()));
+        let fs = UserFs::new(tree.clone(), "alice", VPath::root(), Permissions::all());
+        let other = UserFs::new(tree.clone(), "bob", VPath::root(), Permissions::all());
+        for f in ["a", "b", "c"] {
+            put(&b, &srv.key(&format!("d/{f}")), b"x", 1).await;
+        }
+        let all = |extra: &[&str]| {
+            let mut v: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+
+        // The STAT, then the listing: one listing request for the first page (the STAT's),
+        // one for the second.
+        let n0 = proxy.seen().len();
+        assert!(fs.stat(&p("/d")).await.unwrap().is_dir(), "[{name}]");
+        assert_eq!(names(&fs, "/d").await, all(&[]), "[{name}]");
+        assert_eq!(
+            lists(&proxy.seen()[n0..]),
+            2,
+            "[{name}] one page from the stat"
+        );
+        // Used once: the next listing asks for both pages.
+        let n1 = proxy.seen().len();
+        assert_eq!(names(&fs, "/d").await, all(&[]), "[{name}]");
+        assert_eq!(
+            lists(&proxy.seen()[n1..]),
+            2,
+            "[{name}] a listing of its own"
+        );
+
+        // Another session's upload between the STAT and the listing is listed (names that
+        // sort first: in the first page).
+        fs.stat(&p("/d")).await.unwrap();
+        upload(&other, "/d/0new", b"new").await;
+        assert_eq!(names(&fs, "/d").await, all(&["0new"]), "[{name}]");
+        // And so is this session's own.
+        fs.stat(&p("/d")).await.unwrap();
+        upload(&fs, "/d/0mine", b"mine").await;
+        assert_eq!(names(&fs, "/d").await, all(&["0mine", "0new"]), "[{name}]");
+        // And a rename anywhere in the gateway.
+        fs.stat(&p("/d")).await.unwrap();
+        other
+            .rename(&p("/d/0new"), &p("/d/0new2"), false)
+            .await
+            .unwrap();
+        assert_eq!(names(&fs, "/d").await, all(&["0mine", "0new2"]), "[{name}]");
+        // A file put straight into the bucket is listed once the second has passed.
+        fs.stat(&p("/d")).await.unwrap();
+        put(&b, &srv.key("d/0out"), b"outside", 1).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            names(&fs, "/d").await,
+            all(&["0mine", "0new2", "0out"]),
+            "[{name}]"
+        );
+
+        // A STAT with no listing after it: the page's share of the budget goes back within
+        // the second.
+        fs.stat(&p("/d")).await.unwrap();
+        assert!(budget.in_use() > 0, "[{name}] the page is held");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(budget.in_use(), 0, "[{name}] given back");
+        // A listing of another folder leaves nothing held either.
+        fs.stat(&p("/d")).await.unwrap();
+        let _ = names(&fs, "/").await;
+        assert_eq!(budget.in_use(), 0, "[{name}] let go");
+
+        // With the budget more than half used, the STAT asks for one key, as before.
+        let _busy = budget.try_acquire(40 << 20).unwrap();
+        let n2 = proxy.seen().len();
+        fs.stat(&p("/d")).await.unwrap();
+        assert!(
+            proxy.seen()[n2..]
+                .iter()
+                .any(|s| s.target.contains("max-keys=1&") || s.target.ends_with("max-keys=1")),
+            "[{name}] {:?}",
+            &proxy.seen()[n2..]
+        );
+        assert_eq!(names(&fs, "/d").await.len(), 6, "[{name}]");
+    }
+}

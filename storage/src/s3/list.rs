@@ -8,6 +8,7 @@ use super::time::{parse_http_date, parse_iso8601, parse_mtime};
 use super::xml::{self, ListBucketResult, ObjectDoc};
 use super::Inner;
 use crate::backend::{ChildNames, Entry, EntryKind, ListStream};
+use crate::budget::MemoryPermit;
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::key_is_servable;
 use futures::StreamExt;
@@ -160,8 +161,51 @@ pub(crate) async fn head_entry(inner: &Inner, key: &str) -> Result<Entry> {
 
 /// A folder wins over a file of the same name; `""` is the root.
 pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
+    stat_as(inner, key, None).await.map(|(e, _)| e)
+}
+
+/// What a page of 1,000 keys takes while it is read, parsed and held. A listing made only to
+/// save round trips is made where the budget is less than half used (transfers need it).
+const PAGE_MEMORY: u64 = 512 * 1024;
+
+/// The budget's share for a listing made only to save round trips; None where the budget is
+/// more than half used or has no such share free.
+fn spare_page_memory(inner: &Inner) -> Option<MemoryPermit> {
+    inner
+        .budget
+        .is_plentiful()
+        .then(|| inner.budget.try_acquire(PAGE_MEMORY))
+        .flatten()
+}
+
+/// [`stat`], and where `key` is a folder, the listing of its children whose first page that
+/// same request brought (see [`crate::backend::Backend::stat_listing`]). The folder question
+/// is then a one-level listing of a whole page rather than of one key: the same round trip,
+/// and on servers that walk the folder for every listing (s3s-fs), the same walk.
+pub(crate) async fn stat_listing(
+    inner: &Arc<Inner>,
+    key: &str,
+) -> Result<(Entry, Option<ListStream>)> {
     if key.is_empty() {
-        return Ok(Entry::dir(""));
+        return stat_as(inner, key, None).await;
+    }
+    stat_as(
+        inner,
+        key,
+        spare_page_memory(inner).map(|m| (inner.clone(), m)),
+    )
+    .await
+}
+
+/// [`stat`], with the folder's listing asked for as a whole page, and kept as the start of a
+/// listing, where `page` gives the budget's share for it.
+async fn stat_as(
+    inner: &Inner,
+    key: &str,
+    page: Option<(Arc<Inner>, MemoryPermit)>,
+) -> Result<(Entry, Option<ListStream>)> {
+    if key.is_empty() {
+        return Ok((Entry::dir(""), None));
     }
     let dir_prefix = format!("{key}/");
     // Both questions at once: one round trip instead of two for every stat. Where the server
@@ -169,8 +213,12 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
     // marker is the third question, asked at the same time.
     let caps = inner.caps();
     let unlisted_markers = !caps.markers_listed && caps.markers_head;
+    let (delimiter, max_keys) = match page {
+        Some(_) => (true, inner.opts.list_page_size),
+        None => (false, 1),
+    };
     let (dir, file, marker) = tokio::join!(
-        list_page(inner, &dir_prefix, false, None, 1),
+        list_page(inner, &dir_prefix, delimiter, None, max_keys),
         head_entry(inner, key),
         async {
             if unlisted_markers {
@@ -181,37 +229,44 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
         }
     );
     if let Some(Ok((m, _))) = marker {
-        return Ok(Entry {
-            name: leaf(key),
-            kind: EntryKind::Dir,
-            size: 0,
-            // As for a listed marker: a folder has a time of its own only when asked for.
-            mtime: m
-                .mtime
-                .map(whole_seconds)
-                .filter(|_| inner.opts.folder_marker_times),
-            etag: None,
-        });
+        return Ok((
+            Entry {
+                name: leaf(key),
+                kind: EntryKind::Dir,
+                size: 0,
+                // As for a listed marker: a folder has a time of its own only when asked for.
+                mtime: m
+                    .mtime
+                    .map(whole_seconds)
+                    .filter(|_| inner.opts.folder_marker_times),
+                etag: None,
+            },
+            None,
+        ));
     }
     match dir {
-        Ok(page) if !page.objects.is_empty() => {
+        // Something below the prefix: a key (the folder's marker included) or, in a one-level
+        // listing, a folder of folders.
+        Ok(p) if !p.objects.is_empty() || !p.prefixes.is_empty() => {
             if file.is_ok() {
                 tracing::warn!(remote = %inner.opts.name, key, "a file and a folder share this name; showing the folder");
             }
-            Ok(Entry {
+            let e = Entry {
                 name: leaf(key),
                 kind: EntryKind::Dir,
                 size: 0,
                 mtime: if inner.opts.folder_marker_times {
-                    marker_time(&page, &dir_prefix)
+                    marker_time(&p, &dir_prefix)
                 } else {
                     None
                 },
                 etag: None,
-            })
+            };
+            let listing = page.map(|(inner, memory)| pages_from(inner, dir_prefix, p, memory));
+            Ok((e, listing))
         }
         Ok(_) => match file {
-            Ok(e) => Ok(e),
+            Ok(e) => Ok((e, None)),
             // Under a prefix-restricted policy HEAD answers 403 for a missing key; the listing
             // (which worked) already told us nothing is there.
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
@@ -220,7 +275,7 @@ pub(crate) async fn stat(inner: &Inner, key: &str) -> Result<Entry> {
             Err(e) => Err(e),
         },
         Err(list_err) => match file {
-            Ok(e) => Ok(e),
+            Ok(e) => Ok((e, None)),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(list_err),
             Err(e) => Err(e),
         },
@@ -420,8 +475,11 @@ struct ListState {
     shadow: Shadow,
     /// For walks: the folders (relative, no slash) leading to the last key, already shown.
     open_dirs: Vec<String>,
-    /// The next page, fetched while the HEADs of the previous one ran.
+    /// The next page, fetched while the HEADs of the previous one ran (or, for the first
+    /// page, by the stat that found the folder).
     prefetched: Option<Result<Page>>,
+    /// The budget's share for a first page fetched by a stat, held until the page is taken.
+    held: Option<MemoryPermit>,
 }
 
 fn dir_prefix(key: &str) -> String {
@@ -435,14 +493,7 @@ fn dir_prefix(key: &str) -> String {
 /// The names of the direct children of folder `key` after `after`, as one ListObjectsV2 page
 /// holds them (see [`crate::backend::Backend::child_names`]).
 pub(crate) async fn child_names(inner: &Inner, key: &str, after: &str) -> Result<ChildNames> {
-    // What a page of 1,000 keys takes while it is read and parsed. The listing only saves
-    // round trips: it is not made where the budget is more than half used (transfers need it).
-    const PAGE_MEMORY: u64 = 512 * 1024;
-    let spare = inner.budget.is_plentiful();
-    let Some(_memory) = spare
-        .then(|| inner.budget.try_acquire(PAGE_MEMORY))
-        .flatten()
-    else {
+    let Some(_memory) = spare_page_memory(inner) else {
         return Err(Error::new(
             ErrorKind::LimitReached,
             "no room in the memory budget for a listing now",
@@ -514,7 +565,7 @@ async fn fetch_page(st: &ListState, token: Option<&str>) -> Result<Page> {
 }
 
 fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
-    let st = ListState {
+    pages_of(ListState {
         inner,
         prefix,
         recursive,
@@ -524,7 +575,29 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
         shadow: Shadow::default(),
         open_dirs: Vec::new(),
         prefetched: None,
-    };
+        held: None,
+    })
+}
+
+/// A one-level listing of `prefix` whose first page, `first`, was fetched already (from the
+/// start of the prefix, with the delimiter and the usual page size); `memory` is held until
+/// that page is taken.
+fn pages_from(inner: Arc<Inner>, prefix: String, first: Page, memory: MemoryPermit) -> ListStream {
+    pages_of(ListState {
+        inner,
+        prefix,
+        recursive: false,
+        token: None,
+        started: false,
+        finished: false,
+        shadow: Shadow::default(),
+        open_dirs: Vec::new(),
+        prefetched: Some(Ok(first)),
+        held: Some(memory),
+    })
+}
+
+fn pages_of(st: ListState) -> ListStream {
     Box::pin(futures::stream::unfold(st, |mut st| async move {
         if st.finished {
             return None;
@@ -547,6 +620,7 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
             Some(p) => p,
             None => fetch_page(&st, st.token.as_deref()).await,
         };
+        st.held = None;
         let page = match page {
             Ok(p) => p,
             Err(e) => {

@@ -401,6 +401,12 @@ impl Backend for S3Backend {
             .map_err(|e| e.with_key("stat", format!("/{key}")))
     }
 
+    async fn stat_listing(&self, key: &str) -> Result<(Entry, Option<ListStream>)> {
+        list::stat_listing(&self.inner, key)
+            .await
+            .map_err(|e| e.with_key("stat", format!("/{key}")))
+    }
+
     async fn stat_file(&self, key: &str) -> Result<Entry> {
         if key.is_empty() {
             return self.stat(key).await;
