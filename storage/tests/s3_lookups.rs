@@ -31,6 +31,17 @@ async fn upload(fs: &UserFs, path: &str, bytes: &'static [u8]) {
     w.close().await.unwrap();
 }
 
+/// Two users' sessions (alice, then bob) on one tree over `b` at `prefix`.
+fn two_sessions(b: &bucketgate_storage::s3::S3Backend, prefix: &str) -> (UserFs, UserFs) {
+    let area = Area {
+        backend: Arc::new(b.clone()),
+        prefix: prefix.to_string(),
+    };
+    let tree = Arc::new(Tree::new(area, Vec::new()));
+    let session = |user| UserFs::new(tree.clone(), user, VPath::root(), Permissions::all());
+    (session("alice"), session("bob"))
+}
+
 /// Asserts that `path` does not exist for `fs`, and returns how many requests telling it took.
 async fn missing(fs: &UserFs, proxy: &HttpProxy, path: &str) -> usize {
     let before = proxy.seen().len();
@@ -63,13 +74,7 @@ async fn a_listing_answers_lookups_of_missing_names_until_the_folder_changes() {
         .unwrap();
         let proxy = HttpProxy::start(wan.addr, forward_all()).await;
         let b = srv.backend_with(|o| o.endpoint = format!("http://{}", proxy.addr));
-        let area = Area {
-            backend: Arc::new(b.clone()),
-            prefix: srv.prefix.clone(),
-        };
-        let tree = Arc::new(Tree::new(area, Vec::new()));
-        let fs = UserFs::new(tree.clone(), "alice", VPath::root(), Permissions::all());
-        let other = UserFs::new(tree.clone(), "bob", VPath::root(), Permissions::all());
+        let (fs, other) = two_sessions(&b, &srv.prefix);
         put(&b, &srv.key("in/old.txt"), b"old", 1).await;
 
         // The first lookups ask the server; the third, after two misses, asks it too and
@@ -179,13 +184,7 @@ async fn a_folder_stat_brings_the_first_page_of_the_listing_that_follows() {
         if let Some(c) = &srv.probed {
             b.assume_capabilities(c.clone());
         }
-        let area = Area {
-            backend: Arc::new(b.clone()),
-            prefix: srv.prefix.clone(),
-        };
-        let tree = Arc::new(Tree::new(area, Vec::new()));
-        let fs = UserFs::new(tree.clone(), "alice", VPath::root(), Permissions::all());
-        let other = UserFs::new(tree.clone(), "bob", VPath::root(), Permissions::all());
+        let (fs, other) = two_sessions(&b, &srv.prefix);
         for f in ["a", "b", "c"] {
             put(&b, &srv.key(&format!("d/{f}")), b"x", 1).await;
         }
