@@ -504,7 +504,7 @@ impl UserFs {
         e
     }
 
-    /// [`Vfs::stat_site`] for a client's stat: where `site` is a folder whose listing's first
+    /// [`UserFs::stat_site`] for a client's stat: where `site` is a folder whose listing's first
     /// page the same request brought (S3), that listing is kept for a moment, for the listing
     /// a client mostly asks for next (see [`Known::park`]).
     async fn stat_site_keeping_listing(&self, site: &VPath) -> Result<Entry> {
