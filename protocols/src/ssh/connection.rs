@@ -272,8 +272,8 @@ impl russh::server::Handler for SshHandler {
         let memory = self.shared.opts.memory.clone();
         let gone = self.state.gone.clone();
         self.shared.tracker.spawn(async move {
-            let (stream, wr) = channel_io(ch, gone);
-            dispatch::run(stream, sftp, max, memory).await;
+            let (rd, replies, wr) = channel_io(ch, gone);
+            dispatch::run(rd, replies, sftp, max, memory).await;
             // `ssh` exits with the channel's exit status, and scp (SFTP mode) treats a
             // missing one as a failure of the whole copy.
             finish(&wr, 0).await;
@@ -305,8 +305,8 @@ impl russh::server::Handler for SshHandler {
         let gone = self.state.gone.clone();
         self.shared.tracker.spawn(async move {
             let _guard = busy.enter();
-            let (stream, wr) = channel_io(ch, gone);
-            let status = scp::run(stream, fs, cmd, keep_partial).await;
+            let (rd, writer, wr) = channel_io(ch, gone);
+            let status = scp::run(tokio::io::join(rd, writer), fs, cmd, keep_partial).await;
             finish(&wr, status).await;
         });
         Ok(())
@@ -437,12 +437,14 @@ impl russh::server::Handler for SshHandler {
 /// own, which can overtake the exit status sent afterwards; OpenSSH then reports "exit status
 /// -1" and `scp` exits 1 although every file arrived. Here the caller keeps the write half and
 /// sends exit status, EOF and CLOSE in that order on the channel's one queue, behind the data.
-/// Writes fail once `gone` (the connection ended) is cancelled.
+/// A channel's data as a byte stream, its writer, and its write half (for the exit status and
+/// the close). Writes fail once `gone` (the connection ended) is cancelled.
 fn channel_io(
     ch: Channel<Msg>,
     gone: CancellationToken,
 ) -> (
-    impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    ChannelWriter,
     Arc<ChannelWriteHalf<Msg>>,
 ) {
     let (rd, wr) = ch.split();
@@ -465,12 +467,13 @@ fn channel_io(
         sending: None,
         gone,
     };
-    (tokio::io::join(reader, writer), wr)
+    (reader, writer, wr)
 }
 
 /// Writes to a channel through its shared write half; one buffer may be on its way (sent as
 /// the client's window allows) while the caller prepares the next. A failure to send shows on
-/// the next write or flush.
+/// the next write or flush. As an `AsyncWrite` it copies each buffer; as SFTP's
+/// [`dispatch::Replies`] it sends the reply's own bytes.
 ///
 /// russh waits for window room on a notification that its connection task sends when a window
 /// adjustment arrives, and never when the connection ends: a send waiting for a client that
@@ -491,6 +494,30 @@ impl ChannelWriter {
         }
         Poll::Ready(Ok(()))
     }
+
+    /// Starts sending `data`; the previous send must have ended ([`Self::poll_sent`]).
+    fn start(&mut self, data: bytes::Bytes) {
+        let half = self.half.clone();
+        let gone = self.gone.clone();
+        self.sending = Some(Box::pin(async move {
+            tokio::select! {
+                r = half.data_bytes(data) => r,
+                _ = gone.cancelled() => Err(russh::Error::SendError),
+            }
+        }));
+    }
+}
+
+impl dispatch::Replies for ChannelWriter {
+    async fn send(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_sent(cx)).await?;
+        self.start(data);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_sent(cx)).await
+    }
 }
 
 impl tokio::io::AsyncWrite for ChannelWriter {
@@ -501,15 +528,7 @@ impl tokio::io::AsyncWrite for ChannelWriter {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_sent(cx))?;
-        let half = this.half.clone();
-        let data = bytes::Bytes::copy_from_slice(buf);
-        let gone = this.gone.clone();
-        this.sending = Some(Box::pin(async move {
-            tokio::select! {
-                r = half.data_bytes(data) => r,
-                _ = gone.cancelled() => Err(russh::Error::SendError),
-            }
-        }));
+        this.start(bytes::Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
     }
 

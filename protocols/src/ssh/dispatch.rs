@@ -7,7 +7,10 @@
 //!
 //! WRITE and READ are decoded here rather than by russh-sftp, whose packets hold their data in a
 //! `Vec`: a WRITE's data stays a slice of the packet as read, down to the upload's part buffer,
-//! and a READ's reply is its header and the data in one buffer, copied once.
+//! and a READ's data goes to russh as the reader's own bytes, behind its 13-byte header sent
+//! separately (russh cuts channel data into packets of the client's maximum size, 32 KiB for
+//! OpenSSH: a 32 KiB READ's reply is two SSH packets either way). Small replies that wait
+//! together (WRITE acknowledgements, headers) go out together, in one SSH packet.
 
 use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -15,7 +18,7 @@ use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Requests read ahead of the handler, bounded in bytes: enough for any client's pipelining
@@ -49,6 +52,23 @@ const SESSION_SHARE: u64 = 96 * 1024;
 struct Held {
     _budget: Option<MemoryPermit>,
     _own: Option<OwnedSemaphorePermit>,
+}
+
+/// Small replies waiting together are gathered into one buffer up to this size (one SSH packet
+/// of OpenSSH's maximum); a READ's data up to [`SMALL_DATA`] joins them, larger data goes as its
+/// own buffer.
+const GATHER: usize = 32 * 1024;
+
+/// A READ's data up to this size is copied behind its header; larger data is sent as it is.
+const SMALL_DATA: usize = 4 * 1024;
+
+/// Where replies go: each buffer handed over as it is, without a copy on the way.
+pub(crate) trait Replies: Send + 'static {
+    /// Hands `data` over once the previous buffer is on its way.
+    fn send(&mut self, data: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// Waits until everything handed over has gone.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
 /// A handler that takes a WRITE's data as the packet's own bytes and answers a READ with the
@@ -98,18 +118,19 @@ pub(crate) trait DirectIo: Handler {
 /// memory that only its own progress can free, and so that small requests (READs, STATs) keep
 /// flowing; beyond that, the reader waits for either, and russh's small per-channel queue
 /// (`channel_buffer_size`, `server.rs`) then stops the client through TCP.
-pub(crate) async fn run<S, H>(
-    stream: S,
+pub(crate) async fn run<R, W, H>(
+    mut rd: R,
+    wr: W,
     mut handler: H,
     max_packet_len: u32,
     budget: Option<Arc<MemoryBudget>>,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: Replies,
     H: DirectIo + Send,
 {
     let share_of = budget.clone();
     let mut share: Option<MemoryPermit> = None;
-    let (mut rd, wr) = tokio::io::split(stream);
     let cap = Arc::new(Semaphore::new(READ_AHEAD_BYTES as usize));
     let own = Arc::new(Semaphore::new(OWN_BYTES as usize));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -134,18 +155,34 @@ pub(crate) async fn run<S, H>(
         }
     });
     let backlog = Arc::new(Semaphore::new(REPLY_BACKLOG as usize));
-    let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
+    let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         let mut wr = wr;
-        while let Some((bytes, slot)) = wrx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
+        // Small replies gathered, and the room they hold until they are handed over.
+        let mut gathered = BytesMut::new();
+        let mut holding = Vec::new();
+        while let Some(Outgoing { head, data, slot }) = wrx.recv().await {
+            gathered.extend_from_slice(&head);
+            holding.push(slot);
+            let large = data.len() > SMALL_DATA;
+            if !large {
+                gathered.extend_from_slice(&data);
+            }
+            // Replies made together go out together, up to one SSH packet.
+            if !large && !wrx.is_empty() && gathered.len() < GATHER {
+                continue;
+            }
+            if wr.send(gathered.split().freeze()).await.is_err() {
                 return;
             }
-            // Flushed when nothing else waits: replies made together go out together.
+            if large && wr.send(data).await.is_err() {
+                return;
+            }
+            // Flushed when nothing else waits.
             if wrx.is_empty() && wr.flush().await.is_err() {
                 return;
             }
-            drop(slot);
+            holding.clear();
         }
         let _ = wr.flush().await;
     });
@@ -172,9 +209,9 @@ pub(crate) async fn run<S, H>(
                     break;
                 };
                 match handler.read_bytes(handle, offset, len).await {
-                    Ok(data) => Reply::Made(data_reply(id, &data), slot),
+                    Ok(data) => Reply::Made(data_header(id, data.len()), data, slot),
                     Err(e) => match encode(reply_of(id, Err(e))) {
-                        Some(b) => Reply::Made(b, slot),
+                        Some(b) => Reply::Made(b, Bytes::new(), slot),
                         None => break,
                     },
                 }
@@ -201,14 +238,18 @@ pub(crate) async fn run<S, H>(
             }
             Request::Malformed(id) => Reply::Packet(Packet::error(id, StatusCode::BadMessage)),
         };
-        let (bytes, slot) = match reply {
-            Reply::Made(b, slot) => (b, slot),
+        let out = match reply {
+            Reply::Made(head, data, slot) => Outgoing { head, data, slot },
             Reply::Packet(packet) => {
-                let Some(b) = encode(packet) else { break };
-                let Ok(slot) = slot(b.len()).await else {
+                let Some(head) = encode(packet) else { break };
+                let Ok(slot) = slot(head.len()).await else {
                     break;
                 };
-                (b, slot)
+                Outgoing {
+                    head,
+                    data: Bytes::new(),
+                    slot,
+                }
             }
         };
         drop(capped);
@@ -221,7 +262,7 @@ pub(crate) async fn run<S, H>(
             (Some(_), false) => share = None,
             _ => {}
         }
-        if wtx.send((bytes, slot)).is_err() {
+        if wtx.send(out).is_err() {
             break;
         }
     }
@@ -232,11 +273,20 @@ pub(crate) async fn run<S, H>(
     tracing::debug!("sftp stream ended");
 }
 
-/// What the handler made of a request: a READ's reply with the room it took before its data
-/// was read, or a packet still to encode (its room is taken then).
+/// What the handler made of a request: a READ's reply (its header or whole error packet, its
+/// data) with the room it took before its data was read, or a packet still to encode (its room
+/// is taken then).
 enum Reply {
-    Made(Bytes, OwnedSemaphorePermit),
+    Made(Bytes, Bytes, OwnedSemaphorePermit),
     Packet(Packet),
+}
+
+/// A reply on its way to the writer task: a packet or a header, the data that follows it (a
+/// READ's; empty otherwise), and the room it holds in the reply backlog.
+struct Outgoing {
+    head: Bytes,
+    data: Bytes,
+    slot: OwnedSemaphorePermit,
 }
 
 /// A reply packet's bytes; `None` (logged) when it cannot be encoded.
@@ -386,14 +436,14 @@ fn decode_read(mut b: Bytes) -> Option<(String, u64, u32)> {
     Some((handle, b.get_u64(), b.get_u32()))
 }
 
-/// The DATA reply to request `id`: its length, type, id and the data as a string, in one buffer.
-fn data_reply(id: u32, data: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(13 + data.len());
-    b.put_u32(9 + data.len() as u32);
+/// The header of the DATA reply to request `id` with `len` bytes of data: its length, type, id
+/// and the data's length; the data follows it on the wire.
+fn data_header(id: u32, len: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(13);
+    b.put_u32(9 + len as u32);
     b.put_u8(SSH_FXP_DATA);
     b.put_u32(id);
-    b.put_u32(data.len() as u32);
-    b.put_slice(data);
+    b.put_u32(len as u32);
     b.freeze()
 }
 
@@ -474,6 +524,7 @@ fn reply_of<E: Into<StatusReply>>(id: u32, r: Result<Packet, E>) -> Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncWrite, AsyncWriteExt};
 
     fn write_packet(handle: &[u8], offset: u64, data: &[u8]) -> Vec<u8> {
         let mut b = vec![SSH_FXP_WRITE];
@@ -531,7 +582,9 @@ mod tests {
             data: b"some data".to_vec(),
         }))
         .unwrap();
-        assert_eq!(data_reply(9, b"some data"), theirs);
+        let mut ours = BytesMut::from(&data_header(9, 9)[..]);
+        ours.extend_from_slice(b"some data");
+        assert_eq!(ours.freeze(), theirs);
     }
 
     #[tokio::test]
@@ -615,6 +668,19 @@ mod tests {
         }
     }
 
+    /// Replies written to a byte stream.
+    struct AsWrite<W>(W);
+
+    impl<W: AsyncWrite + Unpin + Send + 'static> Replies for AsWrite<W> {
+        async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+            self.0.write_all(&data).await
+        }
+
+        async fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush().await
+        }
+    }
+
     /// Takes every write, answers every read with `len` bytes.
     struct Sink;
 
@@ -650,6 +716,105 @@ mod tests {
         }
     }
 
+    /// What a client's replies went out as: each buffer handed to russh, as it was handed.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<std::sync::Mutex<Vec<Bytes>>>);
+
+    impl Replies for Recorded {
+        async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(data);
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The data every READ of [`Fixed`] answers with.
+    static FIXED: [u8; 32768] = [5u8; 32768];
+
+    /// Takes every write; answers every read with [`FIXED`], whatever its length.
+    struct Fixed;
+
+    impl Handler for Fixed {
+        type Error = StatusCode;
+        fn unimplemented(&self) -> StatusCode {
+            StatusCode::OpUnsupported
+        }
+    }
+
+    impl DirectIo for Fixed {
+        async fn write_bytes(
+            &mut self,
+            id: u32,
+            h: String,
+            o: u64,
+            d: Bytes,
+        ) -> Result<Status, StatusCode> {
+            Sink.write_bytes(id, h, o, d).await
+        }
+
+        async fn read_bytes(&mut self, _: String, _: u64, _: u32) -> Result<Bytes, StatusCode> {
+            Ok(Bytes::from_static(&FIXED))
+        }
+
+        fn transferring(&self) -> bool {
+            true
+        }
+    }
+
+    /// A READ's data reaches russh as the very buffer the reader gave (no copy on the way), and
+    /// WRITE acknowledgements waiting together go out as one buffer; the stream they make is
+    /// every reply in order.
+    #[tokio::test]
+    async fn read_data_goes_out_uncopied_and_waiting_acks_go_together() {
+        const WRITES: u32 = 20;
+        let mut input = Vec::new();
+        for i in 0..WRITES {
+            let mut p = write_packet(b"h", u64::from(i) * 1024, &[1u8; 1024]);
+            p[5..9].copy_from_slice(&i.to_be_bytes());
+            input.extend(p);
+        }
+        let mut b = vec![SSH_FXP_READ];
+        b.extend(WRITES.to_be_bytes());
+        b.extend(1u32.to_be_bytes());
+        b.extend(b"h");
+        b.extend(0u64.to_be_bytes());
+        b.extend(32768u32.to_be_bytes());
+        input.extend((b.len() as u32).to_be_bytes());
+        input.extend(b);
+        let out = Recorded::default();
+        run(
+            std::io::Cursor::new(input),
+            out.clone(),
+            Fixed,
+            1 << 20,
+            None,
+        )
+        .await;
+        let sent = out.0.lock().unwrap().clone();
+        let data = sent.last().expect("replies");
+        assert_eq!(data.as_ptr(), FIXED.as_ptr(), "the data was copied");
+        assert_eq!(data.len(), FIXED.len());
+        assert!(
+            sent.len() < WRITES as usize,
+            "{} buffers for {WRITES} acknowledgements and a READ",
+            sent.len()
+        );
+        let mut all = BytesMut::new();
+        for b in &sent {
+            all.extend_from_slice(b);
+        }
+        for i in 0..=WRITES {
+            let len = u32::from_be_bytes(all[..4].try_into().unwrap()) as usize;
+            let p = all.split_to(4 + len);
+            let want = if i < WRITES { 101 } else { SSH_FXP_DATA };
+            assert_eq!((p[4], &p[5..9]), (want, &i.to_be_bytes()[..]));
+        }
+        assert!(all.is_empty());
+    }
+
     /// With the memory budget used up by others, a client with many requests in flight (each
     /// in its own message) gets every reply, in order, through a session loop whose queue holds
     /// two messages (as `CHANNEL_QUEUE`). Before the writer task, the handler waited on the
@@ -668,7 +833,8 @@ mod tests {
             reading: None,
             out,
         };
-        let serving = tokio::spawn(run(session, Sink, 1 << 20, Some(budget.clone())));
+        let (rd, wr) = tokio::io::split(session);
+        let serving = tokio::spawn(run(rd, AsWrite(wr), Sink, 1 << 20, Some(budget.clone())));
         // 500 requests: writes of 1 KiB and reads of 16 KiB, alternating.
         const N: u32 = 500;
         let client = tokio::spawn(async move {
