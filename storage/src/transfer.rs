@@ -571,19 +571,11 @@ impl FileWriter {
     /// Writes `data` at `offset`. Writes must not reach behind the bytes already sent; anything
     /// else is laid over the file as on a disk (see the type's documentation).
     pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()> {
-        self.write_parts(offset, vec![data]).await
-    }
-
-    /// Writes `parts`, one after another, at `offset`: one write whose bytes came in several
-    /// buffers (an SFTP WRITE as its SSH packets carried it), checked as one and never copied
-    /// into one.
-    pub async fn write_parts(&mut self, offset: u64, mut parts: Vec<Bytes>) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(Error::new(e.kind(), e.message().to_string())
                 .with_context("write", self.shown.to_string()));
         }
-        parts.retain(|p| !p.is_empty());
-        if parts.is_empty() {
+        if data.is_empty() {
             return Ok(());
         }
         if self.upload.is_none() {
@@ -597,7 +589,7 @@ impl FileWriter {
         } else {
             offset
         };
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let len = data.len() as u64;
         let end = offset
             .checked_add(len)
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "offset out of range"))?;
@@ -620,16 +612,9 @@ impl FileWriter {
         if offset == self.next {
             // A write at the next offset is newer than anything waiting over the same bytes.
             self.drop_pending_below(end);
-            for data in parts {
-                self.push(data, true).await?;
-            }
+            self.push(data, true).await?;
         } else {
-            let mut at = offset;
-            for data in parts {
-                let n = data.len() as u64;
-                self.insert_pending(at, data);
-                at += n;
-            }
+            self.insert_pending(offset, data);
         }
         self.drain().await?;
         // A window that grew too large is emptied in order, its gaps read from the base.

@@ -252,16 +252,6 @@ async fn case_write_rules(f: &Fixture) {
     w.write_at(0, Bytes::from_static(b"hello")).await.unwrap();
     w.close().await.unwrap();
     assert_eq!(get(&fs, "/ooo.bin").await.unwrap(), b"helloworld");
-    // A write whose bytes came in several buffers (an SFTP WRITE as SSH carried it) is one
-    // write: ahead of the end (kept until the gap is filled), then in order.
-    let mut w = fs.open_write(&p("/parts.bin"), write_mode()).await.unwrap();
-    let b = Bytes::from_static;
-    w.write_parts(6, vec![b(b"wor"), b(b""), b(b"ld")])
-        .await
-        .unwrap();
-    w.write_parts(0, vec![b(b"hel"), b(b"lo ")]).await.unwrap();
-    w.close().await.unwrap();
-    assert_eq!(get(&fs, "/parts.bin").await.unwrap(), b"hello world");
     // A write far beyond the end fails, and nothing is left.
     let mut w = fs.open_write(&p("/far.bin"), write_mode()).await.unwrap();
     let e = w

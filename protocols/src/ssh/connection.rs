@@ -306,7 +306,6 @@ impl russh::server::Handler for SshHandler {
         self.shared.tracker.spawn(async move {
             let _guard = busy.enter();
             let (rd, writer, wr) = channel_io(ch, gone);
-            let rd = tokio_util::io::StreamReader::new(rd);
             let status = scp::run(tokio::io::join(rd, writer), fs, cmd, keep_partial).await;
             finish(&wr, status).await;
         });
@@ -438,13 +437,13 @@ impl russh::server::Handler for SshHandler {
 /// own, which can overtake the exit status sent afterwards; OpenSSH then reports "exit status
 /// -1" and `scp` exits 1 although every file arrived. Here the caller keeps the write half and
 /// sends exit status, EOF and CLOSE in that order on the channel's one queue, behind the data.
-/// A channel's data as the buffers russh hands over, its writer, and its write half (for the
-/// exit status and the close). Writes fail once `gone` (the connection ended) is cancelled.
+/// A channel's data as a byte stream, its writer, and its write half (for the exit status and
+/// the close). Writes fail once `gone` (the connection ended) is cancelled.
 fn channel_io(
     ch: Channel<Msg>,
     gone: CancellationToken,
 ) -> (
-    impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin + Send + 'static,
+    impl tokio::io::AsyncRead + Unpin + Send + 'static,
     ChannelWriter,
     Arc<ChannelWriteHalf<Msg>>,
 ) {
@@ -461,13 +460,14 @@ fn channel_io(
             }
         }
     });
+    let reader = tokio_util::io::StreamReader::new(Box::pin(incoming));
     let wr = Arc::new(wr);
     let writer = ChannelWriter {
         half: wr.clone(),
         sending: None,
         gone,
     };
-    (Box::pin(incoming), writer, wr)
+    (reader, writer, wr)
 }
 
 /// Writes to a channel through its shared write half; one buffer may be on its way (sent as

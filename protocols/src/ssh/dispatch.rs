@@ -14,12 +14,11 @@
 
 use bucketgate_storage::budget::{MemoryBudget, MemoryPermit};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::{Stream, StreamExt};
 use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Requests read ahead of the handler, bounded in bytes: enough for any client's pipelining
@@ -72,16 +71,15 @@ pub(crate) trait Replies: Send + 'static {
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// A handler that takes a WRITE's data as the channel's own buffers and answers a READ with
-/// the reader's own bytes (no copy in between).
+/// A handler that takes a WRITE's data as the packet's own bytes and answers a READ with the
+/// reader's own bytes (no copy in between).
 pub(crate) trait DirectIo: Handler {
-    /// A WRITE of `data`: its bytes in the buffers they arrived in, in order.
     fn write_bytes(
         &mut self,
         id: u32,
         handle: String,
         offset: u64,
-        data: Vec<Bytes>,
+        data: Bytes,
     ) -> impl Future<Output = Result<Status, Self::Error>> + Send;
 
     /// Whether a file is open (the session then holds its share of the budget).
@@ -121,13 +119,13 @@ pub(crate) trait DirectIo: Handler {
 /// flowing; beyond that, the reader waits for either, and russh's small per-channel queue
 /// (`channel_buffer_size`, `server.rs`) then stops the client through TCP.
 pub(crate) async fn run<R, W, H>(
-    rd: R,
+    mut rd: R,
     wr: W,
     mut handler: H,
     max_packet_len: u32,
     budget: Option<Arc<MemoryBudget>>,
 ) where
-    R: Stream<Item = std::io::Result<Bytes>> + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
     W: Replies,
     H: DirectIo + Send,
 {
@@ -137,7 +135,6 @@ pub(crate) async fn run<R, W, H>(
     let own = Arc::new(Semaphore::new(OWN_BYTES as usize));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
-        let mut rd = Incoming::new(rd);
         loop {
             let r = read_request(&mut rd, max_packet_len).await;
             let (request, size) = match r {
@@ -343,12 +340,12 @@ enum Request {
         offset: u64,
         len: u32,
     },
-    /// A WRITE, its data slices of the channel's buffers.
+    /// A WRITE, its data a slice of the packet read.
     Write {
         id: u32,
         handle: String,
         offset: u64,
-        data: Vec<Bytes>,
+        data: Bytes,
     },
     /// A packet skipped unread (too long), with its request id.
     Refused(u32, &'static str),
@@ -356,124 +353,37 @@ enum Request {
     Malformed(u32),
 }
 
-/// The channel's data as it arrived, in the buffers russh handed over: a field that lies
-/// within one buffer is taken as a slice of it, so a WRITE's data is never copied here.
-struct Incoming<S> {
-    src: S,
-    bufs: VecDeque<Bytes>,
-    len: usize,
-}
-
-impl<S: Stream<Item = std::io::Result<Bytes>> + Unpin> Incoming<S> {
-    fn new(src: S) -> Self {
-        Incoming {
-            src,
-            bufs: VecDeque::new(),
-            len: 0,
-        }
-    }
-
-    /// Waits until at least `n` bytes are here; fails when the channel ends first.
-    async fn fill(&mut self, n: usize) -> std::io::Result<()> {
-        while self.len < n {
-            match self.src.next().await {
-                Some(Ok(b)) if !b.is_empty() => {
-                    self.len += b.len();
-                    self.bufs.push_back(b);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// The next byte, not taken; there must be one.
-    fn peek(&self) -> u8 {
-        self.bufs[0][0]
-    }
-
-    /// The next `n` bytes (all here) as slices of the buffers they are in.
-    fn take(&mut self, mut n: usize) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        while n > 0 {
-            let front = self.bufs.front_mut().expect("filled");
-            let piece = if front.len() <= n {
-                self.bufs.pop_front().expect("just seen")
-            } else {
-                front.split_to(n)
-            };
-            n -= piece.len();
-            self.len -= piece.len();
-            out.push(piece);
-        }
-        out
-    }
-
-    /// The next `n` bytes (all here) in one buffer: a slice when they are in one, else a copy.
-    fn take_one(&mut self, n: usize) -> Bytes {
-        let mut parts = self.take(n);
-        if parts.len() == 1 {
-            return parts.pop().expect("one");
-        }
-        let mut b = BytesMut::with_capacity(n);
-        for p in parts {
-            b.extend_from_slice(&p);
-        }
-        b.freeze()
-    }
-
-    fn take_u32(&mut self) -> u32 {
-        self.take_one(4).get_u32()
-    }
-
-    /// Drops the next `n` bytes as they arrive, never holding more than one buffer.
-    async fn skip(&mut self, mut n: u64) -> std::io::Result<()> {
-        while n > 0 {
-            self.fill(1).await?;
-            let here = (self.len as u64).min(n) as usize;
-            drop(self.take(here));
-            n -= here as u64;
-        }
-        Ok(())
-    }
-}
-
 /// Reads one request; returns it with its length in bytes.
-async fn read_request<S: Stream<Item = std::io::Result<Bytes>> + Unpin>(
-    rd: &mut Incoming<S>,
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
     max_len: u32,
 ) -> std::io::Result<(Request, u32)> {
-    rd.fill(4).await?;
-    let len = rd.take_u32();
+    let len = stream.read_u32().await?;
     if len < 5 {
         // Too short to hold a type and a request id: nothing to answer, and the rest of the
         // stream cannot be trusted.
         return Err(std::io::ErrorKind::InvalidData.into());
     }
     if len > max_len {
-        rd.fill(5).await?;
-        let _kind = rd.take_one(1);
-        let id = rd.take_u32();
-        rd.skip(u64::from(len - 5)).await?;
+        let _kind = stream.read_u8().await?;
+        let id = stream.read_u32().await?;
+        let rest = u64::from(len - 5);
+        let skipped =
+            tokio::io::copy(&mut (&mut *stream).take(rest), &mut tokio::io::sink()).await?;
+        if skipped != rest {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         return Ok((Request::Refused(id, "packet too long"), 0));
     }
-    rd.fill(len as usize).await?;
-    if rd.peek() == SSH_FXP_WRITE {
-        let _kind = rd.take_one(1);
-        let id = rd.take_u32();
-        let request = take_write(rd, len as usize - 5)
-            .map(|(handle, offset, data)| Request::Write {
-                id,
-                handle,
-                offset,
-                data,
-            })
-            .unwrap_or(Request::Malformed(id));
-        return Ok((request, len));
+    // Read into memory not zeroed first: every byte is overwritten by the read.
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while buf.len() < len as usize {
+        let want = len as usize - buf.len();
+        if (&mut *stream).take(want as u64).read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
-    let mut bytes = rd.take_one(len as usize);
+    let mut bytes = buf.freeze();
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     if bytes[0] == SSH_FXP_READ {
         let request = decode_read(bytes.slice(5..))
@@ -486,47 +396,22 @@ async fn read_request<S: Stream<Item = std::io::Result<Bytes>> + Unpin>(
             .unwrap_or(Request::Malformed(id));
         return Ok((request, len));
     }
+    if bytes[0] == SSH_FXP_WRITE {
+        let request = decode_write(bytes.slice(5..))
+            .map(|(handle, offset, data)| Request::Write {
+                id,
+                handle,
+                offset,
+                data,
+            })
+            .unwrap_or(Request::Malformed(id));
+        return Ok((request, len));
+    }
     let request = match Packet::try_from(&mut bytes) {
         Ok(p) => Request::Packet(p),
         Err(_) => Request::Malformed(id),
     };
     Ok((request, len))
-}
-
-/// A WRITE's fields after its request id, `rest` bytes of it here (draft-ietf-secsh-filexfer-02,
-/// 6.4: string handle, uint64 offset, string data); `None` when they do not decode. All `rest`
-/// bytes are taken either way; the data stays in the buffers it came in.
-fn take_write<S: Stream<Item = std::io::Result<Bytes>> + Unpin>(
-    rd: &mut Incoming<S>,
-    mut rest: usize,
-) -> Option<(String, u64, Vec<Bytes>)> {
-    let mut field = |rd: &mut Incoming<S>, n: usize| {
-        let ok = n <= rest;
-        rest -= if ok { n } else { 0 };
-        ok.then(|| rd.take(n))
-    };
-    let parsed = (|| {
-        let n = field(rd, 4).map(|p| join(p).get_u32())? as usize;
-        let handle = String::from_utf8(join(field(rd, n)?).to_vec()).ok()?;
-        let mut at = join(field(rd, 12)?);
-        let (offset, n) = (at.get_u64(), at.get_u32() as usize);
-        Some((handle, offset, field(rd, n)?))
-    })();
-    // What follows the data, or what did not decode, is dropped with the packet.
-    drop(rd.take(rest));
-    parsed
-}
-
-/// Buffers as one (a copy only when there are several).
-fn join(mut parts: Vec<Bytes>) -> Bytes {
-    if parts.len() == 1 {
-        return parts.pop().expect("one");
-    }
-    let mut b = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        b.extend_from_slice(&p);
-    }
-    b.freeze()
 }
 
 const SSH_FXP_READ: u8 = 5;
@@ -560,6 +445,18 @@ fn data_header(id: u32, len: usize) -> Bytes {
     b.put_u32(id);
     b.put_u32(len as u32);
     b.freeze()
+}
+
+/// A WRITE's fields after its request id (draft-ietf-secsh-filexfer-02, 6.4: string handle,
+/// uint64 offset, string data); `None` when they do not decode. The data is a slice of `b`.
+fn decode_write(mut b: Bytes) -> Option<(String, u64, Bytes)> {
+    let handle = String::from_utf8(string(&mut b)?.to_vec()).ok()?;
+    if b.remaining() < 8 {
+        return None;
+    }
+    let offset = b.get_u64();
+    let data = string(&mut b)?;
+    Some((handle, offset, data))
 }
 
 /// Calls the handler method of one request and makes its reply packet.
@@ -642,91 +539,23 @@ mod tests {
         framed
     }
 
-    /// `b` as a channel that carries it in buffers of `piece` bytes.
-    fn feed(
-        b: &[u8],
-        piece: usize,
-    ) -> Incoming<impl Stream<Item = std::io::Result<Bytes>> + Unpin> {
-        let bufs: Vec<_> = b
-            .chunks(piece)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        Incoming::new(futures::stream::iter(bufs))
-    }
-
-    /// A READ packet of request `id`, framed.
-    fn read_packet(id: u32, handle: &[u8], offset: u64, len: u32) -> Vec<u8> {
-        let mut b = vec![SSH_FXP_READ];
-        b.extend(id.to_be_bytes());
-        b.extend((handle.len() as u32).to_be_bytes());
-        b.extend(handle);
-        b.extend(offset.to_be_bytes());
-        b.extend(len.to_be_bytes());
-        let mut framed = (b.len() as u32).to_be_bytes().to_vec();
-        framed.extend(b);
-        framed
-    }
-
-    /// However the channel cut the packets, a WRITE's data comes out whole and in order, in the
-    /// channel's own buffers (slices of them, not one copy), and the request after it decodes.
     #[tokio::test]
-    async fn a_write_is_decoded_with_its_data_as_sent_however_the_channel_cut_it() {
-        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        let mut p = write_packet(b"h1", 1 << 40, &payload);
-        let write_len = p.len() - 4;
-        p.extend(read_packet(8, b"h1", 3, 100));
-        for piece in [1, 3, 7, 1000, 4096, p.len()] {
-            let mut rd = feed(&p, piece);
-            let (r, len) = read_request(&mut rd, 1 << 20).await.unwrap();
-            assert_eq!(len as usize, write_len);
-            match r {
-                Request::Write {
-                    id,
-                    handle,
-                    offset,
-                    data,
-                } => {
-                    assert_eq!((id, handle.as_str(), offset), (7, "h1", 1 << 40));
-                    assert_eq!(join(data.clone()), payload, "in pieces of {piece}");
-                    // Each buffer of the data is a piece the channel carried, or part of one.
-                    assert!(data.iter().all(|d| d.len() <= piece));
-                    // The data starts 27 bytes into the framed packet: it touches these.
-                    let (first, last) = (27 / piece, (27 + payload.len() - 1) / piece);
-                    assert_eq!(data.len(), last - first + 1, "in pieces of {piece}");
-                }
-                _ => panic!("not a write"),
+    async fn a_write_is_decoded_with_its_data_as_sent() {
+        let p = write_packet(b"h1", 1 << 40, b"payload");
+        let (r, len) = read_request(&mut &p[..], 1 << 20).await.unwrap();
+        assert_eq!(len as usize, p.len() - 4);
+        match r {
+            Request::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => {
+                assert_eq!((id, handle.as_str(), offset), (7, "h1", 1 << 40));
+                assert_eq!(&data[..], b"payload");
             }
-            let (r, _) = read_request(&mut rd, 1 << 20).await.unwrap();
-            assert!(
-                matches!(
-                    r,
-                    Request::Read {
-                        id: 8,
-                        offset: 3,
-                        len: 100,
-                        ..
-                    }
-                ),
-                "the READ after the WRITE, in pieces of {piece}"
-            );
+            _ => panic!("not a write"),
         }
-    }
-
-    /// A packet over the limit is skipped as it arrives, and the one after it decodes.
-    #[tokio::test]
-    async fn an_over_long_packet_is_skipped_and_the_next_decodes() {
-        let mut p = write_packet(b"h", 0, &[9u8; 3000]);
-        p.extend(read_packet(8, b"h", 0, 10));
-        let mut rd = feed(&p, 700);
-        let (r, len) = read_request(&mut rd, 1024).await.unwrap();
-        assert!(matches!(r, Request::Refused(7, _)));
-        assert_eq!(len, 0);
-        let (r, _) = read_request(&mut rd, 1024).await.unwrap();
-        assert!(matches!(r, Request::Read { id: 8, .. }));
-        assert!(
-            read_request(&mut rd, 1024).await.is_err(),
-            "the end of the channel"
-        );
     }
 
     #[tokio::test]
@@ -738,7 +567,7 @@ mod tests {
         b.extend(32768u32.to_be_bytes());
         let mut framed = (b.len() as u32).to_be_bytes().to_vec();
         framed.extend(b);
-        let (r, _) = read_request(&mut feed(&framed, 5), 1 << 20).await.unwrap();
+        let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
         assert!(
             matches!(r, Request::Read { id: 9, ref handle, offset: 5, len: 32768 } if handle == "h2")
         );
@@ -746,9 +575,7 @@ mod tests {
         let n = framed.len();
         framed.truncate(n - 4);
         framed[..4].copy_from_slice(&((n - 8) as u32).to_be_bytes());
-        let (r, _) = read_request(&mut feed(&framed, 100), 1 << 20)
-            .await
-            .unwrap();
+        let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
         assert!(matches!(r, Request::Malformed(9)));
         let theirs = Bytes::try_from(Packet::Data(russh_sftp::protocol::Data {
             id: 9,
@@ -763,38 +590,53 @@ mod tests {
     #[tokio::test]
     async fn a_write_cut_short_or_with_a_bad_handle_is_malformed() {
         // The data's length says more than the packet holds.
-        // Each is followed by a READ, which must decode: the bad packet is taken whole.
-        let next = read_packet(8, b"h", 0, 10);
-        let mut cut = write_packet(b"h1", 0, b"payload");
-        let n = cut.len();
-        cut[n - 8..n - 7].copy_from_slice(&[0xff]);
+        let mut p = write_packet(b"h1", 0, b"payload");
+        let n = p.len();
+        p[n - 8..n - 7].copy_from_slice(&[0xff]);
+        let (r, _) = read_request(&mut &p[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(7)));
         // A handle that is not UTF-8.
-        let not_utf8 = write_packet(&[0xff, 0xfe], 0, b"x");
+        let p = write_packet(&[0xff, 0xfe], 0, b"x");
+        let (r, _) = read_request(&mut &p[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(7)));
         // No offset at all.
         let mut b = vec![SSH_FXP_WRITE, 0, 0, 0, 7, 0, 0, 0, 1, b'h'];
-        let mut no_offset = (b.len() as u32).to_be_bytes().to_vec();
-        no_offset.append(&mut b);
-        // A handle longer than the packet.
-        let mut b = vec![SSH_FXP_WRITE, 0, 0, 0, 7, 0, 0, 1, 0, b'h'];
-        let mut long_handle = (b.len() as u32).to_be_bytes().to_vec();
-        long_handle.append(&mut b);
-        for p in [cut, not_utf8, no_offset, long_handle] {
-            for piece in [1, 4, p.len() + next.len()] {
-                let mut rd = feed(&[&p[..], &next[..]].concat(), piece);
-                let (r, _) = read_request(&mut rd, 1 << 20).await.unwrap();
-                assert!(matches!(r, Request::Malformed(7)));
-                let (r, _) = read_request(&mut rd, 1 << 20).await.unwrap();
-                assert!(matches!(r, Request::Read { id: 8, .. }));
-            }
-        }
+        let mut framed = (b.len() as u32).to_be_bytes().to_vec();
+        framed.append(&mut b);
+        let (r, _) = read_request(&mut &framed[..], 1 << 20).await.unwrap();
+        assert!(matches!(r, Request::Malformed(7)));
     }
 
     /// russh's session loop as the SFTP loop sees it: incoming messages wait in a queue of a
     /// few, and while that queue is full no reply goes out (the loop is busy handing over the
-    /// next message). This is its sending side; the queue is read as a stream.
+    /// next message).
     struct SessionLoop {
+        incoming: tokio::sync::mpsc::Receiver<Bytes>,
         room: tokio_util::sync::PollSender<Bytes>,
+        reading: Option<Bytes>,
         out: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    }
+
+    impl AsyncRead for SessionLoop {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            use std::task::Poll;
+            let this = &mut *self;
+            if this.reading.as_ref().is_none_or(|b| b.is_empty()) {
+                match this.incoming.poll_recv(cx) {
+                    Poll::Ready(Some(b)) => this.reading = Some(b),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let b = this.reading.as_mut().expect("just filled");
+            let n = b.len().min(buf.remaining());
+            buf.put_slice(&b.split_to(n));
+            Poll::Ready(Ok(()))
+        }
     }
 
     impl AsyncWrite for SessionLoop {
@@ -855,7 +697,7 @@ mod tests {
             id: u32,
             _: String,
             _: u64,
-            _: Vec<Bytes>,
+            _: Bytes,
         ) -> Result<Status, StatusCode> {
             Ok(Status {
                 id,
@@ -908,7 +750,7 @@ mod tests {
             id: u32,
             h: String,
             o: u64,
-            d: Vec<Bytes>,
+            d: Bytes,
         ) -> Result<Status, StatusCode> {
             Sink.write_bytes(id, h, o, d).await
         }
@@ -943,8 +785,14 @@ mod tests {
         input.extend((b.len() as u32).to_be_bytes());
         input.extend(b);
         let out = Recorded::default();
-        let rd = futures::stream::iter([Ok(Bytes::from(input))]);
-        run(rd, out.clone(), Fixed, 1 << 20, None).await;
+        run(
+            std::io::Cursor::new(input),
+            out.clone(),
+            Fixed,
+            1 << 20,
+            None,
+        )
+        .await;
         let sent = out.0.lock().unwrap().clone();
         let data = sent.last().expect("replies");
         assert_eq!(data.as_ptr(), FIXED.as_ptr(), "the data was copied");
@@ -977,20 +825,16 @@ mod tests {
     async fn a_full_budget_and_a_full_session_queue_do_not_stop_a_pipelining_client() {
         let budget = MemoryBudget::shared(1 << 20);
         let _others = budget.try_acquire(1 << 20).expect("all of it");
-        let (feed, mut incoming) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let (feed, incoming) = tokio::sync::mpsc::channel(2);
         let (out, mut replies) = tokio::sync::mpsc::unbounded_channel();
         let session = SessionLoop {
+            incoming,
             room: tokio_util::sync::PollSender::new(feed.clone()),
+            reading: None,
             out,
         };
-        let rd = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx).map(|b| b.map(Ok)));
-        let serving = tokio::spawn(run(
-            rd,
-            AsWrite(session),
-            Sink,
-            1 << 20,
-            Some(budget.clone()),
-        ));
+        let (rd, wr) = tokio::io::split(session);
+        let serving = tokio::spawn(run(rd, AsWrite(wr), Sink, 1 << 20, Some(budget.clone())));
         // 500 requests: writes of 1 KiB and reads of 16 KiB, alternating.
         const N: u32 = 500;
         let client = tokio::spawn(async move {

@@ -322,12 +322,12 @@ impl DirectIo for SftpSession {
         id: u32,
         handle: String,
         offset: u64,
-        data: Vec<Bytes>,
+        data: Bytes,
     ) -> Result<Status, SftpError> {
         let user = self.fs.username().to_string();
         match self.handles.get_mut(&handle) {
             Some(Handle::Write { writer, .. }) => {
-                writer.write_parts(offset, data).await.map_err(|e| {
+                writer.write_at(offset, data).await.map_err(|e| {
                     log_error(&user, &e);
                     SftpError::from(e)
                 })?;
@@ -489,7 +489,7 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        self.write_bytes(id, handle, offset, vec![Bytes::from(data)])
+        self.write_bytes(id, handle, offset, Bytes::from(data))
             .await
     }
 
