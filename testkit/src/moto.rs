@@ -23,9 +23,55 @@ pub const SECRET_KEY: &str = "motoSecretKeyThatMustNeverBeLogged0000001";
 
 /// Starts `moto_server` on a free loopback port and waits (at most 60 s) until it answers
 /// HTTP. Panics, saying what to install, when it is not installed or does not come up.
+///
+/// The port is free when chosen and taken only when moto binds it: another server starting
+/// beside it (the suite runs tests in parallel) may take it first, and moto then exits at once
+/// ("Address already in use", status 1). So an exit at start is tried again on another port, a
+/// few times, before it fails the test.
 fn launch() -> (Child, SocketAddr) {
     crate::tools::require("moto_server");
-    let port = crate::free_port();
+    const TRIES: usize = 5;
+    for attempt in 1..=TRIES {
+        match launch_on(crate::free_port()) {
+            Ok(up) => return up,
+            Err(status) if attempt < TRIES => {
+                eprintln!("moto_server exited at start ({status}); trying another port");
+            }
+            Err(status) => panic!("moto_server exited at start {TRIES} times, last: {status}"),
+        }
+    }
+    unreachable!("the last try returns or panics")
+}
+
+/// Whether process `pid` holds the socket listening on loopback `port` (Linux's `/proc`; true
+/// where that cannot be read).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    // Lines: "sl local_address rem_address st ... uid timeout inode"; LISTEN is state 0A.
+    let want = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1].ends_with(&want) && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    })
+}
+
+/// One start of `moto_server` on `port`; the exit status when it exits before it answers.
+fn launch_on(port: u16) -> Result<(Child, SocketAddr), std::process::ExitStatus> {
     let mut child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -33,11 +79,14 @@ fn launch() -> (Child, SocketAddr) {
         .spawn()
         .expect("start moto_server");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // Readiness: poll until it answers HTTP (bounded), never a fixed sleep.
+    // Readiness: poll until it answers HTTP (bounded), never a fixed sleep. The answer must
+    // come from this child: another moto that took the port first answers too.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http(addr, "GET", "/moto-api/").is_none_or(|status| status != 200) {
+    while http(addr, "GET", "/moto-api/").is_none_or(|status| status != 200)
+        || !listens_on(child.id(), port)
+    {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("moto_server exited at start: {status}");
+            return Err(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -46,7 +95,7 @@ fn launch() -> (Child, SocketAddr) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, addr)
+    Ok((child, addr))
 }
 
 /// One plain HTTP/1.1 request with an empty body; the status code, `None` when unreachable.
@@ -216,5 +265,26 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The check that tells this child's server from another that took the port first.
+    #[test]
+    fn a_listening_socket_is_found_in_its_own_process_only() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(super::listens_on(std::process::id(), port));
+        // A child of ours (its /proc readable as ours) does not hold it.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!super::listens_on(other.id(), port));
+        let _ = other.kill();
+        let _ = other.wait();
+        drop(l);
+        assert!(!super::listens_on(std::process::id(), port));
     }
 }
