@@ -681,7 +681,11 @@ mod tests {
         }
     }
 
-    /// Takes every write, answers every read with `len` bytes.
+    /// The data every READ of [`Sink`] answers with, its first `len` bytes.
+    static FIXED: [u8; 32768] = [5u8; 32768];
+
+    /// Takes every write, answers every read with the first `len` bytes of [`FIXED`] (at most
+    /// all of it): the very bytes, so a test can tell whether they were copied on the way.
     struct Sink;
 
     impl Handler for Sink {
@@ -708,7 +712,9 @@ mod tests {
         }
 
         async fn read_bytes(&mut self, _: String, _: u64, len: u32) -> Result<Bytes, StatusCode> {
-            Ok(Bytes::from(vec![7u8; len as usize]))
+            Ok(Bytes::from_static(
+                &FIXED[..(len as usize).min(FIXED.len())],
+            ))
         }
 
         fn transferring(&self) -> bool {
@@ -731,86 +737,66 @@ mod tests {
         }
     }
 
-    /// The data every READ of [`Fixed`] answers with.
-    static FIXED: [u8; 32768] = [5u8; 32768];
-
-    /// Takes every write; answers every read with [`FIXED`], whatever its length.
-    struct Fixed;
-
-    impl Handler for Fixed {
-        type Error = StatusCode;
-        fn unimplemented(&self) -> StatusCode {
-            StatusCode::OpUnsupported
-        }
-    }
-
-    impl DirectIo for Fixed {
-        async fn write_bytes(
-            &mut self,
-            id: u32,
-            h: String,
-            o: u64,
-            d: Bytes,
-        ) -> Result<Status, StatusCode> {
-            Sink.write_bytes(id, h, o, d).await
-        }
-
-        async fn read_bytes(&mut self, _: String, _: u64, _: u32) -> Result<Bytes, StatusCode> {
-            Ok(Bytes::from_static(&FIXED))
-        }
-
-        fn transferring(&self) -> bool {
-            true
-        }
-    }
-
-    /// A READ's data reaches russh as the very buffer the reader gave (no copy on the way), and
-    /// WRITE acknowledgements waiting together go out as one buffer; the stream they make is
-    /// every reply in order.
+    /// A READ's data reaches russh as the very buffer the reader gave (no copy on the way)
+    /// unless it is small enough to join its header; WRITE acknowledgements waiting together
+    /// go out as one buffer; the stream they make is every reply in order.
     #[tokio::test]
     async fn read_data_goes_out_uncopied_and_waiting_acks_go_together() {
         const WRITES: u32 = 20;
+        // Around the size up to which data joins its header, and the largest.
+        let reads = [100u32, SMALL_DATA as u32, SMALL_DATA as u32 + 1, 32768];
         let mut input = Vec::new();
         for i in 0..WRITES {
             let mut p = write_packet(b"h", u64::from(i) * 1024, &[1u8; 1024]);
             p[5..9].copy_from_slice(&i.to_be_bytes());
             input.extend(p);
         }
-        let mut b = vec![SSH_FXP_READ];
-        b.extend(WRITES.to_be_bytes());
-        b.extend(1u32.to_be_bytes());
-        b.extend(b"h");
-        b.extend(0u64.to_be_bytes());
-        b.extend(32768u32.to_be_bytes());
-        input.extend((b.len() as u32).to_be_bytes());
-        input.extend(b);
+        for (k, len) in reads.iter().enumerate() {
+            let mut b = vec![SSH_FXP_READ];
+            b.extend((WRITES + k as u32).to_be_bytes());
+            b.extend(1u32.to_be_bytes());
+            b.extend(b"h");
+            b.extend(0u64.to_be_bytes());
+            b.extend(len.to_be_bytes());
+            input.extend((b.len() as u32).to_be_bytes());
+            input.extend(b);
+        }
         let out = Recorded::default();
-        run(
-            std::io::Cursor::new(input),
-            out.clone(),
-            Fixed,
-            1 << 20,
-            None,
-        )
-        .await;
+        let rd = std::io::Cursor::new(input);
+        run(rd, out.clone(), Sink, 1 << 20, None).await;
         let sent = out.0.lock().unwrap().clone();
-        let data = sent.last().expect("replies");
-        assert_eq!(data.as_ptr(), FIXED.as_ptr(), "the data was copied");
-        assert_eq!(data.len(), FIXED.len());
+        // The large data went as the reader's own buffers; nothing else did.
+        let uncopied: Vec<usize> = sent
+            .iter()
+            .filter(|b| b.as_ptr() == FIXED.as_ptr())
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(uncopied, [SMALL_DATA + 1, 32768], "the data was copied");
         assert!(
             sent.len() < WRITES as usize,
-            "{} buffers for {WRITES} acknowledgements and a READ",
-            sent.len()
+            "{} buffers for {WRITES} acknowledgements and {} READs",
+            sent.len(),
+            reads.len()
         );
         let mut all = BytesMut::new();
         for b in &sent {
             all.extend_from_slice(b);
         }
-        for i in 0..=WRITES {
+        for i in 0..WRITES + reads.len() as u32 {
             let len = u32::from_be_bytes(all[..4].try_into().unwrap()) as usize;
             let p = all.split_to(4 + len);
-            let want = if i < WRITES { 101 } else { SSH_FXP_DATA };
-            assert_eq!((p[4], &p[5..9]), (want, &i.to_be_bytes()[..]));
+            assert_eq!(&p[5..9], &i.to_be_bytes()[..], "reply {i} in order");
+            if i < WRITES {
+                assert_eq!(p[4], 101);
+            } else {
+                let want = reads[(i - WRITES) as usize] as usize;
+                assert_eq!(p[4], SSH_FXP_DATA);
+                assert_eq!(
+                    u32::from_be_bytes(p[9..13].try_into().unwrap()) as usize,
+                    want
+                );
+                assert_eq!(&p[13..], &FIXED[..want]);
+            }
         }
         assert!(all.is_empty());
     }
