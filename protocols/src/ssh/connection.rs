@@ -431,14 +431,14 @@ impl russh::server::Handler for SshHandler {
     }
 }
 
-/// The channel as one byte stream for a subsystem or command, and the half that ends it.
+/// The channel for a subsystem or command: its incoming data as a byte stream, a writer for
+/// its outgoing data, and the write half that ends it.
 ///
 /// Not russh's `Channel::into_stream`: dropping that stream sends CLOSE from a task of its
 /// own, which can overtake the exit status sent afterwards; OpenSSH then reports "exit status
 /// -1" and `scp` exits 1 although every file arrived. Here the caller keeps the write half and
 /// sends exit status, EOF and CLOSE in that order on the channel's one queue, behind the data.
-/// A channel's data as a byte stream, its writer, and its write half (for the exit status and
-/// the close). Writes fail once `gone` (the connection ended) is cancelled.
+/// Writes fail once `gone` (the connection ended) is cancelled.
 fn channel_io(
     ch: Channel<Msg>,
     gone: CancellationToken,
