@@ -198,3 +198,44 @@ pub fn run_or_kill(cmd: &mut std::process::Command, delay: Duration) -> (bool, D
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// When to kill the next sync run, learnt from the runs so far, so that kills land in the
+/// copying phase on any machine. A run that finished lowers the ceiling (`finished`); a kill
+/// that landed before any copy (`landed_early`) raises the floor past its moment, and raises the
+/// ceiling too when the floor reaches it: on a slow or busy machine start-up and listing take
+/// longer than the first guess, and kills drawn below it would never reach a transfer (seen in
+/// CI: 2 of 10 kills after listing in a round).
+pub struct KillAim {
+    ceiling: Duration,
+    floor: Duration,
+}
+
+impl KillAim {
+    pub fn new(first_guess: Duration) -> KillAim {
+        KillAim {
+            ceiling: first_guess,
+            floor: Duration::ZERO,
+        }
+    }
+
+    /// The delay for the next run: drawn between the floor and the ceiling.
+    pub fn next(&self, rng: &mut impl rand::Rng) -> Duration {
+        let hi = self.ceiling.as_millis().max(2) as u64;
+        let lo = (self.floor.as_millis() as u64).clamp(1, hi - 1);
+        Duration::from_millis(rng.random_range(lo..=hi))
+    }
+
+    /// The run finished after `took` without being killed: aim earlier.
+    pub fn finished(&mut self, took: Duration) {
+        self.ceiling = took.mul_f32(0.9).max(Duration::from_millis(20));
+        self.floor = self.floor.min(self.ceiling / 2);
+    }
+
+    /// The run killed at `delay` had not started copying: aim later.
+    pub fn landed_early(&mut self, delay: Duration) {
+        self.floor = self.floor.max(delay);
+        if self.floor.mul_f32(1.2) >= self.ceiling {
+            self.ceiling = self.ceiling.mul_f32(1.3).min(Duration::from_secs(60));
+        }
+    }
+}

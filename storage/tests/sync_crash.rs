@@ -139,11 +139,7 @@ fn kill_loop(
     want: u32,
     per_side: usize,
 ) -> (u32, u32) {
-    let mut est = Duration::from_millis(400);
-    // The longest delay whose kill still landed before the copying: later kills aim past it.
-    // On a loaded machine start-up and listing take longer, and kills drawn from the whole
-    // range would land there (seen once: 0 of 12 in a round).
-    let mut early = Duration::ZERO;
+    let mut aim = KillAim::new(Duration::from_millis(400));
     let (mut killed, mut i, mut mid_transfer) = (0, 0, 0);
     while killed < want || mid_transfer < MID_WANTED {
         i += 1;
@@ -154,9 +150,7 @@ fn kill_loop(
             let c = content(rng, 48 * 1024);
             m.put(false, &format!("new/{round}-remote-{i}-{k}.bin"), c);
         }
-        let hi = est.as_millis() as u64;
-        let lo = (early.as_millis() as u64).min(hi.saturating_sub(1)).max(1);
-        let delay = Duration::from_millis(rng.random_range(lo..=hi.max(lo)));
+        let delay = aim.next(rng);
         let (was_killed, took) = run_child(dir, delay);
         if was_killed {
             killed += 1;
@@ -164,11 +158,10 @@ fn kill_loop(
             if dir.join("state/sync/crash.journal").exists() {
                 mid_transfer += 1;
             } else if mid_transfer < MID_WANTED {
-                early = early.max(delay);
+                aim.landed_early(delay);
             }
         } else {
-            // Finished before the kill: aim earlier next time.
-            est = took.mul_f32(0.9).max(Duration::from_millis(20));
+            aim.finished(took);
         }
     }
     println!("{round}: {killed} runs killed in {i} attempts, {mid_transfer} after listing");

@@ -17,7 +17,7 @@ use bucketgate_storage::s3::{S3Backend, S3LeaseStore, S3Options};
 use bucketgate_storage::sync::{
     is_conflict_name, run_job, ConflictPolicy, Direction, RunOptions, SyncJob,
 };
-use common::{rm, run_or_kill, tree, write};
+use common::{rm, run_or_kill, tree, write, KillAim};
 use rand::Rng;
 use s3_support::{get, put, s3s_server, walk_all, ACCESS, MIB, SECRET};
 use std::collections::BTreeMap;
@@ -179,11 +179,12 @@ impl World {
         );
     }
 
-    /// Kills runs until `want` of them were interrupted, adding files on both sides each time.
+    /// Kills runs until `want` of them were interrupted, `MID_WANTED` of them or more while
+    /// files were being copied, adding files on both sides each time.
     fn kill_loop(&mut self, rng: &mut impl Rng, round: &str, want: u32) -> (u32, u32) {
-        let mut est = Duration::from_millis(1500);
+        let mut aim = KillAim::new(Duration::from_millis(1500));
         let (mut killed, mut i, mut mid_transfer) = (0, 0, 0);
-        while killed < want {
+        while killed < want || mid_transfer < MID_WANTED {
             i += 1;
             assert!(i < 200, "could not interrupt enough runs");
             for k in 0..3 {
@@ -192,23 +193,27 @@ impl World {
                 let c = content(rng, 48 * 1024);
                 self.put(false, &format!("new/{round}-remote-{i}-{k}.bin"), c);
             }
-            let delay = Duration::from_millis(rng.random_range(1..=est.as_millis() as u64));
+            let delay = aim.next(rng);
             let (was_killed, took) = self.run_child(delay);
             if was_killed {
                 killed += 1;
                 // A journal left behind means the kill hit while files were being copied.
                 if self.dir.join("state/sync/crash.journal").exists() {
                     mid_transfer += 1;
+                } else if mid_transfer < MID_WANTED {
+                    aim.landed_early(delay);
                 }
             } else {
-                // Finished before the kill: aim earlier next time.
-                est = took.mul_f32(0.9).max(Duration::from_millis(20));
+                aim.finished(took);
             }
         }
         println!("{round}: {killed} runs killed in {i} attempts, {mid_transfer} after listing");
         (killed, mid_transfer)
     }
 }
+
+/// Kills per round that must land while files are being copied.
+const MID_WANTED: u32 = 4;
 
 fn content(rng: &mut impl Rng, max: usize) -> Vec<u8> {
     let n = rng.random_range(0..max);
@@ -286,6 +291,9 @@ fn s3_sync_survives_sigkill_at_random_points() {
     w.check();
     assert!(killed >= 20);
     // Kills must land in the copying phase too, not only at start-up and listing.
-    assert!(mid >= 5, "only {mid} kills landed after listing");
+    assert!(
+        mid >= 2 * MID_WANTED,
+        "only {mid} kills landed after listing"
+    );
     drop(srv);
 }
