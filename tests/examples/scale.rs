@@ -147,6 +147,18 @@ fn certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
+/// What a process's RSS is made of: memory (`RssAnon`) or the pages of its binary and
+/// libraries (`RssFile`), from `/proc/PID/status`, and its thread count.
+fn rss_parts(pid: u32) -> String {
+    let mib = |f: &str| load::rss_kib(pid, f).unwrap_or(0) as f64 / 1024.0;
+    format!(
+        "anonymous {:.1} MiB, file-backed {:.1} MiB, {} threads",
+        mib("RssAnon"),
+        mib("RssFile"),
+        load::rss_kib(pid, "Threads").unwrap_or(0)
+    )
+}
+
 fn gib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0 * 1024.0)
 }
@@ -195,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg_path = gw_dir.join("bucketgate.yaml");
     std::fs::write(&cfg_path, cfg)?;
     // Warnings only (no audit line per file), but the listening lines the harness waits for.
-    let gw = bucketgate_tests::gateway::Gateway::spawn(
+    let mut gw = bucketgate_tests::gateway::Gateway::spawn(
         &gw_dir,
         &["serve", "--config", cfg_path.to_str().unwrap()],
         &["sftp", "ftp"],
@@ -225,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
         a.extra
     );
     let idle = load::rss_kib(pid, "VmRSS").unwrap_or(0);
-    println!("gateway RSS idle: {} MiB", idle / 1024);
+    println!("gateway RSS idle: {} MiB ({})", idle / 1024, rss_parts(pid));
     println!(
         "\n| proto | N | workload | files | put MB/s | get MB/s | put files/s | get files/s | failed | gw CPU-s/GiB put / get | s3 CPU-s/GiB put / get | gw RSS peak MiB |"
     );
@@ -295,6 +307,10 @@ async fn main() -> anyhow::Result<()> {
             after / 1024,
             idle / 1024
         );
+        println!(
+            "|  | N = {n}, after: {} | | | | | | | | | | |",
+            rss_parts(pid)
+        );
     }
     let load_avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -305,6 +321,10 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    // A graceful stop, so that what the gateway prints at exit (jemalloc's statistics with
+    // `_RJEM_MALLOC_CONF=stats_print:true`) is seen.
+    gw.signal("TERM");
+    let _ = gw.wait(Duration::from_secs(60));
     drop(gw);
     drop(s3);
     anyhow::ensure!(failed_total == 0, "{failed_total} transfers failed");
