@@ -312,7 +312,7 @@ async fn secure_splice(
     // error to libunftp, never like the end of the file.
     let _ = upstream.set_zero_linger();
     let Some(acceptor) = tls else {
-        return splice(client, upstream, sent).await;
+        return splice_plain(client, upstream, sent).await;
     };
     match tokio::time::timeout(ACCEPT_TIMEOUT, acceptor.accept(client)).await {
         Ok(Ok(client)) => splice(client, upstream, sent).await,
@@ -352,6 +352,65 @@ where
     }
 }
 
+/// [`splice`] for a plain data connection: the same ends and errors, with a download's bytes
+/// moved to the client inside the kernel ([`super::kernel_relay`]). The other direction (an
+/// upload's) is copied as before: spliced, it cost the gateway as much CPU or more (1 GiB FTP
+/// put, and 1,024 sessions; `bench/README.md`), and the end of an upload, which decides whether
+/// it is committed, stays read the one way it always was. Without a pipe (no file descriptor
+/// left, or only small pipes), it copies both ways.
+#[cfg(target_os = "linux")]
+async fn splice_plain(
+    mut client: TcpStream,
+    upstream: &mut TcpStream,
+    sent: &CancellationToken,
+) -> bool {
+    use super::kernel_relay::{copy, Pipe};
+    let mut outward = match Pipe::new() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "ftp: no pipe for the data connection, copying");
+            return splice(client, upstream, sent).await;
+        }
+    };
+    let _ = upstream.set_zero_linger();
+    let _ = upstream.set_nodelay(true);
+    let (mut client_r, client_w) = client.split();
+    let (up_r, mut up_w) = upstream.split();
+    let to_libunftp = async {
+        copy_growing(&mut client_r, &mut up_w).await?;
+        up_w.shutdown().await
+    };
+    let to_client = async {
+        let client: &TcpStream = client_w.as_ref();
+        copy(up_r.as_ref(), client, &mut outward).await?;
+        socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write)?;
+        sent.cancel();
+        Ok::<_, io::Error>(())
+    };
+    relay_result(tokio::try_join!(to_libunftp, to_client))
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn splice_plain(
+    client: TcpStream,
+    upstream: &mut TcpStream,
+    sent: &CancellationToken,
+) -> bool {
+    splice(client, upstream, sent).await
+}
+
+/// How a relay ended: true when both directions ended cleanly.
+fn relay_result<T>(r: io::Result<T>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            // One line: a transfer on this connection fails for it (a killed client's too).
+            tracing::info!(error = %e, "ftp: data connection ended with an error");
+            false
+        }
+    }
+}
+
 /// Copies both ways until both sides are done.
 ///
 /// The loopback side is closed with a reset (linger 0) unless both directions ended cleanly:
@@ -383,12 +442,5 @@ async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
         Ok::<_, io::Error>(())
     };
     // The first error ends both directions (the loopback side is then reset).
-    match tokio::try_join!(to_libunftp, to_client) {
-        Ok(_) => true,
-        Err(e) => {
-            // One line: a transfer on this connection fails for it (a killed client's too).
-            tracing::info!(error = %e, "ftp: data connection ended with an error");
-            false
-        }
-    }
+    relay_result(tokio::try_join!(to_libunftp, to_client))
 }

@@ -38,6 +38,8 @@
 
 mod auth;
 mod data;
+#[cfg(target_os = "linux")]
+mod kernel_relay;
 mod link;
 pub mod listing;
 mod log;
