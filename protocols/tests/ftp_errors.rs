@@ -589,6 +589,64 @@ async fn abor_during_a_transfer_answers_426_then_226() {
     assert!(raw.cmd("NOOP").await.starts_with("200"));
 }
 
+/// ABOR sent as TCP urgent data, as Python's ftplib (`FTP.abort()`: all of `ABOR\r\n` with
+/// MSG_OOB) and BSD ftp (IAC IP IAC urgent, then DM and `ABOR\r\n`) send it, is answered like
+/// a plain one: during a download the client does not read, during an upload, and with no
+/// transfer. Before, a read stopped at the urgent mark left the ftplib line without its
+/// final byte and the session never answered.
+#[tokio::test]
+async fn abor_sent_as_urgent_data_is_answered() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("big.bin", &vec![1u8; 8 << 20]);
+    h.write("keep.bin", b"old content");
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
+    let urgent = |raw: &RawFtp, bytes: &[u8]| {
+        let n = socket2::SockRef::from(raw.w.as_ref())
+            .send_out_of_band(bytes)
+            .unwrap();
+        assert_eq!(n, bytes.len());
+    };
+    let answered = |first: &str, second: &str| {
+        assert!(first.starts_with("426"), "{first} then {second}");
+        assert!(second.starts_with("226"), "{first} then {second}");
+    };
+    for style in ["ftplib", "bsd"] {
+        // A download the client does not read.
+        let _data = raw.epsv().await;
+        let r = raw.cmd("RETR big.bin").await;
+        assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+        if style == "ftplib" {
+            urgent(&raw, b"ABOR\r\n");
+        } else {
+            urgent(&raw, b"\xff\xf4\xff");
+            raw.send(b"\xf2ABOR\r\n").await;
+        }
+        let (first, second) = (raw.reply().await, raw.reply().await);
+        answered(&first, &second);
+        assert!(raw.cmd("NOOP").await.starts_with("200"), "{style}");
+
+        // An upload: nothing stored.
+        let mut data = raw.epsv().await;
+        let r = raw.cmd("STOR keep.bin").await;
+        assert!(r.starts_with("150") || r.starts_with("125"), "{r}");
+        tokio::io::AsyncWriteExt::write_all(&mut data, &vec![7u8; 1 << 20])
+            .await
+            .unwrap();
+        h.await_staging_empty(false).await;
+        urgent(&raw, b"ABOR\r\n");
+        let (first, second) = (raw.reply().await, raw.reply().await);
+        answered(&first, &second);
+        drop(data);
+        assert!(raw.cmd("NOOP").await.starts_with("200"), "{style}");
+        assert_eq!(h.read("keep.bin"), b"old content");
+    }
+    // No transfer: just answered.
+    urgent(&raw, b"ABOR\r\n");
+    assert!(raw.reply().await.starts_with("22"));
+    assert!(raw.cmd("NOOP").await.starts_with("200"));
+}
+
 /// REST beyond the end of the file and SIZE/MDTM of a folder are refused, as servers on a
 /// disk do.
 #[tokio::test]

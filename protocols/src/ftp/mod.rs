@@ -49,6 +49,7 @@ mod relay;
 mod server;
 mod storage;
 mod tls;
+mod urgent;
 
 use std::net::IpAddr;
 use std::ops::RangeInclusive;

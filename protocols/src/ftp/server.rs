@@ -184,7 +184,7 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
     let _counted = crate::metrics::SessionGuard::new("ftp");
     let _ = stream.set_nodelay(true);
     // ABOR comes as TCP urgent data from some clients (Python's ftplib): keep its last byte in
-    // the stream, or the command line never ends.
+    // the stream, or the command line never ends (and read past the urgent mark: `urgent.rs`).
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
     // Uploads look at the control connection before they commit (see `link`).
     let watched = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
@@ -208,7 +208,7 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, i
             }
         }
     } else {
-        Box::new(stream)
+        Box::new(super::urgent::ReadPastMark::new(stream))
     };
     let (relay_side, unftp_side) = match loopback_pair().await {
         Ok(p) => p,
