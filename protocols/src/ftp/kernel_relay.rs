@@ -1,7 +1,7 @@
 //! The relay of a plain (not TLS) download inside the kernel: splice(2) moves the bytes from
 //! libunftp's loopback data connection into a pipe and from the pipe into the client's, so they
 //! are not copied into the gateway and out again. On a 1 GiB FTP get that saved the gateway
-//! 7–11% of its CPU (`bench/README.md`, "FTP downloads spliced in the kernel").
+//! 4–11% of its CPU (`bench/README.md`, "FTP downloads spliced in the kernel").
 //!
 //! Written here rather than taken from a crate: the crates that splice between tokio sockets
 //! (tokio-splice, tokio-splice2) copy both directions as one call and end them their own way,
