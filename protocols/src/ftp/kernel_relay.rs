@@ -31,6 +31,8 @@ pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     size: usize,
+    /// The kernel refused to grow it once: not asked again.
+    refused: bool,
 }
 
 impl Pipe {
@@ -40,17 +42,21 @@ impl Pipe {
         if size < FIRST {
             return Err(io::Error::other(format!("a pipe of {size} bytes")));
         }
-        Ok(Pipe { read, write, size })
+        Ok(Pipe {
+            read,
+            write,
+            size,
+            refused: false,
+        })
     }
 
     /// Grows an empty pipe that a splice filled, once; a refusal (the user's pipe pages are
     /// over `fs.pipe-user-pages-soft`) leaves it as it is.
     fn grow(&mut self) {
-        if self.size < GROWN {
-            if let Ok(n) = fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(GROWN as i32)) {
-                self.size = n as usize;
-            } else {
-                self.size = GROWN; // not asked again
+        if self.size < GROWN && !self.refused {
+            match fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(GROWN as i32)) {
+                Ok(n) => self.size = n as usize,
+                Err(_) => self.refused = true,
             }
         }
     }
