@@ -79,6 +79,15 @@ pub(crate) enum ClientSide {
     Active(TcpStream),
 }
 
+/// The loopback port standing in for the client, for one transfer command (see the module
+/// comment), with the word that libunftp has connected to it.
+pub(crate) struct StandIn {
+    pub listener: TcpListener,
+    /// The reply to the `PORT` sent to libunftp: `true` for 2xx. libunftp's PORT handler
+    /// connects before it answers, so its connection is queued on `listener` by then.
+    pub connected: oneshot::Receiver<bool>,
+}
+
 /// One data connection, from its PASV/EPSV/PORT/EPRT to the end of its transfer: gets the
 /// client's side, then, once the transfer command is on its way, libunftp's connection to the
 /// stand-in port sent through `stand_in`, and splices the two (through TLS when `tls` is
@@ -97,14 +106,14 @@ pub(crate) async fn serve(
     side: ClientSide,
     tls: Option<TlsAcceptor>,
     superseded: CancellationToken,
-    mut stand_in: oneshot::Receiver<TcpListener>,
+    mut stand_in: oneshot::Receiver<StandIn>,
     abort: DataAbort,
 ) {
     let (mut listener, peer_ip, mut client) = match side {
         ClientSide::Passive { listener, peer_ip } => (Some(listener), peer_ip, None),
         ClientSide::Active(s) => (None, IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(s)),
     };
-    let mut upstream: Option<TcpListener> = None;
+    let mut upstream: Option<StandIn> = None;
     let mut deadline = Instant::now()
         + if client.is_some() {
             HOLD_TIMEOUT
@@ -119,10 +128,9 @@ pub(crate) async fn serve(
             _ = superseded.cancelled(), if upstream.is_none() => return,
             _ = abort.token.cancelled() => {
                 if let Some(up) = upstream {
-                    let up = accept_upstream(&up).await;
-                    if let Some(up) = up {
-                        abort.finish(up).await;
-                    }
+                    let ups = accept_upstream(up).await;
+                    abort.taken.cancel();
+                    abort.finish(ups).await;
                 }
                 return;
             }
@@ -159,19 +167,38 @@ pub(crate) async fn serve(
                 // A stand-in sent at the last moment: libunftp's side fails, nothing is stored.
                 let up = upstream.or_else(|| stand_in.try_recv().ok());
                 if let Some(up) = up {
-                    if let Some(up) = accept_upstream(&up).await {
-                        abort.finish(up).await;
-                    }
+                    let ups = accept_upstream(up).await;
+                    abort.taken.cancel();
+                    abort.finish(ups).await;
                 }
                 return;
             }
         }
     };
     drop(listener);
-    let Some(up) = accept_upstream(upstream.as_ref().expect("checked")).await else {
-        tracing::debug!("ftp: libunftp did not connect for the transfer");
+    let mut ups = accept_upstream(upstream.expect("checked")).await;
+    if ups.len() > 1 {
+        abort.refused.store(true, Ordering::SeqCst);
+    }
+    abort.taken.cancel();
+    if ups.len() != 1 {
+        if ups.is_empty() {
+            tracing::debug!("ftp: libunftp did not connect for the transfer");
+        } else {
+            // Which one is libunftp's cannot be told: the transfer fails rather than carry
+            // another program's bytes to or from the client.
+            tracing::warn!(
+                connections = ups.len(),
+                "ftp: another program connected to a transfer's internal port: transfer refused"
+            );
+        }
+        let _ = client.set_zero_linger();
+        abort.broken.store(true, Ordering::SeqCst);
+        abort.finish(ups).await;
+        abort.done.cancel();
         return;
-    };
+    }
+    let up = ups.pop().expect("one");
     spliced(client, up, tls, &abort).await;
 }
 
@@ -194,12 +221,49 @@ async fn accept_client(listener: Option<&TcpListener>, peer_ip: IpAddr) -> io::R
     }
 }
 
-/// libunftp's connection to the stand-in port (made by its PORT handler before it answered).
-async fn accept_upstream(stand_in: &TcpListener) -> Option<TcpStream> {
-    match tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.accept()).await {
-        Ok(Ok((up, from))) if from.ip().is_loopback() => Some(up),
-        _ => None,
+/// The connections to the stand-in port once libunftp has answered its PORT: exactly one,
+/// libunftp's, unless another program connected too; none when libunftp refused the PORT.
+///
+/// The port is on loopback, where any program of the machine can connect to it (one that
+/// connects to ports at random, or one that connects late to a port that was its own a moment
+/// ago and that the kernel has handed on since). Taking the first connection would splice that
+/// program's bytes into the client's download, or the client's upload to that program. libunftp
+/// connects before it answers the PORT, so once the answer is in, every connection made before
+/// libunftp's is queued with it: more than one connection means one is a stranger's, and the
+/// caller fails the transfer. The listener is closed on return, so that no later one is taken.
+async fn accept_upstream(stand_in: StandIn) -> Vec<TcpStream> {
+    let confirmed = tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.connected).await;
+    if !matches!(confirmed, Ok(Ok(true))) {
+        return Vec::new();
     }
+    let mut ups = queued(&stand_in.listener);
+    if ups.is_empty() {
+        // libunftp's handshake is over when it answers; its connection may still be on its way
+        // to the queue (loopback packets handled on another core).
+        if let Ok(Ok((up, _))) =
+            tokio::time::timeout(ACCEPT_TIMEOUT, stand_in.listener.accept()).await
+        {
+            ups.push(up);
+            ups.extend(queued(&stand_in.listener));
+        }
+    }
+    ups
+}
+
+/// The connections queued on `listener` now (accepted without waiting for the reactor, which
+/// may not have seen them yet).
+fn queued(listener: &TcpListener) -> Vec<TcpStream> {
+    let mut out = Vec::new();
+    while let Ok((s, _)) = socket2::SockRef::from(listener).accept() {
+        let s: std::net::TcpStream = s.into();
+        if s.set_nonblocking(true).is_err() {
+            continue;
+        }
+        if let Ok(s) = TcpStream::from_std(s) {
+            out.push(s);
+        }
+    }
+    out
 }
 
 /// The relay's handle on the session's latest data connection: how ABOR ends it, and how it
@@ -222,6 +286,10 @@ pub(crate) struct DataAbort {
     generation: u64,
     /// Everything libunftp sent was written to the client, and its side shut down.
     sent: CancellationToken,
+    /// Which connection to the stand-in port is libunftp's is decided (or that none is).
+    taken: CancellationToken,
+    /// The transfer was refused: another program connected to the stand-in port as well.
+    refused: Arc<AtomicBool>,
 }
 
 impl DataAbort {
@@ -259,21 +327,38 @@ impl DataAbort {
         self.sent.is_cancelled()
     }
 
+    /// Whether the transfer was refused because another program connected to its stand-in
+    /// port (see [`accept_upstream`]): libunftp may have written a small file into that
+    /// connection and answered 226 all the same. Waits (a bounded time) for the decision.
+    pub(crate) async fn refused(&self) -> bool {
+        let _ = tokio::time::timeout(ACCEPT_TIMEOUT, self.taken.cancelled()).await;
+        self.refused.load(Ordering::SeqCst)
+    }
+
     /// libunftp's side once the client's is gone early: a listing is read to its end, anything
     /// else is reset (linger 0), which fails a download or an upload. The reset waits until
     /// libunftp has begun the transfer: a socket reset before that is lost on libunftp's side,
     /// which then never answers the transfer command (see [`ControlLink`]).
-    async fn finish(&self, mut upstream: TcpStream) {
-        let _ = upstream.set_zero_linger();
+    ///
+    /// `upstream` is every connection that may be libunftp's: none when it never connected,
+    /// several when a stranger connected to the stand-in port too (see [`accept_upstream`]).
+    async fn finish(&self, mut upstream: Vec<TcpStream>) {
+        if upstream.is_empty() {
+            return;
+        }
+        for up in &upstream {
+            let _ = up.set_zero_linger();
+        }
         if let Some(link) = &self.link {
             link.data_broken(self.generation);
             link.began(ACCEPT_TIMEOUT).await;
         }
         if self.listing.load(Ordering::SeqCst) {
-            let mut sink = tokio::io::sink();
-            let drained =
-                tokio::time::timeout(ACCEPT_TIMEOUT, tokio::io::copy(&mut upstream, &mut sink));
-            let _ = drained.await;
+            let drains = upstream.iter_mut().map(|up| async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(up, &mut sink).await;
+            });
+            let _ = tokio::time::timeout(ACCEPT_TIMEOUT, futures::future::join_all(drains)).await;
         }
     }
 }
@@ -294,7 +379,7 @@ async fn spliced(
     };
     if !clean {
         abort.broken.store(true, Ordering::SeqCst);
-        abort.finish(upstream).await;
+        abort.finish(vec![upstream]).await;
     }
     abort.done.cancel();
 }
@@ -443,4 +528,124 @@ async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     };
     // The first error ends both directions (the loopback side is then reset).
     relay_result(tokio::try_join!(to_libunftp, to_client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data connection's task with a client connected to its passive port: the client's
+    /// socket, and the sender of the stand-in port.
+    async fn connected_client() -> (TcpStream, oneshot::Sender<StandIn>, DataAbort) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let abort = DataAbort::default();
+        tokio::spawn(serve(
+            ClientSide::Passive {
+                listener,
+                peer_ip: Ipv4Addr::LOCALHOST.into(),
+            },
+            None,
+            CancellationToken::new(),
+            rx,
+            abort.clone(),
+        ));
+        (TcpStream::connect(addr).await.unwrap(), tx, abort)
+    }
+
+    /// Everything the client reads until its connection ends (or breaks).
+    async fn read_all(mut client: TcpStream) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let broke = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+            .await
+            .expect("the data connection ends")
+            .is_err();
+        (got, broke)
+    }
+
+    #[tokio::test]
+    async fn a_stranger_on_the_stand_in_port_fails_the_transfer() {
+        let (client, tx, abort) = connected_client().await;
+        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = stand_in.local_addr().unwrap();
+        let (connected, told) = oneshot::channel();
+        tx.send(StandIn {
+            listener: stand_in,
+            connected: told,
+        })
+        .ok()
+        .unwrap();
+        // Another program connects first, then libunftp (a download), which then answers its
+        // PORT.
+        let mut stranger = TcpStream::connect(port).await.unwrap();
+        stranger.write_all(b"planted bytes").await.unwrap();
+        let mut libunftp = TcpStream::connect(port).await.unwrap();
+        libunftp.write_all(b"the file").await.unwrap();
+        connected.send(true).unwrap();
+        let (got, broke) = read_all(client).await;
+        assert!(
+            got.is_empty(),
+            "the client got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            broke,
+            "the client's connection must be reset, never ended cleanly"
+        );
+        // The relay answers the RETR 426 even if libunftp says 226.
+        assert!(abort.refused().await);
+        // Both connections on the stand-in port are reset: libunftp's transfer fails.
+        let mut buf = [0u8; 16];
+        assert!(matches!(libunftp.read(&mut buf).await, Err(_) | Ok(0)));
+        assert!(matches!(stranger.read(&mut buf).await, Err(_) | Ok(0)));
+    }
+
+    #[tokio::test]
+    async fn libunftp_alone_on_the_stand_in_port_carries_the_transfer() {
+        let (client, tx, abort) = connected_client().await;
+        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = stand_in.local_addr().unwrap();
+        let (connected, told) = oneshot::channel();
+        tx.send(StandIn {
+            listener: stand_in,
+            connected: told,
+        })
+        .ok()
+        .unwrap();
+        let mut libunftp = TcpStream::connect(port).await.unwrap();
+        connected.send(true).unwrap();
+        libunftp.write_all(b"the file").await.unwrap();
+        libunftp.shutdown().await.unwrap();
+        let (got, broke) = read_all(client).await;
+        assert_eq!(got, b"the file");
+        assert!(!broke);
+        assert!(!abort.refused().await);
+        // The port closed once libunftp's connection was taken.
+        assert!(TcpStream::connect(port).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_port_takes_no_connection() {
+        let (client, tx, _) = connected_client().await;
+        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = stand_in.local_addr().unwrap();
+        let (connected, told) = oneshot::channel();
+        tx.send(StandIn {
+            listener: stand_in,
+            connected: told,
+        })
+        .ok()
+        .unwrap();
+        let mut stranger = TcpStream::connect(port).await.unwrap();
+        stranger.write_all(b"planted bytes").await.unwrap();
+        // libunftp could not connect: it answered its PORT with an error.
+        connected.send(false).unwrap();
+        let (got, _) = read_all(client).await;
+        assert!(
+            got.is_empty(),
+            "the client got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }

@@ -80,8 +80,11 @@ impl Relay {
 
     /// The data connection for a transfer command about to be sent to libunftp: a loopback
     /// port standing in for the client, handed to the data connection's task, and the `PORT`
-    /// to it to send before the command. `Err` is the refusal to send instead.
-    pub(super) async fn take_data(&mut self) -> Result<String, &'static str> {
+    /// to it to send before the command, with what tells the task its reply. `Err` is the
+    /// refusal to send instead.
+    pub(super) async fn take_data(
+        &mut self,
+    ) -> Result<(String, oneshot::Sender<bool>), &'static str> {
         let Some(tx) = self.data_next.take() else {
             return Err("425 No data connection: send PASV, EPSV, PORT or EPRT first");
         };
@@ -95,9 +98,16 @@ impl Relay {
             .local_addr()
             .map_err(|_| "425 Cannot open the data connection")?
             .port();
-        tx.send(stand_in)
-            .map_err(|_| "425 The data connection timed out: send PASV or EPSV again")?;
-        Ok(format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff))
+        let (connected, told) = oneshot::channel();
+        tx.send(data::StandIn {
+            listener: stand_in,
+            connected: told,
+        })
+        .map_err(|_| "425 The data connection timed out: send PASV or EPSV again")?;
+        Ok((
+            format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff),
+            connected,
+        ))
     }
 
     /// Forgets finished data connections, and the one a new data command replaces.

@@ -138,8 +138,11 @@ impl Relay {
                 if self.logged_in {
                     // libunftp's data connection, made for this command alone (see `data`).
                     match self.take_data().await {
-                        Ok(port) => {
-                            if !self.forward(port.as_bytes(), Pending::Hidden).await {
+                        Ok((port, connected)) => {
+                            if !self
+                                .forward(port.as_bytes(), Pending::Port(connected))
+                                .await
+                            {
                                 return false;
                             }
                         }

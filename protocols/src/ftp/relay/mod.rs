@@ -99,7 +99,7 @@ pub(crate) struct Relay {
     pending_passive: Option<CancellationToken>,
     /// Hands the latest data connection libunftp's side, for the transfer command that uses it
     /// (see [`data`]); `None` once used.
-    data_next: Option<tokio::sync::oneshot::Sender<tokio::net::TcpListener>>,
+    data_next: Option<tokio::sync::oneshot::Sender<crate::ftp::data::StandIn>>,
     deadline: Instant,
     /// Left by the authenticator at login.
     login_slot: SessionSlot,

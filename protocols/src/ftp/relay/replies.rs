@@ -10,9 +10,11 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(super) enum Pending {
     Other,
-    /// Sent by the relay itself (the PORT and REST before a transfer): the reply is not passed
-    /// on.
+    /// Sent by the relay itself (the REST before a transfer): the reply is not passed on.
     Hidden,
+    /// The PORT to the stand-in port before a transfer, sent by the relay itself: the reply is
+    /// not passed on, but told to the data connection's task (whether libunftp connected).
+    Port(tokio::sync::oneshot::Sender<bool>),
     /// A NOOP standing in for a command the relay answers itself while earlier replies are
     /// still due, so that replies keep the order of the commands: this text replaces its reply.
     Local(String),
@@ -68,6 +70,10 @@ impl Relay {
         let release_quit = matches!(pending, Pending::Transfer) && self.quit_held;
         let ok = match (pending, code) {
             (Pending::Hidden, _) => true,
+            (Pending::Port(connected), code) => {
+                let _ = connected.send((200..300).contains(&code));
+                true
+            }
             (Pending::Local(reply), _) => {
                 self.say(&reply).await;
                 true
@@ -85,6 +91,18 @@ impl Relay {
                         .await;
                 }
                 self.say("226 ABOR done").await;
+                true
+            }
+            (Pending::Transfer, 200..=299)
+                if self.transfer_verb == "RETR"
+                    && match self.data_abort.clone() {
+                        Some(a) => a.refused().await,
+                        None => false,
+                    } =>
+            {
+                // libunftp wrote the file into a connection the relay refused to carry.
+                self.say("426 Data connection refused: the file was not sent")
+                    .await;
                 true
             }
             (Pending::Transfer, 226) if self.listing() => {
