@@ -554,6 +554,21 @@ mod tests {
         (TcpStream::connect(addr).await.unwrap(), tx, abort)
     }
 
+    /// A stand-in port handed to the task: its address, and the sender of libunftp's answer
+    /// to its PORT.
+    async fn stand_in(tx: oneshot::Sender<StandIn>) -> (SocketAddr, oneshot::Sender<bool>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap();
+        let (connected, told) = oneshot::channel();
+        tx.send(StandIn {
+            listener,
+            connected: told,
+        })
+        .ok()
+        .unwrap();
+        (port, connected)
+    }
+
     /// Everything the client reads until its connection ends (or breaks).
     async fn read_all(mut client: TcpStream) -> (Vec<u8>, bool) {
         let mut got = Vec::new();
@@ -567,15 +582,7 @@ mod tests {
     #[tokio::test]
     async fn a_stranger_on_the_stand_in_port_fails_the_transfer() {
         let (client, tx, abort) = connected_client().await;
-        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let port = stand_in.local_addr().unwrap();
-        let (connected, told) = oneshot::channel();
-        tx.send(StandIn {
-            listener: stand_in,
-            connected: told,
-        })
-        .ok()
-        .unwrap();
+        let (port, connected) = stand_in(tx).await;
         // Another program connects first, then libunftp (a download), which then answers its
         // PORT.
         let mut stranger = TcpStream::connect(port).await.unwrap();
@@ -604,15 +611,7 @@ mod tests {
     #[tokio::test]
     async fn libunftp_alone_on_the_stand_in_port_carries_the_transfer() {
         let (client, tx, abort) = connected_client().await;
-        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let port = stand_in.local_addr().unwrap();
-        let (connected, told) = oneshot::channel();
-        tx.send(StandIn {
-            listener: stand_in,
-            connected: told,
-        })
-        .ok()
-        .unwrap();
+        let (port, connected) = stand_in(tx).await;
         let mut libunftp = TcpStream::connect(port).await.unwrap();
         connected.send(true).unwrap();
         libunftp.write_all(b"the file").await.unwrap();
@@ -628,15 +627,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_port_takes_no_connection() {
         let (client, tx, _) = connected_client().await;
-        let stand_in = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let port = stand_in.local_addr().unwrap();
-        let (connected, told) = oneshot::channel();
-        tx.send(StandIn {
-            listener: stand_in,
-            connected: told,
-        })
-        .ok()
-        .unwrap();
+        let (port, connected) = stand_in(tx).await;
         let mut stranger = TcpStream::connect(port).await.unwrap();
         stranger.write_all(b"planted bytes").await.unwrap();
         // libunftp could not connect: it answered its PORT with an error.
