@@ -75,16 +75,51 @@ pub fn config(data: &[u8]) {
     if let Err(errs) = bucketgate_config::load_str(text, Path::new("/nonexistent-base")) {
         let shown = errs.to_string();
         assert!(!shown.is_empty());
-        // The seed's secret, when it only ever stands as a secret value, is never echoed.
-        if text.matches("fuzz-secret-9c1f").count() == 1
-            && text.contains("secret_access_key: fuzz-secret-9c1f\n")
-        {
+        if secret_only_as_value(text) {
             assert!(
-                !shown.contains("fuzz-secret-9c1f"),
+                !shown.contains(SEED_SECRET),
                 "a secret leaked into an error: {shown}"
             );
         }
     }
+}
+
+/// The secret the config seeds carry as `secret_access_key`'s value.
+const SEED_SECRET: &str = "fuzz-secret-9c1f";
+
+/// Whether the seed's secret stands in `text` only as the value of a `secret_access_key`
+/// key, as a YAML parser reads it. Looking at the text alone is not enough: in
+/// `{&tsecret_access_key: fuzz-secret-9c1f\nype: local}` the secret is part of a key (the
+/// anchor is `tsecret_access_key:`), and echoing an unknown key is the error a user needs.
+fn secret_only_as_value(text: &str) -> bool {
+    use yaml_rust2::{Yaml, YamlLoader};
+    fn walk(node: &Yaml, under_secret_key: bool, found: &mut (usize, bool)) {
+        match node {
+            Yaml::Hash(map) => {
+                for (k, v) in map {
+                    walk(k, false, found);
+                    let secret_key = matches!(k, Yaml::String(s) if s == "secret_access_key");
+                    walk(v, secret_key, found);
+                }
+            }
+            Yaml::Array(items) => items.iter().for_each(|i| walk(i, false, found)),
+            Yaml::String(s) | Yaml::Real(s) if s.contains(SEED_SECRET) => {
+                found.0 += 1;
+                found.1 |= under_secret_key && s == SEED_SECRET;
+            }
+            _ => {}
+        }
+    }
+    if text.matches(SEED_SECRET).count() != 1 {
+        return false;
+    }
+    let Ok(docs) = YamlLoader::load_from_str(text) else {
+        return false;
+    };
+    // (scalars holding the secret, keys included and aliases expanded; one is the value)
+    let mut found = (0, false);
+    docs.iter().for_each(|d| walk(d, false, &mut found));
+    found == (1, true)
 }
 
 /// The scp parsers: any exec command and any record line give a value or a refusal, never a
@@ -159,5 +194,26 @@ pub fn proxy(data: &[u8]) {
         }
         Ok(Parsed::Incomplete(m)) => assert!(m > 0 && data.len() + m <= V2_MAX, "{m}"),
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_only_as_value;
+
+    #[test]
+    fn the_oracle_sees_where_the_secret_stands() {
+        let seed = include_str!("../corpus/config/remote.yaml");
+        assert!(secret_only_as_value(seed), "the seed's secret is a value");
+        let extra = format!("{seed}\nbogus: 1\n");
+        assert!(secret_only_as_value(&extra));
+        let crash = include_bytes!("../corpus/config/secret-in-a-flow-key.yaml");
+        assert!(!secret_only_as_value(std::str::from_utf8(crash).unwrap()));
+        // The same text, read by an alias as a second place: not "only as a value".
+        let aliased = seed.replace(
+            "secret_access_key: fuzz-secret-9c1f",
+            "secret_access_key: &s fuzz-secret-9c1f\n    region: *s",
+        );
+        assert!(!secret_only_as_value(&aliased));
     }
 }
