@@ -16,7 +16,7 @@
 
 use crate::admin::{self, Health};
 use crate::wiring::{self, Source};
-use crate::{demo, ConfigArg, Exit};
+use crate::{alloc, demo, ConfigArg, Exit};
 use bucketgate_config::{Config, LogFormat};
 use bucketgate_protocols::auth::{BanPolicy, LoginService};
 use bucketgate_protocols::limits::SessionLimiter;
@@ -52,9 +52,12 @@ pub fn run(arg: &ConfigArg) -> Result<(), Exit> {
     };
     logging::init(json, &cfg.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .on_thread_park(alloc::on_park)
         .enable_all()
         .build()
         .map_err(|e| Exit::runtime(e.to_string()))?;
+    // Idle workers give their allocator caches back (see crate::alloc).
+    rt.spawn(alloc::flush_idle_workers());
     let result = rt.block_on(serve(cfg, path));
     // Background tasks (detached session tasks) must not hold the process open.
     rt.shutdown_timeout(Duration::from_secs(1));
