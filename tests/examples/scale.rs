@@ -308,8 +308,9 @@ async fn main() -> anyhow::Result<()> {
             idle / 1024
         );
         println!(
-            "|  | N = {n}, after: {} | | | | | | | | | | |",
-            rss_parts(pid)
+            "|  | N = {n}, after: {}; after / idle {:.2}× | | | | | | | | | | |",
+            rss_parts(pid),
+            after as f64 / idle.max(1) as f64
         );
     }
     let load_avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
