@@ -296,9 +296,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn copy_file(&self, from: &str, to: &str) -> Result<()>;
 
     /// Moves file `from` to `to` within this backend (copy then delete on object storage).
+    /// When the delete fails (a key allowed to write but not to delete), the error says that
+    /// the file is now under both names: nothing is lost, and the client is not told that the
+    /// old name is gone or that the move did nothing.
     async fn rename_file(&self, from: &str, to: &str) -> Result<()> {
         self.copy_file(from, to).await?;
-        self.remove_file(from).await
+        self.remove_file(from).await.map_err(under_both_names)
     }
 
     /// Moves folder `from` with everything below it to `to` within this backend. Deletes
@@ -307,4 +310,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Records a client-set modification time on file `key`.
     async fn set_mtime(&self, key: &str, mtime: SystemTime) -> Result<()>;
+}
+
+/// The error of a move whose copy succeeded and whose delete of the old name (`e`) failed.
+pub(crate) fn under_both_names(e: crate::error::Error) -> crate::error::Error {
+    crate::error::Error::new(
+        e.kind(),
+        format!(
+            "the file was copied to its new name, but the old name could not be removed ({}): \
+             it now exists under both names",
+            e.message()
+        ),
+    )
+    .with_source(e)
 }

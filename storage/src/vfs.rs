@@ -1024,7 +1024,10 @@ impl UserFs {
                 se.mtime,
             )
             .await?;
-            src.backend.remove_file(&src.key).await
+            src.backend
+                .remove_file(&src.key)
+                .await
+                .map_err(crate::backend::under_both_names)
         };
         r.map_err(|e| e.with_context(op, from.to_string()))
     }

@@ -305,6 +305,62 @@ async fn an_upload_that_keeps_failing_fails_visibly_and_leaves_nothing() {
     }
 }
 
+/// A folder rename is copies, then deletes. When one copy fails for good, the copies made
+/// before it are removed again: the folder stays where it was and the target holds nothing
+/// (before the fix the other copies stayed, a second, partial folder the user never made).
+#[tokio::test]
+async fn a_folder_rename_that_fails_part_way_changes_nothing() {
+    for srv in [s3s_server(None).await, moto_server().await] {
+        println!("server {}", srv.name);
+        let proxy = HttpProxy::start(
+            srv.addr(),
+            Arc::new(|s: &Seen| {
+                if s.method == "PUT"
+                    && s.header("x-amz-copy-source").is_some()
+                    && s.target.contains("/f7")
+                {
+                    Action::Fail {
+                        status: 403,
+                        code: "AccessDenied",
+                        retry_after: None,
+                    }
+                } else {
+                    Action::Forward
+                }
+            }),
+        )
+        .await;
+        let b = via(&srv, &proxy);
+        let n = 12;
+        for i in 0..n {
+            put(
+                &b,
+                &srv.key(&format!("from/d{}/f{i}", i % 3)),
+                &data(100, i as u64),
+                100,
+            )
+            .await;
+        }
+        let err = b
+            .rename_dir(&srv.key("from"), &srv.key("to"))
+            .await
+            .expect_err("one copy is refused");
+        println!("{err}");
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        let direct = srv.backend();
+        assert!(
+            walk_all(&direct, &srv.key("to")).await.is_empty(),
+            "[{}] copies left at the target: {:?}",
+            srv.name,
+            walk_all(&direct, &srv.key("to")).await
+        );
+        for i in 0..n {
+            let key = srv.key(&format!("from/d{}/f{i}", i % 3));
+            assert_eq!(try_get(&direct, &key).await.unwrap(), data(100, i as u64));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_multipart_upload_given_up_by_its_writer_is_aborted() {
     let srv = moto_server().await;

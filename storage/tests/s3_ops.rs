@@ -94,6 +94,76 @@ async fn rename_a_folder() {
     }
 }
 
+/// One unsigned HTTP/1.1 request for `key` sent exactly as given (moto takes unsigned PUTs
+/// and keeps `.` and `..` segments as part of the key): (status, body).
+async fn raw_http(srv: &Server, method: &str, key: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let head = format!(
+        "{method} /{}/{key} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        srv.bucket,
+        srv.addr(),
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await.unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+    (status, out[split + 4..].to_vec())
+}
+
+/// A key with a `..` segment, written by another program: no request of ours may name it,
+/// since the URL would reach another key (`from/x/../b` is `from/b` to every URL parser).
+/// Before the fix a stat of it answered for `b`, and a folder rename "moved" it by copying it
+/// over the folder's own `b` and deleting it: one file lost, another overwritten.
+#[tokio::test]
+async fn keys_with_dot_segments_are_never_sent_and_their_folder_is_not_renamed() {
+    let srv = moto_server().await;
+    let b = srv.backend();
+    put(&b, &srv.key("from/b"), b"real b", 6).await;
+    let dotted = srv.key("from/x/../b");
+    assert_eq!(raw_http(&srv, "PUT", &dotted, b"dotted").await.0, 200);
+
+    let err = b
+        .stat(&dotted)
+        .await
+        .expect_err("the stat must not answer for from/b");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+
+    let err = b
+        .rename_dir(&srv.key("from"), &srv.key("to"))
+        .await
+        .expect_err("a folder holding such a key cannot be moved");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert_eq!(get(&b, &srv.key("from/b")).await, b"real b");
+    // Both keys still there (moto refuses unsigned reads, so the listing says it), and
+    // nothing at the target.
+    let mut keys = b.raw_keys(&srv.key("")).await.unwrap();
+    keys.sort();
+    assert_eq!(keys, [srv.key("from/b"), dotted]);
+}
+
+/// A key that may write but not delete (a common "drop box" policy): a rename copies, then
+/// cannot delete the old name. The error must say that the file is under both names, and both
+/// must hold it (before, the client read only "permission denied", as if nothing had moved).
+#[tokio::test]
+async fn a_rename_whose_delete_is_refused_says_the_file_is_under_both_names() {
+    let srv = s3s_server_denying(&["DeleteObject"]).await;
+    let b = srv.backend();
+    put(&b, &srv.key("a"), b"kept", 4).await;
+    let err = b
+        .rename_file(&srv.key("a"), &srv.key("b"))
+        .await
+        .expect_err("the delete is refused");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("under both names"), "{err}");
+    assert_eq!(get(&b, &srv.key("a")).await, b"kept");
+    assert_eq!(get(&b, &srv.key("b")).await, b"kept");
+}
+
 #[tokio::test]
 async fn client_set_times_round_trip() {
     for srv in servers().await {

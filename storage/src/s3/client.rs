@@ -341,6 +341,13 @@ impl Client {
     }
 
     async fn build(&self, req: &Request, region: &str) -> Result<reqwest::Request> {
+        if req.key.as_deref().is_some_and(|k| !key_is_addressable(k)) {
+            // Never sent: the URL would reach another key (see `key_is_addressable`).
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "an object name with a `.` or `..` part cannot be reached over HTTP",
+            ));
+        }
         let (host, path) = self.address(req.key.as_deref());
         let query = canonical_query(&req.query);
         let url = if query.is_empty() {
@@ -645,6 +652,15 @@ pub(crate) fn uri_encode(s: &str, keep_slash: bool) -> String {
     } else {
         percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
     }
+}
+
+/// False for a key with a `.` or `..` segment (`a/../b`). Such a key cannot be sent: URL
+/// parsers (reqwest's, and most servers') fold those segments, so the request would reach
+/// another key (`b`), or fail its signature where the server checks the path as signed. S3
+/// accepts such keys from other programs; the gateway lists them as skipped and never sends
+/// a request naming one. Encoding the dots does not help: `%2E` counts as a dot too.
+pub(crate) fn key_is_addressable(key: &str) -> bool {
+    !key.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The query string: parameters encoded, then sorted by name and value (SigV4's canonical

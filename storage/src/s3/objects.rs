@@ -314,38 +314,72 @@ pub(crate) async fn rename_dir(inner: &Inner, from: &str, to: &str) -> Result<()
     if keys.is_empty() {
         return Err(Error::of(ErrorKind::NotFound));
     }
+    // A key with a `.` or `..` segment cannot be copied: it would be sent as another key (see
+    // `client::key_is_addressable`). Refused before anything is copied.
+    let stuck = keys
+        .iter()
+        .filter(|(k, _)| !super::client::key_is_addressable(k))
+        .count();
+    if stuck > 0 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the folder holds {stuck} object(s) written by another program whose names have a \
+                 `.` or `..` part, which cannot be moved through the gateway; nothing was changed"
+            ),
+        ));
+    }
     let total = keys.len();
     let src_len = src_prefix.len();
-    let results: Vec<Result<()>> = futures::stream::iter(keys.clone())
+    let results: Vec<(String, Result<()>)> = futures::stream::iter(keys.clone())
         .map(|(key, size)| {
             let to_key = format!("{dst_prefix}{}", &key[src_len..]);
             async move {
-                let src = if size > inner.opts.max_copy_range {
-                    source(inner, &key).await?
-                } else {
-                    Source {
-                        size,
-                        etag: None,
-                        content_type: None,
-                        meta: Vec::new(),
-                    }
-                };
-                copy_object(inner, &key, &to_key, &src, None).await
+                let copied = async {
+                    let src = if size > inner.opts.max_copy_range {
+                        source(inner, &key).await?
+                    } else {
+                        Source {
+                            size,
+                            etag: None,
+                            content_type: None,
+                            meta: Vec::new(),
+                        }
+                    };
+                    copy_object(inner, &key, &to_key, &src, None).await
+                }
+                .await;
+                (to_key, copied)
             }
         })
         .buffer_unordered(RENAME_CONCURRENCY)
         .collect()
         .await;
-    let copied = results.iter().filter(|r| r.is_ok()).count();
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(Error::new(
-            e.kind(),
+    if results.iter().any(|(_, r)| r.is_err()) {
+        // Nothing half-done stays: the copies made so far are removed again, so the folder is
+        // where it was and the target holds nothing new (the target was empty when this began).
+        let (copies, mut failures): (Vec<_>, Vec<_>) =
+            results.into_iter().partition(|(_, r)| r.is_ok());
+        let copies: Vec<String> = copies.into_iter().map(|(k, _)| k).collect();
+        let left = match delete_many(inner, &copies).await {
+            Ok(n) => n,
+            Err(_) => copies.len(),
+        };
+        let e = failures.remove(0).1.expect_err("partitioned on errors");
+        let message = if left == 0 {
             format!(
-                "rename failed after copying {copied} of {total} objects; the source is intact"
-            ),
-        )
-        .set_retryable(e.is_retryable())
-        .with_source(e));
+                "rename failed after copying {} of {total} objects; the copies were removed, nothing was changed",
+                copies.len()
+            )
+        } else {
+            format!(
+                "rename failed after copying {} of {total} objects; the source is intact, but {left} of the copies could not be removed from the target",
+                copies.len()
+            )
+        };
+        return Err(Error::new(e.kind(), message)
+            .set_retryable(e.is_retryable() && left == 0)
+            .with_source(e));
     }
     let sources: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
     let failed = delete_many(inner, &sources).await?;
