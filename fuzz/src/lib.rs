@@ -127,8 +127,13 @@ fn secret_only_as_value(text: &str) -> bool {
 pub fn scp(data: &[u8]) {
     use bucketgate_protocols::ssh::scp::{parse_command, parse_record, Record};
     // Shell quoting is honoured (`sc""p` is scp), so the property is: no panic, and UTF-8.
-    if parse_command(data).is_some() {
+    if let Some(c) = parse_command(data) {
         assert!(std::str::from_utf8(data).is_ok());
+        // Every path has its pattern (or none), and a pattern is only made of a wildcard.
+        assert_eq!(c.paths.len(), c.globs.len());
+        for g in c.globs.iter().flatten() {
+            assert!(g.contains(['*', '?', '[']), "pattern {g:?} without a wildcard");
+        }
     }
     if let Ok(rec) = parse_record(data) {
         let name = match &rec {

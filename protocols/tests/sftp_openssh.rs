@@ -287,6 +287,95 @@ async fn legacy_scp_recursive_with_times_up_and_down() {
     assert!(!h.alice("archive/x.txt").exists());
 }
 
+/// `scp -O host:'dir/*.txt' .` runs `scp -f dir/*.txt` on the server, where OpenSSH's shell
+/// expands the pattern. Before, the gateway took `*.txt` as a name and answered "no such
+/// file". As a shell: sorted matches, no dot files for `*`, a quoted pattern is a name, a
+/// pattern matching nothing is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_scp_expands_remote_wildcards_as_a_shell_would() {
+    let (h, local) = start().await;
+    for (name, body) in [
+        ("w/a.txt", "a"),
+        ("w/b.txt", "b"),
+        ("w/c.csv", "c"),
+        ("w/.hidden.txt", "h"),
+        ("w/sub.txt/inner.txt", "i"),
+        ("w/*.txt", "literal"),
+    ] {
+        let p = h.alice(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let fetch = |dir: &str, extra: &[&str], remote: &str| {
+        let dst = local.path().join(dir);
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut args = h.ssh_opts("-P");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend([
+            format!("alice@127.0.0.1:{remote}"),
+            dst.display().to_string(),
+        ]);
+        async move {
+            let out = Command::new(require_tool("scp"))
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            let mut got: Vec<String> = walkdir(&dst);
+            got.sort();
+            (
+                out.status.success(),
+                got,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // `*.txt` matches the files a.txt, b.txt and `*.txt` itself, and the folder sub.txt
+    // (refused without -r, so scp exits 1 after copying the files); not .hidden.txt.
+    let (ok, got, err) = fetch("one", &["-O"], "/w/*.txt").await;
+    assert!(!ok, "the folder is refused without -r");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert_eq!(got, ["*.txt", "a.txt", "b.txt"]);
+    let (ok, got, err) = fetch("two", &["-O", "-r"], "/w/[a-b].*").await;
+    assert!(ok, "{err}");
+    assert_eq!(got, ["a.txt", "b.txt"]);
+    let (ok, got, err) = fetch("three", &["-O", "-r"], "/w/s?b.txt").await;
+    assert!(ok, "{err}");
+    assert_eq!(got, ["sub.txt", "sub.txt/inner.txt"]);
+    let (ok, got, err) = fetch("four", &["-O"], "/w/.h*").await;
+    assert!(ok, "{err}");
+    assert_eq!(got, [".hidden.txt"]);
+    // Escaped for the remote shell: one name, not a pattern (quotes would do the same on the
+    // server, but OpenSSH's scp then refuses the name it gets as not matching its request).
+    let (ok, got, err) = fetch("five", &["-O"], r"/w/\*.txt").await;
+    assert!(ok, "{err}");
+    assert_eq!(got, ["*.txt"]);
+    assert_eq!(
+        std::fs::read(local.path().join("five/*.txt")).unwrap(),
+        b"literal"
+    );
+    let (ok, got, err) = fetch("six", &["-O"], "/w/*.none").await;
+    assert!(!ok && got.is_empty());
+    assert!(err.contains("no such file"), "{err}");
+}
+
+/// Every file and folder below `root`, as relative paths.
+fn walkdir(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_scp_uses_sftp_up_and_down() {
     let (h, local) = start().await;

@@ -875,7 +875,12 @@ impl UserFs {
             .writing
             .any_below(&self.tree.area_name(loc.mount), &loc.key)
         {
-            return Err(Error::of(ErrorKind::DirectoryNotEmpty).with_context(op, p.to_string()));
+            // Uploads in progress are not listed, so say why a folder that looks empty is not.
+            return Err(Error::new(
+                ErrorKind::DirectoryNotEmpty,
+                "folder not empty: a file in it is still being uploaded",
+            )
+            .with_context(op, p.to_string()));
         }
         loc.backend
             .remove_dir(&loc.key)

@@ -43,6 +43,9 @@ pub struct ScpCommand {
     pub target_is_dir: bool,
     /// The target (sink) or the sources (source), as the client wrote them.
     pub paths: Vec<String>,
+    /// For each of `paths`: the shell pattern it is, when it holds an unquoted `*`, `?` or `[`
+    /// (quoted characters escaped), as a remote shell would have expanded it for `scp -f`.
+    pub globs: Vec<Option<String>>,
 }
 
 /// Parses the command of an `exec` request. Only `scp` with `-t` or `-f` is accepted; anything
@@ -53,15 +56,16 @@ pub fn parse_command(data: &[u8]) -> Option<ScpCommand> {
         return None;
     }
     let words = shell_words(text)?;
-    let (prog, args) = words.split_first()?;
+    let ((prog, _), args) = words.split_first()?;
     if prog != "scp" && !prog.ends_with("/scp") {
         return None;
     }
     let mut direction = None;
     let (mut recursive, mut preserve, mut target_is_dir) = (false, false, false);
     let mut paths = Vec::new();
+    let mut globs = Vec::new();
     let mut options_done = false;
-    for a in args {
+    for (a, glob) in args {
         if !options_done && a == "--" {
             options_done = true;
         } else if !options_done && a.starts_with('-') && a.len() > 1 {
@@ -79,6 +83,7 @@ pub fn parse_command(data: &[u8]) -> Option<ScpCommand> {
             }
         } else {
             paths.push(a.clone());
+            globs.push(glob.clone());
         }
     }
     let direction = direction?;
@@ -91,62 +96,89 @@ pub fn parse_command(data: &[u8]) -> Option<ScpCommand> {
         preserve,
         target_is_dir,
         paths,
+        globs,
     })
 }
 
 /// Splits a command line as a POSIX shell would for plain words: single quotes, double quotes
 /// and backslash escapes (OpenSSH quotes remote paths that hold spaces or quotes). Anything
-/// that needs a real shell (unbalanced quotes) gives `None`.
-fn shell_words(s: &str) -> Option<Vec<String>> {
+/// that needs a real shell (unbalanced quotes) gives `None`. Each word comes with its shell
+/// pattern when it holds an unquoted `*`, `?` or `[` (the shell would expand it): the word
+/// with its quoted pattern characters escaped by a backslash.
+fn shell_words(s: &str) -> Option<Vec<(String, Option<String>)>> {
+    /// One word being read: its text, its pattern, and whether it has an unquoted wildcard.
+    #[derive(Default)]
+    struct Word {
+        text: String,
+        pattern: String,
+        wild: bool,
+        started: bool,
+    }
+    impl Word {
+        fn quoted(&mut self, c: char) {
+            self.text.push(c);
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                self.pattern.push('\\');
+            }
+            self.pattern.push(c);
+        }
+        fn plain(&mut self, c: char) {
+            self.text.push(c);
+            self.pattern.push(c);
+            self.wild |= matches!(c, '*' | '?' | '[');
+        }
+        fn done(self) -> (String, Option<String>) {
+            let pattern = self.wild.then_some(self.pattern);
+            (self.text, pattern)
+        }
+    }
     let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
+    let mut cur = Word::default();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
             '\'' => {
-                in_word = true;
+                cur.started = true;
                 loop {
                     match chars.next()? {
                         '\'' => break,
-                        x => cur.push(x),
+                        x => cur.quoted(x),
                     }
                 }
             }
             '"' => {
-                in_word = true;
+                cur.started = true;
                 loop {
                     match chars.next()? {
                         '"' => break,
                         '\\' => {
                             let x = chars.next()?;
                             if !matches!(x, '"' | '\\' | '$' | '`') {
-                                cur.push('\\');
+                                cur.quoted('\\');
                             }
-                            cur.push(x);
+                            cur.quoted(x);
                         }
-                        x => cur.push(x),
+                        x => cur.quoted(x),
                     }
                 }
             }
             '\\' => {
-                in_word = true;
-                cur.push(chars.next()?);
+                cur.started = true;
+                cur.quoted(chars.next()?);
             }
             c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
+                if cur.started {
+                    words.push(std::mem::take(&mut cur).done());
                 }
             }
             c => {
-                in_word = true;
-                cur.push(c);
+                cur.started = true;
+                cur.plain(c);
             }
         }
     }
-    if in_word {
-        words.push(cur);
+    if cur.started {
+        words.push(cur.done());
     }
     Some(words)
 }
@@ -544,7 +576,31 @@ where
         if let Err(msg) = self.read_ack().await? {
             return Err(protocol_error(&msg));
         }
-        for input in self.cmd.paths.clone() {
+        let inputs: Vec<_> = self
+            .cmd
+            .paths
+            .clone()
+            .into_iter()
+            .zip(self.cmd.globs.clone())
+            .collect();
+        for (input, glob) in inputs {
+            if let Some(pattern) = glob {
+                // `scp -f dir/*.csv`: what the remote shell would have expanded.
+                match self.expand(&input, &pattern).await {
+                    Ok(Some(matches)) => {
+                        for (p, e) in matches {
+                            self.send_entry(p, e).await?;
+                        }
+                        continue;
+                    }
+                    // Not a pattern after all (an unclosed `[`): the name as written.
+                    Ok(None) => {}
+                    Err(m) => {
+                        self.send_error(false, &m).await?;
+                        continue;
+                    }
+                }
+            }
             let p = match self.fs.resolve(&VPath::root(), &input) {
                 Ok(p) => p,
                 Err(e) => {
@@ -554,15 +610,7 @@ where
                 }
             };
             match self.fs.stat(&p).await {
-                Ok(e) if e.is_dir() => {
-                    if self.cmd.recursive {
-                        self.send_dir(p, e).await?;
-                    } else {
-                        self.send_error(false, &format!("{p}: not a regular file"))
-                            .await?;
-                    }
-                }
-                Ok(e) => self.send_file(&p, &e).await?,
+                Ok(e) => self.send_entry(p, e).await?,
                 Err(e) => {
                     let m = self.storage_error(e);
                     self.send_error(false, &m).await?;
@@ -570,6 +618,80 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Sends a file, or a folder with `-r` (refused without it).
+    async fn send_entry(&mut self, p: VPath, e: Entry) -> IoResult<()> {
+        if !e.is_dir() {
+            self.send_file(&p, &e).await
+        } else if self.cmd.recursive {
+            self.send_dir(p, e).await
+        } else {
+            self.send_error(false, &format!("{p}: not a regular file"))
+                .await
+        }
+    }
+
+    /// Expands a source pattern as a POSIX shell does: the names of its folder that match its
+    /// last part, sorted, names starting with `.` only when the pattern does. Wildcards are
+    /// supported in the last part only. `Ok(None)`: not a valid pattern, to be taken as a name
+    /// (as the shell does); `Err`: the message for the client (no match is "no such file",
+    /// which is what `scp` answers for the word a shell passes on unexpanded).
+    async fn expand(
+        &mut self,
+        input: &str,
+        pattern: &str,
+    ) -> Result<Option<Vec<(VPath, Entry)>>, String> {
+        let (dir, name_pattern) = match pattern.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", pattern),
+        };
+        if ["*", "?", "["]
+            .iter()
+            .any(|w| dir.replace(&format!("\\{w}"), "").contains(w))
+        {
+            return Err(format!(
+                "{input}: wildcards are supported in the last part of a path only"
+            ));
+        }
+        let Ok(glob) = globset::GlobBuilder::new(name_pattern)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+        else {
+            return Ok(None);
+        };
+        let matcher = glob.compile_matcher();
+        let dir_text = match input.rsplit_once('/') {
+            Some(("", _)) => "/",
+            Some((d, _)) => d,
+            None => ".",
+        };
+        let dir = self
+            .fs
+            .resolve(&VPath::root(), dir_text)
+            .map_err(|e| self.storage_error(e))?;
+        let mut pages = self
+            .fs
+            .list(&dir)
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            for e in page.map_err(|e| self.storage_error(e))? {
+                let hidden = e.name.starts_with('.') && !name_pattern.starts_with('.');
+                if !hidden && matcher.is_match(&e.name) {
+                    if let Ok(p) = dir.join(&e.name) {
+                        found.push((p, e));
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(format!("{input}: no such file or folder"));
+        }
+        found.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        Ok(Some(found))
     }
 
     async fn send_time(&mut self, e: &Entry) -> IoResult<Result<(), String>> {
@@ -700,6 +822,22 @@ mod tests {
         assert!(parse_command(b"scp -x -t /").is_none());
         assert!(parse_command(b"scp -t").is_none());
         assert!(parse_command(b"scp -t 'open").is_none());
+        // Unquoted wildcards make a pattern; quoted or escaped ones are part of a name.
+        let c =
+            parse_command(br#"scp -f /d/*.csv '/d/*.txt' /d/\*x "/d/a b[1]?" /d/plain"#).unwrap();
+        assert_eq!(
+            c.paths,
+            vec!["/d/*.csv", "/d/*.txt", "/d/*x", "/d/a b[1]?", "/d/plain"]
+        );
+        assert_eq!(
+            c.globs,
+            vec![Some("/d/*.csv".to_string()), None, None, None, None]
+        );
+        let c = parse_command(br#"scp -f "/d/a b"*.txt"#).unwrap();
+        assert_eq!(c.paths, vec!["/d/a b*.txt"]);
+        assert_eq!(c.globs, vec![Some("/d/a b*.txt".to_string())]);
+        let c = parse_command(br#"scp -f '[x]'?"#).unwrap();
+        assert_eq!(c.globs, vec![Some(r"\[x\]?".to_string())]);
     }
 
     #[test]
