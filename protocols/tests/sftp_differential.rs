@@ -1067,32 +1067,39 @@ impl Run<'_> {
                 if r == Res::Ok {
                     self.touched(path, None, false);
                 }
-                if g == Res::Ok && size == 0 {
-                    // docs/objects.md, "A name being written": a size-0 SETSTAT of the name
-                    // replaces the file, so another session's upload of it fails at CLOSE (the
-                    // steps' SETSTAT comes from session 0; its own upload takes the size).
+                let cur = match gbefore.get(path) {
+                    Some(Some(b)) => Some(b.len() as u64),
+                    _ => None,
+                };
+                if g == Res::Ok && (size == 0 || cur != Some(size)) {
+                    // docs/objects.md, "A name being written": a SETSTAT of size 0, or of a new
+                    // size, replaces the file, so another session's upload of it fails at
+                    // CLOSE (the steps' SETSTAT comes from session 0; its own upload takes the
+                    // size).
                     for sl in self.slots.iter_mut().flatten() {
                         if sl.sess != 0 && sl.path == path && sl.writes() {
                             sl.clobbered = true;
                         }
                     }
                 }
-                // docs/objects.md, "Writes, appends, resume": SETSTAT of a size other than
-                // the current one or 0 "is refused with OP_UNSUPPORTED".
-                let cur = match gbefore.get(path) {
-                    Some(Some(b)) => Some(b.len() as u64),
-                    _ => None,
+                // docs/objects.md, "Writes, appends, resume": from the session writing the
+                // name, a new size after the handle's first write "is refused with
+                // OP_UNSUPPORTED until CLOSE".
+                let wrote = self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .any(|sl| sl.sess == 0 && sl.path == path && sl.writes() && sl.next > 0);
+                let rule = if g == Res::Err(StatusCode::OpUnsupported) && wrote && cur != Some(size)
+                {
+                    Some("SETSTAT of a new size after this session's handle wrote")
+                } else if dirty.contains(path) {
+                    // docs/objects.md, "Files being uploaded": SETSTAT of a name being
+                    // written goes by the bucket.
+                    Some("SETSTAT of a name being written sees the bucket")
+                } else {
+                    None
                 };
-                let rule =
-                    if g == Res::Err(StatusCode::OpUnsupported) && size != 0 && cur != Some(size) {
-                        Some("SETSTAT of a size other than current or 0")
-                    } else if dirty.contains(path) {
-                        // docs/objects.md, "Files being uploaded": SETSTAT of a name being
-                        // written goes by the bucket.
-                        Some("SETSTAT of a name being written sees the bucket")
-                    } else {
-                        None
-                    };
                 (g, r, rule)
             }
             Op::Rename { from, to, posix } => {

@@ -396,6 +396,10 @@ pub struct FileWriter {
     known: Option<(Arc<crate::known::Known>, String, String, u64)>,
     /// Bytes stored and the audit line written at close, abort or drop.
     audit: Option<Transfer>,
+    /// Set by [`FileWriter::set_len`] before any write: how much of the base is kept (the
+    /// least length set), and the length last set (zeros from the kept bytes up to it).
+    keep: Option<u64>,
+    length: Option<u64>,
 }
 
 impl FileWriter {
@@ -426,6 +430,8 @@ impl FileWriter {
             claim: None,
             known: None,
             audit: None,
+            keep: None,
+            length: None,
         }
     }
 
@@ -467,7 +473,8 @@ impl FileWriter {
     }
 
     fn base_size(&self) -> u64 {
-        self.base().map(|e| e.size).unwrap_or(0)
+        let size = self.base().map(|e| e.size).unwrap_or(0);
+        self.keep.map_or(size, |k| size.min(k))
     }
 
     /// The size the file will have if closed now.
@@ -477,7 +484,10 @@ impl FileWriter {
             .last_key_value()
             .map(|(o, d)| o + d.len() as u64)
             .unwrap_or(0);
-        self.base_size().max(self.next).max(ahead)
+        self.base_size()
+            .max(self.next)
+            .max(ahead)
+            .max(self.length.unwrap_or(0))
     }
 
     /// True once someone else removed or replaced the name during this upload: its CLOSE
@@ -514,6 +524,26 @@ impl FileWriter {
         true
     }
 
+    /// Sets the file's length as `ftruncate` does: bytes past `size` are dropped, and a file
+    /// shorter than `size` reads as zeros up to it. Works before anything was written (what
+    /// SETSTAT of a size on a closed file is: an open, this, a close), or when the size is
+    /// already `size`; returns false otherwise (the bytes may already be in the upload).
+    /// Shortening needs `overwrite` at close, growing `upload`.
+    pub fn set_len(&mut self, size: u64) -> bool {
+        if size == self.size() {
+            return true;
+        }
+        if self.upload.is_some() || !self.pending.is_empty() {
+            return false;
+        }
+        if size == 0 {
+            return self.truncate_unwritten(0);
+        }
+        self.keep = Some(self.keep.map_or(size, |k| k.min(size)));
+        self.length = Some(size);
+        true
+    }
+
     fn fail(&mut self, e: Error) -> Error {
         let e = e.with_context("write", self.shown.to_string());
         self.failed = Some(Error::new(e.kind(), e.message().to_string()));
@@ -542,7 +572,12 @@ impl FileWriter {
         // replacing it, needs `overwrite`.
         let needed = match &self.existing {
             None => Perm::Upload,
-            Some(_) if base.is_some() && head == base_size && base_size > 0 => Perm::Upload,
+            // Kept whole (not shortened by `set_len`) and extended.
+            Some(e)
+                if base.is_some() && head == base_size && base_size == e.size && base_size > 0 =>
+            {
+                Perm::Upload
+            }
             Some(_) => Perm::Overwrite,
         };
         if !self.perms.has(needed) {
@@ -831,27 +866,39 @@ impl FileWriter {
             if let Some(e) = self.discarded() {
                 return Err(e.with_context("close", shown));
             }
-            if self.existing.is_some() && !self.mode.truncate {
-                // Opened for writing but nothing written: the file stays as it was.
-                if let (Some(t), Some(_)) = (self.mtime, &self.existing) {
-                    self.backend.set_mtime(&self.key, t).await?;
-                }
-                return Ok(self.existing.clone().expect("checked"));
-            }
-            if self.existing.is_some() && !self.perms.has(Perm::Overwrite) {
-                return Err(Error::of(ErrorKind::PermissionDenied).with_context("close", shown));
-            }
-            let opts = CreateOptions {
-                mtime: self.mtime,
-                size_hint: Some(0),
-                if_absent: self.if_absent,
-                ..Default::default()
+            // `set_len` alone changed the size: the kept bytes, then zeros up to the length.
+            let before = match (&self.existing, self.mode.truncate) {
+                (Some(e), false) => e.size,
+                _ => 0,
             };
-            let up = self.backend.create(&self.key, opts).await?;
-            return up
-                .finish()
-                .await
-                .map_err(|e| e.with_context("close", shown));
+            if self.length.is_some() && self.size() != before {
+                let r = self.begin(self.base_size()).await;
+                if let Err(e) = r {
+                    return Err(self.fail(e).with_context("close", shown));
+                }
+            } else {
+                if self.existing.is_some() && !self.mode.truncate {
+                    // Opened for writing but nothing written: the file stays as it was.
+                    if let (Some(t), Some(_)) = (self.mtime, &self.existing) {
+                        self.backend.set_mtime(&self.key, t).await?;
+                    }
+                    return Ok(self.existing.clone().expect("checked"));
+                }
+                if self.existing.is_some() && !self.perms.has(Perm::Overwrite) {
+                    return Err(Error::of(ErrorKind::PermissionDenied).with_context("close", shown));
+                }
+                let opts = CreateOptions {
+                    mtime: self.mtime,
+                    size_hint: Some(0),
+                    if_absent: self.if_absent,
+                    ..Default::default()
+                };
+                let up = self.backend.create(&self.key, opts).await?;
+                return up
+                    .finish()
+                    .await
+                    .map_err(|e| e.with_context("close", shown));
+            }
         }
         // The rest of the file in order: waiting writes with the base's bytes between them,
         // then the base's untouched tail.
@@ -860,7 +907,8 @@ impl FileWriter {
                 self.fill_to(first).await?;
                 self.drain().await?;
             }
-            let end = self.base_size();
+            // The base's tail, then zeros up to a length set longer (`set_len`).
+            let end = self.base_size().max(self.length.unwrap_or(0));
             self.fill_to(end).await
         }
         .await;

@@ -418,6 +418,28 @@ impl UserFs {
         Ok(())
     }
 
+    /// Sets a file's length, as `truncate -s SIZE` does: the bytes past `size` go, a shorter
+    /// file is extended with zeros. The object is replaced by one of the new length (cutting
+    /// needs `overwrite`, extending `upload`); as for [`UserFs::truncate`], an upload of the
+    /// name in progress will not commit over it. A missing file is not created.
+    pub async fn set_len(&self, p: &VPath, size: u64) -> Result<()> {
+        if size == 0 {
+            return self.truncate(p).await;
+        }
+        let mut w = self.open_write(p, OpenMode::default()).await?;
+        if !w.set_len(size) {
+            // Nothing was written yet: only a writer with bytes in flight refuses.
+            w.abort().await;
+            return Err(Error::of(ErrorKind::Unsupported).with_context("setstat", p.to_string()));
+        }
+        w.close().await?;
+        let loc = self.tree.locate(&self.site_path(p));
+        self.tree
+            .writing
+            .discard(&self.tree.area_name(loc.mount), &loc.key);
+        Ok(())
+    }
+
     /// Records a client-set modification time. Needs `overwrite` in the file's folder.
     pub async fn set_mtime(&self, p: &VPath, mtime: SystemTime) -> Result<()> {
         self.audited("setstat", p.to_string(), self.set_mtime_inner(p, mtime))

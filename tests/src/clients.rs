@@ -172,7 +172,8 @@ impl JavaProgram {
 /// A paramiko SFTP session driven by commands on stdin, one a line (paths without spaces):
 /// `put L R`, `get R L`, `ls D` (listdir_attr: `entry NAME SIZE dir|file MTIME`), `stat P`
 /// (`stat SIZE dir|file MTIME`), `mkdir P`, `rename A B`, `remove P`, `rmdir P`,
-/// `utime P MTIME`. A command written `!cmd ...` must be refused: it prints
+/// `utime P MTIME`, `truncate P SIZE` (SETSTAT), `ftruncate P SIZE [OFFSET DATA]` (FSETSTAT on
+/// an 'r+' handle, then a write). A command written `!cmd ...` must be refused: it prints
 /// `refused CMD EXCEPTION ERRNO`, then `refusal-message CMD MESSAGE` (the server's text).
 /// Prints `ok CMD` after each command; an unexpected result
 /// prints `error: ...` and exits 2, a refused login exits 3.
@@ -233,6 +234,16 @@ for line in sys.stdin:
             with sftp.open(w[1], 'w+') as f:
                 for part in w[2:]:
                     f.write(part.encode())
+        elif cmd == 'truncate':
+            # SETSTAT of the size on a path (`truncate -s`).
+            sftp.truncate(w[1], int(w[2]))
+        elif cmd == 'ftruncate':
+            # FSETSTAT of the size on a handle opened 'r+', then a write at an offset.
+            with sftp.open(w[1], 'r+') as f:
+                f.truncate(int(w[2]))
+                if len(w) > 3:
+                    f.seek(int(w[3]))
+                    f.write(w[4].encode())
         elif cmd == 'statopen':
             # A file's attributes between its creation and its close (FUSE mounts do this).
             with sftp.open(w[1], 'w') as f:

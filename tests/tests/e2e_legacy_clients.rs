@@ -220,7 +220,14 @@ fn paramiko_in_place_writes_and_read_write_opens_on_an_s3_mount() {
          patch /acme/doc.bin 5000000 MIDDLE\n\
          patch /acme/small.txt 8 ABCD\n\
          wplus /acme/new.txt hello- world\n\
-         statopen /acme/open.txt twelve-bytes\n",
+         statopen /acme/open.txt twelve-bytes\n\
+         put base.bin /acme/grow.bin\n\
+         truncate /acme/grow.bin 7000000\n\
+         put base.bin /acme/cut.bin\n\
+         truncate /acme/cut.bin 5000003\n\
+         put base.bin /acme/cutwrite.bin\n\
+         ftruncate /acme/cutwrite.bin 10 20 TAIL\n\
+         !truncate /acme 5\n",
         d,
     );
     assert_ok("paramiko in-place writes", &out);
@@ -238,6 +245,28 @@ fn paramiko_in_place_writes_and_read_write_opens_on_an_s3_mount() {
     );
     assert_eq!(moto.get("exchange", "new.txt").unwrap(), b"hello-world");
     assert_eq!(moto.get("exchange", "open.txt").unwrap(), b"twelve-bytes");
+    // A new length, as truncate(2): zeros past the old end; the bytes past a shorter one gone;
+    // on a handle, laid under its writes (a gap of zeros). Before, every size but the
+    // current one and 0 was refused.
+    let mut grown = base.clone();
+    grown.resize(7_000_000, 0);
+    assert!(
+        moto.get("exchange", "grow.bin").unwrap() == grown,
+        "grown with zeros"
+    );
+    assert!(
+        moto.get("exchange", "cut.bin").unwrap() == base[..5_000_003],
+        "cut to its length"
+    );
+    let mut cw = base[..10].to_vec();
+    cw.resize(20, 0);
+    cw.extend_from_slice(b"TAIL");
+    assert_eq!(moto.get("exchange", "cutwrite.bin").unwrap(), cw);
+    assert!(
+        stdout(&out).contains("refused truncate "),
+        "a folder has no size: {}",
+        stdout(&out)
+    );
 }
 
 /// An SSH host key made with ssh-keygen (`rsa`, `ecdsa`), in OpenSSH format.

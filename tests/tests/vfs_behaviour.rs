@@ -450,6 +450,40 @@ async fn case_in_place_writes(f: &Fixture) {
     put(&fs, "/moved.bin", b"replaced").await.unwrap();
     assert!(w.close().await.is_err(), "{}: stale in-place write", f.name);
     assert_eq!(get(&fs, "/moved.bin").await.unwrap(), b"replaced");
+    // A new length, as truncate(2) (SFTP SETSTAT of the size): cut, then grown with zeros.
+    put(&fs, "/len.bin", &base).await.unwrap();
+    fs.set_len(&p("/len.bin"), 1000).await.unwrap();
+    assert!(
+        get(&fs, "/len.bin").await.unwrap() == base[..1000],
+        "{}: cut",
+        f.name
+    );
+    fs.set_len(&p("/len.bin"), size as u64 + 7).await.unwrap();
+    let mut want = base[..1000].to_vec();
+    want.resize(size + 7, 0);
+    assert!(
+        get(&fs, "/len.bin").await.unwrap() == want,
+        "{}: grown",
+        f.name
+    );
+    assert_eq!(
+        fs.set_len(&p("/nothing.bin"), 5).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // On a handle before its first write (FSETSTAT): laid under the writes.
+    let mut w = fs
+        .open_write(&p("/len.bin"), mode(false, false, false, false))
+        .await
+        .unwrap();
+    assert!(w.set_len(10));
+    w.write_at(20, Bytes::from_static(b"TAIL")).await.unwrap();
+    assert!(!w.set_len(5), "{}: a new length after a write", f.name);
+    assert_eq!(w.size(), 24);
+    w.close().await.unwrap();
+    let mut want = base[..10].to_vec();
+    want.resize(20, 0);
+    want.extend_from_slice(b"TAIL");
+    assert_eq!(get(&fs, "/len.bin").await.unwrap(), want, "{}", f.name);
 }
 
 /// Issue 13 items 8 and 15: a name being written exists for every session (mkdir, exclusive
@@ -855,6 +889,8 @@ async fn case_permissions(f: &Fixture) {
         fs.set_mtime(&p("/archive/old.txt"), SystemTime::now())
             .await,
     );
+    denied(fs.set_len(&p("/archive/old.txt"), 1).await);
+    denied(fs.set_len(&p("/archive/old.txt"), 10).await);
     assert_eq!(get(&fs, "/archive/old.txt").await.unwrap(), b"old");
     assert_eq!(
         names(&fs, "/archive").await,

@@ -125,18 +125,21 @@ impl SftpSession {
                     None => Ok(()),
                 };
             }
-            // Truncating or extending an object in place is not possible; saying the size it
-            // already has is harmless (some clients send the full attribute set).
+            // Saying the size it already has changes nothing (some clients send the full
+            // attribute set); another size is `truncate -s SIZE`: the object is replaced by
+            // one of that length (cutting needs `overwrite`, extending `upload`), and another
+            // session's upload of it will not commit over it.
             let e = self.fs.stat(p).await.map_err(|e| self.fail(e))?;
-            if !e.is_dir() && size == 0 && (e.size != 0 || self.fs.is_being_written(p)) {
-                // `truncate -s 0`: the file is replaced by an empty one (needs `overwrite`);
-                // another session's upload of it will not commit over it.
-                self.fs.truncate(p).await.map_err(|e| self.fail(e))?;
-            } else if e.is_dir() || e.size != size {
+            if e.is_dir() {
                 return Err(SftpError::new(
-                    StatusCode::OpUnsupported,
-                    "changing a file's size is not supported",
+                    StatusCode::Failure,
+                    "a folder has no size to change",
                 ));
+            }
+            if size == 0 && (e.size != 0 || self.fs.is_being_written(p)) {
+                self.fs.truncate(p).await.map_err(|e| self.fail(e))?;
+            } else if e.size != size {
+                self.fs.set_len(p, size).await.map_err(|e| self.fail(e))?;
             }
         }
         match attrs.mtime {
@@ -247,10 +250,10 @@ impl SftpSession {
 /// writing): its current size is fine; cutting it to 0 before anything is written is a
 /// truncate (ftruncate after open); anything else cannot be done over an object.
 fn set_writer_size(w: &mut FileWriter, size: u64) -> Res<()> {
-    if size != w.size() && !w.truncate_unwritten(size) {
+    if !w.set_len(size) {
         return Err(SftpError::new(
             StatusCode::OpUnsupported,
-            "changing the size of a file being written is not supported",
+            "changing the size of a file after writing to it is not supported before it is closed",
         ));
     }
     Ok(())
