@@ -358,6 +358,10 @@ async fn legacy_scp_expands_remote_wildcards_as_a_shell_would() {
     let (ok, got, err) = fetch("six", &["-O"], "/w/*.none").await;
     assert!(!ok && got.is_empty());
     assert!(err.contains("no such file"), "{err}");
+    // A wildcard above the last part is refused, and says so.
+    let (ok, got, err) = fetch("seven", &["-O"], "/w*/a.txt").await;
+    assert!(!ok && got.is_empty());
+    assert!(err.contains("last part of a path only"), "{err}");
 }
 
 /// Every file and folder below `root`, as relative paths.
