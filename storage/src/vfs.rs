@@ -410,6 +410,12 @@ impl UserFs {
             ..Default::default()
         };
         let w = self.open_write(p, mode).await?;
+        self.commit_replacing(p, w).await
+    }
+
+    /// Commits `w`, which rewrites `p` as a whole, then discards the uploads of the name in
+    /// progress in other sessions: they will not commit over it.
+    async fn commit_replacing(&self, p: &VPath, w: FileWriter) -> Result<()> {
         w.close().await?;
         let loc = self.tree.locate(&self.site_path(p));
         self.tree
@@ -432,12 +438,7 @@ impl UserFs {
             w.abort().await;
             return Err(Error::of(ErrorKind::Unsupported).with_context("setstat", p.to_string()));
         }
-        w.close().await?;
-        let loc = self.tree.locate(&self.site_path(p));
-        self.tree
-            .writing
-            .discard(&self.tree.area_name(loc.mount), &loc.key);
-        Ok(())
+        self.commit_replacing(p, w).await
     }
 
     /// Records a client-set modification time. Needs `overwrite` in the file's folder.
