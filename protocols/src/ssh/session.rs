@@ -113,18 +113,19 @@ impl SftpSession {
     /// objects; permissions and owners are accepted and ignored so that `put -p` and
     /// WinSCP's "preserve" settings do not fail a transfer.
     async fn apply_attrs(&mut self, p: &VPath, attrs: &FileAttributes) -> Res<()> {
-        if let Some(size) = attrs.size {
-            if let Some(w) = self.handles.writer_of_mut(p).filter(|w| !w.is_superseded()) {
-                // This session is writing it: the size is its upload's, as for FSETSTAT.
+        if let Some(w) = self.handles.writer_of_mut(p).filter(|w| !w.is_superseded()) {
+            // This session is writing it: it exists for this session (as for STAT), and the
+            // attributes are its upload's, as for FSETSTAT. `sed -i` and `cp -p` on sshfs
+            // chmod the file they have just created by its path before they close it.
+            if let Some(size) = attrs.size {
                 set_writer_size(w, size)?;
-                return match attrs.mtime {
-                    Some(t) => {
-                        w.set_mtime(from_unix(t));
-                        Ok(())
-                    }
-                    None => Ok(()),
-                };
             }
+            if let Some(t) = attrs.mtime {
+                w.set_mtime(from_unix(t));
+            }
+            return Ok(());
+        }
+        if let Some(size) = attrs.size {
             // Saying the size it already has changes nothing (some clients send the full
             // attribute set); another size is `truncate -s SIZE`: the object is replaced by
             // one of that length (cutting needs `overwrite`, extending `upload`), and another
