@@ -358,6 +358,49 @@ async fn rest_applies_to_the_next_transfer_only() {
     assert_eq!(h.read("b"), b"new");
 }
 
+/// MLST and STAT of a path look it up in the working folder, as every FTP server on a disk
+/// does (libunftp took the path from the root: ncftp's `MLST name` in a subfolder was answered
+/// "not available", and `STAT name` listed another folder's file).
+#[tokio::test]
+async fn mlst_and_stat_of_a_relative_path_use_the_working_folder() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("sub/f.txt", b"in the subfolder");
+    h.write("f.txt", b"at the top");
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
+    assert!(raw.cmd("CWD sub").await.starts_with("250"));
+    for (cmd, size) in [
+        ("MLST f.txt", "size=16;"),
+        ("MLST ../sub/f.txt", "size=16;"),
+        ("MLST ../f.txt", "size=10;"),
+        ("MLST /f.txt", "size=10;"),
+        ("MLST", "type=dir;"),
+    ] {
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with("250") && r.contains(size), "{cmd}: {r}");
+    }
+    let r = raw.cmd("MLST missing").await;
+    assert!(r.starts_with("550"), "{r}");
+    // STAT of a file lists that file, as LIST does; of a folder, its entries; between 213
+    // replies, as FTP servers on a disk answer.
+    let r = raw.cmd("STAT f.txt").await;
+    assert!(
+        r.starts_with("213-") && r.contains(" 16 ") && r.contains(" f.txt\r\n"),
+        "{r}"
+    );
+    assert!(r.ends_with("213 End of status\r\n"), "{r}");
+    let r = raw.cmd("STAT -l ../f.txt").await;
+    assert!(r.starts_with("213-") && r.contains(" 10 "), "{r}");
+    let r = raw.cmd("STAT ..").await;
+    assert!(r.contains(" sub\r\n") && r.contains(" f.txt\r\n"), "{r}");
+    assert!(raw.cmd("STAT missing").await.starts_with("550"));
+    // A CWD and a MLST sent together: the MLST is looked up in the new folder.
+    raw.send(b"CWD /\r\nMLST f.txt\r\n").await;
+    assert!(raw.reply().await.starts_with("250"));
+    let r = raw.reply().await;
+    assert!(r.starts_with("250") && r.contains("size=10;"), "{r}");
+}
+
 /// Waits until `budget` holds `want` bytes (a data task starts and ends a moment after the
 /// replies the client sees); what it holds then.
 async fn budget_reaches(budget: &bucketgate_storage::budget::MemoryBudget, want: u64) -> u64 {

@@ -16,8 +16,10 @@
 //! until then), so the working folder and the login it sees are libunftp's.
 
 use super::link::{ControlLink, Ready};
+use super::listing::{ls_line, Meta};
 use super::storage::map_error;
 use bucketgate_storage::{ErrorKind, UserFs, VPath};
+use futures::StreamExt;
 
 /// Verbs prepared here.
 pub(crate) fn is_prepared(verb: &str) -> bool {
@@ -104,6 +106,48 @@ pub(crate) async fn prepare(
     };
     link.set_ready(Some(ready));
     None
+}
+
+/// The reply to `STAT path` (RFC 959): the `ls -l` lines of a folder's entries (at most `max`,
+/// as for LIST), or of a file, on the control connection between `213-` and `213 `, as FTP
+/// servers on a disk answer it.
+pub(crate) async fn stat_listing(fs: &UserFs, cwd: &VPath, arg: &str, max: usize) -> String {
+    let refusal = |e| map_error(e).kind().to_string();
+    let path = match VPath::resolve(cwd, strip_list_options(arg)) {
+        Ok(p) => p,
+        Err(e) => return refusal(e),
+    };
+    let mut entries = Vec::new();
+    match fs.list(&path).await {
+        Ok(mut pages) => {
+            while let Some(page) = pages.next().await {
+                match page {
+                    Ok(page) => entries.extend(page),
+                    Err(e) => return refusal(e),
+                }
+                if entries.len() >= max {
+                    entries.truncate(max);
+                    break;
+                }
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotADirectory => match fs.stat(&path).await {
+            Ok(f) if !f.is_dir() => entries.push(f),
+            Ok(_) => return refusal(e),
+            Err(e) => return refusal(e),
+        },
+        Err(e) => return refusal(e),
+    }
+    let now = std::time::SystemTime::now();
+    let mut out = format!("213-Status of {path}:\r\n");
+    for e in &entries {
+        // A line break in a name would end the reply early on this connection.
+        let name = e.name.replace(['\r', '\n'], "?");
+        out.push_str(&ls_line(&name, &Meta::from(e), now));
+        out.push_str("\r\n");
+    }
+    out.push_str("213 End of status");
+    out
 }
 
 /// The path of `LIST [-options] [path]` (libunftp skips the options the same way).

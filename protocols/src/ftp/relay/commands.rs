@@ -39,9 +39,11 @@ impl Relay {
             self.deferred = Some(line.clone());
             return true;
         }
-        if prepare::is_prepared(&verb) && self.replies_due() {
-            // Prepared once the replies still due are in: then the login and the working folder
-            // are what libunftp will see, and the checks' answers keep their place in order.
+        let resolves_here = matches!(verb.as_str(), "MLST" | "STAT" | "MFMT") && !arg.is_empty();
+        if (prepare::is_prepared(&verb) || resolves_here) && self.replies_due() {
+            // Prepared (or its path resolved) once the replies still due are in: then the login
+            // and the working folder are what libunftp will see (a `CWD` sent just before has
+            // been answered), and the checks' answers keep their place in order.
             self.deferred = Some(line.clone());
             return true;
         }
@@ -106,6 +108,28 @@ impl Relay {
                     }
                     Err(_) => self.say("553 Invalid folder name").await,
                 }
+            }
+            // libunftp looks up MLST's path as given, not in the working folder (ncftp's `MLST
+            // name` in a subfolder was answered for `/name`): it goes with the path resolved
+            // here, as CWD and MFMT do.
+            "MLST" if !arg.is_empty() => match VPath::resolve(&self.cwd, arg) {
+                Ok(p) => {
+                    let cmd = format!("MLST {p}");
+                    return self.forward(cmd.as_bytes(), Pending::Other).await;
+                }
+                Err(_) => self.say("553 Invalid file name").await,
+            },
+            // STAT with a path is answered here (libunftp, too, took the path from the root,
+            // answered 200 and refused a file with 451); STAT alone is the session's status.
+            "STAT" if !arg.is_empty() && !self.in_transfer() => {
+                let reply = match &self.session {
+                    Some(session) if self.logged_in => {
+                        let max = self.shared.opts.max_list_entries;
+                        prepare::stat_listing(&session.fs, &self.cwd, arg, max).await
+                    }
+                    _ => "530 Please log in first".to_string(),
+                };
+                return self.reply_local(reply).await;
             }
             "MFMT" => {
                 let parsed = arg
