@@ -568,6 +568,30 @@ fn connects_late(op: &Op) -> bool {
     h.is_multiple_of(4)
 }
 
+/// The type of the entry in a MLST reply, with a file's size; the code of a refusal. `None`
+/// for a reply of another form.
+fn mlst_facts(r: &str) -> Option<String> {
+    match code(r) {
+        250 => {
+            let line = r.lines().find(|l| l.starts_with(' '))?;
+            let facts = line.trim_start().split_once(' ')?.0.to_ascii_lowercase();
+            let fact = |k: &str| {
+                facts
+                    .split(';')
+                    .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                    .map(str::to_string)
+            };
+            match fact("type")?.as_str() {
+                "file" => Some(format!("file {}", fact("size")?)),
+                "dir" | "cdir" => Some("dir".to_string()),
+                _ => None,
+            }
+        }
+        n if n >= 400 => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// A simple command's result.
 fn simple(r: Result<String, String>) -> Res {
     match r {
@@ -1072,9 +1096,17 @@ impl Names {
                 Op::Rmd { path } => simple(c.cmd(&format!("RMD {}", self.arg(path))).await),
                 Op::Size { path } => {
                     let r = c.cmd(&format!("SIZE {}", self.arg(path))).await?;
-                    match code(&r) {
-                        213 => Res::Size(r[4..].trim().to_string()),
-                        _ => simple(Ok(r)),
+                    let size = match code(&r) {
+                        213 => r[4..].trim().to_string(),
+                        n if n >= 400 => n.to_string(),
+                        _ => return Ok(Res::Broken(r)),
+                    };
+                    // And MLST of the same name (RFC 3659): its type, and a file's size. (Sent
+                    // with SIZE so that the sequences of earlier seeds stay as they were.)
+                    let m = c.cmd(&format!("MLST {}", self.arg(path))).await?;
+                    match mlst_facts(&m) {
+                        Some(facts) => Res::Size(format!("SIZE {size}, MLST {facts}")),
+                        None => Res::Broken(m),
                     }
                 }
                 Op::Mdtm { path } => {
