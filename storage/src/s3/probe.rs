@@ -135,6 +135,36 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
+    /// The names of the features this server lacks, for the probe's one log line
+    /// (`bucketgate remote test` explains each).
+    pub fn lacking(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.put_if_none_match, "put_if_none_match"),
+            (self.put_if_match, "put_if_match"),
+            (self.complete_if_none_match, "complete_if_none_match"),
+            (self.complete_if_match, "complete_if_match"),
+            (self.complete_names_etag, "complete_names_etag"),
+            (
+                self.copy_if_match != CopyCondition::Ignored,
+                "copy_if_match",
+            ),
+            (self.delete_if_match, "delete_if_match"),
+            (self.markers_listed, "markers_listed"),
+            (self.markers_head, "markers_head"),
+            (self.markers_survive, "markers_survive"),
+            (self.uploads_by_prefix, "uploads_by_prefix"),
+            (self.file_and_folder, "file_and_folder"),
+            (self.put_content_md5, "put_content_md5"),
+            (self.put_crc32c, "put_crc32c"),
+            (self.list_url_encoding, "list_url_encoding"),
+        ];
+        flags
+            .into_iter()
+            .filter(|(has, _)| !has)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
     /// One line per guarantee that does not hold on this server, as `remote test` prints them
     /// (docs/providers.md explains each window).
     pub fn weaker_guarantees(&self) -> Vec<&'static str> {
@@ -712,7 +742,13 @@ impl S3Backend {
         let name = &self.inner.opts.name;
         match (ran, cleaned) {
             (Ok(()), Ok(())) => {
-                tracing::info!(remote = %name, capabilities = ?caps, "probed the remote's server");
+                // One short line; the whole set at debug level.
+                tracing::info!(
+                    remote = %name,
+                    lacks = %caps.lacking().join(","),
+                    "probed the remote's server (`bucketgate remote test` explains what it lacks)"
+                );
+                tracing::debug!(remote = %name, capabilities = ?caps, "probed capabilities");
                 *self.inner.caps.write().expect("capabilities lock") = caps.clone();
                 Ok(caps)
             }
@@ -764,5 +800,32 @@ mod tests {
         assert_eq!(if_match_value("W/\"abc\"", EtagForm::Bare), "abc");
         assert_eq!(if_match_value("abc", EtagForm::Quoted), "\"abc\"");
         assert_eq!(if_match_value("\"a b\"", EtagForm::Bare), "\"a b\"");
+    }
+
+    #[test]
+    fn the_probe_log_line_names_what_is_lacking() {
+        let everything = Capabilities {
+            probed: true,
+            put_if_none_match: true,
+            put_if_match: true,
+            complete_if_none_match: true,
+            complete_if_match: true,
+            delete_if_match: true,
+            put_content_md5: true,
+            put_crc32c: true,
+            list_url_encoding: true,
+            ..Capabilities::default()
+        };
+        let caps = Capabilities {
+            put_if_match: false,
+            copy_if_match: CopyCondition::Ignored,
+            list_url_encoding: false,
+            ..everything.clone()
+        };
+        assert_eq!(
+            caps.lacking(),
+            ["put_if_match", "copy_if_match", "list_url_encoding"]
+        );
+        assert!(everything.lacking().is_empty());
     }
 }
