@@ -401,6 +401,39 @@ async fn mlst_and_stat_of_a_relative_path_use_the_working_folder() {
     assert!(r.starts_with("250") && r.contains("size=10;"), "{r}");
 }
 
+/// `NLST *.csv` and `LIST *.csv` list the matching names, as vsftpd and ProFTPD do: Windows
+/// ftp.exe's and tnftp's `mget`/`mdelete` send them and then act on each name listed (the
+/// gateway answered 550, as for a missing file).
+#[tokio::test]
+async fn nlst_and_list_of_a_pattern_list_the_matching_names() {
+    let h = Harness::start(Setup::default()).await;
+    for name in ["a.csv", "b.csv", "c.txt", ".hidden.csv", "sub/d.csv", "x*y"] {
+        h.write(name, name.as_bytes());
+    }
+    let mut c = h.client().await;
+    assert_eq!(c.nlst(Some("*.csv")).await.unwrap(), ["a.csv", "b.csv"]);
+    assert_eq!(c.nlst(Some("?.c*")).await.unwrap(), ["a.csv", "b.csv"]);
+    assert_eq!(c.nlst(Some(".*.csv")).await.unwrap(), [".hidden.csv"]);
+    // With a folder, the names carry it as typed, so that each can be fetched from here.
+    let names = c.nlst(Some("sub/*.csv")).await.unwrap();
+    assert_eq!(names, ["sub/d.csv"]);
+    assert_eq!(get(&mut c, &names[0]).await, b"sub/d.csv");
+    let lines = c.list(Some("[ab].csv")).await.unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].ends_with(" a.csv") && lines[1].ends_with(" b.csv"),
+        "{lines:?}"
+    );
+    // A name that exists is itself, wildcard or not; no match, or a wildcard above the last
+    // part, is "no such file" as before.
+    assert_eq!(c.nlst(Some("x*y")).await.unwrap(), ["x*y"]);
+    for missing in ["*.zip", "s*/d.csv"] {
+        assert!(c.nlst(Some(missing)).await.is_err(), "{missing}");
+    }
+    c.cwd("sub").await.unwrap();
+    assert_eq!(c.nlst(Some("../*.txt")).await.unwrap(), ["../c.txt"]);
+}
+
 /// Waits until `budget` holds `want` bytes (a data task starts and ends a moment after the
 /// replies the client sees); what it holds then.
 async fn budget_reaches(budget: &bucketgate_storage::budget::MemoryBudget, want: u64) -> u64 {

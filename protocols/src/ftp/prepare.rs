@@ -86,6 +86,20 @@ pub(crate) async fn prepare(
         },
         "LIST" | "NLST" | "MLSD" => match fs.list(&path).await {
             Ok(l) => Ready::List(path, l),
+            // `NLST *.csv` (Windows ftp.exe's and tnftp's `mget`, `mdelete`) and `LIST *.csv`:
+            // a name that does not exist but is a pattern lists the matching entries, as
+            // vsftpd and ProFTPD do.
+            Err(e) if e.kind() == ErrorKind::NotFound && verb != "MLSD" => {
+                match expand(fs, cwd, target).await {
+                    Ok(Some(found)) => {
+                        let one: bucketgate_storage::backend::ListStream =
+                            Box::pin(futures::stream::once(async move { Ok(found) }));
+                        Ready::List(path, one)
+                    }
+                    Ok(None) => return refusal(e),
+                    Err(e) => return refusal(e),
+                }
+            }
             // LIST and NLST of a file show that file, as RFC 959 has it and every FTP server on
             // a disk does (`ls file`); MLSD is for folders only (RFC 3659: MLST is for files).
             Err(e) if e.kind() == ErrorKind::NotADirectory && verb != "MLSD" => {
@@ -106,6 +120,66 @@ pub(crate) async fn prepare(
     };
     link.set_ready(Some(ready));
     None
+}
+
+/// At most this many entries from one wildcard listing (the listing's own bound,
+/// `ftp.max_list_entries`, applies after).
+const MAX_MATCHES: usize = 100_000;
+
+/// The entries matching `target` when its last part is a shell pattern (`*`, `?`, `[...]`, a
+/// backslash escaping one of them): those of its folder whose names match, sorted, names that
+/// start with `.` only when the pattern does, as a shell expands them. They carry the folder
+/// part of `target` as it was typed (`NLST sub/*.csv` gives `sub/a.csv`, which the client can
+/// RETR from where it is). `Ok(None)`: not a pattern, an invalid one, a wildcard above the last
+/// part, or no match.
+async fn expand(
+    fs: &UserFs,
+    cwd: &VPath,
+    target: &str,
+) -> bucketgate_storage::Result<Option<Vec<bucketgate_storage::Entry>>> {
+    let (dir_text, pattern) = match target.rsplit_once('/') {
+        Some((d, n)) => (Some(d), n),
+        None => (None, target),
+    };
+    let wild = |t: &str| t.contains(['*', '?', '[']);
+    if !wild(pattern) || dir_text.is_some_and(wild) {
+        return Ok(None);
+    }
+    let Ok(glob) = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+    else {
+        return Ok(None);
+    };
+    let matcher = glob.compile_matcher();
+    let dir = match dir_text {
+        Some("") => VPath::root(),
+        Some(d) => VPath::resolve(cwd, d)?,
+        None => cwd.clone(),
+    };
+    let mut pages = fs.list(&dir).await?;
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        for mut e in page? {
+            let hidden = e.name.starts_with('.') && !pattern.starts_with('.');
+            if hidden || !matcher.is_match(&e.name) {
+                continue;
+            }
+            if let Some(d) = dir_text {
+                e.name = format!("{d}/{}", e.name);
+            }
+            found.push(e);
+        }
+        if found.len() >= MAX_MATCHES {
+            break;
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Some(found))
 }
 
 /// The reply to `STAT path` (RFC 959): the `ls -l` lines of a folder's entries (at most `max`,

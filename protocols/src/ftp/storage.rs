@@ -217,6 +217,25 @@ impl StorageBackend<FtpUser> for FtpStorage {
         Ok(io::Cursor::new(text.into_bytes()))
     }
 
+    async fn nlst<P>(&self, user: &FtpUser, path: P) -> io::Result<io::Cursor<Vec<u8>>>
+    where
+        P: AsRef<Path> + Send + Debug,
+        Meta: Metadata + 'static,
+    {
+        // The names as listed: libunftp's keep the last part only, which loses the folder a
+        // wildcard listing gives its matches (`NLST sub/*.csv`, see `prepare::expand`).
+        let entries = self
+            .list(user, path)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut text = String::new();
+        for fi in &entries {
+            text.push_str(&fi.path.to_string_lossy());
+            text.push_str("\r\n");
+        }
+        Ok(io::Cursor::new(text.into_bytes()))
+    }
+
     async fn get<P: AsRef<Path> + Send + Debug>(
         &self,
         user: &FtpUser,
