@@ -7,35 +7,7 @@ bash scripts/install-test-tools.sh
 # Some machines point S3 clients at a CA bundle, which breaks plain http:// test endpoints.
 unset AWS_CA_BUNDLE
 threads="${TEST_THREADS:-4}"
-
-# libtest starts a binary's tests in the order of their names, so a long test whose name sorts
-# late runs alone at the end while the other threads wait: in the workspace run the moto
-# behaviour suite, the 100,000-entry sync and the 10,000-file sync (about 5 minutes alone on 2
-# cores), in the Garage run the 10,000-file sync again. `early LONG CARGO_ARGS REST` runs the
-# tests matching the LONG filters one at a time in a second cargo process, started first, beside
-# the REST (the others, LONG skipped) run with one thread less: as many tests at once as before,
-# without the idle tail. Both outputs are printed; either failing fails the run.
-early() {
-  local long cargo_args rest skips=() log pid rc=0
-  read -ra long <<<"$1"
-  read -ra cargo_args <<<"$2"
-  read -ra rest <<<"$3"
-  for f in "${long[@]}"; do skips+=(--skip "$f"); done
-  cargo test --workspace --locked "${cargo_args[@]}" --no-run
-  log=$(mktemp)
-  cargo test --workspace --locked "${cargo_args[@]}" -- "${long[@]}" --test-threads=1 \
-    >"$log" 2>&1 &
-  pid=$!
-  cargo test --workspace --locked "${cargo_args[@]}" -- "${rest[@]}" "${skips[@]}" \
-    --test-threads="$((threads > 1 ? threads - 1 : 1))" || rc=$?
-  wait "$pid" || rc=$?
-  echo "== the long tests, run beside the rest: ${long[*]}"
-  cat "$log"
-  rm -f "$log"
-  return "$rc"
-}
-
-early "vfs_behaviour::moto_s3:: sync_memory:: sync_s3_scale::" "" ""
+cargo test --workspace --locked -- --test-threads="$threads"
 
 # Then against real servers of their own (Garage, Ceph RGW) through BUCKETGATE_TEST_S3_*: the
 # S3 backend's tests and the behaviour suite. Each is stopped however the run ends.
@@ -48,7 +20,7 @@ trap 'bash scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"; bash scri
 # picked by a filter. `--workspace` keeps the features of the build above: with `-p` cargo
 # would resolve them again and rebuild dependencies (the filters match nothing elsewhere). The S3 modules that run against every available server, the env endpoint
 # included (s3_foreign among them: keys written by others round-trip or are skipped there too).
-s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$/::/' | tr '\n' ' ')
+s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$/::/')
 
 # Garage (its own region, real signatures, no conditional writes): the env-endpoint suites in
 # full (e2e_sync_lease: two instances racing for a sync job on PostgreSQL, which does not rely on
@@ -56,7 +28,9 @@ s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | se
 # more with Garage beside it).
 (
   eval "$(bash scripts/garage.sh start "$garage_dir")"
-  early "sync_s3_scale::" "--test integration" "$s3_modules sync_s3::"
+  # shellcheck disable=SC2086
+  cargo test --workspace --locked --test integration -- $s3_modules sync_s3:: \
+    sync_s3_scale:: --test-threads="$threads"
   cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
     e2e_s3_servers::clients_on_env_endpoint e2e_remote::settings_on_env_endpoint \
     e2e_sync_lease:: --test-threads="$threads"
