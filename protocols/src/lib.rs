@@ -9,5 +9,6 @@ pub mod ftp;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub(crate) mod pattern;
 pub mod proxy;
 pub mod ssh;

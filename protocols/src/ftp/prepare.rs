@@ -145,14 +145,9 @@ async fn expand(
     if !wild(pattern) || dir_text.is_some_and(wild) {
         return Ok(None);
     }
-    let Ok(glob) = globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-    else {
+    let Some(matcher) = crate::pattern::NamePattern::new(pattern) else {
         return Ok(None);
     };
-    let matcher = glob.compile_matcher();
     let dir = match dir_text {
         Some("") => VPath::root(),
         Some(d) => VPath::resolve(cwd, d)?,
@@ -162,8 +157,7 @@ async fn expand(
     let mut found = Vec::new();
     while let Some(page) = pages.next().await {
         for mut e in page? {
-            let hidden = e.name.starts_with('.') && !pattern.starts_with('.');
-            if hidden || !matcher.is_match(&e.name) {
+            if !matcher.matches(&e.name) {
                 continue;
             }
             if let Some(d) = dir_text {

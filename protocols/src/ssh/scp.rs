@@ -654,14 +654,9 @@ where
                 "{input}: wildcards are supported in the last part of a path only"
             ));
         }
-        let Ok(glob) = globset::GlobBuilder::new(name_pattern)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-        else {
+        let Some(matcher) = crate::pattern::NamePattern::new(name_pattern) else {
             return Ok(None);
         };
-        let matcher = glob.compile_matcher();
         let dir_text = match input.rsplit_once('/') {
             Some(("", _)) => "/",
             Some((d, _)) => d,
@@ -679,8 +674,7 @@ where
         let mut found = Vec::new();
         while let Some(page) = pages.next().await {
             for e in page.map_err(|e| self.storage_error(e))? {
-                let hidden = e.name.starts_with('.') && !name_pattern.starts_with('.');
-                if !hidden && matcher.is_match(&e.name) {
+                if matcher.matches(&e.name) {
                     if let Ok(p) = dir.join(&e.name) {
                         found.push((p, e));
                     }
