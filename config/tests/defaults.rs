@@ -209,8 +209,19 @@ fn sizes_and_durations_in_yaml() {
 
     let small = "transfers:\n  part_size: 4MiB\n";
     assert!(errors(small)[0].message.contains("at least 5MiB"));
+    // The part size named with its line where the file sets it, as a default where not.
     let tight = "transfers:\n  memory_limit: 1MiB\n";
-    assert!(errors(tight)[0].message.contains("at least one part"));
+    let msg = &errors(tight)[0].message;
+    assert!(
+        msg.contains("at least one part (transfers.part_size: 8MiB by default)"),
+        "{msg}"
+    );
+    let tight = "transfers:\n  memory_limit: 6MiB\n  part_size: 7MiB\n";
+    let msg = &errors(tight)[0].message;
+    assert!(
+        msg.contains("at least one part (transfers.part_size (line 3): 7MiB)"),
+        "{msg}"
+    );
     let zero = "limits:\n  login_grace: 0\n";
     assert!(errors(zero)[0].message.contains("longer than 0"));
 }

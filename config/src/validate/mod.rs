@@ -232,11 +232,16 @@ fn tuning(c: &Config, v: &mut Validator<'_>) {
         v.error("transfers.finish_within", "must be at least 1s");
     }
     if t.memory_limit < t.part_size {
-        let msg = format!(
-            "must hold at least one part ({})",
-            v.at("transfers.part_size")
+        // Name the part size's line only where the file sets it (a default has no line).
+        let part = if v.written("transfers.part_size") {
+            format!("{}: {}", v.at("transfers.part_size"), t.part_size)
+        } else {
+            format!("transfers.part_size: {} by default", t.part_size)
+        };
+        v.error(
+            "transfers.memory_limit",
+            format!("must hold at least one part ({part})"),
         );
-        v.error("transfers.memory_limit", msg);
     }
     if c.log.level.trim().is_empty() {
         v.error(
