@@ -18,6 +18,7 @@
 use super::link::{ControlLink, Ready};
 use super::listing::{ls_line, Meta};
 use super::storage::map_error;
+use bucketgate_storage::backend::ListStream;
 use bucketgate_storage::{ErrorKind, UserFs, VPath};
 use futures::StreamExt;
 
@@ -84,32 +85,17 @@ pub(crate) async fn prepare(
             Ok(e) if e.is_dir() => return Some("550 Not a plain file".into()),
             found => Ready::Stat(path, found),
         },
-        "LIST" | "NLST" | "MLSD" => match fs.list(&path).await {
+        // LIST and NLST of a file show that file, as RFC 959 has it and every FTP server on a
+        // disk does (`ls file`); MLSD is for folders only (RFC 3659: MLST is for files).
+        "LIST" | "NLST" | "MLSD" => match listing(fs, &path, verb != "MLSD").await {
             Ok(l) => Ready::List(path, l),
             // `NLST *.csv` (Windows ftp.exe's and tnftp's `mget`, `mdelete`) and `LIST *.csv`:
             // a name that does not exist but is a pattern lists the matching entries, as
             // vsftpd and ProFTPD do.
             Err(e) if e.kind() == ErrorKind::NotFound && verb != "MLSD" => {
                 match expand(fs, cwd, target).await {
-                    Ok(Some(found)) => {
-                        let one: bucketgate_storage::backend::ListStream =
-                            Box::pin(futures::stream::once(async move { Ok(found) }));
-                        Ready::List(path, one)
-                    }
+                    Ok(Some(found)) => Ready::List(path, one_page(found)),
                     Ok(None) => return refusal(e),
-                    Err(e) => return refusal(e),
-                }
-            }
-            // LIST and NLST of a file show that file, as RFC 959 has it and every FTP server on
-            // a disk does (`ls file`); MLSD is for folders only (RFC 3659: MLST is for files).
-            Err(e) if e.kind() == ErrorKind::NotADirectory && verb != "MLSD" => {
-                match fs.stat(&path).await {
-                    Ok(f) if !f.is_dir() => {
-                        let one: bucketgate_storage::backend::ListStream =
-                            Box::pin(futures::stream::once(async move { Ok(vec![f]) }));
-                        Ready::List(path, one)
-                    }
-                    Ok(_) => return refusal(e),
                     Err(e) => return refusal(e),
                 }
             }
@@ -120,6 +106,27 @@ pub(crate) async fn prepare(
     };
     link.set_ready(Some(ready));
     None
+}
+
+/// The entries of the folder `path`, or with `file_too`, a file as itself.
+async fn listing(
+    fs: &UserFs,
+    path: &VPath,
+    file_too: bool,
+) -> bucketgate_storage::Result<ListStream> {
+    match fs.list(path).await {
+        Err(e) if file_too && e.kind() == ErrorKind::NotADirectory => match fs.stat(path).await {
+            Ok(f) if !f.is_dir() => Ok(one_page(vec![f])),
+            Ok(_) => Err(e),
+            Err(e) => Err(e),
+        },
+        found => found,
+    }
+}
+
+/// A listing of entries already in hand.
+fn one_page(entries: Vec<bucketgate_storage::Entry>) -> ListStream {
+    Box::pin(futures::stream::once(async move { Ok(entries) }))
 }
 
 /// At most this many entries from one wildcard listing (the listing's own bound,
@@ -185,26 +192,20 @@ pub(crate) async fn stat_listing(fs: &UserFs, cwd: &VPath, arg: &str, max: usize
         Ok(p) => p,
         Err(e) => return refusal(e),
     };
-    let mut entries = Vec::new();
-    match fs.list(&path).await {
-        Ok(mut pages) => {
-            while let Some(page) = pages.next().await {
-                match page {
-                    Ok(page) => entries.extend(page),
-                    Err(e) => return refusal(e),
-                }
-                if entries.len() >= max {
-                    entries.truncate(max);
-                    break;
-                }
-            }
-        }
-        Err(e) if e.kind() == ErrorKind::NotADirectory => match fs.stat(&path).await {
-            Ok(f) if !f.is_dir() => entries.push(f),
-            Ok(_) => return refusal(e),
-            Err(e) => return refusal(e),
-        },
+    let mut pages = match listing(fs, &path, true).await {
+        Ok(pages) => pages,
         Err(e) => return refusal(e),
+    };
+    let mut entries = Vec::new();
+    while let Some(page) = pages.next().await {
+        match page {
+            Ok(page) => entries.extend(page),
+            Err(e) => return refusal(e),
+        }
+        if entries.len() >= max {
+            entries.truncate(max);
+            break;
+        }
     }
     let now = std::time::SystemTime::now();
     let mut out = format!("213-Status of {path}:\r\n");
