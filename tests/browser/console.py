@@ -26,6 +26,9 @@ Commands (op and arguments):
   fetch method path csrf       a fetch() from the page (its cookie; the CSRF token only when
                                csrf is true): {"status", "body"}
   logout                       click "Log out"
+  logout_mid_refresh           hold the page's next GET /api/v1/sessions answer, click "Log out"
+                               and let the held answer through once the logout's answer has
+                               come (a refresh under way when the user logged out)
   wait_login                   wait for the login form (the session ended); answers its message
 
 Only a wait that timed out answers with an "error" key.
@@ -174,6 +177,35 @@ def handle(driver, c):
         driver.find_element(By.ID, "logout").click()
         wait(driver, "the login form", lambda: visible(driver, "login"))
         return {}
+    if op == "logout_mid_refresh":
+        # The held answer is let through once the logout's answer (which makes the browser
+        # drop the cookie) has come and before the page has acted on it: the order a slow
+        # sessions answer and a quick logout can take on a loaded machine.
+        driver.execute_script("""
+            window.__held = false;
+            window.__release = null;
+            const real = window.fetch;
+            window.__realFetch = real;
+            window.fetch = async (path, opts) => {
+              const r = await real(path, opts);
+              if (!window.__held && path === "/api/v1/sessions") {
+                window.__held = true;
+                await new Promise((go) => { window.__release = go; });
+              } else if (path === "/api/v1/logout" && window.__release) {
+                window.__release();
+                await new Promise((go) => setTimeout(go, 500));
+              }
+              return r;
+            };
+        """)
+        wait(driver, "a refresh to be under way", lambda:
+             driver.execute_script("return !!window.__release"))
+        driver.find_element(By.ID, "logout").click()
+        wait(driver, "the login form", lambda: visible(driver, "login"))
+        # Let whatever the held refresh went on to send reach the gateway.
+        time.sleep(1.5)
+        driver.execute_script("window.fetch = window.__realFetch;")
+        return {"held": True}
     if op == "wait_login":
         wait(driver, "the login form", lambda: visible(driver, "login"))
         return {"message": driver.find_element(By.ID, "login-error").text}

@@ -5,7 +5,9 @@
 "use strict";
 
 const REFRESH_MS = 2000;
-const state = { csrf: null, scope: null, timer: null, expiry: null, refreshing: false, editing: null };
+// `epoch` counts logins and logouts: an answer to a request sent in an earlier epoch is
+// dropped, and a refresh from an earlier epoch sends nothing more (its cookie may be gone).
+const state = { csrf: null, scope: null, timer: null, expiry: null, refreshing: false, editing: null, epoch: 0 };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props, ...children) {
@@ -27,6 +29,7 @@ async function api(method, path, body) {
     opts.body = JSON.stringify(body);
   }
   if (method !== "GET" && state.csrf) opts.headers["X-CSRF-Token"] = state.csrf;
+  const epoch = state.epoch;
   let r;
   try {
     r = await fetch(path, opts);
@@ -35,6 +38,9 @@ async function api(method, path, body) {
   }
   let data = null;
   try { data = await r.json(); } catch (_) { data = null; }
+  if (epoch !== state.epoch && !path.startsWith("/api/v1/log")) {
+    return { status: 0, data: null, stale: true };
+  }
   if (r.status === 401 && path !== "/api/v1/login" && state.scope) {
     showLogin((data && data.error) || "the session has ended: log in again");
   }
@@ -201,14 +207,16 @@ async function refreshRemotes() {
 
 /// One refresh of every panel. The sessions first, alone: if the login has ended, that one
 /// request learns it (and its answer makes the browser drop the cookie) before any other is
-/// sent, so the console never sends requests without its cookie, which the gateway would count
-/// as failed logins of this address.
+/// sent, and if the user logged out meanwhile (the logout's answer may already have dropped
+/// the cookie) nothing more is sent. So the console never sends requests without its cookie,
+/// which the gateway would count as failed logins of this address.
 async function refresh() {
   if (!state.scope || state.refreshing) return;
   state.refreshing = true;
+  const epoch = state.epoch;
   try {
     await refreshSessions();
-    if (state.scope) await Promise.all([refreshBans(), refreshUsers(), refreshSync(), refreshRemotes()]);
+    if (state.scope && state.epoch === epoch) await Promise.all([refreshBans(), refreshUsers(), refreshSync(), refreshRemotes()]);
   } finally {
     state.refreshing = false;
   }
@@ -278,6 +286,7 @@ function stopRefreshing() {
 
 function showLogin(message) {
   stopRefreshing();
+  state.epoch++;
   state.scope = null;
   state.csrf = null;
   $("console").hidden = true;
@@ -289,6 +298,7 @@ function showLogin(message) {
 }
 
 function showConsole(who) {
+  state.epoch++;
   state.scope = who.scope;
   state.csrf = who.csrf;
   $("login").hidden = true;
@@ -324,6 +334,8 @@ async function login(ev) {
 
 async function logout() {
   stopRefreshing();
+  state.epoch++;
+  state.scope = null;
   await api("POST", "/api/v1/logout");
   showLogin("logged out");
 }
