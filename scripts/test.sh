@@ -21,6 +21,9 @@ trap 'bash scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"; bash scri
 # would resolve them again and rebuild dependencies (the filters match nothing elsewhere). The S3 modules that run against every available server, the env endpoint
 # included (s3_foreign among them: keys written by others round-trip or are skipped there too).
 s3_modules=$(grep -l 'servers()' storage/tests/s3_*.rs | xargs -n1 basename | sed 's/\.rs$/::/')
+# The workspace run above has already taken those suites through s3s-fs and moto: below they
+# run on the server of each phase alone (testkit's `env_only`).
+export BUCKETGATE_TEST_S3_ENV_ONLY=1
 
 # Garage (its own region, real signatures, no conditional writes): the env-endpoint suites in
 # full (e2e_sync_lease: two instances racing for a sync job on PostgreSQL, which does not rely on
