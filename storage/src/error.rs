@@ -211,7 +211,15 @@ impl From<std::io::Error> for Error {
             Io::DirectoryNotEmpty => ErrorKind::DirectoryNotEmpty,
             Io::InvalidInput | Io::InvalidFilename => ErrorKind::InvalidInput,
             Io::Unsupported => ErrorKind::Unsupported,
-            Io::StorageFull | Io::QuotaExceeded | Io::FileTooLarge => ErrorKind::LimitReached,
+            // A limit of the disk rather than of the gateway: say which.
+            Io::StorageFull | Io::QuotaExceeded | Io::FileTooLarge => {
+                let message = match e.kind() {
+                    Io::StorageFull => "no space left on the storage",
+                    Io::QuotaExceeded => "disk quota exceeded",
+                    _ => "file too large for the storage",
+                };
+                return Error::new(ErrorKind::LimitReached, message).with_source(e);
+            }
             Io::TimedOut | Io::Interrupted | Io::WouldBlock => {
                 return Error::of(ErrorKind::Backend)
                     .set_retryable(true)
@@ -220,5 +228,24 @@ impl From<std::io::Error> for Error {
             _ => ErrorKind::Backend,
         };
         Error::of(kind).with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        use std::io::{Error as IoError, ErrorKind as Io};
+        for (io, want) in [
+            (Io::StorageFull, "no space left on the storage"),
+            (Io::QuotaExceeded, "disk quota exceeded"),
+            (Io::FileTooLarge, "file too large for the storage"),
+        ] {
+            let e = Error::from(IoError::from(io)).with_context("write", "/a.bin");
+            assert_eq!(e.kind(), ErrorKind::LimitReached);
+            assert_eq!(e.to_string(), format!("write /a.bin: {want}"));
+        }
     }
 }
