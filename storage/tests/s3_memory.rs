@@ -359,3 +359,99 @@ async fn without_a_spool_folder_uploads_wait_for_memory() {
         assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
     }
 }
+
+/// Set in the child process of [`a_full_spool_disk_makes_uploads_wait_for_memory`].
+const FULL_SPOOL_CHILD: &str = "BUCKETGATE_FULL_SPOOL_CHILD";
+
+/// A spool folder on a disk with no room for a part: creating a temp file there still works,
+/// writing a part into it does not. Six uploads larger than the budget must all land, waiting
+/// for memory, where before a part spilled to the empty file and its upload failed with "file
+/// too large" (a full disk: "no space left"). The disk's limit is the child process's
+/// RLIMIT_FSIZE (1 MiB), so the S3 server runs here in the parent, beyond its reach.
+#[test]
+fn a_full_spool_disk_makes_uploads_wait_for_memory() {
+    if std::env::var_os(FULL_SPOOL_CHILD).is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let srv = rt.block_on(s3s_server(None));
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "s3_memory::full_spool_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(FULL_SPOOL_CHILD, "1")
+    .env("BUCKETGATE_TEST_S3_ENDPOINT", &srv.endpoint)
+    .env("BUCKETGATE_TEST_S3_BUCKET", &srv.bucket)
+    .env("BUCKETGATE_TEST_S3_ACCESS_KEY", &srv.access)
+    .env("BUCKETGATE_TEST_S3_SECRET_KEY", &srv.secret)
+    .env_remove("BUCKETGATE_TEST_S3_REGION");
+    if let Some(r) = &srv.region {
+        cmd.env("BUCKETGATE_TEST_S3_REGION", r);
+    }
+    // The runtime's workers serve the S3 server while this thread waits for the child.
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the child failed:\n{text}");
+    assert!(
+        text.contains("6 uploads landed"),
+        "the child did not run its uploads:\n{text}"
+    );
+}
+
+/// The child of [`a_full_spool_disk_makes_uploads_wait_for_memory`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_child() {
+    if std::env::var_os(FULL_SPOOL_CHILD).is_none() {
+        return; // an ordinary test run: nothing to do
+    }
+    // SAFETY: plain libc calls on this process, before any file of the test is written.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let limit = libc::rlimit {
+            rlim_cur: MIB as libc::rlim_t,
+            rlim_max: MIB as libc::rlim_t,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let srv = env_server().expect("the parent names its server");
+    let state = tempfile::tempdir().unwrap();
+    let budget = MemoryBudget::shared(16 * MIB as u64);
+    let mut o = srv.options();
+    o.part_size = 5 * MIB as u64;
+    o.spool_dir = Some(state.path().join("spool"));
+    let b = S3Backend::new(o, budget.clone()).expect("backend");
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let b = b.clone();
+        let key = srv.key(&format!("fullspool/{i}"));
+        tasks.push(tokio::spawn(async move {
+            let bytes = data(12 * MIB, 40 + i);
+            let mut up = b.create(&key, CreateOptions::default()).await?;
+            for c in bytes.chunks(32 * KIB as usize) {
+                up.write(Bytes::copy_from_slice(c)).await?;
+            }
+            up.finish().await?;
+            Ok::<_, bucketgate_storage::Error>((key, bytes))
+        }));
+    }
+    for t in tasks {
+        let (key, bytes) = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("an upload failed with the spool disk full: {e}"));
+        assert_eq!(get(&b, &key).await, bytes, "{key}");
+    }
+    assert_eq!(budget.in_use(), 0);
+    println!("6 uploads landed");
+}

@@ -147,7 +147,7 @@ impl PartBuf {
         let mut target = how.target;
         let budget = inner.budget.clone();
         if !budget.can_hold(target) {
-            match spool_file(inner).await {
+            match spool_file(inner, target).await {
                 Ok(file) => {
                     self.target = target;
                     self.store = Store::Disk { file, len: 0 };
@@ -166,12 +166,12 @@ impl PartBuf {
             // A part that starts small grows, and a growth the budget cannot grant at once
             // spills to disk. Without a disk, it would have to wait holding its part, and
             // such waiters can hold the whole budget: so the part takes its size at once.
-            _ if !spool_usable(inner).await => target,
+            _ if !spool_usable(inner, target).await => target,
             _ => target.min(FIRST_BUFFER),
         };
         let permit = match budget.try_acquire(want) {
             Some(p) => p,
-            None => match spool_file(inner).await {
+            None => match spool_file(inner, target).await {
                 Ok(file) => {
                     self.store = Store::Disk { file, len: 0 };
                     return Ok(Opened::Ready);
@@ -208,7 +208,7 @@ impl PartBuf {
         let more = new_cap.saturating_sub(permit.bytes());
         let granted = match inner.budget.try_acquire(more) {
             Some(p) => Some(p),
-            None => match spool_file(inner).await {
+            None => match spool_file(inner, self.target).await {
                 Ok(file) => {
                     let Store::Mem { data, .. } = std::mem::replace(&mut self.store, Store::Empty)
                     else {
