@@ -323,7 +323,7 @@ impl Backend for LocalBackend {
         if etag.is_some_and(|t| t != etag_of(&md)) {
             return Err(
                 Error::new(ErrorKind::Conflict, "the file changed since it was opened")
-                    .with_context("read", format!("/{key}")),
+                    .with_key("read", format!("/{key}")),
             );
         }
         f.seek(std::io::SeekFrom::Start(offset)).await?;

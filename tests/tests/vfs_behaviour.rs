@@ -448,7 +448,20 @@ async fn case_in_place_writes(f: &Fixture) {
     w.write_at(0, Bytes::copy_from_slice(&patch)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await; // a new local mtime
     put(&fs, "/moved.bin", b"replaced").await.unwrap();
-    assert!(w.close().await.is_err(), "{}: stale in-place write", f.name);
+    let e = w
+        .close()
+        .await
+        .expect_err("a stale in-place write is refused");
+    // The path as the user sees it: not the key under her home or the mount's prefix.
+    assert_eq!(
+        (e.kind(), e.to_string().as_str()),
+        (
+            ErrorKind::Conflict,
+            "write /moved.bin: the file changed since it was opened"
+        ),
+        "{}",
+        f.name
+    );
     assert_eq!(get(&fs, "/moved.bin").await.unwrap(), b"replaced");
     // A new length, as truncate(2) (SFTP SETSTAT of the size): cut, then grown with zeros.
     put(&fs, "/len.bin", &base).await.unwrap();

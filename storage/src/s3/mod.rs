@@ -490,7 +490,7 @@ impl Backend for S3Backend {
     ) -> Result<ByteStream> {
         read::read(&self.inner, key, offset, end, etag)
             .await
-            .map_err(|e| e.with_context("read", format!("/{key}")))
+            .map_err(|e| e.with_key("read", format!("/{key}")))
     }
 
     fn memory_budget(&self) -> Option<Arc<MemoryBudget>> {

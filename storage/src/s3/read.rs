@@ -104,6 +104,12 @@ async fn get(
         Err(e) if etag.is_some() && e.kind() == ErrorKind::Conflict => {
             return Err(changed().with_source(e));
         }
+        // A range inside the pinned version that the server cannot satisfy: the object is now
+        // shorter, so it changed. Some servers (s3s-fs) answer 416 before they evaluate
+        // If-Match; AWS and moto answer 412.
+        Err(e) if etag.is_some() && end.is_some() && e.kind() == ErrorKind::InvalidInput => {
+            return Err(changed().with_source(e));
+        }
         // Reading from the end of an object whose size we were not told.
         Err(e) if e.kind() == ErrorKind::InvalidInput && end.is_none() => return Ok(None),
         Err(e) => return Err(e),
