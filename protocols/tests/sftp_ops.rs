@@ -487,6 +487,21 @@ async fn a_file_being_written_is_seen_by_its_own_session() {
         ..Default::default()
     };
     s.setstat("/fuse.bin", when).await.unwrap();
+    // Opening it again in this session, to read it or to patch it, cannot reach the upload's
+    // bytes before CLOSE: refused as such, not "no such file" (its STAT above shows it). From
+    // another session the name is not there yet.
+    for flags in [
+        OpenFlags::READ,
+        OpenFlags::READ.union(OpenFlags::WRITE),
+        OpenFlags::WRITE,
+    ] {
+        let again = s.open("/fuse.bin", flags, FileAttributes::default()).await;
+        assert_eq!(code(again), StatusCode::OpUnsupported, "{flags:?}");
+        let elsewhere = other
+            .open("/fuse.bin", flags, FileAttributes::default())
+            .await;
+        assert_eq!(code(elsewhere), StatusCode::NoSuchFile, "{flags:?}");
+    }
     s.close(fh).await.unwrap();
     let st = other.stat("/fuse.bin").await.unwrap().attrs;
     assert_eq!(st.size, Some(1000));

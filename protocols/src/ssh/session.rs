@@ -78,6 +78,27 @@ impl SftpSession {
         e.into()
     }
 
+    /// An OPEN of `p` that failed with `e`. When the bucket has no such file but this session
+    /// is writing it, the file exists for this session (its STAT shows it), so "no such file"
+    /// would contradict that; its bytes cannot be read or patched before its CLOSE, and the
+    /// refusal says so.
+    fn open_failed(&self, p: &VPath, e: bucketgate_storage::Error) -> SftpError {
+        let writing = self
+            .handles
+            .writer_of(p)
+            .is_some_and(|w| !w.is_superseded());
+        if e.kind() == bucketgate_storage::ErrorKind::NotFound && writing {
+            return self.fail(
+                bucketgate_storage::Error::new(
+                    bucketgate_storage::ErrorKind::Unsupported,
+                    "this session is writing the file: open it again once it is closed",
+                )
+                .with_context("open", p.to_string()),
+            );
+        }
+        self.fail(e)
+    }
+
     /// Normalises a client path (absolute, or relative to the home, which is "/").
     fn path(&self, input: &str) -> Res<VPath> {
         self.fs
@@ -420,7 +441,7 @@ impl russh_sftp::server::Handler for SftpSession {
                 .fs
                 .open_write(&p, mode)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.open_failed(&p, e))?;
             Handle::Write {
                 path: p,
                 writer,
@@ -446,7 +467,11 @@ impl russh_sftp::server::Handler for SftpSession {
                     .map_err(|e| self.fail(e))?;
                 w.close().await.map_err(|e| self.fail(e))?;
             }
-            let reader = self.fs.open_read(&p).await.map_err(|e| self.fail(e))?;
+            let reader = self
+                .fs
+                .open_read(&p)
+                .await
+                .map_err(|e| self.open_failed(&p, e))?;
             Handle::Read {
                 path: p,
                 reader,
