@@ -194,3 +194,106 @@ async fn tls13_uploads_closed_at_once_are_stored() {
         assert_eq!(h.read(&format!("t{i}.bin")), body, "upload {i}");
     }
 }
+
+/// A client that begins the data connection's TLS handshake as soon as it connects (its
+/// ClientHello is out before its STOR), takes the 150 as "ready" and, with nothing to send,
+/// closes the connection at once: basic-ftp (Node) does so for an empty file. The relay began
+/// its side of the handshake only with the transfer and passed the 150 at once, so the
+/// handshake was often still under way; the client's close cut it, and the empty upload failed
+/// with 426 (most of them, in a user trial). Now the handshake runs from the connection on and
+/// the 150 waits for one the client has begun: every empty file is stored and gets 226.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_begun_at_connect_is_over_by_the_150() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Explicit),
+        ..Setup::default()
+    })
+    .await;
+    let mut c = h.tls_client().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            h.cert_der.clone().unwrap(),
+        ))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut cut = 0;
+    for i in 0..20 {
+        let r = c
+            .custom_command("EPSV", &[suppaftp::Status::ExtendedPassiveMode])
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let port: u16 = text
+            .split("(|||")
+            .nth(1)
+            .and_then(|x| x.split('|').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {text}"));
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        // The ClientHello goes out before the STOR, as from Node's TLS socket.
+        let mut out = Vec::new();
+        tls.write_tls(&mut out).unwrap();
+        tcp.write_all(&out).await.unwrap();
+        // The rest of the handshake goes on by itself, as a client's event loop drives it.
+        let handshake = tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while tls.is_handshaking() {
+                let n = tcp.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                tls.read_tls(&mut &buf[..n])?;
+                tls.process_new_packets().map_err(std::io::Error::other)?;
+                let mut out = Vec::new();
+                tls.write_tls(&mut out)?;
+                tcp.write_all(&out).await?;
+            }
+            Ok::<_, std::io::Error>((tls, tcp))
+        });
+        c.custom_command(
+            format!("STOR e{i}.txt"),
+            &[suppaftp::Status::AboutToSend, suppaftp::Status::AlreadyOpen],
+        )
+        .await
+        .unwrap();
+        // The client's task may not have been marked done yet when its last write is out.
+        for _ in 0..50 {
+            if handshake.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if handshake.is_finished() {
+            // Nothing to send: close_notify and FIN.
+            let (mut tls, mut tcp) = handshake.await.unwrap().unwrap();
+            tls.send_close_notify();
+            let mut out = Vec::new();
+            tls.write_tls(&mut out).unwrap();
+            tcp.write_all(&out).await.unwrap();
+            tcp.shutdown().await.unwrap();
+        } else {
+            // Closed with the handshake under way: the TCP connection goes.
+            handshake.abort();
+            cut += 1;
+        }
+        let r = c
+            .read_response_in(&[suppaftp::Status::ClosingDataConnection])
+            .await;
+        assert!(r.is_ok(), "empty upload {i} ({cut} cut so far): {r:?}");
+        assert_eq!(h.read(&format!("e{i}.txt")), b"", "upload {i}");
+    }
+    assert_eq!(cut, 0, "handshakes still under way at the 150");
+}

@@ -37,12 +37,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long a passive port waits for the client's connection, and the stand-in port for
 /// libunftp's.
 pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a transfer's 150 waits for a TLS handshake the client has begun on its data
+/// connection (see [`DataAbort::handshake_done`]); then it goes all the same.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 /// How long a data connection the client has made (or the relay made to the client's PORT
 /// address) is kept for a transfer command (libunftp keeps an active connection as long).
 const HOLD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -109,9 +114,18 @@ pub(crate) async fn serve(
     mut stand_in: oneshot::Receiver<StandIn>,
     abort: DataAbort,
 ) {
+    if let (Some(_), ClientSide::Passive { listener, .. }) = (&tls, &side) {
+        if let Ok(dup) = socket2::SockRef::from(listener).try_clone() {
+            *abort.tls_passive.lock().expect("lock") = Some(dup);
+        }
+    }
     let (mut listener, peer_ip, mut client) = match side {
         ClientSide::Passive { listener, peer_ip } => (Some(listener), peer_ip, None),
-        ClientSide::Active(s) => (None, IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(s)),
+        ClientSide::Active(s) => (
+            None,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Some(ClientConn::new(s, tls.as_ref(), &abort)),
+        ),
     };
     let mut upstream: Option<StandIn> = None;
     let mut deadline = Instant::now()
@@ -147,7 +161,7 @@ pub(crate) async fn serve(
             },
             r = accept_client(listener.as_ref(), peer_ip), if client.is_none() => match r {
                 Ok(s) => {
-                    client = Some(s);
+                    client = Some(ClientConn::new(s, tls.as_ref(), &abort));
                     listener = None;
                     if upstream.is_none() {
                         deadline = Instant::now() + HOLD_TIMEOUT;
@@ -192,14 +206,69 @@ pub(crate) async fn serve(
                 "ftp: another program connected to a transfer's internal port: transfer refused"
             );
         }
-        let _ = client.set_zero_linger();
+        client.reset().await;
         abort.broken.store(true, Ordering::SeqCst);
         abort.finish(ups).await;
         abort.done.cancel();
         return;
     }
     let up = ups.pop().expect("one");
-    spliced(client, up, tls, &abort).await;
+    spliced(client, up, &abort).await;
+}
+
+/// The client's side of a data connection: plain, or its TLS handshake, begun as soon as the
+/// client connected (in a task of its own, which the handle aborts when dropped).
+///
+/// Begun at once, as servers that handshake when they accept do, the handshake is over before
+/// the transfer command is even answered. Begun with the transfer (after libunftp's 150), it
+/// raced the client: basic-ftp (Node) takes a data connection as ready once the cipher is
+/// known, and with nothing to send (an empty file) closes it before its TLS Finished is out;
+/// the relay then saw the handshake cut short, and most empty FTPS uploads failed with 426.
+enum ClientConn {
+    Plain(TcpStream),
+    Tls(AbortOnDropHandle<io::Result<TlsStream<TcpStream>>>),
+}
+
+impl ClientConn {
+    /// `abort` learns when the client begins the handshake and when it ends (see
+    /// [`DataAbort::handshake_done`]).
+    fn new(s: TcpStream, tls: Option<&TlsAcceptor>, abort: &DataAbort) -> ClientConn {
+        let _ = s.set_nodelay(true);
+        let Some(acceptor) = tls else {
+            return ClientConn::Plain(s);
+        };
+        let acceptor = acceptor.clone();
+        if let Ok(dup) = socket2::SockRef::from(&s).try_clone() {
+            *abort.tls_client.lock().expect("lock") = Some(dup);
+        }
+        abort.accepted.cancel();
+        let (hello, secured) = (abort.hello.clone(), abort.secured.clone());
+        let handshake = async move {
+            // Its first byte: the client has begun (a ClientHello, or whatever it sends).
+            let _ = s.peek(&mut [0u8; 1]).await;
+            hello.cancel();
+            let r = acceptor.accept(s).await;
+            secured.cancel();
+            r
+        };
+        ClientConn::Tls(AbortOnDropHandle::new(tokio::spawn(handshake)))
+    }
+
+    /// Closes the connection with a reset, so that the client sees its transfer fail; a
+    /// handshake still under way is cut.
+    async fn reset(self) {
+        match self {
+            ClientConn::Plain(s) => {
+                let _ = s.set_zero_linger();
+            }
+            ClientConn::Tls(h) if h.is_finished() => {
+                if let Ok(Ok(s)) = h.await {
+                    let _ = s.get_ref().0.set_zero_linger();
+                }
+            }
+            ClientConn::Tls(_) => {}
+        }
+    }
 }
 
 /// The client's passive connection, from `peer_ip` only (others are refused and logged).
@@ -290,6 +359,18 @@ pub(crate) struct DataAbort {
     taken: CancellationToken,
     /// The transfer was refused: another program connected to the stand-in port as well.
     refused: Arc<AtomicBool>,
+    /// The client has begun the data connection's TLS handshake.
+    hello: CancellationToken,
+    /// The client's side of a TLS data connection (another descriptor of its socket), to see
+    /// whether its first bytes wait there before the handshake's task has looked.
+    tls_client: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    /// The passive port of a TLS data connection (another descriptor of it), to see whether
+    /// the client's connection waits there before this connection's task has taken it.
+    tls_passive: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    /// The client's connection of a TLS data connection was taken.
+    accepted: CancellationToken,
+    /// That handshake has ended (either way).
+    secured: CancellationToken,
 }
 
 impl DataAbort {
@@ -307,6 +388,41 @@ impl DataAbort {
     /// it is.
     pub(crate) fn begin(&self, listing: bool) {
         self.listing.store(listing, Ordering::SeqCst);
+    }
+
+    /// Waits (a bounded time) for the data connection's TLS handshake to end, when the client
+    /// has begun it; returns at once otherwise (plain FTP, no connection yet, or a client that
+    /// waits for the 150 before it begins, as Python's ftplib does). The relay passes a
+    /// transfer's 150 only after this: a client that handshakes as soon as it connects may take
+    /// the 150 with a cipher known as "ready", and an empty upload then closed the connection
+    /// before its TLS Finished was out (basic-ftp, Node).
+    pub(crate) async fn handshake_done(&self) {
+        let queued = || {
+            let passive = self.tls_passive.lock().expect("lock");
+            passive.as_ref().is_some_and(|l| {
+                let mut fds = [rustix::event::PollFd::new(l, rustix::event::PollFlags::IN)];
+                let now = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+            })
+        };
+        if !self.accepted.is_cancelled() && queued() {
+            // The client has connected; this connection's task takes it in a moment.
+            let _ = tokio::time::timeout(HANDSHAKE_WAIT, self.accepted.cancelled()).await;
+        }
+        let waiting = || {
+            let client = self.tls_client.lock().expect("lock");
+            client.as_ref().is_some_and(|s| {
+                let mut first = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                // The socket is non-blocking: nothing there is an error (WouldBlock).
+                matches!(s.peek(&mut first), Ok(n) if n > 0)
+            })
+        };
+        if self.hello.is_cancelled() || waiting() {
+            let _ = tokio::time::timeout(HANDSHAKE_WAIT, self.secured.cancelled()).await;
+        }
     }
 
     /// ABOR: cuts the data connection (the client's side at once).
@@ -364,14 +480,9 @@ impl DataAbort {
 }
 
 /// Splices until the transfer ends or ABOR cuts it.
-async fn spliced(
-    client: TcpStream,
-    mut upstream: TcpStream,
-    tls: Option<TlsAcceptor>,
-    abort: &DataAbort,
-) {
+async fn spliced(client: ClientConn, mut upstream: TcpStream, abort: &DataAbort) {
     let clean = tokio::select! {
-        clean = secure_splice(client, &mut upstream, tls, &abort.sent) => clean,
+        clean = secure_splice(client, &mut upstream, &abort.sent) => clean,
         _ = abort.token.cancelled() => {
             tracing::debug!("ftp: data connection cut by ABOR");
             false
@@ -384,24 +495,28 @@ async fn spliced(
     abort.done.cancel();
 }
 
-/// With PROT P, the TLS handshake (the relay is the TLS server, in active mode too, as RFC 4217
-/// wants), then the splice. True when both directions ended cleanly.
+/// With PROT P, the end of the TLS handshake (the relay is the TLS server, in active mode too,
+/// as RFC 4217 wants; see [`ClientConn`]), then the splice. True when both directions ended
+/// cleanly.
 async fn secure_splice(
-    client: TcpStream,
+    client: ClientConn,
     upstream: &mut TcpStream,
-    tls: Option<TlsAcceptor>,
     sent: &CancellationToken,
 ) -> bool {
-    let _ = client.set_nodelay(true);
     // Whatever ends this early (a failed handshake, ABOR, the session's end) must look like an
     // error to libunftp, never like the end of the file.
     let _ = upstream.set_zero_linger();
-    let Some(acceptor) = tls else {
-        return splice_plain(client, upstream, sent).await;
+    let handshake = match client {
+        ClientConn::Plain(client) => return splice_plain(client, upstream, sent).await,
+        ClientConn::Tls(handshake) => handshake,
     };
-    match tokio::time::timeout(ACCEPT_TIMEOUT, acceptor.accept(client)).await {
-        Ok(Ok(client)) => splice(client, upstream, sent).await,
+    match tokio::time::timeout(ACCEPT_TIMEOUT, handshake).await {
+        Ok(Ok(Ok(client))) => splice(client, upstream, sent).await,
         Ok(Err(e)) => {
+            tracing::info!(error = %e, "ftp: TLS handshake on the data connection ended early");
+            false
+        }
+        Ok(Ok(Err(e))) => {
             tracing::info!(error = %e, "ftp: TLS handshake on the data connection failed");
             false
         }

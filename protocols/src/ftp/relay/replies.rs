@@ -54,8 +54,13 @@ impl Relay {
             return self.pass(&line).await;
         };
         if code < 200 {
-            // 125/150: a transfer starts; its final reply comes later.
+            // 125/150: a transfer starts; its final reply comes later. Passed once a TLS
+            // handshake the client has begun on the data connection is over (see
+            // `DataAbort::handshake_done`).
             self.transfer_active = true;
+            if let Some(a) = self.data_abort.clone() {
+                a.handshake_done().await;
+            }
             return self.pass(&line).await;
         }
         let pending = self.pending.pop_front().unwrap_or(Pending::Other);
