@@ -129,6 +129,38 @@ async fn implicit_ftps_with_curl() {
         .any(|n| n == "implicit.txt"));
 }
 
+/// A TLS 1.3 client configuration trusting the harness's certificate.
+fn tls13_client(h: &Harness) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            h.cert_der.clone().unwrap(),
+        ))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// EPSV on `c`: the passive port.
+async fn epsv(c: &mut AsyncRustlsFtpStream) -> u16 {
+    let r = c
+        .custom_command("EPSV", &[suppaftp::Status::ExtendedPassiveMode])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    text.split("(|||")
+        .nth(1)
+        .and_then(|x| x.split('|').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {text}"))
+}
+
 /// A TLS 1.3 client that sends its file and closes the data connection at once, without
 /// reading what the server sent after the handshake: every upload is stored whole and gets
 /// 226 (TLS 1.3 session tickets on data connections made its kernel reset the connection,
@@ -142,32 +174,10 @@ async fn tls13_uploads_closed_at_once_are_stored() {
     })
     .await;
     let mut c = h.tls_client().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from(
-            h.cert_der.clone().unwrap(),
-        ))
-        .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(tls13_client(&h));
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     for i in 0..20 {
-        let r = c
-            .custom_command("EPSV", &[suppaftp::Status::ExtendedPassiveMode])
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        let port: u16 = text
-            .split("(|||")
-            .nth(1)
-            .and_then(|x| x.split('|').next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {text}"));
+        let port = epsv(&mut c).await;
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -211,33 +221,10 @@ async fn a_handshake_begun_at_connect_is_over_by_the_150() {
     })
     .await;
     let mut c = h.tls_client().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from(
-            h.cert_der.clone().unwrap(),
-        ))
-        .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let config = tls13_client(&h);
     let mut cut = 0;
     for i in 0..20 {
-        let r = c
-            .custom_command("EPSV", &[suppaftp::Status::ExtendedPassiveMode])
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        let port: u16 = text
-            .split("(|||")
-            .nth(1)
-            .and_then(|x| x.split('|').next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {text}"));
+        let port = epsv(&mut c).await;
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();

@@ -289,6 +289,40 @@ async fn a_part_moved_to_disk_keeps_no_copy_in_memory() {
     }
 }
 
+/// `n` uploads of `size` bytes at once under `dir`, written 32 KiB at a time: each must land
+/// whole (`when` says in what conditions, for the message).
+async fn uploads_at_once(
+    b: &S3Backend,
+    srv: &Server,
+    dir: &str,
+    n: u64,
+    size: usize,
+    seed: u64,
+    when: &str,
+) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let b = b.clone();
+        let key = srv.key(&format!("{dir}/{i}"));
+        tasks.push(tokio::spawn(async move {
+            let bytes = data(size, seed + i);
+            let mut up = b.create(&key, CreateOptions::default()).await?;
+            for c in bytes.chunks(32 * KIB as usize) {
+                up.write(Bytes::copy_from_slice(c)).await?;
+            }
+            up.finish().await?;
+            Ok::<_, bucketgate_storage::Error>((key, bytes))
+        }));
+    }
+    for t in tasks {
+        let (key, bytes) = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("[{}] an upload failed {when}: {e:?}", srv.name));
+        assert_eq!(get(b, &key).await, bytes, "[{}] {key}", srv.name);
+    }
+}
+
 /// Issue 13.9(a) / 22.2: the spool folder `<state_dir>/spool` did not exist, so the first part
 /// that had to spill failed the upload with "no such file". It is created when missing.
 #[tokio::test]
@@ -333,29 +367,16 @@ async fn without_a_spool_folder_uploads_wait_for_memory() {
         o.part_size = 8 * MIB as u64;
         o.spool_dir = Some(not_a_dir.join("spool"));
         let b = S3Backend::new(o, budget.clone()).expect("backend");
-        let mut tasks = Vec::new();
-        for i in 0..2u64 {
-            let b = b.clone();
-            let key = srv.key(&format!("nodisk/{i}"));
-            tasks.push(tokio::spawn(async move {
-                let bytes = data(13 * MIB, 20 + i);
-                let mut up = b.create(&key, CreateOptions::default()).await?;
-                for c in bytes.chunks(32 * KIB as usize) {
-                    up.write(Bytes::copy_from_slice(c)).await?;
-                }
-                up.finish().await?;
-                Ok::<_, bucketgate_storage::Error>((key, bytes))
-            }));
-        }
-        for t in tasks {
-            let (key, bytes) = t.await.unwrap().unwrap_or_else(|e| {
-                panic!(
-                    "[{}] an upload failed without a spool folder: {e:?}",
-                    srv.name
-                )
-            });
-            assert_eq!(get(&b, &key).await, bytes, "[{}] {key}", srv.name);
-        }
+        uploads_at_once(
+            &b,
+            &srv,
+            "nodisk",
+            2,
+            13 * MIB,
+            20,
+            "without a spool folder",
+        )
+        .await;
         assert_eq!(budget.in_use(), 0, "[{}]", srv.name);
     }
 }
@@ -431,27 +452,16 @@ async fn full_spool_child() {
     o.part_size = 5 * MIB as u64;
     o.spool_dir = Some(state.path().join("spool"));
     let b = S3Backend::new(o, budget.clone()).expect("backend");
-    let mut tasks = Vec::new();
-    for i in 0..6u64 {
-        let b = b.clone();
-        let key = srv.key(&format!("fullspool/{i}"));
-        tasks.push(tokio::spawn(async move {
-            let bytes = data(12 * MIB, 40 + i);
-            let mut up = b.create(&key, CreateOptions::default()).await?;
-            for c in bytes.chunks(32 * KIB as usize) {
-                up.write(Bytes::copy_from_slice(c)).await?;
-            }
-            up.finish().await?;
-            Ok::<_, bucketgate_storage::Error>((key, bytes))
-        }));
-    }
-    for t in tasks {
-        let (key, bytes) = t
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("an upload failed with the spool disk full: {e}"));
-        assert_eq!(get(&b, &key).await, bytes, "{key}");
-    }
+    uploads_at_once(
+        &b,
+        &srv,
+        "fullspool",
+        6,
+        12 * MIB,
+        40,
+        "with the spool disk full",
+    )
+    .await;
     assert_eq!(budget.in_use(), 0);
     println!("6 uploads landed");
 }
