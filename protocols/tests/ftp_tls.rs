@@ -281,6 +281,13 @@ async fn a_handshake_begun_at_connect_is_over_by_the_150() {
             .await;
         assert!(r.is_ok(), "empty upload {i} ({cut} cut so far): {r:?}");
         assert_eq!(h.read(&format!("e{i}.txt")), b"", "upload {i}");
+        // The passive port is given back once its connection is taken.
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "upload {i}: the passive port {port} still listens"
+        );
     }
     assert_eq!(cut, 0, "handshakes still under way at the 150");
 }

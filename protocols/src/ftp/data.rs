@@ -119,6 +119,9 @@ pub(crate) async fn serve(
             *abort.tls_passive.lock().expect("lock") = Some(dup);
         }
     }
+    // The descriptors lent to `handshake_done` go with this task at the latest: held beyond,
+    // they would keep the passive port bound, and a connection that is cut open.
+    let _lent = Lent(abort.clone());
     let (mut listener, peer_ip, mut client) = match side {
         ClientSide::Passive { listener, peer_ip } => (Some(listener), peer_ip, None),
         ClientSide::Active(s) => (
@@ -216,6 +219,17 @@ pub(crate) async fn serve(
     spliced(client, up, &abort).await;
 }
 
+/// Closes the descriptors a data connection's task lent to [`DataAbort::handshake_done`] when
+/// dropped.
+struct Lent(DataAbort);
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.0.tls_client.lock().expect("lock").take();
+        self.0.tls_passive.lock().expect("lock").take();
+    }
+}
+
 /// The client's side of a data connection: plain, or its TLS handshake, begun as soon as the
 /// client connected (in a task of its own, which the handle aborts when dropped).
 ///
@@ -241,13 +255,19 @@ impl ClientConn {
         if let Ok(dup) = socket2::SockRef::from(&s).try_clone() {
             *abort.tls_client.lock().expect("lock") = Some(dup);
         }
+        // The passive port is closed once its connection is taken.
+        abort.tls_passive.lock().expect("lock").take();
         abort.accepted.cancel();
         let (hello, secured) = (abort.hello.clone(), abort.secured.clone());
+        let lent = abort.tls_client.clone();
         let handshake = async move {
             // Its first byte: the client has begun (a ClientHello, or whatever it sends).
             let _ = s.peek(&mut [0u8; 1]).await;
             hello.cancel();
             let r = acceptor.accept(s).await;
+            // Only the handshake needs the other descriptor: the connection's own end (a reset
+            // included) must reach the client.
+            lent.lock().expect("lock").take();
             secured.cancel();
             r
         };
