@@ -796,6 +796,34 @@ async fn broken_listing_answers_426() {
     assert!(raw.cmd("NOOP").await.starts_with("200"));
 }
 
+/// A small download whose data connection the client reset before its RETR: libunftp wrote
+/// the file into its side of the connection and answered 226, and the client was told its
+/// download succeeded although it got nothing. A server on disk fails its write to the reset
+/// connection and answers 426; so does the gateway now.
+#[tokio::test]
+async fn a_download_into_a_reset_connection_answers_426() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("small.txt", b"a few bytes");
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    raw.login_ok(USER, PASSWORD).await;
+    for i in 0..5 {
+        let port = epsv_port(&raw.cmd("EPSV").await);
+        let data = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        data.set_zero_linger().unwrap();
+        drop(data);
+        let r = raw.cmd("RETR small.txt").await;
+        if r.starts_with("150") || r.starts_with("125") {
+            let r = raw.reply().await;
+            assert!(r.starts_with("426"), "download {i}: {r}");
+        } else {
+            assert!(r.starts_with("425"), "download {i}: {r}");
+        }
+        assert!(raw.cmd("NOOP").await.starts_with("200"));
+    }
+}
+
 /// The port of a 229 reply.
 fn epsv_port(r: &str) -> u16 {
     r.split("(|||")

@@ -291,3 +291,85 @@ async fn a_handshake_begun_at_connect_is_over_by_the_150() {
     }
     assert_eq!(cut, 0, "handshakes still under way at the 150");
 }
+
+/// A client that sends its ClientHello on the data connection and then is killed (its
+/// connection reset before its transfer command, or while the command waits for its 150) gets
+/// a failed transfer: uploads store nothing, and a download or listing is not answered 226
+/// (libunftp wrote the small file into its side and answered 226, for a file nobody received).
+/// The session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_cut_after_its_hello_fails_the_transfer_and_nothing_else() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Explicit),
+        ..Setup::default()
+    })
+    .await;
+    h.write("there.bin", b"kept as it is");
+    let mut c = h.tls_client().await;
+    let config = tls13_client(&h);
+    let cmds = [
+        "STOR cut.bin",
+        "APPE there.bin",
+        "RETR there.bin",
+        "LIST",
+        "NLST",
+        "MLSD",
+    ];
+    for cmd in cmds {
+        for during in [false, true] {
+            let when = if during {
+                "while it waits"
+            } else {
+                "before it"
+            };
+            let what = format!("{cmd} (client killed {when})");
+            let port = epsv(&mut c).await;
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            let mut out = Vec::new();
+            tls.write_tls(&mut out).unwrap();
+            tcp.write_all(&out).await.unwrap();
+            // Killed: its connection is reset.
+            let kill = tokio::spawn(async move {
+                if during {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                let _ = tcp.set_zero_linger();
+            });
+            if !during {
+                kill.await.unwrap();
+            }
+            let r = c
+                .custom_command(
+                    cmd,
+                    &[suppaftp::Status::AboutToSend, suppaftp::Status::AlreadyOpen],
+                )
+                .await;
+            match r {
+                Ok(_) => {
+                    let fin = c
+                        .read_response_in(&[suppaftp::Status::ClosingDataConnection])
+                        .await;
+                    let fin = fin.map(|r| r.status).map_err(|e| reply_text(&e));
+                    assert!(
+                        matches!(&fin, Err(e) if e.starts_with("426")),
+                        "{what}: {fin:?}"
+                    );
+                }
+                Err(e) => {
+                    let e = reply_text(&e);
+                    assert!(e.starts_with('4'), "{what}: {e}");
+                }
+            }
+            c.noop()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: session lost: {e:?}"));
+        }
+    }
+    assert_eq!(h.read("there.bin"), b"kept as it is");
+    assert!(!h.file("cut.bin").exists());
+}

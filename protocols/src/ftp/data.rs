@@ -451,8 +451,10 @@ impl DataAbort {
     }
 
     /// Whether the client got everything libunftp sent: waits (a bounded time) for the data
-    /// connection to end, then tells whether it ended cleanly.
-    pub(crate) async fn delivered(&self) -> bool {
+    /// connection to end, then tells whether it ended cleanly (`Some(true)`), ended without
+    /// that (`Some(false)`: a client that went away, a TLS handshake that failed), or was still
+    /// under way (`None`: a slow client still reading what the kernel's buffers hold).
+    pub(crate) async fn delivered(&self) -> Option<bool> {
         let settled = tokio::time::timeout(ACCEPT_TIMEOUT, async {
             tokio::select! {
                 _ = self.sent.cancelled() => {}
@@ -460,7 +462,13 @@ impl DataAbort {
             }
         });
         let _ = settled.await;
-        self.sent.is_cancelled()
+        if self.sent.is_cancelled() {
+            Some(true)
+        } else if self.done.is_cancelled() {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// Whether the transfer was refused because another program connected to its stand-in

@@ -110,19 +110,28 @@ impl Relay {
                     .await;
                 true
             }
-            (Pending::Transfer, 226) if self.listing() => {
-                // libunftp's 226 means it wrote the whole listing, not that the client got it:
-                // the relay may still hold the end, and the client may have gone away.
+            (Pending::Transfer, 226) if self.listing() || self.transfer_verb == "RETR" => {
+                // libunftp's 226 means it wrote the whole listing or file into its side of the
+                // data connection, not that the client got it: the relay may still hold the
+                // end, and the client may have gone away (or never finished its TLS handshake:
+                // a small file fits in the kernel's buffers, and libunftp answered 226 for a
+                // download nobody received).
                 let delivered = match self.data_abort.clone() {
                     Some(a) => a.delivered().await,
-                    None => true,
+                    None => Some(true),
                 };
-                if delivered {
-                    self.pass(&line).await
-                } else {
-                    self.say("426 Data connection broken: the listing was not sent in full")
-                        .await;
-                    true
+                match (delivered, self.listing()) {
+                    (Some(true), _) | (None, false) => self.pass(&line).await,
+                    (_, true) => {
+                        self.say("426 Data connection broken: the listing was not sent in full")
+                            .await;
+                        true
+                    }
+                    (Some(false), false) => {
+                        self.say("426 Data connection broken: the file was not sent in full")
+                            .await;
+                        true
+                    }
                 }
             }
             (Pending::Feat, 211) => {
