@@ -111,6 +111,12 @@ impl Bucket {
 
 impl Harness {
     pub async fn start(setup: Setup) -> Harness {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("site");
         let home = root.join("users").join(USER);
