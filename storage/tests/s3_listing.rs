@@ -221,3 +221,44 @@ async fn unservable_keys_are_skipped() {
         );
     }
 }
+
+/// A folder marker with a body (another program wrote `folder/` with data in it): the gateway
+/// shows the folder and not those bytes, so rmdir of the folder would destroy data that no
+/// user of the gateway can see. It is refused, and the marker stays; a marker without a body
+/// goes with its folder as before.
+#[tokio::test]
+async fn a_marker_holding_data_is_not_removed_with_its_folder() {
+    for srv in servers().await {
+        if srv.skip(
+            !srv.caps.raw_keys || !srv.caps.markers,
+            "marker objects with a body",
+        ) {
+            continue;
+        }
+        let b = srv.backend();
+        put(&b, &srv.key("w/kept/"), b"bytes of another program", 1).await;
+        b.mkdir(&srv.key("w/plain")).await.unwrap();
+        assert_eq!(
+            names(&list_all(&b, &srv.key("w")).await),
+            vec!["kept/", "plain/"],
+            "[{}]",
+            srv.name
+        );
+        let e = b.remove_dir(&srv.key("w/kept")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DirectoryNotEmpty, "[{}] {e}", srv.name);
+        assert!(e.to_string().contains("nothing was removed"), "{e}");
+        assert_eq!(
+            get(&b, &srv.key("w/kept/")).await,
+            b"bytes of another program",
+            "[{}]",
+            srv.name
+        );
+        b.remove_dir(&srv.key("w/plain")).await.unwrap();
+        assert_eq!(
+            names(&list_all(&b, &srv.key("w")).await),
+            vec!["kept/"],
+            "[{}]",
+            srv.name
+        );
+    }
+}

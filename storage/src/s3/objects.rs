@@ -120,6 +120,16 @@ async fn delete(inner: &Inner, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// A folder whose marker object (`folder/`) has a body, which another program wrote there: the
+/// gateway shows the folder but not those bytes, so removing the folder would destroy data no
+/// user of the gateway could see; it is refused instead.
+fn marker_with_data() -> Error {
+    Error::new(
+        ErrorKind::DirectoryNotEmpty,
+        "the folder's marker object in the bucket holds data that cannot be shown here; nothing was removed",
+    )
+}
+
 pub(crate) async fn remove_dir(inner: &Inner, key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::of(ErrorKind::PermissionDenied));
@@ -129,14 +139,22 @@ pub(crate) async fn remove_dir(inner: &Inner, key: &str) -> Result<()> {
     if page.objects.is_empty() {
         // A server that does not list a marker under its own prefix still answers its HEAD.
         let caps = inner.caps();
-        if !caps.markers_listed && caps.markers_head && head(inner, &marker).await.is_ok() {
-            delete(inner, &marker).await?;
-            return keep_parent(inner, key).await;
+        if !caps.markers_listed && caps.markers_head {
+            if let Ok((m, _)) = head(inner, &marker).await {
+                if m.size > 0 {
+                    return Err(marker_with_data());
+                }
+                delete(inner, &marker).await?;
+                return keep_parent(inner, key).await;
+            }
         }
         return Err(Error::of(ErrorKind::NotFound));
     }
     if page.objects.iter().any(|o| o.key != marker) {
         return Err(Error::of(ErrorKind::DirectoryNotEmpty));
+    }
+    if page.objects.iter().any(|o| o.size > 0) {
+        return Err(marker_with_data());
     }
     delete(inner, &marker).await?;
     keep_parent(inner, key).await
