@@ -393,6 +393,9 @@ async fn mlst_and_stat_of_a_relative_path_use_the_working_folder() {
     assert!(r.starts_with("213-") && r.contains(" 10 "), "{r}");
     let r = raw.cmd("STAT ..").await;
     assert!(r.contains(" sub\r\n") && r.contains(" f.txt\r\n"), "{r}");
+    // One line per entry: no empty line between them (a client reading the listing from
+    // the reply took them for entries).
+    assert!(!r.contains("\r\n\r\n"), "{r}");
     assert!(raw.cmd("STAT missing").await.starts_with("550"));
     // A CWD and a MLST sent together: the MLST is looked up in the new folder.
     raw.send(b"CWD /\r\nMLST f.txt\r\n").await;
@@ -489,4 +492,25 @@ async fn a_transfer_holds_its_share_of_the_memory_budget() {
     down.finish().await.unwrap();
     assert!(got == big, "the download differs");
     assert_eq!(budget_reaches(&budget, 0).await, 0, "download over");
+}
+
+/// RFC 775's verbs, as Windows' built-in ftp.exe sends them (`mkdir`, `cd`, `pwd`, `rmdir`):
+/// XRMD was answered 500, so `rmdir` failed there while every other command worked.
+#[tokio::test]
+async fn rfc775_folder_verbs_work_as_their_rfc959_twins() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
+    let r = raw.cmd("XMKD win").await;
+    assert!(r.starts_with("257"), "{r}");
+    assert!(h.file("win").is_dir());
+    assert!(raw.cmd("XCWD win").await.starts_with("250"));
+    assert!(raw.cmd("XPWD").await.contains("\"/win\""));
+    assert!(raw.cmd("XCUP").await.starts_with("250"));
+    let r = raw.cmd("xrmd win").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(!h.file("win").exists());
+    let r = raw.cmd("XRMD win").await;
+    assert!(r.starts_with("550"), "{r}");
+    assert!(raw.cmd("XRMD").await.starts_with("501"));
 }

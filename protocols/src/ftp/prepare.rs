@@ -212,8 +212,8 @@ pub(crate) async fn stat_listing(fs: &UserFs, cwd: &VPath, arg: &str, max: usize
     for e in &entries {
         // A line break in a name would end the reply early on this connection.
         let name = e.name.replace(['\r', '\n'], "?");
+        // The line ends with its CRLF (as in a LIST).
         out.push_str(&ls_line(&name, &Meta::from(e), now));
-        out.push_str("\r\n");
     }
     out.push_str("213 End of status");
     out

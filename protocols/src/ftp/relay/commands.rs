@@ -2,7 +2,7 @@
 //! gets them wrong, and the transfer commands, prepared (see [`crate::ftp::prepare`]) before
 //! libunftp sees them. Everything else is forwarded as it came.
 
-use super::lines::{strip_telnet_commands, syntax_error, NO_ARGUMENT};
+use super::lines::{rfc775_aliases, strip_telnet_commands, syntax_error, NO_ARGUMENT};
 use super::{Pending, Relay};
 use crate::ftp::prepare;
 use bucketgate_storage::VPath;
@@ -19,7 +19,7 @@ const MLST_FACTS: &str = "type;size;modify;";
 impl Relay {
     /// Handles one client command line; false ends the session.
     pub(super) async fn on_command(&mut self, line: Bytes) -> bool {
-        let line = strip_telnet_commands(line);
+        let line = rfc775_aliases(strip_telnet_commands(line));
         let Ok(text) = std::str::from_utf8(&line) else {
             self.say("553 Commands and names must be valid UTF-8").await;
             return true;

@@ -98,3 +98,16 @@ pub(super) fn strip_telnet_commands(line: Bytes) -> Bytes {
     }
     line.slice(start..)
 }
+
+/// RFC 775's `XRMD` as `RMD` (Windows' ftp.exe sends it for `rmdir`): libunftp knows `XMKD`,
+/// `XPWD`, `XCWD` and `XCUP`, and answered `XRMD` with 500.
+pub(super) fn rfc775_aliases(line: Bytes) -> Bytes {
+    let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    if line[..verb_end].eq_ignore_ascii_case(b"XRMD") {
+        let mut out = Vec::with_capacity(line.len() - 1);
+        out.extend_from_slice(b"RMD");
+        out.extend_from_slice(&line[verb_end..]);
+        return Bytes::from(out);
+    }
+    line
+}
