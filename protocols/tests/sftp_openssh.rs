@@ -419,3 +419,48 @@ async fn default_scp_uses_sftp_up_and_down() {
         );
     }
 }
+
+/// OpenSSH's `sftp cp` (the `copy-data` extension, as OpenSSH's own server has it since 9.0):
+/// the copy is made on the server, a new file and over an existing one, and the source stays
+/// as it was. It was refused ("Server does not support copy-data extension").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_cp_copies_on_the_server() {
+    let (h, _local) = start().await;
+    // Several READ-sized pieces, and a tail.
+    let data = random_bytes(700 * 1024 + 5);
+    std::fs::write(h.alice("src.bin"), &data).unwrap();
+    std::fs::write(
+        h.alice("old.bin"),
+        b"an older, longer file than nothing at all",
+    )
+    .unwrap();
+    std::fs::write(h.alice("small.txt"), b"tiny").unwrap();
+    sftp_batch(
+        &h,
+        "cp src.bin copy.bin\ncp small.txt old.bin\nmkdir d\ncp src.bin d/in.bin\n",
+    )
+    .await;
+    assert_eq!(std::fs::read(h.alice("copy.bin")).unwrap(), data);
+    assert_eq!(std::fs::read(h.alice("d/in.bin")).unwrap(), data);
+    // Over an existing file: replaced, not written into (sftp opens the target with TRUNC).
+    assert_eq!(std::fs::read(h.alice("old.bin")).unwrap(), b"tiny");
+    assert_eq!(std::fs::read(h.alice("src.bin")).unwrap(), data);
+    // A missing source or a target in a missing folder: the batch fails, nothing is made.
+    let bf = h.dir.path().join("batch-cp");
+    for batch in ["cp missing.bin x.bin\n", "cp src.bin nofolder/x.bin\n"] {
+        std::fs::write(&bf, batch).unwrap();
+        let mut args = h.ssh_opts("-P");
+        args.extend([
+            "-b".into(),
+            bf.display().to_string(),
+            "alice@127.0.0.1".into(),
+        ]);
+        let st = Command::new(require_tool("sftp"))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(!st.status.success(), "{batch}");
+    }
+    assert!(!h.alice("x.bin").exists() && !h.alice("nofolder").exists());
+}

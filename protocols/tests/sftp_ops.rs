@@ -793,3 +793,76 @@ async fn a_dead_remote_fails_the_outstanding_reads_at_once() {
         "{n} connections to the dead remote after it died"
     );
 }
+
+/// The body of a `copy-data` request.
+fn copy_data(from: &str, from_offset: u64, len: u64, to: &str, to_offset: u64) -> Vec<u8> {
+    let mut v = ssh_string(from);
+    v.extend_from_slice(&from_offset.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend(ssh_string(to));
+    v.extend_from_slice(&to_offset.to_be_bytes());
+    v
+}
+
+/// `copy-data` with ranges, as OpenSSH's sftp-server does them (its own client only ever
+/// copies whole files): a range, the rest to the end, a range past the end (nothing), and the
+/// copy is committed at the target's CLOSE only; refused with one handle as source and target,
+/// from a handle not open for reading, and to a handle not open for writing. On the site tree
+/// and on a bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_copies_ranges_between_handles() {
+    let srv = s3_support::s3s_server(None).await;
+    let local = Harness::start().await;
+    let bucket = bucket_harness(srv.backend(), &srv.prefix).await;
+    for (h, dir) in [(&local, ""), (&bucket, "/bucket")] {
+        let s = h.sftp_alice_key().await.unwrap();
+        put(&s, &format!("{dir}/src.txt"), b"0123456789abcdef").await;
+        let r = s
+            .open(
+                format!("{dir}/src.txt"),
+                OpenFlags::READ,
+                FileAttributes::default(),
+            )
+            .await
+            .unwrap()
+            .handle;
+        let w = s
+            .open(format!("{dir}/dst.txt"), NEW, FileAttributes::default())
+            .await
+            .unwrap()
+            .handle;
+        for (body, want) in [
+            (copy_data(&r, 4, 6, &w, 0), StatusCode::Ok),
+            (copy_data(&r, 10, 0, &w, 6), StatusCode::Ok),
+            (copy_data(&r, 100, 0, &w, 12), StatusCode::Ok),
+            (copy_data(&w, 0, 0, &w, 100), StatusCode::OpUnsupported),
+            (copy_data(&r, 0, 0, &r, 0), StatusCode::OpUnsupported),
+            (copy_data(&w, 0, 0, &r, 0), StatusCode::Failure),
+            (copy_data(&r, 0, 0, "nonesuch", 0), StatusCode::Failure),
+        ] {
+            let got = status_of(s.extended("copy-data", body).await.unwrap());
+            assert_eq!(got, want, "[{dir}]");
+        }
+        // Nothing in the tree or the bucket before the target's CLOSE.
+        if dir.is_empty() {
+            assert!(!h.alice("dst.txt").exists());
+        } else {
+            use bucketgate_storage::backend::Backend;
+            let e = srv.backend().stat(&srv.key("dst.txt")).await.unwrap_err();
+            assert_eq!(e.kind(), bucketgate_storage::ErrorKind::NotFound);
+        }
+        s.close(&w).await.unwrap();
+        s.close(&r).await.unwrap();
+        let back = s
+            .open(
+                format!("{dir}/dst.txt"),
+                OpenFlags::READ,
+                FileAttributes::default(),
+            )
+            .await
+            .unwrap()
+            .handle;
+        assert_eq!(s.read(&back, 0, 100).await.unwrap().data, b"456789abcdef");
+        s.close(back).await.unwrap();
+    }
+}

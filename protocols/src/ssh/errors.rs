@@ -20,6 +20,11 @@ impl SftpError {
         }
     }
 
+    /// Whether this is the end of a file (a READ at or past it).
+    pub(crate) fn is_eof(&self) -> bool {
+        self.code == StatusCode::Eof
+    }
+
     /// A status whose message is the code's own description.
     pub(crate) fn code(code: StatusCode) -> Self {
         SftpError::new(code, code.to_string())

@@ -187,6 +187,7 @@ impl SftpSession {
             ("fsync@openssh.com", "1"),
             ("limits@openssh.com", "1"),
             ("expand-path@openssh.com", "1"),
+            ("copy-data", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -257,6 +258,16 @@ impl SftpSession {
                 }
                 .into())
             }
+            "copy-data" => {
+                let from = take_string(&mut r)?;
+                let from_offset = take_u64(&mut r)?;
+                let len = take_u64(&mut r)?;
+                let to = take_string(&mut r)?;
+                let to_offset = take_u64(&mut r)?;
+                self.copy_data(id, &from, from_offset, len, &to, to_offset)
+                    .await?;
+                Ok(ok(id).into())
+            }
             // Hard links have no meaning over objects.
             "hardlink@openssh.com" => Err(SftpError::new(
                 StatusCode::OpUnsupported,
@@ -293,6 +304,15 @@ fn ext_reply<E: std::fmt::Display>(id: u32, body: Result<Bytes, E>) -> Res<Packe
             Err(SftpError::code(StatusCode::Failure))
         }
     }
+}
+
+/// Reads one SSH `uint64` from an extension's request data.
+fn take_u64(r: &mut &[u8]) -> Res<u64> {
+    let Some((n, rest)) = r.split_first_chunk::<8>() else {
+        return Err(SftpError::code(StatusCode::BadMessage));
+    };
+    *r = rest;
+    Ok(u64::from_be_bytes(*n))
 }
 
 /// Reads one SSH `string` from an extension's request data.
@@ -334,6 +354,59 @@ impl Drop for SftpSession {
                 }
             });
         }
+    }
+}
+
+impl SftpSession {
+    /// The `copy-data` extension (OpenSSH's `sftp cp`): `len` bytes (0: to the end) of the
+    /// file open for reading as `from`, from `from_offset`, written into the upload open as
+    /// `to` at `to_offset`, as READs and WRITEs of the client would, without the round trips.
+    /// The copy is committed, as any upload, only by the CLOSE of `to`. One handle as both
+    /// source and target is refused: a handle's reads see the file as it was at its open, not
+    /// its writes, so the copy would not be what a disk gives.
+    async fn copy_data(
+        &mut self,
+        id: u32,
+        from: &str,
+        from_offset: u64,
+        len: u64,
+        to: &str,
+        to_offset: u64,
+    ) -> Res<()> {
+        if from == to {
+            return Err(SftpError::new(
+                StatusCode::OpUnsupported,
+                "copying within one handle is not supported",
+            ));
+        }
+        let chunk = u64::from(self.limits.max_io_len());
+        let mut done = 0u64;
+        while len == 0 || done < len {
+            let want = if len == 0 {
+                chunk
+            } else {
+                chunk.min(len - done)
+            };
+            let data = match self
+                .read_bytes(
+                    from.to_string(),
+                    from_offset.saturating_add(done),
+                    want as u32,
+                )
+                .await
+            {
+                Ok(d) => d,
+                Err(e) if e.is_eof() => break,
+                Err(e) => return Err(e),
+            };
+            let n = data.len() as u64;
+            let at = to_offset.checked_add(done).ok_or_else(|| {
+                SftpError::new(StatusCode::Failure, "offset beyond the largest file size")
+            })?;
+            self.write_bytes(id, to.to_string(), at, data).await?;
+            done += n;
+        }
+        Ok(())
     }
 }
 
