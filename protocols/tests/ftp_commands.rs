@@ -514,3 +514,42 @@ async fn rfc775_folder_verbs_work_as_their_rfc959_twins() {
     assert!(r.starts_with("550"), "{r}");
     assert!(raw.cmd("XRMD").await.starts_with("501"));
 }
+
+/// A name ending in `/` names a folder, as on a disk: `STOR newdir/` made a file named
+/// `newdir`, `DELE file/` removed `file`, and `RNTO newdir/` gave a file that name. Each is
+/// refused now with nothing changed (vsftpd and ProFTPD refuse them too: open(2), unlink(2)
+/// and rename(2) fail); folders are unchanged.
+#[tokio::test]
+async fn a_name_ending_in_a_slash_is_a_folder_or_nothing() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("file.txt", b"kept");
+    h.write("dir/inner.txt", b"in");
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
+    for path in ["newdir/", "file.txt/", "newdir/."] {
+        let r = raw.stor(path, b"data").await.0;
+        assert!(r.starts_with('5'), "STOR {path}: {r}");
+    }
+    for cmd in [
+        "RETR file.txt/",
+        "SIZE file.txt/",
+        "MDTM file.txt/",
+        "DELE file.txt/",
+        "RNFR file.txt/",
+    ] {
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with("550"), "{cmd}: {r}");
+    }
+    assert!(raw.cmd("RNFR file.txt").await.starts_with("350"));
+    let r = raw.cmd("RNTO newname/").await;
+    assert!(r.starts_with("550"), "{r}");
+    assert!(!h.file("newdir").exists() && !h.file("newname").exists());
+    assert_eq!(h.read("file.txt"), b"kept");
+    // A folder's name with its `/` works as before.
+    assert!(raw.cmd("RNFR dir/").await.starts_with("350"));
+    let r = raw.cmd("RNTO dir2/").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(h.read("dir2/inner.txt"), b"in");
+    let r = raw.stor("dir2/new.txt", b"x").await.1;
+    assert!(r.starts_with("226"), "{r}");
+}

@@ -464,3 +464,40 @@ async fn sftp_cp_copies_on_the_server() {
     }
     assert!(!h.alice("x.bin").exists() && !h.alice("nofolder").exists());
 }
+
+/// `scp file host:newdir/` where `newdir` does not exist: OpenSSH's server refuses it (open(2)
+/// of `newdir/` fails), and the gateway made a file named `newdir`; a second file sent there
+/// then replaced the first. Both scp protocols now fail, and nothing is made; to an existing
+/// folder the same command works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_to_a_missing_folder_makes_no_file_of_its_name() {
+    let (h, local) = start().await;
+    let src = local.path().join("one.txt");
+    std::fs::write(&src, b"first").unwrap();
+    for legacy in [false, true] {
+        let mut args = h.ssh_opts("-P");
+        if legacy {
+            args.push("-O".into());
+        }
+        args.extend([
+            src.display().to_string(),
+            "alice@127.0.0.1:newdir/".to_string(),
+        ]);
+        let st = Command::new(require_tool("scp"))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(!st.status.success(), "legacy {legacy}: scp succeeded");
+        assert!(!h.alice("newdir").exists(), "legacy {legacy}");
+    }
+    std::fs::create_dir(h.alice("newdir")).unwrap();
+    scp(
+        &h,
+        &[],
+        src.display().to_string(),
+        "alice@127.0.0.1:newdir/".into(),
+    )
+    .await;
+    assert_eq!(std::fs::read(h.alice("newdir/one.txt")).unwrap(), b"first");
+}

@@ -866,3 +866,44 @@ async fn copy_data_copies_ranges_between_handles() {
         s.close(back).await.unwrap();
     }
 }
+
+/// A name ending in `/` names a folder, as on a disk (OpenSSH's server passes it to open(2),
+/// stat(2), unlink(2) and rename(2), which fail with ENOTDIR or EISDIR unless it is one): an
+/// open for writing of `newdir/` made a file named `newdir`, and REMOVE of `file/` removed
+/// `file`. Each is refused now and changes nothing; the same names work on folders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_ending_in_a_slash_is_a_folder_or_nothing() {
+    let h = Harness::start().await;
+    let s = h.sftp_alice_key().await.unwrap();
+    put(&s, "/file.txt", b"kept").await;
+    s.mkdir("/dir", FileAttributes::default()).await.unwrap();
+    let fails = |r: Result<(), SftpErr>| assert!(r.is_err());
+    for p in ["/newdir/", "/file.txt/", "/dir/", "/file.txt/."] {
+        fails(s.open(p, NEW, FileAttributes::default()).await.map(|_| ()));
+    }
+    fails(
+        s.open("/file.txt/", OpenFlags::READ, FileAttributes::default())
+            .await
+            .map(|_| ()),
+    );
+    fails(s.stat("/file.txt/").await.map(|_| ()));
+    fails(s.lstat("/file.txt/").await.map(|_| ()));
+    fails(s.remove("/file.txt/").await.map(|_| ()));
+    fails(s.rename("/file.txt", "/newname/").await.map(|_| ()));
+    fails(s.rename("/file.txt/", "/newname").await.map(|_| ()));
+    let perms = FileAttributes {
+        mtime: Some(1_000_000_000),
+        atime: Some(1_000_000_000),
+        ..Default::default()
+    };
+    fails(s.setstat("/file.txt/", perms).await.map(|_| ()));
+    assert!(!h.alice("newdir").exists() && !h.alice("newname").exists());
+    assert_eq!(std::fs::read(h.alice("file.txt")).unwrap(), b"kept");
+    // Folders: all as before.
+    assert!(s.stat("/dir/").await.is_ok());
+    s.rename("/dir/", "/dir2/").await.unwrap();
+    assert!(h.alice("dir2").is_dir());
+    s.mkdir("/made/", FileAttributes::default()).await.unwrap();
+    assert!(h.alice("made").is_dir());
+    assert!(s.stat("/file.txt").await.is_ok());
+}

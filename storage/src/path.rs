@@ -12,6 +12,18 @@ pub const MAX_SEGMENT: usize = 255;
 /// Longest whole path, in bytes.
 pub const MAX_PATH: usize = 4096;
 
+/// Whether client input ends in a separator, or in `/.`: on a disk such a name resolves only
+/// to a folder (see [`crate::UserFs::resolve_entry`]).
+pub fn names_a_folder(input: &str) -> bool {
+    let is_sep = |c: char| c == '/' || c == '\\';
+    let body = match input.strip_suffix('.') {
+        // `name/.`
+        Some(rest) if rest.ends_with(is_sep) => rest,
+        _ => input,
+    };
+    body.ends_with(is_sep) && !body.trim_end_matches(is_sep).is_empty()
+}
+
 /// A normalised absolute path: `/` or `/a/b` (never a trailing slash).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VPath(String);
@@ -222,6 +234,16 @@ mod tests {
         VPath::resolve(&VPath::parse(cwd).unwrap(), p)
             .unwrap()
             .to_string()
+    }
+
+    #[test]
+    fn names_ending_in_a_separator_name_folders() {
+        for p in ["a/", "a//", "/a/b/", "a\\", "a/.", "./", "a/b/."] {
+            assert!(names_a_folder(p), "{p}");
+        }
+        for p in ["a", "/a/b", "/", "//", ".", "a.", "a/.b", "", "a/.."] {
+            assert!(!names_a_folder(p), "{p}");
+        }
     }
 
     #[test]

@@ -462,6 +462,33 @@ impl UserFs {
         VPath::resolve(cwd, input)
     }
 
+    /// [`UserFs::resolve`] for an operation on a name that may be a file (open, remove,
+    /// rename, stat, a transfer): a name that ends in a separator (`name/`, `name/.`) names a
+    /// folder only, as on a disk, where open(2), unlink(2), rename(2) and stat(2) of `name/`
+    /// fail unless `name` is a folder. Such a name that is not a folder is refused here: an
+    /// upload to `newdir/` (`scp f host:newdir/`) made a file named `newdir`, and the next
+    /// upload there replaced it.
+    pub async fn resolve_entry(&self, cwd: &VPath, input: &str) -> Result<VPath> {
+        let p = VPath::resolve(cwd, input)?;
+        if p.is_root() || !crate::path::names_a_folder(input) {
+            return Ok(p);
+        }
+        match self.stat_inner(&p).await {
+            Ok(e) if e.is_dir() => Ok(p),
+            Ok(_) => Err(Error::new(
+                ErrorKind::NotADirectory,
+                "not a folder (the name ends in /)",
+            )
+            .with_context("open", p.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::new(
+                ErrorKind::NotFound,
+                "no such folder (the name ends in /)",
+            )
+            .with_context("open", p.to_string())),
+            Err(e) => Err(e.with_context("open", p.to_string())),
+        }
+    }
+
     /// Creates the home folder (and the folders above it) when missing, so that it never
     /// vanishes when its last file goes (a marker on object storage).
     pub async fn ensure_home(&self) -> Result<()> {

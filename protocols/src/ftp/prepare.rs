@@ -48,7 +48,14 @@ pub(crate) async fn prepare(
     };
     // libunftp's storage error kinds print as their reply line ("550 Permission denied").
     let refusal = |e| Some(map_error(e).kind().to_string());
-    let path = match VPath::resolve(cwd, target) {
+    // A name ending in `/` is a folder's: a file's command on it is refused unless it is one
+    // (`STOR newdir/` made a file named `newdir`); a listing takes it as it is.
+    let path = if matches!(verb, "LIST" | "NLST" | "MLSD") {
+        VPath::resolve(cwd, target)
+    } else {
+        fs.resolve_entry(cwd, target).await
+    };
+    let path = match path {
         Ok(p) => p,
         Err(e) => return refusal(e),
     };

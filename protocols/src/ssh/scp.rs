@@ -415,7 +415,12 @@ where
     // ---- sink: the client uploads ----
 
     async fn sink(&mut self) -> IoResult<()> {
-        let target = match self.fs.resolve(&VPath::root(), &self.cmd.paths[0]) {
+        // A target ending in `/` must be a folder (scp to `host:newdir/`).
+        let target = match self
+            .fs
+            .resolve_entry(&VPath::root(), &self.cmd.paths[0])
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 let m = self.storage_error(e);
@@ -601,7 +606,7 @@ where
                     }
                 }
             }
-            let p = match self.fs.resolve(&VPath::root(), &input) {
+            let p = match self.fs.resolve_entry(&VPath::root(), &input).await {
                 Ok(p) => p,
                 Err(e) => {
                     let m = self.storage_error(e);

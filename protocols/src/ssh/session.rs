@@ -106,6 +106,29 @@ impl SftpSession {
             .map_err(|e| self.fail(e))
     }
 
+    /// [`Self::path`] for a name that may be a file: one ending in `/` must be a folder (see
+    /// [`bucketgate_storage::UserFs::resolve_entry`]).
+    async fn entry_path(&mut self, input: &str) -> Res<VPath> {
+        match self.fs.resolve_entry(&VPath::root(), input).await {
+            Ok(p) => Ok(p),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The two names of a rename. A target ending in `/` is a folder's name: only a folder can
+    /// go there (rename(2) of a file to `name/` fails with ENOTDIR, where `name` exists or not).
+    async fn rename_paths(&mut self, from: &str, to: &str) -> Res<(VPath, VPath)> {
+        let from_path = self.entry_path(from).await?;
+        let to_path = self.path(to)?;
+        if bucketgate_storage::path::names_a_folder(to)
+            && !bucketgate_storage::path::names_a_folder(from)
+        {
+            // The source must then be a folder.
+            self.entry_path(&format!("{}/", from_path)).await?;
+        }
+        Ok((from_path, to_path))
+    }
+
     fn room_for_handle(&self) -> Res<()> {
         if self.handles.len() >= self.limits.max_handles {
             return Err(SftpError::new(StatusCode::Failure, "too many open handles"));
@@ -118,7 +141,7 @@ impl SftpSession {
     }
 
     async fn stat_path(&mut self, input: &str) -> Res<FileAttributes> {
-        let p = self.path(input)?;
+        let p = self.entry_path(input).await?;
         if let Some(w) = self.handles.writer_of(&p).filter(|w| !w.is_superseded()) {
             // This session is writing it: it exists for this session, with what was written so
             // far (FUSE clients stat a file between create and close). Other sessions see the
@@ -202,7 +225,7 @@ impl SftpSession {
             "posix-rename@openssh.com" => {
                 let from = take_string(&mut r)?;
                 let to = take_string(&mut r)?;
-                let (from, to) = (self.path(&from)?, self.path(&to)?);
+                let (from, to) = self.rename_paths(&from, &to).await?;
                 self.fs
                     .rename(&from, &to, true)
                     .await
@@ -498,7 +521,7 @@ impl russh_sftp::server::Handler for SftpSession {
         _attrs: FileAttributes,
     ) -> Result<HandleReply, Self::Error> {
         self.room_for_handle()?;
-        let p = self.path(&filename)?;
+        let p = self.entry_path(&filename).await?;
         let write = pflags.contains(OpenFlags::WRITE);
         let read = pflags.contains(OpenFlags::READ);
         let h = if write {
@@ -632,7 +655,7 @@ impl russh_sftp::server::Handler for SftpSession {
         path: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        let p = self.path(&path)?;
+        let p = self.entry_path(&path).await?;
         self.apply_attrs(&p, &attrs).await?;
         Ok(ok(id))
     }
@@ -720,7 +743,7 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
-        let p = self.path(&filename)?;
+        let p = self.entry_path(&filename).await?;
         self.fs.remove(&p).await.map_err(|e| self.fail(e))?;
         Ok(ok(id))
     }
@@ -758,7 +781,7 @@ impl russh_sftp::server::Handler for SftpSession {
         oldpath: String,
         newpath: String,
     ) -> Result<Status, Self::Error> {
-        let (from, to) = (self.path(&oldpath)?, self.path(&newpath)?);
+        let (from, to) = self.rename_paths(&oldpath, &newpath).await?;
         // SFTP v3 rename never replaces: posix-rename@openssh.com is the replacing one.
         self.fs
             .rename(&from, &to, false)

@@ -5,6 +5,7 @@
 use super::lines::{rfc775_aliases, strip_telnet_commands, syntax_error, NO_ARGUMENT};
 use super::{Pending, Relay};
 use crate::ftp::prepare;
+use bucketgate_storage::path::names_a_folder;
 use bucketgate_storage::VPath;
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -39,7 +40,8 @@ impl Relay {
             self.deferred = Some(line.clone());
             return true;
         }
-        let resolves_here = matches!(verb.as_str(), "MLST" | "STAT" | "MFMT") && !arg.is_empty();
+        let resolves_here = (matches!(verb.as_str(), "MLST" | "STAT" | "MFMT") && !arg.is_empty())
+            || (matches!(verb.as_str(), "DELE" | "RNFR" | "RNTO") && names_a_folder(arg));
         if (prepare::is_prepared(&verb) || resolves_here) && self.replies_due() {
             // Prepared (or its path resolved) once the replies still due are in: then the login
             // and the working folder are what libunftp will see (a `CWD` sent just before has
@@ -191,6 +193,17 @@ impl Relay {
                 }
                 return self.forward(&line, Pending::Transfer).await;
             }
+            // A name ending in `/` is a folder's (see `UserFs::resolve_entry`): DELE and RNFR
+            // of `file/` acted on `file`, and RNTO `newdir/` gave a file that name.
+            "DELE" | "RNFR" | "RNTO" if self.logged_in => {
+                if verb == "RNFR" {
+                    self.rename_from = Some(arg.to_string());
+                }
+                if let Some(refusal) = self.folder_name_check(&verb, arg).await {
+                    return self.reply_local(refusal).await;
+                }
+                return self.forward(&line, Pending::Other).await;
+            }
             "STRU" | "MODE" => {
                 // libunftp takes the upper-case letter only.
                 let cmd = format!("{verb} {}", arg.trim().to_ascii_uppercase());
@@ -210,6 +223,27 @@ impl Relay {
     async fn prepare(&mut self, verb: &str, arg: &str, rest: u64) -> Option<String> {
         let session = self.session.as_ref()?;
         prepare::prepare(&session.fs, &self.link, &self.cwd, verb, arg, rest).await
+    }
+
+    /// DELE, RNFR and RNTO of a name ending in `/`: the name must be a folder's (for RNTO, the
+    /// RNFR's). The refusal to send, if any.
+    async fn folder_name_check(&mut self, verb: &str, arg: &str) -> Option<String> {
+        let session = self.session.as_ref()?;
+        let must_be_folder = match verb {
+            "RNTO" if names_a_folder(arg) => {
+                let from = self.rename_from.clone().unwrap_or_default();
+                if names_a_folder(&from) {
+                    return None;
+                }
+                format!("{}/", from.trim_end())
+            }
+            _ if names_a_folder(arg) => arg.to_string(),
+            _ => return None,
+        };
+        match session.fs.resolve_entry(&self.cwd, &must_be_folder).await {
+            Ok(_) => None,
+            Err(e) => Some(crate::ftp::storage::map_error(e).kind().to_string()),
+        }
     }
 
     /// OPTS (RFC 2389): UTF8 (names are always UTF-8) and MLST fact selection (libunftp always

@@ -92,6 +92,8 @@ pub(crate) struct Relay {
     data_abort: Option<data::DataAbort>,
     /// The verb of the latest transfer command.
     transfer_verb: String,
+    /// The name of the latest RNFR, as the client sent it (a trailing `/` says "a folder").
+    rename_from: Option<String>,
     /// An ABOR waits this long at most for the transfer's end, then the session is closed.
     abort_deadline: Instant,
     data_tasks: JoinSet<()>,
@@ -142,6 +144,7 @@ impl Relay {
             link,
             data_abort: None,
             transfer_verb: String::new(),
+            rename_from: None,
             abort_deadline: Instant::now(),
             data_tasks: JoinSet::new(),
             pending_passive: None,
