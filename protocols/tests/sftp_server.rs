@@ -505,3 +505,82 @@ async fn a_client_killed_while_its_window_is_full_leaves_nothing_behind() {
         "the killed client's session still holds something"
     );
 }
+
+/// A name that is not UTF-8 (a client in another character set: `café` in Latin-1, `caf\xe9`)
+/// was decoded with a replacement character, so `caf\xe9.txt` and `caf\xe8.txt` were one file
+/// and the second upload replaced the first. Such a name is refused with a FAILURE now, in
+/// every request that carries names, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_are_not_utf8_are_refused_not_replaced() {
+    let h = Harness::start().await;
+    let c = h.alice_logged_in().await;
+    let ch = c.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let mut st = ch.into_stream();
+    fn packet(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 5) as u32).to_be_bytes().to_vec();
+        v.push(kind);
+        v.extend(id.to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+    fn string(s: &[u8]) -> Vec<u8> {
+        let mut v = (s.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(s);
+        v
+    }
+    async fn reply(st: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+        let len = st.read_u32().await.unwrap() as usize;
+        let mut b = vec![0u8; len];
+        st.read_exact(&mut b).await.unwrap();
+        (b[0], b[1..].to_vec())
+    }
+    st.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap(); // INIT v3
+    assert_eq!(reply(&mut st).await.0, 2); // VERSION
+    let latin1 = b"/caf\xe9.txt".as_slice();
+    // OPEN for writing (CREAT|TRUNC|WRITE, no attributes), MKDIR, STAT, RENAME to and from,
+    // posix-rename.
+    let mut open = string(latin1);
+    open.extend(0x1au32.to_be_bytes());
+    open.extend(0u32.to_be_bytes());
+    let mut mkdir = string(b"/d\xe9");
+    mkdir.extend(0u32.to_be_bytes());
+    let mut rename_to = string(b"/archive");
+    rename_to.extend(string(latin1));
+    let mut rename_from = string(latin1);
+    rename_from.extend(string(b"/x.txt"));
+    let mut posix = string(b"posix-rename@openssh.com");
+    posix.extend(string(b"/archive"));
+    posix.extend(string(latin1));
+    let requests: [(u8, Vec<u8>); 6] = [
+        (3, open),
+        (14, mkdir),
+        (17, string(latin1)),
+        (18, rename_to),
+        (18, rename_from),
+        (200, posix),
+    ];
+    for (i, (kind, body)) in requests.into_iter().enumerate() {
+        let id = 10 + i as u32;
+        st.write_all(&packet(kind, id, &body)).await.unwrap();
+        let (k, b) = reply(&mut st).await;
+        assert_eq!(k, 101, "request {i}: a STATUS");
+        assert_eq!(&b[..4], &id.to_be_bytes());
+        assert_eq!(
+            &b[4..8],
+            &(StatusCode::Failure as u32).to_be_bytes(),
+            "request {i}"
+        );
+    }
+    // Nothing was made or moved, and the session still answers.
+    let names: Vec<_> = std::fs::read_dir(h.alice(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains('\u{FFFD}')), "{names:?}");
+    assert!(h.alice("archive").is_dir());
+    st.write_all(&packet(17, 99, &string(b"/archive")))
+        .await
+        .unwrap();
+    assert_eq!(reply(&mut st).await.0, 105); // ATTRS
+}

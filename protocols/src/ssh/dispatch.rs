@@ -407,11 +407,62 @@ async fn read_request<S: AsyncRead + Unpin>(
             .unwrap_or(Request::Malformed(id));
         return Ok((request, len));
     }
+    if !names_are_utf8(bytes[0], &bytes[5..]) {
+        return Ok((
+            Request::Refused(id, "names must be valid UTF-8 (the client's character set)"),
+            0,
+        ));
+    }
     let request = match Packet::try_from(&mut bytes) {
         Ok(p) => Request::Packet(p),
         Err(_) => Request::Malformed(id),
     };
     Ok((request, len))
+}
+
+/// Whether the names of a request (after its id) are valid UTF-8. russh-sftp decodes them
+/// with replacement characters: a name in another character set (`café` in Latin-1, from a
+/// client without UTF-8) became `caf\u{FFFD}`, so two names differing in such letters were one
+/// object, and the second upload replaced the first. Object keys are UTF-8, so such a name is
+/// refused before the request is decoded. A request cut short is left to the decoder.
+fn names_are_utf8(kind: u8, mut body: &[u8]) -> bool {
+    let mut names = match kind {
+        // OPEN, SETSTAT, OPENDIR, REMOVE, MKDIR, RMDIR, REALPATH, STAT, LSTAT, READLINK.
+        3 | 7 | 9 | 11 | 13 | 14 | 15 | 16 | 17 | 19 => 1,
+        // RENAME, SYMLINK.
+        18 | 20 => 2,
+        // EXTENDED: its request's name, then the names it carries.
+        200 => {
+            let Some(request) = take_name(&mut body) else {
+                return true;
+            };
+            match request {
+                Ok(b"posix-rename@openssh.com") | Ok(b"hardlink@openssh.com") => 2,
+                Ok(b"statvfs@openssh.com") | Ok(b"expand-path@openssh.com") => 1,
+                Ok(_) => 0,
+                Err(()) => return false,
+            }
+        }
+        _ => 0,
+    };
+    while names > 0 {
+        match take_name(&mut body) {
+            None => return true,
+            Some(Err(())) => return false,
+            Some(Ok(_)) => names -= 1,
+        }
+    }
+    true
+}
+
+/// The next SSH `string` of `body`: `Err` when it is not UTF-8, `None` when `body` is cut
+/// short.
+fn take_name<'a>(body: &mut &'a [u8]) -> Option<Result<&'a [u8], ()>> {
+    let (len, rest) = body.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let name = rest.get(..len)?;
+    *body = &rest[len..];
+    Some(std::str::from_utf8(name).map(|_| name).map_err(|_| ()))
 }
 
 const SSH_FXP_READ: u8 = 5;
