@@ -517,8 +517,8 @@ async fn rfc775_folder_verbs_work_as_their_rfc959_twins() {
 
 /// A name ending in `/` names a folder, as on a disk: `STOR newdir/` made a file named
 /// `newdir`, `DELE file/` removed `file`, and `RNTO newdir/` gave a file that name. Each is
-/// refused now with nothing changed (vsftpd and ProFTPD refuse them too: open(2), unlink(2)
-/// and rename(2) fail); folders are unchanged.
+/// refused now with nothing changed (on a disk open(2), unlink(2) and rename(2) of `name/`
+/// fail unless it is a folder); folders are unchanged.
 #[tokio::test]
 async fn a_name_ending_in_a_slash_is_a_folder_or_nothing() {
     let h = Harness::start(Setup::default()).await;

@@ -161,6 +161,24 @@ async fn epsv(c: &mut AsyncRustlsFtpStream) -> u16 {
         .unwrap_or_else(|| panic!("no port in {text}"))
 }
 
+/// A data connection to the passive `port` on which a TLS client (`config`) has sent its
+/// ClientHello and nothing more.
+async fn hello_sent(
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+) -> (rustls::ClientConnection, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut out = Vec::new();
+    tls.write_tls(&mut out).unwrap();
+    tcp.write_all(&out).await.unwrap();
+    (tls, tcp)
+}
+
 /// A TLS 1.3 client that sends its file and closes the data connection at once, without
 /// reading what the server sent after the handshake: every upload is stored whole and gets
 /// 226 (TLS 1.3 session tickets on data connections made its kernel reset the connection,
@@ -225,15 +243,8 @@ async fn a_handshake_begun_at_connect_is_over_by_the_150() {
     let mut cut = 0;
     for i in 0..20 {
         let port = epsv(&mut c).await;
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
         // The ClientHello goes out before the STOR, as from Node's TLS socket.
-        let mut out = Vec::new();
-        tls.write_tls(&mut out).unwrap();
-        tcp.write_all(&out).await.unwrap();
+        let (mut tls, mut tcp) = hello_sent(&config, port).await;
         // The rest of the handshake goes on by itself, as a client's event loop drives it.
         // `ready`: the client knows its handshake is over (before its TLS Finished is out, so
         // before the server can know it).
@@ -299,7 +310,6 @@ async fn a_handshake_begun_at_connect_is_over_by_the_150() {
 /// The session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_cut_after_its_hello_fails_the_transfer_and_nothing_else() {
-    use tokio::io::AsyncWriteExt;
     let h = Harness::start(Setup {
         tls: Some(TlsMode::Explicit),
         ..Setup::default()
@@ -325,14 +335,7 @@ async fn a_handshake_cut_after_its_hello_fails_the_transfer_and_nothing_else() {
             };
             let what = format!("{cmd} (client killed {when})");
             let port = epsv(&mut c).await;
-            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
-            let mut out = Vec::new();
-            tls.write_tls(&mut out).unwrap();
-            tcp.write_all(&out).await.unwrap();
+            let (_tls, tcp) = hello_sent(&config, port).await;
             // Killed: its connection is reset.
             let kill = tokio::spawn(async move {
                 if during {

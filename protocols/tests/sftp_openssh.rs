@@ -50,7 +50,8 @@ async fn run(prog: &str, args: Vec<String>) -> (String, String) {
     (o, e)
 }
 
-async fn sftp_batch(h: &Harness, batch: &str) -> String {
+/// The arguments of OpenSSH's sftp running `batch` as alice.
+fn batch_args(h: &Harness, batch: &str) -> Vec<String> {
     let bf = h.dir.path().join("batch");
     std::fs::write(&bf, batch).unwrap();
     let mut args = h.ssh_opts("-P");
@@ -59,7 +60,19 @@ async fn sftp_batch(h: &Harness, batch: &str) -> String {
         bf.display().to_string(),
         "alice@127.0.0.1".into(),
     ]);
-    run("sftp", args).await.0
+    args
+}
+
+async fn sftp_batch(h: &Harness, batch: &str) -> String {
+    run("sftp", batch_args(h, batch)).await.0
+}
+
+/// Runs `batch` with OpenSSH's sftp: whether it succeeded (a refused step fails the batch).
+async fn sftp_batch_succeeds(h: &Harness, batch: &str) -> bool {
+    let out = Command::new(require_tool("sftp"))
+        .args(batch_args(h, batch))
+        .output();
+    out.await.unwrap().status.success()
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -98,25 +111,9 @@ async fn sftp_batch_put_get_ls_mkdir_rename_rm() {
     assert!(out.lines().any(|l| l.ends_with(" copy.bin")), "{out}");
 
     // A refused operation fails the batch (and changes nothing).
-    let bf = h.dir.path().join("batch2");
-    std::fs::write(
-        &bf,
-        format!("lcd {}\nput up.bin archive/up.bin\n", l.display()),
-    )
-    .unwrap();
     std::fs::write(l.join("up.bin"), b"x").unwrap();
-    let mut args = h.ssh_opts("-P");
-    args.extend([
-        "-b".into(),
-        bf.display().to_string(),
-        "alice@127.0.0.1".into(),
-    ]);
-    let st = Command::new(require_tool("sftp"))
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
-    assert!(!st.status.success());
+    let batch = format!("lcd {}\nput up.bin archive/up.bin\n", l.display());
+    assert!(!sftp_batch_succeeds(&h, &batch).await);
     assert!(!h.alice("archive/up.bin").exists());
 }
 
@@ -186,6 +183,15 @@ async fn scp(h: &Harness, extra: &[&str], from: String, to: String) {
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend([from, to]);
     run("scp", args).await;
+}
+
+/// Runs scp: whether it succeeded.
+async fn scp_succeeds(h: &Harness, extra: &[&str], from: String, to: String) -> bool {
+    let mut args = h.ssh_opts("-P");
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([from, to]);
+    let out = Command::new(require_tool("scp")).args(&args).output();
+    out.await.unwrap().status.success()
 }
 
 async fn remote_mtime(h: &Harness, path: &str) -> u32 {
@@ -446,21 +452,8 @@ async fn sftp_cp_copies_on_the_server() {
     assert_eq!(std::fs::read(h.alice("old.bin")).unwrap(), b"tiny");
     assert_eq!(std::fs::read(h.alice("src.bin")).unwrap(), data);
     // A missing source or a target in a missing folder: the batch fails, nothing is made.
-    let bf = h.dir.path().join("batch-cp");
     for batch in ["cp missing.bin x.bin\n", "cp src.bin nofolder/x.bin\n"] {
-        std::fs::write(&bf, batch).unwrap();
-        let mut args = h.ssh_opts("-P");
-        args.extend([
-            "-b".into(),
-            bf.display().to_string(),
-            "alice@127.0.0.1".into(),
-        ]);
-        let st = Command::new(require_tool("sftp"))
-            .args(&args)
-            .output()
-            .await
-            .unwrap();
-        assert!(!st.status.success(), "{batch}");
+        assert!(!sftp_batch_succeeds(&h, batch).await, "{batch}");
     }
     assert!(!h.alice("x.bin").exists() && !h.alice("nofolder").exists());
 }
@@ -475,20 +468,10 @@ async fn scp_to_a_missing_folder_makes_no_file_of_its_name() {
     let src = local.path().join("one.txt");
     std::fs::write(&src, b"first").unwrap();
     for legacy in [false, true] {
-        let mut args = h.ssh_opts("-P");
-        if legacy {
-            args.push("-O".into());
-        }
-        args.extend([
-            src.display().to_string(),
-            "alice@127.0.0.1:newdir/".to_string(),
-        ]);
-        let st = Command::new(require_tool("scp"))
-            .args(&args)
-            .output()
-            .await
-            .unwrap();
-        assert!(!st.status.success(), "legacy {legacy}: scp succeeded");
+        let extra: &[&str] = if legacy { &["-O"] } else { &[] };
+        let to = "alice@127.0.0.1:newdir/".to_string();
+        let ok = scp_succeeds(&h, extra, src.display().to_string(), to).await;
+        assert!(!ok, "legacy {legacy}: scp succeeded");
         assert!(!h.alice("newdir").exists(), "legacy {legacy}");
     }
     std::fs::create_dir(h.alice("newdir")).unwrap();

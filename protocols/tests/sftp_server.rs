@@ -140,6 +140,29 @@ async fn shutdown_grace_over_aborts_unfinished_uploads() {
     assert!(!h.alice("never.txt").exists());
 }
 
+/// An SFTP packet of type `kind` (its id, if any, at the start of `body`).
+fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    v.push(kind);
+    v.extend_from_slice(body);
+    v
+}
+
+/// An SSH `string`.
+fn string(s: &[u8]) -> Vec<u8> {
+    let mut v = (s.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(s);
+    v
+}
+
+/// The next reply: its type and the rest.
+async fn reply(st: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+    let len = st.read_u32().await.unwrap() as usize;
+    let mut b = vec![0u8; len];
+    st.read_exact(&mut b).await.unwrap();
+    (b[0], b[1..].to_vec())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
     let h = Harness::start_with(|o| o.max_packet_len = 64 * 1024).await;
@@ -147,24 +170,6 @@ async fn oversized_packet_is_refused_and_the_stream_stays_in_step() {
     let ch = c.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "sftp").await.unwrap();
     let mut st = ch.into_stream();
-
-    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
-        v.push(kind);
-        v.extend_from_slice(body);
-        v
-    }
-    fn string(s: &[u8]) -> Vec<u8> {
-        let mut v = (s.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(s);
-        v
-    }
-    async fn reply(st: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
-        let len = st.read_u32().await.unwrap() as usize;
-        let mut b = vec![0u8; len];
-        st.read_exact(&mut b).await.unwrap();
-        (b[0], b[1..].to_vec())
-    }
     st.write_all(&packet(1, &3u32.to_be_bytes())).await.unwrap(); // INIT
     assert_eq!(reply(&mut st).await.0, 2); // VERSION
 
@@ -517,24 +522,12 @@ async fn names_that_are_not_utf8_are_refused_not_replaced() {
     let ch = c.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "sftp").await.unwrap();
     let mut st = ch.into_stream();
-    fn packet(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
-        let mut v = ((body.len() + 5) as u32).to_be_bytes().to_vec();
-        v.push(kind);
-        v.extend(id.to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-    fn string(s: &[u8]) -> Vec<u8> {
-        let mut v = (s.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(s);
-        v
-    }
-    async fn reply(st: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
-        let len = st.read_u32().await.unwrap() as usize;
-        let mut b = vec![0u8; len];
-        st.read_exact(&mut b).await.unwrap();
-        (b[0], b[1..].to_vec())
-    }
+    // A request: its type, its id, its body.
+    let packet = |kind: u8, id: u32, body: &[u8]| {
+        let mut b = id.to_be_bytes().to_vec();
+        b.extend_from_slice(body);
+        packet(kind, &b)
+    };
     st.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap(); // INIT v3
     assert_eq!(reply(&mut st).await.0, 2); // VERSION
     let latin1 = b"/caf\xe9.txt".as_slice();
