@@ -30,7 +30,10 @@ export BUCKETGATE_TEST_S3_ENV_ONLY=1
 # them), and sync with an S3 remote (the 10,000-file run on s3s-fs already ran above, here once
 # more with Garage beside it).
 (
-  eval "$(bash scripts/garage.sh start "$garage_dir")"
+  # An assignment of its own, so that a server that did not start stops the run here (`eval
+  # "$(...)"` would go on with no endpoint, and every test would fail for another reason).
+  exports=$(bash scripts/garage.sh start "$garage_dir")
+  eval "$exports"
   # shellcheck disable=SC2086
   cargo test --workspace --locked --test integration -- $s3_modules sync_s3:: \
     sync_s3_scale:: --test-threads="$threads"
@@ -50,7 +53,15 @@ bash scripts/garage.sh stop "$garage_dir"
 # PostgreSQL store: e2e_sync_lease), and the behaviour suite (folders, appends, resumes through the
 # tree); about 3 minutes plus 25 s to start the cluster.
 (
-  eval "$(bash scripts/rgw.sh start "$rgw_dir")"
+  # A cluster whose start failed is cleared and started once more before the run gives up.
+  exports=$(bash scripts/rgw.sh start "$rgw_dir") || {
+    echo "Ceph RGW did not start; clearing it and starting it once more" >&2
+    bash scripts/rgw.sh stop "$rgw_dir"
+    rm -rf "$rgw_dir"
+    mkdir -p "$rgw_dir"
+    exports=$(bash scripts/rgw.sh start "$rgw_dir")
+  }
+  eval "$exports"
   cargo test --workspace --locked --test integration -- s3_probe:: s3_uploads:: \
     s3_lease:: s3_ops:: e2e_sync_lease:: --test-threads="$threads"
   cargo test --workspace --locked --test integration -- vfs_behaviour::env_endpoint:: \
