@@ -553,3 +553,39 @@ async fn a_name_ending_in_a_slash_is_a_folder_or_nothing() {
     let r = raw.stor("dir2/new.txt", b"x").await.1;
     assert!(r.starts_with("226"), "{r}");
 }
+
+/// A refused MKD, RMD, DELE or RNTO says why, in the words SFTP uses: libunftp answered its
+/// fixed text for the error's kind, "550 Directory not found" to an MKD of a folder that
+/// exists and "553 File name not allowed" to a rename onto one. Codes are unchanged.
+#[tokio::test]
+async fn a_refused_folder_or_name_command_says_why() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("dir/inner.txt", b"in");
+    h.write("file.txt", b"kept");
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
+    for (cmd, want) in [
+        ("MKD dir", "550 mkdir /dir: already exists"),
+        ("XMKD dir", "550 mkdir /dir: already exists"),
+        ("RMD dir", "550 rmdir /dir: folder not empty"),
+        ("RMD nowhere", "550 rmdir /nowhere: no such file or folder"),
+        (
+            "DELE nowhere",
+            "550 remove /nowhere: no such file or folder",
+        ),
+        ("DELE dir", "550 remove /dir:"),
+    ] {
+        let r = raw.cmd(cmd).await;
+        assert!(r.starts_with(want), "{cmd}: {r}");
+    }
+    assert!(raw.cmd("RNFR file.txt").await.starts_with("350"));
+    let r = raw.cmd("RNTO dir").await;
+    assert!(r.starts_with("553 rename /dir: already exists"), "{r}");
+    // A command libunftp refuses before asking the storage keeps its own text, and a reason
+    // is never carried over to the next command's reply.
+    let r = raw.cmd("RNTO other").await;
+    assert!(r.starts_with("450 Please tell me"), "{r}");
+    assert!(raw.cmd("MKD fresh").await.starts_with("257"));
+    assert_eq!(h.read("file.txt"), b"kept");
+    assert_eq!(h.read("dir/inner.txt"), b"in");
+}

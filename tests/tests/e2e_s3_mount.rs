@@ -124,6 +124,28 @@ fn sftp_and_ftp_through_a_mount_land_in_the_bucket() {
     assert_ok("curl ftp delete", &del);
     assert_eq!(moto.get("exchange", "inbound/via-ftp.txt"), None);
 
+    // A folder does not move across the mount's edge: 550 with the reason, nothing moved. It
+    // was 502 "Command not implemented", which tells a client RNTO does not exist at all.
+    std::fs::create_dir_all(dir.path().join("files/site-folder")).unwrap();
+    let mv = curl(&[
+        "-v",
+        "-Q",
+        "RNFR site-folder",
+        "-Q",
+        "RNTO partners/acme/site-folder",
+        &format!("ftp://alice:{PASSWORD}@{ftp}/"),
+    ]);
+    let said = String::from_utf8_lossy(&mv.stderr);
+    assert!(!mv.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "< 550 rename /site-folder: folders cannot be moved between the site tree and a"
+        ),
+        "{said}"
+    );
+    assert!(dir.path().join("files/site-folder").is_dir());
+    assert_eq!(moto.get("exchange", "inbound/site-folder/"), None);
+
     // No secret in anything the gateway wrote.
     let log = gw.0.log_text();
     for secret in [SECRET_KEY, PASSWORD] {

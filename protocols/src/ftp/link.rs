@@ -59,6 +59,11 @@ pub(crate) struct ControlLink {
     /// Which data connection is the latest: an earlier one that breaks late says nothing of
     /// the transfer on this one.
     generation: AtomicU64,
+    /// Why the storage adapter refused the latest DELE, MKD, RMD or RNTO, in the words the SFTP
+    /// frontend uses ("mkdir /docs: already exists"): the relay puts it in the reply instead of
+    /// libunftp's fixed text for the error's kind ("550 Directory not found" for a folder that
+    /// exists).
+    refusal: Mutex<Option<String>>,
 }
 
 /// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
@@ -158,6 +163,23 @@ impl ControlLink {
     /// A new transfer command is about to start.
     pub(crate) fn new_transfer(&self) {
         self.aborted.store(false, Ordering::SeqCst);
+    }
+
+    /// The storage adapter refused a DELE, MKD, RMD or RNTO for this reason (the error's
+    /// client-safe Display form: the operation, the user's path, a short description).
+    pub(crate) fn note_refusal(&self, e: &bucketgate_storage::Error) {
+        // A reply is one line: a name from the bucket may hold control characters.
+        let text: String = e
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        *self.refusal.lock().expect("lock") = Some(text);
+    }
+
+    /// The reason noted for the command being answered, if any (forgotten either way).
+    pub(crate) fn take_refusal(&self) -> Option<String> {
+        self.refusal.lock().expect("lock").take()
     }
 
     /// Hands what the relay found for the next command to the storage adapter.

@@ -78,9 +78,12 @@ pub(crate) fn map_error(e: bucketgate_storage::Error) -> Error {
         Kind::IsADirectory => ErrorKind::PermanentFileNotAvailable, // 550
         Kind::DirectoryNotEmpty => ErrorKind::PermanentDirectoryNotEmpty, // 550
         Kind::AlreadyExists | Kind::InvalidInput => ErrorKind::FileNameNotAllowedError, // 553
-        Kind::Unsupported => ErrorKind::CommandNotImplemented,  // 502
+        // 550, not 502 "Command not implemented": the command is, this use of it (a folder
+        // renamed across a mount's edge) is not, and some clients stop sending a command
+        // answered 502 for the rest of the session.
+        Kind::Unsupported => ErrorKind::PermanentFileNotAvailable, // 550
         Kind::LimitReached => ErrorKind::ExceededStorageAllocationError, // 552
-        Kind::Conflict => ErrorKind::TransientFileNotAvailable, // 450: try again
+        Kind::Conflict => ErrorKind::TransientFileNotAvailable,    // 450: try again
         Kind::Backend if e.is_retryable() => ErrorKind::TransientFileNotAvailable, // 450
         Kind::Backend | Kind::ConfigInvalid => ErrorKind::LocalError, // 451
     };
@@ -89,6 +92,13 @@ pub(crate) fn map_error(e: bucketgate_storage::Error) -> Error {
         _ => tracing::debug!(error = ?e, "ftp: request refused"),
     }
     Error::new(kind, e)
+}
+
+/// A refused DELE, RMD or RNTO: its reason goes to the relay for the reply's text (see
+/// [`ControlLink::note_refusal`](super::link::ControlLink::note_refusal)).
+fn refused(user: &FtpUser, e: bucketgate_storage::Error) -> Error {
+    user.link.note_refusal(&e);
+    map_error(e)
 }
 
 /// A REST offset or APPE the relay did not prepare, or prepared for a file that has changed
@@ -377,12 +387,14 @@ impl StorageBackend<FtpUser> for FtpStorage {
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
-        user.session.fs.remove(&p).await.map_err(map_error)
+        let done = user.session.fs.remove(&p).await;
+        done.map_err(|e| refused(user, e))
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
         user.session.fs.mkdir(&p).await.map_err(|e| {
+            user.link.note_refusal(&e);
             if e.kind() == Kind::AlreadyExists {
                 // RFC 959 gives MKD no 553; servers answer 550 for a folder that exists.
                 tracing::debug!(error = ?e, "ftp: request refused");
@@ -401,16 +413,14 @@ impl StorageBackend<FtpUser> for FtpStorage {
     ) -> Result<()> {
         let (f, t) = (vpath(user, from.as_ref())?, vpath(user, to.as_ref())?);
         // RNTO onto an existing file replaces it, as FTP servers do (needs `overwrite`).
-        user.session
-            .fs
-            .rename(&f, &t, true)
-            .await
-            .map_err(map_error)
+        let done = user.session.fs.rename(&f, &t, true).await;
+        done.map_err(|e| refused(user, e))
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
-        user.session.fs.rmdir(&p).await.map_err(map_error)
+        let done = user.session.fs.rmdir(&p).await;
+        done.map_err(|e| refused(user, e))
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {

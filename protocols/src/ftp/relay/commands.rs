@@ -202,7 +202,15 @@ impl Relay {
                 if let Some(refusal) = self.folder_name_check(&verb, arg).await {
                     return self.reply_local(refusal).await;
                 }
-                return self.forward(&line, Pending::Other).await;
+                let pending = if verb == "RNFR" {
+                    Pending::Other
+                } else {
+                    Pending::Refusable
+                };
+                return self.forward(&line, pending).await;
+            }
+            "MKD" | "XMKD" | "RMD" if self.logged_in => {
+                return self.forward(&line, Pending::Refusable).await;
             }
             "STRU" | "MODE" => {
                 // libunftp takes the upper-case letter only.

@@ -10,6 +10,9 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(super) enum Pending {
     Other,
+    /// DELE, MKD, RMD, RNTO: a refusal's text is the storage's reason when the adapter noted
+    /// one (see [`ControlLink::note_refusal`](crate::ftp::link::ControlLink::note_refusal)).
+    Refusable,
     /// Sent by the relay itself (the REST before a transfer): the reply is not passed on.
     Hidden,
     /// The PORT to the stand-in port before a transfer, sent by the relay itself: the reply is
@@ -73,7 +76,15 @@ impl Relay {
             self.transfer_active = false;
         }
         let release_quit = matches!(pending, Pending::Transfer) && self.quit_held;
+        // A reason noted for this command, forgotten by any other reply (libunftp may refuse a
+        // command before calling the adapter: then no reason is noted, and its own text goes).
+        let reason = self.link.take_refusal();
         let ok = match (pending, code) {
+            (Pending::Refusable, 400..=599) if reason.is_some() => {
+                let reason = reason.unwrap_or_default();
+                self.say(&format!("{code} {reason}")).await;
+                true
+            }
             (Pending::Hidden, _) => true,
             (Pending::Port(connected), code) => {
                 let _ = connected.send((200..300).contains(&code));
