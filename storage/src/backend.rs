@@ -62,6 +62,40 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 /// A listing, one page of entries at a time, so memory stays flat for any folder size.
 pub type ListStream = BoxStream<'static, Result<Vec<Entry>>>;
 
+/// What a walk passed over ([`Backend::walk_noting`]): names that cannot be paths (not UTF-8, an
+/// empty, `.` or `..` segment, too long) and files hidden by a folder of the same name. A
+/// listing shows neither (each is logged); a caller that must account for every file, such as
+/// a sync run, reports them.
+#[derive(Debug, Default)]
+pub struct WalkNotes {
+    passed: std::sync::Mutex<Vec<(String, &'static str)>>,
+}
+
+impl WalkNotes {
+    /// `name` (below the walked key, as it is; a name that is not UTF-8 with its bad bytes
+    /// replaced) was passed over, because of `why`.
+    pub fn note(&self, name: impl Into<String>, why: &'static str) {
+        self.passed.lock().expect("lock").push((name.into(), why));
+    }
+
+    /// Everything noted so far, in the order met.
+    pub fn take(&self) -> Vec<(String, &'static str)> {
+        std::mem::take(&mut *self.passed.lock().expect("lock"))
+    }
+}
+
+/// Why a walk passes over a name (see [`WalkNotes`]).
+pub mod passed_over {
+    /// A name that is not valid UTF-8.
+    pub const NOT_UTF8: &str = "its name is not valid UTF-8";
+    /// A key no path can name.
+    pub const NOT_A_PATH: &str =
+        "its name cannot be a path (an empty, `.` or `..` segment, a `\\` \
+         or a control character, or a segment over 255 bytes)";
+    /// A file whose name a folder also has.
+    pub const HIDDEN_BY_FOLDER: &str = "a folder of the same name hides it";
+}
+
 /// Names listed in one folder by one request (see [`Backend::child_names`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildNames {
@@ -201,6 +235,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Every file and folder below `key`, recursively, with names relative to `key`, one page
     /// at a time (for folder renames and sync).
     fn walk(&self, key: &str) -> ListStream;
+
+    /// [`Backend::walk`], telling `notes` what it passes over instead of only logging it.
+    fn walk_noting(&self, key: &str, notes: Arc<WalkNotes>) -> ListStream {
+        let _ = notes;
+        self.walk(key)
+    }
 
     /// The names of the direct children of folder `key` (files and folders alike) that sort
     /// after the child name `after` (`""`: from the start), as many as one request tells;

@@ -4,7 +4,10 @@
 //! unreachable by any key) and renamed into place when complete, so a partial file is never
 //! visible and an overwritten file keeps its old content until the new one is whole.
 
-use crate::backend::{Backend, ByteStream, CreateOptions, Entry, EntryKind, ListStream, Upload};
+use crate::backend::{
+    passed_over, Backend, ByteStream, CreateOptions, Entry, EntryKind, ListStream, Upload,
+    WalkNotes,
+};
 use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
@@ -12,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -188,18 +192,21 @@ fn async_stream_pages(
 fn walk_pages(
     start: PathBuf,
     top_is_root: bool,
+    notes: Option<Arc<WalkNotes>>,
 ) -> impl futures::Stream<Item = Result<Vec<Entry>>> + Send + 'static {
     struct St {
         stack: Vec<(PathBuf, String)>,
         cur: Option<(tokio::fs::ReadDir, PathBuf, String)>,
         top_is_root: bool,
         done: bool,
+        notes: Option<Arc<WalkNotes>>,
     }
     let st = St {
         stack: vec![(start, String::new())],
         cur: None,
         top_is_root,
         done: false,
+        notes,
     };
     futures::stream::unfold(st, |mut st| async move {
         if st.done {
@@ -226,6 +233,10 @@ fn walk_pages(
                 Ok(Some(de)) => {
                     let Ok(name) = de.file_name().into_string() else {
                         tracing::warn!(dir = %dir.display(), "skipping a file name that is not UTF-8");
+                        if let Some(n) = &st.notes {
+                            let lossy = de.file_name().to_string_lossy().into_owned();
+                            n.note(format!("{prefix}{lossy}"), passed_over::NOT_UTF8);
+                        }
                         continue;
                     };
                     if st.top_is_root && prefix.is_empty() && name == STAGING {
@@ -233,6 +244,9 @@ fn walk_pages(
                     }
                     if !servable_name(&name) {
                         tracing::warn!(dir = %dir.display(), name = ?name, "skipping a file name that cannot be a path");
+                        if let Some(n) = &st.notes {
+                            n.note(format!("{prefix}{name}"), passed_over::NOT_A_PATH);
+                        }
                         continue;
                     }
                     let Ok(md) = tokio::fs::metadata(de.path()).await else {
@@ -290,7 +304,15 @@ impl Backend for LocalBackend {
             Ok(p) => p,
             Err(e) => return Box::pin(futures::stream::once(async move { Err(e) })),
         };
-        Box::pin(walk_pages(start, key.is_empty()))
+        Box::pin(walk_pages(start, key.is_empty(), None))
+    }
+
+    fn walk_noting(&self, key: &str, notes: Arc<WalkNotes>) -> ListStream {
+        let start = match self.path(key) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(futures::stream::once(async move { Err(e) })),
+        };
+        Box::pin(walk_pages(start, key.is_empty(), Some(notes)))
     }
 
     async fn read(&self, key: &str, offset: u64, end: Option<u64>) -> Result<ByteStream> {

@@ -1018,3 +1018,101 @@ async fn same_files_on_an_sse_c_remote_are_recognised_without_a_state() {
         );
     }
 }
+
+/// Names no path can hold are skipped out loud: keys of the remote that listings pass over (a
+/// `//`, a backslash, a control character, a file hidden by a folder of its name) and files of
+/// the site whose names are not UTF-8 or hold a backslash. A run said "ok, skipped: 0" while
+/// they were left out, and a user took the copy as complete. Now each is counted as skipped
+/// and named in the run's messages; everything else is copied, and nothing is deleted for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_no_path_can_hold_are_counted_as_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    // Servers that store keys verbatim (s3s-fs maps them to file paths): moto at least.
+    let verbatim: Vec<Server> = servers()
+        .await
+        .into_iter()
+        .filter(|s| s.caps.raw_keys)
+        .collect();
+    assert!(!verbatim.is_empty(), "no server that stores keys verbatim");
+    for srv in verbatim {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("site")).unwrap());
+        let remote: Arc<dyn Backend> = Arc::new(srv.backend());
+        let s3 = srv.backend();
+        for (k, body) in [
+            ("odd/ok.txt", &b"fine"[..]),
+            ("odd/a//b", b"double slash"),
+            ("odd/back\\slash", b"backslash"),
+            ("odd/c\u{1}d", b"control"),
+            ("odd/x", b"hidden by x/"),
+            ("odd/x/y", b"in x"),
+        ] {
+            put(&s3, &srv.key(k), body, 64).await;
+        }
+        let mut job = push_job(
+            format!("odd-pull-{}", srv.name),
+            (site.clone(), "pulled".into()),
+            (remote.clone(), srv.key("odd/")),
+        );
+        job.direction = Direction::Pull;
+        job.delete = true;
+        let state = dir.path().join("state");
+        for round in 0..2 {
+            let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+            assert_eq!(
+                (
+                    sum.copied_to_site,
+                    sum.skipped,
+                    sum.errors,
+                    sum.deleted_site
+                ),
+                (if round == 0 { 2 } else { 0 }, 4, 0, 0),
+                "[{}] round {round}: {sum:?}",
+                srv.name
+            );
+            let said = sum.messages.join("\n");
+            for name in ["\"a//b\"", "\"back\\\\slash\"", "\"c\\u{1}d\"", "x: "] {
+                assert!(said.contains(name), "[{}] {name} in {said}", srv.name);
+            }
+            assert!(said.contains("not synced: on the remote"), "{said}");
+        }
+        let pulled = dir.path().join("site/pulled");
+        assert_eq!(
+            local_files(&pulled).into_keys().collect::<Vec<_>>(),
+            ["ok.txt", "x/y"],
+            "[{}]",
+            srv.name
+        );
+
+        // A push: the site's names that no key may take are skipped the same way.
+        let out = dir.path().join("site/out");
+        write(&out, "plain.txt", b"plain");
+        write(&out, "back\\slash", b"backslash");
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(out.join(latin1), b"latin-1").unwrap();
+        let job = push_job(
+            format!("odd-push-{}", srv.name),
+            (site.clone(), "out".into()),
+            (remote.clone(), srv.key("pushed/")),
+        );
+        let sum = run_job(&job, &state, RunOptions::default()).await.unwrap();
+        assert_eq!(
+            (sum.copied_to_remote, sum.skipped, sum.errors),
+            (1, 2, 0),
+            "[{}] {sum:?}",
+            srv.name
+        );
+        let said = sum.messages.join("\n");
+        assert!(said.contains("\"caf\u{FFFD}.txt\""), "{said}");
+        assert!(said.contains("not synced: on the site"), "{said}");
+        assert_eq!(
+            s3_files(&remote, &srv, "pushed")
+                .await
+                .into_keys()
+                .collect::<Vec<_>>(),
+            ["plain.txt"],
+            "[{}]",
+            srv.name
+        );
+    }
+}

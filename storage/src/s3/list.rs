@@ -7,7 +7,7 @@ use super::client::{Request, Response};
 use super::time::{parse_http_date, parse_iso8601, parse_mtime};
 use super::xml::{self, ListBucketResult, ObjectDoc};
 use super::Inner;
-use crate::backend::{ChildNames, Entry, EntryKind, ListStream};
+use crate::backend::{passed_over, ChildNames, Entry, EntryKind, ListStream, WalkNotes};
 use crate::budget::MemoryPermit;
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::key_is_servable;
@@ -298,7 +298,14 @@ impl Shadow {
     /// Settles held files against the position `pos` (a key relative to `prefix`, folders
     /// with `/`). A hidden file is logged by its whole key: one name can be hidden in several
     /// folders of one walk.
-    fn settle(&mut self, prefix: &str, pos: &str, out: &mut Vec<Entry>, remote: &str) {
+    fn settle(
+        &mut self,
+        prefix: &str,
+        pos: &str,
+        out: &mut Vec<Entry>,
+        remote: &str,
+        notes: Option<&WalkNotes>,
+    ) {
         while let Some(top) = self.held.last() {
             let dir = format!("{}/", top.name);
             if pos.starts_with(&dir) {
@@ -308,6 +315,9 @@ impl Shadow {
                     key,
                     "a file and a folder share this name; hiding the file"
                 );
+                if let Some(n) = notes {
+                    n.note(top.name.clone(), passed_over::HIDDEN_BY_FOLDER);
+                }
                 self.held.pop();
             } else if pos > dir.as_str() {
                 out.push(self.held.pop().expect("checked"));
@@ -328,19 +338,23 @@ impl Shadow {
     }
 }
 
-/// True (after logging) when a listed key must not be served: `rel` is its part below the
-/// listed folder, which every name shown is made of. Each name must come back to exactly this
-/// key when a client sends it (see [`key_is_servable`]).
-fn skip_key(remote: &str, key: &str, rel: &str) -> bool {
-    if key.contains('\u{FFFD}') {
+/// True (after logging, and telling `notes`) when a listed key must not be served: `rel` is
+/// its part below the listed folder, which every name shown is made of. Each name must come
+/// back to exactly this key when a client sends it (see [`key_is_servable`]).
+fn skip_key(remote: &str, key: &str, rel: &str, notes: Option<&WalkNotes>) -> bool {
+    let why = if key.contains('\u{FFFD}') {
         tracing::warn!(remote, key, "skipping a key that is not valid UTF-8");
-        return true;
-    }
-    if !key_is_servable(rel) {
+        passed_over::NOT_UTF8
+    } else if !key_is_servable(rel) {
         tracing::warn!(remote, key = ?key, "skipping a key that cannot be a path");
-        return true;
+        passed_over::NOT_A_PATH
+    } else {
+        return false;
+    };
+    if let Some(n) = notes {
+        n.note(rel, why);
     }
-    false
+    true
 }
 
 /// True for a path below a listed folder that lies inside a capability probe's scratch folder
@@ -480,6 +494,8 @@ struct ListState {
     prefetched: Option<Result<Page>>,
     /// The budget's share for a first page fetched by a stat, held until the page is taken.
     held: Option<MemoryPermit>,
+    /// Where a walk tells what it passes over (see [`WalkNotes`]).
+    notes: Option<Arc<WalkNotes>>,
 }
 
 fn dir_prefix(key: &str) -> String {
@@ -548,8 +564,10 @@ pub(crate) fn list(inner: Arc<Inner>, key: &str) -> ListStream {
 /// Everything below `key`, with names relative to it; folders from markers and implied by
 /// deeper keys, each shown once. The ListObjectsV2 pages alone: a file's time is its
 /// Last-Modified even with `preserve_mtime` (see [`crate::backend::Backend::walk_mtime_exact`]).
-pub(crate) fn walk(inner: Arc<Inner>, key: &str) -> ListStream {
-    pages(inner, dir_prefix(key), true)
+pub(crate) fn walk(inner: Arc<Inner>, key: &str, notes: Option<Arc<WalkNotes>>) -> ListStream {
+    let mut st = state(inner, dir_prefix(key), true);
+    st.notes = notes;
+    pages_of(st)
 }
 
 async fn fetch_page(st: &ListState, token: Option<&str>) -> Result<Page> {
@@ -565,7 +583,11 @@ async fn fetch_page(st: &ListState, token: Option<&str>) -> Result<Page> {
 }
 
 fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
-    pages_of(ListState {
+    pages_of(state(inner, prefix, recursive))
+}
+
+fn state(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListState {
+    ListState {
         inner,
         prefix,
         recursive,
@@ -576,7 +598,8 @@ fn pages(inner: Arc<Inner>, prefix: String, recursive: bool) -> ListStream {
         open_dirs: Vec::new(),
         prefetched: None,
         held: None,
-    })
+        notes: None,
+    }
 }
 
 /// A one-level listing of `prefix` whose first page, `first`, was fetched already (from the
@@ -594,6 +617,7 @@ fn pages_from(inner: Arc<Inner>, prefix: String, first: Page, memory: MemoryPerm
         open_dirs: Vec::new(),
         prefetched: Some(Ok(first)),
         held: Some(memory),
+        notes: None,
     })
 }
 
@@ -673,10 +697,10 @@ fn list_page_entries(st: &mut ListState, page: Page) -> Vec<Entry> {
         if rel.is_empty() || (obj.is_some() && rel.ends_with('/')) {
             continue;
         }
-        if in_probe_folder(rel) || skip_key(&remote, &key, rel) {
+        if in_probe_folder(rel) || skip_key(&remote, &key, rel, None) {
             continue;
         }
-        st.shadow.settle(&st.prefix, rel, &mut out, &remote);
+        st.shadow.settle(&st.prefix, rel, &mut out, &remote, None);
         match obj {
             Some(o) => st.shadow.hold(file_entry(rel.to_string(), &o)),
             None => {
@@ -699,10 +723,11 @@ fn walk_page(st: &mut ListState, mut page: Page) -> Vec<Entry> {
         let Some(rel) = o.key.strip_prefix(st.prefix.as_str()) else {
             continue;
         };
-        if rel.is_empty() || in_probe_folder(rel) || skip_key(&remote, &o.key, rel) {
+        let notes = st.notes.as_deref();
+        if rel.is_empty() || in_probe_folder(rel) || skip_key(&remote, &o.key, rel, notes) {
             continue;
         }
-        st.shadow.settle(&st.prefix, rel, &mut out, &remote);
+        st.shadow.settle(&st.prefix, rel, &mut out, &remote, notes);
         let is_marker = rel.ends_with('/');
         let path = rel.trim_end_matches('/');
         // Keys sharing a prefix are contiguous in key order, so a folder left behind never

@@ -428,7 +428,11 @@ impl Backend for S3Backend {
     }
 
     fn walk(&self, key: &str) -> ListStream {
-        list::walk(self.inner.clone(), key)
+        list::walk(self.inner.clone(), key, None)
+    }
+
+    fn walk_noting(&self, key: &str, notes: Arc<crate::backend::WalkNotes>) -> ListStream {
+        list::walk(self.inner.clone(), key, Some(notes))
     }
 
     fn walk_mtime_exact(&self) -> bool {

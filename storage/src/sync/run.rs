@@ -9,8 +9,8 @@ use super::names::file_stem;
 use super::plan::{self, Action, Decision, Rules, Seen, Side};
 use super::spool::{Merge, Sorted, Spool, DEFAULT_CAP};
 use super::state::{self, Baseline, BaselineIter, JEntry, Journal};
-use super::{Direction, EventKind, Phase, RunOptions, Summary, SyncJob};
-use crate::backend::Backend;
+use super::{Direction, Event, EventKind, Phase, RunOptions, Summary, SyncJob};
+use crate::backend::{passed_over, Backend, WalkNotes};
 use crate::error::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use std::io;
@@ -297,10 +297,11 @@ async fn list_side(
     tmp: &Path,
     ctx: &Ctx,
     side: Side,
+    notes: Arc<WalkNotes>,
 ) -> Result<(Sorted<Item>, u64)> {
     let mut spool = Spool::new(tmp, DEFAULT_CAP);
     let mut files = 0u64;
-    let mut pages = b.walk(prefix);
+    let mut pages = b.walk_noting(prefix, notes);
     loop {
         let page = tokio::select! {
             p = pages.next() => p,
@@ -659,6 +660,7 @@ async fn run_planned(
     // 1. Both listings, in full, before anything changes.
     ctx.live.set_phase(Phase::Listing);
     ctx.live.emit(None);
+    let (site_notes, remote_notes) = (Arc::<WalkNotes>::default(), Arc::<WalkNotes>::default());
     let (site, remote) = tokio::join!(
         list_side(
             &ctx.site,
@@ -666,7 +668,8 @@ async fn run_planned(
             filter,
             &files.tmp,
             &ctx,
-            Side::Site
+            Side::Site,
+            site_notes.clone(),
         ),
         list_side(
             &ctx.remote,
@@ -674,7 +677,8 @@ async fn run_planned(
             filter,
             &files.tmp,
             &ctx,
-            Side::Remote
+            Side::Remote,
+            remote_notes.clone(),
         ),
     );
     let ((site, site_files), (remote, remote_files)) = (site?, remote?);
@@ -805,6 +809,21 @@ async fn run_planned(
         messages,
         ctx: ctx.clone(),
     };
+    // What the listings passed over is not synced: each is counted and reported as skipped, so
+    // that a run never says "ok, nothing skipped" while a file of either side was left out.
+    for (side, notes) in [("site", &site_notes), ("remote", &remote_notes)] {
+        for (name, why) in notes.take() {
+            if !filter.covers(&name) {
+                continue;
+            }
+            let shown = if why == passed_over::HIDDEN_BY_FOLDER {
+                name
+            } else {
+                format!("{name:?}")
+            };
+            acc.passed_over(shown, format!("not synced: on the {side}, {why}"));
+        }
+    }
     let concurrency = if opts.concurrency == 0 {
         DEFAULT_CONCURRENCY
     } else {
@@ -991,6 +1010,21 @@ impl Acc<'_> {
             self.new_state.push(r).map_err(|e| io_err("state", e))?;
         }
         Ok(())
+    }
+
+    /// A name a listing passed over: counted and reported as skipped. It is not one of the
+    /// run's paths (the progress bar's files), and the state does not hold it.
+    fn passed_over(&mut self, path: String, why: String) {
+        self.counts.skipped += 1;
+        if self.messages.len() < MAX_MESSAGES {
+            self.messages.push(format!("{path}: {why}"));
+        }
+        self.ctx.live.emit(Some(Event {
+            kind: EventKind::Skipped,
+            path,
+            bytes: 0,
+            message: Some(why),
+        }));
     }
 
     fn absorb(&mut self, o: Outcome) -> Result<()> {
