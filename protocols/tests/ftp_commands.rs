@@ -581,11 +581,32 @@ async fn a_refused_folder_or_name_command_says_why() {
     assert!(raw.cmd("RNFR file.txt").await.starts_with("350"));
     let r = raw.cmd("RNTO dir").await;
     assert!(r.starts_with("553 rename /dir: already exists"), "{r}");
-    // A command libunftp refuses before asking the storage keeps its own text, and a reason
+    // An RNTO with no RNFR is RFC 959's 503 (libunftp's 450 said "try again"), and a reason
     // is never carried over to the next command's reply.
     let r = raw.cmd("RNTO other").await;
-    assert!(r.starts_with("450 Please tell me"), "{r}");
+    assert!(r.starts_with("503"), "{r}");
     assert!(raw.cmd("MKD fresh").await.starts_with("257"));
     assert_eq!(h.read("file.txt"), b"kept");
     assert_eq!(h.read("dir/inner.txt"), b"in");
+}
+
+/// TYPE E (EBCDIC), L 7 and the Telnet or ASA formats were answered "200 Always in binary mode"
+/// and the file then sent unconverted: a client that asked for a conversion got other bytes
+/// than it expected. They are refused with 504 now; A, A N, I and L 8 are accepted as before.
+#[tokio::test]
+async fn types_that_would_need_a_conversion_are_refused() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
+    for t in ["E", "A T", "A C", "L 7", "E N"] {
+        let r = raw.cmd(&format!("TYPE {t}")).await;
+        assert!(r.starts_with("504"), "TYPE {t}: {r}");
+    }
+    for t in ["A", "a n", "I", "L 8"] {
+        let r = raw.cmd(&format!("TYPE {t}")).await;
+        assert!(r.starts_with("200"), "TYPE {t}: {r}");
+    }
+    let r = raw.stor("t.bin", b"a\r\nb").await.1;
+    assert!(r.starts_with("226"), "{r}");
+    assert_eq!(h.read("t.bin"), b"a\r\nb");
 }

@@ -202,15 +202,24 @@ impl Relay {
                 if let Some(refusal) = self.folder_name_check(&verb, arg).await {
                     return self.reply_local(refusal).await;
                 }
-                let pending = if verb == "RNFR" {
-                    Pending::Other
-                } else {
-                    Pending::Refusable
+                let pending = match verb.as_str() {
+                    "RNFR" => Pending::Other,
+                    "RNTO" => Pending::Rename,
+                    _ => Pending::Refusable,
                 };
                 return self.forward(&line, pending).await;
             }
             "MKD" | "XMKD" | "RMD" if self.logged_in => {
                 return self.forward(&line, Pending::Refusable).await;
+            }
+            // libunftp answers "200 Always in binary mode" to every TYPE; files are sent as
+            // they are, which ASCII (A, A N: as vsftpd and most servers on a disk do) and
+            // binary (I, L 8) clients expect. EBCDIC, other byte sizes and the Telnet or ASA
+            // formats would need a conversion that is not made: refused, not pretended.
+            "TYPE" if self.logged_in && !type_is_plain(arg) => {
+                return self
+                    .reply_local("504 Only TYPE A (non-print), I and L 8 are supported")
+                    .await;
             }
             "STRU" | "MODE" => {
                 // libunftp takes the upper-case letter only.
@@ -271,5 +280,30 @@ impl Relay {
             _ => "501 Unknown option".to_string(),
         };
         self.reply_local(reply).await
+    }
+}
+
+/// TYPE's argument names a representation sent as the bytes are (see `on_command`).
+fn type_is_plain(arg: &str) -> bool {
+    let words: Vec<String> = arg
+        .split_ascii_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    matches!(words.as_slice(), ["A"] | ["A", "N"] | ["I"] | ["L", "8"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_is_plain;
+
+    #[test]
+    fn types_sent_as_the_bytes_are() {
+        for a in ["A", "a", "A N", "I", "i", "L 8", "l 8"] {
+            assert!(type_is_plain(a), "{a}");
+        }
+        for a in ["E", "E N", "A T", "A C", "L 7", "L", "", "X"] {
+            assert!(!type_is_plain(a), "{a}");
+        }
     }
 }

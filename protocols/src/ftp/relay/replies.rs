@@ -10,9 +10,12 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(super) enum Pending {
     Other,
-    /// DELE, MKD, RMD, RNTO: a refusal's text is the storage's reason when the adapter noted
-    /// one (see [`ControlLink::note_refusal`](crate::ftp::link::ControlLink::note_refusal)).
+    /// DELE, MKD, RMD: a refusal's text is the storage's reason when the adapter noted one
+    /// (see [`ControlLink::note_refusal`](crate::ftp::link::ControlLink::note_refusal)).
     Refusable,
+    /// RNTO: as [`Pending::Refusable`]; and libunftp's 450 to an RNTO with no RNFR before it
+    /// (a transient error: a client would try it again and again) is RFC 959's 503.
+    Rename,
     /// Sent by the relay itself (the REST before a transfer): the reply is not passed on.
     Hidden,
     /// The PORT to the stand-in port before a transfer, sent by the relay itself: the reply is
@@ -80,9 +83,14 @@ impl Relay {
         // command before calling the adapter: then no reason is noted, and its own text goes).
         let reason = self.link.take_refusal();
         let ok = match (pending, code) {
-            (Pending::Refusable, 400..=599) if reason.is_some() => {
+            (Pending::Refusable | Pending::Rename, 400..=599) if reason.is_some() => {
                 let reason = reason.unwrap_or_default();
                 self.say(&format!("{code} {reason}")).await;
+                true
+            }
+            (Pending::Rename, 450) => {
+                // No storage error noted: libunftp refused it before asking (no RNFR).
+                self.say("503 Send RNFR first").await;
                 true
             }
             (Pending::Hidden, _) => true,
