@@ -610,3 +610,44 @@ async fn types_that_would_need_a_conversion_are_refused() {
     assert!(r.starts_with("226"), "{r}");
     assert_eq!(h.read("t.bin"), b"a\r\nb");
 }
+
+/// HELP lists the commands and names no software or version (libunftp's said "Powered by
+/// libunftp: 0.24.0"); every command it lists is answered as a known command.
+#[tokio::test]
+async fn help_lists_the_commands_and_no_version() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    raw.login_ok(ftp_harness::USER, ftp_harness::PASSWORD).await;
+    let help = raw.cmd("HELP").await;
+    assert!(help.starts_with("214-"), "{help}");
+    assert!(help.trim_end().ends_with("214 Help OK"), "{help}");
+    assert!(!help.to_ascii_lowercase().contains("unftp"), "{help}");
+    assert!(!help.contains("0.2"), "{help}");
+    let listed: Vec<&str> = help
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with(' '))
+        .flat_map(|l| l.split_whitespace())
+        .collect();
+    assert!(listed.len() > 40, "{listed:?}");
+    // Without TLS configured, its commands are not offered.
+    assert!(!listed.contains(&"AUTH"), "{listed:?}");
+    for verb in ["STOR", "RETR", "MLSD", "EPSV", "MFMT", "XRMD", "HELP"] {
+        assert!(listed.contains(&verb), "{verb} in {listed:?}");
+    }
+    for verb in listed {
+        // PORT and EPRT are 502 while `ftp.active_mode` is off (the default here); a PASV or
+        // EPSV would make the next transfer command wait for its connection.
+        if matches!(
+            verb,
+            "QUIT" | "USER" | "PASS" | "HELP" | "PORT" | "EPRT" | "PASV" | "EPSV"
+        ) {
+            continue;
+        }
+        let r = raw.cmd(verb).await;
+        assert!(
+            !r.starts_with("500") && !r.starts_with("502"),
+            "{verb}: {r}"
+        );
+    }
+}

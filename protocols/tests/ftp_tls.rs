@@ -376,3 +376,17 @@ async fn a_handshake_cut_after_its_hello_fails_the_transfer_and_nothing_else() {
     assert_eq!(h.read("there.bin"), b"kept as it is");
     assert!(!h.file("cut.bin").exists());
 }
+
+/// With TLS configured, HELP offers its commands too (before the login, as clients ask).
+#[tokio::test]
+async fn help_offers_tls_where_it_is_configured() {
+    let h = Harness::start(Setup {
+        tls: Some(TlsMode::Explicit),
+        ..Setup::default()
+    })
+    .await;
+    let (mut raw, _) = RawFtp::connect(h.addr).await;
+    let help = raw.cmd("HELP").await;
+    assert!(help.contains(" AUTH PBSZ PROT\r\n"), "{help}");
+    assert!(help.trim_end().ends_with("214 Help OK"), "{help}");
+}

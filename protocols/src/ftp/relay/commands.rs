@@ -14,6 +14,16 @@ use tokio::time::Instant;
 /// at once once its data connection is cut; a listing is read to its end).
 const ABORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// HELP's answer: the commands served (RFC 959 and its extensions), eight to a line; the TLS
+/// ones and the final line follow (see `on_command`).
+const HELP: &str = "214-The following commands are recognized:\r\n \
+    ABOR ALLO APPE CDUP CWD  DELE EPRT EPSV\r\n \
+    FEAT HELP LIST MDTM MFMT MKD  MLSD MLST\r\n \
+    MODE NLST NOOP OPTS PASS PASV PORT PWD\r\n \
+    QUIT REST RETR RMD  RNFR RNTO SIZE STAT\r\n \
+    STOR STOU STRU SYST TYPE USER XCUP XCWD\r\n \
+    XMKD XPWD XRMD";
+
 /// The MLST/MLSD facts libunftp gives (it gives all of them whatever OPTS MLST selects).
 const MLST_FACTS: &str = "type;size;modify;";
 
@@ -219,6 +229,18 @@ impl Relay {
             "TYPE" if self.logged_in && !type_is_plain(arg) => {
                 return self
                     .reply_local("504 Only TYPE A (non-print), I and L 8 are supported")
+                    .await;
+            }
+            // libunftp's HELP named itself and its version ("Powered by libunftp: 0.24.0"):
+            // the relay answers with the commands, as servers on a disk do, and no version.
+            "HELP" => {
+                let tls = if self.shared.tls.is_some() {
+                    "\r\n AUTH PBSZ PROT"
+                } else {
+                    ""
+                };
+                return self
+                    .reply_local(format!("{HELP}{tls}\r\n214 Help OK"))
                     .await;
             }
             "STRU" | "MODE" => {
