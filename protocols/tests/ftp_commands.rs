@@ -588,6 +588,32 @@ async fn a_refused_folder_or_name_command_says_why() {
     assert!(raw.cmd("MKD fresh").await.starts_with("257"));
     assert_eq!(h.read("file.txt"), b"kept");
     assert_eq!(h.read("dir/inner.txt"), b"in");
+
+    // Pipelined, each reply keeps its own command's reason (the gateway may refuse the next
+    // before the first reply is out); one whose reason went astray gets the plain text.
+    for _ in 0..20 {
+        raw.send(b"MKD dir\r\nRMD dir\r\nDELE nowhere\r\nRMD nowhere\r\nNOOP\r\n")
+            .await;
+        let replies = [
+            raw.reply().await,
+            raw.reply().await,
+            raw.reply().await,
+            raw.reply().await,
+            raw.reply().await,
+        ];
+        let want = [
+            ("550 ", "mkdir /dir"),
+            ("550 ", "rmdir /dir"),
+            ("550 ", "remove /nowhere"),
+            ("550 ", "rmdir /nowhere"),
+            ("200 ", ""),
+        ];
+        for (r, (code, path)) in replies.iter().zip(want) {
+            assert!(r.starts_with(code), "{replies:?}");
+            let said = &r[4..];
+            assert!(!said.contains(" /") || said.contains(path), "{replies:?}");
+        }
+    }
 }
 
 /// TYPE E (EBCDIC), L 7 and the Telnet or ASA formats were answered "200 Always in binary mode"
@@ -650,4 +676,42 @@ async fn help_lists_the_commands_and_no_version() {
             "{verb}: {r}"
         );
     }
+}
+
+/// Pipelined commands are answered in their order. libunftp runs PASS, DELE, MKD, RNFR, SIZE
+/// and others in tasks of their own and answers NOOP or PWD at once: `MKD a`, `NOOP` sent
+/// together were answered 200 then 257, and each reply was taken for another command's
+/// (a client that pipelines, as lftp does, read a failure as a success).
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order() {
+    let h = Harness::start(Setup::default()).await;
+    h.write("a.txt", b"a");
+    let (mut raw, _) = ftp_harness::RawFtp::connect(h.addr).await;
+    let login = format!(
+        "USER {}\r\nPASS {}\r\nPWD\r\n",
+        ftp_harness::USER,
+        ftp_harness::PASSWORD
+    );
+    raw.send(login.as_bytes()).await;
+    for want in ["331", "230", "257"] {
+        let r = raw.reply().await;
+        assert!(r.starts_with(want), "{want}: {r}");
+    }
+    raw.send(
+        b"MKD made\r\nNOOP\r\nDELE missing\r\nPWD\r\nSIZE a.txt\r\nRNFR a.txt\r\n\
+          RNTO b.txt\r\nMKD made\r\nSYST\r\nRMD made\r\nNOOP\r\n",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..11 {
+        got.push(raw.reply().await);
+    }
+    let want = [
+        "257", "200", "550", "257", "213 1", "350", "250", "550", "215", "250", "200",
+    ];
+    for (r, w) in got.iter().zip(want) {
+        assert!(r.starts_with(w), "want {w}: {got:?}");
+    }
+    assert_eq!(h.read("b.txt"), b"a");
+    assert!(!h.file("made").exists());
 }

@@ -63,7 +63,10 @@ pub(crate) struct ControlLink {
     /// frontend uses ("mkdir /docs: already exists"): the relay puts it in the reply instead of
     /// libunftp's fixed text for the error's kind ("550 Directory not found" for a folder that
     /// exists).
-    refusal: Mutex<Option<String>>,
+    /// With the paths the refused operation named: pipelined commands may be refused one after
+    /// the other before the relay reads the first reply, and a reason only goes to the reply
+    /// of a command on one of its paths.
+    refusal: Mutex<Option<(Vec<VPath>, String)>>,
 }
 
 /// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
@@ -165,21 +168,32 @@ impl ControlLink {
         self.aborted.store(false, Ordering::SeqCst);
     }
 
-    /// The storage adapter refused a DELE, MKD, RMD or RNTO for this reason (the error's
-    /// client-safe Display form: the operation, the user's path, a short description).
-    pub(crate) fn note_refusal(&self, e: &bucketgate_storage::Error) {
+    /// The storage adapter refused a DELE, MKD, RMD or RNTO on `paths` for this reason (the
+    /// error's client-safe Display form: the operation, the user's path, a short description).
+    pub(crate) fn note_refusal(&self, paths: &[&VPath], e: &bucketgate_storage::Error) {
         // A reply is one line: a name from the bucket may hold control characters.
         let text: String = e
             .to_string()
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
-        *self.refusal.lock().expect("lock") = Some(text);
+        let paths = paths.iter().map(|p| (*p).clone()).collect();
+        *self.refusal.lock().expect("lock") = Some((paths, text));
     }
 
-    /// The reason noted for the command being answered, if any (forgotten either way).
-    pub(crate) fn take_refusal(&self) -> Option<String> {
-        self.refusal.lock().expect("lock").take()
+    /// The reason noted for the command on `path` being answered, if it is that command's. A
+    /// reply to any other command (`None`) forgets what was noted; one on another path leaves
+    /// it for the next reply (a later pipelined command's).
+    pub(crate) fn take_refusal(&self, path: Option<&VPath>) -> Option<String> {
+        let mut slot = self.refusal.lock().expect("lock");
+        match (path, slot.as_ref()) {
+            (Some(p), Some((paths, _))) if paths.contains(p) => slot.take().map(|(_, t)| t),
+            (Some(_), _) => None,
+            (None, _) => {
+                slot.take();
+                None
+            }
+        }
     }
 
     /// Hands what the relay found for the next command to the storage adapter.

@@ -22,14 +22,6 @@ use bucketgate_storage::backend::ListStream;
 use bucketgate_storage::{ErrorKind, UserFs, VPath};
 use futures::StreamExt;
 
-/// Verbs prepared here.
-pub(crate) fn is_prepared(verb: &str) -> bool {
-    matches!(
-        verb,
-        "RETR" | "STOR" | "APPE" | "LIST" | "NLST" | "MLSD" | "SIZE" | "MDTM"
-    )
-}
-
 /// Prepares `verb arg` (with the client's REST offset) for the logged-in user whose working
 /// folder is `cwd`. Returns the refusal to send instead of forwarding the command, if any.
 pub(crate) async fn prepare(

@@ -42,20 +42,19 @@ impl Relay {
         if let Some(refusal) = syntax_error(&verb, arg, text) {
             return self.reply_local(refusal).await;
         }
+        // One command at a time: a command waits until every reply due to the earlier ones is
+        // in. libunftp runs some commands in tasks of their own (PASS, DELE, MKD, RNFR, SIZE,
+        // MDTM, STAT...) and answers the others at once, so a pipelined `MKD a`, `NOOP` was
+        // answered 200 then 257, and each reply was taken for another command's. Waiting also
+        // means a prepared command sees the login and the working folder libunftp will (a
+        // `CWD` sent just before has been answered). The client's pipelining is kept: its
+        // lines wait here, and each reply goes out as soon as it is in.
         // During a transfer only ABOR, QUIT and STAT are taken at once (RFC 959); any other
         // command waits for the transfer's final reply, so that its own reply follows it (a
         // client that reset the data connection and sent NOOP would otherwise read libunftp's
         // 200 first and the transfer's 426 as the answer to its next command).
-        if self.in_transfer() && !matches!(verb.as_str(), "ABOR" | "QUIT" | "STAT") {
-            self.deferred = Some(line.clone());
-            return true;
-        }
-        let resolves_here = (matches!(verb.as_str(), "MLST" | "STAT" | "MFMT") && !arg.is_empty())
-            || (matches!(verb.as_str(), "DELE" | "RNFR" | "RNTO") && names_a_folder(arg));
-        if (prepare::is_prepared(&verb) || resolves_here) && self.replies_due() {
-            // Prepared (or its path resolved) once the replies still due are in: then the login
-            // and the working folder are what libunftp will see (a `CWD` sent just before has
-            // been answered), and the checks' answers keep their place in order.
+        let urgent = self.in_transfer() && matches!(verb.as_str(), "ABOR" | "QUIT" | "STAT");
+        if self.replies_due() && !urgent {
             self.deferred = Some(line.clone());
             return true;
         }
@@ -212,15 +211,17 @@ impl Relay {
                 if let Some(refusal) = self.folder_name_check(&verb, arg).await {
                     return self.reply_local(refusal).await;
                 }
+                let path = VPath::resolve(&self.cwd, arg).ok();
                 let pending = match verb.as_str() {
                     "RNFR" => Pending::Other,
-                    "RNTO" => Pending::Rename,
-                    _ => Pending::Refusable,
+                    "RNTO" => Pending::Rename(path),
+                    _ => Pending::Refusable(path),
                 };
                 return self.forward(&line, pending).await;
             }
             "MKD" | "XMKD" | "RMD" if self.logged_in => {
-                return self.forward(&line, Pending::Refusable).await;
+                let path = VPath::resolve(&self.cwd, arg).ok();
+                return self.forward(&line, Pending::Refusable(path)).await;
             }
             // libunftp answers "200 Always in binary mode" to every TYPE; files are sent as
             // they are, which ASCII (A, A N: as vsftpd and most servers on a disk do) and
