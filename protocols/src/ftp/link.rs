@@ -62,10 +62,8 @@ pub(crate) struct ControlLink {
     /// Why the storage adapter refused the latest DELE, MKD, RMD or RNTO, in the words the SFTP
     /// frontend uses ("mkdir /docs: already exists"): the relay puts it in the reply instead of
     /// libunftp's fixed text for the error's kind ("550 Directory not found" for a folder that
-    /// exists).
-    /// With the paths the refused operation named: pipelined commands may be refused one after
-    /// the other before the relay reads the first reply, and a reason only goes to the reply
-    /// of a command on one of its paths.
+    /// exists). Kept with the paths the refused operation named, and given only to the reply
+    /// of a command on one of them, so that a reason never lands on another command's reply.
     refusal: Mutex<Option<(Vec<VPath>, String)>>,
 }
 
