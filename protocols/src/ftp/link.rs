@@ -62,9 +62,9 @@ pub(crate) struct ControlLink {
     /// Why the storage adapter refused the latest DELE, MKD, RMD or RNTO, in the words the SFTP
     /// frontend uses ("mkdir /docs: already exists"): the relay puts it in the reply instead of
     /// libunftp's fixed text for the error's kind ("550 Directory not found" for a folder that
-    /// exists). Kept with the paths the refused operation named, and given only to the reply
-    /// of a command on one of them, so that a reason never lands on another command's reply.
-    refusal: Mutex<Option<(Vec<VPath>, String)>>,
+    /// exists). The relay has one command at a time at libunftp, so the reason noted is that
+    /// command's.
+    refusal: Mutex<Option<String>>,
 }
 
 /// The outcome of [`super::prepare`] for one command, handed to the storage adapter.
@@ -166,32 +166,21 @@ impl ControlLink {
         self.aborted.store(false, Ordering::SeqCst);
     }
 
-    /// The storage adapter refused a DELE, MKD, RMD or RNTO on `paths` for this reason (the
-    /// error's client-safe Display form: the operation, the user's path, a short description).
-    pub(crate) fn note_refusal(&self, paths: &[&VPath], e: &bucketgate_storage::Error) {
+    /// The storage adapter refused a DELE, MKD, RMD or RNTO for this reason (the error's
+    /// client-safe Display form: the operation, the user's path, a short description).
+    pub(crate) fn note_refusal(&self, e: &bucketgate_storage::Error) {
         // A reply is one line: a name from the bucket may hold control characters.
         let text: String = e
             .to_string()
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
-        let paths = paths.iter().map(|p| (*p).clone()).collect();
-        *self.refusal.lock().expect("lock") = Some((paths, text));
+        *self.refusal.lock().expect("lock") = Some(text);
     }
 
-    /// The reason noted for the command on `path` being answered, if it is that command's. A
-    /// reply to any other command (`None`) forgets what was noted; one on another path leaves
-    /// it for the next reply (a later pipelined command's).
-    pub(crate) fn take_refusal(&self, path: Option<&VPath>) -> Option<String> {
-        let mut slot = self.refusal.lock().expect("lock");
-        match (path, slot.as_ref()) {
-            (Some(p), Some((paths, _))) if paths.contains(p) => slot.take().map(|(_, t)| t),
-            (Some(_), _) => None,
-            (None, _) => {
-                slot.take();
-                None
-            }
-        }
+    /// The reason noted for the command being answered, if any (forgotten either way).
+    pub(crate) fn take_refusal(&self) -> Option<String> {
+        self.refusal.lock().expect("lock").take()
     }
 
     /// Hands what the relay found for the next command to the storage adapter.

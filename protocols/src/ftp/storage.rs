@@ -96,8 +96,8 @@ pub(crate) fn map_error(e: bucketgate_storage::Error) -> Error {
 
 /// A refused DELE, RMD or RNTO: its reason goes to the relay for the reply's text (see
 /// [`ControlLink::note_refusal`](super::link::ControlLink::note_refusal)).
-fn refused(user: &FtpUser, paths: &[&VPath], e: bucketgate_storage::Error) -> Error {
-    user.link.note_refusal(paths, &e);
+fn refused(user: &FtpUser, e: bucketgate_storage::Error) -> Error {
+    user.link.note_refusal(&e);
     map_error(e)
 }
 
@@ -388,13 +388,13 @@ impl StorageBackend<FtpUser> for FtpStorage {
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
         let done = user.session.fs.remove(&p).await;
-        done.map_err(|e| refused(user, &[&p], e))
+        done.map_err(|e| refused(user, e))
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
         user.session.fs.mkdir(&p).await.map_err(|e| {
-            user.link.note_refusal(&[&p], &e);
+            user.link.note_refusal(&e);
             if e.kind() == Kind::AlreadyExists {
                 // RFC 959 gives MKD no 553; servers answer 550 for a folder that exists.
                 tracing::debug!(error = ?e, "ftp: request refused");
@@ -414,13 +414,13 @@ impl StorageBackend<FtpUser> for FtpStorage {
         let (f, t) = (vpath(user, from.as_ref())?, vpath(user, to.as_ref())?);
         // RNTO onto an existing file replaces it, as FTP servers do (needs `overwrite`).
         let done = user.session.fs.rename(&f, &t, true).await;
-        done.map_err(|e| refused(user, &[&f, &t], e))
+        done.map_err(|e| refused(user, e))
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = vpath(user, path.as_ref())?;
         let done = user.session.fs.rmdir(&p).await;
-        done.map_err(|e| refused(user, &[&p], e))
+        done.map_err(|e| refused(user, e))
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {

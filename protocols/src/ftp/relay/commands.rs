@@ -211,17 +211,15 @@ impl Relay {
                 if let Some(refusal) = self.folder_name_check(&verb, arg).await {
                     return self.reply_local(refusal).await;
                 }
-                let path = VPath::resolve(&self.cwd, arg).ok();
                 let pending = match verb.as_str() {
                     "RNFR" => Pending::Other,
-                    "RNTO" => Pending::Rename(path),
-                    _ => Pending::Refusable(path),
+                    "RNTO" => Pending::Rename,
+                    _ => Pending::Refusable,
                 };
                 return self.forward(&line, pending).await;
             }
             "MKD" | "XMKD" | "RMD" if self.logged_in => {
-                let path = VPath::resolve(&self.cwd, arg).ok();
-                return self.forward(&line, Pending::Refusable(path)).await;
+                return self.forward(&line, Pending::Refusable).await;
             }
             // libunftp answers "200 Always in binary mode" to every TYPE; files are sent as
             // they are, which ASCII (A, A N: as vsftpd and most servers on a disk do) and

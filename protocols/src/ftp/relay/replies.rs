@@ -10,13 +10,12 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(super) enum Pending {
     Other,
-    /// DELE, MKD, RMD on this path (`None`: not a path): a refusal's text is the storage's
-    /// reason when the adapter noted one for it (see
-    /// [`ControlLink::note_refusal`](crate::ftp::link::ControlLink::note_refusal)).
-    Refusable(Option<VPath>),
+    /// DELE, MKD, RMD: a refusal's text is the storage's reason when the adapter noted one
+    /// (see [`ControlLink::note_refusal`](crate::ftp::link::ControlLink::note_refusal)).
+    Refusable,
     /// RNTO: as [`Pending::Refusable`]; and libunftp's 450 to an RNTO with no RNFR before it
     /// (a transient error: a client would try it again and again) is RFC 959's 503.
-    Rename(Option<VPath>),
+    Rename,
     /// Sent by the relay itself (the REST before a transfer): the reply is not passed on.
     Hidden,
     /// The PORT to the stand-in port before a transfer, sent by the relay itself: the reply is
@@ -82,17 +81,14 @@ impl Relay {
         let release_quit = matches!(pending, Pending::Transfer) && self.quit_held;
         // A reason noted for this command, forgotten by any other reply (libunftp may refuse a
         // command before calling the adapter: then no reason is noted, and its own text goes).
-        let reason = match &pending {
-            Pending::Refusable(p) | Pending::Rename(p) => self.link.take_refusal(p.as_ref()),
-            _ => self.link.take_refusal(None),
-        };
+        let reason = self.link.take_refusal();
         let ok = match (pending, code) {
-            (Pending::Refusable(_) | Pending::Rename(_), 400..=599) if reason.is_some() => {
+            (Pending::Refusable | Pending::Rename, 400..=599) if reason.is_some() => {
                 let reason = reason.unwrap_or_default();
                 self.say(&format!("{code} {reason}")).await;
                 true
             }
-            (Pending::Rename(_), 450) => {
+            (Pending::Rename, 450) => {
                 // No storage error noted: libunftp refused it before asking (no RNFR).
                 self.say("503 Send RNFR first").await;
                 true
